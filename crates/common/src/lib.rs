@@ -1,0 +1,278 @@
+//! Types shared by the chroot-guard eBPF programs (`crates/ebpf`) and user
+//! space (`crates/loader`).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding fields, so the layout
+//! the kernel writes is the layout user space reads. Nothing uses `bool` or
+//! leaves an implicit hole. The loader's tests compare these layouts with the
+//! BTF that `bpf-linker --btf` writes into the built object.
+#![no_std]
+
+pub mod probes;
+
+/// Bytes reserved for the chroot argument, `PATH_MAX` in the kernel
+/// (`include/uapi/linux/limits.h`), terminating NUL included.
+pub const PATH_MAX: usize = 4096;
+
+/// Bytes reserved for the resolved new root. The walk writes at most
+/// `RESOLVED_MAX - 1` bytes of path.
+pub const RESOLVED_MAX: usize = 4096;
+
+/// Longest dentry name the walk copies (`NAME_MAX` in the kernel).
+pub const NAME_MAX: usize = 255;
+
+/// Bound on the dentry/mount walk that builds the resolved path: each step
+/// moves up one dentry or crosses one mount. Deeper paths are cut short and
+/// flagged with [`flags::RESOLVED_TRUNCATED`].
+pub const MAX_PATH_DEPTH: u32 = 64;
+
+/// `TASK_COMM_LEN` in the kernel (`include/linux/sched.h`).
+pub const COMM_LEN: usize = 16;
+
+/// Default size of the `EVENTS` ring buffer in bytes (a power of two, and a
+/// multiple of the page size, as `BPF_MAP_TYPE_RINGBUF` requires).
+pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
+
+/// Size of the per-CPU scratch buffer the path walk writes backwards into:
+/// room for [`RESOLVED_MAX`] plus one more maximal name, so a masked offset
+/// and a masked length always stay inside the map value (the verifier checks
+/// `max(offset) + max(length) <= value size`).
+pub const SCRATCH_BYTES: usize = 2 * RESOLVED_MAX;
+
+/// What produced an event. The numbers are stable: they cross the ring
+/// buffer and are decoded by `ts/src/decode.ts`.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// One `chroot(2)` attempt, emitted when the syscall returns.
+    Chroot = 1,
+}
+
+/// Attach mode that produced an event. Stable numbers, see [`EventKind`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// fentry/fexit (`BPF_PROG_TYPE_TRACING`) on the syscall entry and on
+    /// `security_path_chroot`. Needs BTF and ftrace direct calls; 5.5+.
+    Fentry = 1,
+    /// kprobe/kretprobe on the same two functions. Needs `CONFIG_KPROBES`.
+    Kprobe = 2,
+    /// The `syscalls:sys_enter_chroot`/`sys_exit_chroot` tracepoints.
+    /// Needs `CONFIG_FTRACE_SYSCALLS`; the only family some locked-down
+    /// kernels allow.
+    Tracepoint = 3,
+}
+
+impl Mode {
+    /// All modes, best first: the order `auto` tries them in.
+    pub const ALL: [Mode; 3] = [Mode::Fentry, Mode::Kprobe, Mode::Tracepoint];
+
+    /// The name used on the command line, in TypeScript and in program names.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Fentry => "fentry",
+            Mode::Kprobe => "kprobe",
+            Mode::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// Bits of [`ChrootEvent::flags`].
+pub mod flags {
+    /// `path` filled the whole buffer and the user string went on: the
+    /// argument was cut at [`crate::PATH_MAX`] - 1 bytes.
+    pub const PATH_TRUNCATED: u32 = 1 << 0;
+    /// The user string could not be read (`bpf_probe_read_user_str` failed,
+    /// for instance a bad pointer, which the syscall answers with EFAULT).
+    pub const PATH_UNREADABLE: u32 = 1 << 1;
+    /// `resolved` holds the new root as an absolute path.
+    pub const RESOLVED_PRESENT: u32 = 1 << 2;
+    /// The walk hit [`crate::MAX_PATH_DEPTH`] or [`crate::RESOLVED_MAX`]
+    /// before reaching the root of the mount namespace: `resolved` holds the
+    /// tail of the path only.
+    pub const RESOLVED_TRUNCATED: u32 = 1 << 3;
+    /// `security_path_chroot` was reached and `lsm_ret` holds its result
+    /// (fentry and kprobe modes only).
+    pub const LSM_CALLED: u32 = 1 << 4;
+}
+
+/// One chroot attempt, as written to the `EVENTS` ring buffer.
+///
+/// Filled in three steps, keyed by thread in the `PENDING` hash map:
+/// at syscall entry (identity, argument), at `security_path_chroot`
+/// (resolved path, fentry/kprobe modes) and at syscall exit (result;
+/// resolved path from `current->fs->root` in tracepoint mode).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ChrootEvent {
+    /// [`EventKind`] as `u8`.
+    pub kind: u8,
+    /// [`Mode`] as `u8`: which attach mode produced the event.
+    pub mode: u8,
+    /// Bytes of `path` used, terminating NUL excluded.
+    pub path_len: u16,
+    /// Bytes of `resolved` used.
+    pub resolved_len: u16,
+    /// Explicit padding, always zero.
+    pub _pad0: u16,
+    /// [`flags`] bits.
+    pub flags: u32,
+    /// Thread group id of the caller (`pid` in user-space terms), from
+    /// `bpf_get_current_pid_tgid() >> 32`.
+    pub pid: u32,
+    /// Thread id of the caller, from `bpf_get_current_pid_tgid()`.
+    pub tid: u32,
+    /// Thread group id of `current->real_parent`.
+    pub ppid: u32,
+    /// Real uid, from `bpf_get_current_uid_gid()`.
+    pub uid: u32,
+    /// Real gid, from `bpf_get_current_uid_gid()`.
+    pub gid: u32,
+    /// Effective uid, from `current->cred->euid`.
+    pub euid: u32,
+    /// Effective gid, from `current->cred->egid`.
+    pub egid: u32,
+    /// Inode number of the caller's mount namespace
+    /// (`current->nsproxy->mnt_ns->ns.inum`), as in `/proc/PID/ns/mnt`.
+    pub mnt_ns: u32,
+    /// Inode number of the caller's active pid namespace
+    /// (`current->thread_pid->numbers[level].ns->ns.inum`).
+    pub pid_ns: u32,
+    /// Result of `security_path_chroot` (0 or -errno) when
+    /// [`flags::LSM_CALLED`] is set.
+    pub lsm_ret: i32,
+    /// Explicit padding, always zero.
+    pub _pad1: u32,
+    /// Syscall result: 0 or -errno.
+    pub ret: i64,
+    /// `bpf_ktime_get_boot_ns()` at syscall entry: ns since boot,
+    /// CLOCK_BOOTTIME.
+    pub enter_ns: u64,
+    /// `bpf_ktime_get_boot_ns()` at syscall exit: ns since boot,
+    /// CLOCK_BOOTTIME.
+    pub ts_ns: u64,
+    /// cgroup v2 id of the caller, from `bpf_get_current_cgroup_id()`.
+    pub cgroup_id: u64,
+    /// `current->comm` at syscall entry, NUL padded.
+    pub comm: [u8; COMM_LEN],
+    /// The argument as passed to chroot(2), raw bytes, NUL terminated.
+    pub path: [u8; PATH_MAX],
+    /// The new root as an absolute path in the caller's mount namespace,
+    /// `resolved_len` bytes, not NUL terminated.
+    pub resolved: [u8; RESOLVED_MAX],
+}
+
+/// Indexes of the per-CPU `COUNTERS` array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// `bpf_ringbuf_output` failed: the ring buffer was full and the event
+    /// was lost.
+    RingBufFull = 0,
+    /// The `PENDING` map was full at syscall entry: the call was not traced.
+    PendingFull = 1,
+}
+
+/// Number of entries of the `COUNTERS` array.
+pub const COUNTER_COUNT: u32 = 2;
+
+/// Offsets (bytes) of the kernel struct fields the programs read, taken from
+/// the running kernel's BTF at load time and passed in the read-only global
+/// `OFFSETS`. Rust eBPF code gets no CO-RE relocations from the compiler, so
+/// this is how one object runs on 6.1 and 6.18 alike.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `task_struct.fs`
+    pub task_fs: u32,
+    /// `task_struct.nsproxy`
+    pub task_nsproxy: u32,
+    /// `task_struct.cred`
+    pub task_cred: u32,
+    /// `task_struct.thread_pid`
+    pub task_thread_pid: u32,
+    /// `fs_struct.root`
+    pub fs_root: u32,
+    /// `path.mnt`
+    pub path_mnt: u32,
+    /// `path.dentry`
+    pub path_dentry: u32,
+    /// `dentry.d_parent`
+    pub dentry_parent: u32,
+    /// `dentry.d_name` (a `struct qstr`)
+    pub dentry_name: u32,
+    /// `qstr.len` (inside an anonymous union)
+    pub qstr_len: u32,
+    /// `qstr.name`
+    pub qstr_name: u32,
+    /// `mount.mnt` (the embedded `struct vfsmount`)
+    pub mount_mnt: u32,
+    /// `mount.mnt_parent`
+    pub mount_parent: u32,
+    /// `mount.mnt_mountpoint`
+    pub mount_mountpoint: u32,
+    /// `vfsmount.mnt_root`
+    pub vfsmount_root: u32,
+    /// `nsproxy.mnt_ns`
+    pub nsproxy_mnt_ns: u32,
+    /// `mnt_namespace.ns` plus `ns_common.inum`
+    pub mnt_ns_inum: u32,
+    /// `pid.level`
+    pub pid_level: u32,
+    /// `pid.numbers`
+    pub pid_numbers: u32,
+    /// `sizeof(struct upid)`
+    pub upid_size: u32,
+    /// `upid.ns`
+    pub upid_ns: u32,
+    /// `pid_namespace.ns` plus `ns_common.inum`
+    pub pid_ns_inum: u32,
+    /// `cred.euid`
+    pub cred_euid: u32,
+    /// `cred.egid`
+    pub cred_egid: u32,
+    /// Offset in `struct pt_regs` of the first syscall argument
+    /// (`di` on x86_64, `regs[0]` on arm64).
+    pub pt_regs_arg0: u32,
+    /// Explicit padding, always zero.
+    pub _pad0: u32,
+}
+
+/// Which calls the programs report, set at load time in the read-only global
+/// `FILTER`. The verifier sees the frozen values, so an unset filter costs
+/// nothing.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// [`filter_flags`] bits: which of the fields below apply.
+    pub flags: u32,
+    /// Report only this thread group id.
+    pub pid: u32,
+    /// Report only this real uid.
+    pub uid: u32,
+    /// Explicit padding, always zero.
+    pub _pad0: u32,
+    /// Report only this comm (NUL padded, compared over all 16 bytes).
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Bits of [`Filter::flags`].
+pub mod filter_flags {
+    /// [`crate::Filter::pid`] applies.
+    pub const PID: u32 = 1 << 0;
+    /// [`crate::Filter::uid`] applies.
+    pub const UID: u32 = 1 << 1;
+    /// [`crate::Filter::comm`] applies.
+    pub const COMM: u32 = 1 << 2;
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain `#[repr(C)]` structs of integers and byte arrays with
+    // explicit padding: every bit pattern is valid and there are no holes.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::Filter {}
+}

@@ -1,0 +1,104 @@
+//! The one list of chroot-guard's eBPF programs.
+//!
+//! The loader attaches from it, `doctor` reports from it, and the docs table
+//! is generated from it. Add a program here and in `crates/ebpf`, nowhere
+//! else.
+
+use crate::Mode;
+
+/// Kernel symbol of the chroot syscall entry on the architecture user space
+/// was built for. The syscall wrappers take one `const struct pt_regs *`
+/// (since 4.17, `CONFIG_ARCH_HAS_SYSCALL_WRAPPER`).
+#[cfg(target_arch = "aarch64")]
+pub const SYS_CHROOT: &str = "__arm64_sys_chroot";
+/// Kernel symbol of the chroot syscall entry on the architecture user space
+/// was built for. The syscall wrappers take one `const struct pt_regs *`
+/// (since 4.17, `CONFIG_ARCH_HAS_SYSCALL_WRAPPER`).
+#[cfg(not(target_arch = "aarch64"))]
+pub const SYS_CHROOT: &str = "__x64_sys_chroot";
+
+/// The LSM call site every chroot passes once the new root is looked up and
+/// `CAP_SYS_CHROOT` is checked (`fs/open.c`, `SYSCALL_DEFINE1(chroot)`); it
+/// receives the resolved `const struct path *`. Present since 2.6.29 with
+/// `CONFIG_SECURITY_PATH`.
+pub const SECURITY_PATH_CHROOT: &str = "security_path_chroot";
+
+/// Tracepoint category of the syscall tracepoints.
+pub const TRACEPOINT_CATEGORY: &str = "syscalls";
+
+/// BPF program type, as the loader needs to know it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramKind {
+    /// `BPF_PROG_TYPE_TRACING`, `BPF_TRACE_FENTRY`.
+    FEntry,
+    /// `BPF_PROG_TYPE_TRACING`, `BPF_TRACE_FEXIT`.
+    FExit,
+    /// `BPF_PROG_TYPE_KPROBE`, entry.
+    KProbe,
+    /// `BPF_PROG_TYPE_KPROBE`, return.
+    KRetProbe,
+    /// `BPF_PROG_TYPE_TRACEPOINT`, attached in category [`TRACEPOINT_CATEGORY`].
+    TracePoint,
+}
+
+/// What a program contributes to the event of one chroot call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Syscall entry: identity and argument into `PENDING`.
+    Enter,
+    /// `security_path_chroot` entry: the resolved new root.
+    Resolve,
+    /// `security_path_chroot` return: the LSM verdict.
+    LsmReturn,
+    /// Syscall exit: the result, then the event goes to the ring buffer.
+    Exit,
+}
+
+/// One eBPF program of the object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeSpec {
+    /// Program (function) name in the object; also the name `bpftool prog`
+    /// shows (15 characters at most, the kernel's `BPF_OBJ_NAME_LEN` - 1).
+    pub program: &'static str,
+    /// Attach mode the program belongs to.
+    pub mode: Mode,
+    /// Program type.
+    pub kind: ProgramKind,
+    /// Kernel function (fentry, kprobe) or tracepoint name in
+    /// [`TRACEPOINT_CATEGORY`].
+    pub target: &'static str,
+    /// What the program contributes.
+    pub role: Role,
+}
+
+/// Every program of the object, grouped by mode, in attach order. An exit
+/// hook that finds no entry in `PENDING` (the call began before we attached)
+/// emits nothing, so the order only decides which calls are complete.
+pub const PROBES: &[ProbeSpec] = &[
+    ProbeSpec { program: "cg_fentry_sys", mode: Mode::Fentry, kind: ProgramKind::FEntry, target: SYS_CHROOT, role: Role::Enter },
+    ProbeSpec { program: "cg_fentry_lsm", mode: Mode::Fentry, kind: ProgramKind::FEntry, target: SECURITY_PATH_CHROOT, role: Role::Resolve },
+    ProbeSpec { program: "cg_fexit_lsm", mode: Mode::Fentry, kind: ProgramKind::FExit, target: SECURITY_PATH_CHROOT, role: Role::LsmReturn },
+    ProbeSpec { program: "cg_fexit_sys", mode: Mode::Fentry, kind: ProgramKind::FExit, target: SYS_CHROOT, role: Role::Exit },
+    ProbeSpec { program: "cg_kprobe_sys", mode: Mode::Kprobe, kind: ProgramKind::KProbe, target: SYS_CHROOT, role: Role::Enter },
+    ProbeSpec { program: "cg_kprobe_lsm", mode: Mode::Kprobe, kind: ProgramKind::KProbe, target: SECURITY_PATH_CHROOT, role: Role::Resolve },
+    ProbeSpec { program: "cg_kret_lsm", mode: Mode::Kprobe, kind: ProgramKind::KRetProbe, target: SECURITY_PATH_CHROOT, role: Role::LsmReturn },
+    ProbeSpec { program: "cg_kret_sys", mode: Mode::Kprobe, kind: ProgramKind::KRetProbe, target: SYS_CHROOT, role: Role::Exit },
+    ProbeSpec { program: "cg_tp_enter", mode: Mode::Tracepoint, kind: ProgramKind::TracePoint, target: "sys_enter_chroot", role: Role::Enter },
+    ProbeSpec { program: "cg_tp_exit", mode: Mode::Tracepoint, kind: ProgramKind::TracePoint, target: "sys_exit_chroot", role: Role::Exit },
+];
+
+/// The programs of one mode, in attach order.
+pub fn probes_for(mode: Mode) -> impl Iterator<Item = &'static ProbeSpec> {
+    PROBES.iter().filter(move |p| p.mode == mode)
+}
+
+/// Offset of `filename` in the `sys_enter_chroot` tracepoint record: an
+/// 8-byte `struct trace_entry`, the 4-byte `__syscall_nr` padded to 8, then
+/// the `unsigned long` arguments (`struct syscall_trace_enter`). The layout
+/// is the same on every kernel with syscall tracepoints; a test reads it back
+/// from tracefs.
+pub const TP_ENTER_FILENAME_OFFSET: usize = 16;
+
+/// Offset of `ret` (a `long`) in the `sys_exit_chroot` tracepoint record
+/// (`struct syscall_trace_exit`).
+pub const TP_EXIT_RET_OFFSET: usize = 16;

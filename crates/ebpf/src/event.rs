@@ -1,0 +1,156 @@
+//! The life of one event, shared by every attach mode: [`begin`] at syscall
+//! entry, [`resolve`] and [`lsm_return`] at `security_path_chroot`,
+//! [`finish`] at syscall exit.
+
+use aya_ebpf::helpers::{
+    bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated,
+};
+use chroot_guard_common::{
+    filter_flags, flags, ChrootEvent, Counter, EventKind, Mode, PATH_MAX,
+};
+
+use crate::{
+    kernel::{self, Error},
+    CG_COUNTERS, CG_EVENTS, CG_PENDING, CG_ZERO, FILTER,
+};
+
+/// Adds one to a per-CPU counter.
+#[inline(always)]
+fn count(counter: Counter) {
+    if let Some(c) = CG_COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU value, no other writer on this CPU while we run.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Whether the load-time `FILTER` lets this caller through.
+#[inline(always)]
+fn wanted(tgid: u32, uid: u32, comm: &[u8; 16]) -> bool {
+    // SAFETY: plain reads of an immutable static (frozen .rodata).
+    let f = unsafe { core::ptr::read_volatile(&FILTER) };
+    if f.flags & filter_flags::PID != 0 && f.pid != tgid {
+        return false;
+    }
+    if f.flags & filter_flags::UID != 0 && f.uid != uid {
+        return false;
+    }
+    if f.flags & filter_flags::COMM != 0 && f.comm != *comm {
+        return false;
+    }
+    true
+}
+
+/// The current thread's pending event, if its entry was seen.
+#[inline(always)]
+fn pending() -> Option<&'static mut ChrootEvent> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: map values stay valid while the program runs; only this
+    // thread touches its own entry.
+    CG_PENDING.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+}
+
+/// Syscall entry: starts a zeroed event for this thread with the caller's
+/// identity and the argument read from user memory at `filename`.
+#[inline(always)]
+pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let uid_gid = bpf_get_current_uid_gid();
+    let comm = bpf_get_current_comm().map_err(Error::from)?;
+    if !wanted(tgid, uid_gid as u32, &comm) {
+        return Ok(());
+    }
+    let zero = CG_ZERO.get(0).ok_or(0)?;
+    if CG_PENDING.insert(&tid, zero, 0).is_err() {
+        count(Counter::PendingFull);
+        return Ok(());
+    }
+    let ev = pending().ok_or(0)?;
+    ev.kind = EventKind::Chroot as u8;
+    ev.mode = mode as u8;
+    ev.pid = tgid;
+    ev.tid = tid;
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.comm = comm;
+    // SAFETY: helpers without preconditions.
+    unsafe {
+        ev.enter_ns = generated::bpf_ktime_get_boot_ns();
+        ev.cgroup_id = generated::bpf_get_current_cgroup_id();
+    }
+    let task = kernel::current_task();
+    // Identity reads are best effort: a failed read leaves the field zero.
+    ev.ppid = kernel::parent_tgid(task).unwrap_or(0);
+    if let Ok((euid, egid)) = kernel::effective_ids(task) {
+        ev.euid = euid;
+        ev.egid = egid;
+    }
+    ev.mnt_ns = kernel::mnt_ns_inum(task).unwrap_or(0);
+    ev.pid_ns = kernel::pid_ns_inum(task).unwrap_or(0);
+
+    // SAFETY: the helper checks the user address and bounds the write.
+    let n = unsafe {
+        generated::bpf_probe_read_user_str(ev.path.as_mut_ptr().cast(), PATH_MAX as u32, filename.cast())
+    };
+    if n <= 0 {
+        ev.flags |= flags::PATH_UNREADABLE;
+        return Ok(());
+    }
+    let n = (n as u32).min(PATH_MAX as u32);
+    ev.path_len = (n - 1) as u16;
+    if n == PATH_MAX as u32 {
+        // The buffer is full: the string went on if the next byte is not NUL.
+        let mut next = 0u8;
+        // SAFETY: as above, one byte.
+        let r = unsafe {
+            generated::bpf_probe_read_user(
+                (&raw mut next).cast(),
+                1,
+                filename.wrapping_add(PATH_MAX - 1).cast(),
+            )
+        };
+        if r == 0 && next != 0 {
+            ev.flags |= flags::PATH_TRUNCATED;
+        }
+    }
+    Ok(())
+}
+
+/// `security_path_chroot(path)` entry: records the resolved new root.
+#[inline(always)]
+pub fn resolve(path: *const u8) -> Result<(), Error> {
+    let Some(ev) = pending() else { return Ok(()) };
+    let (vfsmnt, dentry) = kernel::path_parts(path)?;
+    kernel::resolve_into(ev, vfsmnt, dentry)
+}
+
+/// `security_path_chroot` return: records the LSM verdict.
+#[inline(always)]
+pub fn lsm_return(ret: i32) -> Result<(), Error> {
+    let Some(ev) = pending() else { return Ok(()) };
+    ev.lsm_ret = ret;
+    ev.flags |= flags::LSM_CALLED;
+    Ok(())
+}
+
+/// Syscall exit: records the result and sends the event. In tracepoint mode
+/// a successful call's new root is read from `current->fs->root`.
+#[inline(always)]
+pub fn finish(ret: i64) -> Result<(), Error> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let Some(ev) = pending() else { return Ok(()) };
+    ev.ret = ret;
+    // SAFETY: helper without preconditions.
+    ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
+    if ret == 0 && ev.flags & flags::RESOLVED_PRESENT == 0 {
+        if let Ok((vfsmnt, dentry)) = kernel::fs_root(kernel::current_task()) {
+            // A failed walk leaves the path absent; the event still goes out.
+            let _ = kernel::resolve_into(ev, vfsmnt, dentry);
+        }
+    }
+    if CG_EVENTS.output(&*ev, 0).is_err() {
+        count(Counter::RingBufFull);
+    }
+    let _ = CG_PENDING.remove(&tid);
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Reads of kernel memory: task fields and the dentry/mount walk.
+//!
+//! Every offset comes from `OFFSETS`, filled by the loader from the running
+//! kernel's BTF. Reads go through `bpf_probe_read_kernel`, which is allowed in
+//! every program type used here and never faults.
+
+use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
+use chroot_guard_common::{flags, ChrootEvent, MAX_PATH_DEPTH, NAME_MAX, RESOLVED_MAX, SCRATCH_BYTES};
+
+use crate::CG_SCRATCH;
+
+/// A load-time offset from `OFFSETS`. The volatile read keeps the load from
+/// `.rodata`, which the verifier then sees as a frozen constant.
+macro_rules! off {
+    ($field:ident) => {
+        // SAFETY: a plain read of an immutable static.
+        (unsafe { core::ptr::read_volatile(&crate::OFFSETS.$field) }) as usize
+    };
+}
+
+/// Error type of the programs: the helper's negative errno, or 0 where
+/// there is nothing to report.
+pub type Error = i64;
+
+/// Reads a `T` at `base + offset` from kernel memory.
+#[inline(always)]
+pub fn read<T: Copy>(base: *const u8, offset: usize) -> Result<T, Error> {
+    // SAFETY: bpf_probe_read_kernel checks the address and never faults.
+    unsafe { bpf_probe_read_kernel(base.wrapping_add(offset).cast::<T>()) }.map_err(Error::from)
+}
+
+/// Reads a pointer at `base + offset`.
+#[inline(always)]
+pub fn read_ptr(base: *const u8, offset: usize) -> Result<*const u8, Error> {
+    read::<*const u8>(base, offset)
+}
+
+/// `current` as a raw `struct task_struct *`.
+#[inline(always)]
+pub fn current_task() -> *const u8 {
+    // SAFETY: the helper has no preconditions.
+    (unsafe { generated::bpf_get_current_task() }) as *const u8
+}
+
+/// `task->real_parent->tgid`.
+#[inline(always)]
+pub fn parent_tgid(task: *const u8) -> Result<u32, Error> {
+    let parent = read_ptr(task, off!(task_real_parent))?;
+    read::<u32>(parent, off!(task_tgid))
+}
+
+/// `task->cred->euid` and `task->cred->egid`.
+#[inline(always)]
+pub fn effective_ids(task: *const u8) -> Result<(u32, u32), Error> {
+    let cred = read_ptr(task, off!(task_cred))?;
+    Ok((read::<u32>(cred, off!(cred_euid))?, read::<u32>(cred, off!(cred_egid))?))
+}
+
+/// `task->nsproxy->mnt_ns->ns.inum`.
+#[inline(always)]
+pub fn mnt_ns_inum(task: *const u8) -> Result<u32, Error> {
+    let nsproxy = read_ptr(task, off!(task_nsproxy))?;
+    let mnt_ns = read_ptr(nsproxy, off!(nsproxy_mnt_ns))?;
+    read::<u32>(mnt_ns, off!(mnt_ns_inum))
+}
+
+/// `task->thread_pid->numbers[level].ns->ns.inum`: the active pid namespace,
+/// as `task_active_pid_ns()` finds it.
+#[inline(always)]
+pub fn pid_ns_inum(task: *const u8) -> Result<u32, Error> {
+    let pid = read_ptr(task, off!(task_thread_pid))?;
+    let level = read::<u32>(pid, off!(pid_level))? & 0xff;
+    let upid = pid.wrapping_add(off!(pid_numbers) + level as usize * off!(upid_size));
+    let ns = read_ptr(upid, off!(upid_ns))?;
+    read::<u32>(ns, off!(pid_ns_inum))
+}
+
+/// `task->fs->root` as `(vfsmount, dentry)`.
+#[inline(always)]
+pub fn fs_root(task: *const u8) -> Result<(*const u8, *const u8), Error> {
+    let fs = read_ptr(task, off!(task_fs))?;
+    let root = fs.wrapping_add(off!(fs_root));
+    Ok((read_ptr(root, off!(path_mnt))?, read_ptr(root, off!(path_dentry))?))
+}
+
+/// A `const struct path *` as `(vfsmount, dentry)`.
+#[inline(always)]
+pub fn path_parts(path: *const u8) -> Result<(*const u8, *const u8), Error> {
+    Ok((read_ptr(path, off!(path_mnt))?, read_ptr(path, off!(path_dentry))?))
+}
+
+/// Writes the absolute path of `(vfsmnt, dentry)` in the caller's mount
+/// namespace into `ev.resolved`, the way `d_absolute_path()` would: up the
+/// dentries, across mounts to the mount namespace's root, ignoring any
+/// chroot the caller is already in. `bpf_d_path` is not allowed on these
+/// hooks, so the walk is done here, bounded by [`MAX_PATH_DEPTH`] steps and
+/// [`RESOLVED_MAX`] bytes; when cut short the tail is kept and
+/// [`flags::RESOLVED_TRUNCATED`] set.
+///
+/// Verifier notes: the write position lives in the scratch map and is
+/// re-read (volatile) each step, so the verifier sees one bounded unknown
+/// instead of a different exact value per path, and the states of the
+/// "cross a mount" and "go up a dentry" branches prune each other. Without
+/// this the walk explodes past the 1M instruction limit.
+#[inline(always)]
+pub fn resolve_into(ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) -> Result<(), Error> {
+    const MASK: u32 = RESOLVED_MAX as u32 - 1;
+    const POS_MASK: u32 = 2 * RESOLVED_MAX as u32 - 1;
+    let scratch = CG_SCRATCH.get_ptr_mut(0).ok_or(0)?.cast::<u8>();
+    // SAFETY: SCRATCH_BYTES - 8 is inside the value and 4-byte aligned; the
+    // path bytes never reach it (they end at RESOLVED_MAX + NAME_MAX).
+    let pos_slot = unsafe { scratch.add(SCRATCH_BYTES - 8) }.cast::<u32>();
+    let load_pos = || unsafe { core::ptr::read_volatile(pos_slot) } & POS_MASK;
+    let store_pos = |p: u32| unsafe { core::ptr::write_volatile(pos_slot, p) };
+    let mount_mnt = off!(mount_mnt);
+    let mut vfsmnt = vfsmnt;
+    let mut mnt = vfsmnt.wrapping_sub(mount_mnt);
+    let mut dentry = dentry;
+    // The path is built backwards, ending at RESOLVED_MAX; pos stays >= 1.
+    store_pos(RESOLVED_MAX as u32);
+    let mut complete = false;
+    for _ in 0..MAX_PATH_DEPTH {
+        let mnt_root = read_ptr(vfsmnt, off!(vfsmount_root))?;
+        if dentry == mnt_root {
+            let parent = read_ptr(mnt, off!(mount_parent))?;
+            if parent == mnt {
+                complete = true;
+                break;
+            }
+            dentry = read_ptr(mnt, off!(mount_mountpoint))?;
+            mnt = parent;
+            vfsmnt = mnt.wrapping_add(mount_mnt);
+            continue;
+        }
+        let parent = read_ptr(dentry, off!(dentry_parent))?;
+        if parent == dentry {
+            complete = true;
+            break;
+        }
+        let qstr = dentry.wrapping_add(off!(dentry_name));
+        let len = read::<u32>(qstr, off!(qstr_len))?;
+        let name = read_ptr(qstr, off!(qstr_name))?;
+        let pos = load_pos();
+        if len > NAME_MAX as u32 || len + 1 >= pos {
+            break;
+        }
+        let pos = pos - (len + 1);
+        store_pos(pos);
+        // SAFETY: the masks keep both writes inside the SCRATCH_BYTES value.
+        unsafe {
+            *scratch.add((pos & MASK) as usize) = b'/';
+            generated::bpf_probe_read_kernel(
+                scratch.add(((pos + 1) & MASK) as usize).cast(),
+                len & NAME_MAX as u32,
+                name.cast(),
+            );
+        }
+        dentry = parent;
+    }
+    let mut pos = load_pos();
+    if pos >= RESOLVED_MAX as u32 {
+        // Nothing written: the new root is the namespace's root itself.
+        pos = RESOLVED_MAX as u32 - 1;
+        // SAFETY: in bounds, see above.
+        unsafe { *scratch.add((pos & MASK) as usize) = b'/' };
+    }
+    let len = (RESOLVED_MAX as u32 - pos) & MASK;
+    // SAFETY: `len` <= MASK bytes fit in `ev.resolved`; the source is the
+    // scratch value.
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            ev.resolved.as_mut_ptr().cast(),
+            len,
+            scratch.add((pos & MASK) as usize).cast(),
+        );
+    }
+    ev.resolved_len = len as u16;
+    ev.flags |= flags::RESOLVED_PRESENT;
+    if !complete {
+        ev.flags |= flags::RESOLVED_TRUNCATED;
+    }
+    Ok(())
+}
+
+/// The first syscall argument from a user `struct pt_regs *` (what the
+/// `__x64_sys_*` wrappers receive).
+#[inline(always)]
+pub fn syscall_arg0(regs: *const u8) -> Result<*const u8, Error> {
+    read_ptr(regs, off!(pt_regs_arg0))
+}

@@ -1,0 +1,99 @@
+//! chroot-guard's eBPF programs, one object for every attach mode.
+//!
+//! Each mode has an entry hook, a hook at `security_path_chroot` where the
+//! kernel supports one, and an exit hook. They share the logic in
+//! [`event`]: entry fills a zeroed [`ChrootEvent`] in `CG_PENDING` keyed by
+//! thread id, the LSM hooks add the resolved root and verdict, exit adds the
+//! result and copies the event to the `CG_EVENTS` ring buffer.
+//!
+//! The program list lives in `chroot_guard_common::probes::PROBES`.
+#![no_std]
+#![no_main]
+
+mod event;
+mod fentry;
+mod kernel;
+mod kprobe;
+mod tracepoint;
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::{Array, HashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
+};
+use chroot_guard_common::{
+    ChrootEvent, Filter, KernelOffsets, COUNTER_COUNT, DEFAULT_RING_BUFFER_BYTES, SCRATCH_BYTES,
+};
+
+// Maps are BTF-defined (`.maps`), so key and value types travel in BTF:
+// `bpftool map dump` prints typed values and the loader's layout test reads
+// `ChrootEvent` back from the object.
+
+/// Events to user space. The loader resizes it (`ringBufferBytes`).
+#[btf_map]
+static CG_EVENTS: RingBuf<ChrootEvent, { DEFAULT_RING_BUFFER_BYTES as usize }> = RingBuf::new();
+
+/// Calls in flight, keyed by thread id. Allocated on use
+/// (`BPF_F_NO_PREALLOC`): an entry is a whole event, about 8 KiB.
+#[btf_map]
+static CG_PENDING: HashMap<u32, ChrootEvent, 10240, { BPF_F_NO_PREALLOC as usize }> = HashMap::new();
+
+/// One all-zero event, never written: entry copies it into `CG_PENDING` so
+/// every event starts zeroed without an 8 KiB stack buffer.
+#[btf_map]
+static CG_ZERO: Array<ChrootEvent, 1> = Array::new();
+
+/// Per-CPU buffer the path walk writes backwards into.
+#[btf_map]
+static CG_SCRATCH: PerCpuArray<[u8; SCRATCH_BYTES], 1> = PerCpuArray::new();
+
+/// Per-CPU counters, indexed by `chroot_guard_common::Counter`.
+#[btf_map]
+static CG_COUNTERS: PerCpuArray<u64, { COUNTER_COUNT as usize }> = PerCpuArray::new();
+
+/// Field offsets of the running kernel, set by the loader from BTF.
+#[no_mangle]
+static OFFSETS: KernelOffsets = KernelOffsets {
+    task_real_parent: 0,
+    task_tgid: 0,
+    task_fs: 0,
+    task_nsproxy: 0,
+    task_cred: 0,
+    task_thread_pid: 0,
+    fs_root: 0,
+    path_mnt: 0,
+    path_dentry: 0,
+    dentry_parent: 0,
+    dentry_name: 0,
+    qstr_len: 0,
+    qstr_name: 0,
+    mount_mnt: 0,
+    mount_parent: 0,
+    mount_mountpoint: 0,
+    vfsmount_root: 0,
+    nsproxy_mnt_ns: 0,
+    mnt_ns_inum: 0,
+    pid_level: 0,
+    pid_numbers: 0,
+    upid_size: 0,
+    upid_ns: 0,
+    pid_ns_inum: 0,
+    cred_euid: 0,
+    cred_egid: 0,
+    pt_regs_arg0: 0,
+    _pad0: 0,
+};
+
+/// Which calls to report, set by the loader.
+#[no_mangle]
+static FILTER: Filter = Filter { flags: 0, pid: 0, uid: 0, _pad0: 0, comm: [0; 16] };
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,325 @@
+//! Loads the object and attaches one mode's programs, best mode first.
+//!
+//! Each attempt loads the object afresh; a refused attempt drops it, which
+//! closes every program, link and map fd it created, so nothing is left in
+//! the kernel.
+
+use aya::{
+    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use chroot_guard_common::{
+    probes::{probes_for, ProbeSpec, ProgramKind, TRACEPOINT_CATEGORY},
+    Filter, KernelOffsets, Mode,
+};
+
+use crate::{
+    btf,
+    error::{errno_name, Error, Refusal},
+    object::EBPF_OBJECT,
+    sys,
+};
+
+/// Which mode to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeRequest {
+    /// fentry, then kprobe, then tracepoint: the first the kernel allows.
+    Auto,
+    /// This mode or an error.
+    Only(Mode),
+}
+
+impl std::str::FromStr for ModeRequest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "auto" => Ok(ModeRequest::Auto),
+            _ => Mode::ALL
+                .into_iter()
+                .find(|m| m.name() == s)
+                .map(ModeRequest::Only)
+                .ok_or_else(|| {
+                    Error::InvalidArgument(format!(
+                        "unknown mode {s:?}: expected auto, fentry, kprobe or tracepoint"
+                    ))
+                }),
+        }
+    }
+}
+
+/// What to load.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Attach mode.
+    pub mode: ModeRequest,
+    /// In-kernel filter.
+    pub filter: Filter,
+    /// Size of the `CG_EVENTS` ring buffer in bytes: a power of two, at least
+    /// the page size.
+    pub ring_buffer_bytes: u32,
+}
+
+/// An object with one mode's programs loaded and attached.
+pub struct Loaded {
+    /// Owns every program, link and map; dropping it detaches all.
+    pub ebpf: Ebpf,
+    /// The mode that attached.
+    pub mode: Mode,
+    /// Why each better mode was refused (empty when the best one worked or a
+    /// mode was forced).
+    pub refusals: Vec<Refusal>,
+}
+
+/// What one mode attempt can end in besides success.
+pub enum Failure {
+    /// The kernel refused the mode: try the next.
+    Refused(Refusal),
+    /// Something no other mode would fix.
+    Fatal(Error),
+}
+
+/// Ring buffer sizes the kernel accepts: a power of two and a multiple of
+/// the page size. The upper bound keeps one session from pinning more than
+/// 1 GiB of kernel memory.
+pub fn check_ring_buffer_bytes(bytes: u64) -> Result<u32, Error> {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    if bytes.is_power_of_two() && bytes >= page && bytes <= 1 << 30 {
+        Ok(bytes as u32)
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "ringBufferBytes {bytes} must be a power of two between {page} and {} bytes",
+            1u64 << 30
+        )))
+    }
+}
+
+/// Everything a mode attempt needs from the running kernel.
+pub struct KernelContext {
+    /// Field offsets from BTF.
+    pub offsets: KernelOffsets,
+    /// Kernel BTF as aya needs it for fentry/fexit; `None` when unreadable.
+    pub aya_btf: Option<aya::Btf>,
+    /// Kernel BTF as parsed for offsets (also answers "is this function in
+    /// BTF").
+    pub btf: btf_rs::Btf,
+}
+
+impl KernelContext {
+    /// Checks privileges, mounts tracefs/bpffs and reads BTF.
+    ///
+    /// # Errors
+    /// [`Error::Privileges`], [`Error::Mount`], [`Error::NoBtf`],
+    /// [`Error::BtfField`].
+    pub fn probe() -> Result<Self, Error> {
+        sys::check_privileges()?;
+        sys::ensure_tracing_mounts()?;
+        let btf = btf::kernel_btf()?;
+        let offsets = btf::kernel_offsets(&btf)?;
+        Ok(KernelContext { offsets, aya_btf: aya::Btf::from_sys_fs().ok(), btf })
+    }
+}
+
+/// Loads the object and attaches the requested mode, or the best one the
+/// kernel allows for [`ModeRequest::Auto`].
+///
+/// # Errors
+/// [`Error::ModeUnavailable`] for a refused forced mode, [`Error::NoMode`]
+/// when `auto` found nothing, and the errors of [`KernelContext::probe`].
+pub fn load(opts: &LoadOptions) -> Result<Loaded, Error> {
+    check_ring_buffer_bytes(u64::from(opts.ring_buffer_bytes))?;
+    let kernel = KernelContext::probe()?;
+    let modes: &[Mode] = match &opts.mode {
+        ModeRequest::Auto => &Mode::ALL,
+        ModeRequest::Only(m) => std::slice::from_ref(m),
+    };
+    let mut refusals = Vec::new();
+    for &mode in modes {
+        match try_mode(mode, &kernel, &opts.filter, opts.ring_buffer_bytes) {
+            Ok(ebpf) => return Ok(Loaded { ebpf, mode, refusals }),
+            Err(Failure::Fatal(e)) => return Err(e),
+            Err(Failure::Refused(r)) => refusals.push(r),
+        }
+    }
+    match opts.mode {
+        ModeRequest::Only(_) => Err(Error::ModeUnavailable {
+            refusal: refusals.pop().ok_or_else(|| Error::Object("no refusal recorded".into()))?,
+        }),
+        ModeRequest::Auto => Err(Error::NoMode { refusals }),
+    }
+}
+
+/// Creates the maps (with the offsets and filter as frozen globals) and
+/// loads and attaches every program of `mode`.
+///
+/// # Errors
+/// [`Failure::Refused`] when the kernel refuses a program of the mode;
+/// [`Failure::Fatal`] when the maps cannot be created.
+pub fn try_mode(
+    mode: Mode,
+    kernel: &KernelContext,
+    filter: &Filter,
+    ring_buffer_bytes: u32,
+) -> Result<Ebpf, Failure> {
+    let mut ebpf = EbpfLoader::new()
+        .btf(kernel.aya_btf.as_ref())
+        .override_global("OFFSETS", &kernel.offsets, true)
+        .override_global("FILTER", filter, true)
+        .map_max_entries("CG_EVENTS", ring_buffer_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(|e| Failure::Fatal(Error::Maps(e)))?;
+    for spec in probes_for(mode) {
+        attach_one(&mut ebpf, spec, kernel).map_err(|f| match f {
+            Step::Refused(r) => Failure::Refused(r),
+            Step::Object(msg) => Failure::Fatal(Error::Object(msg)),
+        })?;
+    }
+    Ok(ebpf)
+}
+
+enum Step {
+    Refused(Refusal),
+    Object(String),
+}
+
+fn attach_one(ebpf: &mut Ebpf, spec: &'static ProbeSpec, kernel: &KernelContext) -> Result<(), Step> {
+    let prog = ebpf
+        .program_mut(spec.program)
+        .ok_or_else(|| Step::Object(format!("program {} missing from the object", spec.program)))?;
+    let wrong_type = |_| Step::Object(format!("program {} has the wrong type", spec.program));
+    let load = |e| Step::Refused(refusal(spec, "load", e));
+    let attach = |e| Step::Refused(refusal(spec, "attach", e));
+    match spec.kind {
+        ProgramKind::FEntry | ProgramKind::FExit => {
+            if !btf::has_func(&kernel.btf, spec.target) {
+                return Err(Step::Refused(Refusal {
+                    code: "NO_BTF_FUNC",
+                    reason: format!("{} is not a function in the kernel's BTF", spec.target),
+                    ..base_refusal(spec, "load")
+                }));
+            }
+            let Some(aya_btf) = kernel.aya_btf.as_ref() else {
+                return Err(Step::Refused(Refusal {
+                    code: "NO_BTF_FUNC",
+                    reason: format!("aya could not read {}", btf::VMLINUX_BTF),
+                    ..base_refusal(spec, "load")
+                }));
+            };
+            if spec.kind == ProgramKind::FEntry {
+                let p: &mut FEntry = prog.try_into().map_err(wrong_type)?;
+                p.load(spec.target, aya_btf).map_err(load)?;
+                p.attach().map_err(attach)?;
+            } else {
+                let p: &mut FExit = prog.try_into().map_err(wrong_type)?;
+                p.load(spec.target, aya_btf).map_err(load)?;
+                p.attach().map_err(attach)?;
+            }
+        }
+        ProgramKind::KProbe | ProgramKind::KRetProbe => {
+            let p: &mut KProbe = prog.try_into().map_err(wrong_type)?;
+            p.load().map_err(load)?;
+            p.attach(spec.target, 0).map_err(attach)?;
+        }
+        ProgramKind::TracePoint => {
+            let p: &mut TracePoint = prog.try_into().map_err(wrong_type)?;
+            p.load().map_err(load)?;
+            p.attach(TRACEPOINT_CATEGORY, spec.target).map_err(attach)?;
+        }
+    }
+    Ok(())
+}
+
+fn base_refusal(spec: &'static ProbeSpec, stage: &'static str) -> Refusal {
+    Refusal {
+        mode: spec.mode,
+        program: spec.program,
+        target: spec.target,
+        stage,
+        code: "ATTACH_FAILED",
+        errno: None,
+        reason: String::new(),
+        verifier_log: None,
+    }
+}
+
+fn kind_name(kind: ProgramKind) -> &'static str {
+    match kind {
+        ProgramKind::FEntry => "fentry",
+        ProgramKind::FExit => "fexit",
+        ProgramKind::KProbe => "kprobe",
+        ProgramKind::KRetProbe => "kretprobe",
+        ProgramKind::TracePoint => "tracepoint",
+    }
+}
+
+fn first_errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(n) = io.raw_os_error() {
+                return Some(n);
+            }
+        }
+        source = err.source();
+    }
+    None
+}
+
+/// Turns a program error into a [`Refusal`] with a reason people can act on.
+fn refusal(spec: &'static ProbeSpec, stage: &'static str, e: ProgramError) -> Refusal {
+    let kind = kind_name(spec.kind);
+    let base = base_refusal(spec, stage);
+    let errno = first_errno(&e);
+    let errno_str = errno.and_then(errno_name);
+    let lockdown = sys::lockdown().map(|l| format!("; lockdown: {l}")).unwrap_or_default();
+    match &e {
+        ProgramError::LoadError { verifier_log, .. } if errno == Some(libc::EPERM) => Refusal {
+            code: "EPERM",
+            errno: errno_str,
+            reason: format!(
+                "the kernel refused to load the {kind} program on {} with EPERM: this kernel does not permit {kind} programs{lockdown}",
+                spec.target
+            ),
+            verifier_log: Some(verifier_log.to_string()).filter(|l| !l.trim().is_empty()),
+            ..base
+        },
+        ProgramError::LoadError { verifier_log, .. } => Refusal {
+            code: "VERIFIER",
+            errno: errno_str,
+            reason: format!(
+                "the verifier rejected {} ({kind} on {}){}",
+                spec.program,
+                spec.target,
+                errno_str.map(|e| format!(" with {e}")).unwrap_or_default()
+            ),
+            verifier_log: Some(verifier_log.to_string()),
+            ..base
+        },
+        ProgramError::Btf(_) => Refusal {
+            code: "NO_BTF_FUNC",
+            reason: format!("{} is not a function in the kernel's BTF", spec.target),
+            ..base
+        },
+        _ if matches!(spec.kind, ProgramKind::KProbe | ProgramKind::KRetProbe) && !sys::has_kprobes() => Refusal {
+            code: "NO_KPROBES",
+            errno: errno_str,
+            reason: "the kernel has no kprobe support (CONFIG_KPROBES is not set: no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in tracefs)".into(),
+            ..base
+        },
+        ProgramError::TracePointError(_) => Refusal {
+            code: "NO_TRACEPOINT",
+            errno: errno_str,
+            reason: format!(
+                "tracepoint {TRACEPOINT_CATEGORY}:{} is missing (CONFIG_FTRACE_SYSCALLS?): {e}",
+                spec.target
+            ),
+            ..base
+        },
+        _ => Refusal {
+            code: "ATTACH_FAILED",
+            errno: errno_str,
+            reason: format!("{stage} of the {kind} program on {} failed: {e}", spec.target),
+            ..base
+        },
+    }
+}

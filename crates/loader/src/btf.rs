@@ -1,0 +1,140 @@
+//! Kernel struct offsets from BTF, the loader's stand-in for CO-RE: Rust
+//! eBPF code gets no relocations from the compiler, so the offsets of every
+//! field the programs read are looked up here at load time and passed in the
+//! read-only global `OFFSETS`.
+
+use btf_rs::{Btf, BtfType, Type};
+use chroot_guard_common::KernelOffsets;
+
+use crate::error::Error;
+
+/// Kernel BTF, present with `CONFIG_DEBUG_INFO_BTF=y` (5.4+).
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// Reads the running kernel's BTF.
+///
+/// # Errors
+/// [`Error::NoBtf`] when the file is missing or unreadable.
+pub fn kernel_btf() -> Result<Btf, Error> {
+    Btf::from_file(VMLINUX_BTF).map_err(|source| Error::NoBtf { path: VMLINUX_BTF, source })
+}
+
+/// The named struct (not a forward declaration) in `btf`.
+pub fn find_struct(btf: &Btf, name: &str) -> Option<btf_rs::Struct> {
+    btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+        Type::Struct(s) => Some(s),
+        _ => None,
+    })
+}
+
+/// Skips typedefs and qualifiers to the type they name.
+fn strip(btf: &Btf, mut t: Type) -> Option<Type> {
+    loop {
+        t = match t {
+            Type::Typedef(ref x) => btf.resolve_chained_type(x).ok()?,
+            Type::Const(ref x) | Type::Volatile(ref x) | Type::Restrict(ref x) => {
+                btf.resolve_chained_type(x).ok()?
+            }
+            Type::TypeTag(ref x) => btf.resolve_chained_type(x).ok()?,
+            other => return Some(other),
+        };
+    }
+}
+
+/// Byte offset of `field` in `st`, looking into anonymous structs and unions
+/// the way C does (`qstr.len` lives in an anonymous union).
+fn member_offset(btf: &Btf, st: &btf_rs::Struct, field: &str) -> Option<u32> {
+    for m in &st.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        if name == field {
+            return Some(m.bit_offset() / 8);
+        }
+        if name.is_empty() {
+            let inner = strip(btf, btf.resolve_chained_type(m).ok()?)?;
+            if let Type::Struct(s) | Type::Union(s) = inner {
+                if let Some(off) = member_offset(btf, &s, field) {
+                    return Some(m.bit_offset() / 8 + off);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Byte offset of `strukt.field` (the field may sit in anonymous members).
+///
+/// # Errors
+/// [`Error::BtfField`] when the struct or field does not exist.
+pub fn offset_of(btf: &Btf, strukt: &str, field: &str) -> Result<u32, Error> {
+    find_struct(btf, strukt)
+        .and_then(|s| member_offset(btf, &s, field))
+        .ok_or_else(|| Error::BtfField { what: format!("struct {strukt}.{field}") })
+}
+
+/// `sizeof(struct strukt)`.
+///
+/// # Errors
+/// [`Error::BtfField`] when the struct does not exist.
+pub fn size_of(btf: &Btf, strukt: &str) -> Result<u32, Error> {
+    find_struct(btf, strukt)
+        .map(|s| s.size() as u32)
+        .ok_or_else(|| Error::BtfField { what: format!("struct {strukt}") })
+}
+
+/// The struct and field holding the first syscall argument in the user
+/// `struct pt_regs` the syscall wrappers receive.
+#[cfg(target_arch = "aarch64")]
+const PT_REGS_ARG0: (&str, &str) = ("pt_regs", "regs");
+#[cfg(not(target_arch = "aarch64"))]
+const PT_REGS_ARG0: (&str, &str) = ("pt_regs", "di");
+
+/// Every offset the programs need, from the running kernel's BTF.
+///
+/// # Errors
+/// [`Error::BtfField`] naming the first struct or field the kernel lacks.
+pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
+    let o = |s: &str, f: &str| offset_of(btf, s, f);
+    Ok(KernelOffsets {
+        task_real_parent: o("task_struct", "real_parent")?,
+        task_tgid: o("task_struct", "tgid")?,
+        task_fs: o("task_struct", "fs")?,
+        task_nsproxy: o("task_struct", "nsproxy")?,
+        task_cred: o("task_struct", "cred")?,
+        task_thread_pid: o("task_struct", "thread_pid")?,
+        fs_root: o("fs_struct", "root")?,
+        path_mnt: o("path", "mnt")?,
+        path_dentry: o("path", "dentry")?,
+        dentry_parent: o("dentry", "d_parent")?,
+        dentry_name: o("dentry", "d_name")?,
+        qstr_len: o("qstr", "len")?,
+        qstr_name: o("qstr", "name")?,
+        mount_mnt: o("mount", "mnt")?,
+        mount_parent: o("mount", "mnt_parent")?,
+        mount_mountpoint: o("mount", "mnt_mountpoint")?,
+        vfsmount_root: o("vfsmount", "mnt_root")?,
+        nsproxy_mnt_ns: o("nsproxy", "mnt_ns")?,
+        mnt_ns_inum: o("mnt_namespace", "ns")? + o("ns_common", "inum")?,
+        pid_level: o("pid", "level")?,
+        pid_numbers: o("pid", "numbers")?,
+        upid_size: size_of(btf, "upid")?,
+        upid_ns: o("upid", "ns")?,
+        pid_ns_inum: o("pid_namespace", "ns")? + o("ns_common", "inum")?,
+        cred_euid: o("cred", "euid")?,
+        cred_egid: o("cred", "egid")?,
+        pt_regs_arg0: o(PT_REGS_ARG0.0, PT_REGS_ARG0.1)?,
+        _pad0: 0,
+    })
+}
+
+/// Whether the kernel's BTF has a function named `name` (fentry, fexit and
+/// LSM programs attach by BTF id).
+pub fn has_func(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(name)
+        .map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
+        .unwrap_or(false)
+}
+
+/// Name of a BTF type, empty when anonymous.
+pub fn name_of(btf: &Btf, t: &dyn BtfType) -> String {
+    btf.resolve_name(t).unwrap_or_default()
+}

@@ -1,0 +1,110 @@
+//! The byte layout of [`ChrootEvent`] and the numbers inside it, as one table
+//! for the TypeScript decoder (`ts/src/decode.ts`), which reads events from
+//! the batch buffer directly instead of having Rust build objects.
+
+use std::mem::{offset_of, size_of};
+
+use chroot_guard_common::{flags, ChrootEvent, EventKind, Mode, COMM_LEN, PATH_MAX, RESOLVED_MAX};
+
+/// `(name, value)` pairs: field offsets in bytes under the field's Rust name,
+/// `size` (bytes of one event), buffer sizes, `flag_*` bits, `kind_*` and
+/// `mode_*` numbers.
+pub fn event_layout() -> Vec<(&'static str, u32)> {
+    macro_rules! offsets {
+        ($($field:ident),* $(,)?) => {
+            vec![$((stringify!($field), offset_of!(ChrootEvent, $field) as u32)),*]
+        };
+    }
+    let mut table = offsets!(
+        kind, mode, path_len, resolved_len, flags, pid, tid, ppid, uid, gid, euid, egid, mnt_ns,
+        pid_ns, lsm_ret, ret, enter_ns, ts_ns, cgroup_id, comm, path, resolved,
+    );
+    table.extend([
+        ("size", size_of::<ChrootEvent>() as u32),
+        ("comm_len", COMM_LEN as u32),
+        ("path_max", PATH_MAX as u32),
+        ("resolved_max", RESOLVED_MAX as u32),
+        ("flag_path_truncated", flags::PATH_TRUNCATED),
+        ("flag_path_unreadable", flags::PATH_UNREADABLE),
+        ("flag_resolved_present", flags::RESOLVED_PRESENT),
+        ("flag_resolved_truncated", flags::RESOLVED_TRUNCATED),
+        ("flag_lsm_called", flags::LSM_CALLED),
+        ("kind_chroot", EventKind::Chroot as u32),
+    ]);
+    for m in Mode::ALL {
+        table.push((mode_key(m), m as u32));
+    }
+    table
+}
+
+fn mode_key(m: Mode) -> &'static str {
+    match m {
+        Mode::Fentry => "mode_fentry",
+        Mode::Kprobe => "mode_kprobe",
+        Mode::Tracepoint => "mode_tracepoint",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Kernel and user space must never drift: the layout the eBPF object's
+    //! BTF describes (what the programs write) must be the layout
+    //! `chroot-guard-common` gives user space.
+    use chroot_guard_common::{Filter, KernelOffsets};
+    use object::{Object, ObjectSection};
+
+    use super::*;
+    use crate::{btf::find_struct, object::EBPF_OBJECT};
+
+    fn object_btf() -> btf_rs::Btf {
+        let elf = object::File::parse(EBPF_OBJECT).expect("the embedded object is ELF");
+        let section = elf.section_by_name(".BTF").expect("the object carries BTF (link-arg=--btf)");
+        btf_rs::Btf::from_bytes(section.data().expect(".BTF data")).expect("parsable BTF")
+    }
+
+    fn btf_members(btf: &btf_rs::Btf, name: &str) -> (usize, Vec<(String, u32)>) {
+        let st = find_struct(btf, name).unwrap_or_else(|| panic!("struct {name} in the object's BTF"));
+        let members = st
+            .members
+            .iter()
+            .map(|m| (btf.resolve_name(m).expect("member name"), m.bit_offset() / 8))
+            .collect();
+        (st.size(), members)
+    }
+
+    #[test]
+    fn chroot_event_matches_object_btf() {
+        let btf = object_btf();
+        let (size, members) = btf_members(&btf, "ChrootEvent");
+        let table = event_layout();
+        let get = |k: &str| table.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+        assert_eq!(size as u32, get("size").expect("size"), "sizeof(ChrootEvent)");
+        for (name, offset) in &members {
+            if name.starts_with("_pad") {
+                continue;
+            }
+            assert_eq!(Some(*offset), get(name), "offset of ChrootEvent.{name}");
+        }
+        // Every field user space decodes exists in the kernel's view.
+        let decoded = table.iter().filter(|(n, _)| members.iter().any(|(m, _)| m == n)).count();
+        assert_eq!(decoded, members.iter().filter(|(n, _)| !n.starts_with("_pad")).count());
+    }
+
+    #[test]
+    fn globals_match_object_btf() {
+        let btf = object_btf();
+        let (size, _) = btf_members(&btf, "KernelOffsets");
+        assert_eq!(size, size_of::<KernelOffsets>());
+        let (size, members) = btf_members(&btf, "Filter");
+        assert_eq!(size, size_of::<Filter>());
+        let comm = members.iter().find(|(n, _)| n == "comm").expect("Filter.comm");
+        assert_eq!(comm.1 as usize, offset_of!(Filter, comm));
+    }
+
+    #[test]
+    fn no_implicit_padding() {
+        // Explicit `_pad` fields only: the sum of field sizes is the size.
+        let sum = 1 + 1 + 2 + 2 + 2 + 4 * 12 + 8 * 4 + COMM_LEN + PATH_MAX + RESOLVED_MAX;
+        assert_eq!(sum, size_of::<ChrootEvent>());
+    }
+}

@@ -1,0 +1,23 @@
+//! chroot-guard's loader: loads the eBPF object with aya, picks the best
+//! attach mode the running kernel allows, reads the ring buffer on its own
+//! thread and hands batches of raw events to Node.js.
+//!
+//! - [`attach`]: mode selection (fentry → kprobe → tracepoint) and refusals.
+//! - [`btf`]: kernel struct offsets from BTF (our stand-in for CO-RE).
+//! - [`reader`]: the ring-buffer thread and its batching policy.
+//! - [`session`]: one attached mode plus its reader; the unit of lifecycle.
+//! - `binding` (feature `napi`): the thin, internal Node.js binding.
+
+pub mod attach;
+pub mod btf;
+pub mod error;
+pub mod layout;
+pub mod object;
+pub mod reader;
+pub mod session;
+pub mod sys;
+
+#[cfg(feature = "napi")]
+mod binding;
+
+pub use error::{Error, Refusal};

@@ -1,0 +1,247 @@
+//! The ring-buffer thread: waits on the `CG_EVENTS` ring buffer with
+//! `poll(2)` (no busy loop), copies records into one buffer per batch and
+//! hands batches to a [`Sink`].
+//!
+//! Batching policy: when the consumer is idle a batch goes out as soon as the
+//! ring buffer is drained (lowest latency); while the consumer is busy the
+//! batch grows, and goes out when the consumer frees up, when it reaches
+//! [`ReaderConfig::max_batch_bytes`], or after [`ReaderConfig::max_hold`].
+//! At most [`ReaderConfig::max_in_flight`] batches wait for the consumer;
+//! beyond that the thread stops draining, the kernel's ring buffer fills
+//! and the programs count what they could not write (`CG_COUNTERS`).
+
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use chroot_guard_common::Counter;
+
+/// Totals of the per-CPU `CG_COUNTERS`, summed over CPUs, since load.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lost {
+    /// Events the programs could not write: the ring buffer was full.
+    pub ring_buffer_full: u64,
+    /// Calls not traced: the `CG_PENDING` map was full at syscall entry.
+    pub pending_full: u64,
+}
+
+impl Lost {
+    /// Both counts together.
+    pub fn total(&self) -> u64 {
+        self.ring_buffer_full + self.pending_full
+    }
+}
+
+/// The `CG_COUNTERS` map.
+pub struct Counters(PerCpuArray<MapData, u64>);
+
+impl Counters {
+    /// Wraps the map.
+    pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
+        Counters(map)
+    }
+
+    /// Reads and sums every CPU's counters (one `BPF_MAP_LOOKUP_ELEM` per
+    /// counter). A failed read counts as zero.
+    pub fn read(&self) -> Lost {
+        let sum = |c: Counter| {
+            self.0.get(&(c as u32), 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)
+        };
+        Lost { ring_buffer_full: sum(Counter::RingBufFull), pending_full: sum(Counter::PendingFull) }
+    }
+}
+
+/// One delivery: records as `[u32 length][u32 zero][bytes][pad to 8]`.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The records.
+    pub data: Vec<u8>,
+    /// How many records `data` holds.
+    pub events: u32,
+    /// Counters at the time of the batch.
+    pub lost: Lost,
+}
+
+/// Where batches go.
+pub trait Sink: Send + 'static {
+    /// Batches handed over and not yet taken by the consumer.
+    fn in_flight(&self) -> u32;
+    /// Hands a batch over; `false` when the consumer is gone for good.
+    fn deliver(&self, batch: Batch) -> bool;
+}
+
+/// Tuning of the reader thread.
+#[derive(Clone, Copy, Debug)]
+pub struct ReaderConfig {
+    /// A batch goes out once it holds this many bytes.
+    pub max_batch_bytes: usize,
+    /// Batches that may wait for the consumer at once.
+    pub max_in_flight: u32,
+    /// Longest a record waits in a batch while the consumer is busy.
+    pub max_hold: Duration,
+    /// How often the lost counters are read while idle.
+    pub counters_every: Duration,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            max_batch_bytes: 2 << 20,
+            max_in_flight: 4,
+            max_hold: Duration::from_millis(2),
+            counters_every: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Running totals of the reader thread.
+#[derive(Debug, Default)]
+pub struct ReaderStats {
+    /// Records read from the ring buffer.
+    pub events: AtomicU64,
+    /// Batches delivered.
+    pub batches: AtomicU64,
+    /// Bytes of records delivered.
+    pub bytes: AtomicU64,
+}
+
+/// The running thread; [`Reader::stop`] ends and joins it.
+pub struct Reader {
+    thread: Option<JoinHandle<()>>,
+    stop: OwnedFd,
+    /// Totals, shared with the thread.
+    pub stats: Arc<ReaderStats>,
+}
+
+impl Reader {
+    /// Starts the thread.
+    ///
+    /// # Errors
+    /// When the eventfd or the thread cannot be created.
+    pub fn spawn<S: Sink>(
+        ring: RingBuf<MapData>,
+        counters: Arc<Counters>,
+        sink: S,
+        config: ReaderConfig,
+    ) -> std::io::Result<Reader> {
+        // SAFETY: eventfd has no pointer arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let stop = unsafe { OwnedFd::from_raw_fd(fd) };
+        let stats = Arc::new(ReaderStats::default());
+        let thread_stats = Arc::clone(&stats);
+        let stop_fd = stop.as_raw_fd();
+        let thread = std::thread::Builder::new()
+            .name("chroot-guard-rb".into())
+            .spawn(move || run(ring, &counters, &sink, stop_fd, &thread_stats, config))?;
+        Ok(Reader { thread: Some(thread), stop, stats })
+    }
+
+    /// Wakes the thread, waits for it to end. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+            unsafe { libc::write(self.stop.as_raw_fd(), (&raw const one).cast(), 8) };
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn push_record(batch: &mut Vec<u8>, record: &[u8]) {
+    batch.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    batch.extend_from_slice(&[0; 4]);
+    batch.extend_from_slice(record);
+    let pad = (8 - record.len() % 8) % 8;
+    batch.extend_from_slice(&[0; 8][..pad]);
+}
+
+fn run<S: Sink>(
+    mut ring: RingBuf<MapData>,
+    counters: &Counters,
+    sink: &S,
+    stop_fd: RawFd,
+    stats: &ReaderStats,
+    cfg: ReaderConfig,
+) {
+    let ring_fd = ring.as_raw_fd();
+    let mut batch = Batch { data: Vec::with_capacity(64 << 10), ..Batch::default() };
+    let mut held_since: Option<Instant> = None;
+    let mut lost = Lost::default();
+    let mut lost_dirty = false;
+    let mut lost_read_at = Instant::now();
+    loop {
+        let full = batch.data.len() >= cfg.max_batch_bytes;
+        let waiting = batch.events > 0 || lost_dirty;
+        let timeout_ms = if waiting { 1 } else { cfg.counters_every.as_millis() as i32 };
+        let mut fds = [
+            libc::pollfd { fd: stop_fd, events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: ring_fd, events: libc::POLLIN, revents: 0 },
+        ];
+        // While the batch is full the ring buffer is not watched: it stays
+        // readable and would wake us at once.
+        let nfds = if full { 1 } else { 2 };
+        // SAFETY: `fds` outlives the call and holds `nfds` entries.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout_ms) };
+        if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return;
+        }
+        if fds[0].revents != 0 {
+            return;
+        }
+        while batch.data.len() < cfg.max_batch_bytes {
+            let Some(item) = ring.next() else { break };
+            push_record(&mut batch.data, &item);
+            batch.events += 1;
+        }
+        let now = Instant::now();
+        if batch.events > 0 && held_since.is_none() {
+            held_since = Some(now);
+        }
+        if now.duration_since(lost_read_at) >= cfg.counters_every {
+            lost_read_at = now;
+            let current = counters.read();
+            if current != lost {
+                lost = current;
+                lost_dirty = true;
+            }
+        }
+        if batch.events == 0 && !lost_dirty {
+            continue;
+        }
+        let in_flight = sink.in_flight();
+        let full = batch.data.len() >= cfg.max_batch_bytes;
+        let hold_expired = held_since.is_some_and(|t| now.duration_since(t) >= cfg.max_hold);
+        if in_flight >= cfg.max_in_flight || !(in_flight == 0 || full || hold_expired) {
+            continue;
+        }
+        let out = std::mem::replace(
+            &mut batch,
+            Batch { data: Vec::with_capacity(64 << 10), ..Batch::default() },
+        );
+        stats.events.fetch_add(u64::from(out.events), Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.bytes.fetch_add(out.data.len() as u64, Ordering::Relaxed);
+        held_since = None;
+        lost_dirty = false;
+        if !sink.deliver(Batch { lost, ..out }) {
+            return;
+        }
+    }
+}

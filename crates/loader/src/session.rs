@@ -1,0 +1,97 @@
+//! A running kernel session: one attached mode and its ring-buffer thread.
+
+use std::sync::Arc;
+
+use aya::{
+    maps::{PerCpuArray, RingBuf},
+    Ebpf,
+};
+use chroot_guard_common::Mode;
+
+use crate::{
+    attach::{self, LoadOptions, Loaded},
+    error::{Error, Refusal},
+    reader::{Counters, Lost, Reader, ReaderConfig, Sink},
+};
+
+/// Programs attached in one mode, plus the thread reading their events.
+///
+/// States: open (after [`Session::open`]) → closed (after [`Session::close`]
+/// or drop). Closing joins the reader thread, then drops the object, which
+/// detaches every link and closes every program and map.
+pub struct Session {
+    ebpf: Option<Ebpf>,
+    reader: Reader,
+    counters: Arc<Counters>,
+    mode: Mode,
+    refusals: Vec<Refusal>,
+}
+
+/// Totals of one session.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SessionStats {
+    /// Events read from the ring buffer.
+    pub events: u64,
+    /// Batches handed to the sink.
+    pub batches: u64,
+    /// Bytes of records handed to the sink.
+    pub bytes: u64,
+    /// What the kernel side could not deliver.
+    pub lost: Lost,
+}
+
+impl Session {
+    /// Loads and attaches (see [`attach::load`]) and starts the reader.
+    ///
+    /// # Errors
+    /// Every error of [`attach::load`]; [`Error::Object`] when a map is
+    /// missing; [`Error::Io`] when the thread cannot start. Nothing stays
+    /// loaded after an error.
+    pub fn open<S: Sink>(opts: &LoadOptions, sink: S, config: ReaderConfig) -> Result<Session, Error> {
+        let Loaded { mut ebpf, mode, refusals } = attach::load(opts)?;
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name).ok_or_else(|| Error::Object(format!("map {name} missing")))
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, "CG_EVENTS")?)
+            .map_err(|e| Error::Object(format!("CG_EVENTS: {e}")))?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, "CG_COUNTERS")?)
+            .map_err(|e| Error::Object(format!("CG_COUNTERS: {e}")))?;
+        let counters = Arc::new(Counters::new(counters));
+        let reader = Reader::spawn(ring, Arc::clone(&counters), sink, config)?;
+        Ok(Session { ebpf: Some(ebpf), reader, counters, mode, refusals })
+    }
+
+    /// The attached mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Why better modes were refused (`auto` only).
+    pub fn refusals(&self) -> &[Refusal] {
+        &self.refusals
+    }
+
+    /// Current totals; reads the per-CPU counters from the kernel.
+    pub fn stats(&self) -> SessionStats {
+        let s = &self.reader.stats;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        SessionStats {
+            events: load(&s.events),
+            batches: load(&s.batches),
+            bytes: load(&s.bytes),
+            lost: self.counters.read(),
+        }
+    }
+
+    /// Stops the reader, then detaches and unloads everything. Idempotent.
+    pub fn close(&mut self) {
+        self.reader.stop();
+        self.ebpf.take();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,135 @@
+//! Small system facts: capabilities, pseudo file systems, clocks.
+
+use std::{ffi::CString, io, path::Path};
+
+use crate::error::Error;
+
+/// Where bpffs is mounted (pins live here).
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Where tracefs is mounted (tracepoint ids, kprobe_events).
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+/// Where securityfs is mounted (`lsm`, `lockdown`).
+pub const SECURITYFS: &str = "/sys/kernel/security";
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set of this process, from `/proc/self/status`.
+fn effective_caps() -> io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| io::Error::other("no CapEff in /proc/self/status"))
+}
+
+/// Checks the capabilities needed to load and attach tracing programs:
+/// CAP_BPF and CAP_PERFMON (5.8+), or CAP_SYS_ADMIN.
+///
+/// # Errors
+/// [`Error::Privileges`] naming what is missing.
+pub fn check_privileges() -> Result<(), Error> {
+    let caps = effective_caps().unwrap_or(0);
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON");
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    Err(Error::Privileges { missing: format!("euid {euid} lacks {}", missing.join(" and ")) })
+}
+
+fn fs_magic(path: &str) -> Option<i64> {
+    let c = CString::new(path).ok()?;
+    // SAFETY: statfs writes into the zeroed struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and struct pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast, reason = "f_type is i64 on x86_64, u32/i32 elsewhere")]
+    Some(st.f_type as i64)
+}
+
+/// Mounts `fstype` at `path` unless it is already mounted there.
+///
+/// # Errors
+/// [`Error::Mount`] with the `mount(2)` error.
+pub fn ensure_mounted(fstype: &'static str, path: &'static str, magic: i64) -> Result<(), Error> {
+    if fs_magic(path) == Some(magic) {
+        return Ok(());
+    }
+    let mount_err = |source| Error::Mount { fstype, path, source };
+    if !Path::new(path).exists() {
+        std::fs::create_dir_all(path).map_err(mount_err)?;
+    }
+    let (src, dst, ty) = (
+        CString::new(fstype).map_err(|e| mount_err(io::Error::other(e)))?,
+        CString::new(path).map_err(|e| mount_err(io::Error::other(e)))?,
+        CString::new(fstype).map_err(|e| mount_err(io::Error::other(e)))?,
+    );
+    // SAFETY: valid C strings; no data argument.
+    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(mount_err(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// `TRACEFS_MAGIC` from `include/uapi/linux/magic.h`.
+pub const TRACEFS_MAGIC: i64 = 0x7472_6163;
+/// `BPF_FS_MAGIC`.
+pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `SECURITYFS_MAGIC`.
+pub const SECURITYFS_MAGIC: i64 = 0x7363_6673;
+
+/// Mounts tracefs and bpffs where missing (tracepoint attach reads ids from
+/// tracefs; pins need bpffs).
+///
+/// # Errors
+/// [`Error::Mount`].
+pub fn ensure_tracing_mounts() -> Result<(), Error> {
+    ensure_mounted("tracefs", TRACEFS, TRACEFS_MAGIC)?;
+    ensure_mounted("bpf", BPFFS, BPF_FS_MAGIC)
+}
+
+/// The kernel's lockdown mode (`none`, `integrity`, `confidentiality`) from
+/// securityfs, mounting it if needed; `None` when the lockdown LSM is absent.
+pub fn lockdown() -> Option<String> {
+    let _ = ensure_mounted("securityfs", SECURITYFS, SECURITYFS_MAGIC);
+    let text = std::fs::read_to_string(Path::new(SECURITYFS).join("lockdown")).ok()?;
+    let start = text.find('[')?;
+    let end = text[start..].find(']')?;
+    Some(text[start + 1..start + end].to_string())
+}
+
+/// Active LSMs, in order, from `/sys/kernel/security/lsm`.
+pub fn active_lsms() -> Option<Vec<String>> {
+    let _ = ensure_mounted("securityfs", SECURITYFS, SECURITYFS_MAGIC);
+    let text = std::fs::read_to_string(Path::new(SECURITYFS).join("lsm")).ok()?;
+    Some(text.trim().split(',').map(str::to_string).collect())
+}
+
+/// `CLOCK_BOOTTIME` now, in ns: the clock of every event timestamp.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid timespec pointer; CLOCK_BOOTTIME exists since 2.6.39.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether the kernel can create kprobes: a `kprobe` PMU (4.17+) or a
+/// `kprobe_events` file in tracefs. Both are absent without `CONFIG_KPROBES`.
+pub fn has_kprobes() -> bool {
+    Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
+        || Path::new(TRACEFS).join("kprobe_events").exists()
+}
