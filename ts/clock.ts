@@ -1,0 +1,19 @@
+/**
+ * Event timestamps are ns since boot (CLOCK_BOOTTIME); these helpers turn
+ * them into wall-clock time.
+ * @module
+ */
+import { native } from './native.js';
+
+let offsetNs: bigint | undefined;
+
+/**
+ * The wall-clock `Date` of a CLOCK_BOOTTIME timestamp in ns (an event's
+ * `ts`), using the offset between the two clocks measured on first use
+ * (millisecond precision; a later clock step is not followed).
+ * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` when the addon cannot load.
+ */
+export function toWallClock(ts: bigint): Date {
+  offsetNs ??= BigInt(Date.now()) * 1_000_000n - native().boottimeNs();
+  return new Date(Number((ts + offsetNs) / 1_000_000n));
+}

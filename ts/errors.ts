@@ -1,0 +1,112 @@
+/**
+ * Errors of chroot-guard. Every failure is a {@link ChrootWatchError} with a
+ * stable `code`; kernel failures arrive on an Observable's error channel,
+ * never as a synchronous throw (argument errors are thrown when a function is
+ * called, before anything is subscribed).
+ * @module
+ */
+
+/**
+ * Stable error codes:
+ * - `EPERM`: the process may not load BPF programs (needs root, or CAP_BPF and CAP_PERFMON).
+ * - `UNSUPPORTED_KERNEL`: no kernel BTF, or no attach mode works on this kernel.
+ * - `MODE_UNAVAILABLE`: the requested mode was refused; `refusals` says why.
+ * - `LOAD_FAILED`: the verifier rejected a program; see `verifierLog`.
+ * - `INVALID_ARGUMENT`: a bad option, detected when the function is called.
+ * - `MOUNT_FAILED`: tracefs or bpffs is missing and could not be mounted.
+ * - `NATIVE_UNAVAILABLE`: the native addon could not be loaded (platform, install).
+ * - `INTERNAL`: a bug; please report it.
+ */
+export type ChrootWatchErrorCode =
+  | 'EPERM'
+  | 'UNSUPPORTED_KERNEL'
+  | 'MODE_UNAVAILABLE'
+  | 'LOAD_FAILED'
+  | 'INVALID_ARGUMENT'
+  | 'MOUNT_FAILED'
+  | 'NATIVE_UNAVAILABLE'
+  | 'INTERNAL';
+
+/** An attach mode: where in the kernel the chroot path is hooked. */
+export type AttachMode = 'fentry' | 'kprobe' | 'tracepoint';
+
+/**
+ * Why the kernel refused one attach mode. Produced by the loader when it
+ * tries a mode (`BPF_PROG_LOAD` then attach) and the kernel says no.
+ */
+export interface Refusal {
+  /** The refused mode. */
+  readonly mode: AttachMode;
+  /** The eBPF program that failed, e.g. `cg_fentry_sys`. */
+  readonly program: string;
+  /** Kernel function or tracepoint it targets, e.g. `__x64_sys_chroot`. */
+  readonly target: string;
+  /** `load` (BPF_PROG_LOAD) or `attach` (link / perf event). */
+  readonly stage: 'load' | 'attach';
+  /**
+   * Reason code: `EPERM` (the kernel refuses this program type), `NO_KPROBES`
+   * (kernel without CONFIG_KPROBES), `NO_BTF_FUNC` (target not in kernel
+   * BTF), `NO_TRACEPOINT`, `VERIFIER` (see `verifierLog`) or `ATTACH_FAILED`.
+   */
+  readonly code: string;
+  /** Symbolic errno the kernel returned, e.g. `EPERM`, or null. */
+  readonly errno: string | null;
+  /** A sentence saying what failed and why. */
+  readonly reason: string;
+  /** The verifier's log when `code` is `VERIFIER`. */
+  readonly verifierLog?: string;
+}
+
+const REMEDIES: Record<ChrootWatchErrorCode, string> = {
+  EPERM: 'run as root (sudo), or grant the process CAP_BPF and CAP_PERFMON',
+  UNSUPPORTED_KERNEL:
+    'chroot-guard needs kernel BTF (CONFIG_DEBUG_INFO_BTF=y) and one of: BPF trampolines (fentry), CONFIG_KPROBES, or syscall tracepoints (CONFIG_FTRACE_SYSCALLS)',
+  MODE_UNAVAILABLE: "use mode 'auto' to fall back to the best mode this kernel allows",
+  LOAD_FAILED: 'the BPF verifier rejected a program: please report it with error.verifierLog',
+  INVALID_ARGUMENT: 'fix the option named above',
+  MOUNT_FAILED: 'mount it by hand, e.g. mount -t tracefs tracefs /sys/kernel/tracing',
+  NATIVE_UNAVAILABLE: 'reinstall chroot-guard; prebuilt binaries exist for linux-x64-gnu',
+  INTERNAL: 'this is a bug in chroot-guard: please report it',
+};
+
+/** The remedy sentence for a code, as appended to error messages. */
+export function remedyFor(code: ChrootWatchErrorCode): string {
+  return REMEDIES[code];
+}
+
+/** Options of {@link ChrootWatchError}. */
+export interface ChrootWatchErrorOptions {
+  /** Modes the kernel refused on the way to this error. */
+  refusals?: readonly Refusal[];
+  /** Verifier log of a rejected program. */
+  verifierLog?: string;
+  /** The underlying error, kept on `cause`. */
+  cause?: unknown;
+}
+
+/**
+ * A chroot-guard failure. `message` ends with a remedy; `code` is stable.
+ * @example
+ * chrootWatch().subscribe({ error: (e: ChrootWatchError) => console.error(e.code, e.message) })
+ */
+export class ChrootWatchError extends Error {
+  /** Stable code, see {@link ChrootWatchErrorCode}. */
+  readonly code: ChrootWatchErrorCode;
+  /** Modes the kernel refused, best first (empty when not relevant). */
+  readonly refusals: readonly Refusal[];
+  /** Verifier log when a program was rejected (`LOAD_FAILED`). */
+  readonly verifierLog: string | undefined;
+
+  constructor(code: ChrootWatchErrorCode, message: string, options: ChrootWatchErrorOptions = {}) {
+    super(`${message} (${code}): ${remedyFor(code)}`, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'ChrootWatchError';
+    this.code = code;
+    this.refusals = options.refusals ?? [];
+    this.verifierLog = options.verifierLog;
+  }
+}
+
+/** Throws `INVALID_ARGUMENT` unless `ok`. */
+export function check(ok: boolean, message: string): asserts ok {
+  if (!ok) throw new ChrootWatchError('INVALID_ARGUMENT', message);
+}

@@ -1,0 +1,14 @@
+/**
+ * chroot-guard: see chroot(2) on Linux as typed events, from eBPF programs
+ * on the kernel's chroot path.
+ *
+ * @example
+ * import { chrootWatch } from 'chroot-guard';
+ * const sub = chrootWatch().subscribe((e) => console.log(e.comm, e.pid, e.path, '→', e.resolvedPath, e.errno ?? 'ok'));
+ * @module
+ */
+export { chrootWatch, DEFAULT_RING_BUFFER_BYTES, type ChrootWatchOptions } from './watch.js';
+export { type ChrootEvent, errnoName, displayBytes } from './events.js';
+export { ChrootWatchError, type ChrootWatchErrorCode, type AttachMode, type Refusal } from './errors.js';
+export type { AttachInfo, LostReport } from './session.js';
+export { toWallClock } from './clock.js';

@@ -1,0 +1,194 @@
+/**
+ * Kernel sessions (internal): one loaded and attached set of programs per
+ * distinct set of options, shared by every subscriber with those options and
+ * closed when the last one leaves.
+ *
+ * States: opening → running → closed. `close()` is idempotent and joins the
+ * addon's ring-buffer thread before it returns, so when the last
+ * unsubscribe returns no program, link or map of ours is left in the kernel.
+ * @internal
+ * @module
+ */
+import type { BindingBatch, BindingOpenResult, BindingSession } from './native/binding.cjs';
+import type { AttachMode, ChrootWatchErrorCode, Refusal } from './errors.js';
+import { ChrootWatchError } from './errors.js';
+import { Decoder, type ChrootEvent } from './events.js';
+import { native } from './native.js';
+
+/** Which attach mode a session uses and why better modes were refused. */
+export interface AttachInfo {
+  /** The mode the programs are attached in. */
+  readonly mode: AttachMode;
+  /** The better modes the kernel refused, best first (empty if none). */
+  readonly refused: readonly Refusal[];
+}
+
+/** Events the kernel side could not deliver, reported as they are counted. */
+export interface LostReport {
+  /** Events lost since the previous report because the ring buffer was full. */
+  readonly ringBufferFull: number;
+  /** Calls not traced since the previous report because the in-flight map was full. */
+  readonly pendingFull: number;
+  /** Running totals of both since the session attached. */
+  readonly total: { readonly ringBufferFull: number; readonly pendingFull: number };
+}
+
+/** Normalised options that decide which kernel session serves a subscriber. */
+export interface SessionOptions {
+  readonly mode: 'auto' | AttachMode;
+  readonly pid?: number;
+  readonly uid?: number;
+  readonly comm?: string;
+  readonly ringBufferBytes: number;
+}
+
+/** What a subscriber hears from its session. */
+export interface SessionListener {
+  events(batch: readonly ChrootEvent[]): void;
+  attached(info: AttachInfo): void;
+  lost(report: LostReport): void;
+  error(err: ChrootWatchError): void;
+}
+
+/** Totals of a kernel session, read from the addon and the kernel's per-CPU counters. */
+export interface SessionStats {
+  /** Events read from the ring buffer. */
+  readonly events: number;
+  /** Batches handed to JavaScript (one threadsafe-function call each). */
+  readonly batches: number;
+  /** Bytes of records handed to JavaScript. */
+  readonly bytes: number;
+  /** Events lost to a full ring buffer. */
+  readonly ringBufferFull: number;
+  /** Calls not traced because the in-flight map was full. */
+  readonly pendingFull: number;
+}
+
+let decoder: Decoder | undefined;
+const sessions = new Map<string, KernelSession>();
+
+function keyOf(o: SessionOptions): string {
+  return JSON.stringify([o.mode, o.pid ?? null, o.uid ?? null, o.comm ?? null, o.ringBufferBytes]);
+}
+
+function refusalOf(r: BindingOpenResult['refusals'][number]): Refusal {
+  return {
+    mode: r.mode as AttachMode,
+    program: r.program,
+    target: r.target,
+    stage: r.stage as 'load' | 'attach',
+    code: r.code,
+    errno: r.errno ?? null,
+    reason: r.reason,
+    ...(r.verifierLog ? { verifierLog: r.verifierLog } : {}),
+  };
+}
+
+class KernelSession {
+  private readonly listeners = new Set<SessionListener>();
+  private state: 'opening' | 'running' | 'closed' = 'opening';
+  private info: AttachInfo | undefined;
+  private lostTotals = { ringBufferFull: 0, pendingFull: 0 };
+  private readonly binding: BindingSession;
+  private readonly decoder: Decoder;
+
+  constructor(
+    private readonly key: string,
+    options: SessionOptions,
+  ) {
+    const n = native();
+    decoder ??= new Decoder(n);
+    this.decoder = decoder;
+    this.binding = new n.BindingSession({ ...options });
+    this.binding.open((batch) => this.onBatch(batch)).then(
+      (result) => this.onOpen(result),
+      (cause: unknown) => this.fail(new ChrootWatchError('INTERNAL', `opening the kernel session failed: ${String(cause)}`, { cause })),
+    );
+  }
+
+  add(listener: SessionListener): void {
+    this.listeners.add(listener);
+    if (this.state === 'running' && this.info) {
+      const info = this.info;
+      queueMicrotask(() => this.listeners.has(listener) && listener.attached(info));
+    }
+  }
+
+  remove(listener: SessionListener): void {
+    this.listeners.delete(listener);
+    if (this.listeners.size === 0) this.close();
+  }
+
+  stats(): SessionStats {
+    return this.binding.stats();
+  }
+
+  private onOpen(result: BindingOpenResult): void {
+    const refusals = result.refusals.map(refusalOf);
+    if (this.state === 'closed') return;
+    if (!result.ok) {
+      const code = (result.errorCode ?? 'INTERNAL') as ChrootWatchErrorCode;
+      this.fail(
+        new ChrootWatchError(code, result.errorMessage ?? 'opening the kernel session failed', {
+          refusals,
+          ...(result.verifierLog ? { verifierLog: result.verifierLog } : {}),
+        }),
+      );
+      return;
+    }
+    this.state = 'running';
+    this.info = { mode: result.mode as AttachMode, refused: refusals };
+    for (const l of [...this.listeners]) if (this.listeners.has(l)) l.attached(this.info);
+  }
+
+  private onBatch(batch: BindingBatch): void {
+    if (this.state !== 'running') return;
+    if (batch.events > 0) {
+      const events = this.decoder.decodeBatch(batch.data);
+      for (const l of [...this.listeners]) if (this.listeners.has(l)) l.events(events);
+    }
+    const ring = batch.ringBufferFull - this.lostTotals.ringBufferFull;
+    const pending = batch.pendingFull - this.lostTotals.pendingFull;
+    if (ring > 0 || pending > 0) {
+      this.lostTotals = { ringBufferFull: batch.ringBufferFull, pendingFull: batch.pendingFull };
+      const report: LostReport = { ringBufferFull: ring, pendingFull: pending, total: { ...this.lostTotals } };
+      for (const l of [...this.listeners]) if (this.listeners.has(l)) l.lost(report);
+    }
+  }
+
+  private fail(err: ChrootWatchError): void {
+    const listeners = [...this.listeners];
+    this.listeners.clear();
+    this.close();
+    for (const l of listeners) l.error(err);
+  }
+
+  close(): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    if (sessions.get(this.key) === this) sessions.delete(this.key);
+    this.binding.close();
+  }
+}
+
+/**
+ * Joins (or starts) the kernel session for `options`. Returns the function
+ * that leaves it; the last leave closes the session.
+ * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` when the addon cannot load.
+ */
+export function joinSession(options: SessionOptions, listener: SessionListener): { leave: () => void; stats: () => SessionStats } {
+  const key = keyOf(options);
+  let session = sessions.get(key);
+  if (!session) {
+    session = new KernelSession(key, options);
+    sessions.set(key, session);
+  }
+  const joined = session;
+  joined.add(listener);
+  return { leave: () => joined.remove(listener), stats: () => joined.stats() };
+}
+
+/** Number of kernel sessions open in this process (for tests and `doctor`). */
+export function openSessionCount(): number {
+  return sessions.size;
+}

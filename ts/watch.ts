@@ -1,0 +1,114 @@
+/**
+ * `chrootWatch()`: live chroot(2) events from the kernel as an RxJS
+ * Observable.
+ * @module
+ */
+import { Observable } from 'rxjs';
+import type { AttachMode } from './errors.js';
+import { ChrootWatchError, check } from './errors.js';
+import type { ChrootEvent } from './events.js';
+import { joinSession, type AttachInfo, type LostReport, type SessionOptions } from './session.js';
+
+/** Default ring buffer size: 4 MiB, room for about 500 events. */
+export const DEFAULT_RING_BUFFER_BYTES = 4 << 20;
+
+/** Options of {@link chrootWatch}. Filters apply in the kernel. */
+export interface ChrootWatchOptions {
+  /**
+   * Attach mode. `'auto'` (default) tries fentry, then kprobe, then the
+   * syscall tracepoints, and uses the first the kernel allows; a named mode
+   * fails with `MODE_UNAVAILABLE` if refused.
+   */
+  readonly mode?: 'auto' | AttachMode;
+  /** Only calls from this process id (tgid). */
+  readonly pid?: number;
+  /** Only calls by this real uid. */
+  readonly uid?: number;
+  /** Only calls whose comm is exactly this (1 to 15 bytes; the kernel cuts comm at 15). */
+  readonly comm?: string;
+  /**
+   * Size of the kernel ring buffer in bytes: a power of two from the page
+   * size to 1 GiB. Default {@link DEFAULT_RING_BUFFER_BYTES}. One event takes
+   * about 8.3 KiB.
+   */
+  readonly ringBufferBytes?: number;
+  /** Called once per subscription when the programs are attached: which mode, and why better ones were refused. */
+  readonly onAttach?: (info: AttachInfo) => void;
+  /** Called when the kernel reports events it could not deliver (full ring buffer). Never silent. */
+  readonly onLost?: (report: LostReport) => void;
+}
+
+const MODES: readonly string[] = ['auto', 'fentry', 'kprobe', 'tracepoint'];
+
+function isU32(n: unknown): n is number {
+  return typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
+}
+
+/** Validates options; throws `INVALID_ARGUMENT` naming the bad one. */
+function normalise(o: ChrootWatchOptions): SessionOptions {
+  check(typeof o === 'object' && o !== null, 'options must be an object');
+  const mode = o.mode ?? 'auto';
+  check(MODES.includes(mode), `mode must be one of ${MODES.join(', ')}; got ${JSON.stringify(o.mode)}`);
+  check(o.pid === undefined || (isU32(o.pid) && o.pid > 0), `pid must be a positive integer; got ${String(o.pid)}`);
+  check(o.uid === undefined || isU32(o.uid), `uid must be an integer from 0 to 4294967295; got ${String(o.uid)}`);
+  if (o.comm !== undefined) {
+    const bytes = typeof o.comm === 'string' ? Buffer.byteLength(o.comm) : -1;
+    check(bytes >= 1 && bytes <= 15, `comm must be 1 to 15 bytes (the kernel keeps 15 of a task's name); got ${JSON.stringify(o.comm)}`);
+  }
+  const ring = o.ringBufferBytes ?? DEFAULT_RING_BUFFER_BYTES;
+  check(
+    isU32(ring) && ring >= 4096 && ring <= 1 << 30 && (ring & (ring - 1)) === 0,
+    `ringBufferBytes must be a power of two from 4096 to 1073741824; got ${String(o.ringBufferBytes)}`,
+  );
+  for (const k of ['onAttach', 'onLost'] as const) {
+    check(o[k] === undefined || typeof o[k] === 'function', `${k} must be a function`);
+  }
+  return {
+    mode: mode as SessionOptions['mode'],
+    ringBufferBytes: ring,
+    ...(o.pid !== undefined ? { pid: o.pid } : {}),
+    ...(o.uid !== undefined ? { uid: o.uid } : {}),
+    ...(o.comm !== undefined ? { comm: o.comm } : {}),
+  };
+}
+
+/**
+ * Live chroot(2) calls as typed events, one per call, emitted when the call
+ * returns.
+ *
+ * Cold: each subscription attaches (subscribers with equal options share
+ * one kernel session) and the last unsubscribe detaches every program,
+ * link and map. Needs root, or CAP_BPF and CAP_PERFMON.
+ *
+ * Errors arrive on the error channel as {@link ChrootWatchError}: `EPERM`
+ * (privileges), `UNSUPPORTED_KERNEL`, `MODE_UNAVAILABLE`, `LOAD_FAILED`
+ * (verifier; see `verifierLog`), `MOUNT_FAILED`, `NATIVE_UNAVAILABLE`.
+ *
+ * @throws {ChrootWatchError} `INVALID_ARGUMENT` at call time for bad options.
+ * @example
+ * import { chrootWatch } from 'chroot-guard';
+ * chrootWatch({ comm: 'debootstrap' }).subscribe((e) => console.log(e.pid, e.path, e.errno ?? 'ok'));
+ */
+export function chrootWatch(options: ChrootWatchOptions = {}): Observable<ChrootEvent> {
+  const opts = normalise(options);
+  return new Observable<ChrootEvent>((subscriber) => {
+    let joined: ReturnType<typeof joinSession>;
+    try {
+      joined = joinSession(opts, {
+        events: (batch) => {
+          for (const e of batch) {
+            if (subscriber.closed) return;
+            subscriber.next(e);
+          }
+        },
+        attached: (info) => options.onAttach?.(info),
+        lost: (report) => options.onLost?.(report),
+        error: (err) => subscriber.error(err),
+      });
+    } catch (err) {
+      subscriber.error(err instanceof ChrootWatchError ? err : new ChrootWatchError('INTERNAL', String(err), { cause: err }));
+      return;
+    }
+    return joined.leave;
+  });
+}

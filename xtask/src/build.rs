@@ -1,0 +1,78 @@
+//! `cargo xtask build-ebpf` and `cargo xtask build`.
+
+use std::{fs, os::unix::fs::PermissionsExt, path::PathBuf, process::Command};
+
+use anyhow::{bail, Context, Result};
+use xtask::{npx, output, root, run, step};
+
+/// The libLLVM that Debian's rustc links, found with ldd.
+fn rustc_libllvm() -> Result<PathBuf> {
+    let ldd = output(Command::new("ldd").arg("/usr/bin/rustc"))?;
+    ldd.lines()
+        .filter(|l| l.contains("libLLVM"))
+        .find_map(|l| l.split("=>").nth(1)?.split_whitespace().next().map(PathBuf::from))
+        .context("ldd /usr/bin/rustc shows no libLLVM: is rustc-web installed?")
+}
+
+/// Builds `crates/ebpf` for bpfel-unknown-none.
+///
+/// bpf-linker 0.10 (feature rust-llvm-22) loads libLLVM at run time from the
+/// directories in LD_LIBRARY_PATH; we give it a directory holding only the
+/// LLVM that rustc-web uses, so the bitcode and the linker always agree.
+pub fn build_ebpf() -> Result<()> {
+    step("eBPF object (rustc-web + bpf-linker, bpfel-unknown-none)");
+    let llvm_dir = root().join("target/bpf-llvm");
+    fs::create_dir_all(&llvm_dir)?;
+    let lib = rustc_libllvm()?;
+    let link = llvm_dir.join(lib.file_name().context("libLLVM file name")?);
+    if fs::read_link(&link).ok().as_ref() != Some(&lib) {
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link)?;
+    }
+    if !PathBuf::from("/usr/bin/cargo").exists() {
+        bail!("/usr/bin/cargo is missing: apt-get install cargo-web (or run `cargo xtask setup`)");
+    }
+    run(Command::new("/usr/bin/cargo")
+        .args(["build", "--release"])
+        .current_dir(root().join("crates/ebpf"))
+        .env("RUSTC", "/usr/bin/rustc")
+        .env("RUSTC_BOOTSTRAP", "1")
+        .env("CARGO_TARGET_DIR", root().join("target"))
+        .env("LD_LIBRARY_PATH", &llvm_dir)
+        .env_remove("RUSTFLAGS"))
+}
+
+/// eBPF object, napi addon (with the object embedded), TypeScript.
+pub fn build() -> Result<()> {
+    build_ebpf()?;
+    step("napi addon (crates/loader)");
+    run(&mut npx(&[
+        "napi",
+        "build",
+        "--platform",
+        "--release",
+        "--manifest-path",
+        "crates/loader/Cargo.toml",
+        "--output-dir",
+        "ts/native",
+        "--js",
+        "binding.cjs",
+        "--dts",
+        "binding.d.cts",
+        "--package-json-path",
+        "package.json",
+    ]))?;
+    step("TypeScript (tsc)");
+    run(&mut npx(&["tsc", "-p", "tsconfig.build.json"]))?;
+    let (from, to) = (root().join("ts/native"), root().join("dist/native"));
+    fs::create_dir_all(&to)?;
+    for entry in fs::read_dir(&from)? {
+        let entry = entry?;
+        fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    let cli = root().join("dist/cli.js");
+    if cli.exists() {
+        fs::set_permissions(&cli, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
