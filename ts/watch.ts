@@ -73,6 +73,21 @@ function normalise(o: ChrootWatchOptions): SessionOptions {
 }
 
 /**
+ * Calls a user callback; what it throws is reported as an uncaught error on
+ * a later tick (as RxJS does for subscriber callbacks), so it cannot break
+ * the session or other subscribers.
+ */
+function callUser<T>(fn: ((x: T) => void) | undefined, x: T): void {
+  try {
+    fn?.(x);
+  } catch (err) {
+    setTimeout(() => {
+      throw err;
+    });
+  }
+}
+
+/**
  * Live chroot(2) calls as typed events, one per call, emitted when the call
  * returns.
  *
@@ -101,8 +116,8 @@ export function chrootWatch(options: ChrootWatchOptions = {}): Observable<Chroot
             subscriber.next(e);
           }
         },
-        attached: (info) => options.onAttach?.(info),
-        lost: (report) => options.onLost?.(report),
+        attached: (info) => callUser(options.onAttach, info),
+        lost: (report) => callUser(options.onLost, report),
         error: (err) => subscriber.error(err),
       });
     } catch (err) {

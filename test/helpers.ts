@@ -1,0 +1,60 @@
+/**
+ * Test helpers: real kernel, real chroot calls. Nothing here fakes the
+ * kernel; these only wait for and look at what it reports.
+ */
+import { execFileSync } from 'node:child_process';
+import type { Subscription } from 'rxjs';
+import { chrootWatch, type AttachInfo, type ChrootEvent, type ChrootWatchOptions } from '../ts/index.js';
+
+/**
+ * The mode the suite runs in: `CG_TEST_MODE` (set per run by `cargo xtask
+ * test`, e.g. in the VM), else `auto`.
+ */
+export const TEST_MODE = (process.env.CG_TEST_MODE ?? 'auto') as NonNullable<ChrootWatchOptions['mode']>;
+
+/** The program names of ours, from `chroot_guard_common::probes::PROBES` (all start `cg_`). */
+export function ourPrograms(): string[] {
+  const out = execFileSync('bpftool', ['--json', 'prog', 'show'], { encoding: 'utf8' });
+  const progs = JSON.parse(out) as Array<{ name?: string }>;
+  return progs.map((p) => p.name ?? '').filter((n) => n.startsWith('cg_'));
+}
+
+/** A live subscription that records events. */
+export interface Recorder {
+  readonly events: ChrootEvent[];
+  readonly info: AttachInfo;
+  /** Events of one process. */
+  of(pid: number): ChrootEvent[];
+  /** Waits until `pred` holds for the recorded events (or throws after `ms`). */
+  until(pred: (events: ChrootEvent[]) => boolean, ms?: number): Promise<void>;
+  stop(): void;
+}
+
+/** Subscribes with `options` (mode defaults to {@link TEST_MODE}) and resolves once attached. */
+export function record(options: ChrootWatchOptions = {}): Promise<Recorder> {
+  const events: ChrootEvent[] = [];
+  let sub: Subscription | undefined;
+  return new Promise<Recorder>((resolve, reject) => {
+    sub = chrootWatch({
+      mode: TEST_MODE,
+      ...options,
+      onAttach: (info) =>
+        resolve({
+          events,
+          info,
+          of: (pid) => events.filter((e) => e.pid === pid),
+          until: async (pred, ms = 5000) => {
+            const deadline = Date.now() + ms;
+            while (!pred(events)) {
+              if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms; events so far: ${JSON.stringify(events.map((e) => [e.pid, e.comm, e.path, e.errno]))}`);
+              await new Promise((r) => setTimeout(r, 20));
+            }
+          },
+          stop: () => sub?.unsubscribe(),
+        }),
+    }).subscribe({ next: (e) => events.push(e), error: reject });
+  });
+}
+
+/** Sleeps. */
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

@@ -1,0 +1,143 @@
+/**
+ * Lifecycle in child processes and worker threads: the threadsafe function
+ * must not keep Node alive after the last unsubscribe, a worker that ends
+ * must detach, and missing privileges reach the error channel without a
+ * crash. Uses the built package (dist/), as users do.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeBusyboxRoot, type BusyboxRoot } from '../ts/demo.js';
+import { ourPrograms } from './helpers.js';
+
+const DIST = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+let root: BusyboxRoot;
+let rootPath: string;
+beforeAll(() => {
+  root = makeBusyboxRoot();
+  rootPath = realpathSync(root.dir);
+});
+afterAll(() => root.remove());
+
+/** Runs an ES module script in a fresh node; returns exit code, output and wall time. */
+function node(script: string, opts: { prefix?: string[]; timeoutMs?: number } = {}) {
+  const started = Date.now();
+  const argv = [...(opts.prefix ?? []), process.execPath, '--input-type=module', '-e', script];
+  const r = spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8', timeout: opts.timeoutMs ?? 30_000 });
+  if (process.env.CG_DEBUG) console.log(r.stdout, r.stderr);
+  return { code: r.status, signal: r.signal, stdout: r.stdout, stderr: r.stderr, ms: Date.now() - started };
+}
+
+describe('in a child process', () => {
+  it('exits by itself after the last unsubscribe (the callback does not keep Node alive)', () => {
+    const r = node(`
+      import { chrootWatch } from ${JSON.stringify(DIST)};
+      import { execFileSync } from 'node:child_process';
+      const sub = chrootWatch({ onAttach: () => {
+        execFileSync('chroot', [${JSON.stringify(rootPath)}, '/bin/true']);
+      } }).subscribe((e) => {
+        if (e.path === ${JSON.stringify(rootPath)}) { console.log('event', e.pid); sub.unsubscribe(); }
+      });
+    `);
+    expect(r.stderr).toBe('');
+    expect(r.signal).toBeNull(); // not killed by the timeout
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^event \d+/);
+    expect(ourPrograms()).toEqual([]);
+  });
+
+  it('keeps Node alive while subscribed', () => {
+    const r = node(`
+      import { chrootWatch } from ${JSON.stringify(DIST)};
+      chrootWatch({ onAttach: () => console.log('attached') }).subscribe();
+    `, { timeoutMs: 4000 });
+    expect(r.stdout).toContain('attached');
+    expect(r.signal).toBe('SIGTERM'); // still running when the timeout struck
+    expect(ourPrograms()).toEqual([]); // the kernel dropped everything with the process
+  });
+
+  it('survives unsubscribing in the middle of a burst of chroot calls', () => {
+    const r = node(`
+      import { chrootWatch } from ${JSON.stringify(DIST)};
+      import { spawn } from 'node:child_process';
+      let n = 0;
+      const burst = spawn('sh', ['-c', 'i=0; while [ $i -lt 300 ]; do chroot /nonexistent-burst /bin/true 2>/dev/null; i=$((i+1)); done']);
+      const sub = chrootWatch().subscribe(() => { if (++n === 20) sub.unsubscribe(); });
+      burst.on('close', () => console.log('burst done, saw', n));
+    `);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/burst done, saw (\d+)/);
+    expect(ourPrograms()).toEqual([]);
+  });
+
+  it('reports missing privileges on the error channel as EPERM, without crashing', () => {
+    // Root without any capability: the bounding set is emptied before exec.
+    const r = node(`
+      import { chrootWatch } from ${JSON.stringify(DIST)};
+      chrootWatch().subscribe({ error: (e) => console.log(JSON.stringify({ name: e.name, code: e.code, message: e.message })) });
+    `, { prefix: ['setpriv', '--bounding-set=-all', '--inh-caps=-all'] });
+    expect(r.code).toBe(0);
+    const err = JSON.parse(r.stdout) as { name: string; code: string; message: string };
+    expect(err).toMatchObject({ name: 'ChrootWatchError', code: 'EPERM' });
+    expect(err.message).toContain('CAP_BPF');
+    expect(err.message).toContain('run as root');
+  });
+
+  it('reports missing privileges as EPERM for a process that dropped to uid 65534', () => {
+    const r = node(`
+      import { chrootWatch } from ${JSON.stringify(DIST)};
+      process.setgid(65534); process.setuid(65534);
+      chrootWatch().subscribe({ error: (e) => console.log(e.code, e.message) });
+    `);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^EPERM missing privileges \(euid 65534 lacks CAP_BPF and CAP_PERFMON\)/);
+  });
+});
+
+describe('in a worker thread', () => {
+  const worker = (body: string) => `
+    import { Worker } from 'node:worker_threads';
+    const w = new Worker(${JSON.stringify(`(async () => {
+      const { parentPort } = require('node:worker_threads');
+      const { chrootWatch } = await import(${JSON.stringify(DIST)});
+      ${body}
+    })()`)}, { eval: true, execArgv: [] });
+    w.on('message', (m) => console.log(m));
+    w.on('error', (e) => { console.log('worker error', e.message); process.exitCode = 1; });
+    w.on('exit', (c) => console.log('worker exit', c));
+  `;
+
+  it('receives events, unsubscribes, and the worker ends by itself', () => {
+    const r = node(worker(`
+      const { execFileSync } = require('node:child_process');
+      const sub = chrootWatch({ onAttach: () => execFileSync('chroot', [${JSON.stringify(rootPath)}, '/bin/true']) })
+        .subscribe((e) => { parentPort.postMessage('event ' + e.path); sub.unsubscribe(); });
+    `));
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`event ${rootPath}`);
+    expect(r.stdout).toContain('worker exit 0');
+    expect(ourPrograms()).toEqual([]);
+  });
+
+  it('detaches when the worker is terminated while subscribed', () => {
+    const r = node(`
+      import { Worker } from 'node:worker_threads';
+      import { execFileSync } from 'node:child_process';
+      const w = new Worker(${JSON.stringify(`(async () => {
+        const { parentPort } = require('node:worker_threads');
+        const { chrootWatch } = await import(${JSON.stringify(DIST)});
+        chrootWatch({ onAttach: () => parentPort.postMessage('attached') }).subscribe();
+      })()`)}, { eval: true, execArgv: [] });
+      w.on('message', async () => {
+        const before = execFileSync('bpftool', ['prog', 'show'], { encoding: 'utf8' }).includes('cg_');
+        await w.terminate();
+        const after = execFileSync('bpftool', ['prog', 'show'], { encoding: 'utf8' }).includes('cg_');
+        console.log(JSON.stringify({ before, after }));
+        setTimeout(() => {}, 50);
+      });
+    `);
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ before: true, after: false });
+  });
+});

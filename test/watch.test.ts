@@ -1,0 +1,217 @@
+/**
+ * chrootWatch() against the real kernel: real programs, real chroot calls
+ * from child processes. Runs on the host (tracepoint mode) and in the VM once
+ * per mode (`CG_TEST_MODE`); the assertions are the same everywhere.
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, realpathSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
+import { ChrootWatchError, chrootWatch } from '../ts/index.js';
+import { ourPrograms, record, sleep, TEST_MODE, type Recorder } from './helpers.js';
+
+let root: BusyboxRoot;
+let rootPath: string;
+
+beforeAll(() => {
+  root = makeBusyboxRoot();
+  rootPath = realpathSync(root.dir);
+});
+afterAll(() => root.remove());
+
+/** Runs `argv`, waits for its events, and returns them (after a grace period to catch extras). */
+async function callsOf(rec: Recorder, argv: string[], expected = 1) {
+  const run = await runStep(argv);
+  await rec.until(() => rec.of(run.pid).length >= expected);
+  await sleep(150);
+  return { run, events: rec.of(run.pid) };
+}
+
+describe(`chrootWatch (mode ${TEST_MODE})`, () => {
+  let rec: Recorder;
+  beforeAll(async () => {
+    rec = await record();
+  });
+  afterAll(() => rec.stop());
+
+  it('reports a chroot into an existing directory: ret 0 and the resolved new root', async () => {
+    const { run, events } = await callsOf(rec, ['chroot', rootPath, '/bin/true']);
+    expect(run.code).toBe(0);
+    expect(events).toHaveLength(1);
+    const [e] = events;
+    expect(e).toMatchObject({ pid: run.pid, tid: run.pid, comm: 'chroot', path: rootPath, ret: 0, errno: null, uid: 0, euid: 0 });
+    expect(e!.resolvedPath).toBe(rootPath);
+    expect(e!.resolvedPathTruncated).toBe(false);
+    expect(e!.pathBytes.equals(Buffer.from(rootPath))).toBe(true);
+    expect(e!.ppid).toBe(process.pid);
+    expect(e!.ts).toBeGreaterThanOrEqual(e!.enterTs);
+    expect(e!.probe).toBe(rec.info.mode);
+  });
+
+  it('reports a missing path as ENOENT', async () => {
+    const missing = join(rootPath, 'does-not-exist');
+    const { run, events } = await callsOf(rec, ['chroot', missing, '/bin/true']);
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({ pid: run.pid, path: missing, ret: -2, errno: 'ENOENT', resolvedPath: null });
+  });
+
+  it('reports a regular file as ENOTDIR', async () => {
+    const file = join(rootPath, 'bin/busybox');
+    const { run, events } = await callsOf(rec, ['chroot', file, '/bin/true']);
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({ pid: run.pid, path: file, ret: -20, errno: 'ENOTDIR', resolvedPath: null });
+  });
+
+  it('reports an unprivileged caller as EPERM, with its uid', async () => {
+    const { run, events } = await callsOf(rec, ['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', 'chroot', rootPath, '/bin/true']);
+    expect(events).toHaveLength(1);
+    expect(events[0]).toMatchObject({ pid: run.pid, path: rootPath, ret: -1, errno: 'EPERM', uid: 65534, gid: 65534, euid: 65534 });
+    expect(events[0]!.lsmRet).toBeNull(); // the capability check fails before security_path_chroot
+  });
+
+  it('gives a chroot from inside a chroot its host-absolute resolved path', async () => {
+    const { events } = await callsOf(rec, ['chroot', rootPath, '/bin/chroot', '/inner', '/bin/true'], 2);
+    expect(events.map((e) => [e.path, e.errno, e.resolvedPath])).toEqual([
+      [rootPath, null, rootPath],
+      ['/inner', null, `${rootPath}/inner`],
+    ]);
+  });
+
+  it('carries the caller namespaces and cgroup id', async () => {
+    const { run, events } = await callsOf(rec, ['chroot', rootPath, '/bin/true']);
+    const ns = (kind: string) => Number(/\[(\d+)\]/.exec(execFileSync('readlink', [`/proc/self/ns/${kind}`], { encoding: 'utf8' }))![1]);
+    expect(events[0]!.pid).toBe(run.pid);
+    expect(events[0]!.mntNs).toBe(ns('mnt'));
+    expect(events[0]!.pidNs).toBe(ns('pid'));
+    expect(events[0]!.cgroupId).toBeGreaterThan(0n);
+  });
+
+  it('keeps the raw bytes of a non-UTF-8 path beside an escaped display string', async () => {
+    const { run, events } = await callsOf(rec, ['sh', '-c', `exec chroot "$(printf '${rootPath}/caf\\351')" /bin/true`]);
+    expect(events).toHaveLength(1);
+    const e = events[0]!;
+    expect(e.pid).toBe(run.pid);
+    expect(e.pathBytes.equals(Buffer.concat([Buffer.from(`${rootPath}/caf`), Buffer.from([0xe9])]))).toBe(true);
+    expect(e.path).toBe(`${rootPath}/caf\\xe9`);
+    expect(e.errno).toBe('ENOENT');
+  });
+
+  it('flags an argument longer than PATH_MAX as truncated', async () => {
+    const long = '/' + 'a'.repeat(5000);
+    const { events } = await callsOf(rec, ['chroot', long, '/bin/true']);
+    expect(events[0]).toMatchObject({ errno: 'ENAMETOOLONG', pathTruncated: true });
+    expect(events[0]!.pathBytes.length).toBe(4095);
+  });
+
+  it('flags a resolved path deeper than the walk bound as truncated, keeping its tail', async () => {
+    let deep = rootPath;
+    for (let i = 0; i < 70; i++) deep = join(deep, `d${i}`);
+    mkdirSync(deep, { recursive: true });
+    const { events } = await callsOf(rec, ['chroot', deep, '/bin/true']);
+    expect(events[0]!.errno).toBeNull();
+    expect(events[0]!.resolvedPathTruncated).toBe(true);
+    expect(deep.endsWith(events[0]!.resolvedPath!)).toBe(true);
+    expect(events[0]!.resolvedPath!.endsWith('/d68/d69')).toBe(true);
+  });
+});
+
+describe('filters (applied in the kernel)', () => {
+  it('a pid filter drops another process’s calls', async () => {
+    const { spawn } = await import('node:child_process');
+    const idle = spawn('sleep', ['30']); // the filtered process never chroots
+    const filtered = await record({ pid: idle.pid! });
+    const all = await record();
+    try {
+      const run = await runStep(['chroot', rootPath, '/bin/true']);
+      await all.until(() => all.of(run.pid).length === 1); // the kernel saw the call
+      await sleep(200);
+      expect(filtered.events).toEqual([]);
+    } finally {
+      filtered.stop();
+      all.stop();
+      idle.kill();
+    }
+  });
+
+  it('a pid filter keeps that process’s calls', async () => {
+    // The shell's pid is known before it chroots: it sleeps first.
+    const { spawn } = await import('node:child_process');
+    const child = spawn('sh', ['-c', `sleep 1; exec chroot ${rootPath} /bin/true`]);
+    const rec = await record({ pid: child.pid! });
+    try {
+      await rec.until(() => rec.events.length === 1, 8000);
+      expect(rec.events[0]).toMatchObject({ pid: child.pid, path: rootPath, errno: null });
+    } finally {
+      rec.stop();
+    }
+  });
+
+  it('uid and comm filters keep only what they name', async () => {
+    const byUid = await record({ uid: 65534 });
+    const byComm = await record({ comm: 'busybox' });
+    try {
+      const root0 = await runStep(['chroot', rootPath, '/bin/true']);
+      const nobody = await runStep(['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', 'chroot', rootPath, '/bin/true']);
+      const bb = await runStep(['busybox', 'chroot', rootPath, '/bin/true']);
+      await byUid.until((ev) => ev.length >= 1);
+      await byComm.until((ev) => ev.length >= 1);
+      await sleep(200);
+      expect(byUid.events.map((e) => e.pid)).toEqual([nobody.pid]);
+      expect(byComm.events.map((e) => e.pid)).toEqual([bb.pid]);
+      expect(root0.code).toBe(0);
+    } finally {
+      byUid.stop();
+      byComm.stop();
+    }
+  });
+});
+
+describe('lifecycle', () => {
+  it('detaches every program of ours after the last unsubscribe', async () => {
+    const a = await record();
+    const b = await record();
+    const loaded = ourPrograms();
+    expect(loaded.length).toBeGreaterThan(0);
+    a.stop();
+    expect(ourPrograms()).toEqual(loaded); // b still holds the shared session
+    b.stop();
+    expect(ourPrograms()).toEqual([]);
+  });
+
+  it('shares one kernel session between concurrent subscribers with equal options', async () => {
+    const a = await record();
+    const perSession = ourPrograms().length;
+    const b = await record();
+    try {
+      expect(ourPrograms().length).toBe(perSession);
+      const run = await runStep(['chroot', rootPath, '/bin/true']);
+      await a.until(() => a.of(run.pid).length === 1);
+      await b.until(() => b.of(run.pid).length === 1);
+      expect(a.of(run.pid)[0]).toBe(b.of(run.pid)[0]);
+    } finally {
+      a.stop();
+      b.stop();
+    }
+  });
+
+  it('is cold: nothing loads until subscribe', () => {
+    const obs = chrootWatch({ mode: TEST_MODE });
+    expect(ourPrograms()).toEqual([]);
+    expect(typeof obs.subscribe).toBe('function');
+  });
+
+  it('throws INVALID_ARGUMENT at call time for bad options', () => {
+    const bad = [{ mode: 'uprobe' }, { pid: -1 }, { uid: 1.5 }, { comm: 'x'.repeat(16) }, { comm: '' }, { ringBufferBytes: 5000 }];
+    for (const o of bad) {
+      let caught: unknown;
+      try {
+        chrootWatch(o as never);
+      } catch (e) {
+        caught = e;
+      }
+      expect(caught).toBeInstanceOf(ChrootWatchError);
+      expect((caught as ChrootWatchError).code).toBe('INVALID_ARGUMENT');
+    }
+  });
+});

@@ -1,0 +1,75 @@
+#!/usr/bin/env node
+/**
+ * The `chroot-guard` command line.
+ * @internal
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { demo } from './cli/demo.js';
+import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
+import { watch } from './cli/watch.js';
+
+const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
+
+function integer(name: string, min: number, max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value) || n < min || n > max) throw new InvalidArgumentError(`${name} must be an integer from ${min} to ${max}`);
+    return n;
+  };
+}
+
+const modeOption = () =>
+  new Option('--mode <mode>', 'attach mode; auto tries fentry, then kprobe, then tracepoints')
+    .choices(['auto', 'fentry', 'kprobe', 'tracepoint'])
+    .default('auto');
+
+const program = new Command('chroot-guard')
+  .description('See and control chroot(2) on Linux with eBPF.')
+  .version(pkg.version)
+  .showHelpAfterError()
+  .addHelpText('after', EXIT_HELP)
+  .exitOverride();
+
+program
+  .command('watch')
+  .description('print chroot(2) calls live as they return, until Ctrl-C (needs root)')
+  .option('--json', 'one JSON object per line (keys: ts, pid, tid, ppid, uid, gid, comm, path, resolvedPath, ret, errno, probe, …)')
+  .addOption(modeOption())
+  .option('--pid <pid>', 'only calls from this process id (tgid)', integer('--pid', 1, 0xffffffff))
+  .option('--uid <uid>', 'only calls by this real uid', integer('--uid', 0, 0xffffffff))
+  .option('--comm <name>', 'only calls whose comm is exactly this (at most 15 bytes)')
+  .option('--ring-buffer-bytes <n>', 'kernel ring buffer size (power of two; default 4194304)', integer('--ring-buffer-bytes', 4096, 1 << 30))
+  .addHelpText(
+    'after',
+    `
+Columns: TIME (local), PID, COMM, UID, RESULT (ok or errno), PATH → RESOLVED (the new
+root as an absolute path in the caller's mount namespace). Times are from
+CLOCK_BOOTTIME ("ts" in JSON, ns since boot).
+${EXIT_HELP}`,
+  )
+  .action(async (flags) => {
+    process.exitCode = await watch(flags);
+  });
+
+program
+  .command('demo')
+  .description('watch while a built-in workload chroots into a busybox root made on the fly, then check every call was seen (needs root)')
+  .option('--json', 'events as JSON lines')
+  .addOption(modeOption())
+  .option('--keep', 'keep the demo root file system')
+  .addHelpText('after', EXIT_HELP)
+  .action(async (flags) => {
+    process.exitCode = await demo(flags);
+  });
+
+try {
+  await program.parseAsync();
+} catch (err) {
+  if (err instanceof CommanderError) {
+    process.exitCode = err.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
+  } else {
+    process.exitCode = reportError(err);
+  }
+}

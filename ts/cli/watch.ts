@@ -1,0 +1,65 @@
+/**
+ * `chroot-guard watch`: chroot(2) calls live, as a table or JSON lines.
+ * @internal
+ * @module
+ */
+import { chrootWatch } from '../watch.js';
+import type { AttachMode } from '../errors.js';
+import { EventPrinter, EXIT, describeAttach, describeLost, note, reportError } from './output.js';
+
+/** Options of `watch`, as commander parses them. */
+export interface WatchFlags {
+  json?: boolean;
+  mode: 'auto' | AttachMode;
+  pid?: number;
+  uid?: number;
+  comm?: string;
+  ringBufferBytes?: number;
+}
+
+/** Runs until SIGINT/SIGTERM (exit 0) or an error (its exit code). */
+export function watch(flags: WatchFlags): Promise<number> {
+  const printer = new EventPrinter(flags.json === true);
+  return new Promise((resolve) => {
+    let lost = 0;
+    const sub = chrootWatch({
+      mode: flags.mode,
+      ...(flags.pid !== undefined ? { pid: flags.pid } : {}),
+      ...(flags.uid !== undefined ? { uid: flags.uid } : {}),
+      ...(flags.comm !== undefined ? { comm: flags.comm } : {}),
+      ...(flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {}),
+      onAttach: (info) => {
+        note(`${describeAttach(info)}\n  watching chroot(2); Ctrl-C to stop`);
+        printer.header();
+      },
+      onLost: (report) => {
+        lost = report.total.ringBufferFull + report.total.pendingFull;
+        note(describeLost(report));
+      },
+    }).subscribe({
+      next: (e) => printer.print(e),
+      error: (err: unknown) => {
+        stop();
+        resolve(reportError(err));
+      },
+    });
+    const stop = () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      process.stdout.off('error', onStdoutError);
+      sub.unsubscribe();
+    };
+    const onSignal = () => {
+      stop();
+      note(`detached: ${printer.count} events${lost ? `, ${lost} lost` : ''}`);
+      resolve(EXIT.OK);
+    };
+    const onStdoutError = (err: NodeJS.ErrnoException) => {
+      stop();
+      resolve(err.code === 'EPIPE' ? EXIT.OK : reportError(err));
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    process.stdout.on('error', onStdoutError);
+  });
+}
