@@ -7,6 +7,8 @@
  * EPERM, no CONFIG_KPROBES), `fentry` in the stock-kernel VM. `cargo xtask
  * test` sets it for each place it runs the suite.
  */
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { firstValueFrom } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { ChrootWatchError, chrootWatch, type AttachMode } from '../ts/index.js';
@@ -64,5 +66,25 @@ describe.each(['fentry', 'kprobe', 'tracepoint'] as const)('forced %s mode', (mo
       expect(e.refusals.map((r) => [r.mode, r.code])).toEqual([[mode, refusal!.code]]);
     }
     expect(ourPrograms()).toEqual([]);
+  });
+});
+
+describe('pseudo file systems', () => {
+  const mounted = (dir: string, type: string) =>
+    readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .some((l) => l.split(' ')[1] === dir && l.split(' ')[2] === type);
+  const unmount = (dir: string, type: string) => {
+    while (mounted(dir, type)) execFileSync('umount', [dir]);
+  };
+
+  it('mounts tracefs and bpffs when they are missing, as on a fresh boot', async () => {
+    unmount('/sys/kernel/tracing', 'tracefs');
+    // Only an empty bpffs is unmounted: pins would go with it.
+    if (readdirSync('/sys/fs/bpf').length === 0) unmount('/sys/fs/bpf', 'bpf');
+    const rec = await record();
+    rec.stop();
+    expect(mounted('/sys/kernel/tracing', 'tracefs')).toBe(true);
+    expect(mounted('/sys/fs/bpf', 'bpf')).toBe(true);
   });
 });

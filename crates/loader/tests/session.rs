@@ -1,5 +1,6 @@
-//! The core against the real kernel: open a session, make a real chroot
-//! call, receive its event. Needs root; run by `cargo xtask test`.
+//! The core against the real kernel, without Node.js: open a session in
+//! `auto` mode, make real chroot calls, receive their events through a
+//! channel sink. Needs root; run by `cargo xtask test`.
 use std::{
     process::Command,
     sync::mpsc,
@@ -14,6 +15,7 @@ use chroot_guard_loader::{
 };
 
 struct ChannelSink(mpsc::Sender<Batch>);
+
 impl Sink for ChannelSink {
     fn in_flight(&self) -> u32 {
         0
@@ -23,47 +25,74 @@ impl Sink for ChannelSink {
     }
 }
 
+/// Splits a batch into events (`[u32 len][u32 0][record][pad to 8]`…).
 fn events(batch: &Batch) -> Vec<ChrootEvent> {
     let mut out = Vec::new();
     let mut at = 0;
-    while at < batch.data.len() {
-        let len = u32::from_le_bytes(batch.data[at..at + 4].try_into().unwrap()) as usize;
+    while at + 8 <= batch.data.len() {
+        let len = u32::from_le_bytes(batch.data[at..at + 4].try_into().expect("4 bytes")) as usize;
+        assert_eq!(len, std::mem::size_of::<ChrootEvent>(), "record length");
         let rec = &batch.data[at + 8..at + 8 + len];
-        assert_eq!(len, std::mem::size_of::<ChrootEvent>());
-        // SAFETY: the record is a whole ChrootEvent; read_unaligned copies it.
+        // SAFETY: the record is one whole ChrootEvent; read_unaligned copies it.
         out.push(unsafe { std::ptr::read_unaligned(rec.as_ptr().cast::<ChrootEvent>()) });
         at += 8 + len.div_ceil(8) * 8;
     }
     out
 }
 
+fn path_of(ev: &ChrootEvent) -> String {
+    String::from_utf8_lossy(&ev.path[..ev.path_len as usize]).into_owned()
+}
+
 #[test]
-fn auto_mode_reports_a_real_chroot() {
+fn auto_mode_reports_real_chroot_calls() {
     let (tx, rx) = mpsc::channel();
-    let opts = LoadOptions {
-        mode: ModeRequest::Auto,
-        filter: Filter::default(),
-        ring_buffer_bytes: 1 << 20,
+    let opts = LoadOptions { mode: ModeRequest::Auto, filter: Filter::default(), ring_buffer_bytes: 1 << 20 };
+    let mut session = match Session::open(&opts, ChannelSink(tx), ReaderConfig::default()) {
+        Ok(s) => s,
+        Err(e) => panic!("open failed ({}): {e}\nverifier log: {}", e.code(), e.verifier_log().unwrap_or("-")),
     };
-    let mut session = Session::open(&opts, ChannelSink(tx), ReaderConfig::default())
-        .unwrap_or_else(|e| { if let Some(l) = e.verifier_log() { let t: Vec<_> = l.lines().collect(); eprintln!("{}", t[t.len().saturating_sub(40)..].join("\n")); } panic!("open failed: {e} ({})", e.code()) });
-    eprintln!("mode: {:?}, refused: {:?}", session.mode(), session.refusals().iter().map(|r| (&r.code, &r.reason)).collect::<Vec<_>>());
-    let child = Command::new("chroot").arg("/nonexistent-chroot-guard").arg("/bin/true").status().unwrap();
-    assert!(!child.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut found = None;
-    while Instant::now() < deadline && found.is_none() {
+    for r in session.refusals() {
+        eprintln!("{} refused ({}): {}", r.mode.name(), r.code, r.reason);
+    }
+    let missing = Command::new("chroot").args(["/nonexistent-chroot-guard", "/bin/true"]).status().expect("run chroot");
+    assert!(!missing.success());
+    let root = Command::new("chroot").args(["/", "/bin/true"]).status().expect("run chroot");
+    assert!(root.success());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen: Vec<ChrootEvent> = Vec::new();
+    while Instant::now() < deadline && seen.len() < 2 {
         if let Ok(b) = rx.recv_timeout(Duration::from_millis(200)) {
-            for ev in events(&b) {
-                let path = String::from_utf8_lossy(&ev.path[..ev.path_len as usize]).to_string();
-                eprintln!("event pid={} comm={:?} path={path} ret={} mnt_ns={} pid_ns={} ppid={}", ev.pid, String::from_utf8_lossy(&ev.comm), ev.ret, ev.mnt_ns, ev.pid_ns, ev.ppid);
-                if path == "/nonexistent-chroot-guard" {
-                    found = Some(ev);
-                }
-            }
+            seen.extend(events(&b).into_iter().filter(|e| {
+                matches!(path_of(e).as_str(), "/nonexistent-chroot-guard" | "/")
+                    && &e.comm[..6] == b"chroot"
+            }));
         }
     }
-    let ev = found.expect("an event for the chroot call");
-    assert_eq!(ev.ret, -2);
+    let missing = seen.iter().find(|e| path_of(e) == "/nonexistent-chroot-guard").expect("event of the failed call");
+    assert_eq!(missing.ret, -i64::from(libc::ENOENT));
+    assert_eq!(missing.mode, session.mode() as u8);
+    let ok = seen.iter().find(|e| path_of(e) == "/").expect("event of the call into /");
+    assert_eq!(ok.ret, 0);
+    assert_eq!(&ok.resolved[..ok.resolved_len as usize], b"/");
+    assert_eq!(session.stats().lost.total(), 0);
     session.close();
+    session.close(); // idempotent
+}
+
+/// The record offsets the tracepoint programs read are the kernel's.
+#[test]
+fn tracepoint_offsets_match_tracefs() {
+    use chroot_guard_common::probes::{TP_ENTER_FILENAME_OFFSET, TP_EXIT_RET_OFFSET};
+    chroot_guard_loader::sys::ensure_tracing_mounts().expect("tracefs mounted");
+    let offset_of = |event: &str, field: &str| -> usize {
+        let format = std::fs::read_to_string(format!("/sys/kernel/tracing/events/syscalls/{event}/format"))
+            .expect("tracepoint format in tracefs");
+        let line = format.lines().find(|l| l.contains(&format!(" {field};"))).expect("field in format");
+        let off = line.split("offset:").nth(1).and_then(|s| s.split(';').next()).expect("offset");
+        off.trim().parse().expect("number")
+    };
+    assert_eq!(offset_of("sys_enter_chroot", "filename"), TP_ENTER_FILENAME_OFFSET);
+    assert_eq!(offset_of("sys_exit_chroot", "ret"), TP_EXIT_RET_OFFSET);
 }
