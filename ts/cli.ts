@@ -7,6 +7,8 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { demo } from './cli/demo.js';
+import { doctorCommand } from './cli/doctor.js';
+import { stacksCommand } from './cli/stacks.js';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
 import { watch } from './cli/watch.js';
 
@@ -62,6 +64,26 @@ program
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {
     process.exitCode = await demo(flags);
+  });
+
+program
+  .command('doctor')
+  .description("what this kernel allows on the chroot path: each attach point × tracepoint/kprobe/fentry/lsm, tried for real, and the mode auto picks (the typed answer to bpftrace -l '*chroot*')")
+  .option('--json', 'the report as JSON')
+  .addHelpText('after', EXIT_HELP)
+  .action(async (flags) => {
+    process.exitCode = await doctorCommand(flags);
+  });
+
+program
+  .command('stacks')
+  .description("count distinct kernel stacks at each chroot hook, most frequent first (like bpftrace -e 'k:*chroot* { @[kstack] = count(); }'; needs root)")
+  .option('--json', 'the stacks as JSON')
+  .addOption(modeOption())
+  .option('--duration <seconds>', 'how long to count', integer('--duration', 0, 86_400), 5)
+  .addHelpText('after', EXIT_HELP)
+  .action(async (flags) => {
+    process.exitCode = await stacksCommand(flags);
   });
 
 try {

@@ -12,3 +12,5 @@ export { type ChrootEvent, errnoName, displayBytes } from './events.js';
 export { ChrootWatchError, type ChrootWatchErrorCode, type AttachMode, type Refusal } from './errors.js';
 export type { AttachInfo, LostReport } from './session.js';
 export { toWallClock } from './clock.js';
+export { doctor, type DoctorReport, type AttachPointReport, type Check, type Denial, type Mechanism, type ModeReport } from './doctor.js';
+export { countStacks, type CountStacksOptions, type KernelStack, type StackFrame, type StackReport } from './stacks.js';

@@ -9,7 +9,7 @@
  * @internal
  * @module
  */
-import type { BindingBatch, BindingOpenResult, BindingSession } from './native/binding.cjs';
+import type { BindingBatch, BindingOpenResult, BindingRefusal, BindingSession } from './native/binding.cjs';
 import type { AttachMode, ChrootWatchErrorCode, Refusal } from './errors.js';
 import { ChrootWatchError } from './errors.js';
 import { Decoder, type ChrootEvent } from './events.js';
@@ -71,7 +71,8 @@ function keyOf(o: SessionOptions): string {
   return JSON.stringify([o.mode, o.pid ?? null, o.uid ?? null, o.comm ?? null, o.ringBufferBytes]);
 }
 
-function refusalOf(r: BindingOpenResult['refusals'][number]): Refusal {
+/** A refusal from the addon, as the public {@link Refusal}. @internal */
+export function refusalOf(r: BindingRefusal): Refusal {
   return {
     mode: r.mode as AttachMode,
     program: r.program,

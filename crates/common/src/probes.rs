@@ -102,3 +102,100 @@ pub const TP_ENTER_FILENAME_OFFSET: usize = 16;
 /// Offset of `ret` (a `long`) in the `sys_exit_chroot` tracepoint record
 /// (`struct syscall_trace_exit`).
 pub const TP_EXIT_RET_OFFSET: usize = 16;
+
+/// A way of hooking the kernel, as `doctor` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mechanism {
+    /// `BPF_PROG_TYPE_TRACEPOINT` on a static tracepoint.
+    Tracepoint,
+    /// `BPF_PROG_TYPE_KPROBE` on a kernel function (needs `CONFIG_KPROBES`).
+    Kprobe,
+    /// `BPF_PROG_TYPE_TRACING`/`BPF_TRACE_FENTRY` (needs BTF and BPF trampolines).
+    Fentry,
+    /// `BPF_PROG_TYPE_LSM` on a BPF LSM hook (needs `CONFIG_BPF_LSM` and
+    /// `bpf` in the active LSM list).
+    Lsm,
+}
+
+impl Mechanism {
+    /// Every mechanism, in report order.
+    pub const ALL: [Mechanism; 4] = [Mechanism::Tracepoint, Mechanism::Kprobe, Mechanism::Fentry, Mechanism::Lsm];
+
+    /// Lower-case name, as in JSON and tables.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mechanism::Tracepoint => "tracepoint",
+            Mechanism::Kprobe => "kprobe",
+            Mechanism::Fentry => "fentry",
+            Mechanism::Lsm => "lsm",
+        }
+    }
+
+    /// The mechanism an attach mode's stack counters use.
+    pub const fn of_mode(mode: Mode) -> Mechanism {
+        match mode {
+            Mode::Fentry => Mechanism::Fentry,
+            Mode::Kprobe => Mechanism::Kprobe,
+            Mode::Tracepoint => Mechanism::Tracepoint,
+        }
+    }
+}
+
+/// What kind of place in the kernel an attach point is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PointKind {
+    /// A static tracepoint in [`TRACEPOINT_CATEGORY`].
+    Tracepoint,
+    /// A kernel function.
+    Function,
+    /// A BPF LSM hook function (`bpf_lsm_*`), the attach target of `lsm/…`
+    /// programs.
+    LsmHook,
+}
+
+/// One place on the chroot path that can be hooked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachPoint {
+    /// Tracepoint name (in [`TRACEPOINT_CATEGORY`]) or kernel function.
+    pub name: &'static str,
+    /// What it is.
+    pub kind: PointKind,
+    /// The mechanisms that can hook it.
+    pub mechanisms: &'static [Mechanism],
+}
+
+/// The chroot path's attach points, outermost first: the syscall
+/// tracepoints, the syscall entry (native and, on x86_64, 32-bit compat),
+/// the LSM call site, and the BPF LSM hook. `doctor` checks each with each
+/// of its mechanisms; `stacks` counts kernel stacks at the ones its mode
+/// can hook.
+pub const ATTACH_POINTS: &[AttachPoint] = &[
+    AttachPoint { name: "sys_enter_chroot", kind: PointKind::Tracepoint, mechanisms: &[Mechanism::Tracepoint] },
+    AttachPoint { name: "sys_exit_chroot", kind: PointKind::Tracepoint, mechanisms: &[Mechanism::Tracepoint] },
+    AttachPoint { name: SYS_CHROOT, kind: PointKind::Function, mechanisms: &[Mechanism::Kprobe, Mechanism::Fentry] },
+    #[cfg(target_arch = "x86_64")]
+    AttachPoint { name: "__ia32_sys_chroot", kind: PointKind::Function, mechanisms: &[Mechanism::Kprobe, Mechanism::Fentry] },
+    AttachPoint { name: SECURITY_PATH_CHROOT, kind: PointKind::Function, mechanisms: &[Mechanism::Kprobe, Mechanism::Fentry] },
+    AttachPoint {
+        name: BPF_LSM_PATH_CHROOT,
+        kind: PointKind::LsmHook,
+        mechanisms: &[Mechanism::Kprobe, Mechanism::Fentry, Mechanism::Lsm],
+    },
+];
+
+/// The BPF LSM hook for chroot (`security/bpf/hooks.c`, 5.7+); `lsm/path_chroot`
+/// programs attach here.
+pub const BPF_LSM_PATH_CHROOT: &str = "bpf_lsm_path_chroot";
+
+/// The LSM hook name `lsm/…` programs are loaded with.
+pub const LSM_HOOK: &str = "path_chroot";
+
+/// Programs of the object that serve `stacks` and `doctor`, by mechanism.
+pub const fn check_program(m: Mechanism) -> &'static str {
+    match m {
+        Mechanism::Tracepoint => "cg_stk_tp",
+        Mechanism::Kprobe => "cg_stk_kprobe",
+        Mechanism::Fentry => "cg_stk_fentry",
+        Mechanism::Lsm => "cg_chk_lsm",
+    }
+}

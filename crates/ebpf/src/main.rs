@@ -14,6 +14,7 @@ mod event;
 mod fentry;
 mod kernel;
 mod kprobe;
+mod stacks;
 mod tracepoint;
 
 use aya_ebpf::{

@@ -265,61 +265,58 @@ fn first_errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     None
 }
 
-/// Turns a program error into a [`Refusal`] with a reason people can act on.
-fn refusal(spec: &'static ProbeSpec, stage: &'static str, e: ProgramError) -> Refusal {
-    let kind = kind_name(spec.kind);
-    let base = base_refusal(spec, stage);
-    let errno = first_errno(&e);
+/// Why the kernel said no to one program, classified.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    /// Stable code, see [`Refusal::code`].
+    pub code: &'static str,
+    /// errno name, if any.
+    pub errno: Option<&'static str>,
+    /// A sentence for people.
+    pub reason: String,
+    /// Verifier log, when there is one.
+    pub verifier_log: Option<String>,
+}
+
+/// Classifies a program error of a `kind` program (`"fentry"`, `"lsm"`, …)
+/// on `target` into a [`Denial`] with a reason people can act on.
+pub fn classify(kind: &str, program: &str, target: &str, stage: &str, e: &ProgramError) -> Denial {
+    let errno = first_errno(e);
     let errno_str = errno.and_then(errno_name);
     let lockdown = sys::lockdown().map(|l| format!("; lockdown: {l}")).unwrap_or_default();
-    match &e {
-        ProgramError::LoadError { verifier_log, .. } if errno == Some(libc::EPERM) => Refusal {
-            code: "EPERM",
-            errno: errno_str,
-            reason: format!(
-                "the kernel refused to load the {kind} program on {} with EPERM: this kernel does not permit {kind} programs{lockdown}",
-                spec.target
-            ),
-            verifier_log: Some(verifier_log.to_string()).filter(|l| !l.trim().is_empty()),
-            ..base
-        },
-        ProgramError::LoadError { verifier_log, .. } => Refusal {
-            code: "VERIFIER",
-            errno: errno_str,
-            reason: format!(
-                "the verifier rejected {} ({kind} on {}){}",
-                spec.program,
-                spec.target,
+    let log = |l: &dyn std::fmt::Display| Some(l.to_string()).filter(|l| !l.trim().is_empty());
+    let (code, reason, verifier_log) = match e {
+        ProgramError::LoadError { verifier_log, .. } if errno == Some(libc::EPERM) => (
+            "EPERM",
+            format!("the kernel refused to load the {kind} program on {target} with EPERM: this kernel does not permit {kind} programs{lockdown}"),
+            log(verifier_log as &dyn std::fmt::Display),
+        ),
+        ProgramError::LoadError { verifier_log, .. } => (
+            "VERIFIER",
+            format!(
+                "the verifier rejected {program} ({kind} on {target}){}",
                 errno_str.map(|e| format!(" with {e}")).unwrap_or_default()
             ),
-            verifier_log: Some(verifier_log.to_string()),
-            ..base
-        },
-        ProgramError::Btf(_) => Refusal {
-            code: "NO_BTF_FUNC",
-            reason: format!("{} is not a function in the kernel's BTF", spec.target),
-            ..base
-        },
-        _ if matches!(spec.kind, ProgramKind::KProbe | ProgramKind::KRetProbe) && !sys::has_kprobes() => Refusal {
-            code: "NO_KPROBES",
-            errno: errno_str,
-            reason: "the kernel has no kprobe support (CONFIG_KPROBES is not set: no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in tracefs)".into(),
-            ..base
-        },
-        ProgramError::TracePointError(_) => Refusal {
-            code: "NO_TRACEPOINT",
-            errno: errno_str,
-            reason: format!(
-                "tracepoint {TRACEPOINT_CATEGORY}:{} is missing (CONFIG_FTRACE_SYSCALLS?): {e}",
-                spec.target
-            ),
-            ..base
-        },
-        _ => Refusal {
-            code: "ATTACH_FAILED",
-            errno: errno_str,
-            reason: format!("{stage} of the {kind} program on {} failed: {e}", spec.target),
-            ..base
-        },
-    }
+            log(verifier_log as &dyn std::fmt::Display),
+        ),
+        ProgramError::Btf(_) => ("NO_BTF_FUNC", format!("{target} is not a function in the kernel's BTF"), None),
+        _ if matches!(kind, "kprobe" | "kretprobe") && !sys::has_kprobes() => (
+            "NO_KPROBES",
+            "the kernel has no kprobe support (CONFIG_KPROBES is not set: no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in tracefs)".into(),
+            None,
+        ),
+        ProgramError::TracePointError(_) => (
+            "NO_TRACEPOINT",
+            format!("tracepoint {TRACEPOINT_CATEGORY}:{target} is missing (CONFIG_FTRACE_SYSCALLS?): {e}"),
+            None,
+        ),
+        _ => ("ATTACH_FAILED", format!("{stage} of the {kind} program on {target} failed: {e}"), None),
+    };
+    Denial { code, errno: errno_str, reason, verifier_log }
+}
+
+/// Turns a program error of one of our probes into a [`Refusal`].
+fn refusal(spec: &'static ProbeSpec, stage: &'static str, e: ProgramError) -> Refusal {
+    let d = classify(kind_name(spec.kind), spec.program, spec.target, stage, &e);
+    Refusal { code: d.code, errno: d.errno, reason: d.reason, verifier_log: d.verifier_log, ..base_refusal(spec, stage) }
 }

@@ -10,11 +10,13 @@
 
 pub mod attach;
 pub mod btf;
+pub mod doctor;
 pub mod error;
 pub mod layout;
 pub mod object;
 pub mod reader;
 pub mod session;
+pub mod stacks;
 pub mod sys;
 
 #[cfg(feature = "napi")]

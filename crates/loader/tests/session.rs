@@ -96,3 +96,26 @@ fn tracepoint_offsets_match_tracefs() {
     assert_eq!(offset_of("sys_enter_chroot", "filename"), TP_ENTER_FILENAME_OFFSET);
     assert_eq!(offset_of("sys_exit_chroot", "ret"), TP_EXIT_RET_OFFSET);
 }
+
+/// `doctor` and `stacks` against the real kernel, printed for the log; the
+/// TypeScript suites assert what they must find on each kernel.
+#[test]
+fn doctor_and_stacks_run() {
+    let report = chroot_guard_loader::doctor::doctor();
+    for p in &report.points {
+        for c in &p.checks {
+            eprintln!("{:24} {:10} {}", p.point.name, c.mechanism.name(), c.denial.as_ref().map_or("ok".to_string(), |d| format!("{} {}", d.code, d.reason)));
+        }
+    }
+    let auto = report.auto.expect("some mode works");
+    let stacks = chroot_guard_loader::stacks::Stacks::start(chroot_guard_loader::attach::ModeRequest::Auto).expect("stacks start");
+    assert_eq!(stacks.mode(), auto);
+    for _ in 0..3 {
+        Command::new("chroot").args(["/nonexistent-stacks", "/bin/true"]).status().expect("run chroot");
+    }
+    let counts = stacks.collect().expect("collect");
+    for c in &counts {
+        eprintln!("{} x{}: {:?}", c.hook, c.count, c.frames.iter().map(|f| f.symbol.clone().unwrap_or_default()).collect::<Vec<_>>());
+    }
+    assert!(counts.iter().map(|c| c.count).sum::<u64>() >= 3);
+}

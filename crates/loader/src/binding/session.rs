@@ -1,5 +1,4 @@
-//! The Node.js binding: thin and internal. Every type is prefixed `Binding`
-//! and wrapped by `ts/src/` which is the only public API.
+//! Kernel sessions for `chrootWatch()` (`ts/session.ts`).
 //!
 //! Lifecycle of a [`BindingSession`]: idle → opening (`open()`, loads on the
 //! libuv pool) → running → closed (`close()`, idempotent; or the env cleanup
@@ -23,6 +22,7 @@ use napi::{
 };
 use napi_derive::napi;
 
+use super::{binding_refusal, BindingRefusal};
 use crate::{
     attach::{LoadOptions, ModeRequest},
     error::{Error, Refusal},
@@ -56,27 +56,6 @@ pub struct BindingBatch {
     pub ring_buffer_full: f64,
     /// Total calls not traced because `CG_PENDING` was full, since load.
     pub pending_full: f64,
-}
-
-/// Why a mode was refused.
-#[napi(object)]
-pub struct BindingRefusal {
-    /// Refused mode.
-    pub mode: String,
-    /// Program that failed.
-    pub program: String,
-    /// Its target function or tracepoint.
-    pub target: String,
-    /// `load` or `attach`.
-    pub stage: String,
-    /// Reason code (see `Refusal::code`).
-    pub code: String,
-    /// errno name, if any.
-    pub errno: Option<String>,
-    /// Sentence for people.
-    pub reason: String,
-    /// Verifier log, for `VERIFIER`.
-    pub verifier_log: Option<String>,
 }
 
 /// Outcome of `open()`: never a rejected promise, so the TS layer can build
@@ -354,19 +333,6 @@ impl Task for OpenTask {
             error_message,
             verifier_log,
         })
-    }
-}
-
-fn binding_refusal(r: &Refusal) -> BindingRefusal {
-    BindingRefusal {
-        mode: r.mode.name().into(),
-        program: r.program.into(),
-        target: r.target.into(),
-        stage: r.stage.into(),
-        code: r.code.into(),
-        errno: r.errno.map(str::to_string),
-        reason: r.reason.clone(),
-        verifier_log: r.verifier_log.clone(),
     }
 }
 

@@ -1,0 +1,61 @@
+//! Kernel stacks at the chroot hooks, for `chroot-guard stacks` (the typed
+//! `bpftrace -e 'k:*chroot* { @[kstack] = count(); }'`), and the minimal
+//! programs `chroot-guard doctor` loads to learn what the kernel allows.
+//!
+//! The loader loads one instance of the object per hook, so each instance's
+//! `CG_STACK_COUNTS` belongs to one hook.
+
+use aya_ebpf::{
+    btf_maps::{HashMap, StackTrace},
+    macros::{btf_map, fentry, kprobe, lsm, tracepoint},
+    programs::{tracing::StackIdContext, FEntryContext, LsmContext, ProbeContext, TracePointContext},
+};
+
+/// Kernel stacks seen at the hook, by stack id (`bpf_get_stackid`).
+#[btf_map]
+static CG_STACKS: StackTrace<1024> = StackTrace::new();
+
+/// How often each stack id was seen.
+#[btf_map]
+static CG_STACK_COUNTS: HashMap<u32, u64, 1024> = HashMap::new();
+
+#[inline(always)]
+fn count_stack<C: StackIdContext>(ctx: &C) {
+    let Ok(id) = ctx.get_stackid(&CG_STACKS, 0) else { return };
+    let id = id as u32;
+    match CG_STACK_COUNTS.get_ptr_mut(&id) {
+        // SAFETY: a map value; a lost increment under a race only undercounts.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = CG_STACK_COUNTS.insert(&id, &1, 0);
+        }
+    }
+}
+
+/// Stack counter for tracepoints (`syscalls:sys_enter_chroot`, `sys_exit_chroot`).
+#[tracepoint]
+pub fn cg_stk_tp(ctx: TracePointContext) -> u32 {
+    count_stack(&ctx);
+    0
+}
+
+/// Stack counter for kprobes (any `*chroot*` function).
+#[kprobe]
+pub fn cg_stk_kprobe(ctx: ProbeContext) -> u32 {
+    count_stack(&ctx);
+    0
+}
+
+/// Stack counter for fentry (any `*chroot*` function).
+#[fentry]
+pub fn cg_stk_fentry(ctx: FEntryContext) -> i32 {
+    count_stack(&ctx);
+    0
+}
+
+/// The `lsm/path_chroot` check program: allows everything (returns 0).
+/// `doctor` loads and attaches it to learn whether the BPF LSM runs here.
+#[lsm]
+pub fn cg_chk_lsm(_ctx: LsmContext) -> i32 {
+    0
+}

@@ -1,0 +1,168 @@
+//! `doctor()` for `ts/doctor.ts`.
+
+use napi::{bindgen_prelude::AsyncTask, Env, Task};
+use napi_derive::napi;
+
+use super::{binding_refusal, BindingRefusal};
+use crate::{
+    attach::Denial,
+    doctor::{doctor as run_doctor, Report},
+};
+use chroot_guard_common::probes::PointKind;
+
+/// Why the kernel said no.
+#[napi(object)]
+pub struct BindingDenial {
+    /// Stable code.
+    pub code: String,
+    /// errno name, if any.
+    pub errno: Option<String>,
+    /// Sentence for people.
+    pub reason: String,
+    /// Verifier log, if any.
+    pub verifier_log: Option<String>,
+}
+
+/// One mechanism tried on one attach point.
+#[napi(object)]
+pub struct BindingCheck {
+    /// `tracepoint`, `kprobe`, `fentry` or `lsm`.
+    pub mechanism: String,
+    /// Loaded and attached.
+    pub ok: bool,
+    /// Why not.
+    pub denial: Option<BindingDenial>,
+}
+
+/// An attach point.
+#[napi(object)]
+pub struct BindingPoint {
+    /// Tracepoint (`syscalls:…`) or function name.
+    pub name: String,
+    /// `tracepoint`, `function` or `lsm-hook`.
+    pub kind: String,
+    /// Whether the kernel has it.
+    pub present: bool,
+    /// Checks, one per mechanism.
+    pub checks: Vec<BindingCheck>,
+}
+
+/// One attach mode tried with the real programs.
+#[napi(object)]
+pub struct BindingModeReport {
+    /// Mode name.
+    pub mode: String,
+    /// Attached.
+    pub ok: bool,
+    /// Why not.
+    pub refusal: Option<BindingRefusal>,
+}
+
+/// Kernel facts.
+#[napi(object)]
+pub struct BindingKernelFacts {
+    /// `uname -r`.
+    pub release: String,
+    /// `uname -m`.
+    pub machine: String,
+    /// `/sys/kernel/btf/vmlinux` exists.
+    pub btf: bool,
+    /// Lockdown mode.
+    pub lockdown: Option<String>,
+    /// Active LSMs.
+    pub lsms: Option<Vec<String>>,
+    /// kprobes available.
+    pub kprobes: bool,
+    /// What privileges are missing, if any.
+    pub missing_privileges: Option<String>,
+}
+
+/// Everything `doctor` found.
+#[napi(object)]
+pub struct BindingDoctorReport {
+    /// Kernel facts.
+    pub kernel: BindingKernelFacts,
+    /// Attach points.
+    pub points: Vec<BindingPoint>,
+    /// Modes, best first.
+    pub modes: Vec<BindingModeReport>,
+    /// The mode `auto` would choose.
+    pub auto: Option<String>,
+}
+
+fn denial(d: &Denial) -> BindingDenial {
+    BindingDenial {
+        code: d.code.into(),
+        errno: d.errno.map(str::to_string),
+        reason: d.reason.clone(),
+        verifier_log: d.verifier_log.clone(),
+    }
+}
+
+/// Runs the checks on the libuv pool.
+pub struct DoctorTask;
+
+impl Task for DoctorTask {
+    type Output = Report;
+    type JsValue = BindingDoctorReport;
+
+    fn compute(&mut self) -> napi::Result<Report> {
+        Ok(run_doctor())
+    }
+
+    fn resolve(&mut self, _env: Env, r: Report) -> napi::Result<BindingDoctorReport> {
+        Ok(BindingDoctorReport {
+            kernel: BindingKernelFacts {
+                release: r.kernel.release,
+                machine: r.kernel.machine,
+                btf: r.kernel.btf,
+                lockdown: r.kernel.lockdown,
+                lsms: r.kernel.lsms,
+                kprobes: r.kernel.kprobes,
+                missing_privileges: r.kernel.missing_privileges,
+            },
+            points: r
+                .points
+                .iter()
+                .map(|p| BindingPoint {
+                    name: match p.point.kind {
+                        PointKind::Tracepoint => format!("syscalls:{}", p.point.name),
+                        _ => p.point.name.to_string(),
+                    },
+                    kind: match p.point.kind {
+                        PointKind::Tracepoint => "tracepoint",
+                        PointKind::Function => "function",
+                        PointKind::LsmHook => "lsm-hook",
+                    }
+                    .into(),
+                    present: p.present,
+                    checks: p
+                        .checks
+                        .iter()
+                        .map(|c| BindingCheck {
+                            mechanism: c.mechanism.name().into(),
+                            ok: c.denial.is_none(),
+                            denial: c.denial.as_ref().map(denial),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            modes: r
+                .modes
+                .iter()
+                .map(|m| BindingModeReport {
+                    mode: m.mode.name().into(),
+                    ok: m.refusal.is_none(),
+                    refusal: m.refusal.as_ref().map(binding_refusal),
+                })
+                .collect(),
+            auto: r.auto.map(|m| m.name().to_string()),
+        })
+    }
+}
+
+/// Tries every attach point and mode on this kernel (see `crate::doctor`).
+#[napi(ts_return_type = "Promise<BindingDoctorReport>")]
+pub fn doctor() -> AsyncTask<DoctorTask> {
+    AsyncTask::new(DoctorTask)
+}

@@ -1,0 +1,171 @@
+//! Stack counters for `ts/stacks.ts`.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use napi::{bindgen_prelude::AsyncTask, Env, Status, Task};
+use napi_derive::napi;
+
+use super::{binding_refusal, BindingRefusal};
+use crate::{
+    attach::ModeRequest,
+    error::Error,
+    stacks::{StackCount, Stacks},
+};
+
+/// Outcome of `start()`, never a rejection.
+#[napi(object)]
+pub struct BindingStacksStart {
+    /// Attached.
+    pub ok: bool,
+    /// The mode, when attached.
+    pub mode: Option<String>,
+    /// Hooks counting stacks.
+    pub hooks: Vec<String>,
+    /// Hooks of the mode that did not attach: `hook: reason`.
+    pub skipped: Vec<String>,
+    /// Better modes refused (or all, on failure).
+    pub refusals: Vec<BindingRefusal>,
+    /// Error code on failure.
+    pub error_code: Option<String>,
+    /// Error message on failure.
+    pub error_message: Option<String>,
+}
+
+/// One kernel stack frame.
+#[napi(object)]
+pub struct BindingFrame {
+    /// Address, as a hex string.
+    pub address: String,
+    /// Symbol, if found.
+    pub symbol: Option<String>,
+    /// Offset in the symbol.
+    pub offset: u32,
+}
+
+/// A distinct stack and its count.
+#[napi(object)]
+pub struct BindingStack {
+    /// Hook.
+    pub hook: String,
+    /// Count.
+    pub count: f64,
+    /// Frames, innermost first.
+    pub frames: Vec<BindingFrame>,
+}
+
+type Shared = Arc<Mutex<Option<Stacks>>>;
+
+/// Stack counters (`crate::stacks::Stacks`) behind a JS object.
+#[napi]
+pub struct BindingStacks {
+    shared: Shared,
+    mode: String,
+}
+
+#[napi]
+impl BindingStacks {
+    /// `mode`: `auto`, `fentry`, `kprobe` or `tracepoint`. Nothing loads yet.
+    #[napi(constructor)]
+    pub fn new(mode: String) -> Self {
+        BindingStacks { shared: Arc::new(Mutex::new(None)), mode }
+    }
+
+    /// Loads and attaches the counters on the libuv pool.
+    #[napi(ts_return_type = "Promise<BindingStacksStart>")]
+    pub fn start(&self) -> AsyncTask<StartTask> {
+        AsyncTask::new(StartTask { shared: Arc::clone(&self.shared), mode: self.mode.clone() })
+    }
+
+    /// Reads and symbolizes the counts so far, most frequent first.
+    #[napi(ts_return_type = "Promise<BindingStack[]>")]
+    pub fn collect(&self) -> AsyncTask<CollectTask> {
+        AsyncTask::new(CollectTask { shared: Arc::clone(&self.shared) })
+    }
+
+    /// Detaches everything. Idempotent.
+    #[napi]
+    pub fn close(&self) {
+        self.shared.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
+
+/// See [`BindingStacks::start`].
+pub struct StartTask {
+    shared: Shared,
+    mode: String,
+}
+
+impl Task for StartTask {
+    type Output = BindingStacksStart;
+    type JsValue = BindingStacksStart;
+
+    fn compute(&mut self) -> napi::Result<BindingStacksStart> {
+        let started = self.mode.parse::<ModeRequest>().and_then(Stacks::start);
+        Ok(match started {
+            Ok(stacks) => {
+                let out = BindingStacksStart {
+                    ok: true,
+                    mode: Some(stacks.mode().name().into()),
+                    hooks: stacks.hooks(),
+                    skipped: stacks.skipped().iter().map(|(h, d)| format!("{h}: {} ({})", d.reason, d.code)).collect(),
+                    refusals: stacks.refusals().iter().map(binding_refusal).collect(),
+                    error_code: None,
+                    error_message: None,
+                };
+                *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = Some(stacks);
+                out
+            }
+            Err(e) => BindingStacksStart {
+                ok: false,
+                mode: None,
+                hooks: Vec::new(),
+                skipped: Vec::new(),
+                refusals: e.refusals().iter().map(binding_refusal).collect(),
+                error_code: Some(match &e {
+                    Error::InvalidArgument(_) => "INVALID_ARGUMENT".into(),
+                    other => other.code().into(),
+                }),
+                error_message: Some(e.to_string()),
+            },
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, out: BindingStacksStart) -> napi::Result<BindingStacksStart> {
+        Ok(out)
+    }
+}
+
+/// See [`BindingStacks::collect`].
+pub struct CollectTask {
+    shared: Shared,
+}
+
+impl Task for CollectTask {
+    type Output = Vec<StackCount>;
+    type JsValue = Vec<BindingStack>;
+
+    fn compute(&mut self) -> napi::Result<Vec<StackCount>> {
+        let guard = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let stacks = guard.as_ref().ok_or_else(|| napi::Error::new(Status::InvalidArg, "stack counters are not running"))?;
+        stacks.collect().map_err(|e| napi::Error::new(Status::GenericFailure, e.to_string()))
+    }
+
+    fn resolve(&mut self, _env: Env, counts: Vec<StackCount>) -> napi::Result<Vec<BindingStack>> {
+        Ok(counts
+            .into_iter()
+            .map(|c| BindingStack {
+                hook: c.hook,
+                count: c.count as f64,
+                frames: c
+                    .frames
+                    .into_iter()
+                    .map(|f| BindingFrame {
+                        address: format!("0x{:x}", f.address),
+                        symbol: f.symbol,
+                        offset: f.offset as u32,
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,132 @@
+/**
+ * `doctor` and `stacks` against the real kernel. What each kernel must show
+ * comes from measured facts (../shared/PLATFORM.md), passed by `cargo xtask
+ * test` as CG_EXPECT_AUTO_MODE: `tracepoint` on the host (kprobes missing,
+ * fentry and LSM refused with EPERM), `fentry` in the stock-kernel VM
+ * (fentry, kprobe and the BPF LSM all available).
+ */
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { runStep } from '../ts/demo.js';
+import { countStacks, doctor, type DoctorReport } from '../ts/index.js';
+import { ourPrograms } from './helpers.js';
+
+const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+const EXPECT_AUTO = process.env.CG_EXPECT_AUTO_MODE;
+
+function cell(r: DoctorReport, point: string, mechanism: string) {
+  const p = r.points.find((x) => x.name === point);
+  expect(p, point).toBeDefined();
+  const c = p!.checks.find((x) => x.mechanism === mechanism);
+  expect(c, `${point} × ${mechanism}`).toBeDefined();
+  return c!;
+}
+
+const FUNCTIONS = ['__x64_sys_chroot', 'security_path_chroot', 'bpf_lsm_path_chroot'];
+
+function assertReport(r: DoctorReport) {
+  expect(r.kernel.btf).toBe(true);
+  expect(r.kernel.missingPrivileges).toBeNull();
+  for (const tp of ['syscalls:sys_enter_chroot', 'syscalls:sys_exit_chroot']) expect(cell(r, tp, 'tracepoint').ok).toBe(true);
+  if (EXPECT_AUTO === 'tracepoint') {
+    // The host: only the tracepoint family.
+    expect(r.auto).toBe('tracepoint');
+    expect(r.kernel.kprobes).toBe(false);
+    for (const f of FUNCTIONS) {
+      expect(cell(r, f, 'kprobe').denial?.code).toBe('NO_KPROBES');
+      expect(cell(r, f, 'fentry').denial?.code).toBe('EPERM');
+    }
+    expect(cell(r, 'bpf_lsm_path_chroot', 'lsm').denial?.code).toBe('EPERM');
+    expect(r.modes.map((m) => [m.mode, m.ok, m.refusal?.code ?? null])).toEqual([
+      ['fentry', false, 'EPERM'],
+      ['kprobe', false, 'NO_KPROBES'],
+      ['tracepoint', true, null],
+    ]);
+  } else if (EXPECT_AUTO === 'fentry') {
+    // The stock Debian kernel in the VM: everything.
+    expect(r.auto).toBe('fentry');
+    expect(r.kernel.kprobes).toBe(true);
+    expect(r.kernel.lsms).toContain('bpf');
+    for (const f of FUNCTIONS) {
+      expect(cell(r, f, 'kprobe').ok).toBe(true);
+      expect(cell(r, f, 'fentry').ok).toBe(true);
+    }
+    expect(cell(r, 'bpf_lsm_path_chroot', 'lsm').ok).toBe(true);
+    expect(r.modes.every((m) => m.ok)).toBe(true);
+  } else {
+    expect(r.auto).toBe(r.modes.find((m) => m.ok)?.mode ?? null);
+  }
+}
+
+describe('doctor', () => {
+  it(`reports what this kernel allows (auto → ${EXPECT_AUTO ?? '?'}) and leaves nothing loaded`, async () => {
+    assertReport(await doctor());
+    expect(ourPrograms()).toEqual([]);
+  });
+
+  it('chroot-guard doctor --json says the same, with exit code 0', () => {
+    const r = spawnSync(process.execPath, [CLI, 'doctor', '--json'], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    assertReport(JSON.parse(r.stdout) as DoctorReport);
+  });
+
+  it('chroot-guard doctor prints a table and the reasons', () => {
+    const r = spawnSync(process.execPath, [CLI, 'doctor'], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/attach point\s+│ tracepoint │ kprobe\s+│ fentry\s+│ lsm/);
+    expect(r.stdout).toContain(`auto → ${EXPECT_AUTO ?? ''}`);
+  });
+
+  it('without privileges: says so in every check and exits 4', () => {
+    const r = spawnSync('setpriv', ['--bounding-set=-all', '--inh-caps=-all', process.execPath, CLI, 'doctor', '--json'], { encoding: 'utf8' });
+    expect(r.status).toBe(4);
+    const rep = JSON.parse(r.stdout) as DoctorReport;
+    expect(rep.kernel.missingPrivileges).toContain('CAP_BPF');
+    expect(rep.auto).toBeNull();
+    expect(rep.points.flatMap((p) => p.checks).every((c) => c.denial?.code === 'NO_PRIVILEGES')).toBe(true);
+  });
+});
+
+describe('stacks', () => {
+  it('counts the kernel stacks of a chroot workload at each hook, symbolized', async () => {
+    let calls = 0;
+    const r = await countStacks({
+      durationMs: 1500,
+      onAttach: () => {
+        void (async () => {
+          for (let i = 0; i < 3; i++) {
+            await runStep(['chroot', '/nonexistent-stacks-test', '/bin/true']);
+            await runStep(['chroot', '/', '/bin/true']);
+            calls += 2;
+          }
+        })();
+      },
+    });
+    expect(calls).toBe(6);
+    expect(ourPrograms()).toEqual([]);
+    const symbols = (hook: string) => r.stacks.filter((s) => s.hook === hook).map((s) => s.frames.map((f) => f.symbol));
+    expect(r.stacks.length).toBeGreaterThan(0);
+    for (const [i, s] of r.stacks.entries()) if (i > 0) expect(s.count).toBeLessThanOrEqual(r.stacks[i - 1]!.count);
+    if (r.mode === 'tracepoint') {
+      const enter = symbols('syscalls:sys_enter_chroot');
+      expect(enter.some((f) => f.includes('do_syscall_64'))).toBe(true);
+      expect(r.stacks.filter((s) => s.hook === 'syscalls:sys_enter_chroot').reduce((n, s) => n + s.count, 0)).toBeGreaterThanOrEqual(6);
+    } else {
+      // fentry or kprobe: through security_path_chroot ← __x64_sys_chroot ← do_syscall_64.
+      const lsm = symbols('security_path_chroot');
+      expect(lsm.length).toBeGreaterThan(0);
+      const path = lsm.find((f) => f.includes('__x64_sys_chroot'))!;
+      expect(path).toBeDefined();
+      expect(path.indexOf('__x64_sys_chroot')).toBeLessThan(path.indexOf('do_syscall_64'));
+      if (path.includes('security_path_chroot')) expect(path.indexOf('security_path_chroot')).toBeLessThan(path.indexOf('__x64_sys_chroot'));
+    }
+  });
+
+  it('chroot-guard stacks prints bpftrace-style stacks, most frequent first', () => {
+    const r = spawnSync('sh', ['-c', `(sleep 1.5; chroot /nonexistent-stacks-cli /bin/true; chroot /nonexistent-stacks-cli /bin/true) 2>/dev/null & exec ${process.execPath} ${CLI} stacks --duration 4`], { encoding: 'utf8' });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^@\[(syscalls:sys_enter_chroot|__x64_sys_chroot|security_path_chroot|bpf_lsm_path_chroot),\n(    \S+\n)+\]: \d+/m);
+    expect(r.stdout).toContain('do_syscall_64');
+  });
+});

@@ -1,0 +1,66 @@
+/**
+ * `chroot-guard doctor`: what this kernel allows on the chroot path.
+ * @internal
+ * @module
+ */
+import Table from 'cli-table3';
+import { doctor as runDoctor, type DoctorReport, type Mechanism } from '../doctor.js';
+import { EXIT, reportError } from './output.js';
+
+const MECHANISMS: readonly Mechanism[] = ['tracepoint', 'kprobe', 'fentry', 'lsm'];
+
+/** The exit code for a report: 4 without privileges, 3 when no mode works, else 0. */
+export function doctorExitCode(r: DoctorReport): number {
+  if (r.kernel.missingPrivileges) return EXIT.NO_PERMISSION;
+  return r.auto ? EXIT.OK : EXIT.UNSUPPORTED;
+}
+
+/** Renders the report as text: facts, the attach-point matrix, the modes, the reasons. */
+export function renderDoctor(r: DoctorReport): string {
+  const k = r.kernel;
+  const yes = (b: boolean) => (b ? 'yes' : 'no');
+  const lines = [
+    `kernel ${k.release} (${k.machine}); BTF ${yes(k.btf)}; lockdown ${k.lockdown ?? 'n/a'}; kprobes ${yes(k.kprobes)}`,
+    `active LSMs: ${k.lsms?.join(',') ?? 'unknown'}${k.lsms && !k.lsms.includes('bpf') ? ' (no bpf: BPF LSM programs cannot run)' : ''}`,
+    `privileges: ${k.missingPrivileges ? `missing (${k.missingPrivileges})` : 'ok'}`,
+    '',
+  ];
+  const reasons = new Map<string, string>();
+  const table = new Table({
+    head: ['attach point', ...MECHANISMS],
+    style: { head: [], border: [] },
+    chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' },
+  });
+  for (const p of r.points) {
+    const cells = MECHANISMS.map((m) => {
+      if (!p.present) return m === p.checks[0]?.mechanism ? 'absent' : '';
+      const c = p.checks.find((x) => x.mechanism === m);
+      if (!c) return '—';
+      if (c.ok) return 'ok';
+      reasons.set(`${m} ${c.denial!.code}`, c.denial!.reason.replace(` on ${p.name}`, ''));
+      return `no: ${c.denial!.code}`;
+    });
+    table.push([p.present ? p.name : `${p.name} (absent)`, ...cells]);
+  }
+  lines.push(table.toString(), '');
+  for (const m of r.modes) {
+    lines.push(`mode ${m.mode.padEnd(10)} ${m.ok ? 'ok' : `refused (${m.refusal!.code}): ${m.refusal!.reason}`}`);
+  }
+  lines.push(`auto → ${r.auto ?? 'none: no attach mode works on this kernel'}`);
+  if (reasons.size) {
+    lines.push('', 'why:');
+    for (const [code, reason] of reasons) lines.push(`  ${code}: ${reason}`);
+  }
+  return lines.join('\n');
+}
+
+/** Runs `doctor`; resolves with the exit code. */
+export async function doctorCommand(flags: { json?: boolean }): Promise<number> {
+  try {
+    const r = await runDoctor();
+    process.stdout.write((flags.json ? JSON.stringify(r, null, 2) : renderDoctor(r)) + '\n');
+    return doctorExitCode(r);
+  } catch (err) {
+    return reportError(err);
+  }
+}

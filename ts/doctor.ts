@@ -1,0 +1,110 @@
+/**
+ * `doctor()`: what this kernel allows on the chroot path, found by loading
+ * and attaching real programs, the typed answer to `bpftrace -l '*chroot*'`.
+ * @module
+ */
+import type { AttachMode, Refusal } from './errors.js';
+import { native } from './native.js';
+import { refusalOf } from './session.js';
+
+/** A way of hooking the kernel. */
+export type Mechanism = 'tracepoint' | 'kprobe' | 'fentry' | 'lsm';
+
+/**
+ * Why the kernel would not let a mechanism hook a point. `code`: `EPERM`
+ * (refused at load), `NO_KPROBES` (no CONFIG_KPROBES), `NO_BTF` (no kernel
+ * BTF), `NO_BTF_FUNC`, `LSM_INACTIVE` (BPF LSM not in the active LSM list),
+ * `NO_PRIVILEGES` (missing CAP_BPF/CAP_PERFMON), `NO_TRACEPOINT`,
+ * `VERIFIER` or `ATTACH_FAILED`. Lockdown, when active, is named in `reason`.
+ */
+export interface Denial {
+  readonly code: string;
+  readonly errno: string | null;
+  readonly reason: string;
+  readonly verifierLog?: string;
+}
+
+/** One mechanism tried on one attach point: loaded, attached, detached. */
+export interface Check {
+  readonly mechanism: Mechanism;
+  readonly ok: boolean;
+  /** Why not, when `ok` is false. */
+  readonly denial: Denial | null;
+}
+
+/** A place on the chroot path and what can hook it. */
+export interface AttachPointReport {
+  /** `syscalls:sys_enter_chroot`, `__x64_sys_chroot`, `security_path_chroot`, `bpf_lsm_path_chroot`, … */
+  readonly name: string;
+  readonly kind: 'tracepoint' | 'function' | 'lsm-hook';
+  /** Whether this kernel has it (tracefs event, kallsyms symbol or BTF function). */
+  readonly present: boolean;
+  /** One per mechanism that can hook this kind of point (empty when absent). */
+  readonly checks: readonly Check[];
+}
+
+/** An attach mode tried with chroot-guard's real programs. */
+export interface ModeReport {
+  readonly mode: AttachMode;
+  readonly ok: boolean;
+  readonly refusal: Refusal | null;
+}
+
+/** What `doctor()` found. */
+export interface DoctorReport {
+  /** Kernel and process facts. */
+  readonly kernel: {
+    /** `uname -r`. */
+    readonly release: string;
+    /** `uname -m`. */
+    readonly machine: string;
+    /** Kernel BTF at /sys/kernel/btf/vmlinux. */
+    readonly btf: boolean;
+    /** Lockdown mode (`none`, `integrity`, `confidentiality`), or null without the lockdown LSM. */
+    readonly lockdown: string | null;
+    /** Active LSMs in order, or null if securityfs is unreadable. */
+    readonly lsms: readonly string[] | null;
+    /** Whether the kernel can create kprobes. */
+    readonly kprobes: boolean;
+    /** Null when this process may load BPF programs, else what it lacks. */
+    readonly missingPrivileges: string | null;
+  };
+  /** Attach points, outermost first. */
+  readonly points: readonly AttachPointReport[];
+  /** Modes, best first. */
+  readonly modes: readonly ModeReport[];
+  /** The mode `chrootWatch({ mode: 'auto' })` would use, or null if none works. */
+  readonly auto: AttachMode | null;
+}
+
+/**
+ * Tries every chroot attach point with every mechanism, and every attach
+ * mode with the real programs, loading and detaching each; nothing stays
+ * loaded. Works without privileges too (then every check says
+ * `NO_PRIVILEGES`). Takes about a second.
+ * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` (as a rejection) when the addon cannot load.
+ */
+export async function doctor(): Promise<DoctorReport> {
+  const r = await native().doctor();
+  const denial = (d: { code: string; errno?: string | null; reason: string; verifierLog?: string | null } | null | undefined): Denial | null =>
+    d ? { code: d.code, errno: d.errno ?? null, reason: d.reason, ...(d.verifierLog ? { verifierLog: d.verifierLog } : {}) } : null;
+  return {
+    kernel: {
+      release: r.kernel.release,
+      machine: r.kernel.machine,
+      btf: r.kernel.btf,
+      lockdown: r.kernel.lockdown ?? null,
+      lsms: r.kernel.lsms ?? null,
+      kprobes: r.kernel.kprobes,
+      missingPrivileges: r.kernel.missingPrivileges ?? null,
+    },
+    points: r.points.map((p) => ({
+      name: p.name,
+      kind: p.kind as AttachPointReport['kind'],
+      present: p.present,
+      checks: p.checks.map((c) => ({ mechanism: c.mechanism as Mechanism, ok: c.ok, denial: denial(c.denial) })),
+    })),
+    modes: r.modes.map((m) => ({ mode: m.mode as AttachMode, ok: m.ok, refusal: m.refusal ? refusalOf(m.refusal) : null })),
+    auto: (r.auto ?? null) as AttachMode | null,
+  };
+}
