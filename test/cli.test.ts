@@ -64,9 +64,10 @@ describe('chroot-guard watch', () => {
   });
 
   it('prints a readable table, filtered by --pid', async () => {
-    const idle = spawn('sh', ['-c', `sleep 1; exec chroot ${rootPath} /bin/true`]);
+    const idle = spawn('sh', ['-c', `read go; exec chroot ${rootPath} /bin/true`], { stdio: ['pipe', 'ignore', 'ignore'] });
     const w = startWatch(['--pid', String(idle.pid)]);
     await w.ready;
+    idle.stdin.end('go\n');
     const other = await runStep(['chroot', rootPath, '/bin/true']);
     const deadline = Date.now() + 8000;
     while (!w.out().includes(` ${idle.pid} `) && Date.now() < deadline) await sleep(20);

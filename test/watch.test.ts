@@ -135,11 +135,12 @@ describe('filters (applied in the kernel)', () => {
   });
 
   it('a pid filter keeps that process’s calls', async () => {
-    // The shell's pid is known before it chroots: it sleeps first.
+    // The shell's pid is known before it chroots: it waits for a line first.
     const { spawn } = await import('node:child_process');
-    const child = spawn('sh', ['-c', `sleep 1; exec chroot ${rootPath} /bin/true`]);
+    const child = spawn('sh', ['-c', `read go; exec chroot ${rootPath} /bin/true`], { stdio: ['pipe', 'ignore', 'ignore'] });
     const rec = await record({ pid: child.pid! });
     try {
+      child.stdin.end('go\n');
       await rec.until(() => rec.events.length === 1, 8000);
       expect(rec.events[0]).toMatchObject({ pid: child.pid, path: rootPath, errno: null });
     } finally {

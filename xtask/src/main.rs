@@ -2,10 +2,12 @@
 //! testing and demonstrating chroot-guard. npm scripts call these verbs.
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use xtask::step;
 
 mod build;
 mod docs;
 mod setup;
+mod test;
 mod vm;
 
 #[derive(Parser)]
@@ -29,8 +31,8 @@ enum Verb {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build, then run every test (needs root).
-    Test,
+    /// Set up, build, then run every test: Rust, vitest on the host, vitest in the VM per mode (needs root).
+    Test(test::TestArgs),
     /// Regenerate the probe tables in README.md and docs/architecture.md.
     Docs {
         /// Fail if they are stale instead of rewriting them.
@@ -49,22 +51,16 @@ fn main() -> Result<()> {
         Verb::Demo { args } => {
             setup::setup()?;
             build::build()?;
-            xtask::step("chroot-guard demo");
+            step("chroot-guard demo");
             xtask::run(xtask::in_root("node").arg("dist/cli.js").arg("demo").args(args))
         }
         Verb::Docs { check } => docs::docs(check),
-        Verb::Test => {
-            xtask::step("docs: generated tables up to date");
+        Verb::Test(args) => {
+            step("docs: generated tables up to date");
             docs::docs(true)?;
             setup::setup()?;
             build::build()?;
-            xtask::step("Rust tests (layout, core against the kernel)");
-            xtask::run(xtask::in_root("cargo").args(["test", "--workspace", "--no-default-features"]))?;
-            xtask::step("TypeScript tests against the host kernel (vitest)");
-            // What this machine kind's kernel allows (../shared/PLATFORM.md):
-            // only the tracepoint family. Override for another kernel.
-            let expect = std::env::var("CG_EXPECT_AUTO_MODE").unwrap_or_else(|_| "tracepoint".into());
-            xtask::run(xtask::npx(&["vitest", "run"]).env("CG_EXPECT_AUTO_MODE", expect))
+            test::test(&args)
         }
         Verb::Vm(args) => vm::cli(args),
     }
