@@ -59,7 +59,7 @@ describe('chroot-guard watch', () => {
     expect(e).toMatchObject({ comm: 'chroot', path: rootPath, resolvedPath: rootPath, ret: 0, errno: null });
     expect(typeof e.ts).toBe('number');
     expect(byPid(missing.pid)[0]).toMatchObject({ ret: -2, errno: 'ENOENT', resolvedPath: null });
-    expect(w.err()).toMatch(/detached: \d+ events/);
+    expect(w.err()).toMatch(/detached: \d+ events?/);
     expect(ourPrograms()).toEqual([]);
   });
 

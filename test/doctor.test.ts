@@ -123,6 +123,24 @@ describe('stacks', () => {
     }
   });
 
+  it('counts stacks in every mode this kernel allows, at that mode\'s hooks', async () => {
+    const report = await doctor();
+    const allowed = report.modes.filter((m) => m.ok).map((m) => m.mode);
+    expect(allowed.length).toBeGreaterThan(0);
+    const hooksOf: Record<string, string[]> = {
+      tracepoint: ['syscalls:sys_enter_chroot', 'syscalls:sys_exit_chroot'],
+      kprobe: ['__x64_sys_chroot', 'security_path_chroot'],
+      fentry: ['__x64_sys_chroot', 'security_path_chroot'],
+    };
+    for (const mode of allowed) {
+      const r = await countStacks({ mode, durationMs: 800, onAttach: () => void runStep(['chroot', '/nonexistent-stacks-mode', '/bin/true']) });
+      expect(r.mode).toBe(mode);
+      for (const hook of hooksOf[mode]!) expect(r.hooks, mode).toContain(hook);
+      expect(r.stacks.some((s) => s.frames.some((f) => f.symbol === 'do_syscall_64')), mode).toBe(true);
+    }
+    expect(ourPrograms()).toEqual([]);
+  });
+
   it('chroot-guard stacks prints bpftrace-style stacks, most frequent first', async () => {
     const child = spawn(process.execPath, [CLI, 'stacks', '--duration', '60'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';

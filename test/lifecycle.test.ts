@@ -47,13 +47,17 @@ describe('in a child process', () => {
     expect(ourPrograms()).toEqual([]);
   });
 
-  it('keeps Node alive while subscribed', () => {
-    const r = node(`
+  it('keeps Node alive while subscribed', async () => {
+    const child = spawn(process.execPath, ['--input-type=module', '-e', `
       import { chrootWatch } from ${JSON.stringify(DIST)};
       chrootWatch({ onAttach: () => console.log('attached') }).subscribe();
-    `, { timeoutMs: 4000 });
-    expect(r.stdout).toContain('attached');
-    expect(r.signal).toBe('SIGTERM'); // still running when the timeout struck
+    `], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const exited = new Promise<NodeJS.Signals | null>((r) => child.on('exit', (_code, signal) => r(signal)));
+    await new Promise<void>((resolve) => child.stdout.on('data', (d: Buffer) => d.toString().includes('attached') && resolve()));
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(child.exitCode).toBeNull(); // nothing left to do but the subscription: still running
+    child.kill('SIGTERM');
+    expect(await exited).toBe('SIGTERM');
     expect(ourPrograms()).toEqual([]); // the kernel dropped everything with the process
   });
 

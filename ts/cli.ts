@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { demo } from './cli/demo.js';
 import { doctorCommand } from './cli/doctor.js';
+import { checkCommand, enforceCommand } from './cli/enforce.js';
 import { stacksCommand } from './cli/stacks.js';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
 import { watch } from './cli/watch.js';
@@ -84,6 +85,28 @@ program
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {
     process.exitCode = await stacksCommand(flags);
+  });
+
+program
+  .command('enforce')
+  .description('decide every chroot(2) by a policy with the BPF LSM hook lsm/path_chroot, and print each decision until Ctrl-C (needs root and a kernel running the BPF LSM)')
+  .requiredOption('--policy <file>', 'policy file, YAML or JSON (see policy.schema.json)')
+  .option('--audit', 'deny nothing, report what would be denied; where the BPF LSM cannot run, audit from the watch probes instead')
+  .option('--json', 'decisions as JSON lines')
+  .option('--ring-buffer-bytes <n>', 'kernel ring buffer size (power of two; default 4194304)', integer('--ring-buffer-bytes', 4096, 1 << 30))
+  .addHelpText('after', EXIT_HELP)
+  .action(async (flags) => {
+    process.exitCode = await enforceCommand(flags);
+  });
+
+program
+  .command('check')
+  .description('validate policy files without loading anything (no root needed); errors give file:line:column')
+  .argument('<files...>', 'policy files, YAML or JSON')
+  .option('--json', 'results as JSON')
+  .addHelpText('after', EXIT_HELP)
+  .action((files: string[], flags) => {
+    process.exitCode = checkCommand(files, flags);
   });
 
 try {

@@ -37,8 +37,11 @@ export interface AttachPointReport {
   /** `syscalls:sys_enter_chroot`, `__x64_sys_chroot`, `security_path_chroot`, `bpf_lsm_path_chroot`, … */
   readonly name: string;
   readonly kind: 'tracepoint' | 'function' | 'lsm-hook';
-  /** Whether this kernel has it (tracefs event, kallsyms symbol or BTF function). */
-  readonly present: boolean;
+  /**
+   * Whether this kernel has it (tracefs event, kallsyms symbol or BTF
+   * function); null when it cannot be told (tracefs is root-only).
+   */
+  readonly present: boolean | null;
   /** One per mechanism that can hook this kind of point (empty when absent). */
   readonly checks: readonly Check[];
 }
@@ -101,7 +104,7 @@ export async function doctor(): Promise<DoctorReport> {
     points: r.points.map((p) => ({
       name: p.name,
       kind: p.kind as AttachPointReport['kind'],
-      present: p.present,
+      present: p.present ?? null,
       checks: p.checks.map((c) => ({ mechanism: c.mechanism as Mechanism, ok: c.ok, denial: denial(c.denial) })),
     })),
     modes: r.modes.map((m) => ({ mode: m.mode as AttachMode, ok: m.ok, refusal: m.refusal ? refusalOf(m.refusal) : null })),

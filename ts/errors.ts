@@ -13,6 +13,8 @@
  * - `MODE_UNAVAILABLE`: the requested mode was refused; `refusals` says why.
  * - `LOAD_FAILED`: the verifier rejected a program; see `verifierLog`.
  * - `INVALID_ARGUMENT`: a bad option, detected when the function is called.
+ * - `INVALID_POLICY`: a policy that does not parse or validate (see `PolicyError.problems`).
+ * - `LSM_UNAVAILABLE`: the BPF LSM cannot run on this kernel (`doctor` says why).
  * - `MOUNT_FAILED`: tracefs or bpffs is missing and could not be mounted.
  * - `NATIVE_UNAVAILABLE`: the native addon could not be loaded (platform, install).
  * - `INTERNAL`: a bug; please report it.
@@ -23,6 +25,8 @@ export type ChrootWatchErrorCode =
   | 'MODE_UNAVAILABLE'
   | 'LOAD_FAILED'
   | 'INVALID_ARGUMENT'
+  | 'INVALID_POLICY'
+  | 'LSM_UNAVAILABLE'
   | 'MOUNT_FAILED'
   | 'NATIVE_UNAVAILABLE'
   | 'INTERNAL';
@@ -58,12 +62,15 @@ export interface Refusal {
 }
 
 const REMEDIES: Record<ChrootWatchErrorCode, string> = {
-  EPERM: 'run as root (sudo), or grant the process CAP_BPF and CAP_PERFMON',
+  EPERM: 'run as root (sudo), or grant the process CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)',
   UNSUPPORTED_KERNEL:
     'chroot-guard needs kernel BTF (CONFIG_DEBUG_INFO_BTF=y) and one of: BPF trampolines (fentry), CONFIG_KPROBES, or syscall tracepoints (CONFIG_FTRACE_SYSCALLS)',
   MODE_UNAVAILABLE: "use mode 'auto' to fall back to the best mode this kernel allows",
   LOAD_FAILED: 'the BPF verifier rejected a program: please report it with error.verifierLog',
   INVALID_ARGUMENT: 'fix the option named above',
+  INVALID_POLICY: 'fix the policy at the positions above (`chroot-guard check FILE` validates without root)',
+  LSM_UNAVAILABLE:
+    'enforcement needs a kernel with CONFIG_BPF_LSM and bpf in its LSM list (boot with lsm=...,bpf); `chroot-guard doctor` shows what this kernel allows, and `enforce --audit` reports would-be decisions from the watch probes instead',
   MOUNT_FAILED: 'mount it by hand, e.g. mount -t tracefs tracefs /sys/kernel/tracing',
   NATIVE_UNAVAILABLE: 'reinstall chroot-guard; prebuilt binaries exist for linux-x64-gnu',
   INTERNAL: 'this is a bug in chroot-guard: please report it',

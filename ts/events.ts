@@ -69,6 +69,11 @@ export interface ChrootEvent {
   readonly resolvedPathBytes: Buffer | null;
   /** The walk stopped at 64 steps or 4095 bytes: `resolvedPath` is the tail only. */
   readonly resolvedPathTruncated: boolean;
+  /**
+   * The caller's root was not its mount namespace's root when it called:
+   * a chroot from inside a chroot. From `current->fs->root` at entry.
+   */
+  readonly callerChrooted: boolean;
   /** Syscall result: 0, or a negative errno. */
   readonly ret: number;
   /** Symbolic errno of a failed call (`'ENOENT'`), or null when `ret` is 0. */
@@ -104,6 +109,25 @@ export function displayBytes(bytes: Uint8Array): string {
   }
 }
 
+/**
+ * A policy decision as the `lsm/path_chroot` program reports it (internal:
+ * `ts/guard.ts` turns the rule index into the rule's id).
+ * @internal
+ */
+export interface RawDecision {
+  readonly event: ChrootEvent;
+  /** `allow`, `deny` or `audit`: the matching rule's action, or the default's. */
+  readonly action: 'allow' | 'deny' | 'audit';
+  /** Compiled rule index, or null for the default action. */
+  readonly rule: number | null;
+  /** The policy was in enforce mode. */
+  readonly enforcing: boolean;
+  /** EPERM was returned to the caller. */
+  readonly denied: boolean;
+  /** Generation of the deciding policy. */
+  readonly generation: number;
+}
+
 /** Field offsets and constants of the record, from the addon. */
 type Layout = Record<string, number>;
 
@@ -112,6 +136,8 @@ const REQUIRED = [
   'egid', 'mnt_ns', 'pid_ns', 'lsm_ret', 'ret', 'enter_ns', 'ts_ns', 'cgroup_id', 'comm', 'path', 'resolved',
   'comm_len', 'flag_path_truncated', 'flag_path_unreadable', 'flag_resolved_present',
   'flag_resolved_truncated', 'flag_lsm_called', 'kind_chroot', 'mode_fentry', 'mode_kprobe', 'mode_tracepoint',
+  'rule', 'policy_gen', 'flag_caller_chrooted', 'flag_action_shift', 'flag_action_mask', 'flag_enforcing',
+  'flag_denied', 'kind_decision', 'no_rule', 'action_allow', 'action_deny', 'action_audit',
 ] as const;
 type Key = (typeof REQUIRED)[number];
 
@@ -139,21 +165,40 @@ export class Decoder {
   }
 
   /**
-   * Decodes every record of a batch (`[u32 length][u32 0][record][pad to 8]`…).
+   * Decodes every record of a batch (`[u32 length][u32 0][record][pad to 8]`…):
+   * chroot events into `events`, policy decisions into `decisions`.
    * Strings and byte buffers are copied out, so the batch is not retained.
    */
-  decodeBatch(data: Buffer, out: ChrootEvent[] = []): ChrootEvent[] {
+  decodeBatch(data: Buffer, events: ChrootEvent[] = [], decisions: RawDecision[] = []): ChrootEvent[] {
     const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    const L = this.L;
     let at = 0;
     while (at + 8 <= data.length) {
       const len = view.getUint32(at, true);
       const start = at + 8;
-      if (len >= this.L.size && view.getUint8(start + this.L.kind) === this.L.kind_chroot) {
-        out.push(this.decodeOne(data, view, start));
+      if (len >= L.size) {
+        const kind = view.getUint8(start + L.kind);
+        if (kind === L.kind_chroot) events.push(this.decodeOne(data, view, start));
+        else if (kind === L.kind_decision) decisions.push(this.decodeDecision(data, view, start));
       }
       at = start + Math.ceil(len / 8) * 8;
     }
-    return out;
+    return events;
+  }
+
+  private decodeDecision(data: Buffer, v: DataView, s: number): RawDecision {
+    const L = this.L;
+    const flags = v.getUint32(s + L.flags, true);
+    const code = (flags >>> L.flag_action_shift) & L.flag_action_mask;
+    const rule = v.getUint16(s + L.rule, true);
+    return {
+      event: this.decodeOne(data, v, s),
+      action: code === L.action_deny ? 'deny' : code === L.action_audit ? 'audit' : 'allow',
+      rule: rule === L.no_rule ? null : rule,
+      enforcing: (flags & L.flag_enforcing) !== 0,
+      denied: (flags & L.flag_denied) !== 0,
+      generation: v.getUint32(s + L.policy_gen, true),
+    };
   }
 
   private decodeOne(data: Buffer, v: DataView, s: number): ChrootEvent {
@@ -190,6 +235,7 @@ export class Decoder {
       resolvedPath: resolvedPathBytes ? displayBytes(resolvedPathBytes) : null,
       resolvedPathBytes,
       resolvedPathTruncated: (flags & L.flag_resolved_truncated) !== 0,
+      callerChrooted: (flags & L.flag_caller_chrooted) !== 0,
       ret,
       errno: ret < 0 ? errnoName(-ret) : null,
       lsmRet: flags & L.flag_lsm_called ? v.getInt32(s + L.lsm_ret, true) : null,

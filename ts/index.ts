@@ -14,3 +14,20 @@ export type { AttachInfo, LostReport } from './session.js';
 export { toWallClock } from './clock.js';
 export { doctor, type DoctorReport, type AttachPointReport, type Check, type Denial, type Mechanism, type ModeReport } from './doctor.js';
 export { countStacks, type CountStacksOptions, type KernelStack, type StackFrame, type StackReport } from './stacks.js';
+export { chrootGuard, type ChrootGuard, type ChrootGuardOptions, type ChrootDecision, type GuardInfo } from './guard.js';
+export {
+  parsePolicy,
+  loadPolicy,
+  validatePolicy,
+  evaluatePolicy,
+  formatProblem,
+  policySchema,
+  PolicyError,
+  MAX_RULES,
+  type Policy,
+  type PolicyRule,
+  type PolicyMatch,
+  type PolicyAction,
+  type PolicyProblem,
+  type Evaluation,
+} from './policy.js';

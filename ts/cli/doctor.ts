@@ -33,20 +33,22 @@ export function renderDoctor(r: DoctorReport): string {
   });
   for (const p of r.points) {
     const cells = MECHANISMS.map((m) => {
-      if (!p.present) return m === p.checks[0]?.mechanism ? 'absent' : '';
+      if (p.present === false) return '';
       const c = p.checks.find((x) => x.mechanism === m);
       if (!c) return '—';
       if (c.ok) return 'ok';
       reasons.set(`${m} ${c.denial!.code}`, c.denial!.reason.replace(` on ${p.name}`, ''));
       return `no: ${c.denial!.code}`;
     });
-    table.push([p.present ? p.name : `${p.name} (absent)`, ...cells]);
+    table.push([p.present === false ? `${p.name} (absent)` : p.present === null ? `${p.name} (?)` : p.name, ...cells]);
   }
   lines.push(table.toString(), '');
   for (const m of r.modes) {
     lines.push(`mode ${m.mode.padEnd(10)} ${m.ok ? 'ok' : `refused (${m.refusal!.code}): ${m.refusal!.reason}`}`);
   }
-  lines.push(`auto → ${r.auto ?? 'none: no attach mode works on this kernel'}`);
+  lines.push(
+    `auto → ${r.auto ?? (k.missingPrivileges ? 'unknown: run as root to try the modes' : 'none: no attach mode works on this kernel')}`,
+  );
   if (reasons.size) {
     lines.push('', 'why:');
     for (const [code, reason] of reasons) lines.push(`  ${code}: ${reason}`);

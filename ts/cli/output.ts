@@ -30,8 +30,8 @@ export const EXIT_HELP = `
 Exit codes:
   0  success; watch stopped by Ctrl-C (SIGINT) or SIGTERM
   1  failure (e.g. a program failed to load)
-  2  usage error
-  3  unsupported kernel, or the requested --mode is unavailable here
+  2  usage error, or an invalid policy file
+  3  unsupported kernel: the requested --mode, or the BPF LSM (enforce), is unavailable here
   4  missing privileges: run as root, or with CAP_BPF and CAP_PERFMON
   5  demo: an expected event was not seen`;
 
@@ -50,7 +50,10 @@ export function exitCodeOf(err: unknown): number {
     case 'MODE_UNAVAILABLE':
       return EXIT.UNSUPPORTED;
     case 'INVALID_ARGUMENT':
+    case 'INVALID_POLICY':
       return EXIT.USAGE;
+    case 'LSM_UNAVAILABLE':
+      return EXIT.UNSUPPORTED;
     default:
       return EXIT.FAILURE;
   }

@@ -51,7 +51,7 @@ export function watch(flags: WatchFlags): Promise<number> {
     };
     const onSignal = () => {
       stop();
-      note(`detached: ${printer.count} events${lost ? `, ${lost} lost` : ''}`);
+      note(`detached: ${printer.count} event${printer.count === 1 ? '' : 's'}${lost ? `, ${lost} lost` : ''}`);
       resolve(EXIT.OK);
     };
     const onStdoutError = (err: NodeJS.ErrnoException) => {

@@ -6,7 +6,9 @@
 use std::fs;
 
 use anyhow::{bail, Context, Result};
-use chroot_guard_common::probes::{ProgramKind, Role, PROBES, TRACEPOINT_CATEGORY};
+use chroot_guard_common::probes::{
+    check_program, Mechanism, ProgramKind, Role, BPF_LSM_PATH_CHROOT, GUARD_PROGRAM, PROBES, TRACEPOINT_CATEGORY,
+};
 use xtask::root;
 
 const FILES: &[&str] = &["README.md", "docs/architecture.md"];
@@ -31,6 +33,17 @@ pub fn probe_table() -> String {
             Role::Exit => "result; event to ring buffer",
         };
         out.push_str(&format!("| {} | `{}` | {hook} | `{target}` | {role} |\n", p.mode.name(), p.program));
+    }
+    out.push_str(&format!(
+        "| guard | `{GUARD_PROGRAM}` | lsm | `{BPF_LSM_PATH_CHROOT}` (`lsm/path_chroot`) | policy decision; event to ring buffer |\n"
+    ));
+    for m in Mechanism::ALL {
+        let what = if m == Mechanism::Lsm { "doctor's BPF LSM check (allows all)" } else { "doctor's check; stacks' counter" };
+        out.push_str(&format!(
+            "| doctor, stacks | `{}` | {} | each chroot attach point it can hook | {what} |\n",
+            check_program(m),
+            m.name()
+        ));
     }
     out
 }

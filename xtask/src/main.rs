@@ -43,8 +43,19 @@ enum Verb {
     Vm(vm::VmArgs),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().verb {
+fn main() -> std::process::ExitCode {
+    // Errors are for people: the message and its causes, no backtrace.
+    match run_verb(Cli::parse().verb) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_verb(verb: Verb) -> Result<()> {
+    match verb {
         Verb::Setup => setup::setup(),
         Verb::BuildEbpf => build::build_ebpf(),
         Verb::Build => build::build(),

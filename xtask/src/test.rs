@@ -36,8 +36,9 @@ pub struct TestArgs {
 }
 
 /// Test files whose behaviour depends on the attach mode: run in every VM
-/// mode. The rest (lifecycle, doctor and stacks) run once, in `auto`.
-const PER_MODE_FILES: &[&str] = &["test/watch.test.ts", "test/attach.test.ts", "test/loss.test.ts", "test/cli.test.ts"];
+/// mode. The rest (lifecycle, doctor and stacks, policy parsing) run once, in `auto`.
+const PER_MODE_FILES: &[&str] =
+    &["test/watch.test.ts", "test/attach.test.ts", "test/loss.test.ts", "test/cli.test.ts", "test/guard.test.ts"];
 
 /// One suite's outcome.
 struct Outcome {

@@ -94,7 +94,7 @@ const KEEP_RUNS: usize = 20;
 
 /// Bumped whenever the initramfs layout changes in a way the stamp would not
 /// otherwise notice.
-const INITRAMFS_FORMAT: u32 = 2;
+const INITRAMFS_FORMAT: u32 = 3;
 
 /// What to run in the VM and how big the VM is.
 #[derive(Debug, Clone)]
@@ -354,23 +354,34 @@ fn cache_dir() -> PathBuf {
     root().join(".cache/vm")
 }
 
-/// Makes `cwd` absolute and checks it exists and is visible in the guest.
+/// Directories the guest replaces with its own file systems. A working
+/// directory under `/tmp` or `/run` (a clone in /tmp, say) is shared with
+/// the guest separately and mounted back at the same path.
+const REPLACED: [&str; 5] = ["/tmp", "/run", "/proc", "/sys", "/dev"];
+
+/// Makes `cwd` absolute and checks it exists and can be made visible in the
+/// guest.
 fn check_cwd(cwd: &Path) -> Result<PathBuf> {
     let dir = fs::canonicalize(cwd)
         .with_context(|| format!("working directory {} does not exist on the host", cwd.display()))?;
     if !dir.is_dir() {
         bail!("working directory {} is not a directory", dir.display());
     }
-    for hidden in ["/tmp", "/run", "/proc", "/sys", "/dev"] {
+    for hidden in ["/proc", "/sys", "/dev"] {
         if dir.starts_with(hidden) {
-            bail!(
-                "working directory {} is under {hidden}, which the guest replaces with its own file system: \
-                 use a directory elsewhere (e.g. in the repository)",
-                dir.display()
-            );
+            bail!("working directory {} is under {hidden}, which the guest replaces: use another directory", dir.display());
         }
     }
+    if needs_own_share(&dir) && dir.to_string_lossy().chars().any(|c| c.is_whitespace() || c == ',') {
+        bail!("working directory {} is under /tmp or /run and has a space or comma in its path: move it", dir.display());
+    }
     Ok(dir)
+}
+
+/// Whether `dir` is hidden by the guest's own `/tmp` or `/run` and needs a
+/// share of its own.
+fn needs_own_share(dir: &Path) -> bool {
+    REPLACED[..2].iter().any(|h| dir.starts_with(h))
 }
 
 /// The full path of `program` on PATH, if any.
@@ -854,6 +865,12 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose host $R
     || fail "mounting the host root (9p tag host)"
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "tmpfs on /tmp"
 mount -t tmpfs -o mode=755 tmpfs $R/run || fail "tmpfs on /run"
+# A working directory under /tmp or /run comes as its own share (cg_cwd=).
+cwd=$(sed -n 's/.*cg_cwd=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$cwd" ]; then
+    mkdir -p $R$cwd && mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose cgcwd $R$cwd \
+        || fail "mounting the working directory $cwd (9p tag cgcwd)"
+fi
 mkdir -p $S
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 cgvmout $S \
     || fail "mounting the run directory (9p tag cgvmout)"
@@ -1085,6 +1102,12 @@ fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir: &Path) -> 
         run_dir.display()
     ));
     let mut append = vec!["console=ttyS0".to_string(), "panic=-1".into(), "quiet".into()];
+    let cwd = check_cwd(&opts.cwd)?;
+    let cwd_share = needs_own_share(&cwd);
+    if cwd_share {
+        // /init mounts the share `cgcwd` back at this path.
+        append.push(format!("cg_cwd={}", cwd.display()));
+    }
     append.extend(opts.kernel_args.iter().cloned());
     let mut qemu = Command::new("setpriv");
     // If we die (Ctrl-C, kill), the kernel kills QEMU too.
@@ -1106,6 +1129,14 @@ fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir: &Path) -> 
         .arg("local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap")
         .arg("-virtfs")
         .arg(format!("local,path={},mount_tag=cgvmout,security_model=none,multidevs=remap", qemu_path(run_dir)))
+        .args(if cwd_share {
+            vec![
+                "-virtfs".to_string(),
+                format!("local,path={},mount_tag=cgcwd,security_model=none,readonly=on,multidevs=remap", qemu_path(&cwd)),
+            ]
+        } else {
+            Vec::new()
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -7,6 +7,7 @@
 //! BTF that `bpf-linker --btf` writes into the built object.
 #![no_std]
 
+pub mod policy;
 pub mod probes;
 
 /// Bytes reserved for the chroot argument, `PATH_MAX` in the kernel
@@ -45,6 +46,9 @@ pub const SCRATCH_BYTES: usize = 2 * RESOLVED_MAX;
 pub enum EventKind {
     /// One `chroot(2)` attempt, emitted when the syscall returns.
     Chroot = 1,
+    /// One policy decision, emitted by the `lsm/path_chroot` program before
+    /// the call completes (see [`policy`]).
+    Decision = 2,
 }
 
 /// Attach mode that produced an event. Stable numbers, see [`EventKind`].
@@ -93,6 +97,19 @@ pub mod flags {
     /// `security_path_chroot` was reached and `lsm_ret` holds its result
     /// (fentry and kprobe modes only).
     pub const LSM_CALLED: u32 = 1 << 4;
+    /// The caller's root was not its mount namespace's root when it called
+    /// chroot(2): a chroot from inside a chroot.
+    pub const CALLER_CHROOTED: u32 = 1 << 5;
+    /// Decisions: the action (`policy::ACTION_*`) sits in these two bits.
+    pub const ACTION_SHIFT: u32 = 6;
+    /// Mask of the action bits (after shifting).
+    pub const ACTION_MASK: u32 = 0b11;
+    /// Decisions: the policy was in enforce mode.
+    pub const ENFORCING: u32 = 1 << 8;
+    /// Decisions: the call was denied (EPERM returned to the caller).
+    pub const DENIED: u32 = 1 << 9;
+    /// `exe` was not filled (no policy rule needs it, or it is unreadable).
+    pub const EXE_ABSENT: u32 = 1 << 10;
 }
 
 /// One chroot attempt, as written to the `EVENTS` ring buffer.
@@ -112,8 +129,9 @@ pub struct ChrootEvent {
     pub path_len: u16,
     /// Bytes of `resolved` used.
     pub resolved_len: u16,
-    /// Explicit padding, always zero.
-    pub _pad0: u16,
+    /// Decisions: index of the compiled rule that matched, or
+    /// [`policy::NO_RULE`] for the default action. Zero otherwise.
+    pub rule: u16,
     /// [`flags`] bits.
     pub flags: u32,
     /// Thread group id of the caller (`pid` in user-space terms), from
@@ -140,8 +158,8 @@ pub struct ChrootEvent {
     /// Result of `security_path_chroot` (0 or -errno) when
     /// [`flags::LSM_CALLED`] is set.
     pub lsm_ret: i32,
-    /// Explicit padding, always zero.
-    pub _pad1: u32,
+    /// Decisions: generation of the policy that decided. Zero otherwise.
+    pub policy_gen: u32,
     /// Syscall result: 0 or -errno.
     pub ret: i64,
     /// `bpf_ktime_get_boot_ns()` at syscall entry: ns since boot,
@@ -170,10 +188,13 @@ pub enum Counter {
     RingBufFull = 0,
     /// The `PENDING` map was full at syscall entry: the call was not traced.
     PendingFull = 1,
+    /// The LSM program could not evaluate the policy (an internal read
+    /// failed); the call was allowed.
+    LsmError = 2,
 }
 
 /// Number of entries of the `COUNTERS` array.
-pub const COUNTER_COUNT: u32 = 2;
+pub const COUNTER_COUNT: u32 = 3;
 
 /// Offsets (bytes) of the kernel struct fields the programs read, taken from
 /// the running kernel's BTF at load time and passed in the read-only global
@@ -237,6 +258,12 @@ pub struct KernelOffsets {
     /// Offset in `struct pt_regs` of the first syscall argument
     /// (`di` on x86_64, `regs[0]` on arm64).
     pub pt_regs_arg0: u32,
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `mm_struct.exe_file`
+    pub mm_exe_file: u32,
+    /// `file.f_path`
+    pub file_f_path: u32,
     /// Explicit padding, always zero.
     pub _pad0: u32,
 }

@@ -190,6 +190,9 @@ pub const BPF_LSM_PATH_CHROOT: &str = "bpf_lsm_path_chroot";
 /// The LSM hook name `lsm/…` programs are loaded with.
 pub const LSM_HOOK: &str = "path_chroot";
 
+/// The guard's program: `lsm/path_chroot`, deciding each chroot by policy.
+pub const GUARD_PROGRAM: &str = "cg_lsm_chroot";
+
 /// Programs of the object that serve `stacks` and `doctor`, by mechanism.
 pub const fn check_program(m: Mechanism) -> &'static str {
     match m {

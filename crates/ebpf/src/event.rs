@@ -16,7 +16,7 @@ use crate::{
 
 /// Adds one to a per-CPU counter.
 #[inline(always)]
-fn count(counter: Counter) {
+pub fn count(counter: Counter) {
     if let Some(c) = CG_COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU value, no other writer on this CPU while we run.
         unsafe { *c += 1 };
@@ -68,8 +68,18 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     let ev = pending().ok_or(0)?;
     ev.kind = EventKind::Chroot as u8;
     ev.mode = mode as u8;
-    ev.pid = tgid;
-    ev.tid = tid;
+    fill_identity(ev, pid_tgid, uid_gid, comm);
+    read_argument(ev, filename);
+    Ok(())
+}
+
+/// Fills who is calling: ids, comm, time, cgroup, namespaces, and whether
+/// the caller is already chrooted. Reads of kernel memory are best effort: a
+/// failed read leaves the field zero.
+#[inline(always)]
+pub fn fill_identity(ev: &mut ChrootEvent, pid_tgid: u64, uid_gid: u64, comm: [u8; 16]) {
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
     ev.uid = uid_gid as u32;
     ev.gid = (uid_gid >> 32) as u32;
     ev.comm = comm;
@@ -79,7 +89,6 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
         ev.cgroup_id = generated::bpf_get_current_cgroup_id();
     }
     let task = kernel::current_task();
-    // Identity reads are best effort: a failed read leaves the field zero.
     ev.ppid = kernel::parent_tgid(task).unwrap_or(0);
     if let Ok((euid, egid)) = kernel::effective_ids(task) {
         ev.euid = euid;
@@ -87,14 +96,21 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     }
     ev.mnt_ns = kernel::mnt_ns_inum(task).unwrap_or(0);
     ev.pid_ns = kernel::pid_ns_inum(task).unwrap_or(0);
+    if kernel::is_chrooted(task).unwrap_or(false) {
+        ev.flags |= flags::CALLER_CHROOTED;
+    }
+}
 
+/// Reads the chroot(2) argument from user memory into `ev.path`.
+#[inline(always)]
+pub fn read_argument(ev: &mut ChrootEvent, filename: *const u8) {
     // SAFETY: the helper checks the user address and bounds the write.
     let n = unsafe {
         generated::bpf_probe_read_user_str(ev.path.as_mut_ptr().cast(), PATH_MAX as u32, filename.cast())
     };
     if n <= 0 {
         ev.flags |= flags::PATH_UNREADABLE;
-        return Ok(());
+        return;
     }
     let n = (n as u32).min(PATH_MAX as u32);
     ev.path_len = (n - 1) as u16;
@@ -113,7 +129,6 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
             ev.flags |= flags::PATH_TRUNCATED;
         }
     }
-    Ok(())
 }
 
 /// `security_path_chroot(path)` entry: records the resolved new root.
@@ -121,7 +136,7 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
 pub fn resolve(path: *const u8) -> Result<(), Error> {
     let Some(ev) = pending() else { return Ok(()) };
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
-    kernel::resolve_into(ev, vfsmnt, dentry)
+    kernel::resolve_into(ev, vfsmnt, dentry).map(|_| ())
 }
 
 /// `security_path_chroot` return: records the LSM verdict.

@@ -89,13 +89,35 @@ pub fn path_parts(path: *const u8) -> Result<(*const u8, *const u8), Error> {
     Ok((read_ptr(path, off!(path_mnt))?, read_ptr(path, off!(path_dentry))?))
 }
 
+/// Where [`walk`] left a path: bytes `pos..RESOLVED_MAX` of the scratch
+/// buffer.
+pub struct Walk {
+    /// The per-CPU scratch buffer.
+    pub scratch: *mut u8,
+    /// Start of the path in `scratch`; the path ends at `RESOLVED_MAX`.
+    pub pos: u32,
+    /// Whether the walk reached the mount namespace's root.
+    pub complete: bool,
+}
+
+/// Mask keeping offsets inside the first `RESOLVED_MAX` bytes of scratch.
+pub const MASK: u32 = RESOLVED_MAX as u32 - 1;
+
+impl Walk {
+    /// Length of the path.
+    #[inline(always)]
+    pub fn len(&self) -> u32 {
+        (RESOLVED_MAX as u32 - self.pos) & MASK
+    }
+}
+
 /// Writes the absolute path of `(vfsmnt, dentry)` in the caller's mount
-/// namespace into `ev.resolved`, the way `d_absolute_path()` would: up the
-/// dentries, across mounts to the mount namespace's root, ignoring any
-/// chroot the caller is already in. `bpf_d_path` is not allowed on these
-/// hooks, so the walk is done here, bounded by [`MAX_PATH_DEPTH`] steps and
-/// [`RESOLVED_MAX`] bytes; when cut short the tail is kept and
-/// [`flags::RESOLVED_TRUNCATED`] set.
+/// namespace into the per-CPU scratch buffer, the way `d_absolute_path()`
+/// would: up the dentries, across mounts to the mount namespace's root,
+/// ignoring any chroot the caller is already in. `bpf_d_path` is not allowed
+/// on these hooks, so the walk is done here, bounded by [`MAX_PATH_DEPTH`]
+/// steps and [`RESOLVED_MAX`] bytes; when cut short the tail is kept and
+/// `complete` is false.
 ///
 /// Verifier notes: the write position lives in the scratch map and is
 /// re-read (volatile) each step, so the verifier sees one bounded unknown
@@ -103,8 +125,7 @@ pub fn path_parts(path: *const u8) -> Result<(*const u8, *const u8), Error> {
 /// "cross a mount" and "go up a dentry" branches prune each other. Without
 /// this the walk explodes past the 1M instruction limit.
 #[inline(always)]
-pub fn resolve_into(ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) -> Result<(), Error> {
-    const MASK: u32 = RESOLVED_MAX as u32 - 1;
+pub fn walk(vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
     const POS_MASK: u32 = 2 * RESOLVED_MAX as u32 - 1;
     let scratch = CG_SCRATCH.get_ptr_mut(0).ok_or(0)?.cast::<u8>();
     // SAFETY: SCRATCH_BYTES - 8 is inside the value and 4-byte aligned; the
@@ -112,6 +133,10 @@ pub fn resolve_into(ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) 
     let pos_slot = unsafe { scratch.add(SCRATCH_BYTES - 8) }.cast::<u32>();
     let load_pos = || unsafe { core::ptr::read_volatile(pos_slot) } & POS_MASK;
     let store_pos = |p: u32| unsafe { core::ptr::write_volatile(pos_slot, p) };
+    // SAFETY: the 4 bytes after `pos_slot`, also inside the value.
+    let len_slot = unsafe { pos_slot.add(1) };
+    let load_len = || unsafe { core::ptr::read_volatile(len_slot) };
+    let store_len = |l: u32| unsafe { core::ptr::write_volatile(len_slot, l) };
     let mount_mnt = off!(mount_mnt);
     let mut vfsmnt = vfsmnt;
     let mut mnt = vfsmnt.wrapping_sub(mount_mnt);
@@ -138,10 +163,18 @@ pub fn resolve_into(ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) 
             break;
         }
         let qstr = dentry.wrapping_add(off!(dentry_name));
-        let len = read::<u32>(qstr, off!(qstr_len))?;
+        let raw_len = read::<u32>(qstr, off!(qstr_len))?;
+        if raw_len > NAME_MAX as u32 {
+            break;
+        }
+        // Through the scratch map again: after the check above LLVM would
+        // drop the mask, and the verifier, which may track a different copy
+        // of the value, would see an unbounded length.
+        store_len(raw_len);
+        let len = load_len() & NAME_MAX as u32;
         let name = read_ptr(qstr, off!(qstr_name))?;
         let pos = load_pos();
-        if len > NAME_MAX as u32 || len + 1 >= pos {
+        if len + 1 >= pos {
             break;
         }
         let pos = pos - (len + 1);
@@ -151,7 +184,7 @@ pub fn resolve_into(ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) 
             *scratch.add((pos & MASK) as usize) = b'/';
             generated::bpf_probe_read_kernel(
                 scratch.add(((pos + 1) & MASK) as usize).cast(),
-                len & NAME_MAX as u32,
+                len,
                 name.cast(),
             );
         }
@@ -159,27 +192,78 @@ pub fn resolve_into(ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) 
     }
     let mut pos = load_pos();
     if pos >= RESOLVED_MAX as u32 {
-        // Nothing written: the new root is the namespace's root itself.
+        // Nothing written: the path is the namespace's root itself.
         pos = RESOLVED_MAX as u32 - 1;
         // SAFETY: in bounds, see above.
         unsafe { *scratch.add((pos & MASK) as usize) = b'/' };
     }
-    let len = (RESOLVED_MAX as u32 - pos) & MASK;
+    Ok(Walk { scratch, pos: pos & MASK, complete })
+}
+
+/// [`walk`]s `(vfsmnt, dentry)` and copies the path into `ev.resolved`,
+/// setting [`flags::RESOLVED_PRESENT`] (and [`flags::RESOLVED_TRUNCATED`]
+/// when cut short).
+#[inline(always)]
+pub fn resolve_into(ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
+    let w = walk(vfsmnt, dentry)?;
+    let len = w.len();
     // SAFETY: `len` <= MASK bytes fit in `ev.resolved`; the source is the
     // scratch value.
     unsafe {
         generated::bpf_probe_read_kernel(
             ev.resolved.as_mut_ptr().cast(),
             len,
-            scratch.add((pos & MASK) as usize).cast(),
+            w.scratch.add((w.pos & MASK) as usize).cast(),
         );
     }
     ev.resolved_len = len as u16;
     ev.flags |= flags::RESOLVED_PRESENT;
-    if !complete {
+    if !w.complete {
         ev.flags |= flags::RESOLVED_TRUNCATED;
     }
-    Ok(())
+    Ok(w)
+}
+
+/// Whether `(vfsmnt, dentry)` is the root of its mount namespace, seen
+/// through any mounts stacked on `/` (as `current_chrooted()` sees it): only
+/// mount roots up to the namespace's root mount.
+#[inline(always)]
+pub fn is_namespace_root(vfsmnt: *const u8, dentry: *const u8) -> Result<bool, Error> {
+    let mount_mnt = off!(mount_mnt);
+    let mut vfsmnt = vfsmnt;
+    let mut mnt = vfsmnt.wrapping_sub(mount_mnt);
+    let mut dentry = dentry;
+    for _ in 0..8 {
+        if dentry != read_ptr(vfsmnt, off!(vfsmount_root))? {
+            return Ok(false);
+        }
+        let parent = read_ptr(mnt, off!(mount_parent))?;
+        if parent == mnt {
+            return Ok(true);
+        }
+        dentry = read_ptr(mnt, off!(mount_mountpoint))?;
+        mnt = parent;
+        vfsmnt = mnt.wrapping_add(mount_mnt);
+    }
+    Ok(false)
+}
+
+/// Whether the task's root is not its mount namespace's root.
+#[inline(always)]
+pub fn is_chrooted(task: *const u8) -> Result<bool, Error> {
+    let (vfsmnt, dentry) = fs_root(task)?;
+    Ok(!is_namespace_root(vfsmnt, dentry)?)
+}
+
+/// `task->mm->exe_file->f_path` as `(vfsmount, dentry)`.
+#[inline(always)]
+pub fn exe_path(task: *const u8) -> Result<(*const u8, *const u8), Error> {
+    let mm = read_ptr(task, off!(task_mm))?;
+    let file = read_ptr(mm, off!(mm_exe_file))?;
+    if file.is_null() {
+        return Err(0);
+    }
+    path_parts(file.wrapping_add(off!(file_f_path)))
 }
 
 /// The first syscall argument from a user `struct pt_regs *` (what the

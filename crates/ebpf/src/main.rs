@@ -14,6 +14,7 @@ mod event;
 mod fentry;
 mod kernel;
 mod kprobe;
+mod lsm;
 mod stacks;
 mod tracepoint;
 
@@ -46,7 +47,7 @@ static CG_ZERO: Array<ChrootEvent, 1> = Array::new();
 
 /// Per-CPU buffer the path walk writes backwards into.
 #[btf_map]
-static CG_SCRATCH: PerCpuArray<[u8; SCRATCH_BYTES], 1> = PerCpuArray::new();
+pub(crate) static CG_SCRATCH: PerCpuArray<[u8; SCRATCH_BYTES], 1> = PerCpuArray::new();
 
 /// Per-CPU counters, indexed by `chroot_guard_common::Counter`.
 #[btf_map]
@@ -82,6 +83,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     cred_euid: 0,
     cred_egid: 0,
     pt_regs_arg0: 0,
+    task_mm: 0,
+    mm_exe_file: 0,
+    file_f_path: 0,
     _pad0: 0,
 };
 

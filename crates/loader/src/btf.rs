@@ -122,6 +122,9 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         cred_euid: o("cred", "euid")?,
         cred_egid: o("cred", "egid")?,
         pt_regs_arg0: o(PT_REGS_ARG0.0, PT_REGS_ARG0.1)?,
+        task_mm: o("task_struct", "mm")?,
+        mm_exe_file: o("mm_struct", "exe_file")?,
+        file_f_path: o("file", "f_path")?,
         _pad0: 0,
     })
 }

@@ -57,8 +57,10 @@ pub struct Check {
 pub struct PointReport {
     /// The point, from `ATTACH_POINTS`.
     pub point: AttachPoint,
-    /// Whether the kernel has it (tracefs event, kallsyms symbol, BTF func).
-    pub present: bool,
+    /// Whether the kernel has it (tracefs event, kallsyms symbol, BTF
+    /// func); `None` when it cannot be told (tracefs is readable by root
+    /// only).
+    pub present: Option<bool>,
     /// One check per mechanism of the point (empty when absent).
     pub checks: Vec<Check>,
 }
@@ -105,16 +107,23 @@ fn kallsyms_has(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether the kernel has `point`.
-pub fn present(point: &AttachPoint, kernel_btf: Option<&btf_rs::Btf>) -> bool {
+/// Whether the kernel has `point`; `None` when that cannot be told.
+pub fn present(point: &AttachPoint, kernel_btf: Option<&btf_rs::Btf>) -> Option<bool> {
     match point.kind {
-        PointKind::Tracepoint => std::path::Path::new(sys::TRACEFS)
-            .join("events")
-            .join(TRACEPOINT_CATEGORY)
-            .join(point.name)
-            .exists(),
+        PointKind::Tracepoint => {
+            let dir = std::path::Path::new(sys::TRACEFS).join("events").join(TRACEPOINT_CATEGORY).join(point.name);
+            match std::fs::metadata(&dir) {
+                Ok(_) => Some(true),
+                // tracefs is mode 0700: without privileges nothing can be told.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => None,
+                Err(_) => match std::fs::read_dir(sys::TRACEFS) {
+                    Ok(_) => Some(false),
+                    Err(_) => None,
+                },
+            }
+        }
         PointKind::Function | PointKind::LsmHook => {
-            kernel_btf.is_some_and(|b| btf::has_func(b, point.name)) || kallsyms_has(point.name)
+            Some(kernel_btf.is_some_and(|b| btf::has_func(b, point.name)) || kallsyms_has(point.name))
         }
     }
 }
@@ -220,7 +229,7 @@ pub fn doctor() -> Report {
         Some(m) => Err(Denial {
             code: "NO_PRIVILEGES",
             errno: None,
-            reason: format!("missing privileges ({m}): run as root, or with CAP_BPF and CAP_PERFMON"),
+            reason: format!("missing privileges ({m}): run as root, or with CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)"),
             verifier_log: None,
         }),
         None => KernelContext::probe().map_err(|e| match e {
@@ -233,9 +242,9 @@ pub fn doctor() -> Report {
         .map(|point| {
             let present = present(point, kernel_btf.as_ref());
             let checks = match (&context, present) {
-                (_, false) => Vec::new(),
-                (Err(d), true) => everything_denied(point, d),
-                (Ok(k), true) => point.mechanisms.iter().map(|&m| check_one(m, point, k)).collect(),
+                (_, Some(false)) => Vec::new(),
+                (Err(d), _) => everything_denied(point, d),
+                (Ok(k), _) => point.mechanisms.iter().map(|&m| check_one(m, point, k)).collect(),
             };
             PointReport { point: *point, present, checks }
         })

@@ -31,7 +31,7 @@ pub struct Refusal {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The process lacks the capabilities to load BPF programs.
-    #[error("missing privileges ({missing}): run as root, or grant CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)")]
+    #[error("missing privileges ({missing})")]
     Privileges {
         /// Which capabilities are missing.
         missing: String,
@@ -66,6 +66,24 @@ pub enum Error {
     /// A bad argument from the caller.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// The BPF LSM program cannot run on this kernel.
+    #[error("the BPF LSM is not available on this kernel: {reason}")]
+    LsmUnavailable {
+        /// What `doctor` would say: `EPERM`, `LSM_INACTIVE`, `NO_BTF`, …
+        code: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The verifier rejected a program outside mode selection.
+    #[error("{reason}")]
+    Verifier {
+        /// Program name.
+        program: &'static str,
+        /// Sentence for people.
+        reason: String,
+        /// The verifier's log.
+        log: String,
+    },
     /// A pseudo file system could not be mounted.
     #[error("could not mount {fstype} at {path}: {source}")]
     Mount {
@@ -109,6 +127,8 @@ impl Error {
             Error::NoMode { refusals } if refusals.iter().any(|r| r.code == "VERIFIER") => "LOAD_FAILED",
             Error::NoMode { .. } => "UNSUPPORTED_KERNEL",
             Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Error::LsmUnavailable { .. } => "LSM_UNAVAILABLE",
+            Error::Verifier { .. } => "LOAD_FAILED",
             Error::Mount { .. } => "MOUNT_FAILED",
             Error::Maps(e) if is_eperm(e) => "EPERM",
             Error::Maps(_) => "LOAD_FAILED",
@@ -125,9 +145,12 @@ impl Error {
         }
     }
 
-    /// The first verifier log among the refusals, if any.
+    /// The verifier log of the rejected program, if any.
     pub fn verifier_log(&self) -> Option<&str> {
-        self.refusals().iter().find_map(|r| r.verifier_log.as_deref())
+        match self {
+            Error::Verifier { log, .. } => Some(log),
+            _ => self.refusals().iter().find_map(|r| r.verifier_log.as_deref()),
+        }
     }
 }
 

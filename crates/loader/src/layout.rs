@@ -4,7 +4,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use chroot_guard_common::{flags, ChrootEvent, EventKind, Mode, COMM_LEN, PATH_MAX, RESOLVED_MAX};
+use chroot_guard_common::{flags, policy, ChrootEvent, EventKind, Mode, COMM_LEN, PATH_MAX, RESOLVED_MAX};
 
 /// `(name, value)` pairs: field offsets in bytes under the field's Rust name,
 /// `size` (bytes of one event), buffer sizes, `flag_*` bits, `kind_*` and
@@ -16,8 +16,8 @@ pub fn event_layout() -> Vec<(&'static str, u32)> {
         };
     }
     let mut table = offsets!(
-        kind, mode, path_len, resolved_len, flags, pid, tid, ppid, uid, gid, euid, egid, mnt_ns,
-        pid_ns, lsm_ret, ret, enter_ns, ts_ns, cgroup_id, comm, path, resolved,
+        kind, mode, path_len, resolved_len, rule, flags, pid, tid, ppid, uid, gid, euid, egid,
+        mnt_ns, pid_ns, lsm_ret, policy_gen, ret, enter_ns, ts_ns, cgroup_id, comm, path, resolved,
     );
     table.extend([
         ("size", size_of::<ChrootEvent>() as u32),
@@ -29,7 +29,17 @@ pub fn event_layout() -> Vec<(&'static str, u32)> {
         ("flag_resolved_present", flags::RESOLVED_PRESENT),
         ("flag_resolved_truncated", flags::RESOLVED_TRUNCATED),
         ("flag_lsm_called", flags::LSM_CALLED),
+        ("flag_caller_chrooted", flags::CALLER_CHROOTED),
+        ("flag_action_shift", flags::ACTION_SHIFT),
+        ("flag_action_mask", flags::ACTION_MASK),
+        ("flag_enforcing", flags::ENFORCING),
+        ("flag_denied", flags::DENIED),
         ("kind_chroot", EventKind::Chroot as u32),
+        ("kind_decision", EventKind::Decision as u32),
+        ("no_rule", u32::from(policy::NO_RULE)),
+        ("action_allow", u32::from(policy::ACTION_ALLOW)),
+        ("action_deny", u32::from(policy::ACTION_DENY)),
+        ("action_audit", u32::from(policy::ACTION_AUDIT)),
     ]);
     for m in Mode::ALL {
         table.push((mode_key(m), m as u32));
@@ -99,6 +109,12 @@ mod tests {
         assert_eq!(size, size_of::<Filter>());
         let comm = members.iter().find(|(n, _)| n == "comm").expect("Filter.comm");
         assert_eq!(comm.1 as usize, offset_of!(Filter, comm));
+        let (size, _) = btf_members(&btf, "PolicyRule");
+        assert_eq!(size, size_of::<chroot_guard_common::policy::PolicyRule>());
+        let (size, _) = btf_members(&btf, "PolicyHeader");
+        assert_eq!(size, size_of::<chroot_guard_common::policy::PolicyHeader>());
+        let (size, _) = btf_members(&btf, "PathKey");
+        assert_eq!(size, size_of::<chroot_guard_common::policy::PathKey>());
     }
 
     #[test]

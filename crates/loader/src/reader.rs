@@ -30,10 +30,12 @@ pub struct Lost {
     pub ring_buffer_full: u64,
     /// Calls not traced: the `CG_PENDING` map was full at syscall entry.
     pub pending_full: u64,
+    /// Decisions the LSM program could not make (it allowed the call).
+    pub lsm_errors: u64,
 }
 
 impl Lost {
-    /// Both counts together.
+    /// Events that never reached user space.
     pub fn total(&self) -> u64 {
         self.ring_buffer_full + self.pending_full
     }
@@ -54,7 +56,11 @@ impl Counters {
         let sum = |c: Counter| {
             self.0.get(&(c as u32), 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)
         };
-        Lost { ring_buffer_full: sum(Counter::RingBufFull), pending_full: sum(Counter::PendingFull) }
+        Lost {
+            ring_buffer_full: sum(Counter::RingBufFull),
+            pending_full: sum(Counter::PendingFull),
+            lsm_errors: sum(Counter::LsmError),
+        }
     }
 }
 

@@ -102,7 +102,7 @@ impl Stacks {
             let mut hooks = Vec::new();
             let mut skipped = Vec::new();
             for point in ATTACH_POINTS.iter().filter(|p| p.mechanisms.contains(&mechanism)) {
-                if !present(point, Some(&kernel.btf)) {
+                if present(point, Some(&kernel.btf)) == Some(false) {
                     continue;
                 }
                 let mut ebpf = EbpfLoader::new()

@@ -41,8 +41,8 @@ pub struct BindingPoint {
     pub name: String,
     /// `tracepoint`, `function` or `lsm-hook`.
     pub kind: String,
-    /// Whether the kernel has it.
-    pub present: bool,
+    /// Whether the kernel has it; null when it cannot be told.
+    pub present: Option<bool>,
     /// Checks, one per mechanism.
     pub checks: Vec<BindingCheck>,
 }

@@ -2,6 +2,8 @@
 //! and wrapped by `ts/`, which is the only public API.
 
 mod doctor;
+mod guard;
+mod lifecycle;
 mod session;
 mod stacks;
 

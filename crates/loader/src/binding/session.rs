@@ -1,32 +1,23 @@
 //! Kernel sessions for `chrootWatch()` (`ts/session.ts`).
-//!
-//! Lifecycle of a [`BindingSession`]: idle → opening (`open()`, loads on the
-//! libuv pool) → running → closed (`close()`, idempotent; or the env cleanup
-//! hook when a worker thread ends). Closing joins the ring-buffer thread
-//! before the threadsafe function is released, so no call races the release,
-//! and a released function no longer keeps Node.js alive.
 
-use std::{
-    collections::HashMap,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Arc, Mutex,
-    },
-};
+use std::{collections::HashMap, sync::Arc};
 
 use chroot_guard_common::{filter_flags, Filter, COMM_LEN, DEFAULT_RING_BUFFER_BYTES};
 use napi::{
-    bindgen_prelude::{AsyncTask, BigInt, Buffer, Function},
-    threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode},
-    CleanupEnvHook, Env, Status, Task,
+    bindgen_prelude::{AsyncTask, BigInt, Function},
+    CleanupEnvHook, Env, Task,
 };
 use napi_derive::napi;
 
-use super::{binding_refusal, BindingRefusal};
+use super::{
+    binding_refusal,
+    lifecycle::{self, BindingBatch, BindingStats, JsSink, Kernel, Shared},
+    BindingRefusal,
+};
 use crate::{
     attach::{LoadOptions, ModeRequest},
     error::{Error, Refusal},
-    reader::{Batch, ReaderConfig, Sink},
+    reader::ReaderConfig,
     session::Session,
 };
 
@@ -45,19 +36,6 @@ pub struct BindingOpenOptions {
     pub ring_buffer_bytes: Option<u32>,
 }
 
-/// One batch of raw events (`[u32 len][u32 0][record][pad]`...).
-#[napi(object)]
-pub struct BindingBatch {
-    /// The records.
-    pub data: Buffer,
-    /// Number of records.
-    pub events: u32,
-    /// Total events lost to a full ring buffer since load.
-    pub ring_buffer_full: f64,
-    /// Total calls not traced because `CG_PENDING` was full, since load.
-    pub pending_full: f64,
-}
-
 /// Outcome of `open()`: never a rejected promise, so the TS layer can build
 /// its error with every field.
 #[napi(object)]
@@ -74,83 +52,6 @@ pub struct BindingOpenResult {
     pub error_message: Option<String>,
     /// Verifier log of the first verifier rejection, if any.
     pub verifier_log: Option<String>,
-}
-
-/// Totals of a session.
-#[napi(object)]
-pub struct BindingStats {
-    /// Events read from the ring buffer.
-    pub events: f64,
-    /// Batches delivered to JS.
-    pub batches: f64,
-    /// Bytes delivered to JS.
-    pub bytes: f64,
-    /// Events lost to a full ring buffer.
-    pub ring_buffer_full: f64,
-    /// Calls not traced: `CG_PENDING` full.
-    pub pending_full: f64,
-}
-
-type BatchFn = ThreadsafeFunction<BindingBatch, (), BindingBatch, Status, false>;
-
-/// Hands batches to JS through one threadsafe-function call per batch.
-struct JsSink {
-    tsfn: BatchFn,
-    in_flight: Arc<AtomicU32>,
-}
-
-impl Sink for JsSink {
-    fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Acquire)
-    }
-
-    fn deliver(&self, batch: Batch) -> bool {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let value = BindingBatch {
-            data: batch.data.into(),
-            events: batch.events,
-            ring_buffer_full: batch.lost.ring_buffer_full as f64,
-            pending_full: batch.lost.pending_full as f64,
-        };
-        let status = self.tsfn.call(value, ThreadsafeFunctionCallMode::NonBlocking);
-        if status != Status::Ok {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return status != Status::Closing;
-        }
-        true
-    }
-}
-
-enum State {
-    Idle,
-    Opening,
-    Running(Box<Session>),
-    Closed,
-}
-
-struct Shared {
-    state: Mutex<State>,
-}
-
-impl Shared {
-    fn close(&self) {
-        let previous = {
-            let mut state = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            std::mem::replace(&mut *state, State::Closed)
-        };
-        if let State::Running(mut session) = previous {
-            session.close();
-        }
-    }
-}
-
-/// A kernel session for the TS layer (`ts/src/session.ts`).
-#[napi]
-pub struct BindingSession {
-    shared: Arc<Shared>,
-    options: Option<LoadOptions>,
-    options_error: Option<Error>,
-    cleanup: Option<CleanupEnvHook<Arc<Shared>>>,
 }
 
 fn parse_options(o: &BindingOpenOptions) -> Result<LoadOptions, Error> {
@@ -180,51 +81,30 @@ fn parse_options(o: &BindingOpenOptions) -> Result<LoadOptions, Error> {
     Ok(LoadOptions { mode, filter, ring_buffer_bytes })
 }
 
+/// A kernel session for `chrootWatch()`.
+#[napi]
+pub struct BindingSession {
+    shared: Arc<Shared>,
+    options: Result<LoadOptions, String>,
+    cleanup: Option<CleanupEnvHook<Arc<Shared>>>,
+}
+
 #[napi]
 impl BindingSession {
     /// Validates the options; touches no kernel state.
     #[napi(constructor)]
     pub fn new(env: Env, options: BindingOpenOptions) -> napi::Result<Self> {
-        let shared = Arc::new(Shared { state: Mutex::new(State::Idle) });
-        // A worker thread that ends without close() still detaches.
-        let cleanup = env.add_env_cleanup_hook(Arc::clone(&shared), |s| s.close())?;
-        let (options, options_error) = match parse_options(&options) {
-            Ok(o) => (Some(o), None),
-            Err(e) => (None, Some(e)),
-        };
-        Ok(BindingSession { shared, options, options_error, cleanup: Some(cleanup) })
+        let (shared, hook) = Shared::new(&env)?;
+        Ok(BindingSession { shared, options: parse_options(&options).map_err(|e| e.to_string()), cleanup: Some(hook) })
     }
 
     /// Loads, attaches and starts reading on the libuv pool. `onBatch`
     /// receives one [`BindingBatch`] per batch on the JS thread.
     #[napi(ts_return_type = "Promise<BindingOpenResult>")]
     pub fn open(&mut self, on_batch: Function<BindingBatch, ()>) -> napi::Result<AsyncTask<OpenTask>> {
-        let in_flight = Arc::new(AtomicU32::new(0));
-        let taken = Arc::clone(&in_flight);
-        let tsfn: BatchFn = on_batch
-            .build_threadsafe_function::<BindingBatch>()
-            .callee_handled::<false>()
-            .build_callback(move |ctx| {
-                taken.fetch_sub(1, Ordering::AcqRel);
-                Ok(ctx.value)
-            })?;
-        let options = match (self.options.clone(), self.options_error.take()) {
-            (Some(o), _) => Ok(o),
-            (None, Some(e)) => Err(e),
-            (None, None) => Err(Error::InvalidArgument("options already rejected".into())),
-        };
-        {
-            let mut state = self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if !matches!(*state, State::Idle) {
-                return Err(napi::Error::new(Status::InvalidArg, "session already opened"));
-            }
-            *state = State::Opening;
-        }
-        Ok(AsyncTask::new(OpenTask {
-            shared: Arc::clone(&self.shared),
-            options,
-            sink: Some(JsSink { tsfn, in_flight }),
-        }))
+        let sink = JsSink::new(&on_batch)?;
+        self.shared.begin_open()?;
+        Ok(AsyncTask::new(OpenTask { shared: Arc::clone(&self.shared), options: self.options.clone(), sink: Some(sink) }))
     }
 
     /// Stops the reader thread, releases the callback and detaches every
@@ -232,35 +112,20 @@ impl BindingSession {
     /// session is then closed as soon as it is up).
     #[napi]
     pub fn close(&mut self, env: Env) -> napi::Result<()> {
-        self.shared.close();
-        if let Some(hook) = self.cleanup.take() {
-            env.remove_env_cleanup_hook(hook)?;
-        }
-        Ok(())
+        lifecycle::close(&env, &self.shared, &mut self.cleanup)
     }
 
     /// Totals so far (zeros unless running).
     #[napi]
     pub fn stats(&self) -> BindingStats {
-        let state = self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let s = match &*state {
-            State::Running(session) => session.stats(),
-            _ => Default::default(),
-        };
-        BindingStats {
-            events: s.events as f64,
-            batches: s.batches as f64,
-            bytes: s.bytes as f64,
-            ring_buffer_full: s.lost.ring_buffer_full as f64,
-            pending_full: s.lost.pending_full as f64,
-        }
+        self.shared.stats()
     }
 }
 
 /// Runs [`Session::open`] off the JS thread.
 pub struct OpenTask {
     shared: Arc<Shared>,
-    options: Result<LoadOptions, Error>,
+    options: Result<LoadOptions, String>,
     sink: Option<JsSink>,
 }
 
@@ -276,45 +141,28 @@ impl Task for OpenTask {
     type JsValue = BindingOpenResult;
 
     fn compute(&mut self) -> napi::Result<OpenOutcome> {
-        let Some(sink) = self.sink.take() else {
-            return Err(napi::Error::new(Status::GenericFailure, "open task ran twice"));
-        };
+        let sink = self.sink.take().ok_or_else(|| napi::Error::from_reason("open task ran twice"))?;
         let opened = match &self.options {
             Ok(options) => Session::open(options, sink, ReaderConfig::default()),
-            Err(e) => Err(Error::InvalidArgument(e.to_string())),
+            Err(e) => Err(Error::InvalidArgument(e.clone())),
         };
-        let code = |e: &Error| match e {
-            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
-            other => other.code(),
-        };
-        let mut state = self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(match opened {
             Ok(session) => {
-                let outcome = OpenOutcome {
-                    mode: Some(session.mode().name()),
-                    refusals: session.refusals().to_vec(),
-                    error: None,
-                };
-                if matches!(*state, State::Opening) {
-                    *state = State::Running(Box::new(session));
-                    outcome
+                let mode = Some(session.mode().name());
+                let refusals = session.refusals().to_vec();
+                let error = if self.shared.finish_open(Kernel::Watch(session)) {
+                    None
                 } else {
-                    drop(state);
-                    drop(session);
-                    OpenOutcome {
-                        error: Some(("CLOSED".into(), "closed while opening".into(), None)),
-                        ..outcome
-                    }
-                }
+                    Some(("CLOSED".into(), "closed while opening".into(), None))
+                };
+                OpenOutcome { mode, refusals, error }
             }
             Err(e) => {
-                if matches!(*state, State::Opening) {
-                    *state = State::Closed;
-                }
+                self.shared.fail_open();
                 OpenOutcome {
                     mode: None,
                     refusals: e.refusals().to_vec(),
-                    error: Some((code(&e).into(), e.to_string(), e.verifier_log().map(str::to_string))),
+                    error: Some((e.code().into(), e.to_string(), e.verifier_log().map(str::to_string))),
                 }
             }
         })

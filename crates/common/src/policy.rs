@@ -1,0 +1,152 @@
+//! The compiled policy as the `lsm/path_chroot` program reads it from maps.
+//!
+//! User space (`crates/loader/src/policy.rs`) compiles a validated policy
+//! into one of two slots and then flips `CG_ACTIVE` to it, so a policy takes
+//! effect whole or not at all. Rule order is preserved: the first rule that
+//! matches decides.
+//!
+//! Paths are compared as strings: the new root's absolute path in the
+//! caller's mount namespace (as `resolvedPath` in events), walked from the
+//! kernel's dentries and mounts. Every prefix that ends at a `/` and the
+//! whole path are hashed with [`hash_step`] (keyed by the per-policy
+//! [`PolicyHeader::seed`]) and looked up, with their length, in `CG_PATHS`.
+
+/// Most rules a compiled policy holds (rule masks are `u64`).
+pub const MAX_RULES: usize = 64;
+
+/// Rule index in decision events when no rule matched (the default action).
+pub const NO_RULE: u16 = 0xffff;
+
+/// Allow the call.
+pub const ACTION_ALLOW: u8 = 0;
+/// Deny the call with EPERM (in enforce mode).
+pub const ACTION_DENY: u8 = 1;
+/// Allow the call and report the match.
+pub const ACTION_AUDIT: u8 = 2;
+
+/// Policy mode: deny for real.
+pub const MODE_ENFORCE: u8 = 0;
+/// Policy mode: never deny, report what would have been denied.
+pub const MODE_AUDIT: u8 = 1;
+
+/// Bits of [`PolicyRule::conds`]: which conditions a rule has.
+pub mod cond {
+    /// The new root equals one of the rule's `path`s.
+    pub const PATH: u32 = 1 << 0;
+    /// The new root is at or below one of the rule's `subtree`s.
+    pub const SUBTREE: u32 = 1 << 1;
+    /// Real uid equals [`super::PolicyRule::uid`].
+    pub const UID: u32 = 1 << 2;
+    /// Effective uid equals [`super::PolicyRule::euid`].
+    pub const EUID: u32 = 1 << 3;
+    /// Real gid equals [`super::PolicyRule::gid`].
+    pub const GID: u32 = 1 << 4;
+    /// Effective gid equals [`super::PolicyRule::egid`].
+    pub const EGID: u32 = 1 << 5;
+    /// comm equals [`super::PolicyRule::comm`].
+    pub const COMM: u32 = 1 << 6;
+    /// The executable is one of the rule's `exe`s.
+    pub const EXE: u32 = 1 << 7;
+    /// cgroup id equals [`super::PolicyRule::cgroup_id`].
+    pub const CGROUP: u32 = 1 << 8;
+    /// Whether the caller is already chrooted equals
+    /// [`super::PolicyRule::chrooted`].
+    pub const CHROOTED: u32 = 1 << 9;
+}
+
+/// Bits of [`PolicyHeader::flags`].
+pub mod policy_flags {
+    /// Some rule has an `exe` condition: the program walks the executable's
+    /// path.
+    pub const USES_EXE: u32 = 1 << 0;
+}
+
+/// One slot's policy, entry `slot` of `CG_POLICY`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyHeader {
+    /// Generation, counted up by every update; decision events carry it.
+    pub generation: u32,
+    /// Number of rules in this slot of `CG_RULES`.
+    pub rule_count: u32,
+    /// [`MODE_ENFORCE`] or [`MODE_AUDIT`].
+    pub mode: u8,
+    /// `ACTION_*` when no rule matches.
+    pub default_action: u8,
+    /// Explicit padding, always zero.
+    pub _pad0: u16,
+    /// [`policy_flags`] bits.
+    pub flags: u32,
+    /// Key of the path hash, random per policy.
+    pub seed: u64,
+}
+
+/// One compiled rule, entry `slot * MAX_RULES + index` of `CG_RULES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyRule {
+    /// [`cond`] bits.
+    pub conds: u32,
+    /// `ACTION_*`.
+    pub action: u8,
+    /// 1 when [`cond::CHROOTED`] asks for "already chrooted", 0 for "not".
+    pub chrooted: u8,
+    /// Index of the source rule in the policy file (lists are expanded into
+    /// several compiled rules with the same source).
+    pub source: u16,
+    /// Real uid.
+    pub uid: u32,
+    /// Effective uid.
+    pub euid: u32,
+    /// Real gid.
+    pub gid: u32,
+    /// Effective gid.
+    pub egid: u32,
+    /// cgroup v2 id.
+    pub cgroup_id: u64,
+    /// comm, NUL padded.
+    pub comm: [u8; 16],
+}
+
+/// Key of `CG_PATHS` and `CG_EXES`: a hashed path in one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PathKey {
+    /// Policy slot (0 or 1).
+    pub slot: u32,
+    /// Length of the path in bytes.
+    pub len: u32,
+    /// `hash_path(seed, path)`.
+    pub hash: u64,
+}
+
+/// Value of `CG_PATHS`: which rules name this path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathMasks {
+    /// Rules whose `path` is this path (bit = compiled rule index).
+    pub exact: u64,
+    /// Rules whose `subtree` is this path.
+    pub subtree: u64,
+}
+
+/// One step of the path hash: FNV-1a's round, keyed by starting from the
+/// policy's random seed instead of the fixed offset basis.
+#[inline(always)]
+pub const fn hash_step(h: u64, byte: u8) -> u64 {
+    (h ^ byte as u64).wrapping_mul(0x0000_0100_0000_01b3)
+}
+
+/// The hash of a whole path (user space; the program hashes as it scans).
+pub fn hash_path(seed: u64, path: &[u8]) -> u64 {
+    path.iter().fold(seed, |h, &b| hash_step(h, b))
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: `#[repr(C)]` integers and byte arrays with explicit padding.
+    unsafe impl aya::Pod for super::PolicyHeader {}
+    unsafe impl aya::Pod for super::PolicyRule {}
+    unsafe impl aya::Pod for super::PathKey {}
+    unsafe impl aya::Pod for super::PathMasks {}
+}

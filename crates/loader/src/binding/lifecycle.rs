@@ -1,0 +1,230 @@
+//! What the session and guard bindings share: the batch callback (one
+//! threadsafe-function call per batch) and the lifecycle state machine
+//! idle → opening → running → closed.
+//!
+//! Closing joins the ring-buffer thread before the threadsafe function is
+//! released, so no call races the release, and a released function no
+//! longer keeps Node.js alive. An env cleanup hook closes a session whose
+//! worker thread ends without `close()`.
+
+use std::sync::{
+    atomic::{AtomicU32, Ordering},
+    Arc, Mutex, MutexGuard, PoisonError,
+};
+
+use napi::{
+    bindgen_prelude::{Buffer, Function},
+    threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode},
+    CleanupEnvHook, Env, Status,
+};
+use napi_derive::napi;
+
+use crate::{
+    guard::Guard,
+    reader::{Batch, Sink},
+    session::{Session, SessionStats},
+};
+
+/// One batch of raw events (`[u32 len][u32 0][record][pad]`...).
+#[napi(object)]
+pub struct BindingBatch {
+    /// The records.
+    pub data: Buffer,
+    /// Number of records.
+    pub events: u32,
+    /// Total events lost to a full ring buffer since load.
+    pub ring_buffer_full: f64,
+    /// Total calls not traced because `CG_PENDING` was full, since load.
+    pub pending_full: f64,
+    /// Total decisions the LSM program could not make (it allowed them).
+    pub lsm_errors: f64,
+}
+
+/// Totals of a session.
+#[napi(object)]
+pub struct BindingStats {
+    /// Events read from the ring buffer.
+    pub events: f64,
+    /// Batches delivered to JS.
+    pub batches: f64,
+    /// Bytes delivered to JS.
+    pub bytes: f64,
+    /// Events lost to a full ring buffer.
+    pub ring_buffer_full: f64,
+    /// Calls not traced: `CG_PENDING` full.
+    pub pending_full: f64,
+    /// Decisions the LSM program could not make.
+    pub lsm_errors: f64,
+}
+
+impl From<SessionStats> for BindingStats {
+    fn from(s: SessionStats) -> Self {
+        BindingStats {
+            events: s.events as f64,
+            batches: s.batches as f64,
+            bytes: s.bytes as f64,
+            ring_buffer_full: s.lost.ring_buffer_full as f64,
+            pending_full: s.lost.pending_full as f64,
+            lsm_errors: s.lost.lsm_errors as f64,
+        }
+    }
+}
+
+type BatchFn = ThreadsafeFunction<BindingBatch, (), BindingBatch, Status, false>;
+
+/// Hands batches to JS through one threadsafe-function call per batch.
+pub struct JsSink {
+    tsfn: BatchFn,
+    in_flight: Arc<AtomicU32>,
+}
+
+impl JsSink {
+    /// Wraps the JS callback; `in_flight` drops when JS takes a batch.
+    pub fn new(on_batch: &Function<BindingBatch, ()>) -> napi::Result<JsSink> {
+        let in_flight = Arc::new(AtomicU32::new(0));
+        let taken = Arc::clone(&in_flight);
+        let tsfn: BatchFn =
+            on_batch.build_threadsafe_function::<BindingBatch>().callee_handled::<false>().build_callback(move |ctx| {
+                taken.fetch_sub(1, Ordering::AcqRel);
+                Ok(ctx.value)
+            })?;
+        Ok(JsSink { tsfn, in_flight })
+    }
+}
+
+impl Sink for JsSink {
+    fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn deliver(&self, batch: Batch) -> bool {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let value = BindingBatch {
+            data: batch.data.into(),
+            events: batch.events,
+            ring_buffer_full: batch.lost.ring_buffer_full as f64,
+            pending_full: batch.lost.pending_full as f64,
+            lsm_errors: batch.lost.lsm_errors as f64,
+        };
+        let status = self.tsfn.call(value, ThreadsafeFunctionCallMode::NonBlocking);
+        if status != Status::Ok {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return status != Status::Closing;
+        }
+        true
+    }
+}
+
+/// What runs in the kernel for one binding object.
+pub enum Kernel {
+    /// `chrootWatch()`.
+    Watch(Session),
+    /// `chrootGuard()`.
+    Guard(Guard),
+}
+
+impl Kernel {
+    fn close(&mut self) {
+        match self {
+            Kernel::Watch(s) => s.close(),
+            Kernel::Guard(g) => g.close(),
+        }
+    }
+
+    fn stats(&self) -> SessionStats {
+        match self {
+            Kernel::Watch(s) => s.stats(),
+            Kernel::Guard(g) => g.stats(),
+        }
+    }
+}
+
+/// Lifecycle states.
+pub enum State {
+    /// Created, nothing loaded.
+    Idle,
+    /// `open()` is loading on the libuv pool.
+    Opening,
+    /// Attached.
+    Running(Box<Kernel>),
+    /// Closed for good.
+    Closed,
+}
+
+/// The state, shared with the open task and the env cleanup hook.
+pub struct Shared {
+    state: Mutex<State>,
+}
+
+impl Shared {
+    /// A fresh idle state, closed by `env`'s cleanup if never closed.
+    pub fn new(env: &Env) -> napi::Result<(Arc<Shared>, CleanupEnvHook<Arc<Shared>>)> {
+        let shared = Arc::new(Shared { state: Mutex::new(State::Idle) });
+        let hook = env.add_env_cleanup_hook(Arc::clone(&shared), |s| s.close())?;
+        Ok((shared, hook))
+    }
+
+    /// The state, locked.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// idle → opening.
+    ///
+    /// # Errors
+    /// When already opened.
+    pub fn begin_open(&self) -> napi::Result<()> {
+        let mut state = self.lock();
+        if !matches!(*state, State::Idle) {
+            return Err(napi::Error::new(Status::InvalidArg, "already opened"));
+        }
+        *state = State::Opening;
+        Ok(())
+    }
+
+    /// opening → running; or, when closed meanwhile, closes `kernel` and
+    /// returns false.
+    pub fn finish_open(&self, kernel: Kernel) -> bool {
+        let mut state = self.lock();
+        if matches!(*state, State::Opening) {
+            *state = State::Running(Box::new(kernel));
+            return true;
+        }
+        drop(state);
+        drop(kernel);
+        false
+    }
+
+    /// opening → closed after a failed open.
+    pub fn fail_open(&self) {
+        let mut state = self.lock();
+        if matches!(*state, State::Opening) {
+            *state = State::Closed;
+        }
+    }
+
+    /// Closes whatever runs. Idempotent.
+    pub fn close(&self) {
+        let previous = std::mem::replace(&mut *self.lock(), State::Closed);
+        if let State::Running(mut kernel) = previous {
+            kernel.close();
+        }
+    }
+
+    /// Totals (zeros unless running).
+    pub fn stats(&self) -> BindingStats {
+        match &*self.lock() {
+            State::Running(k) => k.stats().into(),
+            _ => SessionStats::default().into(),
+        }
+    }
+}
+
+/// Removes the cleanup hook after an explicit close.
+pub fn close(env: &Env, shared: &Shared, hook: &mut Option<CleanupEnvHook<Arc<Shared>>>) -> napi::Result<()> {
+    shared.close();
+    if let Some(hook) = hook.take() {
+        env.remove_env_cleanup_hook(hook)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,409 @@
+//! Policies: the validated JSON form the TypeScript layer hands over, and
+//! its compilation into the maps of `lsm/path_chroot` (see
+//! `chroot_guard_common::policy`).
+//!
+//! Compilation is pure (no kernel); [`Compiled::write`] then fills the
+//! inactive slot and flips `CG_ACTIVE`, so a policy takes effect whole or,
+//! on any error, not at all.
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::maps::{Array, HashMap, MapData};
+use chroot_guard_common::{
+    policy::{
+        cond, hash_path, policy_flags, PathKey, PathMasks, PolicyHeader, PolicyRule, ACTION_ALLOW, ACTION_AUDIT,
+        ACTION_DENY, MAX_RULES, MODE_AUDIT, MODE_ENFORCE,
+    },
+    COMM_LEN, RESOLVED_MAX,
+};
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// A value or a list of values (any of them matches).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// One value.
+    One(T),
+    /// Any of these.
+    Many(Vec<T>),
+}
+
+impl<T: Clone> OneOrMany<T> {
+    fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(v) => vec![v.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Conditions of a rule; see `policy.schema.json`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Match {
+    /// New root equals one of these.
+    pub path: Option<OneOrMany<String>>,
+    /// New root at or below one of these.
+    pub subtree: Option<OneOrMany<String>>,
+    /// Real uid.
+    pub uid: Option<OneOrMany<u32>>,
+    /// Effective uid.
+    pub euid: Option<OneOrMany<u32>>,
+    /// Real gid.
+    pub gid: Option<OneOrMany<u32>>,
+    /// Effective gid.
+    pub egid: Option<OneOrMany<u32>>,
+    /// comm.
+    pub comm: Option<OneOrMany<String>>,
+    /// The caller's executable.
+    pub exe: Option<OneOrMany<String>>,
+    /// cgroup v2 id.
+    pub cgroup_id: Option<OneOrMany<u64>>,
+    /// Caller already chrooted.
+    pub already_chrooted: Option<bool>,
+}
+
+/// One rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    /// Unique id.
+    pub id: String,
+    /// `allow`, `deny` or `audit`.
+    pub action: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Conditions (none: every call).
+    #[serde(rename = "match")]
+    pub matches: Option<Match>,
+}
+
+/// A policy as `policy.schema.json` describes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Ignored (editor support).
+    #[serde(rename = "$schema")]
+    pub schema: Option<String>,
+    /// `enforce` or `audit`.
+    pub mode: String,
+    /// Action when no rule matches (default `allow`).
+    pub default: Option<String>,
+    /// Ordered rules.
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// Parses the JSON form.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] with serde's message.
+    pub fn from_json(json: &str) -> Result<Policy, Error> {
+        serde_json::from_str(json).map_err(|e| Error::InvalidArgument(format!("policy: {e}")))
+    }
+}
+
+fn action(s: &str, what: &str) -> Result<u8, Error> {
+    match s {
+        "allow" => Ok(ACTION_ALLOW),
+        "deny" => Ok(ACTION_DENY),
+        "audit" => Ok(ACTION_AUDIT),
+        other => Err(Error::InvalidArgument(format!("{what}: unknown action {other:?} (allow, deny, audit)"))),
+    }
+}
+
+/// Checks a host-absolute path and returns its canonical bytes: absolute,
+/// no `.` or `..` components, no empty components, no trailing `/` (but `/`
+/// itself), at most `RESOLVED_MAX - 1` bytes.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] saying what is wrong.
+pub fn canonical_path(p: &str, what: &str) -> Result<Vec<u8>, Error> {
+    let bad = |why: &str| Err(Error::InvalidArgument(format!("{what}: {p:?} {why}")));
+    if !p.starts_with('/') {
+        return bad("is not absolute (paths are host-absolute, like resolvedPath)");
+    }
+    let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+    if parts.iter().any(|c| *c == "." || *c == "..") {
+        return bad("has . or .. components");
+    }
+    let canon = format!("/{}", parts.join("/"));
+    if canon.len() >= RESOLVED_MAX {
+        return bad("is too long");
+    }
+    Ok(canon.into_bytes())
+}
+
+/// A policy compiled for the maps.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    /// Header (generation and seed are set by [`Compiled::write`]).
+    pub header: PolicyHeader,
+    /// Rules in order.
+    pub rules: Vec<PolicyRule>,
+    /// Id of each compiled rule's source rule.
+    pub rule_ids: Vec<String>,
+    /// Paths (`path`, `subtree`) → masks.
+    pub paths: StdHashMap<Vec<u8>, PathMasks>,
+    /// Executables → rule mask.
+    pub exes: StdHashMap<Vec<u8>, u64>,
+}
+
+/// Compiles a policy: expands lists into rules (at most [`MAX_RULES`]),
+/// canonicalizes paths and collects them into masks.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] for an unknown action or mode, a bad path or
+/// comm, duplicate ids, or too many rules after expansion.
+pub fn compile(p: &Policy) -> Result<Compiled, Error> {
+    let mode = match p.mode.as_str() {
+        "enforce" => MODE_ENFORCE,
+        "audit" => MODE_AUDIT,
+        other => return Err(Error::InvalidArgument(format!("mode: unknown {other:?} (enforce, audit)"))),
+    };
+    let default_action = action(p.default.as_deref().unwrap_or("allow"), "default")?;
+    let mut out = Compiled {
+        header: PolicyHeader { mode, default_action, ..PolicyHeader::default() },
+        rules: Vec::new(),
+        rule_ids: Vec::new(),
+        paths: StdHashMap::new(),
+        exes: StdHashMap::new(),
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (source, r) in p.rules.iter().enumerate() {
+        let what = format!("rules[{source}] ({})", r.id);
+        if !seen.insert(r.id.as_str()) {
+            return Err(Error::InvalidArgument(format!("{what}: duplicate id")));
+        }
+        let act = action(&r.action, &what)?;
+        let m = r.matches.clone().unwrap_or_default();
+        let mut base = PolicyRule { action: act, source: source as u16, ..PolicyRule::default() };
+        let mut paths = Vec::new();
+        let mut subtrees = Vec::new();
+        let mut exes = Vec::new();
+        if let Some(v) = &m.path {
+            base.conds |= cond::PATH;
+            for p in v.to_vec() {
+                paths.push(canonical_path(&p, &what)?);
+            }
+        }
+        if let Some(v) = &m.subtree {
+            let list: Vec<Vec<u8>> = v.to_vec().iter().map(|p| canonical_path(p, &what)).collect::<Result<_, _>>()?;
+            // A subtree of `/` holds for every path: no condition.
+            if !list.iter().any(|p| p.as_slice() == b"/") {
+                base.conds |= cond::SUBTREE;
+                subtrees = list;
+            }
+        }
+        if let Some(v) = &m.exe {
+            base.conds |= cond::EXE;
+            out.header.flags |= policy_flags::USES_EXE;
+            for p in v.to_vec() {
+                exes.push(canonical_path(&p, &what)?);
+            }
+        }
+        if let Some(c) = m.already_chrooted {
+            base.conds |= cond::CHROOTED;
+            base.chrooted = u8::from(c);
+        }
+        let list = |o: &Option<OneOrMany<u32>>| o.as_ref().map(OneOrMany::to_vec);
+        let comms: Option<Vec<[u8; COMM_LEN]>> = match &m.comm {
+            None => None,
+            Some(v) => Some(
+                v.to_vec()
+                    .iter()
+                    .map(|c| {
+                        let b = c.as_bytes();
+                        if b.is_empty() || b.len() >= COMM_LEN {
+                            return Err(Error::InvalidArgument(format!("{what}: comm {c:?} must be 1 to 15 bytes")));
+                        }
+                        let mut a = [0u8; COMM_LEN];
+                        a[..b.len()].copy_from_slice(b);
+                        Ok(a)
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+        };
+        // Cartesian product of the scalar lists.
+        let mut variants = vec![base];
+        let mut expand = |values: Option<Vec<u32>>, bit: u32, set: fn(&mut PolicyRule, u32)| {
+            if let Some(values) = values {
+                variants = variants
+                    .iter()
+                    .flat_map(|r| {
+                        values.iter().map(move |&v| {
+                            let mut r = *r;
+                            r.conds |= bit;
+                            set(&mut r, v);
+                            r
+                        })
+                    })
+                    .collect();
+            }
+        };
+        expand(list(&m.uid), cond::UID, |r, v| r.uid = v);
+        expand(list(&m.euid), cond::EUID, |r, v| r.euid = v);
+        expand(list(&m.gid), cond::GID, |r, v| r.gid = v);
+        expand(list(&m.egid), cond::EGID, |r, v| r.egid = v);
+        if let Some(comms) = comms {
+            variants = variants
+                .iter()
+                .flat_map(|r| comms.iter().map(move |c| PolicyRule { conds: r.conds | cond::COMM, comm: *c, ..*r }))
+                .collect();
+        }
+        if let Some(ids) = m.cgroup_id.as_ref().map(OneOrMany::to_vec) {
+            variants = variants
+                .iter()
+                .flat_map(|r| ids.iter().map(move |&id| PolicyRule { conds: r.conds | cond::CGROUP, cgroup_id: id, ..*r }))
+                .collect();
+        }
+        for v in variants {
+            let index = out.rules.len();
+            if index >= MAX_RULES {
+                return Err(Error::InvalidArgument(format!(
+                    "{what}: the policy expands to more than {MAX_RULES} rules (each value of a uid, euid, gid, egid, comm or cgroupId list counts once per combination)"
+                )));
+            }
+            let bit = 1u64 << index;
+            for p in &paths {
+                out.paths.entry(p.clone()).or_default().exact |= bit;
+            }
+            for p in &subtrees {
+                out.paths.entry(p.clone()).or_default().subtree |= bit;
+            }
+            for p in &exes {
+                *out.exes.entry(p.clone()).or_default() |= bit;
+            }
+            out.rules.push(v);
+            out.rule_ids.push(r.id.clone());
+        }
+    }
+    out.header.rule_count = out.rules.len() as u32;
+    Ok(out)
+}
+
+/// A random seed for the path hash.
+fn random_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    // SAFETY: getrandom writes at most 8 bytes into the buffer.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), 8, 0) };
+    if n == 8 {
+        u64::from_ne_bytes(seed)
+    } else {
+        crate::sys::boottime_ns() ^ 0x9e37_79b9_7f4a_7c15
+    }
+}
+
+/// The policy maps of one loaded object.
+pub struct PolicyMaps<'a> {
+    /// `CG_ACTIVE`.
+    pub active: Array<&'a mut MapData, u32>,
+    /// `CG_POLICY`.
+    pub headers: Array<&'a mut MapData, PolicyHeader>,
+    /// `CG_RULES`.
+    pub rules: Array<&'a mut MapData, PolicyRule>,
+    /// `CG_PATHS`.
+    pub paths: HashMap<&'a mut MapData, PathKey, PathMasks>,
+    /// `CG_EXES`.
+    pub exes: HashMap<&'a mut MapData, PathKey, u64>,
+}
+
+/// What is in each slot, so an update can clear the slot it reuses.
+#[derive(Debug, Default)]
+pub struct Slots {
+    /// The slot `CG_ACTIVE` points at.
+    pub active: u32,
+    /// Generation of the active policy.
+    pub generation: u32,
+    /// Rule ids of the active policy, by compiled index.
+    pub rule_ids: Vec<String>,
+    path_keys: [Vec<PathKey>; 2],
+    exe_keys: [Vec<PathKey>; 2],
+}
+
+impl Compiled {
+    /// Writes the policy into the slot not in use, then points `CG_ACTIVE`
+    /// at it. On error `CG_ACTIVE` is untouched and the old policy holds.
+    ///
+    /// # Errors
+    /// [`Error::Object`] when a map write fails (e.g. a map is full).
+    pub fn write(&self, maps: &mut PolicyMaps<'_>, slots: &mut Slots, first: bool) -> Result<u32, Error> {
+        let map_err = |what: &'static str| move |e: aya::maps::MapError| Error::Object(format!("writing {what}: {e}"));
+        let slot = if first { 0 } else { slots.active ^ 1 };
+        let seed = random_seed();
+        for key in std::mem::take(&mut slots.path_keys[slot as usize]) {
+            let _ = maps.paths.remove(&key);
+        }
+        for key in std::mem::take(&mut slots.exe_keys[slot as usize]) {
+            let _ = maps.exes.remove(&key);
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            maps.rules.set(slot * MAX_RULES as u32 + i as u32, rule, 0).map_err(map_err("CG_RULES"))?;
+        }
+        for (path, masks) in &self.paths {
+            let key = PathKey { slot, len: path.len() as u32, hash: hash_path(seed, path) };
+            maps.paths.insert(key, masks, 0).map_err(map_err("CG_PATHS"))?;
+            slots.path_keys[slot as usize].push(key);
+        }
+        for (path, mask) in &self.exes {
+            let key = PathKey { slot, len: path.len() as u32, hash: hash_path(seed, path) };
+            maps.exes.insert(key, mask, 0).map_err(map_err("CG_EXES"))?;
+            slots.exe_keys[slot as usize].push(key);
+        }
+        let generation = slots.generation.wrapping_add(1);
+        let header = PolicyHeader { generation, seed, ..self.header };
+        maps.headers.set(slot, header, 0).map_err(map_err("CG_POLICY"))?;
+        // The switch: one 4-byte write the program reads once per decision.
+        maps.active.set(0, slot, 0).map_err(map_err("CG_ACTIVE"))?;
+        slots.active = slot;
+        slots.generation = generation;
+        slots.rule_ids = self.rule_ids.clone();
+        Ok(generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(json: &str) -> Result<Compiled, Error> {
+        compile(&Policy::from_json(json)?)
+    }
+
+    #[test]
+    fn lists_expand_in_order_and_paths_collect_masks() {
+        let c = policy(
+            r#"{"mode":"enforce","default":"allow","rules":[
+                {"id":"a","action":"deny","match":{"subtree":["/srv/jails/","/opt"],"uid":[1,2]}},
+                {"id":"b","action":"audit","match":{"path":"/srv//x","comm":["mock","schroot"]}},
+                {"id":"c","action":"allow","match":{"subtree":"/"}}]}"#,
+        )
+        .expect("compiles");
+        assert_eq!(c.rule_ids, ["a", "a", "b", "b", "c"]);
+        assert_eq!(c.rules.iter().map(|r| r.uid).collect::<Vec<_>>(), [1, 2, 0, 0, 0]);
+        assert_eq!(c.paths[b"/srv/jails".as_slice()].subtree, 0b11);
+        assert_eq!(c.paths[b"/opt".as_slice()].subtree, 0b11);
+        assert_eq!(c.paths[b"/srv/x".as_slice()].exact, 0b1100);
+        assert_eq!(c.rules[4].conds, 0, "subtree / is no condition");
+        assert_eq!(&c.rules[3].comm[..8], b"schroot\0");
+    }
+
+    #[test]
+    fn bad_policies_are_rejected_with_the_rule_named() {
+        let err = |j: &str| policy(j).expect_err("rejected").to_string();
+        assert!(err(r#"{"mode":"enforce","rules":[{"id":"x","action":"deny","match":{"path":"srv"}}]}"#)
+            .contains("rules[0] (x): \"srv\" is not absolute"));
+        assert!(err(r#"{"mode":"enforce","rules":[{"id":"x","action":"deny"},{"id":"x","action":"allow"}]}"#)
+            .contains("rules[1] (x): duplicate id"));
+        assert!(err(r#"{"mode":"enforce","rules":[{"id":"x","action":"deny","match":{"subtree":"/a/../b"}}]}"#)
+            .contains(". or .."));
+        assert!(err(r#"{"mode":"sometimes","rules":[]}"#).contains("mode"));
+        let many = format!(
+            r#"{{"mode":"enforce","rules":[{{"id":"x","action":"deny","match":{{"uid":[{}]}}}}]}}"#,
+            (0..65).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+        );
+        assert!(err(&many).contains("more than 64 rules"));
+    }
+}

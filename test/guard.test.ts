@@ -1,0 +1,271 @@
+/**
+ * The guard: policies decided in the kernel by `lsm/path_chroot`, against
+ * real chroot calls. The BPF LSM runs in the stock-kernel VM
+ * (CG_EXPECT_AUTO_MODE=fentry), where every test here runs; on the host it
+ * is refused (fentry and LSM programs get EPERM, ../shared/PLATFORM.md),
+ * where the LSM_UNAVAILABLE path is tested instead.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { firstValueFrom, toArray } from 'rxjs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
+import { chrootGuard, ChrootWatchError, PolicyError, type ChrootDecision, type ChrootGuard, type Policy } from '../ts/index.js';
+import { ourPrograms, record, sleep, TEST_MODE } from './helpers.js';
+
+const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+const LSM = process.env.CG_EXPECT_AUTO_MODE === 'fentry';
+const WHY = 'the BPF LSM cannot run on this kernel (lsm programs are refused with EPERM); these run in the VM';
+
+let root: BusyboxRoot;
+let base: string;
+let jails: string;
+let other: string;
+beforeAll(() => {
+  root = makeBusyboxRoot();
+  base = realpathSync(root.dir);
+  jails = `${base}/jails`;
+  other = `${base}/other`;
+  for (const d of [`${jails}/a`, `${jails}/b`, other, `${base}/y`]) mkdirSync(d, { recursive: true });
+});
+afterAll(() => root.remove());
+
+const denyJails = (mode: Policy['mode'] = 'enforce'): Policy => ({
+  mode,
+  rules: [{ id: 'no-jails', action: 'deny', match: { subtree: jails } }],
+});
+
+/** Starts a guard and collects its decisions. */
+async function guarded(policy: Policy) {
+  const guard = chrootGuard(policy);
+  const decisions: ChrootDecision[] = [];
+  guard.decisions$.subscribe((d) => decisions.push(d));
+  const info = await guard.ready;
+  return {
+    guard,
+    info,
+    decisions,
+    of: (pid: number) => decisions.filter((d) => d.pid === pid),
+    async until(pred: () => boolean, ms = 10_000) {
+      const deadline = Date.now() + ms;
+      while (!pred()) {
+        if (Date.now() > deadline) throw new Error(`timed out; decisions: ${JSON.stringify(decisions.map((d) => [d.pid, d.resolvedPath, d.action, d.ruleId]))}`);
+        await sleep(20);
+      }
+    },
+  };
+}
+
+/**
+ * perl chroots into `dir`, then says what happened ("ok" or "EPERM") and
+ * whether its root is unchanged (it still sees /etc/passwd: "outside").
+ */
+function tryChroot(dir: string) {
+  const script = 'print chroot($ARGV[0]) ? "ok " : $!{EPERM} ? "EPERM " : "ERR($!) "; print -e "/etc/passwd" ? "outside\\n" : "inside\\n";';
+  const r = spawnSync('perl', ['-e', script, dir], { encoding: 'utf8' });
+  return { pid: r.pid, out: r.stdout.trim() };
+}
+
+describe.skipIf(!LSM)(`guard (lsm/path_chroot; skipped here: ${LSM ? '' : WHY})`, () => {
+  let g: Awaited<ReturnType<typeof guarded>> | undefined;
+  afterAll(() => g?.guard.stop());
+
+  it('denies a chroot into a denied subtree with EPERM, leaves the root unchanged, and allows a sibling', async () => {
+    g = await guarded(denyJails());
+    expect(g.info.generation).toBe(1);
+    const denied = tryChroot(`${jails}/a`);
+    expect(denied.out).toBe('EPERM outside');
+    const allowed = tryChroot(other);
+    expect(allowed.out).toBe('ok inside');
+    await g.until(() => g!.of(denied.pid).length === 1 && g!.of(allowed.pid).length === 1);
+    expect(g.of(denied.pid)[0]).toMatchObject({ action: 'deny', ruleId: 'no-jails', denied: true, wouldDeny: true, policyMode: 'enforce', resolvedPath: `${jails}/a`, path: `${jails}/a`, comm: 'perl', source: 'lsm' });
+    expect(g.of(allowed.pid)[0]).toMatchObject({ action: 'allow', ruleId: null, denied: false, resolvedPath: other });
+  });
+
+  it(`with the watch probes (${TEST_MODE}), the denied call's event has EPERM${TEST_MODE === 'tracepoint' ? '' : ', the LSM verdict and the resolved path from security_path_chroot'}`, async () => {
+    const rec = await record();
+    try {
+      const denied = tryChroot(`${jails}/b`);
+      await rec.until(() => rec.of(denied.pid).length === 1);
+      const e = rec.of(denied.pid)[0]!;
+      expect(e.errno).toBe('EPERM');
+      if (rec.info.mode === 'tracepoint') {
+        expect(e.resolvedPath).toBeNull(); // the tracepoints see no struct path
+      } else {
+        expect(e.lsmRet).toBe(-1);
+        expect(e.resolvedPath).toBe(`${jails}/b`);
+      }
+    } finally {
+      rec.stop();
+    }
+  });
+
+  it('update changes decisions at once; a broken policy is rejected and the old one holds', async () => {
+    const before = tryChroot(`${base}/y`);
+    expect(before.out).toBe('ok inside');
+    const info = await g!.guard.update({ mode: 'enforce', rules: [{ id: 'no-y', action: 'deny', match: { path: `${base}/y` } }] });
+    expect(info.generation).toBe(2);
+    expect(tryChroot(`${base}/y`).out).toBe('EPERM outside');
+    expect(tryChroot(`${jails}/a`).out).toBe('ok inside'); // the old rule is gone
+    const broken = { mode: 'enforce', rules: [{ id: 'x', action: 'deny' }, { id: 'x', action: 'allow' }] } as Policy;
+    await expect(g!.guard.update(broken)).rejects.toBeInstanceOf(PolicyError);
+    await expect(g!.guard.update({ mode: 'enforce', rules: [{ id: 'r', action: 'deny', match: { subtree: 'relative' } }] })).rejects.toMatchObject({ code: 'INVALID_POLICY' });
+    const held = tryChroot(`${base}/y`);
+    expect(held.out).toBe('EPERM outside'); // generation 2 still holds
+    await g!.until(() => g!.of(held.pid).length === 1);
+    expect(g!.of(held.pid)[0]).toMatchObject({ generation: 2, ruleId: 'no-y', denied: true });
+  });
+
+  it('update has no gap: a call storm into a path both policies deny is denied throughout', async () => {
+    const storm = spawn('perl', ['-e', `my ($n,$d)=(0,0); my $t=time+4; while (time<$t) { $n++; chroot($ARGV[0]) or $!{EPERM} and $d++; } print "$n $d\\n";`, `${base}/y`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    storm.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    for (let i = 0; i < 10; i++) {
+      await g!.guard.update({ mode: 'enforce', rules: [{ id: `gen-${i}`, action: 'deny', match: { subtree: base } }] });
+      await sleep(100);
+    }
+    await new Promise((r) => storm.on('close', r));
+    const [n, d] = out.trim().split(' ').map(Number);
+    expect(n).toBeGreaterThan(100);
+    expect(d).toBe(n); // every call denied, across 10 atomic updates
+  });
+
+  it('stop removes every program and map; the call succeeds again', async () => {
+    expect(ourPrograms()).toContain('cg_lsm_chroot');
+    g!.guard.stop();
+    expect(ourPrograms()).toEqual([]);
+    expect(tryChroot(`${base}/y`).out).toBe('ok inside');
+    g = undefined;
+  });
+
+  it('audit mode: the call succeeds and the decision says it would have been denied, with the rule id', async () => {
+    const a = await guarded(denyJails('audit'));
+    try {
+      const r = tryChroot(`${jails}/a`);
+      expect(r.out).toBe('ok inside');
+      await a.until(() => a.of(r.pid).length === 1);
+      expect(a.of(r.pid)[0]).toMatchObject({ action: 'deny', wouldDeny: true, denied: false, ruleId: 'no-jails', policyMode: 'audit' });
+    } finally {
+      a.guard.stop();
+    }
+  });
+
+  it('uid, comm and alreadyChrooted rules deny exactly what they name', async () => {
+    const p: Policy = {
+      mode: 'enforce',
+      rules: [
+        { id: 'no-uid-1000', action: 'deny', match: { uid: 1000 } },
+        { id: 'no-busybox', action: 'deny', match: { comm: 'busybox' } },
+        { id: 'no-nesting', action: 'deny', match: { alreadyChrooted: true } },
+      ],
+    };
+    const a = await guarded(p);
+    try {
+      // Real uid 1000, effective uid 0: passes the capability check, reaches the LSM.
+      // (`base` has /bin/true; 125 is coreutils chroot's "cannot change root".)
+      expect(spawnSync('setpriv', ['--ruid=1000', 'chroot', base, '/bin/true']).status).toBe(125);
+      expect(spawnSync('setpriv', ['--ruid=1001', 'chroot', base, '/bin/true']).status).toBe(0);
+      expect(spawnSync('busybox', ['chroot', base, '/bin/true']).status).not.toBe(0);
+      expect(spawnSync('chroot', [base, '/bin/true']).status).toBe(0);
+      const nested = await runStep(['chroot', base, '/bin/chroot', '/inner', '/bin/true']);
+      expect(nested.code).not.toBe(0);
+      await a.until(() => a.decisions.filter((d) => d.ruleId === 'no-nesting').length === 1);
+      const byRule = (id: string) => a.decisions.filter((d) => d.ruleId === id);
+      expect(byRule('no-uid-1000').map((d) => d.uid)).toEqual([1000]);
+      expect(byRule('no-busybox').map((d) => d.comm)).toEqual(['busybox']);
+      expect(byRule('no-nesting')[0]).toMatchObject({ callerChrooted: true, resolvedPath: `${base}/inner`, path: '/inner' });
+      expect(a.decisions.filter((d) => d.denied)).toHaveLength(3);
+    } finally {
+      a.guard.stop();
+    }
+  });
+
+  it('a storm of chroot calls: every denied call is denied, and decisions delivered + counted drops = calls made', async () => {
+    const a = chrootGuard(denyJails(), { ringBufferBytes: 64 << 10 });
+    let delivered = 0;
+    a.decisions$.subscribe((d) => d.comm === 'perl' && d.resolvedPath === `${jails}/a` && delivered++);
+    await a.ready;
+    const r = spawnSync('perl', ['-e', `my ($n,$d)=(0,0); my $t=time+4; while (time<$t) { $n++; chroot($ARGV[0]) or $!{EPERM} and $d++; } print "$n $d\\n";`, `${jails}/a`], { encoding: 'utf8' });
+    const [n, d] = r.stdout.trim().split(' ').map(Number);
+    let stats = a.stats();
+    const deadline = Date.now() + 15_000;
+    while (delivered + stats.ringBufferFull < n! && Date.now() < deadline) {
+      await sleep(50);
+      stats = a.stats();
+    }
+    a.stop();
+    expect(n).toBeGreaterThan(1000);
+    expect(d).toBe(n);
+    expect(stats.lsmErrors).toBe(0);
+    expect(delivered + stats.ringBufferFull).toBe(n);
+  });
+
+  it('chroot-guard enforce prints decisions as JSON lines and stops cleanly', async () => {
+    const file = `${base}/policy.json`;
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(file, JSON.stringify(denyJails()));
+    const child = spawn(process.execPath, [CLI, 'enforce', '--policy', file, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    await new Promise<void>((resolve, reject) => {
+      child.stderr.on('data', (b: Buffer) => b.toString().includes('enforcing') && resolve());
+      child.on('exit', (c) => reject(new Error(`enforce exited with ${c}`)));
+    });
+    const r = tryChroot(`${jails}/a`);
+    expect(r.out).toBe('EPERM outside');
+    const deadline = Date.now() + 10_000;
+    while (!out.includes(`"pid":${r.pid},`) && Date.now() < deadline) await sleep(20);
+    child.kill('SIGINT');
+    expect(await new Promise((res) => child.on('exit', res))).toBe(0);
+    const d = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).find((x) => x.pid === r.pid);
+    expect(d).toMatchObject({ ruleId: 'no-jails', denied: true, action: 'deny', source: 'lsm', resolvedPath: `${jails}/a` });
+    expect(ourPrograms()).toEqual([]);
+  });
+});
+
+describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
+  it('chrootGuard rejects ready with LSM_UNAVAILABLE and the reason, leaving nothing loaded', async () => {
+    const g: ChrootGuard = chrootGuard(denyJails());
+    const err = await g.ready.then(() => undefined, (e: unknown) => e);
+    expect(err).toBeInstanceOf(ChrootWatchError);
+    expect((err as ChrootWatchError).code).toBe('LSM_UNAVAILABLE');
+    expect((err as ChrootWatchError).message).toContain('EPERM');
+    await expect(firstValueFrom(g.decisions$.pipe(toArray()))).rejects.toMatchObject({ code: 'LSM_UNAVAILABLE' });
+    g.stop();
+    expect(ourPrograms()).toEqual([]);
+  });
+
+  it('chroot-guard enforce exits 3 with LSM_UNAVAILABLE and the reason', () => {
+    const r = spawnSync(process.execPath, [CLI, 'enforce', '--policy', 'examples/build-farm.yaml'], { encoding: 'utf8' });
+    expect(r.status).toBe(3);
+    expect(r.stderr).toContain('LSM_UNAVAILABLE');
+    expect(r.stderr).toMatch(/the BPF LSM is not available on this kernel: .*EPERM/);
+  });
+
+  it('enforce --audit falls back to would-be decisions from the watch probes, and says so', async () => {
+    const file = `${base}/policy.json`;
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(file, JSON.stringify(denyJails()));
+    const child = spawn(process.execPath, [CLI, 'enforce', '--policy', file, '--audit', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    await new Promise<void>((resolve, reject) => {
+      child.stderr.on('data', (b: Buffer) => {
+        err += b.toString();
+        if (err.includes('auditing')) resolve();
+      });
+      child.on('exit', (c) => reject(new Error(`enforce exited with ${c}: ${err}`)));
+    });
+    expect(err).toContain('falling back to audit from the watch probes');
+    const r = tryChroot(`${jails}/a`);
+    expect(r.out).toBe('ok inside'); // nothing is blocked
+    const deadline = Date.now() + 10_000;
+    while (!out.includes(`"pid":${r.pid},`) && Date.now() < deadline) await sleep(20);
+    child.kill('SIGINT');
+    expect(await new Promise((res) => child.on('exit', res))).toBe(0);
+    const d = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).find((x) => x.pid === r.pid);
+    expect(d).toMatchObject({ ruleId: 'no-jails', wouldDeny: true, denied: false, source: 'watch', policyMode: 'audit' });
+  });
+});

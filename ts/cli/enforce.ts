@@ -1,0 +1,141 @@
+/**
+ * `chroot-guard enforce` and `chroot-guard check`.
+ * @internal
+ * @module
+ */
+import { chrootGuard, type ChrootDecision } from '../guard.js';
+import { ChrootWatchError } from '../errors.js';
+import type { ChrootEvent } from '../events.js';
+import { asAudit, evaluatePolicy, loadPolicy, PolicyError, type Policy } from '../policy.js';
+import { chrootWatch } from '../watch.js';
+import { toWallClock } from '../clock.js';
+import { EXIT, describeLost, note, reportError } from './output.js';
+
+/** The JSON form of a decision (u64s as JSON integers). */
+export function decisionJson(d: ChrootDecision): string {
+  const { pathBytes, resolvedPathBytes, ...rest } = d;
+  void resolvedPathBytes;
+  return JSON.stringify({ ...rest, pathBase64: pathBytes.toString('base64') }, (_k, v: unknown) =>
+    typeof v === 'bigint' ? `\u0000${v}\u0000` : v,
+  ).replace(/"\\u0000(\d+)\\u0000"/g, '$1');
+}
+
+const HEADER = `${'TIME'.padEnd(13)}${'PID'.padEnd(8)}${'COMM'.padEnd(17)}${'UID'.padEnd(7)}${'DECISION'.padEnd(11)}${'RULE'.padEnd(24)}RESOLVED`;
+
+/** One table line: time, pid, comm, uid, decision, rule, resolved path. */
+export function decisionLine(d: ChrootDecision): string {
+  const t = toWallClock(d.ts);
+  const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
+  const decision = d.denied ? 'DENIED' : d.wouldDeny ? 'would-deny' : d.action;
+  return `${time.padEnd(13)}${String(d.pid).padEnd(8)}${d.comm.padEnd(17)}${String(d.uid).padEnd(7)}${decision.padEnd(11)}${(d.ruleId ?? '(default)').padEnd(24)}${d.resolvedPath ?? ''}${d.source === 'watch' ? '  [from watch]' : ''}`;
+}
+
+function printer(json: boolean) {
+  let header = false;
+  return (d: ChrootDecision) => {
+    if (json) return void process.stdout.write(decisionJson(d) + '\n');
+    if (!header) {
+      process.stdout.write(HEADER + '\n');
+      header = true;
+    }
+    process.stdout.write(decisionLine(d) + '\n');
+  };
+}
+
+/** A decision computed in JavaScript from a watch event (the audit fallback). */
+function fromWatch(policy: Policy, e: ChrootEvent): ChrootDecision {
+  const v = evaluatePolicy(policy, e);
+  const { ret, errno, lsmRet, probe, enterTs, ...identity } = e;
+  void ret, errno, lsmRet, probe, enterTs;
+  return { ...identity, action: v.action, ruleId: v.ruleId, denied: false, wouldDeny: v.action === 'deny', policyMode: 'audit', generation: 0, source: 'watch' };
+}
+
+/** Waits for SIGINT/SIGTERM. */
+function untilSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      process.off('SIGINT', done);
+      process.off('SIGTERM', done);
+      resolve();
+    };
+    process.on('SIGINT', done);
+    process.on('SIGTERM', done);
+  });
+}
+
+/** `enforce --policy FILE [--audit] [--json]`: runs until stopped. */
+export async function enforceCommand(flags: { policy: string; audit?: boolean; json?: boolean; ringBufferBytes?: number }): Promise<number> {
+  let policy: Policy;
+  try {
+    policy = loadPolicy(flags.policy);
+  } catch (err) {
+    return reportError(err);
+  }
+  if (flags.audit) policy = asAudit(policy);
+  const print = printer(flags.json === true);
+  const guard = chrootGuard(policy, {
+    ...(flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {}),
+    onLost: (l) => note(describeLost(l)),
+  });
+  const sub = guard.decisions$.subscribe({ next: print, error: () => {} });
+  try {
+    const info = await guard.ready;
+    note(`${policy.mode === 'enforce' ? 'enforcing' : 'auditing'} ${flags.policy} (generation ${info.generation}, ${info.compiledRules} compiled rules) with lsm/path_chroot; Ctrl-C to stop`);
+  } catch (err) {
+    sub.unsubscribe();
+    guard.stop();
+    if (!(err instanceof ChrootWatchError && err.code === 'LSM_UNAVAILABLE' && flags.audit)) return reportError(err);
+    return auditFromWatch(policy, flags, err);
+  }
+  await untilSignal();
+  sub.unsubscribe();
+  const s = guard.stats();
+  guard.stop();
+  note(`stopped: ${s.decisions} decisions${s.ringBufferFull ? `, ${s.ringBufferFull} lost` : ''}; chroot(2) is no longer checked`);
+  return EXIT.OK;
+}
+
+/** Where the BPF LSM cannot run: would-be decisions from the watch probes, after the fact. */
+async function auditFromWatch(policy: Policy, flags: { policy: string; json?: boolean }, why: ChrootWatchError): Promise<number> {
+  note(`the BPF LSM is unavailable (${why.message.split(' (LSM_UNAVAILABLE)')[0]})`);
+  note('falling back to audit from the watch probes: decisions are computed after each call returns, nothing is blocked, resolved paths of failed calls are unknown in tracepoint mode, and exe conditions cannot be evaluated');
+  const print = printer(flags.json === true);
+  let failed: unknown;
+  const stopped = new Promise<void>((resolve) => {
+    const sub = chrootWatch({
+      onAttach: (info) => note(`auditing ${flags.policy} from the ${info.mode} probes; Ctrl-C to stop`),
+      onLost: (l) => note(describeLost(l)),
+    }).subscribe({
+      next: (e) => print(fromWatch(policy, e)),
+      error: (err: unknown) => {
+        failed = err;
+        resolve();
+      },
+    });
+    void untilSignal().then(() => {
+      sub.unsubscribe();
+      resolve();
+    });
+  });
+  await stopped;
+  return failed ? reportError(failed) : EXIT.OK;
+}
+
+/** `check FILE...`: validates without root. */
+export function checkCommand(files: string[], flags: { json?: boolean }): number {
+  let bad = 0;
+  const results = files.map((file) => {
+    try {
+      const p = loadPolicy(file);
+      if (!flags.json) process.stdout.write(`${file}: ok (${p.mode}, ${p.rules.length} rules, default ${p.default ?? 'allow'})\n`);
+      return { file, ok: true, problems: [] };
+    } catch (err) {
+      if (!(err instanceof PolicyError)) throw err;
+      bad++;
+      if (!flags.json) for (const line of err.message.replace(/ \(INVALID_POLICY\).*$/s, '').split('\n')) process.stderr.write(`${line}\n`);
+      return { file, ok: false, problems: err.problems };
+    }
+  });
+  if (flags.json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
+  return bad ? EXIT.USAGE : EXIT.OK;
+}

@@ -1,0 +1,225 @@
+/**
+ * `chrootGuard()`: decide every chroot(2) in the kernel by policy, with the
+ * BPF LSM hook `lsm/path_chroot`, and report each decision.
+ * @module
+ */
+import { Observable, type Subscriber } from 'rxjs';
+import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
+import type { ChrootWatchErrorCode } from './errors.js';
+import { ChrootWatchError, check } from './errors.js';
+import { Decoder, type ChrootEvent, type RawDecision } from './events.js';
+import { native } from './native.js';
+import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
+import type { LostReport } from './session.js';
+import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
+
+/**
+ * One decision of the policy on one chroot(2) call, made in the kernel at
+ * `security_path_chroot` (the BPF LSM hook `lsm/path_chroot`) before the
+ * call completes. Identity fields are as in {@link ChrootEvent}; `path` is
+ * the argument read from the syscall's saved user registers, `resolvedPath`
+ * the `struct path` the kernel resolved (the one the policy judged).
+ */
+export interface ChrootDecision extends Omit<ChrootEvent, 'ret' | 'errno' | 'lsmRet' | 'probe' | 'enterTs'> {
+  /** What the matching rule says (or the default, when none matched). */
+  readonly action: PolicyAction;
+  /** The matching rule's id; null when the default decided. */
+  readonly ruleId: string | null;
+  /** The call failed with EPERM because of this decision (`deny` in enforce mode). */
+  readonly denied: boolean;
+  /** The action is `deny`: in audit mode, the call would have been denied. */
+  readonly wouldDeny: boolean;
+  /** Mode of the deciding policy. */
+  readonly policyMode: 'enforce' | 'audit';
+  /** Generation of the deciding policy (1 for the first, +1 per update). */
+  readonly generation: number;
+  /**
+   * `lsm`: decided in the kernel. `watch`: computed after the fact from the
+   * watch probes by `enforce --audit` where the BPF LSM cannot run.
+   */
+  readonly source: 'lsm' | 'watch';
+}
+
+/** The guard once the policy is in force. */
+export interface GuardInfo {
+  /** Generation of the policy in force. */
+  readonly generation: number;
+  /** Number of compiled rules (lists expand into several). */
+  readonly compiledRules: number;
+}
+
+/** Options of {@link chrootGuard}. */
+export interface ChrootGuardOptions {
+  /** Kernel ring buffer size for decision events (power of two, bytes; default 4 MiB). */
+  readonly ringBufferBytes?: number;
+  /** Called when the kernel reports decision events it could not deliver. */
+  readonly onLost?: (report: LostReport) => void;
+}
+
+/** A running guard. */
+export interface ChrootGuard {
+  /**
+   * Every decision from now on (hot: subscribe early to see all). Errors
+   * with the start failure, if any; completes on {@link ChrootGuard.stop}.
+   */
+  readonly decisions$: Observable<ChrootDecision>;
+  /**
+   * Resolves once the policy is in force in the kernel. Rejects with a
+   * {@link ChrootWatchError}: `LSM_UNAVAILABLE` (the BPF LSM cannot run
+   * here; the message says why), `EPERM` (privileges), `LOAD_FAILED`.
+   */
+  readonly ready: Promise<GuardInfo>;
+  /**
+   * Replaces the policy atomically: the new rules are written beside the
+   * old ones and switched in one step. A policy that fails validation or
+   * loading is rejected (`INVALID_POLICY`, `INVALID_ARGUMENT`) and the old
+   * one stays in force.
+   */
+  update(policy: Policy): Promise<GuardInfo>;
+  /** Detaches the program and frees every map; chroot(2) is no longer checked. Idempotent. */
+  stop(): void;
+  /** Totals: decisions delivered and lost, from the addon and the kernel's counters. */
+  stats(): { decisions: number; ringBufferFull: number; lsmErrors: number };
+}
+
+let decoder: Decoder | undefined;
+
+function failure(r: BindingGuardResult): ChrootWatchError {
+  return new ChrootWatchError((r.errorCode ?? 'INTERNAL') as ChrootWatchErrorCode, r.errorMessage ?? 'the guard failed', {
+    ...(r.verifierLog ? { verifierLog: r.verifierLog } : {}),
+  });
+}
+
+/**
+ * Starts enforcing (or auditing) `policy` on every chroot(2) of the host.
+ * Needs root and a kernel running the BPF LSM.
+ * @throws {PolicyError} `INVALID_POLICY` at call time for a bad policy;
+ * `INVALID_ARGUMENT` for bad options. Kernel failures reject `ready` and
+ * error `decisions$`.
+ * @example
+ * const guard = chrootGuard({ mode: 'enforce', rules: [{ id: 'jails', action: 'deny', match: { subtree: '/srv/jails' } }] });
+ * guard.decisions$.subscribe((d) => console.log(d.ruleId, d.denied, d.resolvedPath));
+ * await guard.ready;
+ */
+export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): ChrootGuard {
+  const valid = validatePolicy(policy);
+  const ring = options.ringBufferBytes ?? DEFAULT_RING_BUFFER_BYTES;
+  check(ring >= 4096 && ring <= 1 << 30 && (ring & (ring - 1)) === 0, `ringBufferBytes must be a power of two from 4096 to 1073741824; got ${String(ring)}`);
+  const subscribers = new Set<Subscriber<ChrootDecision>>();
+  const ruleIds = new Map<number, readonly string[]>();
+  const modes = new Map<number, Policy['mode']>();
+  let state: 'opening' | 'running' | 'stopped' | 'failed' = 'opening';
+  let failed: ChrootWatchError | undefined;
+  let decisions = 0;
+  let lost = { ringBufferFull: 0, pendingFull: 0 };
+  let binding: BindingGuard | undefined;
+
+  const fail = (err: ChrootWatchError) => {
+    state = 'failed';
+    failed = err;
+    for (const s of [...subscribers]) s.error(err);
+    subscribers.clear();
+    binding?.close();
+  };
+  const record = (r: BindingGuardResult, p: Policy): GuardInfo => {
+    ruleIds.set(r.generation, r.ruleIds);
+    modes.set(r.generation, p.mode);
+    for (const g of ruleIds.keys()) if (g < r.generation - 8) ruleIds.delete(g);
+    return { generation: r.generation, compiledRules: r.ruleIds.length };
+  };
+  const deliver = (d: RawDecision) => {
+    const e = d.event;
+    const decision: ChrootDecision = {
+      ts: e.ts,
+      pid: e.pid,
+      tid: e.tid,
+      ppid: e.ppid,
+      uid: e.uid,
+      gid: e.gid,
+      euid: e.euid,
+      egid: e.egid,
+      comm: e.comm,
+      cgroupId: e.cgroupId,
+      mntNs: e.mntNs,
+      pidNs: e.pidNs,
+      path: e.path,
+      pathBytes: e.pathBytes,
+      pathTruncated: e.pathTruncated,
+      pathUnreadable: e.pathUnreadable,
+      resolvedPath: e.resolvedPath,
+      resolvedPathBytes: e.resolvedPathBytes,
+      resolvedPathTruncated: e.resolvedPathTruncated,
+      callerChrooted: e.callerChrooted,
+      action: d.action,
+      ruleId: d.rule === null ? null : (ruleIds.get(d.generation)?.[d.rule] ?? `#${d.rule}`),
+      denied: d.denied,
+      wouldDeny: d.action === 'deny',
+      policyMode: d.enforcing ? 'enforce' : 'audit',
+      generation: d.generation,
+      source: 'lsm',
+    };
+    decisions++;
+    for (const s of [...subscribers]) s.next(decision);
+  };
+  const onBatch = (batch: BindingBatch) => {
+    if (state === 'stopped' || state === 'failed') return;
+    if (batch.events > 0) {
+      const raw: RawDecision[] = [];
+      decoder!.decodeBatch(batch.data, [], raw);
+      raw.forEach(deliver);
+    }
+    const ring = batch.ringBufferFull - lost.ringBufferFull;
+    if (ring > 0) {
+      lost = { ringBufferFull: batch.ringBufferFull, pendingFull: batch.pendingFull };
+      options.onLost?.({ ringBufferFull: ring, pendingFull: 0, total: { ...lost } });
+    }
+  };
+
+  let opened: Promise<GuardInfo>;
+  try {
+    const n = native();
+    decoder ??= new Decoder(n);
+    binding = new n.BindingGuard(ring);
+    opened = binding.open(JSON.stringify(valid), onBatch).then((r) => {
+      if (state === 'stopped') throw new ChrootWatchError('INTERNAL', 'the guard was stopped before it started');
+      if (!r.ok) throw failure(r);
+      state = 'running';
+      return record(r, valid);
+    });
+  } catch (err) {
+    opened = Promise.reject(err instanceof ChrootWatchError ? err : new ChrootWatchError('INTERNAL', String(err), { cause: err }));
+  }
+  opened.catch((err: unknown) => {
+    if (state !== 'stopped') fail(err as ChrootWatchError);
+  });
+
+  return {
+    decisions$: new Observable<ChrootDecision>((s) => {
+      if (failed) return s.error(failed);
+      if (state === 'stopped') return s.complete();
+      subscribers.add(s);
+      return () => subscribers.delete(s);
+    }),
+    ready: opened,
+    async update(next: Policy): Promise<GuardInfo> {
+      const p = validatePolicy(next);
+      await opened;
+      if (state !== 'running' || !binding) throw new ChrootWatchError('INTERNAL', 'the guard is not running');
+      const r = binding.update(JSON.stringify(p));
+      if (!r.ok) throw failure(r);
+      return record(r, p);
+    },
+    stop() {
+      if (state === 'stopped') return;
+      const wasFailed = state === 'failed';
+      state = 'stopped';
+      binding?.close();
+      if (!wasFailed) for (const s of [...subscribers]) s.complete();
+      subscribers.clear();
+    },
+    stats() {
+      const s = binding?.stats();
+      return { decisions, ringBufferFull: s?.ringBufferFull ?? lost.ringBufferFull, lsmErrors: s?.lsmErrors ?? 0 };
+    },
+  };
+}
