@@ -72,7 +72,7 @@ const REMEDIES: Record<ChrootWatchErrorCode, string> = {
   LSM_UNAVAILABLE:
     'enforcement needs a kernel with CONFIG_BPF_LSM and bpf in its LSM list (boot with lsm=...,bpf); `chroot-guard doctor` shows what this kernel allows, and `enforce --audit` reports would-be decisions from the watch probes instead',
   MOUNT_FAILED: 'mount it by hand, e.g. mount -t tracefs tracefs /sys/kernel/tracing',
-  NATIVE_UNAVAILABLE: 'reinstall chroot-guard; prebuilt binaries exist for linux-x64-gnu',
+  NATIVE_UNAVAILABLE: 'prebuilt binaries exist for the platforms named above; elsewhere, build from source with cargo xtask build',
   INTERNAL: 'this is a bug in chroot-guard: please report it',
 };
 

@@ -1,8 +1,11 @@
 /**
  * Loads the native addon (internal). The generated loader
  * `native/binding.cjs` (napi-rs) picks the `.node` file beside it or the
- * platform package; loading is lazy so that importing chroot-guard never
- * throws, and a failure reaches callers as `NATIVE_UNAVAILABLE`.
+ * platform package (`chroot-guard-linux-x64-gnu`, …) that npm installed
+ * through optionalDependencies. Loading is lazy so that importing
+ * chroot-guard never throws; a failure reaches callers as
+ * `NATIVE_UNAVAILABLE`, naming the platform seen and the platforms with
+ * prebuilt binaries.
  * @internal
  * @module
  */
@@ -15,18 +18,45 @@ export type Native = typeof import('./native/binding.cjs');
 let loaded: Native | undefined;
 let failure: ChrootWatchError | undefined;
 
+const TRIPLES: Record<string, string> = {
+  'x86_64-unknown-linux-gnu': 'linux-x64-gnu',
+  'aarch64-unknown-linux-gnu': 'linux-arm64-gnu',
+  'x86_64-unknown-linux-musl': 'linux-x64-musl',
+  'aarch64-unknown-linux-musl': 'linux-arm64-musl',
+};
+
+/** Platforms with prebuilt binaries (`linux-x64-gnu`, …), from the package's napi targets. */
+export function supportedPlatforms(): string[] {
+  try {
+    const pkg = createRequire(import.meta.url)('../package.json') as { napi?: { targets?: string[] } };
+    return (pkg.napi?.targets ?? []).map((t) => TRIPLES[t] ?? t);
+  } catch {
+    return [];
+  }
+}
+
+/** This process's platform in napi-rs terms, e.g. `linux-x64-gnu`, `darwin-arm64`. */
+export function currentPlatform(): string {
+  if (process.platform !== 'linux') return `${process.platform}-${process.arch}`;
+  const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
+  return `linux-${process.arch}-${report?.header?.glibcVersionRuntime ? 'gnu' : 'musl'}`;
+}
+
 /**
  * The addon, loaded on first use.
  * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` when the platform is not
- * Linux or the addon cannot be loaded.
+ * Linux, has no prebuilt binary, or the binary cannot be loaded.
  */
 export function native(): Native {
   if (loaded) return loaded;
   if (failure) throw failure;
+  const platform = currentPlatform();
+  const supported = supportedPlatforms();
+  const list = supported.join(', ') || 'none';
   if (process.platform !== 'linux') {
     failure = new ChrootWatchError(
       'NATIVE_UNAVAILABLE',
-      `chroot-guard needs Linux: it watches chroot(2) with eBPF, and this is ${process.platform}-${process.arch}`,
+      `chroot-guard needs Linux: it watches chroot(2) with eBPF, and this is ${platform} (prebuilt binaries: ${list})`,
     );
     throw failure;
   }
@@ -35,11 +65,10 @@ export function native(): Native {
     loaded = require('./native/binding.cjs') as Native;
     return loaded;
   } catch (cause) {
-    failure = new ChrootWatchError(
-      'NATIVE_UNAVAILABLE',
-      `could not load the native addon for ${process.platform}-${process.arch}: ${(cause as Error).message}`,
-      { cause },
-    );
+    const why = supported.includes(platform)
+      ? `the native addon for ${platform} did not load (is the optional dependency chroot-guard-${platform} installed? reinstall with npm install)`
+      : `there is no prebuilt chroot-guard binary for ${platform} (prebuilt binaries: ${list}); build from source with cargo xtask build`;
+    failure = new ChrootWatchError('NATIVE_UNAVAILABLE', `${why}: ${(cause as Error).message.split('\n')[0]}`, { cause });
     throw failure;
   }
 }

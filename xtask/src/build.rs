@@ -51,6 +51,7 @@ pub fn build() -> Result<()> {
         "build",
         "--platform",
         "--release",
+        "--strip",
         "--manifest-path",
         "crates/loader/Cargo.toml",
         "--output-dir",
@@ -62,8 +63,9 @@ pub fn build() -> Result<()> {
         "--package-json-path",
         "package.json",
     ]))?;
-    step("TypeScript (tsc)");
-    run(&mut npx(&["tsc", "-p", "tsconfig.build.json"]))?;
+    step("TypeScript (tsc --noEmit, then tsup: ESM, CommonJS, declarations, CLI)");
+    run(&mut npx(&["tsc", "-p", "tsconfig.json", "--noEmit"]))?;
+    run(&mut npx(&["tsup", "--silent"]))?;
     let (from, to) = (root().join("ts/native"), root().join("dist/native"));
     fs::create_dir_all(&to)?;
     for entry in fs::read_dir(&from)? {

@@ -6,6 +6,7 @@ use xtask::step;
 
 mod build;
 mod docs;
+mod pack;
 mod setup;
 mod test;
 mod vm;
@@ -33,6 +34,8 @@ enum Verb {
     },
     /// Set up, build, then run every test: Rust, vitest on the host, vitest in the VM per mode (needs root).
     Test(test::TestArgs),
+    /// Set up, build, and write every npm package's tarball to npm-pack/ (checked with npm publish --dry-run).
+    Pack,
     /// Regenerate the probe tables in README.md and docs/architecture.md.
     Docs {
         /// Fail if they are stale instead of rewriting them.
@@ -66,6 +69,11 @@ fn run_verb(verb: Verb) -> Result<()> {
             xtask::run(xtask::in_root("node").arg("dist/cli.js").arg("demo").args(args))
         }
         Verb::Docs { check } => docs::docs(check),
+        Verb::Pack => {
+            setup::setup()?;
+            build::build()?;
+            pack::pack()
+        }
         Verb::Test(args) => {
             step("docs: generated tables up to date");
             docs::docs(true)?;
