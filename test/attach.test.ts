@@ -7,12 +7,12 @@
  * EPERM, no CONFIG_KPROBES), `fentry` in the stock-kernel VM. `cargo xtask
  * test` sets it for each place it runs the suite.
  */
-import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { firstValueFrom } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { ChrootWatchError, chrootWatch, type AttachMode } from '../ts/index.js';
-import { ourPrograms, record } from './helpers.js';
+import { heldByThisProcess, record, TEST_MODE } from './helpers.js';
 
 const EXPECT_AUTO = process.env.CG_EXPECT_AUTO_MODE as AttachMode | undefined;
 const BETTER: Record<AttachMode, AttachMode[]> = { fentry: [], kprobe: ['fentry'], tracepoint: ['fentry', 'kprobe'] };
@@ -65,26 +65,27 @@ describe.each(['fentry', 'kprobe', 'tracepoint'] as const)('forced %s mode', (mo
       expect(e.message).toContain("use mode 'auto'");
       expect(e.refusals.map((r) => [r.mode, r.code])).toEqual([[mode, refusal!.code]]);
     }
-    expect(ourPrograms()).toEqual([]);
+    expect(heldByThisProcess()).toEqual({ programs: [], maps: [] });
   });
 });
 
 describe('pseudo file systems', () => {
-  const mounted = (dir: string, type: string) =>
-    readFileSync('/proc/self/mounts', 'utf8')
-      .split('\n')
-      .some((l) => l.split(' ')[1] === dir && l.split(' ')[2] === type);
-  const unmount = (dir: string, type: string) => {
-    while (mounted(dir, type)) execFileSync('umount', [dir]);
-  };
-
-  it('mounts tracefs and bpffs when they are missing, as on a fresh boot', async () => {
-    unmount('/sys/kernel/tracing', 'tracefs');
-    // Only an empty bpffs is unmounted: pins would go with it.
-    if (readdirSync('/sys/fs/bpf').length === 0) unmount('/sys/fs/bpf', 'bpf');
-    const rec = await record();
-    rec.stop();
-    expect(mounted('/sys/kernel/tracing', 'tracefs')).toBe(true);
-    expect(mounted('/sys/fs/bpf', 'bpf')).toBe(true);
+  it('mounts tracefs and bpffs when they are missing, as on a fresh boot', () => {
+    // In a private mount namespace, so the host's own mounts stay as they are.
+    const dist = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+    const script = `
+      import { readFileSync } from 'node:fs';
+      import { chrootWatch } from ${JSON.stringify(dist)};
+      const mounted = (dir, type) => readFileSync('/proc/self/mounts', 'utf8').split('\\n').some((l) => l.split(' ')[1] === dir && l.split(' ')[2] === type);
+      const before = [mounted('/sys/kernel/tracing', 'tracefs'), mounted('/sys/fs/bpf', 'bpf')];
+      const sub = chrootWatch({ mode: ${JSON.stringify(TEST_MODE)}, onAttach: () => {
+        console.log(JSON.stringify({ before, after: [mounted('/sys/kernel/tracing', 'tracefs'), mounted('/sys/fs/bpf', 'bpf')] }));
+        sub.unsubscribe();
+      } }).subscribe({ error: (e) => { console.log(JSON.stringify({ error: e.message })); } });`;
+    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c',
+      'while umount /sys/kernel/tracing 2>/dev/null; do :; done; while umount /sys/fs/bpf 2>/dev/null; do :; done; exec "$0" --input-type=module -e "$1"',
+      process.execPath, script], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toEqual({ before: [false, false], after: [true, true] });
   });
 });

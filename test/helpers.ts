@@ -3,6 +3,7 @@
  * kernel; these only wait for and look at what it reports.
  */
 import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import type { Subscription } from 'rxjs';
 import { chrootWatch, type AttachInfo, type ChrootEvent, type ChrootWatchOptions } from '../ts/index.js';
 
@@ -12,11 +13,37 @@ import { chrootWatch, type AttachInfo, type ChrootEvent, type ChrootWatchOptions
  */
 export const TEST_MODE = (process.env.CG_TEST_MODE ?? 'auto') as NonNullable<ChrootWatchOptions['mode']>;
 
-/** The program names of ours, from `chroot_guard_common::probes::PROBES` (all start `cg_`). */
+/** The program names of ours, from `chroot_guard_common::probes::PROBES` (all start `cg_`), loaded by anyone on the host. */
 export function ourPrograms(): string[] {
   const out = execFileSync('bpftool', ['--json', 'prog', 'show'], { encoding: 'utf8' });
   const progs = JSON.parse(out) as Array<{ name?: string }>;
   return progs.map((p) => p.name ?? '').filter((n) => n.startsWith('cg_'));
+}
+
+/**
+ * The BPF programs and maps this process holds (any fd: program, map or
+ * link), by name, from `/proc/self/fdinfo` and `bpftool`: what our own
+ * sessions left behind, whatever other processes on the host load.
+ */
+export function heldByThisProcess(): { programs: string[]; maps: string[] } {
+  const progIds = new Set<number>();
+  const mapIds = new Set<number>();
+  for (const fd of readdirSync('/proc/self/fdinfo')) {
+    let info: string;
+    try {
+      info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
+    } catch {
+      continue; // closed meanwhile
+    }
+    for (const m of info.matchAll(/^(prog_id|map_id):\s+(\d+)$/gm)) (m[1] === 'prog_id' ? progIds : mapIds).add(Number(m[2]));
+  }
+  const named = (kind: 'prog' | 'map', ids: Set<number>) =>
+    ids.size === 0
+      ? []
+      : (JSON.parse(execFileSync('bpftool', ['--json', kind, 'show'], { encoding: 'utf8' })) as Array<{ id: number; name?: string }>)
+          .filter((x) => ids.has(x.id))
+          .map((x) => x.name ?? `#${x.id}`);
+  return { programs: named('prog', progIds), maps: named('map', mapIds) };
 }
 
 /** A live subscription that records events. */

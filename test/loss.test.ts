@@ -4,6 +4,7 @@
  * with delivered + reported lost == calls made, exactly.
  */
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { chrootWatch, type LostReport } from '../ts/index.js';
 import { sleep, TEST_MODE } from './helpers.js';
@@ -18,7 +19,7 @@ describe('loss accounting', () => {
     let delivered = 0;
     let wrong = 0;
     let reports = 0;
-    let lost: LostReport['total'] = { ringBufferFull: 0, pendingFull: 0 };
+    let lost: LostReport['total'] = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
     let stalled = false;
     let attached!: () => void;
     const isAttached = new Promise<void>((r) => (attached = r));
@@ -36,9 +37,17 @@ describe('loss accounting', () => {
         if (e.errno !== 'ENOENT' || e.path !== '/nonexistent-loss-test') wrong++;
         delivered++;
         if (!stalled) {
-          stalled = true; // stall the consumer so the kernel's ring buffer fills
-          const until = Date.now() + 1500;
-          while (Date.now() < until);
+          // Stall the consumer until the burst is over, so the kernel's ring
+          // buffer fills however fast or slow the machine is.
+          stalled = true;
+          const done = () => {
+            try {
+              return readFileSync(`/proc/${burst.pid}/stat`, 'utf8').split(') ')[1]!.startsWith('Z');
+            } catch {
+              return true;
+            }
+          };
+          while (!done());
         }
       },
     });

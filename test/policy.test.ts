@@ -14,7 +14,7 @@ const dir = fileURLToPath(new URL('./policies/', import.meta.url));
 /** Each malformed file and the one problem it must report, with its position. */
 const MALFORMED: Record<string, [line: number, column: number, message: RegExp]> = {
   'bad-yaml.yaml': [5, 35, /not valid YAML or JSON: Flow sequence .* end with a \]/],
-  'unknown-key.yaml': [7, 7, /unknown key "usr" \(expected one of: path, subtree, uid, euid, gid, egid, comm, exe, cgroupId, alreadyChrooted\)/],
+  'unknown-key.yaml': [7, 7, /unknown key "usr" \(expected one of: path, subtree, uid, euid, gid, egid, comm, exe, cgroupId, alreadyChrooted, mntNs\)/],
   'wrong-type.yaml': [6, 12, /"uid" must be an id \(0 to 4294967295\) or a list of ids; got "root"/],
   'duplicate-id.yaml': [8, 9, /duplicate rule id "jails" \(first used by rule 1\)/],
   'relative-path.yaml': [6, 16, /"subtree" must be an absolute path or a list of absolute paths; got "srv\/jails"/],
@@ -66,7 +66,7 @@ describe('policy files', () => {
 
   it('the published schema documents every match key the evaluator and compiler know', () => {
     const match = (policySchema as { definitions: { match: { properties: object } } }).definitions.match.properties;
-    expect(Object.keys(match).sort()).toEqual(['alreadyChrooted', 'cgroupId', 'comm', 'egid', 'euid', 'exe', 'gid', 'path', 'subtree', 'uid'].sort());
+    expect(Object.keys(match).sort()).toEqual(['alreadyChrooted', 'cgroupId', 'comm', 'egid', 'euid', 'exe', 'gid', 'mntNs', 'path', 'subtree', 'uid'].sort());
     const onDisk = JSON.parse(readFileSync('policy.schema.json', 'utf8')) as object;
     expect(onDisk).toEqual(policySchema);
   });

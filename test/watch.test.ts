@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
 import { ChrootWatchError, chrootWatch } from '../ts/index.js';
-import { ourPrograms, record, sleep, TEST_MODE, type Recorder } from './helpers.js';
+import { openSessionCount } from '../ts/session.js';
+import { heldByThisProcess, record, sleep, TEST_MODE, type Recorder } from './helpers.js';
 
 let root: BusyboxRoot;
 let rootPath: string;
@@ -172,20 +173,21 @@ describe('lifecycle', () => {
   it('detaches every program of ours after the last unsubscribe', async () => {
     const a = await record();
     const b = await record();
-    const loaded = ourPrograms();
-    expect(loaded.length).toBeGreaterThan(0);
+    const loaded = heldByThisProcess();
+    expect(loaded.programs.length).toBeGreaterThan(0);
     a.stop();
-    expect(ourPrograms()).toEqual(loaded); // b still holds the shared session
+    expect(heldByThisProcess()).toEqual(loaded); // b still holds the shared session
     b.stop();
-    expect(ourPrograms()).toEqual([]);
+    expect(heldByThisProcess()).toEqual({ programs: [], maps: [] });
   });
 
   it('shares one kernel session between concurrent subscribers with equal options', async () => {
     const a = await record();
-    const perSession = ourPrograms().length;
+    const perSession = heldByThisProcess();
     const b = await record();
     try {
-      expect(ourPrograms().length).toBe(perSession);
+      expect(heldByThisProcess()).toEqual(perSession);
+      expect(openSessionCount()).toBe(1);
       const run = await runStep(['chroot', rootPath, '/bin/true']);
       await a.until(() => a.of(run.pid).length === 1);
       await b.until(() => b.of(run.pid).length === 1);
@@ -196,10 +198,15 @@ describe('lifecycle', () => {
     }
   });
 
-  it('is cold: nothing loads until subscribe', () => {
+  it('is cold: nothing loads until subscribe', async () => {
     const obs = chrootWatch({ mode: TEST_MODE });
-    expect(ourPrograms()).toEqual([]);
-    expect(typeof obs.subscribe).toBe('function');
+    expect(openSessionCount()).toBe(0);
+    await sleep(300);
+    expect(heldByThisProcess()).toEqual({ programs: [], maps: [] });
+    const sub = obs.subscribe();
+    expect(openSessionCount()).toBe(1);
+    sub.unsubscribe();
+    expect(openSessionCount()).toBe(0);
   });
 
   it('throws INVALID_ARGUMENT at call time for bad options', () => {

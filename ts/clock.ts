@@ -17,3 +17,12 @@ export function toWallClock(ts: bigint): Date {
   offsetNs ??= BigInt(Date.now()) * 1_000_000n - native().boottimeNs();
   return new Date(Number((ts + offsetNs) / 1_000_000n));
 }
+
+/**
+ * `CLOCK_BOOTTIME` now, in ns since boot: the clock of every event's `ts`,
+ * so `boottimeNs() - event.ts` is the event's age.
+ * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` when the addon cannot load.
+ */
+export function boottimeNs(): bigint {
+  return native().boottimeNs();
+}

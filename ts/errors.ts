@@ -117,3 +117,12 @@ export class ChrootWatchError extends Error {
 export function check(ok: boolean, message: string): asserts ok {
   if (!ok) throw new ChrootWatchError('INVALID_ARGUMENT', message);
 }
+
+/** Throws `INVALID_ARGUMENT` unless `bytes` is a ring buffer size the kernel takes. */
+export function checkRingBufferBytes(bytes: unknown): number {
+  check(
+    typeof bytes === 'number' && Number.isInteger(bytes) && bytes >= 4096 && bytes <= 1 << 30 && (bytes & (bytes - 1)) === 0,
+    `ringBufferBytes must be a power of two from 4096 to 1073741824; got ${String(bytes)}`,
+  );
+  return bytes;
+}

@@ -24,11 +24,16 @@ export interface ChrootEvent {
   readonly ts: bigint;
   /** Syscall entry time: ns since boot (CLOCK_BOOTTIME). */
   readonly enterTs: bigint;
-  /** Caller's process id (the kernel's tgid), from `bpf_get_current_pid_tgid() >> 32`. */
+  /**
+   * Caller's process id (the kernel's tgid), from
+   * `bpf_get_current_pid_tgid() >> 32`: as seen from the initial pid
+   * namespace (the host's), also for callers in containers; `pidNs` says
+   * which namespace the caller is in.
+   */
   readonly pid: number;
-  /** Caller's thread id (the kernel's pid), from `bpf_get_current_pid_tgid()`. */
+  /** Caller's thread id (the kernel's pid), from `bpf_get_current_pid_tgid()`, in the initial pid namespace. */
   readonly tid: number;
-  /** Parent's process id: `current->real_parent->tgid`. */
+  /** Parent's process id (`current->real_parent->tgid`), in the initial pid namespace. */
   readonly ppid: number;
   /** Real uid, from `bpf_get_current_uid_gid()`. */
   readonly uid: number;

@@ -6,11 +6,11 @@
 import { Observable, type Subscriber } from 'rxjs';
 import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
 import type { ChrootWatchErrorCode } from './errors.js';
-import { ChrootWatchError, check } from './errors.js';
+import { ChrootWatchError, check, checkRingBufferBytes } from './errors.js';
 import { Decoder, type ChrootEvent, type RawDecision } from './events.js';
 import { native } from './native.js';
 import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
-import type { LostReport } from './session.js';
+import { lostSince, type CounterTotals, type LostReport } from './session.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
 
 /**
@@ -52,7 +52,11 @@ export interface GuardInfo {
 export interface ChrootGuardOptions {
   /** Kernel ring buffer size for decision events (power of two, bytes; default 4 MiB). */
   readonly ringBufferBytes?: number;
-  /** Called when the kernel reports decision events it could not deliver. */
+  /**
+   * Called when the kernel reports decision events it could not deliver
+   * (`ringBufferFull`) or decisions it could not make fully (`lsmErrors`:
+   * the default action applied). Never silent.
+   */
   readonly onLost?: (report: LostReport) => void;
 }
 
@@ -73,7 +77,8 @@ export interface ChrootGuard {
    * Replaces the policy atomically: the new rules are written beside the
    * old ones and switched in one step. A policy that fails validation or
    * loading is rejected (`INVALID_POLICY`, `INVALID_ARGUMENT`) and the old
-   * one stays in force.
+   * one stays in force. Rejects with `INTERNAL` when the guard is not
+   * running (stopped, or failed to start).
    */
   update(policy: Policy): Promise<GuardInfo>;
   /** Detaches the program and frees every map; chroot(2) is no longer checked. Idempotent. */
@@ -103,16 +108,17 @@ function failure(r: BindingGuardResult): ChrootWatchError {
  */
 export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): ChrootGuard {
   const valid = validatePolicy(policy);
-  const ring = options.ringBufferBytes ?? DEFAULT_RING_BUFFER_BYTES;
-  check(ring >= 4096 && ring <= 1 << 30 && (ring & (ring - 1)) === 0, `ringBufferBytes must be a power of two from 4096 to 1073741824; got ${String(ring)}`);
+  const ring = checkRingBufferBytes(options.ringBufferBytes ?? DEFAULT_RING_BUFFER_BYTES);
+  check(options.onLost === undefined || typeof options.onLost === 'function', 'onLost must be a function');
   const subscribers = new Set<Subscriber<ChrootDecision>>();
   const ruleIds = new Map<number, readonly string[]>();
-  const modes = new Map<number, Policy['mode']>();
   let state: 'opening' | 'running' | 'stopped' | 'failed' = 'opening';
   let failed: ChrootWatchError | undefined;
   let decisions = 0;
-  let lost = { ringBufferFull: 0, pendingFull: 0 };
+  let lost: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
   let binding: BindingGuard | undefined;
+  // Decisions that arrive before open() has returned the rule ids wait here.
+  let early: RawDecision[] | undefined = [];
 
   const fail = (err: ChrootWatchError) => {
     state = 'failed';
@@ -121,9 +127,8 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     subscribers.clear();
     binding?.close();
   };
-  const record = (r: BindingGuardResult, p: Policy): GuardInfo => {
+  const record = (r: BindingGuardResult): GuardInfo => {
     ruleIds.set(r.generation, r.ruleIds);
-    modes.set(r.generation, p.mode);
     for (const g of ruleIds.keys()) if (g < r.generation - 8) ruleIds.delete(g);
     return { generation: r.generation, compiledRules: r.ruleIds.length };
   };
@@ -163,15 +168,20 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
   };
   const onBatch = (batch: BindingBatch) => {
     if (state === 'stopped' || state === 'failed') return;
+    if (batch.error) {
+      fail(new ChrootWatchError('INTERNAL', `the ring buffer reader stopped: ${batch.error}`));
+      return;
+    }
     if (batch.events > 0) {
       const raw: RawDecision[] = [];
       decoder!.decodeBatch(batch.data, [], raw);
-      raw.forEach(deliver);
+      if (early) early.push(...raw);
+      else raw.forEach(deliver);
     }
-    const ring = batch.ringBufferFull - lost.ringBufferFull;
-    if (ring > 0) {
-      lost = { ringBufferFull: batch.ringBufferFull, pendingFull: batch.pendingFull };
-      options.onLost?.({ ringBufferFull: ring, pendingFull: 0, total: { ...lost } });
+    const report = lostSince(lost, batch);
+    if (report) {
+      lost = report.total;
+      options.onLost?.(report);
     }
   };
 
@@ -184,7 +194,11 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
       if (state === 'stopped') throw new ChrootWatchError('INTERNAL', 'the guard was stopped before it started');
       if (!r.ok) throw failure(r);
       state = 'running';
-      return record(r, valid);
+      const info = record(r);
+      const waiting = early ?? [];
+      early = undefined;
+      waiting.forEach(deliver);
+      return info;
     });
   } catch (err) {
     opened = Promise.reject(err instanceof ChrootWatchError ? err : new ChrootWatchError('INTERNAL', String(err), { cause: err }));
@@ -207,7 +221,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
       if (state !== 'running' || !binding) throw new ChrootWatchError('INTERNAL', 'the guard is not running');
       const r = binding.update(JSON.stringify(p));
       if (!r.ok) throw failure(r);
-      return record(r, p);
+      return record(r);
     },
     stop() {
       if (state === 'stopped') return;
@@ -219,7 +233,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     },
     stats() {
       const s = binding?.stats();
-      return { decisions, ringBufferFull: s?.ringBufferFull ?? lost.ringBufferFull, lsmErrors: s?.lsmErrors ?? 0 };
+      return { decisions, ringBufferFull: s?.ringBufferFull ?? lost.ringBufferFull, lsmErrors: s?.lsmErrors ?? lost.lsmErrors };
     },
   };
 }

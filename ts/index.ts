@@ -10,8 +10,8 @@
 export { chrootWatch, DEFAULT_RING_BUFFER_BYTES, type ChrootWatchOptions } from './watch.js';
 export { type ChrootEvent, errnoName, displayBytes } from './events.js';
 export { ChrootWatchError, type ChrootWatchErrorCode, type AttachMode, type Refusal } from './errors.js';
-export type { AttachInfo, LostReport } from './session.js';
-export { toWallClock } from './clock.js';
+export type { AttachInfo, LostReport, SessionStats } from './session.js';
+export { toWallClock, boottimeNs } from './clock.js';
 export { doctor, type DoctorReport, type AttachPointReport, type Check, type Denial, type Mechanism, type ModeReport } from './doctor.js';
 export { countStacks, type CountStacksOptions, type KernelStack, type StackFrame, type StackReport } from './stacks.js';
 export { chrootGuard, type ChrootGuard, type ChrootGuardOptions, type ChrootDecision, type GuardInfo } from './guard.js';

@@ -20,9 +20,15 @@ export type PolicyAction = 'allow' | 'deny' | 'audit';
  * call.
  */
 export interface PolicyMatch {
-  /** The new root is exactly this directory (host-absolute, like `resolvedPath`). */
+  /**
+   * The new root is exactly this directory: an absolute path as the caller's
+   * mount namespace sees it, like events' `resolvedPath` (the host path for
+   * callers in the host's mount namespace; never relative to a chroot the
+   * caller is already in). A bind mount shows a directory under another
+   * path: add `mntNs`, uid or `alreadyChrooted` conditions where that matters.
+   */
   readonly path?: string | readonly string[];
-  /** The new root is this directory or anything below it (host-absolute). */
+  /** The new root is this directory or anything below it (absolute, as `path`). */
   readonly subtree?: string | readonly string[];
   /** Real uid of the caller. */
   readonly uid?: number | readonly number[];
@@ -34,12 +40,14 @@ export interface PolicyMatch {
   readonly egid?: number | readonly number[];
   /** The caller's comm (at most 15 bytes). */
   readonly comm?: string | readonly string[];
-  /** The caller's executable, host-absolute (`current->mm->exe_file`). */
+  /** The caller's executable, absolute as `path` (`current->mm->exe_file`). */
   readonly exe?: string | readonly string[];
   /** cgroup v2 id of the caller, as in events' `cgroupId`. */
   readonly cgroupId?: number | readonly number[];
   /** The caller's root is not its mount namespace's root (a chroot from inside a chroot). */
   readonly alreadyChrooted?: boolean;
+  /** Inode number of the caller's mount namespace (as events' `mntNs`, `/proc/PID/ns/mnt`). */
+  readonly mntNs?: number | readonly number[];
 }
 
 /** One rule. */
@@ -105,8 +113,12 @@ export function formatProblem(p: PolicyProblem): string {
 /** The policy's JSON Schema (draft-07), as published in `policy.schema.json`. */
 export const policySchema: Record<string, unknown> = createRequire(import.meta.url)('../policy.schema.json') as Record<string, unknown>;
 
-/** Most compiled rules (each value of a uid, euid, gid, egid, comm or cgroupId list counts once per combination). */
+/** Most compiled rules (each value of a uid, euid, gid, egid, mntNs, comm or cgroupId list counts once per combination). */
 export const MAX_RULES = 64;
+/** Most distinct `path`/`subtree` paths one policy may name. */
+export const MAX_PATHS = 1024;
+/** Most distinct `exe` paths one policy may name. */
+export const MAX_EXES = 512;
 
 const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
 const validateSchema = ajv.compile(policySchema);
@@ -117,6 +129,7 @@ const EXPECTED: Record<string, string> = {
   exe: 'an absolute path or a list of absolute paths',
   uid: 'an id (0 to 4294967295) or a list of ids',
   euid: 'an id (0 to 4294967295) or a list of ids',
+  mntNs: 'a mount namespace inode number or a list of them',
   gid: 'an id (0 to 4294967295) or a list of ids',
   egid: 'an id (0 to 4294967295) or a list of ids',
   comm: 'a comm (1 to 15 bytes) or a list of them',
@@ -193,6 +206,8 @@ const asList = <T>(v: T | readonly T[] | undefined): readonly T[] => (v === unde
 function semanticProblems(p: Policy): Array<{ pointer: string; message: string }> {
   const out: Array<{ pointer: string; message: string }> = [];
   const ids = new Map<string, number>();
+  const paths = new Set<string>();
+  const exes = new Set<string>();
   let compiled = 0;
   p.rules.forEach((r, i) => {
     const at = `/rules/${i}`;
@@ -210,12 +225,16 @@ function semanticProblems(p: Policy): Array<{ pointer: string; message: string }
         out.push({ pointer: Array.isArray(m.comm) ? `${at}/match/comm/${j}` : `${at}/match/comm`, message: `comm ${JSON.stringify(c)} is ${Buffer.byteLength(c)} bytes; the kernel keeps 15 (TASK_COMM_LEN - 1)` });
       }
     });
-    const n = [m.uid, m.euid, m.gid, m.egid, m.comm, m.cgroupId].reduce<number>((acc, v) => acc * Math.max(1, asList(v as never).length), 1);
+    for (const p of [...asList(m.path), ...asList(m.subtree)]) paths.add(canonical(p));
+    for (const p of asList(m.exe)) exes.add(canonical(p));
+    const n = [m.uid, m.euid, m.gid, m.egid, m.mntNs, m.comm, m.cgroupId].reduce<number>((acc, v) => acc * Math.max(1, asList(v as never).length), 1);
     compiled += n;
     if (compiled > MAX_RULES && compiled - n <= MAX_RULES) {
-      out.push({ pointer: at, message: `the policy expands to more than ${MAX_RULES} rules here (${compiled}): each combination of uid, euid, gid, egid, comm and cgroupId values is one rule` });
+      out.push({ pointer: at, message: `the policy expands to more than ${MAX_RULES} rules here (${compiled}): each combination of uid, euid, gid, egid, mntNs, comm and cgroupId values is one rule` });
     }
   });
+  if (paths.size > MAX_PATHS) out.push({ pointer: '/rules', message: `the policy names ${paths.size} distinct paths (path and subtree); at most ${MAX_PATHS}` });
+  if (exes.size > MAX_EXES) out.push({ pointer: '/rules', message: `the policy names ${exes.size} distinct executables; at most ${MAX_EXES}` });
   return out;
 }
 
@@ -324,10 +343,10 @@ export interface Evaluation {
  * The reference evaluator: what the kernel program decides, computed in
  * JavaScript from an event's fields. Used for `enforce --audit` where the
  * BPF LSM cannot run (decisions then come from the watch probes, after the
- * fact), and by tests to cross-check the kernel. `exe` cannot be evaluated
- * from watch events: rules using it do not match and are listed in
- * `unknown`. Like the kernel, a path condition on a truncated path holds
- * for deny rules and not for others.
+ * fact), and by tests to cross-check the kernel. Like the kernel, a
+ * condition that cannot be judged holds for deny rules and not for others:
+ * a path cut short, or `exe` (watch events do not carry the executable;
+ * such rules are listed in `unknown`).
  */
 export function evaluatePolicy(policy: Policy, e: ChrootEvent): Evaluation {
   const unknown: string[] = [];
@@ -336,34 +355,36 @@ export function evaluatePolicy(policy: Policy, e: ChrootEvent): Evaluation {
     const any = <T>(v: T | readonly T[] | undefined, actual: T) => v === undefined || asList(v).includes(actual);
     const resolved = e.resolvedPath;
     const pathKnown = resolved !== null && !e.resolvedPathTruncated;
+    // A subtree of `/` holds for every path: no condition (as the compiler).
+    const subtree = m.subtree === undefined || asList(m.subtree).some((p) => canonical(p) === '/') ? undefined : asList(m.subtree).map(canonical);
     let pathOk = true;
-    if (m.path !== undefined || m.subtree !== undefined) {
+    if (m.path !== undefined || subtree !== undefined) {
       if (!pathKnown) pathOk = r.action === 'deny';
       else {
         const exact = m.path === undefined || asList(m.path).some((p) => canonical(p) === resolved);
-        const under =
-          m.subtree === undefined ||
-          asList(m.subtree).some((p) => {
-            const c = canonical(p);
-            return c === '/' || resolved === c || resolved!.startsWith(`${c}/`);
-          });
+        const under = subtree === undefined || subtree.some((c) => resolved === c || resolved!.startsWith(`${c}/`));
         pathOk = exact && under;
       }
     }
+    // The executable is not in watch events: like the kernel with an
+    // executable it cannot judge, an exe condition holds for deny rules only.
+    let exeOk = true;
     if (m.exe !== undefined) {
       unknown.push(`${r.id}: exe`);
-      continue;
+      exeOk = r.action === 'deny';
     }
     const commOk = m.comm === undefined || asList(m.comm).includes(e.comm);
     if (
       pathOk &&
+      exeOk &&
       any(m.uid, e.uid) &&
       any(m.euid, e.euid) &&
       any(m.gid, e.gid) &&
       any(m.egid, e.egid) &&
       commOk &&
       (m.cgroupId === undefined || asList(m.cgroupId).some((id) => BigInt(id) === e.cgroupId)) &&
-      (m.alreadyChrooted === undefined || m.alreadyChrooted === e.callerChrooted)
+      (m.alreadyChrooted === undefined || m.alreadyChrooted === e.callerChrooted) &&
+      any(m.mntNs, e.mntNs)
     ) {
       return { action: r.action, ruleId: r.id, unknown };
     }

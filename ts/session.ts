@@ -21,16 +21,41 @@ export interface AttachInfo {
   readonly mode: AttachMode;
   /** The better modes the kernel refused, best first (empty if none). */
   readonly refused: readonly Refusal[];
+  /** Reads the totals of the kernel session (shared by subscribers with equal options). */
+  readonly stats: () => SessionStats;
 }
 
-/** Events the kernel side could not deliver, reported as they are counted. */
+/** What the kernel side could not deliver or decide, reported as it is counted. */
 export interface LostReport {
   /** Events lost since the previous report because the ring buffer was full. */
   readonly ringBufferFull: number;
   /** Calls not traced since the previous report because the in-flight map was full. */
   readonly pendingFull: number;
-  /** Running totals of both since the session attached. */
-  readonly total: { readonly ringBufferFull: number; readonly pendingFull: number };
+  /**
+   * Guard only: decisions since the previous report that the policy program
+   * could not make fully (a map operation failed, or the policy was replaced
+   * twice during one decision); the default action applied. Always 0 for watch.
+   */
+  readonly lsmErrors: number;
+  /** Running totals since the session attached. */
+  readonly total: { readonly ringBufferFull: number; readonly pendingFull: number; readonly lsmErrors: number };
+}
+
+/** Counter totals as batches carry them. @internal */
+export type CounterTotals = LostReport['total'];
+
+/**
+ * The report for the counters in `batch` since `seen`, or null when nothing
+ * new was counted. @internal
+ */
+export function lostSince(seen: CounterTotals, batch: { ringBufferFull: number; pendingFull: number; lsmErrors: number }): LostReport | null {
+  const report: LostReport = {
+    ringBufferFull: batch.ringBufferFull - seen.ringBufferFull,
+    pendingFull: batch.pendingFull - seen.pendingFull,
+    lsmErrors: batch.lsmErrors - seen.lsmErrors,
+    total: { ringBufferFull: batch.ringBufferFull, pendingFull: batch.pendingFull, lsmErrors: batch.lsmErrors },
+  };
+  return report.ringBufferFull > 0 || report.pendingFull > 0 || report.lsmErrors > 0 ? report : null;
 }
 
 /** Normalised options that decide which kernel session serves a subscriber. */
@@ -89,7 +114,7 @@ class KernelSession {
   private readonly listeners = new Set<SessionListener>();
   private state: 'opening' | 'running' | 'closed' = 'opening';
   private info: AttachInfo | undefined;
-  private lostTotals = { ringBufferFull: 0, pendingFull: 0 };
+  private lostTotals: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
   private readonly binding: BindingSession;
   private readonly decoder: Decoder;
 
@@ -138,21 +163,23 @@ class KernelSession {
       return;
     }
     this.state = 'running';
-    this.info = { mode: result.mode as AttachMode, refused: refusals };
+    this.info = { mode: result.mode as AttachMode, refused: refusals, stats: () => this.stats() };
     for (const l of [...this.listeners]) if (this.listeners.has(l)) l.attached(this.info);
   }
 
   private onBatch(batch: BindingBatch): void {
     if (this.state !== 'running') return;
+    if (batch.error) {
+      this.fail(new ChrootWatchError('INTERNAL', `the ring buffer reader stopped: ${batch.error}`));
+      return;
+    }
     if (batch.events > 0) {
       const events = this.decoder.decodeBatch(batch.data);
       for (const l of [...this.listeners]) if (this.listeners.has(l)) l.events(events);
     }
-    const ring = batch.ringBufferFull - this.lostTotals.ringBufferFull;
-    const pending = batch.pendingFull - this.lostTotals.pendingFull;
-    if (ring > 0 || pending > 0) {
-      this.lostTotals = { ringBufferFull: batch.ringBufferFull, pendingFull: batch.pendingFull };
-      const report: LostReport = { ringBufferFull: ring, pendingFull: pending, total: { ...this.lostTotals } };
+    const report = lostSince(this.lostTotals, batch);
+    if (report) {
+      this.lostTotals = report.total;
       for (const l of [...this.listeners]) if (this.listeners.has(l)) l.lost(report);
     }
   }

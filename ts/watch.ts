@@ -5,7 +5,7 @@
  */
 import { Observable } from 'rxjs';
 import type { AttachMode } from './errors.js';
-import { ChrootWatchError, check } from './errors.js';
+import { ChrootWatchError, check, checkRingBufferBytes } from './errors.js';
 import type { ChrootEvent } from './events.js';
 import { joinSession, type AttachInfo, type LostReport, type SessionOptions } from './session.js';
 
@@ -55,11 +55,7 @@ function normalise(o: ChrootWatchOptions): SessionOptions {
     const bytes = typeof o.comm === 'string' ? Buffer.byteLength(o.comm) : -1;
     check(bytes >= 1 && bytes <= 15, `comm must be 1 to 15 bytes (the kernel keeps 15 of a task's name); got ${JSON.stringify(o.comm)}`);
   }
-  const ring = o.ringBufferBytes ?? DEFAULT_RING_BUFFER_BYTES;
-  check(
-    isU32(ring) && ring >= 4096 && ring <= 1 << 30 && (ring & (ring - 1)) === 0,
-    `ringBufferBytes must be a power of two from 4096 to 1073741824; got ${String(o.ringBufferBytes)}`,
-  );
+  const ring = checkRingBufferBytes(o.ringBufferBytes ?? DEFAULT_RING_BUFFER_BYTES);
   for (const k of ['onAttach', 'onLost'] as const) {
     check(o[k] === undefined || typeof o[k] === 'function', `${k} must be a function`);
   }

@@ -9,15 +9,13 @@ import type { ChrootEvent } from '../events.js';
 import { asAudit, evaluatePolicy, loadPolicy, PolicyError, type Policy } from '../policy.js';
 import { chrootWatch } from '../watch.js';
 import { toWallClock } from '../clock.js';
-import { EXIT, describeLost, note, reportError } from './output.js';
+import { EXIT, describeLost, jsonWithBigInts, note, reportError } from './output.js';
 
 /** The JSON form of a decision (u64s as JSON integers). */
 export function decisionJson(d: ChrootDecision): string {
   const { pathBytes, resolvedPathBytes, ...rest } = d;
   void resolvedPathBytes;
-  return JSON.stringify({ ...rest, pathBase64: pathBytes.toString('base64') }, (_k, v: unknown) =>
-    typeof v === 'bigint' ? `\u0000${v}\u0000` : v,
-  ).replace(/"\\u0000(\d+)\\u0000"/g, '$1');
+  return jsonWithBigInts({ ...rest, pathBase64: pathBytes.toString('base64') });
 }
 
 const HEADER = `${'TIME'.padEnd(13)}${'PID'.padEnd(8)}${'COMM'.padEnd(17)}${'UID'.padEnd(7)}${'DECISION'.padEnd(11)}${'RULE'.padEnd(24)}RESOLVED`;
@@ -91,7 +89,9 @@ export async function enforceCommand(flags: { policy: string; audit?: boolean; j
   sub.unsubscribe();
   const s = guard.stats();
   guard.stop();
-  note(`stopped: ${s.decisions} decisions${s.ringBufferFull ? `, ${s.ringBufferFull} lost` : ''}; chroot(2) is no longer checked`);
+  note(
+    `stopped: ${s.decisions} decision${s.decisions === 1 ? '' : 's'}${s.ringBufferFull ? `, ${s.ringBufferFull} lost` : ''}${s.lsmErrors ? `, ${s.lsmErrors} made with the default action after an error` : ''}; chroot(2) is no longer checked`,
+  );
   return EXIT.OK;
 }
 

@@ -80,12 +80,18 @@ export function describeAttach(info: AttachInfo): string {
   return [`attached in ${info.mode} mode`, ...refused].join('\n  ');
 }
 
-/** The warning for lost events. */
+/** The warning for lost events and failed decisions. */
 export function describeLost(l: LostReport): string {
   const parts = [];
   if (l.ringBufferFull) parts.push(`${l.ringBufferFull} events lost: ring buffer full (total ${l.total.ringBufferFull}); raise --ring-buffer-bytes`);
   if (l.pendingFull) parts.push(`${l.pendingFull} calls not traced: in-flight map full (total ${l.total.pendingFull})`);
+  if (l.lsmErrors) parts.push(`${l.lsmErrors} decisions could not be made fully, the default action applied (total ${l.total.lsmErrors})`);
   return `warning: ${parts.join('; ')}`;
+}
+
+/** JSON with every bigint written as a JSON integer, exact to the last digit. */
+export function jsonWithBigInts(value: unknown): string {
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `\u0000${v}\u0000` : v)).replace(/"\\u0000(\d+)\\u0000"/g, '$1');
 }
 
 /** The JSON form of an event: every field, `ts` and the other u64s as JSON integers. */
@@ -114,11 +120,7 @@ export function eventJson(e: ChrootEvent): string {
     lsmRet: e.lsmRet,
     probe: e.probe,
   };
-  // u64 values are written as JSON integers, exact to the last digit.
-  return JSON.stringify(obj, (_k, v: unknown) => (typeof v === 'bigint' ? `\u0000${v}\u0000` : v)).replace(
-    /"\\u0000(\d+)\\u0000"/g,
-    '$1',
-  );
+  return jsonWithBigInts(obj);
 }
 
 const COLUMNS: ReadonlyArray<[string, number]> = [

@@ -22,7 +22,27 @@ export function watch(flags: WatchFlags): Promise<number> {
   const printer = new EventPrinter(flags.json === true);
   return new Promise((resolve) => {
     let lost = 0;
-    const sub = chrootWatch({
+    let sub: { unsubscribe(): void } | undefined;
+    // Handlers first: the subscription can fail at once (e.g. no native addon).
+    const stop = () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      process.stdout.off('error', onStdoutError);
+      sub?.unsubscribe();
+    };
+    const onSignal = () => {
+      stop();
+      note(`detached: ${printer.count} event${printer.count === 1 ? '' : 's'}${lost ? `, ${lost} lost` : ''}`);
+      resolve(EXIT.OK);
+    };
+    const onStdoutError = (err: NodeJS.ErrnoException) => {
+      stop();
+      resolve(err.code === 'EPIPE' ? EXIT.OK : reportError(err));
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    process.stdout.on('error', onStdoutError);
+    sub = chrootWatch({
       mode: flags.mode,
       ...(flags.pid !== undefined ? { pid: flags.pid } : {}),
       ...(flags.uid !== undefined ? { uid: flags.uid } : {}),
@@ -43,23 +63,5 @@ export function watch(flags: WatchFlags): Promise<number> {
         resolve(reportError(err));
       },
     });
-    const stop = () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-      process.stdout.off('error', onStdoutError);
-      sub.unsubscribe();
-    };
-    const onSignal = () => {
-      stop();
-      note(`detached: ${printer.count} event${printer.count === 1 ? '' : 's'}${lost ? `, ${lost} lost` : ''}`);
-      resolve(EXIT.OK);
-    };
-    const onStdoutError = (err: NodeJS.ErrnoException) => {
-      stop();
-      resolve(err.code === 'EPIPE' ? EXIT.OK : reportError(err));
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
-    process.stdout.on('error', onStdoutError);
   });
 }

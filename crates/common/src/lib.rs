@@ -40,7 +40,7 @@ pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 pub const SCRATCH_BYTES: usize = 2 * RESOLVED_MAX;
 
 /// What produced an event. The numbers are stable: they cross the ring
-/// buffer and are decoded by `ts/src/decode.ts`.
+/// buffer and are decoded by `ts/events.ts`.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
@@ -108,8 +108,14 @@ pub mod flags {
     pub const ENFORCING: u32 = 1 << 8;
     /// Decisions: the call was denied (EPERM returned to the caller).
     pub const DENIED: u32 = 1 << 9;
-    /// `exe` was not filled (no policy rule needs it, or it is unreadable).
-    pub const EXE_ABSENT: u32 = 1 << 10;
+    /// Decisions: the caller's executable was not judged (no rule names
+    /// one), or its path could not be read whole (then `exe` conditions
+    /// held for deny rules only, as for a cut path).
+    pub const EXE_UNKNOWN: u32 = 1 << 10;
+    /// Decisions: the policy was replaced while this decision read it (two
+    /// updates inside one decision): the default action applied and
+    /// `LsmError` was counted.
+    pub const POLICY_TORN: u32 = 1 << 11;
 }
 
 /// One chroot attempt, as written to the `EVENTS` ring buffer.

@@ -52,6 +52,8 @@ pub mod cond {
     /// Whether the caller is already chrooted equals
     /// [`super::PolicyRule::chrooted`].
     pub const CHROOTED: u32 = 1 << 9;
+    /// The caller's mount namespace inode equals [`super::PolicyRule::mnt_ns`].
+    pub const MNT_NS: u32 = 1 << 10;
 }
 
 /// Bits of [`PolicyHeader::flags`].
@@ -102,6 +104,10 @@ pub struct PolicyRule {
     pub gid: u32,
     /// Effective gid.
     pub egid: u32,
+    /// Mount namespace inode number.
+    pub mnt_ns: u32,
+    /// Explicit padding, always zero.
+    pub _pad0: u32,
     /// cgroup v2 id.
     pub cgroup_id: u64,
     /// comm, NUL padded.

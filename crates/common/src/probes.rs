@@ -71,9 +71,10 @@ pub struct ProbeSpec {
     pub role: Role,
 }
 
-/// Every program of the object, grouped by mode, in attach order. An exit
-/// hook that finds no entry in `PENDING` (the call began before we attached)
-/// emits nothing, so the order only decides which calls are complete.
+/// Every program of the object, grouped by mode, entry to exit. The loader
+/// attaches them exit first, so every call whose entry is seen has its exit
+/// seen too; an exit hook that finds no entry in `CG_PENDING` (the call
+/// began before we attached) emits nothing.
 pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec { program: "cg_fentry_sys", mode: Mode::Fentry, kind: ProgramKind::FEntry, target: SYS_CHROOT, role: Role::Enter },
     ProbeSpec { program: "cg_fentry_lsm", mode: Mode::Fentry, kind: ProgramKind::FEntry, target: SECURITY_PATH_CHROOT, role: Role::Resolve },

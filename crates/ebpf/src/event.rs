@@ -10,7 +10,7 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    kernel::{self, Error},
+    kernel::{self, Error, Scratch},
     CG_COUNTERS, CG_EVENTS, CG_PENDING, CG_ZERO, FILTER,
 };
 
@@ -132,11 +132,14 @@ pub fn read_argument(ev: &mut ChrootEvent, filename: *const u8) {
 }
 
 /// `security_path_chroot(path)` entry: records the resolved new root.
+/// `kind`: the scratch buffer the calling program type may use.
 #[inline(always)]
-pub fn resolve(path: *const u8) -> Result<(), Error> {
+pub fn resolve(kind: Scratch, path: *const u8) -> Result<(), Error> {
     let Some(ev) = pending() else { return Ok(()) };
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
-    kernel::resolve_into(ev, vfsmnt, dentry).map(|_| ())
+    let walked = kernel::resolve_into(kind, ev, vfsmnt, dentry).map(|_| ());
+    kind.release();
+    walked
 }
 
 /// `security_path_chroot` return: records the LSM verdict.
@@ -151,7 +154,7 @@ pub fn lsm_return(ret: i32) -> Result<(), Error> {
 /// Syscall exit: records the result and sends the event. In tracepoint mode
 /// a successful call's new root is read from `current->fs->root`.
 #[inline(always)]
-pub fn finish(ret: i64) -> Result<(), Error> {
+pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(ev) = pending() else { return Ok(()) };
     ev.ret = ret;
@@ -160,7 +163,8 @@ pub fn finish(ret: i64) -> Result<(), Error> {
     if ret == 0 && ev.flags & flags::RESOLVED_PRESENT == 0 {
         if let Ok((vfsmnt, dentry)) = kernel::fs_root(kernel::current_task()) {
             // A failed walk leaves the path absent; the event still goes out.
-            let _ = kernel::resolve_into(ev, vfsmnt, dentry);
+            let _ = kernel::resolve_into(kind, ev, vfsmnt, dentry);
+            kind.release();
         }
     }
     if CG_EVENTS.output(&*ev, 0).is_err() {

@@ -8,7 +8,10 @@ use aya_ebpf::{
 };
 use chroot_guard_common::Mode;
 
-use crate::{event, kernel};
+use crate::{
+    event,
+    kernel::{self, Scratch},
+};
 
 /// fentry on the syscall wrapper: `arg0` is the `struct pt_regs *` of the
 /// user call, whose first argument register holds `filename`.
@@ -27,7 +30,7 @@ fn try_cg_fentry_sys(ctx: &FEntryContext) -> Result<(), kernel::Error> {
 /// fentry on `security_path_chroot(const struct path *path)`.
 #[fentry]
 pub fn cg_fentry_lsm(ctx: FEntryContext) -> i32 {
-    let _ = event::resolve(ctx.arg(0));
+    let _ = event::resolve(Scratch::PerThread, ctx.arg(0));
     0
 }
 
@@ -44,6 +47,6 @@ pub fn cg_fexit_lsm(ctx: FExitContext) -> i32 {
 #[fexit]
 pub fn cg_fexit_sys(ctx: FExitContext) -> i32 {
     let ret: i64 = ctx.arg(1);
-    let _ = event::finish(ret);
+    let _ = event::finish(Scratch::PerThread, ret);
     0
 }

@@ -4,10 +4,57 @@
 //! kernel's BTF. Reads go through `bpf_probe_read_kernel`, which is allowed in
 //! every program type used here and never faults.
 
-use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated};
 use chroot_guard_common::{flags, ChrootEvent, MAX_PATH_DEPTH, NAME_MAX, RESOLVED_MAX, SCRATCH_BYTES};
 
-use crate::CG_SCRATCH;
+use crate::{CG_SCRATCH, CG_SCRATCH_ZERO, CG_THREAD_SCRATCH};
+
+/// Which walk buffer a program may use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scratch {
+    /// This CPU's: for tracepoint and kprobe programs, which run with
+    /// preemption disabled.
+    PerCpu,
+    /// This thread's, allocated on first use: for fentry/fexit and LSM
+    /// programs, which can be preempted. Call [`Scratch::release`] when done.
+    PerThread,
+}
+
+impl Scratch {
+    /// The buffer (`SCRATCH_BYTES` long), allocating the thread's if needed.
+    #[inline(always)]
+    pub fn get(self) -> Result<*mut u8, Error> {
+        match self {
+            Scratch::PerCpu => Ok(CG_SCRATCH.get_ptr_mut(0).ok_or(0)?.cast()),
+            Scratch::PerThread => {
+                let tid = bpf_get_current_pid_tgid() as u32;
+                if let Some(p) = CG_THREAD_SCRATCH.get_ptr_mut(&tid) {
+                    return Ok(p.cast());
+                }
+                let zero = CG_SCRATCH_ZERO.get(0).ok_or(0)?;
+                CG_THREAD_SCRATCH.insert(&tid, zero, 0).map_err(Error::from)?;
+                Ok(CG_THREAD_SCRATCH.get_ptr_mut(&tid).ok_or(0)?.cast())
+            }
+        }
+    }
+
+    /// The buffer if it exists, without allocating (for `bpf_loop` bodies).
+    #[inline(always)]
+    pub fn existing(self) -> Option<*const u8> {
+        match self {
+            Scratch::PerCpu => CG_SCRATCH.get_ptr(0).map(|p| p.cast()),
+            Scratch::PerThread => CG_THREAD_SCRATCH.get_ptr(&(bpf_get_current_pid_tgid() as u32)).map(|p| p.cast()),
+        }
+    }
+
+    /// Frees the thread's buffer. Idempotent.
+    #[inline(always)]
+    pub fn release(self) {
+        if self == Scratch::PerThread {
+            let _ = CG_THREAD_SCRATCH.remove(&(bpf_get_current_pid_tgid() as u32));
+        }
+    }
+}
 
 /// A load-time offset from `OFFSETS`. The volatile read keeps the load from
 /// `.rodata`, which the verifier then sees as a frozen constant.
@@ -92,7 +139,7 @@ pub fn path_parts(path: *const u8) -> Result<(*const u8, *const u8), Error> {
 /// Where [`walk`] left a path: bytes `pos..RESOLVED_MAX` of the scratch
 /// buffer.
 pub struct Walk {
-    /// The per-CPU scratch buffer.
+    /// The buffer.
     pub scratch: *mut u8,
     /// Start of the path in `scratch`; the path ends at `RESOLVED_MAX`.
     pub pos: u32,
@@ -112,7 +159,7 @@ impl Walk {
 }
 
 /// Writes the absolute path of `(vfsmnt, dentry)` in the caller's mount
-/// namespace into the per-CPU scratch buffer, the way `d_absolute_path()`
+/// namespace into the `kind` scratch buffer, the way `d_absolute_path()`
 /// would: up the dentries, across mounts to the mount namespace's root,
 /// ignoring any chroot the caller is already in. `bpf_d_path` is not allowed
 /// on these hooks, so the walk is done here, bounded by [`MAX_PATH_DEPTH`]
@@ -125,9 +172,9 @@ impl Walk {
 /// "cross a mount" and "go up a dentry" branches prune each other. Without
 /// this the walk explodes past the 1M instruction limit.
 #[inline(always)]
-pub fn walk(vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
+pub fn walk(kind: Scratch, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
     const POS_MASK: u32 = 2 * RESOLVED_MAX as u32 - 1;
-    let scratch = CG_SCRATCH.get_ptr_mut(0).ok_or(0)?.cast::<u8>();
+    let scratch = kind.get()?;
     // SAFETY: SCRATCH_BYTES - 8 is inside the value and 4-byte aligned; the
     // path bytes never reach it (they end at RESOLVED_MAX + NAME_MAX).
     let pos_slot = unsafe { scratch.add(SCRATCH_BYTES - 8) }.cast::<u32>();
@@ -204,8 +251,8 @@ pub fn walk(vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
 /// setting [`flags::RESOLVED_PRESENT`] (and [`flags::RESOLVED_TRUNCATED`]
 /// when cut short).
 #[inline(always)]
-pub fn resolve_into(ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
-    let w = walk(vfsmnt, dentry)?;
+pub fn resolve_into(kind: Scratch, ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
+    let w = walk(kind, vfsmnt, dentry)?;
     let len = w.len();
     // SAFETY: `len` <= MASK bytes fit in `ev.resolved`; the source is the
     // scratch value.

@@ -7,7 +7,10 @@ use aya_ebpf::{
 };
 use chroot_guard_common::Mode;
 
-use crate::{event, kernel};
+use crate::{
+    event,
+    kernel::{self, Scratch},
+};
 
 /// kprobe on the syscall wrapper: its first argument is the user call's
 /// `struct pt_regs *`.
@@ -27,7 +30,7 @@ fn try_cg_kprobe_sys(ctx: &ProbeContext) -> Result<(), kernel::Error> {
 #[kprobe]
 pub fn cg_kprobe_lsm(ctx: ProbeContext) -> u32 {
     if let Some(path) = ctx.arg::<*const u8>(0) {
-        let _ = event::resolve(path);
+        let _ = event::resolve(Scratch::PerCpu, path);
     }
     0
 }
@@ -44,6 +47,6 @@ pub fn cg_kret_lsm(ctx: RetProbeContext) -> u32 {
 #[kretprobe]
 pub fn cg_kret_sys(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret();
-    let _ = event::finish(ret);
+    let _ = event::finish(Scratch::PerCpu, ret);
     0
 }

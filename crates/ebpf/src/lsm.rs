@@ -1,13 +1,20 @@
 //! The guard: `lsm/path_chroot` decides every chroot(2) by policy, on the
 //! `struct path` the kernel resolved (no second read of user memory, so no
 //! time-of-check/time-of-use gap), and reports each decision on the ring
-//! buffer. Needs `CONFIG_BPF_LSM` and `bpf` in the active LSM list (5.7+).
+//! buffer. Needs `CONFIG_BPF_LSM` with `bpf` in the active LSM list, and
+//! 5.17+ (`bpf_loop`; `bpf_task_pt_regs` is 5.15).
 //!
-//! The policy lives in two slots (see `chroot_guard_common::policy`); the
-//! program reads `CG_ACTIVE` once and uses that slot throughout.
+//! The policy lives in two slots (see `chroot_guard_common::policy`). The
+//! program reads `CG_ACTIVE` once, copies that slot's header, and checks at
+//! the end that the slot's generation did not change meanwhile (user space
+//! zeroes it before rewriting a slot): a torn read applies the default
+//! action, flags the event and counts `LsmError`. Everything the decision
+//! builds lives in per-thread map entries: LSM programs run under
+//! `migrate_disable()` only, so on a preemptible kernel per-CPU buffers
+//! could be shared by two chroots.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated},
     macros::{btf_map, lsm},
     programs::LsmContext,
@@ -23,7 +30,7 @@ use chroot_guard_common::{
 
 use crate::{
     event::{count, fill_identity, read_argument},
-    kernel::{self, Error, Walk, MASK},
+    kernel::{self, Error, Scratch, Walk, MASK},
     CG_EVENTS, CG_ZERO,
 };
 
@@ -32,7 +39,7 @@ use crate::{
 #[btf_map]
 static CG_ACTIVE: Array<u32, 1> = Array::new();
 
-/// Per-slot policy headers.
+/// Per-slot policy headers; `generation` 0 while user space rewrites a slot.
 #[btf_map]
 static CG_POLICY: Array<PolicyHeader, 2> = Array::new();
 
@@ -48,33 +55,49 @@ static CG_PATHS: HashMap<PathKey, PathMasks, 2048> = HashMap::new();
 #[btf_map]
 static CG_EXES: HashMap<PathKey, u64, 1024> = HashMap::new();
 
-/// Per-CPU buffer where the decision event is built.
+/// Decision events being built, by thread id (allocated on use).
 #[btf_map]
-static CG_DECISION: PerCpuArray<ChrootEvent, 1> = PerCpuArray::new();
+static CG_DECISIONS: HashMap<u32, ChrootEvent, 10240, { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+
+/// `-EPERM`.
+const EPERM: i32 = -1;
 
 /// `lsm/path_chroot`: `security_path_chroot(const struct path *path)`; the
 /// second context argument is the verdict of the BPF LSM programs before
-/// this one. Internal failures allow the call and count `LsmError`.
+/// this one, kept when it already denies.
 #[lsm(hook = "path_chroot")]
 pub fn cg_lsm_chroot(ctx: LsmContext) -> i32 {
     let earlier: i32 = ctx.arg(1);
     if earlier != 0 {
         return earlier;
     }
-    match try_cg_lsm_chroot(&ctx) {
+    let Some(slot) = CG_ACTIVE.get(0).map(|s| *s & 1) else { return 0 };
+    let Some(header) = CG_POLICY.get(slot).copied() else { return 0 };
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let ret = match decide(&ctx, slot, &header, tid) {
         Ok(ret) => ret,
         Err(_) => {
+            // Could not evaluate (a map or helper failed): the default
+            // action decides, and the failure is counted.
             count(Counter::LsmError);
-            0
+            if header.mode == MODE_ENFORCE && header.default_action == ACTION_DENY {
+                EPERM
+            } else {
+                0
+            }
         }
-    }
+    };
+    let _ = CG_DECISIONS.remove(&tid);
+    Scratch::PerThread.release();
+    ret
 }
 
-/// State of one hashing pass over a walked path in the scratch buffer,
-/// shared with [`hash_step_cb`] through `bpf_loop`.
+/// State of one hashing pass over a walked path, shared with
+/// [`hash_step_cb`] through `bpf_loop`.
 #[repr(C)]
 struct HashPass {
-    /// Start of the path in the scratch buffer.
+    /// Start of the path in the thread's scratch buffer.
     pos: u32,
     /// Policy slot, for the prefix lookups.
     slot: u32,
@@ -95,10 +118,10 @@ struct HashPass {
 extern "C" fn hash_step_cb(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the `HashPass` on the caller's stack.
     let pass = unsafe { &mut *ctx.cast::<HashPass>() };
-    let Some(scratch) = crate::CG_SCRATCH.get_ptr(0) else { return 1 };
+    let Some(scratch) = Scratch::PerThread.existing() else { return 1 };
     let k = index as u32;
     // SAFETY: masked into the scratch value.
-    let c = unsafe { *scratch.cast::<u8>().add(((pass.pos + k) & MASK) as usize) };
+    let c = unsafe { *scratch.add(((pass.pos + k) & MASK) as usize) };
     if pass.prefixes != 0 && c == b'/' && k > 0 {
         if let Some(m) = CG_PATHS.get_ptr(&PathKey { slot: pass.slot, len: k, hash: pass.hash }) {
             // SAFETY: a map value.
@@ -111,28 +134,25 @@ extern "C" fn hash_step_cb(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 
 /// Hashes the walked path with the policy's seed; with `prefixes`, also
 /// collects the `subtree` masks of every directory it lies below (each
-/// prefix ending before a `/`).
+/// prefix ending before a `/`). Consumes the walk: the scratch buffer is
+/// reused by the next one.
 #[inline(always)]
-fn hash_walk(slot: u32, seed: u64, w: &Walk, prefixes: bool) -> HashPass {
+fn hash_walk(slot: u32, seed: u64, w: Walk, prefixes: bool) -> HashPass {
     let mut pass = HashPass { pos: w.pos, slot, prefixes: u32::from(prefixes), _pad: 0, hash: seed, subtree: 0 };
     // SAFETY: the callback and its context live for the call.
     unsafe {
-        generated::bpf_loop(
-            w.len(),
-            hash_step_cb as *mut core::ffi::c_void,
-            (&raw mut pass).cast(),
-            0,
-        );
+        generated::bpf_loop(w.len(), hash_step_cb as *mut core::ffi::c_void, (&raw mut pass).cast(), 0);
     }
     pass
 }
 
 /// Masks of the rules whose `path` / `subtree` match the walked path.
 #[inline(always)]
-fn path_masks(slot: u32, seed: u64, w: &Walk) -> (u64, u64) {
+fn path_masks(slot: u32, seed: u64, w: Walk) -> (u64, u64) {
+    let len = w.len();
     let pass = hash_walk(slot, seed, w, true);
     let (mut exact, mut subtree) = (0u64, pass.subtree);
-    if let Some(m) = CG_PATHS.get_ptr(&PathKey { slot, len: w.len(), hash: pass.hash }) {
+    if let Some(m) = CG_PATHS.get_ptr(&PathKey { slot, len, hash: pass.hash }) {
         // SAFETY: a map value.
         unsafe {
             exact |= (*m).exact;
@@ -142,17 +162,26 @@ fn path_masks(slot: u32, seed: u64, w: &Walk) -> (u64, u64) {
     (exact, subtree)
 }
 
-fn try_cg_lsm_chroot(ctx: &LsmContext) -> Result<i32, Error> {
-    let slot = *CG_ACTIVE.get(0).ok_or(0)? & 1;
-    let header = *CG_POLICY.get(slot).ok_or(0)?;
-    let ev_ptr = CG_DECISION.get_ptr_mut(0).ok_or(0)?;
-    let zero = CG_ZERO.get_ptr(0).ok_or(0)?;
-    // SAFETY: both are whole ChrootEvent map values.
-    unsafe {
-        generated::bpf_probe_read_kernel(ev_ptr.cast(), core::mem::size_of::<ChrootEvent>() as u32, zero.cast());
+/// Rules naming the caller's executable; `None` when it cannot be known
+/// (no executable, or its path was cut short).
+#[inline(always)]
+fn exe_mask(slot: u32, seed: u64, task: *const u8) -> Option<u64> {
+    let (m, d) = kernel::exe_path(task).ok()?;
+    let w = kernel::walk(Scratch::PerThread, m, d).ok()?;
+    if !w.complete {
+        return None;
     }
-    // SAFETY: this CPU's value; nothing else runs on it meanwhile.
-    let ev = unsafe { &mut *ev_ptr };
+    let len = w.len();
+    let hash = hash_walk(slot, seed, w, false).hash;
+    // SAFETY: a map value.
+    Some(CG_EXES.get_ptr(&PathKey { slot, len, hash }).map_or(0, |m| unsafe { *m }))
+}
+
+fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader, tid: u32) -> Result<i32, Error> {
+    let zero = CG_ZERO.get(0).ok_or(0)?;
+    CG_DECISIONS.insert(&tid, zero, 0).map_err(Error::from)?;
+    // SAFETY: this thread's entry; nothing else writes it.
+    let ev = unsafe { &mut *CG_DECISIONS.get_ptr_mut(&tid).ok_or(0)? };
     ev.kind = EventKind::Decision as u8;
     ev.policy_gen = header.generation;
     let comm = bpf_get_current_comm().map_err(Error::from)?;
@@ -168,22 +197,13 @@ fn try_cg_lsm_chroot(ctx: &LsmContext) -> Result<i32, Error> {
 
     let path: *const u8 = ctx.arg(0);
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
-    let w = kernel::resolve_into(ev, vfsmnt, dentry)?;
-    let truncated = !w.complete;
-    let (exact, subtree) = path_masks(slot, header.seed, &w);
+    let w = kernel::resolve_into(Scratch::PerThread, ev, vfsmnt, dentry)?;
+    let path_known = w.complete;
+    let (exact, subtree) = path_masks(slot, header.seed, w);
 
-    let mut exe_mask = 0u64;
-    if header.flags & policy_flags::USES_EXE != 0 {
-        if let Ok((m, d)) = kernel::exe_path(task) {
-            let e = kernel::walk(m, d)?;
-            let hash = hash_walk(slot, header.seed, &e, false).hash;
-            if let Some(m) = CG_EXES.get_ptr(&PathKey { slot, len: e.len(), hash }) {
-                // SAFETY: a map value.
-                exe_mask = unsafe { *m };
-            }
-        }
-    } else {
-        ev.flags |= flags::EXE_ABSENT;
+    let exe = if header.flags & policy_flags::USES_EXE != 0 { exe_mask(slot, header.seed, task) } else { None };
+    if exe.is_none() {
+        ev.flags |= flags::EXE_UNKNOWN;
     }
     let chrooted = ev.flags & flags::CALLER_CHROOTED != 0;
 
@@ -197,22 +217,26 @@ fn try_cg_lsm_chroot(ctx: &LsmContext) -> Result<i32, Error> {
         let Some(r) = CG_RULES.get(base + i) else { break };
         let bit = 1u64 << i;
         let c = r.conds;
-        // A path condition on a path cut short by the walk bounds is
-        // unknown: it holds for deny rules (fail closed) and not for others.
-        let unknown_path = truncated && c & (cond::PATH | cond::SUBTREE) != 0;
-        let path_ok = if unknown_path {
-            r.action == ACTION_DENY
+        // A condition that cannot be judged (a path or executable cut short
+        // by the walk bounds) holds for deny rules and not for others.
+        let unknown_holds = r.action == ACTION_DENY;
+        let path_ok = if c & (cond::PATH | cond::SUBTREE) == 0 {
+            true
+        } else if !path_known {
+            unknown_holds
         } else {
             (c & cond::PATH == 0 || exact & bit != 0) && (c & cond::SUBTREE == 0 || subtree & bit != 0)
         };
+        let exe_ok = c & cond::EXE == 0 || exe.map_or(unknown_holds, |m| m & bit != 0);
         if !path_ok
+            || !exe_ok
             || (c & cond::UID != 0 && r.uid != ev.uid)
             || (c & cond::EUID != 0 && r.euid != ev.euid)
             || (c & cond::GID != 0 && r.gid != ev.gid)
             || (c & cond::EGID != 0 && r.egid != ev.egid)
             || (c & cond::COMM != 0 && r.comm != ev.comm)
-            || (c & cond::EXE != 0 && exe_mask & bit == 0)
             || (c & cond::CGROUP != 0 && r.cgroup_id != ev.cgroup_id)
+            || (c & cond::MNT_NS != 0 && r.mnt_ns != ev.mnt_ns)
             || (c & cond::CHROOTED != 0 && (r.chrooted != 0) != chrooted)
         {
             continue;
@@ -222,13 +246,23 @@ fn try_cg_lsm_chroot(ctx: &LsmContext) -> Result<i32, Error> {
         break;
     }
 
+    // Seqlock check: the slot must not have been rewritten while we read it.
+    // SAFETY: a map value; volatile so the compiler re-reads it here.
+    let now_gen = CG_POLICY.get_ptr(slot).map(|h| unsafe { core::ptr::read_volatile(&(*h).generation) });
+    if header.generation == 0 || now_gen != Some(header.generation) {
+        count(Counter::LsmError);
+        ev.flags |= flags::POLICY_TORN;
+        action = header.default_action;
+        rule = NO_RULE;
+    }
+
     let deny = action == ACTION_DENY && header.mode == MODE_ENFORCE;
     ev.rule = rule;
     ev.flags |= (u32::from(action) & flags::ACTION_MASK) << flags::ACTION_SHIFT;
     if header.mode == MODE_ENFORCE {
         ev.flags |= flags::ENFORCING;
     }
-    let ret = if deny { -1 } else { 0 }; // -EPERM
+    let ret = if deny { EPERM } else { 0 };
     if deny {
         ev.flags |= flags::DENIED;
     }

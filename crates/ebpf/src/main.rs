@@ -45,9 +45,22 @@ static CG_PENDING: HashMap<u32, ChrootEvent, 10240, { BPF_F_NO_PREALLOC as usize
 #[btf_map]
 static CG_ZERO: Array<ChrootEvent, 1> = Array::new();
 
-/// Per-CPU buffer the path walk writes backwards into.
+/// Per-CPU buffer the path walk writes backwards into, for programs that
+/// run with preemption off (tracepoints, kprobes).
 #[btf_map]
 pub(crate) static CG_SCRATCH: PerCpuArray<[u8; SCRATCH_BYTES], 1> = PerCpuArray::new();
+
+/// Per-thread walk buffers for programs that can be preempted (fentry/fexit
+/// and LSM run under `migrate_disable()` only, so on a preemptible kernel a
+/// second chroot on the same CPU could share a per-CPU buffer). Allocated on
+/// use and removed when the program ends.
+#[btf_map]
+pub(crate) static CG_THREAD_SCRATCH: HashMap<u32, [u8; SCRATCH_BYTES], 10240, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+
+/// A zeroed walk buffer, never written: the source of `CG_THREAD_SCRATCH` entries.
+#[btf_map]
+pub(crate) static CG_SCRATCH_ZERO: Array<[u8; SCRATCH_BYTES], 1> = Array::new();
 
 /// Per-CPU counters, indexed by `chroot_guard_common::Counter`.
 #[btf_map]

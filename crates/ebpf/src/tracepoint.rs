@@ -10,7 +10,10 @@ use chroot_guard_common::{
     Mode,
 };
 
-use crate::{event, kernel};
+use crate::{
+    event,
+    kernel::{self, Scratch},
+};
 
 /// `syscalls:sys_enter_chroot`: `filename` is a user pointer in the record.
 #[tracepoint]
@@ -30,7 +33,7 @@ fn try_cg_tp_enter(ctx: &TracePointContext) -> Result<(), kernel::Error> {
 pub fn cg_tp_exit(ctx: TracePointContext) -> u32 {
     // SAFETY: the offset is inside the tracepoint record.
     if let Ok(ret) = unsafe { ctx.read_at::<i64>(TP_EXIT_RET_OFFSET) } {
-        let _ = event::finish(ret);
+        let _ = event::finish(Scratch::PerCpu, ret);
     }
     0
 }

@@ -106,6 +106,21 @@ pub struct KernelContext {
 }
 
 impl KernelContext {
+    /// Creates the object's maps (programs load later, one by one) with
+    /// this kernel's offsets and `filter` as frozen globals, and a
+    /// `ring_buffer_bytes` ring buffer.
+    ///
+    /// # Errors
+    /// [`Error::Maps`].
+    pub fn load_object(&self, filter: &Filter, ring_buffer_bytes: u32) -> Result<Ebpf, Error> {
+        Ok(EbpfLoader::new()
+            .btf(self.aya_btf.as_ref())
+            .override_global("OFFSETS", &self.offsets, true)
+            .override_global("FILTER", filter, true)
+            .map_max_entries("CG_EVENTS", ring_buffer_bytes)
+            .load(EBPF_OBJECT)?)
+    }
+
     /// Checks privileges, mounts tracefs/bpffs and reads BTF.
     ///
     /// # Errors
@@ -161,14 +176,12 @@ pub fn try_mode(
     filter: &Filter,
     ring_buffer_bytes: u32,
 ) -> Result<Ebpf, Failure> {
-    let mut ebpf = EbpfLoader::new()
-        .btf(kernel.aya_btf.as_ref())
-        .override_global("OFFSETS", &kernel.offsets, true)
-        .override_global("FILTER", filter, true)
-        .map_max_entries("CG_EVENTS", ring_buffer_bytes)
-        .load(EBPF_OBJECT)
-        .map_err(|e| Failure::Fatal(Error::Maps(e)))?;
-    for spec in probes_for(mode) {
+    let mut ebpf = kernel.load_object(filter, ring_buffer_bytes).map_err(Failure::Fatal)?;
+    // Exit hooks first: a call that enters after its entry hook is attached
+    // then surely exits after its exit hook is, and leaves no orphan entry
+    // in CG_PENDING.
+    let specs: Vec<_> = probes_for(mode).collect();
+    for spec in specs.into_iter().rev() {
         attach_one(&mut ebpf, spec, kernel).map_err(|f| match f {
             Step::Refused(r) => Failure::Refused(r),
             Step::Object(msg) => Failure::Fatal(Error::Object(msg)),
@@ -313,6 +326,21 @@ pub fn classify(kind: &str, program: &str, target: &str, stage: &str, e: &Progra
         _ => ("ATTACH_FAILED", format!("{stage} of the {kind} program on {target} failed: {e}"), None),
     };
     Denial { code, errno: errno_str, reason, verifier_log }
+}
+
+/// Classifies a failure of an `lsm/path_chroot` program: as [`classify`],
+/// but names an inactive BPF LSM (`LSM_INACTIVE`) when `bpf` is missing
+/// from the active LSM list, whatever errno the kernel gave.
+pub fn classify_lsm(program: &str, stage: &str, e: &ProgramError) -> Denial {
+    let d = classify("lsm", program, "bpf_lsm_path_chroot", stage, e);
+    if d.code != "VERIFIER" && !sys::active_lsms().is_some_and(|l| l.iter().any(|x| x == "bpf")) {
+        return Denial {
+            code: "LSM_INACTIVE",
+            reason: "the BPF LSM is not in the active LSM list (/sys/kernel/security/lsm); boot with lsm=...,bpf".into(),
+            ..d
+        };
+    }
+    d
 }
 
 /// Turns a program error of one of our probes into a [`Refusal`].

@@ -9,7 +9,7 @@
 
 use aya::{
     programs::{FEntry, KProbe, Lsm, TracePoint},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use chroot_guard_common::{
     probes::{check_program, AttachPoint, Mechanism, PointKind, ATTACH_POINTS, LSM_HOOK, TRACEPOINT_CATEGORY},
@@ -17,10 +17,9 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    attach::{classify, try_mode, Denial, Failure, KernelContext},
+    attach::{classify, classify_lsm, try_mode, Denial, Failure, KernelContext},
     btf,
     error::{Error, Refusal},
-    object::EBPF_OBJECT,
     sys,
 };
 
@@ -128,15 +127,6 @@ pub fn present(point: &AttachPoint, kernel_btf: Option<&btf_rs::Btf>) -> Option<
     }
 }
 
-/// Loads the object with a minimal ring buffer, for one check.
-fn load_object(kernel: &KernelContext) -> Result<Ebpf, Error> {
-    Ok(EbpfLoader::new()
-        .btf(kernel.aya_btf.as_ref())
-        .override_global("OFFSETS", &kernel.offsets, true)
-        .override_global("FILTER", &Filter::default(), true)
-        .map_max_entries("CG_EVENTS", 4096)
-        .load(EBPF_OBJECT)?)
-}
 
 /// Loads `program` and attaches it to `point` with `mechanism` in `ebpf`.
 ///
@@ -176,22 +166,15 @@ pub fn attach_check(ebpf: &mut Ebpf, mechanism: Mechanism, target: &str, kernel:
         Mechanism::Lsm => {
             let b = kernel.aya_btf.as_ref().ok_or_else(no_btf)?;
             let p: &mut Lsm = prog.try_into().map_err(wrong)?;
-            p.load(LSM_HOOK, b).map_err(d("load"))?;
-            p.attach().map_err(|e| {
-                let mut denial = classify(kind, program, target, "attach", &e);
-                if !sys::active_lsms().is_some_and(|l| l.iter().any(|x| x == "bpf")) {
-                    denial.code = "LSM_INACTIVE";
-                    denial.reason = "the BPF LSM is not in the active LSM list (/sys/kernel/security/lsm); boot with lsm=...,bpf".into();
-                }
-                denial
-            })?;
+            p.load(LSM_HOOK, b).map_err(|e| classify_lsm(program, "load", &e))?;
+            p.attach().map_err(|e| classify_lsm(program, "attach", &e))?;
         }
     }
     Ok(())
 }
 
 fn check_one(mechanism: Mechanism, point: &AttachPoint, kernel: &KernelContext) -> Check {
-    let denial = match load_object(kernel) {
+    let denial = match kernel.load_object(&Filter::default(), 4096) {
         Ok(mut ebpf) => attach_check(&mut ebpf, mechanism, point.name, kernel).err(),
         Err(e) => Some(Denial { code: e.code(), errno: None, reason: e.to_string(), verifier_log: None }),
     };

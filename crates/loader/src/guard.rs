@@ -9,9 +9,9 @@
 use std::sync::Arc;
 
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData},
     programs::Lsm,
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use chroot_guard_common::{
     probes::{GUARD_PROGRAM as LSM_PROGRAM, LSM_HOOK},
@@ -19,11 +19,10 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    attach::{classify, KernelContext},
+    attach::{classify_lsm, KernelContext},
     error::Error,
-    object::EBPF_OBJECT,
     policy::{compile, Policy, PolicyMaps, Slots},
-    reader::{Counters, Reader, ReaderConfig, Sink},
+    reader::{self, Counters, Reader, ReaderConfig, Sink},
     session::SessionStats,
     sys,
 };
@@ -65,16 +64,20 @@ impl Guard {
     pub fn open<S: Sink>(policy: &Policy, ring_buffer_bytes: u32, sink: S) -> Result<Guard, Error> {
         let compiled = compile(policy)?;
         let kernel = KernelContext::probe()?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(kernel.aya_btf.as_ref())
-            .override_global("OFFSETS", &kernel.offsets, true)
-            .override_global("FILTER", &Filter::default(), true)
-            .map_max_entries("CG_EVENTS", ring_buffer_bytes)
-            .load(EBPF_OBJECT)?;
+        if let Some(release) = sys::kernel_release().filter(|r| sys::release_below(r, (5, 17))) {
+            return Err(Error::LsmUnavailable {
+                code: "KERNEL_TOO_OLD",
+                reason: format!("kernel {release} is older than 5.17, which the policy program needs (bpf_loop)"),
+            });
+        }
+        let mut ebpf = kernel.load_object(&Filter::default(), ring_buffer_bytes)?;
         let mut slots = Slots::default();
         compiled.write(&mut policy_maps(&mut ebpf)?, &mut slots, true)?;
         let Some(btf) = kernel.aya_btf.as_ref() else {
-            return Err(Error::LsmUnavailable { code: "NO_BTF", reason: "BPF LSM programs attach by BTF id and the kernel has no BTF".into() });
+            return Err(Error::LsmUnavailable {
+                code: "NO_BTF",
+                reason: "BPF LSM programs attach by BTF id and the kernel has no BTF".into(),
+            });
         };
         let prog: &mut Lsm = ebpf
             .program_mut(LSM_PROGRAM)
@@ -83,16 +86,9 @@ impl Guard {
             .map_err(|e| Error::Object(format!("{LSM_PROGRAM}: {e}")))?;
         let unavailable = |stage: &'static str| {
             move |e| {
-                let d = classify("lsm", LSM_PROGRAM, "bpf_lsm_path_chroot", stage, &e);
+                let d = classify_lsm(LSM_PROGRAM, stage, &e);
                 if d.code == "VERIFIER" {
-                    return Error::Verifier { program: LSM_PROGRAM, reason: d.reason, log: d.verifier_log.unwrap_or_default() };
-                }
-                let inactive = !sys::active_lsms().is_some_and(|l| l.iter().any(|x| x == "bpf"));
-                if inactive {
-                    Error::LsmUnavailable {
-                        code: "LSM_INACTIVE",
-                        reason: "the BPF LSM is not in the active LSM list (/sys/kernel/security/lsm); boot with lsm=...,bpf".into(),
-                    }
+                    Error::Verifier { program: LSM_PROGRAM, reason: d.reason, log: d.verifier_log.unwrap_or_default() }
                 } else {
                     Error::LsmUnavailable { code: d.code, reason: d.reason }
                 }
@@ -100,14 +96,7 @@ impl Guard {
         };
         prog.load(LSM_HOOK, btf).map_err(unavailable("load"))?;
         prog.attach().map_err(unavailable("attach"))?;
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name).ok_or_else(|| Error::Object(format!("map {name} missing")))
-        };
-        let ring = RingBuf::try_from(take(&mut ebpf, "CG_EVENTS")?).map_err(|e| Error::Object(format!("CG_EVENTS: {e}")))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, "CG_COUNTERS")?)
-            .map_err(|e| Error::Object(format!("CG_COUNTERS: {e}")))?;
-        let counters = Arc::new(Counters::new(counters));
-        let reader = Reader::spawn(ring, Arc::clone(&counters), sink, ReaderConfig::default())?;
+        let (reader, counters) = reader::start(&mut ebpf, sink, ReaderConfig::default())?;
         Ok(Guard { ebpf: Some(ebpf), reader, counters, slots })
     }
 
@@ -138,19 +127,14 @@ impl Guard {
 
     /// Totals so far.
     pub fn stats(&self) -> SessionStats {
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        SessionStats {
-            events: load(&self.reader.stats.events),
-            batches: load(&self.reader.stats.batches),
-            bytes: load(&self.reader.stats.bytes),
-            lost: self.counters.read(),
-        }
+        SessionStats::read(&self.reader, &self.counters)
     }
 
-    /// Detaches the program and frees every map. Idempotent.
+    /// Stops the reader, then detaches the program and frees every map (the
+    /// same order as `Session::close`). Idempotent.
     pub fn close(&mut self) {
-        self.ebpf.take();
         self.reader.stop();
+        self.ebpf.take();
     }
 }
 

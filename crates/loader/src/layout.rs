@@ -1,5 +1,5 @@
 //! The byte layout of [`ChrootEvent`] and the numbers inside it, as one table
-//! for the TypeScript decoder (`ts/src/decode.ts`), which reads events from
+//! for the TypeScript decoder (`ts/events.ts`), which reads events from
 //! the batch buffer directly instead of having Rust build objects.
 
 use std::mem::{offset_of, size_of};

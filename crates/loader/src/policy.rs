@@ -63,6 +63,8 @@ pub struct Match {
     pub cgroup_id: Option<OneOrMany<u64>>,
     /// Caller already chrooted.
     pub already_chrooted: Option<bool>,
+    /// Mount namespace inode number of the caller.
+    pub mnt_ns: Option<OneOrMany<u32>>,
 }
 
 /// One rule.
@@ -247,6 +249,7 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
         expand(list(&m.euid), cond::EUID, |r, v| r.euid = v);
         expand(list(&m.gid), cond::GID, |r, v| r.gid = v);
         expand(list(&m.egid), cond::EGID, |r, v| r.egid = v);
+        expand(list(&m.mnt_ns), cond::MNT_NS, |r, v| r.mnt_ns = v);
         if let Some(comms) = comms {
             variants = variants
                 .iter()
@@ -263,7 +266,7 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
             let index = out.rules.len();
             if index >= MAX_RULES {
                 return Err(Error::InvalidArgument(format!(
-                    "{what}: the policy expands to more than {MAX_RULES} rules (each value of a uid, euid, gid, egid, comm or cgroupId list counts once per combination)"
+                    "{what}: the policy expands to more than {MAX_RULES} rules (each value of a uid, euid, gid, egid, mntNs, comm or cgroupId list counts once per combination)"
                 )));
             }
             let bit = 1u64 << index;
@@ -280,9 +283,27 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
             out.rule_ids.push(r.id.clone());
         }
     }
+    if out.paths.len() > MAX_PATHS {
+        return Err(Error::InvalidArgument(format!(
+            "the policy names {} distinct paths (path and subtree); at most {MAX_PATHS}",
+            out.paths.len()
+        )));
+    }
+    if out.exes.len() > MAX_EXES {
+        return Err(Error::InvalidArgument(format!(
+            "the policy names {} distinct executables; at most {MAX_EXES}",
+            out.exes.len()
+        )));
+    }
     out.header.rule_count = out.rules.len() as u32;
     Ok(out)
 }
+
+/// Most distinct `path`/`subtree` paths one policy may name: half of
+/// `CG_PATHS`, which holds both slots.
+pub const MAX_PATHS: usize = 1024;
+/// Most distinct `exe` paths one policy may name: half of `CG_EXES`.
+pub const MAX_EXES: usize = 512;
 
 /// A random seed for the path hash.
 fn random_seed() -> u64 {
@@ -333,6 +354,10 @@ impl Compiled {
         let map_err = |what: &'static str| move |e: aya::maps::MapError| Error::Object(format!("writing {what}: {e}"));
         let slot = if first { 0 } else { slots.active ^ 1 };
         let seed = random_seed();
+        // Generation 0 marks the slot as being rewritten: a decision still
+        // reading it from before the previous flip sees the change and
+        // applies the default action instead of mixing two policies.
+        maps.headers.set(slot, PolicyHeader::default(), 0).map_err(map_err("CG_POLICY"))?;
         for key in std::mem::take(&mut slots.path_keys[slot as usize]) {
             let _ = maps.paths.remove(&key);
         }

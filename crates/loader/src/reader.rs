@@ -81,6 +81,8 @@ pub trait Sink: Send + 'static {
     fn in_flight(&self) -> u32;
     /// Hands a batch over; `false` when the consumer is gone for good.
     fn deliver(&self, batch: Batch) -> bool;
+    /// The reader stopped on an error; no batch follows.
+    fn failed(&self, _reason: String) {}
 }
 
 /// Tuning of the reader thread.
@@ -116,6 +118,26 @@ pub struct ReaderStats {
     pub batches: AtomicU64,
     /// Bytes of records delivered.
     pub bytes: AtomicU64,
+}
+
+/// Takes the object's `CG_EVENTS` ring buffer and `CG_COUNTERS` map and
+/// starts the reader on them.
+///
+/// # Errors
+/// [`crate::Error::Object`] when a map is missing or of the wrong type;
+/// [`crate::Error::Io`] when the thread cannot start.
+pub fn start<S: Sink>(
+    ebpf: &mut aya::Ebpf,
+    sink: S,
+    config: ReaderConfig,
+) -> Result<(Reader, Arc<Counters>), crate::Error> {
+    use crate::Error;
+    let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Error::Object(format!("map {name} missing")));
+    let ring = RingBuf::try_from(take("CG_EVENTS")?).map_err(|e| Error::Object(format!("CG_EVENTS: {e}")))?;
+    let counters = PerCpuArray::try_from(take("CG_COUNTERS")?).map_err(|e| Error::Object(format!("CG_COUNTERS: {e}")))?;
+    let counters = Arc::new(Counters::new(counters));
+    let reader = Reader::spawn(ring, Arc::clone(&counters), sink, config)?;
+    Ok((reader, counters))
 }
 
 /// The running thread; [`Reader::stop`] ends and joins it.
@@ -205,8 +227,12 @@ fn run<S: Sink>(
         let nfds = if full { 1 } else { 2 };
         // SAFETY: `fds` outlives the call and holds `nfds` entries.
         let rc = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout_ms) };
-        if rc < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            return;
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                sink.failed(format!("poll(2) on the ring buffer failed: {err}"));
+                return;
+            }
         }
         if fds[0].revents != 0 {
             return;

@@ -2,16 +2,13 @@
 
 use std::sync::Arc;
 
-use aya::{
-    maps::{PerCpuArray, RingBuf},
-    Ebpf,
-};
+use aya::Ebpf;
 use chroot_guard_common::Mode;
 
 use crate::{
     attach::{self, LoadOptions, Loaded},
     error::{Error, Refusal},
-    reader::{Counters, Lost, Reader, ReaderConfig, Sink},
+    reader::{self, Counters, Lost, Reader, ReaderConfig, Sink},
 };
 
 /// Programs attached in one mode, plus the thread reading their events.
@@ -27,7 +24,7 @@ pub struct Session {
     refusals: Vec<Refusal>,
 }
 
-/// Totals of one session.
+/// Totals of one session (watch or guard).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SessionStats {
     /// Events read from the ring buffer.
@@ -40,6 +37,19 @@ pub struct SessionStats {
     pub lost: Lost,
 }
 
+impl SessionStats {
+    /// The reader's totals and the kernel's counters now.
+    pub fn read(reader: &Reader, counters: &Counters) -> SessionStats {
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        SessionStats {
+            events: load(&reader.stats.events),
+            batches: load(&reader.stats.batches),
+            bytes: load(&reader.stats.bytes),
+            lost: counters.read(),
+        }
+    }
+}
+
 impl Session {
     /// Loads and attaches (see [`attach::load`]) and starts the reader.
     ///
@@ -49,15 +59,7 @@ impl Session {
     /// loaded after an error.
     pub fn open<S: Sink>(opts: &LoadOptions, sink: S, config: ReaderConfig) -> Result<Session, Error> {
         let Loaded { mut ebpf, mode, refusals } = attach::load(opts)?;
-        let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name).ok_or_else(|| Error::Object(format!("map {name} missing")))
-        };
-        let ring = RingBuf::try_from(take(&mut ebpf, "CG_EVENTS")?)
-            .map_err(|e| Error::Object(format!("CG_EVENTS: {e}")))?;
-        let counters = PerCpuArray::try_from(take(&mut ebpf, "CG_COUNTERS")?)
-            .map_err(|e| Error::Object(format!("CG_COUNTERS: {e}")))?;
-        let counters = Arc::new(Counters::new(counters));
-        let reader = Reader::spawn(ring, Arc::clone(&counters), sink, config)?;
+        let (reader, counters) = reader::start(&mut ebpf, sink, config)?;
         Ok(Session { ebpf: Some(ebpf), reader, counters, mode, refusals })
     }
 
@@ -73,14 +75,7 @@ impl Session {
 
     /// Current totals; reads the per-CPU counters from the kernel.
     pub fn stats(&self) -> SessionStats {
-        let s = &self.reader.stats;
-        let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
-        SessionStats {
-            events: load(&s.events),
-            batches: load(&s.batches),
-            bytes: load(&s.bytes),
-            lost: self.counters.read(),
-        }
+        SessionStats::read(&self.reader, &self.counters)
     }
 
     /// Stops the reader, then detaches and unloads everything. Idempotent.

@@ -7,7 +7,7 @@
 
 use aya::{
     maps::{HashMap, MapData, StackTraceMap},
-    Ebpf, EbpfLoader,
+    Ebpf,
 };
 use blazesym::{
     symbolize::{
@@ -25,7 +25,6 @@ use crate::{
     attach::{Denial, KernelContext, ModeRequest},
     doctor::{attach_check, present},
     error::{Error, Refusal},
-    object::EBPF_OBJECT,
 };
 
 /// One kernel stack frame.
@@ -105,12 +104,7 @@ impl Stacks {
                 if present(point, Some(&kernel.btf)) == Some(false) {
                     continue;
                 }
-                let mut ebpf = EbpfLoader::new()
-                    .btf(kernel.aya_btf.as_ref())
-                    .override_global("OFFSETS", &kernel.offsets, true)
-                    .override_global("FILTER", &Filter::default(), true)
-                    .map_max_entries("CG_EVENTS", 4096)
-                    .load(EBPF_OBJECT)?;
+                let mut ebpf = kernel.load_object(&Filter::default(), 4096)?;
                 match attach_check(&mut ebpf, mechanism, point.name, &kernel) {
                     Ok(()) => hooks.push(Hook { name: hook_name(point.name, point.kind), ebpf }),
                     Err(d) => skipped.push((hook_name(point.name, point.kind), d)),

@@ -56,7 +56,8 @@ fn success(g: &Guard) -> BindingGuardResult {
 pub struct BindingGuard {
     shared: Arc<Shared>,
     ring_buffer_bytes: u32,
-    cleanup: Option<CleanupEnvHook<Arc<Shared>>>,
+    // `&self` methods, see `BindingSession`.
+    cleanup: std::sync::Mutex<Option<CleanupEnvHook<Arc<Shared>>>>,
 }
 
 #[napi]
@@ -65,13 +66,13 @@ impl BindingGuard {
     #[napi(constructor)]
     pub fn new(env: Env, ring_buffer_bytes: u32) -> napi::Result<Self> {
         let (shared, hook) = Shared::new(&env)?;
-        Ok(BindingGuard { shared, ring_buffer_bytes, cleanup: Some(hook) })
+        Ok(BindingGuard { shared, ring_buffer_bytes, cleanup: std::sync::Mutex::new(Some(hook)) })
     }
 
     /// Compiles the policy (JSON), loads, attaches and starts reading, on
     /// the libuv pool.
     #[napi(ts_return_type = "Promise<BindingGuardResult>")]
-    pub fn open(&mut self, policy_json: String, on_batch: Function<BindingBatch, ()>) -> napi::Result<AsyncTask<GuardOpenTask>> {
+    pub fn open(&self, policy_json: String, on_batch: Function<BindingBatch, ()>) -> napi::Result<AsyncTask<GuardOpenTask>> {
         let sink = JsSink::new(&on_batch)?;
         self.shared.begin_open()?;
         Ok(AsyncTask::new(GuardOpenTask {
@@ -100,8 +101,8 @@ impl BindingGuard {
 
     /// Detaches the program, frees the maps, joins the reader. Idempotent.
     #[napi]
-    pub fn close(&mut self, env: Env) -> napi::Result<()> {
-        lifecycle::close(&env, &self.shared, &mut self.cleanup)
+    pub fn close(&self, env: Env) -> napi::Result<()> {
+        lifecycle::close(&env, &self.shared, &self.cleanup)
     }
 
     /// Totals so far.

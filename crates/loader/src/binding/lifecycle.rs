@@ -36,8 +36,11 @@ pub struct BindingBatch {
     pub ring_buffer_full: f64,
     /// Total calls not traced because `CG_PENDING` was full, since load.
     pub pending_full: f64,
-    /// Total decisions the LSM program could not make (it allowed them).
+    /// Total decisions the LSM program could not make fully (the default
+    /// action applied).
     pub lsm_errors: f64,
+    /// Set when the reader thread stopped on an error: no batch follows.
+    pub error: Option<String>,
 }
 
 /// Totals of a session.
@@ -105,6 +108,7 @@ impl Sink for JsSink {
             ring_buffer_full: batch.lost.ring_buffer_full as f64,
             pending_full: batch.lost.pending_full as f64,
             lsm_errors: batch.lost.lsm_errors as f64,
+            error: None,
         };
         let status = self.tsfn.call(value, ThreadsafeFunctionCallMode::NonBlocking);
         if status != Status::Ok {
@@ -112,6 +116,19 @@ impl Sink for JsSink {
             return status != Status::Closing;
         }
         true
+    }
+
+    fn failed(&self, reason: String) {
+        let value = BindingBatch {
+            data: Vec::new().into(),
+            events: 0,
+            ring_buffer_full: 0.0,
+            pending_full: 0.0,
+            lsm_errors: 0.0,
+            error: Some(reason),
+        };
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _ = self.tsfn.call(value, ThreadsafeFunctionCallMode::NonBlocking);
     }
 }
 
@@ -220,10 +237,10 @@ impl Shared {
     }
 }
 
-/// Removes the cleanup hook after an explicit close.
-pub fn close(env: &Env, shared: &Shared, hook: &mut Option<CleanupEnvHook<Arc<Shared>>>) -> napi::Result<()> {
+/// Closes, then removes the cleanup hook. Idempotent.
+pub fn close(env: &Env, shared: &Shared, hook: &Mutex<Option<CleanupEnvHook<Arc<Shared>>>>) -> napi::Result<()> {
     shared.close();
-    if let Some(hook) = hook.take() {
+    if let Some(hook) = hook.lock().unwrap_or_else(PoisonError::into_inner).take() {
         env.remove_env_cleanup_hook(hook)?;
     }
     Ok(())

@@ -86,7 +86,10 @@ fn parse_options(o: &BindingOpenOptions) -> Result<LoadOptions, Error> {
 pub struct BindingSession {
     shared: Arc<Shared>,
     options: Result<LoadOptions, String>,
-    cleanup: Option<CleanupEnvHook<Arc<Shared>>>,
+    // Methods take `&self`: napi-rs keeps a method's borrow for as long as
+    // the promise it returns is pending, so `close()` during `open()` would
+    // fail with a `&mut self` borrow.
+    cleanup: std::sync::Mutex<Option<CleanupEnvHook<Arc<Shared>>>>,
 }
 
 #[napi]
@@ -95,13 +98,17 @@ impl BindingSession {
     #[napi(constructor)]
     pub fn new(env: Env, options: BindingOpenOptions) -> napi::Result<Self> {
         let (shared, hook) = Shared::new(&env)?;
-        Ok(BindingSession { shared, options: parse_options(&options).map_err(|e| e.to_string()), cleanup: Some(hook) })
+        Ok(BindingSession {
+            shared,
+            options: parse_options(&options).map_err(|e| e.to_string()),
+            cleanup: std::sync::Mutex::new(Some(hook)),
+        })
     }
 
     /// Loads, attaches and starts reading on the libuv pool. `onBatch`
     /// receives one [`BindingBatch`] per batch on the JS thread.
     #[napi(ts_return_type = "Promise<BindingOpenResult>")]
-    pub fn open(&mut self, on_batch: Function<BindingBatch, ()>) -> napi::Result<AsyncTask<OpenTask>> {
+    pub fn open(&self, on_batch: Function<BindingBatch, ()>) -> napi::Result<AsyncTask<OpenTask>> {
         let sink = JsSink::new(&on_batch)?;
         self.shared.begin_open()?;
         Ok(AsyncTask::new(OpenTask { shared: Arc::clone(&self.shared), options: self.options.clone(), sink: Some(sink) }))
@@ -111,8 +118,8 @@ impl BindingSession {
     /// program. Idempotent; safe while `open()` is still running (the
     /// session is then closed as soon as it is up).
     #[napi]
-    pub fn close(&mut self, env: Env) -> napi::Result<()> {
-        lifecycle::close(&env, &self.shared, &mut self.cleanup)
+    pub fn close(&self, env: Env) -> napi::Result<()> {
+        lifecycle::close(&env, &self.shared, &self.cleanup)
     }
 
     /// Totals so far (zeros unless running).

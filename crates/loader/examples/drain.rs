@@ -1,0 +1,89 @@
+//! The kernel side of chroot-guard alone, for the benchmarks (contender
+//! "O1"): programs attached, the ring buffer drained by the reader thread,
+//! no JavaScript. Prints `attached <mode>` once attached, then, when stdin
+//! closes, one JSON line of totals.
+//!
+//! `drain [--mode auto|fentry|kprobe|tracepoint] [--ring-buffer-bytes N]
+//!        [--guard allow|deny --path DIR]`
+//!
+//! With `--guard`, attaches `lsm/path_chroot` with a one-rule policy on
+//! `--path` instead of the watch programs (the VM's LSM cost figures).
+use std::{
+    io::Read,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use chroot_guard_common::{Filter, DEFAULT_RING_BUFFER_BYTES};
+use chroot_guard_loader::{
+    attach::{LoadOptions, ModeRequest},
+    guard::Guard,
+    policy::Policy,
+    reader::{Batch, ReaderConfig, Sink},
+    session::{Session, SessionStats},
+};
+
+#[derive(Clone, Default)]
+struct Count(Arc<AtomicU64>);
+
+impl Sink for Count {
+    fn in_flight(&self) -> u32 {
+        0
+    }
+    fn deliver(&self, batch: Batch) -> bool {
+        self.0.fetch_add(u64::from(batch.events), Ordering::Relaxed);
+        true
+    }
+}
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let ring = arg(&args, "--ring-buffer-bytes").map_or(DEFAULT_RING_BUFFER_BYTES, |v| v.parse().expect("bytes"));
+    let count = Count::default();
+    let stats: Box<dyn Fn() -> SessionStats>;
+    let _keep: Box<dyn std::any::Any>;
+    if let Some(action) = arg(&args, "--guard") {
+        let path = arg(&args, "--path").unwrap_or_else(|| "/".into());
+        let json = format!(r#"{{"mode":"enforce","rules":[{{"id":"bench","action":"{action}","match":{{"path":"{path}"}}}}]}}"#);
+        let policy = Policy::from_json(&json).expect("policy");
+        let guard = Arc::new(Guard::open(&policy, ring, count.clone()).unwrap_or_else(|e| {
+            eprintln!("drain: {e}");
+            std::process::exit(1)
+        }));
+        println!("attached lsm");
+        let g = Arc::clone(&guard);
+        stats = Box::new(move || g.stats());
+        _keep = Box::new(guard);
+    } else {
+        let mode: ModeRequest = arg(&args, "--mode").unwrap_or_else(|| "auto".into()).parse().expect("mode");
+        let opts = LoadOptions { mode, filter: Filter::default(), ring_buffer_bytes: ring };
+        let session = Arc::new(Session::open(&opts, count.clone(), ReaderConfig::default()).unwrap_or_else(|e| {
+            eprintln!("drain: {e}");
+            std::process::exit(1)
+        }));
+        println!("attached {}", session.mode().name());
+        let s = Arc::clone(&session);
+        stats = Box::new(move || s.stats());
+        _keep = Box::new(session);
+    }
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    // Let the reader drain what is left before reading the totals.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let s = stats();
+    println!(
+        r#"{{"events":{},"delivered":{},"batches":{},"ringBufferFull":{},"pendingFull":{},"lsmErrors":{}}}"#,
+        s.events,
+        count.0.load(Ordering::Relaxed),
+        s.batches,
+        s.lost.ring_buffer_full,
+        s.lost.pending_full,
+        s.lost.lsm_errors
+    );
+}
