@@ -114,7 +114,7 @@ describe('stacks', () => {
     for (const [i, s] of r.stacks.entries()) if (i > 0) expect(s.count).toBeLessThanOrEqual(r.stacks[i - 1]!.count);
     if (r.mode === 'tracepoint') {
       const enter = symbols('syscalls:sys_enter_chroot');
-      expect(enter.some((f) => f.includes('do_syscall_64'))).toBe(true);
+      expect(enter.some((f) => f.includes('do_syscall_64') || f.length === 0)).toBe(true);
       expect(r.stacks.filter((s) => s.hook === 'syscalls:sys_enter_chroot').reduce((n, s) => n + s.count, 0)).toBeGreaterThanOrEqual(6);
     } else {
       // fentry or kprobe: through security_path_chroot ← __x64_sys_chroot ← do_syscall_64.
@@ -146,7 +146,12 @@ describe('stacks', () => {
       });
       expect(r.mode).toBe(mode);
       for (const hook of hooksOf[mode]!) expect(r.hooks, mode).toContain(hook);
-      expect(r.stacks.some((s) => s.frames.some((f) => f.symbol === 'do_syscall_64')), mode).toBe(true);
+      expect(r.stacks.length, mode).toBeGreaterThan(0);
+      const symbolized = r.stacks.some((s) => s.frames.some((f) => f.symbol === 'do_syscall_64'));
+      // Kernels that give syscall tracepoints user-mode registers (6.1) count
+      // the hits with no frames; kprobe and fentry always have a stack.
+      if (mode === 'tracepoint' && !symbolized) expect(r.stacks.every((s) => s.frames.length === 0), mode).toBe(true);
+      else expect(symbolized, mode).toBe(true);
     }
     expect(heldByThisProcess()).toEqual({ programs: [], maps: [] });
   });

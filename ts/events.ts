@@ -138,7 +138,7 @@ type Layout = Record<string, number>;
 
 const REQUIRED = [
   'size', 'kind', 'mode', 'path_len', 'resolved_len', 'flags', 'pid', 'tid', 'ppid', 'uid', 'gid', 'euid',
-  'egid', 'mnt_ns', 'pid_ns', 'lsm_ret', 'ret', 'enter_ns', 'ts_ns', 'cgroup_id', 'comm', 'path', 'resolved',
+  'egid', 'mnt_ns', 'pid_ns', 'lsm_ret', 'ret', 'enter_ns', 'ts_ns', 'cgroup_id', 'comm', 'data', 'header',
   'comm_len', 'flag_path_truncated', 'flag_path_unreadable', 'flag_resolved_present',
   'flag_resolved_truncated', 'flag_lsm_called', 'kind_chroot', 'mode_fentry', 'mode_kprobe', 'mode_tracepoint',
   'rule', 'policy_gen', 'flag_caller_chrooted', 'flag_action_shift', 'flag_action_mask', 'flag_enforcing',
@@ -181,7 +181,7 @@ export class Decoder {
     while (at + 8 <= data.length) {
       const len = view.getUint32(at, true);
       const start = at + 8;
-      if (len >= L.size) {
+      if (len >= L.header) {
         const kind = view.getUint8(start + L.kind);
         if (kind === L.kind_chroot) events.push(this.decodeOne(data, view, start));
         else if (kind === L.kind_decision) decisions.push(this.decodeDecision(data, view, start));
@@ -209,14 +209,17 @@ export class Decoder {
   private decodeOne(data: Buffer, v: DataView, s: number): ChrootEvent {
     const L = this.L;
     const flags = v.getUint32(s + L.flags, true);
+    // `data` holds the argument, then the resolved path; records carry only
+    // the used bytes.
     const pathLen = v.getUint16(s + L.path_len, true);
-    const pathBytes = Buffer.from(data.subarray(s + L.path, s + L.path + pathLen));
+    const pathBytes = Buffer.from(data.subarray(s + L.data, s + L.data + pathLen));
     const commRaw = data.subarray(s + L.comm, s + L.comm + L.comm_len);
     const commEnd = commRaw.indexOf(0);
     let resolvedPathBytes: Buffer | null = null;
     if (flags & L.flag_resolved_present) {
       const n = v.getUint16(s + L.resolved_len, true);
-      resolvedPathBytes = Buffer.from(data.subarray(s + L.resolved, s + L.resolved + n));
+      const at = s + L.data + pathLen;
+      resolvedPathBytes = Buffer.from(data.subarray(at, at + n));
     }
     const ret = Number(v.getBigInt64(s + L.ret, true));
     return {

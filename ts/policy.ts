@@ -6,8 +6,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { Ajv, type ErrorObject } from 'ajv';
-import { isMap, isScalar, LineCounter, parseDocument, type Document, type Node } from 'yaml';
+import type { ErrorObject, ValidateFunction } from 'ajv';
+import type { Document, LineCounter, Node } from 'yaml';
 import { ChrootWatchError } from './errors.js';
 import type { ChrootEvent } from './events.js';
 
@@ -110,8 +110,22 @@ export function formatProblem(p: PolicyProblem): string {
   return `${where || p.pointer}: ${p.message}`;
 }
 
+const require = createRequire(import.meta.url);
+
 /** The policy's JSON Schema (draft-07), as published in `policy.schema.json`. */
-export const policySchema: Record<string, unknown> = createRequire(import.meta.url)('../policy.schema.json') as Record<string, unknown>;
+export const policySchema: Record<string, unknown> = require('../policy.schema.json') as Record<string, unknown>;
+
+// ajv and yaml load on first use: a watch-only program never pays for them
+// (about 60 ms of start-up together).
+let validator: ValidateFunction | undefined;
+function validateSchema(value: unknown): boolean {
+  if (!validator) {
+    const { Ajv } = require('ajv') as typeof import('ajv');
+    validator = new Ajv({ allErrors: true, strict: false, verbose: true }).compile(policySchema);
+  }
+  return validator(value);
+}
+const yaml = () => require('yaml') as typeof import('yaml');
 
 /** Most compiled rules (each value of a uid, euid, gid, egid, mntNs, comm or cgroupId list counts once per combination). */
 export const MAX_RULES = 64;
@@ -120,8 +134,6 @@ export const MAX_PATHS = 1024;
 /** Most distinct `exe` paths one policy may name. */
 export const MAX_EXES = 512;
 
-const ajv = new Ajv({ allErrors: true, strict: false, verbose: true });
-const validateSchema = ajv.compile(policySchema);
 
 const EXPECTED: Record<string, string> = {
   path: 'an absolute path or a list of absolute paths',
@@ -243,6 +255,7 @@ function position(doc: Document | undefined, lc: LineCounter | undefined, pointe
   const path = pointer.split('/').slice(1).map((k) => (/^\d+$/.test(k) ? Number(k) : k.replace(/~1/g, '/').replace(/~0/g, '~')));
   let node: unknown;
   if (key !== undefined) {
+    const { isMap, isScalar } = yaml();
     const parent = doc.getIn(path.slice(0, -1), true);
     if (isMap(parent)) node = parent.items.find((pair) => isScalar(pair.key) && pair.key.value === key)?.key;
   } else {
@@ -265,7 +278,7 @@ function check(value: unknown, file: string | undefined, doc?: Document, lc?: Li
     message,
   });
   if (!validateSchema(value)) {
-    throw new PolicyError(schemaProblems(validateSchema.errors ?? [], value).map((p) => where(p.pointer, p.message, p.key)));
+    throw new PolicyError(schemaProblems(validator?.errors ?? [], value).map((p) => where(p.pointer, p.message, p.key)));
   }
   const policy = value as unknown as Policy;
   const semantic = semanticProblems(policy);
@@ -288,6 +301,7 @@ export function validatePolicy(value: unknown): Policy {
  * @throws {PolicyError} `INVALID_POLICY` with the line and column of each problem.
  */
 export function parsePolicy(text: string, file?: string): Policy {
+  const { LineCounter, parseDocument } = yaml();
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, uniqueKeys: true });
   const [e] = doc.errors;

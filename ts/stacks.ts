@@ -24,7 +24,11 @@ export interface KernelStack {
   readonly hook: string;
   /** How many times this stack was seen. */
   readonly count: number;
-  /** Frames, innermost first. */
+  /**
+   * Frames, innermost first. Empty when the kernel gave no kernel stack at
+   * this hook: at syscall tracepoints some kernels (6.1) hand BPF the
+   * user-mode registers; kprobe and fentry hooks always have one.
+   */
   readonly frames: readonly StackFrame[];
 }
 

@@ -11,7 +11,9 @@ import { EXIT, note, reportError } from './output.js';
 export function renderStacks(r: StackReport): string {
   return r.stacks
     .map((s) => {
-      const frames = s.frames.map((f) => `    ${f.symbol ? `${f.symbol}+${f.offset}` : f.address}`).join('\n');
+      const frames = s.frames.length
+        ? s.frames.map((f) => `    ${f.symbol ? `${f.symbol}+${f.offset}` : f.address}`).join('\n')
+        : '    <no kernel stack: this kernel gives the hook user-mode registers>';
       return `@[${s.hook},\n${frames}\n]: ${s.count}`;
     })
     .join('\n\n');

@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use xtask::step;
 
+mod bench;
 mod build;
 mod docs;
 mod pack;
@@ -34,6 +35,8 @@ enum Verb {
     },
     /// Set up, build, then run every test: Rust, vitest on the host, vitest in the VM per mode (needs root).
     Test(test::TestArgs),
+    /// Set up, build, then run the benchmarks against bpftrace (bench/; needs root).
+    Bench(bench::BenchArgs),
     /// Set up, build, and write every npm package's tarball to npm-pack/ (checked with npm publish --dry-run).
     Pack,
     /// Regenerate the probe tables in README.md and docs/architecture.md.
@@ -69,6 +72,11 @@ fn run_verb(verb: Verb) -> Result<()> {
             xtask::run(xtask::in_root("node").arg("dist/cli.js").arg("demo").args(args))
         }
         Verb::Docs { check } => docs::docs(check),
+        Verb::Bench(args) => {
+            setup::setup()?;
+            build::build()?;
+            bench::bench(&args)
+        }
         Verb::Pack => {
             setup::setup()?;
             build::build()?;

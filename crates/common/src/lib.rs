@@ -131,9 +131,9 @@ pub struct ChrootEvent {
     pub kind: u8,
     /// [`Mode`] as `u8`: which attach mode produced the event.
     pub mode: u8,
-    /// Bytes of `path` used, terminating NUL excluded.
+    /// Bytes of the argument at the start of `data`, terminating NUL excluded.
     pub path_len: u16,
-    /// Bytes of `resolved` used.
+    /// Bytes of the resolved path in `data`, right after the argument.
     pub resolved_len: u16,
     /// Decisions: index of the compiled rule that matched, or
     /// [`policy::NO_RULE`] for the default action. Zero otherwise.
@@ -178,11 +178,25 @@ pub struct ChrootEvent {
     pub cgroup_id: u64,
     /// `current->comm` at syscall entry, NUL padded.
     pub comm: [u8; COMM_LEN],
-    /// The argument as passed to chroot(2), raw bytes, NUL terminated.
-    pub path: [u8; PATH_MAX],
-    /// The new root as an absolute path in the caller's mount namespace,
-    /// `resolved_len` bytes, not NUL terminated.
-    pub resolved: [u8; RESOLVED_MAX],
+    /// `path_len` bytes of the argument as passed to chroot(2), then
+    /// `resolved_len` bytes of the new root as an absolute path in the
+    /// caller's mount namespace. Only the used bytes go to the ring buffer
+    /// ([`ChrootEvent::record_len`]), so a record is about 100 bytes plus
+    /// its paths rather than 8 KiB.
+    pub data: [u8; PATH_MAX + RESOLVED_MAX],
+}
+
+/// Bytes of an event before `data`: the fixed part of every record.
+pub const EVENT_HEADER_BYTES: usize = core::mem::offset_of!(ChrootEvent, data);
+
+impl ChrootEvent {
+    /// Bytes of the record as written to the ring buffer: the header and the
+    /// used part of `data`. Masked, so the verifier sees a bound no larger
+    /// than the struct.
+    #[inline(always)]
+    pub fn record_len(&self) -> usize {
+        EVENT_HEADER_BYTES + (self.path_len as usize & (PATH_MAX - 1)) + (self.resolved_len as usize & (RESOLVED_MAX - 1))
+    }
 }
 
 /// Indexes of the per-CPU `COUNTERS` array.

@@ -247,18 +247,20 @@ pub fn walk(kind: Scratch, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk,
     Ok(Walk { scratch, pos: pos & MASK, complete })
 }
 
-/// [`walk`]s `(vfsmnt, dentry)` and copies the path into `ev.resolved`,
-/// setting [`flags::RESOLVED_PRESENT`] (and [`flags::RESOLVED_TRUNCATED`]
-/// when cut short).
+/// [`walk`]s `(vfsmnt, dentry)` and copies the path into `ev.data` after
+/// the argument (so `path_len` must be final), setting
+/// [`flags::RESOLVED_PRESENT`] (and [`flags::RESOLVED_TRUNCATED`] when cut
+/// short).
 #[inline(always)]
 pub fn resolve_into(kind: Scratch, ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
     let w = walk(kind, vfsmnt, dentry)?;
     let len = w.len();
-    // SAFETY: `len` <= MASK bytes fit in `ev.resolved`; the source is the
-    // scratch value.
+    let at = u32::from(ev.path_len) & MASK;
+    // SAFETY: `at` and `len` are each at most MASK, so the copy ends inside
+    // `ev.data` (2 * RESOLVED_MAX bytes); the source is the scratch value.
     unsafe {
         generated::bpf_probe_read_kernel(
-            ev.resolved.as_mut_ptr().cast(),
+            ev.data.as_mut_ptr().add(at as usize).cast(),
             len,
             w.scratch.add((w.pos & MASK) as usize).cast(),
         );

@@ -29,9 +29,9 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    event::{count, fill_identity, read_argument},
+    event::{count, fill_identity, read_argument, send},
     kernel::{self, Error, Scratch, Walk, MASK},
-    CG_EVENTS, CG_ZERO,
+    CG_ZERO,
 };
 
 /// The active slot (0 or 1), flipped by user space after the other slot is
@@ -269,7 +269,7 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader, tid: u32) -> Resul
     ev.ret = i64::from(ret);
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
-    if CG_EVENTS.output(&*ev, 0).is_err() {
+    if send(ev).is_err() {
         count(Counter::RingBufFull);
     }
     Ok(ret)

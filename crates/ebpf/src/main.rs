@@ -35,6 +35,10 @@ use chroot_guard_common::{
 #[btf_map]
 static CG_EVENTS: RingBuf<ChrootEvent, { DEFAULT_RING_BUFFER_BYTES as usize }> = RingBuf::new();
 
+/// When the reader was last woken (ns since boot), see `event::send`.
+#[btf_map]
+static CG_WAKEUP: Array<u64, 1> = Array::new();
+
 /// Calls in flight, keyed by thread id. Allocated on use
 /// (`BPF_F_NO_PREALLOC`): an entry is a whole event, about 8 KiB.
 #[btf_map]

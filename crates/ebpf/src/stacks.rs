@@ -19,10 +19,14 @@ static CG_STACKS: StackTrace<1024> = StackTrace::new();
 #[btf_map]
 static CG_STACK_COUNTS: HashMap<u32, u64, 1024> = HashMap::new();
 
+/// Key of the hits that got no kernel stack: at syscall tracepoints some
+/// kernels (6.1) hand the program the user-mode registers, and
+/// `bpf_get_stackid` then has no kernel frames to walk.
+const NO_STACK: u32 = u32::MAX;
+
 #[inline(always)]
 fn count_stack<C: StackIdContext>(ctx: &C) {
-    let Ok(id) = ctx.get_stackid(&CG_STACKS, 0) else { return };
-    let id = id as u32;
+    let id = ctx.get_stackid(&CG_STACKS, 0).map_or(NO_STACK, |id| id as u32);
     match CG_STACK_COUNTS.get_ptr_mut(&id) {
         // SAFETY: a map value; a lost increment under a race only undercounts.
         Some(n) => unsafe { *n += 1 },

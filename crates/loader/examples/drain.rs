@@ -26,7 +26,7 @@ use chroot_guard_loader::{
 };
 
 #[derive(Clone, Default)]
-struct Count(Arc<AtomicU64>);
+struct Count(Arc<AtomicU64>, Arc<std::sync::Mutex<Vec<u64>>>);
 
 impl Sink for Count {
     fn in_flight(&self) -> u32 {
@@ -34,6 +34,17 @@ impl Sink for Count {
     }
     fn deliver(&self, batch: Batch) -> bool {
         self.0.fetch_add(u64::from(batch.events), Ordering::Relaxed);
+        // Latency from the kernel timestamp to this thread, ns.
+        let now = chroot_guard_loader::sys::boottime_ns();
+        let ts_at = std::mem::offset_of!(chroot_guard_common::ChrootEvent, ts_ns);
+        let mut at = 0;
+        let mut lat = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while at + 8 <= batch.data.len() {
+            let len = u32::from_le_bytes(batch.data[at..at + 4].try_into().unwrap_or_default()) as usize;
+            let ts = &batch.data[at + 8 + ts_at..at + 16 + ts_at];
+            lat.push(now.saturating_sub(u64::from_le_bytes(ts.try_into().unwrap_or_default())));
+            at += 8 + len.div_ceil(8) * 8;
+        }
         true
     }
 }
@@ -77,6 +88,10 @@ fn main() {
     // Let the reader drain what is left before reading the totals.
     std::thread::sleep(std::time::Duration::from_millis(300));
     let s = stats();
+    let mut lat = count.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    lat.sort_unstable();
+    let pct = |p: usize| lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    eprintln!("drain: reader-thread latency p50 {} ns, p99 {} ns, max {} ns over {}", pct(50), pct(99), lat.last().copied().unwrap_or(0), lat.len());
     println!(
         r#"{{"events":{},"delivered":{},"batches":{},"ringBufferFull":{},"pendingFull":{},"lsmErrors":{}}}"#,
         s.events,

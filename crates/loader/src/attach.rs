@@ -150,6 +150,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Error> {
     };
     let mut refusals = Vec::new();
     for &mode in modes {
+        // Without a kprobe PMU or kprobe_events no kprobe can attach: say so
+        // without loading the object (`doctor` still tries for real).
+        if mode == Mode::Kprobe && !sys::has_kprobes() {
+            if let Some(spec) = probes_for(mode).next() {
+                refusals.push(Refusal { code: "NO_KPROBES", reason: NO_KPROBES_REASON.into(), ..base_refusal(spec, "attach") });
+                continue;
+            }
+        }
         match try_mode(mode, &kernel, &opts.filter, opts.ring_buffer_bytes) {
             Ok(ebpf) => return Ok(Loaded { ebpf, mode, refusals }),
             Err(Failure::Fatal(e)) => return Err(e),
@@ -278,6 +286,8 @@ fn first_errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
     None
 }
 
+const NO_KPROBES_REASON: &str = "the kernel has no kprobe support (CONFIG_KPROBES is not set: no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in tracefs)";
+
 /// Why the kernel said no to one program, classified.
 #[derive(Debug, Clone)]
 pub struct Denial {
@@ -313,11 +323,7 @@ pub fn classify(kind: &str, program: &str, target: &str, stage: &str, e: &Progra
             log(verifier_log as &dyn std::fmt::Display),
         ),
         ProgramError::Btf(_) => ("NO_BTF_FUNC", format!("{target} is not a function in the kernel's BTF"), None),
-        _ if matches!(kind, "kprobe" | "kretprobe") && !sys::has_kprobes() => (
-            "NO_KPROBES",
-            "the kernel has no kprobe support (CONFIG_KPROBES is not set: no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in tracefs)".into(),
-            None,
-        ),
+        _ if matches!(kind, "kprobe" | "kretprobe") && !sys::has_kprobes() => ("NO_KPROBES", NO_KPROBES_REASON.into(), None),
         ProgramError::TracePointError(_) => (
             "NO_TRACEPOINT",
             format!("tracepoint {TRACEPOINT_CATEGORY}:{target} is missing (CONFIG_FTRACE_SYSCALLS?): {e}"),

@@ -16,7 +16,11 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// # Errors
 /// [`Error::NoBtf`] when the file is missing or unreadable.
 pub fn kernel_btf() -> Result<Btf, Error> {
-    Btf::from_file(VMLINUX_BTF).map_err(|source| Error::NoBtf { path: VMLINUX_BTF, source })
+    // The mmap backend reads only what the lookups touch: parsing the whole
+    // of vmlinux's BTF up front costs about 100 ms and 100 MB here.
+    Btf::from_file_with_backend(VMLINUX_BTF, btf_rs::Backend::Mmap)
+        .or_else(|_| Btf::from_file(VMLINUX_BTF))
+        .map_err(|source| Error::NoBtf { path: VMLINUX_BTF, source })
 }
 
 /// The named struct (not a forward declaration) in `btf`.

@@ -17,10 +17,11 @@ pub fn event_layout() -> Vec<(&'static str, u32)> {
     }
     let mut table = offsets!(
         kind, mode, path_len, resolved_len, rule, flags, pid, tid, ppid, uid, gid, euid, egid,
-        mnt_ns, pid_ns, lsm_ret, policy_gen, ret, enter_ns, ts_ns, cgroup_id, comm, path, resolved,
+        mnt_ns, pid_ns, lsm_ret, policy_gen, ret, enter_ns, ts_ns, cgroup_id, comm, data,
     );
     table.extend([
         ("size", size_of::<ChrootEvent>() as u32),
+        ("header", chroot_guard_common::EVENT_HEADER_BYTES as u32),
         ("comm_len", COMM_LEN as u32),
         ("path_max", PATH_MAX as u32),
         ("resolved_max", RESOLVED_MAX as u32),

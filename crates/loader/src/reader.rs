@@ -192,6 +192,12 @@ impl Drop for Reader {
     }
 }
 
+/// How long after the last record the reader keeps polling every ms.
+const RECENT: Duration = Duration::from_millis(3);
+
+/// Poll interval while records may be waiting without a wakeup.
+const SHORT_POLL: Duration = Duration::from_millis(1);
+
 fn push_record(batch: &mut Vec<u8>, record: &[u8]) {
     batch.extend_from_slice(&(record.len() as u32).to_le_bytes());
     batch.extend_from_slice(&[0; 4]);
@@ -211,13 +217,19 @@ fn run<S: Sink>(
     let ring_fd = ring.as_raw_fd();
     let mut batch = Batch { data: Vec::with_capacity(64 << 10), ..Batch::default() };
     let mut held_since: Option<Instant> = None;
+    let mut last_event: Option<Instant> = None;
     let mut lost = Lost::default();
     let mut lost_dirty = false;
     let mut lost_read_at = Instant::now();
     loop {
         let full = batch.data.len() >= cfg.max_batch_bytes;
         let waiting = batch.events > 0 || lost_dirty;
-        let timeout_ms = if waiting { 1 } else { cfg.counters_every.as_millis() as i32 };
+        // The programs do not wake us for every record (`event::send` in
+        // crates/ebpf): shortly after activity, look every millisecond for
+        // records that arrived without a wakeup.
+        let recent = last_event.is_some_and(|t| t.elapsed() < RECENT);
+        let timeout = if waiting || recent { SHORT_POLL } else { cfg.counters_every };
+        let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32) };
         let mut fds = [
             libc::pollfd { fd: stop_fd, events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: ring_fd, events: libc::POLLIN, revents: 0 },
@@ -225,8 +237,9 @@ fn run<S: Sink>(
         // While the batch is full the ring buffer is not watched: it stays
         // readable and would wake us at once.
         let nfds = if full { 1 } else { 2 };
-        // SAFETY: `fds` outlives the call and holds `nfds` entries.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), nfds, timeout_ms) };
+        // SAFETY: `fds` outlives the call and holds `nfds` entries; `ts` is
+        // a valid timespec; no signal mask.
+        let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), nfds, &ts, std::ptr::null()) };
         if rc < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
@@ -243,8 +256,11 @@ fn run<S: Sink>(
             batch.events += 1;
         }
         let now = Instant::now();
-        if batch.events > 0 && held_since.is_none() {
-            held_since = Some(now);
+        if batch.events > 0 {
+            last_event = Some(now);
+            if held_since.is_none() {
+                held_since = Some(now);
+            }
         }
         if now.duration_since(lost_read_at) >= cfg.counters_every {
             lost_read_at = now;

@@ -45,7 +45,9 @@ pub struct StackCount {
     pub hook: String,
     /// How many times.
     pub count: u64,
-    /// Innermost first.
+    /// Innermost first; empty when the kernel gave no kernel stack at this
+    /// hook (syscall tracepoints on some kernels, e.g. 6.1, run with the
+    /// user-mode registers).
     pub frames: Vec<Frame>,
 }
 
@@ -164,6 +166,11 @@ impl Stacks {
             let traces = StackTraceMap::try_from(map("CG_STACKS")?).map_err(|e| Error::Object(e.to_string()))?;
             for entry in counts.iter() {
                 let (id, count) = entry.map_err(|e| Error::Object(e.to_string()))?;
+                if id == u32::MAX {
+                    // Hits without a kernel stack (see crates/ebpf/src/stacks.rs).
+                    raw.push((hook.name.clone(), count, Vec::new()));
+                    continue;
+                }
                 let Ok(trace) = traces.get(&id, 0) else { continue };
                 raw.push((hook.name.clone(), count, trace.frames().iter().map(|f| f.ip).collect()));
             }

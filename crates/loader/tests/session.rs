@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chroot_guard_common::{ChrootEvent, Filter};
+use chroot_guard_common::{ChrootEvent, Filter, EVENT_HEADER_BYTES};
 use chroot_guard_loader::{
     attach::{LoadOptions, ModeRequest},
     reader::{Batch, ReaderConfig, Sink},
@@ -31,17 +31,23 @@ fn events(batch: &Batch) -> Vec<ChrootEvent> {
     let mut at = 0;
     while at + 8 <= batch.data.len() {
         let len = u32::from_le_bytes(batch.data[at..at + 4].try_into().expect("4 bytes")) as usize;
-        assert_eq!(len, std::mem::size_of::<ChrootEvent>(), "record length");
-        let rec = &batch.data[at + 8..at + 8 + len];
-        // SAFETY: the record is one whole ChrootEvent; read_unaligned copies it.
-        out.push(unsafe { std::ptr::read_unaligned(rec.as_ptr().cast::<ChrootEvent>()) });
+        assert!(len >= EVENT_HEADER_BYTES && len <= std::mem::size_of::<ChrootEvent>(), "record length {len}");
+        // Records carry only the used part of `data`: copy into a zeroed event.
+        let mut ev = std::mem::MaybeUninit::<ChrootEvent>::zeroed();
+        // SAFETY: `len` bytes fit in the event; every bit pattern is valid.
+        let ev = unsafe {
+            std::ptr::copy_nonoverlapping(batch.data[at + 8..].as_ptr(), ev.as_mut_ptr().cast::<u8>(), len);
+            ev.assume_init()
+        };
+        assert_eq!(len, ev.record_len(), "record length matches the lengths inside");
+        out.push(ev);
         at += 8 + len.div_ceil(8) * 8;
     }
     out
 }
 
 fn path_of(ev: &ChrootEvent) -> String {
-    String::from_utf8_lossy(&ev.path[..ev.path_len as usize]).into_owned()
+    String::from_utf8_lossy(&ev.data[..ev.path_len as usize]).into_owned()
 }
 
 #[test]
@@ -75,7 +81,8 @@ fn auto_mode_reports_real_chroot_calls() {
     assert_eq!(missing.mode, session.mode() as u8);
     let ok = seen.iter().find(|e| path_of(e) == "/").expect("event of the call into /");
     assert_eq!(ok.ret, 0);
-    assert_eq!(&ok.resolved[..ok.resolved_len as usize], b"/");
+    let at = ok.path_len as usize;
+    assert_eq!(&ok.data[at..at + ok.resolved_len as usize], b"/");
     assert_eq!(session.stats().lost.total(), 0);
     session.close();
     session.close(); // idempotent
