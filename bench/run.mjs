@@ -8,7 +8,7 @@
 //   node bench/run.mjs [--rounds N] [--quick] [--only cost,throughput,…] [--label TEXT]
 //   node bench/run.mjs --vm      (inside the VM: attach-mode and LSM costs)
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -453,7 +453,8 @@ function chart(r, svg) {
   const c = r.cost?.chroot;
   const t = r.throughput;
   if (!c || !t || spawnSync('gnuplot', ['--version']).status !== 0) return false;
-  const dat = svg.replace(/\.svg$/, '.dat');
+  mkdirSync(join(ROOT, 'target/bench'), { recursive: true });
+  const dat = join(ROOT, 'target/bench/chart.dat');
   const rows = ['B1', 'B2', 'O1', 'O2'].map((k) => `${k} ${c.addedNs[k].median.toFixed(0)} ${k === 'B2' || k === 'O2' ? t[k].zeroLossRate.toFixed(0) : 0}`);
   writeFileSync(dat, rows.join('\n') + '\n');
   const script = `set terminal svg size 900,360 dynamic font "sans,11"
@@ -472,6 +473,23 @@ unset multiplot
 `;
   const g = spawnSync('gnuplot', [], { input: script, encoding: 'utf8' });
   return g.status === 0;
+}
+
+/** Every earlier run, oldest first, with its goals: the before and after of each change. */
+function history(dir) {
+  const runs = readdirSync(dir)
+    .filter((f) => f.endsWith('.json'))
+    .sort()
+    .map((f) => JSON.parse(readFileSync(join(dir, f), 'utf8')));
+  if (runs.length < 2) return '';
+  const names = runs[runs.length - 1].goals.map((g) => g.name);
+  const rows = runs.map(
+    (r) => `| [${r.date}](results/${r.date}.md) | ${r.label || ''} | ${names.map((n) => {
+      const g = r.goals.find((x) => x.name === n);
+      return g ? `${fmt(g.value, 3)}${g.pass ? '' : ' (miss)'}` : '–';
+    }).join(' | ')} |`,
+  );
+  return ['## History (before and after)', '', `| run | change | ${names.join(' | ')} |`, `|---|---|${names.map(() => '---').join('|')}|`, ...rows, ''].join('\n');
 }
 
 // ----------------------------------------------------------------------------
@@ -503,6 +521,12 @@ async function main() {
   if (vmFile && existsSync(vmFile)) r.vm = JSON.parse(readFileSync(vmFile, 'utf8'));
   r.goals = goals(r);
   r.seconds = (Date.now() - started) / 1000;
+  if (QUICK || ONLY.length) {
+    // Partial or smoke runs print only; the results page holds full runs.
+    process.stdout.write(markdown(r));
+    for (const g of r.goals) log(`${g.pass ? 'pass' : 'MISS'}: ${g.name}: ${fmt(g.value, 3)} (target ${g.target})`);
+    return;
+  }
   const dir = join(ROOT, 'bench/results');
   mkdirSync(dir, { recursive: true });
   const base = join(dir, date);
@@ -512,14 +536,16 @@ async function main() {
   const hasChart = chart(r, `${base}.svg`);
   writeFileSync(
     join(ROOT, 'bench/RESULTS.md'),
-    `${md}\n${hasChart ? `![cost per chroot and zero-loss throughput](results/${date}.svg)\n\n` : ''}Raw figures: [results/${date}.json](results/${date}.json). Run again with \`npm run bench\` (\`cargo xtask bench\`).\n`,
+    `${md}\n${hasChart ? `![cost per chroot and zero-loss throughput](results/${date}.svg)\n\n` : ''}Raw figures: [results/${date}.json](results/${date}.json). Run again with \`npm run bench\` (\`cargo xtask bench\`, \`--vm\` for the VM part).\n\n${history(dir)}`,
   );
   process.stdout.write(md);
   for (const g of r.goals) log(`${g.pass ? 'pass' : 'MISS'}: ${g.name}: ${fmt(g.value, 3)} (target ${g.target})`);
   log(`done in ${r.seconds.toFixed(0)} s; wrote ${base}.{json,md${hasChart ? ',svg' : ''}} and bench/RESULTS.md`);
 }
 
-main().catch((e) => {
+if (process.argv[1] === fileURLToPath(import.meta.url)) main().catch((e) => {
   process.stderr.write(`bench: ${e.stack ?? e}\n`);
   process.exit(1);
 });
+
+export { history, markdown };
