@@ -6,12 +6,24 @@
  * where the LSM_UNAVAILABLE path is tested instead.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, realpathSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, realpathSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { firstValueFrom, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
-import { chrootGuard, ChrootWatchError, evaluatePolicy, PolicyError, type ChrootDecision, type ChrootEvent, type ChrootGuard, type Policy } from '../ts/index.js';
+import {
+  chrootGuard,
+  ChrootWatchError,
+  evaluatePolicy,
+  pinnedGuard,
+  PolicyError,
+  unloadPinnedGuard,
+  updatePinnedGuard,
+  type ChrootDecision,
+  type ChrootEvent,
+  type ChrootGuard,
+  type Policy,
+} from '../ts/index.js';
 import { heldByThisProcess, record, sleep, TEST_MODE } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
@@ -207,7 +219,6 @@ describe.skipIf(!LSM)(`guard (lsm/path_chroot; skipped here: ${LSM ? '' : WHY})`
 
   it('chroot-guard enforce prints decisions as JSON lines and stops cleanly', async () => {
     const file = `${base}/policy.json`;
-    const { writeFileSync } = await import('node:fs');
     writeFileSync(file, JSON.stringify(denyJails()));
     const child = spawn(process.execPath, [CLI, 'enforce', '--policy', file, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
@@ -224,6 +235,95 @@ describe.skipIf(!LSM)(`guard (lsm/path_chroot; skipped here: ${LSM ? '' : WHY})`
     expect(await new Promise((res) => child.on('exit', res))).toBe(0);
     const d = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).find((x) => x.pid === r.pid);
     expect(d).toMatchObject({ ruleId: 'no-jails', denied: true, action: 'deny', source: 'lsm', resolvedPath: `${jails}/a` });
+  });
+});
+
+/** Runs the CLI to completion. */
+function cli(...args: string[]) {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+}
+
+describe.skipIf(!LSM)(`pinned guard: enforce --pin, status, unload (skipped here: ${LSM ? '' : WHY})`, () => {
+  const dir = '/sys/fs/bpf/chroot-guard-test';
+  let programId = 0;
+  afterAll(() => void cli('unload', '--pin-dir', dir));
+
+  it('enforce --pin exits 0 and the policy holds after the process is gone; status shows it', () => {
+    const file = `${base}/pin-jails.json`;
+    writeFileSync(file, JSON.stringify(denyJails()));
+    const r = cli('enforce', '--policy', file, '--pin', '--pin-dir', dir, '--json');
+    expect(r.stderr).toContain(`pinned at ${dir}`);
+    expect(r.status).toBe(0);
+    const pinned = JSON.parse(r.stdout) as { generation: number; ruleIds: string[]; programId: number };
+    expect(pinned).toMatchObject({ generation: 1, ruleIds: ['no-jails'], mode: 'enforce', defaultAction: 'allow' });
+    programId = pinned.programId;
+    expect(programId).toBeGreaterThan(0);
+    expect(tryChroot(`${jails}/a`).out).toBe('EPERM outside');
+    expect(tryChroot(other).out).toBe('ok inside');
+    const s = cli('status', '--pin-dir', dir, '--json');
+    expect(s.status).toBe(0);
+    expect(JSON.parse(s.stdout)).toMatchObject({ pinned: true, dir, generation: 1, programId, ruleIds: ['no-jails'] });
+    expect(readdirSync(dir).sort()).toEqual(['CG_ACTIVE', 'CG_COUNTERS', 'CG_EXES', 'CG_PATHS', 'CG_POLICY', 'CG_RULES', 'CG_RULE_IDS', 'link']);
+    expect(cli('status', '--pin-dir', dir).stdout).toMatch(/policy +enforce, default allow, generation 1\n +rules +no-jails \(1 compiled\)/);
+  });
+
+  it('enforce --pin again replaces the pinned policy atomically; a broken policy is rejected and the pinned one holds', () => {
+    const file = `${base}/pin-other.json`;
+    writeFileSync(file, JSON.stringify({ mode: 'enforce', rules: [{ id: 'no-other', action: 'deny', match: { path: other } }] }));
+    const r = cli('enforce', '--policy', file, '--pin', '--pin-dir', dir);
+    expect(r.stderr).toContain(`updated the guard pinned at ${dir}`);
+    expect(r.status).toBe(0);
+    expect(tryChroot(other).out).toBe('EPERM outside');
+    expect(tryChroot(`${jails}/a`).out).toBe('ok inside');
+    const bad = `${base}/pin-bad.json`;
+    writeFileSync(bad, JSON.stringify({ mode: 'enforce', rules: [{ id: 'rel', action: 'deny', match: { subtree: 'srv' } }] }));
+    const b = cli('enforce', '--policy', bad, '--pin', '--pin-dir', dir);
+    expect(b.status).toBe(2);
+    expect(b.stderr).toContain('INVALID_POLICY');
+    expect(() => updatePinnedGuard({ mode: 'enforce', rules: [{ id: 'x', action: 'deny', match: { subtree: 'srv' } }] }, { dir })).toThrow(PolicyError);
+    expect(pinnedGuard({ dir })).toMatchObject({ generation: 2, programId, ruleIds: ['no-other'] });
+    expect(tryChroot(other).out).toBe('EPERM outside');
+    expect(updatePinnedGuard(denyJails(), { dir })).toEqual({ generation: 3, compiledRules: 1 });
+    expect(tryChroot(`${jails}/b`).out).toBe('EPERM outside');
+  });
+
+  it('unload detaches: the call succeeds again, the pins and the program are gone, status exits 6, a second unload is a no-op', () => {
+    const u = cli('unload', '--pin-dir', dir, '--json');
+    expect(u.status).toBe(0);
+    expect(JSON.parse(u.stdout)).toEqual({ dir, removed: true });
+    expect(tryChroot(`${jails}/a`).out).toBe('ok inside');
+    expect(existsSync(dir)).toBe(false);
+    expect(spawnSync('bpftool', ['prog', 'show', 'id', String(programId)]).status).not.toBe(0);
+    const s = cli('status', '--pin-dir', dir);
+    expect(s.status).toBe(6);
+    expect(s.stdout).toContain(`no guard is pinned at ${dir}`);
+    expect(JSON.parse(cli('unload', '--pin-dir', dir, '--json').stdout)).toEqual({ dir, removed: false });
+  });
+
+  it('the API: pin() keeps the handle reporting; after stop() the pinned policy still holds until unloadPinnedGuard()', async () => {
+    const g = await guarded(denyJails());
+    const s = await g.guard.pin({ dir });
+    expect(s).toMatchObject({ dir, generation: 1, ruleIds: ['no-jails'] });
+    const r = tryChroot(`${jails}/a`);
+    expect(r.out).toBe('EPERM outside');
+    await g.until(() => g.of(r.pid).length === 1);
+    await expect(g.guard.pin({ dir })).rejects.toMatchObject({ code: 'PIN_FAILED' });
+    g.guard.stop();
+    expect(heldByThisProcess()).toEqual({ programs: [], maps: [] });
+    expect(tryChroot(`${jails}/a`).out).toBe('EPERM outside');
+    expect(unloadPinnedGuard({ dir })).toBe(true);
+    expect(tryChroot(`${jails}/a`).out).toBe('ok inside');
+  });
+
+  it('a pin directory off bpffs is refused with PIN_FAILED, and nothing stays loaded or pinned', () => {
+    const file = `${base}/pin-jails.json`;
+    const off = `${base}/not-bpffs`;
+    const r = cli('enforce', '--policy', file, '--pin', '--pin-dir', off);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/not on a BPF file system.*\(PIN_FAILED\)/s);
+    expect(existsSync(off)).toBe(false);
+    expect(readdirSync('/sys/fs/bpf').filter((n) => n.includes('-pinning-'))).toEqual([]);
+    expect(tryChroot(`${jails}/a`).out).toBe('ok inside');
   });
 });
 
@@ -246,9 +346,21 @@ describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
     expect(r.stderr).toMatch(/the BPF LSM is not available on this kernel: .*EPERM/);
   });
 
+  it('enforce --pin exits 3 with LSM_UNAVAILABLE; status says nothing is pinned (exit 6); unload is a no-op', () => {
+    const dir = '/sys/fs/bpf/chroot-guard-test';
+    const r = cli('enforce', '--policy', 'examples/build-farm.yaml', '--pin', '--pin-dir', dir);
+    expect(r.status).toBe(3);
+    expect(r.stderr).toContain('LSM_UNAVAILABLE');
+    expect(existsSync(dir)).toBe(false);
+    const s = cli('status', '--pin-dir', dir, '--json');
+    expect(s.status).toBe(6);
+    expect(JSON.parse(s.stdout)).toEqual({ pinned: false, dir });
+    expect(pinnedGuard({ dir })).toBeNull();
+    expect(cli('unload', '--pin-dir', dir).stderr).toContain('nothing to do');
+  });
+
   it('enforce --audit falls back to would-be decisions from the watch probes, and says so', async () => {
     const file = `${base}/policy.json`;
-    const { writeFileSync } = await import('node:fs');
     writeFileSync(file, JSON.stringify(denyJails()));
     const child = spawn(process.execPath, [CLI, 'enforce', '--policy', file, '--audit', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { demo } from './cli/demo.js';
 import { doctorCommand } from './cli/doctor.js';
-import { checkCommand, enforceCommand } from './cli/enforce.js';
+import { checkCommand, enforceCommand, statusCommand, unloadCommand } from './cli/enforce.js';
 import { stacksCommand } from './cli/stacks.js';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
 import { watch } from './cli/watch.js';
@@ -27,6 +27,8 @@ const modeOption = () =>
   new Option('--mode <mode>', 'attach mode; auto tries fentry, then kprobe, then tracepoints')
     .choices(['auto', 'fentry', 'kprobe', 'tracepoint'])
     .default('auto');
+
+const pinDirOption = () => new Option('--pin-dir <dir>', 'pin directory on bpffs').default('/sys/fs/bpf/chroot-guard');
 
 const program = new Command('chroot-guard')
   .description('See and control chroot(2) on Linux with eBPF.')
@@ -94,9 +96,31 @@ program
   .option('--audit', 'deny nothing, report what would be denied; where the BPF LSM cannot run, audit from the watch probes instead')
   .option('--json', 'decisions as JSON lines')
   .option('--ring-buffer-bytes <n>', 'kernel ring buffer size (power of two; default 4194304)', integer('--ring-buffer-bytes', 4096, 1 << 30))
+  .option('--pin', 'pin the guard in bpffs and exit: it keeps deciding after this process ends (see status, unload); if one is pinned already, replace its policy atomically')
+  .addOption(pinDirOption())
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {
     process.exitCode = await enforceCommand(flags);
+  });
+
+program
+  .command('status')
+  .description('show the guard pinned by enforce --pin: policy, generation, rule ids, program and link ids, undelivered decisions (needs root)')
+  .option('--json', 'the status as JSON')
+  .addOption(pinDirOption())
+  .addHelpText('after', EXIT_HELP)
+  .action((flags) => {
+    process.exitCode = statusCommand(flags);
+  });
+
+program
+  .command('unload')
+  .description('remove the guard pinned by enforce --pin: detaches lsm/path_chroot and frees its maps; succeeds when none is pinned (needs root)')
+  .option('--json', 'the result as JSON')
+  .addOption(pinDirOption())
+  .addHelpText('after', EXIT_HELP)
+  .action((flags) => {
+    process.exitCode = unloadCommand(flags);
   });
 
 program

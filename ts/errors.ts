@@ -16,6 +16,7 @@
  * - `INVALID_POLICY`: a policy that does not parse or validate (see `PolicyError.problems`).
  * - `LSM_UNAVAILABLE`: the BPF LSM cannot run on this kernel (`doctor` says why).
  * - `MOUNT_FAILED`: tracefs or bpffs is missing and could not be mounted.
+ * - `PIN_FAILED`: pinning a guard in bpffs, or reading, updating or removing a pinned one, failed.
  * - `NATIVE_UNAVAILABLE`: the native addon could not be loaded (platform, install).
  * - `INTERNAL`: a bug; please report it.
  */
@@ -28,6 +29,7 @@ export type ChrootWatchErrorCode =
   | 'INVALID_POLICY'
   | 'LSM_UNAVAILABLE'
   | 'MOUNT_FAILED'
+  | 'PIN_FAILED'
   | 'NATIVE_UNAVAILABLE'
   | 'INTERNAL';
 
@@ -72,6 +74,7 @@ const REMEDIES: Record<ChrootWatchErrorCode, string> = {
   LSM_UNAVAILABLE:
     'enforcement needs a kernel with CONFIG_BPF_LSM and bpf in its LSM list (boot with lsm=...,bpf); `chroot-guard doctor` shows what this kernel allows, and `enforce --audit` reports would-be decisions from the watch probes instead',
   MOUNT_FAILED: 'mount it by hand, e.g. mount -t tracefs tracefs /sys/kernel/tracing',
+  PIN_FAILED: 'see what is pinned with `chroot-guard status`; `chroot-guard unload` removes a pinned guard, whole or broken',
   NATIVE_UNAVAILABLE: 'prebuilt binaries exist for the platforms named above; elsewhere, build from source with cargo xtask build',
   INTERNAL: 'this is a bug in chroot-guard: please report it',
 };

@@ -5,10 +5,10 @@
  */
 import { Observable, type Subscriber } from 'rxjs';
 import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
-import type { ChrootWatchErrorCode } from './errors.js';
 import { ChrootWatchError, check, checkRingBufferBytes } from './errors.js';
 import { Decoder, type ChrootEvent, type RawDecision } from './events.js';
 import { native } from './native.js';
+import { DEFAULT_PIN_DIR, guardFailure, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
 import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
 import { lostSince, type CounterTotals, type LostReport } from './session.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
@@ -81,19 +81,28 @@ export interface ChrootGuard {
    * running (stopped, or failed to start).
    */
   update(policy: Policy): Promise<GuardInfo>;
-  /** Detaches the program and frees every map; chroot(2) is no longer checked. Idempotent. */
+  /**
+   * Pins the guard in bpffs under `options.dir` (default
+   * `/sys/fs/bpf/chroot-guard`, see {@link pinnedGuard}): `lsm/path_chroot`
+   * then keeps deciding after {@link ChrootGuard.stop} and after this process
+   * exits, until `unloadPinnedGuard()`. Until stopped, this handle still
+   * reports decisions and takes updates. The pins appear all at once or not
+   * at all.
+   * @throws {ChrootWatchError} `PIN_FAILED` when the directory exists (a
+   * guard is pinned there already: update it with {@link updatePinnedGuard})
+   * or is not on bpffs, or a pin fails; the guard keeps running unless the
+   * message says the program was detached (then `decisions$` errors too).
+   * `INTERNAL` when the guard is not running.
+   */
+  pin(options?: PinOptions): Promise<PinnedGuardStatus>;
+  /** Detaches the program and frees every map; chroot(2) is no longer checked (unless pinned: then only the reporting stops). Idempotent. */
   stop(): void;
   /** Totals: decisions delivered and lost, from the addon and the kernel's counters. */
   stats(): { decisions: number; ringBufferFull: number; lsmErrors: number };
 }
 
 let decoder: Decoder | undefined;
-
-function failure(r: BindingGuardResult): ChrootWatchError {
-  return new ChrootWatchError((r.errorCode ?? 'INTERNAL') as ChrootWatchErrorCode, r.errorMessage ?? 'the guard failed', {
-    ...(r.verifierLog ? { verifierLog: r.verifierLog } : {}),
-  });
-}
+const failure = guardFailure;
 
 /**
  * Starts enforcing (or auditing) `policy` on every chroot(2) of the host.
@@ -222,6 +231,19 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
       const r = binding.update(JSON.stringify(p));
       if (!r.ok) throw failure(r);
       return record(r);
+    },
+    async pin(pinOptions: PinOptions = {}): Promise<PinnedGuardStatus> {
+      await opened;
+      if (state !== 'running' || !binding) throw new ChrootWatchError('INTERNAL', 'the guard is not running');
+      const r = binding.pin(pinOptions.dir ?? DEFAULT_PIN_DIR);
+      if (!r.ok) {
+        const err = failure(r);
+        if (r.stopped) fail(err);
+        throw err;
+      }
+      const status = pinnedGuard(pinOptions);
+      if (!status) throw new ChrootWatchError('PIN_FAILED', `${pinOptions.dir ?? DEFAULT_PIN_DIR}: the pins vanished right after pinning (unloaded by another process?)`);
+      return status;
     },
     stop() {
       if (state === 'stopped') return;

@@ -16,6 +16,14 @@ export { doctor, type DoctorReport, type AttachPointReport, type Check, type Den
 export { countStacks, type CountStacksOptions, type KernelStack, type StackFrame, type StackReport } from './stacks.js';
 export { chrootGuard, type ChrootGuard, type ChrootGuardOptions, type ChrootDecision, type GuardInfo } from './guard.js';
 export {
+  pinnedGuard,
+  updatePinnedGuard,
+  unloadPinnedGuard,
+  DEFAULT_PIN_DIR,
+  type PinOptions,
+  type PinnedGuardStatus,
+} from './pinned.js';
+export {
   parsePolicy,
   loadPolicy,
   validatePolicy,

@@ -8,6 +8,7 @@ import { ChrootWatchError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { asAudit, evaluatePolicy, loadPolicy, PolicyError, type Policy } from '../policy.js';
 import { chrootWatch } from '../watch.js';
+import { DEFAULT_PIN_DIR, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus } from '../pinned.js';
 import { toWallClock } from '../clock.js';
 import { EXIT, describeLost, jsonWithBigInts, note, reportError } from './output.js';
 
@@ -61,8 +62,18 @@ function untilSignal(): Promise<void> {
   });
 }
 
-/** `enforce --policy FILE [--audit] [--json]`: runs until stopped. */
-export async function enforceCommand(flags: { policy: string; audit?: boolean; json?: boolean; ringBufferBytes?: number }): Promise<number> {
+/** Flags of `enforce`. */
+interface EnforceFlags {
+  policy: string;
+  audit?: boolean;
+  json?: boolean;
+  ringBufferBytes?: number;
+  pin?: boolean;
+  pinDir?: string;
+}
+
+/** `enforce --policy FILE [--audit] [--json] [--pin]`: runs until stopped, or pins and returns. */
+export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   let policy: Policy;
   try {
     policy = loadPolicy(flags.policy);
@@ -70,6 +81,7 @@ export async function enforceCommand(flags: { policy: string; audit?: boolean; j
     return reportError(err);
   }
   if (flags.audit) policy = asAudit(policy);
+  if (flags.pin) return pinCommand(policy, flags);
   const print = printer(flags.json === true);
   const guard = chrootGuard(policy, {
     ...(flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {}),
@@ -92,6 +104,77 @@ export async function enforceCommand(flags: { policy: string; audit?: boolean; j
   note(
     `stopped: ${s.decisions} decision${s.decisions === 1 ? '' : 's'}${s.ringBufferFull ? `, ${s.ringBufferFull} lost` : ''}${s.lsmErrors ? `, ${s.lsmErrors} made with the default action after an error` : ''}; chroot(2) is no longer checked`,
   );
+  return EXIT.OK;
+}
+
+/** `enforce --pin`: pins a new guard, or updates the pinned one atomically, and returns. */
+async function pinCommand(policy: Policy, flags: EnforceFlags): Promise<number> {
+  const dir = flags.pinDir ?? DEFAULT_PIN_DIR;
+  const what = `${policy.mode === 'enforce' ? 'enforcing' : 'auditing'} ${flags.policy}`;
+  try {
+    if (pinnedGuard({ dir })) {
+      const info = updatePinnedGuard(policy, { dir });
+      note(`updated the guard pinned at ${dir}: now ${what} (generation ${info.generation}, ${info.compiledRules} compiled rules)`);
+    } else {
+      const guard = chrootGuard(policy, flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {});
+      guard.decisions$.subscribe({ error: () => {} });
+      try {
+        await guard.ready;
+        const s = await guard.pin({ dir });
+        note(`pinned at ${dir}: ${what} (generation ${s.generation}, ${s.ruleIds.length} compiled rules) with lsm/path_chroot`);
+      } finally {
+        guard.stop();
+      }
+      note('chroot(2) stays checked after this process exits; see it with `chroot-guard status`, remove it with `chroot-guard unload`');
+      note("decisions of a pinned guard are not reported; `status` counts them once the ring buffer is full");
+    }
+  } catch (err) {
+    return reportError(err);
+  }
+  if (flags.json) process.stdout.write(jsonWithBigInts(pinnedGuard({ dir })) + '\n');
+  return EXIT.OK;
+}
+
+/** `status`: the pinned guard, if any. */
+export function statusCommand(flags: { json?: boolean; pinDir?: string }): number {
+  const dir = flags.pinDir ?? DEFAULT_PIN_DIR;
+  let s: PinnedGuardStatus | null;
+  try {
+    s = pinnedGuard({ dir });
+  } catch (err) {
+    return reportError(err);
+  }
+  if (flags.json) {
+    process.stdout.write(JSON.stringify(s ? { pinned: true, ...s } : { pinned: false, dir }, null, 2) + '\n');
+  } else if (!s) {
+    process.stdout.write(`no guard is pinned at ${dir}\n`);
+  } else {
+    const rules = [...new Set(s.ruleIds)];
+    process.stdout.write(
+      [
+        `guard pinned at ${s.dir}`,
+        `  policy       ${s.mode}, default ${s.defaultAction}, generation ${s.generation}`,
+        `  rules        ${rules.length ? rules.join(', ') : '(none)'} (${s.ruleIds.length} compiled)`,
+        `  program      lsm/path_chroot, program id ${s.programId}, link id ${s.linkId}`,
+        `  undelivered  ${s.ringBufferFull} decision events (ring buffer full: nobody reads a pinned guard's decisions)`,
+        `  errors       ${s.lsmErrors} decisions made with the default action after an internal error`,
+      ].join('\n') + '\n',
+    );
+  }
+  return s ? EXIT.OK : EXIT.NOT_PINNED;
+}
+
+/** `unload`: removes the pinned guard; succeeds when there is none. */
+export function unloadCommand(flags: { json?: boolean; pinDir?: string }): number {
+  const dir = flags.pinDir ?? DEFAULT_PIN_DIR;
+  let removed: boolean;
+  try {
+    removed = unloadPinnedGuard({ dir });
+  } catch (err) {
+    return reportError(err);
+  }
+  if (flags.json) process.stdout.write(JSON.stringify({ dir, removed }) + '\n');
+  else note(removed ? `removed the guard pinned at ${dir}: chroot(2) is no longer checked by it` : `no guard is pinned at ${dir}; nothing to do`);
   return EXIT.OK;
 }
 

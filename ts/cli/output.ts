@@ -23,6 +23,8 @@ export const EXIT = {
   NO_PERMISSION: 4,
   /** `demo`: an expected event was not seen. */
   MISMATCH: 5,
+  /** `status`: no guard is pinned. */
+  NOT_PINNED: 6,
 } as const;
 
 /** The help text's exit code section. */
@@ -33,7 +35,8 @@ Exit codes:
   2  usage error, or an invalid policy file
   3  unsupported kernel: the requested --mode, or the BPF LSM (enforce), is unavailable here
   4  missing privileges: run as root, or with CAP_BPF and CAP_PERFMON
-  5  demo: an expected event was not seen`;
+  5  demo: an expected event was not seen
+  6  status: no guard is pinned`;
 
 /** Writes one line to stderr, prefixed `chroot-guard: `. */
 export function note(message: string): void {

@@ -115,7 +115,7 @@ pub fn pack() -> Result<()> {
     }
 
     step(&format!("packages in {OUT}/"));
-    eprintln!("  {:<30} {:>10} {:>12} {:>6}  {}", "package", "packed", "unpacked", "files", "tarball");
+    eprintln!("  {:<30} {:>10} {:>12} {:>6}  tarball", "package", "packed", "unpacked", "files");
     for p in &packed {
         eprintln!("  {:<30} {:>9}K {:>11}K {:>6}  {}", p.name, p.size / 1024, p.unpacked / 1024, p.files, p.filename);
     }

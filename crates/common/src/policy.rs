@@ -14,6 +14,10 @@
 /// Most rules a compiled policy holds (rule masks are `u64`).
 pub const MAX_RULES: usize = 64;
 
+/// Bytes of one entry of `CG_RULE_IDS`: a rule id (at most 64 bytes by the
+/// schema), zero-padded.
+pub const RULE_ID_BYTES: usize = 64;
+
 /// Rule index in decision events when no rule matched (the default action).
 pub const NO_RULE: u16 = 0xffff;
 

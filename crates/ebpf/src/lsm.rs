@@ -23,7 +23,7 @@ use chroot_guard_common::{
     flags,
     policy::{
         cond, hash_step, policy_flags, PathKey, PathMasks, PolicyHeader, PolicyRule, ACTION_DENY, MAX_RULES,
-        MODE_ENFORCE, NO_RULE,
+        MODE_ENFORCE, NO_RULE, RULE_ID_BYTES,
     },
     ChrootEvent, Counter, EventKind,
 };
@@ -54,6 +54,13 @@ static CG_PATHS: HashMap<PathKey, PathMasks, 2048> = HashMap::new();
 /// Hashed rule executables (`exe`) of both slots: the rules naming each.
 #[btf_map]
 static CG_EXES: HashMap<PathKey, u64, 1024> = HashMap::new();
+
+/// Rule id of each compiled rule, entry `slot * MAX_RULES + index`,
+/// zero-padded. The program never reads it: it is there so a pinned guard
+/// (`enforce --pin`) carries its rule ids in bpffs for `chroot-guard status`
+/// and for updates from a later process.
+#[btf_map]
+static CG_RULE_IDS: Array<[u8; RULE_ID_BYTES], { 2 * MAX_RULES }> = Array::new();
 
 /// Decision events being built, by thread id (allocated on use).
 #[btf_map]

@@ -95,6 +95,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Pinning a guard in bpffs, or opening, updating or removing a pinned
+    /// one, failed.
+    #[error("{path}: {reason}")]
+    Pin {
+        /// The pin directory or file.
+        path: String,
+        /// What failed, with the remedy when there is one.
+        reason: String,
+    },
     /// Creating the maps or parsing the object failed.
     #[error("could not create the BPF maps: {0}")]
     Maps(#[from] aya::EbpfError),
@@ -117,7 +126,8 @@ fn summarize(refusals: &[Refusal]) -> String {
 impl Error {
     /// The stable code for `ChrootWatchError.code`: `EPERM`,
     /// `UNSUPPORTED_KERNEL`, `MODE_UNAVAILABLE`, `LOAD_FAILED`,
-    /// `INVALID_ARGUMENT`, `MOUNT_FAILED` or `INTERNAL`.
+    /// `INVALID_ARGUMENT`, `LSM_UNAVAILABLE`, `MOUNT_FAILED`, `PIN_FAILED` or
+    /// `INTERNAL`.
     pub fn code(&self) -> &'static str {
         match self {
             Error::Privileges { .. } => "EPERM",
@@ -130,6 +140,7 @@ impl Error {
             Error::LsmUnavailable { .. } => "LSM_UNAVAILABLE",
             Error::Verifier { .. } => "LOAD_FAILED",
             Error::Mount { .. } => "MOUNT_FAILED",
+            Error::Pin { .. } => "PIN_FAILED",
             Error::Maps(e) if is_eperm(e) => "EPERM",
             Error::Maps(_) => "LOAD_FAILED",
             Error::Object(_) | Error::Io(_) => "INTERNAL",

@@ -8,9 +8,10 @@
 
 use std::sync::Arc;
 
+use std::path::Path;
+
 use aya::{
-    maps::{Array, HashMap, MapData},
-    programs::Lsm,
+    programs::{links::FdLink, Lsm},
     Ebpf,
 };
 use chroot_guard_common::{
@@ -21,7 +22,8 @@ use chroot_guard_common::{
 use crate::{
     attach::{classify_lsm, KernelContext},
     error::Error,
-    policy::{compile, Policy, PolicyMaps, Slots},
+    pin,
+    policy::{compile, Policy, PolicyMaps, Slots, POLICY_MAPS},
     reader::{self, Counters, Reader, ReaderConfig, Sink},
     session::SessionStats,
     sys,
@@ -30,6 +32,8 @@ use crate::{
 
 /// A running guard.
 pub struct Guard {
+    /// The program's link; `None` once pinned (the pin holds it).
+    link: Option<FdLink>,
     ebpf: Option<Ebpf>,
     reader: Reader,
     counters: Arc<Counters>,
@@ -37,19 +41,7 @@ pub struct Guard {
 }
 
 fn policy_maps(ebpf: &mut Ebpf) -> Result<PolicyMaps<'_>, Error> {
-    let [active, headers, rules, paths, exes] =
-        ebpf.maps_disjoint_mut(["CG_ACTIVE", "CG_POLICY", "CG_RULES", "CG_PATHS", "CG_EXES"]);
-    let missing = |n: &str| Error::Object(format!("map {n} missing"));
-    let wrong = |n: &'static str| move |e: aya::maps::MapError| Error::Object(format!("{n}: {e}"));
-    Ok(PolicyMaps {
-        active: Array::try_from(active.ok_or_else(|| missing("CG_ACTIVE"))?).map_err(wrong("CG_ACTIVE"))?,
-        headers: Array::try_from(headers.ok_or_else(|| missing("CG_POLICY"))?).map_err(wrong("CG_POLICY"))?,
-        rules: Array::try_from(rules.ok_or_else(|| missing("CG_RULES"))?).map_err(wrong("CG_RULES"))?,
-        paths: HashMap::<&mut MapData, _, _>::try_from(paths.ok_or_else(|| missing("CG_PATHS"))?)
-            .map_err(wrong("CG_PATHS"))?,
-        exes: HashMap::<&mut MapData, _, _>::try_from(exes.ok_or_else(|| missing("CG_EXES"))?)
-            .map_err(wrong("CG_EXES"))?,
-    })
+    PolicyMaps::new(ebpf.maps_disjoint_mut(POLICY_MAPS))
 }
 
 impl Guard {
@@ -95,9 +87,13 @@ impl Guard {
             }
         };
         prog.load(LSM_HOOK, btf).map_err(unavailable("load"))?;
-        prog.attach().map_err(unavailable("attach"))?;
+        let link_id = prog.attach().map_err(unavailable("attach"))?;
+        let link = prog
+            .take_link(link_id)
+            .map(FdLink::from)
+            .map_err(|e| Error::Object(format!("{LSM_PROGRAM} link: {e}")))?;
         let (reader, counters) = reader::start(&mut ebpf, sink, ReaderConfig::default())?;
-        Ok(Guard { ebpf: Some(ebpf), reader, counters, slots })
+        Ok(Guard { link: Some(link), ebpf: Some(ebpf), reader, counters, slots })
     }
 
     /// Replaces the policy atomically and returns its generation. The new
@@ -112,6 +108,42 @@ impl Guard {
         let compiled = compile(policy)?;
         let ebpf = self.ebpf.as_mut().ok_or_else(|| Error::Object("the guard is closed".into()))?;
         compiled.write(&mut policy_maps(ebpf)?, &mut self.slots, false)
+    }
+
+    /// Pins the link, the policy maps and the counters under `dir` (see
+    /// [`pin`](crate::pin)), so `lsm/path_chroot` keeps deciding after this
+    /// guard closes and the process exits. The guard goes on reporting
+    /// decisions and taking updates until closed; closing it then stops
+    /// only the reporting.
+    ///
+    /// # Errors
+    /// [`Error::Pin`] when `dir` is taken, not on bpffs, or a pin fails;
+    /// nothing is left in bpffs. The guard keeps running, except when the
+    /// kernel refused to pin the link itself: then it is closed (the
+    /// message says the program was detached).
+    pub fn pin(&mut self, dir: &Path) -> Result<(), Error> {
+        let link = self.link.take().ok_or_else(|| Error::Pin {
+            path: dir.display().to_string(),
+            reason: "this guard is already pinned or closed".into(),
+        })?;
+        let ebpf = self.ebpf.as_ref().ok_or_else(|| Error::Object("the guard is closed".into()))?;
+        let map = |name: &str| ebpf.map(name);
+        match pin::pin(dir, link, map, &self.counters) {
+            Ok(()) => Ok(()),
+            Err((e, link)) => {
+                self.link = link;
+                if self.link.is_none() {
+                    self.close();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the guard is open (not closed, and not stopped by a failed
+    /// [`Guard::pin`]).
+    pub fn running(&self) -> bool {
+        self.ebpf.is_some()
     }
 
     /// Generation of the policy in force.
@@ -134,6 +166,7 @@ impl Guard {
     /// same order as `Session::close`). Idempotent.
     pub fn close(&mut self) {
         self.reader.stop();
+        self.link.take();
         self.ebpf.take();
     }
 }

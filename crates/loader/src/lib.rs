@@ -15,6 +15,7 @@ pub mod error;
 pub mod guard;
 pub mod layout;
 pub mod object;
+pub mod pin;
 pub mod policy;
 pub mod reader;
 pub mod session;

@@ -8,11 +8,11 @@
 
 use std::collections::HashMap as StdHashMap;
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap, Map, MapData};
 use chroot_guard_common::{
     policy::{
         cond, hash_path, policy_flags, PathKey, PathMasks, PolicyHeader, PolicyRule, ACTION_ALLOW, ACTION_AUDIT,
-        ACTION_DENY, MAX_RULES, MODE_AUDIT, MODE_ENFORCE,
+        ACTION_DENY, MAX_RULES, MODE_AUDIT, MODE_ENFORCE, RULE_ID_BYTES,
     },
     COMM_LEN, RESOLVED_MAX,
 };
@@ -329,6 +329,37 @@ pub struct PolicyMaps<'a> {
     pub paths: HashMap<&'a mut MapData, PathKey, PathMasks>,
     /// `CG_EXES`.
     pub exes: HashMap<&'a mut MapData, PathKey, u64>,
+    /// `CG_RULE_IDS`.
+    pub rule_ids: Array<&'a mut MapData, [u8; RULE_ID_BYTES]>,
+}
+
+/// The names of the maps in [`PolicyMaps`], in field order.
+pub const POLICY_MAPS: [&str; 6] = ["CG_ACTIVE", "CG_POLICY", "CG_RULES", "CG_PATHS", "CG_EXES", "CG_RULE_IDS"];
+
+impl<'a> PolicyMaps<'a> {
+    /// Types the maps named by [`POLICY_MAPS`], in that order.
+    ///
+    /// # Errors
+    /// [`Error::Object`] when a map is missing or has another type or value
+    /// size (e.g. a guard pinned by another version of chroot-guard).
+    pub fn new(maps: [Option<&'a mut Map>; 6]) -> Result<PolicyMaps<'a>, Error> {
+        let [active, headers, rules, paths, exes, rule_ids] = maps;
+        fn typed<'a, T>(name: &str, map: Option<&'a mut Map>) -> Result<T, Error>
+        where
+            T: TryFrom<&'a mut Map, Error = aya::maps::MapError>,
+        {
+            let map = map.ok_or_else(|| Error::Object(format!("map {name} missing")))?;
+            T::try_from(map).map_err(|e| Error::Object(format!("{name}: {e}")))
+        }
+        Ok(PolicyMaps {
+            active: typed("CG_ACTIVE", active)?,
+            headers: typed("CG_POLICY", headers)?,
+            rules: typed("CG_RULES", rules)?,
+            paths: typed("CG_PATHS", paths)?,
+            exes: typed("CG_EXES", exes)?,
+            rule_ids: typed("CG_RULE_IDS", rule_ids)?,
+        })
+    }
 }
 
 /// What is in each slot, so an update can clear the slot it reuses.
@@ -342,6 +373,35 @@ pub struct Slots {
     pub rule_ids: Vec<String>,
     path_keys: [Vec<PathKey>; 2],
     exe_keys: [Vec<PathKey>; 2],
+}
+
+impl Slots {
+    /// Reads what the maps hold: the state a later process needs to update
+    /// a pinned guard.
+    ///
+    /// # Errors
+    /// [`Error::Object`] when a map cannot be read.
+    pub fn read(maps: &PolicyMaps<'_>) -> Result<Slots, Error> {
+        let map_err = |what: &'static str| move |e: aya::maps::MapError| Error::Object(format!("reading {what}: {e}"));
+        let active = maps.active.get(&0, 0).map_err(map_err("CG_ACTIVE"))? & 1;
+        let header = maps.headers.get(&active, 0).map_err(map_err("CG_POLICY"))?;
+        let mut rule_ids = Vec::with_capacity(header.rule_count as usize);
+        for i in 0..header.rule_count.min(MAX_RULES as u32) {
+            let raw = maps.rule_ids.get(&(active * MAX_RULES as u32 + i), 0).map_err(map_err("CG_RULE_IDS"))?;
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            rule_ids.push(String::from_utf8_lossy(&raw[..end]).into_owned());
+        }
+        let mut slots = Slots { active, generation: header.generation, rule_ids, ..Slots::default() };
+        for key in maps.paths.keys() {
+            let key = key.map_err(map_err("CG_PATHS"))?;
+            slots.path_keys[(key.slot & 1) as usize].push(key);
+        }
+        for key in maps.exes.keys() {
+            let key = key.map_err(map_err("CG_EXES"))?;
+            slots.exe_keys[(key.slot & 1) as usize].push(key);
+        }
+        Ok(slots)
+    }
 }
 
 impl Compiled {
@@ -364,8 +424,13 @@ impl Compiled {
         for key in std::mem::take(&mut slots.exe_keys[slot as usize]) {
             let _ = maps.exes.remove(&key);
         }
-        for (i, rule) in self.rules.iter().enumerate() {
-            maps.rules.set(slot * MAX_RULES as u32 + i as u32, rule, 0).map_err(map_err("CG_RULES"))?;
+        for (i, (rule, id)) in self.rules.iter().zip(&self.rule_ids).enumerate() {
+            let index = slot * MAX_RULES as u32 + i as u32;
+            maps.rules.set(index, rule, 0).map_err(map_err("CG_RULES"))?;
+            let mut raw = [0u8; RULE_ID_BYTES];
+            let n = id.len().min(RULE_ID_BYTES);
+            raw[..n].copy_from_slice(&id.as_bytes()[..n]);
+            maps.rule_ids.set(index, raw, 0).map_err(map_err("CG_RULE_IDS"))?;
         }
         for (path, masks) in &self.paths {
             let key = PathKey { slot, len: path.len() as u32, hash: hash_path(seed, path) };

@@ -50,6 +50,11 @@ impl Counters {
         Counters(map)
     }
 
+    /// The counters' map, to pin it.
+    pub(crate) fn map_data(&self) -> &MapData {
+        aya::maps::IterableMap::map(&self.0)
+    }
+
     /// Reads and sums every CPU's counters (one `BPF_MAP_LOOKUP_ELEM` per
     /// counter). A failed read counts as zero.
     pub fn read(&self) -> Lost {

@@ -48,7 +48,7 @@ pub fn check_privileges() -> Result<(), Error> {
     Err(Error::Privileges { missing: format!("euid {euid} lacks {}", missing.join(" and ")) })
 }
 
-fn fs_magic(path: &str) -> Option<i64> {
+pub(crate) fn fs_magic(path: &str) -> Option<i64> {
     let c = CString::new(path).ok()?;
     // SAFETY: statfs writes into the zeroed struct we pass.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };

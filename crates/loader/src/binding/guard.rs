@@ -1,6 +1,6 @@
 //! The guard for `chrootGuard()` (`ts/guard.ts`).
 
-use std::sync::Arc;
+use std::{path::Path, sync::Arc};
 
 use napi::{
     bindgen_prelude::{AsyncTask, Function},
@@ -9,7 +9,13 @@ use napi::{
 use napi_derive::napi;
 
 use super::lifecycle::{self, BindingBatch, BindingStats, JsSink, Kernel, Shared, State};
-use crate::{error::Error, guard::Guard, policy::Policy};
+use crate::{
+    error::Error,
+    guard::Guard,
+    pin::{self, PinnedGuard},
+    policy::Policy,
+    sys,
+};
 
 /// Outcome of `open()` and `update()`; never a rejection.
 #[napi(object)]
@@ -27,6 +33,9 @@ pub struct BindingGuardResult {
     pub error_message: Option<String>,
     /// Verifier log when the program was rejected.
     pub verifier_log: Option<String>,
+    /// After a failed `pin()`: the guard stopped (the kernel refused to pin
+    /// its link, and dropping it detached the program).
+    pub stopped: bool,
 }
 
 fn failure(e: &Error) -> BindingGuardResult {
@@ -37,6 +46,7 @@ fn failure(e: &Error) -> BindingGuardResult {
         error_code: Some(e.code().into()),
         error_message: Some(e.to_string()),
         verifier_log: e.verifier_log().map(str::to_string),
+        stopped: false,
     }
 }
 
@@ -48,6 +58,7 @@ fn success(g: &Guard) -> BindingGuardResult {
         error_code: None,
         error_message: None,
         verifier_log: None,
+        stopped: false,
     }
 }
 
@@ -99,6 +110,22 @@ impl BindingGuard {
         }
     }
 
+    /// Pins the running guard under `dir` (see `Guard::pin`).
+    #[napi]
+    pub fn pin(&self, dir: String) -> BindingGuardResult {
+        let mut state = self.shared.lock();
+        let State::Running(kernel) = &mut *state else {
+            return failure(&Error::Object("the guard is not running".into()));
+        };
+        let Kernel::Guard(guard) = kernel.as_mut() else {
+            return failure(&Error::Object("not a guard".into()));
+        };
+        match guard.pin(Path::new(&dir)) {
+            Ok(()) => success(guard),
+            Err(e) => BindingGuardResult { stopped: !guard.running(), ..failure(&e) },
+        }
+    }
+
     /// Detaches the program, frees the maps, joins the reader. Idempotent.
     #[napi]
     pub fn close(&self, env: Env) -> napi::Result<()> {
@@ -146,5 +173,130 @@ impl Task for GuardOpenTask {
 
     fn resolve(&mut self, _env: Env, out: BindingGuardResult) -> napi::Result<BindingGuardResult> {
         Ok(out)
+    }
+}
+
+/// A guard pinned in bpffs, as `chroot-guard status` shows it.
+#[napi(object)]
+pub struct BindingPinnedStatus {
+    /// A guard is pinned at the directory.
+    pub pinned: bool,
+    /// Generation of the policy in force.
+    pub generation: u32,
+    /// `enforce` or `audit`.
+    pub mode: String,
+    /// `allow`, `deny` or `audit`.
+    pub default_action: String,
+    /// Rule id of each compiled rule.
+    pub rule_ids: Vec<String>,
+    /// BPF link id.
+    pub link_id: u32,
+    /// `lsm/path_chroot` program id.
+    pub program_id: u32,
+    /// Decisions not delivered: the ring buffer was full (nobody reads it
+    /// once the pinning process is gone).
+    pub ring_buffer_full: f64,
+    /// Decisions made with the default action after an internal error.
+    pub lsm_errors: f64,
+    /// Error code when the status could not be read.
+    pub error_code: Option<String>,
+    /// Error message when the status could not be read.
+    pub error_message: Option<String>,
+}
+
+fn action_name(action: u8) -> &'static str {
+    use chroot_guard_common::policy::{ACTION_AUDIT, ACTION_DENY};
+    match action {
+        ACTION_DENY => "deny",
+        ACTION_AUDIT => "audit",
+        _ => "allow",
+    }
+}
+
+/// The guard pinned at `dir`, if any.
+#[napi]
+pub fn pinned_guard_status(dir: String) -> BindingPinnedStatus {
+    let empty = BindingPinnedStatus {
+        pinned: false,
+        generation: 0,
+        mode: String::new(),
+        default_action: String::new(),
+        rule_ids: Vec::new(),
+        link_id: 0,
+        program_id: 0,
+        ring_buffer_full: 0.0,
+        lsm_errors: 0.0,
+        error_code: None,
+        error_message: None,
+    };
+    let status = sys::check_privileges().and_then(|()| match PinnedGuard::open(Path::new(&dir))? {
+        Some(mut g) => g.status().map(Some),
+        None => Ok(None),
+    });
+    match status {
+        Ok(None) => empty,
+        Ok(Some(s)) => BindingPinnedStatus {
+            pinned: true,
+            generation: s.generation,
+            mode: if s.mode == chroot_guard_common::policy::MODE_AUDIT { "audit" } else { "enforce" }.into(),
+            default_action: action_name(s.default_action).into(),
+            rule_ids: s.rule_ids,
+            link_id: s.link_id,
+            program_id: s.program_id,
+            ring_buffer_full: s.lost.ring_buffer_full as f64,
+            lsm_errors: s.lost.lsm_errors as f64,
+            ..empty
+        },
+        Err(e) => BindingPinnedStatus {
+            pinned: Path::new(&dir).exists(),
+            error_code: Some(e.code().into()),
+            error_message: Some(e.to_string()),
+            ..empty
+        },
+    }
+}
+
+/// Replaces the policy of the guard pinned at `dir`; `CLOSED` when none is.
+#[napi]
+pub fn pinned_guard_update(dir: String, policy_json: String) -> BindingGuardResult {
+    let updated = sys::check_privileges().and_then(|()| {
+        let policy = Policy::from_json(&policy_json)?;
+        match PinnedGuard::open(Path::new(&dir))? {
+            Some(mut g) => g.update(&policy).map(Some),
+            None => Ok(None),
+        }
+    });
+    match updated {
+        Ok(Some((generation, rule_ids))) => BindingGuardResult {
+            ok: true,
+            generation,
+            rule_ids,
+            error_code: None,
+            error_message: None,
+            verifier_log: None,
+            stopped: false,
+        },
+        Ok(None) => BindingGuardResult { error_code: Some("CLOSED".into()), ..failure(&Error::Pin { path: dir, reason: "no guard is pinned here".into() }) },
+        Err(e) => failure(&e),
+    }
+}
+
+/// Outcome of `pinnedGuardUnload`.
+#[napi(object)]
+pub struct BindingUnload {
+    /// A guard was pinned and is removed.
+    pub removed: bool,
+    /// Error code on failure.
+    pub error_code: Option<String>,
+    /// Error message on failure.
+    pub error_message: Option<String>,
+}
+
+/// Removes the guard pinned at `dir` (see `pin::unload`).
+#[napi]
+pub fn pinned_guard_unload(dir: String) -> BindingUnload {
+    match sys::check_privileges().and_then(|()| pin::unload(Path::new(&dir))) {
+        Ok(removed) => BindingUnload { removed, error_code: None, error_message: None },
+        Err(e) => BindingUnload { removed: false, error_code: Some(e.code().into()), error_message: Some(e.to_string()) },
     }
 }
