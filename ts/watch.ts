@@ -29,7 +29,10 @@ export interface ChrootWatchOptions {
   /**
    * Size of the kernel ring buffer in bytes: a power of two from the page
    * size to 1 GiB. Default {@link DEFAULT_RING_BUFFER_BYTES}. One event takes
-   * about 8.3 KiB.
+   * about 100 bytes plus its two paths. This is the whole buffering budget:
+   * while the subscriber is busy, user space holds at most five batches of
+   * min(ringBufferBytes, 2 MiB) bytes; past that the kernel ring buffer
+   * fills and its drops are reported to `onLost`.
    */
   readonly ringBufferBytes?: number;
   /** Called once per subscription when the programs are attached: which mode, and why better ones were refused. */

@@ -92,7 +92,7 @@ impl Guard {
             .take_link(link_id)
             .map(FdLink::from)
             .map_err(|e| Error::Object(format!("{LSM_PROGRAM} link: {e}")))?;
-        let (reader, counters) = reader::start(&mut ebpf, sink, ReaderConfig::default())?;
+        let (reader, counters) = reader::start(&mut ebpf, sink, ReaderConfig::for_ring_buffer(ring_buffer_bytes))?;
         Ok(Guard { link: Some(link), ebpf: Some(ebpf), reader, counters, slots })
     }
 

@@ -103,14 +103,30 @@ pub struct ReaderConfig {
     pub counters_every: Duration,
 }
 
+/// Largest batch, in bytes, whatever the ring buffer's size.
+pub const MAX_BATCH_BYTES: usize = 2 << 20;
+
 impl Default for ReaderConfig {
     fn default() -> Self {
         ReaderConfig {
-            max_batch_bytes: 2 << 20,
+            max_batch_bytes: MAX_BATCH_BYTES,
             max_in_flight: 4,
             max_hold: Duration::from_millis(2),
             counters_every: Duration::from_millis(100),
         }
+    }
+}
+
+impl ReaderConfig {
+    /// The default tuning, with batches no larger than the kernel ring
+    /// buffer (`ring_buffer_bytes`, bytes). `ringBufferBytes` is then the
+    /// whole buffering budget: while the consumer is busy, user space holds
+    /// at most `(max_in_flight + 1) × min(ring_buffer_bytes, 2 MiB)` bytes of
+    /// records; past that the reader stops draining, the kernel ring buffer
+    /// fills and its drops are counted (`Counter::RingBufferFull`).
+    pub fn for_ring_buffer(ring_buffer_bytes: u32) -> Self {
+        let bytes = usize::try_from(ring_buffer_bytes).unwrap_or(MAX_BATCH_BYTES);
+        ReaderConfig { max_batch_bytes: bytes.min(MAX_BATCH_BYTES), ..ReaderConfig::default() }
     }
 }
 

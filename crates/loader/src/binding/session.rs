@@ -150,7 +150,7 @@ impl Task for OpenTask {
     fn compute(&mut self) -> napi::Result<OpenOutcome> {
         let sink = self.sink.take().ok_or_else(|| napi::Error::from_reason("open task ran twice"))?;
         let opened = match &self.options {
-            Ok(options) => Session::open(options, sink, ReaderConfig::default()),
+            Ok(options) => Session::open(options, sink, ReaderConfig::for_ring_buffer(options.ring_buffer_bytes)),
             Err(e) => Err(Error::InvalidArgument(e.clone())),
         };
         Ok(match opened {
