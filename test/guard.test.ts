@@ -15,6 +15,7 @@ import {
   chrootGuard,
   ChrootWatchError,
   evaluatePolicy,
+  followPinnedGuard,
   pinnedGuard,
   PolicyError,
   unloadPinnedGuard,
@@ -263,7 +264,7 @@ describe.skipIf(!LSM)(`pinned guard: enforce --pin, status, unload (skipped here
     const s = cli('status', '--pin-dir', dir, '--json');
     expect(s.status).toBe(0);
     expect(JSON.parse(s.stdout)).toMatchObject({ pinned: true, dir, generation: 1, programId, ruleIds: ['no-jails'] });
-    expect(readdirSync(dir).sort()).toEqual(['CG_ACTIVE', 'CG_COUNTERS', 'CG_EXES', 'CG_PATHS', 'CG_POLICY', 'CG_RULES', 'CG_RULE_IDS', 'link']);
+    expect(readdirSync(dir).sort()).toEqual(['CG_ACTIVE', 'CG_COUNTERS', 'CG_EVENTS', 'CG_EXES', 'CG_PATHS', 'CG_POLICY', 'CG_RULES', 'CG_RULE_IDS', 'link']);
     expect(cli('status', '--pin-dir', dir).stdout).toMatch(/policy +enforce, default allow, generation 1\n +rules +no-jails \(1 compiled\)/);
   });
 
@@ -287,6 +288,51 @@ describe.skipIf(!LSM)(`pinned guard: enforce --pin, status, unload (skipped here
     expect(tryChroot(`${jails}/b`).out).toBe('EPERM outside');
   });
 
+  it('status --follow prints the decisions made while nobody read, then new ones; one reader at a time; the API follows too', async () => {
+    const before = tryChroot(`${jails}/a`);
+    expect(before.out).toBe('EPERM outside');
+    const child = spawn(process.execPath, [CLI, 'status', '--follow', '--json', '--pin-dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (err += b.toString()));
+    const exited = new Promise<number | null>((res) => child.on('exit', res));
+    const until = async (what: () => boolean) => {
+      const deadline = Date.now() + 15_000;
+      while (!what()) {
+        if (Date.now() > deadline) throw new Error(`timed out; stdout: ${out}\nstderr: ${err}`);
+        await sleep(20);
+      }
+    };
+    await until(() => err.includes('following the guard pinned at'));
+    await until(() => out.includes(`"pid":${before.pid},`));
+    const second = spawnSync(process.execPath, [CLI, 'status', '--follow', '--pin-dir', dir], { encoding: 'utf8', timeout: 20_000 });
+    expect(second.status).toBe(1);
+    expect(second.stderr).toMatch(/another reader .* reads this guard's decisions.*\(PIN_FAILED\)/s);
+    const after = tryChroot(other);
+    expect(after.out).toBe('ok inside');
+    await until(() => out.includes(`"pid":${after.pid},`));
+    child.kill('SIGINT');
+    expect(await exited).toBe(0);
+    expect(err).toContain('stopped following');
+    const lines = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.filter((d) => d.pid === before.pid)).toEqual([
+      expect.objectContaining({ ruleId: 'no-jails', action: 'deny', denied: true, generation: 3, source: 'lsm', resolvedPath: `${jails}/a` }),
+    ]);
+    expect(lines.filter((d) => d.pid === after.pid)).toEqual([expect.objectContaining({ ruleId: null, action: 'allow', denied: false, generation: 3, resolvedPath: other })]);
+
+    const got: ChrootDecision[] = [];
+    const sub = followPinnedGuard({ dir }).subscribe((d) => got.push(d));
+    const r = tryChroot(`${jails}/b`);
+    expect(r.out).toBe('EPERM outside');
+    await until(() => got.some((d) => d.pid === r.pid));
+    expect(got.filter((d) => d.pid === r.pid)).toEqual([expect.objectContaining({ ruleId: 'no-jails', denied: true, resolvedPath: `${jails}/b` })]);
+    expect(got.some((d) => d.pid === before.pid)).toBe(false);
+    sub.unsubscribe();
+    expect(heldByThisProcess()).toEqual({ programs: [], maps: [] });
+    expect(pinnedGuard({ dir })).toMatchObject({ generation: 3 });
+  });
+
   it('unload detaches: the call succeeds again, the pins and the program are gone, status exits 6, a second unload is a no-op', () => {
     const u = cli('unload', '--pin-dir', dir, '--json');
     expect(u.status).toBe(0);
@@ -308,6 +354,8 @@ describe.skipIf(!LSM)(`pinned guard: enforce --pin, status, unload (skipped here
     expect(r.out).toBe('EPERM outside');
     await g.until(() => g.of(r.pid).length === 1);
     await expect(g.guard.pin({ dir })).rejects.toMatchObject({ code: 'PIN_FAILED' });
+    // This handle reads the pinned ring buffer until stopped: one reader.
+    await expect(firstValueFrom(followPinnedGuard({ dir }))).rejects.toMatchObject({ code: 'PIN_FAILED', message: expect.stringContaining('another reader') });
     g.guard.stop();
     expect(heldByThisProcess()).toEqual({ programs: [], maps: [] });
     expect(tryChroot(`${jails}/a`).out).toBe('EPERM outside');
@@ -346,7 +394,7 @@ describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
     expect(r.stderr).toMatch(/the BPF LSM is not available on this kernel: .*EPERM/);
   });
 
-  it('enforce --pin exits 3 with LSM_UNAVAILABLE; status says nothing is pinned (exit 6); unload is a no-op', () => {
+  it('enforce --pin exits 3 with LSM_UNAVAILABLE; status (and status --follow) says nothing is pinned (exit 6); unload is a no-op', async () => {
     const dir = '/sys/fs/bpf/chroot-guard-test';
     const r = cli('enforce', '--policy', 'examples/build-farm.yaml', '--pin', '--pin-dir', dir);
     expect(r.status).toBe(3);
@@ -356,6 +404,12 @@ describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
     expect(s.status).toBe(6);
     expect(JSON.parse(s.stdout)).toEqual({ pinned: false, dir });
     expect(pinnedGuard({ dir })).toBeNull();
+    const f = cli('status', '--follow', '--pin-dir', dir);
+    expect(f.status).toBe(6);
+    expect(f.stderr).toContain(`no guard is pinned at ${dir}`);
+    const e = await firstValueFrom(followPinnedGuard({ dir })).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(ChrootWatchError);
+    expect(e).toMatchObject({ code: 'PIN_FAILED', message: expect.stringContaining('no guard is pinned here') });
     expect(cli('unload', '--pin-dir', dir).stderr).toContain('nothing to do');
   });
 
@@ -374,6 +428,8 @@ describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
       child.on('exit', (c) => reject(new Error(`enforce exited with ${c}: ${err}`)));
     });
     expect(err).toContain('falling back to audit from the watch probes');
+    const missing = tryChroot(`${jails}/missing`); // fails before the LSM hook: no decision
+    expect(missing.out).toMatch(/^ERR/);
     const r = tryChroot(`${jails}/a`);
     expect(r.out).toBe('ok inside'); // nothing is blocked
     const deadline = Date.now() + 10_000;
@@ -382,5 +438,6 @@ describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
     expect(await new Promise((res) => child.on('exit', res))).toBe(0);
     const d = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).find((x) => x.pid === r.pid);
     expect(d).toMatchObject({ ruleId: 'no-jails', wouldDeny: true, denied: false, source: 'watch', policyMode: 'audit' });
+    expect(out).not.toContain(`"pid":${missing.pid},`);
   });
 });

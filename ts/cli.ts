@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { demo } from './cli/demo.js';
 import { doctorCommand } from './cli/doctor.js';
-import { checkCommand, enforceCommand, statusCommand, unloadCommand } from './cli/enforce.js';
+import { checkCommand, enforceCommand, followCommand, statusCommand, unloadCommand } from './cli/enforce.js';
 import { stacksCommand } from './cli/stacks.js';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
 import { watch } from './cli/watch.js';
@@ -106,11 +106,12 @@ program
 program
   .command('status')
   .description('show the guard pinned by enforce --pin: policy, generation, rule ids, program and link ids, undelivered decisions (needs root)')
-  .option('--json', 'the status as JSON')
+  .option('--json', 'the status as JSON (with --follow: decisions as JSON lines)')
+  .option('--follow', "then print the pinned guard's decisions until Ctrl-C: those waiting in its ring buffer first, then new ones (one reader at a time)")
   .addOption(pinDirOption())
   .addHelpText('after', EXIT_HELP)
-  .action((flags) => {
-    process.exitCode = statusCommand(flags);
+  .action(async (flags) => {
+    process.exitCode = flags.follow ? await followCommand(flags) : statusCommand(flags);
   });
 
 program

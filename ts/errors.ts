@@ -72,7 +72,7 @@ const REMEDIES: Record<ChrootWatchErrorCode, string> = {
   INVALID_ARGUMENT: 'fix the option named above',
   INVALID_POLICY: 'fix the policy at the positions above (`chroot-guard check FILE` validates without root)',
   LSM_UNAVAILABLE:
-    'enforcement needs a kernel with CONFIG_BPF_LSM and bpf in its LSM list (boot with lsm=...,bpf); `chroot-guard doctor` shows what this kernel allows, and `enforce --audit` reports would-be decisions from the watch probes instead',
+    'enforcement needs a kernel that loads BPF LSM programs (CONFIG_BPF_LSM, bpf in the active LSM list via lsm=...,bpf, and no lockdown or platform policy refusing them: the reason above says which failed); `chroot-guard doctor` shows what this kernel allows, and `enforce --audit` reports would-be decisions from the watch probes instead',
   MOUNT_FAILED: 'mount it by hand, e.g. mount -t tracefs tracefs /sys/kernel/tracing',
   PIN_FAILED: 'see what is pinned with `chroot-guard status`; `chroot-guard unload` removes a pinned guard, whole or broken',
   NATIVE_UNAVAILABLE: 'prebuilt binaries exist for the platforms named above; elsewhere, build from source with cargo xtask build',

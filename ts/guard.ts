@@ -6,39 +6,15 @@
 import { Observable, type Subscriber } from 'rxjs';
 import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
 import { ChrootWatchError, check, checkRingBufferBytes } from './errors.js';
-import { Decoder, type ChrootEvent, type RawDecision } from './events.js';
+import { toDecision, type ChrootDecision } from './decision.js';
+import { Decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
 import { DEFAULT_PIN_DIR, guardFailure, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
-import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
+import { validatePolicy, type Policy } from './policy.js';
 import { lostSince, type CounterTotals, type LostReport } from './session.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
 
-/**
- * One decision of the policy on one chroot(2) call, made in the kernel at
- * `security_path_chroot` (the BPF LSM hook `lsm/path_chroot`) before the
- * call completes. Identity fields are as in {@link ChrootEvent}; `path` is
- * the argument read from the syscall's saved user registers, `resolvedPath`
- * the `struct path` the kernel resolved (the one the policy judged).
- */
-export interface ChrootDecision extends Omit<ChrootEvent, 'ret' | 'errno' | 'lsmRet' | 'probe' | 'enterTs'> {
-  /** What the matching rule says (or the default, when none matched). */
-  readonly action: PolicyAction;
-  /** The matching rule's id; null when the default decided. */
-  readonly ruleId: string | null;
-  /** The call failed with EPERM because of this decision (`deny` in enforce mode). */
-  readonly denied: boolean;
-  /** The action is `deny`: in audit mode, the call would have been denied. */
-  readonly wouldDeny: boolean;
-  /** Mode of the deciding policy. */
-  readonly policyMode: 'enforce' | 'audit';
-  /** Generation of the deciding policy (1 for the first, +1 per update). */
-  readonly generation: number;
-  /**
-   * `lsm`: decided in the kernel. `watch`: computed after the fact from the
-   * watch probes by `enforce --audit` where the BPF LSM cannot run.
-   */
-  readonly source: 'lsm' | 'watch';
-}
+export type { ChrootDecision } from './decision.js';
 
 /** The guard once the policy is in force. */
 export interface GuardInfo {
@@ -142,36 +118,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     return { generation: r.generation, compiledRules: r.ruleIds.length };
   };
   const deliver = (d: RawDecision) => {
-    const e = d.event;
-    const decision: ChrootDecision = {
-      ts: e.ts,
-      pid: e.pid,
-      tid: e.tid,
-      ppid: e.ppid,
-      uid: e.uid,
-      gid: e.gid,
-      euid: e.euid,
-      egid: e.egid,
-      comm: e.comm,
-      cgroupId: e.cgroupId,
-      mntNs: e.mntNs,
-      pidNs: e.pidNs,
-      path: e.path,
-      pathBytes: e.pathBytes,
-      pathTruncated: e.pathTruncated,
-      pathUnreadable: e.pathUnreadable,
-      resolvedPath: e.resolvedPath,
-      resolvedPathBytes: e.resolvedPathBytes,
-      resolvedPathTruncated: e.resolvedPathTruncated,
-      callerChrooted: e.callerChrooted,
-      action: d.action,
-      ruleId: d.rule === null ? null : (ruleIds.get(d.generation)?.[d.rule] ?? `#${d.rule}`),
-      denied: d.denied,
-      wouldDeny: d.action === 'deny',
-      policyMode: d.enforcing ? 'enforce' : 'audit',
-      generation: d.generation,
-      source: 'lsm',
-    };
+    const decision = toDecision(d, ruleIds.get(d.generation));
     decisions++;
     for (const s of [...subscribers]) s.next(decision);
   };

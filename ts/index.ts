@@ -19,7 +19,9 @@ export {
   pinnedGuard,
   updatePinnedGuard,
   unloadPinnedGuard,
+  followPinnedGuard,
   DEFAULT_PIN_DIR,
+  type FollowOptions,
   type PinOptions,
   type PinnedGuardStatus,
 } from './pinned.js';

@@ -5,18 +5,23 @@
  * from any later process. Each needs root (CAP_BPF / CAP_SYS_ADMIN) and is
  * synchronous: a few `bpf(2)` calls.
  *
- * What a pinned guard keeps: the BPF link, the policy maps and the
- * counters, as files under the pin directory; nothing outside bpffs, so it
- * is gone after a reboot. Its decisions are not reported once the pinning
- * process is gone: the ring buffer fills and each later decision counts in
- * `ringBufferFull`.
+ * What a pinned guard keeps: the BPF link, the policy maps, the counters
+ * and the ring buffer of decision events, as files under the pin
+ * directory; nothing outside bpffs, so it is gone after a reboot. Once the
+ * pinning process is gone, {@link followPinnedGuard} reads its decisions;
+ * while nobody does, they wait in the ring buffer and, once it is full,
+ * each later one counts in `ringBufferFull`.
  * @module
  */
-import type { BindingGuardResult } from './native/binding.cjs';
+import { Observable, share } from 'rxjs';
+import type { BindingBatch, BindingGuardResult, BindingPinnedFollower } from './native/binding.cjs';
+import { toDecision, type ChrootDecision } from './decision.js';
 import { ChrootWatchError, check, type ChrootWatchErrorCode } from './errors.js';
+import { Decoder, type RawDecision } from './events.js';
 import type { GuardInfo } from './guard.js';
 import { native } from './native.js';
 import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
+import { lostSince, type CounterTotals, type LostReport } from './session.js';
 
 /** Where guards are pinned unless told otherwise. */
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/chroot-guard';
@@ -43,7 +48,7 @@ export interface PinnedGuardStatus {
   readonly linkId: number;
   /** Id of the `lsm/path_chroot` program (`bpftool prog show id N`). */
   readonly programId: number;
-  /** Decision events the kernel could not deliver since the guard was loaded: the ring buffer was full (nobody reads it after the pinning process exits). */
+  /** Decision events the kernel could not deliver since the guard was loaded: the ring buffer was full (nobody read it for a while: see {@link followPinnedGuard}). */
   readonly ringBufferFull: number;
   /** Decisions made with the default action after an internal error, since the guard was loaded. */
   readonly lsmErrors: number;
@@ -111,4 +116,90 @@ export function unloadPinnedGuard(options: PinOptions = {}): boolean {
   const r = native().pinnedGuardUnload(dirOf(options));
   if (r.errorCode) throw guardFailure(r);
   return r.removed;
+}
+
+/** Options of {@link followPinnedGuard}. */
+export interface FollowOptions extends PinOptions {
+  /** Called when the kernel reports decisions it could not deliver (`ringBufferFull`) or made with the default action after an error (`lsmErrors`); totals count since the guard was loaded. */
+  readonly onLost?: (report: LostReport) => void;
+}
+
+let decoder: Decoder | undefined;
+
+/**
+ * The decisions of the guard pinned at `options.dir`, read from its pinned
+ * ring buffer: first those that waited there since it was pinned (as many
+ * as the ring buffer holds; the rest were counted in `ringBufferFull`, and
+ * the first {@link FollowOptions.onLost} report says how many), then each
+ * new one as it is made. Cold and shared: the first subscriber starts the
+ * reader, the last one to leave stops it; the guard stays pinned.
+ *
+ * A ring buffer has one reader: while a process follows a guard (or the
+ * process that pinned it still holds its handle), another follower is
+ * refused. Rule ids come from the pinned policy, re-read when a decision of
+ * a newer generation arrives; a decision of a generation replaced before
+ * the follower started shows its rule as `#index`.
+ *
+ * Errors arrive on the error channel as {@link ChrootWatchError}: `EPERM`
+ * without privileges; `PIN_FAILED` when no guard is pinned at the directory,
+ * it was pinned without its ring buffer by an older version, or another
+ * process reads it; `INTERNAL` when the reader thread stops.
+ * @example
+ * followPinnedGuard().subscribe((d) => console.log(d.denied, d.ruleId, d.resolvedPath));
+ */
+export function followPinnedGuard(options: FollowOptions = {}): Observable<ChrootDecision> {
+  const dir = dirOf(options);
+  check(options.onLost === undefined || typeof options.onLost === 'function', 'onLost must be a function');
+  return new Observable<ChrootDecision>((subscriber) => {
+    const ruleIds = new Map<number, readonly string[]>();
+    let lost: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
+    let closed = false;
+    let follower: BindingPinnedFollower | undefined;
+    const idsOf = (generation: number) => {
+      if (!ruleIds.has(generation)) {
+        const s = native().pinnedGuardStatus(dir);
+        if (s.pinned && !s.errorCode) ruleIds.set(s.generation, s.ruleIds);
+      }
+      return ruleIds.get(generation);
+    };
+    const onBatch = (batch: BindingBatch) => {
+      if (closed) return;
+      if (batch.error) {
+        closed = true;
+        follower?.close();
+        subscriber.error(new ChrootWatchError('INTERNAL', `the ring buffer reader stopped: ${batch.error}`));
+        return;
+      }
+      if (batch.events > 0) {
+        const raw: RawDecision[] = [];
+        decoder!.decodeBatch(batch.data, [], raw);
+        for (const d of raw) subscriber.next(toDecision(d, idsOf(d.generation)));
+      }
+      const report = lostSince(lost, batch);
+      if (report) {
+        lost = report.total;
+        options.onLost?.(report);
+      }
+    };
+    try {
+      const n = native();
+      decoder ??= new Decoder(n);
+      follower = new n.BindingPinnedFollower(dir);
+      const r = follower.open(onBatch);
+      if (!r.ok) {
+        closed = true;
+        follower.close();
+        subscriber.error(guardFailure(r));
+      } else {
+        ruleIds.set(r.generation, r.ruleIds);
+      }
+    } catch (err) {
+      closed = true;
+      subscriber.error(err instanceof ChrootWatchError ? err : new ChrootWatchError('INTERNAL', String(err), { cause: err }));
+    }
+    return () => {
+      closed = true;
+      follower?.close();
+    };
+  }).pipe(share());
 }

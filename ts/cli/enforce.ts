@@ -4,11 +4,12 @@
  * @module
  */
 import { chrootGuard, type ChrootDecision } from '../guard.js';
+import { identityOf } from '../decision.js';
 import { ChrootWatchError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { asAudit, evaluatePolicy, loadPolicy, PolicyError, type Policy } from '../policy.js';
 import { chrootWatch } from '../watch.js';
-import { DEFAULT_PIN_DIR, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus } from '../pinned.js';
+import { DEFAULT_PIN_DIR, followPinnedGuard, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus } from '../pinned.js';
 import { toWallClock } from '../clock.js';
 import { EXIT, describeLost, jsonWithBigInts, note, reportError } from './output.js';
 
@@ -41,12 +42,15 @@ function printer(json: boolean) {
   };
 }
 
-/** A decision computed in JavaScript from a watch event (the audit fallback). */
-function fromWatch(policy: Policy, e: ChrootEvent): ChrootDecision {
+/**
+ * A decision computed in JavaScript from a watch event (the audit fallback);
+ * null for a call that failed before `security_path_chroot` (path lookup,
+ * permission or CAP_SYS_CHROOT checks), which no LSM policy would have seen.
+ */
+function fromWatch(policy: Policy, e: ChrootEvent): ChrootDecision | null {
+  if (e.ret !== 0 && e.lsmRet === null) return null;
   const v = evaluatePolicy(policy, e);
-  const { ret, errno, lsmRet, probe, enterTs, ...identity } = e;
-  void ret, errno, lsmRet, probe, enterTs;
-  return { ...identity, action: v.action, ruleId: v.ruleId, denied: false, wouldDeny: v.action === 'deny', policyMode: 'audit', generation: 0, source: 'watch' };
+  return { ...identityOf(e), action: v.action, ruleId: v.ruleId, denied: false, wouldDeny: v.action === 'deny', policyMode: 'audit', generation: 0, source: 'watch' };
 }
 
 /** Waits for SIGINT/SIGTERM. */
@@ -125,8 +129,7 @@ async function pinCommand(policy: Policy, flags: EnforceFlags): Promise<number> 
       } finally {
         guard.stop();
       }
-      note('chroot(2) stays checked after this process exits; see it with `chroot-guard status`, remove it with `chroot-guard unload`');
-      note("decisions of a pinned guard are not reported; `status` counts them once the ring buffer is full");
+      note('chroot(2) stays checked after this process exits; see it with `chroot-guard status`, its decisions with `chroot-guard status --follow`, remove it with `chroot-guard unload`');
     }
   } catch (err) {
     return reportError(err);
@@ -135,15 +138,20 @@ async function pinCommand(policy: Policy, flags: EnforceFlags): Promise<number> 
   return EXIT.OK;
 }
 
-/** `status`: the pinned guard, if any. */
-export function statusCommand(flags: { json?: boolean; pinDir?: string }): number {
-  const dir = flags.pinDir ?? DEFAULT_PIN_DIR;
-  let s: PinnedGuardStatus | null;
+/** The guard pinned at `dir`, or null; on error, the exit code after reporting it. */
+function readPinned(dir: string): PinnedGuardStatus | null | number {
   try {
-    s = pinnedGuard({ dir });
+    return pinnedGuard({ dir });
   } catch (err) {
     return reportError(err);
   }
+}
+
+/** `status`: the pinned guard, if any. */
+export function statusCommand(flags: { json?: boolean; pinDir?: string }): number {
+  const dir = flags.pinDir ?? DEFAULT_PIN_DIR;
+  const s = readPinned(dir);
+  if (typeof s === 'number') return s;
   if (flags.json) {
     process.stdout.write(JSON.stringify(s ? { pinned: true, ...s } : { pinned: false, dir }, null, 2) + '\n');
   } else if (!s) {
@@ -156,12 +164,47 @@ export function statusCommand(flags: { json?: boolean; pinDir?: string }): numbe
         `  policy       ${s.mode}, default ${s.defaultAction}, generation ${s.generation}`,
         `  rules        ${rules.length ? rules.join(', ') : '(none)'} (${s.ruleIds.length} compiled)`,
         `  program      lsm/path_chroot, program id ${s.programId}, link id ${s.linkId}`,
-        `  undelivered  ${s.ringBufferFull} decision events (ring buffer full: nobody reads a pinned guard's decisions)`,
+        `  undelivered  ${s.ringBufferFull} decision events (ring buffer full while nobody followed: see status --follow)`,
         `  errors       ${s.lsmErrors} decisions made with the default action after an internal error`,
       ].join('\n') + '\n',
     );
   }
   return s ? EXIT.OK : EXIT.NOT_PINNED;
+}
+
+/** `status --follow`: the pinned guard's decisions until SIGINT/SIGTERM. */
+export async function followCommand(flags: { json?: boolean; pinDir?: string }): Promise<number> {
+  const dir = flags.pinDir ?? DEFAULT_PIN_DIR;
+  const s = readPinned(dir);
+  if (typeof s === 'number') return s;
+  if (!s) {
+    note(`no guard is pinned at ${dir}; pin one with \`chroot-guard enforce --pin\``);
+    return EXIT.NOT_PINNED;
+  }
+  const print = printer(flags.json === true);
+  let failed: unknown;
+  let count = 0;
+  await new Promise<void>((resolve) => {
+    const sub = followPinnedGuard({ dir, onLost: (l) => note(describeLost(l)) }).subscribe({
+      next: (d) => {
+        count++;
+        print(d);
+      },
+      error: (err: unknown) => {
+        failed = err;
+        resolve();
+      },
+    });
+    if (failed) return;
+    note(`following the guard pinned at ${dir} (${s.mode}, generation ${s.generation}); Ctrl-C to stop`);
+    void untilSignal().then(() => {
+      sub.unsubscribe();
+      resolve();
+    });
+  });
+  if (failed) return reportError(failed);
+  note(`stopped following: ${count} decision${count === 1 ? '' : 's'}; the guard stays pinned`);
+  return EXIT.OK;
 }
 
 /** `unload`: removes the pinned guard; succeeds when there is none. */
@@ -189,7 +232,10 @@ async function auditFromWatch(policy: Policy, flags: { policy: string; json?: bo
       onAttach: (info) => note(`auditing ${flags.policy} from the ${info.mode} probes; Ctrl-C to stop`),
       onLost: (l) => note(describeLost(l)),
     }).subscribe({
-      next: (e) => print(fromWatch(policy, e)),
+      next: (e) => {
+        const d = fromWatch(policy, e);
+        if (d) print(d);
+      },
       error: (err: unknown) => {
         failed = err;
         resolve();

@@ -6,11 +6,10 @@
 //! closed. [`Guard::update`] swaps the policy atomically; a policy that fails
 //! to compile or to write leaves the old one in force.
 
-use std::sync::Arc;
-
-use std::path::Path;
+use std::{os::fd::AsFd, path::Path, sync::Arc};
 
 use aya::{
+    maps::{Map, MapData},
     programs::{links::FdLink, Lsm},
     Ebpf,
 };
@@ -38,6 +37,11 @@ pub struct Guard {
     reader: Reader,
     counters: Arc<Counters>,
     slots: Slots,
+    /// `CG_EVENTS` (a second descriptor: the reader owns the first), for
+    /// [`Guard::pin`].
+    events: MapData,
+    /// Held once pinned: this guard's reader is the ring buffer's reader.
+    ring_lock: Option<pin::RingLock>,
 }
 
 fn policy_maps(ebpf: &mut Ebpf) -> Result<PolicyMaps<'_>, Error> {
@@ -92,8 +96,13 @@ impl Guard {
             .take_link(link_id)
             .map(FdLink::from)
             .map_err(|e| Error::Object(format!("{LSM_PROGRAM} link: {e}")))?;
+        let events = match ebpf.map(pin::EVENTS) {
+            Some(Map::RingBuf(m)) => MapData::from_fd(m.fd().as_fd().try_clone_to_owned()?)
+                .map_err(|e| Error::Object(format!("{}: {e}", pin::EVENTS)))?,
+            _ => return Err(Error::Object(format!("map {} missing", pin::EVENTS))),
+        };
         let (reader, counters) = reader::start(&mut ebpf, sink, ReaderConfig::for_ring_buffer(ring_buffer_bytes))?;
-        Ok(Guard { link: Some(link), ebpf: Some(ebpf), reader, counters, slots })
+        Ok(Guard { link: Some(link), ebpf: Some(ebpf), reader, counters, slots, events, ring_lock: None })
     }
 
     /// Replaces the policy atomically and returns its generation. The new
@@ -128,8 +137,12 @@ impl Guard {
         })?;
         let ebpf = self.ebpf.as_ref().ok_or_else(|| Error::Object("the guard is closed".into()))?;
         let map = |name: &str| ebpf.map(name);
-        match pin::pin(dir, link, map, &self.counters) {
-            Ok(()) => Ok(()),
+        match pin::pin(dir, link, map, &self.counters, &self.events) {
+            Ok(()) => {
+                // Nobody else can have it yet: the pins appeared just now.
+                self.ring_lock = pin::RingLock::acquire(&self.events, dir).ok();
+                Ok(())
+            }
             Err((e, link)) => {
                 self.link = link;
                 if self.link.is_none() {
@@ -166,6 +179,7 @@ impl Guard {
     /// same order as `Session::close`). Idempotent.
     pub fn close(&mut self) {
         self.reader.stop();
+        self.ring_lock.take();
         self.link.take();
         self.ebpf.take();
     }

@@ -9,27 +9,34 @@
 //! | `link` | the BPF link of `lsm/path_chroot`; removing it detaches the program |
 //! | `CG_ACTIVE` … `CG_RULE_IDS` | the policy maps ([`POLICY_MAPS`]); updates write them |
 //! | `CG_COUNTERS` | the per-CPU lost/error counters |
+//! | `CG_EVENTS` | the ring buffer of decision events; [`follow`] reads it |
 //!
 //! The directory appears whole or not at all: everything is pinned into a
 //! temporary sibling that is renamed into place last. Updates and removal
 //! hold an exclusive `flock(2)` on the directory.
+//!
+//! A ring buffer has one consumer position, so two readers would each see
+//! part of the decisions: whoever reads a pinned ring buffer (the pinning
+//! guard until it closes, or one [`follow`]er) holds a [`RingLock`] on it.
 
 use std::{
     fs::File,
     io,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::{
-    maps::{Map, MapData, PerCpuArray},
+    maps::{Map, MapData, PerCpuArray, RingBuf},
     programs::links::{FdLink, PinnedLink},
 };
 
 use crate::{
     error::Error,
     policy::{compile, Policy, PolicyMaps, Slots, POLICY_MAPS},
-    reader::{Counters, Lost},
+    reader::{Counters, Lost, Reader, ReaderConfig, Sink},
+    session::SessionStats,
     sys::{self, BPF_FS_MAGIC},
 };
 
@@ -39,6 +46,38 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/chroot-guard";
 const LINK: &str = "link";
 /// The counters' file in a pin directory.
 const COUNTERS: &str = "CG_COUNTERS";
+/// The ring buffer's file in a pin directory (and the map's name).
+pub(crate) const EVENTS: &str = "CG_EVENTS";
+/// Where [`RingLock`] files live (tmpfs: gone at reboot, like bpffs).
+const LOCK_DIR: &str = "/run/chroot-guard";
+
+/// An exclusive `flock(2)` naming the one reader of a ring buffer, by map
+/// id (unique while the map exists). Released when dropped.
+pub struct RingLock {
+    _file: File,
+}
+
+impl RingLock {
+    /// Takes the lock of the ring buffer map `events`, without waiting.
+    ///
+    /// # Errors
+    /// [`Error::Pin`] when another process reads it already, or the lock
+    /// file under `/run/chroot-guard` cannot be created.
+    pub fn acquire(events: &MapData, dir: &Path) -> Result<RingLock, Error> {
+        let id = events.info().map_err(|e| pin_err(dir, format!("could not read the ring buffer's map info: {e}")))?.id();
+        std::fs::create_dir_all(LOCK_DIR).map_err(|e| pin_err(Path::new(LOCK_DIR), format!("could not create the lock directory: {e}")))?;
+        let path = Path::new(LOCK_DIR).join(format!("ring-{id}.lock"));
+        let file = File::create(&path).map_err(|e| pin_err(&path, format!("could not create the lock file: {e}")))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(pin_err(
+                dir,
+                format!("another reader (a follower, or the process that pinned the guard) reads this guard's decisions already (lock {} held); a ring buffer has one reader, so stop that one first", path.display()),
+            ));
+        }
+        Ok(RingLock { _file: file })
+    }
+}
 
 fn pin_err(path: &Path, reason: impl Into<String>) -> Error {
     Error::Pin { path: path.display().to_string(), reason: reason.into() }
@@ -74,6 +113,7 @@ pub(crate) fn pin<'a>(
     link: FdLink,
     map: impl Fn(&str) -> Option<&'a Map>,
     counters: &Counters,
+    events: &MapData,
 ) -> Result<(), (Error, Option<FdLink>)> {
     if let Err(e) = check_free(dir) {
         return Err((e, Some(link)));
@@ -96,8 +136,10 @@ pub(crate) fn pin<'a>(
             return cleanup(pin_err(&tmp.join(name), format!("could not pin the map: {e}")), Some(link));
         }
     }
-    if let Err(e) = counters.map_data().pin(tmp.join(COUNTERS)) {
-        return cleanup(pin_err(&tmp.join(COUNTERS), format!("could not pin the map: {e}")), Some(link));
+    for (name, data) in [(COUNTERS, counters.map_data()), (EVENTS, events)] {
+        if let Err(e) = data.pin(tmp.join(name)) {
+            return cleanup(pin_err(&tmp.join(name), format!("could not pin the map: {e}")), Some(link));
+        }
     }
     let pinned = match link.pin(tmp.join(LINK)) {
         Ok(p) => p,
@@ -271,4 +313,58 @@ fn remove_dir(dir: &Path) -> Result<(), Error> {
         rm(entry.path())?;
     }
     std::fs::remove_dir(dir).map_err(|e| pin_err(dir, format!("could not remove: {e}")))
+}
+
+/// Reads the decisions of a pinned guard: its pinned ring buffer, by a
+/// reader thread of its own, while it holds the [`RingLock`].
+pub struct Follower {
+    reader: Reader,
+    counters: Arc<Counters>,
+    _lock: RingLock,
+}
+
+impl Follower {
+    /// Totals so far (the counters since the guard was loaded).
+    pub fn stats(&self) -> SessionStats {
+        SessionStats::read(&self.reader, &self.counters)
+    }
+
+    /// Stops the reader thread; the guard stays pinned. Idempotent.
+    pub fn close(&mut self) {
+        self.reader.stop();
+    }
+}
+
+/// Starts reading the decisions of the guard pinned at `dir`: first those
+/// waiting in its ring buffer since it was pinned (as many as fit; the rest
+/// counted in `ring_buffer_full`), then new ones as they come.
+///
+/// # Errors
+/// [`Error::Pin`] when nothing is pinned at `dir`, the guard was pinned
+/// without its ring buffer (an older version: pin it again), or another
+/// process reads it already; [`Error::Io`] when the thread cannot start.
+pub fn follow<S: Sink>(dir: &Path, sink: S) -> Result<Follower, Error> {
+    let open = |name: &str| {
+        let path = dir.join(name);
+        MapData::from_pin(&path).map_err(|e| {
+            let reason = if !dir.exists() {
+                "no guard is pinned here".to_string()
+            } else if !path.exists() {
+                format!("{name} is not pinned (pinned by an older version); pin the guard again")
+            } else {
+                format!("could not open the pinned map: {e}")
+            };
+            pin_err(&path, reason)
+        })
+    };
+    let events = open(EVENTS)?;
+    let lock = RingLock::acquire(&events, dir)?;
+    let bytes = events.info().map(|i| i.max_entries()).unwrap_or(chroot_guard_common::DEFAULT_RING_BUFFER_BYTES);
+    let typed = |name: &str, data: MapData| Map::from_map_data(data).map_err(|e| pin_err(&dir.join(name), e.to_string()));
+    let ring = RingBuf::try_from(typed(EVENTS, events)?).map_err(|e| pin_err(&dir.join(EVENTS), e.to_string()))?;
+    let counters = PerCpuArray::try_from(typed(COUNTERS, open(COUNTERS)?)?)
+        .map_err(|e| pin_err(&dir.join(COUNTERS), e.to_string()))?;
+    let counters = Arc::new(Counters::new(counters));
+    let reader = Reader::spawn(ring, Arc::clone(&counters), sink, ReaderConfig::for_ring_buffer(bytes))?;
+    Ok(Follower { reader, counters, _lock: lock })
 }

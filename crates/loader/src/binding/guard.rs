@@ -4,11 +4,11 @@ use std::{path::Path, sync::Arc};
 
 use napi::{
     bindgen_prelude::{AsyncTask, Function},
-    CleanupEnvHook, Env, Task,
+    Env, Task,
 };
 use napi_derive::napi;
 
-use super::lifecycle::{self, BindingBatch, BindingStats, JsSink, Kernel, Shared, State};
+use super::lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Kernel, Shared, State};
 use crate::{
     error::Error,
     guard::Guard,
@@ -65,10 +65,8 @@ fn success(g: &Guard) -> BindingGuardResult {
 /// `lsm/path_chroot` with a policy.
 #[napi]
 pub struct BindingGuard {
-    shared: Arc<Shared>,
+    handle: Handle,
     ring_buffer_bytes: u32,
-    // `&self` methods, see `BindingSession`.
-    cleanup: std::sync::Mutex<Option<CleanupEnvHook<Arc<Shared>>>>,
 }
 
 #[napi]
@@ -76,8 +74,7 @@ impl BindingGuard {
     /// Nothing loads yet.
     #[napi(constructor)]
     pub fn new(env: Env, ring_buffer_bytes: u32) -> napi::Result<Self> {
-        let (shared, hook) = Shared::new(&env)?;
-        Ok(BindingGuard { shared, ring_buffer_bytes, cleanup: std::sync::Mutex::new(Some(hook)) })
+        Ok(BindingGuard { handle: Handle::new(&env)?, ring_buffer_bytes })
     }
 
     /// Compiles the policy (JSON), loads, attaches and starts reading, on
@@ -85,9 +82,9 @@ impl BindingGuard {
     #[napi(ts_return_type = "Promise<BindingGuardResult>")]
     pub fn open(&self, policy_json: String, on_batch: Function<BindingBatch, ()>) -> napi::Result<AsyncTask<GuardOpenTask>> {
         let sink = JsSink::new(&on_batch)?;
-        self.shared.begin_open()?;
+        self.handle.shared.begin_open()?;
         Ok(AsyncTask::new(GuardOpenTask {
-            shared: Arc::clone(&self.shared),
+            shared: Arc::clone(&self.handle.shared),
             policy_json,
             ring_buffer_bytes: self.ring_buffer_bytes,
             sink: Some(sink),
@@ -97,7 +94,7 @@ impl BindingGuard {
     /// Replaces the policy atomically; on any error the old one stays.
     #[napi]
     pub fn update(&self, policy_json: String) -> BindingGuardResult {
-        let mut state = self.shared.lock();
+        let mut state = self.handle.shared.lock();
         let State::Running(kernel) = &mut *state else {
             return failure(&Error::Object("the guard is not running".into()));
         };
@@ -113,7 +110,7 @@ impl BindingGuard {
     /// Pins the running guard under `dir` (see `Guard::pin`).
     #[napi]
     pub fn pin(&self, dir: String) -> BindingGuardResult {
-        let mut state = self.shared.lock();
+        let mut state = self.handle.shared.lock();
         let State::Running(kernel) = &mut *state else {
             return failure(&Error::Object("the guard is not running".into()));
         };
@@ -129,13 +126,13 @@ impl BindingGuard {
     /// Detaches the program, frees the maps, joins the reader. Idempotent.
     #[napi]
     pub fn close(&self, env: Env) -> napi::Result<()> {
-        lifecycle::close(&env, &self.shared, &self.cleanup)
+        self.handle.close(&env)
     }
 
     /// Totals so far.
     #[napi]
     pub fn stats(&self) -> BindingStats {
-        self.shared.stats()
+        self.handle.stats()
     }
 }
 
@@ -158,7 +155,7 @@ impl Task for GuardOpenTask {
         Ok(match opened {
             Ok(guard) => {
                 let out = success(&guard);
-                if self.shared.finish_open(Kernel::Guard(guard)) {
+                if self.shared.finish_open(Kernel::Guard(Box::new(guard))) {
                     out
                 } else {
                     BindingGuardResult { ok: false, error_code: Some("CLOSED".into()), ..out }
@@ -298,5 +295,74 @@ pub fn pinned_guard_unload(dir: String) -> BindingUnload {
     match sys::check_privileges().and_then(|()| pin::unload(Path::new(&dir))) {
         Ok(removed) => BindingUnload { removed, error_code: None, error_message: None },
         Err(e) => BindingUnload { removed: false, error_code: Some(e.code().into()), error_message: Some(e.to_string()) },
+    }
+}
+
+/// Reads the decisions of a guard pinned in bpffs (`followPinnedGuard()`).
+#[napi]
+pub struct BindingPinnedFollower {
+    handle: Handle,
+    dir: String,
+}
+
+#[napi]
+impl BindingPinnedFollower {
+    /// Nothing is read yet.
+    #[napi(constructor)]
+    pub fn new(env: Env, dir: String) -> napi::Result<Self> {
+        Ok(BindingPinnedFollower { handle: Handle::new(&env)?, dir })
+    }
+
+    /// Opens the pinned ring buffer and starts the reader thread (a few
+    /// `bpf(2)` calls, so synchronous). The result carries the generation
+    /// and rule ids in force; `PIN_FAILED` when nothing is pinned or
+    /// another process reads it, `EPERM` without privileges.
+    #[napi]
+    pub fn open(&self, on_batch: Function<BindingBatch, ()>) -> napi::Result<BindingGuardResult> {
+        let sink = JsSink::new(&on_batch)?;
+        self.handle.shared.begin_open()?;
+        let dir = Path::new(&self.dir);
+        let opened = sys::check_privileges().and_then(|()| {
+            let follower = pin::follow(dir, sink)?;
+            let status = match PinnedGuard::open(dir)? {
+                Some(mut g) => g.status()?,
+                None => return Err(Error::Pin { path: self.dir.clone(), reason: "no guard is pinned here (unloaded just now)".into() }),
+            };
+            Ok((follower, status))
+        });
+        Ok(match opened {
+            Ok((follower, status)) => {
+                let out = BindingGuardResult {
+                    ok: true,
+                    generation: status.generation,
+                    rule_ids: status.rule_ids,
+                    error_code: None,
+                    error_message: None,
+                    verifier_log: None,
+                    stopped: false,
+                };
+                if self.handle.shared.finish_open(Kernel::Follow(follower)) {
+                    out
+                } else {
+                    BindingGuardResult { ok: false, error_code: Some("CLOSED".into()), ..out }
+                }
+            }
+            Err(e) => {
+                self.handle.shared.fail_open();
+                failure(&e)
+            }
+        })
+    }
+
+    /// Stops reading; the guard stays pinned. Idempotent.
+    #[napi]
+    pub fn close(&self, env: Env) -> napi::Result<()> {
+        self.handle.close(&env)
+    }
+
+    /// Totals so far.
+    #[napi]
+    pub fn stats(&self) -> BindingStats {
+        self.handle.stats()
     }
 }

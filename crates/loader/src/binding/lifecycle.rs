@@ -21,6 +21,7 @@ use napi_derive::napi;
 
 use crate::{
     guard::Guard,
+    pin::Follower,
     reader::{Batch, Sink},
     session::{Session, SessionStats},
 };
@@ -137,7 +138,9 @@ pub enum Kernel {
     /// `chrootWatch()`.
     Watch(Session),
     /// `chrootGuard()`.
-    Guard(Guard),
+    Guard(Box<Guard>),
+    /// `followPinnedGuard()`.
+    Follow(Follower),
 }
 
 impl Kernel {
@@ -145,6 +148,7 @@ impl Kernel {
         match self {
             Kernel::Watch(s) => s.close(),
             Kernel::Guard(g) => g.close(),
+            Kernel::Follow(f) => f.close(),
         }
     }
 
@@ -152,6 +156,7 @@ impl Kernel {
         match self {
             Kernel::Watch(s) => s.stats(),
             Kernel::Guard(g) => g.stats(),
+            Kernel::Follow(f) => f.stats(),
         }
     }
 }
@@ -237,11 +242,40 @@ impl Shared {
     }
 }
 
-/// Closes, then removes the cleanup hook. Idempotent.
-pub fn close(env: &Env, shared: &Shared, hook: &Mutex<Option<CleanupEnvHook<Arc<Shared>>>>) -> napi::Result<()> {
-    shared.close();
-    if let Some(hook) = hook.lock().unwrap_or_else(PoisonError::into_inner).take() {
-        env.remove_env_cleanup_hook(hook)?;
+/// What each binding object holds: its state, and the env cleanup hook
+/// that closes it if JS never does. Binding methods take `&self`: napi-rs
+/// keeps a method's borrow for as long as the promise it returns is
+/// pending, so `close()` during `open()` would fail with `&mut self`.
+pub struct Handle {
+    /// The state, shared with open tasks.
+    pub shared: Arc<Shared>,
+    cleanup: Mutex<Option<CleanupEnvHook<Arc<Shared>>>>,
+}
+
+impl Handle {
+    /// A fresh idle state, closed by `env`'s cleanup if never closed.
+    ///
+    /// # Errors
+    /// When the cleanup hook cannot be added.
+    pub fn new(env: &Env) -> napi::Result<Handle> {
+        let (shared, hook) = Shared::new(env)?;
+        Ok(Handle { shared, cleanup: Mutex::new(Some(hook)) })
     }
-    Ok(())
+
+    /// Closes, then removes the cleanup hook. Idempotent.
+    ///
+    /// # Errors
+    /// When the cleanup hook cannot be removed.
+    pub fn close(&self, env: &Env) -> napi::Result<()> {
+        self.shared.close();
+        if let Some(hook) = self.cleanup.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            env.remove_env_cleanup_hook(hook)?;
+        }
+        Ok(())
+    }
+
+    /// Totals (zeros unless running).
+    pub fn stats(&self) -> BindingStats {
+        self.shared.stats()
+    }
 }

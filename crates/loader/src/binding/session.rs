@@ -5,13 +5,13 @@ use std::{collections::HashMap, sync::Arc};
 use chroot_guard_common::{filter_flags, Filter, COMM_LEN, DEFAULT_RING_BUFFER_BYTES};
 use napi::{
     bindgen_prelude::{AsyncTask, BigInt, Function},
-    CleanupEnvHook, Env, Task,
+    Env, Task,
 };
 use napi_derive::napi;
 
 use super::{
     binding_refusal,
-    lifecycle::{self, BindingBatch, BindingStats, JsSink, Kernel, Shared},
+    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Kernel, Shared},
     BindingRefusal,
 };
 use crate::{
@@ -84,12 +84,8 @@ fn parse_options(o: &BindingOpenOptions) -> Result<LoadOptions, Error> {
 /// A kernel session for `chrootWatch()`.
 #[napi]
 pub struct BindingSession {
-    shared: Arc<Shared>,
+    handle: Handle,
     options: Result<LoadOptions, String>,
-    // Methods take `&self`: napi-rs keeps a method's borrow for as long as
-    // the promise it returns is pending, so `close()` during `open()` would
-    // fail with a `&mut self` borrow.
-    cleanup: std::sync::Mutex<Option<CleanupEnvHook<Arc<Shared>>>>,
 }
 
 #[napi]
@@ -97,12 +93,7 @@ impl BindingSession {
     /// Validates the options; touches no kernel state.
     #[napi(constructor)]
     pub fn new(env: Env, options: BindingOpenOptions) -> napi::Result<Self> {
-        let (shared, hook) = Shared::new(&env)?;
-        Ok(BindingSession {
-            shared,
-            options: parse_options(&options).map_err(|e| e.to_string()),
-            cleanup: std::sync::Mutex::new(Some(hook)),
-        })
+        Ok(BindingSession { handle: Handle::new(&env)?, options: parse_options(&options).map_err(|e| e.to_string()) })
     }
 
     /// Loads, attaches and starts reading on the libuv pool. `onBatch`
@@ -110,8 +101,8 @@ impl BindingSession {
     #[napi(ts_return_type = "Promise<BindingOpenResult>")]
     pub fn open(&self, on_batch: Function<BindingBatch, ()>) -> napi::Result<AsyncTask<OpenTask>> {
         let sink = JsSink::new(&on_batch)?;
-        self.shared.begin_open()?;
-        Ok(AsyncTask::new(OpenTask { shared: Arc::clone(&self.shared), options: self.options.clone(), sink: Some(sink) }))
+        self.handle.shared.begin_open()?;
+        Ok(AsyncTask::new(OpenTask { shared: Arc::clone(&self.handle.shared), options: self.options.clone(), sink: Some(sink) }))
     }
 
     /// Stops the reader thread, releases the callback and detaches every
@@ -119,13 +110,13 @@ impl BindingSession {
     /// session is then closed as soon as it is up).
     #[napi]
     pub fn close(&self, env: Env) -> napi::Result<()> {
-        lifecycle::close(&env, &self.shared, &self.cleanup)
+        self.handle.close(&env)
     }
 
     /// Totals so far (zeros unless running).
     #[napi]
     pub fn stats(&self) -> BindingStats {
-        self.shared.stats()
+        self.handle.stats()
     }
 }
 
