@@ -4,7 +4,7 @@
  * @module
  */
 import { chrootGuard, type ChrootDecision } from '../guard.js';
-import { identityOf } from '../decision.js';
+import { decisionOf } from '../decision.js';
 import { ChrootWatchError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { asAudit, evaluatePolicy, loadPolicy, PolicyError, type Policy } from '../policy.js';
@@ -50,7 +50,7 @@ function printer(json: boolean) {
 function fromWatch(policy: Policy, e: ChrootEvent): ChrootDecision | null {
   if (e.ret !== 0 && e.lsmRet === null) return null;
   const v = evaluatePolicy(policy, e);
-  return { ...identityOf(e), action: v.action, ruleId: v.ruleId, denied: false, wouldDeny: v.action === 'deny', policyMode: 'audit', generation: 0, source: 'watch' };
+  return decisionOf(e, { action: v.action, ruleId: v.ruleId, denied: false, policyMode: 'audit', generation: 0, source: 'watch' });
 }
 
 /** Waits for SIGINT/SIGTERM. */
