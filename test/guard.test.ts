@@ -131,14 +131,26 @@ describe.skipIf(!LSM)(`guard (lsm/path_chroot; skipped here: ${LSM ? '' : WHY})`
   });
 
   it('update has no gap: a call storm into a path both policies deny is denied throughout', async () => {
-    const storm = spawn('perl', ['-e', `my ($n,$d)=(0,0); my $t=time+4; while (time<$t) { $n++; chroot($ARGV[0]) or $!{EPERM} and $d++; } print "$n $d\\n";`, `${base}/y`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // The storm runs until told to stop, so it spans every update however
+    // slow the machine is.
+    const stop = `${base}/storm-stop`;
+    const storm = spawn('perl', ['-e', `my ($n,$d)=(0,0); until (-e $ARGV[1]) { $n++; chroot($ARGV[0]) or $!{EPERM} and $d++; } print "$n $d\\n";`, `${base}/y`, stop], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const closed = new Promise((r) => storm.on('close', r));
     let out = '';
     storm.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    for (let i = 0; i < 10; i++) {
-      await g!.guard.update({ mode: 'enforce', rules: [{ id: `gen-${i}`, action: 'deny', match: { subtree: base } }] });
-      await sleep(100);
+    let stormedThroughout: boolean;
+    try {
+      await sleep(300);
+      for (let i = 0; i < 10; i++) {
+        await g!.guard.update({ mode: 'enforce', rules: [{ id: `gen-${i}`, action: 'deny', match: { subtree: base } }] });
+        await sleep(100);
+      }
+      stormedThroughout = storm.exitCode === null;
+    } finally {
+      writeFileSync(stop, '');
+      await closed;
     }
-    await new Promise((r) => storm.on('close', r));
+    expect(stormedThroughout).toBe(true);
     const [n, d] = out.trim().split(' ').map(Number);
     expect(n).toBeGreaterThan(100);
     expect(d).toBe(n); // every call denied, across 10 atomic updates

@@ -155,8 +155,12 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
     let lost: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
     let closed = false;
     let follower: BindingPinnedFollower | undefined;
+    // Generations looked up once already: a backlog of decisions from a
+    // replaced generation must not re-read the pins for each one.
+    const looked = new Set<number>();
     const idsOf = (generation: number) => {
-      if (!ruleIds.has(generation)) {
+      if (!ruleIds.has(generation) && !looked.has(generation)) {
+        looked.add(generation);
         const s = native().pinnedGuardStatus(dir);
         if (s.pinned && !s.errorCode) ruleIds.set(s.generation, s.ruleIds);
       }
