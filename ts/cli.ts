@@ -12,6 +12,7 @@ import { checkCommand, enforceCommand, followCommand, statusCommand, unloadComma
 import { stacksCommand } from './cli/stacks.js';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
 import { watch } from './cli/watch.js';
+import { DEFAULT_PIN_DIR } from './pinned.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -28,7 +29,7 @@ const modeOption = () =>
     .choices(['auto', 'fentry', 'kprobe', 'tracepoint'])
     .default('auto');
 
-const pinDirOption = () => new Option('--pin-dir <dir>', 'pin directory on bpffs').default('/sys/fs/bpf/chroot-guard');
+const pinDirOption = () => new Option('--pin-dir <dir>', 'pin directory on bpffs').default(DEFAULT_PIN_DIR);
 
 const program = new Command('chroot-guard')
   .description('See and control chroot(2) on Linux with eBPF.')

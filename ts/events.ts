@@ -8,7 +8,7 @@
 import { constants } from 'node:os';
 import type { AttachMode } from './errors.js';
 import { ChrootWatchError } from './errors.js';
-import type { Native } from './native.js';
+import { native, type Native } from './native.js';
 
 /**
  * One chroot(2) attempt, emitted when the syscall returns.
@@ -146,8 +146,19 @@ const REQUIRED = [
 ] as const;
 type Key = (typeof REQUIRED)[number];
 
+let shared: Decoder | undefined;
+
 /**
- * Decodes the batches of one addon (internal). Construct once per process.
+ * The decoder of the loaded addon, made on first use.
+ * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` when the addon cannot load.
+ * @internal
+ */
+export function decoder(): Decoder {
+  return (shared ??= new Decoder(native()));
+}
+
+/**
+ * Decodes the batches of one addon (internal). Use {@link decoder}.
  * @internal
  */
 export class Decoder {

@@ -7,11 +7,11 @@ import { Observable, type Subscriber } from 'rxjs';
 import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
 import { ChrootWatchError, check, checkRingBufferBytes } from './errors.js';
 import { toDecision, type ChrootDecision } from './decision.js';
-import { Decoder, type RawDecision } from './events.js';
+import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
 import { DEFAULT_PIN_DIR, guardFailure, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
 import { validatePolicy, type Policy } from './policy.js';
-import { lostSince, type CounterTotals, type LostReport } from './session.js';
+import { readBatch, type CounterTotals, type LostReport } from './session.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
 
 export type { ChrootDecision } from './decision.js';
@@ -77,7 +77,6 @@ export interface ChrootGuard {
   stats(): { decisions: number; ringBufferFull: number; lsmErrors: number };
 }
 
-let decoder: Decoder | undefined;
 const failure = guardFailure;
 
 /**
@@ -117,34 +116,32 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     for (const g of ruleIds.keys()) if (g < r.generation - 8) ruleIds.delete(g);
     return { generation: r.generation, compiledRules: r.ruleIds.length };
   };
-  const deliver = (d: RawDecision) => {
-    const decision = toDecision(d, ruleIds.get(d.generation));
-    decisions++;
-    for (const s of [...subscribers]) s.next(decision);
+  const deliver = (raw: readonly RawDecision[]) => {
+    const to = [...subscribers];
+    for (const d of raw) {
+      const decision = toDecision(d, ruleIds.get(d.generation));
+      decisions++;
+      for (const s of to) s.next(decision);
+    }
   };
   const onBatch = (batch: BindingBatch) => {
     if (state === 'stopped' || state === 'failed') return;
-    if (batch.error) {
-      fail(new ChrootWatchError('INTERNAL', `the ring buffer reader stopped: ${batch.error}`));
-      return;
-    }
-    if (batch.events > 0) {
-      const raw: RawDecision[] = [];
-      decoder!.decodeBatch(batch.data, [], raw);
-      if (early) early.push(...raw);
-      else raw.forEach(deliver);
-    }
-    const report = lostSince(lost, batch);
-    if (report) {
-      lost = report.total;
-      options.onLost?.(report);
-    }
+    lost = readBatch(batch, lost, {
+      error: fail,
+      data: (data) => {
+        const raw: RawDecision[] = [];
+        decoder().decodeBatch(data, [], raw);
+        if (early) early.push(...raw);
+        else deliver(raw);
+      },
+      lost: (report) => options.onLost?.(report),
+    });
   };
 
   let opened: Promise<GuardInfo>;
   try {
     const n = native();
-    decoder ??= new Decoder(n);
+    decoder();
     binding = new n.BindingGuard(ring);
     opened = binding.open(JSON.stringify(valid), onBatch).then((r) => {
       if (state === 'stopped') throw new ChrootWatchError('INTERNAL', 'the guard was stopped before it started');
@@ -153,7 +150,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
       const info = record(r);
       const waiting = early ?? [];
       early = undefined;
-      waiting.forEach(deliver);
+      deliver(waiting);
       return info;
     });
   } catch (err) {

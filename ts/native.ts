@@ -50,13 +50,13 @@ export function currentPlatform(): string {
 export function native(): Native {
   if (loaded) return loaded;
   if (failure) throw failure;
-  const platform = currentPlatform();
-  const supported = supportedPlatforms();
-  const list = supported.join(', ') || 'none';
+  // The platform name and the supported list only word a failure: a
+  // diagnostic report and a package.json read are not paid on success.
+  const list = () => supportedPlatforms().join(', ') || 'none';
   if (process.platform !== 'linux') {
     failure = new ChrootWatchError(
       'NATIVE_UNAVAILABLE',
-      `chroot-guard needs Linux: it watches chroot(2) with eBPF, and this is ${platform} (prebuilt binaries: ${list})`,
+      `chroot-guard needs Linux: it watches chroot(2) with eBPF, and this is ${currentPlatform()} (prebuilt binaries: ${list()})`,
     );
     throw failure;
   }
@@ -65,9 +65,11 @@ export function native(): Native {
     loaded = require('./native/binding.cjs') as Native;
     return loaded;
   } catch (cause) {
+    const platform = currentPlatform();
+    const supported = supportedPlatforms();
     const why = supported.includes(platform)
       ? `the native addon for ${platform} did not load (is the optional dependency chroot-guard-${platform} installed? reinstall with npm install)`
-      : `there is no prebuilt chroot-guard binary for ${platform} (prebuilt binaries: ${list}); build from source with cargo xtask build`;
+      : `there is no prebuilt chroot-guard binary for ${platform} (prebuilt binaries: ${list()}); build from source with cargo xtask build`;
     failure = new ChrootWatchError('NATIVE_UNAVAILABLE', `${why}: ${(cause as Error).message.split('\n')[0]}`, { cause });
     throw failure;
   }

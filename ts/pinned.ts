@@ -17,11 +17,11 @@ import { Observable, share } from 'rxjs';
 import type { BindingBatch, BindingGuardResult, BindingPinnedFollower } from './native/binding.cjs';
 import { toDecision, type ChrootDecision } from './decision.js';
 import { ChrootWatchError, check, type ChrootWatchErrorCode } from './errors.js';
-import { Decoder, type RawDecision } from './events.js';
+import { decoder, type RawDecision } from './events.js';
 import type { GuardInfo } from './guard.js';
 import { native } from './native.js';
 import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
-import { lostSince, type CounterTotals, type LostReport } from './session.js';
+import { readBatch, type CounterTotals, type LostReport } from './session.js';
 
 /** Where guards are pinned unless told otherwise. */
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/chroot-guard';
@@ -101,7 +101,7 @@ export function pinnedGuard(options: PinOptions = {}): PinnedGuardStatus | null 
 export function updatePinnedGuard(policy: Policy, options: PinOptions = {}): GuardInfo {
   const dir = dirOf(options);
   const r: BindingGuardResult = native().pinnedGuardUpdate(dir, JSON.stringify(validatePolicy(policy)));
-  if (!r.ok) throw guardFailure(r.errorCode === 'CLOSED' ? { ...r, errorCode: 'PIN_FAILED' } : r);
+  if (!r.ok) throw guardFailure(r);
   return { generation: r.generation, compiledRules: r.ruleIds.length };
 }
 
@@ -123,8 +123,6 @@ export interface FollowOptions extends PinOptions {
   /** Called when the kernel reports decisions it could not deliver (`ringBufferFull`) or made with the default action after an error (`lsmErrors`); totals count since the guard was loaded. */
   readonly onLost?: (report: LostReport) => void;
 }
-
-let decoder: Decoder | undefined;
 
 /**
  * The decisions of the guard pinned at `options.dir`, read from its pinned
@@ -168,26 +166,23 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
     };
     const onBatch = (batch: BindingBatch) => {
       if (closed) return;
-      if (batch.error) {
-        closed = true;
-        follower?.close();
-        subscriber.error(new ChrootWatchError('INTERNAL', `the ring buffer reader stopped: ${batch.error}`));
-        return;
-      }
-      if (batch.events > 0) {
-        const raw: RawDecision[] = [];
-        decoder!.decodeBatch(batch.data, [], raw);
-        for (const d of raw) subscriber.next(toDecision(d, idsOf(d.generation)));
-      }
-      const report = lostSince(lost, batch);
-      if (report) {
-        lost = report.total;
-        options.onLost?.(report);
-      }
+      lost = readBatch(batch, lost, {
+        error: (err) => {
+          closed = true;
+          follower?.close();
+          subscriber.error(err);
+        },
+        data: (data) => {
+          const raw: RawDecision[] = [];
+          decoder().decodeBatch(data, [], raw);
+          for (const d of raw) subscriber.next(toDecision(d, idsOf(d.generation)));
+        },
+        lost: (report) => options.onLost?.(report),
+      });
     };
     try {
       const n = native();
-      decoder ??= new Decoder(n);
+      decoder();
       follower = new n.BindingPinnedFollower(dir);
       const r = follower.open(onBatch);
       if (!r.ok) {

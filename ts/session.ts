@@ -12,7 +12,7 @@
 import type { BindingBatch, BindingOpenResult, BindingRefusal, BindingSession } from './native/binding.cjs';
 import type { AttachMode, ChrootWatchErrorCode, Refusal } from './errors.js';
 import { ChrootWatchError } from './errors.js';
-import { Decoder, type ChrootEvent } from './events.js';
+import { decoder, type ChrootEvent } from './events.js';
 import { native } from './native.js';
 
 /** Which attach mode a session uses and why better modes were refused. */
@@ -58,6 +58,28 @@ export function lostSince(seen: CounterTotals, batch: { ringBufferFull: number; 
   return report.ringBufferFull > 0 || report.pendingFull > 0 || report.lsmErrors > 0 ? report : null;
 }
 
+/**
+ * One batch from the addon, the way every consumer takes it: a reader
+ * failure goes to `on.error` (as `INTERNAL`), the records to `on.data`, and
+ * counters that grew since `seen` to `on.lost`. Returns the new totals.
+ * @internal
+ */
+export function readBatch(
+  batch: BindingBatch,
+  seen: CounterTotals,
+  on: { error(err: ChrootWatchError): void; data(data: Buffer): void; lost(report: LostReport): void },
+): CounterTotals {
+  if (batch.error) {
+    on.error(new ChrootWatchError('INTERNAL', `the ring buffer reader stopped: ${batch.error}`));
+    return seen;
+  }
+  if (batch.events > 0) on.data(batch.data);
+  const report = lostSince(seen, batch);
+  if (!report) return seen;
+  on.lost(report);
+  return report.total;
+}
+
 /** Normalised options that decide which kernel session serves a subscriber. */
 export interface SessionOptions {
   readonly mode: 'auto' | AttachMode;
@@ -89,7 +111,6 @@ export interface SessionStats {
   readonly pendingFull: number;
 }
 
-let decoder: Decoder | undefined;
 const sessions = new Map<string, KernelSession>();
 
 function keyOf(o: SessionOptions): string {
@@ -116,15 +137,13 @@ class KernelSession {
   private info: AttachInfo | undefined;
   private lostTotals: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
   private readonly binding: BindingSession;
-  private readonly decoder: Decoder;
 
   constructor(
     private readonly key: string,
     options: SessionOptions,
   ) {
     const n = native();
-    decoder ??= new Decoder(n);
-    this.decoder = decoder;
+    decoder();
     this.binding = new n.BindingSession({ ...options });
     this.binding.open((batch) => this.onBatch(batch)).then(
       (result) => this.onOpen(result),
@@ -169,19 +188,16 @@ class KernelSession {
 
   private onBatch(batch: BindingBatch): void {
     if (this.state !== 'running') return;
-    if (batch.error) {
-      this.fail(new ChrootWatchError('INTERNAL', `the ring buffer reader stopped: ${batch.error}`));
-      return;
-    }
-    if (batch.events > 0) {
-      const events = this.decoder.decodeBatch(batch.data);
-      for (const l of [...this.listeners]) if (this.listeners.has(l)) l.events(events);
-    }
-    const report = lostSince(this.lostTotals, batch);
-    if (report) {
-      this.lostTotals = report.total;
-      for (const l of [...this.listeners]) if (this.listeners.has(l)) l.lost(report);
-    }
+    this.lostTotals = readBatch(batch, this.lostTotals, {
+      error: (err) => this.fail(err),
+      data: (data) => {
+        const events = decoder().decodeBatch(data);
+        for (const l of [...this.listeners]) if (this.listeners.has(l)) l.events(events);
+      },
+      lost: (report) => {
+        for (const l of [...this.listeners]) if (this.listeners.has(l)) l.lost(report);
+      },
+    });
   }
 
   private fail(err: ChrootWatchError): void {

@@ -9,7 +9,7 @@ import { ChrootWatchError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { asAudit, evaluatePolicy, loadPolicy, PolicyError, type Policy } from '../policy.js';
 import { chrootWatch } from '../watch.js';
-import { DEFAULT_PIN_DIR, followPinnedGuard, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus } from '../pinned.js';
+import { followPinnedGuard, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus } from '../pinned.js';
 import { toWallClock } from '../clock.js';
 import { EXIT, describeLost, jsonWithBigInts, note, reportError } from './output.js';
 
@@ -73,7 +73,7 @@ interface EnforceFlags {
   json?: boolean;
   ringBufferBytes?: number;
   pin?: boolean;
-  pinDir?: string;
+  pinDir: string;
 }
 
 /** `enforce --policy FILE [--audit] [--json] [--pin]`: runs until stopped, or pins and returns. */
@@ -113,7 +113,7 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
 
 /** `enforce --pin`: pins a new guard, or updates the pinned one atomically, and returns. */
 async function pinCommand(policy: Policy, flags: EnforceFlags): Promise<number> {
-  const dir = flags.pinDir ?? DEFAULT_PIN_DIR;
+  const dir = flags.pinDir;
   const what = `${policy.mode === 'enforce' ? 'enforcing' : 'auditing'} ${flags.policy}`;
   try {
     if (pinnedGuard({ dir })) {
@@ -148,8 +148,8 @@ function readPinned(dir: string): PinnedGuardStatus | null | number {
 }
 
 /** `status`: the pinned guard, if any. */
-export function statusCommand(flags: { json?: boolean; pinDir?: string }): number {
-  const dir = flags.pinDir ?? DEFAULT_PIN_DIR;
+export function statusCommand(flags: { json?: boolean; pinDir: string }): number {
+  const dir = flags.pinDir;
   const s = readPinned(dir);
   if (typeof s === 'number') return s;
   if (flags.json) {
@@ -173,8 +173,8 @@ export function statusCommand(flags: { json?: boolean; pinDir?: string }): numbe
 }
 
 /** `status --follow`: the pinned guard's decisions until SIGINT/SIGTERM. */
-export async function followCommand(flags: { json?: boolean; pinDir?: string }): Promise<number> {
-  const dir = flags.pinDir ?? DEFAULT_PIN_DIR;
+export async function followCommand(flags: { json?: boolean; pinDir: string }): Promise<number> {
+  const dir = flags.pinDir;
   const s = readPinned(dir);
   if (typeof s === 'number') return s;
   if (!s) {
@@ -208,8 +208,8 @@ export async function followCommand(flags: { json?: boolean; pinDir?: string }):
 }
 
 /** `unload`: removes the pinned guard; succeeds when there is none. */
-export function unloadCommand(flags: { json?: boolean; pinDir?: string }): number {
-  const dir = flags.pinDir ?? DEFAULT_PIN_DIR;
+export function unloadCommand(flags: { json?: boolean; pinDir: string }): number {
+  const dir = flags.pinDir;
   let removed: boolean;
   try {
     removed = unloadPinnedGuard({ dir });

@@ -14,19 +14,6 @@ use xtask::{in_root, npx, output, root, run, step};
 /// Where the tarballs go.
 pub const OUT: &str = "npm-pack";
 
-/// Files of the main package, copied into the staging directory (the
-/// `files` list of package.json says the same for `npm pack` in place).
-const MAIN_FILES: &[&str] = &[
-    "dist/index.js",
-    "dist/index.cjs",
-    "dist/index.d.ts",
-    "dist/index.d.cts",
-    "dist/cli.js",
-    "dist/native/binding.cjs",
-    "policy.schema.json",
-    "README.md",
-];
-
 fn copy(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
         fs::create_dir_all(parent)?;
@@ -92,12 +79,19 @@ pub fn pack() -> Result<()> {
     step("main package (staged in target/npm-stage)");
     let stage = root.join("target/npm-stage/chroot-guard");
     let _ = fs::remove_dir_all(&stage);
-    for f in MAIN_FILES {
-        copy(&root.join(f), &stage.join(f))?;
-    }
-    for e in fs::read_dir(root.join("examples"))? {
-        let p = e?.path();
-        copy(&p, &stage.join("examples").join(p.file_name().context("example name")?))?;
+    // What package.json's `files` names; for a pattern (`examples/*.yaml`)
+    // its directory, which `npm pack` then filters by the pattern.
+    let files = pkg["files"].as_array().context("package.json has no files list")?;
+    for f in files.iter().filter_map(Value::as_str) {
+        match f.split_once("/*") {
+            Some((dir, _)) => {
+                for e in fs::read_dir(root.join(dir))? {
+                    let p = e?.path();
+                    copy(&p, &stage.join(dir).join(p.file_name().context("file name")?))?;
+                }
+            }
+            None => copy(&root.join(f), &stage.join(f))?,
+        }
     }
     let mut staged = pkg.clone();
     let obj = staged.as_object_mut().context("package.json is an object")?;

@@ -28,7 +28,6 @@ use crate::{
     sys,
 };
 
-
 /// A running guard.
 pub struct Guard {
     /// The program's link; `None` once pinned (the pin holds it).

@@ -161,6 +161,24 @@ pub(crate) fn pin<'a>(
     Ok(())
 }
 
+/// Opens the map pinned as `dir/name`, typed by what the kernel says it is.
+/// Errors name what is wrong: nothing pinned at `dir`, a file missing (pinned
+/// by an older version), or a map that cannot be opened.
+fn open_map(dir: &Path, name: &str) -> Result<Map, Error> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).map_err(|e| {
+        let reason = if !dir.exists() {
+            "no guard is pinned here".to_string()
+        } else if !path.exists() {
+            format!("{name} is not pinned (pinned by an older version); remove the guard with `chroot-guard unload` and pin it again")
+        } else {
+            format!("could not open the pinned map: {e}; remove the guard with `chroot-guard unload`")
+        };
+        pin_err(&path, reason)
+    })?;
+    Map::from_map_data(data).map_err(|e| pin_err(&path, e.to_string()))
+}
+
 /// What `chroot-guard status` reports of a pinned guard.
 #[derive(Debug, Clone)]
 pub struct PinnedStatus {
@@ -214,13 +232,7 @@ impl PinnedGuard {
         if !dir.exists() {
             return Ok(None); // unloaded while we waited for the lock
         }
-        let open = |name: &str| -> Result<Map, Error> {
-            let path = dir.join(name);
-            let data = MapData::from_pin(&path).map_err(|e| {
-                pin_err(&path, format!("could not open the pinned map: {e}; remove the guard with `chroot-guard unload`"))
-            })?;
-            Map::from_map_data(data).map_err(|e| pin_err(&path, e.to_string()))
-        };
+        let open = |name: &str| open_map(dir, name);
         let maps = [
             open(POLICY_MAPS[0])?,
             open(POLICY_MAPS[1])?,
@@ -344,25 +356,14 @@ impl Follower {
 /// without its ring buffer (an older version: pin it again), or another
 /// process reads it already; [`Error::Io`] when the thread cannot start.
 pub fn follow<S: Sink>(dir: &Path, sink: S) -> Result<Follower, Error> {
-    let open = |name: &str| {
-        let path = dir.join(name);
-        MapData::from_pin(&path).map_err(|e| {
-            let reason = if !dir.exists() {
-                "no guard is pinned here".to_string()
-            } else if !path.exists() {
-                format!("{name} is not pinned (pinned by an older version); pin the guard again")
-            } else {
-                format!("could not open the pinned map: {e}")
-            };
-            pin_err(&path, reason)
-        })
+    let ring = open_map(dir, EVENTS)?;
+    let Map::RingBuf(events) = &ring else {
+        return Err(pin_err(&dir.join(EVENTS), "not a ring buffer; remove the guard with `chroot-guard unload`"));
     };
-    let events = open(EVENTS)?;
-    let lock = RingLock::acquire(&events, dir)?;
+    let lock = RingLock::acquire(events, dir)?;
     let bytes = events.info().map(|i| i.max_entries()).unwrap_or(chroot_guard_common::DEFAULT_RING_BUFFER_BYTES);
-    let typed = |name: &str, data: MapData| Map::from_map_data(data).map_err(|e| pin_err(&dir.join(name), e.to_string()));
-    let ring = RingBuf::try_from(typed(EVENTS, events)?).map_err(|e| pin_err(&dir.join(EVENTS), e.to_string()))?;
-    let counters = PerCpuArray::try_from(typed(COUNTERS, open(COUNTERS)?)?)
+    let ring = RingBuf::try_from(ring).map_err(|e| pin_err(&dir.join(EVENTS), e.to_string()))?;
+    let counters = PerCpuArray::try_from(open_map(dir, COUNTERS)?)
         .map_err(|e| pin_err(&dir.join(COUNTERS), e.to_string()))?;
     let counters = Arc::new(Counters::new(counters));
     let reader = Reader::spawn(ring, Arc::clone(&counters), sink, ReaderConfig::for_ring_buffer(bytes))?;

@@ -253,7 +253,7 @@ pub fn pinned_guard_status(dir: String) -> BindingPinnedStatus {
     }
 }
 
-/// Replaces the policy of the guard pinned at `dir`; `CLOSED` when none is.
+/// Replaces the policy of the guard pinned at `dir`; `PIN_FAILED` when none is.
 #[napi]
 pub fn pinned_guard_update(dir: String, policy_json: String) -> BindingGuardResult {
     let updated = sys::check_privileges().and_then(|()| {
@@ -273,7 +273,7 @@ pub fn pinned_guard_update(dir: String, policy_json: String) -> BindingGuardResu
             verifier_log: None,
             stopped: false,
         },
-        Ok(None) => BindingGuardResult { error_code: Some("CLOSED".into()), ..failure(&Error::Pin { path: dir, reason: "no guard is pinned here".into() }) },
+        Ok(None) => failure(&Error::Pin { path: dir, reason: "no guard is pinned here".into() }),
         Err(e) => failure(&e),
     }
 }
