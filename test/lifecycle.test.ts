@@ -80,7 +80,7 @@ describe('in a child process', () => {
       const burst = spawn('sh', ['-c', 'i=0; while [ $i -lt 300 ]; do chroot /nonexistent-burst /bin/true 2>/dev/null; i=$((i+1)); done']);
       const sub = chrootWatch().subscribe(() => { if (++n === 20) sub.unsubscribe(); });
       burst.on('close', () => console.log('burst done, saw', n));
-    `);
+    `, { timeoutMs: 50_000 }); // 300 fork+exec take ~18 s under TCG in the VM
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/burst done, saw (\d+)/);
   });
