@@ -81,6 +81,7 @@ describe('in a child process', () => {
       const sub = chrootWatch().subscribe(() => { if (++n === 20) sub.unsubscribe(); });
       burst.on('close', () => console.log('burst done, saw', n));
     `, { timeoutMs: 50_000 }); // 300 fork+exec take ~18 s under TCG in the VM
+    expect(r.signal).toBeNull(); // not killed by the timeout
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/burst done, saw (\d+)/);
   });
