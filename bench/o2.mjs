@@ -22,7 +22,7 @@ const mode = arg('--mode') ?? 'auto';
 const byPid = new Map();
 const latencies = [];
 let events = 0;
-let lost = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
+let lost = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
 let stats = () => ({});
 let first = true;
 // Monotonic and boot clocks differ by a constant while the machine is awake.

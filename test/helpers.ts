@@ -2,8 +2,9 @@
  * Test helpers: real kernel, real chroot calls. Nothing here fakes the
  * kernel; these only wait for and look at what it reports.
  */
-import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import type { Subscription } from 'rxjs';
 import { chrootWatch, type AttachInfo, type ChrootEvent, type ChrootWatchOptions } from '../ts/index.js';
 
@@ -85,3 +86,51 @@ export function record(options: ChrootWatchOptions = {}): Promise<Recorder> {
 
 /** Sleeps. */
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** What test/attacks/chroot_via.py reports: the pid that called chroot(2) and each call's result (`ok` or an errno name). */
+export interface Attack {
+  readonly pid: number;
+  readonly results: readonly string[];
+}
+
+/** Who runs an attack: root, or uid 65534 inside `unshare -Urm` (a user namespace of its own). */
+export type Attacker = 'root' | 'user';
+
+/** A world-readable scratch tree for the attack variants: `dir/deny/inner`, `dir/open`, and the script. */
+export interface AttackBench {
+  readonly dir: string;
+  /** Runs one variant of test/attacks/chroot_via.py against `target`, as root or as the unprivileged user. */
+  attack(as: Attacker, variant: string, target: string): Attack;
+  remove(): void;
+}
+
+/**
+ * Makes an {@link AttackBench}. The tree and a copy of the script live in a
+ * 0755 directory under /tmp, so the unprivileged runs can reach them
+ * wherever the checkout is.
+ */
+export function attackBench(): AttackBench {
+  const dir = mkdtempSync('/tmp/cg-attack-');
+  chmodSync(dir, 0o755);
+  mkdirSync(`${dir}/deny/inner`, { recursive: true, mode: 0o755 });
+  mkdirSync(`${dir}/open`, { mode: 0o755 });
+  const script = `${dir}/chroot_via.py`;
+  copyFileSync(fileURLToPath(new URL('./attacks/chroot_via.py', import.meta.url)), script);
+  chmodSync(script, 0o755);
+  return {
+    dir,
+    attack(as, variant, target) {
+      const argv = ['/usr/bin/python3', script, variant, target];
+      const r =
+        as === 'root'
+          ? spawnSync(argv[0]!, argv.slice(1), { encoding: 'utf8' })
+          : spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'unshare', '-Urm', ...argv], { encoding: 'utf8' });
+      if (r.status !== 0) throw new Error(`${variant} as ${as} exited with ${r.status}: ${r.stderr}`);
+      return JSON.parse(r.stdout) as Attack;
+    },
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
+
+/** The ways test/attacks/chroot_via.py reaches a directory without its path in the caller's mount namespace. */
+export const UNREACHABLE_VARIANTS = ['detached', 'open_tree', 'fsmount', 'proc_root', 'fd_unshare', 'fd_passed'] as const;

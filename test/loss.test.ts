@@ -19,7 +19,7 @@ describe('loss accounting', () => {
     let delivered = 0;
     let wrong = 0;
     let reports = 0;
-    let lost: LostReport['total'] = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
+    let lost: LostReport['total'] = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
     let stalled = false;
     let attached!: () => void;
     const isAttached = new Promise<void>((r) => (attached = r));

@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import { evaluatePolicy, loadPolicy, parsePolicy, PolicyError, policySchema, type ChrootEvent, type Policy } from '../ts/index.js';
+import { displayBytes, evaluatePolicy, INITIAL_USER_NS, loadPolicy, parsePolicy, pathBytes, PolicyError, policySchema, policyWarnings, validatePolicy, type ChrootEvent, type Policy } from '../ts/index.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const dir = fileURLToPath(new URL('./policies/', import.meta.url));
@@ -14,7 +14,7 @@ const dir = fileURLToPath(new URL('./policies/', import.meta.url));
 /** Each malformed file and the one problem it must report, with its position. */
 const MALFORMED: Record<string, [line: number, column: number, message: RegExp]> = {
   'bad-yaml.yaml': [5, 35, /not valid YAML or JSON: Flow sequence .* end with a \]/],
-  'unknown-key.yaml': [7, 7, /unknown key "usr" \(expected one of: path, subtree, uid, euid, gid, egid, comm, exe, cgroupId, alreadyChrooted, mntNs\)/],
+  'unknown-key.yaml': [7, 7, /unknown key "usr" \(expected one of: path, subtree, uid, euid, gid, egid, comm, exe, cgroupId, alreadyChrooted, mntNs, initialNamespaces, not\)/],
   'wrong-type.yaml': [6, 12, /"uid" must be an id \(0 to 4294967295\) or a list of ids; got "root"/],
   'duplicate-id.yaml': [8, 9, /duplicate rule id "jails" \(first used by rule 1\)/],
   'relative-path.yaml': [6, 16, /"subtree" must be an absolute path or a list of absolute paths; got "srv\/jails"/],
@@ -49,7 +49,7 @@ describe('policy files', () => {
     const r = spawnSync(process.execPath, [CLI, 'check', ...files, 'examples/build-farm.yaml'], { encoding: 'utf8' });
     expect(r.status).toBe(2);
     for (const [file, [line, column]] of Object.entries(MALFORMED)) expect(r.stderr).toContain(`${dir}${file}:${line}:${column}: `);
-    expect(r.stdout).toContain('examples/build-farm.yaml: ok (enforce, 3 rules, default deny)');
+    expect(r.stdout).toContain('examples/build-farm.yaml: ok (enforce, 2 rules, default deny)');
     const good = spawnSync(process.execPath, [CLI, 'check', 'examples/build-farm.yaml'], { encoding: 'utf8' });
     expect(good.status).toBe(0);
   });
@@ -66,15 +66,24 @@ describe('policy files', () => {
 
   it('the published schema documents every match key the evaluator and compiler know', () => {
     const match = (policySchema as { definitions: { match: { properties: object } } }).definitions.match.properties;
-    expect(Object.keys(match).sort()).toEqual(['alreadyChrooted', 'cgroupId', 'comm', 'egid', 'euid', 'exe', 'gid', 'mntNs', 'path', 'subtree', 'uid'].sort());
+    expect(Object.keys(match).sort()).toEqual(['alreadyChrooted', 'cgroupId', 'comm', 'egid', 'euid', 'exe', 'gid', 'initialNamespaces', 'mntNs', 'not', 'path', 'subtree', 'uid'].sort());
     const onDisk = JSON.parse(readFileSync('policy.schema.json', 'utf8')) as object;
     expect(onDisk).toEqual(policySchema);
   });
 });
 
 describe('evaluatePolicy (the reference for the kernel program)', () => {
-  const event = (over: Partial<ChrootEvent>): ChrootEvent =>
-    ({ uid: 0, gid: 0, euid: 0, egid: 0, comm: 'chroot', cgroupId: 1n, resolvedPath: '/srv/jails/a', resolvedPathTruncated: false, callerChrooted: false, ...over }) as ChrootEvent;
+  type Over = Partial<Omit<ChrootEvent, 'resolvedPath' | 'comm'>> & { resolvedPath?: string | Buffer | null; comm?: string };
+  const event = (over: Over): ChrootEvent => {
+    const { resolvedPath = '/srv/jails/a', comm = 'chroot', ...rest } = over;
+    const bytes = resolvedPath === null ? null : Buffer.isBuffer(resolvedPath) ? resolvedPath : Buffer.from(resolvedPath);
+    return {
+      uid: 0, gid: 0, euid: 0, egid: 0, cgroupId: 1n, mntNs: 11, userNs: INITIAL_USER_NS, exeDev: 5, exeIno: 77n, exeUnknown: false,
+      resolvedPathTruncated: false, resolvedPathUnreachable: false, callerChrooted: false,
+      comm, commBytes: Buffer.from(comm), resolvedPath: bytes === null ? null : displayBytes(bytes), resolvedPathBytes: bytes,
+      ...rest,
+    } as ChrootEvent;
+  };
   const policy: Policy = {
     mode: 'enforce',
     default: 'allow',
@@ -93,8 +102,64 @@ describe('evaluatePolicy (the reference for the kernel program)', () => {
     expect(evaluatePolicy(policy, event({ uid: 7 }))).toMatchObject({ ruleId: null, action: 'allow' });
     expect(evaluatePolicy(policy, event({ uid: 1000, resolvedPath: '/srv/jailsX' })).ruleId).toBeNull(); // a sibling, not below
   });
-  it('a truncated path holds for deny rules only (fail closed)', () => {
-    expect(evaluatePolicy(policy, event({ uid: 1000, resolvedPath: 'x/y', resolvedPathTruncated: true })).ruleId).toBe('jails');
-    expect(evaluatePolicy(policy, event({ comm: 'debootstrap', resolvedPath: 'x/y', resolvedPathTruncated: true })).ruleId).toBeNull();
+  it('a path cut short or not reachable holds for deny rules only (fail closed)', () => {
+    for (const flag of ['resolvedPathTruncated', 'resolvedPathUnreachable'] as const) {
+      expect(evaluatePolicy(policy, event({ uid: 1000, resolvedPath: '/y', [flag]: true })).ruleId).toBe('jails');
+      const e = evaluatePolicy(policy, event({ comm: 'debootstrap', resolvedPath: '/y', [flag]: true }));
+      expect(e.ruleId).toBeNull();
+      expect(e.unknown).toContain('jails-root: path');
+    }
+  });
+  it('not blocks exclude, and unknowns inside them resolve toward denying', () => {
+    const p: Policy = {
+      mode: 'enforce',
+      rules: [
+        { id: 'foreign-deny', action: 'deny', match: { subtree: '/srv', not: { initialNamespaces: true } } },
+        { id: 'allow-but-jails', action: 'allow', match: { not: { subtree: '/srv/jails' } } },
+      ],
+      default: 'deny',
+    };
+    const ctx = { initialMntNs: 11, exes: new Map() };
+    expect(evaluatePolicy(p, event({ resolvedPath: '/srv/x' }), ctx).ruleId).toBe('allow-but-jails');
+    expect(evaluatePolicy(p, event({ resolvedPath: '/srv/x', mntNs: 12 }), ctx).ruleId).toBe('foreign-deny');
+    expect(evaluatePolicy(p, event({ resolvedPath: '/srv/x', userNs: 4026532000 }), ctx).ruleId).toBe('foreign-deny');
+    expect(evaluatePolicy(p, event({ resolvedPath: '/srv/jails/a' }), ctx)).toMatchObject({ ruleId: null, action: 'deny' });
+    // Without the initial mount namespace, the not block of the deny rule does not hold: denied.
+    expect(evaluatePolicy(p, event({ resolvedPath: '/srv/x' })).ruleId).toBe('foreign-deny');
+    // An unreachable path: the allow rule's not block holds (unknown), so it does not allow.
+    expect(evaluatePolicy(p, event({ resolvedPath: '/x', resolvedPathUnreachable: true }), ctx)).toMatchObject({ ruleId: null, action: 'deny' });
+  });
+  it('exe matches the identity the policy was compiled with; an unknown exe holds for deny rules only', () => {
+    const p: Policy = { mode: 'enforce', rules: [{ id: 'tool', action: 'allow', match: { exe: '/usr/bin/tool' } }, { id: 'no-tool', action: 'deny', match: { exe: '/usr/bin/evil' } }] };
+    const ctx = { initialMntNs: 11, exes: new Map([['/usr/bin/tool', { dev: 5, ino: 77n }], ['/usr/bin/evil', { dev: 5, ino: 78n }]]) };
+    expect(evaluatePolicy(p, event({}), ctx).ruleId).toBe('tool');
+    expect(evaluatePolicy(p, event({ exeIno: 78n }), ctx).ruleId).toBe('no-tool');
+    expect(evaluatePolicy(p, event({ exeIno: 79n }), ctx).ruleId).toBeNull();
+    expect(evaluatePolicy(p, event({ exeUnknown: true }), ctx).ruleId).toBe('no-tool');
+    expect(evaluatePolicy(p, event({})).ruleId).toBe('no-tool'); // no context: unknown
+  });
+  it('paths compare as bytes: \\xHH names a byte that is not UTF-8', () => {
+    const p: Policy = { mode: 'enforce', rules: [{ id: 'latin', action: 'deny', match: { subtree: '/srv/caf\\xe9' } }] };
+    expect(pathBytes('/srv/caf\\xe9')).toEqual(Buffer.from([...Buffer.from('/srv/caf'), 0xe9]));
+    expect(evaluatePolicy(p, event({ resolvedPath: Buffer.from([...Buffer.from('/srv/caf'), 0xe9, ...Buffer.from('/x')]) })).ruleId).toBe('latin');
+    expect(evaluatePolicy(p, event({ resolvedPath: '/srv/café/x' })).ruleId).toBeNull();
+    expect(() => parsePolicy(JSON.stringify({ mode: 'enforce', rules: [{ id: 'x', action: 'deny', match: { path: '/a\\q' } }] }))).toThrow(/backslash that is not/);
+  });
+  it('comm compares the raw bytes', () => {
+    const p: Policy = { mode: 'enforce', rules: [{ id: 'c', action: 'deny', match: { comm: '\\x80' } }] };
+    expect(evaluatePolicy(p, event({ comm: '\\x80', commBytes: Buffer.from([0x80]) })).ruleId).toBeNull();
+    expect(evaluatePolicy(p, event({ comm: '\\x80' })).ruleId).toBe('c');
+  });
+  it('policyWarnings: an allow or audit rule that trusts comm alone', () => {
+    const p = validatePolicy({
+      mode: 'enforce',
+      default: 'deny',
+      rules: [
+        { id: 'comm-only', action: 'audit', match: { comm: 'debootstrap', subtree: '/srv' } },
+        { id: 'comm-and-uid', action: 'allow', match: { comm: 'mock', uid: 0 } },
+        { id: 'deny-comm', action: 'deny', match: { comm: 'x' } },
+      ],
+    });
+    expect(policyWarnings(p).map((w) => w.pointer)).toEqual(['/rules/0/match/comm']);
   });
 });

@@ -4,13 +4,15 @@
  * per mode (`CG_TEST_MODE`); the assertions are the same everywhere.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, realpathSync } from 'node:fs';
+import { mkdirSync, realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
 import { ChrootWatchError, chrootWatch } from '../ts/index.js';
 import { openSessionCount } from '../ts/session.js';
-import { heldByThisProcess, record, sleep, TEST_MODE, type Recorder } from './helpers.js';
+import { DECODED_KEYS } from '../ts/events.js';
+import { native } from '../ts/native.js';
+import { attackBench, heldByThisProcess, record, sleep, TEST_MODE, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
 
 let root: BusyboxRoot;
 let rootPath: string;
@@ -221,5 +223,59 @@ describe('lifecycle', () => {
       expect(caught).toBeInstanceOf(ChrootWatchError);
       expect((caught as ChrootWatchError).code).toBe('INVALID_ARGUMENT');
     }
+  });
+});
+
+describe(`the walk's end: reachable or not (mode ${TEST_MODE})`, () => {
+  const bench = attackBench();
+  let rec: Recorder;
+  beforeAll(async () => {
+    rec = await record();
+  });
+  afterAll(() => {
+    rec.stop();
+    bench.remove();
+  });
+  const eventsOf = async (pid: number, n = 1) => {
+    await rec.until(() => rec.of(pid).length >= n);
+    return rec.of(pid).sort((a, b) => (a.ts < b.ts ? -1 : 1));
+  };
+
+  it('a directory reached by its path is reachable; the caller\'s user namespace and executable identity are reported', async () => {
+    const a = bench.attack('root', 'direct', `${bench.dir}/open`);
+    expect(a.results).toEqual(['ok']);
+    const [e] = await eventsOf(a.pid);
+    const exe = statSync('/usr/bin/python3', { bigint: true });
+    expect(e).toMatchObject({ resolvedPath: `${bench.dir}/open`, resolvedPathUnreachable: false, resolvedPathTruncated: false, callerChrooted: false, exeUnknown: false });
+    expect(e!.exeIno).toBe(exe.ino);
+    expect(e!.exeDev).toBe(Number((exe.dev >> 8n) & 0xfffn) * 2 ** 20 + Number((exe.dev & 0xffn) | ((exe.dev >> 12n) & 0xfff00n)));
+    expect(e!.userNs).toBe(statSync('/proc/self/ns/user').ino);
+  });
+
+  for (const variant of UNREACHABLE_VARIANTS) {
+    it(`${variant}: the new root is flagged not reachable from the caller's mount namespace`, async () => {
+      const a = bench.attack('root', variant, `${bench.dir}/open`);
+      expect(a.results).toEqual(['ok']);
+      const [e] = await eventsOf(a.pid);
+      expect(e).toMatchObject({ ret: 0, resolvedPathUnreachable: true, resolvedPathTruncated: false });
+    });
+  }
+
+  it('a caller whose root lies in a detached tree is already chrooted (also as an unprivileged user in a user namespace)', async () => {
+    for (const as of ['root', 'user'] as const) {
+      const a = bench.attack(as, 'root_detached', `${bench.dir}/open`);
+      expect(a.results, as).toEqual(['ok', 'ok']);
+      const [first, second] = await eventsOf(a.pid, 2);
+      expect(first, as).toMatchObject({ callerChrooted: false, resolvedPathUnreachable: true });
+      expect(second, as).toMatchObject({ callerChrooted: true });
+    }
+  });
+});
+
+describe('the decoder', () => {
+  it('decodes every flag the kernel programs can set', () => {
+    const flags = Object.keys(native().eventLayout()).filter((k) => k.startsWith('flag_'));
+    expect(flags.length).toBeGreaterThan(10);
+    expect(flags.filter((f) => !(DECODED_KEYS as readonly string[]).includes(f))).toEqual([]);
   });
 });

@@ -72,7 +72,7 @@ program
 
 program
   .command('doctor')
-  .description("what this kernel allows on the chroot path: each attach point × tracepoint/kprobe/fentry/lsm, tried for real, and the mode auto picks (the typed answer to bpftrace -l '*chroot*')")
+  .description("what this kernel allows on the chroot path: each attach point × tracepoint/kprobe/fentry/lsm, tried for real, the mode auto picks (the typed answer to bpftrace -l '*chroot*'), and the root changes no attach point sees (pivot_root, setns)")
   .option('--json', 'the report as JSON')
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {
@@ -127,7 +127,7 @@ program
 
 program
   .command('check')
-  .description('validate policy files without loading anything (no root needed); errors give file:line:column')
+  .description("validate policy files without loading anything (no root needed); errors give file:line:column; warnings (exit 0) name grants a caller can forge, such as an allow rule that trusts comm alone")
   .argument('<files...>', 'policy files, YAML or JSON')
   .option('--json', 'results as JSON')
   .addHelpText('after', EXIT_HELP)

@@ -3,7 +3,7 @@
  * {@link followPinnedGuard}, and its construction from a decoded record.
  * @module
  */
-import type { ChrootEvent, RawDecision } from './events.js';
+import type { ChrootEvent, DecisionReason, RawDecision } from './events.js';
 import type { PolicyAction } from './policy.js';
 
 /**
@@ -16,8 +16,29 @@ import type { PolicyAction } from './policy.js';
 export interface ChrootDecision extends Omit<ChrootEvent, 'ret' | 'errno' | 'lsmRet' | 'probe' | 'enterTs'> {
   /** What the matching rule says (or the default, when none matched). */
   readonly action: PolicyAction;
-  /** The matching rule's id; null when the default decided. */
+  /** The matching rule's id; null when no rule decided (see `reason`). */
   readonly ruleId: string | null;
+  /**
+   * Why: `rule`, `default`, `internal-error` (the program could not decide:
+   * a map insert or kernel read failed) or `policy-torn` (the policy was
+   * replaced twice during the decision). On the last two the policy's
+   * `failMode` decided and the kernel counted an `lsmErrors`.
+   */
+  readonly reason: DecisionReason;
+  /**
+   * For `internal-error`: the errno name of the failure (`ENOMEM`), else
+   * null. Such a decision carries only what BPF helpers give (pid, tid,
+   * uid, gid, comm, cgroupId, time): no paths, no namespaces.
+   */
+  readonly error: string | null;
+  /**
+   * The caller was in the initial user namespace and the initial mount
+   * namespace, as `initialNamespaces` conditions test it (from
+   * `current->cred->user_ns` and `current->nsproxy->mnt_ns`). Always false
+   * for decisions from the watch probes (`source: 'watch'`), where the
+   * evaluator computes it from `userNs` and `mntNs`.
+   */
+  readonly initialNamespaces: boolean;
   /** The call failed with EPERM because of this decision (`deny` in enforce mode). */
   readonly denied: boolean;
   /** The action is `deny`: in audit mode, the call would have been denied. */
@@ -34,7 +55,7 @@ export interface ChrootDecision extends Omit<ChrootEvent, 'ret' | 'errno' | 'lsm
 }
 
 /** What a decision adds to the caller's identity. @internal */
-export type Verdict = Pick<ChrootDecision, 'action' | 'ruleId' | 'denied' | 'policyMode' | 'generation' | 'source'>;
+export type Verdict = Pick<ChrootDecision, 'action' | 'ruleId' | 'reason' | 'error' | 'initialNamespaces' | 'denied' | 'policyMode' | 'generation' | 'source'>;
 
 /**
  * A decision on the call `e` describes. Fields are copied one by one: this
@@ -53,9 +74,14 @@ export function decisionOf(e: ChrootEvent, v: Verdict): ChrootDecision {
     euid: e.euid,
     egid: e.egid,
     comm: e.comm,
+    commBytes: e.commBytes,
     cgroupId: e.cgroupId,
     mntNs: e.mntNs,
     pidNs: e.pidNs,
+    userNs: e.userNs,
+    exeDev: e.exeDev,
+    exeIno: e.exeIno,
+    exeUnknown: e.exeUnknown,
     path: e.path,
     pathBytes: e.pathBytes,
     pathTruncated: e.pathTruncated,
@@ -63,9 +89,13 @@ export function decisionOf(e: ChrootEvent, v: Verdict): ChrootDecision {
     resolvedPath: e.resolvedPath,
     resolvedPathBytes: e.resolvedPathBytes,
     resolvedPathTruncated: e.resolvedPathTruncated,
+    resolvedPathUnreachable: e.resolvedPathUnreachable,
     callerChrooted: e.callerChrooted,
     action: v.action,
     ruleId: v.ruleId,
+    reason: v.reason,
+    error: v.error,
+    initialNamespaces: v.initialNamespaces,
     denied: v.denied,
     wouldDeny: v.action === 'deny',
     policyMode: v.policyMode,
@@ -84,6 +114,9 @@ export function toDecision(d: RawDecision, ruleIds: readonly string[] | undefine
   return decisionOf(d.event, {
     action: d.action,
     ruleId: d.rule === null ? null : (ruleIds?.[d.rule] ?? `#${d.rule}`),
+    reason: d.reason,
+    error: d.error,
+    initialNamespaces: d.initialNamespaces,
     denied: d.denied,
     policyMode: d.enforcing ? 'enforce' : 'audit',
     generation: d.generation,

@@ -53,6 +53,30 @@ export interface ModeReport {
   readonly refusal: Refusal | null;
 }
 
+/** A way to change a task's root that no chroot-guard program sees. */
+export interface BlindSpot {
+  /** The system calls. */
+  readonly calls: string;
+  /** What they do, why `lsm/path_chroot` and the watch probes miss it, and what still shows. */
+  readonly why: string;
+}
+
+/**
+ * Root changes that never call chroot(2), so neither the watch probes nor
+ * the guard (`lsm/path_chroot`) see them. The same on every kernel: they
+ * are what the hooks are, not what this kernel allows.
+ */
+export const BLIND_SPOTS: readonly BlindSpot[] = [
+  {
+    calls: 'pivot_root(2)',
+    why: "swaps a mount namespace's root mount (LSM hook sb_pivotroot, not path_chroot); it needs CAP_SYS_ADMIN over the mount namespace, so an unprivileged caller needs namespaces of its own, which initialNamespaces rules and events' mntNs/userNs show on its next chroot(2)",
+  },
+  {
+    calls: 'setns(2), unshare(2) of a mount namespace',
+    why: "a task that joins or makes another mount namespace gets that namespace's root without any chroot(2); events' mntNs and userNs, and initialNamespaces rules, see it from its next chroot(2) on",
+  },
+];
+
 /** What `doctor()` found. */
 export interface DoctorReport {
   /** Kernel and process facts. */
@@ -78,6 +102,8 @@ export interface DoctorReport {
   readonly modes: readonly ModeReport[];
   /** The mode `chrootWatch({ mode: 'auto' })` would use, or null if none works. */
   readonly auto: AttachMode | null;
+  /** Root changes no program sees ({@link BLIND_SPOTS}). */
+  readonly blindSpots: readonly BlindSpot[];
 }
 
 /**
@@ -109,5 +135,6 @@ export async function doctor(): Promise<DoctorReport> {
     })),
     modes: r.modes.map((m) => ({ mode: m.mode as AttachMode, ok: m.ok, refusal: m.refusal ? refusalOf(m.refusal) : null })),
     auto: (r.auto ?? null) as AttachMode | null,
+    blindSpots: BLIND_SPOTS,
   };
 }

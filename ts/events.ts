@@ -43,14 +43,28 @@ export interface ChrootEvent {
   readonly euid: number;
   /** Effective gid: `current->cred->egid`. */
   readonly egid: number;
-  /** `current->comm` at entry: at most 15 bytes, decoded as UTF-8. */
+  /** `current->comm` at entry: at most 15 bytes, decoded as UTF-8 (display form as for `path`). Set by the caller itself: a label, not an identity. */
   readonly comm: string;
+  /** The raw bytes of `comm` (NUL padding excluded): what `comm` policy conditions compare. */
+  readonly commBytes: Buffer;
   /** cgroup v2 id of the caller, from `bpf_get_current_cgroup_id()`. */
   readonly cgroupId: bigint;
   /** Mount namespace inode number (as in `/proc/PID/ns/mnt`). */
   readonly mntNs: number;
   /** Active pid namespace inode number (as in `/proc/PID/ns/pid`). */
   readonly pidNs: number;
+  /** User namespace inode number (as in `/proc/PID/ns/user`): `current->cred->user_ns->ns.inum`. */
+  readonly userNs: number;
+  /**
+   * Device of the caller's executable (`current->mm->exe_file->f_inode->
+   * i_sb->s_dev`), in the kernel's encoding: `major << 20 | minor`. 0 when
+   * `exeUnknown`.
+   */
+  readonly exeDev: number;
+  /** Inode number of the caller's executable (`exe_file->f_inode->i_ino`); 0n when `exeUnknown`. */
+  readonly exeIno: bigint;
+  /** The caller has no executable to identify (no `mm` or `exe_file`, e.g. a kernel thread). */
+  readonly exeUnknown: boolean;
   /**
    * The argument as passed, for display: UTF-8, with bytes that are not
    * valid UTF-8 written as `\xNN`. Empty when unreadable (see `pathUnreadable`).
@@ -75,8 +89,21 @@ export interface ChrootEvent {
   /** The walk stopped at 64 steps or 4095 bytes: `resolvedPath` is the tail only. */
   readonly resolvedPathTruncated: boolean;
   /**
-   * The caller's root was not its mount namespace's root when it called:
-   * a chroot from inside a chroot. From `current->fs->root` at entry.
+   * The new root is not reachable from the caller's mount namespace root:
+   * the walk ended at another root (`current->nsproxy->mnt_ns->root` was
+   * never met): a detached tree (`umount -l`, `open_tree(OPEN_TREE_CLONE)`,
+   * `fsmount`), another mount namespace (`/proc/PID/root`, a directory fd
+   * passed from elsewhere), or a dentry escaped from its mount.
+   * `resolvedPath` is then the path from that other root, which names
+   * something else (or nothing) in the caller's namespace; policies treat
+   * it as a path that cannot be judged.
+   */
+  readonly resolvedPathUnreachable: boolean;
+  /**
+   * The caller's root was not its mount namespace's root when it called
+   * (the kernel's `current_chrooted()`): a chroot from inside a chroot, or
+   * a root left in a detached tree or another namespace. From
+   * `current->fs->root` and `current->nsproxy->mnt_ns->root` at entry.
    */
   readonly callerChrooted: boolean;
   /** Syscall result: 0, or a negative errno. */
@@ -115,12 +142,26 @@ export function displayBytes(bytes: Uint8Array): string {
 }
 
 /**
+ * Why a decision came out as it did: `rule` (a rule matched), `default`
+ * (none did), `internal-error` (the program could not decide: a map insert
+ * or kernel read failed; the policy's `failMode` applied), `policy-torn`
+ * (the policy was replaced twice during the decision; `failMode` applied).
+ */
+export type DecisionReason = 'rule' | 'default' | 'internal-error' | 'policy-torn';
+
+/**
  * A policy decision as the `lsm/path_chroot` program reports it (internal:
  * `ts/guard.ts` turns the rule index into the rule's id).
  * @internal
  */
 export interface RawDecision {
   readonly event: ChrootEvent;
+  /** Why. */
+  readonly reason: DecisionReason;
+  /** For `internal-error`: the failing helper's errno name (`ENOMEM`), else null. */
+  readonly error: string | null;
+  /** The caller was in the initial user and mount namespaces. */
+  readonly initialNamespaces: boolean;
   /** `allow`, `deny` or `audit`: the matching rule's action, or the default's. */
   readonly action: 'allow' | 'deny' | 'audit';
   /** Compiled rule index, or null for the default action. */
@@ -136,15 +177,17 @@ export interface RawDecision {
 /** Field offsets and constants of the record, from the addon. */
 type Layout = Record<string, number>;
 
-const REQUIRED = [
+/** Every layout key the decoder reads, flags included. @internal */
+export const DECODED_KEYS = [
   'size', 'kind', 'mode', 'path_len', 'resolved_len', 'flags', 'pid', 'tid', 'ppid', 'uid', 'gid', 'euid',
-  'egid', 'mnt_ns', 'pid_ns', 'lsm_ret', 'ret', 'enter_ns', 'ts_ns', 'cgroup_id', 'comm', 'data', 'header',
+  'egid', 'mnt_ns', 'pid_ns', 'user_ns', 'exe_dev', 'exe_ino', 'lsm_ret', 'ret', 'enter_ns', 'ts_ns', 'cgroup_id',
+  'comm', 'data', 'header', 'flag_exe_unknown', 'flag_policy_torn', 'flag_internal_error', 'flag_initial_namespaces',
   'comm_len', 'flag_path_truncated', 'flag_path_unreadable', 'flag_resolved_present',
-  'flag_resolved_truncated', 'flag_lsm_called', 'kind_chroot', 'mode_fentry', 'mode_kprobe', 'mode_tracepoint',
+  'flag_resolved_truncated', 'flag_resolved_unreachable', 'flag_lsm_called', 'kind_chroot', 'mode_fentry', 'mode_kprobe', 'mode_tracepoint',
   'rule', 'policy_gen', 'flag_caller_chrooted', 'flag_action_shift', 'flag_action_mask', 'flag_enforcing',
   'flag_denied', 'kind_decision', 'no_rule', 'action_allow', 'action_deny', 'action_audit',
 ] as const;
-type Key = (typeof REQUIRED)[number];
+type Key = (typeof DECODED_KEYS)[number];
 
 let shared: Decoder | undefined;
 
@@ -167,7 +210,7 @@ export class Decoder {
 
   constructor(binding: Native) {
     const layout: Layout = binding.eventLayout();
-    for (const k of REQUIRED) {
+    for (const k of DECODED_KEYS) {
       if (typeof layout[k] !== 'number') {
         throw new ChrootWatchError('NATIVE_UNAVAILABLE', `the native addon's event layout lacks "${k}": addon and JS are from different builds`);
       }
@@ -207,8 +250,13 @@ export class Decoder {
     const flags = v.getUint32(s + L.flags, true);
     const code = (flags >>> L.flag_action_shift) & L.flag_action_mask;
     const rule = v.getUint16(s + L.rule, true);
+    const internal = (flags & L.flag_internal_error) !== 0;
+    const reason: DecisionReason = internal ? 'internal-error' : flags & L.flag_policy_torn ? 'policy-torn' : rule === L.no_rule ? 'default' : 'rule';
     return {
       event: this.decodeOne(data, v, s),
+      reason,
+      error: internal ? errnoName(-v.getInt32(s + L.lsm_ret, true)) : null,
+      initialNamespaces: (flags & L.flag_initial_namespaces) !== 0,
       action: code === L.action_deny ? 'deny' : code === L.action_audit ? 'audit' : 'allow',
       rule: rule === L.no_rule ? null : rule,
       enforcing: (flags & L.flag_enforcing) !== 0,
@@ -226,6 +274,7 @@ export class Decoder {
     const pathBytes = Buffer.from(data.subarray(s + L.data, s + L.data + pathLen));
     const commRaw = data.subarray(s + L.comm, s + L.comm + L.comm_len);
     const commEnd = commRaw.indexOf(0);
+    const commBytes = Buffer.from(commEnd < 0 ? commRaw : commRaw.subarray(0, commEnd));
     let resolvedPathBytes: Buffer | null = null;
     if (flags & L.flag_resolved_present) {
       const n = v.getUint16(s + L.resolved_len, true);
@@ -243,10 +292,15 @@ export class Decoder {
       gid: v.getUint32(s + L.gid, true),
       euid: v.getUint32(s + L.euid, true),
       egid: v.getUint32(s + L.egid, true),
-      comm: displayBytes(commEnd < 0 ? commRaw : commRaw.subarray(0, commEnd)),
+      comm: displayBytes(commBytes),
+      commBytes,
       cgroupId: v.getBigUint64(s + L.cgroup_id, true),
       mntNs: v.getUint32(s + L.mnt_ns, true),
       pidNs: v.getUint32(s + L.pid_ns, true),
+      userNs: v.getUint32(s + L.user_ns, true),
+      exeDev: v.getUint32(s + L.exe_dev, true),
+      exeIno: v.getBigUint64(s + L.exe_ino, true),
+      exeUnknown: (flags & L.flag_exe_unknown) !== 0,
       path: displayBytes(pathBytes),
       pathBytes,
       pathTruncated: (flags & L.flag_path_truncated) !== 0,
@@ -254,6 +308,7 @@ export class Decoder {
       resolvedPath: resolvedPathBytes ? displayBytes(resolvedPathBytes) : null,
       resolvedPathBytes,
       resolvedPathTruncated: (flags & L.flag_resolved_truncated) !== 0,
+      resolvedPathUnreachable: (flags & L.flag_resolved_unreachable) !== 0,
       callerChrooted: (flags & L.flag_caller_chrooted) !== 0,
       ret,
       errno: ret < 0 ? errnoName(-ret) : null,

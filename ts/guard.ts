@@ -10,8 +10,8 @@ import { toDecision, type ChrootDecision } from './decision.js';
 import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
 import { DEFAULT_PIN_DIR, guardFailure, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
-import { validatePolicy, type Policy } from './policy.js';
-import { readBatch, type CounterTotals, type LostReport } from './session.js';
+import { contextOf, validatePolicy, type Policy, type PolicyContext } from './policy.js';
+import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './session.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
 
 export type { ChrootDecision } from './decision.js';
@@ -20,8 +20,15 @@ export type { ChrootDecision } from './decision.js';
 export interface GuardInfo {
   /** Generation of the policy in force. */
   readonly generation: number;
-  /** Number of compiled rules (lists expand into several). */
+  /** Number of compiled rules (lists and `not` blocks expand into several). */
   readonly compiledRules: number;
+  /**
+   * The facts the policy in force was compiled with (the initial mount
+   * namespace, the identity of each `exe`): pass it to
+   * {@link evaluatePolicy} to decide as the kernel does. Absent for pinned
+   * guards updated from another process.
+   */
+  readonly context?: PolicyContext;
 }
 
 /** Options of {@link chrootGuard}. */
@@ -73,8 +80,11 @@ export interface ChrootGuard {
   pin(options?: PinOptions): Promise<PinnedGuardStatus>;
   /** Detaches the program and frees every map; chroot(2) is no longer checked (unless pinned: then only the reporting stops). Idempotent. */
   stop(): void;
-  /** Totals: decisions delivered and lost, from the addon and the kernel's counters. */
-  stats(): { decisions: number; ringBufferFull: number; lsmErrors: number };
+  /**
+   * Totals: decisions delivered, and the kernel's counters (records not
+   * written, by action, and decisions made after an internal error).
+   */
+  stats(): { decisions: number } & LossCounts;
 }
 
 const failure = guardFailure;
@@ -99,7 +109,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
   let state: 'opening' | 'running' | 'stopped' | 'failed' = 'opening';
   let failed: ChrootWatchError | undefined;
   let decisions = 0;
-  let lost: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
+  let lost: CounterTotals = NO_LOSS;
   let binding: BindingGuard | undefined;
   // Decisions that arrive before open() has returned the rule ids wait here.
   let early: RawDecision[] | undefined = [];
@@ -114,7 +124,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
   const record = (r: BindingGuardResult): GuardInfo => {
     ruleIds.set(r.generation, r.ruleIds);
     for (const g of ruleIds.keys()) if (g < r.generation - 8) ruleIds.delete(g);
-    return { generation: r.generation, compiledRules: r.ruleIds.length };
+    return { generation: r.generation, compiledRules: r.ruleIds.length, ...(r.context ? { context: contextOf(r.context) } : {}) };
   };
   const deliver = (raw: readonly RawDecision[]) => {
     const to = [...subscribers];
@@ -198,8 +208,16 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
       subscribers.clear();
     },
     stats() {
-      const s = binding?.stats();
-      return { decisions, ringBufferFull: s?.ringBufferFull ?? lost.ringBufferFull, lsmErrors: s?.lsmErrors ?? lost.lsmErrors };
+      const s = binding?.stats() ?? lost;
+      return {
+        decisions,
+        ringBufferFull: s.ringBufferFull,
+        pendingFull: s.pendingFull,
+        lsmErrors: s.lsmErrors,
+        allowLost: s.allowLost,
+        denyLost: s.denyLost,
+        auditLost: s.auditLost,
+      };
     },
   };
 }

@@ -8,11 +8,11 @@
  * @module
  */
 export { chrootWatch, DEFAULT_RING_BUFFER_BYTES, type ChrootWatchOptions } from './watch.js';
-export { type ChrootEvent, errnoName, displayBytes } from './events.js';
+export { type ChrootEvent, type DecisionReason, errnoName, displayBytes } from './events.js';
 export { ChrootWatchError, type ChrootWatchErrorCode, type AttachMode, type Refusal } from './errors.js';
-export type { AttachInfo, LostReport, SessionStats } from './session.js';
+export type { AttachInfo, LossCounts, LostReport, SessionStats } from './session.js';
 export { toWallClock, boottimeNs } from './clock.js';
-export { doctor, type DoctorReport, type AttachPointReport, type Check, type Denial, type Mechanism, type ModeReport } from './doctor.js';
+export { doctor, BLIND_SPOTS, type BlindSpot, type DoctorReport, type AttachPointReport, type Check, type Denial, type Mechanism, type ModeReport } from './doctor.js';
 export { countStacks, type CountStacksOptions, type KernelStack, type StackFrame, type StackReport } from './stacks.js';
 export { chrootGuard, type ChrootGuard, type ChrootGuardOptions, type ChrootDecision, type GuardInfo } from './guard.js';
 export {
@@ -30,6 +30,10 @@ export {
   loadPolicy,
   validatePolicy,
   evaluatePolicy,
+  policyContext,
+  policyWarnings,
+  pathBytes,
+  INITIAL_USER_NS,
   formatProblem,
   policySchema,
   PolicyError,
@@ -37,6 +41,9 @@ export {
   type Policy,
   type PolicyRule,
   type PolicyMatch,
+  type PolicyConditions,
+  type PolicyContext,
+  type FileIdentity,
   type PolicyAction,
   type PolicyProblem,
   type Evaluation,

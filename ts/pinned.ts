@@ -21,7 +21,7 @@ import { decoder, type RawDecision } from './events.js';
 import type { GuardInfo } from './guard.js';
 import { native } from './native.js';
 import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
-import { readBatch, type CounterTotals, type LostReport } from './session.js';
+import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './session.js';
 
 /** Where guards are pinned unless told otherwise. */
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/chroot-guard';
@@ -150,7 +150,7 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
   check(options.onLost === undefined || typeof options.onLost === 'function', 'onLost must be a function');
   return new Observable<ChrootDecision>((subscriber) => {
     const ruleIds = new Map<number, readonly string[]>();
-    let lost: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
+    let lost: CounterTotals = NO_LOSS;
     let closed = false;
     let follower: BindingPinnedFollower | undefined;
     // Generations looked up once already: a backlog of decisions from a

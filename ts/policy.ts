@@ -8,7 +8,8 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import type { Document, LineCounter, Node } from 'yaml';
-import { ChrootWatchError } from './errors.js';
+import { ChrootWatchError, type ChrootWatchErrorCode } from './errors.js';
+import { native } from './native.js';
 import type { ChrootEvent } from './events.js';
 
 /** What a rule (or the default) does with a chroot call. */
@@ -16,16 +17,28 @@ export type PolicyAction = 'allow' | 'deny' | 'audit';
 
 /**
  * Conditions of a rule: every condition given must hold (AND); a list
- * means any of its values (OR). No `match`, or an empty one, matches every
- * call.
+ * means any of its values (OR).
+ *
+ * Who can forge what (see the README's threat model): `comm` is chosen by
+ * the caller (`prctl(PR_SET_NAME)`, or the name of any executable it
+ * runs), so it never identifies a program; paths can be aliased by anyone
+ * who can make mounts (a user namespace of their own is enough), so
+ * `path`/`subtree`/`alreadyChrooted` hold against such callers only
+ * together with `initialNamespaces: true` (or exclude the others with
+ * `not: { initialNamespaces: true }`). uids, gids, `exe` (matched by file
+ * identity), `cgroupId`, `mntNs` and `initialNamespaces` are set by the
+ * kernel.
  */
-export interface PolicyMatch {
+export interface PolicyConditions {
   /**
    * The new root is exactly this directory: an absolute path as the caller's
    * mount namespace sees it, like events' `resolvedPath` (the host path for
    * callers in the host's mount namespace; never relative to a chroot the
-   * caller is already in). A bind mount shows a directory under another
-   * path: add `mntNs`, uid or `alreadyChrooted` conditions where that matters.
+   * caller is already in). Bytes that are not UTF-8 are written `\xHH`, a
+   * backslash `\\`. A directory outside the caller's namespace (a detached
+   * mount, another namespace's tree) has no such path: see
+   * `resolvedPathUnreachable`. A bind mount shows a directory under another
+   * path: add `initialNamespaces` where callers may make their own mounts.
    */
   readonly path?: string | readonly string[];
   /** The new root is this directory or anything below it (absolute, as `path`). */
@@ -38,16 +51,53 @@ export interface PolicyMatch {
   readonly gid?: number | readonly number[];
   /** Effective gid of the caller. */
   readonly egid?: number | readonly number[];
-  /** The caller's comm (at most 15 bytes). */
+  /**
+   * The caller's comm (at most 15 bytes). Set by the caller itself
+   * (`prctl(PR_SET_NAME)`, or by naming an executable so): a label, not an
+   * identity. `check` warns when an allow or audit rule relies on it alone.
+   */
   readonly comm?: string | readonly string[];
-  /** The caller's executable, absolute as `path` (`current->mm->exe_file`). */
+  /**
+   * The caller's executable (`current->mm->exe_file`), matched by identity:
+   * the device and inode of the file at this path when the policy loads
+   * (it must exist then). A copy of the file, or another file bind-mounted
+   * over the path, does not match; a hard link does; a file replaced after
+   * loading (a package upgrade) no longer matches until the policy is loaded
+   * again.
+   */
   readonly exe?: string | readonly string[];
   /** cgroup v2 id of the caller, as in events' `cgroupId`. */
   readonly cgroupId?: number | readonly number[];
-  /** The caller's root is not its mount namespace's root (a chroot from inside a chroot). */
+  /**
+   * The caller's root is not its mount namespace's root (the kernel's
+   * `current_chrooted()`): a chroot from inside a chroot, or a root left in
+   * a detached tree or another namespace.
+   */
   readonly alreadyChrooted?: boolean;
-  /** Inode number of the caller's mount namespace (as events' `mntNs`, `/proc/PID/ns/mnt`). */
+  /**
+   * Inode number of the caller's mount namespace (as events' `mntNs`,
+   * `/proc/PID/ns/mnt`). The kernel reuses the number of a namespace that
+   * has ended for a new one: name only namespaces that outlive the policy.
+   */
   readonly mntNs?: number | readonly number[];
+  /**
+   * Whether the caller is in the initial user namespace and the initial
+   * mount namespace (pid 1's, read when the policy loads): the host's, where
+   * paths mean what the host's administrator sees. Callers in user or mount
+   * namespaces of their own can alias paths; this condition cannot be forged.
+   */
+  readonly initialNamespaces?: boolean;
+}
+
+/**
+ * A rule's `match`: its conditions, and optionally `not`, conditions that,
+ * when they all hold, make the rule not apply (`not: { initialNamespaces:
+ * true }`: every caller but the host's). No `match`, or an empty one,
+ * matches every call.
+ */
+export interface PolicyMatch extends PolicyConditions {
+  /** When every one of these holds (lists: any value), the rule does not apply. At least one condition; no nested `not`. */
+  readonly not?: PolicyConditions;
 }
 
 /** One rule. */
@@ -70,6 +120,14 @@ export interface Policy {
   readonly mode: 'enforce' | 'audit';
   /** Action when no rule matches (default `allow`). */
   readonly default?: PolicyAction;
+  /**
+   * What applies when the kernel program cannot decide (a map insert or a
+   * kernel read fails, e.g. under memory pressure, or the policy is replaced
+   * twice during one decision): `default` (the default action; the
+   * default), `allow` or `deny`. Such decisions are reported with
+   * `reason: 'internal-error'` or `'policy-torn'` and counted in `lsmErrors`.
+   */
+  readonly failMode?: 'default' | 'allow' | 'deny';
   /** Ordered rules; the first that matches decides. At most 64 after list expansion. */
   readonly rules: readonly PolicyRule[];
 }
@@ -214,6 +272,12 @@ function schemaProblems(errors: readonly ErrorObject[], value: unknown): Array<{
 
 const asList = <T>(v: T | readonly T[] | undefined): readonly T[] => (v === undefined ? [] : Array.isArray(v) ? (v as readonly T[]) : [v as T]);
 
+/** The keys of {@link PolicyConditions} whose lists multiply into compiled rules. */
+const EXPANDING = ['uid', 'euid', 'gid', 'egid', 'mntNs', 'comm', 'cgroupId'] as const;
+
+/** Compiled rules one block of conditions expands into: the product of its list lengths. */
+const expansions = (m: PolicyConditions): number => EXPANDING.reduce<number>((acc, k) => acc * Math.max(1, asList(m[k] as never).length), 1);
+
 /** Checks the schema cannot: unique ids, clean paths, comm length, rule count. */
 function semanticProblems(p: Policy): Array<{ pointer: string; message: string }> {
   const out: Array<{ pointer: string; message: string }> = [];
@@ -226,27 +290,55 @@ function semanticProblems(p: Policy): Array<{ pointer: string; message: string }
     if (ids.has(r.id)) out.push({ pointer: `${at}/id`, message: `duplicate rule id "${r.id}" (first used by rule ${ids.get(r.id)! + 1})` });
     else ids.set(r.id, i);
     const m = r.match ?? {};
-    for (const key of ['path', 'subtree', 'exe'] as const) {
-      asList(m[key]).forEach((path, j) => {
-        const ptr = Array.isArray(m[key]) ? `${at}/match/${key}/${j}` : `${at}/match/${key}`;
-        if (path.split('/').some((c) => c === '.' || c === '..')) out.push({ pointer: ptr, message: `"${key}" ${JSON.stringify(path)} has . or .. components: write the absolute path itself` });
+    const blocks: Array<[string, PolicyConditions]> = [[`${at}/match`, m]];
+    if (m.not) blocks.push([`${at}/match/not`, m.not]);
+    if ((m.not as PolicyMatch | undefined)?.not !== undefined) out.push({ pointer: `${at}/match/not/not`, message: 'a not block cannot hold another not' });
+    for (const [where, c] of blocks) {
+      for (const key of ['path', 'subtree', 'exe'] as const) {
+        asList(c[key]).forEach((path, j) => {
+          const ptr = Array.isArray(c[key]) ? `${where}/${key}/${j}` : `${where}/${key}`;
+          const bytes = pathBytes(path);
+          if (typeof bytes === 'string') out.push({ pointer: ptr, message: `"${key}" ${JSON.stringify(path)} ${bytes}` });
+          else if (bytes.toString('latin1').split('/').some((x) => x === '.' || x === '..')) out.push({ pointer: ptr, message: `"${key}" ${JSON.stringify(path)} has . or .. components: write the absolute path itself` });
+          else (key === 'exe' ? exes : paths).add(canonical(path));
+        });
+      }
+      asList(c.comm).forEach((name, j) => {
+        if (Buffer.byteLength(name) > 15) {
+          out.push({ pointer: Array.isArray(c.comm) ? `${where}/comm/${j}` : `${where}/comm`, message: `comm ${JSON.stringify(name)} is ${Buffer.byteLength(name)} bytes; the kernel keeps 15 (TASK_COMM_LEN - 1)` });
+        }
       });
     }
-    asList(m.comm).forEach((c, j) => {
-      if (Buffer.byteLength(c) > 15) {
-        out.push({ pointer: Array.isArray(m.comm) ? `${at}/match/comm/${j}` : `${at}/match/comm`, message: `comm ${JSON.stringify(c)} is ${Buffer.byteLength(c)} bytes; the kernel keeps 15 (TASK_COMM_LEN - 1)` });
-      }
-    });
-    for (const p of [...asList(m.path), ...asList(m.subtree)]) paths.add(canonical(p));
-    for (const p of asList(m.exe)) exes.add(canonical(p));
-    const n = [m.uid, m.euid, m.gid, m.egid, m.mntNs, m.comm, m.cgroupId].reduce<number>((acc, v) => acc * Math.max(1, asList(v as never).length), 1);
+    const n = expansions(m) + (m.not ? expansions(m.not) : 0);
     compiled += n;
     if (compiled > MAX_RULES && compiled - n <= MAX_RULES) {
-      out.push({ pointer: at, message: `the policy expands to more than ${MAX_RULES} rules here (${compiled}): each combination of uid, euid, gid, egid, mntNs, comm and cgroupId values is one rule` });
+      out.push({ pointer: at, message: `the policy expands to more than ${MAX_RULES} rules here (${compiled}): each combination of uid, euid, gid, egid, mntNs, comm and cgroupId values is one rule, in match and in not` });
     }
   });
   if (paths.size > MAX_PATHS) out.push({ pointer: '/rules', message: `the policy names ${paths.size} distinct paths (path and subtree); at most ${MAX_PATHS}` });
   if (exes.size > MAX_EXES) out.push({ pointer: '/rules', message: `the policy names ${exes.size} distinct executables; at most ${MAX_EXES}` });
+  return out;
+}
+
+/** Conditions that say who the caller is and that the caller cannot choose. */
+const IDENTITY = ['uid', 'euid', 'gid', 'egid', 'exe', 'cgroupId', 'mntNs', 'initialNamespaces'] as const;
+
+/**
+ * What a valid policy grants that its author may not mean: an allow or
+ * audit rule whose only say on who the caller is, is `comm` (which the
+ * caller sets itself, with `prctl(PR_SET_NAME)` or by naming an executable
+ * so): any local user can take its pass.
+ */
+export function policyWarnings(p: Policy): PolicyProblem[] {
+  const out: PolicyProblem[] = [];
+  p.rules.forEach((r, i) => {
+    const m = r.match ?? {};
+    if (r.action === 'deny' || m.comm === undefined || IDENTITY.some((k) => m[k] !== undefined)) return;
+    out.push({
+      pointer: `/rules/${i}/match/comm`,
+      message: `rule "${r.id}" ${r.action === 'allow' ? 'allows' : 'lets through (audit)'} any caller whose comm matches: comm is set by the caller itself (prctl(PR_SET_NAME), or the executable's name), so any local user can match it; add a condition the caller cannot forge (uid/euid, exe, cgroupId, initialNamespaces)`,
+    });
+  });
   return out;
 }
 
@@ -338,9 +430,91 @@ export function asAudit(p: Policy): Policy {
   return { ...p, mode: 'audit' };
 }
 
-/** Canonical form of a rule path: no empty components, no trailing slash. */
+/**
+ * The bytes a policy path names: UTF-8, except that `\xHH` (two hex
+ * digits) stands for one byte (a directory whose name is not UTF-8) and
+ * `\\` for a backslash. A string saying what is wrong when an escape is
+ * bad. The loader decodes the same way (`path_bytes` in
+ * `crates/loader/src/policy.rs`).
+ */
+export function pathBytes(p: string): Buffer | string {
+  const out: number[] = [];
+  const raw = Buffer.from(p, 'utf8');
+  for (let i = 0; i < raw.length; i++) {
+    const b = raw[i]!;
+    if (b !== 0x5c) {
+      out.push(b);
+      continue;
+    }
+    const next = raw[i + 1];
+    if (next === 0x5c) {
+      out.push(0x5c);
+      i++;
+    } else if (next === 0x78 && /^[0-9a-fA-F]{2}$/.test(raw.subarray(i + 2, i + 4).toString('latin1'))) {
+      out.push(parseInt(raw.subarray(i + 2, i + 4).toString('latin1'), 16));
+      i += 3;
+    } else {
+      return 'has a backslash that is not \\xHH (one byte) or \\\\ (a backslash)';
+    }
+  }
+  if (out.includes(0)) return 'names a NUL byte';
+  return Buffer.from(out);
+}
+
+/**
+ * Canonical form of a rule path, as bytes in a latin1 string (one char per
+ * byte, comparable with {@link latin1} of a resolved path): escapes decoded,
+ * no empty components, no trailing slash.
+ */
 function canonical(p: string): string {
-  return '/' + p.split('/').filter(Boolean).join('/');
+  const bytes = pathBytes(p);
+  const text = typeof bytes === 'string' ? p : bytes.toString('latin1');
+  return '/' + text.split('/').filter(Boolean).join('/');
+}
+
+/** Raw bytes as a latin1 string: one char per byte, so byte strings compare and prefix-match as strings. */
+const latin1 = (b: Buffer): string => b.toString('latin1');
+
+/** A file as the kernel identifies it: what `exe` conditions match. */
+export interface FileIdentity {
+  /** `inode->i_sb->s_dev` in the kernel's encoding (`major << 20 | minor`), as events' `exeDev`. */
+  readonly dev: number;
+  /** `inode->i_ino`, as events' `exeIno`. */
+  readonly ino: bigint;
+}
+
+/**
+ * What a policy is matched against besides the call: the facts read when
+ * it was compiled. The kernel program has them in its maps; the reference
+ * evaluator needs them given. A guard reports the ones it compiled with
+ * (`GuardInfo.context`); {@link policyContext} reads them for a policy.
+ */
+export interface PolicyContext {
+  /** Inode number of the initial mount namespace (pid 1's at compile time), or null when unknown. */
+  readonly initialMntNs: number | null;
+  /** The identity of each `exe` path of the policy, by the path as written. */
+  readonly exes: ReadonlyMap<string, FileIdentity>;
+}
+
+/** `PROC_USER_INIT_INO`: the initial user namespace's fixed inode number. */
+export const INITIAL_USER_NS = 0xeffffffd;
+
+/**
+ * Reads the facts `policy` compiles with on this host (the initial mount
+ * namespace, each `exe` file's identity), with the loader's own code, so
+ * {@link evaluatePolicy} decides as the kernel would.
+ * @throws {ChrootWatchError} `INVALID_ARGUMENT` when an `exe` file cannot be
+ * identified (it must exist), `NATIVE_UNAVAILABLE` without the addon.
+ */
+export function policyContext(policy: Policy): PolicyContext {
+  const r = native().policyContext(JSON.stringify(policy));
+  if (!r.ok) throw new ChrootWatchError((r.errorCode ?? 'INTERNAL') as ChrootWatchErrorCode, r.errorMessage ?? 'could not read the policy\'s facts');
+  return contextOf(r);
+}
+
+/** The public form of the addon's context. @internal */
+export function contextOf(r: { initialMntNs: number; exes: ReadonlyArray<{ path: string; dev: number; ino: string }> }): PolicyContext {
+  return { initialMntNs: r.initialMntNs || null, exes: new Map(r.exes.map((x) => [x.path, { dev: x.dev, ino: BigInt(x.ino) }])) };
 }
 
 /** What {@link evaluatePolicy} decided. */
@@ -349,59 +523,86 @@ export interface Evaluation {
   readonly action: PolicyAction;
   /** The matching rule's id, or null for the default. */
   readonly ruleId: string | null;
-  /** Conditions that could not be evaluated from the event (e.g. `exe` from watch events). */
+  /**
+   * Conditions that could not be judged (`RULE: exe`, `RULE: path`,
+   * `RULE: initialNamespaces`): a path cut short or not reachable, no
+   * executable or no context for it, no initial mount namespace. Each held
+   * for deny rules and not for others (inverted inside `not`), as in the
+   * kernel.
+   */
   readonly unknown: readonly string[];
+}
+
+/** A condition's outcome: true, false, or undefined when it cannot be judged. */
+type Outcome = boolean | undefined;
+
+/** Whether every condition of `c` holds for `e`; undefined ones are named in `unknown` and resolved to `unknownHolds`. */
+function conditionsHold(c: PolicyConditions, e: ChrootEvent, ctx: PolicyContext | undefined, unknownHolds: boolean, note: (what: string) => void): boolean {
+  const any = <T>(v: T | readonly T[] | undefined, actual: T) => v === undefined || asList(v).includes(actual);
+  const resolve = (what: string, o: Outcome): boolean => {
+    if (o !== undefined) return o;
+    note(what);
+    return unknownHolds;
+  };
+  // A subtree of `/` holds for every path: no condition (as the compiler).
+  const subtree = c.subtree === undefined || asList(c.subtree).some((p) => canonical(p) === '/') ? undefined : asList(c.subtree).map(canonical);
+  let path: Outcome = true;
+  if (c.path !== undefined || subtree !== undefined) {
+    const known = e.resolvedPathBytes !== null && !e.resolvedPathTruncated && !e.resolvedPathUnreachable;
+    if (!known) path = undefined;
+    else {
+      const resolved = latin1(e.resolvedPathBytes!);
+      const exact = c.path === undefined || asList(c.path).some((p) => canonical(p) === resolved);
+      const under = subtree === undefined || subtree.some((s) => resolved === s || resolved.startsWith(`${s}/`));
+      path = exact && under;
+    }
+  }
+  let exe: Outcome = true;
+  if (c.exe !== undefined) {
+    const ids = asList(c.exe).map((p) => ctx?.exes.get(p));
+    exe = e.exeUnknown || ids.some((id) => id === undefined) ? undefined : ids.some((id) => id!.dev === e.exeDev && id!.ino === e.exeIno);
+  }
+  let initial: Outcome = true;
+  if (c.initialNamespaces !== undefined) {
+    const mntNs = ctx?.initialMntNs ?? null;
+    initial = mntNs === null ? undefined : (e.userNs === INITIAL_USER_NS && e.mntNs === mntNs) === c.initialNamespaces;
+  }
+  return (
+    resolve('path', path) &&
+    resolve('exe', exe) &&
+    resolve('initialNamespaces', initial) &&
+    any(c.uid, e.uid) &&
+    any(c.euid, e.euid) &&
+    any(c.gid, e.gid) &&
+    any(c.egid, e.egid) &&
+    (c.comm === undefined || asList(c.comm).some((name) => Buffer.from(name, 'utf8').equals(e.commBytes))) &&
+    (c.cgroupId === undefined || asList(c.cgroupId).some((id) => BigInt(id) === e.cgroupId)) &&
+    (c.alreadyChrooted === undefined || c.alreadyChrooted === e.callerChrooted) &&
+    any(c.mntNs, e.mntNs)
+  );
 }
 
 /**
  * The reference evaluator: what the kernel program decides, computed in
  * JavaScript from an event's fields. Used for `enforce --audit` where the
  * BPF LSM cannot run (decisions then come from the watch probes, after the
- * fact), and by tests to cross-check the kernel. Like the kernel, a
- * condition that cannot be judged holds for deny rules and not for others:
- * a path cut short, or `exe` (watch events do not carry the executable;
- * such rules are listed in `unknown`).
+ * fact), and by tests to cross-check the kernel. `context` gives the facts
+ * the kernel compiled the policy with (see {@link PolicyContext}); without
+ * it `exe` and `initialNamespaces` cannot be judged.
+ *
+ * Like the kernel, a condition that cannot be judged (a path cut short or
+ * not reachable, an unknown executable) holds for deny rules and not for
+ * others, and the reverse inside a `not` block: uncertainty resolves toward
+ * denying.
  */
-export function evaluatePolicy(policy: Policy, e: ChrootEvent): Evaluation {
+export function evaluatePolicy(policy: Policy, e: ChrootEvent, context?: PolicyContext): Evaluation {
   const unknown: string[] = [];
   for (const r of policy.rules) {
     const m = r.match ?? {};
-    const any = <T>(v: T | readonly T[] | undefined, actual: T) => v === undefined || asList(v).includes(actual);
-    const resolved = e.resolvedPath;
-    const pathKnown = resolved !== null && !e.resolvedPathTruncated;
-    // A subtree of `/` holds for every path: no condition (as the compiler).
-    const subtree = m.subtree === undefined || asList(m.subtree).some((p) => canonical(p) === '/') ? undefined : asList(m.subtree).map(canonical);
-    let pathOk = true;
-    if (m.path !== undefined || subtree !== undefined) {
-      if (!pathKnown) pathOk = r.action === 'deny';
-      else {
-        const exact = m.path === undefined || asList(m.path).some((p) => canonical(p) === resolved);
-        const under = subtree === undefined || subtree.some((c) => resolved === c || resolved!.startsWith(`${c}/`));
-        pathOk = exact && under;
-      }
-    }
-    // The executable is not in watch events: like the kernel with an
-    // executable it cannot judge, an exe condition holds for deny rules only.
-    let exeOk = true;
-    if (m.exe !== undefined) {
-      unknown.push(`${r.id}: exe`);
-      exeOk = r.action === 'deny';
-    }
-    const commOk = m.comm === undefined || asList(m.comm).includes(e.comm);
-    if (
-      pathOk &&
-      exeOk &&
-      any(m.uid, e.uid) &&
-      any(m.euid, e.euid) &&
-      any(m.gid, e.gid) &&
-      any(m.egid, e.egid) &&
-      commOk &&
-      (m.cgroupId === undefined || asList(m.cgroupId).some((id) => BigInt(id) === e.cgroupId)) &&
-      (m.alreadyChrooted === undefined || m.alreadyChrooted === e.callerChrooted) &&
-      any(m.mntNs, e.mntNs)
-    ) {
-      return { action: r.action, ruleId: r.id, unknown };
-    }
+    const deny = r.action === 'deny';
+    const note = (what: string) => unknown.push(`${r.id}: ${what}`);
+    if (m.not && conditionsHold(m.not, e, context, !deny, note)) continue;
+    if (conditionsHold(m, e, context, deny, note)) return { action: r.action, ruleId: r.id, unknown };
   }
   return { action: policy.default ?? 'allow', ruleId: null, unknown };
 }

@@ -25,35 +25,67 @@ export interface AttachInfo {
   readonly stats: () => SessionStats;
 }
 
-/** What the kernel side could not deliver or decide, reported as it is counted. */
-export interface LostReport {
-  /** Events lost since the previous report because the ring buffer was full. */
+/** The kernel's loss and error counters (`CG_COUNTERS`), as counts. */
+export interface LossCounts {
+  /**
+   * Records not written for lack of ring buffer space: watch events (the
+   * ring buffer was full) and guard decisions of every action (the sum of
+   * `allowLost`, `denyLost` and `auditLost`).
+   */
   readonly ringBufferFull: number;
-  /** Calls not traced since the previous report because the in-flight map was full. */
+  /** Calls not traced because the in-flight map was full. */
   readonly pendingFull: number;
   /**
-   * Guard only: decisions since the previous report that the policy program
-   * could not make fully (a map operation failed, or the policy was replaced
-   * twice during one decision); the default action applied. Always 0 for watch.
+   * Guard only: decisions the policy program could not make fully (a map
+   * operation or kernel read failed, or the policy was replaced twice during
+   * one decision); the policy's `failMode` applied. Always 0 for watch.
    */
   readonly lsmErrors: number;
+  /**
+   * Guard only: allow decisions not written. Allow records are written only
+   * while the ring buffer is less than half full, so a flood of allowed calls
+   * cannot push out deny and audit records.
+   */
+  readonly allowLost: number;
+  /** Guard only: deny decisions not written (the ring buffer was full). */
+  readonly denyLost: number;
+  /** Guard only: audit decisions not written (the ring buffer was full). */
+  readonly auditLost: number;
+}
+
+/** What the kernel side could not deliver or decide, reported as it is counted: each count since the previous report. */
+export interface LostReport extends LossCounts {
   /** Running totals since the session attached. */
-  readonly total: { readonly ringBufferFull: number; readonly pendingFull: number; readonly lsmErrors: number };
+  readonly total: LossCounts;
 }
 
 /** Counter totals as batches carry them. @internal */
-export type CounterTotals = LostReport['total'];
+export type CounterTotals = LossCounts;
+
+/** Every counter at zero. @internal */
+export const NO_LOSS: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
 
 /**
  * The report for the counters in `batch` since `seen`, or null when nothing
  * new was counted. @internal
  */
-export function lostSince(seen: CounterTotals, batch: { ringBufferFull: number; pendingFull: number; lsmErrors: number }): LostReport | null {
+export function lostSince(seen: CounterTotals, batch: LossCounts): LostReport | null {
+  const total: LossCounts = {
+    ringBufferFull: batch.ringBufferFull,
+    pendingFull: batch.pendingFull,
+    lsmErrors: batch.lsmErrors,
+    allowLost: batch.allowLost,
+    denyLost: batch.denyLost,
+    auditLost: batch.auditLost,
+  };
   const report: LostReport = {
-    ringBufferFull: batch.ringBufferFull - seen.ringBufferFull,
-    pendingFull: batch.pendingFull - seen.pendingFull,
-    lsmErrors: batch.lsmErrors - seen.lsmErrors,
-    total: { ringBufferFull: batch.ringBufferFull, pendingFull: batch.pendingFull, lsmErrors: batch.lsmErrors },
+    ringBufferFull: total.ringBufferFull - seen.ringBufferFull,
+    pendingFull: total.pendingFull - seen.pendingFull,
+    lsmErrors: total.lsmErrors - seen.lsmErrors,
+    allowLost: total.allowLost - seen.allowLost,
+    denyLost: total.denyLost - seen.denyLost,
+    auditLost: total.auditLost - seen.auditLost,
+    total,
   };
   return report.ringBufferFull > 0 || report.pendingFull > 0 || report.lsmErrors > 0 ? report : null;
 }
@@ -135,7 +167,7 @@ class KernelSession {
   private readonly listeners = new Set<SessionListener>();
   private state: 'opening' | 'running' | 'closed' = 'opening';
   private info: AttachInfo | undefined;
-  private lostTotals: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0 };
+  private lostTotals: CounterTotals = NO_LOSS;
   private readonly binding: BindingSession;
 
   constructor(

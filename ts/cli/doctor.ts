@@ -53,6 +53,8 @@ export function renderDoctor(r: DoctorReport): string {
     lines.push('', 'why:');
     for (const [code, reason] of reasons) lines.push(`  ${code}: ${reason}`);
   }
+  lines.push('', 'not seen by any attach point (root changes without chroot(2)):');
+  for (const b of r.blindSpots) lines.push(`  ${b.calls}: ${b.why}`);
   return lines.join('\n');
 }
 

@@ -7,16 +7,17 @@ import { chrootGuard, type ChrootDecision } from '../guard.js';
 import { decisionOf } from '../decision.js';
 import { ChrootWatchError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
-import { asAudit, evaluatePolicy, loadPolicy, PolicyError, type Policy } from '../policy.js';
+import { asAudit, evaluatePolicy, INITIAL_USER_NS, loadPolicy, policyContext, PolicyError, policyWarnings, type Policy, type PolicyContext } from '../policy.js';
 import { chrootWatch } from '../watch.js';
 import { followPinnedGuard, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus } from '../pinned.js';
 import { toWallClock } from '../clock.js';
-import { EXIT, describeLost, jsonWithBigInts, note, reportError } from './output.js';
+import { EXIT, describeLost, jsonWithBigInts, note, reportError, resolvedMark } from './output.js';
 
 /** The JSON form of a decision (u64s as JSON integers). */
 export function decisionJson(d: ChrootDecision): string {
-  const { pathBytes, resolvedPathBytes, ...rest } = d;
+  const { pathBytes, resolvedPathBytes, commBytes, ...rest } = d;
   void resolvedPathBytes;
+  void commBytes;
   return jsonWithBigInts({ ...rest, pathBase64: pathBytes.toString('base64') });
 }
 
@@ -27,7 +28,7 @@ export function decisionLine(d: ChrootDecision): string {
   const t = toWallClock(d.ts);
   const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const decision = d.denied ? 'DENIED' : d.wouldDeny ? 'would-deny' : d.action;
-  return `${time.padEnd(13)}${String(d.pid).padEnd(8)}${d.comm.padEnd(17)}${String(d.uid).padEnd(7)}${decision.padEnd(11)}${(d.ruleId ?? '(default)').padEnd(24)}${d.resolvedPath ?? ''}${d.source === 'watch' ? '  [from watch]' : ''}`;
+  return `${time.padEnd(13)}${String(d.pid).padEnd(8)}${d.comm.padEnd(17)}${String(d.uid).padEnd(7)}${decision.padEnd(11)}${(d.ruleId ?? '(default)').padEnd(24)}${d.resolvedPath === null ? '' : resolvedMark(d) + d.resolvedPath}${d.source === 'watch' ? '  [from watch]' : ''}`;
 }
 
 function printer(json: boolean) {
@@ -47,10 +48,20 @@ function printer(json: boolean) {
  * null for a call that failed before `security_path_chroot` (path lookup,
  * permission or CAP_SYS_CHROOT checks), which no LSM policy would have seen.
  */
-function fromWatch(policy: Policy, e: ChrootEvent): ChrootDecision | null {
+function fromWatch(policy: Policy, context: PolicyContext, e: ChrootEvent): ChrootDecision | null {
   if (e.ret !== 0 && e.lsmRet === null) return null;
-  const v = evaluatePolicy(policy, e);
-  return decisionOf(e, { action: v.action, ruleId: v.ruleId, denied: false, policyMode: 'audit', generation: 0, source: 'watch' });
+  const v = evaluatePolicy(policy, e, context);
+  return decisionOf(e, {
+    action: v.action,
+    ruleId: v.ruleId,
+    reason: v.ruleId === null ? 'default' : 'rule',
+    error: null,
+    initialNamespaces: e.userNs === INITIAL_USER_NS && e.mntNs === context.initialMntNs,
+    denied: false,
+    policyMode: 'audit',
+    generation: 0,
+    source: 'watch',
+  });
 }
 
 /** Waits for SIGINT/SIGTERM. */
@@ -84,6 +95,7 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   } catch (err) {
     return reportError(err);
   }
+  for (const w of policyWarnings(policy)) note(`warning: ${flags.policy}: ${w.pointer}: ${w.message}`);
   if (flags.audit) policy = asAudit(policy);
   if (flags.pin) return pinCommand(policy, flags);
   const print = printer(flags.json === true);
@@ -224,7 +236,13 @@ export function unloadCommand(flags: { json?: boolean; pinDir: string }): number
 /** Where the BPF LSM cannot run: would-be decisions from the watch probes, after the fact. */
 async function auditFromWatch(policy: Policy, flags: { policy: string; json?: boolean }, why: ChrootWatchError): Promise<number> {
   note(`the BPF LSM is unavailable (${why.message.split(' (LSM_UNAVAILABLE)')[0]})`);
-  note('falling back to audit from the watch probes: decisions are computed after each call returns, nothing is blocked, resolved paths of failed calls are unknown in tracepoint mode, and exe conditions cannot be evaluated');
+  let context: PolicyContext;
+  try {
+    context = policyContext(policy);
+  } catch (err) {
+    return reportError(err);
+  }
+  note('falling back to audit from the watch probes: decisions are computed after each call returns, nothing is blocked, and resolved paths of failed calls are unknown in tracepoint mode');
   const print = printer(flags.json === true);
   let failed: unknown;
   const stopped = new Promise<void>((resolve) => {
@@ -233,7 +251,7 @@ async function auditFromWatch(policy: Policy, flags: { policy: string; json?: bo
       onLost: (l) => note(describeLost(l)),
     }).subscribe({
       next: (e) => {
-        const d = fromWatch(policy, e);
+        const d = fromWatch(policy, context, e);
         if (d) print(d);
       },
       error: (err: unknown) => {
@@ -256,13 +274,17 @@ export function checkCommand(files: string[], flags: { json?: boolean }): number
   const results = files.map((file) => {
     try {
       const p = loadPolicy(file);
-      if (!flags.json) process.stdout.write(`${file}: ok (${p.mode}, ${p.rules.length} rules, default ${p.default ?? 'allow'})\n`);
-      return { file, ok: true, problems: [] };
+      const warnings = policyWarnings(p).map((w) => ({ file, ...w }));
+      if (!flags.json) {
+        process.stdout.write(`${file}: ok (${p.mode}, ${p.rules.length} rules, default ${p.default ?? 'allow'})\n`);
+        for (const w of warnings) process.stderr.write(`${file}: ${w.pointer}: warning: ${w.message}\n`);
+      }
+      return { file, ok: true, problems: [], warnings };
     } catch (err) {
       if (!(err instanceof PolicyError)) throw err;
       bad++;
       if (!flags.json) for (const line of err.message.replace(/ \(INVALID_POLICY\).*$/s, '').split('\n')) process.stderr.write(`${line}\n`);
-      return { file, ok: false, problems: err.problems };
+      return { file, ok: false, problems: err.problems, warnings: [] };
     }
   });
   if (flags.json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');

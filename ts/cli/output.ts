@@ -88,7 +88,12 @@ export function describeLost(l: LostReport): string {
   const parts = [];
   if (l.ringBufferFull) parts.push(`${l.ringBufferFull} events lost: ring buffer full (total ${l.total.ringBufferFull}); raise --ring-buffer-bytes`);
   if (l.pendingFull) parts.push(`${l.pendingFull} calls not traced: in-flight map full (total ${l.total.pendingFull})`);
-  if (l.lsmErrors) parts.push(`${l.lsmErrors} decisions could not be made fully, the default action applied (total ${l.total.lsmErrors})`);
+  if (l.lsmErrors) parts.push(`${l.lsmErrors} decisions could not be made fully, the policy's failMode applied (total ${l.total.lsmErrors})`);
+  const byAction = (['deny', 'audit', 'allow'] as const)
+    .map((a) => [a, l[`${a}Lost`], l.total[`${a}Lost`]] as const)
+    .filter(([, n]) => n > 0)
+    .map(([a, n, t]) => `${n} ${a} (total ${t})`);
+  if (byAction.length) parts.push(`decisions not written, by action: ${byAction.join(', ')}`);
   return `warning: ${parts.join('; ')}`;
 }
 
@@ -113,11 +118,16 @@ export function eventJson(e: ChrootEvent): string {
     cgroupId: e.cgroupId,
     mntNs: e.mntNs,
     pidNs: e.pidNs,
+    userNs: e.userNs,
+    exeDev: e.exeDev,
+    exeIno: e.exeIno,
+    exeUnknown: e.exeUnknown,
     path: e.path,
     pathBase64: e.pathBytes.toString('base64'),
     pathTruncated: e.pathTruncated,
     resolvedPath: e.resolvedPath,
     resolvedPathTruncated: e.resolvedPathTruncated,
+    resolvedPathUnreachable: e.resolvedPathUnreachable,
     ret: e.ret,
     errno: e.errno,
     lsmRet: e.lsmRet,
@@ -146,12 +156,20 @@ export function tableHeader(): string {
   );
 }
 
+/**
+ * What goes before a resolved path in table output: `…` for a path cut
+ * short, `[unreachable]` for one outside the caller's mount namespace.
+ */
+export function resolvedMark(e: Pick<ChrootEvent, 'resolvedPathTruncated' | 'resolvedPathUnreachable'>): string {
+  return e.resolvedPathUnreachable ? '[unreachable]' : e.resolvedPathTruncated ? '…' : '';
+}
+
 /** One table line: local time, pid, comm, uid, result, path → resolved path. */
 export function tableLine(e: ChrootEvent): string {
   const t = toWallClock(e.ts);
   const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const path = e.pathUnreadable ? '<unreadable>' : `${e.path}${e.pathTruncated ? '…' : ''}`;
-  const resolved = e.resolvedPath === null ? '' : ` → ${e.resolvedPathTruncated ? '…' : ''}${e.resolvedPath}`;
+  const resolved = e.resolvedPath === null ? '' : ` → ${resolvedMark(e)}${e.resolvedPath}`;
   return row([time, String(e.pid), e.comm, String(e.uid), e.errno ?? 'ok'], path + resolved);
 }
 

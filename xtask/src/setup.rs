@@ -13,6 +13,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("libstd-rust-web-dev-bpf", "core/alloc for bpfel-unknown-none"),
     ("bpftool", "tests check which programs are loaded"),
     ("busybox-static", "the demo's and tests' tiny root file system"),
+    ("python3", "adversarial tests make raw syscalls (open_tree, fsmount, SCM_RIGHTS) with ctypes"),
 ];
 
 /// The bpf-linker release the eBPF build is pinned to: its default LLVM (22)

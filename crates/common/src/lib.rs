@@ -94,11 +94,21 @@ pub mod flags {
     /// before reaching the root of the mount namespace: `resolved` holds the
     /// tail of the path only.
     pub const RESOLVED_TRUNCATED: u32 = 1 << 3;
+    /// The walk ended at a root other than the caller's mount namespace's
+    /// root mount (`current->nsproxy->mnt_ns->root`): the directory is in a
+    /// detached tree (`umount -l`, `open_tree(OPEN_TREE_CLONE)`, `fsmount`)
+    /// or in another mount namespace (reached through `/proc/PID/root` or a
+    /// directory fd from elsewhere), or it escaped its mount (a dentry that is
+    /// its own parent below a mount's root). `resolved` holds the path from
+    /// that other root; no path in the caller's namespace names it.
+    pub const RESOLVED_UNREACHABLE: u32 = 1 << 12;
     /// `security_path_chroot` was reached and `lsm_ret` holds its result
     /// (fentry and kprobe modes only).
     pub const LSM_CALLED: u32 = 1 << 4;
     /// The caller's root was not its mount namespace's root when it called
-    /// chroot(2): a chroot from inside a chroot.
+    /// chroot(2), the kernel's `current_chrooted()` notion: a chroot from
+    /// inside a chroot, or a root left in a detached tree or another
+    /// namespace.
     pub const CALLER_CHROOTED: u32 = 1 << 5;
     /// Decisions: the action (`policy::ACTION_*`) sits in these two bits.
     pub const ACTION_SHIFT: u32 = 6;
@@ -108,14 +118,22 @@ pub mod flags {
     pub const ENFORCING: u32 = 1 << 8;
     /// Decisions: the call was denied (EPERM returned to the caller).
     pub const DENIED: u32 = 1 << 9;
-    /// Decisions: the caller's executable was not judged (no rule names
-    /// one), or its path could not be read whole (then `exe` conditions
-    /// held for deny rules only, as for a cut path).
+    /// The caller has no executable to identify (`current->mm` or its
+    /// `exe_file` is NULL, or a read failed): `exe_dev` and `exe_ino` are
+    /// zero, and `exe` conditions held for deny rules only, as for a path
+    /// that cannot be judged.
     pub const EXE_UNKNOWN: u32 = 1 << 10;
-    /// Decisions: the policy was replaced while this decision read it (two
-    /// updates inside one decision): the default action applied and
-    /// `LsmError` was counted.
+    /// Decisions: the policy was replaced twice while this decision read
+    /// it: the policy's fail action applied and `LsmError` was counted.
     pub const POLICY_TORN: u32 = 1 << 11;
+    /// Decisions: the decision could not be made (a map insert or a kernel
+    /// read failed; `lsm_ret` holds the helper's negative errno): the
+    /// policy's fail action applied and `LsmError` was counted. Only the
+    /// header of the record is filled: identity from BPF helpers, no paths.
+    pub const INTERNAL_ERROR: u32 = 1 << 13;
+    /// Decisions: the caller was in the initial user namespace and the
+    /// initial mount namespace (what `initialNamespaces` rules test).
+    pub const INITIAL_NAMESPACES: u32 = 1 << 14;
 }
 
 /// One chroot attempt, as written to the `EVENTS` ring buffer.
@@ -166,6 +184,13 @@ pub struct ChrootEvent {
     pub lsm_ret: i32,
     /// Decisions: generation of the policy that decided. Zero otherwise.
     pub policy_gen: u32,
+    /// Device of the caller's executable, `current->mm->exe_file->f_inode->
+    /// i_sb->s_dev` in the kernel's encoding (major << 20 | minor); zero
+    /// with [`flags::EXE_UNKNOWN`].
+    pub exe_dev: u32,
+    /// Inode number of the caller's user namespace
+    /// (`current->cred->user_ns->ns.inum`), as in `/proc/PID/ns/user`.
+    pub user_ns: u32,
     /// Syscall result: 0 or -errno.
     pub ret: i64,
     /// `bpf_ktime_get_boot_ns()` at syscall entry: ns since boot,
@@ -176,6 +201,10 @@ pub struct ChrootEvent {
     pub ts_ns: u64,
     /// cgroup v2 id of the caller, from `bpf_get_current_cgroup_id()`.
     pub cgroup_id: u64,
+    /// Inode number of the caller's executable,
+    /// `current->mm->exe_file->f_inode->i_ino`; zero with
+    /// [`flags::EXE_UNKNOWN`].
+    pub exe_ino: u64,
     /// `current->comm` at syscall entry, NUL padded.
     pub comm: [u8; COMM_LEN],
     /// `path_len` bytes of the argument as passed to chroot(2), then
@@ -209,12 +238,20 @@ pub enum Counter {
     /// The `PENDING` map was full at syscall entry: the call was not traced.
     PendingFull = 1,
     /// The LSM program could not evaluate the policy (an internal read
-    /// failed); the call was allowed.
+    /// failed, or the policy was torn): the policy's fail action applied.
     LsmError = 2,
+    /// Allow decisions not written: the ring buffer was full, or at least
+    /// half full, which is kept for deny and audit decisions (so a flood of
+    /// allowed calls cannot push them out).
+    AllowLost = 3,
+    /// Deny decisions lost: the ring buffer was full.
+    DenyLost = 4,
+    /// Audit decisions lost: the ring buffer was full.
+    AuditLost = 5,
 }
 
 /// Number of entries of the `COUNTERS` array.
-pub const COUNTER_COUNT: u32 = 3;
+pub const COUNTER_COUNT: u32 = 6;
 
 /// Offsets (bytes) of the kernel struct fields the programs read, taken from
 /// the running kernel's BTF at load time and passed in the read-only global
@@ -282,8 +319,21 @@ pub struct KernelOffsets {
     pub task_mm: u32,
     /// `mm_struct.exe_file`
     pub mm_exe_file: u32,
-    /// `file.f_path`
-    pub file_f_path: u32,
+    /// `mnt_namespace.root`: the namespace's root mount, where a path walk
+    /// must end for the path to be reachable from the caller.
+    pub mnt_ns_root: u32,
+    /// `cred.user_ns`
+    pub cred_user_ns: u32,
+    /// `user_namespace.ns` plus `ns_common.inum`
+    pub user_ns_inum: u32,
+    /// `file.f_inode`
+    pub file_f_inode: u32,
+    /// `inode.i_ino`
+    pub inode_ino: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `super_block.s_dev`
+    pub sb_dev: u32,
     /// Explicit padding, always zero.
     pub _pad0: u32,
 }

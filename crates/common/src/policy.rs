@@ -10,6 +10,12 @@
 //! kernel's dentries and mounts. Every prefix that ends at a `/` and the
 //! whole path are hashed with [`hash_step`] (keyed by the per-policy
 //! [`PolicyHeader::seed`]) and looked up, with their length, in `CG_PATHS`.
+//! Executables are compared by identity: the device and inode number of
+//! `current->mm->exe_file`, looked up in `CG_EXES` ([`ExeKey`]).
+//!
+//! A rule's `not` block compiles into rules flagged [`rule_flags::SKIP`]
+//! placed before the rule's own: when one matches, the remaining compiled
+//! rules of the same source rule are passed over.
 
 /// Most rules a compiled policy holds (rule masks are `u64`).
 pub const MAX_RULES: usize = 64;
@@ -58,12 +64,32 @@ pub mod cond {
     pub const CHROOTED: u32 = 1 << 9;
     /// The caller's mount namespace inode equals [`super::PolicyRule::mnt_ns`].
     pub const MNT_NS: u32 = 1 << 10;
+    /// Whether the caller is in the initial user namespace and the initial
+    /// mount namespace ([`super::PolicyHeader::init_mnt_ns`]) equals
+    /// [`super::PolicyRule::init_ns`].
+    pub const INIT_NS: u32 = 1 << 11;
 }
+
+/// Bits of [`PolicyRule::flags`].
+pub mod rule_flags {
+    /// A rule of a `not` block: when it matches, the remaining compiled
+    /// rules with the same [`super::PolicyRule::source`] do not apply.
+    pub const SKIP: u8 = 1 << 0;
+    /// A condition that cannot be judged (a path cut short or not reachable,
+    /// no executable) holds. Set for the rules of deny rules, and for the
+    /// `not` rules of every other rule: either way the uncertain call gets
+    /// the deny rather than the pass.
+    pub const UNKNOWN_HOLDS: u8 = 1 << 1;
+}
+
+/// `PROC_USER_INIT_INO` (`include/linux/proc_ns.h`): the inode number of
+/// the initial user namespace, fixed since Linux 3.8.
+pub const INIT_USER_NS_INUM: u32 = 0xEFFF_FFFD;
 
 /// Bits of [`PolicyHeader::flags`].
 pub mod policy_flags {
-    /// Some rule has an `exe` condition: the program walks the executable's
-    /// path.
+    /// Some rule has an `exe` condition: the program reads the executable's
+    /// identity.
     pub const USES_EXE: u32 = 1 << 0;
 }
 
@@ -79,12 +105,21 @@ pub struct PolicyHeader {
     pub mode: u8,
     /// `ACTION_*` when no rule matches.
     pub default_action: u8,
+    /// `ACTION_*` when the decision cannot be made (a map or helper failed,
+    /// or the policy was replaced twice during the decision): the policy's
+    /// `failMode`.
+    pub fail_action: u8,
     /// Explicit padding, always zero.
-    pub _pad0: u16,
+    pub _pad0: u8,
     /// [`policy_flags`] bits.
     pub flags: u32,
     /// Key of the path hash, random per policy.
     pub seed: u64,
+    /// Inode number of the initial mount namespace (`/proc/1/ns/mnt` when
+    /// the policy was written), for [`cond::INIT_NS`].
+    pub init_mnt_ns: u32,
+    /// Explicit padding, always zero.
+    pub _pad1: u32,
 }
 
 /// One compiled rule, entry `slot * MAX_RULES + index` of `CG_RULES`.
@@ -100,6 +135,13 @@ pub struct PolicyRule {
     /// Index of the source rule in the policy file (lists are expanded into
     /// several compiled rules with the same source).
     pub source: u16,
+    /// [`rule_flags`] bits.
+    pub flags: u8,
+    /// 1 when [`cond::INIT_NS`] asks for "in the initial namespaces", 0 for
+    /// "not".
+    pub init_ns: u8,
+    /// Explicit padding, always zero.
+    pub _pad1: u16,
     /// Real uid.
     pub uid: u32,
     /// Effective uid.
@@ -110,15 +152,32 @@ pub struct PolicyRule {
     pub egid: u32,
     /// Mount namespace inode number.
     pub mnt_ns: u32,
-    /// Explicit padding, always zero.
-    pub _pad0: u32,
     /// cgroup v2 id.
     pub cgroup_id: u64,
     /// comm, NUL padded.
     pub comm: [u8; 16],
 }
 
-/// Key of `CG_PATHS` and `CG_EXES`: a hashed path in one slot.
+/// Key of `CG_EXES`: an executable's identity in one slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ExeKey {
+    /// Policy slot (0 or 1).
+    pub slot: u32,
+    /// `inode->i_sb->s_dev` in the kernel's encoding (`MKDEV(major,
+    /// minor)`: major << 20 | minor).
+    pub dev: u32,
+    /// `inode->i_ino`.
+    pub ino: u64,
+}
+
+/// The kernel's `MKDEV` encoding of a device number (`s_dev`), from its
+/// major and minor numbers as user space sees them.
+pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+/// Key of `CG_PATHS`: a hashed path in one slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PathKey {
@@ -158,5 +217,6 @@ mod user {
     unsafe impl aya::Pod for super::PolicyHeader {}
     unsafe impl aya::Pod for super::PolicyRule {}
     unsafe impl aya::Pod for super::PathKey {}
+    unsafe impl aya::Pod for super::ExeKey {}
     unsafe impl aya::Pod for super::PathMasks {}
 }

@@ -114,8 +114,8 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     Ok(())
 }
 
-/// Fills who is calling: ids, comm, time, cgroup, namespaces, and whether
-/// the caller is already chrooted. Reads of kernel memory are best effort: a
+/// Fills who is calling: ids, comm, time, cgroup, namespaces, the
+/// executable's identity, and whether the caller is already chrooted. Reads of kernel memory are best effort: a
 /// failed read leaves the field zero.
 #[inline(always)]
 pub fn fill_identity(ev: &mut ChrootEvent, pid_tgid: u64, uid_gid: u64, comm: [u8; 16]) {
@@ -137,6 +137,14 @@ pub fn fill_identity(ev: &mut ChrootEvent, pid_tgid: u64, uid_gid: u64, comm: [u
     }
     ev.mnt_ns = kernel::mnt_ns_inum(task).unwrap_or(0);
     ev.pid_ns = kernel::pid_ns_inum(task).unwrap_or(0);
+    ev.user_ns = kernel::user_ns_inum(task).unwrap_or(0);
+    match kernel::exe_identity(task) {
+        Ok((dev, ino)) => {
+            ev.exe_dev = dev;
+            ev.exe_ino = ino;
+        }
+        Err(_) => ev.flags |= flags::EXE_UNKNOWN,
+    }
     if kernel::is_chrooted(task).unwrap_or(false) {
         ev.flags |= flags::CALLER_CHROOTED;
     }

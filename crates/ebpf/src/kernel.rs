@@ -143,8 +143,12 @@ pub struct Walk {
     pub scratch: *mut u8,
     /// Start of the path in `scratch`; the path ends at `RESOLVED_MAX`.
     pub pos: u32,
-    /// Whether the walk reached the mount namespace's root.
+    /// The walk reached the caller's mount namespace's root: the path is
+    /// whole and names the directory in the caller's namespace.
     pub complete: bool,
+    /// The walk ended at another root (a detached tree, another mount
+    /// namespace, or an escaped dentry): no path of the caller's names it.
+    pub unreachable: bool,
 }
 
 /// Mask keeping offsets inside the first `RESOLVED_MAX` bytes of scratch.
@@ -166,6 +170,15 @@ impl Walk {
 /// steps and [`RESOLVED_MAX`] bytes; when cut short the tail is kept and
 /// `complete` is false.
 ///
+/// A mount that is its own parent is the root of some tree, not always of
+/// the caller's: a detached tree (`umount -l`, `open_tree(OPEN_TREE_CLONE)`,
+/// `fsmount`) or another mount namespace (`/proc/PID/root`, a directory fd
+/// passed from elsewhere) ends the same way. Only the caller's own
+/// `nsproxy->mnt_ns->root` makes the path `complete`; any other root, or a
+/// dentry that is its own parent below its mount's root (escaped), sets
+/// `unreachable`, since the path written then names something else (or
+/// nothing) in the caller's namespace.
+///
 /// Verifier notes: the write position lives in the scratch map and is
 /// re-read (volatile) each step, so the verifier sees one bounded unknown
 /// instead of a different exact value per path, and the states of the
@@ -185,18 +198,21 @@ pub fn walk(kind: Scratch, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk,
     let load_len = || unsafe { core::ptr::read_volatile(len_slot) };
     let store_len = |l: u32| unsafe { core::ptr::write_volatile(len_slot, l) };
     let mount_mnt = off!(mount_mnt);
+    let ns_root = ns_root_mount(current_task())?;
     let mut vfsmnt = vfsmnt;
     let mut mnt = vfsmnt.wrapping_sub(mount_mnt);
     let mut dentry = dentry;
     // The path is built backwards, ending at RESOLVED_MAX; pos stays >= 1.
     store_pos(RESOLVED_MAX as u32);
     let mut complete = false;
+    let mut unreachable = false;
     for _ in 0..MAX_PATH_DEPTH {
         let mnt_root = read_ptr(vfsmnt, off!(vfsmount_root))?;
         if dentry == mnt_root {
             let parent = read_ptr(mnt, off!(mount_parent))?;
             if parent == mnt {
-                complete = true;
+                complete = mnt == ns_root;
+                unreachable = !complete;
                 break;
             }
             dentry = read_ptr(mnt, off!(mount_mountpoint))?;
@@ -206,7 +222,8 @@ pub fn walk(kind: Scratch, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk,
         }
         let parent = read_ptr(dentry, off!(dentry_parent))?;
         if parent == dentry {
-            complete = true;
+            // The file system's root below its mount's root: escaped.
+            unreachable = true;
             break;
         }
         let qstr = dentry.wrapping_add(off!(dentry_name));
@@ -244,13 +261,13 @@ pub fn walk(kind: Scratch, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk,
         // SAFETY: in bounds, see above.
         unsafe { *scratch.add((pos & MASK) as usize) = b'/' };
     }
-    Ok(Walk { scratch, pos: pos & MASK, complete })
+    Ok(Walk { scratch, pos: pos & MASK, complete, unreachable })
 }
 
 /// [`walk`]s `(vfsmnt, dentry)` and copies the path into `ev.data` after
 /// the argument (so `path_len` must be final), setting
-/// [`flags::RESOLVED_PRESENT`] (and [`flags::RESOLVED_TRUNCATED`] when cut
-/// short).
+/// [`flags::RESOLVED_PRESENT`], and [`flags::RESOLVED_TRUNCATED`] when cut
+/// short or [`flags::RESOLVED_UNREACHABLE`] when it ended at another root.
 #[inline(always)]
 pub fn resolve_into(kind: Scratch, ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
     let w = walk(kind, vfsmnt, dentry)?;
@@ -267,17 +284,20 @@ pub fn resolve_into(kind: Scratch, ev: &mut ChrootEvent, vfsmnt: *const u8, dent
     }
     ev.resolved_len = len as u16;
     ev.flags |= flags::RESOLVED_PRESENT;
-    if !w.complete {
+    if w.unreachable {
+        ev.flags |= flags::RESOLVED_UNREACHABLE;
+    } else if !w.complete {
         ev.flags |= flags::RESOLVED_TRUNCATED;
     }
     Ok(w)
 }
 
-/// Whether `(vfsmnt, dentry)` is the root of its mount namespace, seen
-/// through any mounts stacked on `/` (as `current_chrooted()` sees it): only
-/// mount roots up to the namespace's root mount.
+/// Whether `(vfsmnt, dentry)` is the root of the mount namespace whose root
+/// mount is `ns_root`, seen through any mounts stacked on `/`: only mount
+/// roots, each mounted on its parent's root, up to `ns_root` itself. The
+/// root of a detached tree or of another namespace is not it.
 #[inline(always)]
-pub fn is_namespace_root(vfsmnt: *const u8, dentry: *const u8) -> Result<bool, Error> {
+fn is_root_of(ns_root: *const u8, vfsmnt: *const u8, dentry: *const u8) -> Result<bool, Error> {
     let mount_mnt = off!(mount_mnt);
     let mut vfsmnt = vfsmnt;
     let mut mnt = vfsmnt.wrapping_sub(mount_mnt);
@@ -286,9 +306,12 @@ pub fn is_namespace_root(vfsmnt: *const u8, dentry: *const u8) -> Result<bool, E
         if dentry != read_ptr(vfsmnt, off!(vfsmount_root))? {
             return Ok(false);
         }
+        if mnt == ns_root {
+            return Ok(true);
+        }
         let parent = read_ptr(mnt, off!(mount_parent))?;
         if parent == mnt {
-            return Ok(true);
+            return Ok(false);
         }
         dentry = read_ptr(mnt, off!(mount_mountpoint))?;
         mnt = parent;
@@ -297,22 +320,51 @@ pub fn is_namespace_root(vfsmnt: *const u8, dentry: *const u8) -> Result<bool, E
     Ok(false)
 }
 
-/// Whether the task's root is not its mount namespace's root.
+/// `task->nsproxy->mnt_ns->root`: the root mount of the task's mount
+/// namespace (a `struct mount *`).
+#[inline(always)]
+pub fn ns_root_mount(task: *const u8) -> Result<*const u8, Error> {
+    let nsproxy = read_ptr(task, off!(task_nsproxy))?;
+    let mnt_ns = read_ptr(nsproxy, off!(nsproxy_mnt_ns))?;
+    read_ptr(mnt_ns, off!(mnt_ns_root))
+}
+
+/// Whether the task's root is not its mount namespace's root, as the
+/// kernel's `current_chrooted()` decides it: a root inside a chroot, in a
+/// detached tree or in another namespace is chrooted. (One difference: a
+/// mount stacked on `/` after the task's root was set leaves the kernel
+/// counting the task as chrooted and this walk not; the task then still
+/// sees its namespace's whole root file system.)
 #[inline(always)]
 pub fn is_chrooted(task: *const u8) -> Result<bool, Error> {
     let (vfsmnt, dentry) = fs_root(task)?;
-    Ok(!is_namespace_root(vfsmnt, dentry)?)
+    Ok(!is_root_of(ns_root_mount(task)?, vfsmnt, dentry)?)
 }
 
-/// `task->mm->exe_file->f_path` as `(vfsmount, dentry)`.
+/// The identity of `task->mm->exe_file`: `(f_inode->i_sb->s_dev,
+/// f_inode->i_ino)`. `Err` for a task without an executable (a kernel
+/// thread, or an `mm` without `exe_file`).
 #[inline(always)]
-pub fn exe_path(task: *const u8) -> Result<(*const u8, *const u8), Error> {
+pub fn exe_identity(task: *const u8) -> Result<(u32, u64), Error> {
     let mm = read_ptr(task, off!(task_mm))?;
+    if mm.is_null() {
+        return Err(0);
+    }
     let file = read_ptr(mm, off!(mm_exe_file))?;
     if file.is_null() {
         return Err(0);
     }
-    path_parts(file.wrapping_add(off!(file_f_path)))
+    let inode = read_ptr(file, off!(file_f_inode))?;
+    let sb = read_ptr(inode, off!(inode_sb))?;
+    Ok((read::<u32>(sb, off!(sb_dev))?, read::<u64>(inode, off!(inode_ino))?))
+}
+
+/// `task->cred->user_ns->ns.inum`.
+#[inline(always)]
+pub fn user_ns_inum(task: *const u8) -> Result<u32, Error> {
+    let cred = read_ptr(task, off!(task_cred))?;
+    let ns = read_ptr(cred, off!(cred_user_ns))?;
+    read::<u32>(ns, off!(user_ns_inum))
 }
 
 /// The first syscall argument from a user `struct pt_regs *` (what the

@@ -7,13 +7,20 @@
 //! The policy lives in two slots (see `chroot_guard_common::policy`). The
 //! program reads `CG_ACTIVE` once, copies that slot's header, and checks at
 //! the end that the slot's generation did not change meanwhile (user space
-//! zeroes it before rewriting a slot): a torn read applies the default
-//! action, flags the event and counts `LsmError`. Everything the decision
-//! builds lives in per-thread map entries: LSM programs run under
-//! `migrate_disable()` only, so on a preemptible kernel per-CPU buffers
-//! could be shared by two chroots.
+//! zeroes it before rewriting a slot). Whatever stops a decision (a torn
+//! read, a failed map insert or kernel read) applies the policy's fail
+//! action (`failMode`), counts `LsmError` and is reported as a decision with
+//! its own flag. Everything the decision builds lives in per-thread map
+//! entries: LSM programs run under `migrate_disable()` only, so on a
+//! preemptible kernel per-CPU buffers could be shared by two chroots.
+//!
+//! Decisions share the ring buffer by action: allow records are written only
+//! while it is less than half full, so a flood of allowed calls never pushes
+//! out a deny or audit record; every record not written is counted per
+//! action.
 
 use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     btf_maps::{Array, HashMap},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated},
     macros::{btf_map, lsm},
@@ -22,16 +29,17 @@ use aya_ebpf::{
 use chroot_guard_common::{
     flags,
     policy::{
-        cond, hash_step, policy_flags, PathKey, PathMasks, PolicyHeader, PolicyRule, ACTION_DENY, MAX_RULES,
-        MODE_ENFORCE, NO_RULE, RULE_ID_BYTES,
+        cond, hash_step, policy_flags, rule_flags, ExeKey, PathKey, PathMasks, PolicyHeader, PolicyRule,
+        ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, INIT_USER_NS_INUM, MAX_RULES, MODE_ENFORCE, NO_RULE,
+        RULE_ID_BYTES,
     },
-    ChrootEvent, Counter, EventKind,
+    ChrootEvent, Counter, EventKind, EVENT_HEADER_BYTES,
 };
 
 use crate::{
     event::{count, fill_identity, read_argument, send},
     kernel::{self, Error, Scratch, Walk, MASK},
-    CG_ZERO,
+    CG_EVENTS, CG_ZERO,
 };
 
 /// The active slot (0 or 1), flipped by user space after the other slot is
@@ -51,9 +59,10 @@ static CG_RULES: Array<PolicyRule, { 2 * MAX_RULES }> = Array::new();
 #[btf_map]
 static CG_PATHS: HashMap<PathKey, PathMasks, 2048> = HashMap::new();
 
-/// Hashed rule executables (`exe`) of both slots: the rules naming each.
+/// Rule executables (`exe`) of both slots, by identity: the rules naming
+/// each.
 #[btf_map]
-static CG_EXES: HashMap<PathKey, u64, 1024> = HashMap::new();
+static CG_EXES: HashMap<ExeKey, u64, 1024> = HashMap::new();
 
 /// Rule id of each compiled rule, entry `slot * MAX_RULES + index`,
 /// zero-padded. The program never reads it: it is there so a pinned guard
@@ -70,6 +79,63 @@ static CG_DECISIONS: HashMap<u32, ChrootEvent, 10240, { aya_ebpf::bindings::BPF_
 /// `-EPERM`.
 const EPERM: i32 = -1;
 
+/// What a decision amounts to: `-EPERM` for a deny in enforce mode, else 0.
+#[inline(always)]
+fn verdict(header: &PolicyHeader, action: u8) -> i32 {
+    if action == ACTION_DENY && header.mode == MODE_ENFORCE {
+        EPERM
+    } else {
+        0
+    }
+}
+
+/// The `flags` bits of a decision: action, mode, denied.
+#[inline(always)]
+fn decision_flags(header: &PolicyHeader, action: u8) -> u32 {
+    let mut f = (u32::from(action) & flags::ACTION_MASK) << flags::ACTION_SHIFT;
+    if header.mode == MODE_ENFORCE {
+        f |= flags::ENFORCING;
+    }
+    if verdict(header, action) != 0 {
+        f |= flags::DENIED;
+    }
+    f
+}
+
+/// The counter of a decision record that was not written.
+#[inline(always)]
+fn lost_counter(action: u8) -> Counter {
+    match action {
+        ACTION_DENY => Counter::DenyLost,
+        ACTION_AUDIT => Counter::AuditLost,
+        _ => Counter::AllowLost,
+    }
+}
+
+/// Whether an allow record may take ring buffer space: only while the
+/// ring buffer is less than half full, the other half being kept for deny
+/// and audit records.
+#[inline(always)]
+fn room_for_allow() -> bool {
+    let ring = core::ptr::from_ref(&CG_EVENTS).cast_mut().cast();
+    // SAFETY: helpers without preconditions beyond a ring buffer map.
+    let (avail, size) = unsafe {
+        (
+            generated::bpf_ringbuf_query(ring, u64::from(BPF_RB_AVAIL_DATA)),
+            generated::bpf_ringbuf_query(ring, u64::from(BPF_RB_RING_SIZE)),
+        )
+    };
+    avail.saturating_mul(2) < size
+}
+
+/// Sends a finished decision, or counts it lost by action.
+#[inline(always)]
+fn emit(ev: &ChrootEvent, action: u8) {
+    if (action == ACTION_ALLOW && !room_for_allow()) || send(ev).is_err() {
+        count(lost_counter(action));
+    }
+}
+
 /// `lsm/path_chroot`: `security_path_chroot(const struct path *path)`; the
 /// second context argument is the verdict of the BPF LSM programs before
 /// this one, kept when it already denies.
@@ -84,20 +150,52 @@ pub fn cg_lsm_chroot(ctx: LsmContext) -> i32 {
     let tid = bpf_get_current_pid_tgid() as u32;
     let ret = match decide(&ctx, slot, &header, tid) {
         Ok(ret) => ret,
-        Err(_) => {
-            // Could not evaluate (a map or helper failed): the default
-            // action decides, and the failure is counted.
+        Err(e) => {
             count(Counter::LsmError);
-            if header.mode == MODE_ENFORCE && header.default_action == ACTION_DENY {
-                EPERM
-            } else {
-                0
-            }
+            report_failure(&header, e);
+            verdict(&header, header.fail_action)
         }
     };
     let _ = CG_DECISIONS.remove(&tid);
     Scratch::PerThread.release();
     ret
+}
+
+/// Reports a decision that could not be made as a header-only record
+/// ([`flags::INTERNAL_ERROR`], `lsm_ret` = the error): it needs no map entry
+/// (the failure may be that one could not be allocated), only ring buffer
+/// space and the identity BPF helpers give.
+#[inline(always)]
+fn report_failure(header: &PolicyHeader, error: Error) {
+    let action = header.fail_action;
+    let Some(mut entry) = CG_EVENTS.reserve_untyped::<[u8; EVENT_HEADER_BYTES]>(0) else {
+        count(lost_counter(action));
+        return;
+    };
+    let ev = entry.as_mut_ptr().cast::<ChrootEvent>();
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    // SAFETY: every field written lies in the header, inside the reserved
+    // EVENT_HEADER_BYTES; `data` is not touched.
+    unsafe {
+        core::ptr::write_bytes(ev.cast::<u8>(), 0, EVENT_HEADER_BYTES);
+        (*ev).kind = EventKind::Decision as u8;
+        (*ev).rule = NO_RULE;
+        (*ev).flags = flags::INTERNAL_ERROR | decision_flags(header, action);
+        (*ev).policy_gen = header.generation;
+        (*ev).lsm_ret = error as i32;
+        (*ev).ret = i64::from(verdict(header, action));
+        (*ev).pid = (pid_tgid >> 32) as u32;
+        (*ev).tid = pid_tgid as u32;
+        (*ev).uid = uid_gid as u32;
+        (*ev).gid = (uid_gid >> 32) as u32;
+        (*ev).comm = comm;
+        (*ev).cgroup_id = generated::bpf_get_current_cgroup_id();
+        (*ev).ts_ns = generated::bpf_ktime_get_boot_ns();
+        (*ev).enter_ns = (*ev).ts_ns;
+    }
+    entry.submit(0);
 }
 
 /// State of one hashing pass over a walked path, shared with
@@ -108,10 +206,6 @@ struct HashPass {
     pos: u32,
     /// Policy slot, for the prefix lookups.
     slot: u32,
-    /// 1: look every prefix ending before a `/` up in `CG_PATHS`.
-    prefixes: u32,
-    /// Explicit padding.
-    _pad: u32,
     /// Running hash.
     hash: u64,
     /// `subtree` masks of the prefixes found.
@@ -129,7 +223,7 @@ extern "C" fn hash_step_cb(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     let k = index as u32;
     // SAFETY: masked into the scratch value.
     let c = unsafe { *scratch.add(((pass.pos + k) & MASK) as usize) };
-    if pass.prefixes != 0 && c == b'/' && k > 0 {
+    if c == b'/' && k > 0 {
         if let Some(m) = CG_PATHS.get_ptr(&PathKey { slot: pass.slot, len: k, hash: pass.hash }) {
             // SAFETY: a map value.
             pass.subtree |= unsafe { (*m).subtree };
@@ -139,25 +233,19 @@ extern "C" fn hash_step_cb(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     0
 }
 
-/// Hashes the walked path with the policy's seed; with `prefixes`, also
-/// collects the `subtree` masks of every directory it lies below (each
-/// prefix ending before a `/`). Consumes the walk: the scratch buffer is
+/// Masks of the rules whose `path` / `subtree` match the walked path:
+/// hashes it with the policy's seed, collecting the `subtree` masks of
+/// every directory it lies below (each prefix ending before a `/`), then
+/// looks the whole path up. Consumes the walk: the scratch buffer is
 /// reused by the next one.
-#[inline(always)]
-fn hash_walk(slot: u32, seed: u64, w: Walk, prefixes: bool) -> HashPass {
-    let mut pass = HashPass { pos: w.pos, slot, prefixes: u32::from(prefixes), _pad: 0, hash: seed, subtree: 0 };
-    // SAFETY: the callback and its context live for the call.
-    unsafe {
-        generated::bpf_loop(w.len(), hash_step_cb as *mut core::ffi::c_void, (&raw mut pass).cast(), 0);
-    }
-    pass
-}
-
-/// Masks of the rules whose `path` / `subtree` match the walked path.
 #[inline(always)]
 fn path_masks(slot: u32, seed: u64, w: Walk) -> (u64, u64) {
     let len = w.len();
-    let pass = hash_walk(slot, seed, w, true);
+    let mut pass = HashPass { pos: w.pos, slot, hash: seed, subtree: 0 };
+    // SAFETY: the callback and its context live for the call.
+    unsafe {
+        generated::bpf_loop(len, hash_step_cb as *mut core::ffi::c_void, (&raw mut pass).cast(), 0);
+    }
     let (mut exact, mut subtree) = (0u64, pass.subtree);
     if let Some(m) = CG_PATHS.get_ptr(&PathKey { slot, len, hash: pass.hash }) {
         // SAFETY: a map value.
@@ -169,19 +257,57 @@ fn path_masks(slot: u32, seed: u64, w: Walk) -> (u64, u64) {
     (exact, subtree)
 }
 
-/// Rules naming the caller's executable; `None` when it cannot be known
-/// (no executable, or its path was cut short).
+/// What the rules test, gathered once per decision.
+struct Facts {
+    /// The resolved path is whole and reachable from the caller's root.
+    path_known: bool,
+    /// Rules whose `path` names the new root.
+    exact: u64,
+    /// Rules whose `subtree` holds the new root.
+    subtree: u64,
+    /// The executable's identity is known.
+    exe_known: bool,
+    /// Rules naming the executable (zero when unknown).
+    exe: u64,
+    /// The caller is in the initial user and mount namespaces.
+    init_ns: bool,
+    /// The caller is already chrooted.
+    chrooted: bool,
+}
+
+/// Whether every condition of rule `r` (compiled index `i`) holds. A
+/// condition that cannot be judged holds when the rule says so
+/// ([`rule_flags::UNKNOWN_HOLDS`]).
 #[inline(always)]
-fn exe_mask(slot: u32, seed: u64, task: *const u8) -> Option<u64> {
-    let (m, d) = kernel::exe_path(task).ok()?;
-    let w = kernel::walk(Scratch::PerThread, m, d).ok()?;
-    if !w.complete {
-        return None;
-    }
-    let len = w.len();
-    let hash = hash_walk(slot, seed, w, false).hash;
-    // SAFETY: a map value.
-    Some(CG_EXES.get_ptr(&PathKey { slot, len, hash }).map_or(0, |m| unsafe { *m }))
+fn holds(r: &PolicyRule, i: u32, f: &Facts, ev: &ChrootEvent) -> bool {
+    let bit = 1u64 << (i & 63);
+    let c = r.conds;
+    let unknown_holds = r.flags & rule_flags::UNKNOWN_HOLDS != 0;
+    let path_ok = if c & (cond::PATH | cond::SUBTREE) == 0 {
+        true
+    } else if !f.path_known {
+        unknown_holds
+    } else {
+        (c & cond::PATH == 0 || f.exact & bit != 0) && (c & cond::SUBTREE == 0 || f.subtree & bit != 0)
+    };
+    let exe_ok = if c & cond::EXE == 0 {
+        true
+    } else if !f.exe_known {
+        unknown_holds
+    } else {
+        f.exe & bit != 0
+    };
+    path_ok
+        && exe_ok
+        && (c & cond::UID == 0 || r.uid == ev.uid)
+        && (c & cond::EUID == 0 || r.euid == ev.euid)
+        && (c & cond::GID == 0 || r.gid == ev.gid)
+        && (c & cond::EGID == 0 || r.egid == ev.egid)
+        && (c & cond::COMM == 0 || r.comm == ev.comm)
+        && (c & cond::CGROUP == 0 || r.cgroup_id == ev.cgroup_id)
+        && (c & cond::MNT_NS == 0 || r.mnt_ns == ev.mnt_ns)
+        && (c & cond::CHROOTED == 0 || (r.chrooted != 0) == f.chrooted)
+        && (c & cond::INIT_NS == 0 || (r.init_ns != 0) == f.init_ns)
 }
 
 fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader, tid: u32) -> Result<i32, Error> {
@@ -193,7 +319,6 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader, tid: u32) -> Resul
     ev.policy_gen = header.generation;
     let comm = bpf_get_current_comm().map_err(Error::from)?;
     fill_identity(ev, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm);
-    let task = kernel::current_task();
     // The argument as passed, from the syscall's saved user registers
     // (`bpf_task_pt_regs` wants the BTF-typed task pointer, 5.15+).
     // SAFETY: helpers without preconditions beyond a BTF task pointer.
@@ -208,44 +333,43 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader, tid: u32) -> Resul
     let path_known = w.complete;
     let (exact, subtree) = path_masks(slot, header.seed, w);
 
-    let exe = if header.flags & policy_flags::USES_EXE != 0 { exe_mask(slot, header.seed, task) } else { None };
-    if exe.is_none() {
-        ev.flags |= flags::EXE_UNKNOWN;
+    let exe_known = ev.flags & flags::EXE_UNKNOWN == 0;
+    let mut exe = 0u64;
+    if exe_known && header.flags & policy_flags::USES_EXE != 0 {
+        if let Some(m) = CG_EXES.get_ptr(&ExeKey { slot, dev: ev.exe_dev, ino: ev.exe_ino }) {
+            // SAFETY: a map value.
+            exe = unsafe { *m };
+        }
     }
-    let chrooted = ev.flags & flags::CALLER_CHROOTED != 0;
+    let init_ns = ev.user_ns == INIT_USER_NS_INUM && ev.mnt_ns == header.init_mnt_ns;
+    if init_ns {
+        ev.flags |= flags::INITIAL_NAMESPACES;
+    }
+    let facts = Facts {
+        path_known,
+        exact,
+        subtree,
+        exe_known,
+        exe,
+        init_ns,
+        chrooted: ev.flags & flags::CALLER_CHROOTED != 0,
+    };
 
     let mut action = header.default_action;
     let mut rule = NO_RULE;
+    let mut skipped = u32::MAX;
     let base = slot * MAX_RULES as u32;
     for i in 0..MAX_RULES as u32 {
         if i >= header.rule_count {
             break;
         }
         let Some(r) = CG_RULES.get(base + i) else { break };
-        let bit = 1u64 << i;
-        let c = r.conds;
-        // A condition that cannot be judged (a path or executable cut short
-        // by the walk bounds) holds for deny rules and not for others.
-        let unknown_holds = r.action == ACTION_DENY;
-        let path_ok = if c & (cond::PATH | cond::SUBTREE) == 0 {
-            true
-        } else if !path_known {
-            unknown_holds
-        } else {
-            (c & cond::PATH == 0 || exact & bit != 0) && (c & cond::SUBTREE == 0 || subtree & bit != 0)
-        };
-        let exe_ok = c & cond::EXE == 0 || exe.map_or(unknown_holds, |m| m & bit != 0);
-        if !path_ok
-            || !exe_ok
-            || (c & cond::UID != 0 && r.uid != ev.uid)
-            || (c & cond::EUID != 0 && r.euid != ev.euid)
-            || (c & cond::GID != 0 && r.gid != ev.gid)
-            || (c & cond::EGID != 0 && r.egid != ev.egid)
-            || (c & cond::COMM != 0 && r.comm != ev.comm)
-            || (c & cond::CGROUP != 0 && r.cgroup_id != ev.cgroup_id)
-            || (c & cond::MNT_NS != 0 && r.mnt_ns != ev.mnt_ns)
-            || (c & cond::CHROOTED != 0 && (r.chrooted != 0) != chrooted)
-        {
+        if u32::from(r.source) == skipped || !holds(r, i, &facts, ev) {
+            continue;
+        }
+        if r.flags & rule_flags::SKIP != 0 {
+            // The rule's `not` block matched: the rule does not apply.
+            skipped = u32::from(r.source);
             continue;
         }
         action = r.action;
@@ -259,25 +383,16 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader, tid: u32) -> Resul
     if header.generation == 0 || now_gen != Some(header.generation) {
         count(Counter::LsmError);
         ev.flags |= flags::POLICY_TORN;
-        action = header.default_action;
+        action = header.fail_action;
         rule = NO_RULE;
     }
 
-    let deny = action == ACTION_DENY && header.mode == MODE_ENFORCE;
+    let ret = verdict(header, action);
     ev.rule = rule;
-    ev.flags |= (u32::from(action) & flags::ACTION_MASK) << flags::ACTION_SHIFT;
-    if header.mode == MODE_ENFORCE {
-        ev.flags |= flags::ENFORCING;
-    }
-    let ret = if deny { EPERM } else { 0 };
-    if deny {
-        ev.flags |= flags::DENIED;
-    }
+    ev.flags |= decision_flags(header, action);
     ev.ret = i64::from(ret);
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
-    if send(ev).is_err() {
-        count(Counter::RingBufFull);
-    }
+    emit(ev, action);
     Ok(ret)
 }

@@ -102,7 +102,13 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     pt_regs_arg0: 0,
     task_mm: 0,
     mm_exe_file: 0,
-    file_f_path: 0,
+    mnt_ns_root: 0,
+    cred_user_ns: 0,
+    user_ns_inum: 0,
+    file_f_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
     _pad0: 0,
 };
 

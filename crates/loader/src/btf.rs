@@ -128,7 +128,13 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         pt_regs_arg0: o(PT_REGS_ARG0.0, PT_REGS_ARG0.1)?,
         task_mm: o("task_struct", "mm")?,
         mm_exe_file: o("mm_struct", "exe_file")?,
-        file_f_path: o("file", "f_path")?,
+        mnt_ns_root: o("mnt_namespace", "root")?,
+        cred_user_ns: o("cred", "user_ns")?,
+        user_ns_inum: o("user_namespace", "ns")? + o("ns_common", "inum")?,
+        file_f_inode: o("file", "f_inode")?,
+        inode_ino: o("inode", "i_ino")?,
+        inode_sb: o("inode", "i_sb")?,
+        sb_dev: o("super_block", "s_dev")?,
         _pad0: 0,
     })
 }

@@ -22,7 +22,7 @@ use crate::{
     attach::{classify_lsm, KernelContext},
     error::Error,
     pin,
-    policy::{compile, Policy, PolicyMaps, Slots, POLICY_MAPS},
+    policy::{compile, Policy, PolicyContext, PolicyMaps, Slots, POLICY_MAPS},
     reader::{self, Counters, Reader, ReaderConfig, Sink},
     session::SessionStats,
     sys,
@@ -41,6 +41,8 @@ pub struct Guard {
     events: MapData,
     /// Held once pinned: this guard's reader is the ring buffer's reader.
     ring_lock: Option<pin::RingLock>,
+    /// The facts the policy in force was compiled with.
+    context: PolicyContext,
 }
 
 fn policy_maps(ebpf: &mut Ebpf) -> Result<PolicyMaps<'_>, Error> {
@@ -101,7 +103,8 @@ impl Guard {
             _ => return Err(Error::Object(format!("map {} missing", pin::EVENTS))),
         };
         let (reader, counters) = reader::start(&mut ebpf, sink, ReaderConfig::for_ring_buffer(ring_buffer_bytes))?;
-        Ok(Guard { link: Some(link), ebpf: Some(ebpf), reader, counters, slots, events, ring_lock: None })
+        let context = compiled.context();
+        Ok(Guard { link: Some(link), ebpf: Some(ebpf), reader, counters, slots, events, ring_lock: None, context })
     }
 
     /// Replaces the policy atomically and returns its generation. The new
@@ -115,7 +118,15 @@ impl Guard {
     pub fn update(&mut self, policy: &Policy) -> Result<u32, Error> {
         let compiled = compile(policy)?;
         let ebpf = self.ebpf.as_mut().ok_or_else(|| Error::Object("the guard is closed".into()))?;
-        compiled.write(&mut policy_maps(ebpf)?, &mut self.slots, false)
+        let generation = compiled.write(&mut policy_maps(ebpf)?, &mut self.slots, false)?;
+        self.context = compiled.context();
+        Ok(generation)
+    }
+
+    /// The facts the policy in force was compiled with (initial mount
+    /// namespace, `exe` identities).
+    pub fn context(&self) -> &PolicyContext {
+        &self.context
     }
 
     /// Pins the link, the policy maps and the counters under `dir` (see

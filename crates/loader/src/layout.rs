@@ -17,7 +17,7 @@ pub fn event_layout() -> Vec<(&'static str, u32)> {
     }
     let mut table = offsets!(
         kind, mode, path_len, resolved_len, rule, flags, pid, tid, ppid, uid, gid, euid, egid,
-        mnt_ns, pid_ns, lsm_ret, policy_gen, ret, enter_ns, ts_ns, cgroup_id, comm, data,
+        mnt_ns, pid_ns, lsm_ret, policy_gen, exe_dev, user_ns, ret, enter_ns, ts_ns, cgroup_id, exe_ino, comm, data,
     );
     table.extend([
         ("size", size_of::<ChrootEvent>() as u32),
@@ -29,12 +29,17 @@ pub fn event_layout() -> Vec<(&'static str, u32)> {
         ("flag_path_unreadable", flags::PATH_UNREADABLE),
         ("flag_resolved_present", flags::RESOLVED_PRESENT),
         ("flag_resolved_truncated", flags::RESOLVED_TRUNCATED),
+        ("flag_resolved_unreachable", flags::RESOLVED_UNREACHABLE),
         ("flag_lsm_called", flags::LSM_CALLED),
         ("flag_caller_chrooted", flags::CALLER_CHROOTED),
         ("flag_action_shift", flags::ACTION_SHIFT),
         ("flag_action_mask", flags::ACTION_MASK),
         ("flag_enforcing", flags::ENFORCING),
         ("flag_denied", flags::DENIED),
+        ("flag_exe_unknown", flags::EXE_UNKNOWN),
+        ("flag_policy_torn", flags::POLICY_TORN),
+        ("flag_internal_error", flags::INTERNAL_ERROR),
+        ("flag_initial_namespaces", flags::INITIAL_NAMESPACES),
         ("kind_chroot", EventKind::Chroot as u32),
         ("kind_decision", EventKind::Decision as u32),
         ("no_rule", u32::from(policy::NO_RULE)),
@@ -116,12 +121,14 @@ mod tests {
         assert_eq!(size, size_of::<chroot_guard_common::policy::PolicyHeader>());
         let (size, _) = btf_members(&btf, "PathKey");
         assert_eq!(size, size_of::<chroot_guard_common::policy::PathKey>());
+        let (size, _) = btf_members(&btf, "ExeKey");
+        assert_eq!(size, size_of::<chroot_guard_common::policy::ExeKey>());
     }
 
     #[test]
     fn no_implicit_padding() {
         // Explicit `_pad` fields only: the sum of field sizes is the size.
-        let sum = 1 + 1 + 2 + 2 + 2 + 4 * 12 + 8 * 4 + COMM_LEN + PATH_MAX + RESOLVED_MAX;
+        let sum = 1 + 1 + 2 + 2 + 2 + 4 * 14 + 8 * 5 + COMM_LEN + PATH_MAX + RESOLVED_MAX;
         assert_eq!(sum, size_of::<ChrootEvent>());
     }
 }

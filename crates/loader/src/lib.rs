@@ -13,6 +13,7 @@ pub mod btf;
 pub mod doctor;
 pub mod error;
 pub mod guard;
+pub mod identity;
 pub mod layout;
 pub mod object;
 pub mod pin;

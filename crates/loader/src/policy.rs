@@ -8,17 +8,22 @@
 
 use std::collections::HashMap as StdHashMap;
 
+use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::Path};
+
 use aya::maps::{Array, HashMap, Map, MapData};
 use chroot_guard_common::{
     policy::{
-        cond, hash_path, policy_flags, PathKey, PathMasks, PolicyHeader, PolicyRule, ACTION_ALLOW, ACTION_AUDIT,
-        ACTION_DENY, MAX_RULES, MODE_AUDIT, MODE_ENFORCE, RULE_ID_BYTES,
+        cond, hash_path, policy_flags, rule_flags, ExeKey, PathKey, PathMasks, PolicyHeader, PolicyRule,
+        ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, MAX_RULES, MODE_AUDIT, MODE_ENFORCE, RULE_ID_BYTES,
     },
     COMM_LEN, RESOLVED_MAX,
 };
 use serde::Deserialize;
 
-use crate::error::Error;
+use crate::{
+    error::Error,
+    identity::{file_identity, initial_mnt_ns, FileIdentity},
+};
 
 /// A value or a list of values (any of them matches).
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +70,11 @@ pub struct Match {
     pub already_chrooted: Option<bool>,
     /// Mount namespace inode number of the caller.
     pub mnt_ns: Option<OneOrMany<u32>>,
+    /// Caller in the initial user and mount namespaces.
+    pub initial_namespaces: Option<bool>,
+    /// Conditions that, when all hold, make the rule not apply (no nested
+    /// `not`).
+    pub not: Option<Box<Match>>,
 }
 
 /// One rule.
@@ -93,6 +103,10 @@ pub struct Policy {
     pub mode: String,
     /// Action when no rule matches (default `allow`).
     pub default: Option<String>,
+    /// Action when a decision cannot be made: `default` (the default
+    /// action, the default), `allow` or `deny`.
+    #[serde(rename = "failMode")]
+    pub fail_mode: Option<String>,
     /// Ordered rules.
     pub rules: Vec<Rule>,
 }
@@ -116,26 +130,84 @@ fn action(s: &str, what: &str) -> Result<u8, Error> {
     }
 }
 
-/// Checks a host-absolute path and returns its canonical bytes: absolute,
-/// no `.` or `..` components, no empty components, no trailing `/` (but `/`
-/// itself), at most `RESOLVED_MAX - 1` bytes.
+/// The bytes a policy path names: UTF-8, except that `\xHH` (two hex
+/// digits) stands for one byte, so a directory whose name is not UTF-8 can
+/// be named, and `\\` for a backslash.
+///
+/// # Errors
+/// A sentence naming the first bad escape.
+pub fn path_bytes(p: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(p.len());
+    let mut rest = p.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match rest {
+            [b'\\', tail @ ..] => {
+                out.push(b'\\');
+                rest = tail;
+            }
+            [b'x', h, l, tail @ ..] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                out.push(hex(*h) << 4 | hex(*l));
+                rest = tail;
+            }
+            _ => return Err("has a backslash that is not \\xHH (one byte) or \\\\ (a backslash)".into()),
+        }
+    }
+    if out.contains(&0) {
+        return Err("names a NUL byte".into());
+    }
+    Ok(out)
+}
+
+/// Checks a host-absolute path and returns its canonical bytes (escapes
+/// decoded by [`path_bytes`]): absolute, no `.` or `..` components, no
+/// empty components, no trailing `/` (but `/` itself), at most
+/// `RESOLVED_MAX - 1` bytes.
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] saying what is wrong.
 pub fn canonical_path(p: &str, what: &str) -> Result<Vec<u8>, Error> {
     let bad = |why: &str| Err(Error::InvalidArgument(format!("{what}: {p:?} {why}")));
-    if !p.starts_with('/') {
+    let bytes = match path_bytes(p) {
+        Ok(b) => b,
+        Err(why) => return bad(&why),
+    };
+    if bytes.first() != Some(&b'/') {
         return bad("is not absolute (paths are host-absolute, like resolvedPath)");
     }
-    let parts: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
-    if parts.iter().any(|c| *c == "." || *c == "..") {
+    let parts: Vec<&[u8]> = bytes.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    if parts.iter().any(|c| *c == b"." || *c == b"..") {
         return bad("has . or .. components");
     }
-    let canon = format!("/{}", parts.join("/"));
+    let mut canon = Vec::with_capacity(bytes.len());
+    for part in &parts {
+        canon.push(b'/');
+        canon.extend_from_slice(part);
+    }
+    if canon.is_empty() {
+        canon.push(b'/');
+    }
     if canon.len() >= RESOLVED_MAX {
         return bad("is too long");
     }
-    Ok(canon.into_bytes())
+    Ok(canon)
+}
+
+/// What a compiled policy was matched against besides the call itself: the
+/// facts read when it was compiled, which another evaluator of the same
+/// policy needs to decide alike.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyContext {
+    /// Inode number of the initial mount namespace (0 when unknown).
+    pub initial_mnt_ns: u32,
+    /// Each `exe` path the policy names and the identity it was found with,
+    /// in policy order.
+    pub exes: Vec<(String, FileIdentity)>,
 }
 
 /// A policy compiled for the maps.
@@ -149,16 +221,141 @@ pub struct Compiled {
     pub rule_ids: Vec<String>,
     /// Paths (`path`, `subtree`) → masks.
     pub paths: StdHashMap<Vec<u8>, PathMasks>,
-    /// Executables → rule mask.
-    pub exes: StdHashMap<Vec<u8>, u64>,
+    /// Executables, by identity → rule mask.
+    pub exes: StdHashMap<FileIdentity, u64>,
+    /// Each `exe` path the policy names and the identity it was found with,
+    /// in policy order: what `exe` rules match (reported to callers so they
+    /// can evaluate the same policy, see `evaluatePolicy` in TS).
+    pub exe_identities: Vec<(String, FileIdentity)>,
+}
+
+impl Compiled {
+    /// The facts this policy was compiled with.
+    pub fn context(&self) -> PolicyContext {
+        PolicyContext { initial_mnt_ns: self.header.init_mnt_ns, exes: self.exe_identities.clone() }
+    }
+}
+
+/// One `match` (or `not`) block, expanded: a compiled rule per combination
+/// of its listed values, and the paths and executables it names.
+struct Expanded {
+    variants: Vec<PolicyRule>,
+    paths: Vec<Vec<u8>>,
+    subtrees: Vec<Vec<u8>>,
+    exes: Vec<FileIdentity>,
+}
+
+/// Expands `m` into compiled rules carrying `base`'s action, source and
+/// flags. `exe` paths are identified here (see [`file_identity`]).
+fn expand(
+    m: &Match,
+    base: PolicyRule,
+    what: &str,
+    identities: &mut Vec<(String, FileIdentity)>,
+) -> Result<Expanded, Error> {
+    let mut base = base;
+    let mut out = Expanded { variants: Vec::new(), paths: Vec::new(), subtrees: Vec::new(), exes: Vec::new() };
+    if let Some(v) = &m.path {
+        base.conds |= cond::PATH;
+        for p in v.to_vec() {
+            out.paths.push(canonical_path(&p, what)?);
+        }
+    }
+    if let Some(v) = &m.subtree {
+        let list: Vec<Vec<u8>> = v.to_vec().iter().map(|p| canonical_path(p, what)).collect::<Result<_, _>>()?;
+        // A subtree of `/` holds for every path: no condition.
+        if !list.iter().any(|p| p.as_slice() == b"/") {
+            base.conds |= cond::SUBTREE;
+            out.subtrees = list;
+        }
+    }
+    if let Some(v) = &m.exe {
+        base.conds |= cond::EXE;
+        for p in v.to_vec() {
+            let bytes = canonical_path(&p, what)?;
+            let id = file_identity(Path::new(OsStr::from_bytes(&bytes))).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "{what}: exe {p:?} cannot be identified ({e}); exe rules match the file by device and inode, so it must exist when the policy loads"
+                ))
+            })?;
+            identities.push((p.clone(), id));
+            out.exes.push(id);
+        }
+    }
+    if let Some(c) = m.already_chrooted {
+        base.conds |= cond::CHROOTED;
+        base.chrooted = u8::from(c);
+    }
+    if let Some(c) = m.initial_namespaces {
+        base.conds |= cond::INIT_NS;
+        base.init_ns = u8::from(c);
+    }
+    let list = |o: &Option<OneOrMany<u32>>| o.as_ref().map(OneOrMany::to_vec);
+    let comms: Option<Vec<[u8; COMM_LEN]>> = match &m.comm {
+        None => None,
+        Some(v) => Some(
+            v.to_vec()
+                .iter()
+                .map(|c| {
+                    let b = c.as_bytes();
+                    if b.is_empty() || b.len() >= COMM_LEN {
+                        return Err(Error::InvalidArgument(format!("{what}: comm {c:?} must be 1 to 15 bytes")));
+                    }
+                    let mut a = [0u8; COMM_LEN];
+                    a[..b.len()].copy_from_slice(b);
+                    Ok(a)
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    // Cartesian product of the scalar lists.
+    let mut variants = vec![base];
+    let mut product = |values: Option<Vec<u32>>, bit: u32, set: fn(&mut PolicyRule, u32)| {
+        if let Some(values) = values {
+            variants = variants
+                .iter()
+                .flat_map(|r| {
+                    values.iter().map(move |&v| {
+                        let mut r = *r;
+                        r.conds |= bit;
+                        set(&mut r, v);
+                        r
+                    })
+                })
+                .collect();
+        }
+    };
+    product(list(&m.uid), cond::UID, |r, v| r.uid = v);
+    product(list(&m.euid), cond::EUID, |r, v| r.euid = v);
+    product(list(&m.gid), cond::GID, |r, v| r.gid = v);
+    product(list(&m.egid), cond::EGID, |r, v| r.egid = v);
+    product(list(&m.mnt_ns), cond::MNT_NS, |r, v| r.mnt_ns = v);
+    if let Some(comms) = comms {
+        variants = variants
+            .iter()
+            .flat_map(|r| comms.iter().map(move |c| PolicyRule { conds: r.conds | cond::COMM, comm: *c, ..*r }))
+            .collect();
+    }
+    if let Some(ids) = m.cgroup_id.as_ref().map(OneOrMany::to_vec) {
+        variants = variants
+            .iter()
+            .flat_map(|r| ids.iter().map(move |&id| PolicyRule { conds: r.conds | cond::CGROUP, cgroup_id: id, ..*r }))
+            .collect();
+    }
+    out.variants = variants;
+    Ok(out)
 }
 
 /// Compiles a policy: expands lists into rules (at most [`MAX_RULES`]),
-/// canonicalizes paths and collects them into masks.
+/// canonicalizes paths and collects them into masks, identifies `exe`
+/// files, and puts each rule's `not` block (as [`rule_flags::SKIP`] rules)
+/// before the rule itself.
 ///
 /// # Errors
-/// [`Error::InvalidArgument`] for an unknown action or mode, a bad path or
-/// comm, duplicate ids, or too many rules after expansion.
+/// [`Error::InvalidArgument`] for an unknown action, mode or fail mode, a
+/// bad path or comm, an `exe` that cannot be identified, a nested `not`,
+/// duplicate ids, too many rules after expansion, or an `initialNamespaces`
+/// rule when the initial mount namespace cannot be read.
 pub fn compile(p: &Policy) -> Result<Compiled, Error> {
     let mode = match p.mode.as_str() {
         "enforce" => MODE_ENFORCE,
@@ -166,13 +363,21 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
         other => return Err(Error::InvalidArgument(format!("mode: unknown {other:?} (enforce, audit)"))),
     };
     let default_action = action(p.default.as_deref().unwrap_or("allow"), "default")?;
+    let fail_action = match p.fail_mode.as_deref().unwrap_or("default") {
+        "default" => default_action,
+        "allow" => ACTION_ALLOW,
+        "deny" => ACTION_DENY,
+        other => return Err(Error::InvalidArgument(format!("failMode: unknown {other:?} (default, allow, deny)"))),
+    };
     let mut out = Compiled {
-        header: PolicyHeader { mode, default_action, ..PolicyHeader::default() },
+        header: PolicyHeader { mode, default_action, fail_action, ..PolicyHeader::default() },
         rules: Vec::new(),
         rule_ids: Vec::new(),
         paths: StdHashMap::new(),
         exes: StdHashMap::new(),
+        exe_identities: Vec::new(),
     };
+    let mut uses_init_ns = false;
     let mut seen = std::collections::HashSet::new();
     for (source, r) in p.rules.iter().enumerate() {
         let what = format!("rules[{source}] ({})", r.id);
@@ -181,106 +386,47 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
         }
         let act = action(&r.action, &what)?;
         let m = r.matches.clone().unwrap_or_default();
-        let mut base = PolicyRule { action: act, source: source as u16, ..PolicyRule::default() };
-        let mut paths = Vec::new();
-        let mut subtrees = Vec::new();
-        let mut exes = Vec::new();
-        if let Some(v) = &m.path {
-            base.conds |= cond::PATH;
-            for p in v.to_vec() {
-                paths.push(canonical_path(&p, &what)?);
+        let deny = act == ACTION_DENY;
+        let mut blocks = Vec::new();
+        if let Some(not) = &m.not {
+            if not.not.is_some() {
+                return Err(Error::InvalidArgument(format!("{what}: a not block cannot hold another not")));
             }
+            // Unknown conditions resolve toward denying: a `not` block of a
+            // deny rule does not hold on them, of any other rule it does.
+            let flags = rule_flags::SKIP | if deny { 0 } else { rule_flags::UNKNOWN_HOLDS };
+            let base = PolicyRule { action: act, source: source as u16, flags, ..PolicyRule::default() };
+            blocks.push(expand(not, base, &what, &mut out.exe_identities)?);
+            uses_init_ns |= not.initial_namespaces.is_some();
         }
-        if let Some(v) = &m.subtree {
-            let list: Vec<Vec<u8>> = v.to_vec().iter().map(|p| canonical_path(p, &what)).collect::<Result<_, _>>()?;
-            // A subtree of `/` holds for every path: no condition.
-            if !list.iter().any(|p| p.as_slice() == b"/") {
-                base.conds |= cond::SUBTREE;
-                subtrees = list;
+        let flags = if deny { rule_flags::UNKNOWN_HOLDS } else { 0 };
+        let base = PolicyRule { action: act, source: source as u16, flags, ..PolicyRule::default() };
+        blocks.push(expand(&m, base, &what, &mut out.exe_identities)?);
+        uses_init_ns |= m.initial_namespaces.is_some();
+        for block in blocks {
+            for v in block.variants {
+                let index = out.rules.len();
+                if index >= MAX_RULES {
+                    return Err(Error::InvalidArgument(format!(
+                        "{what}: the policy expands to more than {MAX_RULES} rules (each value of a uid, euid, gid, egid, mntNs, comm or cgroupId list counts once per combination, in match and in not)"
+                    )));
+                }
+                let bit = 1u64 << index;
+                for p in &block.paths {
+                    out.paths.entry(p.clone()).or_default().exact |= bit;
+                }
+                for p in &block.subtrees {
+                    out.paths.entry(p.clone()).or_default().subtree |= bit;
+                }
+                for id in &block.exes {
+                    *out.exes.entry(*id).or_default() |= bit;
+                }
+                if v.conds & cond::EXE != 0 {
+                    out.header.flags |= policy_flags::USES_EXE;
+                }
+                out.rules.push(v);
+                out.rule_ids.push(r.id.clone());
             }
-        }
-        if let Some(v) = &m.exe {
-            base.conds |= cond::EXE;
-            out.header.flags |= policy_flags::USES_EXE;
-            for p in v.to_vec() {
-                exes.push(canonical_path(&p, &what)?);
-            }
-        }
-        if let Some(c) = m.already_chrooted {
-            base.conds |= cond::CHROOTED;
-            base.chrooted = u8::from(c);
-        }
-        let list = |o: &Option<OneOrMany<u32>>| o.as_ref().map(OneOrMany::to_vec);
-        let comms: Option<Vec<[u8; COMM_LEN]>> = match &m.comm {
-            None => None,
-            Some(v) => Some(
-                v.to_vec()
-                    .iter()
-                    .map(|c| {
-                        let b = c.as_bytes();
-                        if b.is_empty() || b.len() >= COMM_LEN {
-                            return Err(Error::InvalidArgument(format!("{what}: comm {c:?} must be 1 to 15 bytes")));
-                        }
-                        let mut a = [0u8; COMM_LEN];
-                        a[..b.len()].copy_from_slice(b);
-                        Ok(a)
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-        };
-        // Cartesian product of the scalar lists.
-        let mut variants = vec![base];
-        let mut expand = |values: Option<Vec<u32>>, bit: u32, set: fn(&mut PolicyRule, u32)| {
-            if let Some(values) = values {
-                variants = variants
-                    .iter()
-                    .flat_map(|r| {
-                        values.iter().map(move |&v| {
-                            let mut r = *r;
-                            r.conds |= bit;
-                            set(&mut r, v);
-                            r
-                        })
-                    })
-                    .collect();
-            }
-        };
-        expand(list(&m.uid), cond::UID, |r, v| r.uid = v);
-        expand(list(&m.euid), cond::EUID, |r, v| r.euid = v);
-        expand(list(&m.gid), cond::GID, |r, v| r.gid = v);
-        expand(list(&m.egid), cond::EGID, |r, v| r.egid = v);
-        expand(list(&m.mnt_ns), cond::MNT_NS, |r, v| r.mnt_ns = v);
-        if let Some(comms) = comms {
-            variants = variants
-                .iter()
-                .flat_map(|r| comms.iter().map(move |c| PolicyRule { conds: r.conds | cond::COMM, comm: *c, ..*r }))
-                .collect();
-        }
-        if let Some(ids) = m.cgroup_id.as_ref().map(OneOrMany::to_vec) {
-            variants = variants
-                .iter()
-                .flat_map(|r| ids.iter().map(move |&id| PolicyRule { conds: r.conds | cond::CGROUP, cgroup_id: id, ..*r }))
-                .collect();
-        }
-        for v in variants {
-            let index = out.rules.len();
-            if index >= MAX_RULES {
-                return Err(Error::InvalidArgument(format!(
-                    "{what}: the policy expands to more than {MAX_RULES} rules (each value of a uid, euid, gid, egid, mntNs, comm or cgroupId list counts once per combination)"
-                )));
-            }
-            let bit = 1u64 << index;
-            for p in &paths {
-                out.paths.entry(p.clone()).or_default().exact |= bit;
-            }
-            for p in &subtrees {
-                out.paths.entry(p.clone()).or_default().subtree |= bit;
-            }
-            for p in &exes {
-                *out.exes.entry(p.clone()).or_default() |= bit;
-            }
-            out.rules.push(v);
-            out.rule_ids.push(r.id.clone());
         }
     }
     if out.paths.len() > MAX_PATHS {
@@ -295,6 +441,17 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
             out.exes.len()
         )));
     }
+    out.header.init_mnt_ns = match initial_mnt_ns() {
+        Ok(ns) => ns,
+        Err(e) if uses_init_ns => {
+            return Err(Error::InvalidArgument(format!(
+                "initialNamespaces: cannot read the initial mount namespace at {} ({e})",
+                crate::identity::INITIAL_MNT_NS
+            )))
+        }
+        // No rule asks; decisions then never carry the initial-namespaces flag.
+        Err(_) => 0,
+    };
     out.header.rule_count = out.rules.len() as u32;
     Ok(out)
 }
@@ -328,7 +485,7 @@ pub struct PolicyMaps<'a> {
     /// `CG_PATHS`.
     pub paths: HashMap<&'a mut MapData, PathKey, PathMasks>,
     /// `CG_EXES`.
-    pub exes: HashMap<&'a mut MapData, PathKey, u64>,
+    pub exes: HashMap<&'a mut MapData, ExeKey, u64>,
     /// `CG_RULE_IDS`.
     pub rule_ids: Array<&'a mut MapData, [u8; RULE_ID_BYTES]>,
 }
@@ -372,7 +529,7 @@ pub struct Slots {
     /// Rule ids of the active policy, by compiled index.
     pub rule_ids: Vec<String>,
     path_keys: [Vec<PathKey>; 2],
-    exe_keys: [Vec<PathKey>; 2],
+    exe_keys: [Vec<ExeKey>; 2],
 }
 
 impl Slots {
@@ -437,8 +594,8 @@ impl Compiled {
             maps.paths.insert(key, masks, 0).map_err(map_err("CG_PATHS"))?;
             slots.path_keys[slot as usize].push(key);
         }
-        for (path, mask) in &self.exes {
-            let key = PathKey { slot, len: path.len() as u32, hash: hash_path(seed, path) };
+        for (id, mask) in &self.exes {
+            let key = ExeKey { slot, dev: id.dev, ino: id.ino };
             maps.exes.insert(key, mask, 0).map_err(map_err("CG_EXES"))?;
             slots.exe_keys[slot as usize].push(key);
         }
@@ -481,6 +638,52 @@ mod tests {
     }
 
     #[test]
+    fn not_blocks_compile_before_their_rule_as_skip_rules() {
+        let c = policy(
+            r#"{"mode":"enforce","failMode":"deny","rules":[
+                {"id":"a","action":"deny","match":{"subtree":"/srv","not":{"initialNamespaces":true,"uid":[0,1]}}},
+                {"id":"b","action":"allow","match":{"not":{"comm":"x"}}}]}"#,
+        )
+        .expect("compiles");
+        assert_eq!(c.rule_ids, ["a", "a", "a", "b", "b"]);
+        let skip = |i: usize| c.rules[i].flags & rule_flags::SKIP != 0;
+        let unknown = |i: usize| c.rules[i].flags & rule_flags::UNKNOWN_HOLDS != 0;
+        assert_eq!((0..5).map(skip).collect::<Vec<_>>(), [true, true, false, true, false]);
+        // Unknowns resolve toward denying: a deny rule's own conditions
+        // hold on them, its not block does not; the reverse for others.
+        assert_eq!((0..5).map(unknown).collect::<Vec<_>>(), [false, false, true, true, false]);
+        assert_eq!(c.rules[0].conds, cond::INIT_NS | cond::UID);
+        assert_eq!((c.rules[0].init_ns, c.rules[1].uid), (1, 1));
+        assert_eq!(c.rules[2].conds, cond::SUBTREE);
+        assert_eq!(c.paths[b"/srv".as_slice()].subtree, 0b100);
+        assert_eq!(c.header.fail_action, ACTION_DENY);
+        assert_eq!(policy(r#"{"mode":"enforce","default":"deny","rules":[]}"#).expect("compiles").header.fail_action, ACTION_DENY);
+    }
+
+    #[test]
+    fn exe_rules_match_the_file_by_identity() {
+        let c = policy(r#"{"mode":"enforce","rules":[{"id":"sh","action":"allow","match":{"exe":["/bin/sh","/bin/sh"]}}]}"#)
+            .expect("compiles");
+        let id = file_identity(Path::new("/bin/sh")).expect("/bin/sh exists");
+        assert_eq!(c.exes[&id], 1);
+        assert_eq!(c.header.flags & policy_flags::USES_EXE, policy_flags::USES_EXE);
+        let err = policy(r#"{"mode":"enforce","rules":[{"id":"x","action":"allow","match":{"exe":"/nonexistent/cg"}}]}"#)
+            .expect_err("a missing exe is refused")
+            .to_string();
+        assert!(err.contains("cannot be identified"), "{err}");
+    }
+
+    #[test]
+    fn paths_name_bytes_with_escapes() {
+        assert_eq!(canonical_path(r"/srv/caf\xe9//x/", "t").expect("valid"), b"/srv/caf\xe9/x");
+        assert_eq!(canonical_path(r"/a\\b", "t").expect("valid"), b"/a\\b");
+        assert_eq!(canonical_path("/café", "t").expect("valid"), "/café".as_bytes());
+        for bad in [r"/a\q", r"/a\x4", r"/a\x00b", r"/a\"] {
+            assert!(canonical_path(bad, "t").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn bad_policies_are_rejected_with_the_rule_named() {
         let err = |j: &str| policy(j).expect_err("rejected").to_string();
         assert!(err(r#"{"mode":"enforce","rules":[{"id":"x","action":"deny","match":{"path":"srv"}}]}"#)
@@ -490,6 +693,9 @@ mod tests {
         assert!(err(r#"{"mode":"enforce","rules":[{"id":"x","action":"deny","match":{"subtree":"/a/../b"}}]}"#)
             .contains(". or .."));
         assert!(err(r#"{"mode":"sometimes","rules":[]}"#).contains("mode"));
+        assert!(err(r#"{"mode":"enforce","failMode":"open","rules":[]}"#).contains("failMode"));
+        assert!(err(r#"{"mode":"enforce","rules":[{"id":"x","action":"deny","match":{"not":{"not":{"uid":1}}}}]}"#)
+            .contains("cannot hold another not"));
         let many = format!(
             r#"{{"mode":"enforce","rules":[{{"id":"x","action":"deny","match":{{"uid":[{}]}}}}]}}"#,
             (0..65).map(|i| i.to_string()).collect::<Vec<_>>().join(",")

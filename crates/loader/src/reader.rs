@@ -26,12 +26,21 @@ use chroot_guard_common::Counter;
 /// Totals of the per-CPU `CG_COUNTERS`, summed over CPUs, since load.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lost {
-    /// Events the programs could not write: the ring buffer was full.
+    /// Records the programs could not write for lack of ring buffer space:
+    /// events (the ring buffer was full) and decisions of every action (the
+    /// three counts below).
     pub ring_buffer_full: u64,
     /// Calls not traced: the `CG_PENDING` map was full at syscall entry.
     pub pending_full: u64,
-    /// Decisions the LSM program could not make (it allowed the call).
+    /// Decisions the LSM program could not make (the fail action applied).
     pub lsm_errors: u64,
+    /// Allow decisions not written: the ring buffer was at least half full
+    /// (the rest is kept for deny and audit decisions).
+    pub allow_lost: u64,
+    /// Deny decisions not written: the ring buffer was full.
+    pub deny_lost: u64,
+    /// Audit decisions not written: the ring buffer was full.
+    pub audit_lost: u64,
 }
 
 impl Lost {
@@ -61,10 +70,15 @@ impl Counters {
         let sum = |c: Counter| {
             self.0.get(&(c as u32), 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)
         };
+        let (allow_lost, deny_lost, audit_lost) =
+            (sum(Counter::AllowLost), sum(Counter::DenyLost), sum(Counter::AuditLost));
         Lost {
-            ring_buffer_full: sum(Counter::RingBufFull),
+            ring_buffer_full: sum(Counter::RingBufFull) + allow_lost + deny_lost + audit_lost,
             pending_full: sum(Counter::PendingFull),
             lsm_errors: sum(Counter::LsmError),
+            allow_lost,
+            deny_lost,
+            audit_lost,
         }
     }
 }

@@ -8,7 +8,10 @@ use napi::{
 };
 use napi_derive::napi;
 
-use super::lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Kernel, Shared, State};
+use super::{
+    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Kernel, Shared, State},
+    policy::{binding_context, BindingPolicyContext},
+};
 use crate::{
     error::Error,
     guard::Guard,
@@ -36,6 +39,8 @@ pub struct BindingGuardResult {
     /// After a failed `pin()`: the guard stopped (the kernel refused to pin
     /// its link, and dropping it detached the program).
     pub stopped: bool,
+    /// The facts the policy in force was compiled with (live guards only).
+    pub context: Option<BindingPolicyContext>,
 }
 
 fn failure(e: &Error) -> BindingGuardResult {
@@ -47,6 +52,7 @@ fn failure(e: &Error) -> BindingGuardResult {
         error_message: Some(e.to_string()),
         verifier_log: e.verifier_log().map(str::to_string),
         stopped: false,
+        context: None,
     }
 }
 
@@ -59,6 +65,7 @@ fn success(g: &Guard) -> BindingGuardResult {
         error_message: None,
         verifier_log: None,
         stopped: false,
+        context: Some(binding_context(g.context())),
     }
 }
 
@@ -272,6 +279,7 @@ pub fn pinned_guard_update(dir: String, policy_json: String) -> BindingGuardResu
             error_message: None,
             verifier_log: None,
             stopped: false,
+            context: None,
         },
         Ok(None) => failure(&Error::Pin { path: dir, reason: "no guard is pinned here".into() }),
         Err(e) => failure(&e),
@@ -340,6 +348,7 @@ impl BindingPinnedFollower {
                     error_message: None,
                     verifier_log: None,
                     stopped: false,
+                    context: None,
                 };
                 if self.handle.shared.finish_open(Kernel::Follow(follower)) {
                     out

@@ -37,9 +37,15 @@ pub struct BindingBatch {
     pub ring_buffer_full: f64,
     /// Total calls not traced because `CG_PENDING` was full, since load.
     pub pending_full: f64,
-    /// Total decisions the LSM program could not make fully (the default
+    /// Total decisions the LSM program could not make fully (the fail
     /// action applied).
     pub lsm_errors: f64,
+    /// Total allow decisions not written (ring buffer half full), since load.
+    pub allow_lost: f64,
+    /// Total deny decisions not written (ring buffer full), since load.
+    pub deny_lost: f64,
+    /// Total audit decisions not written (ring buffer full), since load.
+    pub audit_lost: f64,
     /// Set when the reader thread stopped on an error: no batch follows.
     pub error: Option<String>,
 }
@@ -59,6 +65,12 @@ pub struct BindingStats {
     pub pending_full: f64,
     /// Decisions the LSM program could not make.
     pub lsm_errors: f64,
+    /// Allow decisions not written.
+    pub allow_lost: f64,
+    /// Deny decisions not written.
+    pub deny_lost: f64,
+    /// Audit decisions not written.
+    pub audit_lost: f64,
 }
 
 impl From<SessionStats> for BindingStats {
@@ -70,6 +82,9 @@ impl From<SessionStats> for BindingStats {
             ring_buffer_full: s.lost.ring_buffer_full as f64,
             pending_full: s.lost.pending_full as f64,
             lsm_errors: s.lost.lsm_errors as f64,
+            allow_lost: s.lost.allow_lost as f64,
+            deny_lost: s.lost.deny_lost as f64,
+            audit_lost: s.lost.audit_lost as f64,
         }
     }
 }
@@ -109,6 +124,9 @@ impl Sink for JsSink {
             ring_buffer_full: batch.lost.ring_buffer_full as f64,
             pending_full: batch.lost.pending_full as f64,
             lsm_errors: batch.lost.lsm_errors as f64,
+            allow_lost: batch.lost.allow_lost as f64,
+            deny_lost: batch.lost.deny_lost as f64,
+            audit_lost: batch.lost.audit_lost as f64,
             error: None,
         };
         let status = self.tsfn.call(value, ThreadsafeFunctionCallMode::NonBlocking);
@@ -126,6 +144,9 @@ impl Sink for JsSink {
             ring_buffer_full: 0.0,
             pending_full: 0.0,
             lsm_errors: 0.0,
+            allow_lost: 0.0,
+            deny_lost: 0.0,
+            audit_lost: 0.0,
             error: Some(reason),
         };
         self.in_flight.fetch_add(1, Ordering::AcqRel);

@@ -1,0 +1,215 @@
+/**
+ * The guard against callers who reach a directory without naming it by its
+ * path in their own mount namespace: detached mounts, clones, fresh mounts,
+ * other namespaces' trees, directory fds from elsewhere. Each variant
+ * (test/attacks/chroot_via.py) runs for real, as root and as an
+ * unprivileged user inside `unshare -Urm` (a user namespace of their own:
+ * CAP_SYS_ADMIN over their own mounts and CAP_SYS_CHROOT), against
+ * `lsm/path_chroot`. The BPF LSM runs in the VM (CG_EXPECT_AUTO_MODE=fentry);
+ * the host refuses it (lockdown), and the watch side of the same walk
+ * (`resolvedPathUnreachable`, `callerChrooted`) is tested in every mode,
+ * host included, in watch.test.ts.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { chrootGuard, type ChrootDecision, type ChrootGuard, type Policy } from '../ts/index.js';
+import { attackBench, sleep, UNREACHABLE_VARIANTS, type Attack, type AttackBench } from './helpers.js';
+
+const LSM = process.env.CG_EXPECT_AUTO_MODE === 'fentry';
+const WHY = 'the BPF LSM cannot run on this kernel (lsm programs are refused with EPERM); these run in the VM';
+
+let bench: AttackBench;
+let dir: string;
+beforeAll(() => {
+  bench = attackBench();
+  dir = bench.dir;
+});
+afterAll(() => bench.remove());
+const attack = (...args: Parameters<AttackBench['attack']>) => bench.attack(...args);
+
+/** Starts a guard and collects its decisions. */
+async function guarded(policy: Policy) {
+  const guard: ChrootGuard = chrootGuard(policy);
+  const decisions: ChrootDecision[] = [];
+  guard.decisions$.subscribe((d) => decisions.push(d));
+  await guard.ready;
+  return {
+    guard,
+    async of(pid: number, n = 1) {
+      const deadline = Date.now() + 10_000;
+      while (decisions.filter((d) => d.pid === pid).length < n) {
+        if (Date.now() > deadline) throw new Error(`no decision for pid ${pid}; got ${JSON.stringify(decisions.map((d) => [d.pid, d.resolvedPath, d.ruleId]))}`);
+        await sleep(20);
+      }
+      return decisions.filter((d) => d.pid === pid).sort((a, b) => (a.ts < b.ts ? -1 : 1));
+    },
+  };
+}
+
+describe.skipIf(!LSM)(`guard: directories reached without their path (skipped here: ${LSM ? '' : WHY})`, () => {
+  let g: Awaited<ReturnType<typeof guarded>>;
+  beforeAll(async () => {
+    g = await guarded({ mode: 'enforce', default: 'allow', rules: [{ id: 'no-deny', action: 'deny', match: { subtree: `${dir}/deny` } }] });
+  });
+  afterAll(() => g.guard.stop());
+
+  for (const as of ['root', 'user'] as const) {
+    it(`as ${as}: the direct path is denied, a sibling allowed, and the decisions say the paths were reachable`, async () => {
+      const denied = attack(as, 'direct', `${dir}/deny/inner`);
+      expect(denied.results).toEqual(['EPERM']);
+      const allowed = attack(as, 'direct', `${dir}/open`);
+      expect(allowed.results).toEqual(['ok']);
+      expect((await g.of(denied.pid))[0]).toMatchObject({ ruleId: 'no-deny', denied: true, resolvedPath: `${dir}/deny/inner`, resolvedPathUnreachable: false });
+      expect((await g.of(allowed.pid))[0]).toMatchObject({ ruleId: null, denied: false, resolvedPathUnreachable: false });
+    });
+
+    for (const variant of UNREACHABLE_VARIANTS) {
+      it(`as ${as}: ${variant} is denied by the deny rule, flagged not reachable`, async () => {
+        const a = attack(as, variant, `${dir}/deny`);
+        expect(a.results).toEqual(['EPERM']);
+        const [d] = await g.of(a.pid);
+        expect(d).toMatchObject({ ruleId: 'no-deny', action: 'deny', denied: true, reason: 'rule', resolvedPathUnreachable: true, uid: as === 'root' ? 0 : 65534 });
+      });
+    }
+  }
+
+});
+
+// Each with a guard of its own: with the subtree guard above still attached,
+// its deny rule would decide every unreachable path first.
+describe.skipIf(!LSM)(`guard: the caller's root and namespaces (skipped here: ${LSM ? '' : WHY})`, () => {
+  it('a caller whose root lies in a detached tree counts as chrooted (the kernel\'s notion)', async () => {
+    const nested = await guarded({ mode: 'enforce', rules: [{ id: 'no-nesting', action: 'deny', match: { alreadyChrooted: true } }] });
+    try {
+      for (const as of ['root', 'user'] as const) {
+        const a = attack(as, 'root_detached', `${dir}/open`);
+        expect(a.results, as).toEqual(['ok', 'EPERM']);
+        const [first, second] = await nested.of(a.pid, 2);
+        expect(first).toMatchObject({ callerChrooted: false, resolvedPathUnreachable: true, ruleId: null });
+        expect(second).toMatchObject({ callerChrooted: true, ruleId: 'no-nesting', denied: true });
+      }
+    } finally {
+      nested.guard.stop();
+    }
+  });
+
+  it('initialNamespaces: a deny for every caller but the host\'s holds whatever path the caller shows', async () => {
+    const ns = await guarded({ mode: 'enforce', rules: [{ id: 'foreign', action: 'deny', match: { not: { initialNamespaces: true } } }] });
+    try {
+      const host = attack('root', 'direct', `${dir}/open`);
+      expect(host.results).toEqual(['ok']);
+      const user = attack('user', 'direct', `${dir}/open`);
+      expect(user.results).toEqual(['EPERM']);
+      const root = spawnSync('unshare', ['-m', '/usr/bin/python3', `${dir}/chroot_via.py`, 'direct', `${dir}/open`], { encoding: 'utf8' });
+      expect((JSON.parse(root.stdout) as Attack).results).toEqual(['EPERM']); // root, but in a mount namespace of its own
+      expect((await ns.of(host.pid))[0]).toMatchObject({ initialNamespaces: true, ruleId: null });
+      expect((await ns.of(user.pid))[0]).toMatchObject({ initialNamespaces: false, ruleId: 'foreign', denied: true });
+    } finally {
+      ns.guard.stop();
+    }
+  });
+});
+
+describe.skipIf(!LSM)(`guard: a flood of allowed calls (skipped here: ${LSM ? '' : WHY})`, () => {
+  it('an unprivileged flood of allowed chroots with long arguments never pushes out a deny decision, and every record not written is counted by action', async () => {
+    const guard = chrootGuard(
+      { mode: 'enforce', rules: [{ id: 'no-deny', action: 'deny', match: { subtree: `${dir}/deny` } }] },
+      { ringBufferBytes: 16 << 10 },
+    );
+    const got = { allow: 0, deny: 0 };
+    const deniedPids = new Set<number>();
+    guard.decisions$.subscribe((d) => {
+      if (d.uid === 65534 && d.action === 'allow') got.allow++;
+      if (d.action === 'deny' && deniedPids.has(d.pid)) got.deny++;
+    });
+    await guard.ready;
+    // About 4 KiB per allowed record: `open` reached through ~2,000 `./`,
+    // relative to the flood's cwd (each chroot(2) leaves it in `open`). The
+    // flood stops when its stdin ends.
+    const long = `${'./'.repeat(2000)}.`;
+    const flood = spawn(
+      'setpriv',
+      [
+        '--reuid=65534', '--regid=65534', '--clear-groups', 'unshare', '-Urm', 'perl', '-e',
+        'my $n = 0; chdir($ARGV[0]) or die "chdir: $!"; my $in = ""; vec($in, fileno(STDIN), 1) = 1; until (select(my $r = $in, undef, undef, 0)) { chroot($ARGV[1]) or die "chroot: $!"; $n++ } print "$n\n";',
+        `${dir}/open`, long,
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    let out = '';
+    flood.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    const closed = new Promise<number | null>((r) => flood.on('close', r));
+    let denials = 0;
+    try {
+      await sleep(500);
+      for (let i = 0; i < 20; i++) {
+        const a = attack('root', 'direct', `${dir}/deny/inner`);
+        expect(a.results).toEqual(['EPERM']);
+        deniedPids.add(a.pid);
+        denials++;
+        await sleep(50);
+      }
+    } finally {
+      flood.stdin.end();
+    }
+    expect(await closed).toBe(0);
+    const calls = Number(out.trim());
+    let stats = guard.stats();
+    const deadline = Date.now() + 20_000;
+    while ((got.deny < denials || got.allow + stats.allowLost < calls) && Date.now() < deadline) {
+      await sleep(50);
+      stats = guard.stats();
+    }
+    guard.stop();
+    expect(calls).toBeGreaterThan(1000);
+    expect(stats.allowLost).toBeGreaterThan(0); // the flood did fill the ring buffer
+    expect(got.deny).toBe(denials); // every deny decision delivered
+    expect(stats.denyLost).toBe(0);
+    expect(got.allow + stats.allowLost).toBe(calls); // every allow decision delivered or counted
+    expect(stats.ringBufferFull).toBe(stats.allowLost + stats.denyLost + stats.auditLost);
+  });
+});
+
+describe.skipIf(!LSM)(`guard: calls racing policy updates (skipped here: ${LSM ? '' : WHY})`, () => {
+  it('a decision that read a policy replaced meanwhile is never taken from the torn read: failMode decides, reported as policy-torn', async () => {
+    // A deep root makes each decision long (the walk and the hash pass), so
+    // a tight update loop replaces the policy twice inside many of them.
+    let deep = `${dir}/open/torn`;
+    for (let i = 0; i < 30; i++) deep += `/${'d'.repeat(100)}`;
+    mkdirSync(deep, { recursive: true, mode: 0o755 });
+    const allow = (n: number): Policy => ({ mode: 'enforce', default: 'allow', failMode: 'deny', rules: [{ id: `gen-${n}`, action: 'allow', match: { subtree: `${dir}/open` } }] });
+    const guard = chrootGuard(allow(0));
+    const torn: ChrootDecision[] = [];
+    const wrong: ChrootDecision[] = [];
+    guard.decisions$.subscribe((d) => {
+      if (d.uid !== 65534) return;
+      if (d.reason === 'policy-torn') torn.push(d);
+      else if (d.denied || d.reason !== 'rule') wrong.push(d);
+    });
+    await guard.ready;
+    const storm = spawn(
+      'setpriv',
+      ['--reuid=65534', '--regid=65534', '--clear-groups', 'unshare', '-Urm', 'perl', '-e', 'my ($n, $d) = (0, 0); chdir($ARGV[0]) or die; my $t = time + 4; while (time < $t) { $n++; chroot(".") or $!{EPERM} && $d++ } print "$n $d\\n";', deep],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    let out = '';
+    storm.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    const closed = new Promise((r) => storm.on('close', r));
+    let updates = 0;
+    while (storm.exitCode === null) await guard.update(allow(++updates));
+    await closed;
+    const [calls, denied] = out.trim().split(' ').map(Number);
+    const deadline = Date.now() + 15_000;
+    while (torn.length < denied! && Date.now() < deadline) await sleep(50);
+    const stats = guard.stats();
+    guard.stop();
+    expect(updates).toBeGreaterThan(100);
+    expect(calls).toBeGreaterThan(100);
+    expect(denied).toBeGreaterThan(0); // the race did happen
+    expect(torn).toHaveLength(denied!); // every denial was a torn read, decided by failMode
+    expect(torn.every((d) => d.denied && d.action === 'deny' && d.ruleId === null)).toBe(true);
+    expect(wrong).toEqual([]); // whole reads all allowed by their own generation's rule
+    expect(stats.lsmErrors).toBe(denied);
+  });
+});
