@@ -1,15 +1,209 @@
 /**
- * The guard's own state against another local user: the bpffs that
- * chroot-guard mounts itself is mounted so that no other user can create
- * names in it. Attacks run for real as an unprivileged user (`setpriv` to
- * uid/gid 65534).
+ * The guard's own state (pin directories in bpffs, the bpffs chroot-guard
+ * mounts) against another local user: whatever they plant, chroot-guard
+ * neither deletes what is not its own nor follows a link.
+ *
+ * Attacks run for real as an unprivileged user (`setpriv` to uid/gid 65534,
+ * and inside `unshare -Urm`, where they hold CAP_SYS_ADMIN over their own
+ * mounts). Pin directories live on a bpffs mounted for this file without
+ * `mode=`, so 1777 as a bpffs mounted by hand (or by the VM's init) is: any
+ * user may create names in it, the case these defences are for. None of it
+ * needs the BPF LSM: maps pinned with bpftool stand in for a guard's, so it
+ * runs on the host too.
  */
 import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { pinLeftovers, pinnedGuard, unloadPinnedGuard } from '../ts/index.js';
 import { TEST_MODE } from './helpers.js';
 
+const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const NOBODY = 65534;
+
+function cli(...args: string[]) {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+}
+
+/** Runs `script` with sh as uid/gid 65534 with no groups; in a user and mount namespace of its own with `userns`. */
+function asNobody(script: string, userns = false) {
+  const args = [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...(userns ? ['unshare', '-Urm'] : []), 'sh', '-c', script];
+  return spawnSync('setpriv', args, { encoding: 'utf8' });
+}
+
+/** Creates a map with bpftool and pins it at `path`, named after the file (as a guard's maps are); returns its id. */
+function pinMap(path: string, type: 'ringbuf' | 'array' | 'percpu_array' = 'array'): number {
+  const name = path.split('/').pop()!;
+  const [key, value, entries] = type === 'ringbuf' ? ['0', '0', '4096'] : ['4', '8', '4'];
+  const r = spawnSync('bpftool', ['map', 'create', path, 'type', type, 'key', key, 'value', value, 'entries', entries, 'name', name], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`bpftool map create ${path}: ${r.stderr}`);
+  return (JSON.parse(spawnSync('bpftool', ['--json', 'map', 'show', 'pinned', path], { encoding: 'utf8' }).stdout) as { id: number }).id;
+}
+
+/** A process id that no process has now: a child's, after it exited. */
+function deadPid(): number {
+  return spawnSync('true').pid!;
+}
+
+let bpf: string;
+let tmp: string;
+beforeAll(() => {
+  tmp = realpathSync(mkdtempSync('/tmp/cg-pin-state-'));
+  chmodSync(tmp, 0o755);
+  bpf = `${tmp}/bpf`;
+  mkdirSync(bpf);
+  const m = spawnSync('mount', ['-t', 'bpf', 'bpf', bpf], { encoding: 'utf8' });
+  if (m.status !== 0) throw new Error(`mount -t bpf: ${m.stderr}`);
+});
+afterAll(() => {
+  spawnSync('umount', [bpf]);
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+describe('unload and status touch only pin directories, and only our names in them', () => {
+  it('a directory off bpffs is refused with PIN_FAILED and a remedy by unload, status and the API; nothing in it is removed', () => {
+    const off = `${tmp}/not-bpffs`;
+    mkdirSync(off);
+    for (const n of ['link', 'CG_ACTIVE', 'CG_EVENTS', 'precious']) writeFileSync(`${off}/${n}`, n);
+    const u = cli('unload', '--pin-dir', off);
+    expect(u.status).toBe(1);
+    expect(u.stderr).toMatch(/is not on a BPF file system \(bpffs\).*touches nothing in it; pass the directory `enforce --pin` pinned into.*\(PIN_FAILED\)/s);
+    const s = cli('status', '--pin-dir', off);
+    expect(s.status).toBe(1);
+    expect(s.stderr).toMatch(/is not on a BPF file system \(bpffs\).*\(PIN_FAILED\)/s);
+    expect(() => unloadPinnedGuard({ dir: off })).toThrow(expect.objectContaining({ code: 'PIN_FAILED' }));
+    expect(() => pinnedGuard({ dir: off })).toThrow(expect.objectContaining({ code: 'PIN_FAILED' }));
+    expect(readdirSync(off).sort()).toEqual(['CG_ACTIVE', 'CG_EVENTS', 'link', 'precious']);
+  });
+
+  it('the root of a bpffs mount is refused; nothing in it is removed', () => {
+    const id = pinMap(`${bpf}/CG_ACTIVE`);
+    const u = cli('unload', '--pin-dir', bpf);
+    expect(u.status).toBe(1);
+    expect(u.stderr).toMatch(/is the root of a bpffs mount, not a pin directory in one.*\(PIN_FAILED\)/s);
+    expect(existsSync(`${bpf}/CG_ACTIVE`)).toBe(true);
+    rmSync(`${bpf}/CG_ACTIVE`);
+    expect(spawnSync('bpftool', ['map', 'show', 'id', String(id)]).status).not.toBe(0);
+  });
+
+  it("another user's symbolic link at the pin directory's path is not followed: unload and status refuse, the target keeps its pins", () => {
+    const victim = `${bpf}/victim`;
+    mkdirSync(victim);
+    pinMap(`${victim}/CG_ACTIVE`);
+    pinMap(`${victim}/CG_EVENTS`, 'ringbuf');
+    const dir = `${bpf}/guard-link`;
+    const plant = asNobody(`ln -s ${victim} ${dir}`);
+    expect(plant.status, plant.stderr).toBe(0);
+    expect(lstatSync(dir).uid).toBe(NOBODY);
+    const u = cli('unload', '--pin-dir', dir);
+    expect(u.status).toBe(1);
+    expect(u.stderr).toMatch(/is a symbolic link, not a pin directory, and chroot-guard does not follow it.*\(PIN_FAILED\)/s);
+    expect(cli('status', '--pin-dir', dir).stderr).toContain('does not follow it');
+    expect(readdirSync(victim).sort()).toEqual(['CG_ACTIVE', 'CG_EVENTS']);
+    rmSync(dir);
+    rmSync(victim, { recursive: true });
+  });
+
+  it("a directory another user made at the pin directory's path is refused: nothing in it is removed, and the remedy says to mount bpffs with mode=0700", () => {
+    const dir = `${bpf}/guard-theirs`;
+    const plant = asNobody(`mkdir ${dir} && ln -s /etc ${dir}/link && ln -s /etc ${dir}/CG_ACTIVE`);
+    expect(plant.status, plant.stderr).toBe(0);
+    const u = cli('unload', '--pin-dir', dir);
+    expect(u.status).toBe(1);
+    expect(u.stderr).toMatch(new RegExp(`is owned by uid ${NOBODY}, so chroot-guard did not make it and touches nothing in it.*mode=0700.*\\(PIN_FAILED\\)`, 's'));
+    const s = cli('status', '--pin-dir', dir, '--json');
+    expect(s.status).toBe(1);
+    expect(s.stderr).toContain(`owned by uid ${NOBODY}`);
+    expect(readdirSync(dir).sort()).toEqual(['CG_ACTIVE', 'link']);
+    rmSync(dir, { recursive: true });
+  });
+
+  it('a directory holding other names loses only the names a guard pins, is kept, and unload says which names and why', () => {
+    const dir = `${bpf}/guard-shared`;
+    mkdirSync(dir);
+    const ours = ['CG_ACTIVE', 'CG_RULES', 'CG_COUNTERS'].map((n) => pinMap(`${dir}/${n}`));
+    pinMap(`${dir}/CG_EVENTS`, 'ringbuf');
+    pinMap(`${dir}/other_tool`);
+    mkdirSync(`${dir}/their-dir`);
+    const u = cli('unload', '--pin-dir', dir, '--json');
+    expect(u.status).toBe(0);
+    const r = JSON.parse(u.stdout) as { removed: boolean; kept: string };
+    expect(r).toEqual({
+      dir,
+      removed: true,
+      kept: `it also holds names chroot-guard does not pin (other_tool, their-dir), left as they are; remove them if they are not needed, then \`rmdir ${dir}\``,
+      leftoversRemoved: [],
+      leftoversKept: [],
+    });
+    expect(readdirSync(dir).sort()).toEqual(['other_tool', 'their-dir']);
+    for (const id of ours) expect(spawnSync('bpftool', ['map', 'show', 'id', String(id)]).status).not.toBe(0);
+    const table = cli('unload', '--pin-dir', dir);
+    expect(table.status).toBe(0);
+    expect(table.stderr).toContain(`no guard is pinned at ${dir}`);
+    expect(table.stderr).toContain(`kept the directory ${dir}: it also holds names chroot-guard does not pin (other_tool, their-dir)`);
+    rmSync(dir, { recursive: true });
+  });
+
+  it('a directory holding only the names a guard pins is removed whole (the API says so)', () => {
+    const dir = `${bpf}/guard-ours`;
+    mkdirSync(dir);
+    for (const n of ['CG_ACTIVE', 'CG_POLICY', 'CG_RULES', 'CG_PATHS', 'CG_EXES', 'CG_RULE_IDS', 'CG_COUNTERS']) pinMap(`${dir}/${n}`);
+    pinMap(`${dir}/CG_EVENTS`, 'ringbuf');
+    expect(unloadPinnedGuard({ dir })).toEqual({ removed: true, kept: null, leftoversRemoved: [], leftoversKept: [] });
+    expect(existsSync(dir)).toBe(false);
+    expect(unloadPinnedGuard({ dir })).toEqual({ removed: false, kept: null, leftoversRemoved: [], leftoversKept: [] });
+  });
+});
+
+describe('leftovers of a pin that did not finish (NAME-pinning-PID)', () => {
+  it("status lists a dead pinner's leftover with the remedy; unload removes it (only our names), keeps a live pinner's and another user's", () => {
+    const dir = `${bpf}/lo`;
+    const dead = `${dir}-pinning-${deadPid()}`;
+    mkdirSync(dead);
+    const deadMaps = [pinMap(`${dead}/CG_ACTIVE`), pinMap(`${dead}/CG_EVENTS`, 'ringbuf')];
+    const dead2 = `${dir}-pinning-${deadPid()}`;
+    mkdirSync(dead2); // made by hand: empty
+    const foreign = `${dir}-pinning-${deadPid()}`;
+    mkdirSync(foreign);
+    pinMap(`${foreign}/CG_COUNTERS`);
+    pinMap(`${foreign}/not_ours`);
+    const live = `${dir}-pinning-${process.pid}`; // a pin under way
+    mkdirSync(live);
+    pinMap(`${live}/CG_ACTIVE`);
+    const decoy = `${dir}-pinning-${deadPid()}`;
+    expect(asNobody(`mkdir ${decoy}`).status).toBe(0);
+    const expected = [dead, dead2, foreign].sort();
+
+    expect(pinLeftovers({ dir }).sort()).toEqual(expected);
+    const s = cli('status', '--pin-dir', dir, '--json');
+    expect(s.status).toBe(6);
+    const status = JSON.parse(s.stdout) as { pinned: boolean; leftovers: string[] };
+    expect({ ...status, leftovers: status.leftovers.sort() }).toEqual({ pinned: false, dir, leftovers: expected });
+    const t = cli('status', '--pin-dir', dir);
+    expect(t.stdout).toContain(`no guard is pinned at ${dir}\n  leftovers    `);
+    expect(t.stdout).toMatch(/left by a pin that did not finish; remove with `chroot-guard unload`/);
+    for (const d of expected) expect(t.stdout).toContain(d);
+
+    const u = cli('unload', '--pin-dir', dir, '--json');
+    expect(u.status).toBe(0);
+    const r = JSON.parse(u.stdout) as { removed: boolean; leftoversRemoved: string[]; leftoversKept: { dir: string; reason: string }[] };
+    expect(r.removed).toBe(false);
+    expect(r.leftoversRemoved.sort()).toEqual([dead, dead2].sort());
+    expect(r.leftoversKept.sort((a, b) => a.dir.localeCompare(b.dir))).toEqual(
+      [
+        { dir: foreign, reason: expect.stringContaining('it also holds names chroot-guard does not pin (not_ours)') },
+        { dir: live, reason: `process ${process.pid} still runs (a pin under way, or its PID was reused); run \`chroot-guard unload\` again once it has exited` },
+      ].sort((a, b) => a.dir.localeCompare(b.dir)),
+    );
+    expect(existsSync(dead) || existsSync(dead2)).toBe(false);
+    for (const id of deadMaps) expect(spawnSync('bpftool', ['map', 'show', 'id', String(id)]).status).not.toBe(0);
+    expect(readdirSync(foreign)).toEqual(['not_ours']);
+    expect(readdirSync(live)).toEqual(['CG_ACTIVE']);
+    expect(existsSync(decoy)).toBe(true); // another user's: not ours to list or remove
+    expect(pinLeftovers({ dir })).toEqual([foreign]);
+    for (const d of [foreign, live, decoy]) rmSync(d, { recursive: true });
+  });
+});
 
 describe('the bpffs chroot-guard mounts itself', () => {
   it('is mounted with mode=0700 where none was (in a private mount namespace, as on a fresh boot)', () => {

@@ -9,7 +9,7 @@ import { ChrootWatchError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { asAudit, evaluatePolicy, loadPolicy, PolicyError, type Policy } from '../policy.js';
 import { chrootWatch } from '../watch.js';
-import { followPinnedGuard, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus } from '../pinned.js';
+import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus, type PinnedGuardUnload } from '../pinned.js';
 import { toWallClock } from '../clock.js';
 import { EXIT, describeLost, jsonWithBigInts, note, reportError } from './output.js';
 
@@ -147,27 +147,33 @@ function readPinned(dir: string): PinnedGuardStatus | null | number {
   }
 }
 
-/** `status`: the pinned guard, if any. */
+/** `status`: the pinned guard, if any, and what unfinished pins left beside it. */
 export function statusCommand(flags: { json?: boolean; pinDir: string }): number {
   const dir = flags.pinDir;
   const s = readPinned(dir);
   if (typeof s === 'number') return s;
+  let leftovers: string[];
+  try {
+    leftovers = pinLeftovers({ dir });
+  } catch (err) {
+    return reportError(err);
+  }
   if (flags.json) {
-    process.stdout.write(JSON.stringify(s ? { pinned: true, ...s } : { pinned: false, dir }, null, 2) + '\n');
-  } else if (!s) {
-    process.stdout.write(`no guard is pinned at ${dir}\n`);
+    process.stdout.write(JSON.stringify(s ? { pinned: true, ...s, leftovers } : { pinned: false, dir, leftovers }, null, 2) + '\n');
   } else {
-    const rules = [...new Set(s.ruleIds)];
-    process.stdout.write(
-      [
-        `guard pinned at ${s.dir}`,
-        `  policy       ${s.mode}, default ${s.defaultAction}, generation ${s.generation}`,
-        `  rules        ${rules.length ? rules.join(', ') : '(none)'} (${s.ruleIds.length} compiled)`,
-        `  program      lsm/path_chroot, program id ${s.programId}, link id ${s.linkId}`,
-        `  undelivered  ${s.ringBufferFull} decision events (ring buffer full while nobody followed: see status --follow)`,
-        `  errors       ${s.lsmErrors} decisions made with the default action after an internal error`,
-      ].join('\n') + '\n',
-    );
+    const rules = s ? [...new Set(s.ruleIds)] : [];
+    const lines = s
+      ? [
+          `guard pinned at ${s.dir}`,
+          `  policy       ${s.mode}, default ${s.defaultAction}, generation ${s.generation}`,
+          `  rules        ${rules.length ? rules.join(', ') : '(none)'} (${s.ruleIds.length} compiled)`,
+          `  program      lsm/path_chroot, program id ${s.programId}, link id ${s.linkId}`,
+          `  undelivered  ${s.ringBufferFull} decision events (ring buffer full while nobody followed: see status --follow)`,
+          `  errors       ${s.lsmErrors} decisions made with the default action after an internal error`,
+        ]
+      : [`no guard is pinned at ${dir}`];
+    if (leftovers.length) lines.push(`  leftovers    ${leftovers.join(', ')} (left by a pin that did not finish; remove with \`chroot-guard unload\`)`);
+    process.stdout.write(lines.join('\n') + '\n');
   }
   return s ? EXIT.OK : EXIT.NOT_PINNED;
 }
@@ -207,17 +213,25 @@ export async function followCommand(flags: { json?: boolean; pinDir: string }): 
   return EXIT.OK;
 }
 
-/** `unload`: removes the pinned guard; succeeds when there is none. */
+/** `unload`: removes the pinned guard and the leftovers beside it; succeeds when there is none. */
 export function unloadCommand(flags: { json?: boolean; pinDir: string }): number {
   const dir = flags.pinDir;
-  let removed: boolean;
+  let r: PinnedGuardUnload;
   try {
-    removed = unloadPinnedGuard({ dir });
+    r = unloadPinnedGuard({ dir });
   } catch (err) {
     return reportError(err);
   }
-  if (flags.json) process.stdout.write(JSON.stringify({ dir, removed }) + '\n');
-  else note(removed ? `removed the guard pinned at ${dir}: chroot(2) is no longer checked by it` : `no guard is pinned at ${dir}; nothing to do`);
+  if (flags.json) {
+    process.stdout.write(JSON.stringify({ dir, ...r }) + '\n');
+    return EXIT.OK;
+  }
+  const leftovers = r.leftoversRemoved.length + r.leftoversKept.length;
+  if (r.removed) note(`removed the guard pinned at ${dir}: chroot(2) is no longer checked by it`);
+  else note(`no guard is pinned at ${dir}${leftovers ? '' : '; nothing to do'}`);
+  if (r.kept) note(`kept the directory ${dir}: ${r.kept}`);
+  for (const d of r.leftoversRemoved) note(`removed ${d}, left by a pin that did not finish`);
+  for (const k of r.leftoversKept) note(`kept ${k.dir}: ${k.reason}`);
   return EXIT.OK;
 }
 

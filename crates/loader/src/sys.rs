@@ -1,6 +1,11 @@
 //! Small system facts: capabilities, pseudo file systems, clocks.
 
-use std::{ffi::CString, io, path::Path};
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+    path::Path,
+};
 
 use crate::error::Error;
 
@@ -43,11 +48,11 @@ pub fn check_privileges() -> Result<(), Error> {
     if !has(CAP_PERFMON) {
         missing.push("CAP_PERFMON");
     }
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    Err(Error::Privileges { missing: format!("euid {euid} lacks {}", missing.join(" and ")) })
+    Err(Error::Privileges { missing: format!("euid {} lacks {}", euid(), missing.join(" and ")) })
 }
 
+/// The file system type (`statfs(2)` `f_type`) of `path`, following
+/// symbolic links; `None` when it cannot be read.
 pub(crate) fn fs_magic(path: &str) -> Option<i64> {
     let c = CString::new(path).ok()?;
     // SAFETY: statfs writes into the zeroed struct we pass.
@@ -58,6 +63,35 @@ pub(crate) fn fs_magic(path: &str) -> Option<i64> {
     }
     #[allow(clippy::unnecessary_cast, reason = "f_type is i64 on x86_64, u32/i32 elsewhere")]
     Some(st.f_type as i64)
+}
+
+/// The file system type of an open file (`fstatfs(2)`): what it is on, with
+/// no path to re-resolve.
+pub(crate) fn fd_fs_magic(fd: BorrowedFd<'_>) -> Option<i64> {
+    // SAFETY: fstatfs writes into the zeroed struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and struct pointer.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast, reason = "f_type is i64 on x86_64, u32/i32 elsewhere")]
+    Some(st.f_type as i64)
+}
+
+/// Whether process `pid` exists (in this PID namespace): `kill(pid, 0)`
+/// succeeds or is refused for permission only.
+pub(crate) fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+}
+
+/// This process's effective uid.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
 }
 
 /// Mounts `fstype` at `path` with mount `options` (the data argument of
