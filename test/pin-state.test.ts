@@ -1,7 +1,8 @@
 /**
- * The guard's own state (pin directories in bpffs, the bpffs chroot-guard
- * mounts) against another local user: whatever they plant, chroot-guard
- * neither deletes what is not its own nor follows a link.
+ * The guard's own state (pin directories in bpffs, lock files under
+ * /run/chroot-guard, the bpffs chroot-guard mounts) against another local
+ * user: whatever they plant, chroot-guard neither deletes what is not its
+ * own, nor follows a link, nor waits on a lock they hold.
  *
  * Attacks run for real as an unprivileged user (`setpriv` to uid/gid 65534,
  * and inside `unshare -Urm`, where they hold CAP_SYS_ADMIN over their own
@@ -11,14 +12,16 @@
  * needs the BPF LSM: maps pinned with bpftool stand in for a guard's, so it
  * runs on the host too.
  */
-import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { firstValueFrom } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { pinLeftovers, pinnedGuard, unloadPinnedGuard } from '../ts/index.js';
-import { TEST_MODE } from './helpers.js';
+import { ChrootWatchError, followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard } from '../ts/index.js';
+import { sleep, TEST_MODE } from './helpers.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+const LOCK_DIR = '/run/chroot-guard';
 const NOBODY = 65534;
 
 function cli(...args: string[]) {
@@ -43,6 +46,14 @@ function pinMap(path: string, type: 'ringbuf' | 'array' | 'percpu_array' = 'arra
 /** A process id that no process has now: a child's, after it exited. */
 function deadPid(): number {
   return spawnSync('true').pid!;
+}
+
+/** The error of following `dir` (followPinnedGuard), or null. */
+async function followError(dir: string): Promise<ChrootWatchError | null> {
+  return firstValueFrom(followPinnedGuard({ dir })).then(
+    () => null,
+    (e: unknown) => e as ChrootWatchError,
+  );
 }
 
 let bpf: string;
@@ -202,6 +213,115 @@ describe('leftovers of a pin that did not finish (NAME-pinning-PID)', () => {
     expect(existsSync(decoy)).toBe(true); // another user's: not ours to list or remove
     expect(pinLeftovers({ dir })).toEqual([foreign]);
     for (const d of [foreign, live, decoy]) rmSync(d, { recursive: true });
+  });
+});
+
+describe(`lock files under ${LOCK_DIR}`, () => {
+  // A hand-made pin directory with a ring buffer and counters: following
+  // it takes the ring buffer's lock, then stops at the missing policy maps
+  // ("CG_ACTIVE is not pinned"); "another reader" instead would mean the
+  // lock was held.
+  let dir: string;
+  let lock: string;
+  const pastLock = (e: ChrootWatchError | null) => e?.message.includes('CG_ACTIVE is not pinned') ?? false;
+  beforeAll(() => {
+    dir = `${bpf}/locks`;
+    mkdirSync(dir);
+    lock = `${LOCK_DIR}/ring-${pinMap(`${dir}/CG_EVENTS`, 'ringbuf')}.lock`;
+    pinMap(`${dir}/CG_COUNTERS`, 'percpu_array');
+  });
+  afterAll(() => {
+    rmSync(lock, { force: true });
+    if (existsSync(LOCK_DIR)) chmodSync(LOCK_DIR, 0o700);
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('the directory is made 0700 and the lock file 0600, both root-owned', async () => {
+    rmSync(LOCK_DIR, { recursive: true, force: true });
+    const e = await followError(dir);
+    expect(pastLock(e), e?.message).toBe(true);
+    expect(lstatSync(LOCK_DIR).isDirectory()).toBe(true);
+    expect(statSync(LOCK_DIR).mode & 0o7777).toBe(0o700);
+    expect(statSync(LOCK_DIR).uid).toBe(0);
+    expect(lstatSync(lock).isFile()).toBe(true);
+    expect(statSync(lock).mode & 0o7777).toBe(0o600);
+    expect(statSync(lock).uid).toBe(0);
+  });
+
+  it('an older, looser directory (0755) is tightened to 0700; one others can write (0777), or a symbolic link in its place, is refused with PIN_FAILED and a remedy', async () => {
+    chmodSync(LOCK_DIR, 0o755);
+    expect(pastLock(await followError(dir))).toBe(true);
+    expect(statSync(LOCK_DIR).mode & 0o7777).toBe(0o700);
+    chmodSync(LOCK_DIR, 0o777);
+    const e = await followError(dir);
+    expect(e).toMatchObject({ code: 'PIN_FAILED', message: expect.stringMatching(/other users can write it \(mode 777\); .*remove it \(`rm -rf \/run\/chroot-guard`, as root\)/) });
+    chmodSync(LOCK_DIR, 0o700);
+    const real = `${LOCK_DIR}-real`;
+    rmSync(real, { recursive: true, force: true });
+    spawnSync('mv', [LOCK_DIR, real]);
+    symlinkSync(real, LOCK_DIR);
+    try {
+      expect(await followError(dir)).toMatchObject({ code: 'PIN_FAILED', message: expect.stringContaining('it is not a directory (a symbolic link or file is in its place)') });
+    } finally {
+      rmSync(LOCK_DIR);
+      spawnSync('mv', [real, LOCK_DIR]);
+    }
+    expect(pastLock(await followError(dir))).toBe(true);
+  });
+
+  it('a symbolic link planted at the lock path is not followed: PIN_FAILED, and its target is neither created nor truncated', async () => {
+    rmSync(lock, { force: true });
+    const target = `${tmp}/lock-target`;
+    writeFileSync(target, 'precious');
+    symlinkSync(target, lock);
+    expect(await followError(dir)).toMatchObject({ code: 'PIN_FAILED', message: expect.stringContaining('a symbolic link is in the lock file\'s place, and chroot-guard does not follow it') });
+    expect(readFileSync(target, 'utf8')).toBe('precious');
+    rmSync(lock);
+    const missing = `${tmp}/lock-target-missing`;
+    symlinkSync(missing, lock);
+    expect(await followError(dir)).toMatchObject({ code: 'PIN_FAILED' });
+    expect(existsSync(missing)).toBe(false);
+    rmSync(lock);
+  });
+
+  it('another user can plant nothing there and cannot block a follower, not even through a lock file root left 0666, nor from a namespace of their own', async () => {
+    writeFileSync(lock, '');
+    chmodSync(lock, 0o666); // as an older version, or a careless admin, might leave it
+    const planted = asNobody(`ln -s /etc/passwd ${lock}.x; touch ${LOCK_DIR}/planted; flock -n ${lock} true; ls ${LOCK_DIR}`);
+    expect(planted.stderr).toMatch(/ln: .*Permission denied/);
+    expect(planted.stderr).toMatch(/touch: .*Permission denied/);
+    expect(planted.stderr).toMatch(/flock: .*Permission denied/);
+    expect(planted.stderr).toMatch(/ls: .*Permission denied/);
+    expect(readdirSync(LOCK_DIR)).not.toContain('planted');
+    // In their own user and mount namespace they may mount over the lock
+    // directory and hold a lock there: on their file, not ours.
+    const holder = spawn(
+      'setpriv',
+      [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', 'unshare', '-Urm', 'sh', '-c', `mount -t tmpfs none ${LOCK_DIR} && touch ${lock} && exec flock ${lock} sh -c 'echo holding; sleep 60'`],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let said = '';
+    holder.stdout.on('data', (b: Buffer) => (said += b.toString()));
+    holder.stderr.on('data', (b: Buffer) => (said += b.toString()));
+    try {
+      for (let i = 0; i < 500 && !said.includes('holding'); i++) await sleep(20);
+      expect(said).toContain('holding');
+      const e = await followError(dir);
+      expect(pastLock(e), e?.message).toBe(true);
+    } finally {
+      holder.kill('SIGKILL');
+    }
+    expect(statSync(lock).mode & 0o7777).toBe(0o600); // made private again
+    // The control: a real holder of the real lock file does block.
+    const real = spawn('flock', [lock, 'sh', '-c', 'echo holding; sleep 60'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let realSaid = '';
+    real.stdout.on('data', (b: Buffer) => (realSaid += b.toString()));
+    try {
+      for (let i = 0; i < 500 && !realSaid.includes('holding'); i++) await sleep(20);
+      expect(await followError(dir)).toMatchObject({ code: 'PIN_FAILED', message: expect.stringContaining('another reader') });
+    } finally {
+      real.kill('SIGKILL');
+    }
   });
 });
 
