@@ -97,7 +97,7 @@ program
   .option('--audit', 'deny nothing, report what would be denied; where the BPF LSM cannot run, audit from the watch probes instead')
   .option('--json', 'decisions as JSON lines')
   .option('--ring-buffer-bytes <n>', 'kernel ring buffer size (power of two; default 4194304)', integer('--ring-buffer-bytes', 4096, 1 << 30))
-  .option('--pin', 'pin the guard in bpffs and exit: it keeps deciding after this process ends (see status, unload); if one is pinned already, replace its policy atomically')
+  .option('--pin', 'pin the guard in bpffs and exit: it keeps deciding after this process ends (see status, unload); if one is pinned already, or another enforce --pin pins one at the same time, replace its policy atomically')
   .addOption(pinDirOption())
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {

@@ -111,25 +111,61 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   return EXIT.OK;
 }
 
-/** `enforce --pin`: pins a new guard, or updates the pinned one atomically, and returns. */
+/**
+ * Whether a failed `pin()` lost to another pinner: a guard is pinned at
+ * `dir` now (whatever the failure, that guard is the one to update).
+ */
+function pinnedMeanwhile(err: unknown, dir: string): boolean {
+  if (!(err instanceof ChrootWatchError) || err.code !== 'PIN_FAILED') return false;
+  try {
+    return pinnedGuard({ dir }) !== null;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * `enforce --pin`: pins a new guard, or updates the pinned one atomically,
+ * and returns.
+ *
+ * Two at once may both find nothing pinned and each load a guard; the
+ * pins of one appear first (they are renamed into place whole), and the
+ * other's `pin()` fails with PIN_FAILED. The loser then stops its own guard
+ * and updates the winner's, so both succeed and one guard stays, with the
+ * later policy in force (generation 2). This is the command's choice, not
+ * `guard.pin()`'s: a library caller holding a running guard decides itself
+ * whether to give it up.
+ */
 async function pinCommand(policy: Policy, flags: EnforceFlags): Promise<number> {
   const dir = flags.pinDir;
   const what = `${policy.mode === 'enforce' ? 'enforcing' : 'auditing'} ${flags.policy}`;
+  const update = () => {
+    const info = updatePinnedGuard(policy, { dir });
+    note(`updated the guard pinned at ${dir}: now ${what} (generation ${info.generation}, ${info.compiledRules} compiled rules)`);
+  };
   try {
     if (pinnedGuard({ dir })) {
-      const info = updatePinnedGuard(policy, { dir });
-      note(`updated the guard pinned at ${dir}: now ${what} (generation ${info.generation}, ${info.compiledRules} compiled rules)`);
+      update();
     } else {
       const guard = chrootGuard(policy, flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {});
       guard.decisions$.subscribe({ error: () => {} });
+      let pinned: PinnedGuardStatus | undefined;
       try {
         await guard.ready;
-        const s = await guard.pin({ dir });
-        note(`pinned at ${dir}: ${what} (generation ${s.generation}, ${s.ruleIds.length} compiled rules) with lsm/path_chroot`);
+        pinned = await guard.pin({ dir }).catch((err: unknown) => {
+          if (pinnedMeanwhile(err, dir)) return undefined;
+          throw err;
+        });
       } finally {
         guard.stop();
       }
-      note('chroot(2) stays checked after this process exits; see it with `chroot-guard status`, its decisions with `chroot-guard status --follow`, remove it with `chroot-guard unload`');
+      if (pinned) {
+        note(`pinned at ${dir}: ${what} (generation ${pinned.generation}, ${pinned.ruleIds.length} compiled rules) with lsm/path_chroot`);
+        note('chroot(2) stays checked after this process exits; see it with `chroot-guard status`, its decisions with `chroot-guard status --follow`, remove it with `chroot-guard unload`');
+      } else {
+        note(`another process pinned a guard at ${dir} at the same time; updating it instead`);
+        update();
+      }
     }
   } catch (err) {
     return reportError(err);
