@@ -18,11 +18,13 @@ import { fileURLToPath } from 'node:url';
 import { firstValueFrom } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
+  chrootGuard,
   ChrootWatchError,
   followPinnedGuard,
   pinLeftovers,
   pinnedGuard,
   unloadPinnedGuard,
+  type ChrootDecision,
   type Policy,
   type PolicyMatch,
 } from '../ts/index.js';
@@ -418,5 +420,60 @@ describe.skipIf(!LSM)(`a real pinned guard (skipped here: ${LSM ? '' : WHY})`, (
     }
     // How often both got as far as pinning (the rest: one saw the other's pins first).
     console.log(`two enforce --pin at once: ${raced} of 5 rounds lost the race at pin() and updated instead`);
+  });
+
+  it("after pin(), update() re-reads the pinned policy under the directory's lock: generation 3 after another process's update, decisions follow the latest, and a storm sees no gap", { timeout: 600_000 }, async () => {
+    const dir = `${bpf}/handle`;
+    const { a, b, y } = { a: `${roots}/a`, b: `${roots}/b`, y: `${roots}/y` };
+    const guard = chrootGuard(deny('api-1', { subtree: a }));
+    const decisions: ChrootDecision[] = [];
+    guard.decisions$.subscribe((d) => decisions.push(d));
+    try {
+      await guard.ready;
+      expect(await guard.pin({ dir })).toMatchObject({ generation: 1, ruleIds: ['api-1'] });
+      const other = cli('enforce', '--policy', policyFile('cli-2', deny('cli-2', { subtree: b })), '--pin', '--pin-dir', dir);
+      expect(other.status, other.stderr).toBe(0);
+      expect(pinnedGuard({ dir })).toMatchObject({ generation: 2, ruleIds: ['cli-2'] });
+      expect(tryChroot(b).out).toBe('EPERM outside');
+
+      expect(await guard.update(deny('api-3', { path: y }))).toEqual({ generation: 3, compiledRules: 1 });
+      expect(pinnedGuard({ dir })).toMatchObject({ generation: 3, ruleIds: ['api-3'] });
+      const r = tryChroot(y);
+      expect(r.out).toBe('EPERM outside');
+      expect(tryChroot(b).out).toBe('ok inside');
+      expect(tryChroot(a).out).toBe('ok inside');
+      for (let i = 0; i < 500 && !decisions.some((d) => d.pid === r.pid); i++) await sleep(20);
+      expect(decisions.filter((d) => d.pid === r.pid)).toEqual([expect.objectContaining({ generation: 3, ruleId: 'api-3', denied: true })]);
+
+      // Updates from both sides, in turn, while a storm chroots into a
+      // path every policy denies: a write into the live slot would let
+      // calls through (a slot being rewritten applies the default, allow).
+      const stop = `${tmp}/storm-stop`;
+      const storm = spawn('perl', ['-e', 'my ($n,$d)=(0,0); until (-e $ARGV[1]) { $n++; chroot($ARGV[0]) or $!{EPERM} and $d++; } print "$n $d\\n";', y, stop], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const closed = new Promise((res) => storm.on('close', res));
+      let out = '';
+      storm.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      let stormedThroughout: boolean;
+      try {
+        await sleep(300);
+        for (let i = 0; i < 3; i++) {
+          const c = cli('enforce', '--policy', policyFile(`cli-${i}`, deny(`cli-storm-${i}`, { subtree: roots })), '--pin', '--pin-dir', dir);
+          expect(c.status, c.stderr).toBe(0);
+          expect(await guard.update(deny(`api-storm-${i}`, { subtree: roots }))).toEqual({ generation: 5 + 2 * i, compiledRules: 1 });
+        }
+        stormedThroughout = storm.exitCode === null;
+      } finally {
+        writeFileSync(stop, '');
+        await closed;
+      }
+      expect(stormedThroughout).toBe(true);
+      const [n, d] = out.trim().split(' ').map(Number);
+      expect(n).toBeGreaterThan(100);
+      expect(d).toBe(n);
+      expect(pinnedGuard({ dir })).toMatchObject({ generation: 9, ruleIds: ['api-storm-2'] });
+    } finally {
+      guard.stop();
+      unloadPinnedGuard({ dir });
+    }
   });
 });
