@@ -348,14 +348,14 @@ describe.skipIf(!LSM)(`pinned guard: enforce --pin, status, unload (skipped here
   it('unload detaches: the call succeeds again, the pins and the program are gone, status exits 6, a second unload is a no-op', () => {
     const u = cli('unload', '--pin-dir', dir, '--json');
     expect(u.status).toBe(0);
-    expect(JSON.parse(u.stdout)).toEqual({ dir, removed: true });
+    expect(JSON.parse(u.stdout)).toEqual({ dir, removed: true, kept: null, leftoversRemoved: [], leftoversKept: [] });
     expect(tryChroot(`${jails}/a`).out).toBe('ok inside');
     expect(existsSync(dir)).toBe(false);
     expect(spawnSync('bpftool', ['prog', 'show', 'id', String(programId)]).status).not.toBe(0);
     const s = cli('status', '--pin-dir', dir);
     expect(s.status).toBe(6);
     expect(s.stdout).toContain(`no guard is pinned at ${dir}`);
-    expect(JSON.parse(cli('unload', '--pin-dir', dir, '--json').stdout)).toEqual({ dir, removed: false });
+    expect(JSON.parse(cli('unload', '--pin-dir', dir, '--json').stdout)).toEqual({ dir, removed: false, kept: null, leftoversRemoved: [], leftoversKept: [] });
   });
 
   it('the API: pin() keeps the handle reporting; after stop() the pinned policy still holds until unloadPinnedGuard()', async () => {
@@ -371,7 +371,7 @@ describe.skipIf(!LSM)(`pinned guard: enforce --pin, status, unload (skipped here
     g.guard.stop();
     expect(heldByThisProcess()).toEqual({ programs: [], maps: [] });
     expect(tryChroot(`${jails}/a`).out).toBe('EPERM outside');
-    expect(unloadPinnedGuard({ dir })).toBe(true);
+    expect(unloadPinnedGuard({ dir })).toMatchObject({ removed: true, kept: null });
     expect(tryChroot(`${jails}/a`).out).toBe('ok inside');
   });
 
@@ -414,7 +414,7 @@ describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
     expect(existsSync(dir)).toBe(false);
     const s = cli('status', '--pin-dir', dir, '--json');
     expect(s.status).toBe(6);
-    expect(JSON.parse(s.stdout)).toEqual({ pinned: false, dir });
+    expect(JSON.parse(s.stdout)).toEqual({ pinned: false, dir, leftovers: [] });
     expect(pinnedGuard({ dir })).toBeNull();
     const f = cli('status', '--follow', '--pin-dir', dir);
     expect(f.status).toBe(6);

@@ -29,7 +29,7 @@ const modeOption = () =>
     .choices(['auto', 'fentry', 'kprobe', 'tracepoint'])
     .default('auto');
 
-const pinDirOption = () => new Option('--pin-dir <dir>', 'pin directory on bpffs').default(DEFAULT_PIN_DIR);
+const pinDirOption = () => new Option('--pin-dir <dir>', 'pin directory on bpffs, as enforce --pin makes it (anything else is refused)').default(DEFAULT_PIN_DIR);
 
 const program = new Command('chroot-guard')
   .description('See and control chroot(2) on Linux with eBPF.')
@@ -97,7 +97,7 @@ program
   .option('--audit', 'deny nothing, report what would be denied; where the BPF LSM cannot run, audit from the watch probes instead')
   .option('--json', 'decisions as JSON lines')
   .option('--ring-buffer-bytes <n>', 'kernel ring buffer size (power of two; default 4194304)', integer('--ring-buffer-bytes', 4096, 1 << 30))
-  .option('--pin', 'pin the guard in bpffs and exit: it keeps deciding after this process ends (see status, unload); if one is pinned already, replace its policy atomically')
+  .option('--pin', 'pin the guard in bpffs and exit: it keeps deciding after this process ends (see status, unload); if one is pinned already, or another enforce --pin pins one at the same time, replace its policy atomically')
   .addOption(pinDirOption())
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {
@@ -106,7 +106,7 @@ program
 
 program
   .command('status')
-  .description('show the guard pinned by enforce --pin: policy, generation, rule ids, program and link ids, undelivered decisions (needs root)')
+  .description('show the guard pinned by enforce --pin: policy, generation, rule ids, program and link ids, undelivered decisions, and leftovers of pins that did not finish (needs root)')
   .option('--json', 'the status as JSON (with --follow: decisions as JSON lines)')
   .option('--follow', "then print the pinned guard's decisions until Ctrl-C: those waiting in its ring buffer first, then new ones (one reader at a time)")
   .addOption(pinDirOption())
@@ -117,7 +117,15 @@ program
 
 program
   .command('unload')
-  .description('remove the guard pinned by enforce --pin: detaches lsm/path_chroot and frees its maps; succeeds when none is pinned (needs root)')
+  .description('remove the guard pinned by enforce --pin: detaches lsm/path_chroot and frees its maps, then removes the leftovers of pins that did not finish; succeeds when none is pinned (needs root)')
+  .addHelpText(
+    'before',
+    `Removes only the names a guard pins (link, CG_*), then the directory; a directory that also
+holds other names keeps them and stays, and unload says so. A --pin-dir that is not a pin
+directory (off bpffs, a symbolic link, the root of a bpffs mount, or made by another user) is
+refused with PIN_FAILED and nothing is removed.
+`,
+  )
   .option('--json', 'the result as JSON')
   .addOption(pinDirOption())
   .addHelpText('after', EXIT_HELP)

@@ -62,6 +62,13 @@ export interface ChrootGuard {
    * loading is rejected (`INVALID_POLICY`, `INVALID_ARGUMENT`) and the old
    * one stays in force. Rejects with `INTERNAL` when the guard is not
    * running (stopped, or failed to start).
+   *
+   * Once pinned, other processes may update the same guard
+   * ({@link updatePinnedGuard}, `enforce --pin`); this update then works
+   * as theirs does: it takes the pin directory's lock and reads the policy
+   * in force from the pinned maps before writing, so the generation
+   * counts every update whoever made it. Rejects with `PIN_FAILED` when the
+   * pin directory cannot be locked.
    */
   update(policy: Policy): Promise<GuardInfo>;
   /**

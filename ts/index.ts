@@ -19,11 +19,13 @@ export {
   pinnedGuard,
   updatePinnedGuard,
   unloadPinnedGuard,
+  pinLeftovers,
   followPinnedGuard,
   DEFAULT_PIN_DIR,
   type FollowOptions,
   type PinOptions,
   type PinnedGuardStatus,
+  type PinnedGuardUnload,
 } from './pinned.js';
 export {
   parsePolicy,

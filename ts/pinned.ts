@@ -7,7 +7,13 @@
  *
  * What a pinned guard keeps: the BPF link, the policy maps, the counters
  * and the ring buffer of decision events, as files under the pin
- * directory; nothing outside bpffs, so it is gone after a reboot. Once the
+ * directory; nothing outside bpffs, so it is gone after a reboot.
+ *
+ * A pin directory must be one as pinning makes it: a real directory (not
+ * a symbolic link) on bpffs, inside a bpffs mount, owned by root (or the
+ * user running chroot-guard). Anything else is refused with `PIN_FAILED`
+ * before it is read or touched, and removal takes out only the names a
+ * guard pins. Once the
  * pinning process is gone, {@link followPinnedGuard} reads its decisions;
  * while nobody does, they wait in the ring buffer and, once it is full,
  * each later one counts in `ringBufferFull`.
@@ -70,7 +76,9 @@ export function guardFailure(r: { errorCode?: string | null; errorMessage?: stri
 /**
  * The guard pinned at `dir`, or null when none is.
  * @throws {ChrootWatchError} `EPERM` without privileges; `PIN_FAILED` when
- * the pins cannot be read (e.g. pinned by an incompatible version: unload it).
+ * `dir` is not a pin directory (off bpffs, a symbolic link, made by another
+ * user) or the pins cannot be read (e.g. pinned by an incompatible
+ * version: unload it).
  */
 export function pinnedGuard(options: PinOptions = {}): PinnedGuardStatus | null {
   const dir = dirOf(options);
@@ -105,17 +113,54 @@ export function updatePinnedGuard(policy: Policy, options: PinOptions = {}): Gua
   return { generation: r.generation, compiledRules: r.ruleIds.length };
 }
 
+/** What {@link unloadPinnedGuard} did. */
+export interface PinnedGuardUnload {
+  /** A guard was pinned at the directory (its pins, or its empty directory, were there) and is removed. */
+  readonly removed: boolean;
+  /**
+   * Why the pin directory itself stays, or null: it also holds names that
+   * chroot-guard does not pin (named in the reason, and left as they are).
+   * The guard's own pins are removed all the same.
+   */
+  readonly kept: string | null;
+  /** Leftovers of pins that did not finish (see {@link pinLeftovers}) that are now removed. */
+  readonly leftoversRemoved: readonly string[];
+  /** `NAME-pinning-PID` directories left in place, each with why: its process still runs (a pin under way, or its PID was reused), or it holds other names. */
+  readonly leftoversKept: readonly { readonly dir: string; readonly reason: string }[];
+}
+
 /**
- * Removes the guard pinned at `dir`: its link first, which detaches
- * `lsm/path_chroot` (chroot(2) is no longer checked), then its maps.
- * Returns false when nothing was pinned there.
- * @throws {ChrootWatchError} `EPERM`; `PIN_FAILED` when a pin cannot be
- * removed (run it again to finish).
+ * Removes the guard pinned at `dir`: only the names a guard pins (its link
+ * first, which detaches `lsm/path_chroot`: chroot(2) is no longer checked,
+ * then its maps), then the directory unless something else is in it
+ * ({@link PinnedGuardUnload.kept}). Then the same for what pins that did
+ * not finish left beside it ({@link pinLeftovers}). `removed` is false when
+ * nothing was pinned there.
+ * @throws {ChrootWatchError} `EPERM` without privileges; `PIN_FAILED`,
+ * with nothing removed, when `dir` is not a pin directory (off bpffs, a
+ * symbolic link, the root of a bpffs mount, or made by another user),
+ * and when a pin cannot be removed (run it again to finish).
  */
-export function unloadPinnedGuard(options: PinOptions = {}): boolean {
+export function unloadPinnedGuard(options: PinOptions = {}): PinnedGuardUnload {
   const r = native().pinnedGuardUnload(dirOf(options));
   if (r.errorCode) throw guardFailure(r);
-  return r.removed;
+  return { removed: r.removed, kept: r.kept ?? null, leftoversRemoved: r.leftoversRemoved, leftoversKept: r.leftoversKept };
+}
+
+/**
+ * Leftovers of pins that did not finish: pinning makes `NAME-pinning-PID`
+ * beside the pin directory `NAME` and renames it into place last, so a
+ * process killed in between leaves it behind. Lists those (owned by root)
+ * whose process is gone, as absolute paths; {@link unloadPinnedGuard}
+ * (`chroot-guard unload`) removes them. Empty when the pin directory's
+ * parent is not on bpffs.
+ * @throws {ChrootWatchError} `EPERM` without privileges; `PIN_FAILED` when
+ * the parent directory cannot be listed.
+ */
+export function pinLeftovers(options: PinOptions = {}): string[] {
+  const r = native().pinnedGuardLeftovers(dirOf(options));
+  if (r.errorCode) throw guardFailure(r);
+  return r.dirs;
 }
 
 /** Options of {@link followPinnedGuard}. */

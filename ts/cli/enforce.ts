@@ -9,7 +9,7 @@ import { ChrootWatchError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { asAudit, evaluatePolicy, INITIAL_USER_NS, loadPolicy, policyContext, PolicyError, policyWarnings, type Policy, type PolicyContext } from '../policy.js';
 import { chrootWatch } from '../watch.js';
-import { followPinnedGuard, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus } from '../pinned.js';
+import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus, type PinnedGuardUnload } from '../pinned.js';
 import { toWallClock } from '../clock.js';
 import { EXIT, describeLost, jsonWithBigInts, note, reportError, resolvedMark } from './output.js';
 
@@ -123,25 +123,61 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   return EXIT.OK;
 }
 
-/** `enforce --pin`: pins a new guard, or updates the pinned one atomically, and returns. */
+/**
+ * Whether a failed `pin()` lost to another pinner: a guard is pinned at
+ * `dir` now (whatever the failure, that guard is the one to update).
+ */
+function pinnedMeanwhile(err: unknown, dir: string): boolean {
+  if (!(err instanceof ChrootWatchError) || err.code !== 'PIN_FAILED') return false;
+  try {
+    return pinnedGuard({ dir }) !== null;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * `enforce --pin`: pins a new guard, or updates the pinned one atomically,
+ * and returns.
+ *
+ * Two at once may both find nothing pinned and each load a guard; the
+ * pins of one appear first (they are renamed into place whole), and the
+ * other's `pin()` fails with PIN_FAILED. The loser then stops its own guard
+ * and updates the winner's, so both succeed and one guard stays, with the
+ * later policy in force (generation 2). This is the command's choice, not
+ * `guard.pin()`'s: a library caller holding a running guard decides itself
+ * whether to give it up.
+ */
 async function pinCommand(policy: Policy, flags: EnforceFlags): Promise<number> {
   const dir = flags.pinDir;
   const what = `${policy.mode === 'enforce' ? 'enforcing' : 'auditing'} ${flags.policy}`;
+  const update = () => {
+    const info = updatePinnedGuard(policy, { dir });
+    note(`updated the guard pinned at ${dir}: now ${what} (generation ${info.generation}, ${info.compiledRules} compiled rules)`);
+  };
   try {
     if (pinnedGuard({ dir })) {
-      const info = updatePinnedGuard(policy, { dir });
-      note(`updated the guard pinned at ${dir}: now ${what} (generation ${info.generation}, ${info.compiledRules} compiled rules)`);
+      update();
     } else {
       const guard = chrootGuard(policy, flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {});
       guard.decisions$.subscribe({ error: () => {} });
+      let pinned: PinnedGuardStatus | undefined;
       try {
         await guard.ready;
-        const s = await guard.pin({ dir });
-        note(`pinned at ${dir}: ${what} (generation ${s.generation}, ${s.ruleIds.length} compiled rules) with lsm/path_chroot`);
+        pinned = await guard.pin({ dir }).catch((err: unknown) => {
+          if (pinnedMeanwhile(err, dir)) return undefined;
+          throw err;
+        });
       } finally {
         guard.stop();
       }
-      note('chroot(2) stays checked after this process exits; see it with `chroot-guard status`, its decisions with `chroot-guard status --follow`, remove it with `chroot-guard unload`');
+      if (pinned) {
+        note(`pinned at ${dir}: ${what} (generation ${pinned.generation}, ${pinned.ruleIds.length} compiled rules) with lsm/path_chroot`);
+        note('chroot(2) stays checked after this process exits; see it with `chroot-guard status`, its decisions with `chroot-guard status --follow`, remove it with `chroot-guard unload`');
+      } else {
+        note(`another process pinned a guard at ${dir} at the same time; updating it instead`);
+        update();
+      }
     }
   } catch (err) {
     return reportError(err);
@@ -159,27 +195,33 @@ function readPinned(dir: string): PinnedGuardStatus | null | number {
   }
 }
 
-/** `status`: the pinned guard, if any. */
+/** `status`: the pinned guard, if any, and what unfinished pins left beside it. */
 export function statusCommand(flags: { json?: boolean; pinDir: string }): number {
   const dir = flags.pinDir;
   const s = readPinned(dir);
   if (typeof s === 'number') return s;
+  let leftovers: string[];
+  try {
+    leftovers = pinLeftovers({ dir });
+  } catch (err) {
+    return reportError(err);
+  }
   if (flags.json) {
-    process.stdout.write(JSON.stringify(s ? { pinned: true, ...s } : { pinned: false, dir }, null, 2) + '\n');
-  } else if (!s) {
-    process.stdout.write(`no guard is pinned at ${dir}\n`);
+    process.stdout.write(JSON.stringify(s ? { pinned: true, ...s, leftovers } : { pinned: false, dir, leftovers }, null, 2) + '\n');
   } else {
-    const rules = [...new Set(s.ruleIds)];
-    process.stdout.write(
-      [
-        `guard pinned at ${s.dir}`,
-        `  policy       ${s.mode}, default ${s.defaultAction}, generation ${s.generation}`,
-        `  rules        ${rules.length ? rules.join(', ') : '(none)'} (${s.ruleIds.length} compiled)`,
-        `  program      lsm/path_chroot, program id ${s.programId}, link id ${s.linkId}`,
-        `  undelivered  ${s.ringBufferFull} decision events (ring buffer full while nobody followed: see status --follow)`,
-        `  errors       ${s.lsmErrors} decisions made with the default action after an internal error`,
-      ].join('\n') + '\n',
-    );
+    const rules = s ? [...new Set(s.ruleIds)] : [];
+    const lines = s
+      ? [
+          `guard pinned at ${s.dir}`,
+          `  policy       ${s.mode}, default ${s.defaultAction}, generation ${s.generation}`,
+          `  rules        ${rules.length ? rules.join(', ') : '(none)'} (${s.ruleIds.length} compiled)`,
+          `  program      lsm/path_chroot, program id ${s.programId}, link id ${s.linkId}`,
+          `  undelivered  ${s.ringBufferFull} decision events (ring buffer full while nobody followed: see status --follow)`,
+          `  errors       ${s.lsmErrors} decisions made with the default action after an internal error`,
+        ]
+      : [`no guard is pinned at ${dir}`];
+    if (leftovers.length) lines.push(`  leftovers    ${leftovers.join(', ')} (left by a pin that did not finish; remove with \`chroot-guard unload\`)`);
+    process.stdout.write(lines.join('\n') + '\n');
   }
   return s ? EXIT.OK : EXIT.NOT_PINNED;
 }
@@ -219,17 +261,25 @@ export async function followCommand(flags: { json?: boolean; pinDir: string }): 
   return EXIT.OK;
 }
 
-/** `unload`: removes the pinned guard; succeeds when there is none. */
+/** `unload`: removes the pinned guard and the leftovers beside it; succeeds when there is none. */
 export function unloadCommand(flags: { json?: boolean; pinDir: string }): number {
   const dir = flags.pinDir;
-  let removed: boolean;
+  let r: PinnedGuardUnload;
   try {
-    removed = unloadPinnedGuard({ dir });
+    r = unloadPinnedGuard({ dir });
   } catch (err) {
     return reportError(err);
   }
-  if (flags.json) process.stdout.write(JSON.stringify({ dir, removed }) + '\n');
-  else note(removed ? `removed the guard pinned at ${dir}: chroot(2) is no longer checked by it` : `no guard is pinned at ${dir}; nothing to do`);
+  if (flags.json) {
+    process.stdout.write(JSON.stringify({ dir, ...r }) + '\n');
+    return EXIT.OK;
+  }
+  const leftovers = r.leftoversRemoved.length + r.leftoversKept.length;
+  if (r.removed) note(`removed the guard pinned at ${dir}: chroot(2) is no longer checked by it`);
+  else note(`no guard is pinned at ${dir}${leftovers ? '' : '; nothing to do'}`);
+  if (r.kept) note(`kept the directory ${dir}: ${r.kept}`);
+  for (const d of r.leftoversRemoved) note(`removed ${d}, left by a pin that did not finish`);
+  for (const k of r.leftoversKept) note(`kept ${k.dir}: ${k.reason}`);
   return EXIT.OK;
 }
 

@@ -6,7 +6,11 @@
 //! closed. [`Guard::update`] swaps the policy atomically; a policy that fails
 //! to compile or to write leaves the old one in force.
 
-use std::{os::fd::AsFd, path::Path, sync::Arc};
+use std::{
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use aya::{
     maps::{Map, MapData},
@@ -43,6 +47,8 @@ pub struct Guard {
     ring_lock: Option<pin::RingLock>,
     /// The facts the policy in force was compiled with.
     context: PolicyContext,
+    /// Where it is pinned: other processes may update the maps from there.
+    pin_dir: Option<PathBuf>,
 }
 
 fn policy_maps(ebpf: &mut Ebpf) -> Result<PolicyMaps<'_>, Error> {
@@ -104,21 +110,38 @@ impl Guard {
         };
         let (reader, counters) = reader::start(&mut ebpf, sink, ReaderConfig::for_ring_buffer(ring_buffer_bytes))?;
         let context = compiled.context();
-        Ok(Guard { link: Some(link), ebpf: Some(ebpf), reader, counters, slots, events, ring_lock: None, context })
+        Ok(Guard { link: Some(link), ebpf: Some(ebpf), reader, counters, slots, events, ring_lock: None, context, pin_dir: None })
     }
 
     /// Replaces the policy atomically and returns its generation. The new
     /// rules are written to the unused slot first; `CG_ACTIVE` flips only
     /// when all of it is in place.
     ///
+    /// Once pinned, other processes update the same maps (`enforce --pin`,
+    /// `PinnedGuard::update`), so the slots this guard last wrote may be
+    /// stale: it then does what they do, under the pin directory's lock it
+    /// reads which slot is live and the generation from the maps, and
+    /// writes the other one.
+    ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the policy does not compile,
-    /// [`Error::Object`] when a map write fails; either way the previous
-    /// policy stays in force.
+    /// [`Error::Object`] when a map write fails, [`Error::Pin`] when the
+    /// pin directory cannot be locked; in each case the previous policy
+    /// stays in force.
     pub fn update(&mut self, policy: &Policy) -> Result<u32, Error> {
         let compiled = compile(policy)?;
         let ebpf = self.ebpf.as_mut().ok_or_else(|| Error::Object("the guard is closed".into()))?;
-        let generation = compiled.write(&mut policy_maps(ebpf)?, &mut self.slots, false)?;
+        // Held until the write is done. `None` once unloaded: then nobody
+        // else can reach these maps, and re-reading them is still right.
+        let _lock = match &self.pin_dir {
+            Some(dir) => pin::PinDir::lock(dir)?,
+            None => None,
+        };
+        let mut maps = policy_maps(ebpf)?;
+        if self.pin_dir.is_some() {
+            self.slots = Slots::read(&maps)?;
+        }
+        let generation = compiled.write(&mut maps, &mut self.slots, false)?;
         self.context = compiled.context();
         Ok(generation)
     }
@@ -151,6 +174,7 @@ impl Guard {
             Ok(()) => {
                 // Nobody else can have it yet: the pins appeared just now.
                 self.ring_lock = pin::RingLock::acquire(&self.events, dir).ok();
+                self.pin_dir = Some(dir.to_path_buf());
                 Ok(())
             }
             Err((e, link)) => {
@@ -169,7 +193,8 @@ impl Guard {
         self.ebpf.is_some()
     }
 
-    /// Generation of the policy in force.
+    /// Generation of the policy this guard last wrote or read (once pinned,
+    /// another process may have written a newer one since).
     pub fn generation(&self) -> u32 {
         self.slots.generation
     }

@@ -1,6 +1,11 @@
 //! Small system facts: capabilities, pseudo file systems, clocks.
 
-use std::{ffi::CString, io, path::Path};
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd, BorrowedFd},
+    path::Path,
+};
 
 use crate::error::Error;
 
@@ -43,11 +48,11 @@ pub fn check_privileges() -> Result<(), Error> {
     if !has(CAP_PERFMON) {
         missing.push("CAP_PERFMON");
     }
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    Err(Error::Privileges { missing: format!("euid {euid} lacks {}", missing.join(" and ")) })
+    Err(Error::Privileges { missing: format!("euid {} lacks {}", euid(), missing.join(" and ")) })
 }
 
+/// The file system type (`statfs(2)` `f_type`) of `path`, following
+/// symbolic links; `None` when it cannot be read.
 pub(crate) fn fs_magic(path: &str) -> Option<i64> {
     let c = CString::new(path).ok()?;
     // SAFETY: statfs writes into the zeroed struct we pass.
@@ -60,11 +65,41 @@ pub(crate) fn fs_magic(path: &str) -> Option<i64> {
     Some(st.f_type as i64)
 }
 
-/// Mounts `fstype` at `path` unless it is already mounted there.
+/// The file system type of an open file (`fstatfs(2)`): what it is on, with
+/// no path to re-resolve.
+pub(crate) fn fd_fs_magic(fd: BorrowedFd<'_>) -> Option<i64> {
+    // SAFETY: fstatfs writes into the zeroed struct we pass.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor and struct pointer.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    #[allow(clippy::unnecessary_cast, reason = "f_type is i64 on x86_64, u32/i32 elsewhere")]
+    Some(st.f_type as i64)
+}
+
+/// Whether process `pid` exists (in this PID namespace): `kill(pid, 0)`
+/// succeeds or is refused for permission only.
+pub(crate) fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid, 0) == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) }
+}
+
+/// This process's effective uid.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Mounts `fstype` at `path` with mount `options` (the data argument of
+/// `mount(2)`, e.g. `mode=0700`) unless it is already mounted there.
 ///
 /// # Errors
 /// [`Error::Mount`] with the `mount(2)` error.
-pub fn ensure_mounted(fstype: &'static str, path: &'static str, magic: i64) -> Result<(), Error> {
+pub fn ensure_mounted(fstype: &'static str, path: &'static str, magic: i64, options: Option<&'static str>) -> Result<(), Error> {
     if fs_magic(path) == Some(magic) {
         return Ok(());
     }
@@ -77,8 +112,10 @@ pub fn ensure_mounted(fstype: &'static str, path: &'static str, magic: i64) -> R
         CString::new(path).map_err(|e| mount_err(io::Error::other(e)))?,
         CString::new(fstype).map_err(|e| mount_err(io::Error::other(e)))?,
     );
-    // SAFETY: valid C strings; no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, std::ptr::null()) };
+    let data = options.map(CString::new).transpose().map_err(|e| mount_err(io::Error::other(e)))?;
+    let data_ptr = data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast::<libc::c_void>());
+    // SAFETY: valid C strings; the data argument is null or a C string.
+    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, data_ptr) };
     if rc != 0 {
         return Err(mount_err(io::Error::last_os_error()));
     }
@@ -92,20 +129,26 @@ pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// `SECURITYFS_MAGIC`.
 pub const SECURITYFS_MAGIC: i64 = 0x7363_6673;
 
+/// Options of a bpffs that chroot-guard mounts itself: only root may create
+/// names in it. Without `mode`, bpffs is mounted 1777, and any local user
+/// could take the name of a pin directory before `enforce --pin` does, or
+/// plant a look-alike of one.
+pub const BPFFS_OPTIONS: &str = "mode=0700";
+
 /// Mounts tracefs and bpffs where missing (tracepoint attach reads ids from
-/// tracefs; pins need bpffs).
+/// tracefs; pins need bpffs); bpffs with [`BPFFS_OPTIONS`].
 ///
 /// # Errors
 /// [`Error::Mount`].
 pub fn ensure_tracing_mounts() -> Result<(), Error> {
-    ensure_mounted("tracefs", TRACEFS, TRACEFS_MAGIC)?;
-    ensure_mounted("bpf", BPFFS, BPF_FS_MAGIC)
+    ensure_mounted("tracefs", TRACEFS, TRACEFS_MAGIC, None)?;
+    ensure_mounted("bpf", BPFFS, BPF_FS_MAGIC, Some(BPFFS_OPTIONS))
 }
 
 /// The kernel's lockdown mode (`none`, `integrity`, `confidentiality`) from
 /// securityfs, mounting it if needed; `None` when the lockdown LSM is absent.
 pub fn lockdown() -> Option<String> {
-    let _ = ensure_mounted("securityfs", SECURITYFS, SECURITYFS_MAGIC);
+    let _ = ensure_mounted("securityfs", SECURITYFS, SECURITYFS_MAGIC, None);
     let text = std::fs::read_to_string(Path::new(SECURITYFS).join("lockdown")).ok()?;
     let start = text.find('[')?;
     let end = text[start..].find(']')?;
@@ -114,7 +157,7 @@ pub fn lockdown() -> Option<String> {
 
 /// Active LSMs, in order, from `/sys/kernel/security/lsm`.
 pub fn active_lsms() -> Option<Vec<String>> {
-    let _ = ensure_mounted("securityfs", SECURITYFS, SECURITYFS_MAGIC);
+    let _ = ensure_mounted("securityfs", SECURITYFS, SECURITYFS_MAGIC, None);
     let text = std::fs::read_to_string(Path::new(SECURITYFS).join("lsm")).ok()?;
     Some(text.trim().split(',').map(str::to_string).collect())
 }

@@ -286,23 +286,72 @@ pub fn pinned_guard_update(dir: String, policy_json: String) -> BindingGuardResu
     }
 }
 
-/// Outcome of `pinnedGuardUnload`.
+/// A directory `pinnedGuardUnload` left in place, and why.
+#[napi(object)]
+pub struct BindingKept {
+    /// The directory.
+    pub dir: String,
+    /// Why it stays, with what to do.
+    pub reason: String,
+}
+
+/// Outcome of `pinnedGuardUnload` (see `pin::Unloaded`).
 #[napi(object)]
 pub struct BindingUnload {
-    /// A guard was pinned and is removed.
+    /// A guard (its pins, or its empty directory) was there and is removed.
     pub removed: bool,
+    /// Why the pin directory itself was kept: it holds names chroot-guard
+    /// does not pin.
+    pub kept: Option<String>,
+    /// `NAME-pinning-PID` leftovers removed.
+    pub leftovers_removed: Vec<String>,
+    /// `NAME-pinning-PID` directories kept, with why.
+    pub leftovers_kept: Vec<BindingKept>,
     /// Error code on failure.
     pub error_code: Option<String>,
     /// Error message on failure.
     pub error_message: Option<String>,
 }
 
-/// Removes the guard pinned at `dir` (see `pin::unload`).
+fn path_strings(paths: Vec<std::path::PathBuf>) -> Vec<String> {
+    paths.into_iter().map(|p| p.display().to_string()).collect()
+}
+
+/// Removes the guard pinned at `dir` and the leftovers beside it (see
+/// `pin::unload`).
 #[napi]
 pub fn pinned_guard_unload(dir: String) -> BindingUnload {
+    let none = BindingUnload { removed: false, kept: None, leftovers_removed: Vec::new(), leftovers_kept: Vec::new(), error_code: None, error_message: None };
     match sys::check_privileges().and_then(|()| pin::unload(Path::new(&dir))) {
-        Ok(removed) => BindingUnload { removed, error_code: None, error_message: None },
-        Err(e) => BindingUnload { removed: false, error_code: Some(e.code().into()), error_message: Some(e.to_string()) },
+        Ok(u) => BindingUnload {
+            removed: u.removed,
+            kept: u.kept,
+            leftovers_removed: path_strings(u.leftovers_removed),
+            leftovers_kept: u.leftovers_kept.into_iter().map(|(p, reason)| BindingKept { dir: p.display().to_string(), reason }).collect(),
+            ..none
+        },
+        Err(e) => BindingUnload { error_code: Some(e.code().into()), error_message: Some(e.to_string()), ..none },
+    }
+}
+
+/// Outcome of `pinnedGuardLeftovers`.
+#[napi(object)]
+pub struct BindingLeftovers {
+    /// `NAME-pinning-PID` directories whose process is gone (see
+    /// `pin::leftovers`).
+    pub dirs: Vec<String>,
+    /// Error code on failure.
+    pub error_code: Option<String>,
+    /// Error message on failure.
+    pub error_message: Option<String>,
+}
+
+/// What unfinished pins left beside `dir` (see `pin::leftovers`).
+#[napi]
+pub fn pinned_guard_leftovers(dir: String) -> BindingLeftovers {
+    match sys::check_privileges().and_then(|()| pin::leftovers(Path::new(&dir))) {
+        Ok(dirs) => BindingLeftovers { dirs: path_strings(dirs), error_code: None, error_message: None },
+        Err(e) => BindingLeftovers { dirs: Vec::new(), error_code: Some(e.code().into()), error_message: Some(e.to_string()) },
     }
 }
 
