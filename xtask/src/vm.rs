@@ -881,7 +881,7 @@ mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts || fail "devpts"
 mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm || fail "tmpfs on /dev/shm"
 mount -t securityfs securityfs $R/sys/kernel/security || fail "securityfs"
-mount -t bpf bpf $R/sys/fs/bpf || fail "bpffs"
+mount -t bpf -o mode=0700 bpf $R/sys/fs/bpf || fail "bpffs"
 mount -t tracefs tracefs $R/sys/kernel/tracing || fail "tracefs"
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || fail "cgroup2"
 
