@@ -3,7 +3,9 @@
  * published schema, `chroot-guard check`, and the reference evaluator.
  */
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { displayBytes, evaluatePolicy, INITIAL_USER_NS, loadPolicy, parsePolicy, pathBytes, PolicyError, policySchema, policyWarnings, validatePolicy, type ChrootEvent, type Policy } from '../ts/index.js';
@@ -161,5 +163,16 @@ describe('evaluatePolicy (the reference for the kernel program)', () => {
       ],
     });
     expect(policyWarnings(p).map((w) => w.pointer)).toEqual(['/rules/0/match/comm']);
+  });
+  it('check warns (exit 0) about an allow rule on comm alone and an exe missing on this host', () => {
+    const dirTmp = mkdtempSync(join(tmpdir(), 'cg-check-'));
+    const file = join(dirTmp, 'p.yaml');
+    writeFileSync(file, 'mode: enforce\nrules:\n  - id: tool\n    action: allow\n    match: { comm: debootstrap }\n  - id: gone\n    action: allow\n    match: { exe: [/bin/sh, /nonexistent/tool] }\n');
+    const r = spawnSync(process.execPath, [CLI, 'check', file], { encoding: 'utf8' });
+    rmSync(dirTmp, { recursive: true });
+    expect(r.status).toBe(0);
+    expect(r.stderr).toContain(`${file}: /rules/0/match/comm: warning: rule "tool" allows any caller whose comm matches`);
+    expect(r.stderr).toContain(`${file}: /rules/1/match/exe/1: warning: exe "/nonexistent/tool" does not exist on this host`);
+    expect(r.stderr).not.toContain('/rules/1/match/exe/0');
   });
 });

@@ -34,6 +34,7 @@ export {
   evaluatePolicy,
   policyContext,
   policyWarnings,
+  hostWarnings,
   pathBytes,
   INITIAL_USER_NS,
   formatProblem,

@@ -4,7 +4,7 @@
  * name the file, line and column, and the reference evaluator.
  * @module
  */
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import type { Document, LineCounter, Node } from 'yaml';
@@ -317,6 +317,28 @@ function semanticProblems(p: Policy): Array<{ pointer: string; message: string }
   });
   if (paths.size > MAX_PATHS) out.push({ pointer: '/rules', message: `the policy names ${paths.size} distinct paths (path and subtree); at most ${MAX_PATHS}` });
   if (exes.size > MAX_EXES) out.push({ pointer: '/rules', message: `the policy names ${exes.size} distinct executables; at most ${MAX_EXES}` });
+  return out;
+}
+
+/**
+ * What would stop `policy` from loading on this host though it is valid:
+ * `exe` files that do not exist here (an `exe` rule matches a file by
+ * identity, read when the policy loads, so the loader refuses a missing
+ * one). For `check`, which loads nothing.
+ */
+export function hostWarnings(policy: Policy): PolicyProblem[] {
+  const out: PolicyProblem[] = [];
+  policy.rules.forEach((r, i) => {
+    const m = r.match ?? {};
+    for (const [where, c] of [[`/rules/${i}/match`, m], [`/rules/${i}/match/not`, m.not ?? {}]] as const) {
+      asList(c.exe).forEach((path, j) => {
+        const bytes = pathBytes(path);
+        if (typeof bytes !== 'string' && !existsSync(bytes)) {
+          out.push({ pointer: Array.isArray(c.exe) ? `${where}/exe/${j}` : `${where}/exe`, message: `exe ${JSON.stringify(path)} does not exist on this host: enforce refuses the policy here (exe rules match the file's device and inode when the policy loads)` });
+        }
+      });
+    }
+  });
   return out;
 }
 

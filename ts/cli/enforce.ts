@@ -7,7 +7,7 @@ import { chrootGuard, type ChrootDecision } from '../guard.js';
 import { decisionOf } from '../decision.js';
 import { ChrootWatchError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
-import { asAudit, evaluatePolicy, INITIAL_USER_NS, loadPolicy, policyContext, PolicyError, policyWarnings, type Policy, type PolicyContext } from '../policy.js';
+import { asAudit, evaluatePolicy, hostWarnings, INITIAL_USER_NS, loadPolicy, policyContext, PolicyError, policyWarnings, type Policy, type PolicyContext } from '../policy.js';
 import { chrootWatch } from '../watch.js';
 import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus, type PinnedGuardUnload } from '../pinned.js';
 import { toWallClock } from '../clock.js';
@@ -324,7 +324,7 @@ export function checkCommand(files: string[], flags: { json?: boolean }): number
   const results = files.map((file) => {
     try {
       const p = loadPolicy(file);
-      const warnings = policyWarnings(p).map((w) => ({ file, ...w }));
+      const warnings = [...policyWarnings(p), ...hostWarnings(p)].map((w) => ({ file, ...w }));
       if (!flags.json) {
         process.stdout.write(`${file}: ok (${p.mode}, ${p.rules.length} rules, default ${p.default ?? 'allow'})\n`);
         for (const w of warnings) process.stderr.write(`${file}: ${w.pointer}: warning: ${w.message}\n`);

@@ -43,6 +43,9 @@ const HOST_ONLY_FILES: &[&str] = &["test/package.test.ts"];
 const PER_MODE_FILES: &[&str] =
     &["test/watch.test.ts", "test/attach.test.ts", "test/loss.test.ts", "test/cli.test.ts", "test/guard.test.ts"];
 
+/// How long one VM suite may run before it is killed.
+const VM_SUITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2400);
+
 /// One suite's outcome.
 struct Outcome {
     place: String,
@@ -132,6 +135,10 @@ pub fn test(args: &TestArgs) -> Result<()> {
                     // The stock Debian kernel allows everything: auto picks fentry.
                     ("CG_EXPECT_AUTO_MODE".into(), "fentry".into()),
                 ],
+                // Under TCG the `auto` run (every file, the differential and
+                // attack suites among them) takes about 10 minutes alone and
+                // twice that when another job shares the 2 CPUs.
+                timeout: VM_SUITE_TIMEOUT,
                 ..vm::VmOptions::default()
             };
             let t = Instant::now();

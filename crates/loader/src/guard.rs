@@ -164,16 +164,21 @@ impl Guard {
     /// kernel refused to pin the link itself: then it is closed (the
     /// message says the program was detached).
     pub fn pin(&mut self, dir: &Path) -> Result<(), Error> {
-        let link = self.link.take().ok_or_else(|| Error::Pin {
-            path: dir.display().to_string(),
-            reason: "this guard is already pinned or closed".into(),
-        })?;
+        let taken = || Error::Pin { path: dir.display().to_string(), reason: "this guard is already pinned or closed".into() };
+        if self.link.is_none() {
+            return Err(taken());
+        }
+        // The ring buffer's lock first: once pinned, this guard's reader must
+        // hold it, or a follower could become a second reader. Nobody else
+        // can hold it yet (the map is not pinned), so failing here means the
+        // lock directory is unusable, and nothing is pinned.
+        let ring_lock = pin::RingLock::acquire(&self.events, dir)?;
+        let link = self.link.take().ok_or_else(taken)?;
         let ebpf = self.ebpf.as_ref().ok_or_else(|| Error::Object("the guard is closed".into()))?;
         let map = |name: &str| ebpf.map(name);
         match pin::pin(dir, link, map, &self.counters, &self.events) {
             Ok(()) => {
-                // Nobody else can have it yet: the pins appeared just now.
-                self.ring_lock = pin::RingLock::acquire(&self.events, dir).ok();
+                self.ring_lock = Some(ring_lock);
                 self.pin_dir = Some(dir.to_path_buf());
                 Ok(())
             }
