@@ -158,7 +158,8 @@ pub struct Compiled {
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] for an unknown action or mode, a bad path or
-/// comm, duplicate ids, or too many rules after expansion.
+/// comm, duplicate ids or ids longer than [`RULE_ID_BYTES`], or too many
+/// rules, paths or executables.
 pub fn compile(p: &Policy) -> Result<Compiled, Error> {
     let mode = match p.mode.as_str() {
         "enforce" => MODE_ENFORCE,
@@ -178,6 +179,10 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
         let what = format!("rules[{source}] ({})", r.id);
         if !seen.insert(r.id.as_str()) {
             return Err(Error::InvalidArgument(format!("{what}: duplicate id")));
+        }
+        // `CG_RULE_IDS` holds RULE_ID_BYTES per id: a longer id would be cut.
+        if r.id.is_empty() || r.id.len() > RULE_ID_BYTES {
+            return Err(Error::InvalidArgument(format!("{what}: the id is {} bytes; 1 to {RULE_ID_BYTES}", r.id.len())));
         }
         let act = action(&r.action, &what)?;
         let m = r.matches.clone().unwrap_or_default();
@@ -495,5 +500,10 @@ mod tests {
             (0..65).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
         );
         assert!(err(&many).contains("more than 64 rules"));
+        let id = |n: usize| format!(r#"{{"mode":"enforce","rules":[{{"id":"{}","action":"deny"}}]}}"#, "i".repeat(n));
+        assert!(policy(&id(RULE_ID_BYTES)).is_ok());
+        assert!(err(&id(RULE_ID_BYTES + 1)).contains("rules[0] (iii"));
+        assert!(err(&id(RULE_ID_BYTES + 1)).contains("the id is 65 bytes; 1 to 64"));
+        assert!(err(&id(0)).contains("the id is 0 bytes"));
     }
 }
