@@ -4,6 +4,7 @@
 mod doctor;
 mod guard;
 mod lifecycle;
+mod policy;
 mod session;
 mod stacks;
 
