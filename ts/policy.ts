@@ -133,7 +133,22 @@ export const MAX_RULES = 64;
 export const MAX_PATHS = 1024;
 /** Most distinct `exe` paths one policy may name. */
 export const MAX_EXES = 512;
-
+/**
+ * Longest `path`, `subtree` or `exe`, in bytes of UTF-8 once empty
+ * components and a trailing `/` are dropped: PATH_MAX - 1, as the loader
+ * (`RESOLVED_MAX - 1` in `crates/common`) and the kernel count. JSON
+ * Schema's `maxLength` counts UTF-16 code units, not bytes, so this is
+ * checked here and not in the schema.
+ */
+export const MAX_PATH_BYTES = 4095;
+/** Longest `comm`, in bytes of UTF-8: TASK_COMM_LEN - 1 (`COMM_LEN - 1` in `crates/common`). */
+export const MAX_COMM_BYTES = 15;
+/**
+ * Longest rule id, in bytes (ids are ASCII, so characters): `RULE_ID_BYTES`
+ * in `crates/common`. The schema's id pattern spells the same bound
+ * (`{0,63}` after the first character); a test holds them together.
+ */
+export const MAX_RULE_ID_BYTES = 64;
 
 const EXPECTED: Record<string, string> = {
   path: 'an absolute path or a list of absolute paths',
@@ -199,7 +214,7 @@ function schemaProblems(errors: readonly ErrorObject[], value: unknown): Array<{
         message = `${at === '' ? 'the policy' : `"${key}"`} must be ${(e.params as { type: string }).type === 'object' ? 'a map' : `of type ${(e.params as { type: string }).type}`}; got ${describe(got)}`;
         break;
       case 'pattern':
-        message = at.endsWith('/id') ? `rule id ${describe(got)} must start with a letter or digit and use only letters, digits, '.', '_' and '-' (at most 64)` : `must match ${(e.params as { pattern: string }).pattern}; got ${describe(got)}`;
+        message = at.endsWith('/id') ? `rule id ${describe(got)} must start with a letter or digit and use only letters, digits, '.', '_' and '-' (at most ${MAX_RULE_ID_BYTES})` : `must match ${(e.params as { pattern: string }).pattern}; got ${describe(got)}`;
         break;
       default:
         message = `"${key}" ${e.message ?? 'is invalid'}; got ${describe(got)}`;
@@ -214,39 +229,62 @@ function schemaProblems(errors: readonly ErrorObject[], value: unknown): Array<{
 
 const asList = <T>(v: T | readonly T[] | undefined): readonly T[] => (v === undefined ? [] : Array.isArray(v) ? (v as readonly T[]) : [v as T]);
 
-/** Checks the schema cannot: unique ids, clean paths, comm length, rule count. */
+/** Checks the schema cannot: unique ids, clean paths, byte lengths, the compiler's limits. */
 function semanticProblems(p: Policy): Array<{ pointer: string; message: string }> {
   const out: Array<{ pointer: string; message: string }> = [];
   const ids = new Map<string, number>();
+  // Distinct canonical paths, and where each set first went over its limit.
   const paths = new Set<string>();
   const exes = new Set<string>();
+  let pathsOver: string | undefined;
+  let exesOver: string | undefined;
   let compiled = 0;
   p.rules.forEach((r, i) => {
     const at = `/rules/${i}`;
     if (ids.has(r.id)) out.push({ pointer: `${at}/id`, message: `duplicate rule id "${r.id}" (first used by rule ${ids.get(r.id)! + 1})` });
     else ids.set(r.id, i);
     const m = r.match ?? {};
+    // Counted as the compiler counts its map entries: a subtree list that
+    // names `/` is no condition, so its paths take no entry.
+    const subtreeIsRoot = asList(m.subtree).some((p) => canonical(p) === '/');
     for (const key of ['path', 'subtree', 'exe'] as const) {
       asList(m[key]).forEach((path, j) => {
         const ptr = Array.isArray(m[key]) ? `${at}/match/${key}/${j}` : `${at}/match/${key}`;
         if (path.split('/').some((c) => c === '.' || c === '..')) out.push({ pointer: ptr, message: `"${key}" ${JSON.stringify(path)} has . or .. components: write the absolute path itself` });
+        // Bytes of the form the loader stores (canonical_path), not characters.
+        const bytes = Buffer.byteLength(canonical(path));
+        if (bytes > MAX_PATH_BYTES) {
+          out.push({ pointer: ptr, message: `"${key}" is ${bytes} bytes of UTF-8 (without repeated or trailing slashes); at most ${MAX_PATH_BYTES} (PATH_MAX - 1), as the kernel counts` });
+        }
+        if (key === 'exe') {
+          exes.add(canonical(path));
+          if (exes.size > MAX_EXES) exesOver ??= ptr;
+        } else if (!(key === 'subtree' && subtreeIsRoot)) {
+          paths.add(canonical(path));
+          if (paths.size > MAX_PATHS) pathsOver ??= ptr;
+        }
       });
     }
     asList(m.comm).forEach((c, j) => {
-      if (Buffer.byteLength(c) > 15) {
-        out.push({ pointer: Array.isArray(m.comm) ? `${at}/match/comm/${j}` : `${at}/match/comm`, message: `comm ${JSON.stringify(c)} is ${Buffer.byteLength(c)} bytes; the kernel keeps 15 (TASK_COMM_LEN - 1)` });
+      if (Buffer.byteLength(c) > MAX_COMM_BYTES) {
+        out.push({ pointer: Array.isArray(m.comm) ? `${at}/match/comm/${j}` : `${at}/match/comm`, message: `comm ${JSON.stringify(c)} is ${Buffer.byteLength(c)} bytes; the kernel keeps ${MAX_COMM_BYTES} (TASK_COMM_LEN - 1)` });
       }
     });
-    for (const p of [...asList(m.path), ...asList(m.subtree)]) paths.add(canonical(p));
-    for (const p of asList(m.exe)) exes.add(canonical(p));
+    asList(m.cgroupId).forEach((id, j) => {
+      // YAML and JSON numbers become doubles: above 2^53 - 1 the value read
+      // may not be the one written.
+      if (!Number.isSafeInteger(id)) {
+        out.push({ pointer: Array.isArray(m.cgroupId) ? `${at}/match/cgroupId/${j}` : `${at}/match/cgroupId`, message: `cgroupId ${id} is above ${Number.MAX_SAFE_INTEGER} (2^53 - 1), so it cannot be read exactly` });
+      }
+    });
     const n = [m.uid, m.euid, m.gid, m.egid, m.mntNs, m.comm, m.cgroupId].reduce<number>((acc, v) => acc * Math.max(1, asList(v as never).length), 1);
     compiled += n;
     if (compiled > MAX_RULES && compiled - n <= MAX_RULES) {
       out.push({ pointer: at, message: `the policy expands to more than ${MAX_RULES} rules here (${compiled}): each combination of uid, euid, gid, egid, mntNs, comm and cgroupId values is one rule` });
     }
   });
-  if (paths.size > MAX_PATHS) out.push({ pointer: '/rules', message: `the policy names ${paths.size} distinct paths (path and subtree); at most ${MAX_PATHS}` });
-  if (exes.size > MAX_EXES) out.push({ pointer: '/rules', message: `the policy names ${exes.size} distinct executables; at most ${MAX_EXES}` });
+  if (pathsOver) out.push({ pointer: pathsOver, message: `distinct path number ${MAX_PATHS + 1} (path and subtree): the policy names ${paths.size}, at most ${MAX_PATHS}` });
+  if (exesOver) out.push({ pointer: exesOver, message: `distinct executable number ${MAX_EXES + 1}: the policy names ${exes.size}, at most ${MAX_EXES}` });
   return out;
 }
 
@@ -277,12 +315,16 @@ function check(value: unknown, file: string | undefined, doc?: Document, lc?: Li
     pointer,
     message,
   });
+  // Problems in file order where positions are known (the count limits are
+  // found after the rules they name).
+  const fail = (problems: PolicyProblem[]) =>
+    new PolicyError(problems.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0)));
   if (!validateSchema(value)) {
-    throw new PolicyError(schemaProblems(validator?.errors ?? [], value).map((p) => where(p.pointer, p.message, p.key)));
+    throw fail(schemaProblems(validator?.errors ?? [], value).map((p) => where(p.pointer, p.message, p.key)));
   }
   const policy = value as unknown as Policy;
   const semantic = semanticProblems(policy);
-  if (semantic.length) throw new PolicyError(semantic.map((p) => where(p.pointer, p.message)));
+  if (semantic.length) throw fail(semantic.map((p) => where(p.pointer, p.message)));
   return policy;
 }
 
