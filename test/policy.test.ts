@@ -2,7 +2,7 @@
  * Policies without the kernel: parsing, validation with positions, the
  * published schema, `chroot-guard check`, and the reference evaluator.
  */
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,10 +11,14 @@ import { afterAll, describe, expect, it } from 'vitest';
 import {
   evaluatePolicy,
   loadPolicy,
+  MAX_ALIAS_VALUES,
+  MAX_ALIASES,
   MAX_COMM_BYTES,
   MAX_EXES,
   MAX_PATH_BYTES,
   MAX_PATHS,
+  MAX_POLICY_BYTES,
+  MAX_POLICY_DEPTH,
   MAX_RULE_ID_BYTES,
   MAX_RULES,
   parsePolicy,
@@ -25,6 +29,7 @@ import {
   type Policy,
 } from '../ts/index.js';
 import { native } from '../ts/native.js';
+import { firstInvalidUtf8 } from '../ts/utf8.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const dir = fileURLToPath(new URL('./policies/', import.meta.url));
@@ -38,6 +43,12 @@ const MALFORMED: Record<string, [line: number, column: number, message: RegExp]>
   'relative-path.yaml': [6, 16, /"subtree" must be an absolute path or a list of absolute paths; got "srv\/jails"/],
   'bad-action.json': [4, 32, /"action" must be one of allow, deny, audit; got "block"/],
   'long-comm.yaml': [6, 27, /comm "a-very-long-task-name" is 21 bytes; the kernel keeps 15/],
+  // Not replaced with U+FFFD (which would change the path): the first bad byte, column in characters.
+  'not-utf8.yaml': [6, 23, /not valid UTF-8: the bytes at offset 86 \(0xe2 0x82 0x78 0x0a\) are not a character/],
+  'deep-nesting.yaml': [5, 79, /lists and maps nested more than 64 deep/],
+  'duplicate-key.yaml': [5, 43, /map keys must be unique: "subtree" is repeated/],
+  'alias-unresolved.yaml': [5, 23, /alias \*jails names no anchor \(&jails\) before it/],
+  'alias-cycle.yaml': [5, 23, /alias \*rules is inside the value it names/],
   // 2001 UTF-16 code units (what JSON Schema's maxLength counts), 6001 bytes (what the kernel counts).
   'long-path-bytes.yaml': [7, 16, /"subtree" is 6001 bytes of UTF-8 .*; at most 4095 \(PATH_MAX - 1\)/],
   'big-cgroup-id.yaml': [5, 24, /cgroupId 18446744073709552000 is above 9007199254740991 \(2\^53 - 1\)/],
@@ -108,9 +119,173 @@ function policyError(f: () => unknown): PolicyError {
 
 const tmp = mkdtempSync(join(tmpdir(), 'cg-policy-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const GOOD = 'mode: enforce\nrules:\n  - id: jails\n    action: deny\n    match: { subtree: /srv/jails }\n';
 
 /** `chroot-guard ARGS` (no privileges, no kernel needed for what these reach). */
 const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
+
+/** A sparse 3 GiB file in the temp directory. */
+function hugeFile(): string {
+  const huge = join(tmp, 'huge.yaml');
+  execFileSync('truncate', ['-s', '3G', huge]);
+  return huge;
+}
+
+/** A real "billion laughs": lol1 to lol9, each nine aliases of the one before (10^9 strings expanded). */
+function billionLaughs(): string {
+  const lines = ['mode: enforce', 'rules: []', 'lol:', '  lol0: &lol0 "lol"'];
+  for (let i = 1; i <= 9; i++) lines.push(`  lol${i}: &lol${i} [${Array(9).fill(`*lol${i - 1}`).join(', ')}]`);
+  const bomb = join(tmp, 'billion-laughs.yaml');
+  writeFileSync(bomb, lines.join('\n') + '\n');
+  return bomb;
+}
+
+/** 100k unclosed `[`. */
+function deepFile(): string {
+  const file = join(tmp, 'deep.yaml');
+  writeFileSync(file, '['.repeat(100_000));
+  return file;
+}
+
+describe('policy input: nothing unbounded is read or expanded', () => {
+  it(`reads at most MAX_POLICY_BYTES (${MAX_POLICY_BYTES}): exactly that many bytes pass, one more does not`, () => {
+    const at = join(tmp, 'at-limit.yaml');
+    writeFileSync(at, GOOD + '#'.repeat(MAX_POLICY_BYTES - GOOD.length - 1) + '\n');
+    expect(readFileSync(at).length).toBe(MAX_POLICY_BYTES);
+    expect(loadPolicy(at).rules).toHaveLength(1);
+    const over = join(tmp, 'over-limit.yaml');
+    writeFileSync(over, GOOD + '#'.repeat(MAX_POLICY_BYTES - GOOD.length) + '\n');
+    const err = policyError(() => loadPolicy(over));
+    expect(err.problems).toEqual([{ file: over, pointer: '', message: `the policy file is larger than ${MAX_POLICY_BYTES} bytes, the most a policy may be (it is ${MAX_POLICY_BYTES + 1} bytes)` }]);
+    // The same limit for text handed to parsePolicy.
+    expect(policyError(() => parsePolicy(readFileSync(over, 'utf8'), 'x.yaml')).problems[0]!.message).toMatch(/the policy is 1048577 bytes, larger than 1048576/);
+  });
+
+  it('a 3 GiB (sparse) file is refused from its size, without reading it', () => {
+    const huge = hugeFile();
+    const t = Date.now();
+    expect(policyError(() => loadPolicy(huge)).problems[0]!.message).toBe(`the policy file is larger than ${MAX_POLICY_BYTES} bytes, the most a policy may be (it is 3221225472 bytes)`);
+    expect(Date.now() - t).toBeLessThan(1000);
+  });
+
+  it('/dev/zero (no size) is read up to the limit and refused', () => {
+    const t = Date.now();
+    expect(policyError(() => loadPolicy('/dev/zero')).problems[0]!.message).toBe(`the policy file is larger than ${MAX_POLICY_BYTES} bytes, the most a policy may be`);
+    expect(Date.now() - t).toBeLessThan(2000);
+  });
+
+  it('a FIFO is read to its end or the limit: an endless writer is refused, a policy written into it is read', () => {
+    const fifo = join(tmp, 'policy.fifo');
+    execFileSync('mkfifo', [fifo]);
+    // The writers are other processes: opening a FIFO waits for a writer.
+    const endless = spawn('sh', ['-c', `exec yes '# more' > ${fifo}`], { stdio: 'ignore' });
+    try {
+      expect(policyError(() => loadPolicy(fifo)).problems[0]!.message).toBe(`the policy file is larger than ${MAX_POLICY_BYTES} bytes, the most a policy may be`);
+    } finally {
+      endless.kill();
+    }
+    const once = spawn('sh', ['-c', `printf '%s' "$0" > ${fifo}`, GOOD], { stdio: 'ignore' });
+    expect(loadPolicy(fifo).rules[0]!.id).toBe('jails');
+    once.kill();
+  });
+
+  it('a directory is refused by name', () => {
+    expect(policyError(() => loadPolicy(tmp)).problems).toEqual([{ file: tmp, pointer: '', message: 'cannot read the policy file: it is a directory' }]);
+    expect(policyError(() => loadPolicy(join(tmp, 'missing.yaml'))).problems[0]!.message).toMatch(/^cannot read the policy file: ENOENT/);
+  });
+
+  it('a real "billion laughs" file is refused at the alias that crosses MAX_ALIAS_VALUES, before anything is expanded', () => {
+    const bomb = billionLaughs();
+    const t = Date.now();
+    const err = policyError(() => loadPolicy(bomb));
+    expect(Date.now() - t).toBeLessThan(2000);
+    // The aliases of lol1 to lol4 stand for 9 × 1 + 9 × 10 + 9 × 91 + 9 × 820 =
+    // 8298 values; lol5's first alias (7381 more) crosses 10000.
+    expect(err.problems).toEqual([
+      { file: bomb, line: 9, column: 16, pointer: '', message: `aliases stand for more than ${MAX_ALIAS_VALUES} values from here on (a "billion laughs"?); at most ${MAX_ALIAS_VALUES} per policy` },
+    ]);
+    expect(readFileSync(bomb, 'utf8').split('\n')[8]!.slice(15)).toMatch(/^\*lol4,/);
+  });
+
+  it(`at most MAX_ALIASES (${MAX_ALIASES}) aliases; fewer work as YAML says`, () => {
+    const uses = (n: number) => 'mode: enforce\nrules:\n  - id: a\n    action: deny\n    match:\n      subtree: &jails /srv/jails\n      path:\n' + '        - *jails\n'.repeat(n);
+    expect(parsePolicy(uses(MAX_ALIASES), 'aliases.yaml').rules[0]!.match!.path).toEqual(Array(MAX_ALIASES).fill('/srv/jails'));
+    expect(policyError(() => parsePolicy(uses(MAX_ALIASES + 1), 'aliases.yaml')).problems).toEqual([
+      { file: 'aliases.yaml', line: MAX_ALIASES + 8, column: 11, pointer: '', message: `more than ${MAX_ALIASES} aliases (*name); at most ${MAX_ALIASES} per policy` },
+    ]);
+  });
+
+  it('100k levels of [ , of nested maps, and of "- " give a PolicyError with a position, never a RangeError', () => {
+    const deep = { 'flow lists': '['.repeat(100_000), 'flow maps': '{a: '.repeat(100_000), 'block lists': '- '.repeat(100_000) + 'x\n', 'closed lists': `[${'['.repeat(99_999)}${']'.repeat(100_000)}` };
+    for (const [what, text] of Object.entries(deep)) {
+      const file = join(tmp, `deep-${what.replace(' ', '-')}.yaml`);
+      writeFileSync(file, text);
+      const err = policyError(() => loadPolicy(file));
+      expect(err.problems, what).toHaveLength(1);
+      expect(err.problems[0], what).toMatchObject({ file, line: 1, message: `lists and maps nested more than ${MAX_POLICY_DEPTH} deep` });
+      expect(err.problems[0]!.column, what).toBeGreaterThan(MAX_POLICY_DEPTH);
+    }
+    // Right at the limit: the nesting is fine, the schema says what is wrong.
+    const atLimit = `mode: enforce\nrules:\n  - id: a\n    action: deny\n    description: ${'['.repeat(MAX_POLICY_DEPTH - 3)}${']'.repeat(MAX_POLICY_DEPTH - 3)}\n`;
+    expect(policyError(() => parsePolicy(atLimit)).problems[0]!.message).toBe('"description" must be of type string; got a list');
+    expect(policyError(() => parsePolicy(atLimit.replace('[', '[[').replace(']', ']]'))).problems[0]!.message).toBe(`lists and maps nested more than ${MAX_POLICY_DEPTH} deep`);
+  });
+
+  it('a map with 90k keys is checked for repeated keys in linear time', () => {
+    const text = `mode: enforce\nrules: []\nx: {${Array.from({ length: 90_000 }, (_, i) => `k${i}: 1`).join(', ')}, k5: 2}\n`;
+    expect(text.length).toBeLessThan(MAX_POLICY_BYTES);
+    const t = Date.now();
+    expect(policyError(() => parsePolicy(text)).problems[0]!.message).toBe('map keys must be unique: "k5" is repeated');
+    expect(Date.now() - t).toBeLessThan(15_000); // the YAML library's own check took about a minute here
+  });
+
+  it('objects (validatePolicy, as enforce and chrootGuard take them): deep, cyclic and huge values give a PolicyError', () => {
+    let deep: unknown = '/x';
+    for (let i = 0; i < 100_000; i++) deep = [deep];
+    expect(policyError(() => validatePolicy({ mode: 'enforce', rules: [{ id: 'a', action: 'deny', match: { path: deep } }] })).problems[0]!.message).toBe(
+      '"path" must be an absolute path or a list of absolute paths; got a list',
+    );
+    const cyclic: unknown[] = [];
+    cyclic.push(cyclic);
+    expect(policyError(() => validatePolicy({ mode: 'enforce', rules: [{ id: 'a', action: 'deny', match: { path: cyclic } }] })).problems).toHaveLength(1);
+    // What the loader would receive is bounded as a file is.
+    const big = { mode: 'enforce', rules: [{ id: 'a', action: 'deny', description: 'x'.repeat(MAX_POLICY_BYTES) }] };
+    expect(policyError(() => validatePolicy(big)).problems).toEqual([
+      { pointer: '', message: `the policy is ${JSON.stringify(big).length} bytes as JSON (with YAML aliases expanded), larger than ${MAX_POLICY_BYTES}, the most a policy may be` },
+    ]);
+  });
+
+  it('firstInvalidUtf8 agrees with the fatal TextDecoder on edge sequences and random bytes', () => {
+    const fatal = new TextDecoder('utf-8', { fatal: true });
+    const valid = (b: Uint8Array) => {
+      try {
+        fatal.decode(b);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const edges = [[0xc0, 0x80], [0xc2, 0x80], [0xe0, 0x9f, 0x80], [0xe0, 0xa0, 0x80], [0xed, 0xa0, 0x80], [0xed, 0x9f, 0xbf], [0xf0, 0x8f, 0xbf, 0xbf], [0xf0, 0x90, 0x80, 0x80], [0xf4, 0x8f, 0xbf, 0xbf], [0xf4, 0x90, 0x80, 0x80], [0xf5, 0x80, 0x80, 0x80], [0xe2, 0x82], [0x80], [0xff]];
+    let seed = 1;
+    const random = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) % 256;
+    const cases = [...edges.map((e) => Uint8Array.from(e)), ...Array.from({ length: 20_000 }, () => Uint8Array.from({ length: 1 + (random() % 6) }, () => (random() < 128 ? 0xc0 + (random() % 0x40) : 0x80 + (random() % 0x40))))];
+    for (const b of cases) expect(firstInvalidUtf8(b) === -1, Buffer.from(b).toString('hex')).toBe(valid(b));
+  });
+
+  it('check and enforce exit 2 on each, naming it, and load nothing (refused before the loader: no privileges needed to see it)', () => {
+    const files = ['/dev/zero', tmp, billionLaughs(), hugeFile(), deepFile(), `${dir}not-utf8.yaml`, `${dir}long-path-bytes.yaml`];
+    const check = cli(['check', ...files]);
+    expect(check.status).toBe(2);
+    for (const f of files) expect(check.stderr).toContain(`${f}:`);
+    for (const f of files) {
+      // Without capabilities: a policy that reached the loader would fail with EPERM (exit 4) instead.
+      const r = spawnSync('setpriv', ['--bounding-set=-all', '--inh-caps=-all', process.execPath, CLI, 'enforce', '--policy', f], { encoding: 'utf8', timeout: 30_000 });
+      expect(r.status, f).toBe(2);
+      expect(r.stderr, f).toMatch(/\(INVALID_POLICY\)/);
+      expect(r.stdout, f).toBe('');
+    }
+  });
+});
 
 /** A policy of `rules`, enforcing. */
 const policyOf = (rules: Policy['rules']): Policy => ({ mode: 'enforce', rules });
@@ -160,7 +335,7 @@ describe('check and the loader agree on every limit (the Rust compiler through t
     const rule = (policySchema as { definitions: { rule: { properties: { id: { pattern: string } } } } }).definitions.rule.properties.id.pattern;
     expect(rule).toBe(`^[A-Za-z0-9][A-Za-z0-9._-]{0,${MAX_RULE_ID_BYTES - 1}}$`);
     const text = JSON.stringify(policySchema);
-    for (const n of [MAX_RULES, MAX_PATHS, MAX_EXES, MAX_PATH_BYTES, MAX_COMM_BYTES]) expect(text).toContain(`${n}`);
+    for (const n of [MAX_RULES, MAX_PATHS, MAX_EXES, MAX_PATH_BYTES, MAX_COMM_BYTES, MAX_POLICY_BYTES, MAX_POLICY_DEPTH, MAX_ALIASES, MAX_ALIAS_VALUES]) expect(text).toContain(`${n}`);
   });
 
   for (const l of LIMITS) {

@@ -13,6 +13,7 @@ import { stacksCommand } from './cli/stacks.js';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
 import { watch } from './cli/watch.js';
 import { DEFAULT_PIN_DIR } from './pinned.js';
+import { MAX_POLICY_BYTES } from './policy.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -93,7 +94,7 @@ program
 program
   .command('enforce')
   .description('decide every chroot(2) by a policy with the BPF LSM hook lsm/path_chroot, and print each decision until Ctrl-C (needs root and a kernel running the BPF LSM)')
-  .requiredOption('--policy <file>', 'policy file, YAML or JSON (see policy.schema.json)')
+  .requiredOption('--policy <file>', `policy file, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes (see policy.schema.json)`)
   .option('--audit', 'deny nothing, report what would be denied; where the BPF LSM cannot run, audit from the watch probes instead')
   .option('--json', 'decisions as JSON lines')
   .option('--ring-buffer-bytes <n>', 'kernel ring buffer size (power of two; default 4194304)', integer('--ring-buffer-bytes', 4096, 1 << 30))
@@ -128,7 +129,7 @@ program
 program
   .command('check')
   .description('validate policy files without loading anything (no root needed); errors give file:line:column')
-  .argument('<files...>', 'policy files, YAML or JSON')
+  .argument('<files...>', `policy files, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes each`)
   .option('--json', 'results as JSON')
   .addHelpText('after', EXIT_HELP)
   .action((files: string[], flags) => {
