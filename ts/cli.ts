@@ -53,7 +53,9 @@ program
     `
 Columns: TIME (local), PID, COMM, UID, RESULT (ok or errno), PATH → RESOLVED (the new
 root as an absolute path in the caller's mount namespace). Times are from
-CLOCK_BOOTTIME ("ts" in JSON, ns since boot).
+CLOCK_BOOTTIME ("ts" in JSON, ns since boot). In COMM and the paths, control
+characters (C0, DEL, C1), bidi and line-separator format characters and bytes
+that are not UTF-8 print as \\xNN per byte, a backslash as \\\\: one line per call.
 ${EXIT_HELP}`,
   )
   .action(async (flags) => {

@@ -11,7 +11,7 @@ import { asAudit, evaluatePolicy, loadPolicy, PolicyError, type Policy } from '.
 import { chrootWatch } from '../watch.js';
 import { followPinnedGuard, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus } from '../pinned.js';
 import { toWallClock } from '../clock.js';
-import { EXIT, describeLost, jsonWithBigInts, note, reportError } from './output.js';
+import { EXIT, describeLost, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
 
 /** The JSON form of a decision (u64s as JSON integers). */
 export function decisionJson(d: ChrootDecision): string {
@@ -22,12 +22,15 @@ export function decisionJson(d: ChrootDecision): string {
 
 const HEADER = `${'TIME'.padEnd(13)}${'PID'.padEnd(8)}${'COMM'.padEnd(17)}${'UID'.padEnd(7)}${'DECISION'.padEnd(11)}${'RULE'.padEnd(24)}RESOLVED`;
 
-/** One table line: time, pid, comm, uid, decision, rule, resolved path. */
+/** One table line: time, pid, comm, uid, decision, rule, resolved path (caller-controlled fields through {@link terminalSafe}). */
 export function decisionLine(d: ChrootDecision): string {
   const t = toWallClock(d.ts);
   const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const decision = d.denied ? 'DENIED' : d.wouldDeny ? 'would-deny' : d.action;
-  return `${time.padEnd(13)}${String(d.pid).padEnd(8)}${d.comm.padEnd(17)}${String(d.uid).padEnd(7)}${decision.padEnd(11)}${(d.ruleId ?? '(default)').padEnd(24)}${d.resolvedPath ?? ''}${d.source === 'watch' ? '  [from watch]' : ''}`;
+  const resolved = d.resolvedPath === null ? '' : terminalSafe(d.resolvedPathBytes ?? d.resolvedPath);
+  // At least one space after each cell, also after one wider than its column.
+  const cell = (s: string, width: number) => `${s.padEnd(width - 1)} `;
+  return `${cell(time, 13)}${cell(String(d.pid), 8)}${cell(terminalSafe(d.comm), 17)}${cell(String(d.uid), 7)}${cell(decision, 11)}${cell(d.ruleId === null ? '(default)' : terminalSafe(d.ruleId), 24)}${resolved}${d.source === 'watch' ? '  [from watch]' : ''}`;
 }
 
 function printer(json: boolean) {
@@ -157,7 +160,7 @@ export function statusCommand(flags: { json?: boolean; pinDir: string }): number
   } else if (!s) {
     process.stdout.write(`no guard is pinned at ${dir}\n`);
   } else {
-    const rules = [...new Set(s.ruleIds)];
+    const rules = [...new Set(s.ruleIds)].map(terminalSafe);
     process.stdout.write(
       [
         `guard pinned at ${s.dir}`,
