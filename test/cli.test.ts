@@ -3,7 +3,9 @@
  * kernel, real chroot calls, real signals.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { realpathSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
@@ -25,19 +27,25 @@ function cli(args: string[], prefix: string[] = []) {
 
 /** Starts `chroot-guard watch ARGS` and resolves once it says it is watching. */
 function startWatch(args: string[]) {
-  const child = spawn(process.execPath, [CLI, 'watch', '--mode', TEST_MODE, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
+  return startCli(['watch', '--mode', TEST_MODE, ...args], 'watching chroot(2)');
+}
+
+/** Starts `chroot-guard ARGS` and resolves `ready` once stderr says `readyText`; `raw()` is stdout's bytes. */
+function startCli(args: string[], readyText: string) {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const chunks: Buffer[] = [];
   let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stdout.on('data', (d: Buffer) => chunks.push(d));
   const ready = new Promise<void>((resolve, reject) => {
     child.stderr.on('data', (d: Buffer) => {
       stderr += d.toString();
-      if (stderr.includes('watching chroot(2)')) resolve();
+      if (stderr.includes(readyText)) resolve();
     });
-    child.on('exit', (code) => reject(new Error(`watch exited early with ${code}: ${stderr}`)));
+    child.on('exit', (code) => reject(new Error(`${args[0]} exited early with ${code}: ${stderr}`)));
   });
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  return { child, ready, exited, out: () => stdout, err: () => stderr };
+  const raw = () => Buffer.concat(chunks);
+  return { child, ready, exited, raw, out: () => raw().toString(), err: () => stderr };
 }
 
 describe('chroot-guard watch', () => {
@@ -102,6 +110,110 @@ describe('chroot-guard watch', () => {
     const r = cli(['watch', '--help']);
     expect(r.status).toBe(0);
     for (const s of ['--json', '--mode', '--pid', '--uid', '--comm', 'Exit codes', 'missing privileges']) expect(r.stdout).toContain(s);
+  });
+});
+
+/** `s` as a literal in a RegExp. */
+const literal = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+describe('table output escapes what callers control (real chroot calls)', () => {
+  // A directory name with a newline, an SGR escape, U+009B (CSI as a C1
+  // control, valid UTF-8), a backslash and a byte that is not UTF-8.
+  const NAME = Buffer.concat([Buffer.from('a\nb\x1b[31mc\u009bd\\e'), Buffer.from([0xff])]);
+  const NAME_SHOWN = 'a\\x0ab\\x1b[31mc\\xc2\\x9bd\\\\e\\xff';
+  // A comm (prctl(PR_SET_NAME), 15 bytes at most): clear-screen, newline, U+009B, DEL.
+  const COMM = Buffer.from('c\x1b[2J\n\u009b\x7fz');
+  const COMM_SHOWN = 'c\\x1b[2J\\x0a\\xc2\\x9b\\x7fz';
+  const MISSING = Buffer.from('/nonexistent-\n\x1b[31m\u009b-x');
+  const MISSING_SHOWN = '/nonexistent-\\x0a\\x1b[31m\\xc2\\x9b-x';
+  // Names itself, waits for a line on stdin, then chroots into MISSING (ENOENT) and the directory.
+  const PERL = `
+    my ($comm, $missing, $dir) = map { pack("H*", $_) } @ARGV;
+    syscall(157, 15, $comm, 0, 0, 0) == 0 or die "prctl: $!";  # SYS_prctl (x86-64), PR_SET_NAME
+    my $go = <STDIN>;
+    chroot($missing) and die "chroot of a missing path worked";
+    chroot($dir) or die "chroot: $!";`;
+  let base: string;
+  let dir: Buffer;
+  let dirShown: string;
+  beforeAll(() => {
+    base = realpathSync(mkdtempSync(join(tmpdir(), 'cg-escape-')));
+    dir = Buffer.concat([Buffer.from(`${base}/`), NAME]);
+    dirShown = `${base}/${NAME_SHOWN}`;
+    mkdirSync(dir);
+  });
+  afterAll(() => rmSync(base, { recursive: true, force: true }));
+
+  function caller() {
+    const child = spawn('perl', ['-e', PERL, COMM.toString('hex'), MISSING.toString('hex'), dir.toString('hex')], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const done = new Promise<void>((resolve, reject) => child.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`perl exited with ${code}: ${stderr}`)))));
+    return { pid: child.pid!, go: () => child.stdin.end('go\n'), done };
+  }
+
+  /** Valid UTF-8, no raw C0 control but each line's newline, no DEL, no C1 control. */
+  function expectTerminalSafe(out: Buffer) {
+    const text = out.toString('utf8');
+    expect(Buffer.from(text, 'utf8').equals(out)).toBe(true);
+    expect(text).not.toMatch(/[\x00-\x09\x0b-\x1f\x7f-\x9f]/);
+    expect(text.endsWith('\n')).toBe(true);
+  }
+
+  it('watch: one line per call, comm, path and resolved path written as \\xNN escapes', async () => {
+    const c = caller();
+    const w = startWatch(['--pid', String(c.pid)]);
+    await w.ready;
+    c.go();
+    await c.done;
+    const deadline = Date.now() + 8000;
+    while (w.out().split('\n').length < 4 && Date.now() < deadline) await sleep(20);
+    w.child.kill('SIGINT');
+    expect(await w.exited).toBe(0);
+    expectTerminalSafe(w.raw());
+    const [header, ...rows] = w.out().trimEnd().split('\n');
+    expect(header).toMatch(/^TIME\s+PID/);
+    expect(rows).toHaveLength(2);
+    expect(rows[0]).toMatch(new RegExp(`^\\S+ +${c.pid} +${literal(COMM_SHOWN)} +0 +ENOENT +${literal(MISSING_SHOWN)}$`));
+    expect(rows[1]).toMatch(new RegExp(`^\\S+ +${c.pid} +${literal(COMM_SHOWN)} +0 +ok +${literal(dirShown)} → ${literal(dirShown)}$`));
+  });
+
+  it('watch --json: the same calls, exact after JSON.parse, with C1 controls escaped as \\u00XX too', async () => {
+    const c = caller();
+    const w = startWatch(['--json', '--pid', String(c.pid)]);
+    await w.ready;
+    c.go();
+    await c.done;
+    const deadline = Date.now() + 8000;
+    while (w.out().split('\n').length < 3 && Date.now() < deadline) await sleep(20);
+    w.child.kill('SIGINT');
+    expect(await w.exited).toBe(0);
+    expectTerminalSafe(w.raw());
+    expect(w.out()).toContain('\\u009b');
+    const [missing, ok] = w.out().trimEnd().split('\n').map((l) => JSON.parse(l) as { comm: string; path: string; pathBase64: string; errno: string | null });
+    expect(missing).toMatchObject({ comm: COMM.toString(), path: MISSING.toString(), errno: 'ENOENT' });
+    expect(Buffer.from(ok!.pathBase64, 'base64').equals(dir)).toBe(true);
+    expect(ok).toMatchObject({ comm: COMM.toString(), errno: null });
+  });
+
+  it('enforce --audit (table): the decision line escapes comm and resolved path the same way', async () => {
+    const policy = join(base, 'audit.json');
+    writeFileSync(policy, JSON.stringify({ mode: 'audit', rules: [{ id: 'escapes', action: 'audit', match: { subtree: base } }] }));
+    // The BPF LSM where it runs (VM); elsewhere decisions computed from the watch probes.
+    const e = startCli(['enforce', '--audit', '--policy', policy], 'Ctrl-C to stop');
+    await e.ready;
+    const c = caller();
+    c.go();
+    await c.done;
+    const deadline = Date.now() + 8000;
+    while (!e.out().includes(` ${c.pid} `) && Date.now() < deadline) await sleep(20);
+    e.child.kill('SIGINT');
+    expect(await e.exited).toBe(0);
+    expectTerminalSafe(e.raw());
+    // Only the call that reached the LSM hook (the missing path never did).
+    const rows = e.out().split('\n').filter((l) => l.includes(` ${c.pid} `));
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatch(new RegExp(`^\\S+ +${c.pid} +${literal(COMM_SHOWN)} +0 +audit +escapes +${literal(dirShown)}( +\\[from watch\\])?$`));
   });
 });
 

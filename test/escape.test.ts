@@ -11,7 +11,7 @@
  * host included, in watch.test.ts.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, realpathSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootGuard, type ChrootDecision, type ChrootGuard, type Policy } from '../ts/index.js';
 import { attackBench, sleep, UNREACHABLE_VARIANTS, type Attack, type AttackBench } from './helpers.js';
@@ -91,6 +91,30 @@ describe.skipIf(!LSM)(`guard: the caller's root and namespaces (skipped here: ${
       }
     } finally {
       nested.guard.stop();
+    }
+  });
+
+  it('exe matches the file, not its path: a copy bind-mounted over the allowed executable in a user namespace gets no pass', async () => {
+    const python = realpathSync('/usr/bin/python3');
+    const copy = `${dir}/python-copy`;
+    copyFileSync(python, copy);
+    chmodSync(copy, 0o755);
+    const g2 = await guarded({ mode: 'enforce', default: 'deny', rules: [{ id: 'python', action: 'allow', match: { exe: python } }] });
+    try {
+      const real = attack('root', 'direct', `${dir}/open`);
+      expect(real.results).toEqual(['ok']);
+      // The user's own copy, shown at the allowed path by a bind mount in its namespace.
+      const script = `mount --bind ${copy} ${python} && exec ${python} ${dir}/chroot_via.py direct ${dir}/open`;
+      const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'unshare', '-Urm', 'sh', '-c', script], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      const aliased = JSON.parse(r.stdout) as Attack;
+      expect(aliased.results).toEqual(['EPERM']);
+      expect((await g2.of(real.pid))[0]).toMatchObject({ ruleId: 'python', denied: false });
+      const [d] = await g2.of(aliased.pid);
+      expect(d).toMatchObject({ ruleId: null, reason: 'default', denied: true, exeUnknown: false });
+      expect(d!.exeIno).toBe(statSync(copy, { bigint: true }).ino);
+    } finally {
+      g2.guard.stop();
     }
   });
 

@@ -2,13 +2,38 @@
  * Policies without the kernel: parsing, validation with positions, the
  * published schema, `chroot-guard check`, and the reference evaluator.
  */
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
-import { displayBytes, evaluatePolicy, INITIAL_USER_NS, loadPolicy, parsePolicy, pathBytes, PolicyError, policySchema, policyWarnings, validatePolicy, type ChrootEvent, type Policy } from '../ts/index.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import {
+  displayBytes,
+  evaluatePolicy,
+  INITIAL_USER_NS,
+  loadPolicy,
+  MAX_ALIAS_VALUES,
+  MAX_ALIASES,
+  MAX_COMM_BYTES,
+  MAX_EXES,
+  MAX_PATH_BYTES,
+  MAX_PATHS,
+  MAX_POLICY_BYTES,
+  MAX_POLICY_DEPTH,
+  MAX_RULE_ID_BYTES,
+  MAX_RULES,
+  parsePolicy,
+  pathBytes,
+  PolicyError,
+  policySchema,
+  policyWarnings,
+  validatePolicy,
+  type ChrootEvent,
+  type Policy,
+} from '../ts/index.js';
+import { native } from '../ts/native.js';
+import { firstInvalidUtf8 } from '../ts/utf8.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const dir = fileURLToPath(new URL('./policies/', import.meta.url));
@@ -22,6 +47,15 @@ const MALFORMED: Record<string, [line: number, column: number, message: RegExp]>
   'relative-path.yaml': [6, 16, /"subtree" must be an absolute path or a list of absolute paths; got "srv\/jails"/],
   'bad-action.json': [4, 32, /"action" must be one of allow, deny, audit; got "block"/],
   'long-comm.yaml': [6, 27, /comm "a-very-long-task-name" is 21 bytes; the kernel keeps 15/],
+  // Not replaced with U+FFFD (which would change the path): the first bad byte, column in characters.
+  'not-utf8.yaml': [6, 23, /not valid UTF-8: the bytes at offset 86 \(0xe2 0x82 0x78 0x0a\) are not a character/],
+  'deep-nesting.yaml': [5, 79, /lists and maps nested more than 64 deep/],
+  'duplicate-key.yaml': [5, 43, /map keys must be unique: "subtree" is repeated/],
+  'alias-unresolved.yaml': [5, 23, /alias \*jails names no anchor \(&jails\) before it/],
+  'alias-cycle.yaml': [5, 23, /alias \*rules is inside the value it names/],
+  // 2001 UTF-16 code units (what JSON Schema's maxLength counts), 6001 bytes (what the kernel counts).
+  'long-path-bytes.yaml': [7, 16, /"subtree" is 6001 bytes of UTF-8 .*; at most 4095 \(PATH_MAX - 1\)/],
+  'big-cgroup-id.yaml': [5, 24, /cgroupId 18446744073709552000 is above 9007199254740991 \(2\^53 - 1\)/],
 };
 
 describe('policy files', () => {
@@ -72,6 +106,336 @@ describe('policy files', () => {
     const onDisk = JSON.parse(readFileSync('policy.schema.json', 'utf8')) as object;
     expect(onDisk).toEqual(policySchema);
   });
+});
+
+/** The PolicyError `f` throws (fails the test when it throws anything else, or nothing). */
+function policyError(f: () => unknown): PolicyError {
+  let err: unknown;
+  try {
+    f();
+  } catch (e) {
+    err = e;
+  }
+  expect(err).toBeInstanceOf(PolicyError);
+  expect((err as PolicyError).code).toBe('INVALID_POLICY');
+  return err as PolicyError;
+}
+
+const tmp = mkdtempSync(join(tmpdir(), 'cg-policy-'));
+afterAll(() => rmSync(tmp, { recursive: true, force: true }));
+const GOOD = 'mode: enforce\nrules:\n  - id: jails\n    action: deny\n    match: { subtree: /srv/jails }\n';
+
+/** `chroot-guard ARGS` (no privileges, no kernel needed for what these reach). */
+const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
+
+/** A sparse 3 GiB file in the temp directory. */
+function hugeFile(): string {
+  const huge = join(tmp, 'huge.yaml');
+  execFileSync('truncate', ['-s', '3G', huge]);
+  return huge;
+}
+
+/** A real "billion laughs": lol1 to lol9, each nine aliases of the one before (10^9 strings expanded). */
+function billionLaughs(): string {
+  const lines = ['mode: enforce', 'rules: []', 'lol:', '  lol0: &lol0 "lol"'];
+  for (let i = 1; i <= 9; i++) lines.push(`  lol${i}: &lol${i} [${Array(9).fill(`*lol${i - 1}`).join(', ')}]`);
+  const bomb = join(tmp, 'billion-laughs.yaml');
+  writeFileSync(bomb, lines.join('\n') + '\n');
+  return bomb;
+}
+
+/** 100k unclosed `[`. */
+function deepFile(): string {
+  const file = join(tmp, 'deep.yaml');
+  writeFileSync(file, '['.repeat(100_000));
+  return file;
+}
+
+describe('policy input: nothing unbounded is read or expanded', () => {
+  it(`reads at most MAX_POLICY_BYTES (${MAX_POLICY_BYTES}): exactly that many bytes pass, one more does not`, () => {
+    const at = join(tmp, 'at-limit.yaml');
+    writeFileSync(at, GOOD + '#'.repeat(MAX_POLICY_BYTES - GOOD.length - 1) + '\n');
+    expect(readFileSync(at).length).toBe(MAX_POLICY_BYTES);
+    expect(loadPolicy(at).rules).toHaveLength(1);
+    const over = join(tmp, 'over-limit.yaml');
+    writeFileSync(over, GOOD + '#'.repeat(MAX_POLICY_BYTES - GOOD.length) + '\n');
+    const err = policyError(() => loadPolicy(over));
+    expect(err.problems).toEqual([{ file: over, pointer: '', message: `the policy file is larger than ${MAX_POLICY_BYTES} bytes, the most a policy may be (it is ${MAX_POLICY_BYTES + 1} bytes)` }]);
+    // The same limit for text handed to parsePolicy.
+    expect(policyError(() => parsePolicy(readFileSync(over, 'utf8'), 'x.yaml')).problems[0]!.message).toMatch(/the policy is 1048577 bytes, larger than 1048576/);
+  });
+
+  it('a 3 GiB (sparse) file is refused from its size, without reading it', () => {
+    const huge = hugeFile();
+    const t = Date.now();
+    expect(policyError(() => loadPolicy(huge)).problems[0]!.message).toBe(`the policy file is larger than ${MAX_POLICY_BYTES} bytes, the most a policy may be (it is 3221225472 bytes)`);
+    expect(Date.now() - t).toBeLessThan(1000);
+  });
+
+  it('/dev/zero (no size) is read up to the limit and refused', () => {
+    const t = Date.now();
+    expect(policyError(() => loadPolicy('/dev/zero')).problems[0]!.message).toBe(`the policy file is larger than ${MAX_POLICY_BYTES} bytes, the most a policy may be`);
+    expect(Date.now() - t).toBeLessThan(2000);
+  });
+
+  it('a FIFO is read to its end or the limit: an endless writer is refused, a policy written into it is read', () => {
+    const fifo = join(tmp, 'policy.fifo');
+    execFileSync('mkfifo', [fifo]);
+    // The writers are other processes: opening a FIFO waits for a writer.
+    const endless = spawn('sh', ['-c', `exec yes '# more' > ${fifo}`], { stdio: 'ignore' });
+    try {
+      expect(policyError(() => loadPolicy(fifo)).problems[0]!.message).toBe(`the policy file is larger than ${MAX_POLICY_BYTES} bytes, the most a policy may be`);
+    } finally {
+      endless.kill();
+    }
+    const once = spawn('sh', ['-c', `printf '%s' "$0" > ${fifo}`, GOOD], { stdio: 'ignore' });
+    expect(loadPolicy(fifo).rules[0]!.id).toBe('jails');
+    once.kill();
+  });
+
+  it('a directory is refused by name', () => {
+    expect(policyError(() => loadPolicy(tmp)).problems).toEqual([{ file: tmp, pointer: '', message: 'cannot read the policy file: it is a directory' }]);
+    expect(policyError(() => loadPolicy(join(tmp, 'missing.yaml'))).problems[0]!.message).toMatch(/^cannot read the policy file: ENOENT/);
+  });
+
+  it('a real "billion laughs" file is refused at the alias that crosses MAX_ALIAS_VALUES, before anything is expanded', () => {
+    const bomb = billionLaughs();
+    const t = Date.now();
+    const err = policyError(() => loadPolicy(bomb));
+    expect(Date.now() - t).toBeLessThan(2000);
+    // The aliases of lol1 to lol4 stand for 9 × 1 + 9 × 10 + 9 × 91 + 9 × 820 =
+    // 8298 values; lol5's first alias (7381 more) crosses 10000.
+    expect(err.problems).toEqual([
+      { file: bomb, line: 9, column: 16, pointer: '', message: `aliases stand for more than ${MAX_ALIAS_VALUES} values from here on (a "billion laughs"?); at most ${MAX_ALIAS_VALUES} per policy` },
+    ]);
+    expect(readFileSync(bomb, 'utf8').split('\n')[8]!.slice(15)).toMatch(/^\*lol4,/);
+  });
+
+  it(`at most MAX_ALIASES (${MAX_ALIASES}) aliases; fewer work as YAML says`, () => {
+    const uses = (n: number) => 'mode: enforce\nrules:\n  - id: a\n    action: deny\n    match:\n      subtree: &jails /srv/jails\n      path:\n' + '        - *jails\n'.repeat(n);
+    expect(parsePolicy(uses(MAX_ALIASES), 'aliases.yaml').rules[0]!.match!.path).toEqual(Array(MAX_ALIASES).fill('/srv/jails'));
+    expect(policyError(() => parsePolicy(uses(MAX_ALIASES + 1), 'aliases.yaml')).problems).toEqual([
+      { file: 'aliases.yaml', line: MAX_ALIASES + 8, column: 11, pointer: '', message: `more than ${MAX_ALIASES} aliases (*name); at most ${MAX_ALIASES} per policy` },
+    ]);
+  });
+
+  // Far past the YAML composer's own stack (about 800 levels); 100k [ as in
+  // the issue, the other forms 10k (this file also runs in the VM, under TCG).
+  it('100k levels of [, 10k of nested maps, "- " and closed lists give a PolicyError with a position, never a RangeError', () => {
+    const deep = { 'flow lists': '['.repeat(100_000), 'flow maps': '{a: '.repeat(10_000), 'block lists': '- '.repeat(10_000) + 'x\n', 'closed lists': `${'['.repeat(10_000)}${']'.repeat(10_000)}` };
+    for (const [what, text] of Object.entries(deep)) {
+      const file = join(tmp, `deep-${what.replace(' ', '-')}.yaml`);
+      writeFileSync(file, text);
+      const err = policyError(() => loadPolicy(file));
+      expect(err.problems, what).toHaveLength(1);
+      expect(err.problems[0], what).toMatchObject({ file, line: 1, message: `lists and maps nested more than ${MAX_POLICY_DEPTH} deep` });
+      expect(err.problems[0]!.column, what).toBeGreaterThan(MAX_POLICY_DEPTH);
+    }
+    // Right at the limit: the nesting is fine, the schema says what is wrong.
+    const atLimit = `mode: enforce\nrules:\n  - id: a\n    action: deny\n    description: ${'['.repeat(MAX_POLICY_DEPTH - 3)}${']'.repeat(MAX_POLICY_DEPTH - 3)}\n`;
+    expect(policyError(() => parsePolicy(atLimit)).problems[0]!.message).toBe('"description" must be of type string; got a list');
+    expect(policyError(() => parsePolicy(atLimit.replace('[', '[[').replace(']', ']]'))).problems[0]!.message).toBe(`lists and maps nested more than ${MAX_POLICY_DEPTH} deep`);
+  }, 180_000);
+
+  it('a map with 30k keys is checked for repeated keys in linear time: about as long as a list of the same size', () => {
+    const n = 30_000;
+    const map = `mode: enforce\nrules: []\nx: {${Array.from({ length: n }, (_, i) => `k${i}: 1`).join(', ')}, k5: 2}\n`;
+    const list = `mode: enforce\nrules: []\nx: [${Array.from({ length: n }, (_, i) => `k${i}-1`).join(', ')}, k5-2]\n`;
+    const timed = (text: string) => {
+      const t = Date.now();
+      const err = policyError(() => parsePolicy(text));
+      return { ms: Date.now() - t, message: err.problems[0]!.message };
+    };
+    const l = timed(list);
+    const m = timed(map);
+    expect(l.message).toBe('unknown key "x" (expected one of: mode, default, failMode, rules)');
+    expect(m.message).toBe('map keys must be unique: "k5" is repeated');
+    // The YAML library's own check compares each key with every earlier one:
+    // about 18 times the list's time here at 30k keys (a minute at 90k).
+    expect(m.ms).toBeLessThan(5 * l.ms + 1000);
+  }, 120_000);
+
+  it('objects (validatePolicy, as enforce and chrootGuard take them): deep, cyclic and huge values give a PolicyError', () => {
+    let deep: unknown = '/x';
+    for (let i = 0; i < 100_000; i++) deep = [deep];
+    expect(policyError(() => validatePolicy({ mode: 'enforce', rules: [{ id: 'a', action: 'deny', match: { path: deep } }] })).problems[0]!.message).toBe(
+      '"path" must be an absolute path or a list of absolute paths; got a list',
+    );
+    const cyclic: unknown[] = [];
+    cyclic.push(cyclic);
+    expect(policyError(() => validatePolicy({ mode: 'enforce', rules: [{ id: 'a', action: 'deny', match: { path: cyclic } }] })).problems).toHaveLength(1);
+    // What the loader would receive is bounded as a file is.
+    const big = { mode: 'enforce', rules: [{ id: 'a', action: 'deny', description: 'x'.repeat(MAX_POLICY_BYTES) }] };
+    expect(policyError(() => validatePolicy(big)).problems).toEqual([
+      { pointer: '', message: `the policy is ${JSON.stringify(big).length} bytes as JSON (with YAML aliases expanded), larger than ${MAX_POLICY_BYTES}, the most a policy may be` },
+    ]);
+  });
+
+  it('firstInvalidUtf8 agrees with the fatal TextDecoder on edge sequences and random bytes', () => {
+    const fatal = new TextDecoder('utf-8', { fatal: true });
+    const valid = (b: Uint8Array) => {
+      try {
+        fatal.decode(b);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const edges = [[0xc0, 0x80], [0xc2, 0x80], [0xe0, 0x9f, 0x80], [0xe0, 0xa0, 0x80], [0xed, 0xa0, 0x80], [0xed, 0x9f, 0xbf], [0xf0, 0x8f, 0xbf, 0xbf], [0xf0, 0x90, 0x80, 0x80], [0xf4, 0x8f, 0xbf, 0xbf], [0xf4, 0x90, 0x80, 0x80], [0xf5, 0x80, 0x80, 0x80], [0xe2, 0x82], [0x80], [0xff]];
+    // Random characters of each UTF-8 length, half of them with one byte overwritten.
+    let seed = 1; // mulberry32: reproducible
+    const random = (n: number) => {
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) % n;
+    };
+    const ranges = [[0, 0x80], [0x80, 0x800], [0x800, 0xd800], [0xe000, 0x10000], [0x10000, 0x110000]] as const;
+    const cases = [
+      ...edges.map((e) => Uint8Array.from(e)),
+      ...Array.from({ length: 5000 }, () => {
+        const b = Buffer.from(String.fromCodePoint(...Array.from({ length: 1 + random(3) }, () => { const [lo, hi] = ranges[random(ranges.length)]!; return lo + random(hi - lo); })));
+        if (random(2)) b[random(b.length)] = random(256);
+        return b;
+      }),
+    ];
+    expect(cases.filter((b) => (firstInvalidUtf8(b) === -1) !== valid(b)).map((b) => Buffer.from(b).toString('hex'))).toEqual([]);
+    // Both kinds were tried.
+    expect(cases.filter((b) => valid(b)).length).toBeGreaterThan(2000);
+    expect(cases.filter((b) => !valid(b)).length).toBeGreaterThan(1000);
+  });
+
+  it('check and enforce exit 2 on each, naming it, and load nothing (refused before the loader: no privileges needed to see it)', () => {
+    const files = ['/dev/zero', tmp, billionLaughs(), hugeFile(), deepFile(), `${dir}not-utf8.yaml`, `${dir}long-path-bytes.yaml`];
+    const check = cli(['check', ...files]);
+    expect(check.status).toBe(2);
+    for (const f of files) expect(check.stderr).toContain(`${f}:`);
+    // enforce reads through the same loadPolicy: one of each kind (each Node start is slow in the VM).
+    for (const f of ['/dev/zero', files[2]!, `${dir}not-utf8.yaml`]) {
+      // Without capabilities: a policy that reached the loader would fail with EPERM (exit 4) instead.
+      const r = spawnSync('setpriv', ['--bounding-set=-all', '--inh-caps=-all', process.execPath, CLI, 'enforce', '--policy', f], { encoding: 'utf8', timeout: 30_000 });
+      expect(r.status, f).toBe(2);
+      expect(r.stderr, f).toMatch(/\(INVALID_POLICY\)/);
+      expect(r.stdout, f).toBe('');
+    }
+  }, 180_000);
+});
+
+/** A policy of `rules`, enforcing. */
+const policyOf = (rules: Policy['rules']): Policy => ({ mode: 'enforce', rules });
+/** `n` bytes of UTF-8, in two-byte characters where possible (so characters ≠ bytes). */
+const bytesOf = (n: number) => 'é'.repeat(Math.floor(n / 2)) + 'x'.repeat(n % 2);
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/** `n` distinct files (exe rules name files that exist: the loader reads their identity). */
+function exeFiles(n: number): string[] {
+  mkdirSync(`${tmp}/exes`, { recursive: true });
+  return range(n).map((i) => {
+    const f = `${tmp}/exes/e${i}`;
+    if (!existsSync(f)) writeFileSync(f, '');
+    return f;
+  });
+}
+
+/** A file whose absolute path is `bytes` long (directories of at most 200 bytes a name), made if missing. */
+function longFile(bytes: number): string {
+  let dir = `${tmp}/long`;
+  while (bytes - dir.length > 201) dir += `/${'d'.repeat(200)}`;
+  mkdirSync(dir, { recursive: true });
+  const file = `${dir}/${'f'.repeat(bytes - dir.length - 1)}`;
+  if (!existsSync(file)) writeFileSync(file, '');
+  return file;
+}
+
+/**
+ * Every limit `check` and the loader share: the value, and a policy at a
+ * given count. Built once, checked on both sides below.
+ */
+const LIMITS: Array<{ what: string; limit: number; native: keyof ReturnType<ReturnType<typeof native>['policyLimits']> | null; policy: (n: number) => Policy; message: RegExp }> = [
+  { what: 'compiled rules: one list expanded', limit: MAX_RULES, native: 'maxRules', policy: (n) => policyOf([{ id: 'r', action: 'deny', match: { uid: range(n) } }]), message: /expands to more than 64 rules/ },
+  {
+    what: 'compiled rules: rules × list products',
+    limit: MAX_RULES,
+    native: 'maxRules',
+    policy: (n) => policyOf([...range(Math.floor(n / 4)).map((i) => ({ id: `r${i}`, action: 'deny' as const, match: { uid: [1, 2], comm: ['a', 'b'] } })), ...range(n % 4).map((i) => ({ id: `s${i}`, action: 'allow' as const }))]),
+    message: /expands to more than 64 rules/,
+  },
+  { what: 'distinct paths (path and subtree)', limit: MAX_PATHS, native: 'maxPaths', policy: (n) => policyOf([{ id: 'p', action: 'deny', match: { path: range(n).map((i) => `/srv/p${i}/`) } }]), message: /distinct path number 1025/ },
+  {
+    what: 'distinct paths, with a subtree list naming / (which takes no entry)',
+    limit: MAX_PATHS,
+    native: 'maxPaths',
+    policy: (n) =>
+      policyOf([
+        { id: 'root', action: 'allow', match: { subtree: ['/', '/srv/not-counted'] } },
+        { id: 'p', action: 'deny', match: { subtree: range(n).map((i) => `//srv//p${i}`) } },
+      ]),
+    message: /distinct path number 1025/,
+  },
+  { what: 'distinct executables', limit: MAX_EXES, native: 'maxExes', policy: (n) => policyOf([{ id: 'e', action: 'deny', match: { exe: exeFiles(n) } }]), message: /distinct executable number 513/ },
+  { what: 'comm bytes', limit: MAX_COMM_BYTES, native: 'maxCommBytes', policy: (n) => policyOf([{ id: 'c', action: 'deny', match: { comm: bytesOf(n) } }]), message: /bytes; the kernel keeps 15/ },
+  { what: 'path bytes (three-byte characters)', limit: MAX_PATH_BYTES, native: 'maxPathBytes', policy: (n) => policyOf([{ id: 'p', action: 'deny', match: { subtree: `/${'路'.repeat(Math.floor((n - 1) / 3))}${'x'.repeat((n - 1) % 3)}` } }]), message: /is 4096 bytes of UTF-8/ },
+  { what: 'path bytes, counted without repeated and trailing slashes', limit: MAX_PATH_BYTES, native: 'maxPathBytes', policy: (n) => policyOf([{ id: 'p', action: 'deny', match: { path: `//${bytesOf(n - 1)}//` } }]), message: /is 4096 bytes of UTF-8/ },
+  {
+    what: 'exe bytes',
+    limit: MAX_PATH_BYTES,
+    native: 'maxPathBytes',
+    // The longest path a file can have; one byte more names no file, and is refused for its length first.
+    policy: (n) => policyOf([{ id: 'e', action: 'deny', match: { exe: n > MAX_PATH_BYTES ? `${longFile(MAX_PATH_BYTES)}${'x'.repeat(n - MAX_PATH_BYTES)}` : longFile(n) } }]),
+    message: /"exe" is 4096 bytes of UTF-8/,
+  },
+  { what: 'rule id length', limit: MAX_RULE_ID_BYTES, native: 'maxRuleIdBytes', policy: (n) => policyOf([{ id: 'i'.repeat(n), action: 'deny' }]), message: /must start with a letter or digit .* \(at most 64\)/ },
+];
+
+describe('check and the loader agree on every limit (the Rust compiler through the internal compilePolicy(), no kernel)', () => {
+  it('the TypeScript limits are the compiler\'s (policyLimits())', () => {
+    const rust = native().policyLimits();
+    for (const l of LIMITS) if (l.native) expect(l.limit, l.what).toBe(rust[l.native]);
+    expect(Object.keys(rust).sort()).toEqual([...new Set(LIMITS.map((l) => l.native))].sort());
+    // The schema spells the id bound in its pattern, and documents the others.
+    const rule = (policySchema as { definitions: { rule: { properties: { id: { pattern: string } } } } }).definitions.rule.properties.id.pattern;
+    expect(rule).toBe(`^[A-Za-z0-9][A-Za-z0-9._-]{0,${MAX_RULE_ID_BYTES - 1}}$`);
+    const text = JSON.stringify(policySchema);
+    for (const n of [MAX_RULES, MAX_PATHS, MAX_EXES, MAX_PATH_BYTES, MAX_COMM_BYTES, MAX_POLICY_BYTES, MAX_POLICY_DEPTH, MAX_ALIASES, MAX_ALIAS_VALUES]) expect(text).toContain(`${n}`);
+  });
+
+  for (const l of LIMITS) {
+    it(`${l.what}: ${l.limit} passes check and compiles; ${l.limit + 1} fails check with a position and is refused by the compiler`, () => {
+      const at = l.policy(l.limit);
+      const over = l.policy(l.limit + 1);
+      // check: the same text the CLI would read, positions from it.
+      expect(() => parsePolicy(JSON.stringify(at, null, 2), 'at.json')).not.toThrow();
+      const err = policyError(() => parsePolicy(JSON.stringify(over, null, 2), 'over.json'));
+      expect(err.problems).toHaveLength(1);
+      expect(err.problems[0]!.line).toBeGreaterThan(1);
+      expect(err.problems[0]!.column).toBeGreaterThan(0);
+      expect(err.problems[0]!.message).toMatch(l.message);
+      // The compiler enforce runs, on the JSON chrootGuard() sends.
+      const compiled = native().compilePolicy(JSON.stringify(validatePolicy(at)));
+      expect(compiled, compiled.errorMessage ?? '').toMatchObject({ ok: true });
+      expect(native().compilePolicy(JSON.stringify(over))).toMatchObject({ ok: false });
+    });
+  }
+
+  it('chroot-guard check passes each policy at the limit and fails each one over it with FILE:LINE:COL', () => {
+    const files = LIMITS.flatMap((l, i) =>
+      (['at', 'over'] as const).map((k) => {
+        const file = join(tmp, `limit-${i}-${k}.json`);
+        writeFileSync(file, JSON.stringify(l.policy(k === 'at' ? l.limit : l.limit + 1), null, 2));
+        return { file, k };
+      }),
+    );
+    const at = cli(['check', ...files.filter((f) => f.k === 'at').map((f) => f.file)]);
+    expect(at.stderr).toBe('');
+    expect(at.status).toBe(0);
+    const overs = files.filter((f) => f.k === 'over').map((f) => f.file);
+    const over = cli(['check', ...overs]);
+    expect(over.status).toBe(2);
+    expect(over.stdout).toBe('');
+    // One problem per file, each FILE:LINE:COL.
+    expect(over.stderr.trimEnd().split('\n').map((l) => l.split(':')[0])).toEqual(overs);
+    for (const f of overs) expect(over.stderr).toMatch(new RegExp(`^${f}:\\d+:\\d+: `, 'm'));
+  }, 120_000);
 });
 
 describe('evaluatePolicy (the reference for the kernel program)', () => {

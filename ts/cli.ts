@@ -13,6 +13,7 @@ import { stacksCommand } from './cli/stacks.js';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
 import { watch } from './cli/watch.js';
 import { DEFAULT_PIN_DIR } from './pinned.js';
+import { MAX_POLICY_BYTES } from './policy.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -52,7 +53,9 @@ program
     `
 Columns: TIME (local), PID, COMM, UID, RESULT (ok or errno), PATH → RESOLVED (the new
 root as an absolute path in the caller's mount namespace). Times are from
-CLOCK_BOOTTIME ("ts" in JSON, ns since boot).
+CLOCK_BOOTTIME ("ts" in JSON, ns since boot). In COMM and the paths, control
+characters (C0, DEL, C1), bidi and line-separator format characters and bytes
+that are not UTF-8 print as \\xNN per byte, a backslash as \\\\: one line per call.
 ${EXIT_HELP}`,
   )
   .action(async (flags) => {
@@ -93,7 +96,7 @@ program
 program
   .command('enforce')
   .description('decide every chroot(2) by a policy with the BPF LSM hook lsm/path_chroot, and print each decision until Ctrl-C (needs root and a kernel running the BPF LSM)')
-  .requiredOption('--policy <file>', 'policy file, YAML or JSON (see policy.schema.json)')
+  .requiredOption('--policy <file>', `policy file, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes (see policy.schema.json)`)
   .option('--audit', 'deny nothing, report what would be denied; where the BPF LSM cannot run, audit from the watch probes instead')
   .option('--json', 'decisions as JSON lines')
   .option('--ring-buffer-bytes <n>', 'kernel ring buffer size (power of two; default 4194304)', integer('--ring-buffer-bytes', 4096, 1 << 30))
@@ -136,7 +139,7 @@ refused with PIN_FAILED and nothing is removed.
 program
   .command('check')
   .description("validate policy files without loading anything (no root needed); errors give file:line:column; warnings (exit 0) name grants a caller can forge, such as an allow rule that trusts comm alone")
-  .argument('<files...>', 'policy files, YAML or JSON')
+  .argument('<files...>', `policy files, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes each`)
   .option('--json', 'results as JSON')
   .addHelpText('after', EXIT_HELP)
   .action((files: string[], flags) => {

@@ -4,13 +4,14 @@
  * name the file, line and column, and the reference evaluator.
  * @module
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import type { Document, LineCounter, Node } from 'yaml';
 import { ChrootWatchError, type ChrootWatchErrorCode } from './errors.js';
 import { native } from './native.js';
 import type { ChrootEvent } from './events.js';
+import { firstInvalidUtf8 } from './utf8.js';
 
 /** What a rule (or the default) does with a chroot call. */
 export type PolicyAction = 'allow' | 'deny' | 'audit';
@@ -191,6 +192,52 @@ export const MAX_RULES = 64;
 export const MAX_PATHS = 1024;
 /** Most distinct `exe` paths one policy may name. */
 export const MAX_EXES = 512;
+/**
+ * Longest `path`, `subtree` or `exe`, in bytes of UTF-8 once empty
+ * components and a trailing `/` are dropped: PATH_MAX - 1, as the loader
+ * (`RESOLVED_MAX - 1` in `crates/common`) and the kernel count. JSON
+ * Schema's `maxLength` counts UTF-16 code units, not bytes, so this is
+ * checked here and not in the schema.
+ */
+export const MAX_PATH_BYTES = 4095;
+/** Longest `comm`, in bytes of UTF-8: TASK_COMM_LEN - 1 (`COMM_LEN - 1` in `crates/common`). */
+export const MAX_COMM_BYTES = 15;
+/**
+ * Longest rule id, in bytes (ids are ASCII, so characters): `RULE_ID_BYTES`
+ * in `crates/common`. The schema's id pattern spells the same bound
+ * (`{0,63}` after the first character); a test holds them together.
+ */
+export const MAX_RULE_ID_BYTES = 64;
+/**
+ * Largest policy, in bytes: {@link loadPolicy} reads at most this many
+ * bytes of a file (one more to tell it is larger), so a huge file,
+ * `/dev/zero` or an endless FIFO is refused without being read whole;
+ * {@link parsePolicy} refuses longer text, and every policy (files and
+ * objects alike) must fit in it once written as JSON, the form the loader
+ * receives. A policy at the other limits (64 rules, 1024 paths, 512
+ * executables) is a few tens of KiB.
+ */
+export const MAX_POLICY_BYTES = 1024 * 1024;
+/**
+ * Deepest nesting of lists and maps in a policy file. A policy needs 5
+ * (policy, rules, rule, match, list); the bound keeps every recursive step
+ * (the YAML composer, conversion, validation) far from the stack's end.
+ */
+export const MAX_POLICY_DEPTH = 64;
+/**
+ * Most YAML aliases (`*name`) in one policy file. Besides the expansion
+ * bound below, this bounds the YAML library's alias lookup, which scans
+ * the document once per alias.
+ */
+export const MAX_ALIASES = 100;
+/**
+ * Most values (scalars, lists, maps) all aliases of a file may stand for
+ * together, each alias counting the values of what it names with aliases
+ * inside expanded: a "billion laughs" file (aliases of aliases, growing
+ * tenfold per level) is refused at the alias that crosses this, before
+ * anything is expanded.
+ */
+export const MAX_ALIAS_VALUES = 10_000;
 
 
 const EXPECTED: Record<string, string> = {
@@ -209,7 +256,10 @@ const EXPECTED: Record<string, string> = {
 function describe(v: unknown): string {
   if (Array.isArray(v)) return 'a list';
   if (v === null) return 'null';
-  return typeof v === 'string' ? `"${v}"` : typeof v === 'object' ? 'a map' : String(v);
+  // Quoted with JSON's escapes: a value with a newline or an escape
+  // sequence cannot forge a line of `check`'s output.
+  if (typeof v === 'string') return v.length > 80 ? `${JSON.stringify(v.slice(0, 80))}… (${v.length} characters)` : JSON.stringify(v);
+  return typeof v === 'object' ? 'a map' : String(v);
 }
 
 function valueAt(root: unknown, pointer: string): unknown {
@@ -239,7 +289,7 @@ function schemaProblems(errors: readonly ErrorObject[], value: unknown): Array<{
       case 'additionalProperties': {
         const extra = (e.params as { additionalProperty: string }).additionalProperty;
         const allowed = Object.keys((e.parentSchema as { properties?: object }).properties ?? {}).filter((k) => k !== '$schema');
-        message = `unknown key "${extra}" (expected one of: ${allowed.join(', ')})`;
+        message = `unknown key ${JSON.stringify(extra)} (expected one of: ${allowed.join(', ')})`;
         pointer = `${at}/${extra}`;
         keyOf = extra;
         break;
@@ -257,7 +307,7 @@ function schemaProblems(errors: readonly ErrorObject[], value: unknown): Array<{
         message = `${at === '' ? 'the policy' : `"${key}"`} must be ${(e.params as { type: string }).type === 'object' ? 'a map' : `of type ${(e.params as { type: string }).type}`}; got ${describe(got)}`;
         break;
       case 'pattern':
-        message = at.endsWith('/id') ? `rule id ${describe(got)} must start with a letter or digit and use only letters, digits, '.', '_' and '-' (at most 64)` : `must match ${(e.params as { pattern: string }).pattern}; got ${describe(got)}`;
+        message = at.endsWith('/id') ? `rule id ${describe(got)} must start with a letter or digit and use only letters, digits, '.', '_' and '-' (at most ${MAX_RULE_ID_BYTES})` : `must match ${(e.params as { pattern: string }).pattern}; got ${describe(got)}`;
         break;
       default:
         message = `"${key}" ${e.message ?? 'is invalid'}; got ${describe(got)}`;
@@ -278,12 +328,15 @@ const EXPANDING = ['uid', 'euid', 'gid', 'egid', 'mntNs', 'comm', 'cgroupId'] as
 /** Compiled rules one block of conditions expands into: the product of its list lengths. */
 const expansions = (m: PolicyConditions): number => EXPANDING.reduce<number>((acc, k) => acc * Math.max(1, asList(m[k] as never).length), 1);
 
-/** Checks the schema cannot: unique ids, clean paths, comm length, rule count. */
+/** Checks the schema cannot: unique ids, clean paths, byte lengths, the compiler's limits. */
 function semanticProblems(p: Policy): Array<{ pointer: string; message: string }> {
   const out: Array<{ pointer: string; message: string }> = [];
   const ids = new Map<string, number>();
+  // Distinct canonical paths, and where each set first went over its limit.
   const paths = new Set<string>();
   const exes = new Set<string>();
+  let pathsOver: string | undefined;
+  let exesOver: string | undefined;
   let compiled = 0;
   p.rules.forEach((r, i) => {
     const at = `/rules/${i}`;
@@ -294,18 +347,40 @@ function semanticProblems(p: Policy): Array<{ pointer: string; message: string }
     if (m.not) blocks.push([`${at}/match/not`, m.not]);
     if ((m.not as PolicyMatch | undefined)?.not !== undefined) out.push({ pointer: `${at}/match/not/not`, message: 'a not block cannot hold another not' });
     for (const [where, c] of blocks) {
+      // Counted as the compiler counts its map entries: a subtree list that
+      // names `/` is no condition, so its paths take no entry.
+      const subtreeIsRoot = asList(c.subtree).some((x) => canonical(x) === '/');
       for (const key of ['path', 'subtree', 'exe'] as const) {
         asList(c[key]).forEach((path, j) => {
           const ptr = Array.isArray(c[key]) ? `${where}/${key}/${j}` : `${where}/${key}`;
-          const bytes = pathBytes(path);
-          if (typeof bytes === 'string') out.push({ pointer: ptr, message: `"${key}" ${JSON.stringify(path)} ${bytes}` });
-          else if (bytes.toString('latin1').split('/').some((x) => x === '.' || x === '..')) out.push({ pointer: ptr, message: `"${key}" ${JSON.stringify(path)} has . or .. components: write the absolute path itself` });
-          else (key === 'exe' ? exes : paths).add(canonical(path));
+          const raw = pathBytes(path);
+          if (typeof raw === 'string') return void out.push({ pointer: ptr, message: `"${key}" ${JSON.stringify(path)} ${raw}` });
+          if (raw.toString('latin1').split('/').some((x) => x === '.' || x === '..')) out.push({ pointer: ptr, message: `"${key}" ${JSON.stringify(path)} has . or .. components: write the absolute path itself` });
+          // Bytes of the form the loader stores (canonical_path), not
+          // characters: `canonical` holds one char per byte.
+          const canon = canonical(path);
+          if (canon.length > MAX_PATH_BYTES) {
+            out.push({ pointer: ptr, message: `"${key}" is ${canon.length} bytes of UTF-8 (a \\xHH escape counts one, without repeated or trailing slashes); at most ${MAX_PATH_BYTES} (PATH_MAX - 1), as the kernel counts` });
+          }
+          if (key === 'exe') {
+            exes.add(canon);
+            if (exes.size > MAX_EXES) exesOver ??= ptr;
+          } else if (!(key === 'subtree' && subtreeIsRoot)) {
+            paths.add(canon);
+            if (paths.size > MAX_PATHS) pathsOver ??= ptr;
+          }
         });
       }
       asList(c.comm).forEach((name, j) => {
-        if (Buffer.byteLength(name) > 15) {
-          out.push({ pointer: Array.isArray(c.comm) ? `${where}/comm/${j}` : `${where}/comm`, message: `comm ${JSON.stringify(name)} is ${Buffer.byteLength(name)} bytes; the kernel keeps 15 (TASK_COMM_LEN - 1)` });
+        if (Buffer.byteLength(name) > MAX_COMM_BYTES) {
+          out.push({ pointer: Array.isArray(c.comm) ? `${where}/comm/${j}` : `${where}/comm`, message: `comm ${JSON.stringify(name)} is ${Buffer.byteLength(name)} bytes; the kernel keeps ${MAX_COMM_BYTES} (TASK_COMM_LEN - 1)` });
+        }
+      });
+      asList(c.cgroupId).forEach((id, j) => {
+        // YAML and JSON numbers become doubles: above 2^53 - 1 the value read
+        // may not be the one written.
+        if (!Number.isSafeInteger(id)) {
+          out.push({ pointer: Array.isArray(c.cgroupId) ? `${where}/cgroupId/${j}` : `${where}/cgroupId`, message: `cgroupId ${id} is above ${Number.MAX_SAFE_INTEGER} (2^53 - 1), so it cannot be read exactly` });
         }
       });
     }
@@ -315,8 +390,8 @@ function semanticProblems(p: Policy): Array<{ pointer: string; message: string }
       out.push({ pointer: at, message: `the policy expands to more than ${MAX_RULES} rules here (${compiled}): each combination of uid, euid, gid, egid, mntNs, comm and cgroupId values is one rule, in match and in not` });
     }
   });
-  if (paths.size > MAX_PATHS) out.push({ pointer: '/rules', message: `the policy names ${paths.size} distinct paths (path and subtree); at most ${MAX_PATHS}` });
-  if (exes.size > MAX_EXES) out.push({ pointer: '/rules', message: `the policy names ${exes.size} distinct executables; at most ${MAX_EXES}` });
+  if (pathsOver) out.push({ pointer: pathsOver, message: `distinct path number ${MAX_PATHS + 1} (path and subtree): the policy names ${paths.size}, at most ${MAX_PATHS}` });
+  if (exesOver) out.push({ pointer: exesOver, message: `distinct executable number ${MAX_EXES + 1}: the policy names ${exes.size}, at most ${MAX_EXES}` });
   return out;
 }
 
@@ -391,58 +466,224 @@ function check(value: unknown, file: string | undefined, doc?: Document, lc?: Li
     pointer,
     message,
   });
+  // Problems in file order where positions are known (the count limits are
+  // found after the rules they name).
+  const fail = (problems: PolicyProblem[]) =>
+    new PolicyError(problems.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0)));
   if (!validateSchema(value)) {
-    throw new PolicyError(schemaProblems(validator?.errors ?? [], value).map((p) => where(p.pointer, p.message, p.key)));
+    throw fail(schemaProblems(validator?.errors ?? [], value).map((p) => where(p.pointer, p.message, p.key)));
   }
   const policy = value as unknown as Policy;
   const semantic = semanticProblems(policy);
-  if (semantic.length) throw new PolicyError(semantic.map((p) => where(p.pointer, p.message)));
+  if (semantic.length) throw fail(semantic.map((p) => where(p.pointer, p.message)));
+  // What the loader receives; for files, larger than the file only through
+  // YAML aliases (or JSON's quoting).
+  const json = Buffer.byteLength(JSON.stringify(policy));
+  if (json > MAX_POLICY_BYTES) {
+    throw fail([where('', `the policy is ${json} bytes as JSON (with YAML aliases expanded), larger than ${MAX_POLICY_BYTES}, the most a policy may be`)]);
+  }
   return policy;
 }
 
 /**
- * Validates a policy object (for policies built in code).
+ * Validates a policy object (for policies built in code): the schema, then
+ * the limits the loader and the kernel set (rule count after list
+ * expansion, distinct paths and executables, path and comm bytes), and at
+ * most {@link MAX_POLICY_BYTES} as JSON.
+ * @returns The same object, typed.
  * @throws {PolicyError} `INVALID_POLICY`, problems named by JSON pointer.
  */
 export function validatePolicy(value: unknown): Policy {
   return check(value, undefined);
 }
 
+/** A problem at a byte offset of the text (a YAML node's `range[0]`). */
+function problemAt(file: string | undefined, lc: LineCounter, offset: number, message: string): PolicyProblem {
+  const { line, col } = lc.linePos(offset);
+  return { ...(file !== undefined ? { file } : {}), line, column: col, pointer: '', message };
+}
+
+/**
+ * What the YAML document must not do before it is converted: nest deeper
+ * than {@link MAX_POLICY_DEPTH}, repeat a map key, use an alias that names
+ * no earlier anchor or sits inside the value it names, use more than
+ * {@link MAX_ALIASES} aliases or let them stand for more than
+ * {@link MAX_ALIAS_VALUES} values. One pass, without recursion (so a deep
+ * document cannot overflow the stack here), in the order the YAML library
+ * resolves aliases: a node, then its children.
+ */
+function structureProblem(doc: Document): { offset: number; message: string } | undefined {
+  const { isAlias, isCollection, isMap, isPair, isScalar } = yaml();
+  const anchors = new Map<string, Node>();
+  // Values each finished node stands for, aliases expanded. An anchor
+  // without an entry yet is still open: an alias to it is inside it.
+  const values = new Map<unknown, number>();
+  let aliases = 0;
+  let aliasValues = 0;
+  const stack: Array<{ node: Node; depth: number; open: boolean }> = [];
+  if (doc.contents) stack.push({ node: doc.contents, depth: 1, open: false });
+  while (stack.length) {
+    const top = stack[stack.length - 1]!;
+    const n = top.node;
+    if (top.open) {
+      // All children done: a collection counts itself and them.
+      stack.pop();
+      let sum = 1;
+      for (const item of (n as unknown as { items: unknown[] }).items) {
+        if (isPair(item)) sum += (values.get(item.key) ?? 0) + (values.get(item.value) ?? 0);
+        else sum += values.get(item) ?? 0;
+      }
+      values.set(n, sum);
+      continue;
+    }
+    top.open = true;
+    const offset = n.range?.[0] ?? 0;
+    if (isAlias(n)) {
+      stack.pop();
+      const target = anchors.get(n.source);
+      if (!target) return { offset, message: `alias *${n.source} names no anchor (&${n.source}) before it` };
+      const v = values.get(target);
+      if (v === undefined) return { offset, message: `alias *${n.source} is inside the value it names` };
+      if (++aliases > MAX_ALIASES) return { offset, message: `more than ${MAX_ALIASES} aliases (*name); at most ${MAX_ALIASES} per policy` };
+      aliasValues += v;
+      if (aliasValues > MAX_ALIAS_VALUES) {
+        return { offset, message: `aliases stand for more than ${MAX_ALIAS_VALUES} values from here on (a "billion laughs"?); at most ${MAX_ALIAS_VALUES} per policy` };
+      }
+      values.set(n, v);
+      continue;
+    }
+    if (n.anchor) anchors.set(n.anchor, n);
+    if (!isCollection(n)) {
+      stack.pop();
+      values.set(n, 1);
+      continue;
+    }
+    if (top.depth > MAX_POLICY_DEPTH) return { offset, message: `lists and maps nested more than ${MAX_POLICY_DEPTH} deep` };
+    // Duplicate keys, as the YAML library's uniqueKeys would find them
+    // (equal scalar values), in linear time: the library compares each key
+    // with every earlier one, minutes for a 1 MiB map.
+    const keys = isMap(n) ? new Set<unknown>() : undefined;
+    const children: Node[] = [];
+    for (const item of n.items as unknown[]) {
+      if (isPair(item)) {
+        if (keys && isScalar(item.key)) {
+          if (keys.has(item.key.value)) return { offset: item.key.range?.[0] ?? offset, message: `map keys must be unique: ${describe(item.key.value)} is repeated` };
+          keys.add(item.key.value);
+        }
+        for (const c of [item.key, item.value]) if (c) children.push(c as Node);
+      } else if (item) children.push(item as Node);
+    }
+    for (let i = children.length - 1; i >= 0; i--) stack.push({ node: children[i]!, depth: top.depth + 1, open: false });
+  }
+  return undefined;
+}
+
 /**
  * Parses and validates a policy written in YAML or JSON.
- * @param text The file's contents.
+ * @param text The policy; at most {@link MAX_POLICY_BYTES} bytes as UTF-8.
  * @param file Its name, for messages.
- * @throws {PolicyError} `INVALID_POLICY` with the line and column of each problem.
+ * @returns The policy, validated as by {@link validatePolicy}.
+ * @throws {PolicyError} `INVALID_POLICY` with the line and column of each
+ * problem: YAML syntax, the document's structure (nesting depth, repeated
+ * keys, aliases: see {@link MAX_POLICY_DEPTH}, {@link MAX_ALIASES},
+ * {@link MAX_ALIAS_VALUES}), the schema and the limits; a text that is too
+ * large has no line.
  */
 export function parsePolicy(text: string, file?: string): Policy {
+  const size = Buffer.byteLength(text);
+  if (size > MAX_POLICY_BYTES) {
+    throw new PolicyError([{ ...(file !== undefined ? { file } : {}), pointer: '', message: `the policy is ${size} bytes, larger than ${MAX_POLICY_BYTES}, the most a policy may be` }]);
+  }
   const { LineCounter, parseDocument } = yaml();
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, uniqueKeys: true });
-  const [e] = doc.errors;
+  // uniqueKeys: structureProblem finds repeated keys (the library's own
+  // check takes quadratic time).
+  const doc = parseDocument(text, { lineCounter, uniqueKeys: false });
+  // The composer reports a stack overflow (nesting hundreds deep) as
+  // RESOURCE_EXHAUSTION: that is the one to name. Otherwise the first
+  // syntax error: later ones are usually its echoes.
+  const e = doc.errors.find((x) => x.code === 'RESOURCE_EXHAUSTION') ?? doc.errors[0];
   if (e) {
-    // The first syntax error: later ones are usually its echoes.
     throw new PolicyError([
       {
         ...(file !== undefined ? { file } : {}),
         ...(e.linePos ? { line: e.linePos[0].line, column: e.linePos[0].col } : {}),
         pointer: '',
-        message: `not valid YAML or JSON: ${e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}`,
+        message:
+          e.code === 'RESOURCE_EXHAUSTION'
+            ? `lists and maps nested more than ${MAX_POLICY_DEPTH} deep`
+            : `not valid YAML or JSON: ${e.message.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '')}`,
       },
     ]);
   }
-  return check(doc.toJS({ maxAliasCount: 100 }), file, doc, lineCounter);
+  const bad = structureProblem(doc);
+  if (bad) throw new PolicyError([problemAt(file, lineCounter, bad.offset, bad.message)]);
+  let value: unknown;
+  try {
+    // structureProblem bounds the aliases: the library's own alias limit
+    // (a heuristic with no position) is not needed on top.
+    value = doc.toJS({ maxAliasCount: -1 });
+  } catch (err) {
+    throw new PolicyError([problemAt(file, lineCounter, doc.contents?.range?.[0] ?? 0, `cannot be converted: ${(err as Error).message}`)]);
+  }
+  return check(value, file, doc, lineCounter);
 }
 
 /**
- * Reads, parses and validates a policy file (YAML or JSON).
- * @throws {PolicyError} `INVALID_POLICY`, or with the read error when the file cannot be read.
+ * The bytes of a policy file, at most {@link MAX_POLICY_BYTES}: open, fstat,
+ * then read up to one byte more than the limit, so nothing larger is ever
+ * read whole. A regular file's size is checked before reading; a device
+ * (`/dev/zero`) or a FIFO is read until end of file or the limit. Opening a
+ * FIFO waits for a writer, as any reader does.
+ */
+function readPolicyFile(file: string): Buffer {
+  const fail = (message: string) => new PolicyError([{ file, pointer: '', message }]);
+  const tooLarge = (size?: number) => fail(`the policy file is larger than ${MAX_POLICY_BYTES} bytes, the most a policy may be${size !== undefined ? ` (it is ${size} bytes)` : ''}`);
+  let fd: number;
+  try {
+    fd = openSync(file, 'r');
+  } catch (err) {
+    throw fail(`cannot read the policy file: ${(err as Error).message}`);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (st.isDirectory()) throw fail('cannot read the policy file: it is a directory');
+    if (st.isFile() && st.size > MAX_POLICY_BYTES) throw tooLarge(st.size);
+    const buf = Buffer.allocUnsafe(MAX_POLICY_BYTES + 1);
+    let n = 0;
+    for (let r; n < buf.length && (r = readSync(fd, buf, n, buf.length - n, null)) > 0; ) n += r;
+    if (n > MAX_POLICY_BYTES) throw tooLarge();
+    return buf.subarray(0, n);
+  } catch (err) {
+    throw err instanceof PolicyError ? err : fail(`cannot read the policy file: ${(err as Error).message}`);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Reads, parses and validates a policy file (YAML or JSON, UTF-8): at most
+ * {@link MAX_POLICY_BYTES} are read (see that constant), bytes that are not
+ * UTF-8 are an error at their line and column (never replaced, which could
+ * change a path), then as {@link parsePolicy}.
+ * @throws {PolicyError} `INVALID_POLICY` for a file that cannot be read, is
+ * a directory, is larger than the limit or is not UTF-8, and for every
+ * problem {@link parsePolicy} finds.
  */
 export function loadPolicy(file: string): Policy {
+  const bytes = readPolicyFile(file);
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new PolicyError([{ file, pointer: '', message: `cannot read the policy file: ${(err as Error).message}` }]);
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    // The decoder and firstInvalidUtf8 accept the same sequences (Table 3-7).
+    const bad = Math.max(0, firstInvalidUtf8(bytes));
+    const lineStart = bytes.subarray(0, bad).lastIndexOf(0x0a) + 1;
+    const line = bytes.subarray(0, lineStart).reduce((k, b) => k + (b === 0x0a ? 1 : 0), 1);
+    // Columns count UTF-16 code units, as the YAML parser's do.
+    const column = new TextDecoder('utf-8').decode(bytes.subarray(lineStart, bad)).length + 1;
+    const seen = [...bytes.subarray(bad, bad + 4)].map((b) => `0x${b.toString(16).padStart(2, '0')}`).join(' ');
+    throw new PolicyError([{ file, line, column, pointer: '', message: `not valid UTF-8: the bytes at offset ${bad} (${seen}) are not a character; policy files must be UTF-8` }]);
   }
   return parsePolicy(text, file);
 }

@@ -11,7 +11,7 @@ import type { AttachMode } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { demoSteps, makeBusyboxRoot, runStep, type ExpectedCall } from '../demo.js';
 import type { AttachInfo } from '../session.js';
-import { EventPrinter, EXIT, describeAttach, note, reportError } from './output.js';
+import { EventPrinter, EXIT, describeAttach, note, reportError, terminalSafe } from './output.js';
 
 /** Options of `demo`. */
 export interface DemoFlags {
@@ -60,7 +60,7 @@ export async function demo(flags: DemoFlags): Promise<number> {
       ok &&= good;
       note(
         `  ${good ? '✓' : '✗'} pid ${pid} chroot(${call.path}) = ${call.errno ?? 'ok'}` +
-          (e ? ` — seen: comm ${e.comm}, ${e.errno ?? 'ok'}${e.resolvedPath ? `, resolved ${e.resolvedPath}` : ''}` : ' — NOT SEEN'),
+          (e ? ` — seen: comm ${terminalSafe(e.comm)}, ${e.errno ?? 'ok'}${e.resolvedPath ? `, resolved ${terminalSafe(e.resolvedPathBytes ?? e.resolvedPath)}` : ''}` : ' — NOT SEEN'),
       );
     }
     return ok ? EXIT.OK : EXIT.MISMATCH;

@@ -11,7 +11,7 @@ import { asAudit, evaluatePolicy, hostWarnings, INITIAL_USER_NS, loadPolicy, pol
 import { chrootWatch } from '../watch.js';
 import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus, type PinnedGuardUnload } from '../pinned.js';
 import { toWallClock } from '../clock.js';
-import { EXIT, describeLost, jsonWithBigInts, note, reportError, resolvedMark } from './output.js';
+import { EXIT, describeLost, jsonWithBigInts, note, reportError, resolvedMark, terminalSafe } from './output.js';
 
 /** The JSON form of a decision (u64s as JSON integers). */
 export function decisionJson(d: ChrootDecision): string {
@@ -23,12 +23,15 @@ export function decisionJson(d: ChrootDecision): string {
 
 const HEADER = `${'TIME'.padEnd(13)}${'PID'.padEnd(8)}${'COMM'.padEnd(17)}${'UID'.padEnd(7)}${'DECISION'.padEnd(11)}${'RULE'.padEnd(24)}RESOLVED`;
 
-/** One table line: time, pid, comm, uid, decision, rule, resolved path. */
+/** One table line: time, pid, comm, uid, decision, rule, resolved path (caller-controlled fields through {@link terminalSafe}). */
 export function decisionLine(d: ChrootDecision): string {
   const t = toWallClock(d.ts);
   const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const decision = d.denied ? 'DENIED' : d.wouldDeny ? 'would-deny' : d.action;
-  return `${time.padEnd(13)}${String(d.pid).padEnd(8)}${d.comm.padEnd(17)}${String(d.uid).padEnd(7)}${decision.padEnd(11)}${(d.ruleId ?? '(default)').padEnd(24)}${d.resolvedPath === null ? '' : resolvedMark(d) + d.resolvedPath}${d.source === 'watch' ? '  [from watch]' : ''}`;
+  const resolved = d.resolvedPath === null ? '' : resolvedMark(d) + terminalSafe(d.resolvedPathBytes ?? d.resolvedPath);
+  // At least one space after each cell, also after one wider than its column.
+  const cell = (s: string, width: number) => `${s.padEnd(width - 1)} `;
+  return `${cell(time, 13)}${cell(String(d.pid), 8)}${cell(terminalSafe(d.commBytes), 17)}${cell(String(d.uid), 7)}${cell(decision, 11)}${cell(d.ruleId === null ? '(default)' : terminalSafe(d.ruleId), 24)}${resolved}${d.source === 'watch' ? '  [from watch]' : ''}`;
 }
 
 function printer(json: boolean) {
@@ -209,7 +212,7 @@ export function statusCommand(flags: { json?: boolean; pinDir: string }): number
   if (flags.json) {
     process.stdout.write(JSON.stringify(s ? { pinned: true, ...s, leftovers } : { pinned: false, dir, leftovers }, null, 2) + '\n');
   } else {
-    const rules = s ? [...new Set(s.ruleIds)] : [];
+    const rules = s ? [...new Set(s.ruleIds)].map(terminalSafe) : [];
     const lines = s
       ? [
           `guard pinned at ${s.dir}`,
@@ -217,7 +220,7 @@ export function statusCommand(flags: { json?: boolean; pinDir: string }): number
           `  rules        ${rules.length ? rules.join(', ') : '(none)'} (${s.ruleIds.length} compiled)`,
           `  program      lsm/path_chroot, program id ${s.programId}, link id ${s.linkId}`,
           `  undelivered  ${s.ringBufferFull} decision events (ring buffer full while nobody followed: see status --follow)`,
-          `  errors       ${s.lsmErrors} decisions made with the default action after an internal error`,
+          `  errors       ${s.lsmErrors} decisions made with the policy's failMode after an internal error or a torn read`,
         ]
       : [`no guard is pinned at ${dir}`];
     if (leftovers.length) lines.push(`  leftovers    ${leftovers.join(', ')} (left by a pin that did not finish; remove with \`chroot-guard unload\`)`);

@@ -8,6 +8,7 @@ import type { AttachInfo, LostReport } from '../session.js';
 import { ChrootWatchError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { toWallClock } from '../clock.js';
+import { utf8SequenceLength } from '../utf8.js';
 
 /** Exit codes of every chroot-guard command. */
 export const EXIT = {
@@ -97,9 +98,92 @@ export function describeLost(l: LostReport): string {
   return `warning: ${parts.join('; ')}`;
 }
 
-/** JSON with every bigint written as a JSON integer, exact to the last digit. */
+/**
+ * The code points table output escapes (see {@link terminalSafe}), as
+ * inclusive ranges: C0 controls (U+0000 to U+001F: newline, tab, ESC, …),
+ * the backslash (so that an escape cannot be forged), DEL (U+007F), C1
+ * controls (U+0080 to U+009F, e.g. U+009B, a CSI to terminals that take
+ * 8-bit controls), and the format characters that break a line or reorder
+ * what it shows (U+061C, U+200E, U+200F, U+2028 to U+202E, U+2066 to U+2069).
+ */
+const UNSAFE: ReadonlyArray<readonly [number, number]> = [
+  [0x00, 0x1f],
+  [0x5c, 0x5c],
+  [0x7f, 0x9f],
+  [0x61c, 0x61c],
+  [0x200e, 0x200f],
+  [0x2028, 0x202e],
+  [0x2066, 0x2069],
+];
+const unsafeCodePoint = (cp: number) => UNSAFE.some(([lo, hi]) => cp >= lo && cp <= hi);
+const charClass = (ranges: typeof UNSAFE, flags: string) =>
+  new RegExp(`[${ranges.map(([lo, hi]) => `\\u{${lo.toString(16)}}-\\u{${hi.toString(16)}}`).join('')}]`, flags);
+const UNSAFE_IN_STRING = charClass(UNSAFE, 'u');
+const utf8 = new TextDecoder('utf-8');
+
+/**
+ * A field that a caller controls (comm, path, resolved path, rule id) as
+ * table output prints it: one line, no control or escape sequence. Every
+ * byte of a character {@link unsafeCodePoint} names, and every byte that is
+ * not part of well-formed UTF-8, is written `\xNN` (two lower-case hex
+ * digits per byte: ESC is `\x1b`, U+009B is `\xc2\x9b`, an invalid byte
+ * 0xff is `\xff`); a backslash is written `\\`; everything else as is. So
+ * `\x` always starts an escape and the bytes can be recovered exactly.
+ * Give the raw bytes where there are any (`pathBytes`); a string is taken as
+ * its UTF-8 bytes. Every table printer of the CLI uses this; JSON output
+ * does not (see {@link jsonWithBigInts}).
+ */
+export function terminalSafe(value: string | Uint8Array): string {
+  let b: Uint8Array;
+  if (typeof value === 'string') {
+    if (!UNSAFE_IN_STRING.test(value)) return value;
+    b = Buffer.from(value, 'utf8');
+  } else {
+    // Printable ASCII without a backslash, the common case, as is.
+    if (value.every((x) => x >= 0x20 && x < 0x7f && x !== 0x5c)) return Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('latin1');
+    b = value;
+  }
+  let out = '';
+  let run = 0; // start of the bytes not yet written, all printable
+  for (let i = 0; i < b.length; ) {
+    const n = utf8SequenceLength(b, i);
+    const b0 = b[i]!;
+    const cp =
+      // Four-byte characters (U+10000 and up) are all printable here.
+      n === 1 ? b0 : n === 2 ? ((b0 & 0x1f) << 6) | (b[i + 1]! & 0x3f) : n === 3 ? ((b0 & 0x0f) << 12) | ((b[i + 1]! & 0x3f) << 6) | (b[i + 2]! & 0x3f) : n === 4 ? 0x10000 : -1;
+    if (n !== 0 && !unsafeCodePoint(cp)) {
+      i += n;
+      continue;
+    }
+    out += utf8.decode(b.subarray(run, i));
+    if (cp === 0x5c) out += '\\\\';
+    else for (const x of b.subarray(i, i + Math.max(n, 1))) out += `\\x${x.toString(16).padStart(2, '0')}`;
+    i += Math.max(n, 1);
+    run = i;
+  }
+  return out + utf8.decode(b.subarray(run));
+}
+
+// The unsafe characters JSON.stringify leaves raw (it escapes C0 and the
+// backslash itself). In JSON text they can only stand inside strings, where
+// \uXXXX reads back as the same character.
+const JSON_UNSAFE = charClass(
+  UNSAFE.filter(([lo]) => lo >= 0x7f),
+  'gu',
+);
+
+/**
+ * JSON with every bigint written as a JSON integer, exact to the last
+ * digit. Characters JSON.stringify leaves raw but a terminal may act on
+ * (DEL, C1 controls such as U+009B, and the format characters of
+ * {@link terminalSafe}) are written as `\uXXXX` escapes, so a JSON line is
+ * safe on a terminal too; a JSON parser reads the same strings. (C0
+ * controls JSON.stringify escapes itself.)
+ */
 export function jsonWithBigInts(value: unknown): string {
-  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `\u0000${v}\u0000` : v)).replace(/"\\u0000(\d+)\\u0000"/g, '$1');
+  return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `\u0000${v}\u0000` : v))
+    .replace(/"\\u0000(\d+)\\u0000"/g, '$1')
+    .replace(JSON_UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
 /** The JSON form of an event: every field, `ts` and the other u64s as JSON integers. */
@@ -145,7 +229,8 @@ const COLUMNS: ReadonlyArray<[string, number]> = [
 ];
 
 function row(cells: readonly string[], last: string): string {
-  return cells.map((c, i) => c.padEnd((COLUMNS[i]?.[1] ?? 0) + 1)).join('') + last;
+  // At least one space after each cell, also after one wider than its column.
+  return cells.map((c, i) => `${c.padEnd(COLUMNS[i]?.[1] ?? 0)} `).join('') + last;
 }
 
 /** The table header line. */
@@ -164,13 +249,13 @@ export function resolvedMark(e: Pick<ChrootEvent, 'resolvedPathTruncated' | 'res
   return e.resolvedPathUnreachable ? '[unreachable]' : e.resolvedPathTruncated ? '…' : '';
 }
 
-/** One table line: local time, pid, comm, uid, result, path → resolved path. */
+/** One table line: local time, pid, comm, uid, result, path → resolved path (caller-controlled fields through {@link terminalSafe}). */
 export function tableLine(e: ChrootEvent): string {
   const t = toWallClock(e.ts);
   const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
-  const path = e.pathUnreadable ? '<unreadable>' : `${e.path}${e.pathTruncated ? '…' : ''}`;
-  const resolved = e.resolvedPath === null ? '' : ` → ${resolvedMark(e)}${e.resolvedPath}`;
-  return row([time, String(e.pid), e.comm, String(e.uid), e.errno ?? 'ok'], path + resolved);
+  const path = e.pathUnreadable ? '<unreadable>' : `${terminalSafe(e.pathBytes)}${e.pathTruncated ? '…' : ''}`;
+  const resolved = e.resolvedPath === null ? '' : ` → ${resolvedMark(e)}${terminalSafe(e.resolvedPathBytes ?? e.resolvedPath)}`;
+  return row([time, String(e.pid), terminalSafe(e.commBytes), String(e.uid), e.errno ?? 'ok'], path + resolved);
 }
 
 /** Writes event lines to stdout in the chosen format; ends quietly on EPIPE. */

@@ -354,8 +354,9 @@ fn expand(
 /// # Errors
 /// [`Error::InvalidArgument`] for an unknown action, mode or fail mode, a
 /// bad path or comm, an `exe` that cannot be identified, a nested `not`,
-/// duplicate ids, too many rules after expansion, or an `initialNamespaces`
-/// rule when the initial mount namespace cannot be read.
+/// duplicate ids or ids longer than [`RULE_ID_BYTES`], too many rules,
+/// paths or executables, or an `initialNamespaces` rule when the initial
+/// mount namespace cannot be read.
 pub fn compile(p: &Policy) -> Result<Compiled, Error> {
     let mode = match p.mode.as_str() {
         "enforce" => MODE_ENFORCE,
@@ -383,6 +384,10 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
         let what = format!("rules[{source}] ({})", r.id);
         if !seen.insert(r.id.as_str()) {
             return Err(Error::InvalidArgument(format!("{what}: duplicate id")));
+        }
+        // `CG_RULE_IDS` holds RULE_ID_BYTES per id: a longer id would be cut.
+        if r.id.is_empty() || r.id.len() > RULE_ID_BYTES {
+            return Err(Error::InvalidArgument(format!("{what}: the id is {} bytes; 1 to {RULE_ID_BYTES}", r.id.len())));
         }
         let act = action(&r.action, &what)?;
         let m = r.matches.clone().unwrap_or_default();
@@ -435,10 +440,13 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
             out.paths.len()
         )));
     }
-    if out.exes.len() > MAX_EXES {
+    // Counted by path, as `check` counts them (two paths may name one file).
+    let exe_paths: std::collections::HashSet<Vec<u8>> =
+        out.exe_identities.iter().filter_map(|(p, _)| canonical_path(p, "exe").ok()).collect();
+    if exe_paths.len() > MAX_EXES {
         return Err(Error::InvalidArgument(format!(
             "the policy names {} distinct executables; at most {MAX_EXES}",
-            out.exes.len()
+            exe_paths.len()
         )));
     }
     out.header.init_mnt_ns = match initial_mnt_ns() {
@@ -459,7 +467,8 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
 /// Most distinct `path`/`subtree` paths one policy may name: half of
 /// `CG_PATHS`, which holds both slots.
 pub const MAX_PATHS: usize = 1024;
-/// Most distinct `exe` paths one policy may name: half of `CG_EXES`.
+/// Most distinct `exe` paths one policy may name: half of `CG_EXES`
+/// (which holds one entry per file, at most one per path).
 pub const MAX_EXES: usize = 512;
 
 /// A random seed for the path hash.
@@ -701,5 +710,10 @@ mod tests {
             (0..65).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
         );
         assert!(err(&many).contains("more than 64 rules"));
+        let id = |n: usize| format!(r#"{{"mode":"enforce","rules":[{{"id":"{}","action":"deny"}}]}}"#, "i".repeat(n));
+        assert!(policy(&id(RULE_ID_BYTES)).is_ok());
+        assert!(err(&id(RULE_ID_BYTES + 1)).contains("rules[0] (iii"));
+        assert!(err(&id(RULE_ID_BYTES + 1)).contains("the id is 65 bytes; 1 to 64"));
+        assert!(err(&id(0)).contains("the id is 0 bytes"));
     }
 }
