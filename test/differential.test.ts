@@ -19,10 +19,8 @@ import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootGuard, evaluatePolicy, type ChrootDecision, type ChrootEvent, type ChrootGuard, type GuardInfo, type Policy, type PolicyConditions, type PolicyRule } from '../ts/index.js';
-import { sleep } from './helpers.js';
+import { LSM, LSM_WHY as WHY, sleep } from './helpers.js';
 
-const LSM = process.env.CG_EXPECT_AUTO_MODE === 'fentry';
-const WHY = 'the BPF LSM cannot run on this kernel (lsm programs are refused with EPERM); this runs in the VM';
 /** Policies per run, and calls per policy: 200 × 10 = 2,000 kernel decisions compared. */
 const RUNS = Number(process.env.CG_DIFFERENTIAL_RUNS ?? 200);
 const CALLS = 10;

@@ -13,11 +13,9 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, realpathSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { chrootGuard, type ChrootDecision, type ChrootGuard, type Policy } from '../ts/index.js';
-import { attackBench, sleep, UNREACHABLE_VARIANTS, type Attack, type AttackBench } from './helpers.js';
+import { chrootGuard, type ChrootDecision, type Policy } from '../ts/index.js';
+import { attackBench, guarded, LSM, LSM_WHY as WHY, sleep, UNREACHABLE_VARIANTS, type Attack, type AttackBench, type Guarded } from './helpers.js';
 
-const LSM = process.env.CG_EXPECT_AUTO_MODE === 'fentry';
-const WHY = 'the BPF LSM cannot run on this kernel (lsm programs are refused with EPERM); these run in the VM';
 
 let bench: AttackBench;
 let dir: string;
@@ -28,27 +26,8 @@ beforeAll(() => {
 afterAll(() => bench.remove());
 const attack = (...args: Parameters<AttackBench['attack']>) => bench.attack(...args);
 
-/** Starts a guard and collects its decisions. */
-async function guarded(policy: Policy) {
-  const guard: ChrootGuard = chrootGuard(policy);
-  const decisions: ChrootDecision[] = [];
-  guard.decisions$.subscribe((d) => decisions.push(d));
-  await guard.ready;
-  return {
-    guard,
-    async of(pid: number, n = 1) {
-      const deadline = Date.now() + 10_000;
-      while (decisions.filter((d) => d.pid === pid).length < n) {
-        if (Date.now() > deadline) throw new Error(`no decision for pid ${pid}; got ${JSON.stringify(decisions.map((d) => [d.pid, d.resolvedPath, d.ruleId]))}`);
-        await sleep(20);
-      }
-      return decisions.filter((d) => d.pid === pid).sort((a, b) => (a.ts < b.ts ? -1 : 1));
-    },
-  };
-}
-
 describe.skipIf(!LSM)(`guard: directories reached without their path (skipped here: ${LSM ? '' : WHY})`, () => {
-  let g: Awaited<ReturnType<typeof guarded>>;
+  let g: Guarded;
   beforeAll(async () => {
     g = await guarded({ mode: 'enforce', default: 'allow', rules: [{ id: 'no-deny', action: 'deny', match: { subtree: `${dir}/deny` } }] });
   });
@@ -60,15 +39,15 @@ describe.skipIf(!LSM)(`guard: directories reached without their path (skipped he
       expect(denied.results).toEqual(['EPERM']);
       const allowed = attack(as, 'direct', `${dir}/open`);
       expect(allowed.results).toEqual(['ok']);
-      expect((await g.of(denied.pid))[0]).toMatchObject({ ruleId: 'no-deny', denied: true, resolvedPath: `${dir}/deny/inner`, resolvedPathUnreachable: false });
-      expect((await g.of(allowed.pid))[0]).toMatchObject({ ruleId: null, denied: false, resolvedPathUnreachable: false });
+      expect((await g.decisionsOf(denied.pid))[0]).toMatchObject({ ruleId: 'no-deny', denied: true, resolvedPath: `${dir}/deny/inner`, resolvedPathUnreachable: false });
+      expect((await g.decisionsOf(allowed.pid))[0]).toMatchObject({ ruleId: null, denied: false, resolvedPathUnreachable: false });
     });
 
     for (const variant of UNREACHABLE_VARIANTS) {
       it(`as ${as}: ${variant} is denied by the deny rule, flagged not reachable`, async () => {
         const a = attack(as, variant, `${dir}/deny`);
         expect(a.results).toEqual(['EPERM']);
-        const [d] = await g.of(a.pid);
+        const [d] = await g.decisionsOf(a.pid);
         expect(d).toMatchObject({ ruleId: 'no-deny', action: 'deny', denied: true, reason: 'rule', resolvedPathUnreachable: true, uid: as === 'root' ? 0 : 65534 });
       });
     }
@@ -85,7 +64,7 @@ describe.skipIf(!LSM)(`guard: the caller's root and namespaces (skipped here: ${
       for (const as of ['root', 'user'] as const) {
         const a = attack(as, 'root_detached', `${dir}/open`);
         expect(a.results, as).toEqual(['ok', 'EPERM']);
-        const [first, second] = await nested.of(a.pid, 2);
+        const [first, second] = await nested.decisionsOf(a.pid, 2);
         expect(first).toMatchObject({ callerChrooted: false, resolvedPathUnreachable: true, ruleId: null });
         expect(second).toMatchObject({ callerChrooted: true, ruleId: 'no-nesting', denied: true });
       }
@@ -109,8 +88,8 @@ describe.skipIf(!LSM)(`guard: the caller's root and namespaces (skipped here: ${
       expect(r.status, r.stderr).toBe(0);
       const aliased = JSON.parse(r.stdout) as Attack;
       expect(aliased.results).toEqual(['EPERM']);
-      expect((await g2.of(real.pid))[0]).toMatchObject({ ruleId: 'python', denied: false });
-      const [d] = await g2.of(aliased.pid);
+      expect((await g2.decisionsOf(real.pid))[0]).toMatchObject({ ruleId: 'python', denied: false });
+      const [d] = await g2.decisionsOf(aliased.pid);
       expect(d).toMatchObject({ ruleId: null, reason: 'default', denied: true, exeUnknown: false });
       expect(d!.exeIno).toBe(statSync(copy, { bigint: true }).ino);
     } finally {
@@ -127,8 +106,8 @@ describe.skipIf(!LSM)(`guard: the caller's root and namespaces (skipped here: ${
       expect(user.results).toEqual(['EPERM']);
       const root = spawnSync('unshare', ['-m', '/usr/bin/python3', `${dir}/chroot_via.py`, 'direct', `${dir}/open`], { encoding: 'utf8' });
       expect((JSON.parse(root.stdout) as Attack).results).toEqual(['EPERM']); // root, but in a mount namespace of its own
-      expect((await ns.of(host.pid))[0]).toMatchObject({ initialNamespaces: true, ruleId: null });
-      expect((await ns.of(user.pid))[0]).toMatchObject({ initialNamespaces: false, ruleId: 'foreign', denied: true });
+      expect((await ns.decisionsOf(host.pid))[0]).toMatchObject({ initialNamespaces: true, ruleId: null });
+      expect((await ns.decisionsOf(user.pid))[0]).toMatchObject({ initialNamespaces: false, ruleId: 'foreign', denied: true });
     } finally {
       ns.guard.stop();
     }
@@ -220,8 +199,15 @@ describe.skipIf(!LSM)(`guard: calls racing policy updates (skipped here: ${LSM ?
     let out = '';
     storm.stdout.on('data', (b: Buffer) => (out += b.toString()));
     const closed = new Promise((r) => storm.on('close', r));
+    // Updates for as long as the storm runs. `update` resolves without I/O,
+    // so the loop yields to the event loop now and then, for the decisions
+    // and the storm's exit to be seen at all.
     let updates = 0;
-    while (storm.exitCode === null) await guard.update(allow(++updates));
+    const end = Date.now() + 4_500;
+    while (Date.now() < end) {
+      await guard.update(allow(++updates));
+      if (updates % 16 === 0) await new Promise((r) => setImmediate(r));
+    }
     await closed;
     const [calls, denied] = out.trim().split(' ').map(Number);
     const deadline = Date.now() + 15_000;

@@ -7,7 +7,6 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, realpathSync, writeFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { firstValueFrom, toArray } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
@@ -25,11 +24,8 @@ import {
   type ChrootGuard,
   type Policy,
 } from '../ts/index.js';
-import { heldByThisProcess, record, sleep, TEST_MODE } from './helpers.js';
+import { CLI, cli, guarded, heldByThisProcess, LSM, LSM_WHY as WHY, sleep, tryChroot, type Guarded } from './helpers.js';
 
-const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
-const LSM = process.env.CG_EXPECT_AUTO_MODE === 'fentry';
-const WHY = 'the BPF LSM cannot run on this kernel (lsm programs are refused with EPERM); these run in the VM';
 
 let root: BusyboxRoot;
 let base: string;
@@ -49,39 +45,8 @@ const denyJails = (mode: Policy['mode'] = 'enforce'): Policy => ({
   rules: [{ id: 'no-jails', action: 'deny', match: { subtree: jails } }],
 });
 
-/** Starts a guard and collects its decisions. */
-async function guarded(policy: Policy) {
-  const guard = chrootGuard(policy);
-  const decisions: ChrootDecision[] = [];
-  guard.decisions$.subscribe((d) => decisions.push(d));
-  const info = await guard.ready;
-  return {
-    guard,
-    info,
-    decisions,
-    of: (pid: number) => decisions.filter((d) => d.pid === pid),
-    async until(pred: () => boolean, ms = 10_000) {
-      const deadline = Date.now() + ms;
-      while (!pred()) {
-        if (Date.now() > deadline) throw new Error(`timed out; decisions: ${JSON.stringify(decisions.map((d) => [d.pid, d.resolvedPath, d.action, d.ruleId]))}`);
-        await sleep(20);
-      }
-    },
-  };
-}
-
-/**
- * perl chroots into `dir`, then says what happened ("ok" or "EPERM") and
- * whether its root is unchanged (it still sees /etc/passwd: "outside").
- */
-function tryChroot(dir: string) {
-  const script = 'print chroot($ARGV[0]) ? "ok " : $!{EPERM} ? "EPERM " : "ERR($!) "; print -e "/etc/passwd" ? "outside\\n" : "inside\\n";';
-  const r = spawnSync('perl', ['-e', script, dir], { encoding: 'utf8' });
-  return { pid: r.pid, out: r.stdout.trim() };
-}
-
 describe.skipIf(!LSM)(`guard (lsm/path_chroot; skipped here: ${LSM ? '' : WHY})`, () => {
-  let g: Awaited<ReturnType<typeof guarded>> | undefined;
+  let g: Guarded | undefined;
   afterAll(() => g?.guard.stop());
 
   it('denies a chroot into a denied subtree with EPERM, leaves the root unchanged, and allows a sibling', async () => {
@@ -94,24 +59,6 @@ describe.skipIf(!LSM)(`guard (lsm/path_chroot; skipped here: ${LSM ? '' : WHY})`
     await g.until(() => g!.of(denied.pid).length === 1 && g!.of(allowed.pid).length === 1);
     expect(g.of(denied.pid)[0]).toMatchObject({ action: 'deny', ruleId: 'no-jails', denied: true, wouldDeny: true, policyMode: 'enforce', resolvedPath: `${jails}/a`, path: `${jails}/a`, comm: 'perl', source: 'lsm' });
     expect(g.of(allowed.pid)[0]).toMatchObject({ action: 'allow', ruleId: null, denied: false, resolvedPath: other });
-  });
-
-  it(`with the watch probes (${TEST_MODE}), the denied call's event has EPERM${TEST_MODE === 'tracepoint' ? '' : ', the LSM verdict and the resolved path from security_path_chroot'}`, async () => {
-    const rec = await record();
-    try {
-      const denied = tryChroot(`${jails}/b`);
-      await rec.until(() => rec.of(denied.pid).length === 1);
-      const e = rec.of(denied.pid)[0]!;
-      expect(e.errno).toBe('EPERM');
-      if (rec.info.mode === 'tracepoint') {
-        expect(e.resolvedPath).toBeNull(); // the tracepoints see no struct path
-      } else {
-        expect(e.lsmRet).toBe(-1);
-        expect(e.resolvedPath).toBe(`${jails}/b`);
-      }
-    } finally {
-      rec.stop();
-    }
   });
 
   it('update changes decisions at once; a broken policy is rejected and the old one holds', async () => {
@@ -250,11 +197,6 @@ describe.skipIf(!LSM)(`guard (lsm/path_chroot; skipped here: ${LSM ? '' : WHY})`
     expect(d).toMatchObject({ ruleId: 'no-jails', denied: true, action: 'deny', source: 'lsm', resolvedPath: `${jails}/a` });
   });
 });
-
-/** Runs the CLI to completion. */
-function cli(...args: string[]) {
-  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
-}
 
 describe.skipIf(!LSM)(`pinned guard: enforce --pin, status, unload (skipped here: ${LSM ? '' : WHY})`, () => {
   const dir = '/sys/fs/bpf/chroot-guard-test';

@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import type { Subscription } from 'rxjs';
-import { chrootWatch, type AttachInfo, type ChrootEvent, type ChrootWatchOptions } from '../ts/index.js';
+import { chrootGuard, chrootWatch, type AttachInfo, type ChrootDecision, type ChrootEvent, type ChrootGuard, type ChrootWatchOptions, type GuardInfo, type Policy } from '../ts/index.js';
 
 /**
  * The mode the suite runs in: `CG_TEST_MODE` (set per run by `cargo xtask
@@ -134,3 +134,67 @@ export function attackBench(): AttackBench {
 
 /** The ways test/attacks/chroot_via.py reaches a directory without its path in the caller's mount namespace. */
 export const UNREACHABLE_VARIANTS = ['detached', 'open_tree', 'fsmount', 'proc_root', 'fd_unshare', 'fd_passed'] as const;
+
+/** The built CLI (`cargo xtask build` makes it). */
+export const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+
+/** Runs the CLI to completion. */
+export function cli(...args: string[]) {
+  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+}
+
+/** Whether the BPF LSM runs here: the stock-kernel VM says so (`CG_EXPECT_AUTO_MODE=fentry`); the host refuses it. */
+export const LSM = process.env.CG_EXPECT_AUTO_MODE === 'fentry';
+
+/** Why the BPF LSM tests skip where they skip. */
+export const LSM_WHY = 'the BPF LSM cannot run on this kernel (lsm programs are refused with EPERM); these run in the VM';
+
+/**
+ * perl chroots into `dir`, then says what happened ("ok" or "EPERM") and
+ * whether its root is unchanged (it still sees /etc/passwd: "outside").
+ */
+export function tryChroot(dir: string): { pid: number; out: string } {
+  const script = 'print chroot($ARGV[0]) ? "ok " : $!{EPERM} ? "EPERM " : "ERR($!) "; print -e "/etc/passwd" ? "outside\\n" : "inside\\n";';
+  const r = spawnSync('perl', ['-e', script, dir], { encoding: 'utf8' });
+  return { pid: r.pid!, out: r.stdout.trim() };
+}
+
+/** A running guard that records its decisions. */
+export interface Guarded {
+  readonly guard: ChrootGuard;
+  readonly info: GuardInfo;
+  readonly decisions: ChrootDecision[];
+  /** The decisions of one process so far. */
+  of(pid: number): ChrootDecision[];
+  /** Waits until `pred` holds (or throws after `ms`, listing the decisions). */
+  until(pred: () => boolean, ms?: number): Promise<void>;
+  /** Waits for at least `n` decisions of one process and returns them, oldest first. */
+  decisionsOf(pid: number, n?: number): Promise<ChrootDecision[]>;
+}
+
+/** Starts a guard with `policy` and collects its decisions. */
+export async function guarded(policy: Policy): Promise<Guarded> {
+  const guard = chrootGuard(policy);
+  const decisions: ChrootDecision[] = [];
+  guard.decisions$.subscribe((d) => decisions.push(d));
+  const info = await guard.ready;
+  const of = (pid: number) => decisions.filter((d) => d.pid === pid);
+  const until = async (pred: () => boolean, ms = 10_000) => {
+    const deadline = Date.now() + ms;
+    while (!pred()) {
+      if (Date.now() > deadline) throw new Error(`timed out; decisions: ${JSON.stringify(decisions.map((d) => [d.pid, d.resolvedPath, d.action, d.ruleId]))}`);
+      await sleep(20);
+    }
+  };
+  return {
+    guard,
+    info,
+    decisions,
+    of,
+    until,
+    async decisionsOf(pid, n = 1) {
+      await until(() => of(pid).length >= n);
+      return of(pid).sort((a, b) => (a.ts < b.ts ? -1 : 1));
+    },
+  };
+}

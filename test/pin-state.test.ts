@@ -28,17 +28,11 @@ import {
   type Policy,
   type PolicyMatch,
 } from '../ts/index.js';
-import { ourPrograms, sleep, TEST_MODE } from './helpers.js';
+import { CLI, cli, LSM, ourPrograms, sleep, TEST_MODE, tryChroot } from './helpers.js';
 
-const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
-const LSM = process.env.CG_EXPECT_AUTO_MODE === 'fentry';
 const WHY = 'the BPF LSM cannot run on this kernel (lsm programs are refused with EPERM), so no real guard can be pinned; these run in the VM';
 const LOCK_DIR = '/run/chroot-guard';
 const NOBODY = 65534;
-
-function cli(...args: string[]) {
-  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
-}
 
 /** Runs `script` with sh as uid/gid 65534 with no groups; in a user and mount namespace of its own with `userns`. */
 function asNobody(script: string, userns = false) {
@@ -362,16 +356,6 @@ describe('the bpffs chroot-guard mounts itself', () => {
     expect(rest.join('\n')).toMatch(/mkdir: .*Permission denied/);
   });
 });
-
-/**
- * perl chroots into `dir`, then says what happened ("ok" or "EPERM") and
- * whether its root is unchanged (it still sees /etc/passwd: "outside").
- */
-function tryChroot(dir: string) {
-  const script = 'print chroot($ARGV[0]) ? "ok " : $!{EPERM} ? "EPERM " : "ERR($!) "; print -e "/etc/passwd" ? "outside\\n" : "inside\\n";';
-  const r = spawnSync('perl', ['-e', script, dir], { encoding: 'utf8' });
-  return { pid: r.pid!, out: r.stdout.trim() };
-}
 
 const deny = (id: string, match: PolicyMatch): Policy => ({ mode: 'enforce', rules: [{ id, action: 'deny', match }] });
 

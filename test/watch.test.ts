@@ -12,7 +12,7 @@ import { ChrootWatchError, chrootWatch } from '../ts/index.js';
 import { openSessionCount } from '../ts/session.js';
 import { DECODED_KEYS } from '../ts/events.js';
 import { native } from '../ts/native.js';
-import { attackBench, heldByThisProcess, record, sleep, TEST_MODE, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
+import { attackBench, guarded, heldByThisProcess, LSM, LSM_WHY, record, sleep, TEST_MODE, tryChroot, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
 
 let root: BusyboxRoot;
 let rootPath: string;
@@ -277,5 +277,31 @@ describe('the decoder', () => {
     const flags = Object.keys(native().eventLayout()).filter((k) => k.startsWith('flag_'));
     expect(flags.length).toBeGreaterThan(10);
     expect(flags.filter((f) => !(DECODED_KEYS as readonly string[]).includes(f))).toEqual([]);
+  });
+});
+
+describe.skipIf(!LSM)(`the watch probes beside the guard (mode ${TEST_MODE}; skipped here: ${LSM ? '' : LSM_WHY})`, () => {
+  it(`a call the guard denies: the event has EPERM${TEST_MODE === 'tracepoint' ? '' : ', the LSM verdict and the resolved path from security_path_chroot'}`, async () => {
+    const bench = attackBench();
+    const g = await guarded({ mode: 'enforce', rules: [{ id: 'no-deny', action: 'deny', match: { subtree: `${bench.dir}/deny` } }] });
+    const rec = await record();
+    try {
+      const denied = tryChroot(`${bench.dir}/deny/inner`);
+      expect(denied.out).toBe('EPERM outside');
+      await rec.until(() => rec.of(denied.pid).length === 1);
+      const e = rec.of(denied.pid)[0]!;
+      expect(e.errno).toBe('EPERM');
+      if (rec.info.mode === 'tracepoint') {
+        expect(e.resolvedPath).toBeNull(); // the tracepoints see no struct path
+      } else {
+        expect(e.lsmRet).toBe(-1);
+        expect(e.resolvedPath).toBe(`${bench.dir}/deny/inner`);
+      }
+      expect((await g.decisionsOf(denied.pid))[0]).toMatchObject({ ruleId: 'no-deny', denied: true });
+    } finally {
+      rec.stop();
+      g.guard.stop();
+      bench.remove();
+    }
   });
 });
