@@ -24,7 +24,7 @@ import {
   type ChrootGuard,
   type Policy,
 } from '../ts/index.js';
-import { CLI, cli, guarded, heldByThisProcess, LSM, LSM_WHY as WHY, sleep, tryChroot, type Guarded } from './helpers.js';
+import { CLI, cli, guarded, heldByThisProcess, LSM, LSM_WHY as WHY, ndjson, sleep, tryChroot, type Guarded } from './helpers.js';
 
 
 let root: BusyboxRoot;
@@ -193,7 +193,7 @@ describe.skipIf(!LSM)(`guard (lsm/path_chroot; skipped here: ${LSM ? '' : WHY})`
     while (!out.includes(`"pid":${r.pid},`) && Date.now() < deadline) await sleep(20);
     child.kill('SIGINT');
     expect(await new Promise((res) => child.on('exit', res))).toBe(0);
-    const d = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).find((x) => x.pid === r.pid);
+    const d = ndjson(out).find((x) => x.type === 'decision' && x.pid === r.pid);
     expect(d).toMatchObject({ ruleId: 'no-jails', denied: true, action: 'deny', source: 'lsm', resolvedPath: `${jails}/a` });
   });
 });
@@ -269,7 +269,9 @@ describe.skipIf(!LSM)(`pinned guard: enforce --pin, status, unload (skipped here
     child.kill('SIGINT');
     expect(await exited).toBe(0);
     expect(err).toContain('stopped following');
-    const lines = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const records = ndjson(out);
+    expect(records[0]).toMatchObject({ type: 'attach', mode: 'lsm', generation: 3, policyMode: 'enforce' });
+    const lines = records.filter((x) => x.type === 'decision');
     expect(lines.filter((d) => d.pid === before.pid)).toEqual([
       expect.objectContaining({ ruleId: 'no-jails', action: 'deny', denied: true, generation: 3, source: 'lsm', resolvedPath: `${jails}/a` }),
     ]);
@@ -390,7 +392,7 @@ describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
     while (!out.includes(`"pid":${r.pid},`) && Date.now() < deadline) await sleep(20);
     child.kill('SIGINT');
     expect(await new Promise((res) => child.on('exit', res))).toBe(0);
-    const d = out.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>).find((x) => x.pid === r.pid);
+    const d = ndjson(out).find((x) => x.type === 'decision' && x.pid === r.pid);
     expect(d).toMatchObject({ ruleId: 'no-jails', wouldDeny: true, denied: false, source: 'watch', policyMode: 'audit' });
     expect(out).not.toContain(`"pid":${missing.pid},`);
   });

@@ -4,7 +4,9 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import type { ValidateFunction } from 'ajv';
 import type { Subscription } from 'rxjs';
 import { chrootGuard, chrootWatch, type AttachInfo, type ChrootDecision, type ChrootEvent, type ChrootGuard, type ChrootWatchOptions, type GuardInfo, type Policy } from '../ts/index.js';
 
@@ -197,4 +199,31 @@ export async function guarded(policy: Policy): Promise<Guarded> {
       return of(pid).sort((a, b) => (a.ts < b.ts ? -1 : 1));
     },
   };
+}
+
+/** One record of the CLI's NDJSON stream (events.schema.json), as JSON.parse reads it. */
+export type StreamRecord = Record<string, unknown> & { type: 'attach' | 'chroot' | 'decision' | 'lost' };
+
+let streamSchema: ValidateFunction | undefined;
+
+/**
+ * Parses the CLI's `--json` output, checking every line against the
+ * published `events.schema.json` (a line that does not fit fails the test
+ * that printed it).
+ */
+export function ndjson(stdout: string): StreamRecord[] {
+  if (!streamSchema) {
+    const require = createRequire(import.meta.url);
+    const { Ajv } = require('ajv') as typeof import('ajv');
+    streamSchema = new Ajv({ allErrors: true, strict: false }).compile(require('../events.schema.json'));
+  }
+  const validate = streamSchema;
+  return stdout
+    .split('\n')
+    .filter((l) => l.length > 0)
+    .map((line) => {
+      const record = JSON.parse(line) as StreamRecord;
+      if (!validate(record)) throw new Error(`a --json line does not fit events.schema.json: ${JSON.stringify(validate.errors?.slice(0, 3))}\n${line}`);
+      return record;
+    });
 }

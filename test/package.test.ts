@@ -112,6 +112,7 @@ describe('the tarballs', () => {
         'package/examples/build-farm.yaml',
         'package/package.json',
         'package/policy.schema.json',
+        'package/events.schema.json',
       ].sort(),
     );
     expect(list('chroot-guard-linux-x64-gnu-0.1.0.tgz')).toEqual(['package/README.md', 'package/chroot-guard.linux-x64-gnu.node', 'package/package.json']);

@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import {
   displayBytes,
@@ -510,6 +511,19 @@ describe('evaluatePolicy (the reference for the kernel program)', () => {
     expect(evaluatePolicy(p, event({ resolvedPath: Buffer.from([...Buffer.from('/srv/caf'), 0xe9, ...Buffer.from('/x')]) })).ruleId).toBe('latin');
     expect(evaluatePolicy(p, event({ resolvedPath: '/srv/café/x' })).ruleId).toBeNull();
     expect(() => parsePolicy(JSON.stringify({ mode: 'enforce', rules: [{ id: 'x', action: 'deny', match: { path: '/a\\q' } }] }))).toThrow(/backslash that is not/);
+  });
+  it('displayed bytes are unambiguous and are the policy escape form: pathBytes(displayBytes(b)) is b', () => {
+    expect(displayBytes(Buffer.from('/a\\xe9'))).toBe('/a\\\\xe9'); // a literal backslash
+    expect(displayBytes(Buffer.from([0x2f, 0x61, 0xe9]))).toBe('/a\\xe9'); // a byte that is not UTF-8
+    expect(displayBytes(Buffer.from('/café'))).toBe('/café');
+    fc.assert(
+      fc.property(fc.uint8Array({ minLength: 1, maxLength: 40 }).filter((b) => !b.includes(0)), (raw) => {
+        const b = Buffer.from(raw);
+        const back = pathBytes(displayBytes(b));
+        expect(Buffer.isBuffer(back) && back.equals(b)).toBe(true);
+      }),
+      { numRuns: 2000 },
+    );
   });
   it('comm compares the raw bytes', () => {
     const p: Policy = { mode: 'enforce', rules: [{ id: 'c', action: 'deny', match: { comm: '\\x80' } }] };

@@ -4,7 +4,9 @@
  * per mode (`CG_TEST_MODE`); the assertions are the same everywhere.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, realpathSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, realpathSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
@@ -12,7 +14,8 @@ import { ChrootWatchError, chrootWatch } from '../ts/index.js';
 import { openSessionCount } from '../ts/session.js';
 import { DECODED_KEYS } from '../ts/events.js';
 import { native } from '../ts/native.js';
-import { attackBench, guarded, heldByThisProcess, LSM, LSM_WHY, record, sleep, TEST_MODE, tryChroot, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
+import { chrootRecord } from '../ts/cli/records.js';
+import { attackBench, guarded, ndjson, heldByThisProcess, LSM, LSM_WHY, record, sleep, TEST_MODE, tryChroot, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
 
 let root: BusyboxRoot;
 let rootPath: string;
@@ -272,7 +275,21 @@ describe(`the walk's end: reachable or not (mode ${TEST_MODE})`, () => {
   });
 });
 
-describe('the decoder', () => {
+describe('the decoder and the stream', () => {
+  it('every field of a real ChrootEvent is in its --json record (raw bytes as base64), and the record fits events.schema.json', async () => {
+    const rec = await record();
+    try {
+      const { run } = await callsOf(rec, ['chroot', rootPath, '/bin/true']);
+      const e = rec.of(run.pid)[0]!;
+      const [r] = ndjson(chrootRecord(e));
+      const fields = Object.keys(e).map((k) => k.replace(/Bytes$/, 'Base64'));
+      expect(Object.keys(r!).sort()).toEqual(['type', ...fields].sort());
+      expect(r).toMatchObject({ type: 'chroot', pid: run.pid, callerChrooted: false, pathUnreadable: false, nsPid: e.nsPid });
+    } finally {
+      rec.stop();
+    }
+  });
+
   it('decodes every flag the kernel programs can set', () => {
     const flags = Object.keys(native().eventLayout()).filter((k) => k.startsWith('flag_'));
     expect(flags.length).toBeGreaterThan(10);
@@ -303,5 +320,94 @@ describe.skipIf(!LSM)(`the watch probes beside the guard (mode ${TEST_MODE}; ski
       g.guard.stop();
       bench.remove();
     }
+  });
+});
+
+describe(`calls once missed or incomplete (mode ${TEST_MODE})`, () => {
+  const FIRST_TOUCH_DIR = '/tmp/cg-first-touch/a-literal-directory-path';
+  let caller: string;
+  let rec: Recorder;
+  beforeAll(async () => {
+    mkdirSync(FIRST_TOUCH_DIR, { recursive: true });
+    const dir = mkdtempSync(join(tmpdir(), 'cg-callers-'));
+    caller = join(dir, 'chroot_calls');
+    execFileSync('gcc', ['-O2', '-o', caller, fileURLToPath(new URL('./callers/chroot_calls.c', import.meta.url))]);
+    rec = await record({ compat: true });
+  });
+  afterAll(() => rec.stop());
+  const call = (...args: string[]) => {
+    const [pid, ret] = execFileSync(caller, args, { encoding: 'utf8' }).trim().split(' ').map(Number);
+    return { pid: pid!, ret: ret! };
+  };
+
+  it('a forked child\'s first chroot of a string literal: the argument is read late, not reported empty', async () => {
+    const c = call('first-touch');
+    expect(c.ret).toBe(0);
+    await rec.until(() => rec.of(c.pid).length === 1);
+    expect(rec.of(c.pid)[0]).toMatchObject({ path: FIRST_TOUCH_DIR, pathUnreadable: false, pathReadLate: true, resolvedPath: FIRST_TOUCH_DIR, ret: 0 });
+  });
+
+  it('nsPid and nsTid: the ids a caller in its own pid namespace sees, beside the host\'s', async () => {
+    const r = execFileSync('unshare', ['--pid', '--fork', 'sh', '-c', `echo $$; exec chroot ${rootPath} /bin/true`], { encoding: 'utf8' });
+    expect(r.trim()).toBe('1'); // the shell, then chroot(8), are pid 1 in the new namespace
+    await rec.until(() => rec.events.some((e) => e.nsPid === 1 && e.comm === 'chroot' && e.path === rootPath));
+    const e = rec.events.find((x) => x.nsPid === 1 && x.comm === 'chroot' && x.path === rootPath)!;
+    expect(e).toMatchObject({ nsTid: 1, ret: 0 });
+    expect(e.pid).not.toBe(1);
+    expect(e.pidNs).not.toBe(statSync('/proc/self/ns/pid').ino);
+    const mine = call('first-touch');
+    await rec.until(() => rec.of(mine.pid).length === 1);
+    expect(rec.of(mine.pid)[0]).toMatchObject({ nsPid: mine.pid, nsTid: mine.pid });
+  });
+
+  it('without compat, tracepoint mode names 32-bit compat and x32 calls as a blind spot and does not see them; fentry and kprobe see them anyway', async () => {
+    const plain = await record();
+    try {
+      if (plain.info.mode === 'tracepoint') {
+        expect(plain.info.blindSpots.map((b) => b.code)).toEqual(['COMPAT_OFF']);
+        expect(plain.info.blindSpots[0]!.reason).toContain('every syscall of the host');
+      } else {
+        expect(plain.info.blindSpots).toEqual([]);
+      }
+      if (process.arch === 'x64') {
+        const c = call('ia32', rootPath);
+        const after = call('first-touch');
+        await plain.until(() => plain.of(after.pid).length === 1);
+        expect(plain.of(c.pid)).toHaveLength(plain.info.mode === 'tracepoint' ? 0 : 1);
+      }
+    } finally {
+      plain.stop();
+    }
+  });
+
+  it('a call a seccomp filter fails before the syscall body is not an event (chroot(2) never ran); the next call is', async () => {
+    const stopped = call('seccomp', rootPath);
+    expect(stopped.ret).toBe(-13); // EACCES, from the filter
+    const after = call('first-touch');
+    await rec.until(() => rec.of(after.pid).length === 1);
+    await sleep(200);
+    expect(rec.of(stopped.pid)).toEqual([]);
+  });
+
+  it.skipIf(process.arch !== 'x64')('an x32 chroot is seen where the kernel has the x32 ABI on (the VM boots with syscall.x32=y)', async (ctx) => {
+    const probe = call('x32', rootPath);
+    if (probe.ret === -38) {
+      // ENOSYS: no x32 ABI on this kernel, so no such call can be made here.
+      console.log('x32 test skipped: this kernel has the x32 ABI off (ENOSYS); the VM runs it with syscall.x32=y');
+      ctx.skip();
+    }
+    expect(probe.ret).toBe(0);
+    await rec.until(() => rec.of(probe.pid).length === 1);
+    expect(rec.of(probe.pid)[0]).toMatchObject({ path: rootPath, resolvedPath: rootPath, ret: 0, probe: rec.info.mode });
+  });
+
+  it.skipIf(process.arch !== 'x64')('a 32-bit chroot (int $0x80) is seen, with its argument, result and resolved root, and no blind spot is reported', async () => {
+    expect(rec.info.blindSpots).toEqual([]);
+    const ok = call('ia32', rootPath);
+    const missing = call('ia32', `${rootPath}/missing`);
+    expect([ok.ret, missing.ret]).toEqual([0, -2]);
+    await rec.until(() => rec.of(ok.pid).length === 1 && rec.of(missing.pid).length === 1);
+    expect(rec.of(ok.pid)[0]).toMatchObject({ path: rootPath, resolvedPath: rootPath, ret: 0, probe: rec.info.mode });
+    expect(rec.of(missing.pid)[0]).toMatchObject({ path: `${rootPath}/missing`, errno: 'ENOENT', resolvedPath: null });
   });
 });

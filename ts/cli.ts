@@ -42,12 +42,13 @@ const program = new Command('chroot-guard')
 program
   .command('watch')
   .description('print chroot(2) calls live as they return, until Ctrl-C (needs root)')
-  .option('--json', 'one JSON object per line (keys: ts, pid, tid, ppid, uid, gid, comm, path, resolvedPath, ret, errno, probe, …)')
+  .option('--json', 'one record per line, as events.schema.json describes: attach first, then chroot (every event field) and lost (what the kernel could not deliver) records')
   .addOption(modeOption())
   .option('--pid <pid>', 'only calls from this process id (tgid)', integer('--pid', 1, 0xffffffff))
   .option('--uid <uid>', 'only calls by this real uid', integer('--uid', 0, 0xffffffff))
   .option('--comm <name>', 'only calls whose comm is exactly this (at most 15 bytes)')
   .option('--ring-buffer-bytes <n>', 'kernel ring buffer size (power of two; default 4194304)', integer('--ring-buffer-bytes', 4096, 1 << 30))
+  .option('--compat', 'tracepoint mode: also see 32-bit compat and x32 chroot calls, with raw sys_enter/sys_exit programs that slow every syscall of the host (off: they are a named blind spot)')
   .addHelpText(
     'after',
     `

@@ -51,6 +51,8 @@ export interface ModeReport {
   readonly mode: AttachMode;
   readonly ok: boolean;
   readonly refusal: Refusal | null;
+  /** When `ok`: compat-only programs the kernel refused, so 32-bit compat chroot calls this mode would not see (as `AttachInfo.blindSpots`). */
+  readonly compatBlindSpots: readonly Refusal[];
 }
 
 /** A way to change a task's root that no chroot-guard program sees. */
@@ -133,7 +135,7 @@ export async function doctor(): Promise<DoctorReport> {
       present: p.present ?? null,
       checks: p.checks.map((c) => ({ mechanism: c.mechanism as Mechanism, ok: c.ok, denial: denial(c.denial) })),
     })),
-    modes: r.modes.map((m) => ({ mode: m.mode as AttachMode, ok: m.ok, refusal: m.refusal ? refusalOf(m.refusal) : null })),
+    modes: r.modes.map((m) => ({ mode: m.mode as AttachMode, ok: m.ok, refusal: m.refusal ? refusalOf(m.refusal) : null, compatBlindSpots: m.blindSpots.map(refusalOf) })),
     auto: (r.auto ?? null) as AttachMode | null,
     blindSpots: BLIND_SPOTS,
   };

@@ -9,6 +9,7 @@ import { constants } from 'node:os';
 import type { AttachMode } from './errors.js';
 import { ChrootWatchError } from './errors.js';
 import { native, type Native } from './native.js';
+import { utf8SequenceLength } from './utf8.js';
 
 /**
  * One chroot(2) attempt, emitted when the syscall returns.
@@ -33,6 +34,14 @@ export interface ChrootEvent {
   readonly pid: number;
   /** Caller's thread id (the kernel's pid), from `bpf_get_current_pid_tgid()`, in the initial pid namespace. */
   readonly tid: number;
+  /**
+   * Caller's process id as its own pid namespace sees it (what `getpid()`
+   * returns in a container): `current->group_leader->thread_pid->
+   * numbers[level].nr`. Equals `pid` outside pid namespaces.
+   */
+  readonly nsPid: number;
+  /** Caller's thread id as its own pid namespace sees it (`current->thread_pid->numbers[level].nr`). */
+  readonly nsTid: number;
   /** Parent's process id (`current->real_parent->tgid`), in the initial pid namespace. */
   readonly ppid: number;
   /** Real uid, from `bpf_get_current_uid_gid()`. */
@@ -76,6 +85,13 @@ export interface ChrootEvent {
   readonly pathTruncated: boolean;
   /** The argument's user memory could not be read (the call then fails with EFAULT). */
   readonly pathUnreadable: boolean;
+  /**
+   * The argument was read after the entry hook, whose read found its page
+   * not yet faulted in (a string literal a forked child touches first in
+   * the call): at `security_path_chroot` or at syscall exit, once the kernel
+   * had copied it in. False when read at entry.
+   */
+  readonly pathReadLate: boolean;
   /**
    * The new root as an absolute path in the caller's mount namespace (not
    * relative to a chroot the caller is already in), walked from the kernel's
@@ -128,17 +144,33 @@ export function errnoName(errno: number): string {
   return ERRNO_NAMES.get(errno) ?? `E${errno}`;
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: true });
+const utf8 = new TextDecoder('utf-8');
 
-/** Display form of raw bytes: UTF-8 when valid, else ASCII with `\xNN` escapes. */
+/**
+ * Display form of raw bytes (paths, comm): the UTF-8 text, with every byte
+ * that is not part of well-formed UTF-8 written `\xNN` and a backslash
+ * written `\\`. Unambiguous: a name holding a literal backslash never
+ * prints like one holding a byte that is not UTF-8. It is also the escape
+ * form policies take (`pathBytes(displayBytes(b))` gives `b` back), so a
+ * displayed path can be pasted into a rule.
+ */
 export function displayBytes(bytes: Uint8Array): string {
-  try {
-    return utf8.decode(bytes);
-  } catch {
-    let out = '';
-    for (const b of bytes) out += b >= 0x20 && b < 0x7f ? String.fromCharCode(b) : `\\x${b.toString(16).padStart(2, '0')}`;
-    return out;
+  // Printable ASCII without a backslash, the common case, as is.
+  if (bytes.every((b) => b >= 0x20 && b < 0x7f && b !== 0x5c)) return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
+  let out = '';
+  let run = 0; // start of the well-formed bytes not yet written
+  for (let i = 0; i < bytes.length; ) {
+    const n = utf8SequenceLength(bytes, i);
+    if (n > 0 && bytes[i] !== 0x5c) {
+      i += n;
+      continue;
+    }
+    out += utf8.decode(bytes.subarray(run, i));
+    out += n > 0 ? '\\\\' : `\\x${bytes[i]!.toString(16).padStart(2, '0')}`;
+    i += 1;
+    run = i;
   }
+  return out + utf8.decode(bytes.subarray(run));
 }
 
 /**
@@ -180,9 +212,9 @@ type Layout = Record<string, number>;
 /** Every layout key the decoder reads, flags included. @internal */
 export const DECODED_KEYS = [
   'size', 'kind', 'mode', 'path_len', 'resolved_len', 'flags', 'pid', 'tid', 'ppid', 'uid', 'gid', 'euid',
-  'egid', 'mnt_ns', 'pid_ns', 'user_ns', 'exe_dev', 'exe_ino', 'lsm_ret', 'ret', 'enter_ns', 'ts_ns', 'cgroup_id',
+  'egid', 'mnt_ns', 'pid_ns', 'user_ns', 'ns_pid', 'ns_tid', 'exe_dev', 'exe_ino', 'lsm_ret', 'ret', 'enter_ns', 'ts_ns', 'cgroup_id',
   'comm', 'data', 'header', 'flag_exe_unknown', 'flag_policy_torn', 'flag_internal_error', 'flag_initial_namespaces',
-  'comm_len', 'flag_path_truncated', 'flag_path_unreadable', 'flag_resolved_present',
+  'comm_len', 'flag_path_truncated', 'flag_path_unreadable', 'flag_path_read_late', 'flag_resolved_present',
   'flag_resolved_truncated', 'flag_resolved_unreachable', 'flag_lsm_called', 'kind_chroot', 'mode_fentry', 'mode_kprobe', 'mode_tracepoint',
   'rule', 'policy_gen', 'flag_caller_chrooted', 'flag_action_shift', 'flag_action_mask', 'flag_enforcing',
   'flag_denied', 'kind_decision', 'no_rule', 'action_allow', 'action_deny', 'action_audit',
@@ -287,6 +319,8 @@ export class Decoder {
       enterTs: v.getBigUint64(s + L.enter_ns, true),
       pid: v.getUint32(s + L.pid, true),
       tid: v.getUint32(s + L.tid, true),
+      nsPid: v.getUint32(s + L.ns_pid, true),
+      nsTid: v.getUint32(s + L.ns_tid, true),
       ppid: v.getUint32(s + L.ppid, true),
       uid: v.getUint32(s + L.uid, true),
       gid: v.getUint32(s + L.gid, true),
@@ -305,6 +339,7 @@ export class Decoder {
       pathBytes,
       pathTruncated: (flags & L.flag_path_truncated) !== 0,
       pathUnreadable: (flags & L.flag_path_unreadable) !== 0,
+      pathReadLate: (flags & L.flag_path_read_late) !== 0,
       resolvedPath: resolvedPathBytes ? displayBytes(resolvedPathBytes) : null,
       resolvedPathBytes,
       resolvedPathTruncated: (flags & L.flag_resolved_truncated) !== 0,

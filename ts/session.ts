@@ -21,6 +21,14 @@ export interface AttachInfo {
   readonly mode: AttachMode;
   /** The better modes the kernel refused, best first (empty if none). */
   readonly refused: readonly Refusal[];
+  /**
+   * Calls this session does not see: programs of the attached mode that
+   * only see 32-bit compat chroot calls (`int $0x80` and the other ia32
+   * entries; `__ia32_sys_chroot`, or raw `sys_enter`/`sys_exit` in
+   * tracepoint mode), refused by the kernel. Empty when every chroot is
+   * seen.
+   */
+  readonly blindSpots: readonly Refusal[];
   /** Reads the totals of the kernel session (shared by subscribers with equal options). */
   readonly stats: () => SessionStats;
 }
@@ -119,6 +127,7 @@ export interface SessionOptions {
   readonly uid?: number;
   readonly comm?: string;
   readonly ringBufferBytes: number;
+  readonly compat: boolean;
 }
 
 /** What a subscriber hears from its session. */
@@ -146,7 +155,7 @@ export interface SessionStats {
 const sessions = new Map<string, KernelSession>();
 
 function keyOf(o: SessionOptions): string {
-  return JSON.stringify([o.mode, o.pid ?? null, o.uid ?? null, o.comm ?? null, o.ringBufferBytes]);
+  return JSON.stringify([o.mode, o.pid ?? null, o.uid ?? null, o.comm ?? null, o.ringBufferBytes, o.compat]);
 }
 
 /** A refusal from the addon, as the public {@link Refusal}. @internal */
@@ -214,7 +223,7 @@ class KernelSession {
       return;
     }
     this.state = 'running';
-    this.info = { mode: result.mode as AttachMode, refused: refusals, stats: () => this.stats() };
+    this.info = { mode: result.mode as AttachMode, refused: refusals, blindSpots: result.blindSpots.map(refusalOf), stats: () => this.stats() };
     for (const l of [...this.listeners]) if (this.listeners.has(l)) l.attached(this.info);
   }
 

@@ -35,6 +35,15 @@ export interface ChrootWatchOptions {
    * fills and its drops are reported to `onLost`.
    */
   readonly ringBufferBytes?: number;
+  /**
+   * Tracepoint mode: also see 32-bit compat (`int $0x80`) and x32 calls,
+   * which reach no syscall tracepoint, with raw `sys_enter`/`sys_exit`
+   * programs. Off by default: they slow every syscall of the host (they put
+   * it on the syscall-tracing path); while off, `AttachInfo.blindSpots`
+   * names the calls not seen (`COMPAT_OFF`). fentry and kprobe modes see
+   * compat calls either way, at no such cost.
+   */
+  readonly compat?: boolean;
   /** Called once per subscription when the programs are attached: which mode, and why better ones were refused. */
   readonly onAttach?: (info: AttachInfo) => void;
   /** Called when the kernel reports events it could not deliver (full ring buffer). Never silent. */
@@ -59,12 +68,14 @@ function normalise(o: ChrootWatchOptions): SessionOptions {
     check(bytes >= 1 && bytes <= 15, `comm must be 1 to 15 bytes (the kernel keeps 15 of a task's name); got ${JSON.stringify(o.comm)}`);
   }
   const ring = checkRingBufferBytes(o.ringBufferBytes ?? DEFAULT_RING_BUFFER_BYTES);
+  check(o.compat === undefined || typeof o.compat === 'boolean', `compat must be a boolean; got ${String(o.compat)}`);
   for (const k of ['onAttach', 'onLost'] as const) {
     check(o[k] === undefined || typeof o[k] === 'function', `${k} must be a function`);
   }
   return {
     mode: mode as SessionOptions['mode'],
     ringBufferBytes: ring,
+    compat: o.compat === true,
     ...(o.pid !== undefined ? { pid: o.pid } : {}),
     ...(o.uid !== undefined ? { uid: o.uid } : {}),
     ...(o.comm !== undefined ? { comm: o.comm } : {}),

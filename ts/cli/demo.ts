@@ -11,7 +11,8 @@ import type { AttachMode } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { demoSteps, makeBusyboxRoot, runStep, type ExpectedCall } from '../demo.js';
 import type { AttachInfo } from '../session.js';
-import { EventPrinter, EXIT, describeAttach, note, reportError, terminalSafe } from './output.js';
+import { EXIT, describeAttach, note, reportError, terminalSafe } from './output.js';
+import { EventPrinter } from './printer.js';
 
 /** Options of `demo`. */
 export interface DemoFlags {
@@ -29,7 +30,7 @@ export async function demo(flags: DemoFlags): Promise<number> {
   try {
     // Attach first (the workload must not start before the programs are in).
     const attached = new Promise<AttachInfo>((resolve, reject) => {
-      sub = chrootWatch({ mode: flags.mode, onAttach: resolve }).subscribe({
+      sub = chrootWatch({ mode: flags.mode, onAttach: resolve, onLost: (r) => printer.lost(r) }).subscribe({
         next: (e) => {
           seen.push(e);
           printer.print(e);
@@ -39,7 +40,7 @@ export async function demo(flags: DemoFlags): Promise<number> {
     });
     const info = await attached;
     note(`${describeAttach(info)}\n  demo root: ${root.dir}`);
-    printer.header();
+    printer.attached(info);
     const expected: Array<{ pid: number; call: ExpectedCall }> = [];
     for (const step of demoSteps(root.dir)) {
       note(`▶ ${step.title}: ${step.argv.join(' ')}`);

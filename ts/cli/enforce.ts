@@ -10,41 +10,9 @@ import type { ChrootEvent } from '../events.js';
 import { asAudit, evaluatePolicy, hostWarnings, INITIAL_USER_NS, loadPolicy, policyContext, PolicyError, policyWarnings, type Policy, type PolicyContext } from '../policy.js';
 import { chrootWatch } from '../watch.js';
 import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus, type PinnedGuardUnload } from '../pinned.js';
-import { toWallClock } from '../clock.js';
-import { EXIT, describeLost, jsonWithBigInts, note, reportError, resolvedMark, terminalSafe } from './output.js';
-
-/** The JSON form of a decision (u64s as JSON integers). */
-export function decisionJson(d: ChrootDecision): string {
-  const { pathBytes, resolvedPathBytes, commBytes, ...rest } = d;
-  void resolvedPathBytes;
-  void commBytes;
-  return jsonWithBigInts({ ...rest, pathBase64: pathBytes.toString('base64') });
-}
-
-const HEADER = `${'TIME'.padEnd(13)}${'PID'.padEnd(8)}${'COMM'.padEnd(17)}${'UID'.padEnd(7)}${'DECISION'.padEnd(11)}${'RULE'.padEnd(24)}RESOLVED`;
-
-/** One table line: time, pid, comm, uid, decision, rule, resolved path (caller-controlled fields through {@link terminalSafe}). */
-export function decisionLine(d: ChrootDecision): string {
-  const t = toWallClock(d.ts);
-  const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
-  const decision = d.denied ? 'DENIED' : d.wouldDeny ? 'would-deny' : d.action;
-  const resolved = d.resolvedPath === null ? '' : resolvedMark(d) + terminalSafe(d.resolvedPathBytes ?? d.resolvedPath);
-  // At least one space after each cell, also after one wider than its column.
-  const cell = (s: string, width: number) => `${s.padEnd(width - 1)} `;
-  return `${cell(time, 13)}${cell(String(d.pid), 8)}${cell(terminalSafe(d.commBytes), 17)}${cell(String(d.uid), 7)}${cell(decision, 11)}${cell(d.ruleId === null ? '(default)' : terminalSafe(d.ruleId), 24)}${resolved}${d.source === 'watch' ? '  [from watch]' : ''}`;
-}
-
-function printer(json: boolean) {
-  let header = false;
-  return (d: ChrootDecision) => {
-    if (json) return void process.stdout.write(decisionJson(d) + '\n');
-    if (!header) {
-      process.stdout.write(HEADER + '\n');
-      header = true;
-    }
-    process.stdout.write(decisionLine(d) + '\n');
-  };
-}
+import { EXIT, describeLost, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
+import { DecisionPrinter } from './printer.js';
+import type { LostReport } from '../session.js';
 
 /**
  * A decision computed in JavaScript from a watch event (the audit fallback);
@@ -101,14 +69,18 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   for (const w of policyWarnings(policy)) note(`warning: ${flags.policy}: ${w.pointer}: ${w.message}`);
   if (flags.audit) policy = asAudit(policy);
   if (flags.pin) return pinCommand(policy, flags);
-  const print = printer(flags.json === true);
+  const printer = new DecisionPrinter(flags.json === true);
   const guard = chrootGuard(policy, {
     ...(flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {}),
-    onLost: (l) => note(describeLost(l)),
+    onLost: (l) => {
+      note(describeLost(l));
+      printer.lost(l);
+    },
   });
-  const sub = guard.decisions$.subscribe({ next: print, error: () => {} });
+  const sub = guard.decisions$.subscribe({ next: (d) => printer.print(d), error: () => {} });
   try {
     const info = await guard.ready;
+    printer.attached({ mode: 'lsm', generation: info.generation, policyMode: policy.mode });
     note(`${policy.mode === 'enforce' ? 'enforcing' : 'auditing'} ${flags.policy} (generation ${info.generation}, ${info.compiledRules} compiled rules) with lsm/path_chroot; Ctrl-C to stop`);
   } catch (err) {
     sub.unsubscribe();
@@ -238,14 +210,19 @@ export async function followCommand(flags: { json?: boolean; pinDir: string }): 
     note(`no guard is pinned at ${dir}; pin one with \`chroot-guard enforce --pin\``);
     return EXIT.NOT_PINNED;
   }
-  const print = printer(flags.json === true);
+  const printer = new DecisionPrinter(flags.json === true);
+  printer.attached({ mode: 'lsm', generation: s.generation, policyMode: s.mode });
   let failed: unknown;
   let count = 0;
   await new Promise<void>((resolve) => {
-    const sub = followPinnedGuard({ dir, onLost: (l) => note(describeLost(l)) }).subscribe({
+    const onLost = (l: LostReport) => {
+      note(describeLost(l));
+      printer.lost(l);
+    };
+    const sub = followPinnedGuard({ dir, onLost }).subscribe({
       next: (d) => {
         count++;
-        print(d);
+        printer.print(d);
       },
       error: (err: unknown) => {
         failed = err;
@@ -296,16 +273,22 @@ async function auditFromWatch(policy: Policy, flags: { policy: string; json?: bo
     return reportError(err);
   }
   note('falling back to audit from the watch probes: decisions are computed after each call returns, nothing is blocked, and resolved paths of failed calls are unknown in tracepoint mode');
-  const print = printer(flags.json === true);
+  const printer = new DecisionPrinter(flags.json === true);
   let failed: unknown;
   const stopped = new Promise<void>((resolve) => {
     const sub = chrootWatch({
-      onAttach: (info) => note(`auditing ${flags.policy} from the ${info.mode} probes; Ctrl-C to stop`),
-      onLost: (l) => note(describeLost(l)),
+      onAttach: (info) => {
+        note(`auditing ${flags.policy} from the ${info.mode} probes; Ctrl-C to stop`);
+        printer.attached({ mode: info.mode, refused: info.refused, blindSpots: info.blindSpots, policyMode: 'audit' });
+      },
+      onLost: (l) => {
+        note(describeLost(l));
+        printer.lost(l);
+      },
     }).subscribe({
       next: (e) => {
         const d = fromWatch(policy, context, e);
-        if (d) print(d);
+        if (d) printer.print(d);
       },
       error: (err: unknown) => {
         failed = err;

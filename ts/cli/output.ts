@@ -81,7 +81,10 @@ export function reportError(err: unknown): number {
 /** The attach line: which mode, and why better ones were refused. */
 export function describeAttach(info: AttachInfo): string {
   const refused = info.refused.map((r) => `${r.mode} refused (${r.code}): ${r.reason}`);
-  return [`attached in ${info.mode} mode`, ...refused].join('\n  ');
+  const blind = info.blindSpots.map((r) =>
+    r.code === 'COMPAT_OFF' ? `blind spot: 32-bit compat and x32 chroot calls are not seen (${r.reason})` : `blind spot: 32-bit compat chroot calls are not seen (${r.program} on ${r.target} refused, ${r.code}: ${r.reason})`,
+  );
+  return [`attached in ${info.mode} mode`, ...refused, ...blind].join('\n  ');
 }
 
 /** The warning for lost events and failed decisions. */
@@ -186,40 +189,6 @@ export function jsonWithBigInts(value: unknown): string {
     .replace(JSON_UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
 }
 
-/** The JSON form of an event: every field, `ts` and the other u64s as JSON integers. */
-export function eventJson(e: ChrootEvent): string {
-  const obj = {
-    ts: e.ts,
-    enterTs: e.enterTs,
-    pid: e.pid,
-    tid: e.tid,
-    ppid: e.ppid,
-    uid: e.uid,
-    gid: e.gid,
-    euid: e.euid,
-    egid: e.egid,
-    comm: e.comm,
-    cgroupId: e.cgroupId,
-    mntNs: e.mntNs,
-    pidNs: e.pidNs,
-    userNs: e.userNs,
-    exeDev: e.exeDev,
-    exeIno: e.exeIno,
-    exeUnknown: e.exeUnknown,
-    path: e.path,
-    pathBase64: e.pathBytes.toString('base64'),
-    pathTruncated: e.pathTruncated,
-    resolvedPath: e.resolvedPath,
-    resolvedPathTruncated: e.resolvedPathTruncated,
-    resolvedPathUnreachable: e.resolvedPathUnreachable,
-    ret: e.ret,
-    errno: e.errno,
-    lsmRet: e.lsmRet,
-    probe: e.probe,
-  };
-  return jsonWithBigInts(obj);
-}
-
 const COLUMNS: ReadonlyArray<[string, number]> = [
   ['TIME', 12],
   ['PID', 7],
@@ -256,29 +225,4 @@ export function tableLine(e: ChrootEvent): string {
   const path = e.pathUnreadable ? '<unreadable>' : `${terminalSafe(e.pathBytes)}${e.pathTruncated ? '…' : ''}`;
   const resolved = e.resolvedPath === null ? '' : ` → ${resolvedMark(e)}${terminalSafe(e.resolvedPathBytes ?? e.resolvedPath)}`;
   return row([time, String(e.pid), terminalSafe(e.commBytes), String(e.uid), e.errno ?? 'ok'], path + resolved);
-}
-
-/** Writes event lines to stdout in the chosen format; ends quietly on EPIPE. */
-export class EventPrinter {
-  private headerDone = false;
-  count = 0;
-
-  constructor(private readonly json: boolean) {}
-
-  /** Prints the table header once (nothing in JSON mode). */
-  header(): void {
-    if (this.json || this.headerDone) return;
-    process.stdout.write(tableHeader() + '\n');
-    this.headerDone = true;
-  }
-
-  print(e: ChrootEvent): void {
-    this.count++;
-    if (this.json) {
-      process.stdout.write(eventJson(e) + '\n');
-      return;
-    }
-    this.header();
-    process.stdout.write(tableLine(e) + '\n');
-  }
 }

@@ -5,7 +5,9 @@
  */
 import { chrootWatch } from '../watch.js';
 import type { AttachMode } from '../errors.js';
-import { EventPrinter, EXIT, describeAttach, describeLost, note, reportError } from './output.js';
+import { EXIT, describeAttach, describeLost, note, reportError } from './output.js';
+import { EventPrinter } from './printer.js';
+import type { SessionStats } from '../session.js';
 
 /** Options of `watch`, as commander parses them. */
 export interface WatchFlags {
@@ -15,6 +17,7 @@ export interface WatchFlags {
   uid?: number;
   comm?: string;
   ringBufferBytes?: number;
+  compat?: boolean;
 }
 
 /** Runs until SIGINT/SIGTERM (exit 0) or an error (its exit code). */
@@ -23,6 +26,7 @@ export function watch(flags: WatchFlags): Promise<number> {
   return new Promise((resolve) => {
     let lost = 0;
     let sub: { unsubscribe(): void } | undefined;
+    let stats: (() => SessionStats) | undefined;
     // Handlers first: the subscription can fail at once (e.g. no native addon).
     const stop = () => {
       process.off('SIGINT', onSignal);
@@ -31,7 +35,9 @@ export function watch(flags: WatchFlags): Promise<number> {
       sub?.unsubscribe();
     };
     const onSignal = () => {
+      const last = stats?.();
       stop();
+      if (last) printer.finish(last);
       note(`detached: ${printer.count} event${printer.count === 1 ? '' : 's'}${lost ? `, ${lost} lost` : ''}`);
       resolve(EXIT.OK);
     };
@@ -48,13 +54,16 @@ export function watch(flags: WatchFlags): Promise<number> {
       ...(flags.uid !== undefined ? { uid: flags.uid } : {}),
       ...(flags.comm !== undefined ? { comm: flags.comm } : {}),
       ...(flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {}),
+      ...(flags.compat ? { compat: true } : {}),
       onAttach: (info) => {
+        stats = info.stats;
         note(`${describeAttach(info)}\n  watching chroot(2); Ctrl-C to stop`);
-        printer.header();
+        printer.attached(info);
       },
       onLost: (report) => {
         lost = report.total.ringBufferFull + report.total.pendingFull;
         note(describeLost(report));
+        printer.lost(report);
       },
     }).subscribe({
       next: (e) => printer.print(e),

@@ -25,6 +25,7 @@ pub fn probe_table() -> String {
             ProgramKind::KProbe => ("kprobe", p.target.to_string()),
             ProgramKind::KRetProbe => ("kretprobe", p.target.to_string()),
             ProgramKind::TracePoint => ("tracepoint", format!("{TRACEPOINT_CATEGORY}:{}", p.target)),
+            ProgramKind::RawTracePoint => ("raw tracepoint", p.target.to_string()),
         };
         let role = match p.role {
             Role::Enter => "entry: identity, argument",
@@ -32,6 +33,7 @@ pub fn probe_table() -> String {
             Role::LsmReturn => "LSM verdict",
             Role::Exit => "result; event to ring buffer",
         };
+        let role = if p.compat { format!("{role} (32-bit compat calls only)") } else { role.to_string() };
         out.push_str(&format!("| {} | `{}` | {hook} | `{target}` | {role} |\n", p.mode.name(), p.program));
     }
     out.push_str(&format!(

@@ -140,6 +140,9 @@ pub fn test(args: &TestArgs) -> Result<()> {
                 // attack suites among them) takes about 10 minutes alone and
                 // twice that when another job shares the 2 CPUs.
                 timeout: VM_SUITE_TIMEOUT,
+                // Debian builds the x32 ABI but leaves it off: on, so the
+                // tests see x32 chroot calls in every mode.
+                kernel_args: vec!["syscall.x32=y".into()],
                 ..vm::VmOptions::default()
             };
             let t = Instant::now();

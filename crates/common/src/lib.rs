@@ -134,6 +134,13 @@ pub mod flags {
     /// Decisions: the caller was in the initial user namespace and the
     /// initial mount namespace (what `initialNamespaces` rules test).
     pub const INITIAL_NAMESPACES: u32 = 1 << 14;
+    /// The argument was read after the entry hook: the entry's read failed
+    /// (its page not yet faulted in, as for a string literal a forked child
+    /// touches first in the call), and it was read again at
+    /// `security_path_chroot` or at syscall exit, once the kernel had copied
+    /// it in. What chroot(2) used, unless another thread rewrote the memory
+    /// in between.
+    pub const PATH_READ_LATE: u32 = 1 << 15;
 }
 
 /// One chroot attempt, as written to the `EVENTS` ring buffer.
@@ -191,6 +198,13 @@ pub struct ChrootEvent {
     /// Inode number of the caller's user namespace
     /// (`current->cred->user_ns->ns.inum`), as in `/proc/PID/ns/user`.
     pub user_ns: u32,
+    /// The caller's process id as its own pid namespace sees it
+    /// (`current->group_leader->thread_pid->numbers[level].nr`): what
+    /// `getpid()` returns inside a container.
+    pub ns_pid: u32,
+    /// The caller's thread id as its own pid namespace sees it
+    /// (`current->thread_pid->numbers[level].nr`).
+    pub ns_tid: u32,
     /// Syscall result: 0 or -errno.
     pub ret: i64,
     /// `bpf_ktime_get_boot_ns()` at syscall entry: ns since boot,
@@ -205,6 +219,9 @@ pub struct ChrootEvent {
     /// `current->mm->exe_file->f_inode->i_ino`; zero with
     /// [`flags::EXE_UNKNOWN`].
     pub exe_ino: u64,
+    /// User address of the argument, kept for a late read
+    /// ([`flags::PATH_READ_LATE`]).
+    pub arg_addr: u64,
     /// `current->comm` at syscall entry, NUL padded.
     pub comm: [u8; COMM_LEN],
     /// `path_len` bytes of the argument as passed to chroot(2), then
@@ -306,6 +323,10 @@ pub struct KernelOffsets {
     pub upid_size: u32,
     /// `upid.ns`
     pub upid_ns: u32,
+    /// `upid.nr`
+    pub upid_nr: u32,
+    /// `task_struct.group_leader`
+    pub task_group_leader: u32,
     /// `pid_namespace.ns` plus `ns_common.inum`
     pub pid_ns_inum: u32,
     /// `cred.euid`
@@ -334,6 +355,15 @@ pub struct KernelOffsets {
     pub inode_sb: u32,
     /// `super_block.s_dev`
     pub sb_dev: u32,
+    /// Offset in `struct pt_regs` of the first argument of a 32-bit compat
+    /// syscall (`bx` on x86_64; the native register elsewhere).
+    pub pt_regs_compat_arg0: u32,
+    /// Offset in `struct pt_regs` of the syscall number (`orig_ax` on
+    /// x86_64).
+    pub pt_regs_syscall_nr: u32,
+    /// `task_struct.thread_info` plus `thread_info.status` (x86_64), where
+    /// `TS_COMPAT` marks a 32-bit syscall in progress.
+    pub task_ti_status: u32,
     /// Explicit padding, always zero.
     pub _pad0: u32,
 }

@@ -17,6 +17,20 @@ pub const SYS_CHROOT: &str = "__arm64_sys_chroot";
 #[cfg(not(target_arch = "aarch64"))]
 pub const SYS_CHROOT: &str = "__x64_sys_chroot";
 
+/// Kernel symbol of the 32-bit compat chroot entry (`int $0x80` and the
+/// other ia32 entries on x86_64). The syscall tracepoints do not fire for
+/// compat calls, so tracepoint mode catches them on raw `sys_enter`.
+pub const SYS_CHROOT_IA32: &str = "__ia32_sys_chroot";
+
+/// chroot's number in the ia32 syscall table (`arch/x86/entry/syscalls/syscall_32.tbl`).
+pub const COMPAT_CHROOT_NR: i64 = 61;
+
+/// chroot's number for the x32 ABI: `__X32_SYSCALL_BIT` | 161. x32 calls
+/// run `__x64_sys_chroot` (fentry and kprobe modes see them), but the
+/// syscall tracepoints skip them like compat calls. Kernels build x32 off
+/// by default (`syscall.x32=y` turns it on).
+pub const X32_CHROOT_NR: i64 = 0x4000_0000 | 161;
+
 /// The LSM call site every chroot passes once the new root is looked up and
 /// `CAP_SYS_CHROOT` is checked (`fs/open.c`, `SYSCALL_DEFINE1(chroot)`); it
 /// receives the resolved `const struct path *`. Present since 2.6.29 with
@@ -39,6 +53,9 @@ pub enum ProgramKind {
     KRetProbe,
     /// `BPF_PROG_TYPE_TRACEPOINT`, attached in category [`TRACEPOINT_CATEGORY`].
     TracePoint,
+    /// `BPF_PROG_TYPE_RAW_TRACEPOINT` (`sys_enter`, `sys_exit`: every
+    /// syscall), filtered in the program.
+    RawTracePoint,
 }
 
 /// What a program contributes to the event of one chroot call.
@@ -69,6 +86,10 @@ pub struct ProbeSpec {
     pub target: &'static str,
     /// What the program contributes.
     pub role: Role,
+    /// It sees 32-bit compat calls only. A mode whose compat programs the
+    /// kernel refuses still runs, and says that compat calls are a blind
+    /// spot (`AttachInfo.blindSpots`).
+    pub compat: bool,
 }
 
 /// Every program of the object, grouped by mode, entry to exit. The loader
@@ -76,16 +97,28 @@ pub struct ProbeSpec {
 /// seen too; an exit hook that finds no entry in `CG_PENDING` (the call
 /// began before we attached) emits nothing.
 pub const PROBES: &[ProbeSpec] = &[
-    ProbeSpec { program: "cg_fentry_sys", mode: Mode::Fentry, kind: ProgramKind::FEntry, target: SYS_CHROOT, role: Role::Enter },
-    ProbeSpec { program: "cg_fentry_lsm", mode: Mode::Fentry, kind: ProgramKind::FEntry, target: SECURITY_PATH_CHROOT, role: Role::Resolve },
-    ProbeSpec { program: "cg_fexit_lsm", mode: Mode::Fentry, kind: ProgramKind::FExit, target: SECURITY_PATH_CHROOT, role: Role::LsmReturn },
-    ProbeSpec { program: "cg_fexit_sys", mode: Mode::Fentry, kind: ProgramKind::FExit, target: SYS_CHROOT, role: Role::Exit },
-    ProbeSpec { program: "cg_kprobe_sys", mode: Mode::Kprobe, kind: ProgramKind::KProbe, target: SYS_CHROOT, role: Role::Enter },
-    ProbeSpec { program: "cg_kprobe_lsm", mode: Mode::Kprobe, kind: ProgramKind::KProbe, target: SECURITY_PATH_CHROOT, role: Role::Resolve },
-    ProbeSpec { program: "cg_kret_lsm", mode: Mode::Kprobe, kind: ProgramKind::KRetProbe, target: SECURITY_PATH_CHROOT, role: Role::LsmReturn },
-    ProbeSpec { program: "cg_kret_sys", mode: Mode::Kprobe, kind: ProgramKind::KRetProbe, target: SYS_CHROOT, role: Role::Exit },
-    ProbeSpec { program: "cg_tp_enter", mode: Mode::Tracepoint, kind: ProgramKind::TracePoint, target: "sys_enter_chroot", role: Role::Enter },
-    ProbeSpec { program: "cg_tp_exit", mode: Mode::Tracepoint, kind: ProgramKind::TracePoint, target: "sys_exit_chroot", role: Role::Exit },
+    ProbeSpec { program: "cg_fentry_sys", mode: Mode::Fentry, kind: ProgramKind::FEntry, target: SYS_CHROOT, role: Role::Enter, compat: false },
+    #[cfg(target_arch = "x86_64")]
+    ProbeSpec { program: "cg_fentry_sys32", mode: Mode::Fentry, kind: ProgramKind::FEntry, target: SYS_CHROOT_IA32, role: Role::Enter, compat: true },
+    ProbeSpec { program: "cg_fentry_lsm", mode: Mode::Fentry, kind: ProgramKind::FEntry, target: SECURITY_PATH_CHROOT, role: Role::Resolve, compat: false },
+    ProbeSpec { program: "cg_fexit_lsm", mode: Mode::Fentry, kind: ProgramKind::FExit, target: SECURITY_PATH_CHROOT, role: Role::LsmReturn, compat: false },
+    ProbeSpec { program: "cg_fexit_sys", mode: Mode::Fentry, kind: ProgramKind::FExit, target: SYS_CHROOT, role: Role::Exit, compat: false },
+    #[cfg(target_arch = "x86_64")]
+    ProbeSpec { program: "cg_fexit_sys32", mode: Mode::Fentry, kind: ProgramKind::FExit, target: SYS_CHROOT_IA32, role: Role::Exit, compat: true },
+    ProbeSpec { program: "cg_kprobe_sys", mode: Mode::Kprobe, kind: ProgramKind::KProbe, target: SYS_CHROOT, role: Role::Enter, compat: false },
+    #[cfg(target_arch = "x86_64")]
+    ProbeSpec { program: "cg_kprobe_sys32", mode: Mode::Kprobe, kind: ProgramKind::KProbe, target: SYS_CHROOT_IA32, role: Role::Enter, compat: true },
+    ProbeSpec { program: "cg_kprobe_lsm", mode: Mode::Kprobe, kind: ProgramKind::KProbe, target: SECURITY_PATH_CHROOT, role: Role::Resolve, compat: false },
+    ProbeSpec { program: "cg_kret_lsm", mode: Mode::Kprobe, kind: ProgramKind::KRetProbe, target: SECURITY_PATH_CHROOT, role: Role::LsmReturn, compat: false },
+    ProbeSpec { program: "cg_kret_sys", mode: Mode::Kprobe, kind: ProgramKind::KRetProbe, target: SYS_CHROOT, role: Role::Exit, compat: false },
+    #[cfg(target_arch = "x86_64")]
+    ProbeSpec { program: "cg_kret_sys32", mode: Mode::Kprobe, kind: ProgramKind::KRetProbe, target: SYS_CHROOT_IA32, role: Role::Exit, compat: true },
+    ProbeSpec { program: "cg_tp_enter", mode: Mode::Tracepoint, kind: ProgramKind::TracePoint, target: "sys_enter_chroot", role: Role::Enter, compat: false },
+    #[cfg(target_arch = "x86_64")]
+    ProbeSpec { program: "cg_raw_enter32", mode: Mode::Tracepoint, kind: ProgramKind::RawTracePoint, target: "sys_enter", role: Role::Enter, compat: true },
+    ProbeSpec { program: "cg_tp_exit", mode: Mode::Tracepoint, kind: ProgramKind::TracePoint, target: "sys_exit_chroot", role: Role::Exit, compat: false },
+    #[cfg(target_arch = "x86_64")]
+    ProbeSpec { program: "cg_raw_exit32", mode: Mode::Tracepoint, kind: ProgramKind::RawTracePoint, target: "sys_exit", role: Role::Exit, compat: true },
 ];
 
 /// The programs of one mode, in attach order.
@@ -175,7 +208,7 @@ pub const ATTACH_POINTS: &[AttachPoint] = &[
     AttachPoint { name: "sys_exit_chroot", kind: PointKind::Tracepoint, mechanisms: &[Mechanism::Tracepoint] },
     AttachPoint { name: SYS_CHROOT, kind: PointKind::Function, mechanisms: &[Mechanism::Kprobe, Mechanism::Fentry] },
     #[cfg(target_arch = "x86_64")]
-    AttachPoint { name: "__ia32_sys_chroot", kind: PointKind::Function, mechanisms: &[Mechanism::Kprobe, Mechanism::Fentry] },
+    AttachPoint { name: SYS_CHROOT_IA32, kind: PointKind::Function, mechanisms: &[Mechanism::Kprobe, Mechanism::Fentry] },
     AttachPoint { name: SECURITY_PATH_CHROOT, kind: PointKind::Function, mechanisms: &[Mechanism::Kprobe, Mechanism::Fentry] },
     AttachPoint {
         name: BPF_LSM_PATH_CHROOT,

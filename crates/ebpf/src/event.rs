@@ -110,8 +110,21 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     ev.kind = EventKind::Chroot as u8;
     ev.mode = mode as u8;
     fill_identity(ev, pid_tgid, uid_gid, comm);
+    ev.arg_addr = filename as u64;
     read_argument(ev, filename);
     Ok(())
+}
+
+/// Reads the argument again if the entry hook could not: by now the kernel
+/// has copied it in (`getname`), faulting its page in.
+#[inline(always)]
+fn read_argument_late(ev: &mut ChrootEvent) {
+    if ev.flags & flags::PATH_UNREADABLE != 0 && ev.flags & flags::RESOLVED_PRESENT == 0 {
+        read_argument(ev, ev.arg_addr as *const u8);
+        if ev.flags & flags::PATH_UNREADABLE == 0 {
+            ev.flags |= flags::PATH_READ_LATE;
+        }
+    }
 }
 
 /// Fills who is calling: ids, comm, time, cgroup, namespaces, the
@@ -138,6 +151,10 @@ pub fn fill_identity(ev: &mut ChrootEvent, pid_tgid: u64, uid_gid: u64, comm: [u
     ev.mnt_ns = kernel::mnt_ns_inum(task).unwrap_or(0);
     ev.pid_ns = kernel::pid_ns_inum(task).unwrap_or(0);
     ev.user_ns = kernel::user_ns_inum(task).unwrap_or(0);
+    if let Ok((pid, tid)) = kernel::ns_pid_tid(task) {
+        ev.ns_pid = pid;
+        ev.ns_tid = tid;
+    }
     match kernel::exe_identity(task) {
         Ok((dev, ino)) => {
             ev.exe_dev = dev;
@@ -150,7 +167,8 @@ pub fn fill_identity(ev: &mut ChrootEvent, pid_tgid: u64, uid_gid: u64, comm: [u
     }
 }
 
-/// Reads the chroot(2) argument from user memory into `ev.path`.
+/// Reads the chroot(2) argument from user memory into `ev.path`, setting
+/// [`flags::PATH_UNREADABLE`] when it cannot and clearing it when it can.
 #[inline(always)]
 pub fn read_argument(ev: &mut ChrootEvent, filename: *const u8) {
     // SAFETY: the helper checks the user address and bounds the write.
@@ -161,6 +179,7 @@ pub fn read_argument(ev: &mut ChrootEvent, filename: *const u8) {
         ev.flags |= flags::PATH_UNREADABLE;
         return;
     }
+    ev.flags &= !flags::PATH_UNREADABLE;
     let n = (n as u32).min(PATH_MAX as u32);
     ev.path_len = (n - 1) as u16;
     if n == PATH_MAX as u32 {
@@ -185,6 +204,7 @@ pub fn read_argument(ev: &mut ChrootEvent, filename: *const u8) {
 #[inline(always)]
 pub fn resolve(kind: Scratch, path: *const u8) -> Result<(), Error> {
     let Some(ev) = pending() else { return Ok(()) };
+    read_argument_late(ev);
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
     let walked = kernel::resolve_into(kind, ev, vfsmnt, dentry).map(|_| ());
     kind.release();
@@ -206,6 +226,7 @@ pub fn lsm_return(ret: i32) -> Result<(), Error> {
 pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
     let tid = bpf_get_current_pid_tgid() as u32;
     let Some(ev) = pending() else { return Ok(()) };
+    read_argument_late(ev);
     ev.ret = ret;
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };

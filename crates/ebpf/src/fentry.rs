@@ -50,3 +50,22 @@ pub fn cg_fexit_sys(ctx: FExitContext) -> i32 {
     let _ = event::finish(Scratch::PerThread, ret);
     0
 }
+
+/// fentry on the 32-bit compat syscall wrapper (`__ia32_sys_chroot`): as
+/// [`cg_fentry_sys`], the argument in the compat register.
+#[fentry]
+pub fn cg_fentry_sys32(ctx: FEntryContext) -> i32 {
+    let regs: *const u8 = ctx.arg(0);
+    if let Ok(filename) = kernel::syscall_compat_arg0(regs) {
+        let _ = event::begin(filename, Mode::Fentry);
+    }
+    0
+}
+
+/// fexit on the 32-bit compat syscall wrapper: the result.
+#[fexit]
+pub fn cg_fexit_sys32(ctx: FExitContext) -> i32 {
+    let ret: i64 = ctx.arg(1);
+    let _ = event::finish(Scratch::PerThread, ret);
+    0
+}

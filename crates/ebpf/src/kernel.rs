@@ -122,6 +122,23 @@ pub fn pid_ns_inum(task: *const u8) -> Result<u32, Error> {
     read::<u32>(ns, off!(pid_ns_inum))
 }
 
+/// `task->thread_pid->numbers[level].nr`: the task's id in its own pid
+/// namespace.
+#[inline(always)]
+fn ns_id(task: *const u8) -> Result<u32, Error> {
+    let pid = read_ptr(task, off!(task_thread_pid))?;
+    let level = read::<u32>(pid, off!(pid_level))? & 0xff;
+    let upid = pid.wrapping_add(off!(pid_numbers) + level as usize * off!(upid_size));
+    read::<u32>(upid, off!(upid_nr))
+}
+
+/// The task's process id and thread id as its own pid namespace sees them.
+#[inline(always)]
+pub fn ns_pid_tid(task: *const u8) -> Result<(u32, u32), Error> {
+    let leader = read_ptr(task, off!(task_group_leader))?;
+    Ok((ns_id(leader)?, ns_id(task)?))
+}
+
 /// `task->fs->root` as `(vfsmount, dentry)`.
 #[inline(always)]
 pub fn fs_root(task: *const u8) -> Result<(*const u8, *const u8), Error> {
@@ -372,4 +389,29 @@ pub fn user_ns_inum(task: *const u8) -> Result<u32, Error> {
 #[inline(always)]
 pub fn syscall_arg0(regs: *const u8) -> Result<*const u8, Error> {
     read_ptr(regs, off!(pt_regs_arg0))
+}
+
+/// The first argument of a 32-bit compat syscall from a user `struct
+/// pt_regs *` (what `__ia32_sys_*` receive, and `sys_enter` for a compat
+/// call): `bx` on x86_64. The value is a 32-bit user address.
+#[inline(always)]
+pub fn syscall_compat_arg0(regs: *const u8) -> Result<*const u8, Error> {
+    Ok(read::<u64>(regs, off!(pt_regs_compat_arg0))? as u32 as usize as *const u8)
+}
+
+/// The syscall number in a user `struct pt_regs *` (`orig_ax`).
+#[inline(always)]
+pub fn syscall_nr(regs: *const u8) -> Result<i64, Error> {
+    read::<i64>(regs, off!(pt_regs_syscall_nr))
+}
+
+/// `TS_COMPAT` in x86's `thread_info.status`: set on entry to a 32-bit
+/// syscall (`int $0x80`, `sysenter`, 32-bit `syscall`), also one a 64-bit
+/// process makes.
+const TS_COMPAT: u32 = 0x0002;
+
+/// Whether the current task is in a 32-bit compat syscall.
+#[inline(always)]
+pub fn in_compat_syscall() -> Result<bool, Error> {
+    Ok(read::<u32>(current_task(), off!(task_ti_status))? & TS_COMPAT != 0)
 }

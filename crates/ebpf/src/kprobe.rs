@@ -50,3 +50,22 @@ pub fn cg_kret_sys(ctx: RetProbeContext) -> u32 {
     let _ = event::finish(Scratch::PerCpu, ret);
     0
 }
+
+/// kprobe on the 32-bit compat syscall wrapper (`__ia32_sys_chroot`).
+#[kprobe]
+pub fn cg_kprobe_sys32(ctx: ProbeContext) -> u32 {
+    if let Some(regs) = ctx.arg::<*const u8>(0) {
+        if let Ok(filename) = kernel::syscall_compat_arg0(regs) {
+            let _ = event::begin(filename, Mode::Kprobe);
+        }
+    }
+    0
+}
+
+/// kretprobe on the 32-bit compat syscall wrapper: the result.
+#[kretprobe]
+pub fn cg_kret_sys32(ctx: RetProbeContext) -> u32 {
+    let ret: i64 = ctx.ret();
+    let _ = event::finish(Scratch::PerCpu, ret);
+    0
+}

@@ -96,6 +96,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     pid_numbers: 0,
     upid_size: 0,
     upid_ns: 0,
+    upid_nr: 0,
+    task_group_leader: 0,
     pid_ns_inum: 0,
     cred_euid: 0,
     cred_egid: 0,
@@ -109,6 +111,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     inode_ino: 0,
     inode_sb: 0,
     sb_dev: 0,
+    pt_regs_compat_arg0: 0,
+    pt_regs_syscall_nr: 0,
+    task_ti_status: 0,
     _pad0: 0,
 };
 

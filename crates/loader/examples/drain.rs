@@ -73,7 +73,7 @@ fn main() {
         _keep = Box::new(guard);
     } else {
         let mode: ModeRequest = arg(&args, "--mode").unwrap_or_else(|| "auto".into()).parse().expect("mode");
-        let opts = LoadOptions { mode, filter: Filter::default(), ring_buffer_bytes: ring };
+        let opts = LoadOptions { mode, filter: Filter::default(), ring_buffer_bytes: ring, compat: false };
         let session = Arc::new(Session::open(&opts, count.clone(), ReaderConfig::default()).unwrap_or_else(|e| {
             eprintln!("drain: {e}");
             std::process::exit(1)

@@ -5,7 +5,7 @@
 //! the kernel.
 
 use aya::{
-    programs::{FEntry, FExit, KProbe, ProgramError, TracePoint},
+    programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use chroot_guard_common::{
@@ -57,7 +57,17 @@ pub struct LoadOptions {
     /// Size of the `CG_EVENTS` ring buffer in bytes: a power of two, at least
     /// the page size.
     pub ring_buffer_bytes: u32,
+    /// In tracepoint mode, also attach the raw `sys_enter`/`sys_exit`
+    /// programs that see 32-bit compat and x32 calls. Off unless asked:
+    /// any program there turns on the syscall tracing path for every
+    /// syscall of the host. fentry and kprobe modes see compat calls at no
+    /// such cost.
+    pub compat: bool,
 }
+
+/// Why compat calls go unseen in tracepoint mode when [`LoadOptions::compat`]
+/// is off.
+pub const COMPAT_OFF_REASON: &str = "32-bit compat and x32 calls reach no syscall tracepoint; seeing them in tracepoint mode takes raw sys_enter/sys_exit programs, which put every syscall of the host on the syscall-tracing path and slow it, so they are off unless asked for (compat: true, --compat)";
 
 /// An object with one mode's programs loaded and attached.
 pub struct Loaded {
@@ -68,6 +78,9 @@ pub struct Loaded {
     /// Why each better mode was refused (empty when the best one worked or a
     /// mode was forced).
     pub refusals: Vec<Refusal>,
+    /// Programs of the mode the kernel refused that only see 32-bit compat
+    /// calls ([`ProbeSpec::compat`]): the mode runs, blind to those calls.
+    pub blind_spots: Vec<Refusal>,
 }
 
 /// What one mode attempt can end in besides success.
@@ -158,8 +171,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Error> {
                 continue;
             }
         }
-        match try_mode(mode, &kernel, &opts.filter, opts.ring_buffer_bytes) {
-            Ok(ebpf) => return Ok(Loaded { ebpf, mode, refusals }),
+        match try_mode(mode, &kernel, &opts.filter, opts.ring_buffer_bytes, opts.compat) {
+            Ok((ebpf, blind_spots)) => return Ok(Loaded { ebpf, mode, refusals, blind_spots }),
             Err(Failure::Fatal(e)) => return Err(e),
             Err(Failure::Refused(r)) => refusals.push(r),
         }
@@ -173,7 +186,12 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Error> {
 }
 
 /// Creates the maps (with the offsets and filter as frozen globals) and
-/// loads and attaches every program of `mode`.
+/// loads and attaches every program of `mode` (the raw tracepoint ones only
+/// with `compat`). Returns the object and the refusals of compat-only
+/// programs, which leave the mode running blind to
+/// 32-bit compat calls (after one is refused, the mode's other compat
+/// programs are not attached: an entry hook without its exit would leave
+/// entries in `CG_PENDING`).
 ///
 /// # Errors
 /// [`Failure::Refused`] when the kernel refuses a program of the mode;
@@ -183,19 +201,30 @@ pub fn try_mode(
     kernel: &KernelContext,
     filter: &Filter,
     ring_buffer_bytes: u32,
-) -> Result<Ebpf, Failure> {
+    compat: bool,
+) -> Result<(Ebpf, Vec<Refusal>), Failure> {
     let mut ebpf = kernel.load_object(filter, ring_buffer_bytes).map_err(Failure::Fatal)?;
     // Exit hooks first: a call that enters after its entry hook is attached
     // then surely exits after its exit hook is, and leaves no orphan entry
     // in CG_PENDING.
     let specs: Vec<_> = probes_for(mode).collect();
+    let mut blind: Vec<Refusal> = Vec::new();
     for spec in specs.into_iter().rev() {
-        attach_one(&mut ebpf, spec, kernel).map_err(|f| match f {
-            Step::Refused(r) => Failure::Refused(r),
-            Step::Object(msg) => Failure::Fatal(Error::Object(msg)),
-        })?;
+        if spec.compat && !blind.is_empty() {
+            continue;
+        }
+        if spec.compat && spec.kind == ProgramKind::RawTracePoint && !compat {
+            blind.push(Refusal { code: "COMPAT_OFF", reason: COMPAT_OFF_REASON.into(), ..base_refusal(spec, "attach") });
+            continue;
+        }
+        match attach_one(&mut ebpf, spec, kernel) {
+            Ok(()) => {}
+            Err(Step::Refused(r)) if spec.compat => blind.push(r),
+            Err(Step::Refused(r)) => return Err(Failure::Refused(r)),
+            Err(Step::Object(msg)) => return Err(Failure::Fatal(Error::Object(msg))),
+        }
     }
-    Ok(ebpf)
+    Ok((ebpf, blind))
 }
 
 enum Step {
@@ -246,6 +275,11 @@ fn attach_one(ebpf: &mut Ebpf, spec: &'static ProbeSpec, kernel: &KernelContext)
             p.load().map_err(load)?;
             p.attach(TRACEPOINT_CATEGORY, spec.target).map_err(attach)?;
         }
+        ProgramKind::RawTracePoint => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(wrong_type)?;
+            p.load().map_err(load)?;
+            p.attach(spec.target).map_err(attach)?;
+        }
     }
     Ok(())
 }
@@ -270,6 +304,7 @@ fn kind_name(kind: ProgramKind) -> &'static str {
         ProgramKind::KProbe => "kprobe",
         ProgramKind::KRetProbe => "kretprobe",
         ProgramKind::TracePoint => "tracepoint",
+        ProgramKind::RawTracePoint => "raw tracepoint",
     }
 }
 

@@ -92,6 +92,15 @@ const PT_REGS_ARG0: (&str, &str) = ("pt_regs", "regs");
 #[cfg(not(target_arch = "aarch64"))]
 const PT_REGS_ARG0: (&str, &str) = ("pt_regs", "di");
 
+/// The field holding the first argument of a 32-bit compat syscall (ia32:
+/// `ebx`), and the one holding the syscall number.
+#[cfg(not(target_arch = "aarch64"))]
+const PT_REGS_COMPAT: [(&str, &str); 2] = [("pt_regs", "bx"), ("pt_regs", "orig_ax")];
+/// arm64 compat syscalls go through the native entry points with the same
+/// registers: nothing of its own to read.
+#[cfg(target_arch = "aarch64")]
+const PT_REGS_COMPAT: [(&str, &str); 2] = [("pt_regs", "regs"), ("pt_regs", "syscallno")];
+
 /// Every offset the programs need, from the running kernel's BTF.
 ///
 /// # Errors
@@ -122,6 +131,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         pid_numbers: o("pid", "numbers")?,
         upid_size: size_of(btf, "upid")?,
         upid_ns: o("upid", "ns")?,
+        upid_nr: o("upid", "nr")?,
+        task_group_leader: o("task_struct", "group_leader")?,
         pid_ns_inum: o("pid_namespace", "ns")? + o("ns_common", "inum")?,
         cred_euid: o("cred", "euid")?,
         cred_egid: o("cred", "egid")?,
@@ -135,6 +146,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         inode_ino: o("inode", "i_ino")?,
         inode_sb: o("inode", "i_sb")?,
         sb_dev: o("super_block", "s_dev")?,
+        pt_regs_compat_arg0: o(PT_REGS_COMPAT[0].0, PT_REGS_COMPAT[0].1)?,
+        pt_regs_syscall_nr: o(PT_REGS_COMPAT[1].0, PT_REGS_COMPAT[1].1)?,
+        // `thread_info.status` is x86's; 0 elsewhere, where nothing reads it.
+        task_ti_status: if cfg!(target_arch = "x86_64") { o("task_struct", "thread_info")? + o("thread_info", "status")? } else { 0 },
         _pad0: 0,
     })
 }

@@ -69,8 +69,11 @@ pub struct PointReport {
 pub struct ModeReport {
     /// The mode.
     pub mode: Mode,
-    /// `None` when every program of the mode loaded and attached.
+    /// `None` when the mode's programs loaded and attached.
     pub refusal: Option<Refusal>,
+    /// Compat-only programs refused though the mode runs: 32-bit compat
+    /// calls it would not see.
+    pub blind_spots: Vec<Refusal>,
 }
 
 /// Everything `doctor` found.
@@ -235,15 +238,19 @@ pub fn doctor() -> Report {
     let modes: Vec<ModeReport> = Mode::ALL
         .iter()
         .map(|&mode| {
+            let mut blind_spots = Vec::new();
             let refusal = match &context {
                 Err(d) => Some(mode_refusal(mode, d)),
-                Ok(k) => match try_mode(mode, k, &Filter::default(), 4096) {
-                    Ok(_) => None,
+                Ok(k) => match try_mode(mode, k, &Filter::default(), 4096, true) {
+                    Ok((_, blind)) => {
+                        blind_spots = blind;
+                        None
+                    }
                     Err(Failure::Refused(r)) => Some(r),
                     Err(Failure::Fatal(e)) => Some(mode_refusal(mode, &denial_of(&e))),
                 },
             };
-            ModeReport { mode, refusal }
+            ModeReport { mode, refusal, blind_spots }
         })
         .collect();
     let auto = modes.iter().find(|m| m.refusal.is_none()).map(|m| m.mode);

@@ -17,7 +17,7 @@ pub fn event_layout() -> Vec<(&'static str, u32)> {
     }
     let mut table = offsets!(
         kind, mode, path_len, resolved_len, rule, flags, pid, tid, ppid, uid, gid, euid, egid,
-        mnt_ns, pid_ns, lsm_ret, policy_gen, exe_dev, user_ns, ret, enter_ns, ts_ns, cgroup_id, exe_ino, comm, data,
+        mnt_ns, pid_ns, lsm_ret, policy_gen, exe_dev, user_ns, ns_pid, ns_tid, ret, enter_ns, ts_ns, cgroup_id, exe_ino, arg_addr, comm, data,
     );
     table.extend([
         ("size", size_of::<ChrootEvent>() as u32),
@@ -40,6 +40,7 @@ pub fn event_layout() -> Vec<(&'static str, u32)> {
         ("flag_policy_torn", flags::POLICY_TORN),
         ("flag_internal_error", flags::INTERNAL_ERROR),
         ("flag_initial_namespaces", flags::INITIAL_NAMESPACES),
+        ("flag_path_read_late", flags::PATH_READ_LATE),
         ("kind_chroot", EventKind::Chroot as u32),
         ("kind_decision", EventKind::Decision as u32),
         ("no_rule", u32::from(policy::NO_RULE)),
@@ -128,7 +129,7 @@ mod tests {
     #[test]
     fn no_implicit_padding() {
         // Explicit `_pad` fields only: the sum of field sizes is the size.
-        let sum = 1 + 1 + 2 + 2 + 2 + 4 * 14 + 8 * 5 + COMM_LEN + PATH_MAX + RESOLVED_MAX;
+        let sum = 1 + 1 + 2 + 2 + 2 + 4 * 16 + 8 * 6 + COMM_LEN + PATH_MAX + RESOLVED_MAX;
         assert_eq!(sum, size_of::<ChrootEvent>());
     }
 }

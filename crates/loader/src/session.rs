@@ -22,6 +22,7 @@ pub struct Session {
     counters: Arc<Counters>,
     mode: Mode,
     refusals: Vec<Refusal>,
+    blind_spots: Vec<Refusal>,
 }
 
 /// Totals of one session (watch or guard).
@@ -58,9 +59,9 @@ impl Session {
     /// missing; [`Error::Io`] when the thread cannot start. Nothing stays
     /// loaded after an error.
     pub fn open<S: Sink>(opts: &LoadOptions, sink: S, config: ReaderConfig) -> Result<Session, Error> {
-        let Loaded { mut ebpf, mode, refusals } = attach::load(opts)?;
+        let Loaded { mut ebpf, mode, refusals, blind_spots } = attach::load(opts)?;
         let (reader, counters) = reader::start(&mut ebpf, sink, config)?;
-        Ok(Session { ebpf: Some(ebpf), reader, counters, mode, refusals })
+        Ok(Session { ebpf: Some(ebpf), reader, counters, mode, refusals, blind_spots })
     }
 
     /// The attached mode.
@@ -71,6 +72,12 @@ impl Session {
     /// Why better modes were refused (`auto` only).
     pub fn refusals(&self) -> &[Refusal] {
         &self.refusals
+    }
+
+    /// Compat-only programs the kernel refused: calls this session does not
+    /// see (see [`Loaded::blind_spots`]).
+    pub fn blind_spots(&self) -> &[Refusal] {
+        &self.blind_spots
     }
 
     /// Current totals; reads the per-CPU counters from the kernel.

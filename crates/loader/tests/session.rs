@@ -53,7 +53,7 @@ fn path_of(ev: &ChrootEvent) -> String {
 #[test]
 fn auto_mode_reports_real_chroot_calls() {
     let (tx, rx) = mpsc::channel();
-    let opts = LoadOptions { mode: ModeRequest::Auto, filter: Filter::default(), ring_buffer_bytes: 1 << 20 };
+    let opts = LoadOptions { mode: ModeRequest::Auto, filter: Filter::default(), ring_buffer_bytes: 1 << 20, compat: false };
     let mut session = match Session::open(&opts, ChannelSink(tx), ReaderConfig::default()) {
         Ok(s) => s,
         Err(e) => panic!("open failed ({}): {e}\nverifier log: {}", e.code(), e.verifier_log().unwrap_or("-")),

@@ -56,6 +56,8 @@ pub struct BindingModeReport {
     pub ok: bool,
     /// Why not.
     pub refusal: Option<BindingRefusal>,
+    /// Compat-only programs refused though the mode runs.
+    pub blind_spots: Vec<BindingRefusal>,
 }
 
 /// Kernel facts.
@@ -154,6 +156,7 @@ impl Task for DoctorTask {
                     mode: m.mode.name().into(),
                     ok: m.refusal.is_none(),
                     refusal: m.refusal.as_ref().map(binding_refusal),
+                    blind_spots: m.blind_spots.iter().map(binding_refusal).collect(),
                 })
                 .collect(),
             auto: r.auto.map(|m| m.name().to_string()),

@@ -34,6 +34,9 @@ pub struct BindingOpenOptions {
     pub comm: Option<String>,
     /// Ring buffer size in bytes.
     pub ring_buffer_bytes: Option<u32>,
+    /// Tracepoint mode: also see 32-bit compat and x32 calls (raw
+    /// `sys_enter`/`sys_exit`; costs every syscall). Default false.
+    pub compat: Option<bool>,
 }
 
 /// Outcome of `open()`: never a rejected promise, so the TS layer can build
@@ -46,6 +49,9 @@ pub struct BindingOpenResult {
     pub mode: Option<String>,
     /// Refused modes (better ones when `ok`; all tried when not).
     pub refusals: Vec<BindingRefusal>,
+    /// Programs of the attached mode that only see 32-bit compat calls and
+    /// that the kernel refused: the session is blind to those calls.
+    pub blind_spots: Vec<BindingRefusal>,
     /// Error code when not `ok` (`Error::code`), or `CLOSED`.
     pub error_code: Option<String>,
     /// Error message when not `ok`.
@@ -78,7 +84,7 @@ fn parse_options(o: &BindingOpenOptions) -> Result<LoadOptions, Error> {
     }
     let ring = o.ring_buffer_bytes.unwrap_or(DEFAULT_RING_BUFFER_BYTES);
     let ring_buffer_bytes = crate::attach::check_ring_buffer_bytes(u64::from(ring))?;
-    Ok(LoadOptions { mode, filter, ring_buffer_bytes })
+    Ok(LoadOptions { mode, filter, ring_buffer_bytes, compat: o.compat.unwrap_or(false) })
 }
 
 /// A kernel session for `chrootWatch()`.
@@ -131,6 +137,7 @@ pub struct OpenTask {
 pub struct OpenOutcome {
     mode: Option<&'static str>,
     refusals: Vec<Refusal>,
+    blind_spots: Vec<Refusal>,
     error: Option<(String, String, Option<String>)>,
 }
 
@@ -148,18 +155,20 @@ impl Task for OpenTask {
             Ok(session) => {
                 let mode = Some(session.mode().name());
                 let refusals = session.refusals().to_vec();
+                let blind_spots = session.blind_spots().to_vec();
                 let error = if self.shared.finish_open(Kernel::Watch(session)) {
                     None
                 } else {
                     Some(("CLOSED".into(), "closed while opening".into(), None))
                 };
-                OpenOutcome { mode, refusals, error }
+                OpenOutcome { mode, refusals, blind_spots, error }
             }
             Err(e) => {
                 self.shared.fail_open();
                 OpenOutcome {
                     mode: None,
                     refusals: e.refusals().to_vec(),
+                    blind_spots: Vec::new(),
                     error: Some((e.code().into(), e.to_string(), e.verifier_log().map(str::to_string))),
                 }
             }
@@ -175,6 +184,7 @@ impl Task for OpenTask {
             ok: error_code.is_none(),
             mode: out.mode.map(str::to_string),
             refusals: out.refusals.iter().map(binding_refusal).collect(),
+            blind_spots: out.blind_spots.iter().map(binding_refusal).collect(),
             error_code,
             error_message,
             verifier_log,

@@ -1,0 +1,89 @@
+/*
+ * chroot(2) calls the watch probes once missed, for test/watch.test.ts.
+ * Prints one line: "<pid of the calling process> <0 or -errno>".
+ *
+ *   chroot_calls first-touch   a forked child chroots into a string literal
+ *                              (FIRST_TOUCH_DIR) straight away: the page that
+ *                              holds it is not mapped in the child until the
+ *                              kernel copies the argument in, so an entry hook
+ *                              that reads it first finds nothing to read.
+ *   chroot_calls seccomp DIR   chroot(DIR) under a seccomp filter that fails
+ *                              chroot with EACCES before the syscall body
+ *                              runs; then a plain getpid. Prints the result
+ *                              of the chroot.
+ *   chroot_calls x32 DIR       chroot(DIR) through the x32 ABI (syscall
+ *                              0x40000000 | 161); -ENOSYS where the kernel
+ *                              has x32 off.
+ *   chroot_calls ia32 DIR      chroot(DIR) through the 32-bit compat entry
+ *                              (int $0x80, syscall 61), with DIR in a page
+ *                              below 4 GiB (MAP_32BIT), from this 64-bit
+ *                              process: the syscall tracepoints do not fire
+ *                              for it.
+ */
+#include <errno.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define FIRST_TOUCH_DIR "/tmp/cg-first-touch/a-literal-directory-path"
+
+int main(int argc, char **argv) {
+  if (argc == 2 && !strcmp(argv[1], "first-touch")) {
+    int fds[2];
+    if (pipe(fds) != 0) return 2;
+    pid_t pid = fork();
+    if (pid == 0) {
+      int r = chroot(FIRST_TOUCH_DIR);
+      char line[64];
+      int n = snprintf(line, sizeof line, "%d %d\n", getpid(), r == 0 ? 0 : -errno);
+      (void)!write(fds[1], line, n);
+      _exit(0);
+    }
+    close(fds[1]);
+    char buf[64];
+    ssize_t n = read(fds[0], buf, sizeof buf);
+    waitpid(pid, 0, 0);
+    if (n <= 0) return 2;
+    fwrite(buf, 1, n, stdout);
+    return 0;
+  }
+  if (argc == 3 && !strcmp(argv[1], "seccomp")) {
+    struct sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_chroot, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EACCES & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {sizeof filter / sizeof filter[0], filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) return 2;
+    int r = chroot(argv[2]);
+    printf("%d %d\n", getpid(), r == 0 ? 0 : -errno);
+    return 0;
+  }
+#if defined(__x86_64__)
+  if (argc == 3 && !strcmp(argv[1], "x32")) {
+    /* chroot through the x32 ABI (-ENOSYS unless the kernel has it on). */
+    long r = syscall(0x40000000L | 161, argv[2]);
+    printf("%d %ld\n", getpid(), r == 0 ? 0L : (long)-errno);
+    return 0;
+  }
+  if (argc == 3 && !strcmp(argv[1], "ia32")) {
+    char *p = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
+    if (p == MAP_FAILED || strlen(argv[2]) >= 4096) return 2;
+    strcpy(p, argv[2]);
+    long ret;
+    __asm__ volatile("int $0x80" : "=a"(ret) : "a"(61), "b"(p) : "memory");
+    printf("%d %ld\n", getpid(), ret);
+    return 0;
+  }
+#endif
+  fprintf(stderr, "usage: chroot_calls first-touch | seccomp DIR | x32 DIR | ia32 DIR\n");
+  return 2;
+}

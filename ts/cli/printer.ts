@@ -1,0 +1,116 @@
+/**
+ * What the CLI writes to stdout: a table, or the NDJSON stream of
+ * `ts/cli/records.ts`. `watch` and `demo` print events, `enforce` and
+ * `status --follow` decisions.
+ * @internal
+ * @module
+ */
+import { boottimeNs, toWallClock } from '../clock.js';
+import type { ChrootDecision } from '../decision.js';
+import type { ChrootEvent } from '../events.js';
+import type { AttachInfo, LostReport, SessionStats } from '../session.js';
+import { resolvedMark, tableHeader, tableLine, terminalSafe } from './output.js';
+import { attachRecord, chrootRecord, decisionRecord, lostRecord } from './records.js';
+
+/** Writes event lines to stdout in the chosen format. */
+export class EventPrinter {
+  private headerDone = false;
+  /** When the counts of the last `lost` record (or the attach) were read: ns since boot. */
+  private since = 0n;
+  /** Totals the stream has reported as lost so far. */
+  private reported = { ringBufferFull: 0, pendingFull: 0 };
+  /** Events printed. */
+  count = 0;
+
+  constructor(private readonly json: boolean) {}
+
+  /** The session attached: the `attach` record (JSON), or the table header. */
+  attached(info: AttachInfo): void {
+    this.since = boottimeNs();
+    if (this.json) process.stdout.write(attachRecord(this.since, info) + '\n');
+    else this.header();
+  }
+
+  /** Prints the table header once (nothing in JSON mode). */
+  header(): void {
+    if (this.json || this.headerDone) return;
+    process.stdout.write(tableHeader() + '\n');
+    this.headerDone = true;
+  }
+
+  /** One event. */
+  print(e: ChrootEvent): void {
+    this.count++;
+    if (this.json) {
+      process.stdout.write(chrootRecord(e) + '\n');
+      return;
+    }
+    this.header();
+    process.stdout.write(tableLine(e) + '\n');
+  }
+
+  /** What the kernel could not deliver: a `lost` record in the stream (the table reports it on stderr instead). */
+  lost(report: LostReport): void {
+    this.reported = { ringBufferFull: report.total.ringBufferFull, pendingFull: report.total.pendingFull };
+    if (!this.json) return;
+    const now = boottimeNs();
+    process.stdout.write(lostRecord(report, this.since, now) + '\n');
+    this.since = now;
+  }
+
+  /**
+   * At the end: a last `lost` record for what the kernel counted after the
+   * last batch, so the stream's totals are final.
+   */
+  finish(stats: SessionStats): void {
+    const more = { ringBufferFull: stats.ringBufferFull - this.reported.ringBufferFull, pendingFull: stats.pendingFull - this.reported.pendingFull };
+    if (more.ringBufferFull <= 0 && more.pendingFull <= 0) return;
+    const zero = { lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
+    this.lost({ ...more, ...zero, total: { ringBufferFull: stats.ringBufferFull, pendingFull: stats.pendingFull, ...zero } });
+  }
+}
+
+const DECISION_HEADER = `${'TIME'.padEnd(13)}${'PID'.padEnd(8)}${'COMM'.padEnd(17)}${'UID'.padEnd(7)}${'DECISION'.padEnd(11)}${'RULE'.padEnd(24)}RESOLVED`;
+
+/** One table line: time, pid, comm, uid, decision, rule, resolved path (caller-controlled fields through {@link terminalSafe}). */
+export function decisionLine(d: ChrootDecision): string {
+  const t = toWallClock(d.ts);
+  const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
+  const decision = d.denied ? 'DENIED' : d.wouldDeny ? 'would-deny' : d.action;
+  const resolved = d.resolvedPath === null ? '' : resolvedMark(d) + terminalSafe(d.resolvedPathBytes ?? d.resolvedPath);
+  // At least one space after each cell, also after one wider than its column.
+  const cell = (s: string, width: number) => `${s.padEnd(width - 1)} `;
+  return `${cell(time, 13)}${cell(String(d.pid), 8)}${cell(terminalSafe(d.commBytes), 17)}${cell(String(d.uid), 7)}${cell(decision, 11)}${cell(d.ruleId === null ? '(default)' : terminalSafe(d.ruleId), 24)}${resolved}${d.source === 'watch' ? '  [from watch]' : ''}`;
+}
+
+/** Writes decisions to stdout: a table, or `attach`, `decision` and `lost` records. */
+export class DecisionPrinter {
+  private headerDone = false;
+  private since = 0n;
+
+  constructor(private readonly json: boolean) {}
+
+  /** The guard runs: the `attach` record (JSON). */
+  attached(a: Parameters<typeof attachRecord>[1]): void {
+    this.since = boottimeNs();
+    if (this.json) process.stdout.write(attachRecord(this.since, a) + '\n');
+  }
+
+  /** One decision. */
+  print(d: ChrootDecision): void {
+    if (this.json) return void process.stdout.write(decisionRecord(d) + '\n');
+    if (!this.headerDone) {
+      process.stdout.write(DECISION_HEADER + '\n');
+      this.headerDone = true;
+    }
+    process.stdout.write(decisionLine(d) + '\n');
+  }
+
+  /** What the kernel could not deliver or decide: a `lost` record (JSON; the table reports it on stderr). */
+  lost(report: LostReport): void {
+    if (!this.json) return;
+    const now = boottimeNs();
+    process.stdout.write(lostRecord(report, this.since, now) + '\n');
+    this.since = now;
+  }
+}
