@@ -88,9 +88,12 @@ describe.skipIf(!LSM)(`guard: the caller's root and namespaces (skipped here: ${
       expect(r.status, r.stderr).toBe(0);
       const aliased = JSON.parse(r.stdout) as Attack;
       expect(aliased.results).toEqual(['EPERM']);
-      expect((await g2.decisionsOf(real.pid))[0]).toMatchObject({ ruleId: 'python', denied: false });
+      expect((await g2.decisionsOf(real.pid))[0]).toMatchObject({ ruleId: 'python', denied: false, exe: python });
       const [d] = await g2.decisionsOf(aliased.pid);
       expect(d).toMatchObject({ ruleId: null, reason: 'default', denied: true, exeUnknown: false });
+      // The decision shows the path the copy appears at in the caller's
+      // namespace (a path is only a name); device and inode tell the file.
+      expect(d!.exe).toBe(python);
       expect(d!.exeIno).toBe(statSync(copy, { bigint: true }).ino);
     } finally {
       g2.guard.stop();

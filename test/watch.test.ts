@@ -4,7 +4,7 @@
  * per mode (`CG_TEST_MODE`); the assertions are the same everywhere.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, realpathSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, realpathSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
@@ -330,15 +330,60 @@ describe(`calls once missed or incomplete (mode ${TEST_MODE})`, () => {
   beforeAll(async () => {
     mkdirSync(FIRST_TOUCH_DIR, { recursive: true });
     const dir = mkdtempSync(join(tmpdir(), 'cg-callers-'));
-    caller = join(dir, 'chroot_calls');
+    caller = join(realpathSync(dir), 'chroot_calls');
     execFileSync('gcc', ['-O2', '-o', caller, fileURLToPath(new URL('./callers/chroot_calls.c', import.meta.url))]);
     rec = await record({ compat: true });
   });
   afterAll(() => rec.stop());
-  const call = (...args: string[]) => {
-    const [pid, ret] = execFileSync(caller, args, { encoding: 'utf8' }).trim().split(' ').map(Number);
+  const callWith = (file: string, ...args: string[]) => {
+    const [pid, ret] = execFileSync(file, args, { encoding: 'utf8' }).trim().split(' ').map(Number);
     return { pid: pid!, ret: ret! };
   };
+  const call = (...args: string[]) => callWith(caller, ...args);
+  const exeOf = async (c: { pid: number }) => {
+    await rec.until(() => rec.of(c.pid).length === 1);
+    return rec.of(c.pid)[0]!;
+  };
+
+  it('who ran it: a caller that renamed itself shows its chosen comm and its real exe (path, device, inode), and its parent\'s comm and exe', async () => {
+    const c = call('renamed', rootPath);
+    expect(c.ret).toBe(0);
+    const e = await exeOf(c);
+    const st = statSync(caller, { bigint: true });
+    expect(e).toMatchObject({
+      comm: 'debootstrap', exe: caller, exeTruncated: false, exeUnreachable: false, exeDeleted: false, exeMemfd: false, exeUnknown: false,
+      parentComm: 'cg-parent', parentExe: caller, parentExeUnreachable: false, parentExeDeleted: false, parentExeMemfd: false,
+      exeIno: st.ino,
+    });
+    expect(e.exeBytes).toEqual(Buffer.from(caller));
+    expect(e.parentCommBytes).toEqual(Buffer.from('cg-parent'));
+    expect(e.parentExeBytes).toEqual(Buffer.from(caller));
+    // The path fields follow the argument and the resolved root in the record.
+    expect(e).toMatchObject({ path: rootPath, resolvedPath: rootPath });
+  });
+
+  it('an executable unlinked after it was run: exe names where it was, flagged deleted', async () => {
+    const copy = join(mkdtempSync(join(realpathSync(tmpdir()), 'cg-deleted-')), 'gone');
+    copyFileSync(caller, copy);
+    execFileSync('chmod', ['755', copy]);
+    const c = callWith(copy, 'deleted', rootPath);
+    expect(c.ret).toBe(0);
+    expect(await exeOf(c)).toMatchObject({ exe: copy, exeDeleted: true, exeMemfd: false, exeUnreachable: false, parentExeDeleted: false });
+  });
+
+  it('a memfd executable (memfd_create + fexecve): exe is /memfd:NAME, flagged memfd and unreachable (no path in any namespace)', async () => {
+    const c = call('memfd', rootPath);
+    expect(c.ret).toBe(0);
+    expect(await exeOf(c)).toMatchObject({ exe: '/memfd:cg-memfd', exeMemfd: true, exeUnreachable: true, exeUnknown: false });
+  });
+
+  it('an executable run from a lazily unmounted tree: exe is its path from that detached root, flagged unreachable', async () => {
+    const dir = mkdtempSync(join(realpathSync(tmpdir()), 'cg-detached-'));
+    const out = execFileSync('unshare', ['-m', 'sh', '-c', `mount -t tmpfs cg ${dir} && cp ${caller} ${dir}/c && cd ${dir} && umount -l ${dir} && exec ./c plain /`], { encoding: 'utf8' });
+    const [pid, ret] = out.trim().split(' ').map(Number);
+    expect(ret).toBe(0);
+    expect(await exeOf({ pid: pid! })).toMatchObject({ exe: '/c', exeUnreachable: true, exeDeleted: false, exeMemfd: false });
+  });
 
   it('a forked child\'s first chroot of a string literal: the argument is read late, not reported empty', async () => {
     const c = call('first-touch');

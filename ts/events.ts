@@ -75,6 +75,49 @@ export interface ChrootEvent {
   /** The caller has no executable to identify (no `mm` or `exe_file`, e.g. a kernel thread). */
   readonly exeUnknown: boolean;
   /**
+   * Path of the caller's executable (`current->mm->exe_file->f_path`),
+   * walked like `resolvedPath` in the caller's mount namespace at syscall
+   * exit (at `security_path_chroot` for decisions); display form as for
+   * `path`. Unlike `comm`, the caller cannot choose it without running
+   * another file. Null when the caller has no executable or a read failed.
+   * A memfd shows as `/memfd:NAME` (`exeMemfd`).
+   */
+  readonly exe: string | null;
+  /** Raw bytes of `exe`, or null. */
+  readonly exeBytes: Buffer | null;
+  /** The walk stopped at 64 steps or 4095 bytes: `exe` is the tail only. */
+  readonly exeTruncated: boolean;
+  /**
+   * The executable is not reachable from the caller's mount namespace root
+   * (a detached tree, another namespace, a memfd): `exe` is its path from
+   * that other root.
+   */
+  readonly exeUnreachable: boolean;
+  /** The executable was unlinked after it was run (`/proc/PID/exe` says `(deleted)`): `exe` names where it was. */
+  readonly exeDeleted: boolean;
+  /** The executable is a memfd (`memfd_create(2)` run with `fexecve`/`execveat`): a file with no path in any namespace. */
+  readonly exeMemfd: boolean;
+  /** The parent's comm (`current->real_parent->comm`), display form as for `comm`; set by the parent itself. */
+  readonly parentComm: string;
+  /** Raw bytes of `parentComm` (NUL padding excluded). */
+  readonly parentCommBytes: Buffer;
+  /**
+   * Path of the parent's executable (`current->real_parent->mm->exe_file`)
+   * in the parent's own mount namespace; null when it has none (a kernel
+   * thread, or a parent that is exiting) or a read failed.
+   */
+  readonly parentExe: string | null;
+  /** Raw bytes of `parentExe`, or null. */
+  readonly parentExeBytes: Buffer | null;
+  /** As `exeTruncated`, for `parentExe`. */
+  readonly parentExeTruncated: boolean;
+  /** As `exeUnreachable`, for `parentExe` and the parent's mount namespace. */
+  readonly parentExeUnreachable: boolean;
+  /** As `exeDeleted`, for `parentExe`. */
+  readonly parentExeDeleted: boolean;
+  /** As `exeMemfd`, for `parentExe`. */
+  readonly parentExeMemfd: boolean;
+  /**
    * The argument as passed, for display: UTF-8, with bytes that are not
    * valid UTF-8 written as `\xNN`. Empty when unreadable (see `pathUnreadable`).
    */
@@ -146,6 +189,13 @@ export function errnoName(errno: number): string {
 
 const utf8 = new TextDecoder('utf-8');
 
+/** A copy of the NUL-padded bytes at `at`, up to the first NUL (a `comm`). */
+function cString(data: Buffer, at: number, max: number): Buffer {
+  const raw = data.subarray(at, at + max);
+  const end = raw.indexOf(0);
+  return Buffer.from(end < 0 ? raw : raw.subarray(0, end));
+}
+
 /**
  * Display form of raw bytes (paths, comm): the UTF-8 text, with every byte
  * that is not part of well-formed UTF-8 written `\xNN` and a backslash
@@ -213,7 +263,8 @@ type Layout = Record<string, number>;
 export const DECODED_KEYS = [
   'size', 'kind', 'mode', 'path_len', 'resolved_len', 'flags', 'pid', 'tid', 'ppid', 'uid', 'gid', 'euid',
   'egid', 'mnt_ns', 'pid_ns', 'user_ns', 'ns_pid', 'ns_tid', 'exe_dev', 'exe_ino', 'lsm_ret', 'ret', 'enter_ns', 'ts_ns', 'cgroup_id',
-  'comm', 'data', 'header', 'flag_exe_unknown', 'flag_policy_torn', 'flag_internal_error', 'flag_initial_namespaces',
+  'comm', 'parent_comm', 'exe_len', 'parent_exe_len', 'exe_flags', 'exe_flag_present', 'exe_flag_truncated', 'exe_flag_unreachable',
+  'exe_flag_deleted', 'exe_flag_memfd', 'exe_flag_parent_shift', 'data', 'header', 'flag_exe_unknown', 'flag_policy_torn', 'flag_internal_error', 'flag_initial_namespaces',
   'comm_len', 'flag_path_truncated', 'flag_path_unreadable', 'flag_path_read_late', 'flag_resolved_present',
   'flag_resolved_truncated', 'flag_resolved_unreachable', 'flag_lsm_called', 'kind_chroot', 'mode_fentry', 'mode_kprobe', 'mode_tracepoint',
   'rule', 'policy_gen', 'flag_caller_chrooted', 'flag_action_shift', 'flag_action_mask', 'flag_enforcing',
@@ -300,19 +351,22 @@ export class Decoder {
   private decodeOne(data: Buffer, v: DataView, s: number): ChrootEvent {
     const L = this.L;
     const flags = v.getUint32(s + L.flags, true);
-    // `data` holds the argument, then the resolved path; records carry only
-    // the used bytes.
+    // `data` holds the argument, the resolved path, the executable and the
+    // parent's executable, back to back; records carry only the used bytes.
     const pathLen = v.getUint16(s + L.path_len, true);
+    const resolvedLen = v.getUint16(s + L.resolved_len, true);
+    const exeLen = v.getUint16(s + L.exe_len, true);
     const pathBytes = Buffer.from(data.subarray(s + L.data, s + L.data + pathLen));
-    const commRaw = data.subarray(s + L.comm, s + L.comm + L.comm_len);
-    const commEnd = commRaw.indexOf(0);
-    const commBytes = Buffer.from(commEnd < 0 ? commRaw : commRaw.subarray(0, commEnd));
-    let resolvedPathBytes: Buffer | null = null;
-    if (flags & L.flag_resolved_present) {
-      const n = v.getUint16(s + L.resolved_len, true);
-      const at = s + L.data + pathLen;
-      resolvedPathBytes = Buffer.from(data.subarray(at, at + n));
-    }
+    const commBytes = cString(data, s + L.comm, L.comm_len);
+    const parentCommBytes = cString(data, s + L.parent_comm, L.comm_len);
+    let at = s + L.data + pathLen;
+    const resolvedPathBytes = flags & L.flag_resolved_present ? Buffer.from(data.subarray(at, at + resolvedLen)) : null;
+    at += resolvedLen;
+    const xf = v.getUint16(s + L.exe_flags, true);
+    const pf = xf >>> L.exe_flag_parent_shift;
+    const exeBytes = xf & L.exe_flag_present ? Buffer.from(data.subarray(at, at + exeLen)) : null;
+    at += exeLen;
+    const parentExeBytes = pf & L.exe_flag_present ? Buffer.from(data.subarray(at, at + v.getUint16(s + L.parent_exe_len, true))) : null;
     const ret = Number(v.getBigInt64(s + L.ret, true));
     return {
       ts: v.getBigUint64(s + L.ts_ns, true),
@@ -335,6 +389,20 @@ export class Decoder {
       exeDev: v.getUint32(s + L.exe_dev, true),
       exeIno: v.getBigUint64(s + L.exe_ino, true),
       exeUnknown: (flags & L.flag_exe_unknown) !== 0,
+      exe: exeBytes ? displayBytes(exeBytes) : null,
+      exeBytes,
+      exeTruncated: (xf & L.exe_flag_truncated) !== 0,
+      exeUnreachable: (xf & L.exe_flag_unreachable) !== 0,
+      exeDeleted: (xf & L.exe_flag_deleted) !== 0,
+      exeMemfd: (xf & L.exe_flag_memfd) !== 0,
+      parentComm: displayBytes(parentCommBytes),
+      parentCommBytes,
+      parentExe: parentExeBytes ? displayBytes(parentExeBytes) : null,
+      parentExeBytes,
+      parentExeTruncated: (pf & L.exe_flag_truncated) !== 0,
+      parentExeUnreachable: (pf & L.exe_flag_unreachable) !== 0,
+      parentExeDeleted: (pf & L.exe_flag_deleted) !== 0,
+      parentExeMemfd: (pf & L.exe_flag_memfd) !== 0,
       path: displayBytes(pathBytes),
       pathBytes,
       pathTruncated: (flags & L.flag_path_truncated) !== 0,

@@ -19,8 +19,22 @@
  *                              below 4 GiB (MAP_32BIT), from this 64-bit
  *                              process: the syscall tracepoints do not fire
  *                              for it.
+ *   chroot_calls plain DIR     chroot(DIR), nothing else.
+ *   chroot_calls renamed DIR   names itself "cg-parent" (PR_SET_NAME), forks
+ *                              a child that names itself "debootstrap" and
+ *                              chroots into DIR: comm is a label the caller
+ *                              picks, exe and the parent's exe are not.
+ *   chroot_calls deleted DIR   unlinks its own executable, then chroots.
+ *   chroot_calls memfd DIR     copies its executable into a memfd named
+ *                              "cg-memfd" and runs that (fexecve) with
+ *                              "plain DIR": an executable with no path.
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <stddef.h>
@@ -34,7 +48,51 @@
 
 #define FIRST_TOUCH_DIR "/tmp/cg-first-touch/a-literal-directory-path"
 
+/* chroot(dir) and the line every mode prints. */
+static int plain(const char *dir) {
+  int r = chroot(dir);
+  printf("%d %d\n", getpid(), r == 0 ? 0 : -errno);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 3 && !strcmp(argv[1], "plain")) return plain(argv[2]);
+  if (argc == 3 && !strcmp(argv[1], "renamed")) {
+    if (prctl(PR_SET_NAME, "cg-parent", 0, 0, 0) != 0) return 2;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+      if (prctl(PR_SET_NAME, "debootstrap", 0, 0, 0) != 0) _exit(2);
+      plain(argv[2]);
+      fflush(stdout);
+      _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 2;
+  }
+  if (argc == 3 && !strcmp(argv[1], "deleted")) {
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) return 2;
+    self[n] = 0;
+    if (unlink(self) != 0) return 2;
+    return plain(argv[2]);
+  }
+  if (argc == 3 && !strcmp(argv[1], "memfd")) {
+    int in = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    int fd = memfd_create("cg-memfd", MFD_CLOEXEC);
+    struct stat st;
+    if (in < 0 || fd < 0 || fstat(in, &st) != 0) return 2;
+    for (off_t done = 0; done < st.st_size;) {
+      ssize_t n = sendfile(fd, in, &done, st.st_size - done);
+      if (n <= 0) return 2;
+    }
+    char *args[] = {argv[0], "plain", argv[2], 0};
+    extern char **environ;
+    fexecve(fd, args, environ);
+    return 2;
+  }
   if (argc == 2 && !strcmp(argv[1], "first-touch")) {
     int fds[2];
     if (pipe(fds) != 0) return 2;
@@ -84,6 +142,6 @@ int main(int argc, char **argv) {
     return 0;
   }
 #endif
-  fprintf(stderr, "usage: chroot_calls first-touch | seccomp DIR | x32 DIR | ia32 DIR\n");
+  fprintf(stderr, "usage: chroot_calls first-touch | seccomp DIR | x32 DIR | ia32 DIR | plain DIR | renamed DIR | deleted DIR | memfd DIR\n");
   return 2;
 }

@@ -18,6 +18,17 @@ pub const PATH_MAX: usize = 4096;
 /// `RESOLVED_MAX - 1` bytes of path.
 pub const RESOLVED_MAX: usize = 4096;
 
+/// Bytes reserved for each executable path (`exe`, `parent_exe`). The walk
+/// writes at most `EXE_MAX - 1` bytes of path.
+pub const EXE_MAX: usize = RESOLVED_MAX;
+
+/// Bytes of [`ChrootEvent::data`]: the argument, the resolved path and the
+/// two executable paths, plus one more [`EXE_MAX`] that only the verifier
+/// needs. Each path is copied at the masked sum of the lengths before it, so
+/// the last one may start as late as `4 * 4096 - 1` and run `EXE_MAX - 1`
+/// bytes: the verifier checks `max(offset) + max(length) <= size`.
+pub const DATA_BYTES: usize = PATH_MAX + RESOLVED_MAX + 3 * EXE_MAX;
+
 /// Longest dentry name the walk copies (`NAME_MAX` in the kernel).
 pub const NAME_MAX: usize = 255;
 
@@ -143,6 +154,32 @@ pub mod flags {
     pub const PATH_READ_LATE: u32 = 1 << 15;
 }
 
+/// Bits of [`ChrootEvent::exe_flags`]: the low byte describes `exe`, the
+/// same bits shifted by [`exe_flags::PARENT_SHIFT`] describe `parent_exe`.
+pub mod exe_flags {
+    /// The path was walked: its bytes are in `data` (possibly empty of
+    /// meaning, see the other bits). Unset when the task has no `mm` or
+    /// `exe_file`, or a read failed.
+    pub const PRESENT: u16 = 1 << 0;
+    /// The walk hit [`crate::MAX_PATH_DEPTH`] or [`crate::EXE_MAX`]: the
+    /// path is its tail only.
+    pub const TRUNCATED: u16 = 1 << 1;
+    /// The walk ended at a root other than the task's mount namespace's:
+    /// the file is in a detached tree, another namespace, or on a kernel
+    /// internal mount (a memfd); no path of the task's names it.
+    pub const UNREACHABLE: u16 = 1 << 2;
+    /// The file was unlinked (`d_unlinked()`: its dentry is unhashed and
+    /// not a root), what `/proc/PID/exe` marks `(deleted)`.
+    pub const DELETED: u16 = 1 << 3;
+    /// The file is a memfd (`memfd_create(2)`, run with `execveat` or
+    /// `fexecve`): on a kernel-internal mount (`mount.mnt_ns` is
+    /// `MNT_NS_INTERNAL`) and named `memfd:…`. It has no path in any
+    /// namespace; the path holds `/memfd:NAME`.
+    pub const MEMFD: u16 = 1 << 4;
+    /// Shift of the parent's bits.
+    pub const PARENT_SHIFT: u16 = 8;
+}
+
 /// One chroot attempt, as written to the `EVENTS` ring buffer.
 ///
 /// Filled in three steps, keyed by thread in the `PENDING` hash map:
@@ -163,6 +200,15 @@ pub struct ChrootEvent {
     /// Decisions: index of the compiled rule that matched, or
     /// [`policy::NO_RULE`] for the default action. Zero otherwise.
     pub rule: u16,
+    /// Bytes of the caller's executable path in `data`, after the resolved
+    /// path.
+    pub exe_len: u16,
+    /// Bytes of the parent's executable path in `data`, after `exe`.
+    pub parent_exe_len: u16,
+    /// [`exe_flags`] bits of `exe` (low byte) and `parent_exe` (high byte).
+    pub exe_flags: u16,
+    /// Explicit padding, always zero.
+    pub _pad0: u16,
     /// [`flags`] bits.
     pub flags: u32,
     /// Thread group id of the caller (`pid` in user-space terms), from
@@ -224,12 +270,19 @@ pub struct ChrootEvent {
     pub arg_addr: u64,
     /// `current->comm` at syscall entry, NUL padded.
     pub comm: [u8; COMM_LEN],
+    /// `current->real_parent->comm` at syscall exit (at the LSM hook for
+    /// decisions), NUL padded.
+    pub parent_comm: [u8; COMM_LEN],
     /// `path_len` bytes of the argument as passed to chroot(2), then
     /// `resolved_len` bytes of the new root as an absolute path in the
-    /// caller's mount namespace. Only the used bytes go to the ring buffer
-    /// ([`ChrootEvent::record_len`]), so a record is about 100 bytes plus
-    /// its paths rather than 8 KiB.
-    pub data: [u8; PATH_MAX + RESOLVED_MAX],
+    /// caller's mount namespace, then `exe_len` bytes of the caller's
+    /// executable (`current->mm->exe_file`, walked the same way) and
+    /// `parent_exe_len` bytes of the parent's
+    /// (`current->real_parent->mm->exe_file`, in the parent's mount
+    /// namespace). Only the used bytes go to the ring buffer
+    /// ([`ChrootEvent::record_len`]), so a record is about 130 bytes plus
+    /// its paths rather than 20 KiB.
+    pub data: [u8; DATA_BYTES],
 }
 
 /// Bytes of an event before `data`: the fixed part of every record.
@@ -241,7 +294,11 @@ impl ChrootEvent {
     /// than the struct.
     #[inline(always)]
     pub fn record_len(&self) -> usize {
-        EVENT_HEADER_BYTES + (self.path_len as usize & (PATH_MAX - 1)) + (self.resolved_len as usize & (RESOLVED_MAX - 1))
+        EVENT_HEADER_BYTES
+            + (self.path_len as usize & (PATH_MAX - 1))
+            + (self.resolved_len as usize & (RESOLVED_MAX - 1))
+            + (self.exe_len as usize & (EXE_MAX - 1))
+            + (self.parent_exe_len as usize & (EXE_MAX - 1))
     }
 }
 
@@ -364,6 +421,15 @@ pub struct KernelOffsets {
     /// `task_struct.thread_info` plus `thread_info.status` (x86_64), where
     /// `TS_COMPAT` marks a 32-bit syscall in progress.
     pub task_ti_status: u32,
+    /// `task_struct.comm`
+    pub task_comm: u32,
+    /// `file.f_path`
+    pub file_f_path: u32,
+    /// `mount.mnt_ns`
+    pub mount_mnt_ns: u32,
+    /// `dentry.d_hash` plus `hlist_bl_node.pprev`: NULL when the dentry is
+    /// unhashed.
+    pub dentry_hash_pprev: u32,
     /// Explicit padding, always zero.
     pub _pad0: u32,
 }

@@ -167,6 +167,23 @@ pub fn fill_identity(ev: &mut ChrootEvent, pid_tgid: u64, uid_gid: u64, comm: [u
     }
 }
 
+/// Adds who ran the call, once the paths before them are final: the
+/// caller's executable path, its parent's comm and executable path
+/// ([`kernel::exe_into`]). Best effort: what cannot be read is left out and
+/// its [`chroot_guard_common::exe_flags::PRESENT`] bit stays unset.
+#[inline(always)]
+pub fn attribute(kind: Scratch, ev: &mut ChrootEvent) {
+    let task = kernel::current_task();
+    let _ = kernel::exe_into(kind, ev, task, false);
+    if let Ok(parent) = kernel::real_parent(task) {
+        if let Ok(comm) = kernel::comm(parent) {
+            ev.parent_comm = comm;
+        }
+        let _ = kernel::exe_into(kind, ev, parent, true);
+    }
+    kind.release();
+}
+
 /// Reads the chroot(2) argument from user memory into `ev.path`, setting
 /// [`flags::PATH_UNREADABLE`] when it cannot and clearing it when it can.
 #[inline(always)]
@@ -237,6 +254,7 @@ pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
             kind.release();
         }
     }
+    attribute(kind, ev);
     if send(ev).is_err() {
         count(Counter::RingBufFull);
     }

@@ -5,7 +5,9 @@
 //! every program type used here and never faults.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated};
-use chroot_guard_common::{flags, ChrootEvent, MAX_PATH_DEPTH, NAME_MAX, RESOLVED_MAX, SCRATCH_BYTES};
+use chroot_guard_common::{
+    exe_flags, flags, ChrootEvent, COMM_LEN, EXE_MAX, MAX_PATH_DEPTH, NAME_MAX, RESOLVED_MAX, SCRATCH_BYTES,
+};
 
 use crate::{CG_SCRATCH, CG_SCRATCH_ZERO, CG_THREAD_SCRATCH};
 
@@ -89,11 +91,22 @@ pub fn current_task() -> *const u8 {
     (unsafe { generated::bpf_get_current_task() }) as *const u8
 }
 
+/// `task->real_parent`.
+#[inline(always)]
+pub fn real_parent(task: *const u8) -> Result<*const u8, Error> {
+    read_ptr(task, off!(task_real_parent))
+}
+
 /// `task->real_parent->tgid`.
 #[inline(always)]
 pub fn parent_tgid(task: *const u8) -> Result<u32, Error> {
-    let parent = read_ptr(task, off!(task_real_parent))?;
-    read::<u32>(parent, off!(task_tgid))
+    read::<u32>(real_parent(task)?, off!(task_tgid))
+}
+
+/// `task->comm`.
+#[inline(always)]
+pub fn comm(task: *const u8) -> Result<[u8; COMM_LEN], Error> {
+    read::<[u8; COMM_LEN]>(task, off!(task_comm))
 }
 
 /// `task->cred->euid` and `task->cred->egid`.
@@ -179,10 +192,10 @@ impl Walk {
     }
 }
 
-/// Writes the absolute path of `(vfsmnt, dentry)` in the caller's mount
-/// namespace into the `kind` scratch buffer, the way `d_absolute_path()`
-/// would: up the dentries, across mounts to the mount namespace's root,
-/// ignoring any chroot the caller is already in. `bpf_d_path` is not allowed
+/// Writes the absolute path of `(vfsmnt, dentry)` in the mount namespace
+/// whose root mount is `ns_root` into the `kind` scratch buffer, the way
+/// `d_absolute_path()` would: up the dentries, across mounts to the mount
+/// namespace's root, ignoring any chroot the caller is already in. `bpf_d_path` is not allowed
 /// on these hooks, so the walk is done here, bounded by [`MAX_PATH_DEPTH`]
 /// steps and [`RESOLVED_MAX`] bytes; when cut short the tail is kept and
 /// `complete` is false.
@@ -190,11 +203,12 @@ impl Walk {
 /// A mount that is its own parent is the root of some tree, not always of
 /// the caller's: a detached tree (`umount -l`, `open_tree(OPEN_TREE_CLONE)`,
 /// `fsmount`) or another mount namespace (`/proc/PID/root`, a directory fd
-/// passed from elsewhere) ends the same way. Only the caller's own
-/// `nsproxy->mnt_ns->root` makes the path `complete`; any other root, or a
-/// dentry that is its own parent below its mount's root (escaped), sets
-/// `unreachable`, since the path written then names something else (or
-/// nothing) in the caller's namespace.
+/// passed from elsewhere) ends the same way. Only `ns_root` (the task's
+/// own `nsproxy->mnt_ns->root`) makes the path `complete`; any other root,
+/// or a dentry that is its own parent below its mount's root (escaped, or a
+/// pseudo file such as a memfd, whose name is then the last one written),
+/// sets `unreachable`, since the path written then names something else
+/// (or nothing) in the task's namespace.
 ///
 /// Verifier notes: the write position lives in the scratch map and is
 /// re-read (volatile) each step, so the verifier sees one bounded unknown
@@ -202,7 +216,7 @@ impl Walk {
 /// "cross a mount" and "go up a dentry" branches prune each other. Without
 /// this the walk explodes past the 1M instruction limit.
 #[inline(always)]
-pub fn walk(kind: Scratch, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
+pub fn walk(kind: Scratch, ns_root: *const u8, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
     const POS_MASK: u32 = 2 * RESOLVED_MAX as u32 - 1;
     let scratch = kind.get()?;
     // SAFETY: SCRATCH_BYTES - 8 is inside the value and 4-byte aligned; the
@@ -215,7 +229,6 @@ pub fn walk(kind: Scratch, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk,
     let load_len = || unsafe { core::ptr::read_volatile(len_slot) };
     let store_len = |l: u32| unsafe { core::ptr::write_volatile(len_slot, l) };
     let mount_mnt = off!(mount_mnt);
-    let ns_root = ns_root_mount(current_task())?;
     let mut vfsmnt = vfsmnt;
     let mut mnt = vfsmnt.wrapping_sub(mount_mnt);
     let mut dentry = dentry;
@@ -238,11 +251,6 @@ pub fn walk(kind: Scratch, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk,
             continue;
         }
         let parent = read_ptr(dentry, off!(dentry_parent))?;
-        if parent == dentry {
-            // The file system's root below its mount's root: escaped.
-            unreachable = true;
-            break;
-        }
         let qstr = dentry.wrapping_add(off!(dentry_name));
         let raw_len = read::<u32>(qstr, off!(qstr_len))?;
         if raw_len > NAME_MAX as u32 {
@@ -269,6 +277,17 @@ pub fn walk(kind: Scratch, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk,
                 name.cast(),
             );
         }
+        if parent == dentry {
+            // A root dentry below its mount's root: escaped from the mount
+            // (the file system's root, named "/", is dropped again), or a
+            // pseudo file such as a memfd (its name, `memfd:NAME`, stays).
+            unreachable = true;
+            // SAFETY: masked into the scratch value, written just above.
+            if len == 1 && unsafe { *scratch.add(((pos + 1) & MASK) as usize) } == b'/' {
+                store_pos(pos + 2);
+            }
+            break;
+        }
         dentry = parent;
     }
     let mut pos = load_pos();
@@ -287,19 +306,9 @@ pub fn walk(kind: Scratch, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk,
 /// short or [`flags::RESOLVED_UNREACHABLE`] when it ended at another root.
 #[inline(always)]
 pub fn resolve_into(kind: Scratch, ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
-    let w = walk(kind, vfsmnt, dentry)?;
-    let len = w.len();
+    let w = walk(kind, ns_root_mount(current_task())?, vfsmnt, dentry)?;
     let at = u32::from(ev.path_len) & MASK;
-    // SAFETY: `at` and `len` are each at most MASK, so the copy ends inside
-    // `ev.data` (2 * RESOLVED_MAX bytes); the source is the scratch value.
-    unsafe {
-        generated::bpf_probe_read_kernel(
-            ev.data.as_mut_ptr().add(at as usize).cast(),
-            len,
-            w.scratch.add((w.pos & MASK) as usize).cast(),
-        );
-    }
-    ev.resolved_len = len as u16;
+    ev.resolved_len = copy_walk(ev, at, &w);
     ev.flags |= flags::RESOLVED_PRESENT;
     if w.unreachable {
         ev.flags |= flags::RESOLVED_UNREACHABLE;
@@ -307,6 +316,70 @@ pub fn resolve_into(kind: Scratch, ev: &mut ChrootEvent, vfsmnt: *const u8, dent
         ev.flags |= flags::RESOLVED_TRUNCATED;
     }
     Ok(w)
+}
+
+/// Copies the path of `w` into `ev.data` at `at` and returns its length.
+/// `at` must be masked by the caller (so the verifier knows its bound), to
+/// at most `DATA_BYTES - EXE_MAX`.
+#[inline(always)]
+fn copy_walk(ev: &mut ChrootEvent, at: u32, w: &Walk) -> u16 {
+    let len = w.len();
+    // SAFETY: `at` is masked by the caller and `len` is at most MASK, so the
+    // copy ends inside `ev.data` (see `DATA_BYTES`); the source is the
+    // scratch value.
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            ev.data.as_mut_ptr().add(at as usize).cast(),
+            len,
+            w.scratch.add((w.pos & MASK) as usize).cast(),
+        );
+    }
+    len as u16
+}
+
+/// `ERR_PTR(-EINVAL)`: the `mount.mnt_ns` of the kernel's internal mounts
+/// (`kern_mount()`), `MNT_NS_INTERNAL` in `fs/mount.h`.
+const MNT_NS_INTERNAL: usize = -22isize as usize;
+
+/// Walks `task`'s executable (`task->mm->exe_file->f_path`) in the task's
+/// own mount namespace and appends it to `ev.data` after the paths before
+/// it: the caller's (`parent` false, into `exe_len`) or, once that is
+/// final, its parent's (`parent` true, into `parent_exe_len`). Sets the
+/// [`exe_flags`] bits, shifted for the parent. `Err` when the task has no
+/// executable or a read failed; nothing is then recorded.
+#[inline(always)]
+pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bool) -> Result<(), Error> {
+    let file = exe_file(task)?;
+    let (vfsmnt, dentry) = path_parts(file.wrapping_add(off!(file_f_path)))?;
+    let w = walk(kind, ns_root_mount(task)?, vfsmnt, dentry)?;
+    let mut bits = exe_flags::PRESENT;
+    if w.unreachable {
+        bits |= exe_flags::UNREACHABLE;
+    } else if !w.complete {
+        bits |= exe_flags::TRUNCATED;
+    }
+    let own_parent = read_ptr(dentry, off!(dentry_parent))? == dentry;
+    if !own_parent && read_ptr(dentry, off!(dentry_hash_pprev))?.is_null() {
+        bits |= exe_flags::DELETED;
+    }
+    let mnt_ns = read_ptr(vfsmnt.wrapping_sub(off!(mount_mnt)), off!(mount_mnt_ns))? as usize;
+    if mnt_ns == MNT_NS_INTERNAL {
+        let name = read_ptr(dentry.wrapping_add(off!(dentry_name)), off!(qstr_name))?;
+        if read::<[u8; 6]>(name, 0)? == *b"memfd:" {
+            bits |= exe_flags::MEMFD;
+        }
+    }
+    let before = u32::from(ev.path_len) + u32::from(ev.resolved_len);
+    if parent {
+        let at = (before + u32::from(ev.exe_len)) & (4 * EXE_MAX as u32 - 1);
+        ev.parent_exe_len = copy_walk(ev, at, &w);
+        ev.exe_flags |= bits << exe_flags::PARENT_SHIFT;
+    } else {
+        let at = before & (2 * EXE_MAX as u32 - 1);
+        ev.exe_len = copy_walk(ev, at, &w);
+        ev.exe_flags |= bits;
+    }
+    Ok(())
 }
 
 /// Whether `(vfsmnt, dentry)` is the root of the mount namespace whose root
@@ -363,6 +436,16 @@ pub fn is_chrooted(task: *const u8) -> Result<bool, Error> {
 /// thread, or an `mm` without `exe_file`).
 #[inline(always)]
 pub fn exe_identity(task: *const u8) -> Result<(u32, u64), Error> {
+    let file = exe_file(task)?;
+    let inode = read_ptr(file, off!(file_f_inode))?;
+    let sb = read_ptr(inode, off!(inode_sb))?;
+    Ok((read::<u32>(sb, off!(sb_dev))?, read::<u64>(inode, off!(inode_ino))?))
+}
+
+/// `task->mm->exe_file`; `Err` for a task without one (a kernel thread,
+/// an exiting task, or an `mm` without `exe_file`).
+#[inline(always)]
+fn exe_file(task: *const u8) -> Result<*const u8, Error> {
     let mm = read_ptr(task, off!(task_mm))?;
     if mm.is_null() {
         return Err(0);
@@ -371,9 +454,7 @@ pub fn exe_identity(task: *const u8) -> Result<(u32, u64), Error> {
     if file.is_null() {
         return Err(0);
     }
-    let inode = read_ptr(file, off!(file_f_inode))?;
-    let sb = read_ptr(inode, off!(inode_sb))?;
-    Ok((read::<u32>(sb, off!(sb_dev))?, read::<u64>(inode, off!(inode_ino))?))
+    Ok(file)
 }
 
 /// `task->cred->user_ns->ns.inum`.

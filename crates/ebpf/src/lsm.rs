@@ -37,7 +37,7 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    event::{count, fill_identity, read_argument, send},
+    event::{attribute, count, fill_identity, read_argument, send},
     kernel::{self, Error, Scratch, Walk, MASK},
     CG_EVENTS, CG_ZERO,
 };
@@ -391,6 +391,8 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader, tid: u32) -> Resul
     ev.rule = rule;
     ev.flags |= decision_flags(header, action);
     ev.ret = i64::from(ret);
+    // The walk buffer is free again: `path_masks` consumed the resolved path.
+    attribute(Scratch::PerThread, ev);
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
     emit(ev, action);

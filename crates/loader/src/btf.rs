@@ -150,6 +150,10 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         pt_regs_syscall_nr: o(PT_REGS_COMPAT[1].0, PT_REGS_COMPAT[1].1)?,
         // `thread_info.status` is x86's; 0 elsewhere, where nothing reads it.
         task_ti_status: if cfg!(target_arch = "x86_64") { o("task_struct", "thread_info")? + o("thread_info", "status")? } else { 0 },
+        task_comm: o("task_struct", "comm")?,
+        file_f_path: o("file", "f_path")?,
+        mount_mnt_ns: o("mount", "mnt_ns")?,
+        dentry_hash_pprev: o("dentry", "d_hash")? + o("hlist_bl_node", "pprev")?,
         _pad0: 0,
     })
 }

@@ -4,7 +4,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use chroot_guard_common::{flags, policy, ChrootEvent, EventKind, Mode, COMM_LEN, PATH_MAX, RESOLVED_MAX};
+use chroot_guard_common::{exe_flags, flags, policy, ChrootEvent, EventKind, Mode, COMM_LEN, EXE_MAX, PATH_MAX, RESOLVED_MAX};
 
 /// `(name, value)` pairs: field offsets in bytes under the field's Rust name,
 /// `size` (bytes of one event), buffer sizes, `flag_*` bits, `kind_*` and
@@ -16,8 +16,8 @@ pub fn event_layout() -> Vec<(&'static str, u32)> {
         };
     }
     let mut table = offsets!(
-        kind, mode, path_len, resolved_len, rule, flags, pid, tid, ppid, uid, gid, euid, egid,
-        mnt_ns, pid_ns, lsm_ret, policy_gen, exe_dev, user_ns, ns_pid, ns_tid, ret, enter_ns, ts_ns, cgroup_id, exe_ino, arg_addr, comm, data,
+        kind, mode, path_len, resolved_len, rule, exe_len, parent_exe_len, exe_flags, flags, pid, tid, ppid, uid, gid, euid, egid,
+        mnt_ns, pid_ns, lsm_ret, policy_gen, exe_dev, user_ns, ns_pid, ns_tid, ret, enter_ns, ts_ns, cgroup_id, exe_ino, arg_addr, comm, parent_comm, data,
     );
     table.extend([
         ("size", size_of::<ChrootEvent>() as u32),
@@ -25,6 +25,13 @@ pub fn event_layout() -> Vec<(&'static str, u32)> {
         ("comm_len", COMM_LEN as u32),
         ("path_max", PATH_MAX as u32),
         ("resolved_max", RESOLVED_MAX as u32),
+        ("exe_max", EXE_MAX as u32),
+        ("exe_flag_present", u32::from(exe_flags::PRESENT)),
+        ("exe_flag_truncated", u32::from(exe_flags::TRUNCATED)),
+        ("exe_flag_unreachable", u32::from(exe_flags::UNREACHABLE)),
+        ("exe_flag_deleted", u32::from(exe_flags::DELETED)),
+        ("exe_flag_memfd", u32::from(exe_flags::MEMFD)),
+        ("exe_flag_parent_shift", u32::from(exe_flags::PARENT_SHIFT)),
         ("flag_path_truncated", flags::PATH_TRUNCATED),
         ("flag_path_unreadable", flags::PATH_UNREADABLE),
         ("flag_resolved_present", flags::RESOLVED_PRESENT),
@@ -129,7 +136,7 @@ mod tests {
     #[test]
     fn no_implicit_padding() {
         // Explicit `_pad` fields only: the sum of field sizes is the size.
-        let sum = 1 + 1 + 2 + 2 + 2 + 4 * 16 + 8 * 6 + COMM_LEN + PATH_MAX + RESOLVED_MAX;
+        let sum = 1 + 1 + 2 + 2 + 2 + 2 * 4 + 4 * 16 + 8 * 6 + 2 * COMM_LEN + chroot_guard_common::DATA_BYTES;
         assert_eq!(sum, size_of::<ChrootEvent>());
     }
 }
