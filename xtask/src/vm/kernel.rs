@@ -1,0 +1,286 @@
+//! The kernel package: which one (`linux-image-amd64`'s dependency, asked
+//! of apt, or the newest cached one when apt cannot answer), its `.deb`
+//! fetched with `apt-get download` into `<repo>/.cache/vm/debs/`, and
+//! unpacked with `dpkg -x` into `<repo>/.cache/vm/kernel/<package>_<version>/`
+//! with only what the guest needs: the kernel image, the modules of
+//! `modules.rs` and their load order. A stamp in that directory says what
+//! it was unpacked for, so a change of the module list unpacks it again;
+//! otherwise the cache makes later runs work offline.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
+use xtask::{output, run as run_cmd, step};
+
+use super::{
+    image::extract_pvh_vmlinux,
+    modules::{collect_modules, decompress_module, load_order, modinfo_depends, module_name, MODULES},
+    secs,
+};
+
+/// The meta package whose dependency names the current kernel package.
+const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
+
+/// An unpacked kernel: the image and the modules the initramfs needs.
+#[derive(Debug)]
+pub(super) struct Kernel {
+    /// e.g. `linux-image-6.1.0-56-amd64-unsigned_6.1.192-2`.
+    pub(super) id: String,
+    /// `uname -r` of this kernel, e.g. `6.1.0-56-amd64`.
+    pub(super) release: String,
+    /// The kernel image QEMU boots: the uncompressed `vmlinux` (PVH entry,
+    /// which skips the slow decompression under TCG) when it could be
+    /// extracted, else the package's `vmlinuz`.
+    pub(super) image: PathBuf,
+    /// Directory with `<module>.ko` for every entry of [`MODULES`] that is
+    /// not built into the kernel.
+    pub(super) modules: PathBuf,
+    /// The modules to insert, dependencies first (built-in ones left out).
+    pub(super) load_order: Vec<String>,
+}
+
+/// Names the kernel package and its candidate version with apt-cache,
+/// running `apt-get update` once if apt knows nothing yet.
+fn kernel_package() -> Result<(String, String)> {
+    match kernel_package_from_apt() {
+        Ok(found) => Ok(found),
+        Err(first) => {
+            eprintln!("    apt does not know the kernel package yet ({first:#}); running apt-get update");
+            run_cmd(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
+                .context("apt-get update failed: check the network and /etc/apt/sources.list*")?;
+            kernel_package_from_apt()
+        }
+    }
+}
+
+/// One `apt-cache show` of the meta package: its `Depends:` names the
+/// signed image package with an exact version (`linux-image-6.1.0-56-amd64
+/// (= 6.1.192-2)`); the unsigned package of the same source has that version.
+fn kernel_package_from_apt() -> Result<(String, String)> {
+    let show = output(Command::new("apt-cache").args(["show", "--no-all-versions", KERNEL_META_PACKAGE]))?;
+    let depends = show
+        .lines()
+        .find_map(|l| l.strip_prefix("Depends:"))
+        .with_context(|| format!("`apt-cache show {KERNEL_META_PACKAGE}` has no Depends line"))?;
+    let (image, pinned) = depends
+        .split(',')
+        .map(str::trim)
+        .find_map(|dep| {
+            let (name, rest) = dep.split_once(' ').unwrap_or((dep, ""));
+            let version = rest.trim().strip_prefix("(=").and_then(|v| v.strip_suffix(')')).map(str::trim);
+            name.starts_with("linux-image-").then(|| (name.to_string(), version.map(str::to_string)))
+        })
+        .with_context(|| format!("{KERNEL_META_PACKAGE} depends on no linux-image package: {}", depends.trim()))?;
+    let package = if image.ends_with("-unsigned") { image } else { format!("{image}-unsigned") };
+    let version = match pinned {
+        Some(v) => v,
+        None => output(Command::new("apt-cache").args(["policy", &package]))?
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Candidate:"))
+            .map(str::trim)
+            .find(|v| !v.is_empty() && *v != "(none)")
+            .with_context(|| format!("apt has no candidate version of {package}"))?
+            .to_string(),
+    };
+    Ok((package, version))
+}
+
+/// The newest complete unpacked kernel in the cache, for offline use.
+fn newest_cached_kernel(cache: &Path) -> Option<String> {
+    let mut ids: Vec<String> = fs::read_dir(cache.join("kernel"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("stamp").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort_by_key(|id| version_key(id));
+    ids.pop()
+}
+
+/// Sort key comparing the numbers in a package id numerically.
+fn version_key(s: &str) -> Vec<u64> {
+    s.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse().ok()).collect()
+}
+
+/// Makes sure the kernel image and modules are unpacked in the cache, fetching
+/// the package when needed.
+pub(super) fn ensure_kernel(cache: &Path) -> Result<Kernel> {
+    step("VM kernel (Debian linux-image-*-amd64-unsigned)");
+    let started = Instant::now();
+    let (package, version) = match kernel_package() {
+        Ok(found) => found,
+        Err(e) => match newest_cached_kernel(cache) {
+            Some(id) => {
+                eprintln!("    warning: cannot ask apt for the kernel package ({e:#}); using the cached {id}");
+                let (p, v) = id.split_once('_').context("cached kernel directory name")?;
+                (p.to_string(), v.to_string())
+            }
+            None => {
+                return Err(e.context(
+                    "cannot name the kernel package and none is cached: check that apt works \
+                     (`apt-get update && apt-cache depends linux-image-amd64`)",
+                ))
+            }
+        },
+    };
+    let id = format!("{package}_{version}");
+    let dir = cache.join("kernel").join(&id);
+    let stamp = modules_stamp();
+    if fs::read_to_string(dir.join("stamp")).ok().as_deref() != Some(stamp.as_str()) {
+        let deb = ensure_deb(cache, &package, &version)?;
+        unpack_kernel(&deb, &dir, &stamp)?;
+    }
+    let kernel = load_kernel(&dir, id)?;
+    eprintln!("    {} ({}) ready in {}", kernel.id, kernel.release, secs(started.elapsed()));
+    Ok(kernel)
+}
+
+/// What an unpacked kernel directory holds; a change re-extracts it.
+fn modules_stamp() -> String {
+    format!("format 3, modules: {}\n", MODULES.join(" "))
+}
+
+/// The cached `.deb`, downloaded with `apt-get download` if missing.
+fn ensure_deb(cache: &Path, package: &str, version: &str) -> Result<PathBuf> {
+    let debs = cache.join("debs");
+    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    let prefix = format!("{package}_{}_", version.replace(':', "%3a"));
+    let find = || -> Option<PathBuf> {
+        fs::read_dir(&debs).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
+        })
+    };
+    if let Some(deb) = find() {
+        eprintln!("    cached: {}", deb.display());
+        return Ok(deb);
+    }
+    let started = Instant::now();
+    eprintln!("    downloading {package}={version} into {}", debs.display());
+    let download = |debs: &Path| {
+        run_cmd(
+            Command::new("apt-get")
+                // apt's sandbox user _apt may not write into the repository.
+                .args(["-o", "APT::Sandbox::User=root", "download"])
+                .arg(format!("{package}={version}"))
+                .current_dir(debs),
+        )
+    };
+    if let Err(e) = download(&debs) {
+        // Stale lists point at a version the mirror no longer has.
+        eprintln!("    download failed ({e:#}); running apt-get update and trying again");
+        run_cmd(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        download(&debs).with_context(|| {
+            format!(
+                "cannot download {package}={version}: check the network and apt sources \
+                 (`apt-get update && apt-cache policy {package}`)"
+            )
+        })?;
+    }
+    let deb = find().with_context(|| format!("apt-get download left no {prefix}*.deb in {}", debs.display()))?;
+    let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
+    eprintln!("    downloaded {} ({} MB) in {}", deb.display(), size / 1_000_000, secs(started.elapsed()));
+    Ok(deb)
+}
+
+/// Unpacks `deb` with `dpkg -x` into a scratch directory and keeps the kernel
+/// image and the [`MODULES`] (decompressed) in `dir`.
+fn unpack_kernel(deb: &Path, dir: &Path, stamp: &str) -> Result<()> {
+    let started = Instant::now();
+    let parent = dir.parent().context("kernel cache directory has no parent")?;
+    fs::create_dir_all(parent)?;
+    let scratch = parent.join(format!(".unpack-{}", std::process::id()));
+    let staged = parent.join(format!(".staged-{}", std::process::id()));
+    for d in [&scratch, &staged] {
+        if d.exists() {
+            fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+        }
+    }
+    eprintln!("    dpkg -x {}", deb.display());
+    run_cmd(Command::new("dpkg").arg("-x").arg(deb).arg(&scratch))?;
+    let result = (|| -> Result<()> {
+        let boot = scratch.join("boot");
+        let vmlinuz = fs::read_dir(&boot)
+            .with_context(|| format!("{} has no boot/ directory: is it a kernel package?", deb.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+            .with_context(|| format!("{} has no boot/vmlinuz-*", deb.display()))?;
+        let release = vmlinuz
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("vmlinuz-"))
+            .context("kernel image name")?
+            .to_string();
+        let mod_root = scratch.join("lib/modules").join(&release);
+        let mut found = Vec::new();
+        collect_modules(&mod_root.join("kernel"), &mut found)?;
+        let builtin_list = fs::read_to_string(mod_root.join("modules.builtin")).unwrap_or_default();
+        let is_builtin = |name: &str| builtin_list.lines().any(|l| module_name(Path::new(l)).as_deref() == Some(name));
+        let modules_dir = staged.join("modules");
+        fs::create_dir_all(&modules_dir)?;
+        let mut depends = Vec::new();
+        for name in MODULES {
+            let file = found.iter().find(|p| module_name(p).as_deref() == Some(*name));
+            match file {
+                Some(file) => {
+                    let ko = modules_dir.join(format!("{name}.ko"));
+                    decompress_module(file, &ko)?;
+                    let bytes = fs::read(&ko).with_context(|| format!("reading {}", ko.display()))?;
+                    depends.push((name.to_string(), modinfo_depends(&bytes)));
+                }
+                None if is_builtin(name) => {}
+                None => bail!(
+                    "module {name} is neither in {} nor built into it: the VM cannot mount the host's \
+                     file system (is this the generic amd64 flavour? the cloud one has no 9p)",
+                    deb.display()
+                ),
+            }
+        }
+        let order = load_order(&depends, is_builtin)?;
+        fs::copy(&vmlinuz, staged.join("vmlinuz"))?;
+        match extract_pvh_vmlinux(&vmlinuz, &staged.join("vmlinux")) {
+            Ok(()) => eprintln!("    extracted an uncompressed vmlinux with a PVH entry (boots about 2s faster)"),
+            Err(e) => {
+                let _ = fs::remove_file(staged.join("vmlinux"));
+                eprintln!("    note: booting the compressed vmlinuz ({e:#})");
+            }
+        }
+        fs::write(staged.join("release"), format!("{release}\n"))?;
+        fs::write(staged.join("load_order"), order.join("\n"))?;
+        fs::write(staged.join("stamp"), stamp)?;
+        if dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("removing stale {}", dir.display()))?;
+        }
+        fs::rename(&staged, dir).with_context(|| format!("moving the unpacked kernel to {}", dir.display()))?;
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&scratch);
+    let _ = fs::remove_dir_all(&staged);
+    result?;
+    eprintln!("    unpacked into {} in {}", dir.display(), secs(started.elapsed()));
+    Ok(())
+}
+
+/// Reads an unpacked kernel directory written by [`unpack_kernel`].
+fn load_kernel(dir: &Path, id: String) -> Result<Kernel> {
+    let release = fs::read_to_string(dir.join("release"))
+        .with_context(|| format!("{} is incomplete: delete it and run again", dir.display()))?
+        .trim()
+        .to_string();
+    let load_order = fs::read_to_string(dir.join("load_order"))
+        .with_context(|| format!("{} is incomplete: delete it and run again", dir.display()))?
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    let image = [dir.join("vmlinux"), dir.join("vmlinuz")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .with_context(|| format!("{} has no kernel image: delete it and run again", dir.display()))?;
+    Ok(Kernel { id, release, image, modules: dir.join("modules"), load_order })
+}

@@ -1,0 +1,261 @@
+//! Booting the VM and collecting the result: the QEMU command line (TCG,
+//! qboot, the kernel and initramfs, 9p shares of the host's root, the run
+//! directory and, when the guest would hide it, the working directory),
+//! QEMU's lifetime (dies with us, killed at the timeout), the serial
+//! console streamed to our stdout with the `CG_VM_<KEY>=<value>` markers
+//! taken out, and the [`VmOutcome`] read from the run directory.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use xtask::step;
+
+use super::{kernel::Kernel, run_dir::shown_command, secs, VmOptions, VmOutcome, VmTimeout};
+
+/// qboot, a minimal firmware shipped with QEMU (qemu-system-data): it boots
+/// faster than SeaBIOS and prints nothing on the serial console.
+const QBOOT: &str = "/usr/share/qemu/qboot.rom";
+
+/// Directories the guest replaces with its own file systems. A working
+/// directory under `/tmp` or `/run` (a clone in /tmp, say) is shared with
+/// the guest separately and mounted back at the same path.
+const REPLACED: [&str; 5] = ["/tmp", "/run", "/proc", "/sys", "/dev"];
+
+/// Makes `cwd` absolute and checks it exists and can be made visible in the
+/// guest.
+pub(super) fn check_cwd(cwd: &Path) -> Result<PathBuf> {
+    let dir = fs::canonicalize(cwd)
+        .with_context(|| format!("working directory {} does not exist on the host", cwd.display()))?;
+    if !dir.is_dir() {
+        bail!("working directory {} is not a directory", dir.display());
+    }
+    for hidden in ["/proc", "/sys", "/dev"] {
+        if dir.starts_with(hidden) {
+            bail!("working directory {} is under {hidden}, which the guest replaces: use another directory", dir.display());
+        }
+    }
+    if needs_own_share(&dir) && dir.to_string_lossy().chars().any(|c| c.is_whitespace() || c == ',') {
+        bail!("working directory {} is under /tmp or /run and has a space or comma in its path: move it", dir.display());
+    }
+    Ok(dir)
+}
+
+/// Whether `dir` is hidden by the guest's own `/tmp` or `/run` and needs a
+/// share of its own.
+fn needs_own_share(dir: &Path) -> bool {
+    REPLACED[..2].iter().any(|h| dir.starts_with(h))
+}
+
+/// What the console reader saw.
+#[derive(Debug, Default)]
+struct Console {
+    /// When `/init` was about to start the command.
+    ready: Option<Instant>,
+    kernel: Option<String>,
+    lsm: Option<String>,
+    exit: Option<i32>,
+    errors: Vec<String>,
+}
+
+/// Escapes `,` for a QEMU option value.
+fn qemu_path(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// Boots QEMU, streams the console, enforces the timeout, collects results.
+pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir: &Path) -> Result<VmOutcome> {
+    step(&format!(
+        "VM: {} ({} CPUs, {} MiB, TCG), run directory {}",
+        shown_command(&opts.command),
+        opts.cpus,
+        opts.memory_mib,
+        run_dir.display()
+    ));
+    let mut append = vec!["console=ttyS0".to_string(), "panic=-1".into(), "quiet".into()];
+    let cwd = check_cwd(&opts.cwd)?;
+    let cwd_share = needs_own_share(&cwd);
+    if cwd_share {
+        // /init mounts the share `cgcwd` back at this path.
+        append.push(format!("cg_cwd={}", cwd.display()));
+    }
+    append.extend(opts.kernel_args.iter().cloned());
+    let mut qemu = Command::new("setpriv");
+    // If we die (Ctrl-C, kill), the kernel kills QEMU too.
+    qemu.args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"])
+        .args(["-accel", "tcg", "-cpu", "max", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+        .args(["-serial", "stdio"])
+        .args(if Path::new(QBOOT).is_file() { vec!["-bios", QBOOT] } else { Vec::new() })
+        .arg("-m")
+        .arg(opts.memory_mib.to_string())
+        .arg("-smp")
+        .arg(opts.cpus.to_string())
+        .arg("-kernel")
+        .arg(&kernel.image)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(append.join(" "))
+        .arg("-virtfs")
+        .arg("local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap")
+        .arg("-virtfs")
+        .arg(format!("local,path={},mount_tag=cgvmout,security_model=none,multidevs=remap", qemu_path(run_dir)))
+        .args(if cwd_share {
+            vec![
+                "-virtfs".to_string(),
+                format!("local,path={},mount_tag=cgcwd,security_model=none,readonly=on,multidevs=remap", qemu_path(&cwd)),
+            ]
+        } else {
+            Vec::new()
+        })
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let boot_started = Instant::now();
+    let mut child = qemu.spawn().context("cannot start qemu-system-x86_64: apt-get install qemu-system-x86")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let (tx, rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        let console = read_console(stdout, boot_started);
+        let _ = tx.send(());
+        console
+    });
+
+    let deadline = boot_started + opts.timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().context("waiting for qemu")? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        let _ = rx.recv_timeout(Duration::from_millis(100));
+    };
+    let Some(status) = status else {
+        kill(&mut child);
+        let _ = reader.join();
+        eprintln!("    killed qemu after {} (timeout)", secs(boot_started.elapsed()));
+        return Err(VmTimeout { after: opts.timeout, run_dir: run_dir.to_path_buf() }.into());
+    };
+    let vm_time = boot_started.elapsed();
+    let console = reader.join().unwrap_or_default();
+
+    let read = |name: &str| fs::read_to_string(run_dir.join(name)).ok().map(|s| s.trim().to_string());
+    let exit_code = match read("exit_code") {
+        Some(code) => code.parse::<i32>().with_context(|| format!("{}/exit_code holds `{code}`", run_dir.display()))?,
+        None => match console.exit {
+            Some(code) => {
+                eprintln!("    warning: the guest wrote no exit_code file; using the console's CG_VM_EXIT={code}");
+                code
+            }
+            None => {
+                let why = if console.errors.is_empty() {
+                    "no report from the guest's /init (a kernel panic? see the console output above; \
+                     more with --kernel-arg loglevel=7)"
+                        .to_string()
+                } else {
+                    format!("the guest's /init failed: {}", console.errors.join("; "))
+                };
+                bail!("the VM ended ({status}) without the command's exit code: {why}");
+            }
+        },
+    };
+    let kernel_release = read("kernel_release").or(console.kernel).unwrap_or_default();
+    let lsm = read("lsm").or(console.lsm).unwrap_or_default();
+    let boot_time = console.ready.map_or(vm_time, |r| r.duration_since(boot_started));
+    Ok(VmOutcome {
+        exit_code,
+        kernel_release,
+        lsm,
+        out_dir: run_dir.join("out"),
+        run_dir: run_dir.to_path_buf(),
+        boot_time,
+        vm_time,
+    })
+}
+
+/// Kills QEMU and reaps it.
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Streams the console to stdout line by line (dropping the serial line's
+/// `\r`), takes `CG_VM_<KEY>=<value>` marker lines out of the stream and
+/// reports them on stderr.
+fn read_console(stdout: impl std::io::Read, boot_started: Instant) -> Console {
+    let mut console = Console::default();
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    let out = std::io::stdout();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let newline = line.ends_with(b"\n");
+        while matches!(line.last(), Some(b'\n' | b'\r')) {
+            line.pop();
+        }
+        // The command's last line may lack its newline, gluing the exit
+        // marker to it: pass the command's part through, keep the marker.
+        const EXIT_MARKER: &[u8] = b"CG_VM_EXIT=";
+        if console.ready.is_some() {
+            if let Some(at) = line.windows(EXIT_MARKER.len()).position(|w| w == EXIT_MARKER).filter(|&at| at > 0) {
+                let mut out = out.lock();
+                let _ = out.write_all(&line[..at]);
+                let _ = out.flush();
+                line.drain(..at);
+            }
+        }
+        let text = String::from_utf8_lossy(&line);
+        if console.exit.is_some() && text.contains("reboot: Power down") {
+            continue;
+        }
+        if let Some((key, value)) = text.strip_prefix("CG_VM_").and_then(|m| m.split_once('=')) {
+            let value = value.trim().to_string();
+            match key {
+                "KERNEL" => {
+                    eprintln!("    guest kernel: {value}");
+                    console.kernel = Some(value);
+                    continue;
+                }
+                "LSM" => {
+                    eprintln!("    guest LSMs: {value}");
+                    console.lsm = Some(value);
+                    continue;
+                }
+                "READY" => {
+                    eprintln!("    booted in {}; running the command", secs(boot_started.elapsed()));
+                    console.ready = Some(Instant::now());
+                    continue;
+                }
+                "EXIT" if console.ready.is_some() => {
+                    console.exit = value.parse().ok();
+                    continue;
+                }
+                "ERROR" => {
+                    eprintln!("    guest /init failed: {value}");
+                    console.errors.push(value);
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        let mut out = out.lock();
+        let _ = out.write_all(&line);
+        if newline {
+            let _ = out.write_all(b"\n");
+        }
+        let _ = out.flush();
+    }
+    console
+}
