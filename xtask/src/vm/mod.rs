@@ -16,10 +16,12 @@
 //!   `/init` script) is built into `<repo>/.cache/vm/initramfs.cpio` and
 //!   rebuilt whenever its inputs change.
 //! * QEMU runs with TCG (a stock kernel hangs under KVM on this machine), the
-//!   qboot firmware, and two 9p shares: the host's `/`, read-only, and a fresh writable run
-//!   directory `<repo>/.cache/vm/runs/<id>/`. `/init` chroots into the host's
-//!   root, so the guest runs the host's own node, binaries and test files at
-//!   the same paths, with fresh tmpfs on `/tmp` and `/run`.
+//!   qboot firmware, and 9p shares: the host's `/`, read-only, a fresh
+//!   writable run directory `<repo>/.cache/vm/runs/<id>/`, and, when the
+//!   working directory lies under `/tmp` or `/run` (which the guest covers
+//!   with fresh tmpfs), that directory again (`cgcwd`). `/init`
+//!   `switch_root`s into the host's root, so the guest runs the host's own
+//!   node, binaries and test files at the same paths.
 //! * The run directory is mounted at [`GUEST_SHARE`] in the guest; its `out/`
 //!   subdirectory is [`GUEST_OUT`], exported to the command as `CG_VM_OUT`.
 //!   `/init` writes the command's exit code, `uname -r` and the active LSMs
