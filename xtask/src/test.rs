@@ -3,9 +3,10 @@
 //! - Rust: the event layout against the object's BTF, the loader against
 //!   the host kernel.
 //! - vitest on the host kernel (tracepoint only, see docs/platform.md).
-//! - vitest in the stock Debian 6.1 kernel under QEMU, once per mode:
-//!   `auto` (must pick fentry), forced `kprobe`, forced `tracepoint`. The
-//!   same test files and assertions as on the host.
+//! - vitest in the stock Debian 6.1 kernel under QEMU: every file in `auto`
+//!   (must pick fentry), then the mode-dependent files ([`PER_MODE_FILES`])
+//!   in forced `kprobe` and forced `tracepoint`. The same test files and
+//!   assertions as on the host.
 //!
 //! Results come back as vitest JSON reports (host: `target/test-results/`,
 //! VM: the run directory's `out/`), and a summary names each place, its
