@@ -3,7 +3,7 @@
  * a refused mode is reported on the error channel and leaves nothing loaded.
  *
  * `CG_EXPECT_AUTO_MODE` says what this kernel allows, from measured facts
- * (../shared/PLATFORM.md): `tracepoint` on the host (fentry refused with
+ * (docs/platform.md): `tracepoint` on the host (fentry refused with
  * EPERM, no CONFIG_KPROBES), `fentry` in the stock-kernel VM. `cargo xtask
  * test` sets it for each place it runs the suite.
  */

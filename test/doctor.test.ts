@@ -1,6 +1,6 @@
 /**
  * `doctor` and `stacks` against the real kernel. What each kernel must show
- * comes from measured facts (../shared/PLATFORM.md), passed by `cargo xtask
+ * comes from measured facts (docs/platform.md), passed by `cargo xtask
  * test` as CG_EXPECT_AUTO_MODE: `tracepoint` on the host (kprobes missing,
  * fentry and LSM refused with EPERM), `fentry` in the stock-kernel VM
  * (fentry, kprobe and the BPF LSM all available).

@@ -2,7 +2,7 @@
  * The guard: policies decided in the kernel by `lsm/path_chroot`, against
  * real chroot calls. The BPF LSM runs in the stock-kernel VM
  * (CG_EXPECT_AUTO_MODE=fentry), where every test here runs; on the host it
- * is refused (fentry and LSM programs get EPERM, ../shared/PLATFORM.md),
+ * is refused (fentry and LSM programs get EPERM, docs/platform.md),
  * where the LSM_UNAVAILABLE path is tested instead.
  */
 import { spawn, spawnSync } from 'node:child_process';

@@ -11,7 +11,7 @@ fn rustc_libllvm() -> Result<PathBuf> {
     ldd.lines()
         .filter(|l| l.contains("libLLVM"))
         .find_map(|l| l.split("=>").nth(1)?.split_whitespace().next().map(PathBuf::from))
-        .context("ldd /usr/bin/rustc shows no libLLVM: is rustc-web installed?")
+        .context("ldd /usr/bin/rustc shows no libLLVM: is rustc-web installed? Run `cargo xtask setup` first")
 }
 
 /// Builds `crates/ebpf` for bpfel-unknown-none.
@@ -21,6 +21,9 @@ fn rustc_libllvm() -> Result<PathBuf> {
 /// LLVM that rustc-web uses, so the bitcode and the linker always agree.
 pub fn build_ebpf() -> Result<()> {
     step("eBPF object (rustc-web + bpf-linker, bpfel-unknown-none)");
+    if !crate::setup::bpf_linker_ok() {
+        bail!("bpf-linker {} is not installed: run `cargo xtask setup` first", crate::setup::BPF_LINKER_VERSION);
+    }
     let llvm_dir = root().join("target/bpf-llvm");
     fs::create_dir_all(&llvm_dir)?;
     let lib = rustc_libllvm()?;
@@ -30,7 +33,7 @@ pub fn build_ebpf() -> Result<()> {
         std::os::unix::fs::symlink(&lib, &link)?;
     }
     if !PathBuf::from("/usr/bin/cargo").exists() {
-        bail!("/usr/bin/cargo is missing: apt-get install cargo-web (or run `cargo xtask setup`)");
+        bail!("/usr/bin/cargo is missing: run `cargo xtask setup` first (it installs cargo-web)");
     }
     run(Command::new("/usr/bin/cargo")
         .args(["build", "--release"])

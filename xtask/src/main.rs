@@ -23,9 +23,9 @@ struct Cli {
 enum Verb {
     /// Install what the build needs (apt packages, bpf-linker, npm packages); skips what is present.
     Setup,
-    /// Build the eBPF object with Debian's rustc-web and bpf-linker.
+    /// Build the eBPF object with Debian's rustc-web and bpf-linker (after `cargo xtask setup`).
     BuildEbpf,
-    /// Build the eBPF object, the napi addon and the TypeScript.
+    /// Set up, then build the eBPF object, the napi addon and the TypeScript.
     Build,
     /// Set up, build, then run `chroot-guard demo` (needs root).
     Demo {
@@ -64,7 +64,10 @@ fn run_verb(verb: Verb) -> Result<()> {
     match verb {
         Verb::Setup => setup::setup(),
         Verb::BuildEbpf => build::build_ebpf(),
-        Verb::Build => build::build(),
+        Verb::Build => {
+            setup::setup()?;
+            build::build()
+        }
         Verb::Demo { args } => {
             setup::setup()?;
             build::build()?;

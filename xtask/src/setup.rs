@@ -44,7 +44,8 @@ pub fn apt(packages: &[(&str, &str)]) -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-fn bpf_linker_ok() -> bool {
+/// Whether `bpf-linker` [`BPF_LINKER_VERSION`] is on the PATH.
+pub fn bpf_linker_ok() -> bool {
     Command::new("bpf-linker")
         .arg("--version")
         .output()

@@ -2,10 +2,11 @@
 //!
 //! - Rust: the event layout against the object's BTF, the loader against
 //!   the host kernel.
-//! - vitest on the host kernel (tracepoint only, see ../shared/PLATFORM.md).
-//! - vitest in the stock Debian 6.1 kernel under QEMU, once per mode:
-//!   `auto` (must pick fentry), forced `kprobe`, forced `tracepoint`. The
-//!   same test files and assertions as on the host.
+//! - vitest on the host kernel (tracepoint only, see docs/platform.md).
+//! - vitest in the stock Debian 6.1 kernel under QEMU: every file in `auto`
+//!   (must pick fentry), then the mode-dependent files ([`PER_MODE_FILES`])
+//!   in forced `kprobe` and forced `tracepoint`. The same test files and
+//!   assertions as on the host.
 //!
 //! Results come back as vitest JSON reports (host: `target/test-results/`,
 //! VM: the run directory's `out/`), and a summary names each place, its
@@ -87,8 +88,9 @@ pub fn test(args: &TestArgs) -> Result<()> {
         step("Rust tests (event layout vs. the object's BTF; the loader against the host kernel)");
         run(in_root("cargo").args(["test", "--workspace", "--no-default-features"]))?;
         step("TypeScript tests against the host kernel (vitest)");
-        // What this machine kind's kernel allows (../shared/PLATFORM.md): only
-        // the tracepoint family. Set CG_EXPECT_AUTO_MODE on another kernel.
+        // What the host kernel allows (Linux 6.18 under lockdown `integrity`,
+        // no CONFIG_KPROBES: docs/platform.md): only the tracepoint family.
+        // Set CG_EXPECT_AUTO_MODE on another kernel.
         let expect = std::env::var("CG_EXPECT_AUTO_MODE").unwrap_or_else(|_| "tracepoint".into());
         let report = results.join("host.json");
         let _ = fs::remove_file(&report);
