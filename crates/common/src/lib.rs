@@ -280,8 +280,8 @@ pub struct ChrootEvent {
     /// `parent_exe_len` bytes of the parent's
     /// (`current->real_parent->mm->exe_file`, in the parent's mount
     /// namespace). Only the used bytes go to the ring buffer
-    /// ([`ChrootEvent::record_len`]), so a record is about 130 bytes plus
-    /// its paths rather than 20 KiB.
+    /// ([`ChrootEvent::record_len`]): a record is the header
+    /// ([`EVENT_HEADER_BYTES`]) plus its paths, not the whole 20 KiB.
     pub data: [u8; DATA_BYTES],
 }
 
