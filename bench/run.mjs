@@ -34,7 +34,17 @@ const BPFTRACE = {
   B1: 'tracepoint:syscalls:sys_enter_chroot { printf("%s %d %s\\n", comm, pid, str(args->filename)); }',
   B2: 'tracepoint:syscalls:sys_enter_chroot { @path[tid] = str(args->filename); } ' +
     'tracepoint:syscalls:sys_exit_chroot /@path[tid] != ""/ { printf("%d %s %s %d\\n", pid, comm, @path[tid], args->ret); delete(@path[tid]); }',
+  // What a user writes to see 32-bit compat chroot (ia32 number 61) where
+  // only tracepoints run: the syscall tracepoints skip compat calls, so it
+  // takes raw_syscalls, which every syscall of the host passes through. B2's
+  // printing; uptr(): bpftrace 0.17 reads args[] as kernel addresses
+  // otherwise, and prints nothing. (61 is also the native wait4, which this
+  // matches as well; the workload makes none.)
+  B3: 'tracepoint:raw_syscalls:sys_enter /args->id == 61/ { @path[tid] = str(uptr(args->args[0])); } ' +
+    'tracepoint:raw_syscalls:sys_exit /args->id == 61 && @path[tid] != ""/ { printf("%d %s %s %d\\n", pid, comm, @path[tid], args->ret); delete(@path[tid]); }',
 };
+/** chroot-guard with `compat` (raw sys_enter/sys_exit programs), tracepoint mode. */
+const COMPAT = { O1c: 'O1', O2c: 'O2' };
 
 /** Lines of a stream, to a callback. */
 function lines(stream, onLine) {
@@ -71,13 +81,14 @@ function kernelBytes(before, after) {
 }
 
 /**
- * Starts a contender. `count`: also count delivered events per pid (B1/B2 via
- * a pipe; O1/O2 always count). Returns { ready, stop(), pid }.
+ * Starts a contender. `count`: also count delivered events per pid (B1/B2/B3
+ * via a pipe; O1/O2 always count). O1c and O2c are O1 and O2 with `--compat`
+ * in tracepoint mode. Returns { ready, stop(), pid }.
  */
 function start(name, { count = false, ringBufferBytes, latency = false, mode, guard } = {}) {
   const t0 = now();
   if (name === 'B0') return { ready: Promise.resolve({ t0, attached: t0 }), stop: async () => ({}), pid: null };
-  if (name === 'B1' || name === 'B2') {
+  if (name === 'B1' || name === 'B2' || name === 'B3') {
     const env = { ...process.env };
     if (ringBufferBytes) env.BPFTRACE_PERF_RB_PAGES = String(ringBufferBytes / 4096 / cpus());
     const p = spawn('bpftrace', ['-e', BPFTRACE[name]], { env, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -114,7 +125,10 @@ function start(name, { count = false, ringBufferBytes, latency = false, mode, gu
       },
     };
   }
-  const argv = name === 'O1' ? [DRAIN] : [process.execPath, O2];
+  const compat = name in COMPAT;
+  if (compat) mode = 'tracepoint';
+  const argv = (COMPAT[name] ?? name) === 'O1' ? [DRAIN] : [process.execPath, O2];
+  if (compat) argv.push('--compat');
   if (ringBufferBytes) argv.push('--ring-buffer-bytes', String(ringBufferBytes));
   if (latency) argv.push('--latency');
   if (mode) argv.push('--mode', mode);
@@ -164,9 +178,10 @@ function cpus() {
  * process keeps reading the contenders' output meanwhile (a blocked pipe
  * would stall bpftrace and count against it).
  */
-function workload(args) {
+function workload(args, cpu) {
   return new Promise((resolve, reject) => {
-    const p = spawn(WORKLOAD, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const argv = cpu === undefined ? [WORKLOAD, ...args] : ['taskset', '-c', String(cpu), WORKLOAD, ...args];
+    const p = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     p.stdout.on('data', (d) => (out += d));
@@ -184,30 +199,75 @@ const median = (xs) => {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 };
 const summary = (xs) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length });
+const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 // ----------------------------------------------------------------------------
 // 1. Added cost per call
 
+// Raw-syscall coverage (compat in tracepoint mode) is a cost on every
+// syscall of every CPU, and bpftrace's share of it depends on the CPU (its
+// tracepoint perf events are opened on one CPU, whose syscalls pay more): on
+// getpid(2) these contenders also run the workload pinned to each CPU in
+// turn, and that section takes the mean over the CPUs.
+const RAW = ['B0', 'B3', 'O1', 'O2', 'O1c', 'O2c'];
+
 async function cost(syscall) {
-  const contenders = ['B0', 'B1', 'B2', 'O1', 'O2'];
+  // B3, O1c, O2c: raw-syscall coverage (compat in tracepoint mode).
+  const contenders = ['B0', 'B1', 'B2', 'O1', 'O2', 'B3', 'O1c', 'O2c'];
   const calls = syscall === 'chroot' ? (QUICK ? 50_000 : 200_000) : QUICK ? 200_000 : 1_000_000;
+  const pin = syscall === 'getpid';
   const perRound = [];
+  const pinnedRounds = [];
   for (let round = 0; round < ROUNDS; round++) {
     const t = {};
+    const tp = {};
     for (const c of contenders) {
       const h = start(c);
       await h.ready;
       await sleep(200);
-      t[c] = (await workload(['--calls', String(calls), '--syscall', syscall])).ns_per_call;
-      await h.stop();
+      const args = ['--calls', String(calls), '--syscall', syscall];
+      t[c] = (await workload(args)).ns_per_call;
+      if (pin && RAW.includes(c)) {
+        tp[c] = [];
+        for (let cpu = 0; cpu < cpus(); cpu++) tp[c].push((await workload(args, cpu)).ns_per_call);
+      }
+      const s = await h.stop();
+      // A compat figure only counts if the raw programs were attached.
+      if (c in COMPAT && (s.mode !== 'tracepoint' || s.blindSpots !== 0)) throw new Error(`${c} attached ${s.mode} with ${s.blindSpots} blind spots: the raw sys_enter/sys_exit programs are not all attached`);
     }
     perRound.push(t);
     log(`cost ${syscall} round ${round + 1}/${ROUNDS}: ${contenders.map((c) => `${c} ${t[c].toFixed(0)} ns`).join(', ')}`);
+    if (pin) {
+      pinnedRounds.push(tp);
+      log(`cost ${syscall} round ${round + 1}/${ROUNDS}, pinned per CPU: ${RAW.map((c) => `${c} ${tp[c].map((x) => x.toFixed(0)).join('/')} ns`).join(', ')}`);
+    }
   }
-  const out = { calls, nsPerCall: {}, addedNs: {}, ratioToB2: {} };
+  const out = { calls, nsPerCall: {}, addedNs: {}, ratioToB2: {}, addedByCompat: {} };
   for (const c of contenders) out.nsPerCall[c] = summary(perRound.map((t) => t[c]));
   for (const c of contenders.slice(1)) out.addedNs[c] = summary(perRound.map((t) => t[c] - t.B0));
-  for (const c of ['O1', 'O2', 'B1']) out.ratioToB2[c] = summary(perRound.map((t) => (t[c] - t.B0) / (t.B2 - t.B0)));
+  for (const c of ['O1', 'O2', 'B1', 'B3', 'O1c', 'O2c']) out.ratioToB2[c] = summary(perRound.map((t) => (t[c] - t.B0) / (t.B2 - t.B0)));
+  // What compat adds to the same reader (per chroot: the raw programs'
+  // share on a watched call); per getpid, rawCoverage() below.
+  for (const [c, base] of Object.entries(COMPAT)) out.addedByCompat[c] = summary(perRound.map((t) => t[c] - t[base]));
+  if (pin) out.raw = rawCoverage(pinnedRounds);
+  return out;
+}
+
+/** The raw-syscall coverage figures from the pinned getpid(2) runs: per round, the mean over CPUs. */
+function rawCoverage(rounds) {
+  const m = rounds.map((tp) => Object.fromEntries(RAW.map((c) => [c, mean(tp[c])])));
+  const out = { cpus: cpus(), rounds, nsPerCall: {}, addedNs: {}, timesB0: {}, ratioToB3: {}, ratioToB3PerCpu: {}, addedByCompat: {}, addedNsPerCpu: {} };
+  for (const c of RAW) out.nsPerCall[c] = summary(m.map((t) => t[c]));
+  for (const c of RAW.slice(1)) {
+    out.addedNs[c] = summary(m.map((t) => t[c] - t.B0));
+    out.timesB0[c] = summary(m.map((t) => t[c] / t.B0));
+    out.addedNsPerCpu[c] = rounds[0][c].map((_, cpu) => summary(rounds.map((tp) => tp[c][cpu] - tp.B0[cpu])));
+  }
+  for (const c of ['O1c', 'O2c']) {
+    out.ratioToB3[c] = summary(m.map((t) => (t[c] - t.B0) / (t.B3 - t.B0)));
+    out.ratioToB3PerCpu[c] = rounds[0][c].map((_, cpu) => summary(rounds.map((tp) => (tp[c][cpu] - tp.B0[cpu]) / (tp.B3[cpu] - tp.B0[cpu]))));
+  }
+  for (const [c, base] of Object.entries(COMPAT)) out.addedByCompat[c] = summary(m.map((t) => t[c] - t[base]));
   return out;
 }
 
@@ -415,6 +475,27 @@ function markdown(r) {
     if (!c) continue;
     out.push(`## Cost per ${sc}(2) (${c.calls} calls)`, '', '| contender | ns per call | added ns | added ÷ B2 added |', '|---|---|---|---|');
     for (const k of Object.keys(c.nsPerCall)) out.push(`| ${k} | ${mm(c.nsPerCall[k], 0)} | ${c.addedNs[k] ? mm(c.addedNs[k], 0) : '–'} | ${c.ratioToB2[k] ? mm(c.ratioToB2[k], 2) : k === 'B2' ? '1' : '–'} |`);
+    if (c.raw) out.push('', 'B3, O1c, O2c here ran unpinned; B3\'s cost depends on the CPU the workload lands on: see the raw-syscall coverage section, pinned per CPU.');
+    out.push('');
+  }
+  const g = r.cost?.getpid?.raw;
+  if (g) {
+    const cpuNames = Array.from({ length: g.cpus }, (_, i) => `CPU ${i}`).join(' / ');
+    out.push(
+      '## Raw-syscall coverage (compat in tracepoint mode): what it adds to every syscall',
+      '',
+      'Seeing 32-bit compat (`int $0x80`) and x32 chroot calls in tracepoint mode takes programs on raw `sys_enter`/`sys_exit`, which every syscall of the host then passes through. Measured on getpid(2) in the same alternated rounds as above, with the workload pinned to each CPU in turn (ns: the mean over the CPUs, whose syscalls all pay it): B3 is the bpftrace a user would write for it, O1c and O2c are O1 and O2 with `compat: true` in tracepoint mode, O1 and O2 are as above (compat off). bpftrace\'s tracepoint perf events sit on one CPU, whose syscalls pay more than the others\': with more CPUs its mean falls toward its cheapest CPU, so compare per CPU too.',
+      '',
+      `| contender | ns per getpid | added ns vs B0 | time ÷ B0 | added ÷ B3 added | added by compat (O1c − O1, O2c − O2) | added ns per CPU (${cpuNames}) | added ÷ B3 added per CPU (${cpuNames}) |`,
+      '|---|---|---|---|---|---|---|---|',
+    );
+    out.push(`| B0 | ${mm(g.nsPerCall.B0, 0)} | – | 1 | – | – | – | – |`);
+    for (const k of RAW.slice(1)) {
+      const perCpu = (xs, d) => xs.map((x) => fmt(x.median, d)).join(' / ');
+      out.push(`| ${k} | ${mm(g.nsPerCall[k], 0)} | ${mm(g.addedNs[k], 0)} | ${mm(g.timesB0[k], 2)} | ${g.ratioToB3[k] ? mm(g.ratioToB3[k], 2) : k === 'B3' ? '1' : '–'} | ${g.addedByCompat[k] ? mm(g.addedByCompat[k], 0) : '–'} | ${perCpu(g.addedNsPerCpu[k], 0)} | ${g.ratioToB3PerCpu[k] ? perCpu(g.ratioToB3PerCpu[k], 2) : k === 'B3' ? '1' : '–'} |`);
+    }
+    const ch = r.cost.chroot;
+    if (ch?.addedByCompat) out.push('', `Per chroot(2) (unpinned, table above), compat adds ${mm(ch.addedByCompat.O1c, 0)} ns to O1 and ${mm(ch.addedByCompat.O2c, 0)} ns to O2.`);
     out.push('');
   }
   if (r.throughput) {
@@ -445,7 +526,7 @@ function markdown(r) {
     for (const k of Object.keys(r.vm.nsPerCall)) out.push(`| ${k} | ${mm(r.vm.nsPerCall[k], 0)} | ${r.vm.relativeToTracepoint[k] ? mm(r.vm.relativeToTracepoint[k], 2) : '–'} |`);
     out.push('');
   }
-  out.push('Contenders: B0 no probe; B1 bpftrace printf on sys_enter_chroot; B2 bpftrace enter+exit printing pid, comm, path, ret; O1 chroot-guard kernel side, ring buffer drained by the Rust thread, no JS; O2 full path into a JS chrootWatch() subscriber.');
+  out.push('Contenders: B0 no probe; B1 bpftrace printf on sys_enter_chroot; B2 bpftrace enter+exit printing pid, comm, path, ret; O1 chroot-guard kernel side, ring buffer drained by the Rust thread, no JS; O2 full path into a JS chrootWatch() subscriber; B3 bpftrace on raw_syscalls sys_enter/sys_exit filtered to id 61 (the ia32 chroot), printing as B2; O1c, O2c O1 and O2 with compat (raw sys_enter/sys_exit programs) in tracepoint mode.');
   return out.join('\n') + '\n';
 }
 

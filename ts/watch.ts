@@ -38,10 +38,10 @@ export interface ChrootWatchOptions {
   /**
    * Tracepoint mode: also see 32-bit compat (`int $0x80`) and x32 calls,
    * which reach no syscall tracepoint, with raw `sys_enter`/`sys_exit`
-   * programs. Off by default: they slow every syscall of the host (they put
-   * it on the syscall-tracing path); while off, `AttachInfo.blindSpots`
-   * names the calls not seen (`COMPAT_OFF`). fentry and kprobe modes see
-   * compat calls either way, at no such cost.
+   * programs. Off by default: they run on every syscall of the host and
+   * slow each one (bench/RESULTS.md, raw-syscall coverage); while off,
+   * `AttachInfo.blindSpots` names the calls not seen (`COMPAT_OFF`).
+   * fentry and kprobe modes see compat calls either way, at no such cost.
    */
   readonly compat?: boolean;
   /** Called once per subscription when the programs are attached: which mode, and why better ones were refused. */

@@ -4,7 +4,12 @@
 //! closes, one JSON line of totals.
 //!
 //! `drain [--mode auto|fentry|kprobe|tracepoint] [--ring-buffer-bytes N]
-//!        [--guard allow|deny --path DIR]`
+//!        [--compat] [--guard allow|deny --path DIR]`
+//!
+//! `--compat` sets [`LoadOptions::compat`]: in tracepoint mode, also the raw
+//! `sys_enter`/`sys_exit` programs for 32-bit compat and x32 calls (the
+//! bench's "O1c", the cost they add to every syscall). The totals name the
+//! mode and how many blind spots it has (0 when those programs attached).
 //!
 //! With `--guard`, attaches `lsm/path_chroot` with a one-rule policy on
 //! `--path` instead of the watch programs (the VM's LSM cost figures).
@@ -58,6 +63,7 @@ fn main() {
     let ring = arg(&args, "--ring-buffer-bytes").map_or(DEFAULT_RING_BUFFER_BYTES, |v| v.parse().expect("bytes"));
     let count = Count::default();
     let stats: Box<dyn Fn() -> SessionStats>;
+    let attached: (&str, usize);
     let _keep: Box<dyn std::any::Any>;
     if let Some(action) = arg(&args, "--guard") {
         let path = arg(&args, "--path").unwrap_or_else(|| "/".into());
@@ -68,17 +74,23 @@ fn main() {
             std::process::exit(1)
         }));
         println!("attached lsm");
+        attached = ("lsm", 0);
         let g = Arc::clone(&guard);
         stats = Box::new(move || g.stats());
         _keep = Box::new(guard);
     } else {
         let mode: ModeRequest = arg(&args, "--mode").unwrap_or_else(|| "auto".into()).parse().expect("mode");
-        let opts = LoadOptions { mode, filter: Filter::default(), ring_buffer_bytes: ring, compat: false };
+        let compat = args.iter().any(|a| a == "--compat");
+        let opts = LoadOptions { mode, filter: Filter::default(), ring_buffer_bytes: ring, compat };
         let session = Arc::new(Session::open(&opts, count.clone(), ReaderConfig::default()).unwrap_or_else(|e| {
             eprintln!("drain: {e}");
             std::process::exit(1)
         }));
         println!("attached {}", session.mode().name());
+        for b in session.blind_spots() {
+            eprintln!("drain: blind spot: {} on {} ({}): {}", b.program, b.target, b.code, b.reason);
+        }
+        attached = (session.mode().name(), session.blind_spots().len());
         let s = Arc::clone(&session);
         stats = Box::new(move || s.stats());
         _keep = Box::new(session);
@@ -93,7 +105,9 @@ fn main() {
     let pct = |p: usize| lat.get((lat.len() * p / 100).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
     eprintln!("drain: reader-thread latency p50 {} ns, p99 {} ns, max {} ns over {}", pct(50), pct(99), lat.last().copied().unwrap_or(0), lat.len());
     println!(
-        r#"{{"events":{},"delivered":{},"batches":{},"ringBufferFull":{},"pendingFull":{},"lsmErrors":{}}}"#,
+        r#"{{"mode":"{}","blindSpots":{},"events":{},"delivered":{},"batches":{},"ringBufferFull":{},"pendingFull":{},"lsmErrors":{}}}"#,
+        attached.0,
+        attached.1,
         s.events,
         count.0.load(Ordering::Relaxed),
         s.batches,
