@@ -166,6 +166,30 @@ pub fn path_parts(path: *const u8) -> Result<(*const u8, *const u8), Error> {
     Ok((read_ptr(path, off!(path_mnt))?, read_ptr(path, off!(path_dentry))?))
 }
 
+/// `struct dentry` from `d_parent` on: `d_parent`, then `d_name` (a `struct
+/// qstr`: hash, length, name pointer on a little-endian machine), read in
+/// one go, so a step of the walk costs two helper calls (this and the name)
+/// instead of four. The loader checks the layout against the kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct DentryWindow {
+    parent: *const u8,
+    _hash: u32,
+    len: u32,
+    name: *const u8,
+}
+
+/// `struct mount` from `mnt_parent` on: `mnt_parent`, `mnt_mountpoint`,
+/// then the embedded `struct vfsmount`'s `mnt_root`: everything a mount
+/// crossing needs, in one read. Checked by the loader like [`DentryWindow`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MountWindow {
+    parent: *const u8,
+    mountpoint: *const u8,
+    root: *const u8,
+}
+
 /// Where [`walk`] left a path: bytes `pos..RESOLVED_MAX` of the scratch
 /// buffer.
 pub struct Walk {
@@ -228,40 +252,35 @@ pub fn walk(kind: Scratch, ns_root: *const u8, vfsmnt: *const u8, dentry: *const
     let len_slot = unsafe { pos_slot.add(1) };
     let load_len = || unsafe { core::ptr::read_volatile(len_slot) };
     let store_len = |l: u32| unsafe { core::ptr::write_volatile(len_slot, l) };
-    let mount_mnt = off!(mount_mnt);
-    let mut vfsmnt = vfsmnt;
-    let mut mnt = vfsmnt.wrapping_sub(mount_mnt);
+    let mut mnt = vfsmnt.wrapping_sub(off!(mount_mnt));
+    let mut m = read::<MountWindow>(mnt, off!(mount_parent))?;
     let mut dentry = dentry;
     // The path is built backwards, ending at RESOLVED_MAX; pos stays >= 1.
     store_pos(RESOLVED_MAX as u32);
     let mut complete = false;
     let mut unreachable = false;
     for _ in 0..MAX_PATH_DEPTH {
-        let mnt_root = read_ptr(vfsmnt, off!(vfsmount_root))?;
-        if dentry == mnt_root {
-            let parent = read_ptr(mnt, off!(mount_parent))?;
-            if parent == mnt {
+        if dentry == m.root {
+            if m.parent == mnt {
                 complete = mnt == ns_root;
                 unreachable = !complete;
                 break;
             }
-            dentry = read_ptr(mnt, off!(mount_mountpoint))?;
-            mnt = parent;
-            vfsmnt = mnt.wrapping_add(mount_mnt);
+            dentry = m.mountpoint;
+            mnt = m.parent;
+            m = read::<MountWindow>(mnt, off!(mount_parent))?;
             continue;
         }
-        let parent = read_ptr(dentry, off!(dentry_parent))?;
-        let qstr = dentry.wrapping_add(off!(dentry_name));
-        let raw_len = read::<u32>(qstr, off!(qstr_len))?;
-        if raw_len > NAME_MAX as u32 {
+        let d = read::<DentryWindow>(dentry, off!(dentry_parent))?;
+        if d.len > NAME_MAX as u32 {
             break;
         }
         // Through the scratch map again: after the check above LLVM would
         // drop the mask, and the verifier, which may track a different copy
         // of the value, would see an unbounded length.
-        store_len(raw_len);
+        store_len(d.len);
         let len = load_len() & NAME_MAX as u32;
-        let name = read_ptr(qstr, off!(qstr_name))?;
+        let (parent, name) = (d.parent, d.name);
         let pos = load_pos();
         if len + 1 >= pos {
             break;

@@ -107,7 +107,7 @@ const PT_REGS_COMPAT: [(&str, &str); 2] = [("pt_regs", "regs"), ("pt_regs", "sys
 /// [`Error::BtfField`] naming the first struct or field the kernel lacks.
 pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
     let o = |s: &str, f: &str| offset_of(btf, s, f);
-    Ok(KernelOffsets {
+    let offsets = KernelOffsets {
         task_real_parent: o("task_struct", "real_parent")?,
         task_tgid: o("task_struct", "tgid")?,
         task_fs: o("task_struct", "fs")?,
@@ -155,7 +155,28 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         mount_mnt_ns: o("mount", "mnt_ns")?,
         dentry_hash_pprev: o("dentry", "d_hash")? + o("hlist_bl_node", "pprev")?,
         _pad0: 0,
-    })
+    };
+    check_windows(&offsets)?;
+    Ok(offsets)
+}
+
+/// The path walk reads `dentry` and `mount` fields in one window each
+/// (`DentryWindow`, `MountWindow` in `crates/ebpf/src/kernel.rs`): `d_parent`
+/// then `d_name` (hash, len, name), and `mnt_parent`, `mnt_mountpoint`, then
+/// `mnt.mnt_root`. Both layouts have held since Linux 3.3; a kernel without
+/// them gets a clear error rather than wrong paths.
+///
+/// # Errors
+/// [`Error::BtfField`] naming the layout that differs.
+fn check_windows(k: &KernelOffsets) -> Result<(), Error> {
+    let ptr = std::mem::size_of::<usize>() as u32;
+    if k.dentry_name != k.dentry_parent + ptr || k.qstr_len != 4 || k.qstr_name != 8 {
+        return Err(Error::BtfField { what: "struct dentry with d_name (hash, len, name) right after d_parent".into() });
+    }
+    if k.mount_mountpoint != k.mount_parent + ptr || k.mount_mnt + k.vfsmount_root != k.mount_parent + 2 * ptr {
+        return Err(Error::BtfField { what: "struct mount with mnt_parent, mnt_mountpoint, mnt.mnt_root in a row".into() });
+    }
+    Ok(())
 }
 
 /// Whether the kernel's BTF has a function named `name` (fentry, fexit and
