@@ -413,8 +413,8 @@ describe('check and the loader agree on every limit (the Rust compiler through t
       expect(err.problems[0]!.message).toMatch(l.message);
       // The compiler enforce runs, on the JSON chrootGuard() sends.
       const compiled = native().compilePolicy(JSON.stringify(validatePolicy(at)));
-      expect(compiled, compiled.errorMessage ?? '').toMatchObject({ ok: true });
-      expect(native().compilePolicy(JSON.stringify(over))).toMatchObject({ ok: false });
+      expect(compiled.failure ?? null, compiled.failure?.message ?? '').toBeNull();
+      expect(native().compilePolicy(JSON.stringify(over)).failure).toMatchObject({ code: 'INVALID_ARGUMENT' });
     });
   }
 

@@ -5,6 +5,22 @@
  * called, before anything is subscribed).
  * @module
  */
+import type { BindingFailure } from './native/binding.cjs';
+
+/** Every {@link ChrootWatchErrorCode}, one list: the type is derived from it. */
+export const CHROOT_WATCH_ERROR_CODES = [
+  'EPERM',
+  'UNSUPPORTED_KERNEL',
+  'MODE_UNAVAILABLE',
+  'LOAD_FAILED',
+  'INVALID_ARGUMENT',
+  'INVALID_POLICY',
+  'LSM_UNAVAILABLE',
+  'MOUNT_FAILED',
+  'PIN_FAILED',
+  'NATIVE_UNAVAILABLE',
+  'INTERNAL',
+] as const;
 
 /**
  * Stable error codes:
@@ -20,18 +36,20 @@
  * - `NATIVE_UNAVAILABLE`: the native addon could not be loaded (platform, install).
  * - `INTERNAL`: a bug; please report it.
  */
-export type ChrootWatchErrorCode =
-  | 'EPERM'
-  | 'UNSUPPORTED_KERNEL'
-  | 'MODE_UNAVAILABLE'
-  | 'LOAD_FAILED'
-  | 'INVALID_ARGUMENT'
-  | 'INVALID_POLICY'
-  | 'LSM_UNAVAILABLE'
-  | 'MOUNT_FAILED'
-  | 'PIN_FAILED'
-  | 'NATIVE_UNAVAILABLE'
-  | 'INTERNAL';
+export type ChrootWatchErrorCode = (typeof CHROOT_WATCH_ERROR_CODES)[number];
+
+/**
+ * The codes only the TypeScript layer raises; every other code comes from
+ * the loader (`Error::code` in `crates/loader/src/error.rs`, listed by the
+ * addon's `errorCodes()`, and a test holds the two lists equal).
+ * @internal
+ */
+export const TS_ONLY_ERROR_CODES: readonly ChrootWatchErrorCode[] = ['INVALID_POLICY', 'NATIVE_UNAVAILABLE'];
+
+/** Whether `code` is one of {@link CHROOT_WATCH_ERROR_CODES}. */
+export function isChrootWatchErrorCode(code: unknown): code is ChrootWatchErrorCode {
+  return (CHROOT_WATCH_ERROR_CODES as readonly unknown[]).includes(code);
+}
 
 /** An attach mode: where in the kernel the chroot path is hooked. */
 export type AttachMode = 'fentry' | 'kprobe' | 'tracepoint';
@@ -114,6 +132,19 @@ export class ChrootWatchError extends Error {
     this.refusals = options.refusals ?? [];
     this.verifierLog = options.verifierLog;
   }
+}
+
+/**
+ * The error a failure from the addon stands for (a result's `failure`).
+ * A code outside {@link CHROOT_WATCH_ERROR_CODES} (an addon newer or older
+ * than this file, or a bug) becomes `INTERNAL`, its message naming the code.
+ * @internal
+ */
+export function errorFromBinding(f: BindingFailure, extra: ChrootWatchErrorOptions = {}): ChrootWatchError {
+  const options = { ...extra, ...(f.verifierLog ? { verifierLog: f.verifierLog } : {}) };
+  const code = f.code;
+  if (isChrootWatchErrorCode(code)) return new ChrootWatchError(code, f.message, options);
+  return new ChrootWatchError('INTERNAL', `${f.message} (native error code ${JSON.stringify(code)}, unknown to this version)`, options);
 }
 
 /** Throws `INVALID_ARGUMENT` unless `ok`. */

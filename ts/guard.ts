@@ -5,11 +5,11 @@
  */
 import { Observable, type Subscriber } from 'rxjs';
 import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
-import { ChrootWatchError, check, checkRingBufferBytes } from './errors.js';
+import { ChrootWatchError, check, checkRingBufferBytes, errorFromBinding } from './errors.js';
 import { toDecision, type ChrootDecision } from './decision.js';
 import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
-import { DEFAULT_PIN_DIR, guardFailure, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
+import { DEFAULT_PIN_DIR, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
 import { contextOf, validatePolicy, type Policy, type PolicyContext } from './policy.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './session.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
@@ -94,8 +94,6 @@ export interface ChrootGuard {
   stats(): { decisions: number } & LossCounts;
 }
 
-const failure = guardFailure;
-
 /**
  * Starts enforcing (or auditing) `policy` on every chroot(2) of the host.
  * Needs root and a kernel running the BPF LSM.
@@ -162,7 +160,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     binding = new n.BindingGuard(ring);
     opened = binding.open(JSON.stringify(valid), onBatch).then((r) => {
       if (state === 'stopped') throw new ChrootWatchError('INTERNAL', 'the guard was stopped before it started');
-      if (!r.ok) throw failure(r);
+      if (r.failure) throw errorFromBinding(r.failure);
       state = 'running';
       const info = record(r);
       const waiting = early ?? [];
@@ -190,15 +188,15 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
       await opened;
       if (state !== 'running' || !binding) throw new ChrootWatchError('INTERNAL', 'the guard is not running');
       const r = binding.update(JSON.stringify(p));
-      if (!r.ok) throw failure(r);
+      if (r.failure) throw errorFromBinding(r.failure);
       return record(r);
     },
     async pin(pinOptions: PinOptions = {}): Promise<PinnedGuardStatus> {
       await opened;
       if (state !== 'running' || !binding) throw new ChrootWatchError('INTERNAL', 'the guard is not running');
       const r = binding.pin(pinOptions.dir ?? DEFAULT_PIN_DIR);
-      if (!r.ok) {
-        const err = failure(r);
+      if (r.failure) {
+        const err = errorFromBinding(r.failure);
         if (r.stopped) fail(err);
         throw err;
       }

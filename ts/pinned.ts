@@ -22,7 +22,7 @@
 import { Observable, share } from 'rxjs';
 import type { BindingBatch, BindingGuardResult, BindingPinnedFollower } from './native/binding.cjs';
 import { toDecision, type ChrootDecision } from './decision.js';
-import { ChrootWatchError, check, type ChrootWatchErrorCode } from './errors.js';
+import { ChrootWatchError, check, errorFromBinding } from './errors.js';
 import { decoder, type RawDecision } from './events.js';
 import type { GuardInfo } from './guard.js';
 import { native } from './native.js';
@@ -66,13 +66,6 @@ function dirOf(options: PinOptions): string {
   return dir;
 }
 
-/** @internal */
-export function guardFailure(r: { errorCode?: string | null; errorMessage?: string | null; verifierLog?: string | null }): ChrootWatchError {
-  return new ChrootWatchError((r.errorCode ?? 'INTERNAL') as ChrootWatchErrorCode, r.errorMessage ?? 'the guard failed', {
-    ...(r.verifierLog ? { verifierLog: r.verifierLog } : {}),
-  });
-}
-
 /**
  * The guard pinned at `dir`, or null when none is.
  * @throws {ChrootWatchError} `EPERM` without privileges; `PIN_FAILED` when
@@ -83,7 +76,7 @@ export function guardFailure(r: { errorCode?: string | null; errorMessage?: stri
 export function pinnedGuard(options: PinOptions = {}): PinnedGuardStatus | null {
   const dir = dirOf(options);
   const s = native().pinnedGuardStatus(dir);
-  if (s.errorCode) throw guardFailure(s);
+  if (s.failure) throw errorFromBinding(s.failure);
   if (!s.pinned) return null;
   return {
     dir,
@@ -109,7 +102,7 @@ export function pinnedGuard(options: PinOptions = {}): PinnedGuardStatus | null 
 export function updatePinnedGuard(policy: Policy, options: PinOptions = {}): GuardInfo {
   const dir = dirOf(options);
   const r: BindingGuardResult = native().pinnedGuardUpdate(dir, JSON.stringify(validatePolicy(policy)));
-  if (!r.ok) throw guardFailure(r);
+  if (r.failure) throw errorFromBinding(r.failure);
   return { generation: r.generation, compiledRules: r.ruleIds.length };
 }
 
@@ -143,7 +136,7 @@ export interface PinnedGuardUnload {
  */
 export function unloadPinnedGuard(options: PinOptions = {}): PinnedGuardUnload {
   const r = native().pinnedGuardUnload(dirOf(options));
-  if (r.errorCode) throw guardFailure(r);
+  if (r.failure) throw errorFromBinding(r.failure);
   return { removed: r.removed, kept: r.kept ?? null, leftoversRemoved: r.leftoversRemoved, leftoversKept: r.leftoversKept };
 }
 
@@ -159,7 +152,7 @@ export function unloadPinnedGuard(options: PinOptions = {}): PinnedGuardUnload {
  */
 export function pinLeftovers(options: PinOptions = {}): string[] {
   const r = native().pinnedGuardLeftovers(dirOf(options));
-  if (r.errorCode) throw guardFailure(r);
+  if (r.failure) throw errorFromBinding(r.failure);
   return r.dirs;
 }
 
@@ -205,7 +198,7 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
       if (!ruleIds.has(generation) && !looked.has(generation)) {
         looked.add(generation);
         const s = native().pinnedGuardStatus(dir);
-        if (s.pinned && !s.errorCode) ruleIds.set(s.generation, s.ruleIds);
+        if (s.pinned && !s.failure) ruleIds.set(s.generation, s.ruleIds);
       }
       return ruleIds.get(generation);
     };
@@ -230,10 +223,10 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
       decoder();
       follower = new n.BindingPinnedFollower(dir);
       const r = follower.open(onBatch);
-      if (!r.ok) {
+      if (r.failure) {
         closed = true;
         follower.close();
-        subscriber.error(guardFailure(r));
+        subscriber.error(errorFromBinding(r.failure));
       } else {
         ruleIds.set(r.generation, r.ruleIds);
       }

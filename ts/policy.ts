@@ -8,7 +8,7 @@ import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import type { Document, LineCounter, Node } from 'yaml';
-import { ChrootWatchError, type ChrootWatchErrorCode } from './errors.js';
+import { ChrootWatchError, errorFromBinding } from './errors.js';
 import { native } from './native.js';
 import type { ChrootEvent } from './events.js';
 import { firstInvalidUtf8 } from './utf8.js';
@@ -771,7 +771,7 @@ export const INITIAL_USER_NS = 0xeffffffd;
  */
 export function policyContext(policy: Policy): PolicyContext {
   const r = native().policyContext(JSON.stringify(policy));
-  if (!r.ok) throw new ChrootWatchError((r.errorCode ?? 'INTERNAL') as ChrootWatchErrorCode, r.errorMessage ?? 'could not read the policy\'s facts');
+  if (r.failure) throw errorFromBinding(r.failure);
   return contextOf(r);
 }
 

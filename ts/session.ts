@@ -10,8 +10,8 @@
  * @module
  */
 import type { BindingBatch, BindingOpenResult, BindingRefusal, BindingSession } from './native/binding.cjs';
-import type { AttachMode, ChrootWatchErrorCode, Refusal } from './errors.js';
-import { ChrootWatchError } from './errors.js';
+import type { AttachMode, Refusal } from './errors.js';
+import { ChrootWatchError, errorFromBinding } from './errors.js';
 import { decoder, type ChrootEvent } from './events.js';
 import { native } from './native.js';
 
@@ -212,14 +212,8 @@ class KernelSession {
   private onOpen(result: BindingOpenResult): void {
     const refusals = result.refusals.map(refusalOf);
     if (this.state === 'closed') return;
-    if (!result.ok) {
-      const code = (result.errorCode ?? 'INTERNAL') as ChrootWatchErrorCode;
-      this.fail(
-        new ChrootWatchError(code, result.errorMessage ?? 'opening the kernel session failed', {
-          refusals,
-          ...(result.verifierLog ? { verifierLog: result.verifierLog } : {}),
-        }),
-      );
+    if (result.failure) {
+      this.fail(errorFromBinding(result.failure, { refusals }));
       return;
     }
     this.state = 'running';

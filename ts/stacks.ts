@@ -3,8 +3,8 @@
  * the typed answer to `bpftrace -e 'k:*chroot* { @[kstack] = count(); }'`.
  * @module
  */
-import type { AttachMode, ChrootWatchErrorCode, Refusal } from './errors.js';
-import { ChrootWatchError, check } from './errors.js';
+import type { AttachMode, Refusal } from './errors.js';
+import { check, errorFromBinding } from './errors.js';
 import { native } from './native.js';
 import { refusalOf } from './session.js';
 
@@ -74,9 +74,7 @@ export async function countStacks(options: CountStacksOptions = {}): Promise<Sta
   try {
     const started = await counters.start();
     const refused = started.refusals.map(refusalOf);
-    if (!started.ok) {
-      throw new ChrootWatchError((started.errorCode ?? 'INTERNAL') as ChrootWatchErrorCode, started.errorMessage ?? 'could not attach the stack counters', { refusals: refused });
-    }
+    if (started.failure) throw errorFromBinding(started.failure, { refusals: refused });
     const attached = { mode: started.mode as AttachMode, hooks: started.hooks };
     options.onAttach?.(attached);
     await new Promise<void>((resolve) => {

@@ -27,6 +27,52 @@ pub struct Refusal {
     pub verifier_log: Option<String>,
 }
 
+macro_rules! codes {
+    ($($(#[$doc:meta])* $name:ident = $text:literal,)*) => {
+        /// A stable code of [`Error::code`]. The TypeScript layer has the
+        /// same list (`CHROOT_WATCH_ERROR_CODES` in `ts/errors.ts`, plus the
+        /// codes only it raises) and a test holds the two equal through the
+        /// addon's `errorCodes()`.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code {
+            $($(#[$doc])* $name,)*
+        }
+
+        impl Code {
+            /// Every code, in the order of the list.
+            pub const ALL: &'static [Code] = &[$(Code::$name,)*];
+
+            /// The code as `ChrootWatchError.code` spells it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$name => $text,)*
+                }
+            }
+        }
+    };
+}
+
+codes! {
+    /// The process may not load BPF programs.
+    Eperm = "EPERM",
+    /// No kernel BTF, or no attach mode works on this kernel.
+    UnsupportedKernel = "UNSUPPORTED_KERNEL",
+    /// The requested mode was refused.
+    ModeUnavailable = "MODE_UNAVAILABLE",
+    /// The verifier rejected a program, or the maps could not be created.
+    LoadFailed = "LOAD_FAILED",
+    /// A bad argument.
+    InvalidArgument = "INVALID_ARGUMENT",
+    /// The BPF LSM cannot run on this kernel.
+    LsmUnavailable = "LSM_UNAVAILABLE",
+    /// tracefs or bpffs could not be mounted.
+    MountFailed = "MOUNT_FAILED",
+    /// Pinning a guard, or reading, updating or removing a pinned one.
+    PinFailed = "PIN_FAILED",
+    /// A bug.
+    Internal = "INTERNAL",
+}
+
 /// Errors of opening a session.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -110,6 +156,14 @@ pub enum Error {
     /// A map of the object is missing or has the wrong type.
     #[error("the eBPF object is inconsistent: {0}")]
     Object(String),
+    /// The handle was closed while it was opening (`close()` during
+    /// `open()`). The TypeScript layer closed it, so it knows and does not
+    /// report this; should it reach a caller, that is a bug (`INTERNAL`).
+    #[error("the {what} was closed while it was opening")]
+    Closed {
+        /// What was closed: `session`, `guard`, `follower`.
+        what: &'static str,
+    },
     /// The ring-buffer thread could not be started.
     #[error("could not start the ring buffer reader: {0}")]
     Io(#[from] std::io::Error),
@@ -124,26 +178,28 @@ fn summarize(refusals: &[Refusal]) -> String {
 }
 
 impl Error {
-    /// The stable code for `ChrootWatchError.code`: `EPERM`,
-    /// `UNSUPPORTED_KERNEL`, `MODE_UNAVAILABLE`, `LOAD_FAILED`,
-    /// `INVALID_ARGUMENT`, `LSM_UNAVAILABLE`, `MOUNT_FAILED`, `PIN_FAILED` or
-    /// `INTERNAL`.
+    /// The stable code for `ChrootWatchError.code`: one of [`Code::ALL`].
     pub fn code(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// The [`Code`] of this error.
+    pub fn kind(&self) -> Code {
         match self {
-            Error::Privileges { .. } => "EPERM",
-            Error::NoBtf { .. } | Error::BtfField { .. } => "UNSUPPORTED_KERNEL",
-            Error::ModeUnavailable { refusal } if refusal.code == "VERIFIER" => "LOAD_FAILED",
-            Error::ModeUnavailable { .. } => "MODE_UNAVAILABLE",
-            Error::NoMode { refusals } if refusals.iter().any(|r| r.code == "VERIFIER") => "LOAD_FAILED",
-            Error::NoMode { .. } => "UNSUPPORTED_KERNEL",
-            Error::InvalidArgument(_) => "INVALID_ARGUMENT",
-            Error::LsmUnavailable { .. } => "LSM_UNAVAILABLE",
-            Error::Verifier { .. } => "LOAD_FAILED",
-            Error::Mount { .. } => "MOUNT_FAILED",
-            Error::Pin { .. } => "PIN_FAILED",
-            Error::Maps(e) if is_eperm(e) => "EPERM",
-            Error::Maps(_) => "LOAD_FAILED",
-            Error::Object(_) | Error::Io(_) => "INTERNAL",
+            Error::Privileges { .. } => Code::Eperm,
+            Error::NoBtf { .. } | Error::BtfField { .. } => Code::UnsupportedKernel,
+            Error::ModeUnavailable { refusal } if refusal.code == "VERIFIER" => Code::LoadFailed,
+            Error::ModeUnavailable { .. } => Code::ModeUnavailable,
+            Error::NoMode { refusals } if refusals.iter().any(|r| r.code == "VERIFIER") => Code::LoadFailed,
+            Error::NoMode { .. } => Code::UnsupportedKernel,
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::LsmUnavailable { .. } => Code::LsmUnavailable,
+            Error::Verifier { .. } => Code::LoadFailed,
+            Error::Mount { .. } => Code::MountFailed,
+            Error::Pin { .. } => Code::PinFailed,
+            Error::Maps(e) if is_eperm(e) => Code::Eperm,
+            Error::Maps(_) => Code::LoadFailed,
+            Error::Object(_) | Error::Closed { .. } | Error::Io(_) => Code::Internal,
         }
     }
 
@@ -194,4 +250,24 @@ pub fn errno_name(errno: i32) -> Option<&'static str> {
         524 => "ENOTSUPP",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct_screaming_snake_case() {
+        let names: Vec<&str> = Code::ALL.iter().map(|c| c.as_str()).collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(n.chars().all(|c| c.is_ascii_uppercase() || c == '_'), "{n}");
+            assert!(!names[..i].contains(n), "{n} twice");
+        }
+    }
+
+    #[test]
+    fn closed_is_internal() {
+        assert_eq!(Error::Closed { what: "session" }.code(), "INTERNAL");
+        assert_eq!(Error::Closed { what: "session" }.to_string(), "the session was closed while it was opening");
+    }
 }

@@ -11,6 +11,7 @@ use napi_derive::napi;
 use super::{
     lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Kernel, Shared, State},
     policy::{binding_context, BindingPolicyContext},
+    BindingFailure,
 };
 use crate::{
     error::Error,
@@ -23,19 +24,12 @@ use crate::{
 /// Outcome of `open()` and `update()`; never a rejection.
 #[napi(object)]
 pub struct BindingGuardResult {
-    /// The policy is in force.
-    pub ok: bool,
+    /// Why the policy is not in force; absent when it is.
+    pub failure: Option<BindingFailure>,
     /// Its generation (decision events carry it).
     pub generation: u32,
     /// Rule id of each compiled rule index (decision events carry the index).
     pub rule_ids: Vec<String>,
-    /// Error code when not `ok`: `INVALID_ARGUMENT`, `LSM_UNAVAILABLE`,
-    /// `EPERM`, `LOAD_FAILED`, `CLOSED`, …
-    pub error_code: Option<String>,
-    /// Error message when not `ok`.
-    pub error_message: Option<String>,
-    /// Verifier log when the program was rejected.
-    pub verifier_log: Option<String>,
     /// After a failed `pin()`: the guard stopped (the kernel refused to pin
     /// its link, and dropping it detached the program).
     pub stopped: bool,
@@ -44,26 +38,14 @@ pub struct BindingGuardResult {
 }
 
 fn failure(e: &Error) -> BindingGuardResult {
-    BindingGuardResult {
-        ok: false,
-        generation: 0,
-        rule_ids: Vec::new(),
-        error_code: Some(e.code().into()),
-        error_message: Some(e.to_string()),
-        verifier_log: e.verifier_log().map(str::to_string),
-        stopped: false,
-        context: None,
-    }
+    BindingGuardResult { failure: Some(e.into()), generation: 0, rule_ids: Vec::new(), stopped: false, context: None }
 }
 
 fn success(g: &Guard) -> BindingGuardResult {
     BindingGuardResult {
-        ok: true,
+        failure: None,
         generation: g.generation(),
         rule_ids: g.rule_ids().to_vec(),
-        error_code: None,
-        error_message: None,
-        verifier_log: None,
         stopped: false,
         context: Some(binding_context(g.context())),
     }
@@ -165,7 +147,7 @@ impl Task for GuardOpenTask {
                 if self.shared.finish_open(Kernel::Guard(Box::new(guard))) {
                     out
                 } else {
-                    BindingGuardResult { ok: false, error_code: Some("CLOSED".into()), ..out }
+                    BindingGuardResult { failure: Some((&Error::Closed { what: "guard" }).into()), ..out }
                 }
             }
             Err(e) => {
@@ -202,10 +184,8 @@ pub struct BindingPinnedStatus {
     pub ring_buffer_full: f64,
     /// Decisions made with the default action after an internal error.
     pub lsm_errors: f64,
-    /// Error code when the status could not be read.
-    pub error_code: Option<String>,
-    /// Error message when the status could not be read.
-    pub error_message: Option<String>,
+    /// Why the status could not be read; absent when it was.
+    pub failure: Option<BindingFailure>,
 }
 
 fn action_name(action: u8) -> &'static str {
@@ -230,8 +210,7 @@ pub fn pinned_guard_status(dir: String) -> BindingPinnedStatus {
         program_id: 0,
         ring_buffer_full: 0.0,
         lsm_errors: 0.0,
-        error_code: None,
-        error_message: None,
+        failure: None,
     };
     let status = sys::check_privileges().and_then(|()| match PinnedGuard::open(Path::new(&dir))? {
         Some(mut g) => g.status().map(Some),
@@ -251,12 +230,7 @@ pub fn pinned_guard_status(dir: String) -> BindingPinnedStatus {
             lsm_errors: s.lost.lsm_errors as f64,
             ..empty
         },
-        Err(e) => BindingPinnedStatus {
-            pinned: Path::new(&dir).exists(),
-            error_code: Some(e.code().into()),
-            error_message: Some(e.to_string()),
-            ..empty
-        },
+        Err(e) => BindingPinnedStatus { pinned: Path::new(&dir).exists(), failure: Some((&e).into()), ..empty },
     }
 }
 
@@ -271,16 +245,9 @@ pub fn pinned_guard_update(dir: String, policy_json: String) -> BindingGuardResu
         }
     });
     match updated {
-        Ok(Some((generation, rule_ids))) => BindingGuardResult {
-            ok: true,
-            generation,
-            rule_ids,
-            error_code: None,
-            error_message: None,
-            verifier_log: None,
-            stopped: false,
-            context: None,
-        },
+        Ok(Some((generation, rule_ids))) => {
+            BindingGuardResult { failure: None, generation, rule_ids, stopped: false, context: None }
+        }
         Ok(None) => failure(&Error::Pin { path: dir, reason: "no guard is pinned here".into() }),
         Err(e) => failure(&e),
     }
@@ -307,10 +274,8 @@ pub struct BindingUnload {
     pub leftovers_removed: Vec<String>,
     /// `NAME-pinning-PID` directories kept, with why.
     pub leftovers_kept: Vec<BindingKept>,
-    /// Error code on failure.
-    pub error_code: Option<String>,
-    /// Error message on failure.
-    pub error_message: Option<String>,
+    /// Why it failed; absent on success.
+    pub failure: Option<BindingFailure>,
 }
 
 fn path_strings(paths: Vec<std::path::PathBuf>) -> Vec<String> {
@@ -321,7 +286,7 @@ fn path_strings(paths: Vec<std::path::PathBuf>) -> Vec<String> {
 /// `pin::unload`).
 #[napi]
 pub fn pinned_guard_unload(dir: String) -> BindingUnload {
-    let none = BindingUnload { removed: false, kept: None, leftovers_removed: Vec::new(), leftovers_kept: Vec::new(), error_code: None, error_message: None };
+    let none = BindingUnload { removed: false, kept: None, leftovers_removed: Vec::new(), leftovers_kept: Vec::new(), failure: None };
     match sys::check_privileges().and_then(|()| pin::unload(Path::new(&dir))) {
         Ok(u) => BindingUnload {
             removed: u.removed,
@@ -330,7 +295,7 @@ pub fn pinned_guard_unload(dir: String) -> BindingUnload {
             leftovers_kept: u.leftovers_kept.into_iter().map(|(p, reason)| BindingKept { dir: p.display().to_string(), reason }).collect(),
             ..none
         },
-        Err(e) => BindingUnload { error_code: Some(e.code().into()), error_message: Some(e.to_string()), ..none },
+        Err(e) => BindingUnload { failure: Some((&e).into()), ..none },
     }
 }
 
@@ -340,18 +305,16 @@ pub struct BindingLeftovers {
     /// `NAME-pinning-PID` directories whose process is gone (see
     /// `pin::leftovers`).
     pub dirs: Vec<String>,
-    /// Error code on failure.
-    pub error_code: Option<String>,
-    /// Error message on failure.
-    pub error_message: Option<String>,
+    /// Why it failed; absent on success.
+    pub failure: Option<BindingFailure>,
 }
 
 /// What unfinished pins left beside `dir` (see `pin::leftovers`).
 #[napi]
 pub fn pinned_guard_leftovers(dir: String) -> BindingLeftovers {
     match sys::check_privileges().and_then(|()| pin::leftovers(Path::new(&dir))) {
-        Ok(dirs) => BindingLeftovers { dirs: path_strings(dirs), error_code: None, error_message: None },
-        Err(e) => BindingLeftovers { dirs: Vec::new(), error_code: Some(e.code().into()), error_message: Some(e.to_string()) },
+        Ok(dirs) => BindingLeftovers { dirs: path_strings(dirs), failure: None },
+        Err(e) => BindingLeftovers { dirs: Vec::new(), failure: Some((&e).into()) },
     }
 }
 
@@ -390,19 +353,16 @@ impl BindingPinnedFollower {
         Ok(match opened {
             Ok((follower, status)) => {
                 let out = BindingGuardResult {
-                    ok: true,
+                    failure: None,
                     generation: status.generation,
                     rule_ids: status.rule_ids,
-                    error_code: None,
-                    error_message: None,
-                    verifier_log: None,
                     stopped: false,
                     context: None,
                 };
                 if self.handle.shared.finish_open(Kernel::Follow(follower)) {
                     out
                 } else {
-                    BindingGuardResult { ok: false, error_code: Some("CLOSED".into()), ..out }
+                    BindingGuardResult { failure: Some((&Error::Closed { what: "follower" }).into()), ..out }
                 }
             }
             Err(e) => {

@@ -10,6 +10,7 @@ use chroot_guard_common::{
 };
 use napi_derive::napi;
 
+use super::BindingFailure;
 use crate::policy::{compile, Policy, PolicyContext, MAX_EXES, MAX_PATHS};
 
 /// One `exe` path of a policy and the file it names.
@@ -26,30 +27,25 @@ pub struct BindingExeIdentity {
 /// The facts a policy was (or would be) compiled with.
 #[napi(object)]
 pub struct BindingPolicyContext {
-    /// The facts could be read (else `error_code`, `error_message`).
-    pub ok: bool,
+    /// Why the facts could not be read (`INVALID_ARGUMENT`); absent when
+    /// they were.
+    pub failure: Option<BindingFailure>,
     /// Inode number of the initial mount namespace; 0 when unknown.
     pub initial_mnt_ns: u32,
     /// Each `exe` path and its identity.
     pub exes: Vec<BindingExeIdentity>,
-    /// Error code when not `ok`: `INVALID_ARGUMENT`.
-    pub error_code: Option<String>,
-    /// Error message when not `ok`.
-    pub error_message: Option<String>,
 }
 
 /// The binding form of a [`PolicyContext`].
 pub fn binding_context(c: &PolicyContext) -> BindingPolicyContext {
     BindingPolicyContext {
-        ok: true,
+        failure: None,
         initial_mnt_ns: c.initial_mnt_ns,
         exes: c
             .exes
             .iter()
             .map(|(path, id)| BindingExeIdentity { path: path.clone(), dev: id.dev, ino: id.ino.to_string() })
             .collect(),
-        error_code: None,
-        error_message: None,
     }
 }
 
@@ -60,29 +56,22 @@ pub fn binding_context(c: &PolicyContext) -> BindingPolicyContext {
 pub fn policy_context(policy_json: String) -> BindingPolicyContext {
     match Policy::from_json(&policy_json).and_then(|p| compile(&p)) {
         Ok(c) => binding_context(&c.context()),
-        Err(e) => BindingPolicyContext {
-            ok: false,
-            initial_mnt_ns: 0,
-            exes: Vec::new(),
-            error_code: Some(e.code().into()),
-            error_message: Some(e.to_string()),
-        },
+        Err(e) => BindingPolicyContext { failure: Some((&e).into()), initial_mnt_ns: 0, exes: Vec::new() },
     }
 }
 
 /// What `compilePolicy()` found; never a throw.
 #[napi(object)]
 pub struct BindingCompiledPolicy {
-    /// The policy compiled.
-    pub ok: bool,
-    /// Compiled rules (lists expanded); 0 when not `ok`.
+    /// Why the policy did not compile (the `INVALID_ARGUMENT` the guard
+    /// would give); absent when it compiled.
+    pub failure: Option<BindingFailure>,
+    /// Compiled rules (lists expanded); 0 when not compiled.
     pub compiled_rules: u32,
-    /// Distinct `path`/`subtree` entries; 0 when not `ok`.
+    /// Distinct `path`/`subtree` entries; 0 when not compiled.
     pub paths: u32,
-    /// Distinct `exe` entries; 0 when not `ok`.
+    /// Distinct `exe` entries; 0 when not compiled.
     pub exes: u32,
-    /// Why not, when not `ok` (the `INVALID_ARGUMENT` message the guard would give).
-    pub error_message: Option<String>,
 }
 
 /// Parses and compiles a policy (its JSON, as `ts/guard.ts` sends it) and
@@ -92,13 +81,12 @@ pub struct BindingCompiledPolicy {
 pub fn compile_policy(policy_json: String) -> BindingCompiledPolicy {
     match Policy::from_json(&policy_json).and_then(|p| compile(&p)) {
         Ok(c) => BindingCompiledPolicy {
-            ok: true,
+            failure: None,
             compiled_rules: c.rules.len() as u32,
             paths: c.paths.len() as u32,
             exes: c.exes.len() as u32,
-            error_message: None,
         },
-        Err(e) => BindingCompiledPolicy { ok: false, compiled_rules: 0, paths: 0, exes: 0, error_message: Some(e.to_string()) },
+        Err(e) => BindingCompiledPolicy { failure: Some((&e).into()), compiled_rules: 0, paths: 0, exes: 0 },
     }
 }
 

@@ -12,7 +12,7 @@ use napi_derive::napi;
 use super::{
     binding_refusal,
     lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Kernel, Shared},
-    BindingRefusal,
+    BindingFailure, BindingRefusal,
 };
 use crate::{
     attach::{LoadOptions, ModeRequest},
@@ -43,21 +43,16 @@ pub struct BindingOpenOptions {
 /// its error with every field.
 #[napi(object)]
 pub struct BindingOpenResult {
-    /// Whether the session runs.
-    pub ok: bool,
-    /// The attached mode when `ok`.
+    /// Why the session does not run; absent when it runs. Its verifier log
+    /// is that of the first verifier rejection, if any.
+    pub failure: Option<BindingFailure>,
+    /// The attached mode when it runs.
     pub mode: Option<String>,
-    /// Refused modes (better ones when `ok`; all tried when not).
+    /// Refused modes (better ones when it runs; all tried when not).
     pub refusals: Vec<BindingRefusal>,
     /// Programs of the attached mode that only see 32-bit compat calls and
     /// that the kernel refused: the session is blind to those calls.
     pub blind_spots: Vec<BindingRefusal>,
-    /// Error code when not `ok` (`Error::code`), or `CLOSED`.
-    pub error_code: Option<String>,
-    /// Error message when not `ok`.
-    pub error_message: Option<String>,
-    /// Verifier log of the first verifier rejection, if any.
-    pub verifier_log: Option<String>,
 }
 
 fn parse_options(o: &BindingOpenOptions) -> Result<LoadOptions, Error> {
@@ -138,7 +133,7 @@ pub struct OpenOutcome {
     mode: Option<&'static str>,
     refusals: Vec<Refusal>,
     blind_spots: Vec<Refusal>,
-    error: Option<(String, String, Option<String>)>,
+    failure: Option<BindingFailure>,
 }
 
 impl Task for OpenTask {
@@ -156,12 +151,12 @@ impl Task for OpenTask {
                 let mode = Some(session.mode().name());
                 let refusals = session.refusals().to_vec();
                 let blind_spots = session.blind_spots().to_vec();
-                let error = if self.shared.finish_open(Kernel::Watch(session)) {
+                let failure = if self.shared.finish_open(Kernel::Watch(session)) {
                     None
                 } else {
-                    Some(("CLOSED".into(), "closed while opening".into(), None))
+                    Some((&Error::Closed { what: "session" }).into())
                 };
-                OpenOutcome { mode, refusals, blind_spots, error }
+                OpenOutcome { mode, refusals, blind_spots, failure }
             }
             Err(e) => {
                 self.shared.fail_open();
@@ -169,25 +164,18 @@ impl Task for OpenTask {
                     mode: None,
                     refusals: e.refusals().to_vec(),
                     blind_spots: Vec::new(),
-                    error: Some((e.code().into(), e.to_string(), e.verifier_log().map(str::to_string))),
+                    failure: Some((&e).into()),
                 }
             }
         })
     }
 
     fn resolve(&mut self, _env: Env, out: OpenOutcome) -> napi::Result<BindingOpenResult> {
-        let (error_code, error_message, verifier_log) = match out.error {
-            Some((c, m, v)) => (Some(c), Some(m), v),
-            None => (None, None, None),
-        };
         Ok(BindingOpenResult {
-            ok: error_code.is_none(),
+            failure: out.failure,
             mode: out.mode.map(str::to_string),
             refusals: out.refusals.iter().map(binding_refusal).collect(),
             blind_spots: out.blind_spots.iter().map(binding_refusal).collect(),
-            error_code,
-            error_message,
-            verifier_log,
         })
     }
 }

@@ -5,18 +5,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use napi::{bindgen_prelude::AsyncTask, Env, Status, Task};
 use napi_derive::napi;
 
-use super::{binding_refusal, BindingRefusal};
+use super::{binding_refusal, BindingFailure, BindingRefusal};
 use crate::{
     attach::ModeRequest,
-    error::Error,
     stacks::{StackCount, Stacks},
 };
 
 /// Outcome of `start()`, never a rejection.
 #[napi(object)]
 pub struct BindingStacksStart {
-    /// Attached.
-    pub ok: bool,
+    /// Why the counters did not attach; absent when they did.
+    pub failure: Option<BindingFailure>,
     /// The mode, when attached.
     pub mode: Option<String>,
     /// Hooks counting stacks.
@@ -25,10 +24,6 @@ pub struct BindingStacksStart {
     pub skipped: Vec<String>,
     /// Better modes refused (or all, on failure).
     pub refusals: Vec<BindingRefusal>,
-    /// Error code on failure.
-    pub error_code: Option<String>,
-    /// Error message on failure.
-    pub error_message: Option<String>,
 }
 
 /// One kernel stack frame.
@@ -104,28 +99,21 @@ impl Task for StartTask {
         Ok(match started {
             Ok(stacks) => {
                 let out = BindingStacksStart {
-                    ok: true,
+                    failure: None,
                     mode: Some(stacks.mode().name().into()),
                     hooks: stacks.hooks(),
                     skipped: stacks.skipped().iter().map(|(h, d)| format!("{h}: {} ({})", d.reason, d.code)).collect(),
                     refusals: stacks.refusals().iter().map(binding_refusal).collect(),
-                    error_code: None,
-                    error_message: None,
                 };
                 *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = Some(stacks);
                 out
             }
             Err(e) => BindingStacksStart {
-                ok: false,
+                failure: Some((&e).into()),
                 mode: None,
                 hooks: Vec::new(),
                 skipped: Vec::new(),
                 refusals: e.refusals().iter().map(binding_refusal).collect(),
-                error_code: Some(match &e {
-                    Error::InvalidArgument(_) => "INVALID_ARGUMENT".into(),
-                    other => other.code().into(),
-                }),
-                error_message: Some(e.to_string()),
             },
         })
     }
