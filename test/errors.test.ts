@@ -5,7 +5,7 @@
  * documented error. Host-only: no kernel, no privileges.
  */
 import { describe, expect, it } from 'vitest';
-import { CHROOT_WATCH_ERROR_CODES, ChrootWatchError, errorFromBinding, TS_ONLY_ERROR_CODES } from '../ts/errors.js';
+import { ATTACH_MODES, CHROOT_WATCH_ERROR_CODES, ChrootWatchError, errorFromBinding, MODE_CHOICES, TS_ONLY_ERROR_CODES } from '../ts/errors.js';
 import { native } from '../ts/native.js';
 
 describe('error codes across the native boundary', () => {
@@ -15,6 +15,14 @@ describe('error codes across the native boundary', () => {
     const fromLoader = CHROOT_WATCH_ERROR_CODES.filter((c) => !TS_ONLY_ERROR_CODES.includes(c));
     expect([...rust].sort()).toEqual([...fromLoader].sort());
     for (const c of TS_ONLY_ERROR_CODES) expect(CHROOT_WATCH_ERROR_CODES).toContain(c);
+  });
+
+  it('the attach modes are the loader\'s (Mode::ALL through attachModes()), in the order auto tries them', () => {
+    expect([...ATTACH_MODES]).toEqual(native().attachModes());
+    expect(MODE_CHOICES).toEqual(['auto', ...ATTACH_MODES]);
+    // The event layout numbers every mode, and nothing else is a mode.
+    const layout = native().eventLayout();
+    expect(Object.keys(layout).filter((k) => k.startsWith('mode_')).sort()).toEqual(ATTACH_MODES.map((m) => `mode_${m}`).sort());
   });
 
   it('a failure of the loader becomes its error, with its verifier log and the extra fields', () => {

@@ -396,8 +396,25 @@ describe('check and the loader agree on every limit (the Rust compiler through t
     // The schema spells the id bound in its pattern, and documents the others.
     const rule = (policySchema as { definitions: { rule: { properties: { id: { pattern: string } } } } }).definitions.rule.properties.id.pattern;
     expect(rule).toBe(`^[A-Za-z0-9][A-Za-z0-9._-]{0,${MAX_RULE_ID_BYTES - 1}}$`);
-    const text = JSON.stringify(policySchema);
-    for (const n of [MAX_RULES, MAX_PATHS, MAX_EXES, MAX_PATH_BYTES, MAX_COMM_BYTES, MAX_POLICY_BYTES, MAX_POLICY_DEPTH, MAX_ALIASES, MAX_ALIAS_VALUES]) expect(text).toContain(`${n}`);
+  });
+
+  it('policy.schema.json states every limit where it applies, with the TypeScript value', () => {
+    type Described = { description: string };
+    const s = policySchema as { description: string; properties: { rules: Described }; definitions: Record<string, Described & { properties?: Record<string, Described> }> };
+    const match = s.definitions.match!.properties!;
+    const stated: Array<[string, string]> = [
+      [s.description, `at most 1 MiB (${MAX_POLICY_BYTES} bytes;`],
+      [s.description, `nested at most ${MAX_POLICY_DEPTH} deep`],
+      [s.description, `at most ${MAX_ALIASES} YAML aliases that stand for at most ${MAX_ALIAS_VALUES} values`],
+      [s.properties.rules.description, `At most ${MAX_RULES} after lists are expanded`],
+      [s.properties.rules.description, `at most ${MAX_PATHS} distinct paths`],
+      [s.properties.rules.description, ` and ${MAX_EXES} executables.`],
+      [s.definitions.rule!.properties!.id!.description, `at most ${MAX_RULE_ID_BYTES} characters (all ASCII, so ${MAX_RULE_ID_BYTES} bytes)`],
+      [s.definitions.path!.description, `at most ${MAX_PATH_BYTES} bytes of UTF-8 (PATH_MAX - 1)`],
+      [match.comm!.description, `1 to ${MAX_COMM_BYTES} bytes of UTF-8 (TASK_COMM_LEN - 1)`],
+    ];
+    for (const [text, phrase] of stated) expect(text).toContain(phrase);
+    expect(MAX_POLICY_BYTES).toBe(1024 * 1024);
   });
 
   for (const l of LIMITS) {

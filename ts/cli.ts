@@ -12,6 +12,7 @@ import { checkCommand, enforceCommand, followCommand, statusCommand, unloadComma
 import { stacksCommand } from './cli/stacks.js';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
 import { watch } from './cli/watch.js';
+import { ATTACH_MODES, MODE_CHOICES } from './errors.js';
 import { DEFAULT_PIN_DIR } from './pinned.js';
 import { MAX_POLICY_BYTES } from './policy.js';
 
@@ -26,8 +27,8 @@ function integer(name: string, min: number, max: number) {
 }
 
 const modeOption = () =>
-  new Option('--mode <mode>', 'attach mode; auto tries fentry, then kprobe, then tracepoints')
-    .choices(['auto', 'fentry', 'kprobe', 'tracepoint'])
+  new Option('--mode <mode>', `attach mode; auto tries ${ATTACH_MODES.join(', then ')}`)
+    .choices(MODE_CHOICES)
     .default('auto');
 
 const pinDirOption = () => new Option('--pin-dir <dir>', 'pin directory on bpffs, as enforce --pin makes it (anything else is refused)').default(DEFAULT_PIN_DIR);

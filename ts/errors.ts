@@ -51,8 +51,19 @@ export function isChrootWatchErrorCode(code: unknown): code is ChrootWatchErrorC
   return (CHROOT_WATCH_ERROR_CODES as readonly unknown[]).includes(code);
 }
 
+/**
+ * Every {@link AttachMode}, best first (the order `auto` tries them in):
+ * `Mode::ALL` in `crates/common`, which the addon's `attachModes()` lists;
+ * a test holds the two equal.
+ * @internal
+ */
+export const ATTACH_MODES = ['fentry', 'kprobe', 'tracepoint'] as const;
+
 /** An attach mode: where in the kernel the chroot path is hooked. */
-export type AttachMode = 'fentry' | 'kprobe' | 'tracepoint';
+export type AttachMode = (typeof ATTACH_MODES)[number];
+
+/** The modes an option may ask for: `auto`, then each of {@link ATTACH_MODES}. @internal */
+export const MODE_CHOICES: readonly string[] = ['auto', ...ATTACH_MODES];
 
 /**
  * Why the kernel refused one attach mode. Produced by the loader when it

@@ -7,7 +7,7 @@
  */
 import { constants } from 'node:os';
 import type { AttachMode } from './errors.js';
-import { ChrootWatchError } from './errors.js';
+import { ATTACH_MODES, ChrootWatchError } from './errors.js';
 import { native, type Native } from './native.js';
 import { utf8SequenceLength } from './utf8.js';
 
@@ -266,9 +266,10 @@ export const DECODED_KEYS = [
   'comm', 'parent_comm', 'exe_len', 'parent_exe_len', 'exe_flags', 'exe_flag_present', 'exe_flag_truncated', 'exe_flag_unreachable',
   'exe_flag_deleted', 'exe_flag_memfd', 'exe_flag_parent_shift', 'data', 'header', 'flag_exe_unknown', 'flag_policy_torn', 'flag_internal_error', 'flag_initial_namespaces',
   'comm_len', 'flag_path_truncated', 'flag_path_unreadable', 'flag_path_read_late', 'flag_resolved_present',
-  'flag_resolved_truncated', 'flag_resolved_unreachable', 'flag_lsm_called', 'kind_chroot', 'mode_fentry', 'mode_kprobe', 'mode_tracepoint',
+  'flag_resolved_truncated', 'flag_resolved_unreachable', 'flag_lsm_called', 'kind_chroot',
   'rule', 'policy_gen', 'flag_caller_chrooted', 'flag_action_shift', 'flag_action_mask', 'flag_enforcing',
   'flag_denied', 'kind_decision', 'no_rule', 'action_allow', 'action_deny', 'action_audit',
+  ...ATTACH_MODES.map((m) => `mode_${m}` as const),
 ] as const;
 type Key = (typeof DECODED_KEYS)[number];
 
@@ -299,11 +300,7 @@ export class Decoder {
       }
     }
     this.L = layout as Record<Key, number>;
-    this.modes = new Map<number, AttachMode>([
-      [this.L.mode_fentry, 'fentry'],
-      [this.L.mode_kprobe, 'kprobe'],
-      [this.L.mode_tracepoint, 'tracepoint'],
-    ]);
+    this.modes = new Map<number, AttachMode>(ATTACH_MODES.map((m) => [this.L[`mode_${m}`], m]));
   }
 
   /**

@@ -186,11 +186,17 @@ function validateSchema(value: unknown): boolean {
 }
 const yaml = () => require('yaml') as typeof import('yaml');
 
-/** Most compiled rules (each value of a uid, euid, gid, egid, mntNs, comm or cgroupId list counts once per combination). */
+// The limits the compiler shares with the kernel maps are defined in
+// `crates/common/src/policy.rs` (MAX_RULES, MAX_PATHS, MAX_EXES,
+// RULE_ID_BYTES) and `crates/common/src/lib.rs` (RESOLVED_MAX, COMM_LEN).
+// `check` runs without the addon, so they are repeated here; a test holds
+// them to the addon's `policyLimits()` and to `policy.schema.json`.
+
+/** Most compiled rules (each value of a uid, euid, gid, egid, mntNs, comm or cgroupId list counts once per combination): `MAX_RULES` in `crates/common`. */
 export const MAX_RULES = 64;
-/** Most distinct `path`/`subtree` paths one policy may name. */
+/** Most distinct `path`/`subtree` paths one policy may name: `MAX_PATHS` in `crates/common`. */
 export const MAX_PATHS = 1024;
-/** Most distinct `exe` paths one policy may name. */
+/** Most distinct `exe` paths one policy may name: `MAX_EXES` in `crates/common`. */
 export const MAX_EXES = 512;
 /**
  * Longest `path`, `subtree` or `exe`, in bytes of UTF-8 once empty
@@ -214,8 +220,9 @@ export const MAX_RULE_ID_BYTES = 64;
  * `/dev/zero` or an endless FIFO is refused without being read whole;
  * {@link parsePolicy} refuses longer text, and every policy (files and
  * objects alike) must fit in it once written as JSON, the form the loader
- * receives. A policy at the other limits (64 rules, 1024 paths, 512
- * executables) is a few tens of KiB.
+ * receives. A policy at the other limits ({@link MAX_RULES} rules,
+ * {@link MAX_PATHS} paths, {@link MAX_EXES} executables) is a few tens of
+ * KiB.
  */
 export const MAX_POLICY_BYTES = 1024 * 1024;
 /**
@@ -249,7 +256,7 @@ const EXPECTED: Record<string, string> = {
   mntNs: 'a mount namespace inode number or a list of them',
   gid: 'an id (0 to 4294967295) or a list of ids',
   egid: 'an id (0 to 4294967295) or a list of ids',
-  comm: 'a comm (1 to 15 bytes) or a list of them',
+  comm: `a comm (1 to ${MAX_COMM_BYTES} bytes) or a list of them`,
   cgroupId: 'a cgroup id (a positive integer) or a list of them',
 };
 

@@ -4,7 +4,7 @@
  * @module
  */
 import type { AttachMode, Refusal } from './errors.js';
-import { check, errorFromBinding } from './errors.js';
+import { MODE_CHOICES, check, errorFromBinding } from './errors.js';
 import { native } from './native.js';
 import { refusalOf } from './session.js';
 
@@ -68,7 +68,7 @@ export interface CountStacksOptions {
 export async function countStacks(options: CountStacksOptions = {}): Promise<StackReport> {
   const mode = options.mode ?? 'auto';
   const durationMs = options.durationMs ?? 5000;
-  check(['auto', 'fentry', 'kprobe', 'tracepoint'].includes(mode), `mode must be auto, fentry, kprobe or tracepoint; got ${JSON.stringify(mode)}`);
+  check(MODE_CHOICES.includes(mode), `mode must be ${MODE_CHOICES.slice(0, -1).join(', ')} or ${MODE_CHOICES.at(-1)}; got ${JSON.stringify(mode)}`);
   check(Number.isFinite(durationMs) && durationMs >= 0, `durationMs must be a non-negative number; got ${String(durationMs)}`);
   const counters = new (native().BindingStacks)(mode);
   try {

@@ -5,7 +5,7 @@
  */
 import { Observable } from 'rxjs';
 import type { AttachMode } from './errors.js';
-import { ChrootWatchError, check, checkRingBufferBytes } from './errors.js';
+import { ChrootWatchError, MODE_CHOICES, check, checkRingBufferBytes } from './errors.js';
 import type { ChrootEvent } from './events.js';
 import { joinSession, type AttachInfo, type LostReport, type SessionOptions } from './session.js';
 
@@ -50,8 +50,6 @@ export interface ChrootWatchOptions {
   readonly onLost?: (report: LostReport) => void;
 }
 
-const MODES: readonly string[] = ['auto', 'fentry', 'kprobe', 'tracepoint'];
-
 function isU32(n: unknown): n is number {
   return typeof n === 'number' && Number.isInteger(n) && n >= 0 && n <= 0xffffffff;
 }
@@ -60,7 +58,7 @@ function isU32(n: unknown): n is number {
 function normalise(o: ChrootWatchOptions): SessionOptions {
   check(typeof o === 'object' && o !== null, 'options must be an object');
   const mode = o.mode ?? 'auto';
-  check(MODES.includes(mode), `mode must be one of ${MODES.join(', ')}; got ${JSON.stringify(o.mode)}`);
+  check(MODE_CHOICES.includes(mode), `mode must be one of ${MODE_CHOICES.join(', ')}; got ${JSON.stringify(o.mode)}`);
   check(o.pid === undefined || (isU32(o.pid) && o.pid > 0), `pid must be a positive integer; got ${String(o.pid)}`);
   check(o.uid === undefined || isU32(o.uid), `uid must be an integer from 0 to 4294967295; got ${String(o.uid)}`);
   if (o.comm !== undefined) {

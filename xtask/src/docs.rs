@@ -1,13 +1,18 @@
 //! `cargo xtask docs`: writes the probe table, derived from the one list of
-//! probes (`chroot_guard_common::probes::PROBES`), into the Markdown files
+//! programs (`chroot_guard_common::probes::PROBES` and `SERVICE_PROGRAMS`,
+//! with the attach points of `ATTACH_POINTS`), into the Markdown files
 //! between `<!-- probes:begin -->` and `<!-- probes:end -->`. With `--check`
 //! it fails when a file is stale (run by `cargo xtask test`).
 
 use std::fs;
 
 use anyhow::{bail, Context, Result};
-use chroot_guard_common::probes::{
-    check_program, Mechanism, ProgramKind, Role, BPF_LSM_PATH_CHROOT, GUARD_PROGRAM, PROBES, TRACEPOINT_CATEGORY,
+use chroot_guard_common::{
+    probes::{
+        Mechanism, PointKind, ProgramKind, Role, Service, ATTACH_POINTS, LSM_HOOK, PROBES, SERVICE_PROGRAMS,
+        TRACEPOINT_CATEGORY,
+    },
+    Mode,
 };
 use xtask::root;
 
@@ -36,16 +41,25 @@ pub fn probe_table() -> String {
         let role = if p.compat { format!("{role} (32-bit compat calls only)") } else { role.to_string() };
         out.push_str(&format!("| {} | `{}` | {hook} | `{target}` | {role} |\n", p.mode.name(), p.program));
     }
-    out.push_str(&format!(
-        "| guard | `{GUARD_PROGRAM}` | lsm | `{BPF_LSM_PATH_CHROOT}` (`lsm/path_chroot`) | policy decision; event to ring buffer |\n"
-    ));
-    for m in Mechanism::ALL {
-        let what = if m == Mechanism::Lsm { "doctor's BPF LSM check (allows all)" } else { "doctor's check; stacks' counter" };
-        out.push_str(&format!(
-            "| doctor, stacks | `{}` | {} | each chroot attach point it can hook | {what} |\n",
-            check_program(m),
-            m.name()
-        ));
+    for p in SERVICE_PROGRAMS {
+        let targets: Vec<String> = ATTACH_POINTS
+            .iter()
+            .filter(|a| a.mechanisms.contains(&p.mechanism))
+            .map(|a| match a.kind {
+                PointKind::Tracepoint => format!("`{TRACEPOINT_CATEGORY}:{}`", a.name),
+                PointKind::Function => format!("`{}`", a.name),
+                PointKind::LsmHook => format!("`{}` (`lsm/{LSM_HOOK}`)", a.name),
+            })
+            .collect();
+        // `stacks` counts at the mechanisms of attach modes only.
+        let stacks = Mode::ALL.iter().any(|&m| Mechanism::of_mode(m) == p.mechanism);
+        let (users, role) = match p.service {
+            Service::Guard => ("guard", "policy decision; event to ring buffer"),
+            Service::Check if stacks => ("doctor, stacks", "doctor's check; stacks' counter"),
+            Service::Check => ("doctor", "doctor's BPF LSM check (allows all)"),
+        };
+        let hook = p.mechanism.name();
+        out.push_str(&format!("| {users} | `{}` | {hook} | {} | {role} |\n", p.program, targets.join(", ")));
     }
     out
 }

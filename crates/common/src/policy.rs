@@ -17,8 +17,17 @@
 //! placed before the rule's own: when one matches, the remaining compiled
 //! rules of the same source rule are passed over.
 
-/// Most rules a compiled policy holds (rule masks are `u64`).
+/// Most rules a compiled policy holds (rule masks are `u64`). `CG_RULES`
+/// and `CG_RULE_IDS` hold this many per slot.
 pub const MAX_RULES: usize = 64;
+
+/// Most distinct `path`/`subtree` paths one policy may name: `CG_PATHS`
+/// holds both slots, so twice this many.
+pub const MAX_PATHS: usize = 1024;
+
+/// Most distinct `exe` paths one policy may name: `CG_EXES` (one entry per
+/// file, at most one per path) holds both slots, so twice this many.
+pub const MAX_EXES: usize = 512;
 
 /// Bytes of one entry of `CG_RULE_IDS`: a rule id (at most 64 bytes by the
 /// schema), zero-padded.

@@ -1,8 +1,10 @@
-//! The one list of chroot-guard's eBPF programs.
+//! The one list of chroot-guard's eBPF programs: [`PROBES`], the programs
+//! of the attach modes, and [`SERVICE_PROGRAMS`], the guard's and the
+//! programs `doctor` and `stacks` use.
 //!
-//! The loader attaches from it, `doctor` reports from it, and the docs table
-//! is generated from it. Add a program here and in `crates/ebpf`, nowhere
-//! else.
+//! The loader attaches from them, `doctor` reports from them, and the docs
+//! table is generated from them. Add a program here and in `crates/ebpf`,
+//! nowhere else.
 
 use crate::Mode;
 
@@ -224,15 +226,68 @@ pub const BPF_LSM_PATH_CHROOT: &str = "bpf_lsm_path_chroot";
 /// The LSM hook name `lsm/…` programs are loaded with.
 pub const LSM_HOOK: &str = "path_chroot";
 
-/// The guard's program: `lsm/path_chroot`, deciding each chroot by policy.
-pub const GUARD_PROGRAM: &str = "cg_lsm_chroot";
-
-/// Programs of the object that serve `stacks` and `doctor`, by mechanism.
-pub const fn check_program(m: Mechanism) -> &'static str {
-    match m {
-        Mechanism::Tracepoint => "cg_stk_tp",
-        Mechanism::Kprobe => "cg_stk_kprobe",
-        Mechanism::Fentry => "cg_stk_fentry",
-        Mechanism::Lsm => "cg_chk_lsm",
-    }
+/// What a program outside the attach modes ([`SERVICE_PROGRAMS`]) is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    /// The guard: decides each chroot by policy at the BPF LSM hook
+    /// ([`LSM_HOOK`]) and sends the decision to the ring buffer.
+    Guard,
+    /// A check program: `doctor` loads it and attaches it at each of the
+    /// [`ATTACH_POINTS`] its mechanism can hook, to learn what the kernel
+    /// allows; `stacks` counts kernel stacks with it at the same points (for
+    /// the mechanisms of attach modes, [`Mechanism::of_mode`]).
+    Check,
 }
+
+/// One program of the object outside the attach modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceProgram {
+    /// Program (function) name in the object, as in [`ProbeSpec::program`].
+    pub program: &'static str,
+    /// What it is for.
+    pub service: Service,
+    /// How it hooks the kernel: it attaches at the [`ATTACH_POINTS`] with
+    /// this mechanism.
+    pub mechanism: Mechanism,
+}
+
+/// The object's programs that are not in [`PROBES`]: the guard's, then one
+/// check program per mechanism.
+pub const SERVICE_PROGRAMS: &[ServiceProgram] = &[
+    ServiceProgram { program: "cg_lsm_chroot", service: Service::Guard, mechanism: Mechanism::Lsm },
+    ServiceProgram { program: "cg_stk_tp", service: Service::Check, mechanism: Mechanism::Tracepoint },
+    ServiceProgram { program: "cg_stk_kprobe", service: Service::Check, mechanism: Mechanism::Kprobe },
+    ServiceProgram { program: "cg_stk_fentry", service: Service::Check, mechanism: Mechanism::Fentry },
+    ServiceProgram { program: "cg_chk_lsm", service: Service::Check, mechanism: Mechanism::Lsm },
+];
+
+/// The program of [`SERVICE_PROGRAMS`] for `service` and `mechanism`; in a
+/// constant, a pair without one does not build.
+const fn service_program(service: Service, mechanism: Mechanism) -> &'static str {
+    let mut i = 0;
+    while i < SERVICE_PROGRAMS.len() {
+        let p = &SERVICE_PROGRAMS[i];
+        if p.service as u8 == service as u8 && p.mechanism as u8 == mechanism as u8 {
+            return p.program;
+        }
+        i += 1;
+    }
+    panic!("no such program in SERVICE_PROGRAMS")
+}
+
+/// The guard's program: `lsm/path_chroot`, deciding each chroot by policy.
+pub const GUARD_PROGRAM: &str = service_program(Service::Guard, Mechanism::Lsm);
+
+/// The check program of each mechanism, serving `stacks` and `doctor`.
+pub const fn check_program(m: Mechanism) -> &'static str {
+    service_program(Service::Check, m)
+}
+
+// Every mechanism has its check program, or this does not build.
+const _: () = {
+    let mut i = 0;
+    while i < Mechanism::ALL.len() {
+        check_program(Mechanism::ALL[i]);
+        i += 1;
+    }
+};

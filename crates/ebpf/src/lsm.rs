@@ -30,8 +30,8 @@ use chroot_guard_common::{
     flags,
     policy::{
         cond, hash_step, policy_flags, rule_flags, ExeKey, PathKey, PathMasks, PolicyHeader, PolicyRule,
-        ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, INIT_USER_NS_INUM, MAX_RULES, MODE_ENFORCE, NO_RULE,
-        RULE_ID_BYTES,
+        ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, INIT_USER_NS_INUM, MAX_EXES, MAX_PATHS, MAX_RULES, MODE_ENFORCE,
+        NO_RULE, RULE_ID_BYTES,
     },
     ChrootEvent, Counter, EventKind, EVENT_HEADER_BYTES,
 };
@@ -57,12 +57,12 @@ static CG_RULES: Array<PolicyRule, { 2 * MAX_RULES }> = Array::new();
 
 /// Hashed rule paths (`path`, `subtree`) of both slots.
 #[btf_map]
-static CG_PATHS: HashMap<PathKey, PathMasks, 2048> = HashMap::new();
+static CG_PATHS: HashMap<PathKey, PathMasks, { 2 * MAX_PATHS }> = HashMap::new();
 
 /// Rule executables (`exe`) of both slots, by identity: the rules naming
 /// each.
 #[btf_map]
-static CG_EXES: HashMap<ExeKey, u64, 1024> = HashMap::new();
+static CG_EXES: HashMap<ExeKey, u64, { 2 * MAX_EXES }> = HashMap::new();
 
 /// Rule id of each compiled rule, entry `slot * MAX_RULES + index`,
 /// zero-padded. The program never reads it: it is there so a pinned guard

@@ -6,7 +6,8 @@
 //! thread id, the LSM hooks add the resolved root and verdict, exit adds the
 //! result and copies the event to the `CG_EVENTS` ring buffer.
 //!
-//! The program list lives in `chroot_guard_common::probes::PROBES`.
+//! The program list lives in `chroot_guard_common::probes` (`PROBES`,
+//! `SERVICE_PROGRAMS`).
 #![no_std]
 #![no_main]
 

@@ -39,11 +39,19 @@ impl std::str::FromStr for ModeRequest {
                 .find(|m| m.name() == s)
                 .map(ModeRequest::Only)
                 .ok_or_else(|| {
-                    Error::InvalidArgument(format!(
-                        "unknown mode {s:?}: expected auto, fentry, kprobe or tracepoint"
-                    ))
+                    let names: Vec<&str> = Mode::ALL.iter().map(|m| m.name()).collect();
+                    Error::InvalidArgument(format!("unknown mode {s:?}: expected auto, {}", or_list(&names)))
                 }),
         }
+    }
+}
+
+/// `a, b or c`.
+fn or_list(items: &[&str]) -> String {
+    match items.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
     }
 }
 
@@ -389,4 +397,19 @@ pub fn classify_lsm(program: &str, stage: &str, e: &ProgramError) -> Denial {
 fn refusal(spec: &'static ProbeSpec, stage: &'static str, e: ProgramError) -> Refusal {
     let d = classify(kind_name(spec.kind), spec.program, spec.target, stage, &e);
     Refusal { code: d.code, errno: d.errno, reason: d.reason, verifier_log: d.verifier_log, ..base_refusal(spec, stage) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_parse_by_name_and_an_unknown_one_names_them_all() {
+        assert_eq!("auto".parse::<ModeRequest>().ok(), Some(ModeRequest::Auto));
+        for m in Mode::ALL {
+            assert_eq!(m.name().parse::<ModeRequest>().ok(), Some(ModeRequest::Only(m)));
+        }
+        let err = "lsm".parse::<ModeRequest>().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("expected auto, fentry, kprobe or tracepoint"), "{err}");
+    }
 }

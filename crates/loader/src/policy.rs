@@ -14,7 +14,8 @@ use aya::maps::{Array, HashMap, Map, MapData};
 use chroot_guard_common::{
     policy::{
         cond, hash_path, policy_flags, rule_flags, ExeKey, PathKey, PathMasks, PolicyHeader, PolicyRule,
-        ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, MAX_RULES, MODE_AUDIT, MODE_ENFORCE, RULE_ID_BYTES,
+        ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, MAX_EXES, MAX_PATHS, MAX_RULES, MODE_AUDIT, MODE_ENFORCE,
+        RULE_ID_BYTES,
     },
     COMM_LEN, RESOLVED_MAX,
 };
@@ -463,13 +464,6 @@ pub fn compile(p: &Policy) -> Result<Compiled, Error> {
     out.header.rule_count = out.rules.len() as u32;
     Ok(out)
 }
-
-/// Most distinct `path`/`subtree` paths one policy may name: half of
-/// `CG_PATHS`, which holds both slots.
-pub const MAX_PATHS: usize = 1024;
-/// Most distinct `exe` paths one policy may name: half of `CG_EXES`
-/// (which holds one entry per file, at most one per path).
-pub const MAX_EXES: usize = 512;
 
 /// A random seed for the path hash.
 fn random_seed() -> u64 {

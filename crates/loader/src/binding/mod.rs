@@ -72,6 +72,15 @@ impl From<&Error> for BindingFailure {
     }
 }
 
+/// Every attach mode (`Mode::ALL`), best first: the order `auto` tries
+/// them in. Internal, for tests: `ts/errors.ts` keeps the list
+/// (`ATTACH_MODES`, so the CLI knows it without the addon) and a test
+/// compares them.
+#[napi]
+pub fn attach_modes() -> Vec<String> {
+    chroot_guard_common::Mode::ALL.iter().map(|m| m.name().to_string()).collect()
+}
+
 /// Every code a [`BindingFailure`] can carry (`Code::ALL`). Internal, for
 /// tests: `ts/errors.ts` keeps the list and a test compares them.
 #[napi]

@@ -5,13 +5,13 @@
 //! the compiler (Rust) to the same limits on any host.
 
 use chroot_guard_common::{
-    policy::{MAX_RULES, RULE_ID_BYTES},
+    policy::{MAX_EXES, MAX_PATHS, MAX_RULES, RULE_ID_BYTES},
     COMM_LEN, RESOLVED_MAX,
 };
 use napi_derive::napi;
 
 use super::BindingFailure;
-use crate::policy::{compile, Policy, PolicyContext, MAX_EXES, MAX_PATHS};
+use crate::policy::{compile, Policy, PolicyContext};
 
 /// One `exe` path of a policy and the file it names.
 #[napi(object)]
@@ -107,8 +107,9 @@ pub struct BindingPolicyLimits {
     pub max_rule_id_bytes: u32,
 }
 
-/// The compiler's limits. Internal, for tests: `ts/policy.ts` keeps its own
-/// copies (so `check` works without the addon) and a test compares them.
+/// The compiler's limits, from `chroot_guard_common` (where the kernel's
+/// map sizes come from too). Internal, for tests: `ts/policy.ts` keeps its
+/// own copies (so `check` works without the addon) and a test compares them.
 #[napi]
 pub fn policy_limits() -> BindingPolicyLimits {
     BindingPolicyLimits {
