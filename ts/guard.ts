@@ -11,7 +11,7 @@ import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
 import { DEFAULT_PIN_DIR, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
 import { contextOf, validatePolicy, type Policy, type PolicyContext } from './policy.js';
-import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './session.js';
+import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './batch.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
 
 export type { ChrootDecision } from './decision.js';

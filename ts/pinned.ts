@@ -27,7 +27,7 @@ import { decoder, type RawDecision } from './events.js';
 import type { GuardInfo } from './guard.js';
 import { native } from './native.js';
 import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
-import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './session.js';
+import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
 
 /** Where guards are pinned unless told otherwise. */
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/chroot-guard';

@@ -7,7 +7,8 @@ import { Observable } from 'rxjs';
 import type { AttachMode } from './errors.js';
 import { ChrootWatchError, check, checkRingBufferBytes } from './errors.js';
 import type { ChrootEvent } from './events.js';
-import { joinSession, type AttachInfo, type LostReport, type SessionOptions } from './session.js';
+import type { LostReport } from './batch.js';
+import { joinSession, type AttachInfo, type SessionOptions } from './session.js';
 
 /** Default ring buffer size: 4 MiB, room for about 500 events. */
 export const DEFAULT_RING_BUFFER_BYTES = 4 << 20;
