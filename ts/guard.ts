@@ -6,30 +6,15 @@
 import { Observable, type Subscriber } from 'rxjs';
 import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
 import { ChrootWatchError, check, checkRingBufferBytes, errorFromBinding } from './errors.js';
-import { toDecision, type ChrootDecision } from './decision.js';
+import { toDecision, type ChrootDecision, type GuardInfo } from './decision.js';
 import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
 import { DEFAULT_PIN_DIR, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
-import { contextOf, validatePolicy, type Policy, type PolicyContext } from './policy.js';
+import { contextOf, validatePolicy, type Policy } from './policy.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './batch.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
 
-export type { ChrootDecision } from './decision.js';
-
-/** The guard once the policy is in force. */
-export interface GuardInfo {
-  /** Generation of the policy in force. */
-  readonly generation: number;
-  /** Number of compiled rules (lists and `not` blocks expand into several). */
-  readonly compiledRules: number;
-  /**
-   * The facts the policy in force was compiled with (the initial mount
-   * namespace, the identity of each `exe`): pass it to
-   * {@link evaluatePolicy} to decide as the kernel does. Absent for pinned
-   * guards updated from another process.
-   */
-  readonly context?: PolicyContext;
-}
+export type { ChrootDecision, GuardInfo } from './decision.js';
 
 /** Options of {@link chrootGuard}. */
 export interface ChrootGuardOptions {

@@ -21,10 +21,9 @@
  */
 import { Observable, share } from 'rxjs';
 import type { BindingBatch, BindingGuardResult, BindingPinnedFollower } from './native/binding.cjs';
-import { toDecision, type ChrootDecision } from './decision.js';
+import { toDecision, type ChrootDecision, type GuardInfo } from './decision.js';
 import { ChrootWatchError, check, errorFromBinding } from './errors.js';
 import { decoder, type RawDecision } from './events.js';
-import type { GuardInfo } from './guard.js';
 import { native } from './native.js';
 import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
