@@ -12,6 +12,7 @@ import { native } from './native.js';
 import { DEFAULT_PIN_DIR, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
 import { contextOf, validatePolicy, type Policy } from './policy.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './batch.js';
+import { callUser } from './callback.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
 
 export type { ChrootDecision, GuardInfo } from './decision.js';
@@ -134,7 +135,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
         if (early) early.push(...raw);
         else deliver(raw);
       },
-      lost: (report) => options.onLost?.(report),
+      lost: (report) => callUser(options.onLost, report),
     });
   };
 

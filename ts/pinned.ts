@@ -27,6 +27,7 @@ import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
 import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
+import { callUser } from './callback.js';
 
 /** Where guards are pinned unless told otherwise. */
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/chroot-guard';
@@ -214,7 +215,7 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
           decoder().decodeBatch(data, [], raw);
           for (const d of raw) subscriber.next(toDecision(d, idsOf(d.generation)));
         },
-        lost: (report) => options.onLost?.(report),
+        lost: (report) => callUser(options.onLost, report),
       });
     };
     try {

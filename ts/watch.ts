@@ -8,6 +8,7 @@ import type { AttachMode } from './errors.js';
 import { ChrootWatchError, check, checkRingBufferBytes } from './errors.js';
 import type { ChrootEvent } from './events.js';
 import type { LostReport } from './batch.js';
+import { callUser } from './callback.js';
 import { joinSession, type AttachInfo, type SessionOptions } from './session.js';
 
 /** Default ring buffer size: 4 MiB, room for about 500 events. */
@@ -81,21 +82,6 @@ function normalise(o: ChrootWatchOptions): SessionOptions {
     ...(o.uid !== undefined ? { uid: o.uid } : {}),
     ...(o.comm !== undefined ? { comm: o.comm } : {}),
   };
-}
-
-/**
- * Calls a user callback; what it throws is reported as an uncaught error on
- * a later tick (as RxJS does for subscriber callbacks), so it cannot break
- * the session or other subscribers.
- */
-function callUser<T>(fn: ((x: T) => void) | undefined, x: T): void {
-  try {
-    fn?.(x);
-  } catch (err) {
-    setTimeout(() => {
-      throw err;
-    });
-  }
 }
 
 /**
