@@ -3,7 +3,7 @@
  * BPF LSM hook `lsm/path_chroot`, and report each decision.
  * @module
  */
-import { Observable, type Subscriber } from 'rxjs';
+import { Subject, type Observable } from 'rxjs';
 import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
 import { ChrootWatchError, check, checkRingBufferBytes, errorFromBinding } from './errors.js';
 import { toDecision, type ChrootDecision, type GuardInfo } from './decision.js';
@@ -95,10 +95,11 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
   const valid = validatePolicy(policy);
   const ring = checkRingBufferBytes(options.ringBufferBytes ?? DEFAULT_RING_BUFFER_BYTES);
   check(options.onLost === undefined || typeof options.onLost === 'function', 'onLost must be a function');
-  const subscribers = new Set<Subscriber<ChrootDecision>>();
+  // Hot: a late subscriber gets the decisions from then on, or the error,
+  // or completion once stopped (a Subject replays only those two).
+  const decisions$ = new Subject<ChrootDecision>();
   const ruleIds = new Map<number, readonly string[]>();
   let state: 'opening' | 'running' | 'stopped' | 'failed' = 'opening';
-  let failed: ChrootWatchError | undefined;
   let decisions = 0;
   let lost: CounterTotals = NO_LOSS;
   let binding: BindingGuard | undefined;
@@ -107,9 +108,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
 
   const fail = (err: ChrootWatchError) => {
     state = 'failed';
-    failed = err;
-    for (const s of [...subscribers]) s.error(err);
-    subscribers.clear();
+    decisions$.error(err);
     binding?.close();
   };
   const record = (r: BindingGuardResult): GuardInfo => {
@@ -118,11 +117,10 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     return { generation: r.generation, compiledRules: r.ruleIds.length, ...(r.context ? { context: contextOf(r.context) } : {}) };
   };
   const deliver = (raw: readonly RawDecision[]) => {
-    const to = [...subscribers];
     for (const d of raw) {
       const decision = toDecision(d, ruleIds.get(d.generation));
       decisions++;
-      for (const s of to) s.next(decision);
+      decisions$.next(decision);
     }
   };
   const onBatch = (batch: BindingBatch) => {
@@ -162,12 +160,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
   });
 
   return {
-    decisions$: new Observable<ChrootDecision>((s) => {
-      if (failed) return s.error(failed);
-      if (state === 'stopped') return s.complete();
-      subscribers.add(s);
-      return () => subscribers.delete(s);
-    }),
+    decisions$: decisions$.asObservable(),
     ready: opened,
     async update(next: Policy): Promise<GuardInfo> {
       const p = validatePolicy(next);
@@ -192,11 +185,9 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     },
     stop() {
       if (state === 'stopped') return;
-      const wasFailed = state === 'failed';
       state = 'stopped';
       binding?.close();
-      if (!wasFailed) for (const s of [...subscribers]) s.complete();
-      subscribers.clear();
+      decisions$.complete(); // a no-op after an error: late subscribers still get it
     },
     stats() {
       const s = binding?.stats() ?? lost;
