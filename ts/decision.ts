@@ -1,10 +1,27 @@
 /**
- * The decision type shared by {@link chrootGuard} and
- * {@link followPinnedGuard}, and its construction from a decoded record.
+ * What the live guard ({@link chrootGuard}) and pinned guards
+ * ({@link followPinnedGuard}, {@link updatePinnedGuard}) share: the
+ * decision type and its construction from a decoded record, and the
+ * policy in force ({@link GuardInfo}).
  * @module
  */
 import type { ChrootEvent, DecisionReason, RawDecision } from './events.js';
-import type { PolicyAction } from './policy.js';
+import type { PolicyAction, PolicyContext } from './policy.js';
+
+/** The guard once the policy is in force. */
+export interface GuardInfo {
+  /** Generation of the policy in force. */
+  readonly generation: number;
+  /** Number of compiled rules (lists and `not` blocks expand into several). */
+  readonly compiledRules: number;
+  /**
+   * The facts the policy in force was compiled with (the initial mount
+   * namespace, the identity of each `exe`): pass it to
+   * {@link evaluatePolicy} to decide as the kernel does. Absent for pinned
+   * guards updated from another process.
+   */
+  readonly context?: PolicyContext;
+}
 
 /**
  * One decision of the policy on one chroot(2) call, made in the kernel at

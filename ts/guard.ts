@@ -3,33 +3,19 @@
  * BPF LSM hook `lsm/path_chroot`, and report each decision.
  * @module
  */
-import { Observable, type Subscriber } from 'rxjs';
+import { Subject, type Observable } from 'rxjs';
 import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
 import { ChrootWatchError, check, checkRingBufferBytes, errorFromBinding } from './errors.js';
-import { toDecision, type ChrootDecision } from './decision.js';
+import { toDecision, type ChrootDecision, type GuardInfo } from './decision.js';
 import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
 import { DEFAULT_PIN_DIR, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
-import { contextOf, validatePolicy, type Policy, type PolicyContext } from './policy.js';
-import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './session.js';
+import { contextOf, validatePolicy, type Policy } from './policy.js';
+import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './batch.js';
+import { callUser } from './callback.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
 
-export type { ChrootDecision } from './decision.js';
-
-/** The guard once the policy is in force. */
-export interface GuardInfo {
-  /** Generation of the policy in force. */
-  readonly generation: number;
-  /** Number of compiled rules (lists and `not` blocks expand into several). */
-  readonly compiledRules: number;
-  /**
-   * The facts the policy in force was compiled with (the initial mount
-   * namespace, the identity of each `exe`): pass it to
-   * {@link evaluatePolicy} to decide as the kernel does. Absent for pinned
-   * guards updated from another process.
-   */
-  readonly context?: PolicyContext;
-}
+export type { ChrootDecision, GuardInfo } from './decision.js';
 
 /** Options of {@link chrootGuard}. */
 export interface ChrootGuardOptions {
@@ -109,10 +95,11 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
   const valid = validatePolicy(policy);
   const ring = checkRingBufferBytes(options.ringBufferBytes ?? DEFAULT_RING_BUFFER_BYTES);
   check(options.onLost === undefined || typeof options.onLost === 'function', 'onLost must be a function');
-  const subscribers = new Set<Subscriber<ChrootDecision>>();
+  // Hot: a late subscriber gets the decisions from then on, or the error,
+  // or completion once stopped (a Subject replays only those two).
+  const decisions$ = new Subject<ChrootDecision>();
   const ruleIds = new Map<number, readonly string[]>();
   let state: 'opening' | 'running' | 'stopped' | 'failed' = 'opening';
-  let failed: ChrootWatchError | undefined;
   let decisions = 0;
   let lost: CounterTotals = NO_LOSS;
   let binding: BindingGuard | undefined;
@@ -121,9 +108,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
 
   const fail = (err: ChrootWatchError) => {
     state = 'failed';
-    failed = err;
-    for (const s of [...subscribers]) s.error(err);
-    subscribers.clear();
+    decisions$.error(err);
     binding?.close();
   };
   const record = (r: BindingGuardResult): GuardInfo => {
@@ -132,11 +117,10 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     return { generation: r.generation, compiledRules: r.ruleIds.length, ...(r.context ? { context: contextOf(r.context) } : {}) };
   };
   const deliver = (raw: readonly RawDecision[]) => {
-    const to = [...subscribers];
     for (const d of raw) {
       const decision = toDecision(d, ruleIds.get(d.generation));
       decisions++;
-      for (const s of to) s.next(decision);
+      decisions$.next(decision);
     }
   };
   const onBatch = (batch: BindingBatch) => {
@@ -149,7 +133,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
         if (early) early.push(...raw);
         else deliver(raw);
       },
-      lost: (report) => options.onLost?.(report),
+      lost: (report) => callUser(options.onLost, report),
     });
   };
 
@@ -176,12 +160,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
   });
 
   return {
-    decisions$: new Observable<ChrootDecision>((s) => {
-      if (failed) return s.error(failed);
-      if (state === 'stopped') return s.complete();
-      subscribers.add(s);
-      return () => subscribers.delete(s);
-    }),
+    decisions$: decisions$.asObservable(),
     ready: opened,
     async update(next: Policy): Promise<GuardInfo> {
       const p = validatePolicy(next);
@@ -206,11 +185,9 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     },
     stop() {
       if (state === 'stopped') return;
-      const wasFailed = state === 'failed';
       state = 'stopped';
       binding?.close();
-      if (!wasFailed) for (const s of [...subscribers]) s.complete();
-      subscribers.clear();
+      decisions$.complete(); // a no-op after an error: late subscribers still get it
     },
     stats() {
       const s = binding?.stats() ?? lost;

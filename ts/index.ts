@@ -10,7 +10,8 @@
 export { chrootWatch, DEFAULT_RING_BUFFER_BYTES, type ChrootWatchOptions } from './watch.js';
 export { type ChrootEvent, type DecisionReason, errnoName, displayBytes } from './events.js';
 export { ChrootWatchError, CHROOT_WATCH_ERROR_CODES, type ChrootWatchErrorCode, type AttachMode, type Refusal } from './errors.js';
-export type { AttachInfo, LossCounts, LostReport, SessionStats } from './session.js';
+export type { AttachInfo, SessionStats } from './session.js';
+export type { LossCounts, LostReport } from './batch.js';
 export { toWallClock, boottimeNs } from './clock.js';
 export { doctor, BLIND_SPOTS, type BlindSpot, type DoctorReport, type AttachPointReport, type Check, type Denial, type Mechanism, type ModeReport } from './doctor.js';
 export { countStacks, type CountStacksOptions, type KernelStack, type StackFrame, type StackReport } from './stacks.js';

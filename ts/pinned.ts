@@ -21,13 +21,13 @@
  */
 import { Observable, share } from 'rxjs';
 import type { BindingBatch, BindingGuardResult, BindingPinnedFollower } from './native/binding.cjs';
-import { toDecision, type ChrootDecision } from './decision.js';
+import { toDecision, type ChrootDecision, type GuardInfo } from './decision.js';
 import { ChrootWatchError, check, errorFromBinding } from './errors.js';
 import { decoder, type RawDecision } from './events.js';
-import type { GuardInfo } from './guard.js';
 import { native } from './native.js';
 import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
-import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './session.js';
+import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
+import { callUser } from './callback.js';
 
 /** Where guards are pinned unless told otherwise. */
 export const DEFAULT_PIN_DIR = '/sys/fs/bpf/chroot-guard';
@@ -215,7 +215,7 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
           decoder().decodeBatch(data, [], raw);
           for (const d of raw) subscriber.next(toDecision(d, idsOf(d.generation)));
         },
-        lost: (report) => options.onLost?.(report),
+        lost: (report) => callUser(options.onLost, report),
       });
     };
     try {

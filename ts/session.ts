@@ -14,6 +14,7 @@ import type { AttachMode, Refusal } from './errors.js';
 import { ChrootWatchError, errorFromBinding } from './errors.js';
 import { decoder, type ChrootEvent } from './events.js';
 import { native } from './native.js';
+import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
 
 /** Which attach mode a session uses and why better modes were refused. */
 export interface AttachInfo {
@@ -31,93 +32,6 @@ export interface AttachInfo {
   readonly blindSpots: readonly Refusal[];
   /** Reads the totals of the kernel session (shared by subscribers with equal options). */
   readonly stats: () => SessionStats;
-}
-
-/** The kernel's loss and error counters (`CG_COUNTERS`), as counts. */
-export interface LossCounts {
-  /**
-   * Records not written for lack of ring buffer space: watch events (the
-   * ring buffer was full) and guard decisions of every action (the sum of
-   * `allowLost`, `denyLost` and `auditLost`).
-   */
-  readonly ringBufferFull: number;
-  /** Calls not traced because the in-flight map was full. */
-  readonly pendingFull: number;
-  /**
-   * Guard only: decisions the policy program could not make fully (a map
-   * operation or kernel read failed, or the policy was replaced twice during
-   * one decision); the policy's `failMode` applied. Always 0 for watch.
-   */
-  readonly lsmErrors: number;
-  /**
-   * Guard only: allow decisions not written. Allow records are written only
-   * while the ring buffer is less than half full, so a flood of allowed calls
-   * cannot push out deny and audit records.
-   */
-  readonly allowLost: number;
-  /** Guard only: deny decisions not written (the ring buffer was full). */
-  readonly denyLost: number;
-  /** Guard only: audit decisions not written (the ring buffer was full). */
-  readonly auditLost: number;
-}
-
-/** What the kernel side could not deliver or decide, reported as it is counted: each count since the previous report. */
-export interface LostReport extends LossCounts {
-  /** Running totals since the session attached. */
-  readonly total: LossCounts;
-}
-
-/** Counter totals as batches carry them. @internal */
-export type CounterTotals = LossCounts;
-
-/** Every counter at zero. @internal */
-export const NO_LOSS: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
-
-/**
- * The report for the counters in `batch` since `seen`, or null when nothing
- * new was counted. @internal
- */
-export function lostSince(seen: CounterTotals, batch: LossCounts): LostReport | null {
-  const total: LossCounts = {
-    ringBufferFull: batch.ringBufferFull,
-    pendingFull: batch.pendingFull,
-    lsmErrors: batch.lsmErrors,
-    allowLost: batch.allowLost,
-    denyLost: batch.denyLost,
-    auditLost: batch.auditLost,
-  };
-  const report: LostReport = {
-    ringBufferFull: total.ringBufferFull - seen.ringBufferFull,
-    pendingFull: total.pendingFull - seen.pendingFull,
-    lsmErrors: total.lsmErrors - seen.lsmErrors,
-    allowLost: total.allowLost - seen.allowLost,
-    denyLost: total.denyLost - seen.denyLost,
-    auditLost: total.auditLost - seen.auditLost,
-    total,
-  };
-  return report.ringBufferFull > 0 || report.pendingFull > 0 || report.lsmErrors > 0 ? report : null;
-}
-
-/**
- * One batch from the addon, the way every consumer takes it: a reader
- * failure goes to `on.error` (as `INTERNAL`), the records to `on.data`, and
- * counters that grew since `seen` to `on.lost`. Returns the new totals.
- * @internal
- */
-export function readBatch(
-  batch: BindingBatch,
-  seen: CounterTotals,
-  on: { error(err: ChrootWatchError): void; data(data: Buffer): void; lost(report: LostReport): void },
-): CounterTotals {
-  if (batch.error) {
-    on.error(new ChrootWatchError('INTERNAL', `the ring buffer reader stopped: ${batch.error}`));
-    return seen;
-  }
-  if (batch.events > 0) on.data(batch.data);
-  const report = lostSince(seen, batch);
-  if (!report) return seen;
-  on.lost(report);
-  return report.total;
 }
 
 /** Normalised options that decide which kernel session serves a subscriber. */

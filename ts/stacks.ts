@@ -4,6 +4,7 @@
  * @module
  */
 import type { AttachMode, Refusal } from './errors.js';
+import { callUser } from './callback.js';
 import { MODE_CHOICES, check, errorFromBinding } from './errors.js';
 import { native } from './native.js';
 import { refusalOf } from './session.js';
@@ -54,7 +55,7 @@ export interface CountStacksOptions {
   readonly durationMs?: number;
   /** Stops counting early (the counts so far are returned). */
   readonly signal?: AbortSignal;
-  /** Called once the counters are attached (start your workload here). */
+  /** Called once the counters are attached (start your workload here). What it throws is reported as an uncaught error on a later tick; counting goes on. */
   readonly onAttach?: (info: { mode: AttachMode; hooks: readonly string[] }) => void;
 }
 
@@ -76,7 +77,7 @@ export async function countStacks(options: CountStacksOptions = {}): Promise<Sta
     const refused = started.refusals.map(refusalOf);
     if (started.failure) throw errorFromBinding(started.failure, { refusals: refused });
     const attached = { mode: started.mode as AttachMode, hooks: started.hooks };
-    options.onAttach?.(attached);
+    callUser(options.onAttach, attached);
     await new Promise<void>((resolve) => {
       if (options.signal?.aborted) return resolve();
       const timer = setTimeout(done, durationMs);

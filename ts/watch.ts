@@ -7,7 +7,9 @@ import { Observable } from 'rxjs';
 import type { AttachMode } from './errors.js';
 import { ChrootWatchError, MODE_CHOICES, check, checkRingBufferBytes } from './errors.js';
 import type { ChrootEvent } from './events.js';
-import { joinSession, type AttachInfo, type LostReport, type SessionOptions } from './session.js';
+import type { LostReport } from './batch.js';
+import { callUser } from './callback.js';
+import { joinSession, type AttachInfo, type SessionOptions } from './session.js';
 
 /** Default ring buffer size: 4 MiB, room for about 500 events. */
 export const DEFAULT_RING_BUFFER_BYTES = 4 << 20;
@@ -78,21 +80,6 @@ function normalise(o: ChrootWatchOptions): SessionOptions {
     ...(o.uid !== undefined ? { uid: o.uid } : {}),
     ...(o.comm !== undefined ? { comm: o.comm } : {}),
   };
-}
-
-/**
- * Calls a user callback; what it throws is reported as an uncaught error on
- * a later tick (as RxJS does for subscriber callbacks), so it cannot break
- * the session or other subscribers.
- */
-function callUser<T>(fn: ((x: T) => void) | undefined, x: T): void {
-  try {
-    fn?.(x);
-  } catch (err) {
-    setTimeout(() => {
-      throw err;
-    });
-  }
 }
 
 /**

@@ -12,7 +12,7 @@ import { chrootWatch } from '../watch.js';
 import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus, type PinnedGuardUnload } from '../pinned.js';
 import { EXIT, describeLost, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
 import { DecisionPrinter } from './printer.js';
-import type { LostReport } from '../session.js';
+import type { LostReport } from '../batch.js';
 
 /**
  * A decision computed in JavaScript from a watch event (the audit fallback);

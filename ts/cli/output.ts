@@ -4,7 +4,8 @@
  * @internal
  * @module
  */
-import type { AttachInfo, LostReport } from '../session.js';
+import type { LostReport } from '../batch.js';
+import type { AttachInfo } from '../session.js';
 import { ChrootWatchError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { toWallClock } from '../clock.js';

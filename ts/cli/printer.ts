@@ -8,7 +8,8 @@
 import { boottimeNs, toWallClock } from '../clock.js';
 import type { ChrootDecision } from '../decision.js';
 import type { ChrootEvent } from '../events.js';
-import type { AttachInfo, LostReport, SessionStats } from '../session.js';
+import type { LostReport } from '../batch.js';
+import type { AttachInfo, SessionStats } from '../session.js';
 import { resolvedMark, tableHeader, tableLine, terminalSafe } from './output.js';
 import { attachRecord, chrootRecord, decisionRecord, lostRecord } from './records.js';
 

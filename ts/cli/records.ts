@@ -10,7 +10,8 @@
 import type { ChrootDecision } from '../decision.js';
 import type { ChrootEvent } from '../events.js';
 import type { Refusal } from '../errors.js';
-import type { AttachInfo, LossCounts, LostReport } from '../session.js';
+import type { LossCounts, LostReport } from '../batch.js';
+import type { AttachInfo } from '../session.js';
 import { jsonWithBigInts } from './output.js';
 
 /** The record kinds, as `type` names them. */

@@ -1,10 +1,11 @@
-//! What the session and guard bindings share: the batch callback (one
-//! threadsafe-function call per batch) and the lifecycle state machine
-//! idle → opening → running → closed.
+//! What the binding handles share: the batch callback (one
+//! threadsafe-function call per batch; sessions, guards and followers) and
+//! the lifecycle state machine idle → opening → running → closed (those and
+//! the stack counters).
 //!
 //! Closing joins the ring-buffer thread before the threadsafe function is
 //! released, so no call races the release, and a released function no
-//! longer keeps Node.js alive. An env cleanup hook closes a session whose
+//! longer keeps Node.js alive. An env cleanup hook closes a handle whose
 //! worker thread ends without `close()`.
 
 use std::sync::{
@@ -24,6 +25,7 @@ use crate::{
     pin::Follower,
     reader::{Batch, Sink},
     session::{Session, SessionStats},
+    stacks::Stacks,
 };
 
 /// One batch of raw events (`[u32 len][u32 0][record][pad]`...).
@@ -162,6 +164,8 @@ pub enum Kernel {
     Guard(Box<Guard>),
     /// `followPinnedGuard()`.
     Follow(Follower),
+    /// `countStacks()`: detached when dropped; no batches, no counters.
+    Stacks(Stacks),
 }
 
 impl Kernel {
@@ -170,6 +174,7 @@ impl Kernel {
             Kernel::Watch(s) => s.close(),
             Kernel::Guard(g) => g.close(),
             Kernel::Follow(f) => f.close(),
+            Kernel::Stacks(_) => {}
         }
     }
 
@@ -178,6 +183,7 @@ impl Kernel {
             Kernel::Watch(s) => s.stats(),
             Kernel::Guard(g) => g.stats(),
             Kernel::Follow(f) => f.stats(),
+            Kernel::Stacks(_) => SessionStats::default(),
         }
     }
 }

@@ -9,6 +9,7 @@
 mod doctor;
 mod guard;
 mod lifecycle;
+mod pinned;
 mod policy;
 mod session;
 mod stacks;

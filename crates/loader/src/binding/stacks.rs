@@ -1,13 +1,18 @@
 //! Stack counters for `ts/stacks.ts`.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use napi::{bindgen_prelude::AsyncTask, Env, Status, Task};
 use napi_derive::napi;
 
-use super::{binding_refusal, BindingFailure, BindingRefusal};
+use super::{
+    binding_refusal,
+    lifecycle::{Handle, Kernel, Shared, State},
+    BindingFailure, BindingRefusal,
+};
 use crate::{
     attach::ModeRequest,
+    error::Error,
     stacks::{StackCount, Stacks},
 };
 
@@ -48,12 +53,11 @@ pub struct BindingStack {
     pub frames: Vec<BindingFrame>,
 }
 
-type Shared = Arc<Mutex<Option<Stacks>>>;
-
-/// Stack counters (`crate::stacks::Stacks`) behind a JS object.
+/// Stack counters (`crate::stacks::Stacks`) behind a JS object, with the
+/// lifecycle of the other handles (`lifecycle.rs`).
 #[napi]
 pub struct BindingStacks {
-    shared: Shared,
+    handle: Handle,
     mode: String,
 }
 
@@ -61,32 +65,34 @@ pub struct BindingStacks {
 impl BindingStacks {
     /// `mode`: `auto`, `fentry`, `kprobe` or `tracepoint`. Nothing loads yet.
     #[napi(constructor)]
-    pub fn new(mode: String) -> Self {
-        BindingStacks { shared: Arc::new(Mutex::new(None)), mode }
+    pub fn new(env: Env, mode: String) -> napi::Result<Self> {
+        Ok(BindingStacks { handle: Handle::new(&env)?, mode })
     }
 
     /// Loads and attaches the counters on the libuv pool.
     #[napi(ts_return_type = "Promise<BindingStacksStart>")]
-    pub fn start(&self) -> AsyncTask<StartTask> {
-        AsyncTask::new(StartTask { shared: Arc::clone(&self.shared), mode: self.mode.clone() })
+    pub fn start(&self) -> napi::Result<AsyncTask<StartTask>> {
+        self.handle.shared.begin_open()?;
+        Ok(AsyncTask::new(StartTask { shared: Arc::clone(&self.handle.shared), mode: self.mode.clone() }))
     }
 
     /// Reads and symbolizes the counts so far, most frequent first.
     #[napi(ts_return_type = "Promise<BindingStack[]>")]
     pub fn collect(&self) -> AsyncTask<CollectTask> {
-        AsyncTask::new(CollectTask { shared: Arc::clone(&self.shared) })
+        AsyncTask::new(CollectTask { shared: Arc::clone(&self.handle.shared) })
     }
 
-    /// Detaches everything. Idempotent.
+    /// Detaches everything. Idempotent; safe while `start()` is still
+    /// running (the counters are then detached as soon as they are up).
     #[napi]
-    pub fn close(&self) {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner).take();
+    pub fn close(&self, env: Env) -> napi::Result<()> {
+        self.handle.close(&env)
     }
 }
 
 /// See [`BindingStacks::start`].
 pub struct StartTask {
-    shared: Shared,
+    shared: Arc<Shared>,
     mode: String,
 }
 
@@ -105,16 +111,22 @@ impl Task for StartTask {
                     skipped: stacks.skipped().iter().map(|(h, d)| format!("{h}: {} ({})", d.reason, d.code)).collect(),
                     refusals: stacks.refusals().iter().map(binding_refusal).collect(),
                 };
-                *self.shared.lock().unwrap_or_else(PoisonError::into_inner) = Some(stacks);
-                out
+                if self.shared.finish_open(Kernel::Stacks(stacks)) {
+                    out
+                } else {
+                    BindingStacksStart { failure: Some((&Error::Closed { what: "stack counters" }).into()), ..out }
+                }
             }
-            Err(e) => BindingStacksStart {
-                failure: Some((&e).into()),
-                mode: None,
-                hooks: Vec::new(),
-                skipped: Vec::new(),
-                refusals: e.refusals().iter().map(binding_refusal).collect(),
-            },
+            Err(e) => {
+                self.shared.fail_open();
+                BindingStacksStart {
+                    failure: Some((&e).into()),
+                    mode: None,
+                    hooks: Vec::new(),
+                    skipped: Vec::new(),
+                    refusals: e.refusals().iter().map(binding_refusal).collect(),
+                }
+            }
         })
     }
 
@@ -125,7 +137,7 @@ impl Task for StartTask {
 
 /// See [`BindingStacks::collect`].
 pub struct CollectTask {
-    shared: Shared,
+    shared: Arc<Shared>,
 }
 
 impl Task for CollectTask {
@@ -133,8 +145,13 @@ impl Task for CollectTask {
     type JsValue = Vec<BindingStack>;
 
     fn compute(&mut self) -> napi::Result<Vec<StackCount>> {
-        let guard = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        let stacks = guard.as_ref().ok_or_else(|| napi::Error::new(Status::InvalidArg, "stack counters are not running"))?;
+        let state = self.shared.lock();
+        let State::Running(kernel) = &*state else {
+            return Err(napi::Error::new(Status::InvalidArg, "stack counters are not running"));
+        };
+        let Kernel::Stacks(stacks) = kernel.as_ref() else {
+            return Err(napi::Error::new(Status::InvalidArg, "not stack counters"));
+        };
         stacks.collect().map_err(|e| napi::Error::new(Status::GenericFailure, e.to_string()))
     }
 
