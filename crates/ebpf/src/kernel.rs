@@ -377,14 +377,13 @@ pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bo
     } else if !w.complete {
         bits |= exe_flags::TRUNCATED;
     }
-    let own_parent = read_ptr(dentry, off!(dentry_parent))? == dentry;
-    if !own_parent && read_ptr(dentry, off!(dentry_hash_pprev))?.is_null() {
+    let d = read::<DentryWindow>(dentry, off!(dentry_parent))?;
+    if d.parent != dentry && read_ptr(dentry, off!(dentry_hash_pprev))?.is_null() {
         bits |= exe_flags::DELETED;
     }
     let mnt_ns = read_ptr(vfsmnt.wrapping_sub(off!(mount_mnt)), off!(mount_mnt_ns))? as usize;
     if mnt_ns == MNT_NS_INTERNAL {
-        let name = read_ptr(dentry.wrapping_add(off!(dentry_name)), off!(qstr_name))?;
-        if read::<[u8; 6]>(name, 0)? == *b"memfd:" {
+        if read::<[u8; 6]>(d.name, 0)? == *b"memfd:" {
             bits |= exe_flags::MEMFD;
         }
     }
@@ -407,24 +406,21 @@ pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bo
 /// root of a detached tree or of another namespace is not it.
 #[inline(always)]
 fn is_root_of(ns_root: *const u8, vfsmnt: *const u8, dentry: *const u8) -> Result<bool, Error> {
-    let mount_mnt = off!(mount_mnt);
-    let mut vfsmnt = vfsmnt;
-    let mut mnt = vfsmnt.wrapping_sub(mount_mnt);
+    let mut mnt = vfsmnt.wrapping_sub(off!(mount_mnt));
     let mut dentry = dentry;
     for _ in 0..8 {
-        if dentry != read_ptr(vfsmnt, off!(vfsmount_root))? {
+        let m = read::<MountWindow>(mnt, off!(mount_parent))?;
+        if dentry != m.root {
             return Ok(false);
         }
         if mnt == ns_root {
             return Ok(true);
         }
-        let parent = read_ptr(mnt, off!(mount_parent))?;
-        if parent == mnt {
+        if m.parent == mnt {
             return Ok(false);
         }
-        dentry = read_ptr(mnt, off!(mount_mountpoint))?;
-        mnt = parent;
-        vfsmnt = mnt.wrapping_add(mount_mnt);
+        dentry = m.mountpoint;
+        mnt = m.parent;
     }
     Ok(false)
 }
