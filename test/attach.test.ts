@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { firstValueFrom } from 'rxjs';
 import { describe, expect, it } from 'vitest';
-import { ChrootWatchError, chrootWatch, type AttachMode } from '../ts/index.js';
+import { ChrootGuardError, chrootWatch, type AttachMode } from '../ts/index.js';
 import { heldByThisProcess, record, TEST_MODE } from './helpers.js';
 
 const EXPECT_AUTO = process.env.CG_EXPECT_AUTO_MODE as AttachMode | undefined;
@@ -58,8 +58,8 @@ describe.each(['fentry', 'kprobe', 'tracepoint'] as const)('forced %s mode', (mo
         () => undefined,
         (e: unknown) => e,
       );
-      expect(err).toBeInstanceOf(ChrootWatchError);
-      const e = err as ChrootWatchError;
+      expect(err).toBeInstanceOf(ChrootGuardError);
+      const e = err as ChrootGuardError;
       expect(e.code).toBe('MODE_UNAVAILABLE');
       expect(e.message).toContain(`${mode} mode is not available`);
       expect(e.message).toContain("use mode 'auto'");

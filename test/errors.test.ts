@@ -5,16 +5,16 @@
  * documented error. Host-only: no kernel, no privileges.
  */
 import { describe, expect, it } from 'vitest';
-import { ATTACH_MODES, CHROOT_WATCH_ERROR_CODES, ChrootWatchError, errorFromBinding, MODE_CHOICES, TS_ONLY_ERROR_CODES } from '../ts/errors.js';
+import { ATTACH_MODES, CHROOT_GUARD_ERROR_CODES, ChrootGuardError, errorFromBinding, MODE_CHOICES, TS_ONLY_ERROR_CODES } from '../ts/errors.js';
 import { native } from '../ts/native.js';
 
 describe('error codes across the native boundary', () => {
   it('the loader sends exactly the documented codes TypeScript does not raise itself', () => {
     const rust = native().errorCodes();
     expect(new Set(rust).size).toBe(rust.length);
-    const fromLoader = CHROOT_WATCH_ERROR_CODES.filter((c) => !TS_ONLY_ERROR_CODES.includes(c));
+    const fromLoader = CHROOT_GUARD_ERROR_CODES.filter((c) => !TS_ONLY_ERROR_CODES.includes(c));
     expect([...rust].sort()).toEqual([...fromLoader].sort());
-    for (const c of TS_ONLY_ERROR_CODES) expect(CHROOT_WATCH_ERROR_CODES).toContain(c);
+    for (const c of TS_ONLY_ERROR_CODES) expect(CHROOT_GUARD_ERROR_CODES).toContain(c);
   });
 
   it('the attach modes are the loader\'s (Mode::ALL through attachModes()), in the order auto tries them', () => {
@@ -28,7 +28,7 @@ describe('error codes across the native boundary', () => {
   it('a failure of the loader becomes its error, with its verifier log and the extra fields', () => {
     const refusals = [{ mode: 'kprobe', program: 'p', target: 't', stage: 'load', code: 'VERIFIER', errno: null, reason: 'r' }] as const;
     const e = errorFromBinding({ code: 'LOAD_FAILED', message: 'the verifier said no', verifierLog: 'log' }, { refusals });
-    expect(e).toBeInstanceOf(ChrootWatchError);
+    expect(e).toBeInstanceOf(ChrootGuardError);
     expect(e.code).toBe('LOAD_FAILED');
     expect(e.message).toMatch(/^the verifier said no \(LOAD_FAILED\): /);
     expect(e.verifierLog).toBe('log');

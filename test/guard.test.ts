@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
 import {
   chrootGuard,
-  ChrootWatchError,
+  ChrootGuardError,
   evaluatePolicy,
   followPinnedGuard,
   pinnedGuard,
@@ -335,9 +335,9 @@ describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
   it('chrootGuard rejects ready with LSM_UNAVAILABLE and the reason, leaving nothing loaded', async () => {
     const g: ChrootGuard = chrootGuard(denyJails());
     const err = await g.ready.then(() => undefined, (e: unknown) => e);
-    expect(err).toBeInstanceOf(ChrootWatchError);
-    expect((err as ChrootWatchError).code).toBe('LSM_UNAVAILABLE');
-    expect((err as ChrootWatchError).message).toContain('EPERM');
+    expect(err).toBeInstanceOf(ChrootGuardError);
+    expect((err as ChrootGuardError).code).toBe('LSM_UNAVAILABLE');
+    expect((err as ChrootGuardError).message).toContain('EPERM');
     await expect(firstValueFrom(g.decisions$.pipe(toArray()))).rejects.toMatchObject({ code: 'LSM_UNAVAILABLE' });
     g.stop();
     expect(heldByThisProcess()).toEqual({ programs: [], maps: [] });
@@ -364,7 +364,7 @@ describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
     expect(f.status).toBe(6);
     expect(f.stderr).toContain(`no guard is pinned at ${dir}`);
     const e = await firstValueFrom(followPinnedGuard({ dir })).catch((x: unknown) => x);
-    expect(e).toBeInstanceOf(ChrootWatchError);
+    expect(e).toBeInstanceOf(ChrootGuardError);
     expect(e).toMatchObject({ code: 'PIN_FAILED', message: expect.stringContaining('no guard is pinned here') });
     expect(cli('unload', '--pin-dir', dir).stderr).toContain('nothing to do');
   });

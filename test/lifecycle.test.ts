@@ -94,7 +94,7 @@ describe('in a child process', () => {
     `, { prefix: ['setpriv', '--bounding-set=-all', '--inh-caps=-all'] });
     expect(r.code).toBe(0);
     const err = JSON.parse(r.stdout) as { name: string; code: string; message: string };
-    expect(err).toMatchObject({ name: 'ChrootWatchError', code: 'EPERM' });
+    expect(err).toMatchObject({ name: 'ChrootGuardError', code: 'EPERM' });
     expect(err.message).toContain('CAP_BPF');
     expect(err.message).toContain('run as root');
   });

@@ -19,7 +19,7 @@ import { firstValueFrom } from 'rxjs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   chrootGuard,
-  ChrootWatchError,
+  ChrootGuardError,
   followPinnedGuard,
   pinLeftovers,
   pinnedGuard,
@@ -55,10 +55,10 @@ function deadPid(): number {
 }
 
 /** The error of following `dir` (followPinnedGuard), or null. */
-async function followError(dir: string): Promise<ChrootWatchError | null> {
+async function followError(dir: string): Promise<ChrootGuardError | null> {
   return firstValueFrom(followPinnedGuard({ dir })).then(
     () => null,
-    (e: unknown) => e as ChrootWatchError,
+    (e: unknown) => e as ChrootGuardError,
   );
 }
 
@@ -229,7 +229,7 @@ describe(`lock files under ${LOCK_DIR}`, () => {
   // lock was held.
   let dir: string;
   let lock: string;
-  const pastLock = (e: ChrootWatchError | null) => e?.message.includes('CG_ACTIVE is not pinned') ?? false;
+  const pastLock = (e: ChrootGuardError | null) => e?.message.includes('CG_ACTIVE is not pinned') ?? false;
   beforeAll(() => {
     dir = `${bpf}/locks`;
     mkdirSync(dir);

@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
-import { ChrootWatchError, chrootWatch } from '../ts/index.js';
+import { ChrootGuardError, chrootWatch } from '../ts/index.js';
 import { openSessionCount } from '../ts/session.js';
 import { DECODED_KEYS } from '../ts/events.js';
 import { native } from '../ts/native.js';
@@ -223,8 +223,8 @@ describe('lifecycle', () => {
       } catch (e) {
         caught = e;
       }
-      expect(caught).toBeInstanceOf(ChrootWatchError);
-      expect((caught as ChrootWatchError).code).toBe('INVALID_ARGUMENT');
+      expect(caught).toBeInstanceOf(ChrootGuardError);
+      expect((caught as ChrootGuardError).code).toBe('INVALID_ARGUMENT');
     }
   });
 });

@@ -9,7 +9,7 @@
  * @module
  */
 import type { BindingBatch } from './native/binding.cjs';
-import { ChrootWatchError } from './errors.js';
+import { ChrootGuardError } from './errors.js';
 
 /** The kernel's loss and error counters (`CG_COUNTERS`), as counts. */
 export interface LossCounts {
@@ -85,10 +85,10 @@ export function lostSince(seen: CounterTotals, batch: LossCounts): LostReport | 
 export function readBatch(
   batch: BindingBatch,
   seen: CounterTotals,
-  on: { error(err: ChrootWatchError): void; data(data: Buffer): void; lost(report: LostReport): void },
+  on: { error(err: ChrootGuardError): void; data(data: Buffer): void; lost(report: LostReport): void },
 ): CounterTotals {
   if (batch.error) {
-    on.error(new ChrootWatchError('INTERNAL', `the ring buffer reader stopped: ${batch.error}`));
+    on.error(new ChrootGuardError('INTERNAL', `the ring buffer reader stopped: ${batch.error}`));
     return seen;
   }
   if (batch.events > 0) on.data(batch.data);

@@ -11,7 +11,7 @@ let offsetNs: bigint | undefined;
  * The wall-clock `Date` of a CLOCK_BOOTTIME timestamp in ns (an event's
  * `ts`), using the offset between the two clocks measured on first use
  * (millisecond precision; a later clock step is not followed).
- * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` when the addon cannot load.
+ * @throws {ChrootGuardError} `NATIVE_UNAVAILABLE` when the addon cannot load.
  */
 export function toWallClock(ts: bigint): Date {
   offsetNs ??= BigInt(Date.now()) * 1_000_000n - native().boottimeNs();
@@ -21,7 +21,7 @@ export function toWallClock(ts: bigint): Date {
 /**
  * `CLOCK_BOOTTIME` now, in ns since boot: the clock of every event's `ts`,
  * so `boottimeNs() - event.ts` is the event's age.
- * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` when the addon cannot load.
+ * @throws {ChrootGuardError} `NATIVE_UNAVAILABLE` when the addon cannot load.
  */
 export function boottimeNs(): bigint {
   return native().boottimeNs();

@@ -113,7 +113,7 @@ export interface DoctorReport {
  * mode with the real programs, loading and detaching each; nothing stays
  * loaded. Works without privileges too (then every check says
  * `NO_PRIVILEGES`). Takes about a second.
- * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` (as a rejection) when the addon cannot load.
+ * @throws {ChrootGuardError} `NATIVE_UNAVAILABLE` (as a rejection) when the addon cannot load.
  */
 export async function doctor(): Promise<DoctorReport> {
   const r = await native().doctor();

@@ -1,5 +1,5 @@
 /**
- * Errors of chroot-guard. Every failure is a {@link ChrootWatchError} with a
+ * Errors of chroot-guard. Every failure is a {@link ChrootGuardError} with a
  * stable `code`; kernel failures arrive on an Observable's error channel,
  * never as a synchronous throw (argument errors are thrown when a function is
  * called, before anything is subscribed).
@@ -7,8 +7,8 @@
  */
 import type { BindingFailure } from './native/binding.cjs';
 
-/** Every {@link ChrootWatchErrorCode}, one list: the type is derived from it. */
-export const CHROOT_WATCH_ERROR_CODES = [
+/** Every {@link ChrootGuardErrorCode}, one list: the type is derived from it. */
+export const CHROOT_GUARD_ERROR_CODES = [
   'EPERM',
   'UNSUPPORTED_KERNEL',
   'MODE_UNAVAILABLE',
@@ -36,7 +36,7 @@ export const CHROOT_WATCH_ERROR_CODES = [
  * - `NATIVE_UNAVAILABLE`: the native addon could not be loaded (platform, install).
  * - `INTERNAL`: a bug; please report it.
  */
-export type ChrootWatchErrorCode = (typeof CHROOT_WATCH_ERROR_CODES)[number];
+export type ChrootGuardErrorCode = (typeof CHROOT_GUARD_ERROR_CODES)[number];
 
 /**
  * The codes only the TypeScript layer raises; every other code comes from
@@ -44,11 +44,11 @@ export type ChrootWatchErrorCode = (typeof CHROOT_WATCH_ERROR_CODES)[number];
  * addon's `errorCodes()`, and a test holds the two lists equal).
  * @internal
  */
-export const TS_ONLY_ERROR_CODES: readonly ChrootWatchErrorCode[] = ['INVALID_POLICY', 'NATIVE_UNAVAILABLE'];
+export const TS_ONLY_ERROR_CODES: readonly ChrootGuardErrorCode[] = ['INVALID_POLICY', 'NATIVE_UNAVAILABLE'];
 
-/** Whether `code` is one of {@link CHROOT_WATCH_ERROR_CODES}. */
-export function isChrootWatchErrorCode(code: unknown): code is ChrootWatchErrorCode {
-  return (CHROOT_WATCH_ERROR_CODES as readonly unknown[]).includes(code);
+/** Whether `code` is one of {@link CHROOT_GUARD_ERROR_CODES}. */
+export function isChrootGuardErrorCode(code: unknown): code is ChrootGuardErrorCode {
+  return (CHROOT_GUARD_ERROR_CODES as readonly unknown[]).includes(code);
 }
 
 /**
@@ -92,7 +92,7 @@ export interface Refusal {
   readonly verifierLog?: string;
 }
 
-const REMEDIES: Record<ChrootWatchErrorCode, string> = {
+const REMEDIES: Record<ChrootGuardErrorCode, string> = {
   EPERM: 'run as root (sudo), or grant the process CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)',
   UNSUPPORTED_KERNEL:
     'chroot-guard needs kernel BTF (CONFIG_DEBUG_INFO_BTF=y) and one of: BPF trampolines (fentry), CONFIG_KPROBES, or syscall tracepoints (CONFIG_FTRACE_SYSCALLS)',
@@ -109,12 +109,12 @@ const REMEDIES: Record<ChrootWatchErrorCode, string> = {
 };
 
 /** The remedy sentence for a code, as appended to error messages. */
-export function remedyFor(code: ChrootWatchErrorCode): string {
+export function remedyFor(code: ChrootGuardErrorCode): string {
   return REMEDIES[code];
 }
 
-/** Options of {@link ChrootWatchError}. */
-export interface ChrootWatchErrorOptions {
+/** Options of {@link ChrootGuardError}. */
+export interface ChrootGuardErrorOptions {
   /** Modes the kernel refused on the way to this error. */
   refusals?: readonly Refusal[];
   /** Verifier log of a rejected program. */
@@ -126,19 +126,19 @@ export interface ChrootWatchErrorOptions {
 /**
  * A chroot-guard failure. `message` ends with a remedy; `code` is stable.
  * @example
- * chrootWatch().subscribe({ error: (e: ChrootWatchError) => console.error(e.code, e.message) })
+ * chrootWatch().subscribe({ error: (e: ChrootGuardError) => console.error(e.code, e.message) })
  */
-export class ChrootWatchError extends Error {
-  /** Stable code, see {@link ChrootWatchErrorCode}. */
-  readonly code: ChrootWatchErrorCode;
+export class ChrootGuardError extends Error {
+  /** Stable code, see {@link ChrootGuardErrorCode}. */
+  readonly code: ChrootGuardErrorCode;
   /** Modes the kernel refused, best first (empty when not relevant). */
   readonly refusals: readonly Refusal[];
   /** Verifier log when a program was rejected (`LOAD_FAILED`). */
   readonly verifierLog: string | undefined;
 
-  constructor(code: ChrootWatchErrorCode, message: string, options: ChrootWatchErrorOptions = {}) {
+  constructor(code: ChrootGuardErrorCode, message: string, options: ChrootGuardErrorOptions = {}) {
     super(`${message} (${code}): ${remedyFor(code)}`, options.cause === undefined ? undefined : { cause: options.cause });
-    this.name = 'ChrootWatchError';
+    this.name = 'ChrootGuardError';
     this.code = code;
     this.refusals = options.refusals ?? [];
     this.verifierLog = options.verifierLog;
@@ -147,20 +147,20 @@ export class ChrootWatchError extends Error {
 
 /**
  * The error a failure from the addon stands for (a result's `failure`).
- * A code outside {@link CHROOT_WATCH_ERROR_CODES} (an addon newer or older
+ * A code outside {@link CHROOT_GUARD_ERROR_CODES} (an addon newer or older
  * than this file, or a bug) becomes `INTERNAL`, its message naming the code.
  * @internal
  */
-export function errorFromBinding(f: BindingFailure, extra: ChrootWatchErrorOptions = {}): ChrootWatchError {
+export function errorFromBinding(f: BindingFailure, extra: ChrootGuardErrorOptions = {}): ChrootGuardError {
   const options = { ...extra, ...(f.verifierLog ? { verifierLog: f.verifierLog } : {}) };
   const code = f.code;
-  if (isChrootWatchErrorCode(code)) return new ChrootWatchError(code, f.message, options);
-  return new ChrootWatchError('INTERNAL', `${f.message} (native error code ${JSON.stringify(code)}, unknown to this version)`, options);
+  if (isChrootGuardErrorCode(code)) return new ChrootGuardError(code, f.message, options);
+  return new ChrootGuardError('INTERNAL', `${f.message} (native error code ${JSON.stringify(code)}, unknown to this version)`, options);
 }
 
 /** Throws `INVALID_ARGUMENT` unless `ok`. */
 export function check(ok: boolean, message: string): asserts ok {
-  if (!ok) throw new ChrootWatchError('INVALID_ARGUMENT', message);
+  if (!ok) throw new ChrootGuardError('INVALID_ARGUMENT', message);
 }
 
 /** Throws `INVALID_ARGUMENT` unless `bytes` is a ring buffer size the kernel takes. */

@@ -7,7 +7,7 @@
  */
 import { constants } from 'node:os';
 import type { AttachMode } from './errors.js';
-import { ATTACH_MODES, ChrootWatchError } from './errors.js';
+import { ATTACH_MODES, ChrootGuardError } from './errors.js';
 import { native, type Native } from './native.js';
 import { utf8SequenceLength } from './utf8.js';
 
@@ -277,7 +277,7 @@ let shared: Decoder | undefined;
 
 /**
  * The decoder of the loaded addon, made on first use.
- * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` when the addon cannot load.
+ * @throws {ChrootGuardError} `NATIVE_UNAVAILABLE` when the addon cannot load.
  * @internal
  */
 export function decoder(): Decoder {
@@ -296,7 +296,7 @@ export class Decoder {
     const layout: Layout = binding.eventLayout();
     for (const k of DECODED_KEYS) {
       if (typeof layout[k] !== 'number') {
-        throw new ChrootWatchError('NATIVE_UNAVAILABLE', `the native addon's event layout lacks "${k}": addon and JS are from different builds`);
+        throw new ChrootGuardError('NATIVE_UNAVAILABLE', `the native addon's event layout lacks "${k}": addon and JS are from different builds`);
       }
     }
     this.L = layout as Record<Key, number>;

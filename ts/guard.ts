@@ -5,7 +5,7 @@
  */
 import { Subject, type Observable } from 'rxjs';
 import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
-import { ChrootWatchError, check, checkRingBufferBytes, errorFromBinding } from './errors.js';
+import { ChrootGuardError, check, checkRingBufferBytes, errorFromBinding } from './errors.js';
 import { toDecision, type ChrootDecision, type GuardInfo } from './decision.js';
 import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
@@ -38,7 +38,7 @@ export interface ChrootGuard {
   readonly decisions$: Observable<ChrootDecision>;
   /**
    * Resolves once the policy is in force in the kernel. Rejects with a
-   * {@link ChrootWatchError}: `LSM_UNAVAILABLE` (the BPF LSM cannot run
+   * {@link ChrootGuardError}: `LSM_UNAVAILABLE` (the BPF LSM cannot run
    * here; the message says why), `EPERM` (privileges), `LOAD_FAILED`.
    */
   readonly ready: Promise<GuardInfo>;
@@ -64,7 +64,7 @@ export interface ChrootGuard {
    * exits, until `unloadPinnedGuard()`. Until stopped, this handle still
    * reports decisions and takes updates. The pins appear all at once or not
    * at all.
-   * @throws {ChrootWatchError} `PIN_FAILED` when the directory exists (a
+   * @throws {ChrootGuardError} `PIN_FAILED` when the directory exists (a
    * guard is pinned there already: update it with {@link updatePinnedGuard})
    * or is not on bpffs, or a pin fails; the guard keeps running unless the
    * message says the program was detached (then `decisions$` errors too).
@@ -106,7 +106,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
   // Decisions that arrive before open() has returned the rule ids wait here.
   let early: RawDecision[] | undefined = [];
 
-  const fail = (err: ChrootWatchError) => {
+  const fail = (err: ChrootGuardError) => {
     state = 'failed';
     decisions$.error(err);
     binding?.close();
@@ -143,7 +143,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     decoder();
     binding = new n.BindingGuard(ring);
     opened = binding.open(JSON.stringify(valid), onBatch).then((r) => {
-      if (state === 'stopped') throw new ChrootWatchError('INTERNAL', 'the guard was stopped before it started');
+      if (state === 'stopped') throw new ChrootGuardError('INTERNAL', 'the guard was stopped before it started');
       if (r.failure) throw errorFromBinding(r.failure);
       state = 'running';
       const info = record(r);
@@ -153,10 +153,10 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
       return info;
     });
   } catch (err) {
-    opened = Promise.reject(err instanceof ChrootWatchError ? err : new ChrootWatchError('INTERNAL', String(err), { cause: err }));
+    opened = Promise.reject(err instanceof ChrootGuardError ? err : new ChrootGuardError('INTERNAL', String(err), { cause: err }));
   }
   opened.catch((err: unknown) => {
-    if (state !== 'stopped') fail(err as ChrootWatchError);
+    if (state !== 'stopped') fail(err as ChrootGuardError);
   });
 
   return {
@@ -165,14 +165,14 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     async update(next: Policy): Promise<GuardInfo> {
       const p = validatePolicy(next);
       await opened;
-      if (state !== 'running' || !binding) throw new ChrootWatchError('INTERNAL', 'the guard is not running');
+      if (state !== 'running' || !binding) throw new ChrootGuardError('INTERNAL', 'the guard is not running');
       const r = binding.update(JSON.stringify(p));
       if (r.failure) throw errorFromBinding(r.failure);
       return record(r);
     },
     async pin(pinOptions: PinOptions = {}): Promise<PinnedGuardStatus> {
       await opened;
-      if (state !== 'running' || !binding) throw new ChrootWatchError('INTERNAL', 'the guard is not running');
+      if (state !== 'running' || !binding) throw new ChrootGuardError('INTERNAL', 'the guard is not running');
       const r = binding.pin(pinOptions.dir ?? DEFAULT_PIN_DIR);
       if (r.failure) {
         const err = errorFromBinding(r.failure);
@@ -180,7 +180,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
         throw err;
       }
       const status = pinnedGuard(pinOptions);
-      if (!status) throw new ChrootWatchError('PIN_FAILED', `${pinOptions.dir ?? DEFAULT_PIN_DIR}: the pins vanished right after pinning (unloaded by another process?)`);
+      if (!status) throw new ChrootGuardError('PIN_FAILED', `${pinOptions.dir ?? DEFAULT_PIN_DIR}: the pins vanished right after pinning (unloaded by another process?)`);
       return status;
     },
     stop() {

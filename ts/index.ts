@@ -9,7 +9,7 @@
  */
 export { chrootWatch, DEFAULT_RING_BUFFER_BYTES, type ChrootWatchOptions } from './watch.js';
 export { type ChrootEvent, type DecisionReason, errnoName, displayBytes } from './events.js';
-export { ChrootWatchError, CHROOT_WATCH_ERROR_CODES, type ChrootWatchErrorCode, type AttachMode, type Refusal } from './errors.js';
+export { ChrootGuardError, CHROOT_GUARD_ERROR_CODES, type ChrootGuardErrorCode, type AttachMode, type Refusal } from './errors.js';
 export type { AttachInfo, SessionStats } from './session.js';
 export type { LossCounts, LostReport } from './batch.js';
 export { toWallClock, boottimeNs } from './clock.js';

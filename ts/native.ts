@@ -10,13 +10,13 @@
  * @module
  */
 import { createRequire } from 'node:module';
-import { ChrootWatchError } from './errors.js';
+import { ChrootGuardError } from './errors.js';
 
 /** The binding's exports (internal, prefixed `Binding…`). */
 export type Native = typeof import('./native/binding.cjs');
 
 let loaded: Native | undefined;
-let failure: ChrootWatchError | undefined;
+let failure: ChrootGuardError | undefined;
 
 const TRIPLES: Record<string, string> = {
   'x86_64-unknown-linux-gnu': 'linux-x64-gnu',
@@ -44,7 +44,7 @@ export function currentPlatform(): string {
 
 /**
  * The addon, loaded on first use.
- * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` when the platform is not
+ * @throws {ChrootGuardError} `NATIVE_UNAVAILABLE` when the platform is not
  * Linux, has no prebuilt binary, or the binary cannot be loaded.
  */
 export function native(): Native {
@@ -54,7 +54,7 @@ export function native(): Native {
   // diagnostic report and a package.json read are not paid on success.
   const list = () => supportedPlatforms().join(', ') || 'none';
   if (process.platform !== 'linux') {
-    failure = new ChrootWatchError(
+    failure = new ChrootGuardError(
       'NATIVE_UNAVAILABLE',
       `chroot-guard needs Linux: it watches chroot(2) with eBPF, and this is ${currentPlatform()} (prebuilt binaries: ${list()})`,
     );
@@ -70,7 +70,7 @@ export function native(): Native {
     const why = supported.includes(platform)
       ? `the native addon for ${platform} did not load (is the optional dependency chroot-guard-${platform} installed? reinstall with npm install)`
       : `there is no prebuilt chroot-guard binary for ${platform} (prebuilt binaries: ${list()}); build from source with cargo xtask build`;
-    failure = new ChrootWatchError('NATIVE_UNAVAILABLE', `${why}: ${(cause as Error).message.split('\n')[0]}`, { cause });
+    failure = new ChrootGuardError('NATIVE_UNAVAILABLE', `${why}: ${(cause as Error).message.split('\n')[0]}`, { cause });
     throw failure;
   }
 }

@@ -22,7 +22,7 @@
 import { Observable, share } from 'rxjs';
 import type { BindingBatch, BindingGuardResult, BindingPinnedFollower } from './native/binding.cjs';
 import { toDecision, type ChrootDecision, type GuardInfo } from './decision.js';
-import { ChrootWatchError, check, errorFromBinding } from './errors.js';
+import { ChrootGuardError, check, errorFromBinding } from './errors.js';
 import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
 import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
@@ -68,7 +68,7 @@ function dirOf(options: PinOptions): string {
 
 /**
  * The guard pinned at `dir`, or null when none is.
- * @throws {ChrootWatchError} `EPERM` without privileges; `PIN_FAILED` when
+ * @throws {ChrootGuardError} `EPERM` without privileges; `PIN_FAILED` when
  * `dir` is not a pin directory (off bpffs, a symbolic link, made by another
  * user) or the pins cannot be read (e.g. pinned by an incompatible
  * version: unload it).
@@ -95,7 +95,7 @@ export function pinnedGuard(options: PinOptions = {}): PinnedGuardStatus | null 
  * Replaces the policy of the guard pinned at `dir`, atomically (as
  * {@link ChrootGuard.update}): on any error the pinned policy stays in force.
  * @throws {PolicyError} `INVALID_POLICY` for a bad policy.
- * @throws {ChrootWatchError} `PIN_FAILED` when no guard is pinned at `dir`
+ * @throws {ChrootGuardError} `PIN_FAILED` when no guard is pinned at `dir`
  * or its maps cannot be opened; `INVALID_ARGUMENT` when the policy does not
  * compile; `EPERM` without privileges.
  */
@@ -129,7 +129,7 @@ export interface PinnedGuardUnload {
  * ({@link PinnedGuardUnload.kept}). Then the same for what pins that did
  * not finish left beside it ({@link pinLeftovers}). `removed` is false when
  * nothing was pinned there.
- * @throws {ChrootWatchError} `EPERM` without privileges; `PIN_FAILED`,
+ * @throws {ChrootGuardError} `EPERM` without privileges; `PIN_FAILED`,
  * with nothing removed, when `dir` is not a pin directory (off bpffs, a
  * symbolic link, the root of a bpffs mount, or made by another user),
  * and when a pin cannot be removed (run it again to finish).
@@ -147,7 +147,7 @@ export function unloadPinnedGuard(options: PinOptions = {}): PinnedGuardUnload {
  * whose process is gone, as absolute paths; {@link unloadPinnedGuard}
  * (`chroot-guard unload`) removes them. Empty when the pin directory's
  * parent is not on bpffs.
- * @throws {ChrootWatchError} `EPERM` without privileges; `PIN_FAILED` when
+ * @throws {ChrootGuardError} `EPERM` without privileges; `PIN_FAILED` when
  * the parent directory cannot be listed.
  */
 export function pinLeftovers(options: PinOptions = {}): string[] {
@@ -176,7 +176,7 @@ export interface FollowOptions extends PinOptions {
  * a newer generation arrives; a decision of a generation replaced before
  * the follower started shows its rule as `#index`.
  *
- * Errors arrive on the error channel as {@link ChrootWatchError}: `EPERM`
+ * Errors arrive on the error channel as {@link ChrootGuardError}: `EPERM`
  * without privileges; `PIN_FAILED` when no guard is pinned at the directory,
  * it was pinned without its ring buffer by an older version, or another
  * process reads it; `INTERNAL` when the reader thread stops.
@@ -232,7 +232,7 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
       }
     } catch (err) {
       closed = true;
-      subscriber.error(err instanceof ChrootWatchError ? err : new ChrootWatchError('INTERNAL', String(err), { cause: err }));
+      subscriber.error(err instanceof ChrootGuardError ? err : new ChrootGuardError('INTERNAL', String(err), { cause: err }));
     }
     return () => {
       closed = true;

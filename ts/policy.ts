@@ -8,7 +8,7 @@ import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import type { Document, LineCounter, Node } from 'yaml';
-import { ChrootWatchError, errorFromBinding } from './errors.js';
+import { ChrootGuardError, errorFromBinding } from './errors.js';
 import { native } from './native.js';
 import type { ChrootEvent } from './events.js';
 import { firstInvalidUtf8 } from './utf8.js';
@@ -152,7 +152,7 @@ export interface PolicyProblem {
  * `problems` lists each problem with its position; `message` holds them as
  * `FILE:LINE:COL: message` lines.
  */
-export class PolicyError extends ChrootWatchError {
+export class PolicyError extends ChrootGuardError {
   /** Every problem found, in file order. */
   readonly problems: readonly PolicyProblem[];
 
@@ -773,7 +773,7 @@ export const INITIAL_USER_NS = 0xeffffffd;
  * Reads the facts `policy` compiles with on this host (the initial mount
  * namespace, each `exe` file's identity), with the loader's own code, so
  * {@link evaluatePolicy} decides as the kernel would.
- * @throws {ChrootWatchError} `INVALID_ARGUMENT` when an `exe` file cannot be
+ * @throws {ChrootGuardError} `INVALID_ARGUMENT` when an `exe` file cannot be
  * identified (it must exist), `NATIVE_UNAVAILABLE` without the addon.
  */
 export function policyContext(policy: Policy): PolicyContext {

@@ -11,7 +11,7 @@
  */
 import type { BindingBatch, BindingOpenResult, BindingRefusal, BindingSession } from './native/binding.cjs';
 import type { AttachMode, Refusal } from './errors.js';
-import { ChrootWatchError, errorFromBinding } from './errors.js';
+import { ChrootGuardError, errorFromBinding } from './errors.js';
 import { decoder, type ChrootEvent } from './events.js';
 import { native } from './native.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
@@ -49,7 +49,7 @@ export interface SessionListener {
   events(batch: readonly ChrootEvent[]): void;
   attached(info: AttachInfo): void;
   lost(report: LostReport): void;
-  error(err: ChrootWatchError): void;
+  error(err: ChrootGuardError): void;
 }
 
 /** Totals of a kernel session, read from the addon and the kernel's per-CPU counters. */
@@ -102,7 +102,7 @@ class KernelSession {
     this.binding = new n.BindingSession({ ...options });
     this.binding.open((batch) => this.onBatch(batch)).then(
       (result) => this.onOpen(result),
-      (cause: unknown) => this.fail(new ChrootWatchError('INTERNAL', `opening the kernel session failed: ${String(cause)}`, { cause })),
+      (cause: unknown) => this.fail(new ChrootGuardError('INTERNAL', `opening the kernel session failed: ${String(cause)}`, { cause })),
     );
   }
 
@@ -149,7 +149,7 @@ class KernelSession {
     });
   }
 
-  private fail(err: ChrootWatchError): void {
+  private fail(err: ChrootGuardError): void {
     const listeners = [...this.listeners];
     this.listeners.clear();
     this.close();
@@ -167,7 +167,7 @@ class KernelSession {
 /**
  * Joins (or starts) the kernel session for `options`. Returns the function
  * that leaves it; the last leave closes the session.
- * @throws {ChrootWatchError} `NATIVE_UNAVAILABLE` when the addon cannot load.
+ * @throws {ChrootGuardError} `NATIVE_UNAVAILABLE` when the addon cannot load.
  */
 export function joinSession(options: SessionOptions, listener: SessionListener): { leave: () => void; stats: () => SessionStats } {
   const key = keyOf(options);

@@ -63,7 +63,7 @@ export interface CountStacksOptions {
  * Attaches a kernel-stack counter (a stack trace map) at every chroot hook
  * the mode reaches, counts for `durationMs`, then detaches and returns the
  * symbolized stacks. Needs root, or CAP_BPF and CAP_PERFMON.
- * @throws {ChrootWatchError} (as a rejection) `EPERM`, `UNSUPPORTED_KERNEL`,
+ * @throws {ChrootGuardError} (as a rejection) `EPERM`, `UNSUPPORTED_KERNEL`,
  * `MODE_UNAVAILABLE`; `INVALID_ARGUMENT` at call time.
  */
 export async function countStacks(options: CountStacksOptions = {}): Promise<StackReport> {

@@ -5,7 +5,7 @@
  */
 import { Observable } from 'rxjs';
 import type { AttachMode } from './errors.js';
-import { ChrootWatchError, MODE_CHOICES, check, checkRingBufferBytes } from './errors.js';
+import { ChrootGuardError, MODE_CHOICES, check, checkRingBufferBytes } from './errors.js';
 import type { ChrootEvent } from './events.js';
 import type { LostReport } from './batch.js';
 import { callUser } from './callback.js';
@@ -90,11 +90,11 @@ function normalise(o: ChrootWatchOptions): SessionOptions {
  * one kernel session) and the last unsubscribe detaches every program,
  * link and map. Needs root, or CAP_BPF and CAP_PERFMON.
  *
- * Errors arrive on the error channel as {@link ChrootWatchError}: `EPERM`
+ * Errors arrive on the error channel as {@link ChrootGuardError}: `EPERM`
  * (privileges), `UNSUPPORTED_KERNEL`, `MODE_UNAVAILABLE`, `LOAD_FAILED`
  * (verifier; see `verifierLog`), `MOUNT_FAILED`, `NATIVE_UNAVAILABLE`.
  *
- * @throws {ChrootWatchError} `INVALID_ARGUMENT` at call time for bad options.
+ * @throws {ChrootGuardError} `INVALID_ARGUMENT` at call time for bad options.
  * @example
  * import { chrootWatch } from 'chroot-guard';
  * chrootWatch({ comm: 'debootstrap' }).subscribe((e) => console.log(e.pid, e.path, e.errno ?? 'ok'));
@@ -116,7 +116,7 @@ export function chrootWatch(options: ChrootWatchOptions = {}): Observable<Chroot
         error: (err) => subscriber.error(err),
       });
     } catch (err) {
-      subscriber.error(err instanceof ChrootWatchError ? err : new ChrootWatchError('INTERNAL', String(err), { cause: err }));
+      subscriber.error(err instanceof ChrootGuardError ? err : new ChrootGuardError('INTERNAL', String(err), { cause: err }));
       return;
     }
     return joined.leave;

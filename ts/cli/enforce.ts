@@ -5,7 +5,7 @@
  */
 import { chrootGuard, type ChrootDecision } from '../guard.js';
 import { decisionOf } from '../decision.js';
-import { ChrootWatchError } from '../errors.js';
+import { ChrootGuardError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { asAudit, evaluatePolicy, hostWarnings, INITIAL_USER_NS, loadPolicy, policyContext, PolicyError, policyWarnings, type Policy, type PolicyContext } from '../policy.js';
 import { chrootWatch } from '../watch.js';
@@ -85,7 +85,7 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   } catch (err) {
     sub.unsubscribe();
     guard.stop();
-    if (!(err instanceof ChrootWatchError && err.code === 'LSM_UNAVAILABLE' && flags.audit)) return reportError(err);
+    if (!(err instanceof ChrootGuardError && err.code === 'LSM_UNAVAILABLE' && flags.audit)) return reportError(err);
     return auditFromWatch(policy, flags, err);
   }
   await untilSignal();
@@ -103,7 +103,7 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
  * `dir` now (whatever the failure, that guard is the one to update).
  */
 function pinnedMeanwhile(err: unknown, dir: string): boolean {
-  if (!(err instanceof ChrootWatchError) || err.code !== 'PIN_FAILED') return false;
+  if (!(err instanceof ChrootGuardError) || err.code !== 'PIN_FAILED') return false;
   try {
     return pinnedGuard({ dir }) !== null;
   } catch {
@@ -264,7 +264,7 @@ export function unloadCommand(flags: { json?: boolean; pinDir: string }): number
 }
 
 /** Where the BPF LSM cannot run: would-be decisions from the watch probes, after the fact. */
-async function auditFromWatch(policy: Policy, flags: { policy: string; json?: boolean }, why: ChrootWatchError): Promise<number> {
+async function auditFromWatch(policy: Policy, flags: { policy: string; json?: boolean }, why: ChrootGuardError): Promise<number> {
   note(`the BPF LSM is unavailable (${why.message.split(' (LSM_UNAVAILABLE)')[0]})`);
   let context: PolicyContext;
   try {

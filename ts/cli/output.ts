@@ -6,7 +6,7 @@
  */
 import type { LostReport } from '../batch.js';
 import type { AttachInfo } from '../session.js';
-import { ChrootWatchError } from '../errors.js';
+import { ChrootGuardError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { toWallClock } from '../clock.js';
 import { utf8SequenceLength } from '../utf8.js';
@@ -47,7 +47,7 @@ export function note(message: string): void {
 
 /** The exit code for an error. */
 export function exitCodeOf(err: unknown): number {
-  if (!(err instanceof ChrootWatchError)) return EXIT.FAILURE;
+  if (!(err instanceof ChrootGuardError)) return EXIT.FAILURE;
   switch (err.code) {
     case 'EPERM':
       return EXIT.NO_PERMISSION;
@@ -66,7 +66,7 @@ export function exitCodeOf(err: unknown): number {
 
 /** Prints an error (with refusals and the verifier log's tail) and returns its exit code. */
 export function reportError(err: unknown): number {
-  if (err instanceof ChrootWatchError) {
+  if (err instanceof ChrootGuardError) {
     note(`error: ${err.message}`);
     for (const r of err.refusals) note(`  ${r.mode} refused (${r.code}): ${r.reason}`);
     if (err.verifierLog) {

@@ -1,5 +1,5 @@
 //! Errors of the loader, each with a stable `code` that the TypeScript layer
-//! puts on `ChrootWatchError.code`.
+//! puts on `ChrootGuardError.code`.
 
 use chroot_guard_common::Mode;
 
@@ -30,7 +30,7 @@ pub struct Refusal {
 macro_rules! codes {
     ($($(#[$doc:meta])* $name:ident = $text:literal,)*) => {
         /// A stable code of [`Error::code`]. The TypeScript layer has the
-        /// same list (`CHROOT_WATCH_ERROR_CODES` in `ts/errors.ts`, plus the
+        /// same list (`CHROOT_GUARD_ERROR_CODES` in `ts/errors.ts`, plus the
         /// codes only it raises) and a test holds the two equal through the
         /// addon's `errorCodes()`.
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ macro_rules! codes {
             /// Every code, in the order of the list.
             pub const ALL: &'static [Code] = &[$(Code::$name,)*];
 
-            /// The code as `ChrootWatchError.code` spells it.
+            /// The code as `ChrootGuardError.code` spells it.
             pub fn as_str(self) -> &'static str {
                 match self {
                     $(Code::$name => $text,)*
@@ -178,7 +178,7 @@ fn summarize(refusals: &[Refusal]) -> String {
 }
 
 impl Error {
-    /// The stable code for `ChrootWatchError.code`: one of [`Code::ALL`].
+    /// The stable code for `ChrootGuardError.code`: one of [`Code::ALL`].
     pub fn code(&self) -> &'static str {
         self.kind().as_str()
     }

@@ -10,7 +10,7 @@ use napi::{
 use napi_derive::napi;
 
 use super::{
-    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Kernel, Shared, State},
+    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Loaded, Shared, State},
     policy::{binding_context, BindingPolicyContext},
     BindingFailure,
 };
@@ -79,10 +79,10 @@ impl BindingGuard {
     #[napi]
     pub fn update(&self, policy_json: String) -> BindingGuardResult {
         let mut state = self.handle.shared.lock();
-        let State::Running(kernel) = &mut *state else {
+        let State::Running(loaded) = &mut *state else {
             return failure(&Error::Object("the guard is not running".into()));
         };
-        let Kernel::Guard(guard) = kernel.as_mut() else {
+        let Loaded::Guard(guard) = loaded.as_mut() else {
             return failure(&Error::Object("not a guard".into()));
         };
         match Policy::from_json(&policy_json).and_then(|p| guard.update(&p)) {
@@ -95,10 +95,10 @@ impl BindingGuard {
     #[napi]
     pub fn pin(&self, dir: String) -> BindingGuardResult {
         let mut state = self.handle.shared.lock();
-        let State::Running(kernel) = &mut *state else {
+        let State::Running(loaded) = &mut *state else {
             return failure(&Error::Object("the guard is not running".into()));
         };
-        let Kernel::Guard(guard) = kernel.as_mut() else {
+        let Loaded::Guard(guard) = loaded.as_mut() else {
             return failure(&Error::Object("not a guard".into()));
         };
         match guard.pin(Path::new(&dir)) {
@@ -139,7 +139,7 @@ impl Task for GuardOpenTask {
         Ok(match opened {
             Ok(guard) => {
                 let out = success(&guard);
-                if self.shared.finish_open(Kernel::Guard(Box::new(guard))) {
+                if self.shared.finish_open(Loaded::Guard(Box::new(guard))) {
                     out
                 } else {
                     BindingGuardResult { failure: Some((&Error::Closed { what: "guard" }).into()), ..out }

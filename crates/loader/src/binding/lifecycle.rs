@@ -156,8 +156,9 @@ impl Sink for JsSink {
     }
 }
 
-/// What runs in the kernel for one binding object.
-pub enum Kernel {
+/// What one binding object has loaded into the kernel: the programs, maps
+/// and links of a watch, a guard, a pinned-guard follower or a stack count.
+pub enum Loaded {
     /// `chrootWatch()`.
     Watch(Session),
     /// `chrootGuard()`.
@@ -168,22 +169,22 @@ pub enum Kernel {
     Stacks(Stacks),
 }
 
-impl Kernel {
+impl Loaded {
     fn close(&mut self) {
         match self {
-            Kernel::Watch(s) => s.close(),
-            Kernel::Guard(g) => g.close(),
-            Kernel::Follow(f) => f.close(),
-            Kernel::Stacks(_) => {}
+            Loaded::Watch(s) => s.close(),
+            Loaded::Guard(g) => g.close(),
+            Loaded::Follow(f) => f.close(),
+            Loaded::Stacks(_) => {}
         }
     }
 
     fn stats(&self) -> SessionStats {
         match self {
-            Kernel::Watch(s) => s.stats(),
-            Kernel::Guard(g) => g.stats(),
-            Kernel::Follow(f) => f.stats(),
-            Kernel::Stacks(_) => SessionStats::default(),
+            Loaded::Watch(s) => s.stats(),
+            Loaded::Guard(g) => g.stats(),
+            Loaded::Follow(f) => f.stats(),
+            Loaded::Stacks(_) => SessionStats::default(),
         }
     }
 }
@@ -195,7 +196,7 @@ pub enum State {
     /// `open()` is loading on the libuv pool.
     Opening,
     /// Attached.
-    Running(Box<Kernel>),
+    Running(Box<Loaded>),
     /// Closed for good.
     Closed,
 }
@@ -231,16 +232,16 @@ impl Shared {
         Ok(())
     }
 
-    /// opening → running; or, when closed meanwhile, closes `kernel` and
+    /// opening → running; or, when closed meanwhile, closes `loaded` and
     /// returns false.
-    pub fn finish_open(&self, kernel: Kernel) -> bool {
+    pub fn finish_open(&self, loaded: Loaded) -> bool {
         let mut state = self.lock();
         if matches!(*state, State::Opening) {
-            *state = State::Running(Box::new(kernel));
+            *state = State::Running(Box::new(loaded));
             return true;
         }
         drop(state);
-        drop(kernel);
+        drop(loaded);
         false
     }
 
@@ -255,8 +256,8 @@ impl Shared {
     /// Closes whatever runs. Idempotent.
     pub fn close(&self) {
         let previous = std::mem::replace(&mut *self.lock(), State::Closed);
-        if let State::Running(mut kernel) = previous {
-            kernel.close();
+        if let State::Running(mut loaded) = previous {
+            loaded.close();
         }
     }
 

@@ -4,7 +4,7 @@
 //! Failures cross as data, in one shape: a result object (never a
 //! rejection) whose `failure` is absent on success and a [`BindingFailure`]
 //! otherwise, which `errorFromBinding` in `ts/errors.ts` turns into a
-//! `ChrootWatchError`.
+//! `ChrootGuardError`.
 
 mod doctor;
 mod guard;

@@ -9,7 +9,7 @@ use napi_derive::napi;
 
 use super::{
     guard::{failure, BindingGuardResult},
-    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Kernel},
+    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Loaded},
     BindingFailure,
 };
 use crate::{
@@ -216,7 +216,7 @@ impl BindingPinnedFollower {
                     stopped: false,
                     context: None,
                 };
-                if self.handle.shared.finish_open(Kernel::Follow(follower)) {
+                if self.handle.shared.finish_open(Loaded::Follow(follower)) {
                     out
                 } else {
                     BindingGuardResult { failure: Some((&Error::Closed { what: "follower" }).into()), ..out }

@@ -11,7 +11,7 @@ use napi_derive::napi;
 
 use super::{
     binding_refusal,
-    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Kernel, Shared},
+    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Loaded, Shared},
     BindingFailure, BindingRefusal,
 };
 use crate::{
@@ -151,7 +151,7 @@ impl Task for OpenTask {
                 let mode = Some(session.mode().name());
                 let refusals = session.refusals().to_vec();
                 let blind_spots = session.blind_spots().to_vec();
-                let failure = if self.shared.finish_open(Kernel::Watch(session)) {
+                let failure = if self.shared.finish_open(Loaded::Watch(session)) {
                     None
                 } else {
                     Some((&Error::Closed { what: "session" }).into())

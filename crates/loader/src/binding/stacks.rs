@@ -7,7 +7,7 @@ use napi_derive::napi;
 
 use super::{
     binding_refusal,
-    lifecycle::{Handle, Kernel, Shared, State},
+    lifecycle::{Handle, Loaded, Shared, State},
     BindingFailure, BindingRefusal,
 };
 use crate::{
@@ -111,7 +111,7 @@ impl Task for StartTask {
                     skipped: stacks.skipped().iter().map(|(h, d)| format!("{h}: {} ({})", d.reason, d.code)).collect(),
                     refusals: stacks.refusals().iter().map(binding_refusal).collect(),
                 };
-                if self.shared.finish_open(Kernel::Stacks(stacks)) {
+                if self.shared.finish_open(Loaded::Stacks(stacks)) {
                     out
                 } else {
                     BindingStacksStart { failure: Some((&Error::Closed { what: "stack counters" }).into()), ..out }
@@ -146,10 +146,10 @@ impl Task for CollectTask {
 
     fn compute(&mut self) -> napi::Result<Vec<StackCount>> {
         let state = self.shared.lock();
-        let State::Running(kernel) = &*state else {
+        let State::Running(loaded) = &*state else {
             return Err(napi::Error::new(Status::InvalidArg, "stack counters are not running"));
         };
-        let Kernel::Stacks(stacks) = kernel.as_ref() else {
+        let Loaded::Stacks(stacks) = loaded.as_ref() else {
             return Err(napi::Error::new(Status::InvalidArg, "not stack counters"));
         };
         stacks.collect().map_err(|e| napi::Error::new(Status::GenericFailure, e.to_string()))
