@@ -52,18 +52,10 @@ export type CounterTotals = LossCounts;
 export const NO_LOSS: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
 
 /**
- * The report for the counters in `batch` since `seen`, or null when nothing
+ * The report for the counter totals `total` since `seen`, or null when nothing
  * new was counted. @internal
  */
-export function lostSince(seen: CounterTotals, batch: LossCounts): LostReport | null {
-  const total: LossCounts = {
-    ringBufferFull: batch.ringBufferFull,
-    pendingFull: batch.pendingFull,
-    lsmErrors: batch.lsmErrors,
-    allowLost: batch.allowLost,
-    denyLost: batch.denyLost,
-    auditLost: batch.auditLost,
-  };
+export function lostSince(seen: CounterTotals, total: LossCounts): LostReport | null {
   const report: LostReport = {
     ringBufferFull: total.ringBufferFull - seen.ringBufferFull,
     pendingFull: total.pendingFull - seen.pendingFull,
@@ -92,7 +84,7 @@ export function readBatch(
     return seen;
   }
   if (batch.events > 0) on.data(batch.data);
-  const report = lostSince(seen, batch);
+  const report = lostSince(seen, batch.lost);
   if (!report) return seen;
   on.lost(report);
   return report.total;

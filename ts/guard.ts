@@ -190,16 +190,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
       decisions$.complete(); // a no-op after an error: late subscribers still get it
     },
     stats() {
-      const s = binding?.stats() ?? lost;
-      return {
-        decisions,
-        ringBufferFull: s.ringBufferFull,
-        pendingFull: s.pendingFull,
-        lsmErrors: s.lsmErrors,
-        allowLost: s.allowLost,
-        denyLost: s.denyLost,
-        auditLost: s.auditLost,
-      };
+      return { decisions, ...(binding?.stats().lost ?? lost) };
     },
   };
 }

@@ -86,8 +86,8 @@ export function pinnedGuard(options: PinOptions = {}): PinnedGuardStatus | null 
     ruleIds: s.ruleIds,
     linkId: s.linkId,
     programId: s.programId,
-    ringBufferFull: s.ringBufferFull,
-    lsmErrors: s.lsmErrors,
+    ringBufferFull: s.lost.ringBufferFull,
+    lsmErrors: s.lost.lsmErrors,
   };
 }
 

@@ -120,7 +120,8 @@ class KernelSession {
   }
 
   stats(): SessionStats {
-    return this.binding.stats();
+    const { events, batches, bytes, lost } = this.binding.stats();
+    return { events, batches, bytes, ringBufferFull: lost.ringBufferFull, pendingFull: lost.pendingFull };
   }
 
   private onOpen(result: BindingOpenResult): void {

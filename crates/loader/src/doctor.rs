@@ -23,8 +23,10 @@ use crate::{
     sys,
 };
 
-/// Facts about the running kernel and this process.
+/// Facts about the running kernel and this process. The binding hands it
+/// to JavaScript as it is (`BindingKernelFacts`).
 #[derive(Debug, Clone)]
+#[cfg_attr(feature = "napi", napi_derive::napi(object, js_name = "BindingKernelFacts"))]
 pub struct KernelFacts {
     /// `uname -r`.
     pub release: String,

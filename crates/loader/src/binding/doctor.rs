@@ -6,7 +6,7 @@ use napi_derive::napi;
 use super::{binding_refusal, BindingRefusal};
 use crate::{
     attach::Denial,
-    doctor::{doctor as run_doctor, Report},
+    doctor::{doctor as run_doctor, KernelFacts, Report},
 };
 use chroot_guard_common::probes::PointKind;
 
@@ -60,30 +60,11 @@ pub struct BindingModeReport {
     pub blind_spots: Vec<BindingRefusal>,
 }
 
-/// Kernel facts.
-#[napi(object)]
-pub struct BindingKernelFacts {
-    /// `uname -r`.
-    pub release: String,
-    /// `uname -m`.
-    pub machine: String,
-    /// `/sys/kernel/btf/vmlinux` exists.
-    pub btf: bool,
-    /// Lockdown mode.
-    pub lockdown: Option<String>,
-    /// Active LSMs.
-    pub lsms: Option<Vec<String>>,
-    /// kprobes available.
-    pub kprobes: bool,
-    /// What privileges are missing, if any.
-    pub missing_privileges: Option<String>,
-}
-
 /// Everything `doctor` found.
 #[napi(object)]
 pub struct BindingDoctorReport {
     /// Kernel facts.
-    pub kernel: BindingKernelFacts,
+    pub kernel: KernelFacts,
     /// Attach points.
     pub points: Vec<BindingPoint>,
     /// Modes, best first.
@@ -114,15 +95,7 @@ impl Task for DoctorTask {
 
     fn resolve(&mut self, _env: Env, r: Report) -> napi::Result<BindingDoctorReport> {
         Ok(BindingDoctorReport {
-            kernel: BindingKernelFacts {
-                release: r.kernel.release,
-                machine: r.kernel.machine,
-                btf: r.kernel.btf,
-                lockdown: r.kernel.lockdown,
-                lsms: r.kernel.lsms,
-                kprobes: r.kernel.kprobes,
-                missing_privileges: r.kernel.missing_privileges,
-            },
+            kernel: r.kernel,
             points: r
                 .points
                 .iter()

@@ -23,10 +23,44 @@ use napi_derive::napi;
 use crate::{
     guard::Guard,
     pin::Follower,
-    reader::{Batch, Sink},
+    reader::{Batch, Lost, Sink},
     session::{Session, SessionStats},
     stacks::Stacks,
 };
+
+/// The kernel's loss and error counters (`reader::Lost`, summed over
+/// CPUs), as f64: napi has no u64 that reads as a JS number.
+#[napi(object)]
+#[derive(Default)]
+pub struct BindingLost {
+    /// Records not written: the ring buffer was full (events, and decisions
+    /// of every action).
+    pub ring_buffer_full: f64,
+    /// Calls not traced because `CG_PENDING` was full.
+    pub pending_full: f64,
+    /// Decisions the LSM program could not make fully (the fail action
+    /// applied).
+    pub lsm_errors: f64,
+    /// Allow decisions not written (ring buffer half full).
+    pub allow_lost: f64,
+    /// Deny decisions not written (ring buffer full).
+    pub deny_lost: f64,
+    /// Audit decisions not written (ring buffer full).
+    pub audit_lost: f64,
+}
+
+impl From<Lost> for BindingLost {
+    fn from(l: Lost) -> Self {
+        BindingLost {
+            ring_buffer_full: l.ring_buffer_full as f64,
+            pending_full: l.pending_full as f64,
+            lsm_errors: l.lsm_errors as f64,
+            allow_lost: l.allow_lost as f64,
+            deny_lost: l.deny_lost as f64,
+            audit_lost: l.audit_lost as f64,
+        }
+    }
+}
 
 /// One batch of raw events (`[u32 len][u32 0][record][pad]`...).
 #[napi(object)]
@@ -35,19 +69,8 @@ pub struct BindingBatch {
     pub data: Buffer,
     /// Number of records.
     pub events: u32,
-    /// Total events lost to a full ring buffer since load.
-    pub ring_buffer_full: f64,
-    /// Total calls not traced because `CG_PENDING` was full, since load.
-    pub pending_full: f64,
-    /// Total decisions the LSM program could not make fully (the fail
-    /// action applied).
-    pub lsm_errors: f64,
-    /// Total allow decisions not written (ring buffer half full), since load.
-    pub allow_lost: f64,
-    /// Total deny decisions not written (ring buffer full), since load.
-    pub deny_lost: f64,
-    /// Total audit decisions not written (ring buffer full), since load.
-    pub audit_lost: f64,
+    /// Counter totals since load, read after the batch was taken.
+    pub lost: BindingLost,
     /// Set when the reader thread stopped on an error: no batch follows.
     pub error: Option<String>,
 }
@@ -61,33 +84,13 @@ pub struct BindingStats {
     pub batches: f64,
     /// Bytes delivered to JS.
     pub bytes: f64,
-    /// Events lost to a full ring buffer.
-    pub ring_buffer_full: f64,
-    /// Calls not traced: `CG_PENDING` full.
-    pub pending_full: f64,
-    /// Decisions the LSM program could not make.
-    pub lsm_errors: f64,
-    /// Allow decisions not written.
-    pub allow_lost: f64,
-    /// Deny decisions not written.
-    pub deny_lost: f64,
-    /// Audit decisions not written.
-    pub audit_lost: f64,
+    /// Counter totals since load.
+    pub lost: BindingLost,
 }
 
 impl From<SessionStats> for BindingStats {
     fn from(s: SessionStats) -> Self {
-        BindingStats {
-            events: s.events as f64,
-            batches: s.batches as f64,
-            bytes: s.bytes as f64,
-            ring_buffer_full: s.lost.ring_buffer_full as f64,
-            pending_full: s.lost.pending_full as f64,
-            lsm_errors: s.lost.lsm_errors as f64,
-            allow_lost: s.lost.allow_lost as f64,
-            deny_lost: s.lost.deny_lost as f64,
-            audit_lost: s.lost.audit_lost as f64,
-        }
+        BindingStats { events: s.events as f64, batches: s.batches as f64, bytes: s.bytes as f64, lost: s.lost.into() }
     }
 }
 
@@ -123,12 +126,7 @@ impl Sink for JsSink {
         let value = BindingBatch {
             data: batch.data.into(),
             events: batch.events,
-            ring_buffer_full: batch.lost.ring_buffer_full as f64,
-            pending_full: batch.lost.pending_full as f64,
-            lsm_errors: batch.lost.lsm_errors as f64,
-            allow_lost: batch.lost.allow_lost as f64,
-            deny_lost: batch.lost.deny_lost as f64,
-            audit_lost: batch.lost.audit_lost as f64,
+            lost: batch.lost.into(),
             error: None,
         };
         let status = self.tsfn.call(value, ThreadsafeFunctionCallMode::NonBlocking);
@@ -143,12 +141,7 @@ impl Sink for JsSink {
         let value = BindingBatch {
             data: Vec::new().into(),
             events: 0,
-            ring_buffer_full: 0.0,
-            pending_full: 0.0,
-            lsm_errors: 0.0,
-            allow_lost: 0.0,
-            deny_lost: 0.0,
-            audit_lost: 0.0,
+            lost: BindingLost::default(),
             error: Some(reason),
         };
         self.in_flight.fetch_add(1, Ordering::AcqRel);

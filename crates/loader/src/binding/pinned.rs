@@ -9,7 +9,7 @@ use napi_derive::napi;
 
 use super::{
     guard::{failure, BindingGuardResult},
-    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Loaded},
+    lifecycle::{BindingBatch, BindingLost, BindingStats, Handle, JsSink, Loaded},
     BindingFailure,
 };
 use crate::{
@@ -36,11 +36,10 @@ pub struct BindingPinnedStatus {
     pub link_id: u32,
     /// `lsm/path_chroot` program id.
     pub program_id: u32,
-    /// Decisions not delivered: the ring buffer was full (nobody reads it
-    /// once the pinning process is gone).
-    pub ring_buffer_full: f64,
-    /// Decisions made with the default action after an internal error.
-    pub lsm_errors: f64,
+    /// Counter totals since the guard was loaded: decisions not delivered
+    /// (the ring buffer was full: nobody reads it once the pinning process is
+    /// gone) and decisions made with the default action after an error.
+    pub lost: BindingLost,
     /// Why the status could not be read; absent when it was.
     pub failure: Option<BindingFailure>,
 }
@@ -65,8 +64,7 @@ pub fn pinned_guard_status(dir: String) -> BindingPinnedStatus {
         rule_ids: Vec::new(),
         link_id: 0,
         program_id: 0,
-        ring_buffer_full: 0.0,
-        lsm_errors: 0.0,
+        lost: BindingLost::default(),
         failure: None,
     };
     let status = sys::check_privileges().and_then(|()| match PinnedGuard::open(Path::new(&dir))? {
@@ -83,8 +81,7 @@ pub fn pinned_guard_status(dir: String) -> BindingPinnedStatus {
             rule_ids: s.rule_ids,
             link_id: s.link_id,
             program_id: s.program_id,
-            ring_buffer_full: s.lost.ring_buffer_full as f64,
-            lsm_errors: s.lost.lsm_errors as f64,
+            lost: s.lost.into(),
             ..empty
         },
         Err(e) => BindingPinnedStatus { pinned: Path::new(&dir).exists(), failure: Some((&e).into()), ..empty },
