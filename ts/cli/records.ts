@@ -7,8 +7,8 @@
  * @internal
  * @module
  */
-import type { ChrootDecision } from '../decision.js';
-import type { ChrootEvent } from '../events.js';
+import { DECISION_FIELDS, type ChrootDecision } from '../decision.js';
+import { CALL_FIELDS, compileObject, IDENTITY_FIELDS, type ChrootEvent } from '../events.js';
 import type { Refusal } from '../errors.js';
 import type { LossCounts, LostReport } from '../batch.js';
 import type { AttachInfo } from '../session.js';
@@ -32,77 +32,27 @@ export function attachRecord(ts: bigint, a: { mode: AttachInfo['mode'] | 'lsm'; 
   });
 }
 
-/** The fields `chroot` and `decision` records share: who called, with what, and what the kernel resolved; byte fields also as base64. */
-function identity(e: Omit<ChrootEvent, 'ret' | 'errno' | 'lsmRet' | 'probe' | 'enterTs'>) {
-  // Field by field: this runs per event (object rest/spread is far slower in V8).
-  return {
-    ts: e.ts,
-    pid: e.pid,
-    tid: e.tid,
-    nsPid: e.nsPid,
-    nsTid: e.nsTid,
-    ppid: e.ppid,
-    uid: e.uid,
-    gid: e.gid,
-    euid: e.euid,
-    egid: e.egid,
-    comm: e.comm,
-    commBase64: e.commBytes.toString('base64'),
-    cgroupId: e.cgroupId,
-    mntNs: e.mntNs,
-    pidNs: e.pidNs,
-    userNs: e.userNs,
-    exeDev: e.exeDev,
-    exeIno: e.exeIno,
-    exeUnknown: e.exeUnknown,
-    exe: e.exe,
-    exeBase64: e.exeBytes === null ? null : e.exeBytes.toString('base64'),
-    exeTruncated: e.exeTruncated,
-    exeUnreachable: e.exeUnreachable,
-    exeDeleted: e.exeDeleted,
-    exeMemfd: e.exeMemfd,
-    parentComm: e.parentComm,
-    parentCommBase64: e.parentCommBytes.toString('base64'),
-    parentExe: e.parentExe,
-    parentExeBase64: e.parentExeBytes === null ? null : e.parentExeBytes.toString('base64'),
-    parentExeTruncated: e.parentExeTruncated,
-    parentExeUnreachable: e.parentExeUnreachable,
-    parentExeDeleted: e.parentExeDeleted,
-    parentExeMemfd: e.parentExeMemfd,
-    path: e.path,
-    pathBase64: e.pathBytes.toString('base64'),
-    pathTruncated: e.pathTruncated,
-    pathUnreadable: e.pathUnreadable,
-    pathReadLate: e.pathReadLate,
-    resolvedPath: e.resolvedPath,
-    resolvedPathBase64: e.resolvedPathBytes === null ? null : e.resolvedPathBytes.toString('base64'),
-    resolvedPathTruncated: e.resolvedPathTruncated,
-    resolvedPathUnreachable: e.resolvedPathUnreachable,
-    callerChrooted: e.callerChrooted,
-  };
-}
+/**
+ * The fields `chroot` and `decision` records share (who called, with what,
+ * and what the kernel resolved), each byte field as base64 in place of its
+ * Buffer (`commBytes` → `commBase64`).
+ */
+const IDENTITY: ReadonlyArray<readonly [string, string]> = IDENTITY_FIELDS.map((f) =>
+  f.endsWith('Bytes') ? ([f.replace(/Bytes$/, 'Base64'), `e.${f} === null ? null : e.${f}.toString('base64')`] as const) : ([f, `e.${f}`] as const),
+);
+
+const chrootObject = compileObject<(e: ChrootEvent) => object>(['e'], [['type', "'chroot'"], ...IDENTITY, ...CALL_FIELDS.map((f) => [f, `e.${f}`] as const)]);
+
+const decisionObject = compileObject<(e: ChrootDecision) => object>(['e'], [['type', "'decision'"], ...IDENTITY, ...DECISION_FIELDS.map((f) => [f, `e.${f}`] as const)]);
 
 /** `chroot`: one chroot(2) call, every field of {@link ChrootEvent}. */
 export function chrootRecord(e: ChrootEvent): string {
-  return jsonWithBigInts({ type: 'chroot', ...identity(e), enterTs: e.enterTs, ret: e.ret, errno: e.errno, lsmRet: e.lsmRet, probe: e.probe });
+  return jsonWithBigInts(chrootObject(e));
 }
 
 /** `decision`: one decision of the guard, every field of {@link ChrootDecision}. */
 export function decisionRecord(d: ChrootDecision): string {
-  return jsonWithBigInts({
-    type: 'decision',
-    ...identity(d),
-    action: d.action,
-    ruleId: d.ruleId,
-    reason: d.reason,
-    error: d.error,
-    initialNamespaces: d.initialNamespaces,
-    denied: d.denied,
-    wouldDeny: d.wouldDeny,
-    policyMode: d.policyMode,
-    generation: d.generation,
-    source: d.source,
-  });
+  return jsonWithBigInts(decisionObject(d));
 }
 
 const counts = (c: LossCounts) => ({
