@@ -705,7 +705,7 @@ export function asAudit(p: Policy): Policy {
  * digits) stands for one byte (a directory whose name is not UTF-8) and
  * `\\` for a backslash. A string saying what is wrong when an escape is
  * bad. The loader decodes the same way (`path_bytes` in
- * `crates/loader/src/policy.rs`).
+ * `crates/loader/src/policy/compile.rs`).
  */
 export function pathBytes(p: string): Buffer | string {
   const out: number[] = [];

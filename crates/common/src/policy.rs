@@ -1,6 +1,6 @@
 //! The compiled policy as the `lsm/path_chroot` program reads it from maps.
 //!
-//! User space (`crates/loader/src/policy.rs`) compiles a validated policy
+//! User space (`crates/loader/src/policy/`) compiles a validated policy
 //! into one of two slots and then flips `CG_ACTIVE` to it, so a policy takes
 //! effect whole or not at all. Rule order is preserved: the first rule that
 //! matches decides.
