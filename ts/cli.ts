@@ -14,7 +14,7 @@ import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
 import { watch } from './cli/watch.js';
 import { ATTACH_MODES, MODE_CHOICES } from './errors.js';
 import { DEFAULT_PIN_DIR } from './pinned.js';
-import { MAX_POLICY_BYTES } from './policy.js';
+import { MAX_POLICY_BYTES } from './policy/types.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 

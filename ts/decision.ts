@@ -6,7 +6,8 @@
  * @module
  */
 import { compileObject, IDENTITY_FIELDS, type CallField, type ChrootEvent, type DecisionReason, type RawDecision } from './events.js';
-import type { PolicyAction, PolicyContext } from './policy.js';
+import type { PolicyContext } from './policy/evaluate.js';
+import type { PolicyAction } from './policy/types.js';
 
 /** The guard once the policy is in force. */
 export interface GuardInfo {

@@ -28,18 +28,11 @@ export {
   type PinnedGuardStatus,
   type PinnedGuardUnload,
 } from './pinned.js';
+export { parsePolicy, loadPolicy, validatePolicy, policyWarnings, hostWarnings, policySchema } from './policy/validate.js';
+export { evaluatePolicy, policyContext, INITIAL_USER_NS, type PolicyContext, type FileIdentity, type Evaluation } from './policy/evaluate.js';
 export {
-  parsePolicy,
-  loadPolicy,
-  validatePolicy,
-  evaluatePolicy,
-  policyContext,
-  policyWarnings,
-  hostWarnings,
   pathBytes,
-  INITIAL_USER_NS,
   formatProblem,
-  policySchema,
   PolicyError,
   MAX_RULES,
   MAX_PATHS,
@@ -55,9 +48,6 @@ export {
   type PolicyRule,
   type PolicyMatch,
   type PolicyConditions,
-  type PolicyContext,
-  type FileIdentity,
   type PolicyAction,
   type PolicyProblem,
-  type Evaluation,
-} from './policy.js';
+} from './policy/types.js';

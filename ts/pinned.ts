@@ -25,7 +25,8 @@ import { toDecision, type ChrootDecision, type GuardInfo } from './decision.js';
 import { ChrootGuardError, check, errorFromBinding } from './errors.js';
 import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
-import { validatePolicy, type Policy, type PolicyAction } from './policy.js';
+import type { Policy, PolicyAction } from './policy/types.js';
+import { validatePolicy } from './policy/validate.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
 import { callUser } from './callback.js';
 

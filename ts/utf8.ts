@@ -1,7 +1,8 @@
 /**
- * Byte-level UTF-8 checks shared by policy reading (`ts/policy.ts`: where
- * the first bad byte of a file is) and the CLI's terminal escaping
- * (`ts/cli/output.ts`: which bytes form a character and which do not).
+ * Byte-level UTF-8 checks shared by policy reading
+ * (`ts/policy/validate.ts`: where the first bad byte of a file is) and the
+ * CLI's terminal escaping (`ts/cli/output.ts`: which bytes form a character
+ * and which do not).
  * @internal
  * @module
  */

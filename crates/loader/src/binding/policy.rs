@@ -1,8 +1,8 @@
 //! Policies without the kernel: the facts a compile reads from the system
-//! (for `evaluatePolicy` in TS, `ts/policy.ts`), and, internal for tests,
-//! the compiler and its limits, reachable from Node.js without the BPF LSM
-//! or privileges, so tests can hold `chroot-guard check` (TypeScript) and
-//! the compiler (Rust) to the same limits on any host.
+//! (for `evaluatePolicy` in TS, `ts/policy/evaluate.ts`), and, internal for
+//! tests, the compiler and its limits, reachable from Node.js without the
+//! BPF LSM or privileges, so tests can hold `chroot-guard check`
+//! (TypeScript) and the compiler (Rust) to the same limits on any host.
 
 use chroot_guard_common::{
     policy::{MAX_EXES, MAX_PATHS, MAX_RULES, RULE_ID_BYTES},
@@ -108,8 +108,9 @@ pub struct BindingPolicyLimits {
 }
 
 /// The compiler's limits, from `chroot_guard_common` (where the kernel's
-/// map sizes come from too). Internal, for tests: `ts/policy.ts` keeps its
-/// own copies (so `check` works without the addon) and a test compares them.
+/// map sizes come from too). Internal, for tests: `ts/policy/types.ts`
+/// keeps its own copies (so `check` works without the addon) and a test
+/// compares them.
 #[napi]
 pub fn policy_limits() -> BindingPolicyLimits {
     BindingPolicyLimits {
