@@ -19,7 +19,8 @@ import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootGuard, evaluatePolicy, type ChrootDecision, type ChrootEvent, type ChrootGuard, type GuardInfo, type Policy, type PolicyConditions, type PolicyRule } from '../ts/index.js';
-import { LSM, LSM_WHY as WHY, sleep } from './helpers.js';
+import { sleep } from './helpers.js';
+import { LSM, lsmTitle } from './lsm.js';
 
 /** Policies per run, and calls per policy: 200 × 10 = 2,000 kernel decisions compared. */
 const RUNS = Number(process.env.CG_DIFFERENTIAL_RUNS ?? 200);
@@ -95,7 +96,7 @@ function ownCgroup(): number {
   return statSync(`/sys/fs/cgroup${path}`).ino;
 }
 
-describe.skipIf(!LSM)(`kernel and evaluatePolicy decide alike (skipped here: ${LSM ? '' : WHY})`, () => {
+describe.skipIf(!LSM)(lsmTitle(`kernel and evaluatePolicy decide alike`), () => {
   let world: World;
   let base: string;
   let guard: ChrootGuard;

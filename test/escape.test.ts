@@ -5,8 +5,8 @@
  * (test/attacks/chroot_via.py) runs for real, as root and as an
  * unprivileged user inside `unshare -Urm` (a user namespace of their own:
  * CAP_SYS_ADMIN over their own mounts and CAP_SYS_CHROOT), against
- * `lsm/path_chroot`. The BPF LSM runs in the VM (CG_EXPECT_AUTO_MODE=fentry);
- * the host refuses it (lockdown), and the watch side of the same walk
+ * `lsm/path_chroot`. They run where `doctor()` finds the BPF LSM running
+ * (test/lsm.ts: the VM); the host refuses it (lockdown), and the watch side of the same walk
  * (`resolvedPathUnreachable`, `callerChrooted`) is tested in every mode,
  * host included, in watch.test.ts.
  */
@@ -14,7 +14,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, realpathSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootGuard, type ChrootDecision, type Policy } from '../ts/index.js';
-import { attackBench, guarded, LSM, LSM_WHY as WHY, sleep, UNREACHABLE_VARIANTS, type Attack, type AttackBench, type Guarded } from './helpers.js';
+import { attackBench, guarded, sleep, UNREACHABLE_VARIANTS, type Attack, type AttackBench, type Guarded } from './helpers.js';
+import { LSM, lsmTitle } from './lsm.js';
 
 
 let bench: AttackBench;
@@ -26,7 +27,7 @@ beforeAll(() => {
 afterAll(() => bench.remove());
 const attack = (...args: Parameters<AttackBench['attack']>) => bench.attack(...args);
 
-describe.skipIf(!LSM)(`guard: directories reached without their path (skipped here: ${LSM ? '' : WHY})`, () => {
+describe.skipIf(!LSM)(lsmTitle(`guard: directories reached without their path`), () => {
   let g: Guarded;
   beforeAll(async () => {
     g = await guarded({ mode: 'enforce', default: 'allow', rules: [{ id: 'no-deny', action: 'deny', match: { subtree: `${dir}/deny` } }] });
@@ -57,7 +58,7 @@ describe.skipIf(!LSM)(`guard: directories reached without their path (skipped he
 
 // Each with a guard of its own: with the subtree guard above still attached,
 // its deny rule would decide every unreachable path first.
-describe.skipIf(!LSM)(`guard: the caller's root and namespaces (skipped here: ${LSM ? '' : WHY})`, () => {
+describe.skipIf(!LSM)(lsmTitle(`guard: the caller's root and namespaces`), () => {
   it('a caller whose root lies in a detached tree counts as chrooted (the kernel\'s notion)', async () => {
     const nested = await guarded({ mode: 'enforce', rules: [{ id: 'no-nesting', action: 'deny', match: { alreadyChrooted: true } }] });
     try {
@@ -117,7 +118,7 @@ describe.skipIf(!LSM)(`guard: the caller's root and namespaces (skipped here: ${
   });
 });
 
-describe.skipIf(!LSM)(`guard: a flood of allowed calls (skipped here: ${LSM ? '' : WHY})`, () => {
+describe.skipIf(!LSM)(lsmTitle(`guard: a flood of allowed calls`), () => {
   it('an unprivileged flood of allowed chroots with long arguments never pushes out a deny decision, and every record not written is counted by action', async () => {
     const guard = chrootGuard(
       { mode: 'enforce', rules: [{ id: 'no-deny', action: 'deny', match: { subtree: `${dir}/deny` } }] },
@@ -178,7 +179,7 @@ describe.skipIf(!LSM)(`guard: a flood of allowed calls (skipped here: ${LSM ? ''
   }, 180_000);
 });
 
-describe.skipIf(!LSM)(`guard: calls racing policy updates (skipped here: ${LSM ? '' : WHY})`, () => {
+describe.skipIf(!LSM)(lsmTitle(`guard: calls racing policy updates`), () => {
   it('a decision that read a policy replaced meanwhile is never taken from the torn read: failMode decides, reported as policy-torn', async () => {
     // A deep root makes each decision long (the walk and the hash pass), so
     // a tight update loop replaces the policy twice inside many of them.

@@ -1,9 +1,9 @@
 /**
  * The guard: policies decided in the kernel by `lsm/path_chroot`, against
- * real chroot calls. The BPF LSM runs in the stock-kernel VM
- * (CG_EXPECT_AUTO_MODE=fentry), where every test here runs; on the host it
- * is refused (fentry and LSM programs get EPERM, docs/platform.md),
- * where the LSM_UNAVAILABLE path is tested instead.
+ * real chroot calls. They run where `doctor()` finds the BPF LSM running
+ * (test/lsm.ts): the stock-kernel VM. Where it is refused (the host: fentry
+ * and LSM programs get EPERM, docs/platform.md) the LSM_UNAVAILABLE path is
+ * tested instead.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, realpathSync, writeFileSync } from 'node:fs';
@@ -24,7 +24,8 @@ import {
   type ChrootGuard,
   type Policy,
 } from '../ts/index.js';
-import { CLI, cli, guarded, heldByThisProcess, LSM, LSM_WHY as WHY, ndjson, sleep, tryChroot, type Guarded } from './helpers.js';
+import { CLI, cli, guarded, heldByThisProcess, ndjson, sleep, tryChroot, type Guarded } from './helpers.js';
+import { LSM, lsmTitle } from './lsm.js';
 
 
 let root: BusyboxRoot;
@@ -45,7 +46,7 @@ const denyJails = (mode: Policy['mode'] = 'enforce'): Policy => ({
   rules: [{ id: 'no-jails', action: 'deny', match: { subtree: jails } }],
 });
 
-describe.skipIf(!LSM)(`guard (lsm/path_chroot; skipped here: ${LSM ? '' : WHY})`, () => {
+describe.skipIf(!LSM)(lsmTitle(`guard (lsm/path_chroot)`), () => {
   let g: Guarded | undefined;
   afterAll(() => g?.guard.stop());
 
@@ -198,7 +199,7 @@ describe.skipIf(!LSM)(`guard (lsm/path_chroot; skipped here: ${LSM ? '' : WHY})`
   });
 });
 
-describe.skipIf(!LSM)(`pinned guard: enforce --pin, status, unload (skipped here: ${LSM ? '' : WHY})`, () => {
+describe.skipIf(!LSM)(lsmTitle(`pinned guard: enforce --pin, status, unload`), () => {
   const dir = '/sys/fs/bpf/chroot-guard-test';
   let programId = 0;
   afterAll(() => void cli('unload', '--pin-dir', dir));

@@ -145,12 +145,6 @@ export function cli(...args: string[]) {
   return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
 }
 
-/** Whether the BPF LSM runs here: the stock-kernel VM says so (`CG_EXPECT_AUTO_MODE=fentry`); the host refuses it. */
-export const LSM = process.env.CG_EXPECT_AUTO_MODE === 'fentry';
-
-/** Why the BPF LSM tests skip where they skip. */
-export const LSM_WHY = 'the BPF LSM cannot run on this kernel (lsm programs are refused with EPERM); these run in the VM';
-
 /**
  * perl chroots into `dir`, then says what happened ("ok" or "EPERM") and
  * whether its root is unchanged (it still sees /etc/passwd: "outside").

@@ -28,9 +28,9 @@ import {
   type Policy,
   type PolicyMatch,
 } from '../ts/index.js';
-import { CLI, cli, LSM, ourPrograms, sleep, TEST_MODE, tryChroot } from './helpers.js';
+import { CLI, cli, ourPrograms, sleep, TEST_MODE, tryChroot } from './helpers.js';
+import { LSM, lsmTitle } from './lsm.js';
 
-const WHY = 'the BPF LSM cannot run on this kernel (lsm programs are refused with EPERM), so no real guard can be pinned; these run in the VM';
 const LOCK_DIR = '/run/chroot-guard';
 const NOBODY = 65534;
 
@@ -359,7 +359,7 @@ describe('the bpffs chroot-guard mounts itself', () => {
 
 const deny = (id: string, match: PolicyMatch): Policy => ({ mode: 'enforce', rules: [{ id, action: 'deny', match }] });
 
-describe.skipIf(!LSM)(`a real pinned guard (skipped here: ${LSM ? '' : WHY})`, () => {
+describe.skipIf(!LSM)(lsmTitle(`a real pinned guard`), () => {
   let roots: string;
   beforeAll(() => {
     roots = `${tmp}/roots`;

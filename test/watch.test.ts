@@ -15,7 +15,8 @@ import { openSessionCount } from '../ts/session.js';
 import { DECODED_KEYS } from '../ts/events.js';
 import { native } from '../ts/native.js';
 import { chrootRecord } from '../ts/cli/records.js';
-import { attackBench, guarded, ndjson, heldByThisProcess, LSM, LSM_WHY, record, sleep, TEST_MODE, tryChroot, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
+import { attackBench, guarded, ndjson, heldByThisProcess, record, sleep, TEST_MODE, tryChroot, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
+import { LSM, lsmTitle } from './lsm.js';
 
 let root: BusyboxRoot;
 let rootPath: string;
@@ -297,7 +298,7 @@ describe('the decoder and the stream', () => {
   });
 });
 
-describe.skipIf(!LSM)(`the watch probes beside the guard (mode ${TEST_MODE}; skipped here: ${LSM ? '' : LSM_WHY})`, () => {
+describe.skipIf(!LSM)(lsmTitle(`the watch probes beside the guard (mode ${TEST_MODE})`), () => {
   it(`a call the guard denies: the event has EPERM${TEST_MODE === 'tracepoint' ? '' : ', the LSM verdict and the resolved path from security_path_chroot'}`, async () => {
     const bench = attackBench();
     const g = await guarded({ mode: 'enforce', rules: [{ id: 'no-deny', action: 'deny', match: { subtree: `${bench.dir}/deny` } }] });

@@ -2,7 +2,8 @@
 //! its compilation into the maps of `lsm/path_chroot` (see
 //! `chroot_guard_common::policy`).
 //!
-//! Compilation is pure (no kernel); [`Compiled::write`] then fills the
+//! Compiling touches no BPF map (it reads only the caller's mount namespace
+//! and each `exe` file's identity); [`Compiled::write`] then fills the
 //! inactive slot and flips `CG_ACTIVE`, so a policy takes effect whole or,
 //! on any error, not at all.
 //!
