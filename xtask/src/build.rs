@@ -58,7 +58,7 @@ pub fn build() -> Result<()> {
         "--manifest-path",
         "crates/loader/Cargo.toml",
         "--output-dir",
-        "ts/native",
+        "target/napi-out",
         "--js",
         "binding.cjs",
         "--dts",
@@ -66,18 +66,31 @@ pub fn build() -> Result<()> {
         "--package-json-path",
         "package.json",
     ]))?;
+    install_dir(&root().join("target/napi-out"), &root().join("ts/native"))?;
     step("TypeScript (tsc --noEmit, then tsup: ESM, CommonJS, declarations, CLI)");
     run(&mut npx(&["tsc", "-p", "tsconfig.json", "--noEmit"]))?;
     run(&mut npx(&["tsup", "--silent"]))?;
-    let (from, to) = (root().join("ts/native"), root().join("dist/native"));
-    fs::create_dir_all(&to)?;
-    for entry in fs::read_dir(&from)? {
-        let entry = entry?;
-        fs::copy(entry.path(), to.join(entry.file_name()))?;
-    }
+    install_dir(&root().join("ts/native"), &root().join("dist/native"))?;
     let cli = root().join("dist/cli.js");
     if cli.exists() {
         fs::set_permissions(&cli, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+/// Copies every file of `from` into `to`, each to a temporary name first and
+/// then renamed over the old one. A process that has the old `.node` addon
+/// loaded (a CLI or test still running) keeps its mapping of the old inode;
+/// copying over the file in place would change the pages under it and crash
+/// it.
+fn install_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let tmp = to.join(format!(".{}.tmp", name.to_string_lossy()));
+        fs::copy(entry.path(), &tmp).with_context(|| format!("copying {}", entry.path().display()))?;
+        fs::rename(&tmp, to.join(&name))?;
     }
     Ok(())
 }
