@@ -86,5 +86,49 @@ pub fn docs(check: bool) -> Result<()> {
     if !stale.is_empty() {
         bail!("generated probe tables are stale in {}: run `cargo xtask docs`", stale.join(", "));
     }
+    check_rooms()
+}
+
+/// The source files the rooms table of docs/architecture.md must name.
+const SOURCE_ENDINGS: &[&str] = &[".rs", ".ts", ".mjs", ".c", ".py"];
+const ROOMS_BEGIN: &str = "<!-- rooms:begin -->";
+const ROOMS_END: &str = "<!-- rooms:end -->";
+
+/// Checks that the rooms table of docs/architecture.md names every folder
+/// holding source files git tracks, and in each row exactly the files
+/// there (generated packages under `npm/` aside). Written by hand, since
+/// what each room holds is prose; checked, so that it follows the tree.
+fn check_rooms() -> Result<()> {
+    let text = fs::read_to_string(root().join("docs/architecture.md"))?;
+    let (Some(b), Some(e)) = (text.find(ROOMS_BEGIN), text.find(ROOMS_END)) else {
+        bail!("docs/architecture.md has no `{ROOMS_BEGIN}` … `{ROOMS_END}` table");
+    };
+    let mut documented = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for row in text[b..e].lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (Some(folder), Some(files)) = (cells.get(1), cells.get(3)) else { continue };
+        let names = files.split_whitespace().map(|f| f.trim_matches('`').to_string()).collect();
+        documented.insert(folder.trim_matches('`').to_string(), names);
+    }
+    let listed = xtask::output(std::process::Command::new("git").arg("-C").arg(root()).arg("ls-files"))?;
+    let mut actual = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for path in listed.lines().filter(|p| !p.starts_with("npm/") && SOURCE_ENDINGS.iter().any(|e| p.ends_with(e))) {
+        let (folder, name) = path.rsplit_once('/').unwrap_or((".", path));
+        actual.entry(folder.to_string()).or_default().insert(name.to_string());
+    }
+    if documented != actual {
+        let mut diff = Vec::new();
+        for (folder, files) in &actual {
+            match documented.get(folder) {
+                None => diff.push(format!("folder {folder} has no row")),
+                Some(named) => {
+                    diff.extend(files.difference(named).map(|f| format!("{folder}/{f} is not named")));
+                    diff.extend(named.difference(files).map(|f| format!("{folder}/{f} is named but not in the tree")));
+                }
+            }
+        }
+        diff.extend(documented.keys().filter(|f| !actual.contains_key(*f)).map(|f| format!("row {f} names no folder of the tree")));
+        bail!("docs/architecture.md's rooms table and the tree differ: {}", diff.join("; "));
+    }
     Ok(())
 }
