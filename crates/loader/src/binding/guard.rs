@@ -10,7 +10,7 @@ use napi::{
 use napi_derive::napi;
 
 use super::{
-    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Loaded, Shared, State},
+    lifecycle::{handle_methods, BindingBatch, BindingStats, Handle, JsSink, Loaded, Shared, State},
     policy::{binding_context, BindingPolicyContext},
     BindingFailure,
 };
@@ -106,19 +106,9 @@ impl BindingGuard {
             Err(e) => BindingGuardResult { stopped: !guard.running(), ..failure(&e) },
         }
     }
-
-    /// Detaches the program, frees the maps, joins the reader. Idempotent.
-    #[napi]
-    pub fn close(&self, env: Env) -> napi::Result<()> {
-        self.handle.close(&env)
-    }
-
-    /// Totals so far.
-    #[napi]
-    pub fn stats(&self) -> BindingStats {
-        self.handle.stats()
-    }
 }
+
+handle_methods!(BindingGuard, "Detaches the program, frees the maps, joins the reader. Idempotent.");
 
 /// Runs [`Guard::open`] off the JS thread.
 pub struct GuardOpenTask {

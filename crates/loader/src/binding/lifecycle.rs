@@ -300,3 +300,27 @@ impl Handle {
         self.shared.stats()
     }
 }
+
+/// `close()` and `stats()` of a binding class holding a [`Handle`] in
+/// `self.handle`, with `close`'s doc (what closing releases for that
+/// class). napi-rs classes have no inheritance: each class declares its
+/// own JavaScript methods, in a second `#[napi] impl` block here.
+macro_rules! handle_methods {
+    ($class:ty, $close_doc:literal) => {
+        #[napi]
+        impl $class {
+            #[doc = $close_doc]
+            #[napi]
+            pub fn close(&self, env: Env) -> napi::Result<()> {
+                self.handle.close(&env)
+            }
+
+            /// Totals so far (zeros unless running).
+            #[napi]
+            pub fn stats(&self) -> BindingStats {
+                self.handle.stats()
+            }
+        }
+    };
+}
+pub(crate) use handle_methods;

@@ -9,7 +9,7 @@ use napi_derive::napi;
 
 use super::{
     guard::{failure, BindingGuardResult},
-    lifecycle::{BindingBatch, BindingLost, BindingStats, Handle, JsSink, Loaded},
+    lifecycle::{handle_methods, BindingBatch, BindingLost, BindingStats, Handle, JsSink, Loaded},
     BindingFailure,
 };
 use crate::{
@@ -225,16 +225,6 @@ impl BindingPinnedFollower {
             }
         })
     }
-
-    /// Stops reading; the guard stays pinned. Idempotent.
-    #[napi]
-    pub fn close(&self, env: Env) -> napi::Result<()> {
-        self.handle.close(&env)
-    }
-
-    /// Totals so far.
-    #[napi]
-    pub fn stats(&self) -> BindingStats {
-        self.handle.stats()
-    }
 }
+
+handle_methods!(BindingPinnedFollower, "Stops reading; the guard stays pinned. Idempotent.");

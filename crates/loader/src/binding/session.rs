@@ -11,7 +11,7 @@ use napi_derive::napi;
 
 use super::{
     binding_refusal,
-    lifecycle::{BindingBatch, BindingStats, Handle, JsSink, Loaded, Shared},
+    lifecycle::{handle_methods, BindingBatch, BindingStats, Handle, JsSink, Loaded, Shared},
     BindingFailure, BindingRefusal,
 };
 use crate::{
@@ -105,21 +105,9 @@ impl BindingSession {
         self.handle.shared.begin_open()?;
         Ok(AsyncTask::new(OpenTask { shared: Arc::clone(&self.handle.shared), options: self.options.clone(), sink: Some(sink) }))
     }
-
-    /// Stops the reader thread, releases the callback and detaches every
-    /// program. Idempotent; safe while `open()` is still running (the
-    /// session is then closed as soon as it is up).
-    #[napi]
-    pub fn close(&self, env: Env) -> napi::Result<()> {
-        self.handle.close(&env)
-    }
-
-    /// Totals so far (zeros unless running).
-    #[napi]
-    pub fn stats(&self) -> BindingStats {
-        self.handle.stats()
-    }
 }
+
+handle_methods!(BindingSession, "Stops the reader thread, releases the callback and detaches every program. Idempotent; safe while `open()` is still running (the session is then closed as soon as it is up).");
 
 /// Runs [`Session::open`] off the JS thread.
 pub struct OpenTask {
