@@ -52,6 +52,7 @@ export async function demo(flags: DemoFlags): Promise<number> {
     const done = () => expected.every(({ pid, call }) => seen.some((e) => e.pid === pid && e.path === call.path));
     const deadline = Date.now() + 5000;
     while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    printer.finish(undefined);
     let ok = true;
     note('summary (expected call → event seen):');
     for (const { pid, call } of expected) {

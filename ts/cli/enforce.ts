@@ -92,6 +92,7 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   }
   await untilSignal();
   sub.unsubscribe();
+  printer.finish();
   const s = guard.stats();
   guard.stop();
   note(
@@ -238,6 +239,7 @@ export async function followCommand(flags: { json?: boolean; pinDir: string }): 
       resolve();
     });
   });
+  printer.finish();
   if (failed) return reportError(failed);
   note(`stopped following: ${count} decision${count === 1 ? '' : 's'}; the guard stays pinned`);
   return EXIT.OK;
@@ -303,6 +305,7 @@ async function auditFromWatch(policy: Policy, flags: { policy: string; json?: bo
     });
   });
   await stopped;
+  printer.finish();
   return failed ? reportError(failed) : EXIT.OK;
 }
 

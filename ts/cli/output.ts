@@ -176,6 +176,20 @@ const JSON_UNSAFE = charClass(
   'gu',
 );
 
+const unicodeEscape = (c: string) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
+
+// Strings that JSON writes as they are: printable ASCII but `"` and `\`.
+const JSON_PLAIN = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+
+/**
+ * `s` as a JSON string, escaped as {@link jsonWithBigInts} escapes it
+ * (the same text, byte for byte); plain printable ASCII, the common case,
+ * is only quoted.
+ */
+export function jsonString(s: string): string {
+  return JSON_PLAIN.test(s) ? `"${s}"` : JSON.stringify(s).replace(JSON_UNSAFE, unicodeEscape);
+}
+
 /**
  * JSON with every bigint written as a JSON integer, exact to the last
  * digit. Characters JSON.stringify leaves raw but a terminal may act on
@@ -187,7 +201,7 @@ const JSON_UNSAFE = charClass(
 export function jsonWithBigInts(value: unknown): string {
   return JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? `\u0000${v}\u0000` : v))
     .replace(/"\\u0000(\d+)\\u0000"/g, '$1')
-    .replace(JSON_UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+    .replace(JSON_UNSAFE, unicodeEscape);
 }
 
 const COLUMNS: ReadonlyArray<[string, number]> = [

@@ -13,8 +13,38 @@ import type { AttachInfo, SessionStats } from '../session.js';
 import { resolvedMark, tableHeader, tableLine, terminalSafe } from './output.js';
 import { attachRecord, chrootRecord, decisionRecord, lostRecord } from './records.js';
 
+/**
+ * Lines for stdout, written once per batch: events of one batch arrive in
+ * one synchronous run of the batch callback, so a flush queued as a
+ * microtask on the first line writes them all with one write(2) when that
+ * run ends, in the order they came. Records that leave the batch path (the
+ * last `lost` record at exit) are flushed at once.
+ */
+class StdoutLines {
+  private text = '';
+  private queued = false;
+
+  /** Adds one line (without its newline). */
+  add(line: string): void {
+    this.text += line + '\n';
+    if (this.queued) return;
+    this.queued = true;
+    queueMicrotask(this.flush);
+  }
+
+  /** Writes what is held, now. */
+  readonly flush = (): void => {
+    this.queued = false;
+    if (this.text === '') return;
+    const text = this.text;
+    this.text = '';
+    process.stdout.write(text);
+  };
+}
+
 /** Writes event lines to stdout in the chosen format. */
 export class EventPrinter {
+  private readonly out = new StdoutLines();
   private headerDone = false;
   /** When the counts of the last `lost` record (or the attach) were read: ns since boot. */
   private since = 0n;
@@ -28,26 +58,23 @@ export class EventPrinter {
   /** The session attached: the `attach` record (JSON), or the table header. */
   attached(info: AttachInfo): void {
     this.since = boottimeNs();
-    if (this.json) process.stdout.write(attachRecord(this.since, info) + '\n');
+    if (this.json) this.out.add(attachRecord(this.since, info));
     else this.header();
   }
 
   /** Prints the table header once (nothing in JSON mode). */
   header(): void {
     if (this.json || this.headerDone) return;
-    process.stdout.write(tableHeader() + '\n');
+    this.out.add(tableHeader());
     this.headerDone = true;
   }
 
   /** One event. */
   print(e: ChrootEvent): void {
     this.count++;
-    if (this.json) {
-      process.stdout.write(chrootRecord(e) + '\n');
-      return;
-    }
+    if (this.json) return this.out.add(chrootRecord(e));
     this.header();
-    process.stdout.write(tableLine(e) + '\n');
+    this.out.add(tableLine(e));
   }
 
   /** What the kernel could not deliver: a `lost` record in the stream (the table reports it on stderr instead). */
@@ -55,19 +82,22 @@ export class EventPrinter {
     this.reported = { ringBufferFull: report.total.ringBufferFull, pendingFull: report.total.pendingFull };
     if (!this.json) return;
     const now = boottimeNs();
-    process.stdout.write(lostRecord(report, this.since, now) + '\n');
+    this.out.add(lostRecord(report, this.since, now));
     this.since = now;
   }
 
   /**
    * At the end: a last `lost` record for what the kernel counted after the
-   * last batch, so the stream's totals are final.
+   * last batch, so the stream's totals are final; then everything is
+   * written.
    */
-  finish(stats: SessionStats): void {
-    const more = { ringBufferFull: stats.ringBufferFull - this.reported.ringBufferFull, pendingFull: stats.pendingFull - this.reported.pendingFull };
-    if (more.ringBufferFull <= 0 && more.pendingFull <= 0) return;
-    const zero = { lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
-    this.lost({ ...more, ...zero, total: { ringBufferFull: stats.ringBufferFull, pendingFull: stats.pendingFull, ...zero } });
+  finish(stats: SessionStats | undefined): void {
+    const more = stats && { ringBufferFull: stats.ringBufferFull - this.reported.ringBufferFull, pendingFull: stats.pendingFull - this.reported.pendingFull };
+    if (stats && more && (more.ringBufferFull > 0 || more.pendingFull > 0)) {
+      const zero = { lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
+      this.lost({ ...more, ...zero, total: { ringBufferFull: stats.ringBufferFull, pendingFull: stats.pendingFull, ...zero } });
+    }
+    this.out.flush();
   }
 }
 
@@ -86,6 +116,7 @@ export function decisionLine(d: ChrootDecision): string {
 
 /** Writes decisions to stdout: a table, or `attach`, `decision` and `lost` records. */
 export class DecisionPrinter {
+  private readonly out = new StdoutLines();
   private headerDone = false;
   private since = 0n;
 
@@ -94,24 +125,29 @@ export class DecisionPrinter {
   /** The guard runs: the `attach` record (JSON). */
   attached(a: Parameters<typeof attachRecord>[1]): void {
     this.since = boottimeNs();
-    if (this.json) process.stdout.write(attachRecord(this.since, a) + '\n');
+    if (this.json) this.out.add(attachRecord(this.since, a));
   }
 
   /** One decision. */
   print(d: ChrootDecision): void {
-    if (this.json) return void process.stdout.write(decisionRecord(d) + '\n');
+    if (this.json) return this.out.add(decisionRecord(d));
     if (!this.headerDone) {
-      process.stdout.write(DECISION_HEADER + '\n');
+      this.out.add(DECISION_HEADER);
       this.headerDone = true;
     }
-    process.stdout.write(decisionLine(d) + '\n');
+    this.out.add(decisionLine(d));
   }
 
   /** What the kernel could not deliver or decide: a `lost` record (JSON; the table reports it on stderr). */
   lost(report: LostReport): void {
     if (!this.json) return;
     const now = boottimeNs();
-    process.stdout.write(lostRecord(report, this.since, now) + '\n');
+    this.out.add(lostRecord(report, this.since, now));
     this.since = now;
+  }
+
+  /** Writes everything held, at the end. */
+  finish(): void {
+    this.out.flush();
   }
 }

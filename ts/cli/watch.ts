@@ -37,7 +37,7 @@ export function watch(flags: WatchFlags): Promise<number> {
     const onSignal = () => {
       const last = stats?.();
       stop();
-      if (last) printer.finish(last);
+      printer.finish(last);
       note(`detached: ${printer.count} event${printer.count === 1 ? '' : 's'}${lost ? `, ${lost} lost` : ''}`);
       resolve(EXIT.OK);
     };
@@ -69,6 +69,7 @@ export function watch(flags: WatchFlags): Promise<number> {
       next: (e) => printer.print(e),
       error: (err: unknown) => {
         stop();
+        printer.finish(undefined);
         resolve(reportError(err));
       },
     });
