@@ -1,3 +1,4 @@
+import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { defineConfig, type Options } from 'tsup';
 
 // The published package: the library as ESM and CommonJS with declarations,
@@ -13,7 +14,23 @@ const common: Options = {
   splitting: false,
 };
 
+// The CLI's chunks carry content hashes in their names: the previous
+// build's go first, so none is left behind to be packed. (tsup's own
+// `clean` would empty dist/, native/ included.)
+if (existsSync('dist')) for (const f of readdirSync('dist')) if (/^cli-.*\.js$/.test(f)) rmSync(`dist/${f}`);
+
 export default defineConfig([
   { ...common, entry: { index: 'ts/index.ts' }, format: ['esm', 'cjs'], dts: true },
-  { ...common, entry: { cli: 'ts/cli.ts' }, format: ['esm'] },
+  // The CLI loads each command's module on use: split into chunks,
+  // dist/cli-*.js, beside index.js, since the addon and the package's
+  // files are found relative to the module.
+  {
+    ...common,
+    entry: { cli: 'ts/cli.ts' },
+    format: ['esm'],
+    splitting: true,
+    esbuildOptions: (o) => {
+      o.chunkNames = 'cli-[name]-[hash]';
+    },
+  },
 ]);

@@ -6,15 +6,14 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import { demo } from './cli/demo.js';
-import { doctorCommand } from './cli/doctor.js';
-import { checkCommand, enforceCommand, followCommand, statusCommand, unloadCommand } from './cli/enforce.js';
-import { stacksCommand } from './cli/stacks.js';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
-import { watch } from './cli/watch.js';
+import { DEFAULT_PIN_DIR, DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
 import { ATTACH_MODES, MODE_CHOICES } from './errors.js';
-import { DEFAULT_PIN_DIR } from './pinned.js';
 import { MAX_POLICY_BYTES } from './policy/types.js';
+
+// Each command loads its module when it runs (a dynamic import, a chunk of
+// its own in dist/): `watch` does not pay for the policy stack, `check` not
+// for RxJS or the addon, `--help` for neither.
 
 const pkg = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string };
 
@@ -48,7 +47,7 @@ program
   .option('--pid <pid>', 'only calls from this process id (tgid)', integer('--pid', 1, 0xffffffff))
   .option('--uid <uid>', 'only calls by this real uid', integer('--uid', 0, 0xffffffff))
   .option('--comm <name>', 'only calls whose comm is exactly this (at most 15 bytes)')
-  .option('--ring-buffer-bytes <n>', 'kernel ring buffer size (power of two; default 4194304)', integer('--ring-buffer-bytes', 4096, 1 << 30))
+  .option('--ring-buffer-bytes <n>', `kernel ring buffer size (power of two; default ${DEFAULT_RING_BUFFER_BYTES})`, integer('--ring-buffer-bytes', 4096, 1 << 30))
   .option('--compat', 'tracepoint mode: also see 32-bit compat and x32 chroot calls, with raw sys_enter/sys_exit programs that slow every syscall of the host (off: they are a named blind spot)')
   .addHelpText(
     'after',
@@ -61,7 +60,7 @@ that are not UTF-8 print as \\xNN per byte, a backslash as \\\\: one line per ca
 ${EXIT_HELP}`,
   )
   .action(async (flags) => {
-    process.exitCode = await watch(flags);
+    process.exitCode = await (await import('./cli/watch.js')).watch(flags);
   });
 
 program
@@ -72,7 +71,7 @@ program
   .option('--keep', 'keep the demo root file system')
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {
-    process.exitCode = await demo(flags);
+    process.exitCode = await (await import('./cli/demo.js')).demo(flags);
   });
 
 program
@@ -81,7 +80,7 @@ program
   .option('--json', 'the report as JSON')
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {
-    process.exitCode = await doctorCommand(flags);
+    process.exitCode = await (await import('./cli/doctor.js')).doctorCommand(flags);
   });
 
 program
@@ -92,7 +91,7 @@ program
   .option('--duration <seconds>', 'how long to count', integer('--duration', 0, 86_400), 5)
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {
-    process.exitCode = await stacksCommand(flags);
+    process.exitCode = await (await import('./cli/stacks.js')).stacksCommand(flags);
   });
 
 program
@@ -101,12 +100,12 @@ program
   .requiredOption('--policy <file>', `policy file, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes (see policy.schema.json)`)
   .option('--audit', 'deny nothing, report what would be denied; where the BPF LSM cannot run, audit from the watch probes instead')
   .option('--json', 'decisions as JSON lines')
-  .option('--ring-buffer-bytes <n>', 'kernel ring buffer size (power of two; default 4194304)', integer('--ring-buffer-bytes', 4096, 1 << 30))
+  .option('--ring-buffer-bytes <n>', `kernel ring buffer size (power of two; default ${DEFAULT_RING_BUFFER_BYTES})`, integer('--ring-buffer-bytes', 4096, 1 << 30))
   .option('--pin', 'pin the guard in bpffs and exit: it keeps deciding after this process ends (see status, unload); if one is pinned already, or another enforce --pin pins one at the same time, replace its policy atomically')
   .addOption(pinDirOption())
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {
-    process.exitCode = await enforceCommand(flags);
+    process.exitCode = await (await import('./cli/enforce.js')).enforceCommand(flags);
   });
 
 program
@@ -117,6 +116,7 @@ program
   .addOption(pinDirOption())
   .addHelpText('after', EXIT_HELP)
   .action(async (flags) => {
+    const { followCommand, statusCommand } = await import('./cli/enforce.js');
     process.exitCode = flags.follow ? await followCommand(flags) : statusCommand(flags);
   });
 
@@ -134,8 +134,8 @@ refused with PIN_FAILED and nothing is removed.
   .option('--json', 'the result as JSON')
   .addOption(pinDirOption())
   .addHelpText('after', EXIT_HELP)
-  .action((flags) => {
-    process.exitCode = unloadCommand(flags);
+  .action(async (flags) => {
+    process.exitCode = (await import('./cli/enforce.js')).unloadCommand(flags);
   });
 
 program
@@ -144,8 +144,8 @@ program
   .argument('<files...>', `policy files, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes each`)
   .option('--json', 'results as JSON')
   .addHelpText('after', EXIT_HELP)
-  .action((files: string[], flags) => {
-    process.exitCode = checkCommand(files, flags);
+  .action(async (files: string[], flags) => {
+    process.exitCode = (await import('./cli/enforce.js')).checkCommand(files, flags);
   });
 
 try {

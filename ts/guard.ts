@@ -3,19 +3,20 @@
  * BPF LSM hook `lsm/path_chroot`, and report each decision.
  * @module
  */
-import { Subject, type Observable } from 'rxjs';
+import type { Observable } from 'rxjs/internal/Observable';
+import { Subject } from 'rxjs/internal/Subject';
 import type { BindingBatch, BindingGuard, BindingGuardResult } from './native/binding.cjs';
 import { ChrootGuardError, check, checkRingBufferBytes, errorFromBinding } from './errors.js';
 import { toDecision, type ChrootDecision, type GuardInfo } from './decision.js';
 import { decoder, type RawDecision } from './events.js';
 import { native } from './native.js';
-import { DEFAULT_PIN_DIR, pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
+import { DEFAULT_PIN_DIR, DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
+import { pinnedGuard, type PinOptions, type PinnedGuardStatus } from './pinned.js';
 import { contextOf } from './policy/evaluate.js';
 import type { Policy } from './policy/types.js';
 import { validatePolicy } from './policy/validate.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './batch.js';
 import { callUser } from './callback.js';
-import { DEFAULT_RING_BUFFER_BYTES } from './watch.js';
 
 export type { ChrootDecision, GuardInfo } from './decision.js';
 

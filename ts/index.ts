@@ -7,7 +7,8 @@
  * const sub = chrootWatch().subscribe((e) => console.log(e.comm, e.pid, e.path, '→', e.resolvedPath, e.errno ?? 'ok'));
  * @module
  */
-export { chrootWatch, DEFAULT_RING_BUFFER_BYTES, type ChrootWatchOptions } from './watch.js';
+export { chrootWatch, type ChrootWatchOptions } from './watch.js';
+export { DEFAULT_PIN_DIR, DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
 export { type ChrootEvent, type DecisionReason, errnoName, displayBytes } from './events.js';
 export { ChrootGuardError, CHROOT_GUARD_ERROR_CODES, type ChrootGuardErrorCode, type AttachMode, type Refusal } from './errors.js';
 export type { AttachInfo, SessionStats } from './session.js';
@@ -22,7 +23,6 @@ export {
   unloadPinnedGuard,
   pinLeftovers,
   followPinnedGuard,
-  DEFAULT_PIN_DIR,
   type FollowOptions,
   type PinOptions,
   type PinnedGuardStatus,

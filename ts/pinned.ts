@@ -19,7 +19,8 @@
  * each later one counts in `ringBufferFull`.
  * @module
  */
-import { Observable, share } from 'rxjs';
+import { Observable } from 'rxjs/internal/Observable';
+import { share } from 'rxjs/internal/operators/share';
 import type { BindingBatch, BindingGuardResult, BindingPinnedFollower } from './native/binding.cjs';
 import { toDecision, type ChrootDecision, type GuardInfo } from './decision.js';
 import { ChrootGuardError, check, errorFromBinding } from './errors.js';
@@ -30,8 +31,7 @@ import { validatePolicy } from './policy/validate.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
 import { callUser } from './callback.js';
 
-/** Where guards are pinned unless told otherwise. */
-export const DEFAULT_PIN_DIR = '/sys/fs/bpf/chroot-guard';
+import { DEFAULT_PIN_DIR } from './defaults.js';
 
 /** Options naming the pin directory. */
 export interface PinOptions {

@@ -3,7 +3,7 @@
  * Observable.
  * @module
  */
-import { Observable } from 'rxjs';
+import { Observable } from 'rxjs/internal/Observable';
 import type { AttachMode } from './errors.js';
 import { ChrootGuardError, MODE_CHOICES, check, checkRingBufferBytes } from './errors.js';
 import type { ChrootEvent } from './events.js';
@@ -11,8 +11,7 @@ import type { LostReport } from './batch.js';
 import { callUser } from './callback.js';
 import { joinSession, type AttachInfo, type SessionOptions } from './session.js';
 
-/** Default ring buffer size: 4 MiB, room for about 500 events. */
-export const DEFAULT_RING_BUFFER_BYTES = 4 << 20;
+import { DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
 
 /** Options of {@link chrootWatch}. Filters apply in the kernel. */
 export interface ChrootWatchOptions {
