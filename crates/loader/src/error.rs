@@ -164,6 +164,14 @@ pub enum Error {
         /// What was closed: `session`, `guard`, `follower`.
         what: &'static str,
     },
+    /// A method of a guard that is not running (closed, or not open yet).
+    /// The TypeScript layer checks its own state first, so should it reach a
+    /// caller, that is a bug (`INTERNAL`).
+    #[error("the {what} is not running")]
+    NotRunning {
+        /// What was called on: `guard`.
+        what: &'static str,
+    },
     /// The ring-buffer thread could not be started.
     #[error("could not start the ring buffer reader: {0}")]
     Io(#[from] std::io::Error),
@@ -199,7 +207,7 @@ impl Error {
             Error::Pin { .. } => Code::PinFailed,
             Error::Maps(e) if is_eperm(e) => Code::Eperm,
             Error::Maps(_) => Code::LoadFailed,
-            Error::Object(_) | Error::Closed { .. } | Error::Io(_) => Code::Internal,
+            Error::Object(_) | Error::Closed { .. } | Error::NotRunning { .. } | Error::Io(_) => Code::Internal,
         }
     }
 

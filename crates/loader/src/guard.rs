@@ -130,7 +130,7 @@ impl Guard {
     /// stays in force.
     pub fn update(&mut self, policy: &Policy) -> Result<u32, Error> {
         let compiled = compile(policy)?;
-        let ebpf = self.ebpf.as_mut().ok_or_else(|| Error::Object("the guard is closed".into()))?;
+        let ebpf = self.ebpf.as_mut().ok_or_else(|| Error::NotRunning { what: "guard" })?;
         // Held until the write is done. `None` once unloaded: then nobody
         // else can reach these maps, and re-reading them is still right.
         let _lock = match &self.pin_dir {
@@ -174,7 +174,7 @@ impl Guard {
         // lock directory is unusable, and nothing is pinned.
         let ring_lock = pin::RingLock::acquire(&self.events, dir)?;
         let link = self.link.take().ok_or_else(taken)?;
-        let ebpf = self.ebpf.as_ref().ok_or_else(|| Error::Object("the guard is closed".into()))?;
+        let ebpf = self.ebpf.as_ref().ok_or_else(|| Error::NotRunning { what: "guard" })?;
         let map = |name: &str| ebpf.map(name);
         match pin::pin(dir, link, map, &self.counters, &self.events) {
             Ok(()) => {

@@ -78,32 +78,33 @@ impl BindingGuard {
     /// Replaces the policy atomically; on any error the old one stays.
     #[napi]
     pub fn update(&self, policy_json: String) -> BindingGuardResult {
-        let mut state = self.handle.shared.lock();
-        let State::Running(loaded) = &mut *state else {
-            return failure(&Error::Object("the guard is not running".into()));
-        };
-        let Loaded::Guard(guard) = loaded.as_mut() else {
-            return failure(&Error::Object("not a guard".into()));
-        };
-        match Policy::from_json(&policy_json).and_then(|p| guard.update(&p)) {
+        self.with_guard(|guard| match Policy::from_json(&policy_json).and_then(|p| guard.update(&p)) {
             Ok(_) => success(guard),
             Err(e) => failure(&e),
-        }
+        })
     }
 
     /// Pins the running guard under `dir` (see `Guard::pin`).
     #[napi]
     pub fn pin(&self, dir: String) -> BindingGuardResult {
-        let mut state = self.handle.shared.lock();
-        let State::Running(loaded) = &mut *state else {
-            return failure(&Error::Object("the guard is not running".into()));
-        };
-        let Loaded::Guard(guard) = loaded.as_mut() else {
-            return failure(&Error::Object("not a guard".into()));
-        };
-        match guard.pin(Path::new(&dir)) {
+        self.with_guard(|guard| match guard.pin(Path::new(&dir)) {
             Ok(()) => success(guard),
             Err(e) => BindingGuardResult { stopped: !guard.running(), ..failure(&e) },
+        })
+    }
+}
+
+impl BindingGuard {
+    /// `f` on the running guard, under the state lock; `NotRunning` when it
+    /// is not running.
+    fn with_guard(&self, f: impl FnOnce(&mut Guard) -> BindingGuardResult) -> BindingGuardResult {
+        let mut state = self.handle.shared.lock();
+        match &mut *state {
+            State::Running(loaded) => match loaded.as_mut() {
+                Loaded::Guard(guard) => f(guard),
+                _ => failure(&Error::NotRunning { what: "guard" }),
+            },
+            _ => failure(&Error::NotRunning { what: "guard" }),
         }
     }
 }
