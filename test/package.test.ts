@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const PACKED = fileURLToPath(new URL('../npm-pack/', import.meta.url));
+const DIST = fileURLToPath(new URL('../dist/', import.meta.url));
 const which = (cmd: string, path: string) => spawnSync('sh', ['-c', `command -v ${cmd}`], { env: { PATH: path }, encoding: 'utf8' }).stdout.trim();
 
 let project: string;
@@ -100,7 +101,13 @@ describe('the tarballs', () => {
   const list = (tgz: string) => execFileSync('tar', ['tzf', join(PACKED, tgz)], { encoding: 'utf8' }).trim().split('\n').sort();
 
   it('hold only what is meant to ship: no sources, tests, maps, or build leftovers', () => {
-    expect(list('chroot-guard-0.1.0.tgz')).toEqual(
+    const packed = list('chroot-guard-0.1.0.tgz');
+    // The CLI's chunks (dist/cli-NAME-HASH.js): those of this build, none left from an older one.
+    const chunks = packed.filter((f) => /^package\/dist\/cli-[a-z]+-[A-Z0-9]+\.js$/.test(f));
+    const built = readdirSync(DIST).filter((f) => /^cli-.*\.js$/.test(f));
+    expect(built.length).toBeGreaterThan(0);
+    expect(chunks.sort()).toEqual(built.map((f) => `package/dist/${f}`).sort());
+    expect(packed.filter((f) => !chunks.includes(f))).toEqual(
       [
         'package/README.md',
         'package/dist/cli.js',

@@ -10,7 +10,7 @@
  */
 import { createRequire } from 'node:module';
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { chrootRecord, decisionRecord } from '../ts/cli/records.js';
 import { jsonWithBigInts } from '../ts/cli/output.js';
 import type { ChrootDecision } from '../ts/decision.js';
@@ -92,6 +92,39 @@ describe('compiled NDJSON serializers', () => {
       }),
       { numRuns: 2000 },
     );
+  });
+
+  describe('where code generation is disallowed (--disallow-code-generation-from-strings)', () => {
+    const realFunction = globalThis.Function;
+    afterEach(() => {
+      globalThis.Function = realFunction;
+      vi.resetModules();
+    });
+
+    it('write the same records, field by field', async () => {
+      // Fresh modules whose first use finds `new Function` throwing, as Node does under the flag.
+      vi.resetModules();
+      let refused = 0;
+      globalThis.Function = function () {
+        refused++;
+        throw new EvalError('Code generation from strings disallowed for this context');
+      } as unknown as FunctionConstructor;
+      const records = await import('../ts/cli/records.js');
+      const { decisionOf } = await import('../ts/decision.js');
+      fc.assert(
+        fc.property(event, decision, (e, d) => {
+          expect(records.chrootRecord(e)).toBe(oracle('chroot', e));
+          expect(records.decisionRecord(d)).toBe(oracle('decision', d));
+          const { action, ruleId, reason, error, initialNamespaces, denied, policyMode, generation, source } = d;
+          const verdict = { action, ruleId, reason, error, initialNamespaces, denied, policyMode, generation, source };
+          const { ret: _r, errno: _n, lsmRet: _l, probe: _p, enterTs: _t, ...identity } = e;
+          expect(decisionOf(e, verdict)).toEqual({ ...identity, ...verdict, wouldDeny: action === 'deny' });
+        }),
+        { numRuns: 300 },
+      );
+      // Tried once each: the two serializers, their two object builders, decisionOf.
+      expect(refused).toBe(5);
+    });
   });
 
   it('can fail: a record with a field changed differs from the oracle', () => {

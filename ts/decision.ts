@@ -5,7 +5,7 @@
  * policy in force ({@link GuardInfo}).
  * @module
  */
-import { compileObject, IDENTITY_FIELDS, type CallField, type ChrootEvent, type DecisionReason, type RawDecision } from './events.js';
+import { compileObject, copied, IDENTITY_FIELDS, type CallField, type ChrootEvent, type DecisionReason, type RawDecision } from './events.js';
 import type { PolicyContext } from './policy/evaluate.js';
 import type { PolicyAction } from './policy/types.js';
 
@@ -75,6 +75,11 @@ export interface ChrootDecision extends Omit<ChrootEvent, CallField> {
 /** What a decision adds to the caller's identity, in record order. @internal */
 export const DECISION_FIELDS = ['action', 'ruleId', 'reason', 'error', 'initialNamespaces', 'denied', 'wouldDeny', 'policyMode', 'generation', 'source'] as const satisfies ReadonlyArray<keyof ChrootDecision>;
 
+// Every decision field is an identity field or in DECISION_FIELDS: one
+// added to ChrootDecision and neither list fails to compile here.
+const everyField: Exclude<keyof ChrootDecision, (typeof IDENTITY_FIELDS)[number] | (typeof DECISION_FIELDS)[number]> extends never ? true : never = true;
+void everyField;
+
 /** The verdict a decision is made of: its fields but `wouldDeny`, which follows from `action`. @internal */
 export type Verdict = Pick<ChrootDecision, Exclude<(typeof DECISION_FIELDS)[number], 'wouldDeny'>>;
 
@@ -86,7 +91,12 @@ export type Verdict = Pick<ChrootDecision, Exclude<(typeof DECISION_FIELDS)[numb
  */
 export const decisionOf: (e: ChrootEvent, v: Verdict) => ChrootDecision = compileObject(
   ['e', 'v'],
-  [...IDENTITY_FIELDS.map((f) => [f, `e.${f}`] as const), ...DECISION_FIELDS.map((f) => [f, f === 'wouldDeny' ? "v.action === 'deny'" : `v.${f}`] as const)],
+  [
+    ...IDENTITY_FIELDS.map((f) => copied('e', 0, f)),
+    ...DECISION_FIELDS.map((f) =>
+      f === 'wouldDeny' ? { key: f, expression: "v.action === 'deny'", get: (_e: ChrootEvent, v: Verdict) => v.action === 'deny' } : copied('v', 1, f),
+    ),
+  ],
 );
 
 /**

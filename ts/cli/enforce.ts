@@ -75,8 +75,8 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   const guard = chrootGuard(policy, {
     ...(flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {}),
     onLost: (l) => {
-      note(describeLost(l));
       printer.lost(l);
+      note(describeLost(l));
     },
   });
   const sub = guard.decisions$.subscribe({ next: (d) => printer.print(d), error: () => {} });
@@ -219,8 +219,8 @@ export async function followCommand(flags: { json?: boolean; pinDir: string }): 
   let count = 0;
   await new Promise<void>((resolve) => {
     const onLost = (l: LostReport) => {
-      note(describeLost(l));
       printer.lost(l);
+      note(describeLost(l));
     };
     const sub = followPinnedGuard({ dir, onLost }).subscribe({
       next: (d) => {
@@ -286,8 +286,8 @@ async function auditFromWatch(policy: Policy, flags: { policy: string; json?: bo
         printer.attached({ mode: info.mode, refused: info.refused, blindSpots: info.blindSpots, policyMode: 'audit' });
       },
       onLost: (l) => {
-        note(describeLost(l));
         printer.lost(l);
+        note(describeLost(l));
       },
     }).subscribe({
       next: (e) => {

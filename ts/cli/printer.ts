@@ -77,13 +77,19 @@ export class EventPrinter {
     this.out.add(tableLine(e));
   }
 
-  /** What the kernel could not deliver: a `lost` record in the stream (the table reports it on stderr instead). */
+  /**
+   * What the kernel could not deliver: a `lost` record in the stream (the
+   * table reports it on stderr instead, after this). The lines of the batch
+   * so far are written first, so a note on stderr follows them.
+   */
   lost(report: LostReport): void {
     this.reported = { ringBufferFull: report.total.ringBufferFull, pendingFull: report.total.pendingFull };
-    if (!this.json) return;
-    const now = boottimeNs();
-    this.out.add(lostRecord(report, this.since, now));
-    this.since = now;
+    if (this.json) {
+      const now = boottimeNs();
+      this.out.add(lostRecord(report, this.since, now));
+      this.since = now;
+    }
+    this.out.flush();
   }
 
   /**
@@ -138,12 +144,14 @@ export class DecisionPrinter {
     this.out.add(decisionLine(d));
   }
 
-  /** What the kernel could not deliver or decide: a `lost` record (JSON; the table reports it on stderr). */
+  /** What the kernel could not deliver or decide: a `lost` record (JSON; the table reports it on stderr, after this); written at once with the lines before it. */
   lost(report: LostReport): void {
-    if (!this.json) return;
-    const now = boottimeNs();
-    this.out.add(lostRecord(report, this.since, now));
-    this.since = now;
+    if (this.json) {
+      const now = boottimeNs();
+      this.out.add(lostRecord(report, this.since, now));
+      this.since = now;
+    }
+    this.out.flush();
   }
 
   /** Writes everything held, at the end. */

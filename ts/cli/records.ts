@@ -9,7 +9,7 @@
  */
 import { createRequire } from 'node:module';
 import { DECISION_FIELDS, type ChrootDecision } from '../decision.js';
-import { CALL_FIELDS, IDENTITY_FIELDS, type ChrootEvent } from '../events.js';
+import { CALL_FIELDS, compileObject, copied, IDENTITY_FIELDS, type ChrootEvent, type FieldSource } from '../events.js';
 import type { Refusal } from '../errors.js';
 import type { LossCounts, LostReport } from '../batch.js';
 import type { AttachInfo } from '../session.js';
@@ -36,12 +36,13 @@ export function attachRecord(ts: bigint, a: { mode: AttachInfo['mode'] | 'lsm'; 
 /**
  * The fields `chroot` and `decision` records share (who called, with what,
  * and what the kernel resolved), each byte field as base64 in place of its
- * Buffer (`commBytes` → `commBase64`): key, and the expression on `e` that
- * gives its value.
+ * Buffer (`commBytes` → `commBase64`), computed from the record's source `e`.
  */
-const IDENTITY: ReadonlyArray<readonly [string, string]> = IDENTITY_FIELDS.map((f) =>
-  f.endsWith('Bytes') ? ([f.replace(/Bytes$/, 'Base64'), `e.${f} === null ? null : e.${f}.toString('base64')`] as const) : ([f, `e.${f}`] as const),
-);
+const IDENTITY: readonly FieldSource[] = IDENTITY_FIELDS.map((f) => {
+  if (!f.endsWith('Bytes')) return copied('e', 0, f);
+  const base64 = (e: Record<string, unknown>) => (e[f] === null ? null : (e[f] as Buffer).toString('base64'));
+  return { key: f.replace(/Bytes$/, 'Base64'), expression: `e.${f} === null ? null : e.${f}.toString('base64')`, get: base64 as (...args: never[]) => unknown };
+});
 
 const require = createRequire(import.meta.url);
 
@@ -52,37 +53,51 @@ interface PropertySchema {
   oneOf?: PropertySchema[];
 }
 
+/** The JSON types a property may take (`integer`, `null`, …); enums and constants of strings count as `string`. */
+function typesOf(p: PropertySchema): string[] {
+  if (p.oneOf) return p.oneOf.flatMap(typesOf);
+  if (p.type !== undefined) return [p.type].flat();
+  const values = p.enum ?? (p.const !== undefined ? [p.const] : []);
+  if (values.length > 0 && values.every((v) => typeof v === 'string')) return ['string'];
+  throw new Error(`events.schema.json: no serializer for a property described as ${JSON.stringify(p)}`);
+}
+
 /** JavaScript that writes `value` (a local holding the field) as JSON, for a field the schema describes as `p`. */
 function jsonOf(p: PropertySchema, value: string): string {
-  const types = p.oneOf ? p.oneOf.flatMap((o) => o.type ?? []) : [p.type ?? (p.enum || p.const !== undefined ? 'string' : 'unknown')].flat();
+  const types = typesOf(p);
   const nullable = types.includes('null');
   const kind = types.filter((t) => t !== 'null');
   let code: string;
   if (kind.length === 1 && kind[0] === 'integer') code = `'' + ${value}`; // number or bigint: exact either way
   else if (kind.length === 1 && kind[0] === 'boolean') code = `(${value} ? 'true' : 'false')`;
   else if (kind.length === 1 && kind[0] === 'string') code = `q(${value})`;
-  else throw new Error(`events.schema.json: no serializer for a property of type ${JSON.stringify(p)}`);
+  else throw new Error(`events.schema.json: no serializer for a property of types ${kind.join(', ')}`);
   return nullable ? `(${value} === null ? 'null' : ${code})` : code;
 }
 
 /**
- * Compiles, once, the serializer of one record type: the JSON text of
- * `entries` (key, expression on `e`) in order, each value written as
- * `events.schema.json` types it, as one string concatenation: no object,
- * no replacer callback, no regular expression but {@link jsonString}'s
- * test, bigints written as they are. The same text as `jsonWithBigInts`
- * gives for the same record (test/records.test.ts checks it on generated
- * events).
+ * The serializer of one record type, compiled on first use: the JSON text
+ * of `fields` in order, each value written as `events.schema.json` types
+ * it, as one string concatenation: no object, no replacer callback, no
+ * regular expression but {@link jsonString}'s test, bigints written as they
+ * are. The same text as `jsonWithBigInts` gives for the same record
+ * (test/records.test.ts checks it on generated events), which is what it
+ * falls back to where code generation is disallowed.
  */
-function compileRecord<T>(type: RecordType, entries: ReadonlyArray<readonly [string, string]>): (e: T) => string {
+function compileRecord<T>(type: RecordType, fields: readonly FieldSource[]): (e: T) => string {
   const schema = require('chroot-guard/events.schema.json') as { definitions: Record<string, { properties: Record<string, PropertySchema> }> };
   const properties = schema.definitions[type]!.properties;
-  const body = entries.map(([key, expression]) => {
+  const body = fields.map(({ key, expression }) => {
     const p = properties[key];
     if (!p) throw new Error(`events.schema.json: the ${type} record has no property ${key}`);
     return `s += ${JSON.stringify(`,${JSON.stringify(key)}:`)}; v = ${expression}; s += ${jsonOf(p, 'v')};`;
   });
-  return new Function('q', `return function ${type}Record(e) { let v; let s = ${JSON.stringify(`{"type":${JSON.stringify(type)}`)}; ${body.join(' ')} return s + '}'; };`)(jsonString) as (e: T) => string;
+  try {
+    return new Function('q', `return function ${type}Record(e) { let v; let s = ${JSON.stringify(`{"type":${JSON.stringify(type)}`)}; ${body.join(' ')} return s + '}'; };`)(jsonString) as (e: T) => string;
+  } catch {
+    const objectOf = compileObject<(e: T) => object>(['e'], [{ key: 'type', expression: JSON.stringify(type), get: () => type }, ...fields]);
+    return (e: T) => jsonWithBigInts(objectOf(e));
+  }
 }
 
 let chrootSerializer: ((e: ChrootEvent) => string) | undefined;
@@ -90,13 +105,13 @@ let decisionSerializer: ((d: ChrootDecision) => string) | undefined;
 
 /** `chroot`: one chroot(2) call, every field of {@link ChrootEvent}. */
 export function chrootRecord(e: ChrootEvent): string {
-  chrootSerializer ??= compileRecord('chroot', [...IDENTITY, ...CALL_FIELDS.map((f) => [f, `e.${f}`] as const)]);
+  chrootSerializer ??= compileRecord('chroot', [...IDENTITY, ...CALL_FIELDS.map((f) => copied('e', 0, f))]);
   return chrootSerializer(e);
 }
 
 /** `decision`: one decision of the guard, every field of {@link ChrootDecision}. */
 export function decisionRecord(d: ChrootDecision): string {
-  decisionSerializer ??= compileRecord('decision', [...IDENTITY, ...DECISION_FIELDS.map((f) => [f, `e.${f}`] as const)]);
+  decisionSerializer ??= compileRecord('decision', [...IDENTITY, ...DECISION_FIELDS.map((f) => copied('e', 0, f))]);
   return decisionSerializer(d);
 }
 

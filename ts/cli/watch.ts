@@ -62,8 +62,8 @@ export function watch(flags: WatchFlags): Promise<number> {
       },
       onLost: (report) => {
         lost = report.total.ringBufferFull + report.total.pendingFull;
-        note(describeLost(report));
         printer.lost(report);
+        note(describeLost(report));
       },
     }).subscribe({
       next: (e) => printer.print(e),

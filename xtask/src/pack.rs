@@ -79,15 +79,20 @@ pub fn pack() -> Result<()> {
     step("main package (staged in target/npm-stage)");
     let stage = root.join("target/npm-stage/chroot-guard");
     let _ = fs::remove_dir_all(&stage);
-    // What package.json's `files` names; for a pattern (`examples/*.yaml`)
-    // its directory, which `npm pack` then filters by the pattern.
+    // What package.json's `files` names: a path, or a pattern with one `*`
+    // in its last part (`examples/*.yaml`, `dist/cli-*.js`), which names the
+    // regular files of that directory with that prefix and suffix.
     let files = pkg["files"].as_array().context("package.json has no files list")?;
     for f in files.iter().filter_map(Value::as_str) {
-        match f.split_once("/*") {
-            Some((dir, _)) => {
+        let (dir, name) = f.rsplit_once('/').unwrap_or((".", f));
+        match name.split_once('*') {
+            Some((prefix, suffix)) => {
                 for e in fs::read_dir(root.join(dir))? {
-                    let p = e?.path();
-                    copy(&p, &stage.join(dir).join(p.file_name().context("file name")?))?;
+                    let e = e?;
+                    let file = e.file_name().to_string_lossy().into_owned();
+                    if e.file_type()?.is_file() && file.starts_with(prefix) && file.ends_with(suffix) {
+                        copy(&e.path(), &stage.join(dir).join(&file))?;
+                    }
                 }
             }
             None => copy(&root.join(f), &stage.join(f))?,
