@@ -385,6 +385,16 @@ export class Decoder {
    * Strings and byte buffers are copied out, so the batch is not retained.
    */
   decodeBatch(data: Buffer, events: ChrootEvent[] = [], decisions: RawDecision[] = []): ChrootEvent[] {
+    this.decodeEach(data, (e) => events.push(e), (d) => decisions.push(d));
+    return events;
+  }
+
+  /**
+   * Decodes the records of one batch in order, handing each to `onEvent`
+   * (chroot events) or `onDecision` (guard decisions; skipped when absent)
+   * as soon as it is decoded.
+   */
+  decodeEach(data: Buffer, onEvent: (e: ChrootEvent) => void, onDecision?: (d: RawDecision) => void): void {
     const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
     const L = this.L;
     let at = 0;
@@ -393,12 +403,11 @@ export class Decoder {
       const start = at + 8;
       if (len >= L.header) {
         const kind = view.getUint8(start + L.kind);
-        if (kind === L.kind_chroot) events.push(this.decodeOne(data, view, start));
-        else if (kind === L.kind_decision) decisions.push(this.decodeDecision(data, view, start));
+        if (kind === L.kind_chroot) onEvent(this.decodeOne(data, view, start));
+        else if (kind === L.kind_decision && onDecision) onDecision(this.decodeDecision(data, view, start));
       }
       at = start + Math.ceil(len / 8) * 8;
     }
-    return events;
   }
 
   private decodeDecision(data: Buffer, v: DataView, s: number): RawDecision {

@@ -46,7 +46,8 @@ export interface SessionOptions {
 
 /** What a subscriber hears from its session. */
 export interface SessionListener {
-  events(batch: readonly ChrootEvent[]): void;
+  /** One event, as soon as it is decoded (events of a batch come one by one, in order). */
+  event(e: ChrootEvent): void;
   attached(info: AttachInfo): void;
   lost(report: LostReport): void;
   error(err: ChrootGuardError): void;
@@ -141,8 +142,13 @@ class KernelSession {
     this.lostTotals = readBatch(batch, this.lostTotals, {
       error: (err) => this.fail(err),
       data: (data) => {
-        const events = decoder().decodeBatch(data);
-        for (const l of [...this.listeners]) if (this.listeners.has(l)) l.events(events);
+        // Each event goes out as it is decoded, so a busy batch does not
+        // hold thousands of decoded events at once (young garbage is cheap
+        // to collect, a large live set is not).
+        const listeners = [...this.listeners];
+        decoder().decodeEach(data, (e) => {
+          for (const l of listeners) if (this.listeners.has(l)) l.event(e);
+        });
       },
       lost: (report) => {
         for (const l of [...this.listeners]) if (this.listeners.has(l)) l.lost(report);

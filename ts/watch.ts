@@ -104,11 +104,8 @@ export function chrootWatch(options: ChrootWatchOptions = {}): Observable<Chroot
     let joined: ReturnType<typeof joinSession>;
     try {
       joined = joinSession(opts, {
-        events: (batch) => {
-          for (const e of batch) {
-            if (subscriber.closed) return;
-            subscriber.next(e);
-          }
+        event: (e) => {
+          if (!subscriber.closed) subscriber.next(e);
         },
         attached: (info) => callUser(options.onAttach, info),
         lost: (report) => callUser(options.onLost, report),

@@ -13,12 +13,16 @@ import type { AttachInfo, SessionStats } from '../session.js';
 import { resolvedMark, tableHeader, tableLine, terminalSafe } from './output.js';
 import { attachRecord, chrootRecord, decisionRecord, lostRecord } from './records.js';
 
+/** Bytes (UTF-16 code units) held before a write even within a batch. */
+const FLUSH_AT = 64 * 1024;
+
 /**
  * Lines for stdout, written once per batch: events of one batch arrive in
  * one synchronous run of the batch callback, so a flush queued as a
  * microtask on the first line writes them all with one write(2) when that
- * run ends, in the order they came. Records that leave the batch path (the
- * last `lost` record at exit) are flushed at once.
+ * run ends, in the order they came; a busy batch is written every
+ * {@link FLUSH_AT}, so what is held stays small. Records that leave the
+ * batch path (the last `lost` record at exit) are flushed at once.
  */
 class StdoutLines {
   private text = '';
@@ -27,6 +31,7 @@ class StdoutLines {
   /** Adds one line (without its newline). */
   add(line: string): void {
     this.text += line + '\n';
+    if (this.text.length >= FLUSH_AT) return this.flush();
     if (this.queued) return;
     this.queued = true;
     queueMicrotask(this.flush);
