@@ -132,7 +132,7 @@ function start(name, { count = false, ringBufferBytes, latency = false, mode, gu
     // attached, leaves a file instead (system() needs --unsafe).
     const flag = `/tmp/cg-bench-b2n-${process.pid}-${Number(t0)}`;
     const p = spawn('bpftrace', ['--unsafe', '-e', `BEGIN { system("touch ${flag}"); } ${BPFTRACE.B2}`], { stdio: ['ignore', devNull(), 'pipe'] });
-    const exited = new Promise((r) => p.on('close', r));
+    const stop = stopper(p);
     const ready = (async () => {
       while (!existsSync(flag)) {
         if (p.exitCode !== null) throw new Error(`bpftrace exited with ${p.exitCode}`);
@@ -141,16 +141,7 @@ function start(name, { count = false, ringBufferBytes, latency = false, mode, gu
       rmSync(flag);
       return { t0, attached: now() };
     })();
-    return {
-      pid: p.pid,
-      ready,
-      stop: async () => {
-        const rss = vmHWM(p.pid);
-        p.kill('SIGINT');
-        await exited;
-        return { peakRssBytes: rss };
-      },
-    };
+    return { pid: p.pid, ready, stop: async () => ({ peakRssBytes: await stop() }) };
   }
   if (name === 'C1' || name === 'C2') {
     // The CLI as users run it, its output to /dev/null: C1 `watch --json`,
@@ -166,14 +157,12 @@ function start(name, { count = false, ringBufferBytes, latency = false, mode, gu
       });
       p.on('exit', (c) => reject(new Error(`${name} exited with ${c}: ${stderr}`)));
     });
-    const exited = new Promise((r) => p.on('close', r));
+    const stop = stopper(p);
     return {
       pid: p.pid,
       ready,
       stop: async () => {
-        const rss = vmHWM(p.pid);
-        p.kill('SIGINT');
-        await exited;
+        const rss = await stop();
         const m = /detached: (\d+) events?(?:, (\d+) lost)?/.exec(stderr);
         if (!m) throw new Error(`${name} did not say what it printed: ${stderr}`);
         return { delivered: Number(m[1]), lost: Number(m[2] ?? 0), peakRssBytes: rss };
@@ -219,6 +208,17 @@ function start(name, { count = false, ringBufferBytes, latency = false, mode, gu
       await done;
       return { ...result, peakRssBytes: result?.peakRssBytes ?? rss };
     },
+  };
+}
+
+/** Stops `p` with SIGINT as a user's Ctrl-C would; resolves with its peak RSS, read just before. */
+function stopper(p) {
+  const closed = new Promise((r) => p.on('close', r));
+  return async () => {
+    const rss = vmHWM(p.pid);
+    p.kill('SIGINT');
+    await closed;
+    return rss;
   };
 }
 

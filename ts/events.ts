@@ -214,7 +214,7 @@ void everyField;
 export interface FieldSource {
   readonly key: string;
   readonly expression: string;
-  readonly get: (...args: never[]) => unknown;
+  readonly get: (a: never, b: never) => unknown;
 }
 
 /**
@@ -229,29 +229,28 @@ export interface FieldSource {
  * field with each `get`: slower, the same object.
  * @internal
  */
-export function compileObject<F extends (...args: never[]) => object>(params: readonly string[], fields: readonly FieldSource[]): F {
-  let built: F | undefined;
-  return ((...args: never[]) => {
-    if (!built) {
-      try {
-        built = new Function(...params, `return { ${fields.map((f) => `${JSON.stringify(f.key)}: ${f.expression}`).join(', ')} };`) as F;
-      } catch {
-        built = ((...a: never[]) => {
-          const o: Record<string, unknown> = {};
-          for (const f of fields) o[f.key] = f.get(...a);
-          return o;
-        }) as F;
-      }
+export function compileObject<F extends (a: never, b: never) => object>(params: readonly string[], fields: readonly FieldSource[]): F {
+  const compile = (): F => {
+    try {
+      return new Function(...params, `return { ${fields.map((f) => `${JSON.stringify(f.key)}: ${f.expression}`).join(', ')} };`) as F;
+    } catch {
+      return ((a: never, b: never) => {
+        const o: Record<string, unknown> = {};
+        for (const f of fields) o[f.key] = f.get(a, b);
+        return o;
+      }) as F;
     }
-    return built(...args);
-  }) as F;
+  };
+  let built: F | undefined;
+  // Two fixed parameters (every use has one or two): no rest array per call.
+  return ((a: never, b: never) => (built ??= compile())(a, b)) as F;
 }
 
 /** The field `key` of the argument `param` (at `index`), copied as it is. @internal */
 export const copied = (param: string, index: number, key: string): FieldSource => ({
   key,
   expression: `${param}.${key}`,
-  get: (...args: never[]) => (args[index] as unknown as Record<string, unknown>)[key],
+  get: (a: never, b: never) => ((index === 0 ? a : b) as Record<string, unknown>)[key],
 });
 
 const ERRNO_NAMES = new Map<number, string>(

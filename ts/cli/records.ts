@@ -41,7 +41,7 @@ export function attachRecord(ts: bigint, a: { mode: AttachInfo['mode'] | 'lsm'; 
 const IDENTITY: readonly FieldSource[] = IDENTITY_FIELDS.map((f) => {
   if (!f.endsWith('Bytes')) return copied('e', 0, f);
   const base64 = (e: Record<string, unknown>) => (e[f] === null ? null : (e[f] as Buffer).toString('base64'));
-  return { key: f.replace(/Bytes$/, 'Base64'), expression: `e.${f} === null ? null : e.${f}.toString('base64')`, get: base64 as (...args: never[]) => unknown };
+  return { key: f.replace(/Bytes$/, 'Base64'), expression: `e.${f} === null ? null : e.${f}.toString('base64')`, get: base64 as (a: never) => unknown };
 });
 
 const require = createRequire(import.meta.url);

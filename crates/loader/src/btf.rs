@@ -68,22 +68,40 @@ fn add_fields(btf: &Btf, st: &btf_rs::Struct, base: u32, out: &mut HashMap<Strin
     }
 }
 
-/// The field offsets of named structs, each struct looked up and read
-/// once: a lookup by name scans vmlinux's BTF (about 0.6 ms each here).
+/// A struct's size and the offsets of its fields.
+struct Layout {
+    size: u32,
+    fields: HashMap<String, u32>,
+}
+
+/// The layouts of named structs, each struct looked up and read once: a
+/// lookup by name scans vmlinux's BTF (about 0.6 ms each here).
 struct Structs<'a> {
     btf: &'a Btf,
-    seen: HashMap<&'a str, Option<HashMap<String, u32>>>,
+    seen: HashMap<&'a str, Option<Layout>>,
 }
 
 impl<'a> Structs<'a> {
-    fn offset(&mut self, strukt: &'a str, field: &str) -> Result<u32, Error> {
+    fn new(btf: &'a Btf) -> Self {
+        Structs { btf, seen: HashMap::new() }
+    }
+
+    fn layout(&mut self, strukt: &'a str) -> Option<&Layout> {
         let btf = self.btf;
         self.seen
             .entry(strukt)
-            .or_insert_with(|| find_struct(btf, strukt).map(|s| fields(btf, &s)))
+            .or_insert_with(|| find_struct(btf, strukt).map(|s| Layout { size: s.size() as u32, fields: fields(btf, &s) }))
             .as_ref()
-            .and_then(|f| f.get(field).copied())
+    }
+
+    fn offset(&mut self, strukt: &'a str, field: &str) -> Result<u32, Error> {
+        self.layout(strukt)
+            .and_then(|l| l.fields.get(field).copied())
             .ok_or_else(|| Error::BtfField { what: format!("struct {strukt}.{field}") })
+    }
+
+    fn size(&mut self, strukt: &'a str) -> Result<u32, Error> {
+        self.layout(strukt).map(|l| l.size).ok_or_else(|| Error::BtfField { what: format!("struct {strukt}") })
     }
 }
 
@@ -92,7 +110,7 @@ impl<'a> Structs<'a> {
 /// # Errors
 /// [`Error::BtfField`] when the struct or field does not exist.
 pub fn offset_of(btf: &Btf, strukt: &str, field: &str) -> Result<u32, Error> {
-    Structs { btf, seen: HashMap::new() }.offset(strukt, field)
+    Structs::new(btf).offset(strukt, field)
 }
 
 /// `sizeof(struct strukt)`.
@@ -100,9 +118,7 @@ pub fn offset_of(btf: &Btf, strukt: &str, field: &str) -> Result<u32, Error> {
 /// # Errors
 /// [`Error::BtfField`] when the struct does not exist.
 pub fn size_of(btf: &Btf, strukt: &str) -> Result<u32, Error> {
-    find_struct(btf, strukt)
-        .map(|s| s.size() as u32)
-        .ok_or_else(|| Error::BtfField { what: format!("struct {strukt}") })
+    Structs::new(btf).size(strukt)
 }
 
 /// The struct and field holding the first syscall argument in the user
@@ -126,8 +142,9 @@ const PT_REGS_COMPAT: [(&str, &str); 2] = [("pt_regs", "regs"), ("pt_regs", "sys
 /// # Errors
 /// [`Error::BtfField`] naming the first struct or field the kernel lacks.
 pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
-    let structs = std::cell::RefCell::new(Structs { btf, seen: HashMap::new() });
+    let structs = std::cell::RefCell::new(Structs::new(btf));
     let o = |s: &'static str, f: &str| structs.borrow_mut().offset(s, f);
+    let size = |s: &'static str| structs.borrow_mut().size(s);
     let offsets = KernelOffsets {
         task_real_parent: o("task_struct", "real_parent")?,
         task_tgid: o("task_struct", "tgid")?,
@@ -150,7 +167,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         mnt_ns_inum: o("mnt_namespace", "ns")? + o("ns_common", "inum")?,
         pid_level: o("pid", "level")?,
         pid_numbers: o("pid", "numbers")?,
-        upid_size: size_of(btf, "upid")?,
+        upid_size: size("upid")?,
         upid_ns: o("upid", "ns")?,
         upid_nr: o("upid", "nr")?,
         task_group_leader: o("task_struct", "group_leader")?,
