@@ -19,7 +19,7 @@ export interface LossCounts {
    * `allowLost`, `denyLost` and `auditLost`).
    */
   readonly ringBufferFull: number;
-  /** Calls not traced because the in-flight map was full. */
+  /** Calls not traced: syscall entry could not get the thread's in-flight event (the kernel could not allocate its task storage). */
   readonly pendingFull: number;
   /**
    * Guard only: decisions the policy program could not make fully (a map

@@ -63,7 +63,7 @@ export interface SessionStats {
   readonly bytes: number;
   /** Events lost to a full ring buffer. */
   readonly ringBufferFull: number;
-  /** Calls not traced because the in-flight map was full. */
+  /** Calls not traced: syscall entry could not get the thread's in-flight event (the kernel could not allocate its task storage). */
   readonly pendingFull: number;
 }
 

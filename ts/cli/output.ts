@@ -92,7 +92,7 @@ export function describeAttach(info: AttachInfo): string {
 export function describeLost(l: LostReport): string {
   const parts = [];
   if (l.ringBufferFull) parts.push(`${l.ringBufferFull} events lost: ring buffer full (total ${l.total.ringBufferFull}); raise --ring-buffer-bytes`);
-  if (l.pendingFull) parts.push(`${l.pendingFull} calls not traced: in-flight map full (total ${l.total.pendingFull})`);
+  if (l.pendingFull) parts.push(`${l.pendingFull} calls not traced: no in-flight storage (total ${l.total.pendingFull})`);
   if (l.lsmErrors) parts.push(`${l.lsmErrors} decisions could not be made fully, the policy's failMode applied (total ${l.total.lsmErrors})`);
   const byAction = (['deny', 'audit', 'allow'] as const)
     .map((a) => [a, l[`${a}Lost`], l.total[`${a}Lost`]] as const)

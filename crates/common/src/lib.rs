@@ -309,7 +309,9 @@ pub enum Counter {
     /// `bpf_ringbuf_output` failed: the ring buffer was full and the event
     /// was lost.
     RingBufFull = 0,
-    /// The `PENDING` map was full at syscall entry: the call was not traced.
+    /// Syscall entry could not get the thread's in-flight event
+    /// (`CG_PENDING` task storage: the kernel could not allocate it, or found
+    /// task storage busy on this CPU): the call was not traced.
     PendingFull = 1,
     /// The LSM program could not evaluate the policy (an internal read
     /// failed, or the policy was torn): the policy's fail action applied.

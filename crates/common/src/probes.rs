@@ -96,8 +96,8 @@ pub struct ProbeSpec {
 
 /// Every program of the object, grouped by mode, entry to exit. The loader
 /// attaches them exit first, so every call whose entry is seen has its exit
-/// seen too; an exit hook that finds no entry in `CG_PENDING` (the call
-/// began before we attached) emits nothing.
+/// seen too; an exit hook that finds no event in flight in `CG_PENDING` (the
+/// call began before we attached) emits nothing.
 pub const PROBES: &[ProbeSpec] = &[
     ProbeSpec { program: "cg_fentry_sys", mode: Mode::Fentry, kind: ProgramKind::FEntry, target: SYS_CHROOT, role: Role::Enter, compat: false },
     #[cfg(target_arch = "x86_64")]

@@ -7,12 +7,12 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated},
 };
 use chroot_guard_common::{
-    filter_flags, flags, ChrootEvent, Counter, EventKind, Mode, PATH_MAX,
+    filter_flags, flags, ChrootEvent, Counter, EventKind, Mode, EVENT_HEADER_BYTES, PATH_MAX,
 };
 
 use crate::{
     kernel::{self, Error, Scratch},
-    CG_COUNTERS, CG_EVENTS, CG_PENDING, CG_WAKEUP, CG_ZERO, FILTER,
+    CG_COUNTERS, CG_EVENTS, CG_PENDING, CG_WAKEUP, FILTER,
 };
 
 /// Least time between two wakeups of the reader for a caught-up ring
@@ -84,29 +84,40 @@ fn wanted(tgid: u32, uid: u32, comm: &[u8; 16]) -> bool {
 /// The current thread's pending event, if its entry was seen.
 #[inline(always)]
 fn pending() -> Option<&'static mut ChrootEvent> {
-    let tid = bpf_get_current_pid_tgid() as u32;
-    // SAFETY: map values stay valid while the program runs; only this
-    // thread touches its own entry.
-    CG_PENDING.get_ptr_mut(&tid).map(|p| unsafe { &mut *p })
+    // SAFETY: task storage stays valid while the program runs; only this
+    // thread's programs touch its value, one at a time.
+    let ev = unsafe { &mut *CG_PENDING.current(false)? };
+    (ev.kind != 0).then_some(ev)
 }
 
-/// Syscall entry: starts a zeroed event for this thread with the caller's
-/// identity and the argument read from user memory at `filename`.
+/// Clears the header of `ev` (a reused value: only the header must start
+/// zeroed; `data` is written before it is read, and only its used part is
+/// sent).
+#[inline(always)]
+pub fn clear_header(ev: &mut ChrootEvent) {
+    // SAFETY: the header is the first EVENT_HEADER_BYTES of `ev`.
+    unsafe { core::ptr::write_bytes((ev as *mut ChrootEvent).cast::<u8>(), 0, EVENT_HEADER_BYTES) };
+}
+
+/// Syscall entry: starts this thread's event (its task storage, header
+/// cleared) with the caller's identity and the argument read from user
+/// memory at `filename`.
 #[inline(always)]
 pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let tgid = (pid_tgid >> 32) as u32;
     let uid_gid = bpf_get_current_uid_gid();
     let comm = bpf_get_current_comm().map_err(Error::from)?;
     if !wanted(tgid, uid_gid as u32, &comm) {
         return Ok(());
     }
-    let zero = CG_ZERO.get(0).ok_or(0)?;
-    if CG_PENDING.insert(&tid, zero, 0).is_err() {
+    let Some(ev) = CG_PENDING.current(true) else {
         count(Counter::PendingFull);
         return Ok(());
-    }
-    let ev = pending().ok_or(0)?;
+    };
+    // SAFETY: this thread's value, see `pending`.
+    let ev = unsafe { &mut *ev };
+    clear_header(ev);
     ev.kind = EventKind::Chroot as u8;
     ev.mode = mode as u8;
     fill_identity(ev, pid_tgid, uid_gid, comm);
@@ -181,7 +192,6 @@ pub fn attribute(kind: Scratch, ev: &mut ChrootEvent) {
         }
         let _ = kernel::exe_into(kind, ev, parent, true);
     }
-    kind.release();
 }
 
 /// Reads the chroot(2) argument from user memory into `ev.path`, setting
@@ -223,9 +233,7 @@ pub fn resolve(kind: Scratch, path: *const u8) -> Result<(), Error> {
     let Some(ev) = pending() else { return Ok(()) };
     read_argument_late(ev);
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
-    let walked = kernel::resolve_into(kind, ev, vfsmnt, dentry).map(|_| ());
-    kind.release();
-    walked
+    kernel::resolve_into(kind, ev, vfsmnt, dentry).map(|_| ())
 }
 
 /// `security_path_chroot` return: records the LSM verdict.
@@ -241,7 +249,6 @@ pub fn lsm_return(ret: i32) -> Result<(), Error> {
 /// a successful call's new root is read from `current->fs->root`.
 #[inline(always)]
 pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
-    let tid = bpf_get_current_pid_tgid() as u32;
     let Some(ev) = pending() else { return Ok(()) };
     read_argument_late(ev);
     ev.ret = ret;
@@ -251,13 +258,12 @@ pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
         if let Ok((vfsmnt, dentry)) = kernel::fs_root(kernel::current_task()) {
             // A failed walk leaves the path absent; the event still goes out.
             let _ = kernel::resolve_into(kind, ev, vfsmnt, dentry);
-            kind.release();
         }
     }
     attribute(kind, ev);
     if send(ev).is_err() {
         count(Counter::RingBufFull);
     }
-    let _ = CG_PENDING.remove(&tid);
+    ev.kind = 0;
     Ok(())
 }

@@ -10,8 +10,8 @@
 //! zeroes it before rewriting a slot). Whatever stops a decision (a torn
 //! read, a failed map insert or kernel read) applies the policy's fail
 //! action (`failMode`), counts `LsmError` and is reported as a decision with
-//! its own flag. Everything the decision builds lives in per-thread map
-//! entries: LSM programs run under `migrate_disable()` only, so on a
+//! its own flag. Everything the decision builds lives in task storage
+//! (per thread): LSM programs run under `migrate_disable()` only, so on a
 //! preemptible kernel per-CPU buffers could be shared by two chroots.
 //!
 //! Decisions share the ring buffer by action: allow records are written only
@@ -37,9 +37,10 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    event::{attribute, count, fill_identity, read_argument, send},
+    event::{attribute, clear_header, count, fill_identity, read_argument, send},
     kernel::{self, Error, Scratch, Walk, MASK},
-    CG_EVENTS, CG_ZERO,
+    task_storage::TaskStorage,
+    CG_EVENTS,
 };
 
 /// The active slot (0 or 1), flipped by user space after the other slot is
@@ -71,10 +72,10 @@ static CG_EXES: HashMap<ExeKey, u64, { 2 * MAX_EXES }> = HashMap::new();
 #[btf_map]
 static CG_RULE_IDS: Array<[u8; RULE_ID_BYTES], { 2 * MAX_RULES }> = Array::new();
 
-/// Decision events being built, by thread id (allocated on use).
+/// The decision event each thread builds (task storage: allocated on the
+/// thread's first decision, reused, freed when the thread exits).
 #[btf_map]
-static CG_DECISIONS: HashMap<u32, ChrootEvent, 10240, { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize }> =
-    HashMap::new();
+static CG_DECISIONS: TaskStorage<ChrootEvent> = TaskStorage::new();
 
 /// `-EPERM`.
 const EPERM: i32 = -1;
@@ -147,8 +148,7 @@ pub fn cg_lsm_chroot(ctx: LsmContext) -> i32 {
     }
     let Some(slot) = CG_ACTIVE.get(0).map(|s| *s & 1) else { return 0 };
     let Some(header) = CG_POLICY.get(slot).copied() else { return 0 };
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let ret = match decide(&ctx, slot, &header, tid) {
+    let ret = match decide(&ctx, slot, &header) {
         Ok(ret) => ret,
         Err(e) => {
             count(Counter::LsmError);
@@ -156,8 +156,6 @@ pub fn cg_lsm_chroot(ctx: LsmContext) -> i32 {
             verdict(&header, header.fail_action)
         }
     };
-    let _ = CG_DECISIONS.remove(&tid);
-    Scratch::PerThread.release();
     ret
 }
 
@@ -310,11 +308,11 @@ fn holds(r: &PolicyRule, i: u32, f: &Facts, ev: &ChrootEvent) -> bool {
         && (c & cond::INIT_NS == 0 || (r.init_ns != 0) == f.init_ns)
 }
 
-fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader, tid: u32) -> Result<i32, Error> {
-    let zero = CG_ZERO.get(0).ok_or(0)?;
-    CG_DECISIONS.insert(&tid, zero, 0).map_err(Error::from)?;
-    // SAFETY: this thread's entry; nothing else writes it.
-    let ev = unsafe { &mut *CG_DECISIONS.get_ptr_mut(&tid).ok_or(0)? };
+fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Error> {
+    // No value (the kernel could not allocate it) reads as -ENOMEM.
+    // SAFETY: this thread's value; nothing else writes it.
+    let ev = unsafe { &mut *CG_DECISIONS.current(true).ok_or(-12i64)? };
+    clear_header(ev);
     ev.kind = EventKind::Decision as u8;
     ev.policy_gen = header.generation;
     let comm = bpf_get_current_comm().map_err(Error::from)?;

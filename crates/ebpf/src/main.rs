@@ -2,9 +2,10 @@
 //!
 //! Each mode has an entry hook, a hook at `security_path_chroot` where the
 //! kernel supports one, and an exit hook. They share the logic in
-//! [`event`]: entry fills a zeroed [`ChrootEvent`] in `CG_PENDING` keyed by
-//! thread id, the LSM hooks add the resolved root and verdict, exit adds the
-//! result and copies the event to the `CG_EVENTS` ring buffer.
+//! [`event`]: entry fills the thread's [`ChrootEvent`] in `CG_PENDING`
+//! (task storage), the LSM hooks add the resolved root and verdict, exit
+//! adds the result and copies the used part of the event to the
+//! `CG_EVENTS` ring buffer.
 //!
 //! The program list lives in `chroot_guard_common::probes` (`PROBES`,
 //! `SERVICE_PROGRAMS`).
@@ -17,13 +18,14 @@ mod kernel;
 mod kprobe;
 mod lsm;
 mod stacks;
+mod task_storage;
 mod tracepoint;
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, PerCpuArray, RingBuf},
     macros::btf_map,
 };
+use task_storage::TaskStorage;
 use chroot_guard_common::{
     ChrootEvent, Filter, KernelOffsets, COUNTER_COUNT, DEFAULT_RING_BUFFER_BYTES, SCRATCH_BYTES,
 };
@@ -40,15 +42,12 @@ static CG_EVENTS: RingBuf<ChrootEvent, { DEFAULT_RING_BUFFER_BYTES as usize }> =
 #[btf_map]
 static CG_WAKEUP: Array<u64, 1> = Array::new();
 
-/// Calls in flight, keyed by thread id. Allocated on use
-/// (`BPF_F_NO_PREALLOC`): an entry is a whole event, about 8 KiB.
+/// The call each thread has in flight: an event (about 20 KiB), allocated
+/// zeroed on the thread's first chroot and reused for the next, freed when
+/// the thread exits or the programs unload. A value is in flight while its
+/// `kind` is set: entry clears the header and sets it, exit clears it.
 #[btf_map]
-static CG_PENDING: HashMap<u32, ChrootEvent, 10240, { BPF_F_NO_PREALLOC as usize }> = HashMap::new();
-
-/// One all-zero event, never written: entry copies it into `CG_PENDING` so
-/// every event starts zeroed without an 8 KiB stack buffer.
-#[btf_map]
-static CG_ZERO: Array<ChrootEvent, 1> = Array::new();
+static CG_PENDING: TaskStorage<ChrootEvent> = TaskStorage::new();
 
 /// Per-CPU buffer the path walk writes backwards into, for programs that
 /// run with preemption off (tracepoints, kprobes).
@@ -57,15 +56,10 @@ pub(crate) static CG_SCRATCH: PerCpuArray<[u8; SCRATCH_BYTES], 1> = PerCpuArray:
 
 /// Per-thread walk buffers for programs that can be preempted (fentry/fexit
 /// and LSM run under `migrate_disable()` only, so on a preemptible kernel a
-/// second chroot on the same CPU could share a per-CPU buffer). Allocated on
-/// use and removed when the program ends.
+/// second chroot on the same CPU could share a per-CPU buffer). Allocated
+/// on the thread's first walk and kept, like `CG_PENDING`.
 #[btf_map]
-pub(crate) static CG_THREAD_SCRATCH: HashMap<u32, [u8; SCRATCH_BYTES], 10240, { BPF_F_NO_PREALLOC as usize }> =
-    HashMap::new();
-
-/// A zeroed walk buffer, never written: the source of `CG_THREAD_SCRATCH` entries.
-#[btf_map]
-pub(crate) static CG_SCRATCH_ZERO: Array<[u8; SCRATCH_BYTES], 1> = Array::new();
+pub(crate) static CG_THREAD_SCRATCH: TaskStorage<[u8; SCRATCH_BYTES]> = TaskStorage::new();
 
 /// Per-CPU counters, indexed by `chroot_guard_common::Counter`.
 #[btf_map]

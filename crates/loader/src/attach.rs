@@ -137,6 +137,10 @@ impl KernelContext {
     pub fn load_object(&self, filter: &Filter, ring_buffer_bytes: u32) -> Result<Ebpf, Error> {
         Ok(EbpfLoader::new()
             .btf(self.aya_btf.as_ref())
+            // aya 0.14 creates task storage maps (`CG_PENDING`, the walk
+            // and decision buffers) but has no user-space type for them:
+            // nothing here reads them.
+            .allow_unsupported_maps()
             .override_global("OFFSETS", &self.offsets, true)
             .override_global("FILTER", filter, true)
             .map_max_entries("CG_EVENTS", ring_buffer_bytes)
@@ -200,7 +204,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Error> {
 /// programs, which leave the mode running blind to
 /// 32-bit compat calls (after one is refused, the mode's other compat
 /// programs are not attached: an entry hook without its exit would leave
-/// entries in `CG_PENDING`).
+/// events in flight in `CG_PENDING`).
 ///
 /// # Errors
 /// [`Failure::Refused`] when the kernel refuses a program of the mode;

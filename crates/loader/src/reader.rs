@@ -30,7 +30,8 @@ pub struct Lost {
     /// events (the ring buffer was full) and decisions of every action (the
     /// three counts below).
     pub ring_buffer_full: u64,
-    /// Calls not traced: the `CG_PENDING` map was full at syscall entry.
+    /// Calls not traced: syscall entry could not get the thread's in-flight
+    /// event (`Counter::PendingFull`).
     pub pending_full: u64,
     /// Decisions the LSM program could not make (the fail action applied).
     pub lsm_errors: u64,

@@ -36,7 +36,8 @@ pub struct BindingLost {
     /// Records not written: the ring buffer was full (events, and decisions
     /// of every action).
     pub ring_buffer_full: f64,
-    /// Calls not traced because `CG_PENDING` was full.
+    /// Calls not traced: syscall entry could not get the thread's in-flight
+    /// event (`CG_PENDING` task storage not allocated).
     pub pending_full: f64,
     /// Decisions the LSM program could not make fully (the fail action
     /// applied).

@@ -1,0 +1,67 @@
+//! `BPF_MAP_TYPE_TASK_STORAGE`: one value per thread, kept in the
+//! `task_struct` itself and freed when the thread exits (or the map goes).
+//! aya-ebpf 0.2 has no wrapper for it, so this is the BTF map definition
+//! its `btf_map_def!` would write (field names and `*const [i32; N]`
+//! encodings are what loaders read from BTF), plus the two helpers.
+//!
+//! Why the programs keep per-call state here rather than in a hash map
+//! keyed by thread id: a hash entry is created per call by copying a whole
+//! value in (20 KiB for an event, about 1 µs a call on the development
+//! host, `bench/README.md`), while task storage is allocated zeroed once per
+//! thread and then only looked up. The price is memory that lives as long as
+//! the thread: see [`TaskStorage`].
+
+use aya_ebpf::{
+    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE},
+    helpers::generated,
+};
+
+/// A task storage map holding one `T` per thread. Needs 5.11+ (task storage
+/// for tracing programs, `bpf_get_current_task_btf`); the kernel requires
+/// `BPF_F_NO_PREALLOC`, `max_entries` 0 and an `int` key, and charges each
+/// value to the memory cgroup of the process that created the map.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: the fields are placeholders the loader replaces with a map fd;
+// nothing dereferences them.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    /// The placeholder definition the loader fills in.
+    pub const fn new() -> Self {
+        TaskStorage {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The current thread's value, created zeroed if `create` and there is
+    /// none yet. `None` when absent (and not created), or when the kernel
+    /// could not allocate it or found the storage busy (a BPF program
+    /// using task storage interrupted on this CPU).
+    #[inline(always)]
+    pub fn current(&self, create: bool) -> Option<*mut T> {
+        let flags = if create { u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE) } else { 0 };
+        // SAFETY: the map is this definition; the task pointer comes from
+        // the helper that returns the verifier's BTF-typed `current`.
+        let p = unsafe {
+            generated::bpf_task_storage_get(
+                core::ptr::from_ref(self).cast_mut().cast(),
+                generated::bpf_get_current_task_btf().cast(),
+                core::ptr::null_mut(),
+                flags,
+            )
+        };
+        (!p.is_null()).then_some(p.cast::<T>())
+    }
+}
