@@ -14,7 +14,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, realpathSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootGuard, type ChrootDecision, type Policy } from '../ts/index.js';
-import { attackBench, guarded, sleep, UNREACHABLE_VARIANTS, type Attack, type AttackBench, type Guarded } from './helpers.js';
+import { attackBench, guarded, sleep, threadedCalls, UNREACHABLE_VARIANTS, type Attack, type AttackBench, type Guarded } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 
@@ -54,6 +54,22 @@ describe.skipIf(!LSM)(lsmTitle(`guard: directories reached without their path`),
     }
   }
 
+  it('32 threads of an unprivileged user chrooting at once, in and out of the denied subtree: every call decided on its own thread\'s path, every decision reported', async () => {
+    const [a, b] = [`${dir}/deny/inner`, `${dir}/open`];
+    const [N, K] = [32, 20];
+    const { pid, threads } = threadedCalls(bench, N, K, a, b);
+    expect(threads).toHaveLength(N);
+    for (const t of threads) expect(t).toMatchObject({ aOk: 0, aEperm: K, bOk: K, other: 0 });
+    const decisions = await g.decisionsOf(pid, N * K * 2);
+    expect(decisions).toHaveLength(N * K * 2);
+    for (const t of threads) {
+      const mine = decisions.filter((d) => d.tid === t.tid);
+      expect(mine.map((d) => [d.resolvedPath, d.denied, d.ruleId])).toEqual(
+        Array.from({ length: 2 * K }, (_, i) => (i % 2 === 0 ? [a, true, 'no-deny'] : [b, false, null])),
+      );
+    }
+    expect(g.guard.stats().lsmErrors).toBe(0);
+  }, 180_000);
 });
 
 // Each with a guard of its own: with the subtree guard above still attached,

@@ -134,6 +134,34 @@ export function attackBench(): AttackBench {
   };
 }
 
+/** One thread of `chroot_calls threads`: its id and what its calls returned. */
+export interface Turns {
+  readonly tid: number;
+  readonly aOk: number;
+  readonly aEperm: number;
+  readonly bOk: number;
+  readonly other: number;
+}
+
+/**
+ * Runs test/callers/chroot_calls.c `threads` as uid 65534 inside `unshare
+ * -Urm`: `n` threads at once, each with its own root, each calling
+ * chroot(".") `k` times in `a` then `b`, in turn. Compiles the caller into
+ * the bench's world-readable directory first.
+ */
+export function threadedCalls(bench: AttackBench, n: number, k: number, a: string, b: string): { pid: number; threads: Turns[] } {
+  const caller = `${bench.dir}/chroot_calls`;
+  execFileSync('gcc', ['-O2', '-pthread', '-o', caller, fileURLToPath(new URL('./callers/chroot_calls.c', import.meta.url))]);
+  chmodSync(caller, 0o755);
+  const out = execFileSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'unshare', '-Urm', caller, 'threads', String(n), String(k), a, b], { encoding: 'utf8' });
+  const [head, ...lines] = out.trim().split('\n');
+  const threads = lines.map((l) => {
+    const [tid, aOk, aEperm, bOk, other] = l.split(' ').map(Number) as [number, number, number, number, number];
+    return { tid, aOk, aEperm, bOk, other };
+  });
+  return { pid: Number(head!.split(' ')[0]), threads };
+}
+
 /** The ways test/attacks/chroot_via.py reaches a directory without its path in the caller's mount namespace. */
 export const UNREACHABLE_VARIANTS = ['detached', 'open_tree', 'fsmount', 'proc_root', 'fd_unshare', 'fd_passed'] as const;
 

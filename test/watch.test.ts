@@ -15,7 +15,7 @@ import { openSessionCount } from '../ts/session.js';
 import { DECODED_KEYS } from '../ts/events.js';
 import { native } from '../ts/native.js';
 import { chrootRecord } from '../ts/cli/records.js';
-import { attackBench, guarded, ndjson, heldByThisProcess, record, sleep, TEST_MODE, tryChroot, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
+import { attackBench, guarded, ndjson, heldByThisProcess, record, sleep, TEST_MODE, threadedCalls, tryChroot, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 let root: BusyboxRoot;
@@ -456,4 +456,30 @@ describe(`calls once missed or incomplete (mode ${TEST_MODE})`, () => {
     expect(rec.of(ok.pid)[0]).toMatchObject({ path: rootPath, resolvedPath: rootPath, ret: 0, probe: rec.info.mode });
     expect(rec.of(missing.pid)[0]).toMatchObject({ path: `${rootPath}/missing`, errno: 'ENOENT', resolvedPath: null });
   });
+});
+
+describe(`per-thread state under concurrency (mode ${TEST_MODE})`, () => {
+  it('32 threads of an unprivileged user (unshare -Urm) chrooting at once: every call is one event carrying its own thread\'s argument, result and resolved root, in the order the thread made them', async () => {
+    const bench = attackBench();
+    const [a, b] = [`${bench.dir}/deny/inner`, `${bench.dir}/open`];
+    const [N, K] = [32, 40];
+    const rec = await record();
+    try {
+      const { pid, threads } = threadedCalls(bench, N, K, a, b);
+      expect(threads).toHaveLength(N);
+      for (const t of threads) expect(t).toMatchObject({ aOk: K, aEperm: 0, bOk: K, other: 0 });
+      await rec.until(() => rec.of(pid).length >= N * K * 2, 60_000);
+      await sleep(200);
+      const events = rec.of(pid);
+      expect(events).toHaveLength(N * K * 2);
+      for (const t of threads) {
+        const mine = events.filter((e) => e.tid === t.tid).sort((x, y) => (x.ts < y.ts ? -1 : 1));
+        expect(mine.map((e) => e.resolvedPath)).toEqual(Array.from({ length: 2 * K }, (_, i) => (i % 2 === 0 ? a : b)));
+        for (const e of mine) expect(e).toMatchObject({ path: '.', ret: 0, uid: 65534, comm: 'chroot_calls', exe: `${bench.dir}/chroot_calls` });
+      }
+    } finally {
+      rec.stop();
+      bench.remove();
+    }
+  }, 120_000);
 });

@@ -28,9 +28,20 @@
  *   chroot_calls memfd DIR     copies its executable into a memfd named
  *                              "cg-memfd" and runs that (fexecve) with
  *                              "plain DIR": an executable with no path.
+ *   chroot_calls threads N K A B
+ *                              N threads at once, each with a root of its
+ *                              own (unshare(CLONE_FS)), each calling
+ *                              chroot(".") K times in A then in B, in
+ *                              turn (fchdir to a directory fd, so the new
+ *                              root does not change what the next call
+ *                              names). Prints "<pid> 0", then a line per
+ *                              thread: "<tid> <A ok> <A EPERM> <B ok>
+ *                              <other failures>".
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/sendfile.h>
@@ -55,7 +66,51 @@ static int plain(const char *dir) {
   return 0;
 }
 
+struct turns {
+  const char *a, *b;
+  int k;
+  pid_t tid;
+  int a_ok, a_eperm, b_ok, other;
+};
+
+/* One thread of "threads": its own fs_struct, then K turns of A and B. */
+static void *take_turns(void *arg) {
+  struct turns *t = arg;
+  t->tid = gettid();
+  int a = open(t->a, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  int b = open(t->b, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (a < 0 || b < 0 || unshare(CLONE_FS) != 0) {
+    t->other = -1;
+    return 0;
+  }
+  for (int i = 0; i < t->k; i++) {
+    if (fchdir(a) != 0) t->other++;
+    else if (chroot(".") == 0) t->a_ok++;
+    else if (errno == EPERM) t->a_eperm++;
+    else t->other++;
+    if (fchdir(b) != 0) t->other++;
+    else if (chroot(".") == 0) t->b_ok++;
+    else t->other++;
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc == 6 && !strcmp(argv[1], "threads")) {
+    int n = atoi(argv[2]), k = atoi(argv[3]);
+    if (n <= 0 || n > 1024 || k <= 0) return 2;
+    struct turns *t = calloc(n, sizeof *t);
+    pthread_t *th = calloc(n, sizeof *th);
+    if (!t || !th) return 2;
+    for (int i = 0; i < n; i++) {
+      t[i] = (struct turns){.a = argv[4], .b = argv[5], .k = k};
+      if (pthread_create(&th[i], 0, take_turns, &t[i]) != 0) return 2;
+    }
+    for (int i = 0; i < n; i++) pthread_join(th[i], 0);
+    printf("%d 0\n", getpid());
+    for (int i = 0; i < n; i++) printf("%d %d %d %d %d\n", t[i].tid, t[i].a_ok, t[i].a_eperm, t[i].b_ok, t[i].other);
+    return 0;
+  }
   if (argc == 3 && !strcmp(argv[1], "plain")) return plain(argv[2]);
   if (argc == 3 && !strcmp(argv[1], "renamed")) {
     if (prctl(PR_SET_NAME, "cg-parent", 0, 0, 0) != 0) return 2;
@@ -142,6 +197,6 @@ int main(int argc, char **argv) {
     return 0;
   }
 #endif
-  fprintf(stderr, "usage: chroot_calls first-touch | seccomp DIR | x32 DIR | ia32 DIR | plain DIR | renamed DIR | deleted DIR | memfd DIR\n");
+  fprintf(stderr, "usage: chroot_calls first-touch | seccomp DIR | x32 DIR | ia32 DIR | plain DIR | renamed DIR | deleted DIR | memfd DIR | threads N K A B\n");
   return 2;
 }
