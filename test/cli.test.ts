@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
-import { ndjson, sleep, TEST_MODE } from './helpers.js';
+import { ndjson, sleep, TEST_MODE, tryChroot } from './helpers.js';
+import { LSM, lsmTitle } from './lsm.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 let root: BusyboxRoot;
@@ -260,5 +261,50 @@ describe('chroot-guard demo', () => {
     expect(r.stderr.match(/✓/g)).toHaveLength(6);
     const events = ndjson(r.stdout).filter((x) => x.type === 'chroot') as unknown as Array<{ errno: string | null }>;
     expect(events.map((e) => e.errno)).toEqual(expect.arrayContaining([null, 'ENOENT', 'ENOTDIR', 'EPERM']));
+  });
+});
+
+describe('chroot-guard enforce when its stdout reader goes away (`enforce | head -1`)', () => {
+  let dir: string;
+  let policy: string;
+  beforeAll(() => {
+    dir = realpathSync(mkdtempSync(join(tmpdir(), 'cg-epipe-')));
+    mkdirSync(join(dir, 'deny'));
+    policy = join(dir, 'deny.json');
+    writeFileSync(policy, JSON.stringify({ mode: 'enforce', rules: [{ id: 'no-deny', action: 'deny', match: { subtree: join(dir, 'deny') } }] }));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  // Output is written per batch, so the closed pipe is found on the first
+  // decision after the reader left.
+  const closeStdoutThenCall = async (e: ReturnType<typeof startCli>, until: () => boolean) => {
+    await e.ready;
+    e.child.stdout.destroy();
+    const deadline = Date.now() + 10_000;
+    let calls = 0;
+    while (!until() && Date.now() < deadline) {
+      tryChroot(join(dir, 'deny'));
+      calls++;
+      await sleep(100);
+    }
+    return calls;
+  };
+
+  it.skipIf(!LSM)(lsmTitle('the guard outlives its log: it says so on stderr and keeps denying until SIGINT'), async () => {
+    const e = startCli(['enforce', '--json', '--policy', policy], 'Ctrl-C to stop');
+    await closeStdoutThenCall(e, () => e.err().includes('stdout ended'));
+    expect(e.err()).toMatch(/stdout ended \(EPIPE\): decisions are no longer printed; still enforcing until SIGINT\/SIGTERM/);
+    expect(e.child.exitCode).toBeNull();
+    expect(tryChroot(join(dir, 'deny')).out).toBe('EPERM outside');
+    e.child.kill('SIGINT');
+    expect(await e.exited).toBe(0);
+  });
+
+  it.skipIf(LSM)('where the BPF LSM cannot run, audit from the watch probes (it blocks nothing) ends with exit 0 once stdout is gone', async () => {
+    const e = startCli(['enforce', '--audit', '--json', '--policy', policy], 'Ctrl-C to stop');
+    let exited = false;
+    void e.exited.then(() => (exited = true));
+    await closeStdoutThenCall(e, () => exited);
+    expect(await e.exited).toBe(0);
   });
 });

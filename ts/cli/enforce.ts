@@ -13,7 +13,7 @@ import { hostWarnings, loadPolicy, policyWarnings } from '../policy/validate.js'
 import { chrootWatch } from '../watch.js';
 import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus, type PinnedGuardUnload } from '../pinned.js';
 import { EXIT, describeLost, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
-import { DecisionPrinter } from './printer.js';
+import { DecisionPrinter, onStdoutGone } from './printer.js';
 import type { LostReport } from '../batch.js';
 
 /**
@@ -90,7 +90,12 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
     if (!(err instanceof ChrootGuardError && err.code === 'LSM_UNAVAILABLE' && flags.audit)) return reportError(err);
     return auditFromWatch(policy, flags, err);
   }
+  // The guard outlives its log: a reader that went away must not lift it.
+  const stopListening = onStdoutGone((err) =>
+    note(`stdout ended (${err.code ?? err.message}): decisions are no longer printed; ${policy.mode === 'enforce' ? 'still enforcing' : 'still auditing'} until SIGINT/SIGTERM`),
+  );
   await untilSignal();
+  stopListening();
   sub.unsubscribe();
   printer.finish();
   const s = guard.stats();
@@ -234,10 +239,17 @@ export async function followCommand(flags: { json?: boolean; pinDir: string }): 
     });
     if (failed) return;
     note(`following the guard pinned at ${dir} (${s.mode}, generation ${s.generation}); Ctrl-C to stop`);
-    void untilSignal().then(() => {
+    const stop = () => {
+      stopListening();
       sub.unsubscribe();
       resolve();
+    };
+    // Nothing left to show once stdout's reader is gone (`| head`): stop, the guard stays pinned.
+    const stopListening = onStdoutGone((err) => {
+      if (err.code !== 'EPIPE') failed = err;
+      stop();
     });
+    void untilSignal().then(stop);
   });
   printer.finish();
   if (failed) return reportError(failed);
@@ -299,10 +311,17 @@ async function auditFromWatch(policy: Policy, flags: { policy: string; json?: bo
         resolve();
       },
     });
-    void untilSignal().then(() => {
+    const stop = () => {
+      stopListening();
       sub.unsubscribe();
       resolve();
+    };
+    // Audit from the watch probes blocks nothing: with stdout gone there is nothing left to do.
+    const stopListening = onStdoutGone((err) => {
+      if (err.code !== 'EPIPE') failed = err;
+      stop();
     });
+    void untilSignal().then(stop);
   });
   await stopped;
   printer.finish();

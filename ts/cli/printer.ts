@@ -13,6 +13,31 @@ import type { AttachInfo, SessionStats } from '../session.js';
 import { resolvedMark, tableHeader, tableLine, terminalSafe } from './output.js';
 import { attachRecord, chrootRecord, decisionRecord, lostRecord } from './records.js';
 
+/**
+ * The error that ended stdout (EPIPE once its reader exits), or null.
+ * From then on lines are dropped: an unhandled `'error'` event would end
+ * the process, and for `enforce` that would remove the guard because
+ * nobody reads its log any more. Each command decides what an ended
+ * stdout means through {@link onStdoutGone}.
+ */
+let stdoutGone: NodeJS.ErrnoException | null = null;
+const goneListeners = new Set<(err: NodeJS.ErrnoException) => void>();
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (stdoutGone) return;
+  stdoutGone = err;
+  for (const l of goneListeners) l(err);
+});
+
+/** Calls `listener` once if stdout ends (see {@link stdoutGone}); returns the way to stop listening. */
+export function onStdoutGone(listener: (err: NodeJS.ErrnoException) => void): () => void {
+  if (stdoutGone) {
+    listener(stdoutGone);
+    return () => {};
+  }
+  goneListeners.add(listener);
+  return () => goneListeners.delete(listener);
+}
+
 /** Bytes (UTF-16 code units) held before a write even within a batch. */
 const FLUSH_AT = 64 * 1024;
 
@@ -43,7 +68,7 @@ class StdoutLines {
     if (this.text === '') return;
     const text = this.text;
     this.text = '';
-    process.stdout.write(text);
+    if (!stdoutGone) process.stdout.write(text);
   };
 }
 
