@@ -3,6 +3,7 @@
 //! thread and hands batches of raw events to Node.js.
 //!
 //! - [`attach`]: mode selection (fentry → kprobe → tracepoint) and refusals.
+//! - [`run_dir`]: `/run/chroot-guard`, the private directory of lock files.
 //! - [`btf`]: kernel struct offsets from BTF (our stand-in for CO-RE).
 //! - [`reader`]: the ring-buffer thread and its batching policy.
 //! - [`session`]: one attached mode plus its reader; the unit of lifecycle.
@@ -19,6 +20,7 @@ pub mod object;
 pub mod pin;
 pub mod policy;
 pub mod reader;
+pub mod run_dir;
 pub mod session;
 pub mod stacks;
 pub mod sys;
