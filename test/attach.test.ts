@@ -24,6 +24,7 @@ describe('auto mode', () => {
       if (EXPECT_AUTO) expect(rec.info.mode).toBe(EXPECT_AUTO);
       expect(rec.info.refused.map((r) => r.mode)).toEqual(BETTER[rec.info.mode]);
       for (const r of rec.info.refused) {
+        expect(typeof r.remembered).toBe('boolean'); // a refusal remembered from an earlier start: test/memory.test.ts
         expect(r.reason.length).toBeGreaterThan(20);
         expect(r.code).toMatch(/^[A-Z_]+$/);
       }
@@ -64,6 +65,8 @@ describe.each(['fentry', 'kprobe', 'tracepoint'] as const)('forced %s mode', (mo
       expect(e.message).toContain(`${mode} mode is not available`);
       expect(e.message).toContain("use mode 'auto'");
       expect(e.refusals.map((r) => [r.mode, r.code])).toEqual([[mode, refusal!.code]]);
+      // A forced mode is tried for real even where auto remembers its refusal (test/memory.test.ts).
+      expect(e.refusals[0]!.remembered).toBe(false);
     }
     expect(heldByThisProcess()).toEqual({ programs: [], maps: [] });
   });

@@ -53,6 +53,15 @@ function assertReport(r: DoctorReport) {
   } else {
     expect(r.auto).toBe(r.modes.find((m) => m.ok)?.mode ?? null);
   }
+  // Every mode was tried for real, and the memory of refused modes is
+  // refreshed from those attempts: the refusals certain to repeat (the
+  // host's EPERM and NO_KPROBES; none in the VM) are what auto skips now.
+  expect(r.modes.every((m) => m.refusal?.remembered !== true)).toBe(true);
+  expect(r.remembered).toMatchObject({ file: '/run/chroot-guard/refused-modes.json', refreshed: true, problem: null });
+  const lasting = r.modes.filter((m) => m.refusal && ['EPERM', 'NO_KPROBES', 'NO_BTF_FUNC'].includes(m.refusal.code)).map((m) => ({ ...m.refusal!, remembered: true }));
+  expect(r.remembered.refusals).toEqual(lasting);
+  if (EXPECT_AUTO === 'tracepoint') expect(r.remembered.refusals.map((x) => [x.mode, x.code])).toEqual([['fentry', 'EPERM'], ['kprobe', 'NO_KPROBES']]);
+  if (EXPECT_AUTO === 'fentry') expect(r.remembered.refusals).toEqual([]);
 }
 
 describe('doctor', () => {
@@ -72,6 +81,9 @@ describe('doctor', () => {
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/attach point\s+│ tracepoint │ kprobe\s+│ fentry\s+│ lsm/);
     expect(r.stdout).toContain(`auto → ${EXPECT_AUTO ?? ''}`);
+    expect(r.stdout).toContain('remembered (/run/chroot-guard/refused-modes.json, refreshed from the attempts above): ');
+    if (EXPECT_AUTO === 'tracepoint') expect(r.stdout).toMatch(/\n  fentry refused \(EPERM, remembered from an earlier attempt this boot\): .*\n  kprobe refused \(NO_KPROBES, remembered/);
+    if (EXPECT_AUTO === 'fentry') expect(r.stdout).toContain('refreshed from the attempts above): nothing, auto tries every mode');
     // The root changes no hook sees are named, on every kernel.
     expect(r.stdout).toMatch(/not seen by any attach point.*\n  pivot_root\(2\): .*sb_pivotroot.*\n  setns\(2\), unshare\(2\) of a mount namespace: /s);
   });
@@ -83,5 +95,8 @@ describe('doctor', () => {
     expect(rep.kernel.missingPrivileges).toContain('CAP_BPF');
     expect(rep.auto).toBeNull();
     expect(rep.points.flatMap((p) => p.checks).every((c) => c.denial?.code === 'NO_PRIVILEGES')).toBe(true);
+    // Nothing was tried, so the memory is left as it is (and is root's: unreadable here).
+    expect(rep.remembered.refreshed).toBe(false);
+    expect(rep.remembered.refusals).toEqual([]);
   });
 });

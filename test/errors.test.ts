@@ -26,7 +26,7 @@ describe('error codes across the native boundary', () => {
   });
 
   it('a failure of the loader becomes its error, with its verifier log and the extra fields', () => {
-    const refusals = [{ mode: 'kprobe', program: 'p', target: 't', stage: 'load', code: 'VERIFIER', errno: null, reason: 'r' }] as const;
+    const refusals = [{ mode: 'kprobe', program: 'p', target: 't', stage: 'load', code: 'VERIFIER', errno: null, reason: 'r', remembered: false }] as const;
     const e = errorFromBinding({ code: 'LOAD_FAILED', message: 'the verifier said no', verifierLog: 'log' }, { refusals });
     expect(e).toBeInstanceOf(ChrootGuardError);
     expect(e.code).toBe('LOAD_FAILED');

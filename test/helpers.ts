@@ -95,6 +95,15 @@ export interface Attack {
   readonly results: readonly string[];
 }
 
+/** The unprivileged user the attacks run as (nobody). */
+export const NOBODY = 65534;
+
+/** Runs `script` with sh as uid/gid {@link NOBODY} with no groups; in a user and mount namespace of its own with `userns`. */
+export function asNobody(script: string, userns = false) {
+  const args = [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...(userns ? ['unshare', '-Urm'] : []), 'sh', '-c', script];
+  return spawnSync('setpriv', args, { encoding: 'utf8' });
+}
+
 /** Who runs an attack: root, or uid 65534 inside `unshare -Urm` (a user namespace of its own). */
 export type Attacker = 'root' | 'user';
 

@@ -28,17 +28,10 @@ import {
   type Policy,
   type PolicyMatch,
 } from '../ts/index.js';
-import { CLI, cli, ourPrograms, sleep, TEST_MODE, tryChroot } from './helpers.js';
+import { asNobody, CLI, cli, NOBODY, ourPrograms, sleep, TEST_MODE, tryChroot } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 const LOCK_DIR = '/run/chroot-guard';
-const NOBODY = 65534;
-
-/** Runs `script` with sh as uid/gid 65534 with no groups; in a user and mount namespace of its own with `userns`. */
-function asNobody(script: string, userns = false) {
-  const args = [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', ...(userns ? ['unshare', '-Urm'] : []), 'sh', '-c', script];
-  return spawnSync('setpriv', args, { encoding: 'utf8' });
-}
 
 /** Creates a map with bpftool and pins it at `path`, named after the file (as a guard's maps are); returns its id. */
 function pinMap(path: string, type: 'ringbuf' | 'array' | 'percpu_array' = 'array'): number {

@@ -79,6 +79,26 @@ export const BLIND_SPOTS: readonly BlindSpot[] = [
   },
 ];
 
+/**
+ * The loader's memory of refused modes after `doctor()`: what mode `auto`
+ * skips without loading anything (see `Refusal.remembered`).
+ */
+export interface RememberedRefusals {
+  /** The file that holds it: `/run/chroot-guard/refused-modes.json` (root's, 0600, in a 0700 directory). */
+  readonly file: string;
+  /** The refusals remembered now, best mode first, each with `remembered: true`. Empty when nothing is. */
+  readonly refusals: readonly Refusal[];
+  /**
+   * Whether `doctor()` rewrote the file with what its attempts found (modes
+   * that attached are forgotten, refusals certain to repeat remembered).
+   * False when it could not try the modes (no privileges, no BTF) or the
+   * file could not be written.
+   */
+  readonly refreshed: boolean;
+  /** What went wrong reading or writing it (a planted or foreign file, a directory not chroot-guard's, no privileges), or null. */
+  readonly problem: string | null;
+}
+
 /** What `doctor()` found. */
 export interface DoctorReport {
   /** Kernel and process facts. */
@@ -106,13 +126,17 @@ export interface DoctorReport {
   readonly auto: AttachMode | null;
   /** Root changes no program sees ({@link BLIND_SPOTS}). */
   readonly blindSpots: readonly BlindSpot[];
+  /** The memory of refused modes, refreshed from `modes`. */
+  readonly remembered: RememberedRefusals;
 }
 
 /**
  * Tries every chroot attach point with every mechanism, and every attach
  * mode with the real programs, loading and detaching each; nothing stays
- * loaded. Works without privileges too (then every check says
- * `NO_PRIVILEGES`). Takes about a second.
+ * loaded. Then refreshes the memory of refused modes from what the modes'
+ * attempts found (`remembered`), never from what was remembered before.
+ * Works without privileges too (then every check says `NO_PRIVILEGES` and
+ * the memory is left as it is). Takes about a second.
  * @throws {ChrootGuardError} `NATIVE_UNAVAILABLE` (as a rejection) when the addon cannot load.
  */
 export async function doctor(): Promise<DoctorReport> {
@@ -138,5 +162,6 @@ export async function doctor(): Promise<DoctorReport> {
     modes: r.modes.map((m) => ({ mode: m.mode as AttachMode, ok: m.ok, refusal: m.refusal ? refusalOf(m.refusal) : null, compatBlindSpots: m.blindSpots.map(refusalOf) })),
     auto: (r.auto ?? null) as AttachMode | null,
     blindSpots: BLIND_SPOTS,
+    remembered: { file: r.memory.file, refusals: r.memory.refusals.map(refusalOf), refreshed: r.memory.refreshed, problem: r.memory.problem ?? null },
   };
 }

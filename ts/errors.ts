@@ -81,15 +81,28 @@ export interface Refusal {
   /**
    * Reason code: `EPERM` (the kernel refuses this program type), `NO_KPROBES`
    * (kernel without CONFIG_KPROBES), `NO_BTF_FUNC` (target not in kernel
-   * BTF), `NO_TRACEPOINT`, `VERIFIER` (see `verifierLog`) or `ATTACH_FAILED`.
+   * BTF), `NO_BTF` (the kernel's BTF could not be read), `NO_TRACEPOINT`,
+   * `VERIFIER` (see `verifierLog`) or `ATTACH_FAILED`; in `blindSpots`, also
+   * `COMPAT_OFF` (compat programs left off on purpose).
    */
   readonly code: string;
   /** Symbolic errno the kernel returned, e.g. `EPERM`, or null. */
   readonly errno: string | null;
   /** A sentence saying what failed and why. */
   readonly reason: string;
-  /** The verifier's log when `code` is `VERIFIER`. */
+  /** The verifier's log when `code` is `VERIFIER` (a remembered one keeps its last 8 KiB). */
   readonly verifierLog?: string;
+  /**
+   * `false` for an attempt made now. `true` when mode `auto` skipped this
+   * mode without loading anything, because an earlier attempt on this boot,
+   * kernel, eBPF object (its SHA-256) and capability set was refused in a
+   * way certain to repeat (codes `EPERM` at load, `NO_BTF_FUNC`,
+   * `NO_KPROBES`, and `VERIFIER` for the same options); the other fields
+   * are that attempt's. Kept by the loader (`crates/loader/src/memory.rs`)
+   * in `/run/chroot-guard/refused-modes.json` (root's, 0600); a forced mode
+   * and `doctor()` always try for real, and `doctor()` refreshes it.
+   */
+  readonly remembered: boolean;
 }
 
 const REMEDIES: Record<ChrootGuardErrorCode, string> = {

@@ -20,7 +20,11 @@ import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch
 export interface AttachInfo {
   /** The mode the programs are attached in. */
   readonly mode: AttachMode;
-  /** The better modes the kernel refused, best first (empty if none). */
+  /**
+   * The better modes the kernel refused, best first (empty if none). In mode
+   * `auto`, a refusal with `remembered: true` was not tried again: it is an
+   * earlier attempt's on this boot ({@link Refusal.remembered}).
+   */
   readonly refused: readonly Refusal[];
   /**
    * Calls this session does not see: programs of the attached mode that
@@ -84,6 +88,7 @@ export function refusalOf(r: BindingRefusal): Refusal {
     errno: r.errno ?? null,
     reason: r.reason,
     ...(r.verifierLog ? { verifierLog: r.verifierLog } : {}),
+    remembered: r.remembered,
   };
 }
 

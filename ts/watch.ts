@@ -17,8 +17,11 @@ import { DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
 export interface ChrootWatchOptions {
   /**
    * Attach mode. `'auto'` (default) tries fentry, then kprobe, then the
-   * syscall tracepoints, and uses the first the kernel allows; a named mode
-   * fails with `MODE_UNAVAILABLE` if refused.
+   * syscall tracepoints, and uses the first the kernel allows, skipping a
+   * mode refused earlier on this boot in a way certain to repeat (reported
+   * in `AttachInfo.refused` with `remembered: true`; see
+   * `Refusal.remembered`); a named mode is always tried, and fails
+   * with `MODE_UNAVAILABLE` if refused.
    */
   readonly mode?: 'auto' | AttachMode;
   /** Only calls from this process id (tgid). */

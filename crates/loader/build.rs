@@ -1,6 +1,11 @@
 //! Points `CHROOT_GUARD_EBPF_OBJECT` at the eBPF object built by
-//! `cargo xtask build-ebpf`, which `src/object.rs` embeds.
+//! `cargo xtask build-ebpf`, which `src/object.rs` embeds, and sets
+//! `CHROOT_GUARD_EBPF_SHA256` to its SHA-256 (lowercase hex), the object's
+//! identity in the memory of refused modes (`src/memory.rs`): hashing the
+//! 2 MB object at every start would cost milliseconds.
 use std::path::PathBuf;
+
+use sha2::{Digest, Sha256};
 
 fn main() {
     napi_build::setup();
@@ -21,4 +26,7 @@ fn main() {
     println!("cargo:rerun-if-changed={}", object.display());
     println!("cargo:rerun-if-env-changed=CHROOT_GUARD_EBPF_OBJECT");
     println!("cargo:rustc-env=CHROOT_GUARD_EBPF_OBJECT={}", object.canonicalize().expect("object path").display());
+    let bytes = std::fs::read(&object).expect("the eBPF object is readable");
+    let hex: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+    println!("cargo:rustc-env=CHROOT_GUARD_EBPF_SHA256={hex}");
 }

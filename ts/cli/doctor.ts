@@ -5,7 +5,7 @@
  */
 import Table from 'cli-table3';
 import { doctor as runDoctor, type DoctorReport, type Mechanism } from '../doctor.js';
-import { EXIT, reportError } from './output.js';
+import { describeRefusal, EXIT, reportError } from './output.js';
 
 const MECHANISMS: readonly Mechanism[] = ['tracepoint', 'kprobe', 'fentry', 'lsm'];
 
@@ -50,6 +50,7 @@ export function renderDoctor(r: DoctorReport): string {
   lines.push(
     `auto → ${r.auto ?? (k.missingPrivileges ? 'unknown: run as root to try the modes' : 'none: no attach mode works on this kernel')}`,
   );
+  lines.push(...renderRemembered(r.remembered));
   if (reasons.size) {
     lines.push('', 'why:');
     for (const [code, reason] of reasons) lines.push(`  ${code}: ${reason}`);
@@ -57,6 +58,19 @@ export function renderDoctor(r: DoctorReport): string {
   lines.push('', 'not seen by any attach point (root changes without chroot(2)):');
   for (const b of r.blindSpots) lines.push(`  ${b.calls}: ${b.why}`);
   return lines.join('\n');
+}
+
+/** The memory of refused modes: where, whether doctor refreshed it, what `auto` skips now. */
+function renderRemembered(m: DoctorReport['remembered']): string[] {
+  const state = m.refreshed ? 'refreshed from the attempts above' : 'not refreshed';
+  const lines = [
+    m.refusals.length
+      ? `remembered (${m.file}, ${state}): auto skips these modes without loading anything until the next boot, kernel or build`
+      : `remembered (${m.file}, ${state}): nothing, auto tries every mode`,
+    ...m.refusals.map((x) => `  ${describeRefusal(x)}`),
+  ];
+  if (m.problem) lines.push(`  problem: ${m.problem}`);
+  return lines;
 }
 
 /** Runs `doctor`; resolves with the exit code. */

@@ -6,7 +6,7 @@
  */
 import type { LostReport } from '../batch.js';
 import type { AttachInfo } from '../session.js';
-import { ChrootGuardError } from '../errors.js';
+import { ChrootGuardError, type Refusal } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { toWallClock } from '../clock.js';
 import { utf8SequenceLength } from '../utf8.js';
@@ -68,7 +68,7 @@ export function exitCodeOf(err: unknown): number {
 export function reportError(err: unknown): number {
   if (err instanceof ChrootGuardError) {
     note(`error: ${err.message}`);
-    for (const r of err.refusals) note(`  ${r.mode} refused (${r.code}): ${r.reason}`);
+    for (const r of err.refusals) note(`  ${describeRefusal(r)}`);
     if (err.verifierLog) {
       const tail = err.verifierLog.trimEnd().split('\n').slice(-20).join('\n');
       process.stderr.write(`--- verifier log (last 20 lines) ---\n${tail}\n`);
@@ -79,9 +79,18 @@ export function reportError(err: unknown): number {
   return exitCodeOf(err);
 }
 
+/**
+ * One refused mode: `fentry refused (EPERM): REASON`, and for a refusal
+ * `auto` remembered instead of trying again (`Refusal.remembered`),
+ * `fentry refused (EPERM, remembered from an earlier attempt this boot): REASON`.
+ */
+export function describeRefusal(r: Refusal): string {
+  return `${r.mode} refused (${r.code}${r.remembered ? ', remembered from an earlier attempt this boot' : ''}): ${r.reason}`;
+}
+
 /** The attach line: which mode, and why better ones were refused. */
 export function describeAttach(info: AttachInfo): string {
-  const refused = info.refused.map((r) => `${r.mode} refused (${r.code}): ${r.reason}`);
+  const refused = info.refused.map(describeRefusal);
   const blind = info.blindSpots.map((r) =>
     r.code === 'COMPAT_OFF' ? `blind spot: 32-bit compat and x32 chroot calls are not seen (${r.reason})` : `blind spot: 32-bit compat chroot calls are not seen (${r.program} on ${r.target} refused, ${r.code}: ${r.reason})`,
   );

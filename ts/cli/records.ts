@@ -19,6 +19,8 @@ import { jsonString, jsonWithBigInts } from './output.js';
 export type RecordType = 'attach' | 'chroot' | 'decision' | 'lost';
 
 const refusal = (r: Refusal) => ({ mode: r.mode, program: r.program, target: r.target, stage: r.stage, code: r.code, errno: r.errno, reason: r.reason });
+/** A refused mode: as {@link refusal}, and whether `auto` remembered it instead of trying again. */
+const refusedMode = (r: Refusal) => ({ ...refusal(r), remembered: r.remembered });
 
 /** `attach`: which mode the programs run in (or `lsm` for the guard), why better ones were refused, and what they cannot see. */
 export function attachRecord(ts: bigint, a: { mode: AttachInfo['mode'] | 'lsm'; refused?: readonly Refusal[]; blindSpots?: readonly Refusal[]; generation?: number; policyMode?: 'enforce' | 'audit' }): string {
@@ -26,7 +28,7 @@ export function attachRecord(ts: bigint, a: { mode: AttachInfo['mode'] | 'lsm'; 
     type: 'attach',
     ts,
     mode: a.mode,
-    refused: (a.refused ?? []).map(refusal),
+    refused: (a.refused ?? []).map(refusedMode),
     blindSpots: (a.blindSpots ?? []).map(refusal),
     ...(a.generation !== undefined ? { generation: a.generation } : {}),
     ...(a.policyMode !== undefined ? { policyMode: a.policyMode } : {}),

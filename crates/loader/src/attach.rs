@@ -16,6 +16,7 @@ use chroot_guard_common::{
 use crate::{
     btf,
     error::{errno_name, Error, Refusal},
+    memory::{self, Memory, Outcome},
     object::EBPF_OBJECT,
     sys,
 };
@@ -164,38 +165,116 @@ impl KernelContext {
 /// Loads the object and attaches the requested mode, or the best one the
 /// kernel allows for [`ModeRequest::Auto`].
 ///
+/// `auto` skips a mode whose refusal [`Memory`] remembers for this boot,
+/// kernel, object and capability set, without loading anything, and reports
+/// that refusal with [`Refusal::remembered`] set; when no mode attaches
+/// then, it tries the skipped ones for real before giving up, so a
+/// remembered refusal never makes `auto` fail. A forced mode is always
+/// tried. What the attempts find is remembered ([`Memory::learn`]); the
+/// memory is best effort, and never fails a load.
+///
 /// # Errors
 /// [`Error::ModeUnavailable`] for a refused forced mode, [`Error::NoMode`]
-/// when `auto` found nothing, and the errors of [`KernelContext::probe`].
+/// when `auto` found nothing, [`Error::Maps`] or [`Error::Object`] when the
+/// maps cannot be created or the object is inconsistent, and the errors of
+/// [`KernelContext::probe`].
 pub fn load(opts: &LoadOptions) -> Result<Loaded, Error> {
     check_ring_buffer_bytes(u64::from(opts.ring_buffer_bytes))?;
     let kernel = KernelContext::probe()?;
-    let modes: &[Mode] = match &opts.mode {
-        ModeRequest::Auto => &Mode::ALL,
-        ModeRequest::Only(m) => std::slice::from_ref(m),
+    let inputs = memory::inputs(&opts.filter, opts.ring_buffer_bytes, opts.compat);
+    let (modes, memory): (&[Mode], Memory) = match &opts.mode {
+        ModeRequest::Auto => (&Mode::ALL, Memory::recall()),
+        ModeRequest::Only(m) => (std::slice::from_ref(m), Memory::empty()),
     };
-    let mut refusals = Vec::new();
-    for &mode in modes {
-        // Without a kprobe PMU or kprobe_events no kprobe can attach: say so
-        // without loading the object (`doctor` still tries for real).
-        if mode == Mode::Kprobe && !sys::has_kprobes() {
-            if let Some(spec) = probes_for(mode).next() {
-                refusals.push(Refusal { code: "NO_KPROBES", reason: NO_KPROBES_REASON.into(), ..base_refusal(spec, "attach") });
-                continue;
+    // Each mode's refusal, fresh or remembered, at its place in Mode::ALL.
+    let mut refused: Vec<Option<Refusal>> = vec![None; Mode::ALL.len()];
+    // What the real attempts ended in: `None` for attached.
+    let mut tried: Vec<(Mode, Option<Refusal>)> = Vec::new();
+    let mut attached = None;
+    let mut pending = modes.to_vec();
+    let mut recall = true;
+    'passes: loop {
+        let mut skipped = Vec::new();
+        for mode in pending {
+            if recall {
+                if let Some(r) = memory.refusal(mode, &inputs) {
+                    refused[mode_index(mode)] = Some(r);
+                    skipped.push(mode);
+                    continue;
+                }
+            }
+            match attempt(mode, &kernel, opts) {
+                Ok(loaded) => {
+                    tried.push((mode, None));
+                    attached = Some((mode, loaded));
+                    break 'passes;
+                }
+                Err(Failure::Refused(r)) => {
+                    tried.push((mode, Some(r.clone())));
+                    refused[mode_index(mode)] = Some(r);
+                }
+                Err(Failure::Fatal(e)) => {
+                    learn(&tried, &memory, &inputs, opts.mode);
+                    return Err(e);
+                }
             }
         }
-        match try_mode(mode, &kernel, &opts.filter, opts.ring_buffer_bytes, opts.compat) {
-            Ok((ebpf, blind_spots)) => return Ok(Loaded { ebpf, mode, refusals, blind_spots }),
-            Err(Failure::Fatal(e)) => return Err(e),
-            Err(Failure::Refused(r)) => refusals.push(r),
+        if skipped.is_empty() || !recall {
+            break;
+        }
+        // Nothing attached: the remembered refusals are tried for real.
+        recall = false;
+        pending = skipped;
+    }
+    learn(&tried, &memory, &inputs, opts.mode);
+    match (attached, opts.mode) {
+        (Some((mode, (ebpf, blind_spots))), _) => {
+            let refusals = refused.into_iter().take(mode_index(mode)).flatten().collect();
+            Ok(Loaded { ebpf, mode, refusals, blind_spots })
+        }
+        (None, ModeRequest::Only(_)) => Err(Error::ModeUnavailable {
+            refusal: refused.into_iter().flatten().next_back().ok_or_else(|| Error::Object("no refusal recorded".into()))?,
+        }),
+        (None, ModeRequest::Auto) => Err(Error::NoMode { refusals: refused.into_iter().flatten().collect() }),
+    }
+}
+
+/// Where `mode` is in [`Mode::ALL`].
+fn mode_index(mode: Mode) -> usize {
+    Mode::ALL.iter().position(|m| *m == mode).unwrap_or(0)
+}
+
+/// One real attempt at `mode` (see [`try_mode`]). Without a kprobe PMU or
+/// `kprobe_events` no kprobe can attach: that is said without loading the
+/// object (`doctor` still tries for real).
+fn attempt(mode: Mode, kernel: &KernelContext, opts: &LoadOptions) -> Result<(Ebpf, Vec<Refusal>), Failure> {
+    if mode == Mode::Kprobe && !sys::has_kprobes() {
+        if let Some(spec) = probes_for(mode).next() {
+            return Err(Failure::Refused(Refusal {
+                code: "NO_KPROBES",
+                reason: NO_KPROBES_REASON.into(),
+                ..base_refusal(spec, "attach")
+            }));
         }
     }
-    match opts.mode {
-        ModeRequest::Only(_) => Err(Error::ModeUnavailable {
-            refusal: refusals.pop().ok_or_else(|| Error::Object("no refusal recorded".into()))?,
-        }),
-        ModeRequest::Auto => Err(Error::NoMode { refusals }),
+    try_mode(mode, kernel, &opts.filter, opts.ring_buffer_bytes, opts.compat)
+}
+
+/// Hands what the attempts found to [`Memory::learn`] when it can change
+/// what is remembered: a forced mode (its memory was not read), a refusal
+/// certain to repeat, or a remembered mode that attached after all. A
+/// start that only skipped what was remembered writes nothing.
+fn learn(tried: &[(Mode, Option<Refusal>)], memory: &Memory, inputs: &str, request: ModeRequest) {
+    let news = |(mode, r): &(Mode, Option<Refusal>)| match r {
+        Some(r) => memory::lasting(r),
+        None => memory.refusal(*mode, inputs).is_some(),
+    };
+    if request == ModeRequest::Auto && !tried.iter().any(news) {
+        return;
     }
+    let outcomes: Vec<(Mode, Outcome<'_>)> =
+        tried.iter().map(|(m, r)| (*m, r.as_ref().map_or(Outcome::Attached, Outcome::Refused))).collect();
+    let _ = Memory::learn(&outcomes, inputs, false);
 }
 
 /// Creates the maps (with the offsets and filter as frozen globals) and
@@ -263,7 +342,7 @@ fn attach_one(ebpf: &mut Ebpf, spec: &'static ProbeSpec, kernel: &KernelContext)
             }
             let Some(aya_btf) = kernel.aya_btf.as_ref() else {
                 return Err(Step::Refused(Refusal {
-                    code: "NO_BTF_FUNC",
+                    code: "NO_BTF",
                     reason: format!("aya could not read {}", btf::VMLINUX_BTF),
                     ..base_refusal(spec, "load")
                 }));
@@ -307,6 +386,7 @@ fn base_refusal(spec: &'static ProbeSpec, stage: &'static str) -> Refusal {
         errno: None,
         reason: String::new(),
         verifier_log: None,
+        remembered: false,
     }
 }
 

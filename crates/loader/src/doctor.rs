@@ -6,6 +6,10 @@
 //! loaded and attached the way a session would. Each "no" carries a code
 //! and a reason: no BTF, no CONFIG_KPROBES, EPERM at load, BPF LSM not in
 //! the active LSM list, lockdown, missing capability.
+//!
+//! What the modes' attempts find refreshes the memory of refused modes
+//! (`crate::memory`): `doctor` always tries for real, and the report says
+//! what `auto` will skip from then on.
 
 use aya::{
     programs::{FEntry, KProbe, Lsm, TracePoint},
@@ -20,6 +24,8 @@ use crate::{
     attach::{classify, classify_lsm, try_mode, Denial, Failure, KernelContext},
     btf,
     error::{Error, Refusal},
+    memory::{self, Memory, Outcome, MEMORY_FILE},
+    run_dir::RunDir,
     sys,
 };
 
@@ -78,6 +84,21 @@ pub struct ModeReport {
     pub blind_spots: Vec<Refusal>,
 }
 
+/// The memory of refused modes (`crate::memory`) after `doctor`.
+#[derive(Debug, Clone)]
+pub struct MemoryReport {
+    /// Its file, `/run/chroot-guard/refused-modes.json`.
+    pub file: String,
+    /// The refusals remembered now ([`Refusal::remembered`] set), best mode
+    /// first: the modes `auto` skips without loading anything.
+    pub refusals: Vec<Refusal>,
+    /// Whether `doctor` rewrote the file with what its attempts found
+    /// (false when it could not try the modes, e.g. without privileges).
+    pub refreshed: bool,
+    /// What went wrong reading or writing it, if anything.
+    pub problem: Option<String>,
+}
+
 /// Everything `doctor` found.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -89,6 +110,8 @@ pub struct Report {
     pub modes: Vec<ModeReport>,
     /// The mode `auto` would choose, if any.
     pub auto: Option<Mode>,
+    /// The memory of refused modes, refreshed from [`Report::modes`].
+    pub memory: MemoryReport,
 }
 
 fn uname() -> (String, String) {
@@ -237,6 +260,10 @@ pub fn doctor() -> Report {
             PointReport { point: *point, present, checks }
         })
         .collect();
+    // The modes' real attempts (refused or attached), for the memory;
+    // failures to create the maps say nothing about the mode.
+    let mut tried: Vec<(Mode, Option<Refusal>)> = Vec::new();
+    let inputs = memory::inputs(&Filter::default(), 4096, true);
     let modes: Vec<ModeReport> = Mode::ALL
         .iter()
         .map(|&mode| {
@@ -246,9 +273,13 @@ pub fn doctor() -> Report {
                 Ok(k) => match try_mode(mode, k, &Filter::default(), 4096, true) {
                     Ok((_, blind)) => {
                         blind_spots = blind;
+                        tried.push((mode, None));
                         None
                     }
-                    Err(Failure::Refused(r)) => Some(r),
+                    Err(Failure::Refused(r)) => {
+                        tried.push((mode, Some(r.clone())));
+                        Some(r)
+                    }
                     Err(Failure::Fatal(e)) => Some(mode_refusal(mode, &denial_of(&e))),
                 },
             };
@@ -256,7 +287,21 @@ pub fn doctor() -> Report {
         })
         .collect();
     let auto = modes.iter().find(|m| m.refusal.is_none()).map(|m| m.mode);
-    Report { kernel: facts, points, modes, auto }
+    let learned = match &context {
+        Ok(_) => {
+            let outcomes: Vec<(Mode, Outcome<'_>)> =
+                tried.iter().map(|(m, r)| (*m, r.as_ref().map_or(Outcome::Attached, Outcome::Refused))).collect();
+            Memory::learn(&outcomes, &inputs, true)
+        }
+        Err(_) => Memory::peek(),
+    };
+    let memory = MemoryReport {
+        file: RunDir::path(MEMORY_FILE).display().to_string(),
+        refusals: learned.refusals,
+        refreshed: learned.written,
+        problem: learned.problem,
+    };
+    Report { kernel: facts, points, modes, auto, memory }
 }
 
 fn mode_refusal(mode: Mode, d: &Denial) -> Refusal {
@@ -269,5 +314,6 @@ fn mode_refusal(mode: Mode, d: &Denial) -> Refusal {
         errno: d.errno,
         reason: d.reason.clone(),
         verifier_log: d.verifier_log.clone(),
+        remembered: false,
     }
 }

@@ -16,15 +16,69 @@ pub struct Refusal {
     pub stage: &'static str,
     /// Stable reason code: `EPERM` (the kernel refused the program type),
     /// `NO_KPROBES` (no `CONFIG_KPROBES`), `NO_BTF_FUNC` (target missing from
-    /// kernel BTF), `NO_TRACEPOINT`, `VERIFIER` (rejected by the verifier:
-    /// see `verifier_log`) or `ATTACH_FAILED`.
+    /// kernel BTF), `NO_BTF` (aya could not read the kernel's BTF),
+    /// `NO_TRACEPOINT`, `VERIFIER` (rejected by the verifier: see
+    /// `verifier_log`) or `ATTACH_FAILED`; `COMPAT_OFF` for a blind spot
+    /// left on purpose.
     pub code: &'static str,
     /// The errno name the kernel returned, when there was one (`"EPERM"`).
     pub errno: Option<&'static str>,
     /// A sentence for people: what failed and why.
     pub reason: String,
-    /// The verifier's log when `code` is `VERIFIER`.
+    /// The verifier's log when `code` is `VERIFIER` (a remembered one keeps
+    /// at most its last `memory::MAX_LOG_BYTES` bytes).
     pub verifier_log: Option<String>,
+    /// `false` for an attempt made now; `true` when `auto` skipped the mode
+    /// without loading anything because an earlier attempt, on this boot,
+    /// kernel, eBPF object and capability set, was refused in a way certain
+    /// to repeat ([`crate::memory`]): the other fields are that attempt's.
+    pub remembered: bool,
+}
+
+/// A [`Refusal`] with owned strings, the mode by name: the shape in which a
+/// refusal crosses to JavaScript (`BindingRefusal`, made the public
+/// `Refusal` by `ts/session.ts`) and in which the memory of refused modes
+/// stores it (`crate::memory`, without `remembered`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "napi", napi_derive::napi(object, js_name = "BindingRefusal"))]
+pub struct RefusalRecord {
+    /// Refused mode.
+    pub mode: String,
+    /// Program that failed.
+    pub program: String,
+    /// Its target function or tracepoint.
+    pub target: String,
+    /// `load` or `attach`.
+    pub stage: String,
+    /// Reason code (see `Refusal::code`).
+    pub code: String,
+    /// errno name, if any.
+    pub errno: Option<String>,
+    /// Sentence for people.
+    pub reason: String,
+    /// Verifier log, for `VERIFIER`.
+    pub verifier_log: Option<String>,
+    /// `auto` skipped the mode: an earlier attempt this boot was refused in
+    /// a way certain to repeat (see `Refusal::remembered`). Not stored.
+    #[serde(skip)]
+    pub remembered: bool,
+}
+
+impl From<&Refusal> for RefusalRecord {
+    fn from(r: &Refusal) -> Self {
+        RefusalRecord {
+            mode: r.mode.name().into(),
+            program: r.program.into(),
+            target: r.target.into(),
+            stage: r.stage.into(),
+            code: r.code.into(),
+            errno: r.errno.map(str::to_string),
+            reason: r.reason.clone(),
+            verifier_log: r.verifier_log.clone(),
+            remembered: r.remembered,
+        }
+    }
 }
 
 macro_rules! codes {
@@ -240,24 +294,32 @@ fn is_eperm(e: &aya::EbpfError) -> bool {
     false
 }
 
+/// The errno values the kernel answers BPF loads and attaches with, by name.
+const ERRNOS: [(i32, &str); 12] = [
+    (libc::EPERM, "EPERM"),
+    (libc::ENOENT, "ENOENT"),
+    (libc::EINVAL, "EINVAL"),
+    (libc::EACCES, "EACCES"),
+    (libc::E2BIG, "E2BIG"),
+    (libc::EBUSY, "EBUSY"),
+    (libc::ENOMEM, "ENOMEM"),
+    (libc::ENOTSUP, "ENOTSUP"),
+    (libc::ESRCH, "ESRCH"),
+    (libc::EEXIST, "EEXIST"),
+    (libc::ENODEV, "ENODEV"),
+    (524, "ENOTSUPP"),
+];
+
 /// The symbolic name of an errno value (`"EPERM"`), for the few the kernel
 /// answers BPF loads and attaches with.
 pub fn errno_name(errno: i32) -> Option<&'static str> {
-    Some(match errno {
-        libc::EPERM => "EPERM",
-        libc::ENOENT => "ENOENT",
-        libc::EINVAL => "EINVAL",
-        libc::EACCES => "EACCES",
-        libc::E2BIG => "E2BIG",
-        libc::EBUSY => "EBUSY",
-        libc::ENOMEM => "ENOMEM",
-        libc::ENOTSUP => "ENOTSUP",
-        libc::ESRCH => "ESRCH",
-        libc::EEXIST => "EEXIST",
-        libc::ENODEV => "ENODEV",
-        524 => "ENOTSUPP",
-        _ => return None,
-    })
+    ERRNOS.iter().find(|(n, _)| *n == errno).map(|(_, name)| *name)
+}
+
+/// The name of [`errno_name`]'s list equal to `name`, as a `'static` str
+/// (for names read back from a file).
+pub fn errno_named(name: &str) -> Option<&'static str> {
+    ERRNOS.iter().find(|(_, n)| *n == name).map(|(_, n)| *n)
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //! thread and hands batches of raw events to Node.js.
 //!
 //! - [`attach`]: mode selection (fentry → kprobe → tracepoint) and refusals.
+//! - [`memory`]: the refusals `auto` remembers, so it skips what must fail.
+//! - [`run_dir`]: `/run/chroot-guard`, the private directory of lock files
+//!   and that memory.
 //! - [`btf`]: kernel struct offsets from BTF (our stand-in for CO-RE).
 //! - [`reader`]: the ring-buffer thread and its batching policy.
 //! - [`session`]: one attached mode plus its reader; the unit of lifecycle.
@@ -15,10 +18,12 @@ pub mod error;
 pub mod guard;
 pub mod identity;
 pub mod layout;
+pub mod memory;
 pub mod object;
 pub mod pin;
 pub mod policy;
 pub mod reader;
+pub mod run_dir;
 pub mod session;
 pub mod stacks;
 pub mod sys;

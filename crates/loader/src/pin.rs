@@ -28,11 +28,11 @@
 
 use std::{
     ffi::CString,
-    fs::{DirBuilder, File, OpenOptions},
+    fs::{File, OpenOptions},
     io,
     os::{
         fd::{AsFd, AsRawFd},
-        unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+        unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
     },
     path::{Path, PathBuf},
     sync::Arc,
@@ -47,8 +47,9 @@ use crate::{
     error::Error,
     policy::{compile, Policy, PolicyMaps, Slots, POLICY_MAPS},
     reader::{Counters, Lost, Reader, ReaderConfig, Sink},
+    run_dir::{DirError, RunDir, FILE_MODE, RUN_DIR},
     session::SessionStats,
-    sys::{self, BPF_FS_MAGIC},
+    sys::{self, trusted_owner, BPF_FS_MAGIC},
 };
 
 /// Where `enforce --pin` pins by default.
@@ -77,50 +78,6 @@ const _: () = assert!(POLICY_MAPS.len() == 6, "PINNED_NAMES and PinnedGuard::map
 /// What a pin directory's temporary sibling is called after the
 /// directory's name: `NAME-pinning-PID` (bpffs refuses names with dots).
 const PINNING: &str = "-pinning-";
-/// Where [`RingLock`] files live (tmpfs: gone at reboot, like bpffs).
-const LOCK_DIR: &str = "/run/chroot-guard";
-/// Mode of [`LOCK_DIR`]: nobody else may open a lock file in it, since
-/// `flock(2)` needs only an open descriptor, not write access.
-const LOCK_DIR_MODE: u32 = 0o700;
-/// Mode of each lock file.
-const LOCK_FILE_MODE: u32 = 0o600;
-
-/// Whether `uid` may own chroot-guard's files: root, or the user this
-/// process runs as (with CAP_BPF rather than root).
-fn trusted_owner(uid: u32) -> bool {
-    uid == 0 || uid == sys::euid()
-}
-
-/// Creates [`LOCK_DIR`] with [`LOCK_DIR_MODE`], or checks the one that is
-/// there: a real directory owned by root (or this user) that nobody else
-/// can write. One from an older version (0755) is tightened to 0700.
-fn lock_dir() -> Result<&'static Path, Error> {
-    let dir = Path::new(LOCK_DIR);
-    let refuse = |why: String| {
-        pin_err(dir, format!("{why}; chroot-guard keeps its lock files there and only root may create names in it: remove it (`rm -rf {LOCK_DIR}`, as root) and run again"))
-    };
-    match DirBuilder::new().mode(LOCK_DIR_MODE).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(pin_err(dir, format!("could not create the lock directory: {e}"))),
-    }
-    let meta = std::fs::symlink_metadata(dir).map_err(|e| pin_err(dir, format!("could not read the lock directory: {e}")))?;
-    if !meta.file_type().is_dir() {
-        return Err(refuse("it is not a directory (a symbolic link or file is in its place)".into()));
-    }
-    if !trusted_owner(meta.uid()) {
-        return Err(refuse(format!("it is owned by uid {}, not by root", meta.uid())));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(refuse(format!("other users can write it (mode {:o})", meta.mode() & 0o7777)));
-    }
-    if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(LOCK_DIR_MODE))
-            .map_err(|e| pin_err(dir, format!("could not make the lock directory private (chmod 0700): {e}")))?;
-    }
-    Ok(dir)
-}
-
 /// An exclusive `flock(2)` naming the one reader of a ring buffer, by map
 /// id (unique while the map exists). Released when dropped.
 pub struct RingLock {
@@ -139,28 +96,22 @@ impl RingLock {
     /// cannot be opened (a symbolic link in its place: `ELOOP`).
     pub fn acquire(events: &MapData, dir: &Path) -> Result<RingLock, Error> {
         let id = events.info().map_err(|e| pin_err(dir, format!("could not read the ring buffer's map info: {e}")))?.id();
-        let path = lock_dir()?.join(format!("ring-{id}.lock"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(LOCK_FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| {
-                let why = if e.raw_os_error() == Some(libc::ELOOP) {
-                    format!("a symbolic link is in the lock file's place, and chroot-guard does not follow it; remove it (`rm {}`)", path.display())
-                } else {
-                    format!("could not open the lock file: {e}")
-                };
-                pin_err(&path, why)
-            })?;
+        let name = format!("ring-{id}.lock");
+        let path = RunDir::path(&name);
+        let file = lock_dir()?.open_lock(&name).map_err(|e| {
+            let why = if e.raw_os_error() == Some(libc::ELOOP) {
+                format!("a symbolic link is in the lock file's place, and chroot-guard does not follow it; remove it (`rm {}`)", path.display())
+            } else {
+                format!("could not open the lock file: {e}")
+            };
+            pin_err(&path, why)
+        })?;
         let meta = file.metadata().map_err(|e| pin_err(&path, format!("could not read the lock file: {e}")))?;
         if !meta.file_type().is_file() || !trusted_owner(meta.uid()) {
             return Err(pin_err(&path, format!("not a regular file owned by root; remove it (`rm {}`) and run again", path.display())));
         }
-        if meta.mode() & 0o777 != LOCK_FILE_MODE {
-            file.set_permissions(std::fs::Permissions::from_mode(LOCK_FILE_MODE))
+        if meta.mode() & 0o777 != FILE_MODE {
+            file.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
                 .map_err(|e| pin_err(&path, format!("could not make the lock file private (chmod 0600): {e}")))?;
         }
         // SAFETY: flock on a descriptor we own.
@@ -171,6 +122,24 @@ impl RingLock {
             ));
         }
         Ok(RingLock { _file: file })
+    }
+}
+
+/// [`RUN_DIR`], created or checked (see [`RunDir::open`]).
+///
+/// # Errors
+/// [`Error::Pin`] saying what is wrong with it and, when something not
+/// chroot-guard's is in its place, how to remove it.
+fn lock_dir() -> Result<RunDir, Error> {
+    let dir = Path::new(RUN_DIR);
+    match RunDir::open(true) {
+        Ok(Some(d)) => Ok(d),
+        Ok(None) => Err(pin_err(dir, "the lock directory vanished while it was created")),
+        Err(DirError::Io(why)) => Err(pin_err(dir, format!("lock directory: {why}"))),
+        Err(DirError::Foreign(why)) => Err(pin_err(
+            dir,
+            format!("{why}; chroot-guard keeps its lock files (and its memory of refused attach modes) there and only root may create names in it: remove it (`rm -rf {RUN_DIR}`, as root) and run again"),
+        )),
     }
 }
 

@@ -81,6 +81,7 @@ fn refusal_of(mode: Mode, target: &'static str, d: &Denial) -> Refusal {
         errno: d.errno,
         reason: d.reason.clone(),
         verifier_log: d.verifier_log.clone(),
+        remembered: false,
     }
 }
 

@@ -21,7 +21,7 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// The effective capability set of this process, from `/proc/self/status`.
-fn effective_caps() -> io::Result<u64> {
+pub(crate) fn effective_caps() -> io::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()
@@ -92,6 +92,13 @@ pub(crate) fn pid_alive(pid: i32) -> bool {
 pub(crate) fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
+}
+
+/// Whether `uid` may own chroot-guard's files (pin directories, the files
+/// in `/run/chroot-guard`): root, or the user this process runs as (with
+/// CAP_BPF rather than root).
+pub(crate) fn trusted_owner(uid: u32) -> bool {
+    uid == 0 || uid == euid()
 }
 
 /// Mounts `fstype` at `path` with mount `options` (the data argument of

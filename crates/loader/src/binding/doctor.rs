@@ -60,6 +60,19 @@ pub struct BindingModeReport {
     pub blind_spots: Vec<BindingRefusal>,
 }
 
+/// The memory of refused modes after `doctor` (see `doctor::MemoryReport`).
+#[napi(object)]
+pub struct BindingMemoryReport {
+    /// Its file.
+    pub file: String,
+    /// The refusals remembered now: the modes `auto` skips.
+    pub refusals: Vec<BindingRefusal>,
+    /// Whether doctor rewrote it with what it found.
+    pub refreshed: bool,
+    /// What went wrong reading or writing it.
+    pub problem: Option<String>,
+}
+
 /// Everything `doctor` found.
 #[napi(object)]
 pub struct BindingDoctorReport {
@@ -71,6 +84,8 @@ pub struct BindingDoctorReport {
     pub modes: Vec<BindingModeReport>,
     /// The mode `auto` would choose.
     pub auto: Option<String>,
+    /// The memory of refused modes.
+    pub memory: BindingMemoryReport,
 }
 
 fn denial(d: &Denial) -> BindingDenial {
@@ -133,6 +148,12 @@ impl Task for DoctorTask {
                 })
                 .collect(),
             auto: r.auto.map(|m| m.name().to_string()),
+            memory: BindingMemoryReport {
+                file: r.memory.file,
+                refusals: r.memory.refusals.iter().map(binding_refusal).collect(),
+                refreshed: r.memory.refreshed,
+                problem: r.memory.problem,
+            },
         })
     }
 }
