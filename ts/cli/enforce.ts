@@ -50,6 +50,26 @@ function untilSignal(): Promise<void> {
   });
 }
 
+/**
+ * For commands that only print: waits for SIGINT/SIGTERM or for stdout to
+ * end; resolves with stdout's error unless it was EPIPE (a reader that left).
+ */
+function untilSignalOrStdoutGone(): Promise<NodeJS.ErrnoException | undefined> {
+  return new Promise((resolve) => {
+    let stopListening = () => {};
+    const done = (err?: NodeJS.ErrnoException) => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      stopListening();
+      resolve(err && err.code !== 'EPIPE' ? err : undefined);
+    };
+    const onSignal = () => done();
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+    stopListening = onStdoutGone(done);
+  });
+}
+
 /** Flags of `enforce`. */
 interface EnforceFlags {
   policy: string;
@@ -239,17 +259,12 @@ export async function followCommand(flags: { json?: boolean; pinDir: string }): 
     });
     if (failed) return;
     note(`following the guard pinned at ${dir} (${s.mode}, generation ${s.generation}); Ctrl-C to stop`);
-    const stop = () => {
-      stopListening();
+    // Nothing left to show once stdout's reader is gone (`| head`): stop, the guard stays pinned.
+    void untilSignalOrStdoutGone().then((err) => {
+      if (err) failed = err;
       sub.unsubscribe();
       resolve();
-    };
-    // Nothing left to show once stdout's reader is gone (`| head`): stop, the guard stays pinned.
-    const stopListening = onStdoutGone((err) => {
-      if (err.code !== 'EPIPE') failed = err;
-      stop();
     });
-    void untilSignal().then(stop);
   });
   printer.finish();
   if (failed) return reportError(failed);
@@ -311,17 +326,12 @@ async function auditFromWatch(policy: Policy, flags: { policy: string; json?: bo
         resolve();
       },
     });
-    const stop = () => {
-      stopListening();
+    // Audit from the watch probes blocks nothing: with stdout gone there is nothing left to do.
+    void untilSignalOrStdoutGone().then((err) => {
+      if (err) failed = err;
       sub.unsubscribe();
       resolve();
-    };
-    // Audit from the watch probes blocks nothing: with stdout gone there is nothing left to do.
-    const stopListening = onStdoutGone((err) => {
-      if (err.code !== 'EPIPE') failed = err;
-      stop();
     });
-    void untilSignal().then(stop);
   });
   await stopped;
   printer.finish();
