@@ -4,6 +4,8 @@
 //! closes every program, link and map fd it created, so nothing is left in
 //! the kernel.
 
+use std::sync::OnceLock;
+
 use aya::{
     programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
@@ -121,14 +123,24 @@ pub fn check_ring_buffer_bytes(bytes: u64) -> Result<u32, Error> {
 pub struct KernelContext {
     /// Field offsets from BTF.
     pub offsets: KernelOffsets,
-    /// Kernel BTF as aya needs it for fentry/fexit; `None` when unreadable.
-    pub aya_btf: Option<aya::Btf>,
+    /// Kernel BTF as aya needs it, parsed on first use: see
+    /// [`KernelContext::aya_btf`].
+    aya_btf: OnceLock<Option<aya::Btf>>,
     /// Kernel BTF as parsed for offsets (also answers "is this function in
     /// BTF").
     pub btf: btf_rs::Btf,
 }
 
 impl KernelContext {
+    /// Kernel BTF as aya needs it to load fentry/fexit and LSM programs (they
+    /// attach by BTF id); `None` when `/sys/kernel/btf/vmlinux` is
+    /// unreadable. Parsed on the first call: tracepoint and kprobe modes
+    /// never need it, and aya's parse of it is a sizeable part of start-up
+    /// (about 13 ms on the development host).
+    pub fn aya_btf(&self) -> Option<&aya::Btf> {
+        self.aya_btf.get_or_init(|| aya::Btf::from_sys_fs().ok()).as_ref()
+    }
+
     /// Creates the object's maps (programs load later, one by one) with
     /// this kernel's offsets and `filter` as frozen globals, and a
     /// `ring_buffer_bytes` ring buffer.
@@ -137,7 +149,10 @@ impl KernelContext {
     /// [`Error::Maps`].
     pub fn load_object(&self, filter: &Filter, ring_buffer_bytes: u32) -> Result<Ebpf, Error> {
         Ok(EbpfLoader::new()
-            .btf(self.aya_btf.as_ref())
+            // No target BTF: the object has no CO-RE relocations (field
+            // offsets come from `OFFSETS` below; a test asserts it), and
+            // fentry/LSM programs get it when they load.
+            .btf(None)
             // aya 0.14 creates task storage maps (`CG_PENDING`, the walk
             // and decision buffers) but has no user-space type for them:
             // nothing here reads them.
@@ -158,7 +173,7 @@ impl KernelContext {
         sys::ensure_tracing_mounts()?;
         let btf = btf::kernel_btf()?;
         let offsets = btf::kernel_offsets(&btf)?;
-        Ok(KernelContext { offsets, aya_btf: aya::Btf::from_sys_fs().ok(), btf })
+        Ok(KernelContext { offsets, aya_btf: OnceLock::new(), btf })
     }
 }
 
@@ -340,7 +355,7 @@ fn attach_one(ebpf: &mut Ebpf, spec: &'static ProbeSpec, kernel: &KernelContext)
                     ..base_refusal(spec, "load")
                 }));
             }
-            let Some(aya_btf) = kernel.aya_btf.as_ref() else {
+            let Some(aya_btf) = kernel.aya_btf() else {
                 return Err(Step::Refused(Refusal {
                     code: "NO_BTF",
                     reason: format!("aya could not read {}", btf::VMLINUX_BTF),
@@ -486,6 +501,15 @@ fn refusal(spec: &'static ProbeSpec, stage: &'static str, e: ProgramError) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_object_has_no_core_relocations_so_loads_need_no_target_btf() {
+        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the built object parses");
+        assert!(
+            !object.has_btf_relocations(),
+            "the object has CO-RE relocations: load_object must pass the kernel's BTF again"
+        );
+    }
 
     #[test]
     fn modes_parse_by_name_and_an_unknown_one_names_them_all() {

@@ -186,13 +186,13 @@ pub fn attach_check(ebpf: &mut Ebpf, mechanism: Mechanism, target: &str, kernel:
             p.attach(target, 0).map_err(d("attach"))?;
         }
         Mechanism::Fentry => {
-            let b = kernel.aya_btf.as_ref().ok_or_else(no_btf)?;
+            let b = kernel.aya_btf().ok_or_else(no_btf)?;
             let p: &mut FEntry = prog.try_into().map_err(wrong)?;
             p.load(target, b).map_err(d("load"))?;
             p.attach().map_err(d("attach"))?;
         }
         Mechanism::Lsm => {
-            let b = kernel.aya_btf.as_ref().ok_or_else(no_btf)?;
+            let b = kernel.aya_btf().ok_or_else(no_btf)?;
             let p: &mut Lsm = prog.try_into().map_err(wrong)?;
             p.load(LSM_HOOK, b).map_err(|e| classify_lsm(program, "load", &e))?;
             p.attach().map_err(|e| classify_lsm(program, "attach", &e))?;

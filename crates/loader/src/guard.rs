@@ -76,7 +76,7 @@ impl Guard {
         let mut ebpf = kernel.load_object(&Filter::default(), ring_buffer_bytes)?;
         let mut slots = Slots::default();
         compiled.write(&mut policy_maps(&mut ebpf)?, &mut slots, true)?;
-        let Some(btf) = kernel.aya_btf.as_ref() else {
+        let Some(btf) = kernel.aya_btf() else {
             return Err(Error::LsmUnavailable {
                 code: "NO_BTF",
                 reason: "BPF LSM programs attach by BTF id and the kernel has no BTF".into(),
