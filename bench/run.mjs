@@ -114,14 +114,13 @@ function start(name, { count = false, ringBufferBytes, latency = false, mode, gu
       });
       p.on('exit', (c) => reject(new Error(`bpftrace exited with ${c}`)));
     });
+    const stop = stopper(p, name);
     return {
       pid: p.pid,
       ready,
       firstEvent: () => first,
       stop: async () => {
-        const rss = vmHWM(p.pid);
-        p.kill('SIGINT');
-        await new Promise((r) => p.on('close', r));
+        const rss = await stop();
         return { byPid: Object.fromEntries(byPid), lost, peakRssBytes: rss };
       },
     };
@@ -132,7 +131,7 @@ function start(name, { count = false, ringBufferBytes, latency = false, mode, gu
     // attached, leaves a file instead (system() needs --unsafe).
     const flag = `/tmp/cg-bench-b2n-${process.pid}-${Number(t0)}`;
     const p = spawn('bpftrace', ['--unsafe', '-e', `BEGIN { system("touch ${flag}"); } ${BPFTRACE.B2}`], { stdio: ['ignore', devNull(), 'pipe'] });
-    const stop = stopper(p);
+    const stop = stopper(p, name);
     const ready = (async () => {
       while (!existsSync(flag)) {
         if (p.exitCode !== null) throw new Error(`bpftrace exited with ${p.exitCode}`);
@@ -161,7 +160,7 @@ function start(name, { count = false, ringBufferBytes, latency = false, mode, gu
       });
       p.on('exit', (c) => reject(new Error(`${name} exited with ${c}: ${stderr}`)));
     });
-    const stop = stopper(p);
+    const stop = stopper(p, name);
     return {
       pid: p.pid,
       ready,
@@ -209,19 +208,36 @@ function start(name, { count = false, ringBufferBytes, latency = false, mode, gu
     stop: async () => {
       const rss = vmHWM(p.pid);
       p.stdin.end();
+      const timer = setTimeout(() => {
+        log(`${name} still running ${STOP_GRACE_MS / 1000} s after its stdin closed: killed`);
+        p.kill('SIGKILL');
+      }, STOP_GRACE_MS);
       await done;
+      clearTimeout(timer);
       return { ...result, peakRssBytes: result?.peakRssBytes ?? rss };
     },
   };
 }
 
 /** Stops `p` with SIGINT as a user's Ctrl-C would; resolves with its peak RSS, read just before. */
-function stopper(p) {
+/**
+ * Stops `p` with SIGINT and resolves once it has closed, with its peak RSS.
+ * 'close' is awaited from the start (a contender that ended early would
+ * otherwise never resolve), and one still running STOP_GRACE_MS after SIGINT
+ * is killed and named in the log, so a hung contender cannot hang the run.
+ */
+const STOP_GRACE_MS = 15_000;
+function stopper(p, name) {
   const closed = new Promise((r) => p.on('close', r));
   return async () => {
     const rss = vmHWM(p.pid);
     p.kill('SIGINT');
+    const timer = setTimeout(() => {
+      log(`${name} still running ${STOP_GRACE_MS / 1000} s after SIGINT: killed (its figures in this round are what it printed until then)`);
+      p.kill('SIGKILL');
+    }, STOP_GRACE_MS);
     await closed;
+    clearTimeout(timer);
     return rss;
   };
 }
