@@ -89,7 +89,7 @@ describe('chroot-guard watch', () => {
       let n = 0;
       for (const r of ndjson(w.out().slice(0, w.out().lastIndexOf('\n') + 1))) {
         if (r.type === 'chroot') n++;
-        if (r.type === 'lost') n += (r.ringBufferFull as number) + (r.pendingFull as number);
+        if (r.type === 'lost') n += (r.ringBufferFull as number) + (r.pendingFull as number) + (r.kretprobeMissed as number);
       }
       return n;
     };
@@ -99,11 +99,11 @@ describe('chroot-guard watch', () => {
     expect(await w.exited).toBe(0);
     const records = ndjson(w.out());
     const delivered = records.filter((r) => r.type === 'chroot').length;
-    const lost = records.filter((r) => r.type === 'lost').reduce((n, r) => n + (r.ringBufferFull as number) + (r.pendingFull as number), 0);
+    const lost = records.filter((r) => r.type === 'lost').reduce((n, r) => n + (r.ringBufferFull as number) + (r.pendingFull as number) + (r.kretprobeMissed as number), 0);
     expect(delivered + lost).toBe(N);
     expect(records.every((r) => r.type !== 'chroot' || r.pid === storm.pid)).toBe(true);
     const last = records.filter((r) => r.type === 'lost').pop();
-    if (last) expect((last.total as { ringBufferFull: number }).ringBufferFull).toBe(lost - records.filter((r) => r.type === 'lost').reduce((n, r) => n + (r.pendingFull as number), 0));
+    if (last) expect((last.total as { ringBufferFull: number }).ringBufferFull).toBe(lost - records.filter((r) => r.type === 'lost').reduce((n, r) => n + (r.pendingFull as number) + (r.kretprobeMissed as number), 0));
   }, 90_000);
 
   it('prints a readable table, filtered by --pid', async () => {

@@ -8,6 +8,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { ValidateFunction } from 'ajv';
 import type { Subscription } from 'rxjs';
+import { NO_LOSS, type LossCounts } from '../ts/batch.js';
 import { chrootGuard, chrootWatch, type AttachInfo, type ChrootDecision, type ChrootEvent, type ChrootGuard, type ChrootWatchOptions, type GuardInfo, type Policy } from '../ts/index.js';
 
 /**
@@ -53,6 +54,8 @@ export function heldByThisProcess(): { programs: string[]; maps: string[] } {
 export interface Recorder {
   readonly events: ChrootEvent[];
   readonly info: AttachInfo;
+  /** The loss totals of the latest `onLost` report (all 0 before one). */
+  readonly lost: LossCounts;
   /** Events of one process. */
   of(pid: number): ChrootEvent[];
   /** Waits until `pred` holds for the recorded events (or throws after `ms`). */
@@ -64,14 +67,22 @@ export interface Recorder {
 export function record(options: ChrootWatchOptions = {}): Promise<Recorder> {
   const events: ChrootEvent[] = [];
   let sub: Subscription | undefined;
+  let lost: LossCounts = NO_LOSS;
   return new Promise<Recorder>((resolve, reject) => {
     sub = chrootWatch({
       mode: TEST_MODE,
       ...options,
+      onLost: (report) => {
+        lost = report.total;
+        options.onLost?.(report);
+      },
       onAttach: (info) =>
         resolve({
           events,
           info,
+          get lost() {
+            return lost;
+          },
           of: (pid) => events.filter((e) => e.pid === pid),
           until: async (pred, ms = 5000) => {
             const deadline = Date.now() + ms;

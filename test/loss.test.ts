@@ -19,7 +19,7 @@ describe('loss accounting', () => {
     let delivered = 0;
     let wrong = 0;
     let reports = 0;
-    let lost: LostReport['total'] = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
+    let lost: LostReport['total'] = { ringBufferFull: 0, pendingFull: 0, kretprobeMissed: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
     let stalled = false;
     let attached!: () => void;
     const isAttached = new Promise<void>((r) => (attached = r));
@@ -56,13 +56,13 @@ describe('loss accounting', () => {
       burst.stdin.end('go\n');
       await exited;
       const deadline = Date.now() + 20_000;
-      while (delivered + lost.ringBufferFull + lost.pendingFull < CALLS && Date.now() < deadline) await sleep(50);
+      while (delivered + lost.ringBufferFull + lost.pendingFull + lost.kretprobeMissed < CALLS && Date.now() < deadline) await sleep(50);
     } finally {
       sub.unsubscribe();
     }
     expect(wrong).toBe(0);
     expect(lost.ringBufferFull).toBeGreaterThan(0);
     expect(reports).toBeGreaterThan(0);
-    expect(delivered + lost.ringBufferFull + lost.pendingFull).toBe(CALLS);
+    expect(delivered + lost.ringBufferFull + lost.pendingFull + lost.kretprobeMissed).toBe(CALLS);
   });
 });

@@ -22,6 +22,16 @@ export interface LossCounts {
   /** Calls not traced: syscall entry could not get the thread's in-flight event (the kernel could not allocate its task storage). */
   readonly pendingFull: number;
   /**
+   * kprobe mode only: calls whose return the exit kretprobe missed, so no
+   * event was sent: more calls were in flight at once than its `maxactive`
+   * (the kernel's `nmissed` for chroot-guard's events in tracefs
+   * `kprobe_profile`). Always 0 in fentry and tracepoint modes. Where the
+   * kretprobes had to be attached through the perf kprobe PMU these misses
+   * cannot be counted, and `AttachInfo.blindSpots` says so
+   * (`MISSES_UNCOUNTED`).
+   */
+  readonly kretprobeMissed: number;
+  /**
    * Guard only: decisions the policy program could not make fully (a map
    * operation or kernel read failed, or the policy was replaced twice during
    * one decision); the policy's `failMode` applied. Always 0 for watch.
@@ -48,24 +58,35 @@ export interface LostReport extends LossCounts {
 /** Counter totals as batches carry them. @internal */
 export type CounterTotals = LossCounts;
 
+/**
+ * Every loss counter, in the order `lost` records write them: the one list
+ * the reports, the records and the totals below follow. @internal
+ */
+export const LOSS_COUNTERS = ['ringBufferFull', 'pendingFull', 'kretprobeMissed', 'lsmErrors', 'allowLost', 'denyLost', 'auditLost'] as const satisfies readonly (keyof LossCounts)[];
+
+/**
+ * The causes of calls that produced no event: events plus their sum equal
+ * the calls made. (`ringBufferFull` also counts guard decisions; watch
+ * sessions write none.) @internal
+ */
+export const CALLS_LOST = ['ringBufferFull', 'pendingFull', 'kretprobeMissed'] as const satisfies readonly (keyof LossCounts)[];
+
+/** Calls with no event in `c` (the sum of {@link CALLS_LOST}). @internal */
+export function callsLost(c: Pick<LossCounts, (typeof CALLS_LOST)[number]>): number {
+  return CALLS_LOST.reduce((n, k) => n + c[k], 0);
+}
+
 /** Every counter at zero. @internal */
-export const NO_LOSS: CounterTotals = { ringBufferFull: 0, pendingFull: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
+export const NO_LOSS: CounterTotals = Object.freeze(Object.fromEntries(LOSS_COUNTERS.map((k) => [k, 0])) as unknown as CounterTotals);
 
 /**
  * The report for the counter totals `total` since `seen`, or null when nothing
  * new was counted. @internal
  */
 export function lostSince(seen: CounterTotals, total: LossCounts): LostReport | null {
-  const report: LostReport = {
-    ringBufferFull: total.ringBufferFull - seen.ringBufferFull,
-    pendingFull: total.pendingFull - seen.pendingFull,
-    lsmErrors: total.lsmErrors - seen.lsmErrors,
-    allowLost: total.allowLost - seen.allowLost,
-    denyLost: total.denyLost - seen.denyLost,
-    auditLost: total.auditLost - seen.auditLost,
-    total,
-  };
-  return report.ringBufferFull > 0 || report.pendingFull > 0 || report.lsmErrors > 0 ? report : null;
+  const report = { total } as { -readonly [K in keyof LostReport]: LostReport[K] };
+  for (const k of LOSS_COUNTERS) report[k] = total[k] - seen[k];
+  return callsLost(report) > 0 || report.lsmErrors > 0 ? report : null;
 }
 
 /**

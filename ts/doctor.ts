@@ -51,7 +51,7 @@ export interface ModeReport {
   readonly mode: AttachMode;
   readonly ok: boolean;
   readonly refusal: Refusal | null;
-  /** When `ok`: compat-only programs the kernel refused, so 32-bit compat chroot calls this mode would not see (as `AttachInfo.blindSpots`). */
+  /** When `ok`: compat-only programs the kernel refused, so 32-bit compat chroot calls this mode would not see, and exit kretprobes whose misses could not be counted (`MISSES_UNCOUNTED`), as `AttachInfo.blindSpots`. */
   readonly compatBlindSpots: readonly Refusal[];
 }
 

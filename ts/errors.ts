@@ -83,7 +83,9 @@ export interface Refusal {
    * (kernel without CONFIG_KPROBES), `NO_BTF_FUNC` (target not in kernel
    * BTF), `NO_BTF` (the kernel's BTF could not be read), `NO_TRACEPOINT`,
    * `VERIFIER` (see `verifierLog`) or `ATTACH_FAILED`; in `blindSpots`, also
-   * `COMPAT_OFF` (compat programs left off on purpose).
+   * `COMPAT_OFF` (compat programs left off on purpose) and
+   * `MISSES_UNCOUNTED` (a kprobe-mode exit kretprobe attached through the
+   * perf kprobe PMU: the calls whose return it misses cannot be counted).
    */
   readonly code: string;
   /** Symbolic errno the kernel returned, e.g. `EPERM`, or null. */

@@ -31,7 +31,10 @@ export interface AttachInfo {
    * only see 32-bit compat chroot calls (`int $0x80` and the other ia32
    * entries; `__ia32_sys_chroot`, or raw `sys_enter`/`sys_exit` in
    * tracepoint mode), refused by the kernel. Empty when every chroot is
-   * seen.
+   * seen. In kprobe mode, also exit kretprobes the kernel would only take
+   * through the perf kprobe PMU (code `MISSES_UNCOUNTED`): their missed
+   * returns, calls without an event, cannot be counted in
+   * `kretprobeMissed`.
    */
   readonly blindSpots: readonly Refusal[];
   /** Reads the totals of the kernel session (shared by subscribers with equal options). */
@@ -69,6 +72,8 @@ export interface SessionStats {
   readonly ringBufferFull: number;
   /** Calls not traced: syscall entry could not get the thread's in-flight event (the kernel could not allocate its task storage). */
   readonly pendingFull: number;
+  /** kprobe mode: calls whose return the exit kretprobe missed, so no event was sent (see `LossCounts.kretprobeMissed`). */
+  readonly kretprobeMissed: number;
 }
 
 const sessions = new Map<string, KernelSession>();
@@ -127,7 +132,7 @@ class KernelSession {
 
   stats(): SessionStats {
     const { events, batches, bytes, lost } = this.binding.stats();
-    return { events, batches, bytes, ringBufferFull: lost.ringBufferFull, pendingFull: lost.pendingFull };
+    return { events, batches, bytes, ringBufferFull: lost.ringBufferFull, pendingFull: lost.pendingFull, kretprobeMissed: lost.kretprobeMissed };
   }
 
   private onOpen(result: BindingOpenResult): void {

@@ -45,7 +45,8 @@ export function renderDoctor(r: DoctorReport): string {
   lines.push(table.toString(), '');
   for (const m of r.modes) {
     lines.push(`mode ${m.mode.padEnd(10)} ${m.ok ? 'ok' : `refused (${m.refusal!.code}): ${m.refusal!.reason}`}`);
-    for (const b of m.compatBlindSpots) lines.push(`  blind to 32-bit compat chroot calls: ${b.program} on ${b.target} refused (${b.code}): ${b.reason}`);
+    for (const b of m.compatBlindSpots)
+      lines.push(b.code === 'MISSES_UNCOUNTED' ? `  calls whose return ${b.program} misses are not counted: ${b.reason}` : `  blind to 32-bit compat chroot calls: ${b.program} on ${b.target} refused (${b.code}): ${b.reason}`);
   }
   lines.push(
     `auto → ${r.auto ?? (k.missingPrivileges ? 'unknown: run as root to try the modes' : 'none: no attach mode works on this kernel')}`,

@@ -92,7 +92,11 @@ export function describeRefusal(r: Refusal): string {
 export function describeAttach(info: AttachInfo): string {
   const refused = info.refused.map(describeRefusal);
   const blind = info.blindSpots.map((r) =>
-    r.code === 'COMPAT_OFF' ? `blind spot: 32-bit compat and x32 chroot calls are not seen (${r.reason})` : `blind spot: 32-bit compat chroot calls are not seen (${r.program} on ${r.target} refused, ${r.code}: ${r.reason})`,
+    r.code === 'COMPAT_OFF'
+      ? `blind spot: 32-bit compat and x32 chroot calls are not seen (${r.reason})`
+      : r.code === 'MISSES_UNCOUNTED'
+        ? `blind spot: calls whose return ${r.program} misses are not counted (${r.reason})`
+        : `blind spot: 32-bit compat chroot calls are not seen (${r.program} on ${r.target} refused, ${r.code}: ${r.reason})`,
   );
   return [`attached in ${info.mode} mode`, ...refused, ...blind].join('\n  ');
 }
@@ -102,6 +106,7 @@ export function describeLost(l: LostReport): string {
   const parts = [];
   if (l.ringBufferFull) parts.push(`${l.ringBufferFull} events lost: ring buffer full (total ${l.total.ringBufferFull}); raise --ring-buffer-bytes`);
   if (l.pendingFull) parts.push(`${l.pendingFull} calls not traced: no in-flight storage (total ${l.total.pendingFull})`);
+  if (l.kretprobeMissed) parts.push(`${l.kretprobeMissed} calls not reported: their return was missed, more in flight at once than the kretprobe's maxactive (total ${l.total.kretprobeMissed}); fentry and tracepoint modes have no such limit`);
   if (l.lsmErrors) parts.push(`${l.lsmErrors} decisions could not be made fully, the policy's failMode applied (total ${l.total.lsmErrors})`);
   const byAction = (['deny', 'audit', 'allow'] as const)
     .map((a) => [a, l[`${a}Lost`], l.total[`${a}Lost`]] as const)

@@ -8,7 +8,7 @@
 import { boottimeNs, toWallClock } from '../clock.js';
 import type { ChrootDecision } from '../decision.js';
 import type { ChrootEvent } from '../events.js';
-import type { LostReport } from '../batch.js';
+import { CALLS_LOST, lostSince, NO_LOSS, type LossCounts, type LostReport } from '../batch.js';
 import type { AttachInfo, SessionStats } from '../session.js';
 import { resolvedMark, tableHeader, tableLine, terminalSafe } from './output.js';
 import { attachRecord, chrootRecord, decisionRecord, lostRecord } from './records.js';
@@ -79,7 +79,7 @@ export class EventPrinter {
   /** When the counts of the last `lost` record (or the attach) were read: ns since boot. */
   private since = 0n;
   /** Totals the stream has reported as lost so far. */
-  private reported = { ringBufferFull: 0, pendingFull: 0 };
+  private reported: LossCounts = NO_LOSS;
   /** Events printed. */
   count = 0;
 
@@ -113,7 +113,7 @@ export class EventPrinter {
    * so far are written first, so a note on stderr follows them.
    */
   lost(report: LostReport): void {
-    this.reported = { ringBufferFull: report.total.ringBufferFull, pendingFull: report.total.pendingFull };
+    this.reported = report.total;
     if (this.json) {
       const now = boottimeNs();
       this.out.add(lostRecord(report, this.since, now));
@@ -128,11 +128,8 @@ export class EventPrinter {
    * written.
    */
   finish(stats: SessionStats | undefined): void {
-    const more = stats && { ringBufferFull: stats.ringBufferFull - this.reported.ringBufferFull, pendingFull: stats.pendingFull - this.reported.pendingFull };
-    if (stats && more && (more.ringBufferFull > 0 || more.pendingFull > 0)) {
-      const zero = { lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
-      this.lost({ ...more, ...zero, total: { ringBufferFull: stats.ringBufferFull, pendingFull: stats.pendingFull, ...zero } });
-    }
+    const report = stats && lostSince(this.reported, { ...this.reported, ...Object.fromEntries(CALLS_LOST.map((k) => [k, stats[k]])) });
+    if (report) this.lost(report);
     this.out.flush();
   }
 }

@@ -11,7 +11,7 @@ import { createRequire } from 'node:module';
 import { DECISION_FIELDS, type ChrootDecision } from '../decision.js';
 import { CALL_FIELDS, compileObject, copied, IDENTITY_FIELDS, type ChrootEvent, type FieldSource } from '../events.js';
 import type { Refusal } from '../errors.js';
-import type { LossCounts, LostReport } from '../batch.js';
+import { LOSS_COUNTERS, type LossCounts, type LostReport } from '../batch.js';
 import type { AttachInfo } from '../session.js';
 import { jsonString, jsonWithBigInts } from './output.js';
 
@@ -117,14 +117,7 @@ export function decisionRecord(d: ChrootDecision): string {
   return decisionSerializer(d);
 }
 
-const counts = (c: LossCounts) => ({
-  ringBufferFull: c.ringBufferFull,
-  pendingFull: c.pendingFull,
-  lsmErrors: c.lsmErrors,
-  allowLost: c.allowLost,
-  denyLost: c.denyLost,
-  auditLost: c.auditLost,
-});
+const counts = (c: LossCounts) => Object.fromEntries(LOSS_COUNTERS.map((k) => [k, c[k]]));
 
 /**
  * `lost`: what the kernel counted since the previous `lost` record (or the

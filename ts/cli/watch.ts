@@ -7,6 +7,7 @@ import { chrootWatch } from '../watch.js';
 import type { AttachMode } from '../errors.js';
 import { EXIT, describeAttach, describeLost, note, reportError } from './output.js';
 import { EventPrinter } from './printer.js';
+import { callsLost } from '../batch.js';
 import type { SessionStats } from '../session.js';
 
 /** Options of `watch`, as commander parses them. */
@@ -61,7 +62,7 @@ export function watch(flags: WatchFlags): Promise<number> {
         printer.attached(info);
       },
       onLost: (report) => {
-        lost = report.total.ringBufferFull + report.total.pendingFull;
+        lost = callsLost(report.total);
         printer.lost(report);
         note(describeLost(report));
       },

@@ -4,20 +4,21 @@
 //! closes every program, link and map fd it created, so nothing is left in
 //! the kernel.
 
-use std::sync::OnceLock;
+use std::{os::fd::AsFd, sync::OnceLock};
 
 use aya::{
     programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
     Ebpf, EbpfLoader,
 };
 use chroot_guard_common::{
-    probes::{probes_for, ProbeSpec, ProgramKind, TRACEPOINT_CATEGORY},
+    probes::{probes_for, ProbeSpec, ProgramKind, Role, TRACEPOINT_CATEGORY},
     Filter, KernelOffsets, Mode,
 };
 
 use crate::{
     btf,
     error::{errno_name, Error, Refusal},
+    kretprobe::{self, Kretprobes},
     memory::{self, Memory, Outcome},
     object::EBPF_OBJECT,
     sys,
@@ -85,6 +86,9 @@ pub const COMPAT_OFF_REASON: &str = "32-bit compat and x32 calls reach no syscal
 pub struct Loaded {
     /// Owns every program, link and map; dropping it detaches all.
     pub ebpf: Ebpf,
+    /// kprobe mode's tracefs kretprobes ([`kretprobe`]); dropping them
+    /// detaches and removes them. Empty in other modes.
+    pub kretprobes: Kretprobes,
     /// The mode that attached.
     pub mode: Mode,
     /// Why each better mode was refused (empty when the best one worked or a
@@ -92,8 +96,26 @@ pub struct Loaded {
     pub refusals: Vec<Refusal>,
     /// Programs of the mode the kernel refused that only see 32-bit compat
     /// calls ([`ProbeSpec::compat`]): the mode runs, blind to those calls.
+    /// Also, code [`MISSES_UNCOUNTED`]: kprobe mode's exit kretprobes that
+    /// had to be attached through the perf PMU, whose missed returns
+    /// cannot be counted.
     pub blind_spots: Vec<Refusal>,
 }
+
+/// What [`try_mode`] attached: the object and, in kprobe mode, its tracefs
+/// kretprobes.
+pub struct Programs {
+    /// Owns every program, link and map.
+    pub ebpf: Ebpf,
+    /// The tracefs kretprobes (kprobe mode).
+    pub kretprobes: Kretprobes,
+}
+
+/// Blind-spot code of an exit kretprobe attached through the perf kprobe
+/// PMU because tracefs `kprobe_events` could not take it: it runs at the
+/// kernel's default `maxactive`, and the returns it misses (calls with no
+/// event) cannot be counted.
+pub const MISSES_UNCOUNTED: &str = "MISSES_UNCOUNTED";
 
 /// What one mode attempt can end in besides success.
 pub enum Failure {
@@ -243,9 +265,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Error> {
     }
     learn(&tried, &memory, &inputs, opts.mode);
     match (attached, opts.mode) {
-        (Some((mode, (ebpf, blind_spots))), _) => {
+        (Some((mode, (Programs { ebpf, kretprobes }, blind_spots))), _) => {
             let refusals = refused.into_iter().take(mode_index(mode)).flatten().collect();
-            Ok(Loaded { ebpf, mode, refusals, blind_spots })
+            Ok(Loaded { ebpf, kretprobes, mode, refusals, blind_spots })
         }
         (None, ModeRequest::Only(_)) => Err(Error::ModeUnavailable {
             refusal: refused.into_iter().flatten().next_back().ok_or_else(|| Error::Object("no refusal recorded".into()))?,
@@ -262,7 +284,7 @@ fn mode_index(mode: Mode) -> usize {
 /// One real attempt at `mode` (see [`try_mode`]). Without a kprobe PMU or
 /// `kprobe_events` no kprobe can attach: that is said without loading the
 /// object (`doctor` still tries for real).
-fn attempt(mode: Mode, kernel: &KernelContext, opts: &LoadOptions) -> Result<(Ebpf, Vec<Refusal>), Failure> {
+fn attempt(mode: Mode, kernel: &KernelContext, opts: &LoadOptions) -> Result<(Programs, Vec<Refusal>), Failure> {
     if mode == Mode::Kprobe && !sys::has_kprobes() {
         if let Some(spec) = probes_for(mode).next() {
             return Err(Failure::Refused(Refusal {
@@ -298,7 +320,11 @@ fn learn(tried: &[(Mode, Option<Refusal>)], memory: &Memory, inputs: &str, reque
 /// programs, which leave the mode running blind to
 /// 32-bit compat calls (after one is refused, the mode's other compat
 /// programs are not attached: an entry hook without its exit would leave
-/// events in flight in `CG_PENDING`).
+/// events in flight in `CG_PENDING`), and the [`MISSES_UNCOUNTED`] notes of
+/// exit kretprobes that fell back to the perf PMU. In kprobe mode the
+/// kretprobes are created through tracefs ([`kretprobe::attach`]) where it
+/// can, after removing the events of dead sessions
+/// ([`kretprobe::remove_stale`]).
 ///
 /// # Errors
 /// [`Failure::Refused`] when the kernel refuses a program of the mode;
@@ -309,8 +335,13 @@ pub fn try_mode(
     filter: &Filter,
     ring_buffer_bytes: u32,
     compat: bool,
-) -> Result<(Ebpf, Vec<Refusal>), Failure> {
+) -> Result<(Programs, Vec<Refusal>), Failure> {
     let mut ebpf = kernel.load_object(filter, ring_buffer_bytes).map_err(Failure::Fatal)?;
+    let mut kretprobes = Kretprobes::default();
+    let mut uncounted: Vec<Refusal> = Vec::new();
+    if mode == Mode::Kprobe {
+        let _ = kretprobe::remove_stale();
+    }
     // Exit hooks first: a call that enters after its entry hook is attached
     // then surely exits after its exit hook is, and leaves no orphan entry
     // in CG_PENDING.
@@ -330,14 +361,17 @@ pub fn try_mode(
         if spec.compat && !blind.is_empty() {
             continue;
         }
-        match load.and_then(|()| attach_one(&mut ebpf, spec)) {
+        match load.and_then(|()| attach_one(&mut ebpf, spec, &mut kretprobes, &mut uncounted)) {
             Ok(()) => {}
             Err(Step::Refused(r)) if spec.compat => blind.push(r),
             Err(Step::Refused(r)) => return Err(Failure::Refused(r)),
             Err(Step::Object(msg)) => return Err(Failure::Fatal(Error::Object(msg))),
         }
     }
-    Ok((ebpf, blind))
+    // The programs' refusals first: `blind` is also what stops the other
+    // compat programs above, which a note on counting must not.
+    blind.append(&mut uncounted);
+    Ok((Programs { ebpf, kretprobes }, blind))
 }
 
 enum Step {
@@ -425,8 +459,14 @@ fn load_one(prog: &mut aya::programs::Program, spec: &'static ProbeSpec, aya_btf
     }
 }
 
-/// Attaches one loaded program at its hook.
-fn attach_one(ebpf: &mut Ebpf, spec: &'static ProbeSpec) -> Result<(), Step> {
+/// Attaches one loaded program at its hook; kretprobes go to `kretprobes`
+/// or, where they fall back to the perf PMU, note it in `uncounted`.
+fn attach_one(
+    ebpf: &mut Ebpf,
+    spec: &'static ProbeSpec,
+    kretprobes: &mut Kretprobes,
+    uncounted: &mut Vec<Refusal>,
+) -> Result<(), Step> {
     let prog = ebpf
         .program_mut(spec.program)
         .ok_or_else(|| Step::Object(format!("program {} missing from the object", spec.program)))?;
@@ -441,9 +481,40 @@ fn attach_one(ebpf: &mut Ebpf, spec: &'static ProbeSpec) -> Result<(), Step> {
             let p: &mut FExit = prog.try_into().map_err(wrong_type)?;
             p.attach().map(drop).map_err(attach)
         }
-        ProgramKind::KProbe | ProgramKind::KRetProbe => {
+        ProgramKind::KProbe => {
             let p: &mut KProbe = prog.try_into().map_err(wrong_type)?;
             p.attach(spec.target, 0).map(drop).map_err(attach)
+        }
+        ProgramKind::KRetProbe => {
+            let p: &mut KProbe = prog.try_into().map_err(wrong_type)?;
+            let exit = spec.role == Role::Exit;
+            // Through tracefs for a maxactive of our own and a count of the
+            // misses; where kprobe_events cannot take it, through the PMU
+            // as before, and an exit hook's misses are then a blind spot.
+            let traced = if kretprobe::available() {
+                let fd = p.fd().map_err(attach)?;
+                kretprobe::attach(fd.as_fd(), spec.program, spec.target)
+            } else {
+                Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("no kprobe_events in {}", sys::TRACEFS)))
+            };
+            match traced {
+                Ok(probe) => kretprobes.push(probe, exit),
+                Err(e) => {
+                    p.attach(spec.target, 0).map_err(attach)?;
+                    if exit {
+                        uncounted.push(Refusal {
+                            code: MISSES_UNCOUNTED,
+                            errno: e.raw_os_error().and_then(errno_name),
+                            reason: format!(
+                                "the kretprobe on {} is attached through the perf kprobe PMU, at the kernel's default maxactive, and the calls whose return it misses (more in flight at once than that) are not counted: tracefs kprobe_events could not take it ({e})",
+                                spec.target
+                            ),
+                            ..base_refusal(spec, "attach")
+                        });
+                    }
+                }
+            }
+            Ok(())
         }
         ProgramKind::TracePoint => {
             let p: &mut TracePoint = prog.try_into().map_err(wrong_type)?;

@@ -6,6 +6,8 @@
 //! - [`memory`]: the refusals `auto` remembers, so it skips what must fail.
 //! - [`run_dir`]: `/run/chroot-guard`, the private directory of lock files
 //!   and that memory.
+//! - [`kretprobe`]: kprobe mode's exit hooks through tracefs, with a
+//!   higher `maxactive`, and the count of the returns they still miss.
 //! - [`btf`]: kernel struct offsets from BTF (our stand-in for CO-RE).
 //! - [`reader`]: the ring-buffer thread and its batching policy.
 //! - [`session`]: one attached mode plus its reader; the unit of lifecycle.
@@ -17,6 +19,7 @@ pub mod doctor;
 pub mod error;
 pub mod guard;
 pub mod identity;
+pub mod kretprobe;
 pub mod layout;
 pub mod memory;
 pub mod object;

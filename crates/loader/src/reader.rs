@@ -23,6 +23,8 @@ use std::{
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use chroot_guard_common::Counter;
 
+use crate::kretprobe::MissCounter;
+
 /// Totals of the per-CPU `CG_COUNTERS`, summed over CPUs, since load.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Lost {
@@ -42,22 +44,28 @@ pub struct Lost {
     pub deny_lost: u64,
     /// Audit decisions not written: the ring buffer was full.
     pub audit_lost: u64,
+    /// kprobe mode: calls whose return the exit kretprobe missed (more calls
+    /// in flight at once than its `maxactive`), so no event was sent; the
+    /// kernel's `nmissed` of our events in tracefs `kprobe_profile`
+    /// ([`crate::kretprobe::MissCounter`]). 0 in other modes.
+    pub kretprobe_missed: u64,
 }
 
 impl Lost {
     /// Events that never reached user space.
     pub fn total(&self) -> u64 {
-        self.ring_buffer_full + self.pending_full
+        self.ring_buffer_full + self.pending_full + self.kretprobe_missed
     }
 }
 
-/// The `CG_COUNTERS` map.
-pub struct Counters(PerCpuArray<MapData, u64>);
+/// The `CG_COUNTERS` map, and in kprobe mode the kernel's count of the
+/// returns our kretprobes missed.
+pub struct Counters(PerCpuArray<MapData, u64>, Option<MissCounter>);
 
 impl Counters {
     /// Wraps the map.
     pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
-        Counters(map)
+        Counters(map, None)
     }
 
     /// The counters' map, to pin it.
@@ -66,7 +74,8 @@ impl Counters {
     }
 
     /// Reads and sums every CPU's counters (one `BPF_MAP_LOOKUP_ELEM` per
-    /// counter). A failed read counts as zero.
+    /// counter), and the missed returns (one read of `kprobe_profile`). A
+    /// failed map read counts as zero.
     pub fn read(&self) -> Lost {
         let sum = |c: Counter| {
             self.0.get(&(c as u32), 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)
@@ -80,6 +89,7 @@ impl Counters {
             allow_lost,
             deny_lost,
             audit_lost,
+            kretprobe_missed: self.1.as_ref().map_or(0, MissCounter::read),
         }
     }
 }
@@ -167,11 +177,25 @@ pub fn start<S: Sink>(
     sink: S,
     config: ReaderConfig,
 ) -> Result<(Reader, Arc<Counters>), crate::Error> {
+    start_with(ebpf, sink, config, None)
+}
+
+/// [`start`], with `misses` read into [`Lost::kretprobe_missed`] alongside
+/// the map (kprobe mode's exit kretprobes).
+///
+/// # Errors
+/// As [`start`].
+pub fn start_with<S: Sink>(
+    ebpf: &mut aya::Ebpf,
+    sink: S,
+    config: ReaderConfig,
+    misses: Option<MissCounter>,
+) -> Result<(Reader, Arc<Counters>), crate::Error> {
     use crate::Error;
     let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Error::Object(format!("map {name} missing")));
     let ring = RingBuf::try_from(take("CG_EVENTS")?).map_err(|e| Error::Object(format!("CG_EVENTS: {e}")))?;
     let counters = PerCpuArray::try_from(take("CG_COUNTERS")?).map_err(|e| Error::Object(format!("CG_COUNTERS: {e}")))?;
-    let counters = Arc::new(Counters::new(counters));
+    let counters = Arc::new(Counters(counters, misses));
     let reader = Reader::spawn(ring, Arc::clone(&counters), sink, config)?;
     Ok((reader, counters))
 }

@@ -8,6 +8,7 @@ use chroot_guard_common::Mode;
 use crate::{
     attach::{self, LoadOptions, Loaded},
     error::{Error, Refusal},
+    kretprobe::Kretprobes,
     reader::{self, Counters, Lost, Reader, ReaderConfig, Sink},
 };
 
@@ -18,6 +19,7 @@ use crate::{
 /// detaches every link and closes every program and map.
 pub struct Session {
     ebpf: Option<Ebpf>,
+    kretprobes: Option<Kretprobes>,
     reader: Reader,
     counters: Arc<Counters>,
     mode: Mode,
@@ -59,9 +61,9 @@ impl Session {
     /// missing; [`Error::Io`] when the thread cannot start. Nothing stays
     /// loaded after an error.
     pub fn open<S: Sink>(opts: &LoadOptions, sink: S, config: ReaderConfig) -> Result<Session, Error> {
-        let Loaded { mut ebpf, mode, refusals, blind_spots } = attach::load(opts)?;
-        let (reader, counters) = reader::start(&mut ebpf, sink, config)?;
-        Ok(Session { ebpf: Some(ebpf), reader, counters, mode, refusals, blind_spots })
+        let Loaded { mut ebpf, kretprobes, mode, refusals, blind_spots } = attach::load(opts)?;
+        let (reader, counters) = reader::start_with(&mut ebpf, sink, config, kretprobes.miss_counter())?;
+        Ok(Session { ebpf: Some(ebpf), kretprobes: Some(kretprobes), reader, counters, mode, refusals, blind_spots })
     }
 
     /// The attached mode.
@@ -85,9 +87,12 @@ impl Session {
         SessionStats::read(&self.reader, &self.counters)
     }
 
-    /// Stops the reader, then detaches and unloads everything. Idempotent.
+    /// Stops the reader, then detaches and unloads everything: the tracefs
+    /// kretprobes are closed and removed from `kprobe_events` before the
+    /// object goes. Idempotent.
     pub fn close(&mut self) {
         self.reader.stop();
+        self.kretprobes.take();
         self.ebpf.take();
     }
 }

@@ -177,6 +177,35 @@ pub fn boottime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Opens `rel` (e.g. `kprobe_events`, `events/GROUP/EVENT/id`) inside
+/// tracefs at [`TRACEFS`] with `flags` (`O_NOFOLLOW | O_CLOEXEC` added),
+/// and checks that what was opened is on tracefs: a symbolic link in the
+/// last component is refused (`ELOOP`), and a file of another file system
+/// (something mounted or planted over the path) is refused with `EXDEV`.
+/// tracefs itself has no symbolic links and only root can create its
+/// entries, so a file that passes is the kernel's.
+///
+/// # Errors
+/// The `open(2)` error, or `EXDEV` when the file is not on tracefs.
+pub fn open_tracefs(rel: &str, flags: i32) -> io::Result<std::fs::File> {
+    use std::os::{fd::AsFd, unix::fs::OpenOptionsExt};
+    let path = Path::new(TRACEFS).join(rel);
+    let mut opts = std::fs::OpenOptions::new();
+    match flags & libc::O_ACCMODE {
+        libc::O_WRONLY => opts.write(true),
+        libc::O_RDWR => opts.read(true).write(true),
+        _ => opts.read(true),
+    };
+    if flags & libc::O_APPEND != 0 {
+        opts.append(true);
+    }
+    let file = opts.custom_flags((flags & !(libc::O_ACCMODE | libc::O_APPEND)) | libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&path)?;
+    if fd_fs_magic(file.as_fd()) != Some(TRACEFS_MAGIC) {
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    Ok(file)
+}
+
 /// Whether the kernel can create kprobes: a `kprobe` PMU (4.17+) or a
 /// `kprobe_events` file in tracefs. Both are absent without `CONFIG_KPROBES`.
 pub fn has_kprobes() -> bool {

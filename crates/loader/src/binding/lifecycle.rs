@@ -48,6 +48,10 @@ pub struct BindingLost {
     pub deny_lost: f64,
     /// Audit decisions not written (ring buffer full).
     pub audit_lost: f64,
+    /// kprobe mode: calls whose return the exit kretprobe missed (more in
+    /// flight at once than its maxactive), so no event was sent; from the
+    /// kernel's `nmissed` in tracefs `kprobe_profile`. 0 in other modes.
+    pub kretprobe_missed: f64,
 }
 
 impl From<Lost> for BindingLost {
@@ -59,6 +63,7 @@ impl From<Lost> for BindingLost {
             allow_lost: l.allow_lost as f64,
             deny_lost: l.deny_lost as f64,
             audit_lost: l.audit_lost as f64,
+            kretprobe_missed: l.kretprobe_missed as f64,
         }
     }
 }
