@@ -70,9 +70,10 @@ beforeAll(async () => {
 }, 60_000);
 
 afterAll(() => {
-  for (const c of children) c.kill('SIGKILL');
-  // unshare's child, pid 1 of its own pid namespace, outlives unshare.
+  // unshare's child, pid 1 of its own pid namespace, outlives unshare: it
+  // goes first, so that unshare, still alive, reaps it.
   if (held.ns) process.kill(held.ns.pid, 'SIGKILL');
+  for (const c of children) if (c !== held.ns?.child) c.kill('SIGKILL'); // unshare exits once its child is gone
   rmSync(base, { recursive: true, force: true });
 });
 
