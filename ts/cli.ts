@@ -95,6 +95,28 @@ program
   });
 
 program
+  .command('ps')
+  .description("list every process whose root is not its mount namespace's root, now: pid, ppid, uid, comm, root, cwd (and whether it is outside the root), exe; read by a BPF task iterator, or /proc where the kernel refuses it (needs root)")
+  .option('--json', 'one task record per line, as events.schema.json describes (task): every field, raw bytes as …Base64, times in ns since boot')
+  .option('--pid <pid>', 'only this process id (tgid)', integer('--pid', 1, 0xffffffff))
+  .option('--uid <uid>', 'only this real uid', integer('--uid', 0, 0xffffffff))
+  .option('--comm <name>', 'only processes whose comm is exactly this')
+  .addOption(new Option('--source <source>', 'auto: the task iterator, or /proc where the kernel refuses it; iterator: fail instead; proc: /proc only, no BPF').choices(['auto', 'iterator', 'proc']).default('auto'))
+  .addHelpText(
+    'after',
+    `
+Table: PID, PPID, UID, then COMM → ROOT (cwd, exe), each child under its parent. ROOT is
+the path in the process's mount namespace; "(unreachable)" marks a root in a tree that
+namespace does not reach (a lazily unmounted directory), "(outside root)" a cwd the
+root does not contain. Bytes that are not UTF-8 and control characters print as \\xNN.
+Nothing stays loaded when ps ends.
+${EXIT_HELP}`,
+  )
+  .action(async (flags) => {
+    process.exitCode = await (await import('./cli/ps.js')).psCommand(flags);
+  });
+
+program
   .command('enforce')
   .description('decide every chroot(2) by a policy with the BPF LSM hook lsm/path_chroot, and print each decision until Ctrl-C (needs root and a kernel running the BPF LSM)')
   .requiredOption('--policy <file>', `policy file, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes (see policy.schema.json)`)

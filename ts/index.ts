@@ -15,6 +15,7 @@ export type { AttachInfo, SessionStats } from './session.js';
 export type { LossCounts, LostReport } from './batch.js';
 export { toWallClock, boottimeNs } from './clock.js';
 export { doctor, BLIND_SPOTS, type BlindSpot, type DoctorReport, type AttachPointReport, type Check, type Denial, type Mechanism, type ModeReport, type RememberedRefusals } from './doctor.js';
+export { chrootedTasks, type ChrootedTask, type ChrootedTasksOptions, type PsResult, type PsSource } from './ps.js';
 export { countStacks, type CountStacksOptions, type KernelStack, type StackFrame, type StackReport } from './stacks.js';
 export { chrootGuard, type ChrootGuard, type ChrootGuardOptions, type ChrootDecision, type GuardInfo } from './guard.js';
 export {

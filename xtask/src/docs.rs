@@ -9,7 +9,7 @@ use std::fs;
 use anyhow::{bail, Context, Result};
 use chroot_guard_common::{
     probes::{
-        Mechanism, PointKind, ProgramKind, Role, Service, ATTACH_POINTS, LSM_HOOK, PROBES, SERVICE_PROGRAMS,
+        Mechanism, PointKind, ProgramKind, Role, Service, ATTACH_POINTS, LSM_HOOK, PROBES, PS_ITERATOR, SERVICE_PROGRAMS,
         TRACEPOINT_CATEGORY,
     },
     Mode,
@@ -42,6 +42,10 @@ pub fn probe_table() -> String {
         out.push_str(&format!("| {} | `{}` | {hook} | `{target}` | {role} |\n", p.mode.name(), p.program));
     }
     for p in SERVICE_PROGRAMS {
+        if p.service == Service::Ps {
+            out.push_str(&format!("| ps | `{}` | iter | `bpf_iter_{PS_ITERATOR}` (`iter/{PS_ITERATOR}`) | a record per chrooted process, read as a file |\n", p.program));
+            continue;
+        }
         let targets: Vec<String> = ATTACH_POINTS
             .iter()
             .filter(|a| a.mechanisms.contains(&p.mechanism))
@@ -57,6 +61,7 @@ pub fn probe_table() -> String {
             Service::Guard => ("guard", "policy decision; event to ring buffer"),
             Service::Check if stacks => ("doctor, stacks", "doctor's check; stacks' counter"),
             Service::Check => ("doctor", "doctor's BPF LSM check (allows all)"),
+            Service::Ps => unreachable!("written above"),
         };
         let hook = p.mechanism.name();
         out.push_str(&format!("| {users} | `{}` | {hook} | {} | {role} |\n", p.program, targets.join(", ")));

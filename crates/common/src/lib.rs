@@ -9,6 +9,7 @@
 
 pub mod policy;
 pub mod probes;
+pub mod tasks;
 
 /// Bytes reserved for the chroot argument, `PATH_MAX` in the kernel
 /// (`include/uapi/linux/limits.h`), terminating NUL included.
@@ -432,8 +433,20 @@ pub struct KernelOffsets {
     /// `dentry.d_hash` plus `hlist_bl_node.pprev`: NULL when the dentry is
     /// unhashed.
     pub dentry_hash_pprev: u32,
-    /// Explicit padding, always zero.
-    pub _pad0: u32,
+    /// `cred.uid`
+    pub cred_uid: u32,
+    /// `task_struct.start_boottime`
+    pub task_start_boottime: u32,
+    /// `fs_struct.pwd`
+    pub fs_pwd: u32,
+    /// `task_struct.cgroups`
+    pub task_cgroups: u32,
+    /// `css_set.dfl_cgrp`
+    pub css_set_dfl_cgrp: u32,
+    /// `cgroup.kn`
+    pub cgroup_kn: u32,
+    /// `kernfs_node.id`
+    pub kernfs_node_id: u32,
 }
 
 /// Which calls the programs report, set at load time in the read-only global

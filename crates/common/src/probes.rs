@@ -151,6 +151,10 @@ pub enum Mechanism {
     /// `BPF_PROG_TYPE_LSM` on a BPF LSM hook (needs `CONFIG_BPF_LSM` and
     /// `bpf` in the active LSM list).
     Lsm,
+    /// `BPF_PROG_TYPE_TRACING`/`BPF_TRACE_ITER`: a BPF iterator (5.8+),
+    /// read as a file. Hooks no chroot attach point, so not in
+    /// [`Mechanism::ALL`]: `ps` reads tasks with it.
+    Iterator,
 }
 
 impl Mechanism {
@@ -164,6 +168,7 @@ impl Mechanism {
             Mechanism::Kprobe => "kprobe",
             Mechanism::Fentry => "fentry",
             Mechanism::Lsm => "lsm",
+            Mechanism::Iterator => "iter",
         }
     }
 
@@ -237,7 +242,14 @@ pub enum Service {
     /// allows; `stacks` counts kernel stacks with it at the same points (for
     /// the mechanisms of attach modes, [`Mechanism::of_mode`]).
     Check,
+    /// `ps`: an `iter/task` iterator ([`PS_ITERATOR`]) that writes a
+    /// record per chrooted process (`crate::tasks::TaskRecord`).
+    Ps,
 }
+
+/// The kernel iterator `ps`'s program walks (`iter/task`: every task,
+/// threads included), loaded against the kernel's `bpf_iter_task`.
+pub const PS_ITERATOR: &str = "task";
 
 /// One program of the object outside the attach modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,6 +271,7 @@ pub const SERVICE_PROGRAMS: &[ServiceProgram] = &[
     ServiceProgram { program: "cg_stk_kprobe", service: Service::Check, mechanism: Mechanism::Kprobe },
     ServiceProgram { program: "cg_stk_fentry", service: Service::Check, mechanism: Mechanism::Fentry },
     ServiceProgram { program: "cg_chk_lsm", service: Service::Check, mechanism: Mechanism::Lsm },
+    ServiceProgram { program: "cg_iter_task", service: Service::Ps, mechanism: Mechanism::Iterator },
 ];
 
 /// The program of [`SERVICE_PROGRAMS`] for `service` and `mechanism`; in a
@@ -277,6 +290,9 @@ const fn service_program(service: Service, mechanism: Mechanism) -> &'static str
 
 /// The guard's program: `lsm/path_chroot`, deciding each chroot by policy.
 pub const GUARD_PROGRAM: &str = service_program(Service::Guard, Mechanism::Lsm);
+
+/// `ps`'s program: the `iter/task` iterator.
+pub const PS_PROGRAM: &str = service_program(Service::Ps, Mechanism::Iterator);
 
 /// The check program of each mechanism, serving `stacks` and `doctor`.
 pub const fn check_program(m: Mechanism) -> &'static str {

@@ -352,16 +352,20 @@ pub fn resolve_into(kind: Scratch, ev: &mut ChrootEvent, vfsmnt: *const u8, dent
 /// at most `DATA_BYTES - EXE_MAX`.
 #[inline(always)]
 fn copy_walk(ev: &mut ChrootEvent, at: u32, w: &Walk) -> u16 {
+    // SAFETY: `at` is masked by the caller, so the copy ends inside
+    // `ev.data` (see `DATA_BYTES`).
+    copy_path(unsafe { ev.data.as_mut_ptr().add(at as usize) }, w)
+}
+
+/// Copies the path of `w` to `dst` and returns its length (at most
+/// [`MASK`]). `dst` must have `MASK` bytes of room, provably to the
+/// verifier: a map value pointer whose offset the caller masked.
+#[inline(always)]
+pub fn copy_path(dst: *mut u8, w: &Walk) -> u16 {
     let len = w.len();
-    // SAFETY: `at` is masked by the caller and `len` is at most MASK, so the
-    // copy ends inside `ev.data` (see `DATA_BYTES`); the source is the
-    // scratch value.
+    // SAFETY: see above; the source is the scratch value.
     unsafe {
-        generated::bpf_probe_read_kernel(
-            ev.data.as_mut_ptr().add(at as usize).cast(),
-            len,
-            w.scratch.add((w.pos & MASK) as usize).cast(),
-        );
+        generated::bpf_probe_read_kernel(dst.cast(), len, w.scratch.add((w.pos & MASK) as usize).cast());
     }
     len as u16
 }
@@ -371,13 +375,10 @@ fn copy_walk(ev: &mut ChrootEvent, at: u32, w: &Walk) -> u16 {
 const MNT_NS_INTERNAL: usize = -22isize as usize;
 
 /// Walks `task`'s executable (`task->mm->exe_file->f_path`) in the task's
-/// own mount namespace and appends it to `ev.data` after the paths before
-/// it: the caller's (`parent` false, into `exe_len`) or, once that is
-/// final, its parent's (`parent` true, into `parent_exe_len`). Sets the
-/// [`exe_flags`] bits, shifted for the parent. `Err` when the task has no
-/// executable or a read failed; nothing is then recorded.
+/// own mount namespace: the walk and its [`exe_flags`] bits. `Err` when
+/// the task has no executable or a read failed.
 #[inline(always)]
-pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bool) -> Result<(), Error> {
+pub fn exe_walk(kind: Scratch, task: *const u8) -> Result<(Walk, u16), Error> {
     let file = exe_file(task)?;
     let (vfsmnt, dentry) = path_parts(file.wrapping_add(off!(file_f_path)))?;
     let w = walk(kind, ns_root_mount(task)?, vfsmnt, dentry)?;
@@ -397,6 +398,17 @@ pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bo
             bits |= exe_flags::MEMFD;
         }
     }
+    Ok((w, bits))
+}
+
+/// [`exe_walk`]s `task`'s executable and appends it to `ev.data` after the
+/// paths before it: the caller's (`parent` false, into `exe_len`) or, once
+/// that is final, its parent's (`parent` true, into `parent_exe_len`). Sets
+/// the [`exe_flags`] bits, shifted for the parent. `Err` when the task has
+/// no executable or a read failed; nothing is then recorded.
+#[inline(always)]
+pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bool) -> Result<(), Error> {
+    let (w, bits) = exe_walk(kind, task)?;
     let before = u32::from(ev.path_len) + u32::from(ev.resolved_len);
     if parent {
         let at = (before + u32::from(ev.exe_len)) & (4 * EXE_MAX as u32 - 1);
@@ -480,6 +492,87 @@ fn exe_file(task: *const u8) -> Result<*const u8, Error> {
         return Err(0);
     }
     Ok(file)
+}
+
+/// `task->fs->pwd`, the working directory, as `(vfsmount, dentry)`.
+#[inline(always)]
+pub fn fs_pwd(task: *const u8) -> Result<(*const u8, *const u8), Error> {
+    let fs = load::<*const u8>(task, off!(task_fs));
+    path_parts(fs.wrapping_add(off!(fs_pwd)))
+}
+
+/// Whether walking up from `(vfsmnt, dentry)`, across mounts, passes
+/// `(root_mnt, root_dentry)`, as `d_path()` decides whether a path is
+/// under a task's root: `Some(false)` when the walk reached the top of its
+/// mount tree first, `None` when [`MAX_PATH_DEPTH`] steps were not enough
+/// to tell.
+#[inline(always)]
+pub fn is_below(
+    root_mnt: *const u8,
+    root_dentry: *const u8,
+    vfsmnt: *const u8,
+    dentry: *const u8,
+) -> Result<Option<bool>, Error> {
+    let mut mnt = vfsmnt;
+    let mut dentry = dentry;
+    for _ in 0..MAX_PATH_DEPTH {
+        if mnt == root_mnt && dentry == root_dentry {
+            return Ok(Some(true));
+        }
+        let mount = mnt.wrapping_sub(off!(mount_mnt));
+        let m = read::<MountWindow>(mount, off!(mount_parent))?;
+        if dentry == m.root {
+            if m.parent == mount {
+                return Ok(Some(false));
+            }
+            dentry = m.mountpoint;
+            mnt = m.parent.wrapping_add(off!(mount_mnt));
+            continue;
+        }
+        let parent = read_ptr(dentry, off!(dentry_parent))?;
+        if parent == dentry {
+            return Ok(Some(false));
+        }
+        dentry = parent;
+    }
+    Ok(None)
+}
+
+/// `task->cred->uid`: the real uid, as the initial user namespace sees it.
+#[inline(always)]
+pub fn real_uid(task: *const u8) -> u32 {
+    let cred = load::<*const u8>(task, off!(task_cred));
+    load::<u32>(cred, off!(cred_uid))
+}
+
+/// `task->start_boottime`: when the task started, ns since boot
+/// (CLOCK_BOOTTIME).
+#[inline(always)]
+pub fn start_boottime(task: *const u8) -> u64 {
+    load::<u64>(task, off!(task_start_boottime))
+}
+
+/// `task->tgid`.
+#[inline(always)]
+pub fn tgid(task: *const u8) -> u32 {
+    load::<u32>(task, off!(task_tgid))
+}
+
+/// `task->group_leader`.
+#[inline(always)]
+pub fn group_leader(task: *const u8) -> *const u8 {
+    load::<*const u8>(task, off!(task_group_leader))
+}
+
+/// `task->cgroups->dfl_cgrp->kn->id`: the task's cgroup v2 id, what
+/// `bpf_get_current_cgroup_id()` reads for `current`. `cgroups` is an RCU
+/// pointer, so the chain is read with [`read`].
+#[inline(always)]
+pub fn cgroup_id(task: *const u8) -> Result<u64, Error> {
+    let css_set = read_ptr(task, off!(task_cgroups))?;
+    let cgroup = read_ptr(css_set, off!(css_set_dfl_cgrp))?;
+    let kn = read_ptr(cgroup, off!(cgroup_kn))?;
+    read::<u64>(kn, off!(kernfs_node_id))
 }
 
 /// `task->cred->user_ns->ns.inum`.

@@ -19,6 +19,7 @@ mod kprobe;
 mod lsm;
 mod stacks;
 mod task_storage;
+mod tasks;
 mod tracepoint;
 
 use aya_ebpf::{
@@ -113,7 +114,13 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     file_f_path: 0,
     mount_mnt_ns: 0,
     dentry_hash_pprev: 0,
-    _pad0: 0,
+    cred_uid: 0,
+    task_start_boottime: 0,
+    fs_pwd: 0,
+    task_cgroups: 0,
+    css_set_dfl_cgrp: 0,
+    cgroup_kn: 0,
+    kernfs_node_id: 0,
 };
 
 /// Which calls to report, set by the loader.

@@ -192,7 +192,13 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         file_f_path: o("file", "f_path")?,
         mount_mnt_ns: o("mount", "mnt_ns")?,
         dentry_hash_pprev: o("dentry", "d_hash")? + o("hlist_bl_node", "pprev")?,
-        _pad0: 0,
+        cred_uid: o("cred", "uid")?,
+        task_start_boottime: o("task_struct", "start_boottime")?,
+        fs_pwd: o("fs_struct", "pwd")?,
+        task_cgroups: o("task_struct", "cgroups")?,
+        css_set_dfl_cgrp: o("css_set", "dfl_cgrp")?,
+        cgroup_kn: o("cgroup", "kn")?,
+        kernfs_node_id: o("kernfs_node", "id")?,
     };
     check_windows(&offsets)?;
     Ok(offsets)

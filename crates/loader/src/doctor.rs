@@ -197,6 +197,8 @@ pub fn attach_check(ebpf: &mut Ebpf, mechanism: Mechanism, target: &str, kernel:
             p.load(LSM_HOOK, b).map_err(|e| classify_lsm(program, "load", &e))?;
             p.attach().map_err(|e| classify_lsm(program, "attach", &e))?;
         }
+        // Not in Mechanism::ALL: no chroot attach point takes an iterator.
+        Mechanism::Iterator => return Err(internal("an iterator hooks no attach point".into())),
     }
     Ok(())
 }

@@ -226,6 +226,13 @@ pub enum Error {
         /// What was called on: `guard`.
         what: &'static str,
     },
+    /// The kernel refused `ps`'s task iterator (`iter/task`): at load, at
+    /// attach, or when its file was opened.
+    #[error("the kernel refused the task iterator: {}", .denial.reason)]
+    IteratorRefused {
+        /// Why, classified like a refused attach mode.
+        denial: crate::attach::Denial,
+    },
     /// The ring-buffer thread could not be started.
     #[error("could not start the ring buffer reader: {0}")]
     Io(#[from] std::io::Error),
@@ -259,6 +266,9 @@ impl Error {
             Error::Verifier { .. } => Code::LoadFailed,
             Error::Mount { .. } => Code::MountFailed,
             Error::Pin { .. } => Code::PinFailed,
+            Error::IteratorRefused { denial } if denial.code == "VERIFIER" => Code::LoadFailed,
+            Error::IteratorRefused { denial } if denial.code == "EPERM" => Code::Eperm,
+            Error::IteratorRefused { .. } => Code::UnsupportedKernel,
             Error::Maps(e) if is_eperm(e) => Code::Eperm,
             Error::Maps(_) => Code::LoadFailed,
             Error::Object(_) | Error::Closed { .. } | Error::NotRunning { .. } | Error::Io(_) => Code::Internal,
@@ -278,6 +288,7 @@ impl Error {
     pub fn verifier_log(&self) -> Option<&str> {
         match self {
             Error::Verifier { log, .. } => Some(log),
+            Error::IteratorRefused { denial } => denial.verifier_log.as_deref(),
             _ => self.refusals().iter().find_map(|r| r.verifier_log.as_deref()),
         }
     }

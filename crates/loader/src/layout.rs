@@ -69,25 +69,24 @@ fn mode_key(m: Mode) -> &'static str {
     }
 }
 
+/// The object's BTF for layout tests, shared with `ps.rs`'s.
 #[cfg(test)]
-mod tests {
-    //! Kernel and user space must never drift: the layout the eBPF object's
-    //! BTF describes (what the programs write) must be the layout
-    //! `chroot-guard-common` gives user space.
-    use chroot_guard_common::{Filter, KernelOffsets};
+pub(crate) mod tests_support {
     use object::{Object, ObjectSection};
 
-    use super::*;
     use crate::{btf::find_struct, object::EBPF_OBJECT};
 
-    fn object_btf() -> btf_rs::Btf {
+    /// The BTF `bpf-linker --btf` wrote into the embedded object.
+    pub fn object_btf() -> btf_rs::Btf {
         let elf = object::File::parse(EBPF_OBJECT).expect("the embedded object is ELF");
         let section = elf.section_by_name(".BTF").expect("the object carries BTF (link-arg=--btf)");
         btf_rs::Btf::from_bytes(section.data().expect(".BTF data")).expect("parsable BTF")
     }
 
-    fn btf_members(btf: &btf_rs::Btf, name: &str) -> (usize, Vec<(String, u32)>) {
-        let st = find_struct(btf, name).unwrap_or_else(|| panic!("struct {name} in the object's BTF"));
+    /// Size and `(member, byte offset)` of struct `name` in [`object_btf`].
+    pub fn object_btf_members(name: &str) -> (usize, Vec<(String, u32)>) {
+        let btf = object_btf();
+        let st = find_struct(&btf, name).unwrap_or_else(|| panic!("struct {name} in the object's BTF"));
         let members = st
             .members
             .iter()
@@ -95,11 +94,20 @@ mod tests {
             .collect();
         (st.size(), members)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Kernel and user space must never drift: the layout the eBPF object's
+    //! BTF describes (what the programs write) must be the layout
+    //! `chroot-guard-common` gives user space.
+    use chroot_guard_common::{Filter, KernelOffsets};
+
+    use super::{tests_support::object_btf_members, *};
 
     #[test]
     fn chroot_event_matches_object_btf() {
-        let btf = object_btf();
-        let (size, members) = btf_members(&btf, "ChrootEvent");
+        let (size, members) = object_btf_members("ChrootEvent");
         let table = event_layout();
         let get = |k: &str| table.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
         assert_eq!(size as u32, get("size").expect("size"), "sizeof(ChrootEvent)");
@@ -116,20 +124,19 @@ mod tests {
 
     #[test]
     fn globals_match_object_btf() {
-        let btf = object_btf();
-        let (size, _) = btf_members(&btf, "KernelOffsets");
+        let (size, _) = object_btf_members("KernelOffsets");
         assert_eq!(size, size_of::<KernelOffsets>());
-        let (size, members) = btf_members(&btf, "Filter");
+        let (size, members) = object_btf_members("Filter");
         assert_eq!(size, size_of::<Filter>());
         let comm = members.iter().find(|(n, _)| n == "comm").expect("Filter.comm");
         assert_eq!(comm.1 as usize, offset_of!(Filter, comm));
-        let (size, _) = btf_members(&btf, "PolicyRule");
+        let (size, _) = object_btf_members("PolicyRule");
         assert_eq!(size, size_of::<chroot_guard_common::policy::PolicyRule>());
-        let (size, _) = btf_members(&btf, "PolicyHeader");
+        let (size, _) = object_btf_members("PolicyHeader");
         assert_eq!(size, size_of::<chroot_guard_common::policy::PolicyHeader>());
-        let (size, _) = btf_members(&btf, "PathKey");
+        let (size, _) = object_btf_members("PathKey");
         assert_eq!(size, size_of::<chroot_guard_common::policy::PathKey>());
-        let (size, _) = btf_members(&btf, "ExeKey");
+        let (size, _) = object_btf_members("ExeKey");
         assert_eq!(size, size_of::<chroot_guard_common::policy::ExeKey>());
     }
 

@@ -10,6 +10,8 @@
 //!   higher `maxactive`, and the count of the returns they still miss.
 //! - [`btf`]: kernel struct offsets from BTF (our stand-in for CO-RE).
 //! - [`reader`]: the ring-buffer thread and its batching policy.
+//! - [`ps`]: the chrooted processes now, from the task iterator or
+//!   [`proc_scan`].
 //! - [`session`]: one attached mode plus its reader; the unit of lifecycle.
 //! - `binding` (feature `napi`): the thin, internal Node.js binding.
 
@@ -25,6 +27,8 @@ pub mod memory;
 pub mod object;
 pub mod pin;
 pub mod policy;
+pub mod proc_scan;
+pub mod ps;
 pub mod reader;
 pub mod run_dir;
 pub mod session;

@@ -88,7 +88,7 @@ pub struct BindingDoctorReport {
     pub memory: BindingMemoryReport,
 }
 
-fn denial(d: &Denial) -> BindingDenial {
+pub(super) fn denial(d: &Denial) -> BindingDenial {
     BindingDenial {
         code: d.code.into(),
         errno: d.errno.map(str::to_string),

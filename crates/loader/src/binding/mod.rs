@@ -11,6 +11,7 @@ mod guard;
 mod lifecycle;
 mod pinned;
 mod policy;
+mod ps;
 mod session;
 mod stacks;
 
