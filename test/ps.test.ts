@@ -9,7 +9,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootedTasks, type ChrootedTask, type PsResult } from '../ts/index.js';
-import { cli, heldByThisProcess } from './helpers.js';
+import { cli, heldByThisProcess, ndjson } from './helpers.js';
 
 interface Held {
   child: ChildProcess;
@@ -147,9 +147,13 @@ describe('ps', () => {
     const outside = table.stdout.split('\n').find((l) => l.startsWith(`${held.outside.pid} `))!;
     expect(outside).toContain('(outside root)');
     expect(table.stdout).toContain(`${base}/odd\\xff\\xfe\\\\\\x0a`);
+    // Every line of the whole listing fits the published schema (ndjson throws otherwise).
+    const all = cli('ps', '--json');
+    expect(all.status).toBe(0);
+    expect(ndjson(all.stdout).length).toBeGreaterThanOrEqual(4);
     const json = cli('ps', '--json', '--pid', String(held.odd.pid));
     expect(json.status).toBe(0);
-    const records = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const records = ndjson(json.stdout) as unknown as Record<string, unknown>[];
     expect(records).toHaveLength(1);
     expect(records[0]).toMatchObject({ type: 'task', pid: held.odd.pid, comm: 'chroot_hold', rootBase64: held.odd.root.toString('base64'), cwdOutsideRoot: false });
     expect(cli('ps', '--json', '--comm', 'no-such-comm').stdout).toBe('');
