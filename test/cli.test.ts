@@ -13,6 +13,14 @@ import { ndjson, sleep, TEST_MODE, tryChroot } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
+
+/**
+ * In the forced-mode reruns (`cargo xtask test` runs this file again with
+ * `CG_TEST_MODE` kprobe and tracepoint in the VM) only what the watch mode
+ * can change runs again: usage errors and the guard's CLI run in `auto`.
+ */
+const RERUN = TEST_MODE !== 'auto';
+const inAuto = (title: string) => (RERUN ? `${title} (in auto only: the watch mode does not change it)` : title);
 let root: BusyboxRoot;
 let rootPath: string;
 beforeAll(() => {
@@ -123,7 +131,7 @@ describe('chroot-guard watch', () => {
     expect(w.out()).not.toContain(` ${other.pid} `);
   });
 
-  it('says what it needs and exits 4 without privileges', () => {
+  it.skipIf(RERUN)(inAuto('says what it needs and exits 4 without privileges'), () => {
     const r = cli(['watch'], ['setpriv', '--bounding-set=-all', '--inh-caps=-all']);
     expect(r.status).toBe(4);
     expect(r.stderr).toContain('missing privileges');
@@ -131,7 +139,7 @@ describe('chroot-guard watch', () => {
     expect(r.stdout).toBe('');
   });
 
-  it('rejects bad usage with exit 2', () => {
+  it.skipIf(RERUN)(inAuto('rejects bad usage with exit 2'), () => {
     for (const args of [['watch', '--pid', 'abc'], ['watch', '--mode', 'uprobe'], ['watch', '--bogus'], ['nonsense']]) {
       const r = cli(args);
       expect(r.status, args.join(' ')).toBe(2);
@@ -142,7 +150,7 @@ describe('chroot-guard watch', () => {
     expect(r.stderr).toContain('comm must be 1 to 15 bytes');
   });
 
-  it('documents options and exit codes in --help', () => {
+  it.skipIf(RERUN)(inAuto('documents options and exit codes in --help'), () => {
     const r = cli(['watch', '--help']);
     expect(r.status).toBe(0);
     for (const s of ['--json', '--mode', '--pid', '--uid', '--comm', 'Exit codes', 'missing privileges']) expect(r.stdout).toContain(s);
@@ -232,7 +240,7 @@ describe('table output escapes what callers control (real chroot calls)', () => 
     expect(ok).toMatchObject({ comm: COMM.toString(), errno: null });
   });
 
-  it('enforce --audit (table): the decision line escapes comm and resolved path the same way', async () => {
+  it.skipIf(RERUN)(inAuto('enforce --audit (table): the decision line escapes comm and resolved path the same way'), async () => {
     const policy = join(base, 'audit.json');
     writeFileSync(policy, JSON.stringify({ mode: 'audit', rules: [{ id: 'escapes', action: 'audit', match: { subtree: base } }] }));
     // The BPF LSM where it runs (VM); elsewhere decisions computed from the watch probes.
@@ -264,7 +272,7 @@ describe('chroot-guard demo', () => {
   });
 });
 
-describe('chroot-guard enforce when its stdout reader goes away (`enforce | head -1`)', () => {
+describe.skipIf(RERUN)(inAuto('chroot-guard enforce when its stdout reader goes away (`enforce | head -1`)'), () => {
   let dir: string;
   let policy: string;
   beforeAll(() => {
