@@ -139,6 +139,33 @@ describe('chroot-guard watch', () => {
     expect(r.stdout).toBe('');
   });
 
+  it.skipIf(RERUN)(inAuto('loads only what the command uses: watch no RxJS and no policy stack, check no RxJS'), async () => {
+    // Every CommonJS package the process loaded, written at exit by a
+    // preloaded script (ESM imports of CommonJS packages go through the
+    // CommonJS loader's cache too).
+    const dir = mkdtempSync(join(tmpdir(), 'cg-loaded-'));
+    const hook = join(dir, 'loaded.cjs');
+    writeFileSync(hook, `process.on('exit', () => process.stderr.write('LOADED ' + JSON.stringify([...new Set(Object.keys(require.cache).filter((k) => k.includes('/node_modules/')).map((k) => k.split('/node_modules/').pop().split('/')[0]))].sort()) + '\\n'));\n`);
+    const loaded = (stderr: string) => JSON.parse(/LOADED (.*)/.exec(stderr)![1]!) as string[];
+    try {
+      const check = spawnSync(process.execPath, ['--require', hook, CLI, 'check', fileURLToPath(new URL('../examples/build-farm.yaml', import.meta.url))], { encoding: 'utf8', timeout: 60_000 });
+      expect(check.status).toBe(0);
+      expect(loaded(check.stderr)).toEqual(expect.arrayContaining(['ajv', 'yaml']));
+      expect(loaded(check.stderr)).not.toContain('rxjs');
+      const child = spawn(process.execPath, ['--require', hook, CLI, 'watch', '--json', '--mode', TEST_MODE], { stdio: ['ignore', 'ignore', 'pipe'] });
+      let stderr = '';
+      let stopped = false;
+      child.stderr.on('data', (d: Buffer) => {
+        stderr += d.toString();
+        if (!stopped && stderr.includes('watching chroot(2)')) stopped = child.kill('SIGINT');
+      });
+      expect(await new Promise((resolve) => child.on('exit', resolve))).toBe(0);
+      expect(loaded(stderr)).toEqual(['commander']);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it.skipIf(RERUN)(inAuto('rejects bad usage with exit 2'), () => {
     for (const args of [['watch', '--pid', 'abc'], ['watch', '--mode', 'uprobe'], ['watch', '--bogus'], ['nonsense']]) {
       const r = cli(args);

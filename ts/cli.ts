@@ -167,7 +167,7 @@ program
   .option('--json', 'results as JSON')
   .addHelpText('after', EXIT_HELP)
   .action(async (files: string[], flags) => {
-    process.exitCode = (await import('./cli/enforce.js')).checkCommand(files, flags);
+    process.exitCode = (await import('./cli/check.js')).checkCommand(files, flags);
   });
 
 try {

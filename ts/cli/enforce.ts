@@ -1,5 +1,5 @@
 /**
- * `chroot-guard enforce` and `chroot-guard check`.
+ * `chroot-guard enforce`, and the pinned guard's `status`, `follow`, `unload`.
  * @internal
  * @module
  */
@@ -8,8 +8,8 @@ import { decisionOf } from '../decision.js';
 import { ChrootGuardError } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { evaluatePolicy, INITIAL_USER_NS, policyContext, type PolicyContext } from '../policy/evaluate.js';
-import { asAudit, PolicyError, type Policy } from '../policy/types.js';
-import { hostWarnings, loadPolicy, policyWarnings } from '../policy/validate.js';
+import { asAudit, type Policy } from '../policy/types.js';
+import { loadPolicy, policyWarnings } from '../policy/validate.js';
 import { chrootWatch } from '../watch.js';
 import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus, type PinnedGuardUnload } from '../pinned.js';
 import { EXIT, describeLost, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
@@ -336,27 +336,4 @@ async function auditFromWatch(policy: Policy, flags: { policy: string; json?: bo
   await stopped;
   printer.finish();
   return failed ? reportError(failed) : EXIT.OK;
-}
-
-/** `check FILE...`: validates without root. */
-export function checkCommand(files: string[], flags: { json?: boolean }): number {
-  let bad = 0;
-  const results = files.map((file) => {
-    try {
-      const p = loadPolicy(file);
-      const warnings = [...policyWarnings(p), ...hostWarnings(p)].map((w) => ({ file, ...w }));
-      if (!flags.json) {
-        process.stdout.write(`${file}: ok (${p.mode}, ${p.rules.length} rules, default ${p.default ?? 'allow'})\n`);
-        for (const w of warnings) process.stderr.write(`${file}: ${w.pointer}: warning: ${w.message}\n`);
-      }
-      return { file, ok: true, problems: [], warnings };
-    } catch (err) {
-      if (!(err instanceof PolicyError)) throw err;
-      bad++;
-      if (!flags.json) for (const line of err.message.replace(/ \(INVALID_POLICY\).*$/s, '').split('\n')) process.stderr.write(`${line}\n`);
-      return { file, ok: false, problems: err.problems, warnings: [] };
-    }
-  });
-  if (flags.json) process.stdout.write(JSON.stringify(results, null, 2) + '\n');
-  return bad ? EXIT.USAGE : EXIT.OK;
 }

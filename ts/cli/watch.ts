@@ -3,12 +3,12 @@
  * @internal
  * @module
  */
-import { chrootWatch } from '../watch.js';
 import type { AttachMode } from '../errors.js';
 import { EXIT, describeAttach, describeLost, note, reportError } from './output.js';
 import { EventPrinter } from './printer.js';
 import { callsLost } from '../batch.js';
-import type { SessionStats } from '../session.js';
+import { joinSession, type SessionStats } from '../session.js';
+import { watchSessionOptions } from '../watch-options.js';
 
 /** Options of `watch`, as commander parses them. */
 export interface WatchFlags {
@@ -26,14 +26,17 @@ export function watch(flags: WatchFlags): Promise<number> {
   const printer = new EventPrinter(flags.json === true);
   return new Promise((resolve) => {
     let lost = 0;
-    let sub: { unsubscribe(): void } | undefined;
+    let leave: (() => void) | undefined;
+    let ended = false;
     let stats: (() => SessionStats) | undefined;
     // Handlers first: the subscription can fail at once (e.g. no native addon).
     const stop = () => {
+      ended = true;
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
       process.stdout.off('error', onStdoutError);
-      sub?.unsubscribe();
+      leave?.();
+      leave = undefined;
     };
     const onSignal = () => {
       const last = stats?.();
@@ -49,30 +52,43 @@ export function watch(flags: WatchFlags): Promise<number> {
     process.on('SIGINT', onSignal);
     process.on('SIGTERM', onSignal);
     process.stdout.on('error', onStdoutError);
-    sub = chrootWatch({
-      mode: flags.mode,
-      ...(flags.pid !== undefined ? { pid: flags.pid } : {}),
-      ...(flags.uid !== undefined ? { uid: flags.uid } : {}),
-      ...(flags.comm !== undefined ? { comm: flags.comm } : {}),
-      ...(flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {}),
-      ...(flags.compat ? { compat: true } : {}),
-      onAttach: (info) => {
-        stats = info.stats;
-        note(`${describeAttach(info)}\n  watching chroot(2); Ctrl-C to stop`);
-        printer.attached(info);
-      },
-      onLost: (report) => {
-        lost = callsLost(report.total);
-        printer.lost(report);
-        note(describeLost(report));
-      },
-    }).subscribe({
-      next: (e) => printer.print(e),
-      error: (err: unknown) => {
-        stop();
-        printer.finish(undefined);
-        resolve(reportError(err));
-      },
-    });
+    // The session itself, not chrootWatch(): the same options and checks,
+    // without loading RxJS (part of the CLI's start-up).
+    try {
+      const joined = joinSession(
+        watchSessionOptions({
+          mode: flags.mode,
+          ...(flags.pid !== undefined ? { pid: flags.pid } : {}),
+          ...(flags.uid !== undefined ? { uid: flags.uid } : {}),
+          ...(flags.comm !== undefined ? { comm: flags.comm } : {}),
+          ...(flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {}),
+          ...(flags.compat ? { compat: true } : {}),
+        }),
+        {
+          attached: (info) => {
+            stats = info.stats;
+            note(`${describeAttach(info)}\n  watching chroot(2); Ctrl-C to stop`);
+            printer.attached(info);
+          },
+          lost: (report) => {
+            lost = callsLost(report.total);
+            printer.lost(report);
+            note(describeLost(report));
+          },
+          event: (e) => printer.print(e),
+          error: (err) => {
+            stop();
+            printer.finish(undefined);
+            resolve(reportError(err));
+          },
+        },
+      );
+      // An error can come while joining: leave then, as unsubscribing would.
+      if (ended) joined.leave();
+      else leave = joined.leave;
+    } catch (err) {
+      stop();
+      resolve(reportError(err));
+    }
   });
 }
