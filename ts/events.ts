@@ -12,15 +12,48 @@ import { native, type Native } from './native.js';
 import { utf8SequenceLength } from './utf8.js';
 
 /**
+ * A process's executable (`task->mm->exe_file`) as the kernel walked its
+ * path: what events (the caller's) and `chroot-guard ps`'s tasks both
+ * carry. Paths are in the process's own mount namespace, in the display
+ * form of {@link displayBytes} (bytes that are not UTF-8 as `\xNN`, a
+ * backslash as `\\`), raw bytes beside them. Unlike `comm`, a process
+ * cannot choose it without running another file.
+ */
+export interface ExecutablePath {
+  /**
+   * Path of the executable (`exe_file->f_path`), display form; null when
+   * the process has no executable (a kernel thread) or a read failed. A
+   * memfd shows as `/memfd:NAME` (`exeMemfd`).
+   */
+  readonly exe: string | null;
+  /** Raw bytes of `exe`, or null. */
+  readonly exeBytes: Buffer | null;
+  /** The walk stopped at 64 steps or 4095 bytes: `exe` is the tail only. */
+  readonly exeTruncated: boolean;
+  /**
+   * The executable is not reachable from the process's mount namespace
+   * root (a detached tree, another namespace, a memfd): `exe` is its path
+   * from that other root.
+   */
+  readonly exeUnreachable: boolean;
+  /** The executable was unlinked after it was run (`/proc/PID/exe` says `(deleted)`): `exe` names where it was. */
+  readonly exeDeleted: boolean;
+  /** The executable is a memfd (`memfd_create(2)` run with `fexecve`/`execveat`): a file with no path in any namespace. */
+  readonly exeMemfd: boolean;
+}
+
+/**
  * One chroot(2) attempt, emitted when the syscall returns.
  *
  * Sources: identity fields are read at syscall entry (`sys_enter_chroot`,
  * or fentry/kprobe on `__x64_sys_chroot`); `resolvedPath` at
  * `security_path_chroot` (fentry/kprobe modes) or from `current->fs->root`
  * at `sys_exit_chroot` after a successful call (tracepoint mode); `ret` at
- * syscall exit.
+ * syscall exit; the caller's executable ({@link ExecutablePath}) is walked
+ * like `resolvedPath`, at syscall exit (at `security_path_chroot` for
+ * decisions).
  */
-export interface ChrootEvent {
+export interface ChrootEvent extends ExecutablePath {
   /** Syscall exit time: ns since boot (CLOCK_BOOTTIME, `bpf_ktime_get_boot_ns`). */
   readonly ts: bigint;
   /** Syscall entry time: ns since boot (CLOCK_BOOTTIME). */
@@ -74,29 +107,6 @@ export interface ChrootEvent {
   readonly exeIno: bigint;
   /** The caller has no executable to identify (no `mm` or `exe_file`, e.g. a kernel thread). */
   readonly exeUnknown: boolean;
-  /**
-   * Path of the caller's executable (`current->mm->exe_file->f_path`),
-   * walked like `resolvedPath` in the caller's mount namespace at syscall
-   * exit (at `security_path_chroot` for decisions); display form as for
-   * `path`. Unlike `comm`, the caller cannot choose it without running
-   * another file. Null when the caller has no executable or a read failed.
-   * A memfd shows as `/memfd:NAME` (`exeMemfd`).
-   */
-  readonly exe: string | null;
-  /** Raw bytes of `exe`, or null. */
-  readonly exeBytes: Buffer | null;
-  /** The walk stopped at 64 steps or 4095 bytes: `exe` is the tail only. */
-  readonly exeTruncated: boolean;
-  /**
-   * The executable is not reachable from the caller's mount namespace root
-   * (a detached tree, another namespace, a memfd): `exe` is its path from
-   * that other root.
-   */
-  readonly exeUnreachable: boolean;
-  /** The executable was unlinked after it was run (`/proc/PID/exe` says `(deleted)`): `exe` names where it was. */
-  readonly exeDeleted: boolean;
-  /** The executable is a memfd (`memfd_create(2)` run with `fexecve`/`execveat`): a file with no path in any namespace. */
-  readonly exeMemfd: boolean;
   /** The parent's comm (`current->real_parent->comm`), display form as for `comm`; set by the parent itself. */
   readonly parentComm: string;
   /** Raw bytes of `parentComm` (NUL padding excluded). */

@@ -7,7 +7,7 @@
 import type { BindingChrootedTask } from './native/binding.cjs';
 import type { Denial } from './doctor.js';
 import { check, errorFromBinding } from './errors.js';
-import { displayBytes } from './events.js';
+import { displayBytes, type ExecutablePath } from './events.js';
 import { native } from './native.js';
 
 /** Where {@link chrootedTasks} reads: see {@link ChrootedTasksOptions.source}. */
@@ -23,8 +23,10 @@ export const PS_SOURCES: readonly string[] = ['auto', 'iterator', 'proc'];
  * namespace root (from `/proc`: `readlink` of `/proc/PID/{root,cwd,exe}`),
  * kept as raw bytes (`…Bytes`) and shown in the display form of
  * `displayBytes` (bytes that are not UTF-8 as `\xNN`, a backslash as `\\`).
+ * The executable ({@link ExecutablePath}): from `/proc`, `exeTruncated` is
+ * never set, and `exeUnreachable` only for a memfd.
  */
-export interface ChrootedTask {
+export interface ChrootedTask extends ExecutablePath {
   /** Process id (tgid), as the host's pid namespace sees it: `task->tgid`. */
   readonly pid: number;
   /** Parent's process id: `task->real_parent->tgid` (`PPid` in `/proc/PID/status`). */
@@ -66,18 +68,6 @@ export interface ChrootedTask {
   readonly cwdTruncated: boolean;
   /** The cwd is in a tree the mount namespace does not reach. Iterator only. */
   readonly cwdUnreachable: boolean;
-  /** The executable (`task->mm->exe_file`), display form; null without one. */
-  readonly exe: string | null;
-  /** The executable's raw bytes, or null. */
-  readonly exeBytes: Buffer | null;
-  /** The exe walk hit its bound. Iterator only. */
-  readonly exeTruncated: boolean;
-  /** The executable is outside the process's mount namespace's tree (or a memfd). */
-  readonly exeUnreachable: boolean;
-  /** The executable was unlinked after it was run (`(deleted)` in `/proc/PID/exe`). */
-  readonly exeDeleted: boolean;
-  /** The executable is a memfd (`/memfd:NAME`). */
-  readonly exeMemfd: boolean;
   /**
    * cgroup v2 id: `task->cgroups->dfl_cgrp->kn->id`, the inode number of
    * its cgroup2 directory; from `/proc`, that inode found through
