@@ -7,7 +7,7 @@
  * the session. Host only (test/QUARANTINE.md).
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -237,13 +237,16 @@ describe('agent output rotation', () => {
     execFileSync('gcc', ['-O2', '-o', loop, fileURLToPath(new URL('../bench/workload/chroot_loop.c', import.meta.url))]);
     const port = await freePort();
     const out = join(dir, 'rot', 'events.ndjson');
-    const maxBytes = 256 * 1024;
+    const maxBytes = 64 * 1024;
+    // A small ring buffer: the storm may overrun it, and then what was lost
+    // must be accounted for too (in the stream and in the metrics alike).
     const agent = await startAgent(
       'rot',
-      `watch: { mode: ${TEST_MODE}, filters: { comm: ${comm} } }\noutput:\n  path: ${out}\n  rotate: { maxBytes: ${maxBytes}, keep: 200 }\nmetrics: { listen: "127.0.0.1:${port}" }\n`,
+      `watch: { mode: ${TEST_MODE}, ringBufferBytes: 65536, filters: { comm: ${comm} } }\noutput:\n  path: ${out}\n  rotate: { maxBytes: ${maxBytes}, keep: 1000 }\nmetrics: { listen: "127.0.0.1:${port}" }\n`,
     );
     let delivered: number;
     let calls: number;
+    let lostSeen: number;
     try {
       const run = JSON.parse(execFileSync(loop, ['--calls', '10000', '--path', '/'], { encoding: 'utf8' })) as { calls: number; errors: number };
       expect(run.errors).toBe(0);
@@ -253,9 +256,10 @@ describe('agent output rotation', () => {
       for (;;) {
         const text = ((await get(port, '/metrics')) as { body: string }).body;
         delivered = samples(text, 'chroot_guard_events_delivered_total').get('') ?? 0;
-        const lost = [...samples(text, 'chroot_guard_lost_total').values()].reduce((a, b) => a + b, 0);
-        if (delivered + lost >= calls) break;
-        if (Date.now() > deadline) throw new Error(`the agent accounted for ${delivered} + ${lost} of ${calls} calls`);
+        const lost = samples(text, 'chroot_guard_lost_total');
+        lostSeen = ['ringBufferFull', 'pendingFull', 'kretprobeMissed'].reduce((n, cause) => n + lost.get(`{cause="${cause}"}`)!, 0);
+        if (delivered + lostSeen >= calls) break;
+        if (Date.now() > deadline) throw new Error(`the agent accounted for ${delivered} + ${lostSeen} of ${calls} calls`);
         await sleep(200);
       }
     } finally {
@@ -269,6 +273,13 @@ describe('agent output rotation', () => {
       .sort((a, b) => b - a);
     expect(rotated.length, 'the storm rotated the file several times').toBeGreaterThan(5);
     const files = [...rotated.map((i) => `${out}.${i}`), out];
+    // Each rotated file reached maxBytes, and went past it by one write at
+    // most (a batch's lines: 64 Ki characters, and the line that crossed it).
+    for (const f of files.slice(0, -1)) {
+      const size = statSync(f).size;
+      expect(size, f).toBeGreaterThanOrEqual(maxBytes);
+      expect(size, f).toBeLessThan(maxBytes + 512 * 1024);
+    }
     const records: StreamRecord[] = [];
     for (const f of files) {
       const text = readFileSync(f, 'utf8');
@@ -285,7 +296,8 @@ describe('agent output rotation', () => {
     const last = records.filter((r) => r.type === 'lost').pop() as { total: Record<string, number> } | undefined;
     const lostCalls = last ? last.total.ringBufferFull! + last.total.pendingFull! + last.total.kretprobeMissed! : 0;
     expect(chroots.length + lostCalls).toBe(calls);
-    console.log(`rotation: ${calls} calls, ${chroots.length} chroot records + ${lostCalls} lost across ${files.length} files of at most ~${maxBytes} bytes`);
+    expect(lostCalls).toBe(lostSeen);
+    console.log(`rotation: ${calls} calls, ${chroots.length} chroot records + ${lostCalls} lost across ${files.length} files (rotated at ${maxBytes} bytes)`);
   });
 });
 
