@@ -64,17 +64,21 @@ interface Agent {
   readonly child: ChildProcess;
   /** Its stderr so far. */
   stderr(): string;
-  /** SIGTERM, then its exit code. */
-  stop(): Promise<number | null>;
+  /** Its stdout so far. */
+  stdout(): string;
+  /** `signal` (SIGTERM by default), then its exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
 /** Writes `yaml` as a config file and starts the agent with it; resolves once it says it runs. */
 async function startAgent(name: string, yaml: string): Promise<Agent> {
   const config = join(dir, `${name}.yaml`);
   writeFileSync(config, yaml);
-  const child = spawn(process.execPath, [CLI, 'agent', '--config', config], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, 'agent', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
+  let stdout = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
   const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
   const deadline = Date.now() + 30_000;
   while (!stderr.includes('agent running')) {
@@ -84,8 +88,9 @@ async function startAgent(name: string, yaml: string): Promise<Agent> {
   return {
     child,
     stderr: () => stderr,
-    stop: async () => {
-      child.kill('SIGTERM');
+    stdout: () => stdout,
+    stop: async (signal = 'SIGTERM') => {
+      child.kill(signal);
       return exited;
     },
   };
@@ -230,6 +235,21 @@ describe('agent /metrics and /healthz', () => {
   });
 });
 
+describe('agent output to stdout', () => {
+  it('writes the watch --json stream to stdout by default; SIGINT stops it with exit 0 and the stream complete', async () => {
+    const comm = uniqueComm('out');
+    const agent = await startAgent('stdout', `watch: { mode: ${TEST_MODE}, filters: { comm: ${comm} } }\n`);
+    const results = chrootCalls(comm, ['/', '/nonexistent-cg-agent', '/']);
+    const deadline = Date.now() + 10_000;
+    while (agent.stdout().split('\n').filter((l) => l.includes('"type":"chroot"')).length < results.length && Date.now() < deadline) await sleep(50);
+    expect(await agent.stop('SIGINT')).toBe(0);
+    const records = ndjson(agent.stdout());
+    expect(records.map((r) => r.type)).toEqual(['attach', 'chroot', 'chroot', 'chroot']);
+    expect(records.slice(1).map((r) => [r.comm, (r.errno as string | null) ?? 'ok'])).toEqual(results.map((x) => [comm, x]));
+    expect(agent.stderr()).toContain('detached: 3 events written');
+  });
+});
+
 describe('agent output rotation', () => {
   it('a storm into a small rotated file loses nothing: records across the files = delivered events, + lost = calls made', async () => {
     const comm = uniqueComm('rot');
@@ -301,7 +321,7 @@ describe('agent output rotation', () => {
   });
 });
 
-describe('agent config errors (no root needed)', () => {
+describe('agent config and start-up errors', () => {
   const run = (name: string, yaml: string, ...flags: string[]) => {
     const file = join(dir, `${name}.yaml`);
     writeFileSync(file, yaml);
@@ -339,6 +359,33 @@ describe('agent config errors (no root needed)', () => {
     expect(r.status).toBe(2);
     expect(r.stderr).toContain(`${r.file}:2:1: "guard" is not yet supported: the agent does not run a guard yet`);
     expect(r.stderr).not.toContain('unknown key');
+  });
+
+  it('a port already taken: exit 1, naming it, before anything is loaded', async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    const port = (taken.address() as { port: number }).port;
+    try {
+      const file = join(dir, 'taken.yaml');
+      writeFileSync(file, `metrics: { listen: "127.0.0.1:${port}" }\n`);
+      const r = await new Promise<{ status: number | null; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, [CLI, 'agent', '--config', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        child.on('exit', (status) => resolve({ status, stderr }));
+      });
+      expect(r.status).toBe(1);
+      expect(r.stderr).toContain(`cannot listen on 127.0.0.1:${port}: listen EADDRINUSE`);
+      expect(r.stderr).not.toContain('attached');
+    } finally {
+      taken.close();
+    }
+  });
+
+  it.skipIf(EXPECTED_MODE !== 'tracepoint' || TEST_MODE !== 'auto')('a mode the kernel refuses: exit 3, as watch (fentry where only tracepoints attach)', () => {
+    const r = run('refused', 'watch: { mode: fentry }\n');
+    expect(r.status).toBe(3);
+    expect(r.stderr).toContain('fentry refused');
   });
 
   it('YAML syntax errors and unreadable files have the policies\' shape', () => {
