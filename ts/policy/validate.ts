@@ -280,9 +280,9 @@ export interface DocumentKind<T> {
   /** Validates against the kind's JSON Schema, ajv's errors on `errors` (compiled on first use). */
   readonly schema: () => ValidateFunction;
   /**
-   * Problems of the schema's errors, replaced or kept: e.g. a key the
-   * schema does not name yet but a later version will. Runs before the
-   * other schema problems are reported.
+   * Problems found before the schema's, each in place of the schema's
+   * problems at its pointer: e.g. a key the schema does not name yet but a
+   * later version will take, named as such rather than as unknown.
    */
   readonly before?: (value: unknown) => Array<{ pointer: string; message: string; key?: string }>;
   /** Checks the schema cannot make, on a value that fits it. */
@@ -366,7 +366,7 @@ function problemAt(file: string | undefined, lc: LineCounter, offset: number, me
  * document cannot overflow the stack here), in the order the YAML library
  * resolves aliases: a node, then its children.
  */
-function structureProblem(doc: Document): { offset: number; message: string } | undefined {
+function structureProblem(doc: Document, noun: string): { offset: number; message: string } | undefined {
   const { isAlias, isCollection, isMap, isPair, isScalar } = yaml();
   const anchors = new Map<string, Node>();
   // Values each finished node stands for, aliases expanded. An anchor
@@ -398,10 +398,10 @@ function structureProblem(doc: Document): { offset: number; message: string } | 
       if (!target) return { offset, message: `alias *${n.source} names no anchor (&${n.source}) before it` };
       const v = values.get(target);
       if (v === undefined) return { offset, message: `alias *${n.source} is inside the value it names` };
-      if (++aliases > MAX_ALIASES) return { offset, message: `more than ${MAX_ALIASES} aliases (*name); at most ${MAX_ALIASES} per policy` };
+      if (++aliases > MAX_ALIASES) return { offset, message: `more than ${MAX_ALIASES} aliases (*name); at most ${MAX_ALIASES} per ${noun}` };
       aliasValues += v;
       if (aliasValues > MAX_ALIAS_VALUES) {
-        return { offset, message: `aliases stand for more than ${MAX_ALIAS_VALUES} values from here on (a "billion laughs"?); at most ${MAX_ALIAS_VALUES} per policy` };
+        return { offset, message: `aliases stand for more than ${MAX_ALIAS_VALUES} values from here on (a "billion laughs"?); at most ${MAX_ALIAS_VALUES} per ${noun}` };
       }
       values.set(n, v);
       continue;
@@ -475,7 +475,7 @@ export function parseDocument<T>(kind: DocumentKind<T>, text: string, file?: str
       },
     ]);
   }
-  const bad = structureProblem(doc);
+  const bad = structureProblem(doc, kind.noun);
   if (bad) throw kind.error([problemAt(file, lineCounter, bad.offset, bad.message)]);
   let value: unknown;
   try {
