@@ -139,7 +139,7 @@ describe('chroot-guard watch', () => {
     expect(r.stdout).toBe('');
   });
 
-  it.skipIf(RERUN)(inAuto('loads only what the command uses: watch no RxJS and no policy stack, check no RxJS'), async () => {
+  it.skipIf(RERUN)(inAuto('loads only what the command uses: watch no RxJS, no policy stack and no prom-client, check and agent --check-config no RxJS'), async () => {
     // Every CommonJS package the process loaded, written at exit by a
     // preloaded script (ESM imports of CommonJS packages go through the
     // CommonJS loader's cache too).
@@ -152,6 +152,11 @@ describe('chroot-guard watch', () => {
       expect(check.status).toBe(0);
       expect(loaded(check.stderr)).toEqual(expect.arrayContaining(['ajv', 'yaml']));
       expect(loaded(check.stderr)).not.toContain('rxjs');
+      // The agent's config check: the policy stack's parser, not its metrics or output libraries.
+      const agentCheck = spawnSync(process.execPath, ['--require', hook, CLI, 'agent', '--check-config', '--config', fileURLToPath(new URL('../examples/agent.yaml', import.meta.url))], { encoding: 'utf8', timeout: 60_000 });
+      expect(agentCheck.status).toBe(0);
+      expect(loaded(agentCheck.stderr)).toEqual(expect.arrayContaining(['ajv', 'yaml']));
+      for (const p of ['rxjs', 'prom-client', 'rotating-file-stream']) expect(loaded(agentCheck.stderr)).not.toContain(p);
       const child = spawn(process.execPath, ['--require', hook, CLI, 'watch', '--json', '--mode', TEST_MODE], { stdio: ['ignore', 'ignore', 'pipe'] });
       let stderr = '';
       let stopped = false;

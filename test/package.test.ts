@@ -117,9 +117,11 @@ describe('the tarballs', () => {
         'package/dist/index.js',
         'package/dist/native/binding.cjs',
         'package/examples/build-farm.yaml',
+        'package/examples/agent.yaml',
         'package/package.json',
         'package/policy.schema.json',
         'package/events.schema.json',
+        'package/agent.schema.json',
       ].sort(),
     );
     expect(list('chroot-guard-linux-x64-gnu-0.1.0.tgz')).toEqual(['package/README.md', 'package/chroot-guard.linux-x64-gnu.node', 'package/package.json']);

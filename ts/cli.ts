@@ -161,6 +161,26 @@ refused with PIN_FAILED and nothing is removed.
   });
 
 program
+  .command('agent')
+  .description('run as a host agent until SIGTERM: watch chroot(2), write the watch --json stream to stdout or a file rotated by size, serve Prometheus metrics and /healthz (needs root; --check-config does not)')
+  .requiredOption('--config <file>', 'agent config, YAML or JSON in UTF-8 (see agent.schema.json): watch, output, metrics')
+  .option('--check-config', 'validate the config and exit: errors give file:line:column (exit 2)')
+  .addHelpText(
+    'after',
+    `
+Metrics (GET /metrics on metrics.listen): chroot_guard_chroot_calls_total{result},
+chroot_guard_events_delivered_total, chroot_guard_lost_total{cause},
+chroot_guard_attach_info{mode}, chroot_guard_bpf_program_runs_total{program} and
+chroot_guard_bpf_program_run_seconds_total{program} (while kernel.bpf_stats_enabled=1),
+chroot_guard_bpf_stats_enabled, and the process metrics. GET /healthz: 200 while the
+programs are attached and the reader runs, else 503.
+${EXIT_HELP}`,
+  )
+  .action(async (flags) => {
+    process.exitCode = await (await import('./cli/agent.js')).agentCommand(flags);
+  });
+
+program
   .command('check')
   .description("validate policy files without loading anything (no root needed); errors give file:line:column; warnings (exit 0) name grants a caller can forge, such as an allow rule that trusts comm alone")
   .argument('<files...>', `policy files, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes each`)

@@ -15,6 +15,7 @@ export const CHROOT_GUARD_ERROR_CODES = [
   'LOAD_FAILED',
   'INVALID_ARGUMENT',
   'INVALID_POLICY',
+  'INVALID_CONFIG',
   'LSM_UNAVAILABLE',
   'MOUNT_FAILED',
   'PIN_FAILED',
@@ -30,6 +31,7 @@ export const CHROOT_GUARD_ERROR_CODES = [
  * - `LOAD_FAILED`: the verifier rejected a program; see `verifierLog`.
  * - `INVALID_ARGUMENT`: a bad option, detected when the function is called.
  * - `INVALID_POLICY`: a policy that does not parse or validate (see `PolicyError.problems`).
+ * - `INVALID_CONFIG`: an agent configuration that does not parse or validate (see `ConfigError.problems`, the same shape).
  * - `LSM_UNAVAILABLE`: the BPF LSM cannot run on this kernel (`doctor` says why).
  * - `MOUNT_FAILED`: tracefs or bpffs is missing and could not be mounted.
  * - `PIN_FAILED`: pinning a guard in bpffs, or reading, updating or removing a pinned one, failed.
@@ -44,7 +46,7 @@ export type ChrootGuardErrorCode = (typeof CHROOT_GUARD_ERROR_CODES)[number];
  * addon's `errorCodes()`, and a test holds the two lists equal).
  * @internal
  */
-export const TS_ONLY_ERROR_CODES: readonly ChrootGuardErrorCode[] = ['INVALID_POLICY', 'NATIVE_UNAVAILABLE'];
+export const TS_ONLY_ERROR_CODES: readonly ChrootGuardErrorCode[] = ['INVALID_POLICY', 'INVALID_CONFIG', 'NATIVE_UNAVAILABLE'];
 
 /** Whether `code` is one of {@link CHROOT_GUARD_ERROR_CODES}. */
 export function isChrootGuardErrorCode(code: unknown): code is ChrootGuardErrorCode {
@@ -115,6 +117,7 @@ const REMEDIES: Record<ChrootGuardErrorCode, string> = {
   LOAD_FAILED: 'the BPF verifier rejected a program: please report it with error.verifierLog',
   INVALID_ARGUMENT: 'fix the option named above',
   INVALID_POLICY: 'fix the policy at the positions above (`chroot-guard check FILE` validates without root)',
+  INVALID_CONFIG: 'fix the agent config at the positions above (`chroot-guard agent --check-config --config FILE` validates without root; see agent.schema.json)',
   LSM_UNAVAILABLE:
     'enforcement needs a kernel that loads BPF LSM programs (CONFIG_BPF_LSM, bpf in the active LSM list via lsm=...,bpf, and no lockdown or platform policy refusing them: the reason above says which failed); `chroot-guard doctor` shows what this kernel allows, and `enforce --audit` reports would-be decisions from the watch probes instead',
   MOUNT_FAILED: 'mount it by hand, e.g. mount -t tracefs tracefs /sys/kernel/tracing',

@@ -11,7 +11,7 @@ export { chrootWatch, type ChrootWatchOptions } from './watch.js';
 export { DEFAULT_PIN_DIR, DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
 export { type ChrootEvent, type ExecutablePath, type DecisionReason, errnoName, displayBytes } from './events.js';
 export { ChrootGuardError, CHROOT_GUARD_ERROR_CODES, type ChrootGuardErrorCode, type AttachMode, type Refusal } from './errors.js';
-export type { AttachInfo, SessionStats } from './session.js';
+export type { AttachInfo, AttachedProgram, SessionStats } from './session.js';
 export type { LossCounts, LostReport } from './batch.js';
 export { toWallClock, boottimeNs } from './clock.js';
 export { doctor, BLIND_SPOTS, type BlindSpot, type DoctorReport, type AttachPointReport, type Check, type Denial, type Mechanism, type ModeReport, type RememberedRefusals } from './doctor.js';

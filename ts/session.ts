@@ -39,6 +39,20 @@ export interface AttachInfo {
   readonly blindSpots: readonly Refusal[];
   /** Reads the totals of the kernel session (shared by subscribers with equal options). */
   readonly stats: () => SessionStats;
+  /**
+   * The attached programs: their names (`crates/common/src/probes.rs`) and
+   * kernel program ids, by which `/proc/self/fdinfo` (and `bpftool prog
+   * show id N`) shows their run counts and run time.
+   */
+  readonly programs: readonly AttachedProgram[];
+}
+
+/** One attached BPF program. */
+export interface AttachedProgram {
+  /** Its name, e.g. `cg_tp_enter`. */
+  readonly name: string;
+  /** The kernel's program id. */
+  readonly id: number;
 }
 
 /** Normalised options that decide which kernel session serves a subscriber. */
@@ -143,7 +157,13 @@ class KernelSession {
       return;
     }
     this.state = 'running';
-    this.info = { mode: result.mode as AttachMode, refused: refusals, blindSpots: result.blindSpots.map(refusalOf), stats: () => this.stats() };
+    this.info = {
+      mode: result.mode as AttachMode,
+      refused: refusals,
+      blindSpots: result.blindSpots.map(refusalOf),
+      stats: () => this.stats(),
+      programs: result.programs.map(({ name, id }) => ({ name, id })),
+    };
     for (const l of [...this.listeners]) if (this.listeners.has(l)) l.attached(this.info);
   }
 

@@ -34,7 +34,7 @@ export const EXIT_HELP = `
 Exit codes:
   0  success; watch stopped by Ctrl-C (SIGINT) or SIGTERM
   1  failure (e.g. a program failed to load)
-  2  usage error, or an invalid policy file
+  2  usage error, or an invalid policy or agent config file
   3  unsupported kernel: the requested --mode, or the BPF LSM (enforce), is unavailable here
   4  missing privileges: run as root, or with CAP_BPF and CAP_PERFMON
   5  demo: an expected event was not seen
@@ -56,6 +56,7 @@ export function exitCodeOf(err: unknown): number {
       return EXIT.UNSUPPORTED;
     case 'INVALID_ARGUMENT':
     case 'INVALID_POLICY':
+    case 'INVALID_CONFIG':
       return EXIT.USAGE;
     case 'LSM_UNAVAILABLE':
       return EXIT.UNSUPPORTED;

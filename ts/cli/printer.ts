@@ -42,16 +42,28 @@ export function onStdoutGone(listener: (err: NodeJS.ErrnoException) => void): ()
 const FLUSH_AT = 64 * 1024;
 
 /**
- * Lines for stdout, written once per batch: events of one batch arrive in
- * one synchronous run of the batch callback, so a flush queued as a
- * microtask on the first line writes them all with one write(2) when that
- * run ends, in the order they came; a busy batch is written every
- * {@link FLUSH_AT}, so what is held stays small. Records that leave the
- * batch path (the last `lost` record at exit) are flushed at once.
+ * Where lines go: text of whole lines, each ending in a newline. Stdout by
+ * default; the agent passes its rotating file.
+ */
+export type LineWriter = (text: string) => void;
+
+const toStdout: LineWriter = (text) => {
+  if (!stdoutGone) process.stdout.write(text);
+};
+
+/**
+ * Lines for stdout (or another {@link LineWriter}), written once per batch:
+ * events of one batch arrive in one synchronous run of the batch callback,
+ * so a flush queued as a microtask on the first line writes them all with
+ * one write(2) when that run ends, in the order they came; a busy batch is
+ * written every {@link FLUSH_AT}, so what is held stays small. Records that
+ * leave the batch path (the last `lost` record at exit) are flushed at once.
  */
 class StdoutLines {
   private text = '';
   private queued = false;
+
+  constructor(private readonly write: LineWriter = toStdout) {}
 
   /** Adds one line (without its newline). */
   add(line: string): void {
@@ -68,13 +80,13 @@ class StdoutLines {
     if (this.text === '') return;
     const text = this.text;
     this.text = '';
-    if (!stdoutGone) process.stdout.write(text);
+    this.write(text);
   };
 }
 
-/** Writes event lines to stdout in the chosen format. */
+/** Writes event lines to stdout (or `write`) in the chosen format. */
 export class EventPrinter {
-  private readonly out = new StdoutLines();
+  private readonly out: StdoutLines;
   private headerDone = false;
   /** When the counts of the last `lost` record (or the attach) were read: ns since boot. */
   private since = 0n;
@@ -83,7 +95,13 @@ export class EventPrinter {
   /** Events printed. */
   count = 0;
 
-  constructor(private readonly json: boolean) {}
+  /** `write`: where the lines go (whole lines), stdout by default. */
+  constructor(
+    private readonly json: boolean,
+    write?: LineWriter,
+  ) {
+    this.out = new StdoutLines(write);
+  }
 
   /** The session attached: the `attach` record (JSON), or the table header. */
   attached(info: AttachInfo): void {

@@ -9,6 +9,7 @@ import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import type { Document, LineCounter, Node } from 'yaml';
+import type { ChrootGuardError } from '../errors.js';
 import { firstInvalidUtf8 } from '../utf8.js';
 import {
   asList,
@@ -41,13 +42,6 @@ export const policySchema: Record<string, unknown> = require('chroot-guard/polic
 // ajv and yaml load on first use: a watch-only program never pays for them
 // (about 60 ms of start-up together).
 let validator: ValidateFunction | undefined;
-function validateSchema(value: unknown): boolean {
-  if (!validator) {
-    const { Ajv } = require('ajv') as typeof import('ajv');
-    validator = new Ajv({ allErrors: true, strict: false, verbose: true }).compile(policySchema);
-  }
-  return validator(value);
-}
 const yaml = () => require('yaml') as typeof import('yaml');
 
 const EXPECTED: Record<string, string> = {
@@ -80,7 +74,7 @@ function valueAt(root: unknown, pointer: string): unknown {
 }
 
 /** Turns ajv's errors into one clear message per offending value. */
-function schemaProblems(errors: readonly ErrorObject[], value: unknown): Array<{ pointer: string; message: string; key?: string }> {
+function schemaProblems(errors: readonly ErrorObject[], value: unknown, noun: string): Array<{ pointer: string; message: string; key?: string }> {
   const out: Array<{ pointer: string; message: string; key?: string }> = [];
   const done = new Set<string>();
   // A value that fits none of a oneOf's forms gets one message, from the
@@ -107,6 +101,10 @@ function schemaProblems(errors: readonly ErrorObject[], value: unknown): Array<{
       case 'required':
         message = `missing required key "${(e.params as { missingProperty: string }).missingProperty}"`;
         break;
+      case 'minimum':
+      case 'maximum':
+        message = `"${key}" must be ${e.keyword === 'minimum' ? 'at least' : 'at most'} ${(e.params as { limit: number }).limit}; got ${describe(got)}`;
+        break;
       case 'enum':
         message = `"${key}" must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.join(', ')}; got ${describe(got)}`;
         break;
@@ -114,10 +112,10 @@ function schemaProblems(errors: readonly ErrorObject[], value: unknown): Array<{
         message = `"${key}" must be ${EXPECTED[key] ?? 'one of the allowed forms'}; got ${describe(got)}`;
         break;
       case 'type':
-        message = `${at === '' ? 'the policy' : `"${key}"`} must be ${(e.params as { type: string }).type === 'object' ? 'a map' : `of type ${(e.params as { type: string }).type}`}; got ${describe(got)}`;
+        message = `${at === '' ? `the ${noun}` : `"${key}"`} must be ${(e.params as { type: string }).type === 'object' ? 'a map' : `of type ${(e.params as { type: string }).type}`}; got ${describe(got)}`;
         break;
       case 'pattern':
-        message = at.endsWith('/id') ? `rule id ${describe(got)} must start with a letter or digit and use only letters, digits, '.', '_' and '-' (at most ${MAX_RULE_ID_BYTES})` : `must match ${(e.params as { pattern: string }).pattern}; got ${describe(got)}`;
+        message = noun === 'policy' && at.endsWith('/id') ? `rule id ${describe(got)} must start with a letter or digit and use only letters, digits, '.', '_' and '-' (at most ${MAX_RULE_ID_BYTES})` : `must match ${(e.params as { pattern: string }).pattern}; got ${describe(got)}`;
         break;
       default:
         message = `"${key}" ${e.message ?? 'is invalid'}; got ${describe(got)}`;
@@ -267,7 +265,40 @@ function position(doc: Document | undefined, lc: LineCounter | undefined, pointe
   return { line, column: col };
 }
 
-function check(value: unknown, file: string | undefined, doc?: Document, lc?: LineCounter): Policy {
+/**
+ * A kind of YAML or JSON document this module reads: policies, and the
+ * agent's configuration (`ts/agent/config.ts`). Each has its schema and
+ * checks; they share the parsing, the limits on the document's structure,
+ * the positions and the problem shape ({@link PolicyProblem}).
+ * @internal
+ */
+export interface DocumentKind<T> {
+  /** What the document is called in messages: `policy`, `agent config`. */
+  readonly noun: string;
+  /** Most bytes of the text (and of the file read). */
+  readonly maxBytes: number;
+  /** Validates against the kind's JSON Schema, ajv's errors on `errors` (compiled on first use). */
+  readonly schema: () => ValidateFunction;
+  /**
+   * Problems found before the schema's, each in place of the schema's
+   * problems at its pointer: e.g. a key the schema does not name yet but a
+   * later version will take, named as such rather than as unknown.
+   */
+  readonly before?: (value: unknown) => Array<{ pointer: string; message: string; key?: string }>;
+  /** Checks the schema cannot make, on a value that fits it. */
+  readonly semantic?: (value: T) => Array<{ pointer: string; message: string }>;
+  /** The error that carries the problems (code `INVALID_POLICY`, `INVALID_CONFIG`). */
+  readonly error: (problems: PolicyProblem[]) => ChrootGuardError;
+}
+
+/** Compiles a draft-07 schema with ajv (loaded on first use), as policies are checked. @internal */
+export function compileSchema(schema: object): ValidateFunction {
+  const { Ajv } = require('ajv') as typeof import('ajv');
+  return new Ajv({ allErrors: true, strict: false, verbose: true }).compile(schema);
+}
+
+/** Validates `value` as a document of `kind`; problems positioned in `doc` when given. @internal */
+export function checkDocument<T>(kind: DocumentKind<T>, value: unknown, file: string | undefined, doc?: Document, lc?: LineCounter): T {
   const where = (pointer: string, message: string, key?: string): PolicyProblem => ({
     ...(file !== undefined ? { file } : {}),
     ...position(doc, lc, pointer, key),
@@ -276,21 +307,36 @@ function check(value: unknown, file: string | undefined, doc?: Document, lc?: Li
   });
   // Problems in file order where positions are known (the count limits are
   // found after the rules they name).
-  const fail = (problems: PolicyProblem[]) =>
-    new PolicyError(problems.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0)));
-  if (!validateSchema(value)) {
-    throw fail(schemaProblems(validator?.errors ?? [], value).map((p) => where(p.pointer, p.message, p.key)));
+  const fail = (problems: PolicyProblem[]) => kind.error(problems.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0)));
+  const early = kind.before?.(value) ?? [];
+  const validate = kind.schema();
+  if (!validate(value) || early.length) {
+    const taken = new Set(early.map((p) => p.pointer));
+    const rest = validate.errors ? schemaProblems(validate.errors, value, kind.noun).filter((p) => !taken.has(p.pointer)) : [];
+    throw fail([...early, ...rest].map((p) => where(p.pointer, p.message, p.key)));
   }
-  const policy = value as unknown as Policy;
-  const semantic = semanticProblems(policy);
+  const semantic = kind.semantic?.(value as T) ?? [];
   if (semantic.length) throw fail(semantic.map((p) => where(p.pointer, p.message)));
-  // What the loader receives; for files, larger than the file only through
-  // YAML aliases (or JSON's quoting).
-  const json = Buffer.byteLength(JSON.stringify(policy));
-  if (json > MAX_POLICY_BYTES) {
-    throw fail([where('', `the policy is ${json} bytes as JSON (with YAML aliases expanded), larger than ${MAX_POLICY_BYTES}, the most a policy may be`)]);
-  }
-  return policy;
+  return value as T;
+}
+
+const POLICY: DocumentKind<Policy> = {
+  noun: 'policy',
+  maxBytes: MAX_POLICY_BYTES,
+  schema: () => (validator ??= compileSchema(policySchema)),
+  semantic: (policy) => {
+    const semantic = semanticProblems(policy);
+    if (semantic.length) return semantic;
+    // What the loader receives; for files, larger than the file only
+    // through YAML aliases (or JSON's quoting).
+    const json = Buffer.byteLength(JSON.stringify(policy));
+    return json > MAX_POLICY_BYTES ? [{ pointer: '', message: `the policy is ${json} bytes as JSON (with YAML aliases expanded), larger than ${MAX_POLICY_BYTES}, the most a policy may be` }] : [];
+  },
+  error: (problems) => new PolicyError(problems),
+};
+
+function check(value: unknown, file: string | undefined, doc?: Document, lc?: LineCounter): Policy {
+  return checkDocument(POLICY, value, file, doc, lc);
 }
 
 /**
@@ -320,7 +366,7 @@ function problemAt(file: string | undefined, lc: LineCounter, offset: number, me
  * document cannot overflow the stack here), in the order the YAML library
  * resolves aliases: a node, then its children.
  */
-function structureProblem(doc: Document): { offset: number; message: string } | undefined {
+function structureProblem(doc: Document, noun: string): { offset: number; message: string } | undefined {
   const { isAlias, isCollection, isMap, isPair, isScalar } = yaml();
   const anchors = new Map<string, Node>();
   // Values each finished node stands for, aliases expanded. An anchor
@@ -352,10 +398,10 @@ function structureProblem(doc: Document): { offset: number; message: string } | 
       if (!target) return { offset, message: `alias *${n.source} names no anchor (&${n.source}) before it` };
       const v = values.get(target);
       if (v === undefined) return { offset, message: `alias *${n.source} is inside the value it names` };
-      if (++aliases > MAX_ALIASES) return { offset, message: `more than ${MAX_ALIASES} aliases (*name); at most ${MAX_ALIASES} per policy` };
+      if (++aliases > MAX_ALIASES) return { offset, message: `more than ${MAX_ALIASES} aliases (*name); at most ${MAX_ALIASES} per ${noun}` };
       aliasValues += v;
       if (aliasValues > MAX_ALIAS_VALUES) {
-        return { offset, message: `aliases stand for more than ${MAX_ALIAS_VALUES} values from here on (a "billion laughs"?); at most ${MAX_ALIAS_VALUES} per policy` };
+        return { offset, message: `aliases stand for more than ${MAX_ALIAS_VALUES} values from here on (a "billion laughs"?); at most ${MAX_ALIAS_VALUES} per ${noun}` };
       }
       values.set(n, v);
       continue;
@@ -398,21 +444,26 @@ function structureProblem(doc: Document): { offset: number; message: string } | 
  * large has no line.
  */
 export function parsePolicy(text: string, file?: string): Policy {
+  return parseDocument(POLICY, text, file);
+}
+
+/** Parses and validates a document of `kind`, as {@link parsePolicy} does a policy. @internal */
+export function parseDocument<T>(kind: DocumentKind<T>, text: string, file?: string): T {
   const size = Buffer.byteLength(text);
-  if (size > MAX_POLICY_BYTES) {
-    throw new PolicyError([{ ...(file !== undefined ? { file } : {}), pointer: '', message: `the policy is ${size} bytes, larger than ${MAX_POLICY_BYTES}, the most a policy may be` }]);
+  if (size > kind.maxBytes) {
+    throw kind.error([{ ...(file !== undefined ? { file } : {}), pointer: '', message: `the ${kind.noun} is ${size} bytes, larger than ${kind.maxBytes}, the most a ${kind.noun} may be` }]);
   }
-  const { LineCounter, parseDocument } = yaml();
+  const { LineCounter, parseDocument: parseYaml } = yaml();
   const lineCounter = new LineCounter();
   // uniqueKeys: structureProblem finds repeated keys (the library's own
   // check takes quadratic time).
-  const doc = parseDocument(text, { lineCounter, uniqueKeys: false });
+  const doc = parseYaml(text, { lineCounter, uniqueKeys: false });
   // The composer reports a stack overflow (nesting hundreds deep) as
   // RESOURCE_EXHAUSTION: that is the one to name. Otherwise the first
   // syntax error: later ones are usually its echoes.
   const e = doc.errors.find((x) => x.code === 'RESOURCE_EXHAUSTION') ?? doc.errors[0];
   if (e) {
-    throw new PolicyError([
+    throw kind.error([
       {
         ...(file !== undefined ? { file } : {}),
         ...(e.linePos ? { line: e.linePos[0].line, column: e.linePos[0].col } : {}),
@@ -424,17 +475,17 @@ export function parsePolicy(text: string, file?: string): Policy {
       },
     ]);
   }
-  const bad = structureProblem(doc);
-  if (bad) throw new PolicyError([problemAt(file, lineCounter, bad.offset, bad.message)]);
+  const bad = structureProblem(doc, kind.noun);
+  if (bad) throw kind.error([problemAt(file, lineCounter, bad.offset, bad.message)]);
   let value: unknown;
   try {
     // structureProblem bounds the aliases: the library's own alias limit
     // (a heuristic with no position) is not needed on top.
     value = doc.toJS({ maxAliasCount: -1 });
   } catch (err) {
-    throw new PolicyError([problemAt(file, lineCounter, doc.contents?.range?.[0] ?? 0, `cannot be converted: ${(err as Error).message}`)]);
+    throw kind.error([problemAt(file, lineCounter, doc.contents?.range?.[0] ?? 0, `cannot be converted: ${(err as Error).message}`)]);
   }
-  return check(value, file, doc, lineCounter);
+  return checkDocument(kind, value, file, doc, lineCounter);
 }
 
 /**
@@ -444,26 +495,29 @@ export function parsePolicy(text: string, file?: string): Policy {
  * (`/dev/zero`) or a FIFO is read until end of file or the limit. Opening a
  * FIFO waits for a writer, as any reader does.
  */
-function readPolicyFile(file: string): Buffer {
-  const fail = (message: string) => new PolicyError([{ file, pointer: '', message }]);
-  const tooLarge = (size?: number) => fail(`the policy file is larger than ${MAX_POLICY_BYTES} bytes, the most a policy may be${size !== undefined ? ` (it is ${size} bytes)` : ''}`);
+function readDocumentFile(kind: DocumentKind<unknown>, file: string): Buffer {
+  const max = kind.maxBytes;
+  const noun = kind.noun;
+  let ours: ChrootGuardError | undefined;
+  const fail = (message: string) => (ours = kind.error([{ file, pointer: '', message }]));
+  const tooLarge = (size?: number) => fail(`the ${noun} file is larger than ${max} bytes, the most a ${noun} may be${size !== undefined ? ` (it is ${size} bytes)` : ''}`);
   let fd: number;
   try {
     fd = openSync(file, 'r');
   } catch (err) {
-    throw fail(`cannot read the policy file: ${(err as Error).message}`);
+    throw fail(`cannot read the ${noun} file: ${(err as Error).message}`);
   }
   try {
     const st = fstatSync(fd);
-    if (st.isDirectory()) throw fail('cannot read the policy file: it is a directory');
-    if (st.isFile() && st.size > MAX_POLICY_BYTES) throw tooLarge(st.size);
-    const buf = Buffer.allocUnsafe(MAX_POLICY_BYTES + 1);
+    if (st.isDirectory()) throw fail(`cannot read the ${noun} file: it is a directory`);
+    if (st.isFile() && st.size > max) throw tooLarge(st.size);
+    const buf = Buffer.allocUnsafe(max + 1);
     let n = 0;
     for (let r; n < buf.length && (r = readSync(fd, buf, n, buf.length - n, null)) > 0; ) n += r;
-    if (n > MAX_POLICY_BYTES) throw tooLarge();
+    if (n > max) throw tooLarge();
     return buf.subarray(0, n);
   } catch (err) {
-    throw err instanceof PolicyError ? err : fail(`cannot read the policy file: ${(err as Error).message}`);
+    throw err === ours ? err : fail(`cannot read the ${noun} file: ${(err as Error).message}`);
   } finally {
     closeSync(fd);
   }
@@ -479,7 +533,12 @@ function readPolicyFile(file: string): Buffer {
  * problem {@link parsePolicy} finds.
  */
 export function loadPolicy(file: string): Policy {
-  const bytes = readPolicyFile(file);
+  return loadDocument(POLICY, file);
+}
+
+/** Reads, parses and validates a document file of `kind`, as {@link loadPolicy} does a policy file. @internal */
+export function loadDocument<T>(kind: DocumentKind<T>, file: string): T {
+  const bytes = readDocumentFile(kind as DocumentKind<unknown>, file);
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
@@ -491,7 +550,7 @@ export function loadPolicy(file: string): Policy {
     // Columns count UTF-16 code units, as the YAML parser's do.
     const column = new TextDecoder('utf-8').decode(bytes.subarray(lineStart, bad)).length + 1;
     const seen = [...bytes.subarray(bad, bad + 4)].map((b) => `0x${b.toString(16).padStart(2, '0')}`).join(' ');
-    throw new PolicyError([{ file, line, column, pointer: '', message: `not valid UTF-8: the bytes at offset ${bad} (${seen}) are not a character; policy files must be UTF-8` }]);
+    throw kind.error([{ file, line, column, pointer: '', message: `not valid UTF-8: the bytes at offset ${bad} (${seen}) are not a character; ${kind.noun} files must be UTF-8` }]);
   }
-  return parsePolicy(text, file);
+  return parseDocument(kind, text, file);
 }

@@ -14,6 +14,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "tests check which programs are loaded"),
     ("busybox-static", "the demo's and tests' tiny root file system"),
     ("python3", "adversarial tests make raw syscalls (open_tree, fsmount, SCM_RIGHTS) with ctypes"),
+    ("prometheus", "the agent test scrapes the agent and reads its counters back through the query API"),
 ];
 
 /// The bpf-linker release the eBPF build is pinned to: its default LLVM (22)

@@ -82,6 +82,15 @@ impl Session {
         &self.blind_spots
     }
 
+    /// The attached programs: name and kernel id, for their run counts and
+    /// run time (the kernel shows them in each program's fdinfo, counted
+    /// while `kernel.bpf_stats_enabled` is 1). Empty once closed.
+    pub fn programs(&self) -> Vec<(String, u32)> {
+        let Some(ebpf) = &self.ebpf else { return Vec::new() };
+        // Programs of other modes are in the object but not loaded: no info.
+        ebpf.programs().filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.id()))).collect()
+    }
+
     /// Current totals; reads the per-CPU counters from the kernel.
     pub fn stats(&self) -> SessionStats {
         SessionStats::read(&self.reader, &self.counters)

@@ -53,6 +53,18 @@ pub struct BindingOpenResult {
     /// Programs of the attached mode that only see 32-bit compat calls and
     /// that the kernel refused: the session is blind to those calls.
     pub blind_spots: Vec<BindingRefusal>,
+    /// The attached programs, when it runs (empty otherwise).
+    pub programs: Vec<BindingProgram>,
+}
+
+/// One attached program: its name in the object and its kernel id (by
+/// which `/proc/self/fdinfo` shows its `run_cnt` and `run_time_ns`).
+#[napi(object)]
+pub struct BindingProgram {
+    /// The program's name, e.g. `cg_tp_enter`.
+    pub name: String,
+    /// The kernel's program id.
+    pub id: u32,
 }
 
 fn parse_options(o: &BindingOpenOptions) -> Result<LoadOptions, Error> {
@@ -121,6 +133,7 @@ pub struct OpenOutcome {
     mode: Option<&'static str>,
     refusals: Vec<Refusal>,
     blind_spots: Vec<Refusal>,
+    programs: Vec<(String, u32)>,
     failure: Option<BindingFailure>,
 }
 
@@ -139,12 +152,13 @@ impl Task for OpenTask {
                 let mode = Some(session.mode().name());
                 let refusals = session.refusals().to_vec();
                 let blind_spots = session.blind_spots().to_vec();
+                let programs = session.programs();
                 let failure = if self.shared.finish_open(Loaded::Watch(session)) {
                     None
                 } else {
                     Some((&Error::Closed { what: "session" }).into())
                 };
-                OpenOutcome { mode, refusals, blind_spots, failure }
+                OpenOutcome { mode, refusals, blind_spots, programs, failure }
             }
             Err(e) => {
                 self.shared.fail_open();
@@ -152,6 +166,7 @@ impl Task for OpenTask {
                     mode: None,
                     refusals: e.refusals().to_vec(),
                     blind_spots: Vec::new(),
+                    programs: Vec::new(),
                     failure: Some((&e).into()),
                 }
             }
@@ -164,6 +179,7 @@ impl Task for OpenTask {
             mode: out.mode.map(str::to_string),
             refusals: out.refusals.iter().map(binding_refusal).collect(),
             blind_spots: out.blind_spots.iter().map(binding_refusal).collect(),
+            programs: out.programs.into_iter().map(|(name, id)| BindingProgram { name, id }).collect(),
         })
     }
 }

@@ -1,0 +1,106 @@
+/**
+ * The agent's Prometheus metrics (prom-client), in a registry of their own.
+ * Every label has a bounded set of values: `result` the errno names
+ * chroot(2) returns (a dozen at most) and `ok`; `cause` the seven loss
+ * counters of `ts/batch.ts`; `mode` the three attach modes; `program` the
+ * programs of one mode (at most six, `crates/common/src/probes.rs`).
+ * @internal
+ * @module
+ */
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import { ATTACH_MODES } from '../errors.js';
+import type { ChrootEvent } from '../events.js';
+import { LOSS_COUNTERS, type LostReport } from '../batch.js';
+import type { AttachedProgram, AttachInfo } from '../session.js';
+import { bpfStatsEnabled, programRuns } from './programs.js';
+
+/** Metric names all start with this. */
+export const PREFIX = 'chroot_guard_';
+
+/** The agent's metrics: fed by the session's listener, read on each scrape. */
+export class AgentMetrics {
+  /** The registry `/metrics` serves: these metrics and prom-client's default process metrics. */
+  readonly registry = new Registry();
+  private readonly calls: Counter<'result'>;
+  private readonly delivered: Counter;
+  private readonly lost: Counter<'cause'>;
+  private readonly attach: Gauge<'mode'>;
+  private programs: readonly AttachedProgram[] = [];
+
+  constructor() {
+    const registers = [this.registry];
+    this.calls = new Counter({
+      name: `${PREFIX}chroot_calls_total`,
+      help: 'chroot(2) calls seen, by result: ok, or the errno name (ENOENT, EPERM, ...)',
+      labelNames: ['result'],
+      registers,
+    });
+    this.delivered = new Counter({ name: `${PREFIX}events_delivered_total`, help: 'chroot events written to the output stream', registers });
+    this.lost = new Counter({
+      name: `${PREFIX}lost_total`,
+      help: 'calls, events and decisions the kernel side could not deliver, by cause (the lost record counters of events.schema.json)',
+      labelNames: ['cause'],
+      registers,
+    });
+    for (const cause of LOSS_COUNTERS) this.lost.inc({ cause }, 0);
+    this.attach = new Gauge({ name: `${PREFIX}attach_info`, help: 'the attach mode the watch programs run in: 1 for the attached mode, 0 for the others', labelNames: ['mode'], registers });
+    for (const mode of ATTACH_MODES) this.attach.set({ mode }, 0);
+    const self = this;
+    // The kernel's own counters, read at each scrape: reset, then set to
+    // what the kernel says (prom-client counters only go up).
+    new Counter({
+      name: `${PREFIX}bpf_program_runs_total`,
+      help: 'runs of each attached BPF program, as the kernel counts them (run_cnt; only while kernel.bpf_stats_enabled is 1)',
+      labelNames: ['program'],
+      registers,
+      collect() {
+        this.reset();
+        const runs = programRuns();
+        for (const p of self.programs) this.inc({ program: p.name }, runs.get(p.id)?.runCount ?? 0);
+      },
+    });
+    new Counter({
+      name: `${PREFIX}bpf_program_run_seconds_total`,
+      help: 'time spent in each attached BPF program, as the kernel counts it (run_time_ns; only while kernel.bpf_stats_enabled is 1)',
+      labelNames: ['program'],
+      registers,
+      collect() {
+        this.reset();
+        const runs = programRuns();
+        for (const p of self.programs) this.inc({ program: p.name }, (runs.get(p.id)?.runTimeNs ?? 0) / 1e9);
+      },
+    });
+    new Gauge({
+      name: `${PREFIX}bpf_stats_enabled`,
+      help: 'whether the kernel counts BPF program runs (sysctl kernel.bpf_stats_enabled): 1 or 0',
+      registers,
+      collect() {
+        this.set(bpfStatsEnabled() ? 1 : 0);
+      },
+    });
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** The programs attached: the mode's gauge goes to 1, its programs are counted. */
+  attached(info: AttachInfo): void {
+    for (const mode of ATTACH_MODES) this.attach.set({ mode }, mode === info.mode ? 1 : 0);
+    this.programs = info.programs;
+  }
+
+  /** Detached (stopped, or the reader failed): every mode at 0, no programs. */
+  detached(): void {
+    for (const mode of ATTACH_MODES) this.attach.set({ mode }, 0);
+    this.programs = [];
+  }
+
+  /** One event written to the output. */
+  event(e: ChrootEvent): void {
+    this.calls.inc({ result: e.errno ?? 'ok' });
+    this.delivered.inc();
+  }
+
+  /** What the kernel could not deliver, since the last report. */
+  lostReport(r: LostReport): void {
+    for (const cause of LOSS_COUNTERS) if (r[cause] > 0) this.lost.inc({ cause }, r[cause]);
+  }
+}
