@@ -14,7 +14,8 @@ import { fstatSync, statSync } from 'node:fs';
 const EVERY_MS = 250;
 
 const MIB = 1024 * 1024;
-const size = (n: number) => (n >= 10 * MIB ? `${(n / MIB / 1024).toFixed(2)} GiB`.replace(/^0\.(\d\d) GiB$/, (_m, d: string) => `${Number(d) * 10} MiB`) : `${(n / MIB).toFixed(1)} MiB`);
+/** Bytes as MiB (one decimal below 10) or GiB (two decimals from 1 GiB). */
+const size = (n: number) => (n >= 1024 * MIB ? `${(n / MIB / 1024).toFixed(2)} GiB` : `${(n / MIB).toFixed(n >= 10 * MIB ? 0 : 1)} MiB`);
 
 /** The size of a regular file at `source` (`-`: stdin when it is one), or undefined. */
 export function inputSize(source: string): number | undefined {
