@@ -131,6 +131,70 @@ describe('the merge rule', () => {
   });
 });
 
+describe('learn', () => {
+  /** Executables by path (bytes), each one file: what a policy's exe names and the context identifies. */
+  const EXES = [Buffer.from('/usr/bin/debootstrap'), Buffer.from('/opt/tools/mkroot'), Buffer.concat([Buffer.from('/opt/'), Buffer.from([0xff]), Buffer.from('\\bin/x')])];
+  const ROOTS = ['/', '/srv/a', '/srv/a/b', '/srv/c', '/srv/d/e', '/tmp/x', '/tmp/y/z'].map((r) => Buffer.from(r)).concat([Buffer.concat([Buffer.from('/srv/'), Buffer.from([0xfe]), Buffer.from('\\q/r')])]);
+  const base = syntheticEvent(0);
+  const call = fc.record({
+    exe: fc.nat({ max: EXES.length - 1 }),
+    exeFlag: fc.constantFrom(null, null, null, null, 'exeUnknown', 'exeMemfd', 'exeDeleted', 'exeUnreachable', 'exeTruncated'),
+    uid: fc.constantFrom(0, 1000),
+    root: fc.nat({ max: ROOTS.length - 1 }),
+    rootFlag: fc.constantFrom(null, null, null, null, 'resolvedPathUnreachable', 'resolvedPathTruncated'),
+    failed: fc.constantFrom(false, false, false, false, false, false, false, false, false, true),
+    record: fc.constantFrom('chroot', 'chroot', 'decision'),
+    denied: fc.boolean(),
+  });
+  it("allows every call it learned from: replaying its policy over the same recording denies only the calls it names as not allowed, and those the recorded guard denied", async () => {
+    const { learnPolicy } = await import('../ts/policy/learn.js');
+    const { replayPolicy } = await import('../ts/policy/replay.js');
+    const { parsePolicy } = await import('../ts/policy/validate.js');
+    const context = { initialMntNs: null, exes: new Map(EXES.map((b, i) => [displayBytes(b), { dev: 8388609 + i, ino: BigInt(100 + i) }])) };
+    await fc.assert(
+      // Only chroot records fail before the LSM hook: a decision was made at it, on a resolved root.
+      fc.asyncProperty(fc.array(call.map((c) => ({ ...c, failed: c.failed && c.record === 'chroot' })), { minLength: 1, maxLength: 60 }), async (calls) => {
+        const items: RecordingItem[] = calls.map((c, i) => {
+          const exe = EXES[c.exe]!;
+          const root = ROOTS[c.root]!;
+          const e: ChrootEvent = {
+            ...base, uid: c.uid, exeBytes: exe, exe: displayBytes(exe), exeDev: 8388609 + c.exe, exeIno: BigInt(100 + c.exe),
+            exeUnknown: false, exeMemfd: false, exeDeleted: false, exeUnreachable: false, exeTruncated: false,
+            ...(c.exeFlag ? { [c.exeFlag]: true } : {}),
+            resolvedPathBytes: c.failed ? null : root, resolvedPath: c.failed ? null : displayBytes(root), resolvedPathUnreachable: false, resolvedPathTruncated: false,
+            ...(c.rootFlag && !c.failed ? { [c.rootFlag]: true } : {}),
+            ret: c.failed ? -2 : 0, errno: c.failed ? 'ENOENT' : null,
+          };
+          if (c.record === 'chroot') return { kind: 'call', line: i + 1, record: 'chroot', event: e, decided: !c.failed };
+          const { enterTs: _t, ret: _r, errno: _n, lsmRet: _l, probe: _p, ...facts } = e;
+          return { kind: 'call', line: i + 1, record: 'decision', event: facts, decided: true, recorded: { action: c.denied ? 'deny' : 'allow', ruleId: null, reason: 'default', denied: c.denied, source: 'lsm' } };
+        });
+        const source = async function* () {
+          yield* items;
+        };
+        const learned = await learnPolicy(source());
+        expect(parsePolicy(learned.yaml)).toEqual(learned.policy);
+        expect(learned.policy.rules.every((r) => r.action === 'allow') && learned.policy.default === 'deny').toBe(true);
+        // No rule is wider than a root: no subtree /, and a rule without subtree only for roots that cannot be judged.
+        for (const r of learned.policy.rules) expect([r.match?.subtree ?? []].flat()).not.toContain('/');
+        const denied: number[] = [];
+        await replayPolicy(learned.policy, source(), { context, onDecision: (d, item) => void (d.action !== 'allow' && denied.push(item.line)) });
+        const mayBeDenied = new Set(
+          calls.flatMap((c, i) => {
+            const unnamed = c.exeFlag !== null;
+            const unjudged = c.rootFlag !== null && !c.failed;
+            const wasDenied = c.record === 'decision' && c.denied;
+            return (unnamed && unjudged) || wasDenied ? [i + 1] : [];
+          }),
+        );
+        expect(denied.filter((line) => !mayBeDenied.has(line))).toEqual([]);
+        expect(learned.notAllowedCount).toBe(calls.filter((c) => c.exeFlag !== null && c.rootFlag !== null && !c.failed && !(c.record === 'decision' && c.denied)).length);
+      }),
+      { numRuns: 300 },
+    );
+  });
+});
+
 /**
  * The synthetic recording: `N` chroot records from the writer, in a cycle
  * of {@link KINDS} whose outcomes under {@link POLICY} are known by

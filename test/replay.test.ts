@@ -46,10 +46,11 @@ function call(dir: string, opts: { cwd?: string; nobody?: boolean } = {}): { pid
 /**
  * `watch --json` (only the caller's comm, so other chroot calls on the
  * host stay out) while `calls` runs; resolves with the recording's bytes
- * once a record of each pid `calls` returns is in it.
+ * once a record of each pid `calls` returns is in it. `args` and `ready`:
+ * another recorder and the words it says when it is ready.
  */
-async function recordWhile(calls: () => Array<{ pid: number }>): Promise<Buffer> {
-  const child = spawn(process.execPath, [CLI, 'watch', '--json', '--mode', TEST_MODE, '--comm', 'chroot_calls'], { stdio: ['ignore', 'pipe', 'pipe'] });
+async function recordWhile(calls: () => Array<{ pid: number }>, args = ['watch', '--json', '--mode', TEST_MODE, '--comm', 'chroot_calls'], ready = 'watching chroot(2)'): Promise<Buffer> {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const chunks: Buffer[] = [];
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => chunks.push(d));
@@ -57,7 +58,7 @@ async function recordWhile(calls: () => Array<{ pid: number }>): Promise<Buffer>
   await new Promise<void>((resolve, reject) => {
     child.stderr.on('data', (d: Buffer) => {
       stderr += d.toString();
-      if (stderr.includes('watching chroot(2)')) resolve();
+      if (stderr.includes(ready)) resolve();
     });
     child.on('exit', (code) => reject(new Error(`watch exited early with ${code}: ${stderr}`)));
   });
@@ -162,5 +163,48 @@ describe('learn and replay on real recordings', () => {
     const table = cli(['replay', '--summary-only', '--policy', policyFile, second]);
     expect(table.status).toBe(0);
     expect(table.stdout).toMatch(/^\(default\)\s+deny\s+1\s+denied$/m);
+  });
+
+  it('replay and learn read the decision records of enforce --audit --json as the calls they decided', async () => {
+    const made2: Record<string, { pid: number; ret: number }> = {};
+    // Where the BPF LSM cannot run (this host), audit falls back to the watch probes and says so; both write decision records.
+    const raw = await recordWhile(
+      () => {
+        made2.inside = call(`${base}/jail/a`);
+        made2.escape = call('.', { cwd: '/' });
+        made2.missing = call(`${base}/missing`);
+        return [made2.inside, made2.escape];
+      },
+      ['enforce', '--audit', '--json', '--policy', policyFile],
+      'Ctrl-C to stop',
+    );
+    const audited = `${base}/audited.ndjson`;
+    writeFileSync(audited, raw);
+    const ours = (records: Array<Record<string, unknown>>) => records.filter((x) => x.type === 'decision' && [made2.inside!.pid, made2.escape!.pid, made2.missing!.pid].includes(x.pid as number));
+    const recorded = ours(ndjson(raw.toString()));
+    expect(recorded.map((d) => [d.pid, d.action])).toEqual([
+      [made2.inside!.pid, 'allow'],
+      [made2.escape!.pid, 'deny'],
+    ]);
+    const r = cli(['replay', '--json', '--policy', policyFile, audited]);
+    expect(r.status, r.stderr).toBe(0);
+    const out = ndjson(r.stdout);
+    expect(ours(out).map((d) => [d.pid, d.action, d.ruleId, d.source])).toEqual([
+      [made2.inside!.pid, 'allow', 'chroot_calls-uid0', 'replay'],
+      [made2.escape!.pid, 'deny', null, 'replay'],
+    ]);
+    // Replayed in the recording's order, the facts of each decision record unchanged.
+    for (const [k, d] of ours(out).entries()) for (const f of ['ts', 'resolvedPathBase64', 'exeBase64', 'uid', 'mntNs']) expect(d[f]).toEqual(recorded[k]![f]);
+    const summary = out.at(-1)!;
+    expect(summary).toMatchObject({ type: 'summary', records: { chroot: 0 }, undecided: 0 });
+    expect((summary.records as { decision: number }).decision).toBe(summary.decided);
+    // In audit mode nothing was denied: learn allows both, the chroot to / as the exact path.
+    const learned = cli(['learn', audited]);
+    expect(learned.status, learned.stderr).toBe(0);
+    const rules = parsePolicy(learned.stdout).rules.filter((x) => [x.match?.exe].flat().includes(caller));
+    expect(rules.map((x) => x.match)).toEqual([
+      { exe: [caller], uid: 0, subtree: [`${base}/jail/a`] },
+      { exe: caller, uid: 0, path: '/' },
+    ]);
   });
 });
