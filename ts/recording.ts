@@ -247,10 +247,11 @@ const readerFor = (type: 'chroot' | 'decision'): Reader => (readers ??= { chroot
  * copied. Every key the schema requires must be there and no other.
  */
 function decodeFields(reader: Reader, r: Record<string, unknown>): Record<string, unknown> {
-  if (Object.keys(r).length !== reader.required.length || reader.required.some((k) => !(k in r))) {
+  // Every property is required today: then the count and the required keys say it all.
+  if (!(reader.properties.size === reader.required.length && Object.keys(r).length === reader.required.length && reader.required.every((k) => k in r))) {
     for (const k in r) if (!reader.properties.has(k)) throw new RecordError(`a ${reader.type} record has no key "${k}"`);
     const missing = reader.required.filter((k) => !(k in r));
-    throw new RecordError(`a ${reader.type} record needs ${missing.map((k) => `"${k}"`).join(', ')}`);
+    if (missing.length) throw new RecordError(`a ${reader.type} record needs ${missing.map((k) => `"${k}"`).join(', ')}`);
   }
   const out = reader.build(r);
   // The display forms: the writer's decoder made each from its bytes.

@@ -130,7 +130,6 @@ export async function replayCommand(file: string, flags: ReplayFlags): Promise<n
       ...(flags.summaryOnly ? {} : { onDecision: flags.json ? (d) => out.add(decisionRecord(d)) : (d, item) => out.add(replayLine(d, item.line)) }),
     });
   } catch (err) {
-    progress.done();
     out.flush();
     return reportError(err);
   } finally {
