@@ -33,7 +33,7 @@ export { parsePolicy, loadPolicy, validatePolicy, policyWarnings, hostWarnings, 
 export { evaluatePolicy, policyContext, INITIAL_USER_NS, type PolicyContext, type FileIdentity, type Evaluation, type CallerFacts } from './policy/evaluate.js';
 export { readRecording, lsmDecides, type RecordingItem, type RecordingSource, type ReadRecordingOptions } from './recording.js';
 export { replayPolicy, replayContext, type ReplayContext, type ReplayOptions, type ReplaySummary, type RuleCount } from './policy/replay.js';
-export { learnPolicy, mergeRoots, MIN_MERGE_DEPTH, type LearnOptions, type LearnedPolicy, type NotLearned } from './policy/learn.js';
+export { learnPolicy, mergeRoots, MIN_MERGE_DEPTH, type LearnOptions, type LearnedPolicy, type MergedRoot, type NotLearned } from './policy/learn.js';
 export {
   pathBytes,
   formatProblem,

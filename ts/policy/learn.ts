@@ -14,6 +14,7 @@
  * subtrees become one rule with an `exe` list.
  * @module
  */
+import { createRequire } from 'node:module';
 import { NO_LOSS, type LossCounts } from '../batch.js';
 import { displayBytes } from '../events.js';
 import type { RecordingItem } from '../recording.js';
@@ -21,7 +22,6 @@ import type { CallerFacts } from './evaluate.js';
 import { incomplete } from './replay.js';
 import { MAX_PATH_BYTES, type Policy, type PolicyRule } from './types.js';
 import { validatePolicy } from './validate.js';
-import { createRequire } from 'node:module';
 
 /** Components a parent directory needs before sibling roots merge into its subtree (`/srv/chroots`: 2). */
 export const MIN_MERGE_DEPTH = 2;
@@ -34,9 +34,11 @@ export interface LearnOptions {
   readonly source?: string;
 }
 
-/** An observed call the learned policy does not allow, and why. */
+/** A line of the recording that was not learned from, and why. */
 export interface NotLearned {
+  /** Its 1-based line number. */
   readonly line: number;
+  /** Why: what could not be named, or what is wrong with the line. */
   readonly reason: string;
 }
 
@@ -58,8 +60,9 @@ export interface LearnedPolicy {
   readonly notAllowed: readonly NotLearned[];
   /** How many such calls in all. */
   readonly notAllowedCount: number;
-  /** Malformed lines: the first 10, and how many in all. */
+  /** Lines that are not records: the first 10. */
   readonly malformedLines: readonly NotLearned[];
+  /** How many lines are not records, in all. */
   readonly malformed: number;
   /** Sum of the recording's `lost` records. */
   readonly lost: LossCounts;
@@ -67,10 +70,11 @@ export interface LearnedPolicy {
   readonly complete: boolean;
 }
 
-/** Calls and lines per allowed root, as merged. */
-interface Root {
+/** One subtree {@link mergeRoots} allows: the calls it covers and how many observed roots it stands for. */
+export interface MergedRoot {
+  /** Calls into it or below it. */
   calls: number;
-  /** Observed roots it stands for. */
+  /** Observed roots it stands for (1: itself). */
   roots: number;
 }
 
@@ -81,15 +85,18 @@ const depth = (p: string) => (p === '/' ? 0 : p.split('/').length - 1);
 const parentOf = (p: string) => p.slice(0, p.lastIndexOf('/')) || '/';
 
 /**
- * Merges observed roots (latin1 strings of their bytes, `/` excluded) into
- * subtrees by the rule in this module's description.
+ * Merges observed roots into subtrees by the rule in this module's
+ * description.
+ * @param observed each root's bytes as a latin1 string (one character per
+ * byte; `/` itself excluded), and its calls.
+ * @returns the subtrees, the same way, with what each covers.
  */
-export function mergeRoots(observed: ReadonlyMap<string, number>): Map<string, Root> {
-  let roots = new Map<string, Root>([...observed].map(([p, calls]) => [p, { calls, roots: 1 }]));
+export function mergeRoots(observed: ReadonlyMap<string, number>): Map<string, MergedRoot> {
+  let roots = new Map<string, MergedRoot>([...observed].map(([p, calls]) => [p, { calls, roots: 1 }]));
   for (;;) {
     // Covered: a root below another root of the set goes into it.
     const sorted = [...roots.keys()].sort();
-    const kept = new Map<string, Root>();
+    const kept = new Map<string, MergedRoot>();
     let top: string | undefined;
     for (const p of sorted) {
       if (top !== undefined && p.startsWith(`${top}/`)) {
@@ -111,7 +118,7 @@ export function mergeRoots(observed: ReadonlyMap<string, number>): Map<string, R
     for (const [parent, children] of byParent) {
       if (children.length < 2) continue;
       changed = true;
-      const merged: Root = { calls: 0, roots: 0 };
+      const merged: MergedRoot = { calls: 0, roots: 0 };
       for (const c of children) {
         merged.calls += kept.get(c)!.calls;
         merged.roots += kept.get(c)!.roots;
@@ -231,7 +238,7 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
   interface Draft {
     exes: Array<{ exe: string; calls: number }>;
     uid: number;
-    subtrees: Map<string, Root>;
+    subtrees: Map<string, MergedRoot>;
     calls: number;
     anyExe: boolean;
   }

@@ -103,7 +103,7 @@ export interface ReplayOptions {
   readonly onMalformed?: (line: number, message: string) => void;
 }
 
-/** Whether a `lost` count means calls or decisions are missing from the recording. */
+/** Whether a `lost` count means calls or decisions are missing from the recording. @internal */
 export const incomplete = (l: LossCounts): boolean => l.ringBufferFull + l.pendingFull + l.kretprobeMissed + l.allowLost + l.denyLost + l.auditLost > 0;
 
 /**
