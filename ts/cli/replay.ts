@@ -120,14 +120,20 @@ export async function replayCommand(file: string, flags: ReplayFlags): Promise<n
   const stop = new AbortController();
   const stopListening = onStdoutGone(() => stop.abort());
   const out = new Out();
-  if (!flags.json && !flags.summaryOnly) out.add(REPLAY_HEADER);
+  // The table's header comes with its first line: a recording that cannot be read prints none.
+  let header = false;
+  const tableLine = (d: ChrootDecision, item: { line: number }) => {
+    if (!header) out.add(REPLAY_HEADER);
+    header = true;
+    out.add(replayLine(d, item.line));
+  };
   const progress = new Progress('replay', inputSize(file));
   let summary: ReplaySummary;
   try {
     summary = await replayPolicy(policy, tracked(file, progress, stop.signal), {
       context,
       onMalformed: malformedReporter(file === '-' ? 'stdin' : file),
-      ...(flags.summaryOnly ? {} : { onDecision: flags.json ? (d) => out.add(decisionRecord(d)) : (d, item) => out.add(replayLine(d, item.line)) }),
+      ...(flags.summaryOnly ? {} : { onDecision: flags.json ? (d) => out.add(decisionRecord(d)) : tableLine }),
     });
   } catch (err) {
     out.flush();
@@ -138,7 +144,7 @@ export async function replayCommand(file: string, flags: ReplayFlags): Promise<n
   const { malformedLines: _shown, ...record } = summary;
   if (flags.json) out.add(jsonWithBigInts({ type: 'summary', command: 'replay', ...record }));
   else {
-    if (!flags.summaryOnly) out.add('');
+    if (header) out.add('');
     out.add(summaryText(summary));
   }
   out.flush();
