@@ -120,6 +120,25 @@ describe('the record decoder', () => {
   });
 });
 
+describe('the initial mount namespace', () => {
+  it("is each session's own, as its attach record names it, unless --initial-mnt-ns says otherwise", () => {
+    const e = { ...syntheticEvent(0), userNs: 0xeffffffd, mntNs: 4026531841 };
+    const attach = (ns: number) => `{"type":"attach","ts":1,"mode":"tracepoint","refused":[],"blindSpots":[],"initialMntNs":${ns}}`;
+    const file = join(dir, 'sessions.ndjson');
+    // Two sessions of other boots: in the first the caller was in the initial namespaces, in the second not.
+    writeFileSync(file, [attach(4026531841), chrootRecord(e), attach(4026531999), chrootRecord(e)].join('\n') + '\n');
+    const policy = join(dir, 'initial.yaml');
+    writeFileSync(policy, 'mode: enforce\ndefault: deny\nrules:\n  - id: host\n    action: allow\n    match: { initialNamespaces: true }\n');
+    const replay = (...more: string[]) => spawnSync(process.execPath, [CLI, 'replay', '--json', '--policy', policy, ...more, file], { encoding: 'utf8' });
+    const actions = (r: ReturnType<typeof replay>) => ndjson(r.stdout).filter((x) => x.type === 'decision').map((d) => [d.action, d.initialNamespaces]);
+    const own = replay();
+    expect(own.status, own.stderr).toBe(0);
+    expect(actions(own)).toEqual([['allow', true], ['deny', false]]);
+    expect(own.stderr).toContain('line 3: the recording\'s session ran with initial mount namespace 4026531999');
+    expect(actions(replay('--initial-mnt-ns', '4026531999'))).toEqual([['deny', false], ['deny', false]]);
+  });
+});
+
 describe('the merge rule', () => {
   const merged = (...roots: string[]) => Object.fromEntries([...mergeRoots(new Map(roots.map((r) => [r, 1])))].map(([p, r]) => [p, [r.calls, r.roots]]));
   it('covers roots below another, merges siblings under a parent two or more components deep, and never widens to / or a top-level directory', () => {

@@ -10,6 +10,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { policyContext } from '../ts/policy/evaluate.js';
 import { parsePolicy } from '../ts/policy/validate.js';
 import { CLI, ndjson, sleep, TEST_MODE } from './helpers.js';
 
@@ -87,6 +88,10 @@ describe('learn and replay on real recordings', () => {
     expect([made.a!.ret, made.b!.ret, made.odd!.ret, made.missing!.ret, made.nobody!.ret]).toEqual([0, 0, 0, -2, -1]);
     const records = ndjson(raw.toString());
     expect(records.filter((r) => r.type === 'chroot')).toHaveLength(5);
+    // The session names this host's initial mount namespace, as the loader reads it for a policy.
+    const initialMntNs = policyContext({ mode: 'audit', rules: [{ id: 'probe', action: 'allow', match: { initialNamespaces: true } }] }).initialMntNs;
+    expect(initialMntNs).not.toBeNull();
+    expect(records[0]).toMatchObject({ type: 'attach', initialMntNs });
     recording = `${base}/first.ndjson`;
     writeFileSync(recording, raw);
 

@@ -179,7 +179,7 @@ program
   .option('--summary-only', 'print only the summary (for large recordings)')
   .option('--fail-on-deny', 'exit 8 when the policy would deny any recorded call')
   .option('--audit', 'replay the policy in audit mode')
-  .option('--initial-mnt-ns <inode>', "the initial mount namespace's inode number where the recording was made (default: this host's, /proc/1/ns/mnt); initialNamespaces conditions compare events' mntNs with it", integer('--initial-mnt-ns', 1, 0xffffffff))
+  .option('--initial-mnt-ns <inode>', "the initial mount namespace's inode number where the recording was made (default: what each session's attach record says, else this host's, /proc/1/ns/mnt); initialNamespaces conditions compare events' mntNs with it", integer('--initial-mnt-ns', 1, 0xffffffff))
   .addHelpText(
     'after',
     `

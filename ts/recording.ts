@@ -35,7 +35,9 @@ void everyBigInt;
  *   `decision` record (`event` holds the caller's facts; `recorded` is the
  *   decision the recording made). `decided` says whether a policy decides
  *   this call at all (see {@link lsmDecides}).
- * - `attach`: a session began (`mode`: its attach mode, or `lsm`).
+ * - `attach`: a session began (`mode`: its attach mode, or `lsm`;
+ *   `initialMntNs`: the initial mount namespace where and when it ran, null
+ *   when the record does not say).
  * - `lost`: what the kernel counted and did not deliver since the previous
  *   `lost` record (`counts`, each since the previous).
  * - `other`: a valid record of another type (`task`, `summary`): skipped.
@@ -46,7 +48,7 @@ void everyBigInt;
 export type RecordingItem =
   | { readonly kind: 'call'; readonly line: number; readonly record: 'chroot'; readonly event: ChrootEvent; readonly decided: boolean }
   | { readonly kind: 'call'; readonly line: number; readonly record: 'decision'; readonly event: CallerFacts; readonly decided: boolean; readonly recorded: Pick<ChrootDecision, 'action' | 'ruleId' | 'reason' | 'denied' | 'source'> }
-  | { readonly kind: 'attach'; readonly line: number; readonly mode: string }
+  | { readonly kind: 'attach'; readonly line: number; readonly mode: string; readonly initialMntNs: number | null }
   | { readonly kind: 'lost'; readonly line: number; readonly counts: LossCounts }
   | { readonly kind: 'other'; readonly line: number; readonly type: string }
   | { readonly kind: 'malformed'; readonly line: number; readonly message: string };
@@ -305,9 +307,11 @@ export function decodeRecord(text: string, line: number): RecordingItem {
     return { kind: 'lost', line, counts };
   }
   if (type === 'attach') {
-    const mode = o.mode;
-    if (!predicate(schemaOf('attach')!.properties.mode!)(mode)) throw new RecordError('an attach record without a known mode');
-    return { kind: 'attach', line, mode: mode as string };
+    const { mode, initialMntNs } = o;
+    const props = schemaOf('attach')!.properties;
+    if (!predicate(props.mode!)(mode)) throw new RecordError('an attach record without a known mode');
+    if (initialMntNs !== undefined && !predicate(props.initialMntNs!)(initialMntNs)) throw new RecordError('an attach record\'s "initialMntNs" is not an inode number');
+    return { kind: 'attach', line, mode: mode as string, initialMntNs: (initialMntNs as number | undefined) ?? null };
   }
   if (type === 'task' || type === 'summary') return { kind: 'other', line, type };
   throw new RecordError(`no record type ${JSON.stringify(type)?.slice(0, 40) ?? 'given'} (expected chroot, decision, lost or attach)`);

@@ -8,6 +8,7 @@
  */
 import type { ChrootDecision } from '../decision.js';
 import { learnPolicy } from '../policy/learn.js';
+import type { PolicyContext } from '../policy/evaluate.js';
 import { replayContext, replayPolicy, type ReplaySummary } from '../policy/replay.js';
 import { asAudit, type Policy } from '../policy/types.js';
 import { loadPolicy } from '../policy/validate.js';
@@ -104,7 +105,7 @@ export interface ReplayFlags {
 /** `replay --policy FILE RECORDING`. */
 export async function replayCommand(file: string, flags: ReplayFlags): Promise<number> {
   let policy: Policy;
-  let context;
+  let context: PolicyContext;
   try {
     policy = loadPolicy(flags.policy);
     if (flags.audit) policy = asAudit(policy);
@@ -132,6 +133,8 @@ export async function replayCommand(file: string, flags: ReplayFlags): Promise<n
   try {
     summary = await replayPolicy(policy, tracked(file, progress, stop.signal), {
       context,
+      recordedInitialMntNs: flags.initialMntNs === undefined,
+      onInitialMntNs: (line, ns) => note(`line ${line}: the recording's session ran with initial mount namespace ${ns}, not this host's ${context.initialMntNs ?? '(unknown)'}: its calls are judged by its own (another host or boot; --initial-mnt-ns overrides)`),
       onMalformed: malformedReporter(file === '-' ? 'stdin' : file),
       ...(flags.summaryOnly ? {} : { onDecision: flags.json ? (d) => out.add(decisionRecord(d)) : tableLine }),
     });

@@ -97,6 +97,15 @@ export interface ReplaySummary {
 export interface ReplayOptions {
   /** The facts to judge in (see {@link replayContext}); without it, `exe` and `initialNamespaces` conditions cannot be judged. */
   readonly context?: PolicyContext;
+  /**
+   * Judge each session's calls by the initial mount namespace its
+   * `attach` record names, where it names one (the host and boot it was
+   * recorded on), rather than the context's (default true; false when the
+   * caller gives the number itself).
+   */
+  readonly recordedInitialMntNs?: boolean;
+  /** Told when a session's `attach` record names an initial mount namespace other than the context's. */
+  readonly onInitialMntNs?: (line: number, initialMntNs: number) => void;
   /** Each would-be decision, in recording order, with the item it was made for. */
   readonly onDecision?: (d: ChrootDecision, item: Extract<RecordingItem, { kind: 'call' }>) => void;
   /** Each malformed line, as it is read. */
@@ -111,7 +120,9 @@ export const incomplete = (l: LossCounts): boolean => l.ringBufferFull + l.pendi
  * call a policy decides gets the decision {@link evaluatePolicy} makes, as
  * a {@link ChrootDecision} with `source: 'replay'` (`denied` false:
  * nothing was returned to anyone; `wouldDeny` for a deny), handed to
- * `onDecision`; calls that failed before the LSM hook and `internal-error`
+ * `onDecision`, each session's calls judged by the initial mount namespace
+ * its `attach` record names (see `recordedInitialMntNs`); calls that
+ * failed before the LSM hook and `internal-error`
  * decision records are counted, not decided; attach, lost and other
  * records are counted; malformed lines are counted and handed to
  * `onMalformed`. Memory does not grow with the recording.
@@ -119,7 +130,8 @@ export const incomplete = (l: LossCounts): boolean => l.ringBufferFull + l.pendi
  * @throws {ChrootGuardError} `INVALID_RECORDING` when the recording cannot be read.
  */
 export async function replayPolicy(policy: Policy, recording: AsyncIterable<RecordingItem>, options: ReplayOptions = {}): Promise<ReplaySummary> {
-  const ctx = options.context;
+  let ctx = options.context;
+  const recorded = options.recordedInitialMntNs !== false;
   const perRule = new Map<string, number>(policy.rules.map((r) => [r.id, 0]));
   const records = { attach: 0, chroot: 0, decision: 0, lost: 0, other: 0 };
   const actions: Record<PolicyAction, number> = { allow: 0, deny: 0, audit: 0 };
@@ -144,6 +156,10 @@ export async function replayPolicy(policy: Policy, recording: AsyncIterable<Reco
         continue;
       case 'attach':
         records.attach++;
+        if (recorded && item.initialMntNs !== null && item.initialMntNs !== ctx?.initialMntNs) {
+          ctx = { initialMntNs: item.initialMntNs, exes: ctx?.exes ?? new Map() };
+          options.onInitialMntNs?.(item.line, item.initialMntNs);
+        }
         continue;
       case 'other':
         records.other++;
