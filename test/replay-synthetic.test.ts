@@ -81,6 +81,14 @@ describe('the record decoder', () => {
     );
   });
 
+  it('reads integers above 2^53 exactly only where they are values, never inside a string', () => {
+    const path = Buffer.from('/srv/x","ts":12345678901234567890,"exeIno":99999999999999999999');
+    const e = { ...syntheticEvent(0), pathBytes: path, path: displayBytes(path), resolvedPathBytes: path, resolvedPath: displayBytes(path), ts: 2n ** 64n - 1n, exeIno: 2n ** 53n + 1n };
+    expect((decodeRecord(chrootRecord(e), 1) as { event: ChrootEvent }).event).toEqual(e);
+    const lost = '{"type":"lost","sinceTs":1152921504606846976,"ts":1152921504606846977,"ringBufferFull":1,"pendingFull":2,"kretprobeMissed":3,"lsmErrors":4,"allowLost":5,"denyLost":6,"auditLost":7,"total":{"ringBufferFull":1,"pendingFull":2,"kretprobeMissed":3,"lsmErrors":4,"allowLost":5,"denyLost":6,"auditLost":7}}';
+    expect(decodeRecord(lost, 2)).toEqual({ kind: 'lost', line: 2, counts: { ringBufferFull: 1, pendingFull: 2, kretprobeMissed: 3, lsmErrors: 4, allowLost: 5, denyLost: 6, auditLost: 7 } });
+  });
+
   it('names each malformed line with its number, reads on, and the CLI exits 7 (neither 0 nor the invalid-policy 2)', async () => {
     // Integers JSON.parse reads exactly, so each bad line below changes one thing only.
     const good = chrootRecord({ ...syntheticEvent(3), ts: 5n, enterTs: 4n, cgroupId: 1n, exeIno: 2n });

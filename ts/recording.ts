@@ -143,45 +143,20 @@ function bigintOf(key: string, v: unknown): bigint {
 }
 
 /**
- * `text` with every JSON integer of 16 or more digits written as a string,
- * so `JSON.parse` keeps its digits (a double holds 15 exactly): strings in
- * the text are skipped whole, so a path that holds digits is left as it is.
- * Text without a run of 16 digits is returned as it is (most records with
- * small times and inode numbers).
+ * The values of the {@link BIGINT_FIELDS} (and `lost` records' `sinceTs`)
+ * written with 16 or more digits: a double holds 15 exactly. A match is
+ * always a key and its value: inside a JSON string every `"` is escaped,
+ * so `"ts":` there cannot be followed by a digit; a key that merely ends
+ * in `"ts` (`"x\"ts":…`) is no key of any record and fails anyway.
  */
-function quoteBigIntegers(text: string): string {
-  if (!/\d{16}/.test(text)) return text;
-  let out = '';
-  let last = 0;
-  const n = text.length;
-  for (let i = 0; i < n; ) {
-    const c = text.charCodeAt(i);
-    if (c === 0x22) {
-      // A string: to the quote not escaped by an odd run of backslashes.
-      let q = i + 1;
-      for (;;) {
-        q = text.indexOf('"', q);
-        if (q < 0) return text; // unterminated: JSON.parse says so
-        let b = q - 1;
-        while (text.charCodeAt(b) === 0x5c) b--;
-        if ((q - 1 - b) % 2 === 0) break;
-        q++;
-      }
-      i = q + 1;
-    } else if (c >= 0x30 && c <= 0x39) {
-      let j = i + 1;
-      while (j < n && text.charCodeAt(j) >= 0x30 && text.charCodeAt(j) <= 0x39) j++;
-      const next = text.charCodeAt(j);
-      // Only plain integers: a fraction or exponent is left to fail as a non-integer.
-      if (j - i >= 16 && next !== 0x2e && next !== 0x65 && next !== 0x45 && text.charCodeAt(i - 1) !== 0x2d) {
-        out += `${text.slice(last, i)}"${text.slice(i, j)}"`;
-        last = j;
-      }
-      i = j;
-    } else i++;
-  }
-  return out + text.slice(last);
-}
+const BIG_INTEGERS = new RegExp(`"(${[...BIGINT_FIELDS, 'sinceTs'].join('|')})":(\\d{16,})(?=[,}\\s])`, 'g');
+
+/**
+ * `text` with the integers of {@link BIG_INTEGERS} written as strings, so
+ * `JSON.parse` keeps their digits ({@link bigintOf} reads them); other
+ * text as it is.
+ */
+const quoteBigIntegers = (text: string): string => text.replace(BIG_INTEGERS, '"$1":"$2"');
 
 /** The field lists of the records a call comes from: what the writers wrote, in order. */
 const CHROOT_KEYS = [...IDENTITY_FIELDS, ...CALL_FIELDS] as const;
@@ -302,7 +277,10 @@ export function decodeRecord(text: string, line: number): RecordingItem {
   }
   if (type === 'lost') {
     const s = schemaOf('lost')!;
-    for (const k of s.required) if (!predicate(s.properties[k]!)(o[k])) throw new RecordError(`a lost record's "${k}" is missing or not a count`);
+    for (const k of s.required) {
+      if (k === 'ts' || k === 'sinceTs') bigintOf(k, o[k]);
+      else if (!predicate(s.properties[k]!)(o[k])) throw new RecordError(`a lost record's "${k}" is missing or not a count`);
+    }
     const counts = Object.fromEntries(LOSS_COUNTERS.map((k) => [k, o[k] as number])) as unknown as LossCounts;
     return { kind: 'lost', line, counts };
   }
