@@ -174,6 +174,20 @@ describe('learn', () => {
     record: fc.constantFrom('chroot', 'chroot', 'decision'),
     denied: fc.boolean(),
   });
+  it('merges as it reads: 50,000 fresh sibling roots of one builder become their parent', async () => {
+    const { learnPolicy } = await import('../ts/policy/learn.js');
+    const e = syntheticEvent(0);
+    const items = async function* () {
+      for (let i = 0; i < 50_000; i++) {
+        const root = Buffer.from(`/srv/builds/${i}`);
+        yield { kind: 'call', line: i + 1, record: 'chroot', decided: true, event: { ...e, resolvedPathBytes: root, resolvedPath: root.toString() } } as RecordingItem;
+      }
+    };
+    const learned = await learnPolicy(items());
+    expect(learned.policy.rules.map((r) => r.match)).toEqual([{ exe: ['/usr/sbin/chroot'], uid: 0, subtree: ['/srv/builds'] }]);
+    expect(learned.yaml).toContain('/srv/builds # 50000 calls, 50000 roots merged');
+  });
+
   it("allows every call it learned from: replaying its policy over the same recording denies only the calls it names as not allowed, and those the recorded guard denied", async () => {
     const { learnPolicy } = await import('../ts/policy/learn.js');
     const { replayPolicy } = await import('../ts/policy/replay.js');

@@ -26,6 +26,14 @@ import { validatePolicy } from './validate.js';
 /** Components a parent directory needs before sibling roots merge into its subtree (`/srv/chroots`: 2). */
 export const MIN_MERGE_DEPTH = 2;
 
+/**
+ * Distinct roots one executable and uid may hold before they are merged
+ * as they stand (then again at twice what a merge left): memory follows
+ * what the policy will name, not every root a long recording shows (a
+ * build farm's fresh root per build merges into their parent).
+ */
+const COMPACT_AT = 4096;
+
 /** Options of {@link learnPolicy}. */
 export interface LearnOptions {
   /** Write `mode: audit` (report, deny nothing) instead of `enforce`. */
@@ -88,11 +96,12 @@ const parentOf = (p: string) => p.slice(0, p.lastIndexOf('/')) || '/';
  * Merges observed roots into subtrees by the rule in this module's
  * description.
  * @param observed each root's bytes as a latin1 string (one character per
- * byte; `/` itself excluded), and its calls.
+ * byte; `/` itself excluded), and its calls (or what an earlier merge
+ * made of it).
  * @returns the subtrees, the same way, with what each covers.
  */
-export function mergeRoots(observed: ReadonlyMap<string, number>): Map<string, MergedRoot> {
-  let roots = new Map<string, MergedRoot>([...observed].map(([p, calls]) => [p, { calls, roots: 1 }]));
+export function mergeRoots(observed: ReadonlyMap<string, number | MergedRoot>): Map<string, MergedRoot> {
+  let roots = new Map<string, MergedRoot>([...observed].map(([p, c]) => [p, typeof c === 'number' ? { calls: c, roots: 1 } : { ...c }]));
   for (;;) {
     // Covered: a root below another root of the set goes into it.
     const sorted = [...roots.keys()].sort();
@@ -136,8 +145,10 @@ interface Group {
   exe: string | null;
   uid: number;
   calls: number;
-  /** Roots by their bytes (latin1), `/` excluded. */
-  roots: Map<string, number>;
+  /** Roots by their bytes (latin1), `/` excluded; merged whenever there are {@link Group.compactAt} of them. */
+  roots: Map<string, MergedRoot>;
+  /** When to merge the roots held so far: {@link COMPACT_AT}, then twice what a merge left. */
+  compactAt: number;
   /** Calls to `/` itself. */
   slash: number;
   /** Calls whose new root has no path to judge (unreachable or cut short). */
@@ -179,8 +190,8 @@ const plural = (n: number, one: string, many = `${one}s`) => `${n} ${n === 1 ? o
  * path to judge (unreachable, cut short) by a rule of its executable and
  * uid without `subtree` (so that executable may chroot anywhere as that
  * uid: its comment says so); a call with neither is not allowed
- * (`notAllowed`). Memory grows with the distinct executables, uids and
- * roots, not with the calls.
+ * (`notAllowed`). Memory grows with the distinct executables and uids and
+ * the subtrees their roots merge into, not with the calls.
  * @throws {PolicyError} `INVALID_POLICY` when what was learned is over a
  * policy's limits (more than 64 rules: many executables and uids).
  * @throws {ChrootGuardError} `INVALID_RECORDING` when the recording cannot be read.
@@ -224,13 +235,21 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
     learned++;
     const key = `${e.uid}\0${exe ?? ''}\0${exe === null ? 0 : 1}`;
     let g = groups.get(key);
-    if (!g) groups.set(key, (g = { exe, uid: e.uid, calls: 0, roots: new Map(), slash: 0, anyRoot: 0 }));
+    if (!g) groups.set(key, (g = { exe, uid: e.uid, calls: 0, roots: new Map(), compactAt: COMPACT_AT, slash: 0, anyRoot: 0 }));
     g.calls++;
     if (!pathKnown) g.anyRoot++;
     else {
       const root = e.resolvedPathBytes!.toString('latin1');
       if (root === '/') g.slash++;
-      else g.roots.set(root, (g.roots.get(root) ?? 0) + 1);
+      else {
+        const r = g.roots.get(root);
+        if (r) r.calls++;
+        else g.roots.set(root, { calls: 1, roots: 1 });
+        if (g.roots.size >= g.compactAt) {
+          g.roots = mergeRoots(g.roots);
+          g.compactAt = Math.max(COMPACT_AT, 2 * g.roots.size);
+        }
+      }
     }
   }
 
