@@ -188,6 +188,19 @@ describe('learn', () => {
     expect(learned.yaml).toContain('/srv/builds # 50000 calls, 50000 roots merged');
   });
 
+  it('says what to do when what it learned is more than a policy holds', async () => {
+    const { learnPolicy } = await import('../ts/policy/learn.js');
+    const e = syntheticEvent(0);
+    const items = async function* () {
+      // Roots with no parent in common: none merge.
+      for (let i = 0; i < 1100; i++) {
+        const root = Buffer.from(`/r${i}`);
+        yield { kind: 'call', line: i + 1, record: 'chroot', decided: true, event: { ...e, resolvedPathBytes: root, resolvedPath: root.toString() } } as RecordingItem;
+      }
+    };
+    await expect(learnPolicy(items())).rejects.toThrow(/at most 1024 in what was learned: .* learn from a narrower recording/);
+  });
+
   it("allows every call it learned from: replaying its policy over the same recording denies only the calls it names as not allowed, and those the recorded guard denied", async () => {
     const { learnPolicy } = await import('../ts/policy/learn.js');
     const { replayPolicy } = await import('../ts/policy/replay.js');

@@ -20,7 +20,7 @@ import { displayBytes } from '../events.js';
 import type { RecordingItem } from '../recording.js';
 import type { CallerFacts } from './evaluate.js';
 import { incomplete } from './replay.js';
-import { MAX_PATH_BYTES, type Policy, type PolicyRule } from './types.js';
+import { MAX_PATH_BYTES, PolicyError, type Policy, type PolicyRule } from './types.js';
 import { validatePolicy } from './validate.js';
 
 /** Components a parent directory needs before sibling roots merge into its subtree (`/srv/chroots`: 2). */
@@ -314,7 +314,14 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
     rules.push({ id: ruleId(a.exe, a.uid, '-any-root', taken), action: 'allow', match: { exe: a.exe, uid: a.uid } });
     comments.push({ rule: ` ${plural(a.calls, 'call')} by ${a.exe} as uid ${a.uid} into a root with no path to judge (unreachable from the caller's mount namespace, or cut short): this rule lets it chroot anywhere as that uid; narrow or delete it` });
   }
-  const policy = validatePolicy({ mode: options.audit ? 'audit' : 'enforce', default: 'deny', rules });
+  let policy: Policy;
+  try {
+    policy = validatePolicy({ mode: options.audit ? 'audit' : 'enforce', default: 'deny', rules });
+  } catch (err) {
+    if (!(err instanceof PolicyError)) throw err;
+    const why = 'in what was learned: the recording shows more executables, uids or roots that do not merge than one policy holds; learn from a narrower recording (watch --comm, --uid, --pid)';
+    throw new PolicyError(err.problems.map((p) => ({ ...p, message: `${p.message} ${why}` })));
+  }
 
   const YAML = createRequire(import.meta.url)('yaml') as typeof import('yaml');
   const doc = new YAML.Document(policy);
