@@ -265,7 +265,9 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
   const sameSubtrees = new Map<string, Draft>();
   const slashRules: Array<{ exe: string | null; uid: number; calls: number }> = [];
   const anyRootRules: Array<{ exe: string; uid: number; calls: number }> = [];
-  const sortedGroups = [...groups.values()].sort((a, b) => a.uid - b.uid || (a.exe ?? '').localeCompare(b.exe ?? ''));
+  // By code unit, not locale: the same recording learns the same text everywhere.
+  const byExe = (a: string | null, b: string | null) => ((a ?? '') < (b ?? '') ? -1 : (a ?? '') > (b ?? '') ? 1 : 0);
+  const sortedGroups = [...groups.values()].sort((a, b) => a.uid - b.uid || byExe(a.exe, b.exe));
   for (const g of sortedGroups) {
     if (g.slash) slashRules.push({ exe: g.exe, uid: g.uid, calls: g.slash });
     if (g.anyRoot) anyRootRules.push({ exe: g.exe!, uid: g.uid, calls: g.anyRoot });
