@@ -334,6 +334,30 @@ function timed(args: string[]) {
   return { status: r.status, stdout: r.stdout, stderr: r.stderr, rssKiB: rss, ms: Date.now() - started };
 }
 
+describe('the progress line', () => {
+  it('shows bytes read of the total and records per second on a terminal, then clears itself; nothing on a pipe', () => {
+    const policy = join(dir, 'progress.yaml');
+    writeFileSync(policy, POLICY);
+    const file = join(dir, 'progress.ndjson');
+    writeRecording(file, 30_000);
+    const args = [CLI, 'replay', '--summary-only', '--policy', policy, file];
+    // script(1) gives the command a terminal; what it wrote comes back on stdout.
+    const tty = spawnSync('script', ['-qec', [process.execPath, ...args].join(' '), '/dev/null'], { encoding: 'utf8' });
+    expect(tty.status, tty.stderr).toBe(0);
+    const drawn = [...tty.stdout.matchAll(/\r\x1b\[Kreplay: ([\d.]+) MiB of ([\d.]+) MiB \((\d+)%\), ([\d,]+) records, ([\d,]+)\/s/g)];
+    expect(drawn.length).toBeGreaterThan(0);
+    expect(Number(drawn[0]![2])).toBeCloseTo(statSync(file).size / 2 ** 20, 0);
+    // Cleared before the summary.
+    const last = tty.stdout.lastIndexOf('\r\x1b[Kreplay:');
+    expect(tty.stdout.indexOf('\r\x1b[K', last + 1)).toBeGreaterThan(last);
+    expect(tty.stdout).toContain('decided calls');
+    const pipe = spawnSync(process.execPath, args, { encoding: 'utf8' });
+    expect(pipe.status).toBe(0);
+    expect(pipe.stderr).not.toContain('replay:');
+    expect(pipe.stderr).not.toContain('\x1b');
+  });
+});
+
 describe('a 1,000,000-event recording', () => {
   it('is replayed by the CLI in constant memory, with exact counts per rule', () => {
     const policy = join(dir, 'policy.yaml');
