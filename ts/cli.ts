@@ -190,6 +190,61 @@ program
     process.exitCode = (await import('./cli/check.js')).checkCommand(files, flags);
   });
 
+program
+  .command('replay')
+  .description("evaluate a policy over a recording (what watch --json or enforce --json wrote) and print each would-be decision, then a summary per rule: matched, denied, never matched (no root needed)")
+  .argument('<recording>', 'the NDJSON recording, or - for stdin; read as a stream, in constant memory')
+  .requiredOption('--policy <file>', `policy file, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes (see policy.schema.json)`)
+  .option('--json', 'one decision record per decided call (source: replay), then a summary record, as events.schema.json describes')
+  .option('--summary-only', 'print only the summary (for large recordings)')
+  .option('--fail-on-deny', 'exit 8 when the policy would deny any recorded call')
+  .option('--audit', 'replay the policy in audit mode')
+  .option('--initial-mnt-ns <inode>', "the initial mount namespace's inode number where the recording was made (default: what each session's attach record says, else this host's, /proc/1/ns/mnt); initialNamespaces conditions compare events' mntNs with it", integer('--initial-mnt-ns', 1, 0xffffffff))
+  .addHelpText(
+    'after',
+    `
+Decided calls are those a policy decides: chroot records of calls that succeeded or whose
+LSM result was seen (lsmRet), and decision records. Calls that failed before the LSM hook
+(ENOENT, ENOTDIR, permission checks; in tracepoint mode every failed call) are counted
+apart, by errno. Each decision is evaluatePolicy's, the reference the kernel program is held
+equal to. exe conditions match this host's file at that path by device and inode: a
+recording from another host, or from before the file was replaced, does not match them.
+attach, task and summary records are skipped; lost records are summed, and a recording
+with losses is reported incomplete. A line that is not a record is named on stderr with its
+line number and counted; the rest is read, and the exit code is 7.
+Table: LINE (of the recording), PID, COMM, UID, DECISION, RULE, RESOLVED. On a terminal,
+stderr shows the progress (bytes read, records per second).
+${EXIT_HELP}`,
+  )
+  .action(async (recording: string, flags) => {
+    process.exitCode = await (await import('./cli/replay.js')).replayCommand(recording, flags);
+  });
+
+program
+  .command('learn')
+  .description('propose the smallest policy that allows every decided call of a recording and denies the rest: allow rules by executable, uid and merged subtrees, with counts as comments; YAML on stdout that passes check (no root needed)')
+  .argument('<recording>', 'the NDJSON recording (watch --json or enforce --json), or - for stdin; read as a stream')
+  .option('--audit', 'write the policy in audit mode (mode: audit) instead of enforce')
+  .addHelpText(
+    'after',
+    `
+Each decided call (as replay counts them) is allowed by a rule of its executable (exe,
+matched by device and inode when the policy loads) and real uid, with its new root as a
+subtree. Merge rule: a root below another observed root is covered by it; two or more
+roots with the same parent directory become that parent's subtree when the parent is at
+least two components deep (never /, never a top-level directory such as /tmp), repeated
+until nothing changes. A chroot to / itself is allowed as the exact path /. A call whose
+executable cannot be named (none, a memfd, deleted, outside its mount namespace, cut
+short) gets a rule without exe; one whose new root cannot be judged (unreachable, cut
+short) a rule without subtree, which lets that executable chroot anywhere as that uid
+(its comment says so); a call with neither is not allowed and named on stderr. Calls
+the recorded guard denied are not allowed. default: deny.
+${EXIT_HELP}`,
+  )
+  .action(async (recording: string, flags) => {
+    process.exitCode = await (await import('./cli/replay.js')).learnCommand(recording, flags);
+  });
+
 try {
   await program.parseAsync();
 } catch (err) {

@@ -68,8 +68,10 @@ export interface ChrootDecision extends Omit<ChrootEvent, CallField> {
   /**
    * `lsm`: decided in the kernel. `watch`: computed after the fact from the
    * watch probes by `enforce --audit` where the BPF LSM cannot run.
+   * `replay`: computed from a recording by `replay` ({@link replayPolicy}):
+   * would-be, nothing was returned to the caller (`denied` is false).
    */
-  readonly source: 'lsm' | 'watch';
+  readonly source: 'lsm' | 'watch' | 'replay';
 }
 
 /** What a decision adds to the caller's identity, in record order. @internal */
@@ -89,7 +91,7 @@ export type Verdict = Pick<ChrootDecision, Exclude<(typeof DECISION_FIELDS)[numb
  * decision).
  * @internal
  */
-export const decisionOf: (e: ChrootEvent, v: Verdict) => ChrootDecision = compileObject(
+export const decisionOf: (e: Omit<ChrootEvent, CallField>, v: Verdict) => ChrootDecision = compileObject(
   ['e', 'v'],
   [
     ...IDENTITY_FIELDS.map((f) => copied('e', 0, f)),

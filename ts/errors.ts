@@ -20,6 +20,7 @@ export const CHROOT_GUARD_ERROR_CODES = [
   'MOUNT_FAILED',
   'PIN_FAILED',
   'NATIVE_UNAVAILABLE',
+  'INVALID_RECORDING',
   'INTERNAL',
 ] as const;
 
@@ -36,6 +37,7 @@ export const CHROOT_GUARD_ERROR_CODES = [
  * - `MOUNT_FAILED`: tracefs or bpffs is missing and could not be mounted.
  * - `PIN_FAILED`: pinning a guard in bpffs, or reading, updating or removing a pinned one, failed.
  * - `NATIVE_UNAVAILABLE`: the native addon could not be loaded (platform, install).
+ * - `INVALID_RECORDING`: a recording (`replay`, `learn`) cannot be read.
  * - `INTERNAL`: a bug; please report it.
  */
 export type ChrootGuardErrorCode = (typeof CHROOT_GUARD_ERROR_CODES)[number];
@@ -46,7 +48,7 @@ export type ChrootGuardErrorCode = (typeof CHROOT_GUARD_ERROR_CODES)[number];
  * addon's `errorCodes()`, and a test holds the two lists equal).
  * @internal
  */
-export const TS_ONLY_ERROR_CODES: readonly ChrootGuardErrorCode[] = ['INVALID_POLICY', 'INVALID_CONFIG', 'NATIVE_UNAVAILABLE'];
+export const TS_ONLY_ERROR_CODES: readonly ChrootGuardErrorCode[] = ['INVALID_POLICY', 'INVALID_CONFIG', 'NATIVE_UNAVAILABLE', 'INVALID_RECORDING'];
 
 /** Whether `code` is one of {@link CHROOT_GUARD_ERROR_CODES}. */
 export function isChrootGuardErrorCode(code: unknown): code is ChrootGuardErrorCode {
@@ -123,6 +125,7 @@ const REMEDIES: Record<ChrootGuardErrorCode, string> = {
   MOUNT_FAILED: 'mount it by hand, e.g. mount -t tracefs tracefs /sys/kernel/tracing',
   PIN_FAILED: 'see what is pinned with `chroot-guard status`; `chroot-guard unload` removes a pinned guard, whole or broken',
   NATIVE_UNAVAILABLE: 'prebuilt binaries exist for the platforms named above; elsewhere, build from source with cargo xtask build',
+  INVALID_RECORDING: 'give a file (or - for stdin) that `chroot-guard watch --json` or `enforce --json` wrote',
   INTERNAL: 'this is a bug in chroot-guard: please report it',
 };
 

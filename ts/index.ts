@@ -30,7 +30,10 @@ export {
   type PinnedGuardUnload,
 } from './pinned.js';
 export { parsePolicy, loadPolicy, validatePolicy, policyWarnings, hostWarnings, policySchema } from './policy/validate.js';
-export { evaluatePolicy, policyContext, INITIAL_USER_NS, type PolicyContext, type FileIdentity, type Evaluation } from './policy/evaluate.js';
+export { evaluatePolicy, policyContext, INITIAL_USER_NS, type PolicyContext, type FileIdentity, type Evaluation, type CallerFacts } from './policy/evaluate.js';
+export { readRecording, lsmDecides, type RecordingItem, type RecordingSource, type ReadRecordingOptions } from './recording.js';
+export { replayPolicy, replayContext, type ReplayContext, type ReplayOptions, type ReplaySummary, type RuleCount } from './policy/replay.js';
+export { learnPolicy, mergeRoots, MIN_MERGE_DEPTH, type LearnOptions, type LearnedPolicy, type MergedRoot, type NotLearned } from './policy/learn.js';
 export {
   pathBytes,
   formatProblem,

@@ -15,6 +15,7 @@ import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, update
 import { EXIT, describeLost, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
 import { DecisionPrinter, onStdoutGone } from './printer.js';
 import type { LostReport } from '../batch.js';
+import { lsmDecides } from '../recording.js';
 
 /**
  * A decision computed in JavaScript from a watch event (the audit fallback);
@@ -22,7 +23,7 @@ import type { LostReport } from '../batch.js';
  * permission or CAP_SYS_CHROOT checks), which no LSM policy would have seen.
  */
 function fromWatch(policy: Policy, context: PolicyContext, e: ChrootEvent): ChrootDecision | null {
-  if (e.ret !== 0 && e.lsmRet === null) return null;
+  if (!lsmDecides(e)) return null;
   const v = evaluatePolicy(policy, e, context);
   return decisionOf(e, {
     action: v.action,

@@ -27,6 +27,10 @@ export const EXIT = {
   MISMATCH: 5,
   /** `status`: no guard is pinned. */
   NOT_PINNED: 6,
+  /** `replay`, `learn`: the recording cannot be read, or has lines that are not records (counted and reported; the rest was read). */
+  BAD_RECORDING: 7,
+  /** `replay --fail-on-deny`: the policy would deny at least one recorded call. */
+  WOULD_DENY: 8,
 } as const;
 
 /** The help text's exit code section. */
@@ -38,7 +42,9 @@ Exit codes:
   3  unsupported kernel: the requested --mode, or the BPF LSM (enforce), is unavailable here
   4  missing privileges: run as root, or with CAP_BPF and CAP_PERFMON
   5  demo: an expected event was not seen
-  6  status: no guard is pinned`;
+  6  status: no guard is pinned
+  7  replay, learn: the recording cannot be read or has malformed lines (each named on stderr)
+  8  replay --fail-on-deny: the policy would deny a recorded call`;
 
 /** Writes one line to stderr, prefixed `chroot-guard: `. */
 export function note(message: string): void {
@@ -60,6 +66,8 @@ export function exitCodeOf(err: unknown): number {
       return EXIT.USAGE;
     case 'LSM_UNAVAILABLE':
       return EXIT.UNSUPPORTED;
+    case 'INVALID_RECORDING':
+      return EXIT.BAD_RECORDING;
     default:
       return EXIT.FAILURE;
   }

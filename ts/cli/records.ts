@@ -7,6 +7,7 @@
  * @internal
  * @module
  */
+import { statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { DECISION_FIELDS, type ChrootDecision } from '../decision.js';
 import { CALL_FIELDS, compileObject, copied, IDENTITY_FIELDS, type ChrootEvent, type FieldSource } from '../events.js';
@@ -22,8 +23,46 @@ const refusal = (r: Refusal) => ({ mode: r.mode, program: r.program, target: r.t
 /** A refused mode: as {@link refusal}, and whether `auto` remembered it instead of trying again. */
 const refusedMode = (r: Refusal) => ({ ...refusal(r), remembered: r.remembered });
 
-/** `attach`: which mode the programs run in (or `lsm` for the guard), why better ones were refused, and what they cannot see. */
+/**
+ * `MNT_NS_INIT_INO`: kernels since 6.18 give the initial mount namespace
+ * this inode number (earlier ones number it at boot like any other).
+ */
+const FIXED_INITIAL_MNT_NS = 0xeffffff8;
+
+/**
+ * The initial mount namespace's inode number, as the loader reads it
+ * (`initial_mnt_ns` in `crates/loader/src/identity.rs`): pid 1's, or this
+ * process's when it carries the fixed number; null when neither can be
+ * read. Read once.
+ */
+function initialMntNs(): number | null {
+  if (initialMntNsRead === undefined) {
+    initialMntNsRead = null;
+    for (const [path, ok] of [['/proc/1/ns/mnt', () => true], ['/proc/self/ns/mnt', (ino: number) => ino === FIXED_INITIAL_MNT_NS]] as const) {
+      try {
+        const ino = statSync(path).ino;
+        if (ok(ino)) {
+          initialMntNsRead = ino;
+          break;
+        }
+      } catch {
+        // not readable here: try the next
+      }
+    }
+  }
+  return initialMntNsRead;
+}
+let initialMntNsRead: number | null | undefined;
+
+/**
+ * `attach`: which mode the programs run in (or `lsm` for the guard), why
+ * better ones were refused, what they cannot see, and the initial mount
+ * namespace of the host and boot the records come from (what
+ * `initialNamespaces` conditions compare `mntNs` with: `replay` judges the
+ * session's records by it).
+ */
 export function attachRecord(ts: bigint, a: { mode: AttachInfo['mode'] | 'lsm'; refused?: readonly Refusal[]; blindSpots?: readonly Refusal[]; generation?: number; policyMode?: 'enforce' | 'audit' }): string {
+  const mntNs = initialMntNs();
   return jsonWithBigInts({
     type: 'attach',
     ts,
@@ -32,6 +71,7 @@ export function attachRecord(ts: bigint, a: { mode: AttachInfo['mode'] | 'lsm'; 
     blindSpots: (a.blindSpots ?? []).map(refusal),
     ...(a.generation !== undefined ? { generation: a.generation } : {}),
     ...(a.policyMode !== undefined ? { policyMode: a.policyMode } : {}),
+    ...(mntNs !== null ? { initialMntNs: mntNs } : {}),
   });
 }
 

@@ -5,7 +5,7 @@
  * @module
  */
 import { errorFromBinding } from '../errors.js';
-import type { ChrootEvent } from '../events.js';
+import type { CallField, ChrootEvent } from '../events.js';
 import { native } from '../native.js';
 import { asList, canonical, latin1, type Policy, type PolicyAction, type PolicyConditions } from './types.js';
 
@@ -51,6 +51,9 @@ export function contextOf(r: { initialMntNs: number; exes: ReadonlyArray<{ path:
   return { initialMntNs: r.initialMntNs || null, exes: new Map(r.exes.map((x) => [x.path, { dev: x.dev, ino: BigInt(x.ino) }])) };
 }
 
+/** What a policy judges of a call: the caller and the new root, every field of {@link ChrootEvent} but the call's own outcome (a decision record carries these too). */
+export type CallerFacts = Omit<ChrootEvent, CallField>;
+
 /** What {@link evaluatePolicy} decided. */
 export interface Evaluation {
   /** The matching rule's action, or the default's. */
@@ -71,7 +74,7 @@ export interface Evaluation {
 type Outcome = boolean | undefined;
 
 /** Whether every condition of `c` holds for `e`; undefined ones are named in `unknown` and resolved to `unknownHolds`. */
-function conditionsHold(c: PolicyConditions, e: ChrootEvent, ctx: PolicyContext | undefined, unknownHolds: boolean, note: (what: string) => void): boolean {
+function conditionsHold(c: PolicyConditions, e: CallerFacts, ctx: PolicyContext | undefined, unknownHolds: boolean, note: (what: string) => void): boolean {
   const any = <T>(v: T | readonly T[] | undefined, actual: T) => v === undefined || asList(v).includes(actual);
   const resolve = (what: string, o: Outcome): boolean => {
     if (o !== undefined) return o;
@@ -129,7 +132,7 @@ function conditionsHold(c: PolicyConditions, e: ChrootEvent, ctx: PolicyContext 
  * others, and the reverse inside a `not` block: uncertainty resolves toward
  * denying.
  */
-export function evaluatePolicy(policy: Policy, e: ChrootEvent, context?: PolicyContext): Evaluation {
+export function evaluatePolicy(policy: Policy, e: CallerFacts, context?: PolicyContext): Evaluation {
   const unknown: string[] = [];
   for (const r of policy.rules) {
     const m = r.match ?? {};
