@@ -538,6 +538,44 @@ pub fn is_below(
     Ok(None)
 }
 
+/// One side of [`root_facts`]: `yes` when walking up from `(vfsmnt,
+/// dentry)` does not pass `root`, 0 when it does, `unknown` when
+/// [`is_below`] could not tell (its bound, or a failed read).
+#[inline(always)]
+fn outside_bits(root: (*const u8, *const u8), vfsmnt: *const u8, dentry: *const u8, yes: u32, unknown: u32) -> u32 {
+    match is_below(root.0, root.1, vfsmnt, dentry) {
+        Ok(Some(true)) => 0,
+        Ok(Some(false)) => yes,
+        _ => unknown,
+    }
+}
+
+/// The escape facts of a chroot to `new_root` by a caller whose root was
+/// `old_root` and whose cwd is `pwd` (all `(vfsmount, dentry)`), as event
+/// [`flags`]: [`flags::ROOTS_COMPARED`], then [`flags::ESCAPES_ROOT`] when
+/// the new root is not at or below the old one and
+/// [`flags::CWD_OUTSIDE_ROOT`] when the cwd is not at or below the new
+/// root, each replaced by its `_UNKNOWN` bit when [`is_below`] could not
+/// tell (`pwd` an `Err`: the cwd's unknown). Two bounded walks up from the
+/// new root and from the cwd: a few helper reads for the usual shallow
+/// paths, at most 2 × [`MAX_PATH_DEPTH`] steps.
+#[inline(always)]
+pub fn root_facts(
+    old_root: (*const u8, *const u8),
+    new_root: (*const u8, *const u8),
+    pwd: Result<(*const u8, *const u8), Error>,
+) -> u32 {
+    let mut bits = flags::ROOTS_COMPARED
+        | outside_bits(old_root, new_root.0, new_root.1, flags::ESCAPES_ROOT, flags::ESCAPES_ROOT_UNKNOWN);
+    bits |= match pwd {
+        Ok((mnt, dentry)) => {
+            outside_bits(new_root, mnt, dentry, flags::CWD_OUTSIDE_ROOT, flags::CWD_OUTSIDE_ROOT_UNKNOWN)
+        }
+        Err(_) => flags::CWD_OUTSIDE_ROOT_UNKNOWN,
+    };
+    bits
+}
+
 /// `task->cred->uid`: the real uid, as the initial user namespace sees it.
 #[inline(always)]
 pub fn real_uid(task: *const u8) -> u32 {

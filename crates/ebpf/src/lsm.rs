@@ -327,6 +327,10 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
 
     let path: *const u8 = ctx.arg(0);
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
+    // The escape facts: the hook's path against the caller's root and cwd,
+    // which the call changes only after this hook allows it.
+    let task = kernel::current_task();
+    ev.flags |= kernel::root_facts(kernel::fs_root(task)?, (vfsmnt, dentry), kernel::fs_pwd(task));
     let w = kernel::resolve_into(Scratch::PerThread, ev, vfsmnt, dentry)?;
     let path_known = w.complete;
     let (exact, subtree) = path_masks(slot, header.seed, w);
