@@ -117,6 +117,7 @@ describe('the tarballs', () => {
         'package/dist/index.js',
         'package/dist/native/binding.cjs',
         'package/examples/build-farm.yaml',
+        'package/examples/no-escape.yaml',
         'package/package.json',
         'package/policy.schema.json',
         'package/events.schema.json',
