@@ -502,10 +502,12 @@ pub fn fs_pwd(task: *const u8) -> Result<(*const u8, *const u8), Error> {
 }
 
 /// Whether walking up from `(vfsmnt, dentry)`, across mounts, passes
-/// `(root_mnt, root_dentry)`, as `d_path()` decides whether a path is
-/// under a task's root: `Some(false)` when the walk reached the top of its
-/// mount tree first, `None` when [`MAX_PATH_DEPTH`] steps were not enough
-/// to tell.
+/// `(root_mnt, root_dentry)` (all `struct vfsmount` and `struct dentry`
+/// pointers), as `d_path()` decides whether a path is under a task's root:
+/// `Some(false)` when the walk reached the top of its mount tree first (a
+/// detached tree's or another namespace's top included), `None` when
+/// [`MAX_PATH_DEPTH`] steps were not enough to tell. One helper read per
+/// step: a mount's [`MountWindow`] is read once, when the walk enters it.
 #[inline(always)]
 pub fn is_below(
     root_mnt: *const u8,
@@ -513,20 +515,21 @@ pub fn is_below(
     vfsmnt: *const u8,
     dentry: *const u8,
 ) -> Result<Option<bool>, Error> {
-    let mut mnt = vfsmnt;
+    let root_mount = root_mnt.wrapping_sub(off!(mount_mnt));
+    let mut mount = vfsmnt.wrapping_sub(off!(mount_mnt));
+    let mut m = read::<MountWindow>(mount, off!(mount_parent))?;
     let mut dentry = dentry;
     for _ in 0..MAX_PATH_DEPTH {
-        if mnt == root_mnt && dentry == root_dentry {
+        if mount == root_mount && dentry == root_dentry {
             return Ok(Some(true));
         }
-        let mount = mnt.wrapping_sub(off!(mount_mnt));
-        let m = read::<MountWindow>(mount, off!(mount_parent))?;
         if dentry == m.root {
             if m.parent == mount {
                 return Ok(Some(false));
             }
             dentry = m.mountpoint;
-            mnt = m.parent.wrapping_add(off!(mount_mnt));
+            mount = m.parent;
+            m = read::<MountWindow>(mount, off!(mount_parent))?;
             continue;
         }
         let parent = read_ptr(dentry, off!(dentry_parent))?;
