@@ -48,7 +48,8 @@ pub struct TestArgs {
 /// the differential test's, and real records' the watch and CLI tests',
 /// which run in the VM.
 const HOST_ONLY_FILES: &[&str] = &["test/package.test.ts", "test/policy.test.ts", "test/records.test.ts"];
-const PER_MODE_FILES: &[&str] = &["test/watch.test.ts", "test/attach.test.ts", "test/loss.test.ts", "test/cli.test.ts"];
+const PER_MODE_FILES: &[&str] =
+    &["test/watch.test.ts", "test/attach.test.ts", "test/loss.test.ts", "test/cli.test.ts", "test/escapes.test.ts"];
 
 /// How long the VM (every mode's suite, in one boot) may run before it is
 /// killed. Under TCG the `auto` suite takes 10 to 20 minutes (more when
