@@ -517,11 +517,20 @@ pub fn is_below(
 ) -> Result<Option<bool>, Error> {
     let root_mount = root_mnt.wrapping_sub(off!(mount_mnt));
     let mut mount = vfsmnt.wrapping_sub(off!(mount_mnt));
-    let mut m = read::<MountWindow>(mount, off!(mount_parent))?;
+    let mut m = MountWindow { parent: core::ptr::null(), mountpoint: core::ptr::null(), root: core::ptr::null() };
+    let mut entered = true;
     let mut dentry = dentry;
     for _ in 0..MAX_PATH_DEPTH {
         if mount == root_mount && dentry == root_dentry {
             return Ok(Some(true));
+        }
+        // Read here, not where the walk crosses into the mount: a helper
+        // call right before the loop's back-edge can leave LLVM a loop
+        // whose back-edge is a fallthrough, which 6.1's verifier refuses
+        // ("back-edge from insn …").
+        if entered {
+            m = read::<MountWindow>(mount, off!(mount_parent))?;
+            entered = false;
         }
         if dentry == m.root {
             if m.parent == mount {
@@ -529,7 +538,7 @@ pub fn is_below(
             }
             dentry = m.mountpoint;
             mount = m.parent;
-            m = read::<MountWindow>(mount, off!(mount_parent))?;
+            entered = true;
             continue;
         }
         let parent = read_ptr(dentry, off!(dentry_parent))?;
