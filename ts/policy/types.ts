@@ -21,8 +21,8 @@ export type PolicyAction = 'allow' | 'deny' | 'audit';
  * `path`/`subtree`/`alreadyChrooted` hold against such callers only
  * together with `initialNamespaces: true` (or exclude the others with
  * `not: { initialNamespaces: true }`). uids, gids, `exe` (matched by file
- * identity), `cgroupId`, `mntNs` and `initialNamespaces` are set by the
- * kernel.
+ * identity), `cgroupId`, `mntNs`, `initialNamespaces`, `escapesRoot` and
+ * `cwdOutsideRoot` are set by the kernel.
  */
 export interface PolicyConditions {
   /**

@@ -90,10 +90,10 @@ pub struct Pending {
     /// The event being filled.
     pub event: ChrootEvent,
     /// `current->fs->root.mnt` at entry (tracepoint mode), or null. Only
-    /// compared, never followed: the call drops its reference, and the
-    /// `struct path` may be freed by exit (a reuse of the address as an
-    /// ancestor of the new root within the one call is what it would take
-    /// to mislead the comparison).
+    /// compared, never followed: the call drops its reference, so the mount
+    /// and dentry may be freed by exit (only a reuse of one of the addresses
+    /// as an ancestor of the new root within the one call could mislead the
+    /// comparison).
     pub root_mnt: *const u8,
     /// `current->fs->root.dentry` at entry, as `root_mnt`.
     pub root_dentry: *const u8,
