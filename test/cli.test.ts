@@ -127,7 +127,7 @@ describe('chroot-guard watch', () => {
     const [header, ...rows] = w.out().trimEnd().split('\n');
     expect(header).toMatch(/^TIME\s+PID\s+COMM\s+UID\s+RESULT\s+PATH → RESOLVED$/);
     expect(rows).toHaveLength(1);
-    expect(rows[0]).toMatch(new RegExp(`^\\d\\d:\\d\\d:\\d\\d\\.\\d{3}\\s+${idle.pid}\\s+chroot\\s+0\\s+ok\\s+${rootPath} → ${rootPath}$`));
+    expect(rows[0]).toMatch(new RegExp(`^\\d\\d:\\d\\d:\\d\\d\\.\\d{3}\\s+${idle.pid}\\s+chroot\\s+0\\s+ok\\s+${rootPath} → ${rootPath} \\[cwd-out\\]$`));
     expect(w.out()).not.toContain(` ${other.pid} `);
   });
 
@@ -251,7 +251,7 @@ describe('table output escapes what callers control (real chroot calls)', () => 
     expect(header).toMatch(/^TIME\s+PID/);
     expect(rows).toHaveLength(2);
     expect(rows[0]).toMatch(new RegExp(`^\\S+ +${c.pid} +${literal(COMM_SHOWN)} +0 +ENOENT +${literal(MISSING_SHOWN)}$`));
-    expect(rows[1]).toMatch(new RegExp(`^\\S+ +${c.pid} +${literal(COMM_SHOWN)} +0 +ok +${literal(dirShown)} → ${literal(dirShown)}$`));
+    expect(rows[1]).toMatch(new RegExp(`^\\S+ +${c.pid} +${literal(COMM_SHOWN)} +0 +ok +${literal(dirShown)} → ${literal(dirShown)} \\[cwd-out\\]$`));
   });
 
   it('watch --json: the same calls, exact after JSON.parse, with C1 controls escaped as \\u00XX too', async () => {
@@ -289,7 +289,7 @@ describe('table output escapes what callers control (real chroot calls)', () => 
     // Only the call that reached the LSM hook (the missing path never did).
     const rows = e.out().split('\n').filter((l) => l.includes(` ${c.pid} `));
     expect(rows).toHaveLength(1);
-    expect(rows[0]).toMatch(new RegExp(`^\\S+ +${c.pid} +${literal(COMM_SHOWN)} +0 +audit +escapes +${literal(dirShown)}( +\\[from watch\\])?$`));
+    expect(rows[0]).toMatch(new RegExp(`^\\S+ +${c.pid} +${literal(COMM_SHOWN)} +0 +audit +escapes +${literal(dirShown)} \\[cwd-out\\]( +\\[from watch\\])?$`));
   });
 });
 

@@ -2,7 +2,9 @@
  * The kernel program and `evaluatePolicy` decide alike: fast-check
  * generates policies and chroot calls (paths with non-ASCII and non-UTF-8
  * bytes, comm bytes, uids and gids, cgroups, namespaces, executables,
- * callers already chrooted, directories reached through a detached mount),
+ * callers already chrooted, directories reached through a detached mount,
+ * escapes through a kept directory fd, cwds in and out of the new root,
+ * roots and cwds too deep for the kernel's walk to judge),
  * test/differential/caller.py makes every call for real against
  * `lsm/path_chroot`, and each kernel decision must equal the TypeScript one
  * computed from the decision's own fields and the facts the policy was
@@ -62,9 +64,16 @@ function policyPath(bytes: Buffer): string {
   return out;
 }
 
+/** Levels of `deep` below the root: more than the kernel's 64-step walk, so facts about it are unknown. */
+const DEEP_LEVELS = 70;
+
 interface World {
   root: Buffer;
   dirs: Buffer[];
+  /** A directory {@link DEEP_LEVELS} levels below `root`. */
+  deep: Buffer;
+  /** The root's parent: outside a chrooted caller's root. */
+  outside: Buffer;
   exes: { real: string; copy: string };
   cgroups: string[];
   /** The test's own cgroup (where an unmoved caller stays), then each of `cgroups`. */
@@ -84,7 +93,26 @@ interface Call {
   ns: 'initial' | 'mnt' | 'user';
   detached: boolean;
   chrooted: boolean;
+  cwd: 'slash' | 'target' | 'deep';
   target: Buffer;
+}
+
+/**
+ * The escape facts the kernel must report for call `c` (see
+ * test/differential/caller.py for what each set-up does): null where its
+ * walk must give up (more than 64 steps), which the deep directory forces.
+ */
+function expectedFacts(c: Call, w: World): { escapesRoot: boolean | null; cwdOutsideRoot: boolean | null } {
+  const deep = c.target.equals(w.deep);
+  const kept = c.chrooted && c.target.equals(w.outside);
+  // A detached mount is reachable from no root; the caller stands in it.
+  if (c.detached) return { escapesRoot: true, cwdOutsideRoot: false };
+  const escapesRoot = kept ? true : deep ? null : false;
+  if (kept || c.cwd === 'target') return { escapesRoot, cwdOutsideRoot: false };
+  // From deep, the walk up meets the target at once or gives up.
+  if (c.cwd === 'deep') return { escapesRoot, cwdOutsideRoot: deep ? false : null };
+  // At its root: outside any new root but that root itself.
+  return { escapesRoot, cwdOutsideRoot: !(c.chrooted && c.target.equals(w.root)) };
 }
 
 /** How long a call's decisions may take to arrive. */
@@ -113,7 +141,8 @@ describe.skipIf(!LSM)(lsmTitle(`kernel and evaluatePolicy decide alike`), () => 
       dirs.push(da);
       for (const b of NAMES) dirs.push(Buffer.concat([da, Buffer.from('/'), b]));
     }
-    for (const d of dirs) mkdirSync(d, { recursive: true, mode: 0o755 });
+    const deep = Buffer.from(`${root.toString()}/deep${'/d'.repeat(DEEP_LEVELS - 1)}`);
+    for (const d of [...dirs, deep]) mkdirSync(d, { recursive: true, mode: 0o755 });
     const real = realpathSync('/usr/bin/python3');
     const copy = `${base}/python-copy`;
     copyFileSync(real, copy);
@@ -123,6 +152,8 @@ describe.skipIf(!LSM)(lsmTitle(`kernel and evaluatePolicy decide alike`), () => 
     world = {
       root,
       dirs,
+      deep,
+      outside: Buffer.from(realpathSync(`${base}/..`)),
       exes: { real, copy },
       cgroups,
       cgroupIds: [ownCgroup(), ...cgroups.map((c) => statSync(c).ino)],
@@ -178,8 +209,10 @@ describe.skipIf(!LSM)(lsmTitle(`kernel and evaluatePolicy decide alike`), () => 
           ns: c.ns,
           detached: c.detached,
           chrooted: c.chrooted,
+          cwd: c.cwd,
           root: world.root.toString('hex'),
           target: c.target.toString('hex'),
+          deep: world.deep.toString('hex'),
         }) + '\n',
       );
     });
@@ -202,6 +235,8 @@ describe.skipIf(!LSM)(lsmTitle(`kernel and evaluatePolicy decide alike`), () => 
       alreadyChrooted: fc.boolean(),
       mntNs: fc.constantFrom(world.initialMntNs, 4026539999),
       initialNamespaces: fc.boolean(),
+      escapesRoot: fc.boolean(),
+      cwdOutsideRoot: fc.boolean(),
     };
     // Up to three conditions a block: with more, rules would almost never
     // match and the default would decide nearly every call.
@@ -238,13 +273,18 @@ describe.skipIf(!LSM)(lsmTitle(`kernel and evaluatePolicy decide alike`), () => 
         ns: fc.constantFrom('initial' as const, 'mnt' as const, 'user' as const),
         detached: fc.boolean(),
         chrooted: fc.boolean(),
-        target: fc.constantFrom(...world.dirs),
+        cwd: fc.constantFrom('slash' as const, 'target' as const, 'deep' as const),
+        // Mostly the tree's directories (which path rules name); the deep
+        // one and the root's parent (an escape for a chrooted caller) too.
+        target: fc.oneof({ weight: 4, arbitrary: fc.constantFrom(...world.dirs) }, { weight: 1, arbitrary: fc.constantFrom(world.deep, world.outside) }),
       })
       .map((c) => ({ ...c, id: nextId++, detached: c.detached && c.ns !== 'initial' && !c.chrooted }));
 
     let compared = 0;
     let byRule = 0;
     let withUnknowns = 0;
+    /** How often each escape fact came out true, false and null in the calls' decisions. */
+    const facts = { escapesRoot: new Map<boolean | null, number>(), cwdOutsideRoot: new Map<boolean | null, number>() };
     await fc.assert(
       fc.asyncProperty(policy, fc.array(call, { minLength: CALLS, maxLength: CALLS }), async (p, calls) => {
         let info: GuardInfo;
@@ -282,7 +322,9 @@ describe.skipIf(!LSM)(lsmTitle(`kernel and evaluatePolicy decide alike`), () => 
           expect(result).toBe(d.denied ? 'EPERM' : 'ok');
           expect(d).toMatchObject({ uid: c.uid, euid: c.euid, gid: c.gid, egid: c.egid, callerChrooted: c.chrooted, initialNamespaces: c.ns === 'initial', resolvedPathUnreachable: c.detached });
           expect(d.commBytes.equals(c.comm)).toBe(true);
-          if (!c.detached) expect(d.resolvedPathBytes?.equals(c.target)).toBe(true);
+          if (!c.detached && !c.target.equals(world.deep)) expect(d.resolvedPathBytes?.equals(c.target)).toBe(true);
+          expect({ escapesRoot: d.escapesRoot, cwdOutsideRoot: d.cwdOutsideRoot }, JSON.stringify(c)).toEqual(expectedFacts(c, world));
+          for (const k of ['escapesRoot', 'cwdOutsideRoot'] as const) facts[k].set(d[k], (facts[k].get(d[k]) ?? 0) + 1);
           expect(Number(d.cgroupId)).toBe(world.cgroupIds[c.cgroup === null ? 0 : c.cgroup + 1]);
           const exe = statSync(world.exes[c.server], { bigint: true });
           expect(d.exeIno).toBe(exe.ino);
@@ -295,5 +337,8 @@ describe.skipIf(!LSM)(lsmTitle(`kernel and evaluatePolicy decide alike`), () => 
     // conditions that cannot be judged (detached paths).
     expect(byRule / compared).toBeGreaterThan(0.2);
     expect(withUnknowns).toBeGreaterThan(RUNS / 10);
+    // Each escape fact came out true, false and unknown, many times.
+    console.log(`escape facts over the calls: ${JSON.stringify(Object.fromEntries(Object.entries(facts).map(([k, m]) => [k, Object.fromEntries(m)])))}`);
+    for (const m of Object.values(facts)) for (const v of [true, false, null]) expect(m.get(v) ?? 0).toBeGreaterThan(RUNS / 20);
   }, 1_800_000);
 });

@@ -118,6 +118,7 @@ describe('the tarballs', () => {
         'package/dist/native/binding.cjs',
         'package/examples/build-farm.yaml',
         'package/examples/agent.yaml',
+        'package/examples/no-escape.yaml',
         'package/package.json',
         'package/policy.schema.json',
         'package/events.schema.json',

@@ -42,7 +42,7 @@ const dir = fileURLToPath(new URL('./policies/', import.meta.url));
 /** Each malformed file and the one problem it must report, with its position. */
 const MALFORMED: Record<string, [line: number, column: number, message: RegExp]> = {
   'bad-yaml.yaml': [5, 35, /not valid YAML or JSON: Flow sequence .* end with a \]/],
-  'unknown-key.yaml': [7, 7, /unknown key "usr" \(expected one of: path, subtree, uid, euid, gid, egid, comm, exe, cgroupId, alreadyChrooted, mntNs, initialNamespaces, not\)/],
+  'unknown-key.yaml': [7, 7, /unknown key "usr" \(expected one of: path, subtree, uid, euid, gid, egid, comm, exe, cgroupId, alreadyChrooted, mntNs, initialNamespaces, escapesRoot, cwdOutsideRoot, not\)/],
   'wrong-type.yaml': [6, 12, /"uid" must be an id \(0 to 4294967295\) or a list of ids; got "root"/],
   'duplicate-id.yaml': [8, 9, /duplicate rule id "jails" \(first used by rule 1\)/],
   'relative-path.yaml': [6, 16, /"subtree" must be an absolute path or a list of absolute paths; got "srv\/jails"/],
@@ -87,8 +87,9 @@ describe('policy files', () => {
     expect(r.status).toBe(2);
     for (const [file, [line, column]] of Object.entries(MALFORMED)) expect(r.stderr).toContain(`${dir}${file}:${line}:${column}: `);
     expect(r.stdout).toContain('examples/build-farm.yaml: ok (enforce, 2 rules, default deny)');
-    const good = spawnSync(process.execPath, [CLI, 'check', 'examples/build-farm.yaml'], { encoding: 'utf8' });
+    const good = spawnSync(process.execPath, [CLI, 'check', 'examples/build-farm.yaml', 'examples/no-escape.yaml'], { encoding: 'utf8' });
     expect(good.status).toBe(0);
+    expect(good.stdout).toContain('examples/no-escape.yaml: ok (enforce, 1 rule, default allow)');
   });
 
   it('check needs no privileges', () => {
@@ -103,7 +104,7 @@ describe('policy files', () => {
 
   it('the published schema documents every match key the evaluator and compiler know', () => {
     const match = (policySchema as { definitions: { match: { properties: object } } }).definitions.match.properties;
-    expect(Object.keys(match).sort()).toEqual(['alreadyChrooted', 'cgroupId', 'comm', 'egid', 'euid', 'exe', 'gid', 'initialNamespaces', 'mntNs', 'not', 'path', 'subtree', 'uid'].sort());
+    expect(Object.keys(match).sort()).toEqual(['alreadyChrooted', 'cgroupId', 'comm', 'cwdOutsideRoot', 'egid', 'escapesRoot', 'euid', 'exe', 'gid', 'initialNamespaces', 'mntNs', 'not', 'path', 'subtree', 'uid'].sort());
     const onDisk = JSON.parse(readFileSync('policy.schema.json', 'utf8')) as object;
     expect(onDisk).toEqual(policySchema);
   });
@@ -485,6 +486,29 @@ describe('evaluatePolicy (the reference for the kernel program)', () => {
     expect(evaluatePolicy(policy, event({ uid: 7, comm: 'debootstrap' }))).toMatchObject({ ruleId: 'jails-root', action: 'allow' });
     expect(evaluatePolicy(policy, event({ uid: 7 }))).toMatchObject({ ruleId: null, action: 'allow' });
     expect(evaluatePolicy(policy, event({ uid: 1000, resolvedPath: '/srv/jailsX' })).ruleId).toBeNull(); // a sibling, not below
+  });
+  it('escapesRoot and cwdOutsideRoot: true and false match as given, null (unknown, or no new root) holds for deny rules only; examples/no-escape.yaml denies escapes', () => {
+    const p: Policy = {
+      mode: 'enforce',
+      rules: [
+        { id: 'left-cwd', action: 'audit', match: { cwdOutsideRoot: true, not: { uid: 0 } } },
+        { id: 'escape', action: 'deny', match: { escapesRoot: true } },
+        { id: 'stays', action: 'allow', match: { escapesRoot: false, cwdOutsideRoot: false } },
+      ],
+    };
+    expect(evaluatePolicy(p, event({ uid: 1000, escapesRoot: false, cwdOutsideRoot: true })).ruleId).toBe('left-cwd');
+    expect(evaluatePolicy(p, event({ escapesRoot: true, cwdOutsideRoot: false })).ruleId).toBe('escape');
+    expect(evaluatePolicy(p, event({ escapesRoot: false, cwdOutsideRoot: false })).ruleId).toBe('stays');
+    expect(evaluatePolicy(p, event({ escapesRoot: false, cwdOutsideRoot: true })).ruleId).toBeNull();
+    // Unknown: the deny holds, the allow does not, and the audit's `not` (uid 0 known) decides.
+    const unknown = evaluatePolicy(p, event({ uid: 1000, escapesRoot: null, cwdOutsideRoot: null }));
+    expect(unknown).toMatchObject({ ruleId: 'escape', action: 'deny' });
+    expect(unknown.unknown).toEqual(['left-cwd: cwdOutsideRoot', 'escape: escapesRoot']);
+    expect(evaluatePolicy(p, event({ escapesRoot: false, cwdOutsideRoot: null }))).toMatchObject({ ruleId: null, unknown: ['stays: cwdOutsideRoot'] });
+    const builtIn = loadPolicy('examples/no-escape.yaml');
+    expect(evaluatePolicy(builtIn, event({ escapesRoot: true, cwdOutsideRoot: false }))).toMatchObject({ ruleId: 'no-escape', action: 'deny' });
+    expect(evaluatePolicy(builtIn, event({ escapesRoot: null, cwdOutsideRoot: null })).ruleId).toBe('no-escape');
+    expect(evaluatePolicy(builtIn, event({ escapesRoot: false, cwdOutsideRoot: true })).ruleId).toBeNull();
   });
   it('a path cut short or not reachable holds for deny rules only (fail closed)', () => {
     for (const flag of ['resolvedPathTruncated', 'resolvedPathUnreachable'] as const) {

@@ -45,7 +45,7 @@ const event: fc.Arbitrary<ChrootEvent> = fc.record({
   parentExeTruncated: fc.boolean(), parentExeUnreachable: fc.boolean(), parentExeDeleted: fc.boolean(), parentExeMemfd: fc.boolean(),
   path: anyString, pathBytes: bytes, pathTruncated: fc.boolean(), pathUnreadable: fc.boolean(), pathReadLate: fc.boolean(),
   resolvedPath: orNull(anyString), resolvedPathBytes: orNull(bytes), resolvedPathTruncated: fc.boolean(), resolvedPathUnreachable: fc.boolean(),
-  callerChrooted: fc.boolean(),
+  callerChrooted: fc.boolean(), escapesRoot: orNull(fc.boolean()), cwdOutsideRoot: orNull(fc.boolean()),
   ret: i32, errno: orNull(anyString), lsmRet: orNull(i32), probe: fc.constantFrom('fentry', 'kprobe', 'tracepoint'),
 });
 

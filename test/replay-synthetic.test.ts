@@ -293,7 +293,8 @@ function syntheticEvent(i: number): ChrootEvent {
     parentExeTruncated: false, parentExeUnreachable: false, parentExeDeleted: false, parentExeMemfd: false,
     path: displayBytes(path), pathBytes: path, pathTruncated: false, pathUnreadable: false, pathReadLate: false,
     resolvedPath: k.root && displayBytes(k.root), resolvedPathBytes: k.root, resolvedPathTruncated: false, resolvedPathUnreachable: k.unreachable === true,
-    callerChrooted: false, ret: k.root ? 0 : -2, errno: k.root ? null : 'ENOENT', lsmRet: null, probe: 'tracepoint',
+    callerChrooted: false, escapesRoot: k.root ? i % 2 === 0 : null, cwdOutsideRoot: k.root ? i % 3 === 0 : null,
+    ret: k.root ? 0 : -2, errno: k.root ? null : 'ENOENT', lsmRet: null, probe: 'tracepoint',
   };
 }
 

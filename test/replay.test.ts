@@ -113,7 +113,7 @@ describe('learn and replay on real recordings', () => {
     expect(learned.stdout).toMatch(/deep\/root # 1 call$/m);
     const check = cli(['check', policyFile]);
     expect(check.status, check.stderr).toBe(0);
-    expect(check.stdout).toContain('ok (enforce, 1 rules, default deny)');
+    expect(check.stdout).toContain('ok (enforce, 1 rule, default deny)');
 
     const audit = cli(['learn', '--audit', recording]);
     expect(parsePolicy(audit.stdout)).toEqual({ ...policy, mode: 'audit' });

@@ -175,6 +175,36 @@ export interface ChrootEvent extends ExecutablePath {
    * `current->fs->root` and `current->nsproxy->mnt_ns->root` at entry.
    */
   readonly callerChrooted: boolean;
+  /**
+   * The new root is not at or below the caller's root before the call: a
+   * chroot out of the caller's jail (the classic escape's `chroot(".")`
+   * after climbing with `chdir("..")`, a kept or received directory fd). A
+   * new root not reachable from the caller's root (a detached mount,
+   * another namespace's tree) is not below it either. Computed in the
+   * kernel by walking up from the new root across mounts, as `d_path()`
+   * would, at most 64 steps. Source: guard decisions
+   * (`lsm/path_chroot`) and fentry/kprobe events (at
+   * `security_path_chroot`) compare the hook's `struct path` with
+   * `current->fs->root` before the call; tracepoint events compare
+   * `current->fs->root` after a successful call with the root saved at
+   * `sys_enter_chroot`. Null when not known: the walk's bound was hit or
+   * a read failed, or the call never had a new root (`resolvedPath` is
+   * then null too: ENOENT, ENOTDIR, EACCES, EPERM before the LSM hook, and
+   * in tracepoint mode every failed call). Policies' `escapesRoot`
+   * condition tests it; null holds for deny rules only.
+   */
+  readonly escapesRoot: boolean | null;
+  /**
+   * After the call, the caller's cwd (`current->fs->pwd`) is not at or
+   * below its new root: the first step of the classic escape (a chroot
+   * into a subdirectory without a chdir, so `chdir("..")` climbs past the
+   * root). chroot(8) and other well-behaved tools also make it true, for
+   * the moment until the `chdir("/")` they make right after the call: a
+   * fact, not an alarm by itself. Sources and null as `escapesRoot` (the
+   * same probes, the cwd instead of the old root); policies'
+   * `cwdOutsideRoot` condition tests it.
+   */
+  readonly cwdOutsideRoot: boolean | null;
   /** Syscall result: 0, or a negative errno. */
   readonly ret: number;
   /** Symbolic errno of a failed call (`'ENOENT'`), or null when `ret` is 0. */
@@ -203,6 +233,7 @@ export const IDENTITY_FIELDS = [
   'parentExeTruncated', 'parentExeUnreachable', 'parentExeDeleted', 'parentExeMemfd',
   'path', 'pathBytes', 'pathTruncated', 'pathUnreadable', 'pathReadLate',
   'resolvedPath', 'resolvedPathBytes', 'resolvedPathTruncated', 'resolvedPathUnreachable', 'callerChrooted',
+  'escapesRoot', 'cwdOutsideRoot',
 ] as const satisfies ReadonlyArray<keyof ChrootEvent>;
 
 /** The fields of {@link ChrootEvent} about the call itself (its entry time and outcome), in record order. @internal */
@@ -344,6 +375,11 @@ export interface RawDecision {
 /** Field offsets and constants of the record, from the addon. */
 type Layout = Record<string, number>;
 
+/** A fact of `flags` that may be absent or unknown: null unless `compared` is set and `unknown` is not, else whether `yes` is set. */
+function fact(flags: number, compared: number, yes: number, unknown: number): boolean | null {
+  return (flags & compared) === 0 || (flags & unknown) !== 0 ? null : (flags & yes) !== 0;
+}
+
 /** Every layout key the decoder reads, flags included. @internal */
 export const DECODED_KEYS = [
   'size', 'kind', 'mode', 'path_len', 'resolved_len', 'flags', 'pid', 'tid', 'ppid', 'uid', 'gid', 'euid',
@@ -353,7 +389,8 @@ export const DECODED_KEYS = [
   'comm_len', 'flag_path_truncated', 'flag_path_unreadable', 'flag_path_read_late', 'flag_resolved_present',
   'flag_resolved_truncated', 'flag_resolved_unreachable', 'flag_lsm_called', 'kind_chroot',
   'rule', 'policy_gen', 'flag_caller_chrooted', 'flag_action_shift', 'flag_action_mask', 'flag_enforcing',
-  'flag_denied', 'kind_decision', 'no_rule', 'action_allow', 'action_deny', 'action_audit',
+  'flag_denied', 'flag_roots_compared', 'flag_escapes_root', 'flag_escapes_root_unknown', 'flag_cwd_outside_root',
+  'flag_cwd_outside_root_unknown', 'kind_decision', 'no_rule', 'action_allow', 'action_deny', 'action_audit',
   ...ATTACH_MODES.map((m) => `mode_${m}` as const),
 ] as const;
 type Key = (typeof DECODED_KEYS)[number];
@@ -504,6 +541,8 @@ export class Decoder {
       resolvedPathTruncated: (flags & L.flag_resolved_truncated) !== 0,
       resolvedPathUnreachable: (flags & L.flag_resolved_unreachable) !== 0,
       callerChrooted: (flags & L.flag_caller_chrooted) !== 0,
+      escapesRoot: fact(flags, L.flag_roots_compared, L.flag_escapes_root, L.flag_escapes_root_unknown),
+      cwdOutsideRoot: fact(flags, L.flag_roots_compared, L.flag_cwd_outside_root, L.flag_cwd_outside_root_unknown),
       ret,
       errno: ret < 0 ? errnoName(-ret) : null,
       lsmRet: flags & L.flag_lsm_called ? v.getInt32(s + L.lsm_ret, true) : null,

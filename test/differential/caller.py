@@ -15,9 +15,17 @@ child that sets up the caller's identity first:
   detached               reach the target through a bind mount of it that is
                          then detached (umount -l): not reachable
   chrooted               chroot into `root` first, then name the target
-                         relative to it
+                         relative to it; a target outside `root` is reached
+                         through a directory fd opened before (the kept-fd
+                         escape: fchdir, chroot("."))
+  cwd                    where the caller stands when it calls: "slash"
+                         (chdir("/"): its root), "target" (chdir to the
+                         target first) or "deep" (chdir to `deep`); a
+                         detached or kept-fd target is the cwd already
   comm                   the comm to set (hex bytes, prctl(PR_SET_NAME))
-  root, target           hex bytes of absolute paths; target lies in root
+  root, target, deep     hex bytes of absolute paths; target lies in root or
+                         is its parent; deep lies in root, more than 64
+                         steps down
 """
 import ctypes
 import errno
@@ -62,10 +70,21 @@ def call(c):
             check(libc.umount2(target, MNT_DETACH), "umount -l")
             target = b"."
         step = "chrooted"
+        deep = bytes.fromhex(c["deep"])
+        kept = None
         if c["chrooted"]:
+            if target != root and not target.startswith(root + b"/"):
+                kept = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
             os.chroot(root)
             os.chdir(b"/")
             target = b"/" + target[len(root):].lstrip(b"/")
+            deep = b"/" + deep[len(root):].lstrip(b"/")
+        step = "cwd"
+        if kept is not None:
+            os.fchdir(kept)
+            target = b"."
+        elif not c["detached"]:
+            os.chdir({"slash": b"/", "target": target, "deep": deep}[c["cwd"]])
         step = "comm"
         name = bytes.fromhex(c["comm"])
         check(libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0), "comm")

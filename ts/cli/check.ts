@@ -17,7 +17,7 @@ export function checkCommand(files: string[], flags: { json?: boolean }): number
       const p = loadPolicy(file);
       const warnings = [...policyWarnings(p), ...hostWarnings(p)].map((w) => ({ file, ...w }));
       if (!flags.json) {
-        process.stdout.write(`${file}: ok (${p.mode}, ${p.rules.length} rules, default ${p.default ?? 'allow'})\n`);
+        process.stdout.write(`${file}: ok (${p.mode}, ${p.rules.length} rule${p.rules.length === 1 ? '' : 's'}, default ${p.default ?? 'allow'})\n`);
         for (const w of warnings) process.stderr.write(`${file}: ${w.pointer}: warning: ${w.message}\n`);
       }
       return { file, ok: true, problems: [], warnings };

@@ -256,11 +256,23 @@ export function resolvedMark(e: Pick<ChrootEvent, 'resolvedPathTruncated' | 'res
   return e.resolvedPathUnreachable ? '[unreachable]' : e.resolvedPathTruncated ? '…' : '';
 }
 
-/** One table line: local time, pid, comm, uid, result, path → resolved path (caller-controlled fields through {@link terminalSafe}). */
+/**
+ * What goes after a resolved path in table output: the escape facts that
+ * hold, `[ESCAPE]` (`escapesRoot`) and `[cwd-out]` (`cwdOutsideRoot`),
+ * each with a `?` instead when the kernel could not tell; nothing for
+ * false, or for a call without a new root.
+ */
+export function rootMarks(e: Pick<ChrootEvent, 'resolvedPath' | 'escapesRoot' | 'cwdOutsideRoot'>): string {
+  if (e.resolvedPath === null) return '';
+  const mark = (v: boolean | null, name: string) => (v === false ? '' : ` [${name}${v === null ? '?' : ''}]`);
+  return mark(e.escapesRoot, 'ESCAPE') + mark(e.cwdOutsideRoot, 'cwd-out');
+}
+
+/** One table line: local time, pid, comm, uid, result, path → resolved path and its {@link rootMarks} (caller-controlled fields through {@link terminalSafe}). */
 export function tableLine(e: ChrootEvent): string {
   const t = toWallClock(e.ts);
   const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const path = e.pathUnreadable ? '<unreadable>' : `${terminalSafe(e.pathBytes)}${e.pathTruncated ? '…' : ''}`;
-  const resolved = e.resolvedPath === null ? '' : ` → ${resolvedMark(e)}${terminalSafe(e.resolvedPathBytes ?? e.resolvedPath)}`;
+  const resolved = e.resolvedPath === null ? '' : ` → ${resolvedMark(e)}${terminalSafe(e.resolvedPathBytes ?? e.resolvedPath)}${rootMarks(e)}`;
   return row([time, String(e.pid), terminalSafe(e.commBytes), String(e.uid), e.errno ?? 'ok'], path + resolved);
 }

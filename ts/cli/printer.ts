@@ -10,7 +10,7 @@ import type { ChrootDecision } from '../decision.js';
 import type { ChrootEvent } from '../events.js';
 import { CALLS_LOST, lostSince, NO_LOSS, type LossCounts, type LostReport } from '../batch.js';
 import type { AttachInfo, SessionStats } from '../session.js';
-import { resolvedMark, tableHeader, tableLine, terminalSafe } from './output.js';
+import { resolvedMark, rootMarks, tableHeader, tableLine, terminalSafe } from './output.js';
 import { attachRecord, chrootRecord, decisionRecord, lostRecord } from './records.js';
 
 /**
@@ -154,12 +154,12 @@ export class EventPrinter {
 
 const DECISION_HEADER = `${'TIME'.padEnd(13)}${'PID'.padEnd(8)}${'COMM'.padEnd(17)}${'UID'.padEnd(7)}${'DECISION'.padEnd(11)}${'RULE'.padEnd(24)}RESOLVED`;
 
-/** One table line: time, pid, comm, uid, decision, rule, resolved path (caller-controlled fields through {@link terminalSafe}). */
+/** One table line: time, pid, comm, uid, decision, rule, resolved path and its escape marks ({@link rootMarks}) (caller-controlled fields through {@link terminalSafe}). */
 export function decisionLine(d: ChrootDecision): string {
   const t = toWallClock(d.ts);
   const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const decision = d.denied ? 'DENIED' : d.wouldDeny ? 'would-deny' : d.action;
-  const resolved = d.resolvedPath === null ? '' : resolvedMark(d) + terminalSafe(d.resolvedPathBytes ?? d.resolvedPath);
+  const resolved = d.resolvedPath === null ? '' : resolvedMark(d) + terminalSafe(d.resolvedPathBytes ?? d.resolvedPath) + rootMarks(d);
   // At least one space after each cell, also after one wider than its column.
   const cell = (s: string, width: number) => `${s.padEnd(width - 1)} `;
   return `${cell(time, 13)}${cell(String(d.pid), 8)}${cell(terminalSafe(d.commBytes), 17)}${cell(String(d.uid), 7)}${cell(decision, 11)}${cell(d.ruleId === null ? '(default)' : terminalSafe(d.ruleId), 24)}${resolved}${d.source === 'watch' ? '  [from watch]' : ''}`;

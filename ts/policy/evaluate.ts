@@ -62,8 +62,10 @@ export interface Evaluation {
   readonly ruleId: string | null;
   /**
    * Conditions that could not be judged (`RULE: exe`, `RULE: path`,
-   * `RULE: initialNamespaces`): a path cut short or not reachable, no
-   * executable or no context for it, no initial mount namespace. Each held
+   * `RULE: initialNamespaces`, `RULE: escapesRoot`, `RULE:
+   * cwdOutsideRoot`): a path cut short or not reachable, no executable or
+   * no context for it, no initial mount namespace, an escape fact that is
+   * null (the kernel's walk could not tell, or the event had no new root). Each held
    * for deny rules and not for others (inverted inside `not`), as in the
    * kernel.
    */
@@ -104,10 +106,14 @@ function conditionsHold(c: PolicyConditions, e: CallerFacts, ctx: PolicyContext 
     const mntNs = ctx?.initialMntNs ?? null;
     initial = mntNs === null ? undefined : (e.userNs === INITIAL_USER_NS && e.mntNs === mntNs) === c.initialNamespaces;
   }
+  // The escape facts: null in the event (not computed or not told) cannot be judged.
+  const fact = (want: boolean | undefined, actual: boolean | null): Outcome => (want === undefined ? true : actual === null ? undefined : actual === want);
   return (
     resolve('path', path) &&
     resolve('exe', exe) &&
     resolve('initialNamespaces', initial) &&
+    resolve('escapesRoot', fact(c.escapesRoot, e.escapesRoot)) &&
+    resolve('cwdOutsideRoot', fact(c.cwdOutsideRoot, e.cwdOutsideRoot)) &&
     any(c.uid, e.uid) &&
     any(c.euid, e.euid) &&
     any(c.gid, e.gid) &&
@@ -128,7 +134,7 @@ function conditionsHold(c: PolicyConditions, e: CallerFacts, ctx: PolicyContext 
  * it `exe` and `initialNamespaces` cannot be judged.
  *
  * Like the kernel, a condition that cannot be judged (a path cut short or
- * not reachable, an unknown executable) holds for deny rules and not for
+ * not reachable, an unknown executable, a null escape fact) holds for deny rules and not for
  * others, and the reverse inside a `not` block: uncertainty resolves toward
  * denying.
  */

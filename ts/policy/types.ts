@@ -21,8 +21,8 @@ export type PolicyAction = 'allow' | 'deny' | 'audit';
  * `path`/`subtree`/`alreadyChrooted` hold against such callers only
  * together with `initialNamespaces: true` (or exclude the others with
  * `not: { initialNamespaces: true }`). uids, gids, `exe` (matched by file
- * identity), `cgroupId`, `mntNs` and `initialNamespaces` are set by the
- * kernel.
+ * identity), `cgroupId`, `mntNs`, `initialNamespaces`, `escapesRoot` and
+ * `cwdOutsideRoot` are set by the kernel.
  */
 export interface PolicyConditions {
   /**
@@ -82,6 +82,23 @@ export interface PolicyConditions {
    * namespaces of their own can alias paths; this condition cannot be forged.
    */
   readonly initialNamespaces?: boolean;
+  /**
+   * Whether the new root is not at or below the caller's root before the
+   * call (events' `escapesRoot`, computed in the kernel): a chroot out of
+   * the caller's jail. A new root not reachable from the caller's root (a
+   * detached mount, another namespace's tree) escapes it too. When the
+   * kernel's walk cannot tell (more than 64 steps), the condition cannot be
+   * judged and holds for deny rules only. `examples/no-escape.yaml` denies
+   * it for every caller.
+   */
+  readonly escapesRoot?: boolean;
+  /**
+   * Whether, after the call, the caller's cwd is not at or below its new
+   * root (events' `cwdOutsideRoot`): the first step of the classic escape,
+   * and also every chroot(8) call (its `chdir("/")` comes after). Unknown
+   * as for `escapesRoot`.
+   */
+  readonly cwdOutsideRoot?: boolean;
 }
 
 /**

@@ -60,7 +60,8 @@ const HOST_ONLY_FILES: &[&str] = &[
     "test/replay.test.ts",
     "test/replay-synthetic.test.ts",
 ];
-const PER_MODE_FILES: &[&str] = &["test/watch.test.ts", "test/attach.test.ts", "test/loss.test.ts", "test/cli.test.ts"];
+const PER_MODE_FILES: &[&str] =
+    &["test/watch.test.ts", "test/attach.test.ts", "test/loss.test.ts", "test/cli.test.ts", "test/escapes.test.ts"];
 
 /// How long the VM (every mode's suite, in one boot) may run before it is
 /// killed. Under TCG the `auto` suite takes 10 to 20 minutes (more when

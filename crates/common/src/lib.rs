@@ -153,6 +153,39 @@ pub mod flags {
     /// it in. What chroot(2) used, unless another thread rewrote the memory
     /// in between.
     pub const PATH_READ_LATE: u32 = 1 << 15;
+    /// The call reached a new root and the two escape facts below were
+    /// computed: on every decision (`lsm/path_chroot`: the hook's `struct
+    /// path` against `current->fs->root` and `current->fs->pwd` before the
+    /// call), on fentry and kprobe events that reached
+    /// `security_path_chroot` (the same comparison there, also for a call
+    /// an LSM then denied), and on tracepoint events of successful calls
+    /// (`current->fs->root` after the call against the root saved at
+    /// entry, and `current->fs->pwd` after the call). Unset, a call that
+    /// never had a new root (ENOENT, ENOTDIR, EACCES, EPERM before the LSM
+    /// hook, or any failure in tracepoint mode): the facts are absent, not
+    /// false, and [`ESCAPES_ROOT`] to [`CWD_OUTSIDE_ROOT_UNKNOWN`] are unset.
+    pub const ROOTS_COMPARED: u32 = 1 << 16;
+    /// The new root is not at or below the caller's root before the call,
+    /// walking up from it across mounts as `d_path()` would, in the
+    /// caller's mount namespace: a chroot out of the caller's jail (to a
+    /// directory reached through a `..` walk from a cwd left outside, a
+    /// kept or received directory fd). A new root not reachable from the
+    /// caller's root at all (a detached mount, another namespace's tree)
+    /// is not below it either.
+    pub const ESCAPES_ROOT: u32 = 1 << 17;
+    /// [`crate::MAX_PATH_DEPTH`] steps (or a failed read) were not enough
+    /// to tell [`ESCAPES_ROOT`]: the fact is unknown (policies hold it for
+    /// deny rules only).
+    pub const ESCAPES_ROOT_UNKNOWN: u32 = 1 << 18;
+    /// After the call the caller's cwd is not at or below its new root: the
+    /// first step of the classic escape (chroot into a subdirectory without
+    /// a chdir, then `chdir("..")` climbs past the root). chroot(8) and
+    /// every well-behaved tool make this true for the moment between their
+    /// chroot(2) and the `chdir("/")` right after it, so alone it is a fact,
+    /// not an alarm.
+    pub const CWD_OUTSIDE_ROOT: u32 = 1 << 19;
+    /// As [`ESCAPES_ROOT_UNKNOWN`], for [`CWD_OUTSIDE_ROOT`].
+    pub const CWD_OUTSIDE_ROOT_UNKNOWN: u32 = 1 << 20;
 }
 
 /// Bits of [`ChrootEvent::exe_flags`]: the low byte describes `exe`, the

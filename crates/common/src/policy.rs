@@ -77,6 +77,16 @@ pub mod cond {
     /// mount namespace ([`super::PolicyHeader::init_mnt_ns`]) equals
     /// [`super::PolicyRule::init_ns`].
     pub const INIT_NS: u32 = 1 << 11;
+    /// Whether the new root is not at or below the caller's root
+    /// (`flags::ESCAPES_ROOT` of the decision) equals
+    /// [`super::PolicyRule::escapes_root`]; unknown when the walk could not
+    /// tell.
+    pub const ESCAPES_ROOT: u32 = 1 << 12;
+    /// Whether the caller's cwd is not at or below the new root
+    /// (`flags::CWD_OUTSIDE_ROOT`) equals
+    /// [`super::PolicyRule::cwd_outside_root`]; unknown when the walk could
+    /// not tell.
+    pub const CWD_OUTSIDE_ROOT: u32 = 1 << 13;
 }
 
 /// Bits of [`PolicyRule::flags`].
@@ -85,7 +95,7 @@ pub mod rule_flags {
     /// rules with the same [`super::PolicyRule::source`] do not apply.
     pub const SKIP: u8 = 1 << 0;
     /// A condition that cannot be judged (a path cut short or not reachable,
-    /// no executable) holds. Set for the rules of deny rules, and for the
+    /// no executable, an escape fact the walk could not tell) holds. Set for the rules of deny rules, and for the
     /// `not` rules of every other rule: either way the uncertain call gets
     /// the deny rather than the pass.
     pub const UNKNOWN_HOLDS: u8 = 1 << 1;
@@ -149,8 +159,12 @@ pub struct PolicyRule {
     /// 1 when [`cond::INIT_NS`] asks for "in the initial namespaces", 0 for
     /// "not".
     pub init_ns: u8,
-    /// Explicit padding, always zero.
-    pub _pad1: u16,
+    /// 1 when [`cond::ESCAPES_ROOT`] asks for "escapes the caller's
+    /// root", 0 for "does not".
+    pub escapes_root: u8,
+    /// 1 when [`cond::CWD_OUTSIDE_ROOT`] asks for "the cwd is left outside
+    /// the new root", 0 for "is not".
+    pub cwd_outside_root: u8,
     /// Real uid.
     pub uid: u32,
     /// Effective uid.

@@ -81,13 +81,37 @@ fn wanted(tgid: u32, uid: u32, comm: &[u8; 16]) -> bool {
     true
 }
 
+/// A thread's call in flight (`CG_PENDING`): the event, and the caller's
+/// root at entry, which tracepoint mode compares with the root after the
+/// call ([`flags::ESCAPES_ROOT`]) since no hook there sees the new root
+/// before it is set. Never sent: the pointers stay in the kernel.
+#[repr(C)]
+pub struct Pending {
+    /// The event being filled.
+    pub event: ChrootEvent,
+    /// `current->fs->root.mnt` at entry (tracepoint mode), or null. Only
+    /// compared, never followed: the call drops its reference, so the mount
+    /// and dentry may be freed by exit (only a reuse of one of the addresses
+    /// as an ancestor of the new root within the one call could mislead the
+    /// comparison).
+    pub root_mnt: *const u8,
+    /// `current->fs->root.dentry` at entry, as `root_mnt`.
+    pub root_dentry: *const u8,
+}
+
+/// The current thread's pending call, if its entry was seen.
+#[inline(always)]
+fn pending_call() -> Option<&'static mut Pending> {
+    // SAFETY: task storage stays valid while the program runs; only this
+    // thread's programs touch its value, one at a time.
+    let p = unsafe { &mut *CG_PENDING.current(false)? };
+    (p.event.kind != 0).then_some(p)
+}
+
 /// The current thread's pending event, if its entry was seen.
 #[inline(always)]
 fn pending() -> Option<&'static mut ChrootEvent> {
-    // SAFETY: task storage stays valid while the program runs; only this
-    // thread's programs touch its value, one at a time.
-    let ev = unsafe { &mut *CG_PENDING.current(false)? };
-    (ev.kind != 0).then_some(ev)
+    pending_call().map(|p| &mut p.event)
 }
 
 /// Clears the header of `ev` (a reused value: only the header must start
@@ -116,7 +140,14 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
         return Ok(());
     };
     // SAFETY: this thread's value, see `pending`.
-    let ev = unsafe { &mut *ev };
+    let call = unsafe { &mut *ev };
+    (call.root_mnt, call.root_dentry) = (core::ptr::null(), core::ptr::null());
+    if mode == Mode::Tracepoint {
+        if let Ok(root) = kernel::fs_root(kernel::current_task()) {
+            (call.root_mnt, call.root_dentry) = root;
+        }
+    }
+    let ev = &mut call.event;
     clear_header(ev);
     ev.kind = EventKind::Chroot as u8;
     ev.mode = mode as u8;
@@ -226,13 +257,20 @@ pub fn read_argument(ev: &mut ChrootEvent, filename: *const u8) {
     }
 }
 
-/// `security_path_chroot(path)` entry: records the resolved new root.
-/// `kind`: the scratch buffer the calling program type may use.
+/// `security_path_chroot(path)` entry: records the resolved new root and
+/// the escape facts ([`kernel::root_facts`]: `path` against the caller's
+/// `current->fs->root` and `current->fs->pwd`, which the call has not
+/// changed yet). `kind`: the scratch buffer the calling program type may
+/// use.
 #[inline(always)]
 pub fn resolve(kind: Scratch, path: *const u8) -> Result<(), Error> {
     let Some(ev) = pending() else { return Ok(()) };
     read_argument_late(ev);
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
+    let task = kernel::current_task();
+    if let Ok(root) = kernel::fs_root(task) {
+        ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), kernel::fs_pwd(task));
+    }
     kernel::resolve_into(kind, ev, vfsmnt, dentry).map(|_| ())
 }
 
@@ -246,18 +284,26 @@ pub fn lsm_return(ret: i32) -> Result<(), Error> {
 }
 
 /// Syscall exit: records the result and sends the event. In tracepoint mode
-/// a successful call's new root is read from `current->fs->root`.
+/// a successful call's new root is read from `current->fs->root`, and the
+/// escape facts compare it with the root saved at entry and with
+/// `current->fs->pwd`.
 #[inline(always)]
 pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
-    let Some(ev) = pending() else { return Ok(()) };
+    let Some(call) = pending_call() else { return Ok(()) };
+    let old_root = (call.root_mnt, call.root_dentry);
+    let ev = &mut call.event;
     read_argument_late(ev);
     ev.ret = ret;
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
     if ret == 0 && ev.flags & flags::RESOLVED_PRESENT == 0 {
-        if let Ok((vfsmnt, dentry)) = kernel::fs_root(kernel::current_task()) {
+        let task = kernel::current_task();
+        if let Ok(new_root) = kernel::fs_root(task) {
+            if ev.flags & flags::ROOTS_COMPARED == 0 && !old_root.0.is_null() {
+                ev.flags |= kernel::root_facts(old_root, new_root, kernel::fs_pwd(task));
+            }
             // A failed walk leaves the path absent; the event still goes out.
-            let _ = kernel::resolve_into(kind, ev, vfsmnt, dentry);
+            let _ = kernel::resolve_into(kind, ev, new_root.0, new_root.1);
         }
     }
     attribute(kind, ev);

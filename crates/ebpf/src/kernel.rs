@@ -502,10 +502,12 @@ pub fn fs_pwd(task: *const u8) -> Result<(*const u8, *const u8), Error> {
 }
 
 /// Whether walking up from `(vfsmnt, dentry)`, across mounts, passes
-/// `(root_mnt, root_dentry)`, as `d_path()` decides whether a path is
-/// under a task's root: `Some(false)` when the walk reached the top of its
-/// mount tree first, `None` when [`MAX_PATH_DEPTH`] steps were not enough
-/// to tell.
+/// `(root_mnt, root_dentry)` (all `struct vfsmount` and `struct dentry`
+/// pointers), as `d_path()` decides whether a path is under a task's root:
+/// `Some(false)` when the walk reached the top of its mount tree first (a
+/// detached tree's or another namespace's top included), `None` when
+/// [`MAX_PATH_DEPTH`] steps were not enough to tell. One helper read per
+/// step: a mount's [`MountWindow`] is read once, when the walk enters it.
 #[inline(always)]
 pub fn is_below(
     root_mnt: *const u8,
@@ -513,20 +515,30 @@ pub fn is_below(
     vfsmnt: *const u8,
     dentry: *const u8,
 ) -> Result<Option<bool>, Error> {
-    let mut mnt = vfsmnt;
+    let root_mount = root_mnt.wrapping_sub(off!(mount_mnt));
+    let mut mount = vfsmnt.wrapping_sub(off!(mount_mnt));
+    let mut m = MountWindow { parent: core::ptr::null(), mountpoint: core::ptr::null(), root: core::ptr::null() };
+    let mut entered = true;
     let mut dentry = dentry;
     for _ in 0..MAX_PATH_DEPTH {
-        if mnt == root_mnt && dentry == root_dentry {
+        if mount == root_mount && dentry == root_dentry {
             return Ok(Some(true));
         }
-        let mount = mnt.wrapping_sub(off!(mount_mnt));
-        let m = read::<MountWindow>(mount, off!(mount_parent))?;
+        // Read here, not where the walk crosses into the mount: a helper
+        // call right before the loop's back-edge can leave LLVM a loop
+        // whose back-edge is a fallthrough, which 6.1's verifier refuses
+        // ("back-edge from insn …").
+        if entered {
+            m = read::<MountWindow>(mount, off!(mount_parent))?;
+            entered = false;
+        }
         if dentry == m.root {
             if m.parent == mount {
                 return Ok(Some(false));
             }
             dentry = m.mountpoint;
-            mnt = m.parent.wrapping_add(off!(mount_mnt));
+            mount = m.parent;
+            entered = true;
             continue;
         }
         let parent = read_ptr(dentry, off!(dentry_parent))?;
@@ -536,6 +548,44 @@ pub fn is_below(
         dentry = parent;
     }
     Ok(None)
+}
+
+/// One side of [`root_facts`]: `yes` when walking up from `(vfsmnt,
+/// dentry)` does not pass `root`, 0 when it does, `unknown` when
+/// [`is_below`] could not tell (its bound, or a failed read).
+#[inline(always)]
+fn outside_bits(root: (*const u8, *const u8), vfsmnt: *const u8, dentry: *const u8, yes: u32, unknown: u32) -> u32 {
+    match is_below(root.0, root.1, vfsmnt, dentry) {
+        Ok(Some(true)) => 0,
+        Ok(Some(false)) => yes,
+        _ => unknown,
+    }
+}
+
+/// The escape facts of a chroot to `new_root` by a caller whose root was
+/// `old_root` and whose cwd is `pwd` (all `(vfsmount, dentry)`), as event
+/// [`flags`]: [`flags::ROOTS_COMPARED`], then [`flags::ESCAPES_ROOT`] when
+/// the new root is not at or below the old one and
+/// [`flags::CWD_OUTSIDE_ROOT`] when the cwd is not at or below the new
+/// root, each replaced by its `_UNKNOWN` bit when [`is_below`] could not
+/// tell (`pwd` an `Err`: the cwd's unknown). Two bounded walks up from the
+/// new root and from the cwd: a few helper reads for the usual shallow
+/// paths, at most 2 × [`MAX_PATH_DEPTH`] steps.
+#[inline(always)]
+pub fn root_facts(
+    old_root: (*const u8, *const u8),
+    new_root: (*const u8, *const u8),
+    pwd: Result<(*const u8, *const u8), Error>,
+) -> u32 {
+    let mut bits = flags::ROOTS_COMPARED
+        | outside_bits(old_root, new_root.0, new_root.1, flags::ESCAPES_ROOT, flags::ESCAPES_ROOT_UNKNOWN);
+    bits |= match pwd {
+        Ok((mnt, dentry)) => {
+            outside_bits(new_root, mnt, dentry, flags::CWD_OUTSIDE_ROOT, flags::CWD_OUTSIDE_ROOT_UNKNOWN)
+        }
+        Err(_) => flags::CWD_OUTSIDE_ROOT_UNKNOWN,
+    };
+    bits
 }
 
 /// `task->cred->uid`: the real uid, as the initial user namespace sees it.

@@ -271,6 +271,31 @@ struct Facts {
     init_ns: bool,
     /// The caller is already chrooted.
     chrooted: bool,
+    /// The new root escapes the caller's root; `None` when unknown.
+    escapes_root: Option<bool>,
+    /// The caller's cwd is outside the new root; `None` when unknown.
+    cwd_outside_root: Option<bool>,
+}
+
+/// A fact of the decision's `flags` (see `flags::ROOTS_COMPARED`): `None`
+/// when unknown (every decision compares the roots, so never absent here).
+#[inline(always)]
+fn fact(f: u32, yes: u32, unknown: u32) -> Option<bool> {
+    if f & flags::ROOTS_COMPARED == 0 || f & unknown != 0 {
+        None
+    } else {
+        Some(f & yes != 0)
+    }
+}
+
+/// Whether a condition on an escape fact holds: `want` against the fact,
+/// or `unknown_holds` when the fact is unknown.
+#[inline(always)]
+fn fact_holds(fact: Option<bool>, want: u8, unknown_holds: bool) -> bool {
+    match fact {
+        Some(v) => v == (want != 0),
+        None => unknown_holds,
+    }
 }
 
 /// Whether every condition of rule `r` (compiled index `i`) holds. A
@@ -306,6 +331,8 @@ fn holds(r: &PolicyRule, i: u32, f: &Facts, ev: &ChrootEvent) -> bool {
         && (c & cond::MNT_NS == 0 || r.mnt_ns == ev.mnt_ns)
         && (c & cond::CHROOTED == 0 || (r.chrooted != 0) == f.chrooted)
         && (c & cond::INIT_NS == 0 || (r.init_ns != 0) == f.init_ns)
+        && (c & cond::ESCAPES_ROOT == 0 || fact_holds(f.escapes_root, r.escapes_root, unknown_holds))
+        && (c & cond::CWD_OUTSIDE_ROOT == 0 || fact_holds(f.cwd_outside_root, r.cwd_outside_root, unknown_holds))
 }
 
 fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Error> {
@@ -327,6 +354,10 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
 
     let path: *const u8 = ctx.arg(0);
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
+    // The escape facts: the hook's path against the caller's root and cwd,
+    // which the call changes only after this hook allows it.
+    let task = kernel::current_task();
+    ev.flags |= kernel::root_facts(kernel::fs_root(task)?, (vfsmnt, dentry), kernel::fs_pwd(task));
     let w = kernel::resolve_into(Scratch::PerThread, ev, vfsmnt, dentry)?;
     let path_known = w.complete;
     let (exact, subtree) = path_masks(slot, header.seed, w);
@@ -351,6 +382,8 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
         exe,
         init_ns,
         chrooted: ev.flags & flags::CALLER_CHROOTED != 0,
+        escapes_root: fact(ev.flags, flags::ESCAPES_ROOT, flags::ESCAPES_ROOT_UNKNOWN),
+        cwd_outside_root: fact(ev.flags, flags::CWD_OUTSIDE_ROOT, flags::CWD_OUTSIDE_ROOT_UNKNOWN),
     };
 
     let mut action = header.default_action;

@@ -43,12 +43,13 @@ static CG_EVENTS: RingBuf<ChrootEvent, { DEFAULT_RING_BUFFER_BYTES as usize }> =
 #[btf_map]
 static CG_WAKEUP: Array<u64, 1> = Array::new();
 
-/// The call each thread has in flight: an event (about 20 KiB), allocated
-/// zeroed on the thread's first chroot and reused for the next, freed when
-/// the thread exits or the programs unload. A value is in flight while its
+/// The call each thread has in flight: an event (about 20 KiB) and what
+/// tracepoint mode keeps from entry to exit, allocated zeroed on the
+/// thread's first chroot and reused for the next, freed when the thread
+/// exits or the programs unload. A value is in flight while its event's
 /// `kind` is set: entry clears the header and sets it, exit clears it.
 #[btf_map]
-static CG_PENDING: TaskStorage<ChrootEvent> = TaskStorage::new();
+static CG_PENDING: TaskStorage<event::Pending> = TaskStorage::new();
 
 /// Per-CPU buffer the path walk writes backwards into, for programs that
 /// run with preemption off (tracepoints, kprobes).

@@ -187,6 +187,14 @@ fn expand(
         base.conds |= cond::INIT_NS;
         base.init_ns = u8::from(c);
     }
+    if let Some(c) = m.escapes_root {
+        base.conds |= cond::ESCAPES_ROOT;
+        base.escapes_root = u8::from(c);
+    }
+    if let Some(c) = m.cwd_outside_root {
+        base.conds |= cond::CWD_OUTSIDE_ROOT;
+        base.cwd_outside_root = u8::from(c);
+    }
     let list = |o: &Option<OneOrMany<u32>>| o.as_ref().map(OneOrMany::to_vec);
     let comms: Option<Vec<[u8; COMM_LEN]>> = match &m.comm {
         None => None,
@@ -385,6 +393,22 @@ mod tests {
         assert_eq!(c.paths[b"/srv/x".as_slice()].exact, 0b1100);
         assert_eq!(c.rules[4].conds, 0, "subtree / is no condition");
         assert_eq!(&c.rules[3].comm[..8], b"schroot\0");
+    }
+
+    #[test]
+    fn escape_facts_compile_to_their_conditions_and_values() {
+        let c = policy(
+            r#"{"mode":"enforce","rules":[
+                {"id":"a","action":"deny","match":{"escapesRoot":true}},
+                {"id":"b","action":"allow","match":{"cwdOutsideRoot":false,"not":{"escapesRoot":false}}}]}"#,
+        )
+        .expect("compiles");
+        assert_eq!(c.rule_ids, ["a", "b", "b"]);
+        assert_eq!((c.rules[0].conds, c.rules[0].escapes_root), (cond::ESCAPES_ROOT, 1));
+        assert_eq!((c.rules[1].conds, c.rules[1].escapes_root), (cond::ESCAPES_ROOT, 0));
+        assert_eq!((c.rules[2].conds, c.rules[2].cwd_outside_root), (cond::CWD_OUTSIDE_ROOT, 0));
+        assert_ne!(c.rules[0].flags & rule_flags::UNKNOWN_HOLDS, 0, "an unknown escape holds for a deny");
+        assert_eq!(c.rules[2].flags & rule_flags::UNKNOWN_HOLDS, 0);
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub struct Match {
     pub mnt_ns: Option<OneOrMany<u32>>,
     /// Caller in the initial user and mount namespaces.
     pub initial_namespaces: Option<bool>,
+    /// The new root is not at or below the caller's root.
+    pub escapes_root: Option<bool>,
+    /// The caller's cwd is not at or below the new root.
+    pub cwd_outside_root: Option<bool>,
     /// Conditions that, when all hold, make the rule not apply (no nested
     /// `not`).
     pub not: Option<Box<Match>>,
