@@ -38,7 +38,8 @@ const event: fc.Arbitrary<ChrootEvent> = fc
     parentExeTruncated: fc.boolean(), parentExeUnreachable: fc.boolean(), parentExeDeleted: fc.boolean(), parentExeMemfd: fc.boolean(),
     pathBytes: bytes, pathTruncated: fc.boolean(), pathUnreadable: fc.boolean(), pathReadLate: fc.boolean(),
     resolvedPathBytes: orNull(bytes), resolvedPathTruncated: fc.boolean(), resolvedPathUnreachable: fc.boolean(),
-    callerChrooted: fc.boolean(), ret: i32, errno: orNull(fc.string({ maxLength: 8 })), lsmRet: orNull(i32), probe: fc.constantFrom('fentry', 'kprobe', 'tracepoint'),
+    callerChrooted: fc.boolean(), escapesRoot: orNull(fc.boolean()), cwdOutsideRoot: orNull(fc.boolean()),
+    ret: i32, errno: orNull(fc.string({ maxLength: 8 })), lsmRet: orNull(i32), probe: fc.constantFrom('fentry', 'kprobe', 'tracepoint'),
   })
   .map((e) => ({
     ...e,
@@ -293,7 +294,7 @@ function syntheticEvent(i: number): ChrootEvent {
     parentExeTruncated: false, parentExeUnreachable: false, parentExeDeleted: false, parentExeMemfd: false,
     path: displayBytes(path), pathBytes: path, pathTruncated: false, pathUnreadable: false, pathReadLate: false,
     resolvedPath: k.root && displayBytes(k.root), resolvedPathBytes: k.root, resolvedPathTruncated: false, resolvedPathUnreachable: k.unreachable === true,
-    callerChrooted: false, escapesRoot: k.root ? i % 2 === 0 : null, cwdOutsideRoot: k.root ? i % 3 === 0 : null,
+    callerChrooted: false, escapesRoot: k.root ? false : null, cwdOutsideRoot: k.root ? false : null,
     ret: k.root ? 0 : -2, errno: k.root ? null : 'ENOENT', lsmRet: null, probe: 'tracepoint',
   };
 }
