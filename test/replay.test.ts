@@ -3,8 +3,10 @@
  * while a compiled caller makes real chroot(2) calls (a root whose name is
  * not UTF-8 among them), then learn → check → replay (denies nothing) →
  * a second recording with an escape-like call (chroot(".") after
- * chdir("/") by the learned executable) → replay denies it. Every `--json`
- * line is checked against events.schema.json.
+ * chdir("/") by the learned executable) → replay denies it; and a policy
+ * learned from a jailed service's runs, replayed over a recording of its
+ * classic escape (test/attacks/chroot_escape.c), denies the escape. Every
+ * `--json` line is checked against events.schema.json.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -168,6 +170,50 @@ describe('learn and replay on real recordings', () => {
     const table = cli(['replay', '--summary-only', '--policy', policyFile, second]);
     expect(table.status).toBe(0);
     expect(table.stdout).toMatch(/^\(default\)\s+deny\s+1\s+denied$/m);
+  });
+
+  it('a policy learned from a jailed service\'s own runs denies its classic escape when replayed over a recording of it', async () => {
+    // test/attacks/chroot_escape.c, as the VM's escape tests run it: `subdir`
+    // is the service's legitimate life (chroot(JAIL), chdir("/"), chdir("sub"),
+    // chroot(".")); `classic` escapes (chroot("sub") without a chdir, climb
+    // out with chdir(".."), chroot(".")).
+    const program = `${base}/chroot_escape`;
+    execFileSync('gcc', ['-O2', '-Wall', '-Werror', '-o', program, fileURLToPath(new URL('./attacks/chroot_escape.c', import.meta.url))]);
+    const jail = `${base}/service`;
+    mkdirSync(`${jail}/sub`, { recursive: true });
+    const escape = (mode: 'subdir' | 'classic') => {
+      const out = JSON.parse(execFileSync(program, [mode, jail], { encoding: 'utf8' })) as { pid: number; results: string[] };
+      expect(out.results).toEqual(mode === 'subdir' ? ['ok', 'ok'] : ['ok', 'ok', 'ok']);
+      return out;
+    };
+    const recorder = ['watch', '--json', '--mode', TEST_MODE, '--comm', 'chroot_escape'];
+    const normal = `${base}/service.ndjson`;
+    writeFileSync(normal, await recordWhile(() => [escape('subdir'), escape('subdir')], recorder));
+    const learned = cli(['learn', normal]);
+    expect(learned.status, learned.stderr).toBe(0);
+    const policyFile = `${base}/service.yaml`;
+    writeFileSync(policyFile, learned.stdout);
+    // The jail and its subdirectory: one subtree, the jail.
+    expect(parsePolicy(learned.stdout).rules).toEqual([{ id: 'chroot_escape-uid0', action: 'allow', match: { exe: [program], uid: 0, subtree: [jail] } }]);
+    expect(cli(['replay', '--fail-on-deny', '--summary-only', '--policy', policyFile, normal]).status).toBe(0);
+
+    let escaped = { pid: 0 };
+    const attack = `${base}/service-escape.ndjson`;
+    writeFileSync(attack, await recordWhile(() => [(escaped = escape('classic'))], recorder));
+    // The recording itself says which call escaped: the kernel's escapesRoot.
+    const calls = ndjson(readFileSync(attack, 'utf8')).filter((r) => r.type === 'chroot');
+    expect(calls.map((c) => [c.path, c.resolvedPath, c.escapesRoot])).toEqual([
+      [jail, jail, false],
+      ['sub', `${jail}/sub`, false],
+      ['.', '/', true],
+    ]);
+    const r = cli(['replay', '--json', '--fail-on-deny', '--policy', policyFile, attack]);
+    expect(r.status, r.stderr).toBe(8);
+    expect(ndjson(r.stdout).filter((x) => x.type === 'decision').map((d) => [d.pid, d.resolvedPath, d.action, d.ruleId, d.escapesRoot])).toEqual([
+      [escaped.pid, jail, 'allow', 'chroot_escape-uid0', false],
+      [escaped.pid, `${jail}/sub`, 'allow', 'chroot_escape-uid0', false],
+      [escaped.pid, '/', 'deny', null, true],
+    ]);
   });
 
   it('replay and learn read the decision records of enforce --audit --json as the calls they decided', async () => {
