@@ -65,7 +65,10 @@ def call(c):
             check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "make-rprivate")
         step = "detach"
         if c["detached"]:
-            check(libc.mount(target, target, None, MS_BIND, None), "bind")
+            # Recursive: in a user namespace the kernel refuses (EINVAL) a
+            # plain bind of a tree with mounts below it, which it locks
+            # (a target such as /tmp, with the suite's own mounts under it).
+            check(libc.mount(target, target, None, MS_BIND | MS_REC, None), "bind")
             os.chdir(target)
             check(libc.umount2(target, MNT_DETACH), "umount -l")
             target = b"."
