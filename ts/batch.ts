@@ -79,6 +79,11 @@ export function callsLost(c: Pick<LossCounts, (typeof CALLS_LOST)[number]>): num
 /** Every counter at zero. @internal */
 export const NO_LOSS: CounterTotals = Object.freeze(Object.fromEntries(LOSS_COUNTERS.map((k) => [k, 0])) as unknown as CounterTotals);
 
+/** Adds `counts` into `total`, counter by counter (a recording's `lost` records summed). */
+export function addLoss(total: Record<keyof LossCounts, number>, counts: LossCounts): void {
+  for (const k of LOSS_COUNTERS) total[k] += counts[k];
+}
+
 /**
  * The report for the counter totals `total` since `seen`, or null when nothing
  * new was counted. @internal

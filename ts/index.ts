@@ -38,6 +38,7 @@ export {
   pathBytes,
   formatProblem,
   PolicyError,
+  DocumentError,
   MAX_RULES,
   MAX_PATHS,
   MAX_EXES,

@@ -52,6 +52,9 @@ export type RecordingItem =
   | { readonly kind: 'other'; readonly line: number; readonly type: string }
   | { readonly kind: 'malformed'; readonly line: number; readonly message: string };
 
+/** How many malformed (or otherwise reported) lines a summary lists by number; the rest are counted. */
+export const SAMPLE_LINES = 10;
+
 /**
  * Whether the LSM hook (`security_path_chroot`, where a policy decides)
  * saw the call a `chroot` record describes: every call that succeeded, and

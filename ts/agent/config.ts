@@ -7,8 +7,8 @@
  */
 import { createRequire } from 'node:module';
 import type { ValidateFunction } from 'ajv';
-import { ChrootGuardError, checkRingBufferBytes, type AttachMode } from '../errors.js';
-import { formatProblem, type PolicyProblem } from '../policy/types.js';
+import { checkRingBufferBytes, type AttachMode } from '../errors.js';
+import { DocumentError, type PolicyProblem } from '../policy/types.js';
 import { compileSchema, loadDocument, type DocumentKind } from '../policy/validate.js';
 
 const require = createRequire(import.meta.url);
@@ -48,19 +48,13 @@ export interface AgentConfig {
 }
 
 /**
- * An agent config that does not parse or validate. `code` is
- * `INVALID_CONFIG`; `problems` has the shape of a policy's
- * (`PolicyProblem`: file, line, column, JSON pointer, message); `message`
- * holds them as `FILE:LINE:COL: message` lines.
+ * An agent config that does not parse or validate ({@link DocumentError}:
+ * problems of a policy's shape); `code` is `INVALID_CONFIG`.
  */
-export class ConfigError extends ChrootGuardError {
-  /** Every problem found, in file order. */
-  readonly problems: readonly PolicyProblem[];
-
+export class ConfigError extends DocumentError {
   constructor(problems: readonly PolicyProblem[]) {
-    super('INVALID_CONFIG', problems.map(formatProblem).join('\n'));
+    super('INVALID_CONFIG', problems);
     this.name = 'ConfigError';
-    this.problems = problems;
   }
 }
 

@@ -15,9 +15,9 @@
  * @module
  */
 import { createRequire } from 'node:module';
-import { NO_LOSS, type LossCounts } from '../batch.js';
+import { addLoss, NO_LOSS, type LossCounts } from '../batch.js';
 import { displayBytes } from '../events.js';
-import type { RecordingItem } from '../recording.js';
+import { SAMPLE_LINES, type RecordingItem } from '../recording.js';
 import type { CallerFacts } from './evaluate.js';
 import { incomplete } from './replay.js';
 import { MAX_PATH_BYTES, PolicyError, type Policy, type PolicyRule } from './types.js';
@@ -210,10 +210,10 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
   for await (const item of recording) {
     if (item.kind === 'malformed') {
       malformed++;
-      if (malformedLines.length < 10) malformedLines.push({ line: item.line, reason: item.message });
+      if (malformedLines.length < SAMPLE_LINES) malformedLines.push({ line: item.line, reason: item.message });
       continue;
     }
-    if (item.kind === 'lost') for (const k of Object.keys(lost) as Array<keyof LossCounts>) lost[k] += item.counts[k];
+    if (item.kind === 'lost') addLoss(lost, item.counts);
     if (item.kind !== 'call') continue;
     if (!item.decided) {
       if (item.record === 'chroot') undecided++;
@@ -229,7 +229,7 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
     const pathKnown = e.resolvedPathBytes !== null && !e.resolvedPathTruncated && !e.resolvedPathUnreachable;
     if (exe === null && !pathKnown) {
       notAllowedCount++;
-      if (notAllowed.length < 10) notAllowed.push({ line: item.line, reason: `executable ${exeProblem(e)} and new root ${e.resolvedPathUnreachable ? 'unreachable' : 'unknown'}: an allow rule for it would need neither condition` });
+      if (notAllowed.length < SAMPLE_LINES) notAllowed.push({ line: item.line, reason: `executable ${exeProblem(e)} and new root ${e.resolvedPathUnreachable ? 'unreachable' : 'unknown'}: an allow rule for it would need neither condition` });
       continue;
     }
     learned++;

@@ -5,10 +5,10 @@
  * (initial mount namespace, `exe` identities) they are judged in.
  * @module
  */
-import { NO_LOSS, type LossCounts } from '../batch.js';
+import { addLoss, NO_LOSS, type LossCounts } from '../batch.js';
 import { decisionOf, type ChrootDecision } from '../decision.js';
 import { ChrootGuardError } from '../errors.js';
-import type { RecordingItem } from '../recording.js';
+import { SAMPLE_LINES, type RecordingItem } from '../recording.js';
 import { evaluatePolicy, INITIAL_USER_NS, policyContext, type FileIdentity, type PolicyContext } from './evaluate.js';
 import { asList, type Policy, type PolicyAction } from './types.js';
 
@@ -151,7 +151,7 @@ export async function replayPolicy(policy: Policy, recording: AsyncIterable<Reco
     switch (item.kind) {
       case 'malformed':
         malformed++;
-        if (malformedLines.length < 10) malformedLines.push({ line: item.line, message: item.message });
+        if (malformedLines.length < SAMPLE_LINES) malformedLines.push({ line: item.line, message: item.message });
         options.onMalformed?.(item.line, item.message);
         continue;
       case 'attach':
@@ -166,7 +166,7 @@ export async function replayPolicy(policy: Policy, recording: AsyncIterable<Reco
         continue;
       case 'lost':
         records.lost++;
-        for (const k of Object.keys(lost) as Array<keyof LossCounts>) lost[k] += item.counts[k];
+        addLoss(lost, item.counts);
         continue;
     }
     records[item.record]++;

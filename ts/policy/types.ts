@@ -159,18 +159,26 @@ export interface PolicyProblem {
 }
 
 /**
- * A policy that does not parse or validate. `code` is `INVALID_POLICY`;
- * `problems` lists each problem with its position; `message` holds them as
- * `FILE:LINE:COL: message` lines.
+ * A YAML or JSON document (a policy, an agent config) that does not parse
+ * or validate: `problems` lists each problem with its position; `message`
+ * holds them as `FILE:LINE:COL: message` lines. Raised as one of its
+ * subclasses, which set `code`.
  */
-export class PolicyError extends ChrootGuardError {
+export abstract class DocumentError extends ChrootGuardError {
   /** Every problem found, in file order. */
   readonly problems: readonly PolicyProblem[];
 
-  constructor(problems: readonly PolicyProblem[]) {
-    super('INVALID_POLICY', problems.map(formatProblem).join('\n'));
-    this.name = 'PolicyError';
+  protected constructor(code: 'INVALID_POLICY' | 'INVALID_CONFIG', problems: readonly PolicyProblem[]) {
+    super(code, problems.map(formatProblem).join('\n'));
     this.problems = problems;
+  }
+}
+
+/** A policy that does not parse or validate ({@link DocumentError}); `code` is `INVALID_POLICY`. */
+export class PolicyError extends DocumentError {
+  constructor(problems: readonly PolicyProblem[]) {
+    super('INVALID_POLICY', problems);
+    this.name = 'PolicyError';
   }
 }
 
