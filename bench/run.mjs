@@ -5,7 +5,7 @@
 // a median over alternated rounds (A B C … A B C …), with min and max, and
 // the goals are ratios taken within a round.
 //
-//   node bench/run.mjs [--rounds N] [--quick] [--only cost,throughput,…] [--label TEXT]
+//   node bench/run.mjs [--rounds N] [--quick] [--only cost,throughput,storm,latency,startup,memory,programs] [--label TEXT]
 //   node bench/run.mjs --vm      (inside the VM: attach-mode and LSM costs)
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
@@ -520,7 +520,65 @@ async function memory() {
 }
 
 // ----------------------------------------------------------------------------
-// 7. In the VM: attach modes and LSM allow/deny, relative to tracepoint
+// 7. Where the added cost goes: time inside the BPF programs
+
+/**
+ * Per chroot(2), the time the contender's own BPF programs ran (their
+ * `run_time_ns` over the calls, with `kernel.bpf_stats_enabled` on) against
+ * the whole added time of the same run: the rest is the tracepoint's
+ * dispatch, the stats' own clock reads, wakeups and the consumer's share of
+ * the CPUs. Its own rounds, since the stats add two clock reads to every
+ * program run of every contender.
+ */
+async function inPrograms() {
+  const STATS = '/proc/sys/kernel/bpf_stats_enabled';
+  const was = readFileSync(STATS, 'utf8').trim();
+  const calls = QUICK ? 50_000 : 200_000;
+  const names = ['B0', 'B2', 'O1', 'O2'];
+  const rounds = [];
+  writeFileSync(STATS, '1');
+  try {
+    for (let round = 0; round < ROUNDS; round++) {
+      const t = {};
+      for (const c of names) {
+        const before = bpfObjects().progs;
+        const h = start(c);
+        await h.ready;
+        await sleep(200);
+        const seen = new Set(before.map((x) => x.id));
+        const mine = () => bpfObjects().progs.filter((x) => !seen.has(x.id));
+        const a = mine();
+        const w = await workload(['--calls', String(calls)]);
+        const b = mine();
+        await h.stop();
+        const programs = {};
+        for (const x of b) {
+          const y = a.find((z) => z.id === x.id);
+          const ns = (x.run_time_ns ?? 0) - (y?.run_time_ns ?? 0);
+          if (ns > 0) programs[x.name] = (programs[x.name] ?? 0) + ns / w.calls;
+        }
+        t[c] = { nsPerCall: w.ns_per_call, programs, inPrograms: Object.values(programs).reduce((n, x) => n + x, 0) };
+      }
+      rounds.push(t);
+      log(`in programs round ${round + 1}/${ROUNDS}: ${names.slice(1).map((c) => `${c} ${(t[c].nsPerCall - t.B0.nsPerCall).toFixed(0)} ns added, ${t[c].inPrograms.toFixed(0)} in programs`).join('; ')}`);
+    }
+  } finally {
+    writeFileSync(STATS, was);
+  }
+  const out = { calls, contenders: {} };
+  for (const c of names.slice(1)) {
+    const progNames = [...new Set(rounds.flatMap((t) => Object.keys(t[c].programs)))].sort();
+    out.contenders[c] = {
+      addedNs: summary(rounds.map((t) => t[c].nsPerCall - t.B0.nsPerCall)),
+      inProgramsNs: summary(rounds.map((t) => t[c].inPrograms)),
+      programs: Object.fromEntries(progNames.map((n) => [n, summary(rounds.map((t) => t[c].programs[n] ?? 0))])),
+    };
+  }
+  return out;
+}
+
+// ----------------------------------------------------------------------------
+// 8. In the VM: attach modes and LSM allow/deny, relative to tracepoint
 
 async function vmCosts() {
   const variants = [
@@ -652,6 +710,21 @@ function markdown(r) {
     for (const k of ['B2', 'O2']) out.push(`| ${k} | ${fmt(r.memory[k].peakRssBytes.median / 1048576, 1)} MiB | ${r.memory[k].kernelMemlockBytes.programs} B | ${r.memory[k].kernelMemlockBytes.maps} B |`);
     out.push('', `Peak RSS O2 ÷ B2: ${fmt(r.memory.rssRatio)}`, '');
   }
+  if (r.programs) {
+    out.push(
+      `## Where the added cost per chroot goes (${r.programs.calls} calls, \`kernel.bpf_stats_enabled\` on)`,
+      '',
+      'Each contender\'s BPF programs: their run time over the calls, against the whole time the contender added in the same run. The rest is the tracepoints\' dispatch, the stats\' own clock reads (two per program run), wakeups and the consumer\'s share of the 2 CPUs.',
+      '',
+      '| contender | added ns | in its BPF programs | rest | per program |',
+      '|---|---|---|---|---|',
+    );
+    for (const [k, c] of Object.entries(r.programs.contenders)) {
+      const per = Object.entries(c.programs).map(([n, s]) => `${n} ${fmt(s.median, 0)}`).join(', ') || '–';
+      out.push(`| ${k} | ${mm(c.addedNs, 0)} | ${mm(c.inProgramsNs, 0)} | ${fmt(c.addedNs.median - c.inProgramsNs.median, 0)} | ${per} |`);
+    }
+    out.push('');
+  }
   if (r.vm) {
     out.push(`## In the VM (${r.vm.kernel}): cost per chroot relative to the tracepoint variant`, '', '| variant | ns per call | added ÷ tracepoint added |', '|---|---|---|');
     for (const k of Object.keys(r.vm.nsPerCall)) out.push(`| ${k} | ${mm(r.vm.nsPerCall[k], 0)} | ${r.vm.relativeToTracepoint[k] ? mm(r.vm.relativeToTracepoint[k], 2) : '–'} |`);
@@ -729,6 +802,7 @@ async function main() {
   if (want('latency')) r.latency = await latency();
   if (want('startup')) r.startup = await startup();
   if (want('memory')) r.memory = await memory();
+  if (want('programs')) r.programs = await inPrograms();
   const vmFile = opt('--vm-results');
   if (vmFile && existsSync(vmFile)) r.vm = JSON.parse(readFileSync(vmFile, 'utf8'));
   r.goals = goals(r);
