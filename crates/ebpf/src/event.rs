@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated},
 };
 use chroot_guard_common::{
     filter_flags, flags, ChrootEvent, Counter, EventKind, Mode, EVENT_HEADER_BYTES, PATH_MAX,
@@ -120,7 +120,23 @@ fn pending() -> Option<&'static mut ChrootEvent> {
 #[inline(always)]
 pub fn clear_header(ev: &mut ChrootEvent) {
     // SAFETY: the header is the first EVENT_HEADER_BYTES of `ev`.
-    unsafe { core::ptr::write_bytes((ev as *mut ChrootEvent).cast::<u8>(), 0, EVENT_HEADER_BYTES) };
+    unsafe { clear_header_at((ev as *mut ChrootEvent).cast::<u64>()) };
+}
+
+/// Zeroes the `EVENT_HEADER_BYTES` at `p` a word at a time. Written out
+/// because `write_bytes` becomes a call to the BPF target's `memset`, a
+/// loop storing one byte per turn: a few hundred instructions a call.
+///
+/// # Safety
+/// `p` must be 8-byte aligned with `EVENT_HEADER_BYTES` writable bytes.
+#[inline(always)]
+pub unsafe fn clear_header_at(p: *mut u64) {
+    const _: () = assert!(EVENT_HEADER_BYTES % 8 == 0 && core::mem::align_of::<ChrootEvent>() >= 8);
+    for i in 0..EVENT_HEADER_BYTES / 8 {
+        // Volatile, so LLVM cannot fold the stores back into a memset.
+        // SAFETY: in bounds, see above.
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+    }
 }
 
 /// Syscall entry: starts this thread's event (its task storage, header
@@ -131,7 +147,7 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let uid_gid = bpf_get_current_uid_gid();
-    let comm = bpf_get_current_comm().map_err(Error::from)?;
+    let comm = kernel::current_comm()?;
     if !wanted(tgid, uid_gid as u32, &comm) {
         return Ok(());
     }
@@ -141,9 +157,10 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     };
     // SAFETY: this thread's value, see `pending`.
     let call = unsafe { &mut *ev };
+    let root = kernel::fs_root(kernel::current_task());
     (call.root_mnt, call.root_dentry) = (core::ptr::null(), core::ptr::null());
     if mode == Mode::Tracepoint {
-        if let Ok(root) = kernel::fs_root(kernel::current_task()) {
+        if let Ok(root) = root {
             (call.root_mnt, call.root_dentry) = root;
         }
     }
@@ -151,7 +168,7 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     clear_header(ev);
     ev.kind = EventKind::Chroot as u8;
     ev.mode = mode as u8;
-    fill_identity(ev, pid_tgid, uid_gid, comm);
+    fill_identity(ev, pid_tgid, uid_gid, comm, root);
     ev.arg_addr = filename as u64;
     read_argument(ev, filename);
     Ok(())
@@ -170,10 +187,18 @@ fn read_argument_late(ev: &mut ChrootEvent) {
 }
 
 /// Fills who is calling: ids, comm, time, cgroup, namespaces, the
-/// executable's identity, and whether the caller is already chrooted. Reads of kernel memory are best effort: a
-/// failed read leaves the field zero.
+/// executable's identity, and whether the caller is already chrooted, from
+/// `root`, the caller's [`kernel::fs_root`], which the caller has read for
+/// its own use too. Reads of kernel memory are best effort: a failed read
+/// leaves the field zero.
 #[inline(always)]
-pub fn fill_identity(ev: &mut ChrootEvent, pid_tgid: u64, uid_gid: u64, comm: [u8; 16]) {
+pub fn fill_identity(
+    ev: &mut ChrootEvent,
+    pid_tgid: u64,
+    uid_gid: u64,
+    comm: [u8; 16],
+    root: Result<(*const u8, *const u8), Error>,
+) {
     ev.pid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
     ev.uid = uid_gid as u32;
@@ -191,9 +216,9 @@ pub fn fill_identity(ev: &mut ChrootEvent, pid_tgid: u64, uid_gid: u64, comm: [u
         ev.egid = egid;
     }
     ev.mnt_ns = kernel::mnt_ns_inum(task).unwrap_or(0);
-    ev.pid_ns = kernel::pid_ns_inum(task).unwrap_or(0);
     ev.user_ns = kernel::user_ns_inum(task).unwrap_or(0);
-    if let Ok((pid, tid)) = kernel::ns_pid_tid(task) {
+    if let Ok((ns, pid, tid)) = kernel::pid_ns_ids(task) {
+        ev.pid_ns = ns;
         ev.ns_pid = pid;
         ev.ns_tid = tid;
     }
@@ -204,7 +229,7 @@ pub fn fill_identity(ev: &mut ChrootEvent, pid_tgid: u64, uid_gid: u64, comm: [u
         }
         Err(_) => ev.flags |= flags::EXE_UNKNOWN,
     }
-    if kernel::is_chrooted(task).unwrap_or(false) {
+    if root.and_then(|r| kernel::is_chrooted_at(task, r)).unwrap_or(false) {
         ev.flags |= flags::CALLER_CHROOTED;
     }
 }

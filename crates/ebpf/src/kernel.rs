@@ -96,6 +96,23 @@ pub fn current_task() -> *const u8 {
     (unsafe { generated::bpf_get_current_task_btf() }) as *const u8
 }
 
+/// `current->comm`, NUL-padded to 16 bytes. The buffer starts as two
+/// zeroed words: aya's wrapper zeroes its byte array with the BPF target's
+/// `memset`, a loop storing one byte per turn, and the helper does not pad
+/// on every kernel (6.1's copies with `strscpy`, which leaves the bytes
+/// after the NUL as they were; the comm filter compares all 16).
+#[inline(always)]
+pub fn current_comm() -> Result<[u8; COMM_LEN], Error> {
+    let mut comm = [0u64; COMM_LEN / 8];
+    // SAFETY: the helper writes at most COMM_LEN bytes to the buffer.
+    let r = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+    if r < 0 {
+        return Err(r);
+    }
+    // SAFETY: two u64 are sixteen bytes, any value a valid byte array.
+    Ok(unsafe { core::mem::transmute::<[u64; COMM_LEN / 8], [u8; COMM_LEN]>(comm) })
+}
+
 /// `task->real_parent`.
 #[inline(always)]
 pub fn real_parent(task: *const u8) -> Result<*const u8, Error> {
@@ -129,51 +146,58 @@ pub fn mnt_ns_inum(task: *const u8) -> Result<u32, Error> {
     Ok(load::<u32>(mnt_ns, off!(mnt_ns_inum)))
 }
 
-/// `task->thread_pid->numbers[level].ns->ns.inum`: the active pid namespace,
-/// as `task_active_pid_ns()` finds it.
-#[inline(always)]
-pub fn pid_ns_inum(task: *const u8) -> Result<u32, Error> {
-    let ns = read_ptr(upid(task)?, off!(upid_ns))?;
-    read::<u32>(ns, off!(pid_ns_inum))
+/// `struct upid`: `nr`, then the `ns` pointer, read in one go. Checked by
+/// the loader like [`DentryWindow`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct UpidWindow {
+    nr: u32,
+    _pad: u32,
+    ns: *const u8,
 }
 
-/// `&task->thread_pid->numbers[level]`, the task's `struct upid` in its
-/// own pid namespace. The index varies, and 6.1's verifier refuses a
-/// variable offset on a BTF-typed pointer, so the `struct pid` pointer is
-/// read with [`read`] (a plain number) and so is what lies behind it.
+/// The task's pid namespace and ids as that namespace sees them, as
+/// `task_active_pid_ns()` and `task_tgid_vnr()`/`task_pid_vnr()` find them:
+/// `(ns.inum, pid, tid)` from `task->thread_pid->numbers[level]` and its
+/// group leader's. The index varies, and 6.1's verifier refuses a variable
+/// offset on a BTF-typed pointer, so the `struct pid` pointers are read with
+/// [`read`] (plain numbers) and so is what lies behind them. A thread and
+/// its group leader are always in one pid namespace (`CLONE_THREAD` refuses
+/// `CLONE_NEWPID`), so the leader's `struct upid` is at the same level: six
+/// helper reads in all.
 #[inline(always)]
-fn upid(task: *const u8) -> Result<*const u8, Error> {
+pub fn pid_ns_ids(task: *const u8) -> Result<(u32, u32, u32), Error> {
     let pid = read_ptr(task, off!(task_thread_pid))?;
     let level = read::<u32>(pid, off!(pid_level))? & 0xff;
-    Ok(pid.wrapping_add(off!(pid_numbers) + level as usize * off!(upid_size)))
-}
-
-/// `task->thread_pid->numbers[level].nr`: the task's id in its own pid
-/// namespace.
-#[inline(always)]
-fn ns_id(task: *const u8) -> Result<u32, Error> {
-    read::<u32>(upid(task)?, off!(upid_nr))
-}
-
-/// The task's process id and thread id as its own pid namespace sees them.
-#[inline(always)]
-pub fn ns_pid_tid(task: *const u8) -> Result<(u32, u32), Error> {
-    let leader = load::<*const u8>(task, off!(task_group_leader));
-    Ok((ns_id(leader)?, ns_id(task)?))
+    let at = off!(pid_numbers) + level as usize * off!(upid_size);
+    let own = read::<UpidWindow>(pid.wrapping_add(at), off!(upid_nr))?;
+    let inum = read::<u32>(own.ns, off!(pid_ns_inum))?;
+    let leader = read_ptr(load::<*const u8>(task, off!(task_group_leader)), off!(task_thread_pid))?;
+    let tgid = read::<u32>(leader.wrapping_add(at), off!(upid_nr))?;
+    Ok((inum, tgid, own.nr))
 }
 
 /// `task->fs->root` as `(vfsmount, dentry)`.
 #[inline(always)]
 pub fn fs_root(task: *const u8) -> Result<(*const u8, *const u8), Error> {
     let fs = load::<*const u8>(task, off!(task_fs));
-    let root = fs.wrapping_add(off!(fs_root));
-    Ok((read_ptr(root, off!(path_mnt))?, read_ptr(root, off!(path_dentry))?))
+    path_parts(fs.wrapping_add(off!(fs_root)))
 }
 
-/// A `const struct path *` as `(vfsmount, dentry)`.
+/// `struct path`: `mnt`, then `dentry`, read in one go. Checked by the
+/// loader like [`DentryWindow`].
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PathWindow {
+    mnt: *const u8,
+    dentry: *const u8,
+}
+
+/// A `const struct path *` as `(vfsmount, dentry)`: one helper read.
 #[inline(always)]
 pub fn path_parts(path: *const u8) -> Result<(*const u8, *const u8), Error> {
-    Ok((read_ptr(path, off!(path_mnt))?, read_ptr(path, off!(path_dentry))?))
+    let p = read::<PathWindow>(path, off!(path_mnt))?;
+    Ok((p.mnt, p.dentry))
 }
 
 /// `struct dentry` from `d_parent` on: `d_parent`, then `d_name` (a `struct
@@ -392,9 +416,11 @@ pub fn exe_walk(kind: Scratch, task: *const u8) -> Result<(Walk, u16), Error> {
     if d.parent != dentry && read_ptr(dentry, off!(dentry_hash_pprev))?.is_null() {
         bits |= exe_flags::DELETED;
     }
-    let mnt_ns = read_ptr(vfsmnt.wrapping_sub(off!(mount_mnt)), off!(mount_mnt_ns))? as usize;
-    if mnt_ns == MNT_NS_INTERNAL {
-        if read::<[u8; 6]>(d.name, 0)? == *b"memfd:" {
+    // A memfd lives on an internal mount, outside every namespace, so its
+    // walk is never complete: only then is the mount's namespace read.
+    if w.unreachable {
+        let mnt_ns = read_ptr(vfsmnt.wrapping_sub(off!(mount_mnt)), off!(mount_mnt_ns))? as usize;
+        if mnt_ns == MNT_NS_INTERNAL && read::<[u8; 6]>(d.name, 0)? == *b"memfd:" {
             bits |= exe_flags::MEMFD;
         }
     }
@@ -464,8 +490,13 @@ pub fn ns_root_mount(task: *const u8) -> Result<*const u8, Error> {
 /// sees its namespace's whole root file system.)
 #[inline(always)]
 pub fn is_chrooted(task: *const u8) -> Result<bool, Error> {
-    let (vfsmnt, dentry) = fs_root(task)?;
-    Ok(!is_root_of(ns_root_mount(task)?, vfsmnt, dentry)?)
+    is_chrooted_at(task, fs_root(task)?)
+}
+
+/// [`is_chrooted`] for a root already read ([`fs_root`] of `task`).
+#[inline(always)]
+pub fn is_chrooted_at(task: *const u8, root: (*const u8, *const u8)) -> Result<bool, Error> {
+    Ok(!is_root_of(ns_root_mount(task)?, root.0, root.1)?)
 }
 
 /// The identity of `task->mm->exe_file`: `(f_inode->i_sb->s_dev,

@@ -22,7 +22,7 @@
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     btf_maps::{Array, HashMap},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated},
     macros::{btf_map, lsm},
     programs::LsmContext,
 };
@@ -37,7 +37,7 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    event::{attribute, clear_header, count, fill_identity, read_argument, send},
+    event::{attribute, clear_header, clear_header_at, count, fill_identity, read_argument, send},
     kernel::{self, Error, Scratch, Walk, MASK},
     task_storage::TaskStorage,
     CG_EVENTS,
@@ -173,11 +173,11 @@ fn report_failure(header: &PolicyHeader, error: Error) {
     let ev = entry.as_mut_ptr().cast::<ChrootEvent>();
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    let comm = kernel::current_comm().unwrap_or([0; 16]);
     // SAFETY: every field written lies in the header, inside the reserved
     // EVENT_HEADER_BYTES; `data` is not touched.
     unsafe {
-        core::ptr::write_bytes(ev.cast::<u8>(), 0, EVENT_HEADER_BYTES);
+        clear_header_at(ev.cast::<u64>());
         (*ev).kind = EventKind::Decision as u8;
         (*ev).rule = NO_RULE;
         (*ev).flags = flags::INTERNAL_ERROR | decision_flags(header, action);
@@ -342,8 +342,10 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     clear_header(ev);
     ev.kind = EventKind::Decision as u8;
     ev.policy_gen = header.generation;
-    let comm = bpf_get_current_comm().map_err(Error::from)?;
-    fill_identity(ev, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm);
+    let comm = kernel::current_comm()?;
+    let task = kernel::current_task();
+    let root = kernel::fs_root(task);
+    fill_identity(ev, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm, root);
     // The argument as passed, from the syscall's saved user registers
     // (`bpf_task_pt_regs` wants the BTF-typed task pointer, 5.15+).
     // SAFETY: helpers without preconditions beyond a BTF task pointer.
@@ -356,8 +358,7 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
     // The escape facts: the hook's path against the caller's root and cwd,
     // which the call changes only after this hook allows it.
-    let task = kernel::current_task();
-    ev.flags |= kernel::root_facts(kernel::fs_root(task)?, (vfsmnt, dentry), kernel::fs_pwd(task));
+    ev.flags |= kernel::root_facts(root?, (vfsmnt, dentry), kernel::fs_pwd(task));
     let w = kernel::resolve_into(Scratch::PerThread, ev, vfsmnt, dentry)?;
     let path_known = w.complete;
     let (exact, subtree) = path_masks(slot, header.seed, w);

@@ -204,11 +204,13 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
     Ok(offsets)
 }
 
-/// The path walk reads `dentry` and `mount` fields in one window each
-/// (`DentryWindow`, `MountWindow` in `crates/ebpf/src/kernel.rs`): `d_parent`
-/// then `d_name` (hash, len, name), and `mnt_parent`, `mnt_mountpoint`, then
-/// `mnt.mnt_root`. Both layouts have held since Linux 3.3; a kernel without
-/// them gets a clear error rather than wrong paths.
+/// The programs read some structs in one window each (`DentryWindow`,
+/// `MountWindow`, `PathWindow`, `UpidWindow` in `crates/ebpf/src/kernel.rs`):
+/// `d_parent` then `d_name` (hash, len, name); `mnt_parent`,
+/// `mnt_mountpoint`, then `mnt.mnt_root`; `struct path`'s `mnt` then
+/// `dentry`; `struct upid`'s `nr` then `ns`. The first two have held since
+/// Linux 3.3, the last two longer; a kernel without them gets a clear error
+/// rather than wrong paths and ids.
 ///
 /// # Errors
 /// [`Error::BtfField`] naming the layout that differs.
@@ -219,6 +221,12 @@ fn check_windows(k: &KernelOffsets) -> Result<(), Error> {
     }
     if k.mount_mountpoint != k.mount_parent + ptr || k.mount_mnt + k.vfsmount_root != k.mount_parent + 2 * ptr {
         return Err(Error::BtfField { what: "struct mount with mnt_parent, mnt_mountpoint, mnt.mnt_root in a row".into() });
+    }
+    if k.path_dentry != k.path_mnt + ptr {
+        return Err(Error::BtfField { what: "struct path with dentry right after mnt".into() });
+    }
+    if k.upid_ns != k.upid_nr + ptr {
+        return Err(Error::BtfField { what: "struct upid with ns right after nr".into() });
     }
     Ok(())
 }
