@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
-    /// Install what the build needs (apt packages, bpf-linker, npm packages); skips what is present.
+    /// Install what the build needs (apt packages, bpf-linker, npm packages, Python tools in .cache/venv); skips what is present.
     Setup,
     /// Build the eBPF object with Debian's rustc-web and bpf-linker (after `cargo xtask setup`).
     BuildEbpf,

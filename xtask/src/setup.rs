@@ -15,7 +15,19 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the demo's and tests' tiny root file system"),
     ("python3", "adversarial tests make raw syscalls (open_tree, fsmount, SCM_RIGHTS) with ctypes"),
     ("prometheus", "the agent test scrapes the agent and reads its counters back through the query API"),
+    ("python3-venv", "the project-local Python environment for kubernetes-validate (see PYTHON_TOOLS)"),
+    ("systemd", "the deploy test checks examples/systemd/ with systemd-analyze (it does not need systemd to run)"),
+    ("strace", "the deploy test records the agent's system calls to check the example unit's SystemCallFilter="),
 ];
+
+/// Python tools, pinned, in the project-local environment [`VENV`] (so the
+/// machine's Python is left as it is), and why each is needed.
+pub const PYTHON_TOOLS: &[(&str, &str)] =
+    &[("kubernetes-validate==1.37.0", "the deploy test validates examples/kubernetes/ against Kubernetes' schemas")];
+
+/// The project-local Python environment, relative to the repository root:
+/// `.cache/venv/bin/kubernetes-validate` and so on.
+pub const VENV: &str = ".cache/venv";
 
 /// The bpf-linker release the eBPF build is pinned to: its default LLVM (22)
 /// is the one rustc-web 1.96 emits bitcode for.
@@ -63,10 +75,39 @@ fn npm_up_to_date() -> bool {
     }
 }
 
+/// Whether the package `name==version` is installed in [`VENV`].
+fn python_tool_installed(spec: &str) -> bool {
+    let Some((name, version)) = spec.split_once("==") else { return false };
+    Command::new(root().join(VENV).join("bin/pip"))
+        .args(["show", name])
+        .output()
+        .map(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).lines().any(|l| l == format!("Version: {version}"))
+        })
+        .unwrap_or(false)
+}
+
+/// Creates [`VENV`] with Debian's python3 when missing and installs the
+/// missing [`PYTHON_TOOLS`] into it with its pip (from PyPI).
+pub fn python_tools() -> Result<()> {
+    let venv = root().join(VENV);
+    let missing: Vec<&str> = PYTHON_TOOLS.iter().map(|(p, _)| *p).filter(|p| !python_tool_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !venv.join("bin/pip").exists() {
+        step(&format!("python3 -m venv {VENV}"));
+        run(Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(&venv))?;
+    }
+    step(&format!("pip install {} (into {VENV})", missing.join(" ")));
+    run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).args(&missing))
+}
+
 /// Everything `build` and `test` need.
 pub fn setup() -> Result<()> {
-    step("setup: checking apt packages, bpf-linker, npm packages");
+    step("setup: checking apt packages, bpf-linker, npm packages, Python tools");
     apt(APT_PACKAGES)?;
+    python_tools()?;
     let rustc = output(Command::new("/usr/bin/rustc").args(["--version", "--verbose"]))
         .context("Debian's rustc-web is missing: apt-get install rustc-web libstd-rust-web-dev-bpf")?;
     if !rustc.contains("LLVM version: 22") {
