@@ -10,6 +10,7 @@ import { mkdirSync, readFileSync, rmdirSync, statSync } from 'node:fs';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { cgroupAttribution, cgroupCacheSize, clearCgroupCache, containerOf, lookUpCgroup, CGROUP_CACHE_ENTRIES, type ContainerRuntime } from '../ts/cgroup.js';
+import { AgentMetrics, OTHER_CONTAINERS } from '../ts/agent/metrics.js';
 import { chrootRecord } from '../ts/cli/records.js';
 import type { ChrootEvent } from '../ts/events.js';
 import { decodeRecord } from '../ts/recording.js';
@@ -120,6 +121,35 @@ describe('recordings', () => {
     expect(e.cgroupLookup).toBe('found');
     expect(() => decodeRecord(chrootRecord(sample()).replace('"cgroupLookup":"found"', '"cgroupLookup":"maybe"'), 1)).toThrow(/cgroupLookup/);
     expect(() => decodeRecord(chrootRecord(sample()).replace('"podUid":null', '"podUid":null,"podName":"x"'), 1)).toThrow(/podName/);
+  });
+});
+
+describe("the agent's container metric", () => {
+  const calls = async (m: AgentMetrics) => (await m.registry.getSingleMetricAsString('chroot_guard_container_chroot_calls_total')).split('\n').filter((l) => !l.startsWith('#'));
+  const from = (containerId: string | null, podUid: string | null = null, lookup: ChrootEvent['cgroupLookup'] = 'found') =>
+    ({ ...sample(), cgroupLookup: lookup, containerRuntime: containerId ? 'containerd' : null, containerId, podUid }) as ChrootEvent;
+
+  it('counts by runtime only, by default', async () => {
+    const m = new AgentMetrics();
+    for (const e of [from(ID), from(ID.replace('3', '4')), from(null), from(null, null, 'removed')]) m.event(e);
+    expect(await calls(m)).toEqual([
+      'chroot_guard_container_chroot_calls_total{container_runtime="containerd"} 2',
+      'chroot_guard_container_chroot_calls_total{container_runtime="none"} 1',
+      'chroot_guard_container_chroot_calls_total{container_runtime="unresolved"} 1',
+    ]);
+  });
+
+  it(`gives the first containerSeries containers series of their own, the rest "${OTHER_CONTAINERS}"`, async () => {
+    const m = new AgentMetrics({ containerSeries: 2 });
+    const ids = ['a', 'b', 'c', 'd'].map((c) => c.repeat(64));
+    for (const id of [...ids, ids[0]!, ids[3]!]) m.event(from(id, UID));
+    m.event(from(null));
+    expect(await calls(m)).toEqual([
+      `chroot_guard_container_chroot_calls_total{container_runtime="containerd",pod_uid="${UID}",container_id="${ids[0]}"} 2`,
+      `chroot_guard_container_chroot_calls_total{container_runtime="containerd",pod_uid="${UID}",container_id="${ids[1]}"} 1`,
+      'chroot_guard_container_chroot_calls_total{container_runtime="containerd",pod_uid="other",container_id="other"} 3',
+      'chroot_guard_container_chroot_calls_total{container_runtime="none",pod_uid="",container_id=""} 1',
+    ]);
   });
 });
 
