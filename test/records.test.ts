@@ -34,11 +34,15 @@ const u32 = fc.oneof(fc.constantFrom(0, 1, 0xffffffff), fc.nat({ max: 0xffffffff
 const i32 = fc.oneof(fc.constantFrom(-2147483648, -1, 0, 2147483647), fc.integer());
 const u64 = fc.oneof(fc.constantFrom(0n, 2n ** 53n + 1n, 2n ** 64n - 1n), fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }));
 const orNull = <T>(a: fc.Arbitrary<T>) => fc.option(a, { nil: null });
+const hex = (n: number) => fc.string({ unit: fc.constantFrom(...'0123456789abcdef'), minLength: n, maxLength: n });
+const podUid = fc.oneof(hex(32), fc.tuple(hex(8), hex(4), hex(4), hex(4), hex(12)).map((p) => p.join('-')));
 
 const event: fc.Arbitrary<ChrootEvent> = fc.record({
   ts: u64, enterTs: u64, pid: u32, tid: u32, nsPid: u32, nsTid: u32, ppid: u32,
   uid: u32, gid: u32, euid: u32, egid: u32,
   comm: anyString, commBytes: bytes, cgroupId: u64, mntNs: u32, pidNs: u32, userNs: u32,
+  cgroupPath: orNull(anyString), cgroupLookup: fc.constantFrom('found', 'removed', 'failed', null),
+  containerRuntime: fc.constantFrom('containerd', 'cri-o', 'docker', 'podman', 'unknown', null), containerId: orNull(hex(64)), podUid: orNull(podUid),
   exeDev: u32, exeIno: u64, exeUnknown: fc.boolean(), exe: orNull(anyString), exeBytes: orNull(bytes),
   exeTruncated: fc.boolean(), exeUnreachable: fc.boolean(), exeDeleted: fc.boolean(), exeMemfd: fc.boolean(),
   parentComm: anyString, parentCommBytes: bytes, parentExe: orNull(anyString), parentExeBytes: orNull(bytes),

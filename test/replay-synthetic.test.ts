@@ -32,6 +32,9 @@ const event: fc.Arbitrary<ChrootEvent> = fc
   .record({
     ts: u64, enterTs: u64, pid: u32, tid: u32, nsPid: u32, nsTid: u32, ppid: u32,
     uid: u32, gid: u32, euid: u32, egid: u32, commBytes: bytes, cgroupId: u64, mntNs: u32, pidNs: u32, userNs: u32,
+    cgroupPath: orNull(fc.string()), cgroupLookup: fc.constantFrom('found', 'removed', 'failed', null),
+    containerRuntime: fc.constantFrom('containerd', 'cri-o', 'docker', 'podman', 'unknown', null),
+    containerId: orNull(fc.constant('3f'.repeat(32))), podUid: orNull(fc.constant('74c13223-5a00-11e9-b385-42010a80018d')),
     exeDev: u32, exeIno: u64, exeUnknown: fc.boolean(), exeBytes: orNull(bytes),
     exeTruncated: fc.boolean(), exeUnreachable: fc.boolean(), exeDeleted: fc.boolean(), exeMemfd: fc.boolean(),
     parentCommBytes: bytes, parentExeBytes: orNull(bytes),
@@ -289,6 +292,7 @@ function syntheticEvent(i: number): ChrootEvent {
   return {
     ts: 2n ** 60n + BigInt(i), enterTs: 2n ** 60n - 1n, pid: 1000 + (i % 30000), tid: 1000 + (i % 30000), nsPid: 1, nsTid: 1, ppid: 999,
     uid: k.uid, gid: 0, euid: k.uid, egid: 0, comm: 'chroot', commBytes: Buffer.from('chroot'), cgroupId: 2n ** 63n + 5n, mntNs: 4026531841, pidNs: 4026531836, userNs: 4026531837,
+    cgroupPath: '/system.slice/docker-' + 'ab'.repeat(32) + '.scope', cgroupLookup: 'found', containerRuntime: 'docker', containerId: 'ab'.repeat(32), podUid: null,
     exeDev: 8388609, exeIno: 2n ** 62n + 7n, exeUnknown: false, exe: displayBytes(exe), exeBytes: exe, exeTruncated: false, exeUnreachable: false, exeDeleted: false, exeMemfd: false,
     parentComm: 'sh', parentCommBytes: Buffer.from('sh'), parentExe: '/usr/bin/dash', parentExeBytes: Buffer.from('/usr/bin/dash'),
     parentExeTruncated: false, parentExeUnreachable: false, parentExeDeleted: false, parentExeMemfd: false,

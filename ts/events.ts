@@ -8,6 +8,7 @@
 import { constants } from 'node:os';
 import type { AttachMode } from './errors.js';
 import { ATTACH_MODES, ChrootGuardError } from './errors.js';
+import { cgroupAttribution, type CgroupAttribution } from './cgroup.js';
 import { native, type Native } from './native.js';
 import { utf8SequenceLength } from './utf8.js';
 
@@ -51,9 +52,11 @@ export interface ExecutablePath {
  * at `sys_exit_chroot` after a successful call (tracepoint mode); `ret` at
  * syscall exit; the caller's executable ({@link ExecutablePath}) is walked
  * like `resolvedPath`, at syscall exit (at `security_path_chroot` for
- * decisions).
+ * decisions). The cgroup path and container ({@link CgroupAttribution})
+ * are looked up in user space from `cgroupId` when the event is decoded
+ * (`ts/cgroup.ts`), best effort.
  */
-export interface ChrootEvent extends ExecutablePath {
+export interface ChrootEvent extends ExecutablePath, CgroupAttribution {
   /** Syscall exit time: ns since boot (CLOCK_BOOTTIME, `bpf_ktime_get_boot_ns`). */
   readonly ts: bigint;
   /** Syscall entry time: ns since boot (CLOCK_BOOTTIME). */
@@ -89,7 +92,11 @@ export interface ChrootEvent extends ExecutablePath {
   readonly comm: string;
   /** The raw bytes of `comm` (NUL padding excluded): what `comm` policy conditions compare. */
   readonly commBytes: Buffer;
-  /** cgroup v2 id of the caller, from `bpf_get_current_cgroup_id()`. */
+  /**
+   * cgroup v2 id of the caller, from `bpf_get_current_cgroup_id()` (the
+   * kernfs node id of its cgroup, its directory's inode number): what
+   * `cgroupPath` and the container fields are looked up from.
+   */
   readonly cgroupId: bigint;
   /** Mount namespace inode number (as in `/proc/PID/ns/mnt`). */
   readonly mntNs: number;
@@ -227,7 +234,7 @@ export interface ChrootEvent extends ExecutablePath {
  */
 export const IDENTITY_FIELDS = [
   'ts', 'pid', 'tid', 'nsPid', 'nsTid', 'ppid', 'uid', 'gid', 'euid', 'egid', 'comm', 'commBytes',
-  'cgroupId', 'mntNs', 'pidNs', 'userNs',
+  'cgroupId', 'cgroupPath', 'cgroupLookup', 'containerRuntime', 'containerId', 'podUid', 'mntNs', 'pidNs', 'userNs',
   'exeDev', 'exeIno', 'exeUnknown', 'exe', 'exeBytes', 'exeTruncated', 'exeUnreachable', 'exeDeleted', 'exeMemfd',
   'parentComm', 'parentCommBytes', 'parentExe', 'parentExeBytes',
   'parentExeTruncated', 'parentExeUnreachable', 'parentExeDeleted', 'parentExeMemfd',
@@ -496,6 +503,8 @@ export class Decoder {
     at += exeLen;
     const parentExeBytes = pf & L.exe_flag_present ? Buffer.from(data.subarray(at, at + v.getUint16(s + L.parent_exe_len, true))) : null;
     const ret = Number(v.getBigInt64(s + L.ret, true));
+    const cgroupId = v.getBigUint64(s + L.cgroup_id, true);
+    const cg = cgroupAttribution(cgroupId);
     return {
       ts: v.getBigUint64(s + L.ts_ns, true),
       enterTs: v.getBigUint64(s + L.enter_ns, true),
@@ -510,7 +519,12 @@ export class Decoder {
       egid: v.getUint32(s + L.egid, true),
       comm: displayBytes(commBytes),
       commBytes,
-      cgroupId: v.getBigUint64(s + L.cgroup_id, true),
+      cgroupId,
+      cgroupPath: cg.cgroupPath,
+      cgroupLookup: cg.cgroupLookup,
+      containerRuntime: cg.containerRuntime,
+      containerId: cg.containerId,
+      podUid: cg.podUid,
       mntNs: v.getUint32(s + L.mnt_ns, true),
       pidNs: v.getUint32(s + L.pid_ns, true),
       userNs: v.getUint32(s + L.user_ns, true),

@@ -10,6 +10,7 @@
 export { chrootWatch, type ChrootWatchOptions } from './watch.js';
 export { DEFAULT_PIN_DIR, DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
 export { type ChrootEvent, type ExecutablePath, type DecisionReason, errnoName, displayBytes } from './events.js';
+export { containerOf, cgroupLookupFailure, CGROUP_CACHE_ENTRIES, type CgroupAttribution, type CgroupLookup, type ContainerAttribution, type ContainerRuntime } from './cgroup.js';
 export { ChrootGuardError, CHROOT_GUARD_ERROR_CODES, type ChrootGuardErrorCode, type AttachMode, type Refusal } from './errors.js';
 export type { AttachInfo, AttachedProgram, SessionStats } from './session.js';
 export type { LossCounts, LostReport } from './batch.js';

@@ -170,6 +170,8 @@ interface Reader {
   readonly type: string;
   readonly properties: ReadonlySet<string>;
   readonly required: readonly string[];
+  /** Every property, required or not (what this version writes). */
+  readonly every: readonly string[];
   /** The object the record was written from, each field read and checked (see {@link readerOf}). */
   readonly build: (r: Record<string, unknown>) => Record<string, unknown>;
   /** Display fields and the bytes they are made from (`path`, `pathBytes`). */
@@ -202,7 +204,10 @@ function readerOf(type: 'chroot' | 'decision', keys: readonly string[]): Reader 
       read[key] = (v) => bigintOf(key, v);
     } else {
       const fits = predicate(schema.properties[key]!);
+      // A property the schema does not require is one older versions did not write: absent, it reads as null.
+      const optional = !schema.required.includes(key);
       read[key] = (v) => {
+        if (optional && v === undefined) return null;
         if (!fits(v)) throw new RecordError(`"${key}" has a value the schema does not allow: ${JSON.stringify(v)?.slice(0, 80) ?? 'none'}`);
         return v;
       };
@@ -211,7 +216,7 @@ function readerOf(type: 'chroot' | 'decision', keys: readonly string[]): Reader 
   });
   const build = compileObject<(r: Record<string, unknown>, f: typeof read) => Record<string, unknown>>(['r', 'f'], fields);
   const shown = keys.filter((k) => k.endsWith('Bytes') && keys.includes(k.slice(0, -5))).map((k) => [k.slice(0, -5), k] as const);
-  return { type, properties: new Set(Object.keys(schema.properties)), required: schema.required, build: (r) => build(r, read), shown };
+  return { type, properties: new Set(Object.keys(schema.properties)), required: schema.required, every: Object.keys(schema.properties), build: (r) => build(r, read), shown };
 }
 
 let readers: { chroot: Reader; decision: Reader } | undefined;
@@ -223,11 +228,13 @@ const readerFor = (type: 'chroot' | 'decision'): Reader => (readers ??= { chroot
  * `path` for `pathBytes`, checked to be {@link displayBytes} of those
  * bytes, as the decoder of the kernel's records makes it), bigints from
  * their digits, every other field checked against the schema's type and
- * copied. Every key the schema requires must be there and no other.
+ * copied. Every key the schema requires must be there and no other; one it
+ * does not require (a field older versions did not write) reads as null when
+ * absent.
  */
 function decodeFields(reader: Reader, r: Record<string, unknown>): Record<string, unknown> {
-  // Every property is required today: then the count and the required keys say it all.
-  if (!(reader.properties.size === reader.required.length && Object.keys(r).length === reader.required.length && reader.required.every((k) => k in r))) {
+  // A record of this version has every property: then the count and the keys say it all.
+  if (!(Object.keys(r).length === reader.every.length && reader.every.every((k) => k in r))) {
     for (const k in r) if (!reader.properties.has(k)) throw new RecordError(`a ${reader.type} record has no key "${k}"`);
     const missing = reader.required.filter((k) => !(k in r));
     if (missing.length) throw new RecordError(`a ${reader.type} record needs ${missing.map((k) => `"${k}"`).join(', ')}`);

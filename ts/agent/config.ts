@@ -44,6 +44,8 @@ export interface AgentConfig {
   readonly metrics?: {
     /** `HOST:PORT` (`[v6]:PORT`); port 0 picks a free port. */
     readonly listen: string;
+    /** Containers with series of their own in the container metric (0 to 10000, default 0: `AgentMetricsOptions`). */
+    readonly containerSeries?: number;
   };
 }
 

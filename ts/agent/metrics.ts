@@ -3,7 +3,10 @@
  * Every label has a bounded set of values: `result` the errno names
  * chroot(2) returns (a dozen at most) and `ok`; `cause` the seven loss
  * counters of `ts/batch.ts`; `mode` the three attach modes; `program` the
- * programs of one mode (at most six, `crates/common/src/probes.rs`).
+ * programs of one mode (at most six, `crates/common/src/probes.rs`);
+ * `container_runtime` the runtimes of `ts/cgroup.ts` and `none`,
+ * `unresolved`; `pod_uid` and `container_id` only when configured, at most
+ * `metrics.containerSeries` distinct containers, the rest as `other`.
  * @internal
  * @module
  */
@@ -17,6 +20,22 @@ import { bpfStatsEnabled, programRuns } from './programs.js';
 /** Metric names all start with this. */
 export const PREFIX = 'chroot_guard_';
 
+/** The `pod_uid` and `container_id` of the containers past `metrics.containerSeries`. */
+export const OTHER_CONTAINERS = 'other';
+
+/** Options of {@link AgentMetrics}. */
+export interface AgentMetricsOptions {
+  /**
+   * How many distinct containers (pod uid and container id) get series of
+   * their own in `chroot_guard_container_chroot_calls_total`, first seen
+   * first; those seen later are counted under `other`. 0 (the default):
+   * no `pod_uid` and `container_id` labels at all, only
+   * `container_runtime`. A series outlives its container (counters are
+   * not forgotten), so this bounds what the agent adds to Prometheus.
+   */
+  readonly containerSeries?: number;
+}
+
 /** The agent's metrics: fed by the session's listener, read on each scrape. */
 export class AgentMetrics {
   /** The registry `/metrics` serves: these metrics and prom-client's default process metrics. */
@@ -25,10 +44,24 @@ export class AgentMetrics {
   private readonly delivered: Counter;
   private readonly lost: Counter<'cause'>;
   private readonly attach: Gauge<'mode'>;
+  private readonly byContainer: Counter<'container_runtime' | 'pod_uid' | 'container_id'>;
+  private readonly containerSeries: number;
+  /** The containers with series of their own (`pod_uid`/`container_id`). */
+  private readonly containers = new Set<string>();
   private programs: readonly AttachedProgram[] = [];
 
-  constructor() {
+  constructor(options: AgentMetricsOptions = {}) {
     const registers = [this.registry];
+    this.containerSeries = options.containerSeries ?? 0;
+    this.byContainer = new Counter({
+      name: `${PREFIX}container_chroot_calls_total`,
+      help:
+        'chroot(2) calls seen, by the caller\'s container as its cgroup path names it (container_runtime: containerd, cri-o, docker, podman, unknown, ' +
+        'none outside containers, unresolved when the cgroup could not be looked up)' +
+        (this.containerSeries > 0 ? `; pod_uid and container_id for the first ${this.containerSeries} containers, "${OTHER_CONTAINERS}" after` : ''),
+      labelNames: this.containerSeries > 0 ? ['container_runtime', 'pod_uid', 'container_id'] : ['container_runtime'],
+      registers,
+    });
     this.calls = new Counter({
       name: `${PREFIX}chroot_calls_total`,
       help: 'chroot(2) calls seen, by result: ok, or the errno name (ENOENT, EPERM, ...)',
@@ -97,6 +130,16 @@ export class AgentMetrics {
   event(e: ChrootEvent): void {
     this.calls.inc({ result: e.errno ?? 'ok' });
     this.delivered.inc();
+    const container_runtime = e.cgroupLookup !== 'found' ? 'unresolved' : (e.containerRuntime ?? 'none');
+    if (this.containerSeries === 0) return this.byContainer.inc({ container_runtime });
+    let pod_uid = e.podUid ?? '';
+    let container_id = e.containerId ?? '';
+    const key = `${pod_uid}/${container_id}`;
+    if (key !== '/' && !this.containers.has(key)) {
+      if (this.containers.size < this.containerSeries) this.containers.add(key);
+      else pod_uid = container_id = OTHER_CONTAINERS;
+    }
+    this.byContainer.inc({ container_runtime, pod_uid, container_id });
   }
 
   /** What the kernel could not deliver, since the last report. */

@@ -61,7 +61,7 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
     return reportError(err);
   }
   const [{ AgentMetrics }, { serveMetrics }, { openSink }] = await Promise.all([import('../agent/metrics.js'), import('../agent/server.js'), import('../agent/sink.js')]);
-  const metrics = new AgentMetrics();
+  const metrics = new AgentMetrics({ containerSeries: config.metrics?.containerSeries });
   let attached = false;
   let server: MetricsServer | undefined;
   if (config.metrics) {

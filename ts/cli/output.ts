@@ -268,11 +268,22 @@ export function rootMarks(e: Pick<ChrootEvent, 'resolvedPath' | 'escapesRoot' | 
   return mark(e.escapesRoot, 'ESCAPE') + mark(e.cwdOutsideRoot, 'cwd-out');
 }
 
-/** One table line: local time, pid, comm, uid, result, path → resolved path and its {@link rootMarks} (caller-controlled fields through {@link terminalSafe}). */
+/**
+ * What follows a table line of a call from a container: its runtime and
+ * the first 12 digits of its id, as `docker ps` shortens them
+ * (` [containerd 3f4e5a6b7c8d]`); nothing outside containers. Both come
+ * from fixed lists and hex digits (`containerOf` in `ts/cgroup.ts`), so nothing here
+ * needs escaping.
+ */
+export function containerMark(e: Pick<ChrootEvent, 'containerRuntime' | 'containerId'>): string {
+  return e.containerId === null ? '' : ` [${e.containerRuntime} ${e.containerId.slice(0, 12)}]`;
+}
+
+/** One table line: local time, pid, comm, uid, result, path → resolved path and its {@link rootMarks}, then {@link containerMark} (caller-controlled fields through {@link terminalSafe}). */
 export function tableLine(e: ChrootEvent): string {
   const t = toWallClock(e.ts);
   const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
   const path = e.pathUnreadable ? '<unreadable>' : `${terminalSafe(e.pathBytes)}${e.pathTruncated ? '…' : ''}`;
   const resolved = e.resolvedPath === null ? '' : ` → ${resolvedMark(e)}${terminalSafe(e.resolvedPathBytes ?? e.resolvedPath)}${rootMarks(e)}`;
-  return row([time, String(e.pid), terminalSafe(e.commBytes), String(e.uid), e.errno ?? 'ok'], path + resolved);
+  return row([time, String(e.pid), terminalSafe(e.commBytes), String(e.uid), e.errno ?? 'ok'], path + resolved + containerMark(e));
 }

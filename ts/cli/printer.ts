@@ -10,7 +10,7 @@ import type { ChrootDecision } from '../decision.js';
 import type { ChrootEvent } from '../events.js';
 import { CALLS_LOST, lostSince, NO_LOSS, type LossCounts, type LostReport } from '../batch.js';
 import type { AttachInfo, SessionStats } from '../session.js';
-import { resolvedMark, rootMarks, tableHeader, tableLine, terminalSafe } from './output.js';
+import { containerMark, resolvedMark, rootMarks, tableHeader, tableLine, terminalSafe } from './output.js';
 import { attachRecord, chrootRecord, decisionRecord, lostRecord } from './records.js';
 
 /**
@@ -154,7 +154,7 @@ export class EventPrinter {
 
 const DECISION_HEADER = `${'TIME'.padEnd(13)}${'PID'.padEnd(8)}${'COMM'.padEnd(17)}${'UID'.padEnd(7)}${'DECISION'.padEnd(11)}${'RULE'.padEnd(24)}RESOLVED`;
 
-/** One table line: time, pid, comm, uid, decision, rule, resolved path and its escape marks ({@link rootMarks}) (caller-controlled fields through {@link terminalSafe}). */
+/** One table line: time, pid, comm, uid, decision, rule, resolved path and its escape marks ({@link rootMarks}), the container ({@link containerMark}) (caller-controlled fields through {@link terminalSafe}). */
 export function decisionLine(d: ChrootDecision): string {
   const t = toWallClock(d.ts);
   const time = `${t.toTimeString().slice(0, 8)}.${String(t.getMilliseconds()).padStart(3, '0')}`;
@@ -162,7 +162,7 @@ export function decisionLine(d: ChrootDecision): string {
   const resolved = d.resolvedPath === null ? '' : resolvedMark(d) + terminalSafe(d.resolvedPathBytes ?? d.resolvedPath) + rootMarks(d);
   // At least one space after each cell, also after one wider than its column.
   const cell = (s: string, width: number) => `${s.padEnd(width - 1)} `;
-  return `${cell(time, 13)}${cell(String(d.pid), 8)}${cell(terminalSafe(d.commBytes), 17)}${cell(String(d.uid), 7)}${cell(decision, 11)}${cell(d.ruleId === null ? '(default)' : terminalSafe(d.ruleId), 24)}${resolved}${d.source === 'watch' ? '  [from watch]' : ''}`;
+  return `${cell(time, 13)}${cell(String(d.pid), 8)}${cell(terminalSafe(d.commBytes), 17)}${cell(String(d.uid), 7)}${cell(decision, 11)}${cell(d.ruleId === null ? '(default)' : terminalSafe(d.ruleId), 24)}${resolved}${containerMark(d)}${d.source === 'watch' ? '  [from watch]' : ''}`;
 }
 
 /** Writes decisions to stdout: a table, or `attach`, `decision` and `lost` records. */

@@ -13,10 +13,12 @@
 //! - [`ps`]: the chrooted processes now, from the task iterator or
 //!   [`proc_scan`].
 //! - [`session`]: one attached mode plus its reader; the unit of lifecycle.
+//! - [`cgroup`]: cgroup v2 ids to paths (container attribution).
 //! - `binding` (feature `napi`): the thin, internal Node.js binding.
 
 pub mod attach;
 pub mod btf;
+pub mod cgroup;
 pub mod doctor;
 pub mod error;
 pub mod guard;

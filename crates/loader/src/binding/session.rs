@@ -4,7 +4,7 @@ use std::{collections::HashMap, sync::Arc};
 
 use chroot_guard_common::{filter_flags, Filter, COMM_LEN, DEFAULT_RING_BUFFER_BYTES};
 use napi::{
-    bindgen_prelude::{AsyncTask, BigInt, Function},
+    bindgen_prelude::{AsyncTask, BigInt, Buffer, Function},
     Env, Task,
 };
 use napi_derive::napi;
@@ -194,4 +194,31 @@ pub fn event_layout() -> HashMap<String, u32> {
 #[napi]
 pub fn boottime_ns() -> BigInt {
     BigInt::from(crate::sys::boottime_ns())
+}
+
+/// A cgroup id looked up ([`crate::cgroup::cgroup_path`]).
+#[napi(object)]
+pub struct BindingCgroupPath {
+    /// `found` (`path` is set), `removed` (no cgroup has the id now) or
+    /// `failed` (the lookup itself failed: `reason` says why).
+    pub state: String,
+    /// The path's bytes, relative to the cgroup v2 hierarchy's root.
+    pub path: Option<Buffer>,
+    /// For `failed`: the sentence of [`crate::cgroup::CgroupError`].
+    pub reason: Option<String>,
+}
+
+/// The path of the cgroup v2 cgroup `id` (an event's `cgroupId`): a
+/// blocking lookup of two syscalls, for `ts/cgroup.ts`, which caches it.
+#[napi]
+pub fn cgroup_path(id: BigInt) -> BindingCgroupPath {
+    let (negative, id, lossless) = id.get_u64();
+    if negative || !lossless {
+        return BindingCgroupPath { state: "failed".into(), path: None, reason: Some("a cgroup id is an integer from 0 to 2^64 - 1".into()) };
+    }
+    match crate::cgroup::cgroup_path(id) {
+        Ok(crate::cgroup::CgroupPath::Found(p)) => BindingCgroupPath { state: "found".into(), path: Some(p.into()), reason: None },
+        Ok(crate::cgroup::CgroupPath::Removed) => BindingCgroupPath { state: "removed".into(), path: None, reason: None },
+        Err(e) => BindingCgroupPath { state: "failed".into(), path: None, reason: Some(e.to_string()) },
+    }
 }
