@@ -345,7 +345,7 @@ describe('agent config and start-up errors', () => {
     expect(lines).toContain(`${r.file}:3:19: "pid" must be at least 1; got 0`);
     expect(lines.some((l) => l.startsWith(`${r.file}:6:11: missing required key "maxBytes"`))).toBe(true);
     expect(lines.some((l) => l.startsWith(`${r.file}:8:11: must match`))).toBe(true);
-    expect(lines.some((l) => l.startsWith(`${r.file}:9:1: unknown key "extra" (expected one of: watch, output, metrics)`))).toBe(true);
+    expect(lines.some((l) => l.startsWith(`${r.file}:9:1: unknown key "extra" (expected one of: watch, output, metrics, guard)`))).toBe(true);
     expect(r.stderr).toContain('INVALID_CONFIG');
   });
 
@@ -356,11 +356,26 @@ describe('agent config and start-up errors', () => {
     expect(r.stderr).toContain(`${r.file}:2:19: "rotate" needs a file`);
   });
 
-  it('names guard: as not yet supported, never ignores it', () => {
-    const r = run('guard', 'watch: { mode: auto }\nguard:\n  policy: /etc/chroot-guard/policy.yaml\n');
-    expect(r.status).toBe(2);
-    expect(r.stderr).toContain(`${r.file}:2:1: "guard" is not yet supported: the agent does not run a guard yet`);
-    expect(r.stderr).not.toContain('unknown key');
+  it('checks the guard section\'s policy file as check does: unreadable at guard.policy, invalid with its own positions; relative to the config', () => {
+    const missing = run('guard-missing', 'watch: { mode: auto }\nguard:\n  policy: no-such-policy.yaml\n', '--check-config');
+    expect(missing.status).toBe(2);
+    expect(missing.stderr).toContain(`${missing.file}:3:11: cannot read the policy file: ENOENT: no such file or directory, open '${join(dir, 'no-such-policy.yaml')}'`);
+    writeFileSync(join(dir, 'guard-policy.yaml'), 'mode: enforce\nrules:\n  - id: x\n    action: deny\n    match: { subtree: srv }\n');
+    const bad = run('guard-bad', 'guard:\n  policy: guard-policy.yaml\n', '--check-config');
+    expect(bad.status).toBe(2);
+    expect(bad.stderr.split('\n')).toEqual([
+      `${bad.file}:2:11: the policy file ${join(dir, 'guard-policy.yaml')} is not a valid policy (INVALID_POLICY): 1 problem, below`,
+      `${join(dir, 'guard-policy.yaml')}:5:23: "subtree" must be an absolute path or a list of absolute paths; got "srv"`,
+      'chroot-guard: error: invalid agent config (INVALID_CONFIG)',
+      '',
+    ]);
+    const pinDir = run('guard-pin-dir', 'guard:\n  policy: guard-policy.yaml\n  pinDir: relative\n', '--check-config');
+    expect(pinDir.status).toBe(2);
+    expect(pinDir.stderr).toContain(`${pinDir.file}:3:11: must match ^/; got "relative"`);
+    writeFileSync(join(dir, 'guard-policy.yaml'), 'mode: audit\nrules: []\n');
+    const ok = run('guard-ok', 'guard:\n  policy: guard-policy.yaml\n', '--check-config');
+    expect(ok.stderr).toBe('');
+    expect(ok.status).toBe(0);
   });
 
   it('a port already taken: exit 1, naming it, before anything is loaded', async () => {

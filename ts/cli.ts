@@ -162,8 +162,8 @@ refused with PIN_FAILED and nothing is removed.
 
 program
   .command('agent')
-  .description('run as a host agent until SIGTERM: watch chroot(2), write the watch --json stream to stdout or a file rotated by size, serve Prometheus metrics and /healthz (needs root; --check-config does not)')
-  .requiredOption('--config <file>', 'agent config, YAML or JSON in UTF-8 (see agent.schema.json): watch, output, metrics')
+  .description('run as a host agent until SIGTERM: watch chroot(2), write the watch --json stream to stdout or a file rotated by size, serve Prometheus metrics and /healthz, and with guard: keep a pinned guard\'s policy in force and write its decisions too (needs root; --check-config does not)')
+  .requiredOption('--config <file>', 'agent config, YAML or JSON in UTF-8 (see agent.schema.json): watch, output, metrics, guard')
   .option('--check-config', 'validate the config and exit: errors give file:line:column (exit 2)')
   .addHelpText(
     'after',
@@ -172,8 +172,15 @@ Metrics (GET /metrics on metrics.listen): chroot_guard_chroot_calls_total{result
 chroot_guard_events_delivered_total, chroot_guard_lost_total{cause},
 chroot_guard_attach_info{mode}, chroot_guard_bpf_program_runs_total{program} and
 chroot_guard_bpf_program_run_seconds_total{program} (while kernel.bpf_stats_enabled=1),
-chroot_guard_bpf_stats_enabled, and the process metrics. GET /healthz: 200 while the
-programs are attached and the reader runs, else 503.
+chroot_guard_bpf_stats_enabled, and the process metrics. With guard:, also
+chroot_guard_decisions_total{rule,action}, chroot_guard_decisions_lost_total{action},
+chroot_guard_guard_generation, chroot_guard_policy_load_failures_total.
+GET /healthz: 200 while the programs are attached and the reader runs (and with guard:,
+the guard's reader runs and a guard is pinned), else 503.
+
+Guard (guard: policy FILE): the guard is pinned (as enforce --pin), a pinned one adopted.
+SIGHUP reads the policy again: a broken one is refused and the one in force stays.
+SIGTERM/SIGINT exit 0 and leave the guard pinned and deciding (chroot-guard unload removes it).
 ${EXIT_HELP}`,
   )
   .action(async (flags) => {

@@ -39,7 +39,7 @@ void everyBigInt;
  *   when the record does not say).
  * - `lost`: what the kernel counted and did not deliver since the previous
  *   `lost` record (`counts`, each since the previous).
- * - `other`: a valid record of another type (`task`, `summary`): skipped.
+ * - `other`: a valid record of another type (`task`, `summary`, `guard`): skipped.
  * - `malformed`: a line that is not a record of `events.schema.json`
  *   (`message` says what is wrong); the lines after it are read on.
  * `line` is the 1-based line number.
@@ -300,7 +300,7 @@ export function decodeRecord(text: string, line: number): RecordingItem {
     if (initialMntNs !== undefined && !predicate(props.initialMntNs!)(initialMntNs)) throw new RecordError('an attach record\'s "initialMntNs" is not an inode number');
     return { kind: 'attach', line, mode: mode as string, initialMntNs: (initialMntNs as number | undefined) ?? null };
   }
-  if (type === 'task' || type === 'summary') return { kind: 'other', line, type };
+  if (type === 'task' || type === 'summary' || type === 'guard') return { kind: 'other', line, type };
   throw new RecordError(`no record type ${JSON.stringify(type)?.slice(0, 40) ?? 'given'} (expected chroot, decision, lost or attach)`);
 }
 

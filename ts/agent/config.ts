@@ -6,10 +6,11 @@
  * @module
  */
 import { createRequire } from 'node:module';
+import { dirname, resolve } from 'node:path';
 import type { ValidateFunction } from 'ajv';
 import { checkRingBufferBytes, type AttachMode } from '../errors.js';
-import { DocumentError, type PolicyProblem } from '../policy/types.js';
-import { compileSchema, loadDocument, type DocumentKind } from '../policy/validate.js';
+import { DocumentError, PolicyError, type PolicyProblem } from '../policy/types.js';
+import { compileSchema, loadDocument, loadPolicy, type DocumentKind } from '../policy/validate.js';
 
 const require = createRequire(import.meta.url);
 
@@ -47,6 +48,20 @@ export interface AgentConfig {
     /** Containers with series of their own in the container metric (0 to 10000, default 0: `AgentMetricsOptions`). */
     readonly containerSeries?: number;
   };
+  /**
+   * The guard: a policy enforced (or audited, as its own `mode` says) by
+   * `lsm/path_chroot`, pinned in bpffs so that it outlives the agent (a
+   * restart, SIGTERM, a crash); a guard pinned already is adopted, not
+   * doubled. SIGHUP reads `policy` again (`ts/agent/guard.ts`).
+   */
+  readonly guard?: {
+    /** The policy file, checked as `chroot-guard check` does; relative to the config file's directory ({@link guardPolicyFile}). */
+    readonly policy: string;
+    /** The pin directory on bpffs (absolute); default `/sys/fs/bpf/chroot-guard` (`DEFAULT_PIN_DIR`). */
+    readonly pinDir?: string;
+    /** Decision ring buffer size in bytes for a guard the agent pins (a power of two, 4096 to 2^30); an adopted guard keeps its own. */
+    readonly ringBufferBytes?: number;
+  };
 }
 
 /**
@@ -60,34 +75,24 @@ export class ConfigError extends DocumentError {
   }
 }
 
-/**
- * Sections a later version of the agent will take: named as not yet
- * supported, not as unknown keys, and never ignored.
- */
-const NOT_YET: Record<string, string> = {
-  guard: 'the agent does not run a guard yet (a later version will); run `chroot-guard enforce --pin --policy FILE` beside it for now',
-};
-
 let validator: ValidateFunction | undefined;
 
-const AGENT_CONFIG: DocumentKind<AgentConfig> = {
+/** The kind of document an agent config is; `file` is where it was read, for the policy file's relative path. */
+const agentConfig = (file: string): DocumentKind<AgentConfig> => ({
   noun: 'agent config',
   maxBytes: MAX_CONFIG_BYTES,
   schema: () => (validator ??= compileSchema(agentSchema)),
-  before: (value) =>
-    value !== null && typeof value === 'object' && !Array.isArray(value)
-      ? Object.keys(value)
-          .filter((k) => Object.hasOwn(NOT_YET, k))
-          .map((k) => ({ pointer: `/${k}`, key: k, message: `"${k}" is not yet supported: ${NOT_YET[k]}` }))
-      : [],
   semantic: (c) => {
-    const out: Array<{ pointer: string; message: string }> = [];
-    const ring = c.watch?.ringBufferBytes;
-    if (ring !== undefined) {
+    const out: Array<{ pointer: string; message: string } | (PolicyProblem & { file: string })> = [];
+    for (const [pointer, ring] of [
+      ['/watch/ringBufferBytes', c.watch?.ringBufferBytes],
+      ['/guard/ringBufferBytes', c.guard?.ringBufferBytes],
+    ] as const) {
+      if (ring === undefined) continue;
       try {
         checkRingBufferBytes(ring);
       } catch {
-        out.push({ pointer: '/watch/ringBufferBytes', message: `"ringBufferBytes" must be a power of two from 4096 to 1073741824; got ${ring}` });
+        out.push({ pointer, message: `"ringBufferBytes" must be a power of two from 4096 to 1073741824; got ${ring}` });
       }
     }
     const comm = c.watch?.filters?.comm;
@@ -99,20 +104,45 @@ const AGENT_CONFIG: DocumentKind<AgentConfig> = {
     }
     const port = c.metrics ? Number(c.metrics.listen.slice(c.metrics.listen.lastIndexOf(':') + 1)) : 0;
     if (port > 65535) out.push({ pointer: '/metrics/listen', message: `port ${port} is above 65535` });
+    if (c.guard) {
+      // The policy is part of the config: one it cannot load is the
+      // config's error, named at guard.policy, then each of the policy
+      // file's own problems at its own position.
+      const policy = guardPolicyFile(c.guard, file);
+      try {
+        loadPolicy(policy);
+      } catch (err) {
+        if (!(err instanceof PolicyError)) throw err;
+        const unreadable = err.problems.length === 1 && err.problems[0]!.line === undefined;
+        out.push({
+          pointer: '/guard/policy',
+          message: unreadable ? err.problems[0]!.message : `the policy file ${policy} is not a valid policy (INVALID_POLICY): ${err.problems.length} problem${err.problems.length === 1 ? '' : 's'}, below`,
+        });
+        if (!unreadable) out.push(...err.problems.map((p) => ({ ...p, file: p.file ?? policy })));
+      }
+    }
     return out;
   },
   error: (problems) => new ConfigError(problems),
-};
+});
 
 /**
  * Reads, parses and validates an agent config file (YAML or JSON, UTF-8,
  * at most {@link MAX_CONFIG_BYTES}), with the policies' limits on the
- * document (nesting, repeated keys, aliases).
+ * document (nesting, repeated keys, aliases); with a `guard` section, its
+ * policy file too, as `chroot-guard check` reads it.
  * @throws {ConfigError} `INVALID_CONFIG`, each problem with its line and
- * column; a `guard` section is named as not yet supported.
+ * column; a guard policy that cannot be read is a problem at
+ * `guard.policy`, one that does not validate is one there too, followed by
+ * the policy's own problems at their positions in the policy file.
  */
 export function loadAgentConfig(file: string): AgentConfig {
-  return loadDocument(AGENT_CONFIG, file);
+  return loadDocument(agentConfig(file), file);
+}
+
+/** The guard's policy file as a path to open: a relative `policy` is taken from the directory of the config file `configFile`. */
+export function guardPolicyFile(guard: NonNullable<AgentConfig['guard']>, configFile: string): string {
+  return resolve(dirname(configFile), guard.policy);
 }
 
 /** `HOST:PORT` (or `[v6]:PORT`) split; the brackets of a v6 host dropped. */

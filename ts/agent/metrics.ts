@@ -15,6 +15,8 @@ import { ATTACH_MODES } from '../errors.js';
 import type { ChrootEvent } from '../events.js';
 import { LOSS_COUNTERS, type LostReport } from '../batch.js';
 import type { AttachedProgram, AttachInfo } from '../session.js';
+import type { ChrootDecision } from '../decision.js';
+import type { Policy } from '../policy/types.js';
 import { bpfStatsEnabled, programRuns } from './programs.js';
 
 /** Metric names all start with this. */
@@ -145,5 +147,70 @@ export class AgentMetrics {
   /** What the kernel could not deliver, since the last report. */
   lostReport(r: LostReport): void {
     for (const cause of LOSS_COUNTERS) if (r[cause] > 0) this.lost.inc({ cause }, r[cause]);
+  }
+}
+
+/** Rule ids kept as `rule` label values; later new ones count as `(other)`, so reloads cannot grow the label set without end. */
+export const MAX_RULE_LABELS = 256;
+
+/**
+ * The agent's guard metrics (`guard:` in its config), in the registry of
+ * {@link AgentMetrics}. Labels stay bounded: `rule` is a rule id of a
+ * policy this agent put in force (at most {@link MAX_RULE_LABELS}),
+ * `(default)` when no rule decided, `(other)` for any other id (set by
+ * another process's update); `action` is `allow`, `deny` (the call failed
+ * with EPERM), `would-deny` (a deny rule in an audit policy) or `audit`.
+ */
+export class GuardMetrics {
+  private readonly decisions: Counter<'rule' | 'action'>;
+  private readonly lost: Counter<'action'>;
+  private readonly failures: Counter;
+  private readonly rules = new Set<string>();
+
+  /** `generation`: the pinned guard's generation now, or null (read at each scrape). */
+  constructor(registry: Registry, generation: () => number | null) {
+    const registers = [registry];
+    this.decisions = new Counter({
+      name: `${PREFIX}decisions_total`,
+      help: 'guard decisions read, by rule id ((default): no rule decided) and action: allow, deny (EPERM), would-deny (audit policy), audit',
+      labelNames: ['rule', 'action'],
+      registers,
+    });
+    this.lost = new Counter({ name: `${PREFIX}decisions_lost_total`, help: 'guard decisions the kernel could not write to the ring buffer, by the action decided', labelNames: ['action'], registers });
+    for (const action of ['allow', 'deny', 'audit']) this.lost.inc({ action }, 0);
+    this.failures = new Counter({ name: `${PREFIX}policy_load_failures_total`, help: 'policies the guard refused (SIGHUP with a policy file that cannot be read, validated or loaded); the policy in force stayed', registers });
+    new Gauge({
+      name: `${PREFIX}guard_generation`,
+      help: 'generation of the policy in force in the pinned guard (1 for the first, +1 per update by anyone); 0 when none is pinned',
+      registers,
+      collect() {
+        this.set(generation() ?? 0);
+      },
+    });
+  }
+
+  /** A policy the agent put in force: its rule ids become label values (from 0, so a rule that never matched shows). */
+  policy(p: Policy): void {
+    for (const rule of p.rules) {
+      if (this.rules.size >= MAX_RULE_LABELS && !this.rules.has(rule.id)) continue;
+      this.rules.add(rule.id);
+      this.decisions.inc({ rule: rule.id, action: rule.action === 'deny' && p.mode === 'audit' ? 'would-deny' : rule.action }, 0);
+    }
+  }
+
+  /** One decision read. */
+  decision(d: ChrootDecision): void {
+    const rule = d.ruleId === null ? '(default)' : this.rules.has(d.ruleId) ? d.ruleId : '(other)';
+    this.decisions.inc({ rule, action: d.denied ? 'deny' : d.wouldDeny ? 'would-deny' : d.action });
+  }
+
+  /** What the kernel could not deliver, since the last report. */
+  lostReport(r: LostReport): void {
+    for (const [action, n] of [['allow', r.allowLost], ['deny', r.denyLost], ['audit', r.auditLost]] as const) if (n > 0) this.lost.inc({ action }, n);
+  }
+
+  /** A policy refused. */
+  loadFailed(): void {
+    this.failures.inc();
   }
 }

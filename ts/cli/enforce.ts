@@ -140,9 +140,25 @@ function pinnedMeanwhile(err: unknown, dir: string): boolean {
   }
 }
 
+/** What {@link pinOrAdopt} did, and the policy now in force. */
+export interface PinOutcome {
+  /**
+   * `pinned`: nothing was pinned, a new guard is; `adopted`: the guard
+   * pinned already took the policy; `raced`: another process pinned one at
+   * the same time, and it took the policy.
+   */
+  readonly how: 'pinned' | 'adopted' | 'raced';
+  /** Generation of the policy in force. */
+  readonly generation: number;
+  /** Its compiled rules. */
+  readonly compiledRules: number;
+}
+
 /**
- * `enforce --pin`: pins a new guard, or updates the pinned one atomically,
- * and returns.
+ * Puts `policy` in force in the guard pinned at `dir`: updates a pinned
+ * guard atomically, or loads and pins a new one. The one way `enforce
+ * --pin` and the agent's guard pin, so that neither ever loads a second
+ * guard beside a pinned one.
  *
  * Two at once may both find nothing pinned and each load a guard; the
  * pins of one appear first (they are renamed into place whole), and the
@@ -151,37 +167,44 @@ function pinnedMeanwhile(err: unknown, dir: string): boolean {
  * later policy in force (generation 2). This is the command's choice, not
  * `guard.pin()`'s: a library caller holding a running guard decides itself
  * whether to give it up.
+ *
+ * A new guard's own handle reads its decisions until it is stopped here,
+ * right after pinning: those go to `onDecision`; later ones wait in the
+ * pinned ring buffer for {@link followPinnedGuard}.
+ * @throws As `chrootGuard()`, `guard.pin()` and `updatePinnedGuard()`.
  */
+export async function pinOrAdopt(policy: Policy, options: { dir: string; ringBufferBytes?: number; onDecision?: (d: ChrootDecision) => void }): Promise<PinOutcome> {
+  const { dir } = options;
+  const update = (how: 'adopted' | 'raced'): PinOutcome => ({ how, ...updatePinnedGuard(policy, { dir }) });
+  if (pinnedGuard({ dir })) return update('adopted');
+  const guard = chrootGuard(policy, options.ringBufferBytes !== undefined ? { ringBufferBytes: options.ringBufferBytes } : {});
+  guard.decisions$.subscribe({ next: (d) => options.onDecision?.(d), error: () => {} });
+  let pinned: PinnedGuardStatus | undefined;
+  try {
+    await guard.ready;
+    pinned = await guard.pin({ dir }).catch((err: unknown) => {
+      if (pinnedMeanwhile(err, dir)) return undefined;
+      throw err;
+    });
+  } finally {
+    guard.stop();
+  }
+  return pinned ? { how: 'pinned', generation: pinned.generation, compiledRules: pinned.ruleIds.length } : update('raced');
+}
+
+/** `enforce --pin`: pins a new guard, or updates the pinned one atomically ({@link pinOrAdopt}), and returns. */
 async function pinCommand(policy: Policy, flags: EnforceFlags): Promise<number> {
   const dir = flags.pinDir;
   const what = `${policy.mode === 'enforce' ? 'enforcing' : 'auditing'} ${flags.policy}`;
-  const update = () => {
-    const info = updatePinnedGuard(policy, { dir });
-    note(`updated the guard pinned at ${dir}: now ${what} (generation ${info.generation}, ${info.compiledRules} compiled rules)`);
-  };
   try {
-    if (pinnedGuard({ dir })) {
-      update();
+    const r = await pinOrAdopt(policy, { dir, ...(flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {}) });
+    const counts = `(generation ${r.generation}, ${r.compiledRules} compiled rules)`;
+    if (r.how === 'pinned') {
+      note(`pinned at ${dir}: ${what} ${counts} with lsm/path_chroot`);
+      note('chroot(2) stays checked after this process exits; see it with `chroot-guard status`, its decisions with `chroot-guard status --follow`, remove it with `chroot-guard unload`');
     } else {
-      const guard = chrootGuard(policy, flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {});
-      guard.decisions$.subscribe({ error: () => {} });
-      let pinned: PinnedGuardStatus | undefined;
-      try {
-        await guard.ready;
-        pinned = await guard.pin({ dir }).catch((err: unknown) => {
-          if (pinnedMeanwhile(err, dir)) return undefined;
-          throw err;
-        });
-      } finally {
-        guard.stop();
-      }
-      if (pinned) {
-        note(`pinned at ${dir}: ${what} (generation ${pinned.generation}, ${pinned.ruleIds.length} compiled rules) with lsm/path_chroot`);
-        note('chroot(2) stays checked after this process exits; see it with `chroot-guard status`, its decisions with `chroot-guard status --follow`, remove it with `chroot-guard unload`');
-      } else {
-        note(`another process pinned a guard at ${dir} at the same time; updating it instead`);
-        update();
-      }
+      if (r.how === 'raced') note(`another process pinned a guard at ${dir} at the same time; updating it instead`);
+      note(`updated the guard pinned at ${dir}: now ${what} ${counts}`);
     }
   } catch (err) {
     return reportError(err);

@@ -11,7 +11,7 @@ import type { ChrootEvent } from '../events.js';
 import { CALLS_LOST, lostSince, NO_LOSS, type LossCounts, type LostReport } from '../batch.js';
 import type { AttachInfo, SessionStats } from '../session.js';
 import { containerMark, resolvedMark, rootMarks, tableHeader, tableLine, terminalSafe } from './output.js';
-import { attachRecord, chrootRecord, decisionRecord, lostRecord } from './records.js';
+import { attachRecord, chrootRecord, decisionRecord, guardRecord, lostRecord, type GuardRecordFields, type LostSource } from './records.js';
 
 /**
  * The error that ended stdout (EPIPE once its reader exits), or null.
@@ -95,10 +95,11 @@ export class EventPrinter {
   /** Events printed. */
   count = 0;
 
-  /** `write`: where the lines go (whole lines), stdout by default. */
+  /** `write`: where the lines go (whole lines), stdout by default; `lostSource`: the `source` of its `lost` records, in a stream shared with a guard's. */
   constructor(
     private readonly json: boolean,
     write?: LineWriter,
+    private readonly lostSource?: LostSource,
   ) {
     this.out = new StdoutLines(write);
   }
@@ -134,7 +135,7 @@ export class EventPrinter {
     this.reported = report.total;
     if (this.json) {
       const now = boottimeNs();
-      this.out.add(lostRecord(report, this.since, now));
+      this.out.add(lostRecord(report, this.since, now, this.lostSource));
       this.since = now;
     }
     this.out.flush();
@@ -165,13 +166,20 @@ export function decisionLine(d: ChrootDecision): string {
   return `${cell(time, 13)}${cell(String(d.pid), 8)}${cell(terminalSafe(d.commBytes), 17)}${cell(String(d.uid), 7)}${cell(decision, 11)}${cell(d.ruleId === null ? '(default)' : terminalSafe(d.ruleId), 24)}${resolved}${containerMark(d)}${d.source === 'watch' ? '  [from watch]' : ''}`;
 }
 
-/** Writes decisions to stdout: a table, or `attach`, `decision` and `lost` records. */
+/** Writes decisions to stdout (or `write`): a table, or `attach`, `decision` and `lost` records (and the agent's `guard` records). */
 export class DecisionPrinter {
-  private readonly out = new StdoutLines();
+  private readonly out: StdoutLines;
   private headerDone = false;
   private since = 0n;
 
-  constructor(private readonly json: boolean) {}
+  /** `write` and `lostSource` as {@link EventPrinter}'s. */
+  constructor(
+    private readonly json: boolean,
+    write?: LineWriter,
+    private readonly lostSource?: LostSource,
+  ) {
+    this.out = new StdoutLines(write);
+  }
 
   /** The guard runs: the `attach` record (JSON). */
   attached(a: Parameters<typeof attachRecord>[1]): void {
@@ -193,9 +201,16 @@ export class DecisionPrinter {
   lost(report: LostReport): void {
     if (this.json) {
       const now = boottimeNs();
-      this.out.add(lostRecord(report, this.since, now));
+      this.out.add(lostRecord(report, this.since, now, this.lostSource));
       this.since = now;
     }
+    this.out.flush();
+  }
+
+  /** What the agent did with its guard's policy: a `guard` record (JSON only), written at once. */
+  guard(g: GuardRecordFields): void {
+    if (!this.json) return;
+    this.out.add(guardRecord(boottimeNs(), g));
     this.out.flush();
   }
 

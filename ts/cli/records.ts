@@ -1,6 +1,6 @@
 /**
  * The CLI's NDJSON stream (`--json`): one record per line, each with a
- * `type` (`attach`, `chroot`, `decision`, `lost`), described by
+ * `type` (`attach`, `chroot`, `decision`, `lost`, and the agent's `guard`), described by
  * `events.schema.json`. A pipeline that keeps stdout alone can account for
  * every call: `chroot` (or `decision`) records delivered plus the counts of
  * the `lost` records equal what the kernel saw.
@@ -17,7 +17,7 @@ import type { AttachInfo } from '../session.js';
 import { jsonString, jsonWithBigInts } from './output.js';
 
 /** The record kinds, as `type` names them. */
-export type RecordType = 'attach' | 'chroot' | 'decision' | 'lost';
+export type RecordType = 'attach' | 'chroot' | 'decision' | 'lost' | 'guard';
 
 const refusal = (r: Refusal) => ({ mode: r.mode, program: r.program, target: r.target, stage: r.stage, code: r.code, errno: r.errno, reason: r.reason });
 /** A refused mode: as {@link refusal}, and whether `auto` remembered it instead of trying again. */
@@ -160,10 +160,46 @@ export function decisionRecord(d: ChrootDecision): string {
 const counts = (c: LossCounts) => Object.fromEntries(LOSS_COUNTERS.map((k) => [k, c[k]]));
 
 /**
+ * Which reader counted a `lost` record's losses, in a stream that carries
+ * both (the agent's with a guard): `watch` (its `chroot` records) or
+ * `guard` (its `decision` records). Streams of one reader leave it out.
+ */
+export type LostSource = 'watch' | 'guard';
+
+/**
  * `lost`: what the kernel counted since the previous `lost` record (or the
  * attach), between `sinceTs` and `ts` (ns since boot, read when the counts
- * reached user space), and the running totals.
+ * reached user space), and the running totals; `source` where the stream
+ * has two readers ({@link LostSource}).
  */
-export function lostRecord(report: LostReport, sinceTs: bigint, ts: bigint): string {
-  return jsonWithBigInts({ type: 'lost', sinceTs, ts, ...counts(report), total: counts(report.total) });
+export function lostRecord(report: LostReport, sinceTs: bigint, ts: bigint, source?: LostSource): string {
+  return jsonWithBigInts({ type: 'lost', ...(source ? { source } : {}), sinceTs, ts, ...counts(report), total: counts(report.total) });
+}
+
+/** What the agent did with its guard's policy, as a `guard` record says it. */
+export interface GuardRecordFields {
+  /**
+   * `pinned`: a new guard was pinned with the policy; `adopted`: a guard
+   * pinned already (by `enforce --pin`, an earlier agent) took the policy;
+   * `reloaded`: SIGHUP's policy replaced the one in force; `rejected`:
+   * SIGHUP's policy could not be loaded and the one in force stays.
+   */
+  readonly event: 'pinned' | 'adopted' | 'reloaded' | 'rejected';
+  /** The policy file. */
+  readonly policy: string;
+  /** The pin directory. */
+  readonly pinDir: string;
+  /** Generation of the policy in force afterwards; null when it cannot be read (nothing pinned any more). */
+  readonly generation: number | null;
+  /** Mode of the policy in force afterwards; null as `generation`. */
+  readonly policyMode: 'enforce' | 'audit' | null;
+  /** `rejected`: the error code (`INVALID_POLICY`, `PIN_FAILED`, ...); else null. */
+  readonly code: string | null;
+  /** `rejected`: each problem as `FILE:LINE:COL: message` (or the error's message); else empty. */
+  readonly problems: readonly string[];
+}
+
+/** `guard`: the agent's guard took a policy, or refused one ({@link GuardRecordFields}); `ts` in ns since boot. */
+export function guardRecord(ts: bigint, g: GuardRecordFields): string {
+  return jsonWithBigInts({ type: 'guard', ts, event: g.event, policy: g.policy, pinDir: g.pinDir, generation: g.generation, policyMode: g.policyMode, code: g.code, problems: g.problems });
 }

@@ -65,7 +65,7 @@ export interface ReplaySummary {
   readonly policyMode: 'enforce' | 'audit';
   /** Highest line number read. */
   readonly lines: number;
-  /** Valid records read, by type (`other`: `task` and `summary` records, skipped). */
+  /** Valid records read, by type (`other`: `task`, `summary` and `guard` records, skipped). */
   readonly records: { readonly attach: number; readonly chroot: number; readonly decision: number; readonly lost: number; readonly other: number };
   /** Lines that are not records. */
   readonly malformed: number;

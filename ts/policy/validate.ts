@@ -280,13 +280,12 @@ export interface DocumentKind<T> {
   /** Validates against the kind's JSON Schema, ajv's errors on `errors` (compiled on first use). */
   readonly schema: () => ValidateFunction;
   /**
-   * Problems found before the schema's, each in place of the schema's
-   * problems at its pointer: e.g. a key the schema does not name yet but a
-   * later version will take, named as such rather than as unknown.
+   * Checks the schema cannot make, on a value that fits it: problems at a
+   * pointer of this document, or whole problems of another file it names
+   * (the agent config's policy file), which keep their own position and
+   * follow this document's own problems.
    */
-  readonly before?: (value: unknown) => Array<{ pointer: string; message: string; key?: string }>;
-  /** Checks the schema cannot make, on a value that fits it. */
-  readonly semantic?: (value: T) => Array<{ pointer: string; message: string }>;
+  readonly semantic?: (value: T) => Array<{ pointer: string; message: string } | (PolicyProblem & { readonly file: string })>;
   /** The error that carries the problems (code `INVALID_POLICY`, `INVALID_CONFIG`). */
   readonly error: (problems: PolicyProblem[]) => ChrootGuardError;
 }
@@ -307,16 +306,13 @@ export function checkDocument<T>(kind: DocumentKind<T>, value: unknown, file: st
   });
   // Problems in file order where positions are known (the count limits are
   // found after the rules they name).
-  const fail = (problems: PolicyProblem[]) => kind.error(problems.sort((a, b) => (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0)));
-  const early = kind.before?.(value) ?? [];
+  // Another file's problems (sort is stable) stay in their own order, after these.
+  const fail = (problems: PolicyProblem[]) =>
+    kind.error(problems.sort((a, b) => Number(a.file !== file) - Number(b.file !== file) || (a.line ?? 0) - (b.line ?? 0) || (a.column ?? 0) - (b.column ?? 0)));
   const validate = kind.schema();
-  if (!validate(value) || early.length) {
-    const taken = new Set(early.map((p) => p.pointer));
-    const rest = validate.errors ? schemaProblems(validate.errors, value, kind.noun).filter((p) => !taken.has(p.pointer)) : [];
-    throw fail([...early, ...rest].map((p) => where(p.pointer, p.message, p.key)));
-  }
+  if (!validate(value)) throw fail(schemaProblems(validate.errors ?? [], value, kind.noun).map((p) => where(p.pointer, p.message, p.key)));
   const semantic = kind.semantic?.(value as T) ?? [];
-  if (semantic.length) throw fail(semantic.map((p) => where(p.pointer, p.message)));
+  if (semantic.length) throw fail(semantic.map((p) => ('file' in p ? p : where(p.pointer, p.message))));
   return value as T;
 }
 

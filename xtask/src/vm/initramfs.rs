@@ -73,6 +73,8 @@ mount -t securityfs securityfs $R/sys/kernel/security || fail "securityfs"
 mount -t bpf -o mode=0700 bpf $R/sys/fs/bpf || fail "bpffs"
 mount -t tracefs tracefs $R/sys/kernel/tracing || fail "tracefs"
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || fail "cgroup2"
+# Loopback up, as on a booted system: tests serve and scrape HTTP on 127.0.0.1.
+ip link set lo up || fail "loopback (ip link set lo up)"
 
 uname -r > $S/kernel_release
 cat $R/sys/kernel/security/lsm > $S/lsm
