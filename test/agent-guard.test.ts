@@ -266,7 +266,7 @@ describe.skipIf(!LSM)(lsmTitle('agent guard: pinned, adopted, reloaded'), { time
     expect(pinnedGuard({ dir: PIN_DIR })).toMatchObject({ generation: 2, programId: pinned.programId });
   });
 
-  it('SIGHUP with a broken policy: the old one keeps enforcing; a guard record and a metric say so. With a good one: it takes effect, generation + 1', async () => {
+  it('SIGHUP with a broken policy, or a file any user may write: the old one keeps enforcing; a guard record and a metric say so. With a good one: it takes effect, generation + 1', async () => {
     const policy = join(dir, 'hup.yaml');
     writeFileSync(policy, `mode: enforce\nrules:\n  - id: no-jail\n    action: deny\n    match: { subtree: ${jail} }\n`);
     const a = await startAgent('hup', policy);
@@ -289,11 +289,23 @@ describe.skipIf(!LSM)(lsmTitle('agent guard: pinned, adopted, reloaded'), { time
       expect(samples(text, 'chroot_guard_guard_generation').get('')).toBe(1);
       expect((await get(a.port, '/healthz')).status).toBe(200);
 
+      // A valid policy in a file any user may write: refused for the file, before the kernel.
       writeFileSync(policy, `mode: enforce\nrules:\n  - id: no-other\n    action: deny\n    match: { subtree: ${other} }\n`);
+      chmodSync(policy, 0o666);
+      a.signal('SIGHUP');
+      await until(() => guardRecords(a).filter((r) => r.event === 'rejected').length === 2, () => `no second rejected record; stderr:\n${a.stderr()}`);
+      const unsafe = guardRecords(a).filter((r) => r.event === 'rejected')[1]!;
+      expect(unsafe).toMatchObject({ policy, pinDir: PIN_DIR, generation: 1, policyMode: 'enforce', code: 'UNSAFE_POLICY_FILE' });
+      expect(unsafe.problems).toEqual([`${policy}: ${policy} (a file, owner uid 0, gid 0, mode 0666) is writable by its group and others: chmod go-w ${policy}`]);
+      expect(a.stderr()).toContain(`SIGHUP: ${policy} refused (UNSAFE_POLICY_FILE); the policy in force stays (generation 1)`);
+      expect(pinnedGuard({ dir: PIN_DIR })).toMatchObject({ generation: 1, ruleIds: ['no-jail'] });
+      chmodSync(policy, 0o644);
+
       a.signal('SIGHUP');
       await until(() => guardRecords(a).some((r) => r.event === 'reloaded'), () => `no reloaded record; stderr:\n${a.stderr()}`);
       expect(guardRecords(a).map((r) => [r.event, r.generation])).toEqual([
         ['pinned', 1],
+        ['rejected', 1],
         ['rejected', 1],
         ['reloaded', 2],
       ]);
@@ -305,7 +317,7 @@ describe.skipIf(!LSM)(lsmTitle('agent guard: pinned, adopted, reloaded'), { time
       expect(a.records().find((r) => r.type === 'decision' && r.pid === denied.pid)).toMatchObject({ ruleId: 'no-other', denied: true, generation: 2 });
       text = await scrape();
       expect(samples(text, 'chroot_guard_guard_generation').get('')).toBe(2);
-      expect(samples(text, 'chroot_guard_policy_load_failures_total').get('')).toBe(1);
+      expect(samples(text, 'chroot_guard_policy_load_failures_total').get('')).toBe(2);
       expect(samples(text, 'chroot_guard_decisions_total').get('{rule="no-other",action="deny"}')).toBe(1);
       // The earlier policy's rule stays a label: the one call it denied.
       expect(samples(text, 'chroot_guard_decisions_total').get('{rule="no-jail",action="deny"}')).toBe(1);

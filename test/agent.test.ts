@@ -359,7 +359,7 @@ describe('agent config and start-up errors', () => {
   it('checks the guard section\'s policy file as check does: unreadable at guard.policy, invalid with its own positions; relative to the config', () => {
     const missing = run('guard-missing', 'watch: { mode: auto }\nguard:\n  policy: no-such-policy.yaml\n', '--check-config');
     expect(missing.status).toBe(2);
-    expect(missing.stderr).toContain(`${missing.file}:3:11: cannot read the policy file: ENOENT: no such file or directory, open '${join(dir, 'no-such-policy.yaml')}'`);
+    expect(missing.stderr).toContain(`${missing.file}:3:11: cannot read the policy file: ENOENT: no such file or directory, lstat '${join(dir, 'no-such-policy.yaml')}'`);
     writeFileSync(join(dir, 'guard-policy.yaml'), 'mode: enforce\nrules:\n  - id: x\n    action: deny\n    match: { subtree: srv }\n');
     const bad = run('guard-bad', 'guard:\n  policy: guard-policy.yaml\n', '--check-config');
     expect(bad.status).toBe(2);

@@ -3,7 +3,7 @@
  * published schema, `chroot-guard check`, and the reference evaluator.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lchownSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,6 +28,7 @@ import {
   pathBytes,
   PolicyError,
   policySchema,
+  UnsafePolicyFileError,
   policyWarnings,
   validatePolicy,
   type ChrootEvent,
@@ -35,6 +36,8 @@ import {
 } from '../ts/index.js';
 import { native } from '../ts/native.js';
 import { firstInvalidUtf8 } from '../ts/utf8.js';
+import { AgentGuard } from '../ts/agent/guard.js';
+import type { GuardRecordFields } from '../ts/cli/records.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 const dir = fileURLToPath(new URL('./policies/', import.meta.url));
@@ -129,6 +132,13 @@ const GOOD = 'mode: enforce\nrules:\n  - id: jails\n    action: deny\n    match:
 
 /** `chroot-guard ARGS` (no privileges, no kernel needed for what these reach). */
 const cli = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000 });
+
+/**
+ * `chroot-guard ARGS` as root without capabilities: a policy that reached
+ * the loader would fail with EPERM (exit 4), on any host.
+ */
+const noCaps = (args: string[], cwd?: string) =>
+  spawnSync('setpriv', ['--bounding-set=-all', '--inh-caps=-all', process.execPath, CLI, ...args], { encoding: 'utf8', timeout: 30_000, ...(cwd ? { cwd } : {}) });
 
 /** A sparse 3 GiB file in the temp directory. */
 function hugeFile(): string {
@@ -312,12 +322,12 @@ describe('policy input: nothing unbounded is read or expanded', () => {
     const check = cli(['check', ...files]);
     expect(check.status).toBe(2);
     for (const f of files) expect(check.stderr).toContain(`${f}:`);
-    // enforce reads through the same loadPolicy: one of each kind (each Node start is slow in the VM).
-    for (const f of ['/dev/zero', files[2]!, `${dir}not-utf8.yaml`]) {
-      // Without capabilities: a policy that reached the loader would fail with EPERM (exit 4) instead.
-      const r = spawnSync('setpriv', ['--bounding-set=-all', '--inh-caps=-all', process.execPath, CLI, 'enforce', '--policy', f], { encoding: 'utf8', timeout: 30_000 });
+    // enforce reads through the same loadPolicy: one of each kind. /dev/zero
+    // (0666) is refused before it is read: anyone may write to it.
+    for (const [f, code] of [['/dev/zero', 'UNSAFE_POLICY_FILE'], [files[2]!, 'INVALID_POLICY'], [files[3]!, 'INVALID_POLICY'], [`${dir}not-utf8.yaml`, 'INVALID_POLICY']] as const) {
+      const r = noCaps(['enforce', '--policy', f]);
       expect(r.status, f).toBe(2);
-      expect(r.stderr, f).toMatch(/\(INVALID_POLICY\)/);
+      expect(r.stderr, f).toContain(`(${code})`);
       expect(r.stdout, f).toBe('');
     }
   }, 180_000);
@@ -388,6 +398,141 @@ const LIMITS: Array<{ what: string; limit: number; native: keyof ReturnType<Retu
   },
   { what: 'rule id length', limit: MAX_RULE_ID_BYTES, native: 'maxRuleIdBytes', policy: (n) => policyOf([{ id: 'i'.repeat(n), action: 'deny' }]), message: /must start with a letter or digit .* \(at most 64\)/ },
 ];
+
+describe('policy files to load must be ones only root can change (enforce, the agent\'s guard)', () => {
+  // Real files and owners (the tests run as root): a mkdtemp directory is
+  // root's, 0700, in sticky /tmp, so the good file's whole path is fine.
+  const base = realpathSync(mkdtempSync('/tmp/cg-trusted-'));
+  afterAll(() => rmSync(base, { recursive: true, force: true }));
+  const at = (...p: string[]) => join(base, ...p);
+  const good = at('good.yaml');
+  writeFileSync(good, GOOD, { mode: 0o644 });
+  const world = at('world.yaml');
+  writeFileSync(world, GOOD);
+  chmodSync(world, 0o666);
+  const nobody = at('nobody.yaml');
+  writeFileSync(nobody, GOOD, { mode: 0o644 });
+  chownSync(nobody, 65534, 65534);
+  mkdirSync(at('group-dir'), { mode: 0o755 });
+  chmodSync(at('group-dir'), 0o775);
+  writeFileSync(at('group-dir', 'p.yaml'), GOOD, { mode: 0o644 });
+  // A symbolic link to the good file, in a world-writable (not sticky) directory: anyone could replace it.
+  mkdirSync(at('open-dir'));
+  chmodSync(at('open-dir'), 0o777);
+  symlinkSync(good, at('open-dir', 'link.yaml'));
+  // A sticky world-writable directory, as /tmp: root's entries there are fine, another user's link is not.
+  mkdirSync(at('sticky'));
+  chmodSync(at('sticky'), 0o1777);
+  writeFileSync(at('sticky', 'ok.yaml'), GOOD, { mode: 0o644 });
+  symlinkSync(good, at('sticky', 'root-link.yaml'));
+  symlinkSync(good, at('sticky', 'their-link.yaml'));
+  lchownSync(at('sticky', 'their-link.yaml'), 65534, 65534);
+  // A sticky directory of another user: they may remove anything in it.
+  mkdirSync(at('their-sticky'));
+  chmodSync(at('their-sticky'), 0o1777);
+  chownSync(at('their-sticky'), 65534, 65534);
+  writeFileSync(at('their-sticky', 'p.yaml'), GOOD, { mode: 0o644 });
+  // A root-owned link in a good directory, relative, through `..`.
+  mkdirSync(at('links'));
+  symlinkSync('../good.yaml', at('links', 'rel.yaml'));
+
+  /** Each refused path, the component the message must name, and the fix it must give. */
+  const BAD: Array<[file: string, component: string, says: string, fix: string]> = [
+    [world, world, '(a file, owner uid 0, gid 0, mode 0666) is writable by its group and others', `chmod go-w ${world}`],
+    [nobody, nobody, '(a file, owner uid 65534, gid 65534, mode 0644) is owned by uid 65534, not root', `chown root: ${nobody}`],
+    [at('group-dir', 'p.yaml'), at('group-dir'), '(a directory, owner uid 0, gid 0, mode 0775) is writable by its group (gid 0)', `chmod go-w ${at('group-dir')}`],
+    [at('open-dir', 'link.yaml'), at('open-dir'), '(a directory, owner uid 0, gid 0, mode 0777) is writable by its group and others', `chmod go-w ${at('open-dir')}`],
+    [at('sticky', 'their-link.yaml'), at('sticky', 'their-link.yaml'), '(a symbolic link, owner uid 65534, gid 65534) is owned by uid 65534, not root', `chown -h root: ${at('sticky', 'their-link.yaml')}`],
+    [at('their-sticky', 'p.yaml'), at('their-sticky'), '(a directory, owner uid 65534, gid 65534, mode 1777) is owned by uid 65534, not root', `chown root: ${at('their-sticky')}`],
+  ];
+  const OK = [good, at('sticky', 'ok.yaml'), at('sticky', 'root-link.yaml'), at('links', 'rel.yaml')];
+
+  it('loadPolicy(file, { trusted: true }) refuses each with UNSAFE_POLICY_FILE naming the component, its owner and mode, and the fix', () => {
+    for (const [file, component, says, fix] of BAD) {
+      let err: unknown;
+      try {
+        loadPolicy(file, { trusted: true });
+      } catch (e) {
+        err = e;
+      }
+      expect(err, file).toBeInstanceOf(UnsafePolicyFileError);
+      const u = err as UnsafePolicyFileError;
+      expect(u.code).toBe('UNSAFE_POLICY_FILE');
+      expect(u.file).toBe(file);
+      expect(u.component, file).toBe(component);
+      expect(u.problem, file).toBe(`${component} ${says}: ${fix}`);
+      expect(u.message).toContain(`refusing the policy file ${file}: ${component} ${says}`);
+      // Without `trusted` (check, replay) every one of them reads.
+      expect(loadPolicy(file).rules[0]!.id).toBe('jails');
+    }
+    for (const file of OK) expect(loadPolicy(file, { trusted: true }).rules[0]!.id, file).toBe('jails');
+  });
+
+  it('the walk follows links itself and still reads: a missing file, a loop, a directory at the end are INVALID_POLICY as before', () => {
+    symlinkSync('loop-b', at('links', 'loop-a'));
+    symlinkSync('loop-a', at('links', 'loop-b'));
+    expect(policyError(() => loadPolicy(at('links', 'loop-a'), { trusted: true })).problems[0]!.message).toMatch(/^cannot read the policy file: more than 40 symbolic links on the way \(ELOOP\)$/);
+    expect(policyError(() => loadPolicy(at('missing.yaml'), { trusted: true })).problems[0]!.message).toMatch(/^cannot read the policy file: ENOENT/);
+    expect(policyError(() => loadPolicy(at('links'), { trusted: true })).problems[0]!.message).toBe('cannot read the policy file: it is a directory');
+    expect(policyError(() => loadPolicy(at('good.yaml', 'x'), { trusted: true })).problems[0]!.message).toMatch(/^cannot read the policy file: ENOTDIR/);
+  });
+
+  it('enforce and enforce --pin exit 2 with the message before anything is loaded; a good file reaches the loader; check reads them all', () => {
+    for (const [file, component, says, fix] of BAD.slice(0, 4)) {
+      for (const pin of [[], ['--pin', '--pin-dir', at('no-pin')]]) {
+        const r = noCaps(['enforce', '--policy', file, ...pin]);
+        expect(r.status, file).toBe(2);
+        expect(r.stdout).toBe('');
+        expect(r.stderr, file).toContain(`chroot-guard: error: refusing the policy file ${file}: ${component} ${says}: ${fix}; `);
+        expect(r.stderr).toContain('(UNSAFE_POLICY_FILE)');
+      }
+    }
+    // A good one passes the check and reaches the loader, which has no capabilities here: EPERM, exit 4.
+    for (const file of [good, at('sticky', 'root-link.yaml')]) expect(noCaps(['enforce', '--policy', file]).status, file).toBe(4);
+    // A relative path is walked from the working directory.
+    const rel = noCaps(['enforce', '--policy', 'p.yaml'], at('group-dir'));
+    expect(rel.status).toBe(2);
+    expect(rel.stderr).toContain(`refusing the policy file p.yaml: ${at('group-dir')} (a directory`);
+    const check = cli(['check', ...BAD.map(([f]) => f)]);
+    expect(check.stderr).toBe('');
+    expect(check.status).toBe(0);
+  }, 120_000);
+
+  it('agent --check-config reports a guard policy another user could change at guard.policy (exit 2)', () => {
+    const config = at('agent.yaml');
+    writeFileSync(config, `guard:\n  policy: ${world}\n`);
+    const r = cli(['agent', '--check-config', '--config', config]);
+    expect(r.status).toBe(2);
+    expect(r.stdout).toBe('');
+    expect(r.stderr.split('\n')).toEqual([
+      `${config}:2:11: ${world} (a file, owner uid 0, gid 0, mode 0666) is writable by its group and others: chmod go-w ${world}; a policy another user could change is not loaded (UNSAFE_POLICY_FILE)`,
+      'chroot-guard: error: invalid agent config (INVALID_CONFIG)',
+      '',
+    ]);
+    writeFileSync(config, `guard:\n  policy: ${good}\n`);
+    expect(cli(['agent', '--check-config', '--config', config]).status).toBe(0);
+  });
+
+  it("SIGHUP's decision (AgentGuard.reload): a file another user could change is rejected before the kernel, the policy in force stays", () => {
+    // The kernel half (a pinned guard keeping its generation) is agent-guard.test.ts's, in the VM;
+    // here the agent's reload runs up to where it would update the pinned guard, which it never reaches.
+    const heard: GuardRecordFields[] = [];
+    const hooks = { decision: () => {}, lost: () => {}, failed: () => {}, policy: (r: GuardRecordFields) => void heard.push(r) };
+    const AgentGuardOf = AgentGuard as unknown as new (file: string, dir: string, h: typeof hooks) => AgentGuard;
+    const pinDir = at('no-pin-here');
+    for (const [file, component] of BAD) {
+      heard.length = 0;
+      expect(new AgentGuardOf(file, pinDir, hooks).reload(), file).toBe(false);
+      expect(heard, file).toEqual([expect.objectContaining({ event: 'rejected', policy: file, code: 'UNSAFE_POLICY_FILE' })]);
+      expect(heard[0]!.problems, file).toEqual([expect.stringMatching(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: ${component.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} \\(`))]);
+    }
+    // A good file gets past the file check to the pinned guard, which is not there: rejected for that, not for the file.
+    heard.length = 0;
+    expect(new AgentGuardOf(good, pinDir, hooks).reload()).toBe(false);
+    expect(heard[0]!.code).not.toBe('UNSAFE_POLICY_FILE');
+    expect(heard[0]!.code).not.toBe('INVALID_POLICY');
+  });
+});
 
 describe('check and the loader agree on every limit (the Rust compiler through the internal compilePolicy(), no kernel)', () => {
   it('the TypeScript limits are the compiler\'s (policyLimits())', () => {

@@ -119,13 +119,22 @@ ${EXIT_HELP}`,
 program
   .command('enforce')
   .description('decide every chroot(2) by a policy with the BPF LSM hook lsm/path_chroot, and print each decision until Ctrl-C (needs root and a kernel running the BPF LSM)')
-  .requiredOption('--policy <file>', `policy file, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes (see policy.schema.json)`)
+  .requiredOption('--policy <file>', `policy file, YAML or JSON in UTF-8, at most ${MAX_POLICY_BYTES} bytes (see policy.schema.json); only root may be able to change it (see below)`)
   .option('--audit', 'deny nothing, report what would be denied; where the BPF LSM cannot run, audit from the watch probes instead')
   .option('--json', 'decisions as JSON lines')
   .option('--ring-buffer-bytes <n>', `kernel ring buffer size (power of two; default ${DEFAULT_RING_BUFFER_BYTES})`, integer('--ring-buffer-bytes', 4096, 1 << 30))
   .option('--pin', 'pin the guard in bpffs and exit: it keeps deciding after this process ends (see status, unload); if one is pinned already, or another enforce --pin pins one at the same time, replace its policy atomically')
   .addOption(pinDirOption())
-  .addHelpText('after', EXIT_HELP)
+  .addHelpText(
+    'after',
+    `
+The policy file is refused (UNSAFE_POLICY_FILE, exit 2, nothing loaded) when a user other
+than root could change it: the file, every directory above it and every symbolic link on
+the way must be owned by root and not writable by group or others (a sticky directory such
+as /tmp is fine for root's entries in it). The message names the component and the fix,
+e.g. chown root: FILE; chmod go-w FILE. check reads any file.
+${EXIT_HELP}`,
+  )
   .action(async (flags) => {
     process.exitCode = await (await import('./cli/enforce.js')).enforceCommand(flags);
   });
@@ -179,7 +188,9 @@ GET /healthz: 200 while the programs are attached and the reader runs (and with 
 the guard's reader runs and a guard is pinned), else 503.
 
 Guard (guard: policy FILE): the guard is pinned (as enforce --pin), a pinned one adopted.
-SIGHUP reads the policy again: a broken one is refused and the one in force stays.
+SIGHUP reads the policy again: a broken one, or a file a user other than root could change
+(UNSAFE_POLICY_FILE, as enforce; --check-config reports it too), is refused and the one in
+force stays.
 SIGTERM/SIGINT exit 0 and leave the guard pinned and deciding (chroot-guard unload removes it).
 ${EXIT_HELP}`,
   )

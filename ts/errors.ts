@@ -16,6 +16,7 @@ export const CHROOT_GUARD_ERROR_CODES = [
   'INVALID_ARGUMENT',
   'INVALID_POLICY',
   'INVALID_CONFIG',
+  'UNSAFE_POLICY_FILE',
   'LSM_UNAVAILABLE',
   'MOUNT_FAILED',
   'PIN_FAILED',
@@ -33,6 +34,9 @@ export const CHROOT_GUARD_ERROR_CODES = [
  * - `INVALID_ARGUMENT`: a bad option, detected when the function is called.
  * - `INVALID_POLICY`: a policy that does not parse or validate (see `PolicyError.problems`).
  * - `INVALID_CONFIG`: an agent configuration that does not parse or validate (see `ConfigError.problems`, the same shape).
+ * - `UNSAFE_POLICY_FILE`: a policy file about to be loaded into the kernel (`enforce`, the agent's guard) that a user other
+ *   than root could change: it, a directory above it or a symbolic link on the way is owned by another user or writable
+ *   by group or others (see `UnsafePolicyFileError`).
  * - `LSM_UNAVAILABLE`: the BPF LSM cannot run on this kernel (`doctor` says why).
  * - `MOUNT_FAILED`: tracefs or bpffs is missing and could not be mounted.
  * - `PIN_FAILED`: pinning a guard in bpffs, or reading, updating or removing a pinned one, failed.
@@ -48,7 +52,7 @@ export type ChrootGuardErrorCode = (typeof CHROOT_GUARD_ERROR_CODES)[number];
  * addon's `errorCodes()`, and a test holds the two lists equal).
  * @internal
  */
-export const TS_ONLY_ERROR_CODES: readonly ChrootGuardErrorCode[] = ['INVALID_POLICY', 'INVALID_CONFIG', 'NATIVE_UNAVAILABLE', 'INVALID_RECORDING'];
+export const TS_ONLY_ERROR_CODES: readonly ChrootGuardErrorCode[] = ['INVALID_POLICY', 'INVALID_CONFIG', 'UNSAFE_POLICY_FILE', 'NATIVE_UNAVAILABLE', 'INVALID_RECORDING'];
 
 /** Whether `code` is one of {@link CHROOT_GUARD_ERROR_CODES}. */
 export function isChrootGuardErrorCode(code: unknown): code is ChrootGuardErrorCode {
@@ -120,6 +124,8 @@ const REMEDIES: Record<ChrootGuardErrorCode, string> = {
   INVALID_ARGUMENT: 'fix the option named above',
   INVALID_POLICY: 'fix the policy at the positions above (`chroot-guard check FILE` validates without root)',
   INVALID_CONFIG: 'fix the agent config at the positions above (`chroot-guard agent --check-config --config FILE` validates without root; see agent.schema.json)',
+  UNSAFE_POLICY_FILE:
+    'a policy loaded into the kernel must be one only root can change: the file, every directory above it and every symbolic link on the way owned by root and not writable by group or others (a sticky directory such as /tmp excepted, holding root\'s entries); `chroot-guard check` reads any file',
   LSM_UNAVAILABLE:
     'enforcement needs a kernel that loads BPF LSM programs (CONFIG_BPF_LSM, bpf in the active LSM list via lsm=...,bpf, and no lockdown or platform policy refusing them: the reason above says which failed); `chroot-guard doctor` shows what this kernel allows, and `enforce --audit` reports would-be decisions from the watch probes instead',
   MOUNT_FAILED: 'mount it by hand, e.g. mount -t tracefs tracefs /sys/kernel/tracing',

@@ -30,7 +30,7 @@ export {
   type PinnedGuardStatus,
   type PinnedGuardUnload,
 } from './pinned.js';
-export { parsePolicy, loadPolicy, validatePolicy, policyWarnings, hostWarnings, policySchema } from './policy/validate.js';
+export { parsePolicy, loadPolicy, validatePolicy, policyWarnings, hostWarnings, policySchema, type LoadPolicyOptions } from './policy/validate.js';
 export { evaluatePolicy, policyContext, INITIAL_USER_NS, type PolicyContext, type FileIdentity, type Evaluation, type CallerFacts } from './policy/evaluate.js';
 export { readRecording, lsmDecides, type RecordingItem, type RecordingSource, type ReadRecordingOptions } from './recording.js';
 export { replayPolicy, replayContext, type ReplayContext, type ReplayOptions, type ReplaySummary, type RuleCount } from './policy/replay.js';
@@ -40,6 +40,7 @@ export {
   formatProblem,
   PolicyError,
   DocumentError,
+  UnsafePolicyFileError,
   MAX_RULES,
   MAX_PATHS,
   MAX_EXES,

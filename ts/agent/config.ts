@@ -9,7 +9,7 @@ import { createRequire } from 'node:module';
 import { dirname, resolve } from 'node:path';
 import type { ValidateFunction } from 'ajv';
 import { checkRingBufferBytes, type AttachMode } from '../errors.js';
-import { DocumentError, PolicyError, type PolicyProblem } from '../policy/types.js';
+import { DocumentError, PolicyError, UnsafePolicyFileError, type PolicyProblem } from '../policy/types.js';
 import { compileSchema, loadDocument, loadPolicy, type DocumentKind } from '../policy/validate.js';
 
 const require = createRequire(import.meta.url);
@@ -108,10 +108,17 @@ const agentConfig = (file: string): DocumentKind<AgentConfig> => ({
       // The policy is part of the config: one it cannot load is the
       // config's error, named at guard.policy, then each of the policy
       // file's own problems at its own position.
+      // Read as the agent reads it to load it (`trusted`): a file another
+      // user could change is refused here too, so that a config that
+      // passes --check-config (run as the agent's user) starts.
       const policy = guardPolicyFile(c.guard, file);
       try {
-        loadPolicy(policy);
+        loadPolicy(policy, { trusted: true });
       } catch (err) {
+        if (err instanceof UnsafePolicyFileError) {
+          out.push({ pointer: '/guard/policy', message: `${err.problem}; a policy another user could change is not loaded (UNSAFE_POLICY_FILE)` });
+          return out;
+        }
         if (!(err instanceof PolicyError)) throw err;
         const unreadable = err.problems.length === 1 && err.problems[0]!.line === undefined;
         out.push({
@@ -130,11 +137,14 @@ const agentConfig = (file: string): DocumentKind<AgentConfig> => ({
  * Reads, parses and validates an agent config file (YAML or JSON, UTF-8,
  * at most {@link MAX_CONFIG_BYTES}), with the policies' limits on the
  * document (nesting, repeated keys, aliases); with a `guard` section, its
- * policy file too, as `chroot-guard check` reads it.
+ * policy file too, as the agent reads it to load it: checked as
+ * `chroot-guard check` does, and refused when a user other than root (or
+ * this process's user) could change it (`loadPolicy`'s `trusted`).
  * @throws {ConfigError} `INVALID_CONFIG`, each problem with its line and
- * column; a guard policy that cannot be read is a problem at
- * `guard.policy`, one that does not validate is one there too, followed by
- * the policy's own problems at their positions in the policy file.
+ * column; a guard policy that cannot be read, or that another user could
+ * change, is a problem at `guard.policy`, one that does not validate is one
+ * there too, followed by the policy's own problems at their positions in
+ * the policy file.
  */
 export function loadAgentConfig(file: string): AgentConfig {
   return loadDocument(agentConfig(file), file);

@@ -8,9 +8,9 @@
  * decisions are read from the pinned ring buffer ({@link followPinnedGuard}),
  * so those made while no agent ran come first. SIGHUP ({@link AgentGuard.reload})
  * reads the policy file again: the update is whole or not at all (the
- * maps' two slots), and a policy that cannot be loaded leaves the one in
- * force as it is. Stopping only stops the reader: the guard stays pinned
- * until `chroot-guard unload`.
+ * maps' two slots), and a policy that cannot be loaded, or a file another
+ * user could change, leaves the one in force as it is. Stopping only stops
+ * the reader: the guard stays pinned until `chroot-guard unload`.
  * @internal
  * @module
  */
@@ -20,7 +20,7 @@ import { ChrootGuardError } from '../errors.js';
 import type { LostReport } from '../batch.js';
 import { DEFAULT_PIN_DIR } from '../defaults.js';
 import { followPinnedGuard, pinnedGuard, updatePinnedGuard } from '../pinned.js';
-import { DocumentError, formatProblem, type Policy } from '../policy/types.js';
+import { DocumentError, formatProblem, UnsafePolicyFileError, type Policy } from '../policy/types.js';
 import { loadPolicy } from '../policy/validate.js';
 import { pinOrAdopt } from '../cli/enforce.js';
 import type { GuardRecordFields } from '../cli/records.js';
@@ -57,13 +57,16 @@ export class AgentGuard {
    * decisions; resolves once both hold.
    * @throws {PolicyError} `INVALID_POLICY` when `file` is not a valid policy
    * (nothing loaded or changed).
+   * @throws {UnsafePolicyFileError} `UNSAFE_POLICY_FILE` when a user other
+   * than root could change `file` (`loadPolicy`'s `trusted`; nothing loaded
+   * or changed).
    * @throws {ChrootGuardError} As `enforce --pin` (`LSM_UNAVAILABLE`,
    * `EPERM`, `PIN_FAILED`, ...), and `PIN_FAILED` when another process
    * reads the pinned guard's decisions (`status --follow`, another agent):
    * an adopted guard's policy is then left as it was.
    */
   static async start(config: NonNullable<AgentConfig['guard']>, file: string, hooks: AgentGuardHooks): Promise<AgentGuard> {
-    const policy = loadPolicy(file);
+    const policy = loadPolicy(file, { trusted: true });
     const g = new AgentGuard(file, config.pinDir ?? DEFAULT_PIN_DIR, hooks);
     const dir = g.dir;
     try {
@@ -107,13 +110,16 @@ export class AgentGuard {
 
   /**
    * SIGHUP: reads the policy file again and puts it in force atomically
-   * (`reloaded`); when it cannot be read, validated or loaded, the policy
-   * in force stays and the hooks hear `rejected` with every problem.
+   * (`reloaded`); when it cannot be read, validated or loaded, or a user
+   * other than root could have changed it (`UNSAFE_POLICY_FILE`, judged on
+   * the descriptor it is read from, before anything reaches the kernel),
+   * the policy in force stays and the hooks hear `rejected` with every
+   * problem.
    * @returns Whether the new policy is in force.
    */
   reload(): boolean {
     try {
-      const policy = loadPolicy(this.file);
+      const policy = loadPolicy(this.file, { trusted: true });
       const info = updatePinnedGuard(policy, { dir: this.dir });
       this.report('reloaded', info.generation, policy);
       return true;
@@ -131,7 +137,12 @@ export class AgentGuard {
         generation: now?.generation ?? null,
         policyMode: now?.mode ?? null,
         code: err instanceof ChrootGuardError ? err.code : 'INTERNAL',
-        problems: err instanceof DocumentError ? err.problems.map(formatProblem) : [err instanceof Error ? err.message : String(err)],
+        problems:
+          err instanceof DocumentError
+            ? err.problems.map(formatProblem)
+            : err instanceof UnsafePolicyFileError
+              ? [formatProblem({ file: err.file, pointer: '', message: err.problem })]
+              : [err instanceof Error ? err.message : String(err)],
       });
       return false;
     }

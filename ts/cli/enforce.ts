@@ -81,11 +81,18 @@ interface EnforceFlags {
   pinDir: string;
 }
 
-/** `enforce --policy FILE [--audit] [--json] [--pin]`: runs until stopped, or pins and returns. */
+/**
+ * `enforce --policy FILE [--audit] [--json] [--pin]`: runs until stopped, or
+ * pins and returns. The file is read as `loadPolicy(file, { trusted: true })`:
+ * one another user could change is refused (`UNSAFE_POLICY_FILE`, exit 2)
+ * before the BPF LSM is tried.
+ */
 export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   let policy: Policy;
   try {
-    policy = loadPolicy(flags.policy);
+    // Before anything reaches the kernel (or asks whether it can): a
+    // policy another user could change is refused on any host.
+    policy = loadPolicy(flags.policy, { trusted: true });
   } catch (err) {
     return reportError(err);
   }

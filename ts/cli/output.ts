@@ -17,7 +17,7 @@ export const EXIT = {
   OK: 0,
   /** A failure not listed below. */
   FAILURE: 1,
-  /** Bad usage: unknown option, bad value. */
+  /** Bad usage: unknown option, bad value; an invalid policy or agent config, a policy file another user could change. */
   USAGE: 2,
   /** The kernel allows no usable attach mode, or the requested one is unavailable. */
   UNSUPPORTED: 3,
@@ -38,7 +38,8 @@ export const EXIT_HELP = `
 Exit codes:
   0  success; watch stopped by Ctrl-C (SIGINT) or SIGTERM
   1  failure (e.g. a program failed to load)
-  2  usage error, or an invalid policy or agent config file
+  2  usage error, an invalid policy or agent config file, or a policy file to load that a
+     user other than root could change (UNSAFE_POLICY_FILE)
   3  unsupported kernel: the requested --mode, or the BPF LSM (enforce), is unavailable here
   4  missing privileges: run as root, or with CAP_BPF and CAP_PERFMON
   5  demo: an expected event was not seen
@@ -63,6 +64,7 @@ export function exitCodeOf(err: unknown): number {
     case 'INVALID_ARGUMENT':
     case 'INVALID_POLICY':
     case 'INVALID_CONFIG':
+    case 'UNSAFE_POLICY_FILE':
       return EXIT.USAGE;
     case 'LSM_UNAVAILABLE':
       return EXIT.UNSUPPORTED;

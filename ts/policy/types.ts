@@ -182,6 +182,30 @@ export class PolicyError extends DocumentError {
   }
 }
 
+/**
+ * A policy file that a user other than root could change, refused where
+ * it would be loaded into the kernel (`enforce`, the agent's guard:
+ * `loadPolicy(file, { trusted: true })`); `code` is `UNSAFE_POLICY_FILE`.
+ * `message` names the file, the path component at fault with its owner and
+ * mode, and the commands that make it safe.
+ */
+export class UnsafePolicyFileError extends ChrootGuardError {
+  /** The file as it was named. */
+  readonly file: string;
+  /** The path component at fault: the file, a directory above it, or a symbolic link on the way (links followed). */
+  readonly component: string;
+  /** What is wrong with it and how to fix it, e.g. `/srv/p.yaml (a file, owner uid 0, gid 0, mode 0666) is writable by its group and others: chmod go-w /srv/p.yaml`. */
+  readonly problem: string;
+
+  constructor(file: string, component: string, problem: string) {
+    super('UNSAFE_POLICY_FILE', `refusing the policy file ${file}: ${problem}; any user who can change it could change the policy the guard enforces`);
+    this.name = 'UnsafePolicyFileError';
+    this.file = file;
+    this.component = component;
+    this.problem = problem;
+  }
+}
+
 /** `FILE:LINE:COL: message` (parts omitted when unknown). */
 export function formatProblem(p: PolicyProblem): string {
   const where = [p.file, p.line, p.column].filter((x) => x !== undefined).join(':');

@@ -5,7 +5,7 @@
  * warnings `check` gives about policies that are valid.
  * @module
  */
-import { closeSync, existsSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readSync, type Stats } from 'node:fs';
 import { createRequire } from 'node:module';
 import type { ErrorObject, ValidateFunction } from 'ajv';
 import type { Document, LineCounter, Node } from 'yaml';
@@ -31,6 +31,7 @@ import {
   type PolicyMatch,
   type PolicyProblem,
 } from './types.js';
+import { openTrustedFile } from './trusted-file.js';
 
 const require = createRequire(import.meta.url);
 
@@ -489,22 +490,29 @@ export function parseDocument<T>(kind: DocumentKind<T>, text: string, file?: str
  * then read up to one byte more than the limit, so nothing larger is ever
  * read whole. A regular file's size is checked before reading; a device
  * (`/dev/zero`) or a FIFO is read until end of file or the limit. Opening a
- * FIFO waits for a writer, as any reader does.
+ * FIFO waits for a writer, as any reader does. With `trusted`, opened by
+ * `openTrustedFile` (`trusted-file.ts`), which refuses a file another user
+ * could change before reading a byte of it.
  */
-function readDocumentFile(kind: DocumentKind<unknown>, file: string): Buffer {
+function readDocumentFile(kind: DocumentKind<unknown>, file: string, trusted = false): Buffer {
   const max = kind.maxBytes;
   const noun = kind.noun;
   let ours: ChrootGuardError | undefined;
   const fail = (message: string) => (ours = kind.error([{ file, pointer: '', message }]));
   const tooLarge = (size?: number) => fail(`the ${noun} file is larger than ${max} bytes, the most a ${noun} may be${size !== undefined ? ` (it is ${size} bytes)` : ''}`);
   let fd: number;
-  try {
-    fd = openSync(file, 'r');
-  } catch (err) {
-    throw fail(`cannot read the ${noun} file: ${(err as Error).message}`);
+  let st: Stats;
+  if (trusted) {
+    ({ fd, stat: st } = openTrustedFile(file, (message) => fail(`cannot read the ${noun} file: ${message}`)));
+  } else {
+    try {
+      fd = openSync(file, 'r');
+    } catch (err) {
+      throw fail(`cannot read the ${noun} file: ${(err as Error).message}`);
+    }
   }
   try {
-    const st = fstatSync(fd);
+    st ??= fstatSync(fd);
     if (st.isDirectory()) throw fail(`cannot read the ${noun} file: it is a directory`);
     if (st.isFile() && st.size > max) throw tooLarge(st.size);
     const buf = Buffer.allocUnsafe(max + 1);
@@ -519,6 +527,22 @@ function readDocumentFile(kind: DocumentKind<unknown>, file: string): Buffer {
   }
 }
 
+/** Options of {@link loadPolicy}. */
+export interface LoadPolicyOptions {
+  /**
+   * The policy is about to be loaded into the kernel as root: refuse a
+   * file that a user other than root (or this process's effective uid)
+   * could change, with `UNSAFE_POLICY_FILE`. The file, every directory on
+   * its path from `/` and every symbolic link on the way must be owned by
+   * root, and none writable by group or others (a sticky directory such as
+   * `/tmp` excepted for its root-owned entries); the file is opened once,
+   * judged on its descriptor and parsed from what that descriptor read.
+   * `enforce` and the agent's guard (and `agent --check-config`) read with
+   * it; `check` and `replay` do not. Default false.
+   */
+  readonly trusted?: boolean;
+}
+
 /**
  * Reads, parses and validates a policy file (YAML or JSON, UTF-8): at most
  * {@link MAX_POLICY_BYTES} are read (see that constant), bytes that are not
@@ -527,14 +551,16 @@ function readDocumentFile(kind: DocumentKind<unknown>, file: string): Buffer {
  * @throws {PolicyError} `INVALID_POLICY` for a file that cannot be read, is
  * a directory, is larger than the limit or is not UTF-8, and for every
  * problem {@link parsePolicy} finds.
+ * @throws {UnsafePolicyFileError} `UNSAFE_POLICY_FILE` with `trusted`, for
+ * a file another user could change (nothing of it is parsed).
  */
-export function loadPolicy(file: string): Policy {
-  return loadDocument(POLICY, file);
+export function loadPolicy(file: string, options: LoadPolicyOptions = {}): Policy {
+  return loadDocument(POLICY, file, options.trusted === true);
 }
 
-/** Reads, parses and validates a document file of `kind`, as {@link loadPolicy} does a policy file. @internal */
-export function loadDocument<T>(kind: DocumentKind<T>, file: string): T {
-  const bytes = readDocumentFile(kind as DocumentKind<unknown>, file);
+/** Reads, parses and validates a document file of `kind`, as {@link loadPolicy} does a policy file (`trusted` as its option). @internal */
+export function loadDocument<T>(kind: DocumentKind<T>, file: string, trusted = false): T {
+  const bytes = readDocumentFile(kind as DocumentKind<unknown>, file, trusted);
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);

@@ -1,0 +1,157 @@
+/**
+ * Policy files root may trust. `enforce` and the agent's guard load a
+ * policy into the kernel as root, so whoever can change the file, or
+ * rename an entry on the way to it, chooses what every chroot(2) of the
+ * host is allowed to do. The threat model is any local user: a file is
+ * trusted only when nobody but root (or the user this process runs as,
+ * who could load a policy anyway) can change what the path leads to.
+ * The rules are sshd's `StrictModes` and sudo's check of sudoers, with the
+ * sticky-directory exception of `/tmp`:
+ *
+ * - every component of the path, from `/` on (a relative path from the
+ *   working directory, whose own path is walked too), each directory, each
+ *   symbolic link and the file itself, is owned by root (or this process's
+ *   effective uid);
+ * - no directory on the way is writable by its group or by others, unless
+ *   it is sticky (`/tmp`): there only an entry's owner can rename or remove
+ *   it, and every entry used is root's by the first rule;
+ * - the file is not writable by its group or by others (an ACL granting
+ *   another user write shows as group write in the mode);
+ * - a symbolic link is followed by reading it (`readlink`) and walking its
+ *   target the same way: its own mode means nothing, its owner and its
+ *   directory do.
+ *
+ * Group write is refused even for gid 0: members of group root are users
+ * other than root.
+ *
+ * Race-free: each directory is judged before anything inside it is looked
+ * at, and a judged directory can only be changed by root; the file is
+ * judged with lstat before it is opened (so a FIFO or device of another
+ * user is never opened), opened without following a symbolic link, and
+ * judged again on the opened descriptor (fstat), which must be the inode
+ * that was judged; what is parsed is read from that descriptor.
+ * @internal
+ * @module
+ */
+import { closeSync, constants, fstatSync, lstatSync, openSync, readlinkSync, type Stats } from 'node:fs';
+import { UnsafePolicyFileError } from './types.js';
+
+/** Most symbolic links followed on one path: the kernel's MAXSYMLINKS. */
+const MAX_LINKS = 40;
+
+/** A file opened by {@link openTrustedFile}. */
+export interface TrustedFile {
+  /** The descriptor, open for reading; the caller closes it. */
+  readonly fd: number;
+  /** fstat of `fd`. */
+  readonly stat: Stats;
+  /** The file's path with every symbolic link resolved (absolute). */
+  readonly path: string;
+}
+
+/** `path` for a shell command line: as it is when it needs no quoting, else in single quotes. */
+function shellWord(path: string): string {
+  return /^[\w@%+=:,./-]+$/.test(path) ? path : `'${path.replace(/'/g, `'\\''`)}'`;
+}
+
+type Kind = 'directory' | 'symbolic link' | 'file';
+
+/**
+ * Why `st` (the component `path`, a `kind`) lets a user other than root
+ * change the file, with the commands that fix it; undefined when it does not.
+ */
+export function untrustedBecause(path: string, st: Stats, kind: Kind, euid: number = process.geteuid?.() ?? 0): string | undefined {
+  const wrong: string[] = [];
+  const fix: string[] = [];
+  if (st.uid !== 0 && st.uid !== euid) {
+    wrong.push(`is owned by uid ${st.uid}, ${euid === 0 ? 'not root' : `neither root nor uid ${euid} (this process)`}`);
+    fix.push(`chown ${kind === 'symbolic link' ? '-h ' : ''}root: ${shellWord(path)}`);
+  }
+  const write = st.mode & 0o022;
+  const sticky = kind === 'directory' && (st.mode & 0o1000) !== 0 // S_ISVTX, the sticky bit;
+  if (kind !== 'symbolic link' && write && !sticky) {
+    wrong.push(`is writable by ${write === 0o022 ? 'its group and others' : write & 0o020 ? `its group (gid ${st.gid})` : 'others'}`);
+    fix.push(`chmod go-w ${shellWord(path)}`);
+  }
+  if (!wrong.length) return undefined;
+  const mode = kind === 'symbolic link' ? '' : `, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}`;
+  return `${path} (a ${kind}, owner uid ${st.uid}, gid ${st.gid}${mode}) ${wrong.join(' and ')}: ${fix.join('; ')}`;
+}
+
+/**
+ * Opens `file` for reading if only root can change it (see the module's
+ * rules), walking its path from `/` and following symbolic links itself.
+ * @param cannotRead Makes the error for a path that cannot be walked or
+ * opened (missing, not a directory, a directory at the end, a loop of
+ * links), from the system's message.
+ * @throws {UnsafePolicyFileError} `UNSAFE_POLICY_FILE`, naming the first
+ * component at fault.
+ */
+export function openTrustedFile(file: string, cannotRead: (message: string) => Error): TrustedFile {
+  const euid = process.geteuid?.() ?? 0;
+  const judge = (path: string, st: Stats, kind: Kind) => {
+    const why = untrustedBecause(path, st, kind, euid);
+    if (why) throw new UnsafePolicyFileError(file, path, why);
+  };
+  const stat = (path: string): Stats => {
+    try {
+      return lstatSync(path);
+    } catch (err) {
+      throw cannotRead((err as Error).message);
+    }
+  };
+  const parts = (p: string) => p.split('/').filter((c) => c !== '' && c !== '.');
+  // The working directory's path is the kernel's (getcwd): no links in it.
+  const todo = parts(file.startsWith('/') ? file : `${process.cwd()}/${file}`);
+  let at = '/';
+  judge('/', stat('/'), 'directory');
+  let links = 0;
+  while (todo.length) {
+    const name = todo.shift()!;
+    if (name === '..') {
+      // `at` has no symbolic links: its parent by name is its parent.
+      at = at.slice(0, at.lastIndexOf('/')) || '/';
+      continue;
+    }
+    const path = at === '/' ? `/${name}` : `${at}/${name}`;
+    const st = stat(path);
+    if (st.isSymbolicLink()) {
+      judge(path, st, 'symbolic link');
+      if (++links > MAX_LINKS) throw cannotRead(`more than ${MAX_LINKS} symbolic links on the way (ELOOP)`);
+      let target: string;
+      try {
+        target = readlinkSync(path);
+      } catch (err) {
+        throw cannotRead((err as Error).message);
+      }
+      todo.unshift(...parts(target));
+      if (target.startsWith('/')) at = '/';
+      continue;
+    }
+    if (st.isDirectory()) {
+      judge(path, st, 'directory');
+      at = path;
+      continue;
+    }
+    if (todo.length) throw cannotRead(`ENOTDIR: not a directory, ${path}`);
+    judge(path, st, 'file');
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NOCTTY);
+    } catch (err) {
+      throw cannotRead((err as Error).message);
+    }
+    try {
+      const opened = fstatSync(fd);
+      // Only root can replace an entry of a judged directory: this holds
+      // unless root did so in between.
+      if (opened.dev !== st.dev || opened.ino !== st.ino) throw cannotRead(`${path} was replaced while it was opened`);
+      judge(path, opened, 'file');
+      return { fd, stat: opened, path };
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+  }
+  throw cannotRead('it is a directory');
+}
