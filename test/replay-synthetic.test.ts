@@ -11,7 +11,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
-import { chrootRecord, decisionRecord } from '../ts/cli/records.js';
+import { attachRecord, chrootRecord, decisionRecord, guardRecord, lostRecord } from '../ts/cli/records.js';
+import { NO_LOSS, type LossCounts, type LostReport } from '../ts/batch.js';
 import { decisionOf, type ChrootDecision } from '../ts/decision.js';
 import { displayBytes, type ChrootEvent } from '../ts/events.js';
 import { mergeRoots } from '../ts/policy/learn.js';
@@ -247,10 +248,105 @@ describe('learn', () => {
           }),
         );
         expect(denied.filter((line) => !mayBeDenied.has(line))).toEqual([]);
-        expect(learned.notAllowedCount).toBe(calls.filter((c) => c.exeFlag !== null && c.rootFlag !== null && !c.failed && !(c.record === 'decision' && c.denied)).length);
+        // From the first decision record on, the recording has a guard: its chroot records are skipped (each call once).
+        const guardFrom = calls.findIndex((c) => c.record === 'decision');
+        const skipped = (c: (typeof calls)[number], i: number) => guardFrom !== -1 && i > guardFrom && c.record === 'chroot';
+        expect(learned.skipped).toBe(calls.filter(skipped).length);
+        expect(learned.notAllowedCount).toBe(calls.filter((c, i) => c.exeFlag !== null && c.rootFlag !== null && !c.failed && !(c.record === 'decision' && c.denied) && !skipped(c, i)).length);
       }),
       { numRuns: 300 },
     );
+  });
+});
+
+describe('a recording with a guard (the agent\'s stream with guard:): each call once', () => {
+  // What the agent writes with a guard: the guard's attach (mode lsm) and guard records first,
+  // then the watch's attach; for each call the guard decided, a decision record (source lsm)
+  // AND the watch's chroot record, in either order; a call that failed before the LSM hook has
+  // a chroot record only; lost records name their reader. Before it, a watch recording the
+  // agent's stream was appended to: its chroot records are the only records of their calls.
+  const verdict = (e: ChrootEvent, action: 'allow' | 'deny', ruleId: string | null) =>
+    decisionOf(e, { action, ruleId, reason: ruleId === null ? 'default' : 'rule', error: null, initialNamespaces: true, denied: action === 'deny', policyMode: 'enforce', generation: 1, source: 'lsm' });
+  const loss = (n: Partial<LossCounts>): LostReport => ({ ...NO_LOSS, ...n, total: { ...NO_LOSS, ...n } });
+  // KINDS 0, 1 (builds), 2 (default), 3 (no-odd), 6 (ENOENT); as the recorded guard (under POLICY) decided them.
+  const guarded = [0, 1, 2, 3, 7, 8].map((i) => syntheticEvent(i));
+  const recorded = (e: ChrootEvent, i: number) => {
+    const k = KINDS[i % KINDS.length]!;
+    const allowed = k.rule === 'builds';
+    // The watch saw the denied calls fail with EPERM (tracepoint mode: no lsmRet).
+    const watched = allowed ? e : { ...e, ret: -1, errno: 'EPERM', lsmRet: null };
+    return { k, allowed, decision: decisionRecord(verdict(e, allowed ? 'allow' : 'deny', k.rule)), chroot: chrootRecord(watched) };
+  };
+  const lines = [
+    attachRecord(1n, { mode: 'tracepoint' }),
+    chrootRecord(syntheticEvent(0)),
+    chrootRecord(syntheticEvent(1)),
+    attachRecord(2n, { mode: 'lsm', generation: 1, policyMode: 'enforce' }),
+    guardRecord(3n, { event: 'pinned', policy: '/etc/chroot-guard/policy.yaml', pinDir: '/sys/fs/bpf/chroot-guard', generation: 1, policyMode: 'enforce', code: null, problems: [] }),
+    attachRecord(4n, { mode: 'tracepoint' }),
+    ...[0, 1, 2, 3, 7, 8].flatMap((i, j) => {
+      const r = recorded(guarded[j]!, i);
+      return j % 2 ? [r.chroot, r.decision] : [r.decision, r.chroot];
+    }),
+    // ENOENT: the guard never saw it (KIND 6).
+    chrootRecord(syntheticEvent(6)),
+    lostRecord(loss({}), 5n, 6n, 'watch'),
+    lostRecord(loss({}), 5n, 6n, 'guard'),
+  ];
+  const file = join(dir, 'agent-guard.ndjson');
+  writeFileSync(file, lines.join('\n') + '\n');
+
+  it('replay counts each call once: the decisions stand for the calls from the guard on, the chroot records there are skipped and counted as such', () => {
+    const policy = join(dir, 'guarded.yaml');
+    writeFileSync(policy, POLICY);
+    const r = spawnSync(process.execPath, [CLI, 'replay', '--json', '--policy', policy, file], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const out = ndjson(r.stdout);
+    const decisions = out.filter((x) => x.type === 'decision');
+    // The two calls of the earlier watch recording, then one per guarded call (KINDS 0, 1, 2, 3, 0, 1): never a call twice.
+    expect(decisions.map((d) => [d.pid, d.ruleId])).toEqual([
+      [1000, 'builds'], [1001, 'builds'],
+      [1000, 'builds'], [1001, 'builds'], [1002, null], [1003, 'no-odd'], [1007, 'builds'], [1008, 'builds'],
+    ]);
+    expect(out.at(-1)).toEqual({
+      type: 'summary', command: 'replay', policyMode: 'enforce',
+      lines: lines.length,
+      records: { attach: 3, chroot: 9, decision: 6, lost: 2, other: 1 },
+      malformed: 0,
+      decided: 8, undecided: 0, undecidedByErrno: {}, undecidable: 0,
+      skipped: 7,
+      actions: { allow: 6, deny: 2, audit: 0 },
+      unjudged: 0,
+      rules: [
+        { id: 'no-odd', action: 'deny', matched: 1 },
+        { id: 'builds', action: 'allow', matched: 6 },
+        { id: 'never', action: 'allow', matched: 0 },
+      ],
+      default: { action: 'deny', matched: 1 },
+      lost: { ...NO_LOSS },
+      complete: true,
+    });
+    const table = spawnSync(process.execPath, [CLI, 'replay', '--summary-only', '--policy', policy, file], { encoding: 'utf8' });
+    expect(table.stdout).toContain(`8 decided calls (9 chroot and 6 decision records, ${lines.length} lines): 6 allow, 2 deny\n7 chroot records not replayed: the recording has a guard, whose decision records stand for the same calls (each call counted once)\n`);
+    // Without a guard, every chroot record stands for its call, as before (the denied calls
+    // then look like calls that failed before the LSM hook: tracepoint mode has no lsmRet).
+    const watchOnly = join(dir, 'watch-only.ndjson');
+    writeFileSync(watchOnly, lines.filter((l) => !l.includes('"type":"decision"') && !l.includes('"mode":"lsm"')).join('\n') + '\n');
+    const plain = ndjson(spawnSync(process.execPath, [CLI, 'replay', '--json', '--summary-only', '--policy', policy, watchOnly], { encoding: 'utf8' }).stdout)[0]!;
+    expect(plain).toMatchObject({ records: { chroot: 9, decision: 0 }, skipped: 0, decided: 6, undecided: 3, undecidedByErrno: { EPERM: 2, ENOENT: 1 } });
+  });
+
+  it('learn learns each call once, by the same rule, and not the calls the guard denied', async () => {
+    const r = spawnSync(process.execPath, [CLI, 'learn', file], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stderr).toContain('learned 1 rule (enforce, default deny) from 6 calls');
+    expect(r.stderr).toContain('7 chroot records skipped: the recording has a guard, whose decision records stand for the same calls');
+    expect(r.stderr).toContain('2 calls the recorded guard denied are not allowed');
+    expect(r.stdout).toContain('# 7 chroot records skipped: the recording\'s guard decisions stand for the same calls (each call once).');
+    expect(r.stdout).toContain('# 6 calls by /usr/sbin/chroot as uid 0');
+    const { learnPolicy } = await import('../ts/policy/learn.js');
+    const learned = await learnPolicy(readRecording(file));
+    expect({ learned: learned.learned, skipped: learned.skipped, deniedInRecording: learned.deniedInRecording, undecided: learned.undecided }).toEqual({ learned: 6, skipped: 7, deniedInRecording: 2, undecided: 0 });
   });
 });
 
@@ -394,6 +490,7 @@ describe('a 1,000,000-event recording', () => {
       undecided: per((k) => k.root === null),
       undecidedByErrno: { ENOENT: per((k) => k.root === null) },
       undecidable: 0,
+      skipped: 0,
       actions: { allow: per((k) => k.rule === 'builds'), deny: decided - per((k) => k.rule === 'builds'), audit: 0 },
       unjudged: per((k) => k.unreachable === true),
       rules: [

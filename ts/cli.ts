@@ -224,7 +224,12 @@ program
 Decided calls are those a policy decides: chroot records of calls that succeeded or whose
 LSM result was seen (lsmRet), and decision records. Calls that failed before the LSM hook
 (ENOENT, ENOTDIR, permission checks; in tracepoint mode every failed call) are counted
-apart, by errno. Each decision is evaluatePolicy's, the reference the kernel program is held
+apart, by errno. Each call is counted once: in a recording with a guard (the agent's stream
+with guard:, or watch --json and enforce --json in one file), which holds a chroot record
+and a decision record for each call the guard decided, the decision records stand for the
+calls from the guard's first record on (an attach record of mode lsm, or a decision), and
+the chroot records after it are skipped and counted as such (skipped in the summary).
+Each decision is evaluatePolicy's, the reference the kernel program is held
 equal to. exe conditions match this host's file at that path by device and inode: a
 recording from another host, or from before the file was replaced, does not match them.
 attach, task and summary records are skipped; lost records are summed, and a recording
@@ -256,7 +261,9 @@ executable cannot be named (none, a memfd, deleted, outside its mount namespace,
 short) gets a rule without exe; one whose new root cannot be judged (unreachable, cut
 short) a rule without subtree, which lets that executable chroot anywhere as that uid
 (its comment says so); a call with neither is not allowed and named on stderr. Calls
-the recorded guard denied are not allowed. default: deny.
+the recorded guard denied are not allowed. default: deny. In a recording with a guard,
+its decision records stand for the calls and the chroot records after its first record are
+skipped, as replay does.
 ${EXIT_HELP}`,
   )
   .action(async (recording: string, flags) => {

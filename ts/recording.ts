@@ -52,6 +52,31 @@ export type RecordingItem =
   | { readonly kind: 'other'; readonly line: number; readonly type: string }
   | { readonly kind: 'malformed'; readonly line: number; readonly message: string };
 
+/**
+ * One record per call: which records of a recording stand for its calls,
+ * for `replay` and `learn`. A recording with a guard in it (the agent's
+ * stream with a `guard:` section; `watch --json` and `enforce --json`
+ * written to one file) holds, for each call the guard decided, a `chroot`
+ * record from the watch AND a `decision` record from the guard; counting
+ * both would count the call twice. From the point a guard shows up, the
+ * first `attach` record of mode `lsm` (which `enforce --json` and the
+ * agent's guard write before their first decision) or the first `decision`
+ * record, the decisions stand for the calls and every later `chroot` record
+ * is skipped, with the calls that failed before the LSM hook (which no
+ * policy decides, and no guard saw); `chroot` records before it (a watch
+ * recording a guard's was appended to) stand for their calls.
+ * @returns A test to apply to each item in recording order: true for a
+ * `chroot` record to skip.
+ * @internal
+ */
+export function skipsWatchRecords(): (item: RecordingItem) => boolean {
+  let guard = false;
+  return (item) => {
+    if ((item.kind === 'attach' && item.mode === 'lsm') || (item.kind === 'call' && item.record === 'decision')) guard = true;
+    return guard && item.kind === 'call' && item.record === 'chroot';
+  };
+}
+
 /** How many malformed (or otherwise reported) lines a summary lists by number; the rest are counted. */
 export const SAMPLE_LINES = 10;
 

@@ -75,6 +75,7 @@ function summaryText(s: ReplaySummary): string {
       `${s.policyMode === 'enforce' ? '' : ' (audit mode: none would fail)'}`,
   );
   if (s.undecided) lines.push(`${s.undecided} call${s.undecided === 1 ? '' : 's'} failed before the LSM hook, decided by no policy (${undecided})`);
+  if (s.skipped) lines.push(`${s.skipped} chroot record${s.skipped === 1 ? '' : 's'} not replayed: the recording has a guard, whose decision records stand for the same calls (each call counted once)`);
   if (s.undecidable) lines.push(`${s.undecidable} decision record${s.undecidable === 1 ? '' : 's'} made after an internal error carry no paths: not replayed`);
   if (s.unjudged) lines.push(`${s.unjudged} decision${s.unjudged === 1 ? '' : 's'} with a condition that could not be judged (held for deny rules only)`);
   const width = Math.max(9, ...s.rules.map((r) => r.id.length)) + 2;
@@ -185,6 +186,7 @@ export async function learnCommand(file: string, flags: LearnFlags): Promise<num
   process.stdout.write(learned.yaml);
   note(`learned ${learned.policy.rules.length} rule${learned.policy.rules.length === 1 ? '' : 's'} (${learned.policy.mode}, default deny) from ${learned.learned} call${learned.learned === 1 ? '' : 's'}${learned.undecided ? `; ${learned.undecided} failed before the LSM hook and need no rule` : ''}`);
   if (learned.deniedInRecording) note(`${learned.deniedInRecording} calls the recorded guard denied are not allowed`);
+  if (learned.skipped) note(`${learned.skipped} chroot record${learned.skipped === 1 ? '' : 's'} skipped: the recording has a guard, whose decision records stand for the same calls`);
   if (learned.undecidable) note(`${learned.undecidable} internal-error decision records carry no paths: not learned from`);
   for (const n of learned.notAllowed) note(`line ${n.line}: not allowed: ${n.reason}`);
   if (learned.notAllowedCount > learned.notAllowed.length) note(`${learned.notAllowedCount - learned.notAllowed.length} more calls not allowed`);

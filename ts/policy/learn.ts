@@ -17,7 +17,7 @@
 import { createRequire } from 'node:module';
 import { addLoss, NO_LOSS, type LossCounts } from '../batch.js';
 import { displayBytes } from '../events.js';
-import { SAMPLE_LINES, type RecordingItem } from '../recording.js';
+import { SAMPLE_LINES, skipsWatchRecords, type RecordingItem } from '../recording.js';
 import type { CallerFacts } from './evaluate.js';
 import { incomplete } from './replay.js';
 import { MAX_PATH_BYTES, PolicyError, type Policy, type PolicyRule } from './types.js';
@@ -64,6 +64,8 @@ export interface LearnedPolicy {
   readonly deniedInRecording: number;
   /** `internal-error` decision records: they carry no paths, so they cannot be learned from. */
   readonly undecidable: number;
+  /** `chroot` records not learned from because the recording's guard `decision` records stand for the same calls (as `replay` skips them: `skipsWatchRecords`). */
+  readonly skipped: number;
   /** Observed calls the policy does not allow (an executable and a root that cannot be named both): the first 10. */
   readonly notAllowed: readonly NotLearned[];
   /** How many such calls in all. */
@@ -207,7 +209,13 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
   let undecided = 0;
   let deniedInRecording = 0;
   let undecidable = 0;
+  let skipped = 0;
+  const skips = skipsWatchRecords();
   for await (const item of recording) {
+    if (skips(item)) {
+      skipped++;
+      continue;
+    }
     if (item.kind === 'malformed') {
       malformed++;
       if (malformedLines.length < SAMPLE_LINES) malformedLines.push({ line: item.line, reason: item.message });
@@ -333,6 +341,7 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
     ...(undecided ? [` ${plural(undecided, 'call')} failed before the LSM hook (no policy decides them).`] : []),
     ...(deniedInRecording ? [` ${plural(deniedInRecording, 'call')} the recorded guard denied: not allowed here.`] : []),
     ...(undecidable ? [` ${plural(undecidable, 'decision')} made after an internal error carry no paths: not learned from.`] : []),
+    ...(skipped ? [` ${plural(skipped, 'chroot record')} skipped: the recording's guard decisions stand for the same calls (each call once).`] : []),
     ...(notAllowedCount ? [` ${plural(notAllowedCount, 'call')} not allowed: neither the executable nor the new root can be named (first at line ${notAllowed[0]!.line}).`] : []),
     ...(complete ? [] : [` The recording is incomplete: the kernel did not deliver ${lost.ringBufferFull + lost.pendingFull + lost.kretprobeMissed} calls and ${lost.allowLost + lost.denyLost + lost.auditLost} decisions; what they were is not known.`]),
     ...(malformed ? [` ${plural(malformed, 'line')} of the recording could not be read (first at line ${malformedLines[0]!.line}).`] : []),
@@ -354,6 +363,7 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
     undecided,
     deniedInRecording,
     undecidable,
+    skipped,
     notAllowed,
     notAllowedCount,
     malformedLines,

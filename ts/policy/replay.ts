@@ -8,7 +8,7 @@
 import { addLoss, NO_LOSS, type LossCounts } from '../batch.js';
 import { decisionOf, type ChrootDecision } from '../decision.js';
 import { ChrootGuardError } from '../errors.js';
-import { SAMPLE_LINES, type RecordingItem } from '../recording.js';
+import { SAMPLE_LINES, skipsWatchRecords, type RecordingItem } from '../recording.js';
 import { evaluatePolicy, INITIAL_USER_NS, policyContext, type FileIdentity, type PolicyContext } from './evaluate.js';
 import { asList, type Policy, type PolicyAction } from './types.js';
 
@@ -79,6 +79,12 @@ export interface ReplaySummary {
   readonly undecidedByErrno: Readonly<Record<string, number>>;
   /** `decision` records of `internal-error` decisions: they carry no paths or namespaces, so they are not replayed. */
   readonly undecidable: number;
+  /**
+   * `chroot` records not replayed because the recording has a guard, whose
+   * `decision` records stand for the same calls (see `skipsWatchRecords`):
+   * each call is counted once. Counted in `records.chroot` too.
+   */
+  readonly skipped: number;
   /** Decided calls by action. */
   readonly actions: Readonly<Record<PolicyAction, number>>;
   /** Decisions in which a condition could not be judged (it held for deny rules only). */
@@ -121,9 +127,11 @@ export const incomplete = (l: LossCounts): boolean => l.ringBufferFull + l.pendi
  * a {@link ChrootDecision} with `source: 'replay'` (`denied` false:
  * nothing was returned to anyone; `wouldDeny` for a deny), handed to
  * `onDecision`, each session's calls judged by the initial mount namespace
- * its `attach` record names (see `recordedInitialMntNs`); calls that
- * failed before the LSM hook and `internal-error`
- * decision records are counted, not decided; attach, lost and other
+ * its `attach` record names (see `recordedInitialMntNs`); each call once:
+ * in a recording with a guard, its `decision` records stand for the calls
+ * and the watch's `chroot` records from there on are counted as `skipped`
+ * (`skipsWatchRecords`); calls that failed before the LSM hook and
+ * `internal-error` decision records are counted, not decided; attach, lost and other
  * records are counted; malformed lines are counted and handed to
  * `onMalformed`. Memory does not grow with the recording.
  * @returns the counts, per rule.
@@ -143,11 +151,18 @@ export async function replayPolicy(policy: Policy, recording: AsyncIterable<Reco
   let decided = 0;
   let undecided = 0;
   let undecidable = 0;
+  let skipped = 0;
   let unjudged = 0;
   let byDefault = 0;
   const mode = policy.mode;
+  const skips = skipsWatchRecords();
   for await (const item of recording) {
     lines = item.line;
+    if (skips(item)) {
+      records.chroot++;
+      skipped++;
+      continue;
+    }
     switch (item.kind) {
       case 'malformed':
         malformed++;
@@ -212,6 +227,7 @@ export async function replayPolicy(policy: Policy, recording: AsyncIterable<Reco
     undecided,
     undecidedByErrno,
     undecidable,
+    skipped,
     actions,
     unjudged,
     rules: policy.rules.map((r) => ({ id: r.id, action: r.action, matched: perRule.get(r.id)! })),
