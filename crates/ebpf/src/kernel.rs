@@ -97,20 +97,27 @@ pub fn current_task() -> *const u8 {
 }
 
 /// `current->comm`, NUL-padded to 16 bytes. The buffer starts as two
-/// zeroed words: aya's wrapper zeroes its byte array with the BPF target's
+/// zeroed words, stored one by one: aya's wrapper zeroes its byte array with the BPF target's
 /// `memset`, a loop storing one byte per turn, and the helper does not pad
 /// on every kernel (6.1's copies with `strscpy`, which leaves the bytes
 /// after the NUL as they were; the comm filter compares all 16).
 #[inline(always)]
 pub fn current_comm() -> Result<[u8; COMM_LEN], Error> {
-    let mut comm = [0u64; COMM_LEN / 8];
+    let mut comm = core::mem::MaybeUninit::<[u64; COMM_LEN / 8]>::uninit();
+    let words = comm.as_mut_ptr().cast::<u64>();
+    for i in 0..COMM_LEN / 8 {
+        // Volatile: a plain `[0u64; 2]` is folded into a `memset` call too.
+        // SAFETY: inside the two words.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
     // SAFETY: the helper writes at most COMM_LEN bytes to the buffer.
-    let r = unsafe { generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) };
+    let r = unsafe { generated::bpf_get_current_comm(words.cast(), COMM_LEN as u32) };
     if r < 0 {
         return Err(r);
     }
-    // SAFETY: two u64 are sixteen bytes, any value a valid byte array.
-    Ok(unsafe { core::mem::transmute::<[u64; COMM_LEN / 8], [u8; COMM_LEN]>(comm) })
+    // SAFETY: both words were written above; two u64 are sixteen bytes,
+    // any value a valid byte array.
+    Ok(unsafe { core::mem::transmute::<[u64; COMM_LEN / 8], [u8; COMM_LEN]>(comm.assume_init()) })
 }
 
 /// `task->real_parent`.
