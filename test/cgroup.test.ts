@@ -14,7 +14,7 @@ import { AgentMetrics, OTHER_CONTAINERS } from '../ts/agent/metrics.js';
 import { chrootRecord } from '../ts/cli/records.js';
 import type { ChrootEvent } from '../ts/events.js';
 import { decodeRecord } from '../ts/recording.js';
-import { record } from './helpers.js';
+import { cgroup2Mount, record } from './helpers.js';
 
 const ID = '3f4e5a6b7c8d9e0f'.repeat(4);
 const UID = '74c13223-5a00-11e9-b385-42010a80018d';
@@ -165,16 +165,6 @@ function sample(): ChrootEvent {
     resolvedPath: '/', resolvedPathBytes: b, resolvedPathTruncated: false, resolvedPathUnreachable: false, callerChrooted: false, escapesRoot: false, cwdOutsideRoot: false,
     ret: 0, errno: null, lsmRet: null, probe: 'tracepoint',
   };
-}
-
-/** The cgroup2 mount of the whole hierarchy in this mount namespace, or null. */
-function cgroup2Mount(): string | null {
-  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const [before, after] = line.split(' - ');
-    const f = before?.split(' ') ?? [];
-    if (after?.startsWith('cgroup2 ') && f[3] === '/') return f[4]!.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
-  }
-  return null;
 }
 
 const mount = process.getuid?.() === 0 ? cgroup2Mount() : null;

@@ -13,7 +13,7 @@
  * registry.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { get } from 'node:http';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -21,7 +21,7 @@ import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI } from './helpers.js';
+import { CLI, cgroup2Mount } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const KUBERNETES_VALIDATE = join(ROOT, '.cache/venv/bin/kubernetes-validate');
@@ -322,27 +322,74 @@ function syscallSet(entry: string, seen = new Set<string>()): Set<string> {
   return out;
 }
 
+/** A chroot(2) record of the agent's stdout, the fields this file reads. */
+interface ChrootLine { type: string; pid: number; cgroupLookup?: string; containerRuntime?: string | null; containerId?: string | null }
+
+const CG_MOUNT = process.getuid?.() === 0 ? cgroup2Mount() : null;
+/** A Docker container's id, for the cgroup the attributed call is made from. */
+const CONTAINER_ID = 'c0ffee'.padEnd(64, '0');
+
+/**
+ * A shell that moves itself into a cgroup named as Docker's systemd driver
+ * names a container's (`docker-ID.scope`, made under the cgroup2 mount and
+ * removed after), then execs chroot(8): its pid.
+ */
+function chrootFromContainer(): number {
+  const cg = `${CG_MOUNT}/chroot-guard-deploy-${process.pid}/docker-${CONTAINER_ID}.scope`;
+  mkdirSync(cg, { recursive: true });
+  try {
+    const r = spawnSync('sh', ['-c', 'echo 0 > "$1/cgroup.procs" && exec chroot / true', 'sh', cg], { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`chroot from ${cg}: ${r.stderr}`);
+    return r.pid!;
+  } finally {
+    // rmdir can race the exited shell's uncharge (EBUSY): a few tries.
+    for (const d of [cg, dirname(cg)]) {
+      for (let i = 0; ; i++) {
+        try {
+          rmdirSync(d);
+          break;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i > 200) throw err;
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+        }
+      }
+    }
+  }
+}
+
 /**
  * Runs the agent (the ConfigMap's config, listening on a free loopback port)
  * as root with only `caps` and no_new_privs, as the unit and the pod run it,
- * under strace when `trace` names a file. Resolves with its exit code after
- * /healthz answered (or it exited by itself) and a SIGTERM.
+ * under strace when `trace` names a file. Once /healthz answered, makes a
+ * chroot from a Docker-named cgroup (where there is a cgroup2 mount) and
+ * waits for its record. Resolves with the exit code after a SIGTERM (or its
+ * own exit), the health status and that record.
  */
-async function runWithCaps(caps: string[], trace?: string): Promise<{ code: number | null; health: number | null; stderr: string }> {
+async function runWithCaps(caps: string[], trace?: string): Promise<{ code: number | null; health: number | null; stderr: string; call: ChrootLine | null }> {
   const port = await freePort();
   const config = join(dir, `caps-${caps.join('-')}.yaml`);
   writeFileSync(config, configMapConfig().text.replace(/listen: .*/, `listen: "127.0.0.1:${port}"`));
   const agent = [process.execPath, CLI, 'agent', '--config', config];
   const command = ['setpriv', `--bounding-set=-all,${caps.map((c) => `+${c}`).join(',')}`, '--inh-caps=-all', '--no-new-privs', '--', ...(trace ? ['strace', '-f', '-qq', '-o', trace] : []), ...agent];
-  const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(command[0]!, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
+  let stdout = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
   // Its exit code: strace exits with the traced command's.
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
   let health: number | null = null;
+  let call: ChrootLine | null = null;
   const deadline = Date.now() + 60_000;
   while (child.exitCode === null && Date.now() < deadline && !stderr.includes('agent running')) await new Promise((r) => setTimeout(r, 100));
-  if (child.exitCode === null && stderr.includes('agent running')) health = await httpStatus(`http://127.0.0.1:${port}/healthz`);
+  if (child.exitCode === null && stderr.includes('agent running')) {
+    health = await httpStatus(`http://127.0.0.1:${port}/healthz`);
+    if (CG_MOUNT) {
+      const pid = chrootFromContainer();
+      const find = () => stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as ChrootLine).find((r) => r.type === 'chroot' && r.pid === pid) ?? null;
+      while (!(call = find()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    }
+  }
   // Under strace the agent is strace's child, and strace holds off SIGTERM
   // while it traces: the signal goes to the agent, as systemd and the
   // runtime send it.
@@ -353,7 +400,7 @@ async function runWithCaps(caps: string[], trace?: string): Promise<{ code: numb
     if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err; // it had exited already
   }
   const code = await exited;
-  return { code, health, stderr };
+  return { code, health, stderr, call };
 }
 
 describe('the capabilities and filters the examples grant are what the agent uses', () => {
@@ -362,8 +409,8 @@ describe('the capabilities and filters the examples grant are what the agent use
   const unitCaps = () => unitValues('CapabilityBoundingSet').flatMap((v) => v.split(/\s+/)).map(capName).sort();
   const podCaps = () => (agentContainer().securityContext.capabilities.add as string[]).map(capName).sort();
 
-  it('the unit and the pod grant the same two', () => {
-    expect(unitCaps()).toEqual(['bpf', 'perfmon']);
+  it('the unit and the pod grant the same three', () => {
+    expect(unitCaps()).toEqual(['bpf', 'dac_read_search', 'perfmon']);
     expect(podCaps()).toEqual(unitCaps());
     const sc = agentContainer().securityContext;
     expect(sc.capabilities.drop).toEqual(['ALL']);
@@ -371,17 +418,20 @@ describe('the capabilities and filters the examples grant are what the agent use
     expect(sc.allowPrivilegeEscalation).toBe(false);
   });
 
-  it('with only those (and no_new_privs) the agent attaches, is healthy and stops cleanly; its system calls and socket families are within the unit\'s filters', async () => {
+  it('with only those (and no_new_privs) the agent attaches, is healthy, names a container\'s chroot and stops cleanly; its system calls and socket families are within the unit\'s filters', async () => {
     const trace = join(dir, 'agent.strace');
     const r = await runWithCaps(unitCaps(), trace);
     expect(r.stderr).toMatch(/attached in \w+ mode/);
     expect(r.health).toBe(200);
+    if (CG_MOUNT) expect(r.call, r.stderr).toMatchObject({ cgroupLookup: 'found', containerRuntime: 'docker', containerId: CONTAINER_ID });
+    else console.log('no cgroup2 mount here: the container attribution under these capabilities is not checked');
     expect(r.code, r.stderr).toBe(0);
 
     const lines = readFileSync(trace, 'utf8').split('\n');
     const used = new Set(lines.map((l) => /^\d+\s+([a-z_0-9]+)\(/.exec(l)?.[1]).filter((s): s is string => !!s));
     expect(used).toContain('bpf');
     expect(used).toContain('perf_event_open');
+    if (CG_MOUNT) expect(used).toContain('open_by_handle_at');
     const allowed = new Set(unitValues('SystemCallFilter').flatMap((v) => v.split(/\s+/)).flatMap((e) => [...syscallSet(e)]));
     expect([...used].filter((s) => !allowed.has(s))).toEqual([]);
 
@@ -391,13 +441,17 @@ describe('the capabilities and filters the examples grant are what the agent use
     expect([...families].filter((f) => !allowedFamilies.includes(f))).toEqual([]);
   }, 120_000);
 
-  it('and each of the two is needed: without either the agent stops with exit 4 (missing privileges)', async () => {
-    for (const missing of unitCaps()) {
+  it('and each is needed: without CAP_BPF or CAP_PERFMON the agent stops with exit 4 (missing privileges); without CAP_DAC_READ_SEARCH it runs, but no container is named', async () => {
+    for (const missing of ['bpf', 'perfmon']) {
       const r = await runWithCaps(unitCaps().filter((c) => c !== missing));
       expect(r.code, r.stderr).toBe(4);
       expect(r.stderr).toMatch(new RegExp(`CAP_${missing.toUpperCase()}`));
     }
-  }, 60_000);
+    const r = await runWithCaps(unitCaps().filter((c) => c !== 'dac_read_search'));
+    expect(r.health).toBe(200);
+    if (CG_MOUNT) expect(r.call, r.stderr).toMatchObject({ cgroupLookup: 'failed', containerRuntime: null, containerId: null });
+    expect(r.code, r.stderr).toBe(0);
+  }, 120_000);
 });
 
 // ---- the Containerfile -----------------------------------------------------

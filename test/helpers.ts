@@ -269,3 +269,13 @@ export function ndjson(stdout: string): StreamRecord[] {
       return record;
     });
 }
+
+/** The cgroup2 mount of the whole hierarchy in this mount namespace, or null. */
+export function cgroup2Mount(): string | null {
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const [before, after] = line.split(' - ');
+    const f = before?.split(' ') ?? [];
+    if (after?.startsWith('cgroup2 ') && f[3] === '/') return f[4]!.replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  }
+  return null;
+}
