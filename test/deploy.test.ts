@@ -331,17 +331,15 @@ const CONTAINER_ID = 'c0ffee'.padEnd(64, '0');
 
 /**
  * A shell that moves itself into a cgroup named as Docker's systemd driver
- * names a container's (`docker-ID.scope`, made under the cgroup2 mount and
- * removed after), then execs chroot(8): its pid.
+ * names a container's (`docker-ID.scope`, made under the cgroup2 mount),
+ * then execs chroot(8): its pid, and the cgroup's removal, for once the
+ * call's record was read (the agent looks the cgroup up when it decodes the
+ * event: one removed before reads `removed`).
  */
-function chrootFromContainer(): number {
+function chrootFromContainer(): { pid: number; remove: () => void } {
   const cg = `${CG_MOUNT}/chroot-guard-deploy-${process.pid}/docker-${CONTAINER_ID}.scope`;
   mkdirSync(cg, { recursive: true });
-  try {
-    const r = spawnSync('sh', ['-c', 'echo 0 > "$1/cgroup.procs" && exec chroot / true', 'sh', cg], { encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`chroot from ${cg}: ${r.stderr}`);
-    return r.pid!;
-  } finally {
+  const remove = () => {
     // rmdir can race the exited shell's uncharge (EBUSY): a few tries.
     for (const d of [cg, dirname(cg)]) {
       for (let i = 0; ; i++) {
@@ -354,7 +352,13 @@ function chrootFromContainer(): number {
         }
       }
     }
+  };
+  const r = spawnSync('sh', ['-c', 'echo 0 > "$1/cgroup.procs" && exec chroot / true', 'sh', cg], { encoding: 'utf8' });
+  if (r.status !== 0) {
+    remove();
+    throw new Error(`chroot from ${cg}: ${r.stderr}`);
   }
+  return { pid: r.pid!, remove };
 }
 
 /**
@@ -385,9 +389,13 @@ async function runWithCaps(caps: string[], trace?: string): Promise<{ code: numb
   if (child.exitCode === null && stderr.includes('agent running')) {
     health = await httpStatus(`http://127.0.0.1:${port}/healthz`);
     if (CG_MOUNT) {
-      const pid = chrootFromContainer();
-      const find = () => stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as ChrootLine).find((r) => r.type === 'chroot' && r.pid === pid) ?? null;
-      while (!(call = find()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      const { pid, remove } = chrootFromContainer();
+      try {
+        const find = () => stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as ChrootLine).find((r) => r.type === 'chroot' && r.pid === pid) ?? null;
+        while (!(call = find()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+      } finally {
+        remove();
+      }
     }
   }
   // Under strace the agent is strace's child, and strace holds off SIGTERM
