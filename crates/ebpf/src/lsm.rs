@@ -344,8 +344,10 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     ev.policy_gen = header.generation;
     let comm = kernel::current_comm()?;
     let task = kernel::current_task();
-    let root = kernel::fs_root(task);
-    fill_identity(ev, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm, root);
+    // Read once, here: a task without a root cannot be judged, and a root
+    // kept as a Result across the walk costs the verifier states.
+    let root = kernel::fs_root(task)?;
+    fill_identity(ev, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm, Ok(root));
     // The argument as passed, from the syscall's saved user registers
     // (`bpf_task_pt_regs` wants the BTF-typed task pointer, 5.15+).
     // SAFETY: helpers without preconditions beyond a BTF task pointer.
@@ -358,7 +360,7 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
     // The escape facts: the hook's path against the caller's root and cwd,
     // which the call changes only after this hook allows it.
-    ev.flags |= kernel::root_facts(root?, (vfsmnt, dentry), kernel::fs_pwd(task));
+    ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), kernel::fs_pwd(task));
     let w = kernel::resolve_into(Scratch::PerThread, ev, vfsmnt, dentry)?;
     let path_known = w.complete;
     let (exact, subtree) = path_masks(slot, header.seed, w);
