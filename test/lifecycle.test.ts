@@ -45,7 +45,10 @@ describe('in a child process', () => {
     expect(r.stdout).toMatch(/^event \d+/);
   });
 
-  it('exits by itself when unsubscribed while still attaching (watch and guard)', () => {
+  // The child can exit only once the guard's load returns: a program in
+  // the verifier cannot be called back, and verifying the LSM program takes
+  // 20–30 s under the VM's TCG. The bound catches a child that never exits.
+  it('exits by itself when unsubscribed while still attaching (watch and guard)', { timeout: 200_000 }, () => {
     const r = node(`
       import { chrootWatch, chrootGuard } from ${JSON.stringify(DIST)};
       chrootWatch().subscribe().unsubscribe();
@@ -53,7 +56,7 @@ describe('in a child process', () => {
       g.ready.catch(() => {});
       g.stop();
       console.log('done');
-    `);
+    `, { timeoutMs: 180_000 });
     expect(r.signal).toBeNull(); // not killed by the timeout: nothing kept Node alive
     expect(r.code).toBe(0);
     expect(r.stdout.trim()).toBe('done');
