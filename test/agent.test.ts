@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, ndjson, sleep, TEST_MODE, type StreamRecord } from './helpers.js';
+import { freePort, get, samples } from './http.js';
 
 const PROMETHEUS = '/usr/bin/prometheus';
 /** The mode auto must pick here, when the run says (cargo xtask test does). */
@@ -24,18 +25,6 @@ beforeAll(() => {
   dir = mkdtempSync(join(tmpdir(), 'cg-agent-'));
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-/** A port nothing listens on now (the kernel's pick, released at once). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 /** A comm of our own (at most 15 bytes), so that the agent's filter passes only this test's calls. */
 const uniqueComm = (tag: string) => `cg-${tag}-${process.pid.toString(36).slice(-4)}${Math.floor(Math.random() * 36 ** 2).toString(36)}`.slice(0, 15);
@@ -94,23 +83,6 @@ async function startAgent(name: string, yaml: string): Promise<Agent> {
       return exited;
     },
   };
-}
-
-/** GET on 127.0.0.1; the status and body, or the connection error's code. */
-async function get(port: number, path: string): Promise<{ status: number; body: string } | { error: string }> {
-  try {
-    const r = await fetch(`http://127.0.0.1:${port}${path}`);
-    return { status: r.status, body: await r.text() };
-  } catch (err) {
-    return { error: String((err as { cause?: { code?: string } }).cause?.code ?? err) };
-  }
-}
-
-/** The value of each sample of `name` in a /metrics text, keyed by its labels as written (`{result="ok"}`, or `` without labels). */
-function samples(text: string, name: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const m of text.matchAll(new RegExp(`^${name}(\\{[^}]*\\})? (\\S+)$`, 'gm'))) out.set(m[1] ?? '', Number(m[2]));
-  return out;
 }
 
 /** Counts of each result in `results`. */

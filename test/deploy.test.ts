@@ -15,13 +15,13 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
 import { get } from 'node:http';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, cgroup2Mount } from './helpers.js';
+import { freePort } from './http.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const KUBERNETES_VALIDATE = join(ROOT, '.cache/venv/bin/kubernetes-validate');
@@ -292,17 +292,6 @@ describe('examples/systemd/chroot-guard-agent.service', () => {
 
 // ---- the granted capabilities and filters, for real -------------------------
 
-/** A port nothing listens on now. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 const httpStatus = (url: string) =>
   new Promise<number>((resolve, reject) => get(url, (res) => (res.resume(), resolve(res.statusCode!))).once('error', reject));
 
