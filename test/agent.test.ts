@@ -7,7 +7,7 @@
  * the session. Host only (test/QUARANTINE.md).
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -346,6 +346,48 @@ describe('agent config and start-up errors', () => {
     expect(pinDir.stderr).toContain(`${pinDir.file}:3:11: must match ^/; got "relative"`);
     writeFileSync(join(dir, 'guard-policy.yaml'), 'mode: audit\nrules: []\n');
     const ok = run('guard-ok', 'guard:\n  policy: guard-policy.yaml\n', '--check-config');
+    expect(ok.stderr).toBe('');
+    expect(ok.status).toBe(0);
+  });
+
+  // The agent runs as root: a config another user could change, or an
+  // output directory they could create names in, would let them choose
+  // what root writes where. Refused before anything is read or loaded.
+  it('refuses a config file another user could change, and an output directory others can write (sticky or not): exit 2', () => {
+    const write = (name: string) => {
+      const file = join(dir, `${name}.yaml`);
+      writeFileSync(file, 'watch: { mode: auto }\n');
+      return { file };
+    };
+    const loose = write('loose');
+    chmodSync(loose.file, 0o666);
+    for (const flags of [['--check-config'], []]) {
+      // Killed after 30 s: an agent that accepted the config would run on.
+      const r = spawnSync(process.execPath, [CLI, 'agent', '--config', loose.file, ...flags], { encoding: 'utf8', timeout: 30_000 });
+      expect(r.status).toBe(2);
+      expect(r.stderr).toContain(`${loose.file}: ${loose.file} (a file, owner uid 0, gid 0, mode 0666) is writable by its group and others: chmod go-w ${loose.file}; a config another user could change is not used`);
+      expect(r.stderr).toContain('INVALID_CONFIG');
+      expect(r.stderr).not.toContain('attached');
+    }
+    const theirs = write('theirs');
+    chownSync(theirs.file, 65534, 65534);
+    expect(spawnSync(process.execPath, [CLI, 'agent', '--config', theirs.file, '--check-config'], { encoding: 'utf8' }).stderr).toContain(`is owned by uid 65534, not root: chown root: ${theirs.file}`);
+
+    for (const mode of [0o777, 0o1777]) {
+      const out = join(dir, `out-${mode.toString(8)}`);
+      mkdirSync(out);
+      chmodSync(out, mode);
+      const r = run(`output-${mode.toString(8)}`, `output:\n  path: ${out}/events.ndjson\n`);
+      expect(r.status).toBe(2);
+      expect(r.stderr).toContain(`${r.file}:2:9: ${out} (a directory, owner uid 0, gid 0, mode ${mode.toString(8).padStart(4, '0')}) is writable by others: chmod o-w ${out}; the agent, running as root, writes files there`);
+      expect(r.stderr).not.toContain('attached');
+      expect(existsSync(join(out, 'events.ndjson'))).toBe(false);
+    }
+    // A group the administrator gave write (Ubuntu's /var/log is root:syslog 0775) is theirs to trust.
+    const group = join(dir, 'out-775');
+    mkdirSync(group);
+    chmodSync(group, 0o775);
+    const ok = run('output-775', `output:\n  path: ${group}/events.ndjson\n`, '--check-config');
     expect(ok.stderr).toBe('');
     expect(ok.status).toBe(0);
   });

@@ -13,7 +13,7 @@
  * registry.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync, chmodSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync, chmodSync, symlinkSync } from 'node:fs';
 import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
@@ -195,6 +195,40 @@ describe('examples/kubernetes/', () => {
     expect(r.stdout).toBe(`${file}: ok\n`);
   });
 
+  // The kubelet's layout of a ConfigMap volume (its atomic writer): the
+  // keys are links into a timestamped directory through `..data`, all root's,
+  // in a directory writable by all. The agent refuses a config there unless
+  // the directory is sticky (then only root's entries are used); mounted by
+  // subPath, the file sits in a directory the runtime made (0755).
+  it('the config as a ConfigMap volume lays it out: refused in a 0777 directory, read in a 1777 one and by subPath', () => {
+    const { text, key } = configMapConfig();
+    const check = (file: string) => spawnSync(process.execPath, [CLI, 'agent', '--check-config', '--config', file], { encoding: 'utf8' });
+    for (const mode of [0o777, 0o1777]) {
+      const volume = join(dir, `configmap-${mode.toString(8)}`);
+      const data = join(volume, '..2026_12_02_00_00_00.123456789');
+      mkdirSync(data, { recursive: true });
+      writeFileSync(join(data, key), text, { mode: 0o644 });
+      symlinkSync(basename(data), join(volume, '..data'));
+      symlinkSync(`..data/${key}`, join(volume, key));
+      chmodSync(volume, mode);
+      const r = check(join(volume, key));
+      if (mode === 0o777) {
+        expect(r.status).toBe(2);
+        expect(r.stderr).toContain(`${volume} (a directory, owner uid 0, gid 0, mode 0777) is writable by its group and others: chmod go-w ${volume}`);
+        expect(r.stderr).toContain('INVALID_CONFIG');
+      } else {
+        expect(r.stderr).toBe('');
+        expect(r.status).toBe(0);
+      }
+    }
+    const subPath = join(dir, 'subpath', 'etc', 'chroot-guard');
+    mkdirSync(subPath, { recursive: true, mode: 0o755 });
+    writeFileSync(join(subPath, key), text, { mode: 0o644 });
+    const r = check(join(subPath, key));
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+  });
+
   it("the container runs that config, and its port, probes and Service are the config's metrics port", async () => {
     const { text, key } = configMapConfig();
     const { parse } = await import('yaml');
@@ -211,7 +245,9 @@ describe('examples/kubernetes/', () => {
     const cm = find('ConfigMap');
     const volume = (pod.volumes as Obj[]).find((v) => v.configMap?.name === cm.metadata.name)!;
     const mount = (c.volumeMounts as Obj[]).find((m) => m.name === volume.name)!;
-    expect(c.args).toEqual(['agent', '--config', `${mount.mountPath}/${key}`]);
+    // The key alone (subPath), not the volume's world-writable directory.
+    expect(mount).toMatchObject({ subPath: key, readOnly: true });
+    expect(c.args).toEqual(['agent', '--config', mount.mountPath]);
     // The image's default command is the same.
     expect(containerfile().cmd).toEqual(c.args);
 
@@ -406,9 +442,11 @@ describe('the capabilities and filters the examples grant are what the agent use
   const unitCaps = () => unitValues('CapabilityBoundingSet').flatMap((v) => v.split(/\s+/)).map(capName).sort();
   const podCaps = () => (agentContainer().securityContext.capabilities.add as string[]).map(capName).sort();
 
-  it('the unit and the pod grant the same three', () => {
+  it('the unit, the pod and the Containerfile\'s docker run grant the same three', () => {
     expect(unitCaps()).toEqual(['bpf', 'dac_read_search', 'perfmon']);
     expect(podCaps()).toEqual(unitCaps());
+    const dockerRun = [...readFileSync(CONTAINERFILE, 'utf8').matchAll(/--cap-add=(\w+)/g)].map((m) => m[1]!.toLowerCase()).sort();
+    expect(dockerRun).toEqual(unitCaps());
     const sc = agentContainer().securityContext;
     expect(sc.capabilities.drop).toEqual(['ALL']);
     expect(sc.privileged).toBe(false);

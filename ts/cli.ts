@@ -187,6 +187,9 @@ chroot_guard_guard_generation, chroot_guard_policy_load_failures_total.
 GET /healthz: 200 while the programs are attached and the reader runs (and with guard:,
 the guard's reader runs and a guard is pinned), else 503.
 
+The config file, and the output file's directory, are refused (INVALID_CONFIG, exit 2) when a
+user other than root could change the config or create names in that directory.
+
 Guard (guard: policy FILE): the guard is pinned (as enforce --pin), a pinned one adopted.
 SIGHUP reads the policy again: a broken one, or a file a user other than root could change
 (UNSAFE_POLICY_FILE, as enforce; --check-config reports it too), is refused and the one in

@@ -10,6 +10,7 @@ import { dirname, resolve } from 'node:path';
 import type { ValidateFunction } from 'ajv';
 import { checkRingBufferBytes, type AttachMode } from '../errors.js';
 import { DocumentError, PolicyError, UnsafePolicyFileError, type PolicyProblem } from '../policy/types.js';
+import { checkTrustedDirectory } from '../policy/trusted-file.js';
 import { compileSchema, loadDocument, loadPolicy, type DocumentKind } from '../policy/validate.js';
 
 const require = createRequire(import.meta.url);
@@ -77,6 +78,9 @@ export class ConfigError extends DocumentError {
 
 let validator: ValidateFunction | undefined;
 
+/** A path {@link checkTrustedDirectory} could not walk to its end (missing, not a directory, a loop of links). */
+class Unwalkable extends Error {}
+
 /** The kind of document an agent config is; `file` is where it was read, for the policy file's relative path. */
 const agentConfig = (file: string): DocumentKind<AgentConfig> => ({
   noun: 'agent config',
@@ -101,6 +105,21 @@ const agentConfig = (file: string): DocumentKind<AgentConfig> => ({
     }
     if (c.output?.rotate && (c.output.path ?? '-') === '-') {
       out.push({ pointer: '/output/rotate', message: '"rotate" needs a file: set output.path to one (stdout cannot be rotated)' });
+    }
+    const output = c.output?.path ?? '-';
+    if (output !== '-') {
+      // The agent creates, appends to and rotates files there as root: a
+      // directory another user can write lets them plant a link or a file
+      // at those names first. A directory that does not exist yet is
+      // judged up to where it stops (only root can create it then); the
+      // agent's open reports it.
+      try {
+        checkTrustedDirectory(dirname(resolve(output)), (message) => new Unwalkable(message));
+      } catch (err) {
+        if (err instanceof UnsafePolicyFileError) {
+          out.push({ pointer: '/output/path', message: `${err.problem}; the agent, running as root, writes files there, and another user could choose what they are` });
+        } else if (!(err instanceof Unwalkable)) throw err;
+      }
     }
     const port = c.metrics ? Number(c.metrics.listen.slice(c.metrics.listen.lastIndexOf(':') + 1)) : 0;
     if (port > 65535) out.push({ pointer: '/metrics/listen', message: `port ${port} is above 65535` });
@@ -138,16 +157,25 @@ const agentConfig = (file: string): DocumentKind<AgentConfig> => ({
  * at most {@link MAX_CONFIG_BYTES}), with the policies' limits on the
  * document (nesting, repeated keys, aliases); with a `guard` section, its
  * policy file too, as the agent reads it to load it: checked as
- * `chroot-guard check` does, and refused when a user other than root (or
- * this process's user) could change it (`loadPolicy`'s `trusted`).
+ * `chroot-guard check` does. The agent runs as root, so the config file,
+ * the guard's policy file and the output file's directory are refused when
+ * a user other than root (or this process's user) could change them, by
+ * the rules of `trusted-file.ts` (the output directory not even sticky).
  * @throws {ConfigError} `INVALID_CONFIG`, each problem with its line and
- * column; a guard policy that cannot be read, or that another user could
- * change, is a problem at `guard.policy`, one that does not validate is one
- * there too, followed by the policy's own problems at their positions in
- * the policy file.
+ * column: a config file another user could change is one problem without
+ * a line (nothing of it is parsed); an output directory another user can
+ * write is one at `output.path`; a guard policy that cannot be read, or
+ * that another user could change, is one at `guard.policy`, one that does
+ * not validate is one there too, followed by the policy's own problems at
+ * their positions in the policy file.
  */
 export function loadAgentConfig(file: string): AgentConfig {
-  return loadDocument(agentConfig(file), file);
+  try {
+    return loadDocument(agentConfig(file), file, true);
+  } catch (err) {
+    if (!(err instanceof UnsafePolicyFileError)) throw err;
+    throw new ConfigError([{ file, pointer: '', message: `${err.problem}; a config another user could change is not used: it names the files the agent writes as root and the policy its guard enforces` }]);
+  }
 }
 
 /** The guard's policy file as a path to open: a relative `policy` is taken from the directory of the config file `configFile`. */

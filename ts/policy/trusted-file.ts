@@ -1,8 +1,10 @@
 /**
- * Policy files root may trust. `enforce` and the agent's guard load a
- * policy into the kernel as root, so whoever can change the file, or
+ * Files and directories root may trust. `enforce` and the agent's guard
+ * load a policy into the kernel as root, so whoever can change the file, or
  * rename an entry on the way to it, chooses what every chroot(2) of the
- * host is allowed to do. The threat model is any local user: a file is
+ * host is allowed to do; the agent's config names what it writes as root,
+ * and its output directory is where it creates files (see
+ * {@link checkTrustedDirectory} for that one's rules). The threat model is any local user: a file is
  * trusted only when nobody but root (or the user this process runs as,
  * who could load a policy anyway) can change what the path leads to.
  * The rules are sshd's `StrictModes` and sudo's check of sudoers, with the
@@ -57,42 +59,57 @@ function shellWord(path: string): string {
 type Kind = 'directory' | 'symbolic link' | 'file';
 
 /**
- * Why `st` (the component `path`, a `kind`) lets a user other than root
- * change the file, with the commands that fix it; undefined when it does not.
+ * Which writers a check refuses. Policy files: any but root (or this
+ * process's user), a sticky directory's creators included. An output
+ * directory ({@link checkTrustedDirectory}): its group is the administrator's choice
+ * (Debian and Ubuntu give /var/log to group adm or syslog, for the log
+ * daemons), so group write is allowed; others' write is not, and the
+ * directory the files are created in is not even sticky, since a sticky
+ * bit does not keep another user from creating a name first.
  */
-export function untrustedBecause(path: string, st: Stats, kind: Kind, euid: number = process.geteuid?.() ?? 0): string | undefined {
+export interface TrustRules {
+  /** Group write on a component is refused. */
+  readonly groupWrite: boolean;
+  /** A sticky directory's write bits are no fault (its entries are judged one by one). */
+  readonly stickyIsEnough: boolean;
+}
+
+/** The rules for a policy file and the path to it. */
+const POLICY_RULES: TrustRules = { groupWrite: true, stickyIsEnough: true };
+
+/**
+ * Why `st` (the component `path`, a `kind`) lets a user other than root
+ * change the file, by `rules`, with the commands that fix it; undefined
+ * when it does not.
+ */
+export function untrustedBecause(path: string, st: Stats, kind: Kind, euid: number = process.geteuid?.() ?? 0, rules: TrustRules = POLICY_RULES): string | undefined {
   const wrong: string[] = [];
   const fix: string[] = [];
   if (st.uid !== 0 && st.uid !== euid) {
     wrong.push(`is owned by uid ${st.uid}, ${euid === 0 ? 'not root' : `neither root nor uid ${euid} (this process)`}`);
     fix.push(`chown ${kind === 'symbolic link' ? '-h ' : ''}root: ${shellWord(path)}`);
   }
-  const write = st.mode & 0o022;
-  const sticky = kind === 'directory' && (st.mode & 0o1000) !== 0 // S_ISVTX, the sticky bit;
+  const write = st.mode & (rules.groupWrite ? 0o022 : 0o002);
+  const sticky = rules.stickyIsEnough && kind === 'directory' && (st.mode & 0o1000) !== 0; // S_ISVTX, the sticky bit
   if (kind !== 'symbolic link' && write && !sticky) {
     wrong.push(`is writable by ${write === 0o022 ? 'its group and others' : write & 0o020 ? `its group (gid ${st.gid})` : 'others'}`);
-    fix.push(`chmod go-w ${shellWord(path)}`);
+    fix.push(`chmod ${write === 0o002 ? 'o' : 'go'}-w ${shellWord(path)}`);
   }
   if (!wrong.length) return undefined;
   const mode = kind === 'symbolic link' ? '' : `, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}`;
   return `${path} (a ${kind}, owner uid ${st.uid}, gid ${st.gid}${mode}) ${wrong.join(' and ')}: ${fix.join('; ')}`;
 }
 
+/** How a walk judges a component; throws when another user could change it. */
+type Judge = (path: string, st: Stats, kind: Kind) => void;
+
 /**
- * Opens `file` for reading if only root can change it (see the module's
- * rules), walking its path from `/` and following symbolic links itself.
- * @param cannotRead Makes the error for a path that cannot be walked or
- * opened (missing, not a directory, a directory at the end, a loop of
- * links), from the system's message.
- * @throws {UnsafePolicyFileError} `UNSAFE_POLICY_FILE`, naming the first
- * component at fault.
+ * Walks `file` from `/` by the module's rules, following symbolic links
+ * itself and judging each component before anything inside it is looked
+ * at, up to the last one, which must be a `want`. Returns that one's path
+ * (links resolved) and lstat; a file is judged too, a directory is.
  */
-export function openTrustedFile(file: string, cannotRead: (message: string) => Error): TrustedFile {
-  const euid = process.geteuid?.() ?? 0;
-  const judge = (path: string, st: Stats, kind: Kind) => {
-    const why = untrustedBecause(path, st, kind, euid);
-    if (why) throw new UnsafePolicyFileError(file, path, why);
-  };
+function walk(file: string, want: 'file' | 'directory', judge: Judge, cannotRead: (message: string) => Error): { path: string; st: Stats } {
   const stat = (path: string): Stats => {
     try {
       return lstatSync(path);
@@ -104,13 +121,15 @@ export function openTrustedFile(file: string, cannotRead: (message: string) => E
   // The working directory's path is the kernel's (getcwd): no links in it.
   const todo = parts(file.startsWith('/') ? file : `${process.cwd()}/${file}`);
   let at = '/';
-  judge('/', stat('/'), 'directory');
+  let atStat = stat('/');
+  judge('/', atStat, 'directory');
   let links = 0;
   while (todo.length) {
     const name = todo.shift()!;
     if (name === '..') {
       // `at` has no symbolic links: its parent by name is its parent.
       at = at.slice(0, at.lastIndexOf('/')) || '/';
+      atStat = stat(at);
       continue;
     }
     const path = at === '/' ? `/${name}` : `${at}/${name}`;
@@ -125,33 +144,82 @@ export function openTrustedFile(file: string, cannotRead: (message: string) => E
         throw cannotRead((err as Error).message);
       }
       todo.unshift(...parts(target));
-      if (target.startsWith('/')) at = '/';
+      if (target.startsWith('/')) {
+        at = '/';
+        atStat = stat('/');
+      }
       continue;
     }
     if (st.isDirectory()) {
       judge(path, st, 'directory');
       at = path;
+      atStat = st;
       continue;
     }
-    if (todo.length) throw cannotRead(`ENOTDIR: not a directory, ${path}`);
+    if (todo.length || want === 'directory') throw cannotRead(`ENOTDIR: not a directory, ${path}`);
     judge(path, st, 'file');
-    let fd: number;
-    try {
-      fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NOCTTY);
-    } catch (err) {
-      throw cannotRead((err as Error).message);
-    }
-    try {
-      const opened = fstatSync(fd);
-      // Only root can replace an entry of a judged directory: this holds
-      // unless root did so in between.
-      if (opened.dev !== st.dev || opened.ino !== st.ino) throw cannotRead(`${path} was replaced while it was opened`);
-      judge(path, opened, 'file');
-      return { fd, stat: opened, path };
-    } catch (err) {
-      closeSync(fd);
-      throw err;
-    }
+    return { path, st };
   }
-  throw cannotRead('it is a directory');
+  if (want === 'file') throw cannotRead('it is a directory');
+  return { path: at, st: atStat };
+}
+
+/** A {@link Judge} by `rules` that throws {@link UnsafePolicyFileError} for `file`. */
+function judgeFor(file: string, rules: TrustRules): Judge {
+  const euid = process.geteuid?.() ?? 0;
+  return (path, st, kind) => {
+    const why = untrustedBecause(path, st, kind, euid, rules);
+    if (why) throw new UnsafePolicyFileError(file, path, why);
+  };
+}
+
+/**
+ * Opens `file` for reading if only root can change it (see the module's
+ * rules), walking its path from `/` and following symbolic links itself.
+ * @param cannotRead Makes the error for a path that cannot be walked or
+ * opened (missing, not a directory, a directory at the end, a loop of
+ * links), from the system's message.
+ * @throws {UnsafePolicyFileError} `UNSAFE_POLICY_FILE`, naming the first
+ * component at fault.
+ */
+export function openTrustedFile(file: string, cannotRead: (message: string) => Error): TrustedFile {
+  const judge = judgeFor(file, POLICY_RULES);
+  const { path, st } = walk(file, 'file', judge, cannotRead);
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NOCTTY);
+  } catch (err) {
+    throw cannotRead((err as Error).message);
+  }
+  try {
+    const opened = fstatSync(fd);
+    // Only root can replace an entry of a judged directory: this holds
+    // unless root did so in between.
+    if (opened.dev !== st.dev || opened.ino !== st.ino) throw cannotRead(`${path} was replaced while it was opened`);
+    judge(path, opened, 'file');
+    return { fd, stat: opened, path };
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+}
+
+/**
+ * Checks that no user but root (or this process's user), and members of a
+ * group the administrator gave write, can add, rename or remove entries of
+ * the directory `dir` or of a directory on the way to it (the module's
+ * walk by {@link TrustRules}' output rules; `dir` itself not writable by
+ * others even when sticky): for a directory root creates files in, so that
+ * no other user can plant a symbolic link or a file of their own at a name
+ * root then opens.
+ * @param cannotRead Makes the error for a path that cannot be walked
+ * (missing, not a directory, a loop of links), from the system's message.
+ * @returns The directory's path with every symbolic link resolved.
+ * @throws {UnsafePolicyFileError} `UNSAFE_POLICY_FILE` (`file` is `dir`),
+ * naming the first component at fault.
+ */
+export function checkTrustedDirectory(dir: string, cannotRead: (message: string) => Error): string {
+  const { path, st } = walk(dir, 'directory', judgeFor(dir, { groupWrite: false, stickyIsEnough: true }), cannotRead);
+  judgeFor(dir, { groupWrite: false, stickyIsEnough: false })(path, st, 'directory');
+  return path;
 }
