@@ -733,10 +733,16 @@ describe('evaluatePolicy (the reference for the kernel program)', () => {
     const file = join(dirTmp, 'p.yaml');
     writeFileSync(file, 'mode: enforce\nrules:\n  - id: tool\n    action: allow\n    match: { comm: debootstrap }\n  - id: gone\n    action: allow\n    match: { exe: [/bin/sh, /nonexistent/tool] }\n');
     const r = spawnSync(process.execPath, [CLI, 'check', file], { encoding: 'utf8' });
+    const json = spawnSync(process.execPath, [CLI, 'check', '--json', file], { encoding: 'utf8' });
     rmSync(dirTmp, { recursive: true });
     expect(r.status).toBe(0);
-    expect(r.stderr).toContain(`${file}: /rules/0/match/comm: warning: rule "tool" allows any caller whose comm matches`);
-    expect(r.stderr).toContain(`${file}: /rules/1/match/exe/1: warning: exe "/nonexistent/tool" does not exist on this host`);
-    expect(r.stderr).not.toContain('/rules/1/match/exe/0');
+    // At the value each names, as errors are: FILE:LINE:COL.
+    expect(r.stderr).toContain(`${file}:5:20: warning: rule "tool" allows any caller whose comm matches`);
+    expect(r.stderr).toContain(`${file}:8:29: warning: exe "/nonexistent/tool" does not exist on this host`);
+    expect(r.stderr.match(/warning:/g)).toHaveLength(2);
+    expect((JSON.parse(json.stdout) as Array<{ warnings: unknown[] }>)[0]!.warnings).toEqual([
+      expect.objectContaining({ file, line: 5, column: 20, pointer: '/rules/0/match/comm' }),
+      expect.objectContaining({ file, line: 8, column: 29, pointer: '/rules/1/match/exe/1' }),
+    ]);
   });
 });

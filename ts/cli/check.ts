@@ -5,8 +5,8 @@
  * @internal
  * @module
  */
-import { PolicyError } from '../policy/types.js';
-import { hostWarnings, loadPolicy, policyWarnings } from '../policy/validate.js';
+import { formatProblem, PolicyError } from '../policy/types.js';
+import { loadPolicyWithWarnings } from '../policy/validate.js';
 import { EXIT } from './output.js';
 
 /** `check FILE...`: validates without root. */
@@ -14,11 +14,10 @@ export function checkCommand(files: string[], flags: { json?: boolean }): number
   let bad = 0;
   const results = files.map((file) => {
     try {
-      const p = loadPolicy(file);
-      const warnings = [...policyWarnings(p), ...hostWarnings(p)].map((w) => ({ file, ...w }));
+      const { policy: p, warnings } = loadPolicyWithWarnings(file);
       if (!flags.json) {
         process.stdout.write(`${file}: ok (${p.mode}, ${p.rules.length} rule${p.rules.length === 1 ? '' : 's'}, default ${p.default ?? 'allow'})\n`);
-        for (const w of warnings) process.stderr.write(`${file}: ${w.pointer}: warning: ${w.message}\n`);
+        for (const w of warnings) process.stderr.write(`${formatProblem({ ...w, message: `warning: ${w.message}` })}\n`);
       }
       return { file, ok: true, problems: [], warnings };
     } catch (err) {

@@ -289,6 +289,8 @@ export interface DocumentKind<T> {
   readonly semantic?: (value: T) => Array<{ pointer: string; message: string } | (PolicyProblem & { readonly file: string })>;
   /** The error that carries the problems (code `INVALID_POLICY`, `INVALID_CONFIG`). */
   readonly error: (problems: PolicyProblem[]) => ChrootGuardError;
+  /** What a valid document may still get wrong (`check`'s warnings), at pointers of it. */
+  readonly warnings?: (value: T) => Array<{ pointer: string; message: string }>;
 }
 
 /** Compiles a draft-07 schema with ajv (loaded on first use), as policies are checked. @internal */
@@ -297,8 +299,12 @@ export function compileSchema(schema: object): ValidateFunction {
   return new Ajv({ allErrors: true, strict: false, verbose: true }).compile(schema);
 }
 
-/** Validates `value` as a document of `kind`; problems positioned in `doc` when given. @internal */
-export function checkDocument<T>(kind: DocumentKind<T>, value: unknown, file: string | undefined, doc?: Document, lc?: LineCounter): T {
+/**
+ * Validates `value` as a document of `kind`; problems positioned in `doc`
+ * when given. With `warnings`, the kind's warnings on a valid document are
+ * pushed to it, positioned the same way. @internal
+ */
+export function checkDocument<T>(kind: DocumentKind<T>, value: unknown, file: string | undefined, doc?: Document, lc?: LineCounter, warnings?: PolicyProblem[]): T {
   const where = (pointer: string, message: string, key?: string): PolicyProblem => ({
     ...(file !== undefined ? { file } : {}),
     ...position(doc, lc, pointer, key),
@@ -314,6 +320,7 @@ export function checkDocument<T>(kind: DocumentKind<T>, value: unknown, file: st
   if (!validate(value)) throw fail(schemaProblems(validate.errors ?? [], value, kind.noun).map((p) => where(p.pointer, p.message, p.key)));
   const semantic = kind.semantic?.(value as T) ?? [];
   if (semantic.length) throw fail(semantic.map((p) => ('file' in p ? p : where(p.pointer, p.message))));
+  if (warnings && kind.warnings) warnings.push(...kind.warnings(value as T).map((w) => where(w.pointer, w.message)));
   return value as T;
 }
 
@@ -330,6 +337,7 @@ const POLICY: DocumentKind<Policy> = {
     return json > MAX_POLICY_BYTES ? [{ pointer: '', message: `the policy is ${json} bytes as JSON (with YAML aliases expanded), larger than ${MAX_POLICY_BYTES}, the most a policy may be` }] : [];
   },
   error: (problems) => new PolicyError(problems),
+  warnings: (policy) => [...policyWarnings(policy), ...hostWarnings(policy)],
 };
 
 function check(value: unknown, file: string | undefined, doc?: Document, lc?: LineCounter): Policy {
@@ -445,7 +453,7 @@ export function parsePolicy(text: string, file?: string): Policy {
 }
 
 /** Parses and validates a document of `kind`, as {@link parsePolicy} does a policy. @internal */
-export function parseDocument<T>(kind: DocumentKind<T>, text: string, file?: string): T {
+export function parseDocument<T>(kind: DocumentKind<T>, text: string, file?: string, warnings?: PolicyProblem[]): T {
   const size = Buffer.byteLength(text);
   if (size > kind.maxBytes) {
     throw kind.error([{ ...(file !== undefined ? { file } : {}), pointer: '', message: `the ${kind.noun} is ${size} bytes, larger than ${kind.maxBytes}, the most a ${kind.noun} may be` }]);
@@ -482,7 +490,7 @@ export function parseDocument<T>(kind: DocumentKind<T>, text: string, file?: str
   } catch (err) {
     throw kind.error([problemAt(file, lineCounter, doc.contents?.range?.[0] ?? 0, `cannot be converted: ${(err as Error).message}`)]);
   }
-  return checkDocument(kind, value, file, doc, lineCounter);
+  return checkDocument(kind, value, file, doc, lineCounter, warnings);
 }
 
 /**
@@ -558,8 +566,12 @@ export function loadPolicy(file: string, options: LoadPolicyOptions = {}): Polic
   return loadDocument(POLICY, file, options.trusted === true);
 }
 
-/** Reads, parses and validates a document file of `kind`, as {@link loadPolicy} does a policy file (`trusted` as its option). @internal */
-export function loadDocument<T>(kind: DocumentKind<T>, file: string, trusted = false): T {
+/**
+ * Reads, parses and validates a document file of `kind`, as {@link loadPolicy}
+ * does a policy file (`trusted` as its option; `warnings` as
+ * {@link checkDocument}'s). @internal
+ */
+export function loadDocument<T>(kind: DocumentKind<T>, file: string, trusted = false, warnings?: PolicyProblem[]): T {
   const bytes = readDocumentFile(kind as DocumentKind<unknown>, file, trusted);
   let text: string;
   try {
@@ -574,5 +586,17 @@ export function loadDocument<T>(kind: DocumentKind<T>, file: string, trusted = f
     const seen = [...bytes.subarray(bad, bad + 4)].map((b) => `0x${b.toString(16).padStart(2, '0')}`).join(' ');
     throw kind.error([{ file, line, column, pointer: '', message: `not valid UTF-8: the bytes at offset ${bad} (${seen}) are not a character; ${kind.noun} files must be UTF-8` }]);
   }
-  return parseDocument(kind, text, file);
+  return parseDocument(kind, text, file, warnings);
+}
+
+/**
+ * `check`'s reading of a policy file: as {@link loadPolicy}, and what
+ * {@link policyWarnings} and {@link hostWarnings} find, each with the line
+ * and column of the value it names. @internal
+ * @throws {PolicyError} as {@link loadPolicy}.
+ */
+export function loadPolicyWithWarnings(file: string): { policy: Policy; warnings: PolicyProblem[] } {
+  const warnings: PolicyProblem[] = [];
+  const policy = loadDocument(POLICY, file, false, warnings);
+  return { policy, warnings };
 }
