@@ -58,6 +58,12 @@ const EXPECTED: Record<string, string> = {
   cgroupId: 'a cgroup id (a positive integer) or a list of them',
 };
 
+/** What a string a `pattern` of the agent config's schema refuses should be, by its key. */
+const PATTERN_EXPECTED: Record<string, string> = {
+  listen: 'HOST:PORT, e.g. 127.0.0.1:9641, [::1]:9641 or 0.0.0.0:9641 (a host name or IP address, a port)',
+  pinDir: 'an absolute path (a directory on bpffs)',
+};
+
 function describe(v: unknown): string {
   if (Array.isArray(v)) return 'a list';
   if (v === null) return 'null';
@@ -116,7 +122,12 @@ function schemaProblems(errors: readonly ErrorObject[], value: unknown, noun: st
         message = `${at === '' ? `the ${noun}` : `"${key}"`} must be ${(e.params as { type: string }).type === 'object' ? 'a map' : `of type ${(e.params as { type: string }).type}`}; got ${describe(got)}`;
         break;
       case 'pattern':
-        message = noun === 'policy' && at.endsWith('/id') ? `rule id ${describe(got)} must start with a letter or digit and use only letters, digits, '.', '_' and '-' (at most ${MAX_RULE_ID_BYTES})` : `must match ${(e.params as { pattern: string }).pattern}; got ${describe(got)}`;
+        message =
+          noun === 'policy' && at.endsWith('/id')
+            ? `rule id ${describe(got)} must start with a letter or digit and use only letters, digits, '.', '_' and '-' (at most ${MAX_RULE_ID_BYTES})`
+            : PATTERN_EXPECTED[key] !== undefined
+              ? `"${key}" must be ${PATTERN_EXPECTED[key]}; got ${describe(got)}`
+              : `must match ${(e.params as { pattern: string }).pattern}; got ${describe(got)}`;
         break;
       default:
         message = `"${key}" ${e.message ?? 'is invalid'}; got ${describe(got)}`;
