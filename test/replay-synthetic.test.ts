@@ -193,6 +193,22 @@ describe('learn', () => {
     expect(learned.yaml).toContain('/srv/builds # 50000 calls, 50000 roots merged');
   });
 
+  it('writes every rule\'s exe and paths as lists: a subtree rule, a chroot to / and a root with no path to judge', async () => {
+    const { learnPolicy } = await import('../ts/policy/learn.js');
+    const e = syntheticEvent(0);
+    const at = (root: string, extra: Partial<ChrootEvent> = {}) => ({ ...e, resolvedPathBytes: Buffer.from(root), resolvedPath: root, ...extra });
+    const events = [at('/srv/builds/1'), at('/'), at('/gone', { resolvedPathUnreachable: true })];
+    const items = async function* () {
+      for (const [i, event] of events.entries()) yield { kind: 'call', line: i + 1, record: 'chroot', decided: true, event } as RecordingItem;
+    };
+    const learned = await learnPolicy(items());
+    expect(learned.policy.rules.map((r) => [r.id, r.match])).toEqual([
+      ['chroot-uid0', { exe: ['/usr/sbin/chroot'], uid: 0, subtree: ['/srv/builds/1'] }],
+      ['chroot-uid0-slash', { exe: ['/usr/sbin/chroot'], uid: 0, path: ['/'] }],
+      ['chroot-uid0-any-root', { exe: ['/usr/sbin/chroot'], uid: 0 }],
+    ]);
+  });
+
   it('says what to do when what it learned is more than a policy holds', async () => {
     const { learnPolicy } = await import('../ts/policy/learn.js');
     const e = syntheticEvent(0);

@@ -317,11 +317,12 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
     });
   }
   for (const s of slashRules) {
-    rules.push({ id: ruleId(s.exe, s.uid, '-slash', taken), action: 'allow', match: { ...(s.exe === null ? {} : { exe: s.exe }), uid: s.uid, path: '/' } });
+    // Lists, as in every learned rule: an executable or a path added later is one more item.
+    rules.push({ id: ruleId(s.exe, s.uid, '-slash', taken), action: 'allow', match: { ...(s.exe === null ? {} : { exe: [s.exe] }), uid: s.uid, path: ['/'] } });
     comments.push({ rule: ` ${plural(s.calls, 'call')} to / itself by ${s.exe ?? 'any executable'} as uid ${s.uid}` });
   }
   for (const a of anyRootRules) {
-    rules.push({ id: ruleId(a.exe, a.uid, '-any-root', taken), action: 'allow', match: { exe: a.exe, uid: a.uid } });
+    rules.push({ id: ruleId(a.exe, a.uid, '-any-root', taken), action: 'allow', match: { exe: [a.exe], uid: a.uid } });
     comments.push({ rule: ` ${plural(a.calls, 'call')} by ${a.exe} as uid ${a.uid} into a root with no path to judge (unreachable from the caller's mount namespace, or cut short): this rule lets it chroot anywhere as that uid; narrow or delete it` });
   }
   let policy: Policy;
