@@ -255,7 +255,7 @@ describe('learn and replay on real recordings', () => {
     const rules = parsePolicy(learned.stdout).rules.filter((x) => [x.match?.exe].flat().includes(caller));
     expect(rules.map((x) => x.match)).toEqual([
       { exe: [caller], uid: 0, subtree: [`${base}/jail/a`] },
-      { exe: caller, uid: 0, path: '/' },
+      { exe: [caller], uid: 0, path: ['/'] },
     ]);
   });
 });
