@@ -7,16 +7,18 @@
  * the session. Host only (test/QUARANTINE.md).
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, ndjson, sleep, TEST_MODE, type StreamRecord } from './helpers.js';
 import { freePort, get, samples } from './http.js';
 
 const PROMETHEUS = '/usr/bin/prometheus';
+/** The remedy for a shared output directory, as the agent words it. */
+const FIX = 'put the output in a directory only root can write, e.g. install -d -m 0700 /var/log/chroot-guard';
 /** The mode auto must pick here, when the run says (cargo xtask test does). */
 const EXPECTED_MODE = TEST_MODE === 'auto' ? process.env.CG_EXPECT_AUTO_MODE : TEST_MODE;
 
@@ -373,23 +375,70 @@ describe('agent config and start-up errors', () => {
     chownSync(theirs.file, 65534, 65534);
     expect(spawnSync(process.execPath, [CLI, 'agent', '--config', theirs.file, '--check-config'], { encoding: 'utf8' }).stderr).toContain(`is owned by uid 65534, not root: chown root: ${theirs.file}`);
 
-    for (const mode of [0o777, 0o1777]) {
+    // Others' write, sticky or not, and group write on the directory the
+    // files are made in: each of them can create a name there first.
+    for (const [mode, fault] of [
+      [0o777, 'its group and others: chmod go-w OUT'],
+      [0o1777, `its group and others: ${FIX}`],
+      [0o775, `its group (gid 0): ${FIX}`],
+    ] as const) {
       const out = join(dir, `out-${mode.toString(8)}`);
       mkdirSync(out);
       chmodSync(out, mode);
       const r = run(`output-${mode.toString(8)}`, `output:\n  path: ${out}/events.ndjson\n`);
       expect(r.status).toBe(2);
-      expect(r.stderr).toContain(`${r.file}:2:9: ${out} (a directory, owner uid 0, gid 0, mode ${mode.toString(8).padStart(4, '0')}) is writable by others: chmod o-w ${out}; the agent, running as root, writes files there`);
+      expect(r.stderr).toContain(`${r.file}:2:9: ${out} (a directory, owner uid 0, gid 0, mode ${mode.toString(8).padStart(4, '0')}) is writable by ${fault.replace('OUT', out)}; the agent, running as root, writes files there`);
       expect(r.stderr).not.toContain('attached');
       expect(existsSync(join(out, 'events.ndjson'))).toBe(false);
     }
-    // A group the administrator gave write (Ubuntu's /var/log is root:syslog 0775) is theirs to trust.
-    const group = join(dir, 'out-775');
-    mkdirSync(group);
-    chmodSync(group, 0o775);
-    const ok = run('output-775', `output:\n  path: ${group}/events.ndjson\n`, '--check-config');
+    // On the way, a group the administrator gave write (Ubuntu's /var/log
+    // is root:syslog 0775) is theirs to trust.
+    const group = join(dir, 'out-775', 'own');
+    mkdirSync(group, { mode: 0o700 });
+    const ok = run('output-775-own', `output:\n  path: ${group}/events.ndjson\n`, '--check-config');
     expect(ok.stderr).toBe('');
     expect(ok.status).toBe(0);
+  });
+
+  // What a user could have left at the file's name before the directory
+  // was made root's: never written through, with and without rotation.
+  it('refuses an output file that is a symbolic link, a FIFO, another user\'s, or hard-linked: exit 2, nothing written', () => {
+    const out = join(dir, 'planted');
+    mkdirSync(out, { mode: 0o700 });
+    const victim = join(dir, 'victim');
+    writeFileSync(victim, 'untouched\n', { mode: 0o600 });
+    const cases: Array<[string, (file: string) => void, string]> = [
+      ['link', (f) => symlinkSync(victim, f), 'is a symbolic link: remove it'],
+      ['fifo', (f) => execFileSync('mkfifo', [f]), 'is not a regular file: remove it'],
+      ['theirs', (f) => (writeFileSync(f, ''), chownSync(f, 65534, 65534)), 'is owned by uid 65534: remove it'],
+      ['hardlink', (f) => linkSync(victim, f), 'hard links, and another may be a name some other user reads'], // the victim's and each planted name,
+      ['loose', (f) => writeFileSync(f, '', { mode: 0o666 }), `(mode 0666) is writable by its group or others: chmod go-w`],
+    ];
+    for (const rotate of [false, true]) {
+      for (const [name, plant, fault] of cases) {
+        const file = join(out, `${name}-${rotate}.ndjson`);
+        plant(file);
+        if (name === 'loose') chmodSync(file, 0o666);
+        const r = run(`planted-${name}-${rotate}`, `output:\n  path: ${file}\n${rotate ? '  rotate: { maxBytes: 4096 }\n' : ''}`);
+        expect(r.status, `${name} rotate=${rotate}: ${r.stderr}`).toBe(2);
+        expect(r.stderr).toContain(`error: ${file} `);
+        expect(r.stderr).toContain(fault);
+        expect(r.stderr).toContain('(INVALID_CONFIG)');
+        expect(r.stderr).not.toContain('attached');
+        expect(readFileSync(victim, 'utf8')).toBe('untouched\n');
+      }
+    }
+  });
+
+  it('creates a missing output directory 0700 and the file 0640', async () => {
+    const out = join(dir, 'made', 'here');
+    mkdirSync(dirname(out));
+    const file = join(out, 'events.ndjson');
+    const agent = await startAgent('made', `watch: { mode: ${TEST_MODE} }\noutput: { path: ${file} }\n`);
+    expect(await agent.stop()).toBe(0);
+    expect(statSync(out).mode & 0o7777).toBe(0o700);
+    expect(statSync(file).mode & 0o7777).toBe(0o640);
+    expect(ndjson(readFileSync(file, 'utf8'))[0]?.type).toBe('attach');
   });
 
   it('a port already taken: exit 1, naming it, before anything is loaded', async () => {

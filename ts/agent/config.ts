@@ -21,6 +21,12 @@ export const agentSchema: Record<string, unknown> = require('chroot-guard/agent.
 /** Largest config file, in bytes: a config is a few lines. */
 export const MAX_CONFIG_BYTES = 64 * 1024;
 
+/** The directory the README and the examples give the agent's output: root's alone (0700). */
+export const OUTPUT_DIR_EXAMPLE = '/var/log/chroot-guard';
+
+/** The remedy for an output file in a shared directory (`/tmp`, a group-writable `/var/log`). */
+export const OUTPUT_DIR_FIX = `put the output in a directory only root can write, e.g. install -d -m 0700 ${OUTPUT_DIR_EXAMPLE}`;
+
 /** Rotated files kept when `output.rotate.keep` is not given. */
 export const DEFAULT_KEEP = 5;
 
@@ -110,11 +116,11 @@ const agentConfig = (file: string): DocumentKind<AgentConfig> => ({
     if (output !== '-') {
       // The agent creates, appends to and rotates files there as root: a
       // directory another user can write lets them plant a link or a file
-      // at those names first. A directory that does not exist yet is
-      // judged up to where it stops (only root can create it then); the
-      // agent's open reports it.
+      // at those names first. One that does not exist yet is fine when its
+      // parent is (the agent creates it, 0700); a path that cannot be
+      // walked is the agent's open to report.
       try {
-        checkTrustedDirectory(dirname(resolve(output)), (message) => new Unwalkable(message));
+        checkTrustedDirectory(dirname(resolve(output)), (message) => new Unwalkable(message), OUTPUT_DIR_FIX, { missing: 'allow' });
       } catch (err) {
         if (err instanceof UnsafePolicyFileError) {
           out.push({ pointer: '/output/path', message: `${err.problem}; the agent, running as root, writes files there, and another user could choose what they are` });
@@ -160,7 +166,8 @@ const agentConfig = (file: string): DocumentKind<AgentConfig> => ({
  * `chroot-guard check` does. The agent runs as root, so the config file,
  * the guard's policy file and the output file's directory are refused when
  * a user other than root (or this process's user) could change them, by
- * the rules of `trusted-file.ts` (the output directory not even sticky).
+ * the rules of `trusted-file.ts` (the output directory itself root's
+ * alone: not group-writable, not even sticky).
  * @throws {ConfigError} `INVALID_CONFIG`, each problem with its line and
  * column: a config file another user could change is one problem without
  * a line (nothing of it is parsed); an output directory another user can

@@ -17,6 +17,7 @@ import { watchSessionOptions } from '../watch-options.js';
 import { ConfigError, guardPolicyFile, loadAgentConfig, splitListen, type AgentConfig } from '../agent/config.js';
 import type { AgentGuard } from '../agent/guard.js';
 import type { MetricsServer } from '../agent/server.js';
+import type { Sink } from '../agent/sink.js';
 import type { ChrootDecision } from '../decision.js';
 import { EXIT, describeAttach, describeLost, note, reportError } from './output.js';
 import { DecisionPrinter, EventPrinter, onStdoutGone } from './printer.js';
@@ -44,7 +45,8 @@ function readConfig(file: string): AgentConfig | number {
  * the output flushed and closed, the server closed, the programs detached,
  * the guard's reader stopped with the guard left pinned and deciding;
  * exit 0), or until an error (its exit code: 2 for a bad config or guard
- * policy, 1 for an output or listen failure, 3 and 4 as `watch` and
+ * policy, or an output file another user could have chosen, 1 for an
+ * output or listen failure, 3 and 4 as `watch` and
  * `enforce`). SIGHUP reloads the guard's policy file. With `checkConfig`,
  * only validates the config and the guard's policy (no root needed).
  */
@@ -67,12 +69,25 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
   } catch (err) {
     return reportError(err);
   }
-  const [{ AgentMetrics, GuardMetrics }, { serveMetrics }, { openSink }, { AgentGuard }] = await Promise.all([
+  const [{ AgentMetrics, GuardMetrics }, { serveMetrics }, { openSink, UnsafeOutputError }, { AgentGuard }] = await Promise.all([
     import('../agent/metrics.js'),
     import('../agent/server.js'),
     import('../agent/sink.js'),
     import('../agent/guard.js'),
   ]);
+  // The output first: a file the agent will not write ends it before it
+  // listens or loads anything.
+  let sink: Sink;
+  try {
+    sink = openSink(config.output);
+  } catch (err) {
+    if (err instanceof UnsafeOutputError) {
+      note(`error: ${err.reason} (INVALID_CONFIG)`);
+      return EXIT.USAGE;
+    }
+    note(`error: cannot open ${config.output?.path}: ${(err as Error).message}`);
+    return EXIT.FAILURE;
+  }
   const metrics = new AgentMetrics({ containerSeries: config.metrics?.containerSeries });
   let guard: AgentGuard | undefined;
   const guardMetrics = config.guard ? new GuardMetrics(metrics.registry, () => guard?.generation() ?? null) : undefined;
@@ -84,12 +99,12 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
       server = await serveMetrics(host, port, metrics.registry, () => attached && (!config.guard || guard?.healthy() === true));
     } catch (err) {
       note(`error: cannot listen on ${config.metrics.listen}: ${(err as Error).message}`);
+      await sink.close();
       return EXIT.FAILURE;
     }
     const a = server.address;
     note(`metrics on http://${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}/metrics (health: /healthz)`);
   }
-  const sink = openSink(config.output);
   // With a guard, watch and guard records share the stream: each lost
   // record names its reader.
   const printer = new EventPrinter(true, sink.write, config.guard ? 'watch' : undefined);

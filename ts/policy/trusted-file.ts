@@ -35,7 +35,8 @@
  * @internal
  * @module
  */
-import { closeSync, constants, fstatSync, lstatSync, openSync, readlinkSync, type Stats } from 'node:fs';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readlinkSync, type Stats } from 'node:fs';
+import { basename, dirname, resolve } from 'node:path';
 import { UnsafePolicyFileError } from './types.js';
 
 /** Most symbolic links followed on one path: the kernel's MAXSYMLINKS. */
@@ -62,16 +63,22 @@ type Kind = 'directory' | 'symbolic link' | 'file';
  * Which writers a check refuses. Policy files: any but root (or this
  * process's user), a sticky directory's creators included. An output
  * directory ({@link checkTrustedDirectory}): its group is the administrator's choice
- * (Debian and Ubuntu give /var/log to group adm or syslog, for the log
- * daemons), so group write is allowed; others' write is not, and the
- * directory the files are created in is not even sticky, since a sticky
- * bit does not keep another user from creating a name first.
+ * on the way (Ubuntu gives /var/log to group syslog, for the log
+ * daemon), so group write is allowed there; others' write is not, unless
+ * sticky; and the directory the files are created in is root's alone.
  */
 export interface TrustRules {
   /** Group write on a component is refused. */
   readonly groupWrite: boolean;
   /** A sticky directory's write bits are no fault (its entries are judged one by one). */
   readonly stickyIsEnough: boolean;
+  /**
+   * The remedy for a shared directory (sticky, or written by its group)
+   * refused for its write bits, in place of `chmod`: `/tmp` or Ubuntu's
+   * `/var/log` are shared on purpose, and taking write from their users
+   * would break the host.
+   */
+  readonly sharedFix?: string;
 }
 
 /** The rules for a policy file and the path to it. */
@@ -93,15 +100,16 @@ export function untrustedBecause(path: string, st: Stats, kind: Kind, euid: numb
   const sticky = rules.stickyIsEnough && kind === 'directory' && (st.mode & 0o1000) !== 0; // S_ISVTX, the sticky bit
   if (kind !== 'symbolic link' && write && !sticky) {
     wrong.push(`is writable by ${write === 0o022 ? 'its group and others' : write & 0o020 ? `its group (gid ${st.gid})` : 'others'}`);
-    fix.push(`chmod ${write === 0o002 ? 'o' : 'go'}-w ${shellWord(path)}`);
+    const shared = kind === 'directory' && ((st.mode & 0o1000) !== 0 || write === 0o020);
+    fix.push(shared && rules.sharedFix ? rules.sharedFix : `chmod ${write === 0o002 ? 'o' : 'go'}-w ${shellWord(path)}`);
   }
   if (!wrong.length) return undefined;
   const mode = kind === 'symbolic link' ? '' : `, mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}`;
   return `${path} (a ${kind}, owner uid ${st.uid}, gid ${st.gid}${mode}) ${wrong.join(' and ')}: ${fix.join('; ')}`;
 }
 
-/** How a walk judges a component; throws when another user could change it. */
-type Judge = (path: string, st: Stats, kind: Kind) => void;
+/** How a walk judges a component (`last`: the path ends with it); throws when another user could change it. */
+type Judge = (path: string, st: Stats, kind: Kind, last: boolean) => void;
 
 /**
  * Walks `file` from `/` by the module's rules, following symbolic links
@@ -122,7 +130,7 @@ function walk(file: string, want: 'file' | 'directory', judge: Judge, cannotRead
   const todo = parts(file.startsWith('/') ? file : `${process.cwd()}/${file}`);
   let at = '/';
   let atStat = stat('/');
-  judge('/', atStat, 'directory');
+  judge('/', atStat, 'directory', todo.length === 0);
   let links = 0;
   while (todo.length) {
     const name = todo.shift()!;
@@ -135,7 +143,7 @@ function walk(file: string, want: 'file' | 'directory', judge: Judge, cannotRead
     const path = at === '/' ? `/${name}` : `${at}/${name}`;
     const st = stat(path);
     if (st.isSymbolicLink()) {
-      judge(path, st, 'symbolic link');
+      judge(path, st, 'symbolic link', false);
       if (++links > MAX_LINKS) throw cannotRead(`more than ${MAX_LINKS} symbolic links on the way (ELOOP)`);
       let target: string;
       try {
@@ -151,24 +159,27 @@ function walk(file: string, want: 'file' | 'directory', judge: Judge, cannotRead
       continue;
     }
     if (st.isDirectory()) {
-      judge(path, st, 'directory');
+      judge(path, st, 'directory', todo.length === 0);
       at = path;
       atStat = st;
       continue;
     }
     if (todo.length || want === 'directory') throw cannotRead(`ENOTDIR: not a directory, ${path}`);
-    judge(path, st, 'file');
+    judge(path, st, 'file', true);
     return { path, st };
   }
   if (want === 'file') throw cannotRead('it is a directory');
   return { path: at, st: atStat };
 }
 
-/** A {@link Judge} by `rules` that throws {@link UnsafePolicyFileError} for `file`. */
-function judgeFor(file: string, rules: TrustRules): Judge {
+/**
+ * A {@link Judge} that throws {@link UnsafePolicyFileError} for `file`:
+ * by `rules`, and the last component by `lastRules`.
+ */
+function judgeFor(file: string, rules: TrustRules, lastRules: TrustRules = rules): Judge {
   const euid = process.geteuid?.() ?? 0;
-  return (path, st, kind) => {
-    const why = untrustedBecause(path, st, kind, euid, rules);
+  return (path, st, kind, last) => {
+    const why = untrustedBecause(path, st, kind, euid, last ? lastRules : rules);
     if (why) throw new UnsafePolicyFileError(file, path, why);
   };
 }
@@ -196,7 +207,7 @@ export function openTrustedFile(file: string, cannotRead: (message: string) => E
     // Only root can replace an entry of a judged directory: this holds
     // unless root did so in between.
     if (opened.dev !== st.dev || opened.ino !== st.ino) throw cannotRead(`${path} was replaced while it was opened`);
-    judge(path, opened, 'file');
+    judge(path, opened, 'file', true);
     return { fd, stat: opened, path };
   } catch (err) {
     closeSync(fd);
@@ -204,22 +215,60 @@ export function openTrustedFile(file: string, cannotRead: (message: string) => E
   }
 }
 
+/** How {@link checkTrustedDirectory} treats a directory that does not exist yet. */
+export interface MissingDirectory {
+  /** `'allow'`: fine when its parent is trusted (only a trusted user could create it); `'create'`: create it, 0700, then judge it. */
+  readonly missing: 'allow' | 'create';
+}
+
 /**
- * Checks that no user but root (or this process's user), and members of a
- * group the administrator gave write, can add, rename or remove entries of
- * the directory `dir` or of a directory on the way to it (the module's
- * walk by {@link TrustRules}' output rules; `dir` itself not writable by
- * others even when sticky): for a directory root creates files in, so that
- * no other user can plant a symbolic link or a file of their own at a name
- * root then opens.
+ * Checks that no user but root (or this process's user) can add, rename or
+ * remove entries of the directory `dir`, and that on the way to it only
+ * root, members of a group the administrator gave write, and, in a sticky
+ * directory, nobody but an entry's owner can: for a directory root creates
+ * files in, so that no other user can plant a symbolic link, a hard link
+ * or a file of their own at a name root then opens or rotates to. `dir`
+ * itself is root's alone: a sticky bit does not keep another user from
+ * creating a name first, and a group's members are other users.
  * @param cannotRead Makes the error for a path that cannot be walked
  * (missing, not a directory, a loop of links), from the system's message.
+ * @param sharedFix The remedy when `dir` is a shared directory (sticky or
+ * group-writable), e.g. to make a directory of its own.
+ * @param options Without it, a missing `dir` is `cannotRead`'s error.
  * @returns The directory's path with every symbolic link resolved.
  * @throws {UnsafePolicyFileError} `UNSAFE_POLICY_FILE` (`file` is `dir`),
  * naming the first component at fault.
  */
-export function checkTrustedDirectory(dir: string, cannotRead: (message: string) => Error): string {
-  const { path, st } = walk(dir, 'directory', judgeFor(dir, { groupWrite: false, stickyIsEnough: true }), cannotRead);
-  judgeFor(dir, { groupWrite: false, stickyIsEnough: false })(path, st, 'directory');
+export function checkTrustedDirectory(dir: string, cannotRead: (message: string) => Error, sharedFix?: string, options?: MissingDirectory): string {
+  const onTheWay: TrustRules = { groupWrite: false, stickyIsEnough: true };
+  const own: TrustRules = { groupWrite: true, stickyIsEnough: false, ...(sharedFix ? { sharedFix } : {}) };
+  const judge = judgeFor(dir, onTheWay, own);
+  const abs = resolve(dir);
+  if (options && abs !== '/') {
+    // The parent first: once it is judged, only a trusted user can create
+    // the name, and whatever is there then is judged below.
+    const parent = walk(dirname(abs), 'directory', judgeFor(dir, onTheWay), cannotRead).path;
+    const name = `${parent === '/' ? '' : parent}/${basename(abs)}`;
+    if (!lstatOrUndefined(name)) {
+      if (options.missing === 'allow') return name;
+      try {
+        mkdirSync(name, { mode: 0o700 });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw cannotRead((err as Error).message);
+      }
+    }
+  }
+  const { path, st } = walk(dir, 'directory', judge, cannotRead);
+  // Again, for a path that ends in `..` (its last directory was judged on the way).
+  judge(path, st, 'directory', true);
   return path;
+}
+
+/** lstat of `path`, or undefined when there is nothing there (or it cannot be looked at: the walk then says why). */
+function lstatOrUndefined(path: string): Stats | undefined {
+  try {
+    return lstatSync(path);
+  } catch {
+    return undefined;
+  }
 }
