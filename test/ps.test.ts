@@ -5,11 +5,11 @@
  * sources held to the same answers.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootedTasks, type ChrootedTask, type PsResult } from '../ts/index.js';
-import { cli, heldByThisProcess, ndjson } from './helpers.js';
+import { cgroup2Mount, cli, heldByThisProcess, ndjson, sleep } from './helpers.js';
 
 interface Held {
   child: ChildProcess;
@@ -158,5 +158,61 @@ describe('ps', () => {
     expect(records[0]).toMatchObject({ type: 'task', pid: held.odd.pid, comm: 'chroot_hold', rootBase64: held.odd.root.toString('base64'), cwdOutsideRoot: false });
     expect(cli('ps', '--json', '--comm', 'no-such-comm').stdout).toBe('');
     expect(cli('ps', '--source', 'bogus').status).toBe(2);
+  });
+});
+
+describe('ps container attribution', () => {
+  const mount = cgroup2Mount();
+  const id = 'feed'.padEnd(64, '5');
+  const path = `/chroot-guard-ps-${process.pid}/docker-${id}.scope`;
+  let pid = 0;
+  let cg: string | undefined;
+  beforeAll(async () => {
+    if (!mount) return;
+    // A chrooted process moved into a cgroup named as Docker's systemd
+    // driver names a container's.
+    cg = `${mount}${path}`;
+    mkdirSync(cg, { recursive: true });
+    const plain = Buffer.from(`${base}/plain`);
+    pid = (await start([helper, hex(plain)])).pid!;
+    writeFileSync(`${cg}/cgroup.procs`, String(pid));
+  });
+  afterAll(async () => {
+    if (!cg) return;
+    process.kill(pid, 'SIGKILL');
+    // rmdir races the killed process's uncharge (EBUSY): a few tries.
+    for (const d of [cg, `${mount}/chroot-guard-ps-${process.pid}`]) {
+      for (let i = 0; ; i++) {
+        try {
+          rmdirSync(d);
+          break;
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i > 200) throw err;
+          await sleep(10);
+        }
+      }
+    }
+  });
+
+  it('both sources give a task its cgroup path and the container it names; the table marks it, --json carries it', async (ctx) => {
+    if (!mount) {
+      console.log('ps: no cgroup2 file system mounted here: tasks have no cgroup to attribute');
+      ctx.skip();
+    }
+    const want = { cgroupLookup: 'found', cgroupPath: path, containerRuntime: 'docker', containerId: id, podUid: null };
+    for (const source of ['auto', 'proc'] as const) {
+      const t = (await chrootedTasks({ source })).tasks.find((x) => x.pid === pid);
+      expect(t, source).toMatchObject(want);
+    }
+    // And a process outside any container: found, no container.
+    const plain = (await chrootedTasks()).tasks.find((x) => x.pid === held.plain.pid)!;
+    expect(plain).toMatchObject({ cgroupLookup: 'found', containerRuntime: null, containerId: null, podUid: null });
+    const table = cli('ps', '--pid', String(pid));
+    expect(table.status).toBe(0);
+    expect(table.stdout.split('\n')[0]).toMatch(/\[CONTAINER\]$/);
+    expect(table.stdout.split('\n')[1]).toMatch(new RegExp(`^${pid} .* \\[docker ${id.slice(0, 12)}\\]$`));
+    const json = ndjson(cli('ps', '--json', '--pid', String(pid)).stdout) as unknown as Record<string, unknown>[];
+    expect(json).toHaveLength(1);
+    expect(json[0]).toMatchObject(want);
   });
 });

@@ -101,6 +101,9 @@ const POD_DIR = /^pod([0-9a-f-]+)$/;
 
 const NO_CONTAINER: ContainerAttribution = Object.freeze({ containerRuntime: null, containerId: null, podUid: null });
 
+/** The attribution of a task without a cgroup id (no cgroup2 file system mounted): a lookup that could not be made. @internal */
+export const NO_CGROUP: CgroupAttribution = Object.freeze({ cgroupPath: null, cgroupLookup: 'failed', ...NO_CONTAINER });
+
 /**
  * What a cgroup v2 path says about a container: the deepest name that is a
  * container's (so a container's own sub-cgroups, like systemd's

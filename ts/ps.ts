@@ -5,6 +5,7 @@
  * @module
  */
 import type { BindingChrootedTask } from './native/binding.cjs';
+import { cgroupAttribution, NO_CGROUP, type CgroupAttribution } from './cgroup.js';
 import type { Denial } from './doctor.js';
 import { check, errorFromBinding } from './errors.js';
 import { displayBytes, type ExecutablePath } from './events.js';
@@ -24,9 +25,12 @@ export const PS_SOURCES: readonly string[] = ['auto', 'iterator', 'proc'];
  * kept as raw bytes (`…Bytes`) and shown in the display form of
  * `displayBytes` (bytes that are not UTF-8 as `\xNN`, a backslash as `\\`).
  * The executable ({@link ExecutablePath}): from `/proc`, `exeTruncated` is
- * never set, and `exeUnreachable` only for a memfd.
+ * never set, and `exeUnreachable` only for a memfd. The cgroup's path and
+ * the container it names ({@link CgroupAttribution}) are looked up from
+ * `cgroupId` as events' are (`cgroupLookup` is `failed` when `cgroupId` is
+ * null).
  */
-export interface ChrootedTask extends ExecutablePath {
+export interface ChrootedTask extends ExecutablePath, CgroupAttribution {
   /** Process id (tgid), as the host's pid namespace sees it: `task->tgid`. */
   readonly pid: number;
   /** Parent's process id: `task->real_parent->tgid` (`PPid` in `/proc/PID/status`). */
@@ -136,6 +140,7 @@ function taskOf(t: BindingChrootedTask): ChrootedTask {
   const bytes = (b: Buffer | null | undefined) => (b == null ? null : Buffer.from(b));
   const cwdBytes = bytes(t.cwd);
   const exeBytes = bytes(t.exe);
+  const cgroupId = t.cgroupId == null ? null : BigInt(t.cgroupId);
   return {
     pid: t.pid,
     ppid: t.ppid,
@@ -157,7 +162,8 @@ function taskOf(t: BindingChrootedTask): ChrootedTask {
     exeUnreachable: t.exeUnreachable,
     exeDeleted: t.exeDeleted,
     exeMemfd: t.exeMemfd,
-    cgroupId: t.cgroupId == null ? null : BigInt(t.cgroupId),
+    cgroupId,
+    ...(cgroupId === null ? NO_CGROUP : cgroupAttribution(cgroupId)),
     mntNs: t.mntNs,
     startNs: BigInt(t.startNs),
   };

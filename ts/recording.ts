@@ -9,13 +9,13 @@
  * @module
  */
 import { createReadStream } from 'node:fs';
-import { createRequire } from 'node:module';
 import { LOSS_COUNTERS, type LossCounts } from './batch.js';
 import { DECISION_FIELDS, type ChrootDecision } from './decision.js';
 import { ChrootGuardError } from './errors.js';
 import { CALL_FIELDS, compileObject, displayBytes, IDENTITY_FIELDS, type ChrootEvent, type FieldSource } from './events.js';
 import type { CallerFacts } from './policy/evaluate.js';
 import { lines } from './lines.js';
+import { recordSchema, type PropertySchema } from './event-schema.js';
 
 type BigIntField = { [K in keyof ChrootEvent]-?: ChrootEvent[K] extends bigint ? K : never }[keyof ChrootEvent];
 
@@ -95,25 +95,6 @@ export function lsmDecides(e: Pick<ChrootEvent, 'ret' | 'lsmRet'>): boolean {
 
 /** A line that is not a record: thrown by {@link decodeRecord}. @internal */
 export class RecordError extends Error {}
-
-interface PropertySchema {
-  type?: string | string[];
-  const?: unknown;
-  enum?: unknown[];
-  oneOf?: PropertySchema[];
-  minimum?: number;
-  maximum?: number;
-}
-
-interface RecordSchema {
-  required: string[];
-  properties: Record<string, PropertySchema>;
-}
-
-const require = createRequire(import.meta.url);
-let schemas: Record<string, RecordSchema> | undefined;
-const schemaOf = (type: string): RecordSchema | undefined =>
-  (schemas ??= (require('chroot-guard/events.schema.json') as { definitions: Record<string, RecordSchema> }).definitions)[type];
 
 /** A test of whether a value fits `p` (a property of events.schema.json): its type, enum or constant, and integer bounds; made once per property. */
 function predicate(p: PropertySchema): (v: unknown) => boolean {
@@ -211,7 +192,7 @@ interface Reader {
  * event path's cost is per field, so it is generated, not looped.
  */
 function readerOf(type: 'chroot' | 'decision', keys: readonly string[]): Reader {
-  const schema = schemaOf(type)!;
+  const schema = recordSchema(type)!;
   const read: Record<string, (v: unknown) => unknown> = {};
   const fields: FieldSource[] = keys.map((key) => {
     let from = key;
@@ -310,7 +291,7 @@ export function decodeRecord(text: string, line: number): RecordingItem {
     };
   }
   if (type === 'lost') {
-    const s = schemaOf('lost')!;
+    const s = recordSchema('lost')!;
     for (const k of s.required) {
       if (k === 'ts' || k === 'sinceTs') bigintOf(k, o[k]);
       else if (!predicate(s.properties[k]!)(o[k])) throw new RecordError(`a lost record's "${k}" is missing or not a count`);
@@ -320,7 +301,7 @@ export function decodeRecord(text: string, line: number): RecordingItem {
   }
   if (type === 'attach') {
     const { mode, initialMntNs } = o;
-    const props = schemaOf('attach')!.properties;
+    const props = recordSchema('attach')!.properties;
     if (!predicate(props.mode!)(mode)) throw new RecordError('an attach record without a known mode');
     if (initialMntNs !== undefined && !predicate(props.initialMntNs!)(initialMntNs)) throw new RecordError('an attach record\'s "initialMntNs" is not an inode number');
     return { kind: 'attach', line, mode: mode as string, initialMntNs: (initialMntNs as number | undefined) ?? null };

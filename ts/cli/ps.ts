@@ -5,7 +5,7 @@
  * @module
  */
 import { chrootedTasks, type ChrootedTask, type PsResult, type PsSource } from '../ps.js';
-import { EXIT, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
+import { EXIT, containerMark, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
 
 /** Options of the `ps` command. */
 export interface PsFlags {
@@ -35,7 +35,7 @@ export function taskRecord(t: ChrootedTask, source: PsSource): string {
   });
 }
 
-/** The table's lines: a header, then each task under its parent, two spaces deeper per generation. */
+/** The table's lines: a header, then each task under its parent, two spaces deeper per generation, its container last ({@link containerMark}). */
 export function renderTree(tasks: readonly ChrootedTask[]): string[] {
   const byPid = new Map(tasks.map((t) => [t.pid, t]));
   const children = new Map<number, ChrootedTask[]>();
@@ -44,12 +44,12 @@ export function renderTree(tasks: readonly ChrootedTask[]): string[] {
     if (t.ppid !== t.pid && byPid.has(t.ppid)) children.set(t.ppid, [...(children.get(t.ppid) ?? []), t]);
     else roots.push(t);
   }
-  const lines = [`${'PID'.padEnd(8)}${'PPID'.padEnd(8)}${'UID'.padEnd(7)}COMM → ROOT  (CWD, EXE)`];
+  const lines = [`${'PID'.padEnd(8)}${'PPID'.padEnd(8)}${'UID'.padEnd(7)}COMM → ROOT  (CWD, EXE)  [CONTAINER]`];
   const walk = (t: ChrootedTask, depth: number) => {
     const root = terminalSafe(t.rootBytes) + (t.rootUnreachable ? ' (unreachable)' : t.rootTruncated ? ' (truncated)' : '');
     const cwd = t.cwdBytes === null ? '?' : terminalSafe(t.cwdBytes) + (t.cwdOutsideRoot ? ' (outside root)' : '');
     const exe = t.exeBytes === null ? '-' : terminalSafe(t.exeBytes) + (t.exeDeleted ? ' (deleted)' : '');
-    lines.push(`${String(t.pid).padEnd(8)}${String(t.ppid).padEnd(8)}${String(t.uid).padEnd(7)}${'  '.repeat(depth)}${terminalSafe(t.commBytes)} → ${root}  (cwd ${cwd}, exe ${exe})`);
+    lines.push(`${String(t.pid).padEnd(8)}${String(t.ppid).padEnd(8)}${String(t.uid).padEnd(7)}${'  '.repeat(depth)}${terminalSafe(t.commBytes)} → ${root}  (cwd ${cwd}, exe ${exe})${containerMark(t)}`);
     for (const c of children.get(t.pid) ?? []) walk(c, depth + 1);
   };
   for (const t of roots) walk(t, 0);

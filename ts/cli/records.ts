@@ -8,13 +8,13 @@
  * @module
  */
 import { statSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { DECISION_FIELDS, type ChrootDecision } from '../decision.js';
 import { CALL_FIELDS, compileObject, copied, IDENTITY_FIELDS, type ChrootEvent, type FieldSource } from '../events.js';
 import type { Refusal } from '../errors.js';
 import { LOSS_COUNTERS, type LossCounts, type LostReport } from '../batch.js';
 import type { AttachInfo } from '../session.js';
 import { jsonString, jsonWithBigInts } from './output.js';
+import { recordSchema, type PropertySchema } from '../event-schema.js';
 
 /** The record kinds, as `type` names them. */
 export type RecordType = 'attach' | 'chroot' | 'decision' | 'lost' | 'guard';
@@ -86,15 +86,6 @@ const IDENTITY: readonly FieldSource[] = IDENTITY_FIELDS.map((f) => {
   return { key: f.replace(/Bytes$/, 'Base64'), expression: `e.${f} === null ? null : e.${f}.toString('base64')`, get: base64 as (a: never) => unknown };
 });
 
-const require = createRequire(import.meta.url);
-
-interface PropertySchema {
-  type?: string | string[];
-  const?: unknown;
-  enum?: unknown[];
-  oneOf?: PropertySchema[];
-}
-
 /** The JSON types a property may take (`integer`, `null`, …); enums and constants of strings count as `string`. */
 function typesOf(p: PropertySchema): string[] {
   if (p.oneOf) return p.oneOf.flatMap(typesOf);
@@ -127,8 +118,7 @@ function jsonOf(p: PropertySchema, value: string): string {
  * falls back to where code generation is disallowed.
  */
 function compileRecord<T>(type: RecordType, fields: readonly FieldSource[]): (e: T) => string {
-  const schema = require('chroot-guard/events.schema.json') as { definitions: Record<string, { properties: Record<string, PropertySchema> }> };
-  const properties = schema.definitions[type]!.properties;
+  const properties = recordSchema(type)!.properties;
   const body = fields.map(({ key, expression }) => {
     const p = properties[key];
     if (!p) throw new Error(`events.schema.json: the ${type} record has no property ${key}`);
