@@ -293,6 +293,32 @@ describe('table output escapes what callers control (real chroot calls)', () => 
   });
 });
 
+describe('a reader that leaves (EPIPE)', () => {
+  // `chroot-guard ps | head -1`: stdout ends under the command; every
+  // command must take that as the end of its output, not die of an
+  // unhandled 'error' event with a stack trace.
+  it(inAuto('ends ps and check with exit 0 and nothing on stderr'), async () => {
+    // Something for ps to list: a shell chrooted into the busybox root.
+    const held = spawn('busybox', ['chroot', rootPath, '/bin/sh', '-c', 'echo ready; read x'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve) => held.stdout.once('data', () => resolve()));
+      const policy = join(rootPath, 'tmp', 'epipe.yaml');
+      writeFileSync(policy, 'mode: audit\nrules: []\n');
+      for (const args of [['ps'], ['ps', '--json'], ['check', '--json', policy]]) {
+        const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+        // The read end closed before the command writes anything.
+        child.stdout.destroy();
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+        expect({ args, code, stderr }).toEqual({ args, code: 0, stderr: '' });
+      }
+    } finally {
+      held.kill('SIGKILL');
+    }
+  });
+});
+
 describe('chroot-guard demo', () => {
   it('sees every call of the built-in workload with the right pid, path and result', () => {
     const r = cli(['demo', '--mode', TEST_MODE, '--json']);

@@ -7,6 +7,8 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
+// First, for every command: stdout's end (EPIPE) handled, not a crash.
+import './cli/stdout.js';
 import { DEFAULT_PIN_DIR, DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
 import { ATTACH_MODES, MODE_CHOICES } from './errors.js';
 import { MAX_POLICY_BYTES } from './policy/types.js';

@@ -20,7 +20,8 @@ import type { MetricsServer } from '../agent/server.js';
 import type { Sink } from '../agent/sink.js';
 import type { ChrootDecision } from '../decision.js';
 import { EXIT, describeAttach, describeLost, note, reportError } from './output.js';
-import { DecisionPrinter, EventPrinter, onStdoutGone } from './printer.js';
+import { DecisionPrinter, EventPrinter } from './printer.js';
+import { onStdoutGone } from './stdout.js';
 
 /** Options of `agent`, as commander parses them. */
 export interface AgentFlags {

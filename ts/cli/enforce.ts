@@ -13,7 +13,8 @@ import { loadPolicy, policyWarnings } from '../policy/validate.js';
 import { chrootWatch } from '../watch.js';
 import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus, type PinnedGuardUnload } from '../pinned.js';
 import { EXIT, describeLost, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
-import { DecisionPrinter, onStdoutGone } from './printer.js';
+import { DecisionPrinter } from './printer.js';
+import { onStdoutGone } from './stdout.js';
 import type { LostReport } from '../batch.js';
 import { lsmDecides } from '../recording.js';
 

@@ -11,32 +11,8 @@ import type { ChrootEvent } from '../events.js';
 import { CALLS_LOST, lostSince, NO_LOSS, type LossCounts, type LostReport } from '../batch.js';
 import type { AttachInfo, SessionStats } from '../session.js';
 import { containerMark, resolvedMark, rootMarks, tableHeader, tableLine, terminalSafe } from './output.js';
+import { writeStdout } from './stdout.js';
 import { attachRecord, chrootRecord, decisionRecord, guardRecord, lostRecord, type GuardRecordFields, type LostSource } from './records.js';
-
-/**
- * The error that ended stdout (EPIPE once its reader exits), or null.
- * From then on lines are dropped: an unhandled `'error'` event would end
- * the process, and for `enforce` that would remove the guard because
- * nobody reads its log any more. Each command decides what an ended
- * stdout means through {@link onStdoutGone}.
- */
-let stdoutGone: NodeJS.ErrnoException | null = null;
-const goneListeners = new Set<(err: NodeJS.ErrnoException) => void>();
-process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-  if (stdoutGone) return;
-  stdoutGone = err;
-  for (const l of goneListeners) l(err);
-});
-
-/** Calls `listener` once if stdout ends (see {@link stdoutGone}); returns the way to stop listening. */
-export function onStdoutGone(listener: (err: NodeJS.ErrnoException) => void): () => void {
-  if (stdoutGone) {
-    listener(stdoutGone);
-    return () => {};
-  }
-  goneListeners.add(listener);
-  return () => goneListeners.delete(listener);
-}
 
 /** Bytes (UTF-16 code units) held before a write even within a batch. */
 const FLUSH_AT = 64 * 1024;
@@ -46,10 +22,6 @@ const FLUSH_AT = 64 * 1024;
  * default; the agent passes its rotating file.
  */
 export type LineWriter = (text: string) => void;
-
-const toStdout: LineWriter = (text) => {
-  if (!stdoutGone) process.stdout.write(text);
-};
 
 /**
  * Lines for stdout (or another {@link LineWriter}), written once per batch:
@@ -63,7 +35,7 @@ class StdoutLines {
   private text = '';
   private queued = false;
 
-  constructor(private readonly write: LineWriter = toStdout) {}
+  constructor(private readonly write: LineWriter = writeStdout) {}
 
   /** Adds one line (without its newline). */
   add(line: string): void {

@@ -5,6 +5,7 @@
  * @module
  */
 import { chrootedTasks, type ChrootedTask, type PsResult, type PsSource } from '../ps.js';
+import { writeStdout } from './stdout.js';
 import { EXIT, containerMark, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
 
 /** Options of the `ps` command. */
@@ -73,11 +74,11 @@ export async function psCommand(flags: PsFlags): Promise<number> {
   }
   const tasks = r.tasks.filter((t) => matches(t, flags));
   if (flags.json) {
-    for (const t of tasks) process.stdout.write(taskRecord(t, r.source) + '\n');
+    writeStdout(tasks.map((t) => taskRecord(t, r.source) + '\n').join(''));
   } else if (tasks.length === 0) {
     note(`no chrooted process${flags.pid ?? flags.uid ?? flags.comm ? ' matches' : ''} (read from ${r.source === 'iterator' ? 'the task iterator' : '/proc'})`);
   } else {
-    process.stdout.write(renderTree(tasks).join('\n') + '\n');
+    writeStdout(renderTree(tasks).join('\n') + '\n');
   }
   return EXIT.OK;
 }

@@ -14,7 +14,7 @@ import { asAudit, type Policy } from '../policy/types.js';
 import { loadPolicy } from '../policy/validate.js';
 import { readRecording, type RecordingItem } from '../recording.js';
 import { EXIT, jsonWithBigInts, note, reportError, resolvedMark, terminalSafe } from './output.js';
-import { onStdoutGone } from './printer.js';
+import { onStdoutGone } from './stdout.js';
 import { inputSize, Progress } from './progress.js';
 import { decisionRecord } from './records.js';
 
