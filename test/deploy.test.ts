@@ -120,6 +120,19 @@ function containerfile() {
   };
 }
 
+/** The arguments of the `docker run` in the Containerfile's header comment, quotes removed. */
+function dockerRunArgs(): string[] {
+  const header = readFileSync(CONTAINERFILE, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('#'))
+    .map((l) => l.replace(/^# ?/, ''))
+    .join('\n')
+    .replace(/\\\n/g, ' ');
+  const runs = header.split('\n').filter((l) => /^\s*docker run /.test(l));
+  expect(runs, 'one `docker run` in the Containerfile\'s comments').toHaveLength(1);
+  return [...runs[0]!.matchAll(/"([^"]*)"|'([^']*)'|(\S+)/g)].map((m) => m[1] ?? m[2] ?? m[3]!).slice(2);
+}
+
 /** Writes the ConfigMap's agent config to a file; returns its path and text. */
 function configMapConfig(): { file: string; text: string; key: string } {
   const cm = find('ConfigMap');
@@ -445,12 +458,41 @@ describe('the capabilities and filters the examples grant are what the agent use
   it('the unit, the pod and the Containerfile\'s docker run grant the same three', () => {
     expect(unitCaps()).toEqual(['bpf', 'dac_read_search', 'perfmon']);
     expect(podCaps()).toEqual(unitCaps());
-    const dockerRun = [...readFileSync(CONTAINERFILE, 'utf8').matchAll(/--cap-add=(\w+)/g)].map((m) => m[1]!.toLowerCase()).sort();
+    const dockerRun = dockerRunArgs().flatMap((a) => /^--cap-add=(\w+)$/.exec(a)?.[1] ?? []).map(capName).sort();
     expect(dockerRun).toEqual(unitCaps());
     const sc = agentContainer().securityContext;
     expect(sc.capabilities.drop).toEqual(['ALL']);
     expect(sc.privileged).toBe(false);
     expect(sc.allowPrivilegeEscalation).toBe(false);
+  });
+
+  it('the Containerfile\'s docker run mounts what the pod mounts from the host, read-only and propagating alike, and the config file at the same path', () => {
+    type Mount = { host: string; container: string; readOnly: boolean; propagation: string };
+    const byHost = (a: Mount, b: Mount) => a.host.localeCompare(b.host);
+    // docker's recursive propagation modes by Kubernetes' names; docker's default, rprivate, is None.
+    const propagation: Record<string, string> = { rslave: 'HostToContainer', rshared: 'Bidirectional' };
+    const args = dockerRunArgs();
+    expect(args.filter((a) => /^--(mount|volume|tmpfs)\b/.test(a)), 'mounts given by -v only').toEqual([]);
+    const docker = args.flatMap((a, i) => (a === '-v' ? [args[i + 1]!] : [])).map((v): Mount => {
+      const [host, container, opts = ''] = v.split(':');
+      const o = opts.split(',').filter(Boolean);
+      expect(o.filter((x) => x !== 'ro' && !(x in propagation)), v).toEqual([]);
+      return { host: host!, container: container!, readOnly: o.includes('ro'), propagation: propagation[o.find((x) => x in propagation) ?? ''] ?? 'None' };
+    });
+    const config = docker.filter((m) => m.host === '$PWD/agent.yaml');
+    expect(config).toHaveLength(1);
+
+    const pod = find('DaemonSet').spec.template.spec;
+    const volumes = new Map((pod.volumes as Obj[]).map((v) => [v.name as string, v]));
+    const mounts = agentContainer().volumeMounts as Obj[];
+    const k8s = mounts
+      .filter((m) => volumes.get(m.name)?.hostPath)
+      .map((m): Mount => ({ host: join(volumes.get(m.name)!.hostPath.path, m.subPath ?? ''), container: m.mountPath, readOnly: m.readOnly === true, propagation: m.mountPropagation ?? 'None' }));
+    expect(docker.filter((m) => m !== config[0]).sort(byHost)).toEqual(k8s.sort(byHost));
+    // The pod's one other mount: the config, a ConfigMap's key by subPath.
+    const others = mounts.filter((m) => !volumes.get(m.name)?.hostPath);
+    expect(others.map((m) => ({ configMap: !!volumes.get(m.name)?.configMap, container: m.mountPath, readOnly: m.readOnly === true }))).toEqual([{ configMap: true, container: config[0]!.container, readOnly: true }]);
+    expect(config[0]!.readOnly).toBe(true);
   });
 
   it('with only those (and no_new_privs) the agent attaches, is healthy, names a container\'s chroot and stops cleanly; its system calls and socket families are within the unit\'s filters', async () => {
