@@ -455,7 +455,7 @@ describe('the capabilities and filters the examples grant are what the agent use
   const unitCaps = () => unitValues('CapabilityBoundingSet').flatMap((v) => v.split(/\s+/)).map(capName).sort();
   const podCaps = () => (agentContainer().securityContext.capabilities.add as string[]).map(capName).sort();
 
-  it('the unit, the pod and the Containerfile\'s docker run grant the same three', () => {
+  it('the unit, the pod and the Containerfile\'s docker run grant the same three, with no_new_privs and a read-only root', () => {
     expect(unitCaps()).toEqual(['bpf', 'dac_read_search', 'perfmon']);
     expect(podCaps()).toEqual(unitCaps());
     const dockerRun = dockerRunArgs().flatMap((a) => /^--cap-add=(\w+)$/.exec(a)?.[1] ?? []).map(capName).sort();
@@ -464,6 +464,11 @@ describe('the capabilities and filters the examples grant are what the agent use
     expect(sc.capabilities.drop).toEqual(['ALL']);
     expect(sc.privileged).toBe(false);
     expect(sc.allowPrivilegeEscalation).toBe(false);
+    expect(sc.readOnlyRootFilesystem).toBe(true);
+    // The same hardening in the docker run.
+    const run = dockerRunArgs();
+    expect(run).toContain('--read-only');
+    expect(run.filter((a, i) => run[i - 1] === '--security-opt')).toContain('no-new-privileges');
   });
 
   it('the Containerfile\'s docker run mounts what the pod mounts from the host, read-only and propagating alike, and the config file at the same path', () => {
