@@ -394,6 +394,7 @@ describe.skipIf(LSM)('agent guard where the BPF LSM cannot run', () => {
     const r = cli('agent', '--config', config('nolsm', policy, join(dir, 'nolsm.ndjson'), port));
     expect(r.status).toBe(3);
     expect(r.stderr).toContain('LSM_UNAVAILABLE');
+    expect(r.stderr).toContain('needs the BPF LSM; without it, the agent can only watch (remove guard: to run it so)');
     expect(pinnedGuard({ dir: PIN_DIR })).toBeNull();
   });
 });

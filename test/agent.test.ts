@@ -328,6 +328,10 @@ describe('agent config and start-up errors', () => {
     expect(r.status).toBe(2);
     expect(r.stderr).toContain(`${r.file}:1:27: "ringBufferBytes" must be a power of two from 4096 to 1073741824; got 5000`);
     expect(r.stderr).toContain(`${r.file}:2:19: "rotate" needs a file`);
+    // A port alone is not a string: it gets the form, not "of type string".
+    const port = run('port-only', 'metrics: { listen: 9641 }\n', '--check-config');
+    expect(port.status).toBe(2);
+    expect(port.stderr).toContain(`${port.file}:1:20: "listen" must be HOST:PORT, e.g. 127.0.0.1:9641, [::1]:9641 or 0.0.0.0:9641 (a host name or IP address, a port); got 9641`);
   });
 
   it('checks the guard section\'s policy file as check does: unreadable at guard.policy, invalid with its own positions; relative to the config', () => {

@@ -10,6 +10,7 @@
  * @internal
  * @module
  */
+import { ChrootGuardError } from '../errors.js';
 import { formatProblem } from '../policy/types.js';
 import { policyWarnings } from '../policy/validate.js';
 import { joinSession, type SessionStats } from '../session.js';
@@ -237,7 +238,13 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
         if (hupEarly) g.reload();
         startWatch();
       },
-      (err: unknown) => end(reportError(err)),
+      (err: unknown) => {
+        const code = reportError(err);
+        if (err instanceof ChrootGuardError && err.code === 'LSM_UNAVAILABLE') {
+          note(`the guard: section of ${flags.config} needs the BPF LSM; without it, the agent can only watch (remove guard: to run it so)`);
+        }
+        end(code);
+      },
     );
   });
 }

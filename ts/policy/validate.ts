@@ -119,6 +119,11 @@ function schemaProblems(errors: readonly ErrorObject[], value: unknown, noun: st
         message = `"${key}" must be ${EXPECTED[key] ?? 'one of the allowed forms'}; got ${describe(got)}`;
         break;
       case 'type':
+        // A key with a string form of its own says what that is: `listen: 9641` is a port without its host.
+        if ((e.params as { type: string }).type === 'string' && PATTERN_EXPECTED[key] !== undefined) {
+          message = `"${key}" must be ${PATTERN_EXPECTED[key]}; got ${describe(got)}`;
+          break;
+        }
         message = `${at === '' ? `the ${noun}` : `"${key}"`} must be ${(e.params as { type: string }).type === 'object' ? 'a map' : `of type ${(e.params as { type: string }).type}`}; got ${describe(got)}`;
         break;
       case 'pattern':
