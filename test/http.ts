@@ -2,6 +2,7 @@
  * HTTP helpers for the agent's /metrics and /healthz, shared by the agent,
  * agent-guard and deploy tests.
  */
+import { request } from 'node:http';
 import { createServer } from 'node:net';
 
 /** A port nothing listens on now (the kernel's pick, released at once). */
@@ -16,14 +17,25 @@ export function freePort(): Promise<number> {
   });
 }
 
-/** GET on 127.0.0.1; the status and body, or the connection error's code (e.g. `ECONNREFUSED`). */
-export async function get(port: number, path: string): Promise<{ status: number; body: string } | { error: string }> {
-  try {
-    const r = await fetch(`http://127.0.0.1:${port}${path}`);
-    return { status: r.status, body: await r.text() };
-  } catch (err) {
-    return { error: String((err as { cause?: { code?: string } }).cause?.code ?? err) };
-  }
+/**
+ * GET on 127.0.0.1 over a connection of its own (no keep-alive pool: a
+ * reused idle connection the server closes at its keep-alive timeout as
+ * the request goes out fails with ECONNRESET, which a slow VM makes
+ * likely); the status and body, or the connection error's code (e.g.
+ * `ECONNREFUSED`).
+ */
+export function get(port: number, path: string): Promise<{ status: number; body: string } | { error: string }> {
+  return new Promise((resolve) => {
+    const req = request({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? String(err) }));
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => resolve({ error: err.code ?? String(err) }));
+    req.end();
+  });
 }
 
 /** GET on 127.0.0.1 where a server must answer: status and body; throws with the error's code when none does. */
