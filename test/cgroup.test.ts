@@ -6,7 +6,7 @@
  * id the kernel reported; one of them removed before its event is decoded.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, rmdirSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import { cgroupAttribution, cgroupCacheSize, clearCgroupCache, containerOf, lookUpCgroup, CGROUP_CACHE_ENTRIES, type ContainerRuntime } from '../ts/cgroup.js';
@@ -14,7 +14,7 @@ import { AgentMetrics, OTHER_CONTAINERS } from '../ts/agent/metrics.js';
 import { chrootRecord } from '../ts/cli/records.js';
 import type { ChrootEvent } from '../ts/events.js';
 import { decodeRecord } from '../ts/recording.js';
-import { cgroup2Mount, record } from './helpers.js';
+import { cgroup2Mount, record, removeCgroupDir } from './helpers.js';
 
 const ID = '3f4e5a6b7c8d9e0f'.repeat(4);
 const UID = '74c13223-5a00-11e9-b385-42010a80018d';
@@ -199,17 +199,8 @@ function chrootFrom(path: string): number {
 /** The real calls' time limit: under the VM's emulation a process start takes seconds. */
 const SLOW = 300_000;
 
-/** rmdir, again while the exited caller's cgroup is still counted populated (EBUSY). */
-function removeCgroup(path: string): void {
-  for (let i = 0; ; i++) {
-    try {
-      return rmdirSync(`${mount}${path}`);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i > 200) throw err;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
-    }
-  }
-}
+/** rmdir of the cgroup `path` (under the mount). */
+const removeCgroup = (path: string): void => removeCgroupDir(`${mount}${path}`);
 
 afterAll(() => {
   for (const c of made.reverse()) {

@@ -13,14 +13,14 @@
  * registry.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync, chmodSync, symlinkSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync, chmodSync, symlinkSync } from 'node:fs';
 import { get } from 'node:http';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseAllDocuments } from 'yaml';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, cgroup2Mount } from './helpers.js';
+import { CLI, cgroup2Mount, removeCgroupDir } from './helpers.js';
 import { freePort } from './http.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -378,18 +378,7 @@ function chrootFromContainer(): { pid: number; remove: () => void } {
   const cg = `${CG_MOUNT}/chroot-guard-deploy-${process.pid}/docker-${CONTAINER_ID}.scope`;
   mkdirSync(cg, { recursive: true });
   const remove = () => {
-    // rmdir can race the exited shell's uncharge (EBUSY): a few tries.
-    for (const d of [cg, dirname(cg)]) {
-      for (let i = 0; ; i++) {
-        try {
-          rmdirSync(d);
-          break;
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i > 200) throw err;
-          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
-        }
-      }
-    }
+    for (const d of [cg, dirname(cg)]) removeCgroupDir(d);
   };
   const r = spawnSync('sh', ['-c', 'echo 0 > "$1/cgroup.procs" && exec chroot / true', 'sh', cg], { encoding: 'utf8' });
   if (r.status !== 0) {

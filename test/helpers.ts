@@ -3,7 +3,7 @@
  * kernel; these only wait for and look at what it reports.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { ValidateFunction } from 'ajv';
@@ -268,6 +268,21 @@ export function ndjson(stdout: string): StreamRecord[] {
       if (!validate(record)) throw new Error(`a --json line does not fit events.schema.json: ${JSON.stringify(validate.errors?.slice(0, 3))}\n${line}`);
       return record;
     });
+}
+
+/**
+ * Removes the cgroup directory `dir`, again while an exited or killed
+ * member is still counted in it (rmdir gives EBUSY until its uncharge).
+ */
+export function removeCgroupDir(dir: string): void {
+  for (let i = 0; ; i++) {
+    try {
+      return rmdirSync(dir);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i > 200) throw err;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
+    }
+  }
 }
 
 /** The cgroup2 mount of the whole hierarchy in this mount namespace, or null. */

@@ -5,11 +5,11 @@
  * sources held to the same answers.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootedTasks, type ChrootedTask, type PsResult } from '../ts/index.js';
-import { cgroup2Mount, cli, heldByThisProcess, ndjson, sleep } from './helpers.js';
+import { cgroup2Mount, cli, heldByThisProcess, ndjson, removeCgroupDir } from './helpers.js';
 
 interface Held {
   child: ChildProcess;
@@ -177,21 +177,10 @@ describe('ps container attribution', () => {
     pid = (await start([helper, hex(plain)])).pid!;
     writeFileSync(`${cg}/cgroup.procs`, String(pid));
   });
-  afterAll(async () => {
+  afterAll(() => {
     if (!cg) return;
     process.kill(pid, 'SIGKILL');
-    // rmdir races the killed process's uncharge (EBUSY): a few tries.
-    for (const d of [cg, `${mount}/chroot-guard-ps-${process.pid}`]) {
-      for (let i = 0; ; i++) {
-        try {
-          rmdirSync(d);
-          break;
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i > 200) throw err;
-          await sleep(10);
-        }
-      }
-    }
+    for (const d of [cg, `${mount}/chroot-guard-ps-${process.pid}`]) removeCgroupDir(d);
   });
 
   it('both sources give a task its cgroup path and the container it names; the table marks it, --json carries it', async (ctx) => {
