@@ -33,7 +33,7 @@ use chroot_guard_common::{
         ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, INIT_USER_NS_INUM, MAX_EXES, MAX_PATHS, MAX_RULES, MODE_ENFORCE,
         NO_RULE, RULE_ID_BYTES,
     },
-    ChrootEvent, Counter, EventKind, EVENT_HEADER_BYTES,
+    ChrootEvent, Counter, EventKind, COMM_LEN, EVENT_HEADER_BYTES,
 };
 
 use crate::{
@@ -275,6 +275,16 @@ struct Facts {
     escapes_root: Option<bool>,
     /// The caller's cwd is outside the new root; `None` when unknown.
     cwd_outside_root: Option<bool>,
+    /// The caller's ids, comm, cgroup and mount namespace, as values: the
+    /// rule scan's `bpf_loop` body reads them from its context, where the
+    /// verifier keeps values but not every pointer.
+    uid: u32,
+    euid: u32,
+    gid: u32,
+    egid: u32,
+    comm: [u8; COMM_LEN],
+    cgroup_id: u64,
+    mnt_ns: u32,
 }
 
 /// A fact of the decision's `flags` (see `flags::ROOTS_COMPARED`): `None`
@@ -302,7 +312,7 @@ fn fact_holds(fact: Option<bool>, want: u8, unknown_holds: bool) -> bool {
 /// condition that cannot be judged holds when the rule says so
 /// ([`rule_flags::UNKNOWN_HOLDS`]).
 #[inline(always)]
-fn holds(r: &PolicyRule, i: u32, f: &Facts, ev: &ChrootEvent) -> bool {
+fn holds(r: &PolicyRule, i: u32, f: &Facts) -> bool {
     let bit = 1u64 << (i & 63);
     let c = r.conds;
     let unknown_holds = r.flags & rule_flags::UNKNOWN_HOLDS != 0;
@@ -322,17 +332,56 @@ fn holds(r: &PolicyRule, i: u32, f: &Facts, ev: &ChrootEvent) -> bool {
     };
     path_ok
         && exe_ok
-        && (c & cond::UID == 0 || r.uid == ev.uid)
-        && (c & cond::EUID == 0 || r.euid == ev.euid)
-        && (c & cond::GID == 0 || r.gid == ev.gid)
-        && (c & cond::EGID == 0 || r.egid == ev.egid)
-        && (c & cond::COMM == 0 || r.comm == ev.comm)
-        && (c & cond::CGROUP == 0 || r.cgroup_id == ev.cgroup_id)
-        && (c & cond::MNT_NS == 0 || r.mnt_ns == ev.mnt_ns)
+        && (c & cond::UID == 0 || r.uid == f.uid)
+        && (c & cond::EUID == 0 || r.euid == f.euid)
+        && (c & cond::GID == 0 || r.gid == f.gid)
+        && (c & cond::EGID == 0 || r.egid == f.egid)
+        && (c & cond::COMM == 0 || r.comm == f.comm)
+        && (c & cond::CGROUP == 0 || r.cgroup_id == f.cgroup_id)
+        && (c & cond::MNT_NS == 0 || r.mnt_ns == f.mnt_ns)
         && (c & cond::CHROOTED == 0 || (r.chrooted != 0) == f.chrooted)
         && (c & cond::INIT_NS == 0 || (r.init_ns != 0) == f.init_ns)
         && (c & cond::ESCAPES_ROOT == 0 || fact_holds(f.escapes_root, r.escapes_root, unknown_holds))
         && (c & cond::CWD_OUTSIDE_ROOT == 0 || fact_holds(f.cwd_outside_root, r.cwd_outside_root, unknown_holds))
+}
+
+/// State of the rule scan, shared with [`rule_step_cb`] through `bpf_loop`.
+struct RuleScan {
+    /// The slot's first rule in `CG_RULES`.
+    base: u32,
+    /// The `source` of the rule whose `not` block matched: its other
+    /// compiled rules are skipped.
+    skipped: u32,
+    /// The action decided: the default until a rule matches.
+    action: u8,
+    /// The compiled index of the rule that matched, or `NO_RULE`.
+    rule: u16,
+    facts: Facts,
+}
+
+/// Rule `index` of a [`RuleScan`]: 1 (stop) once a rule decides. Through
+/// `bpf_loop` (5.17+) the verifier checks this body once instead of once
+/// per rule, which is most of what loading the program cost.
+#[inline(never)]
+extern "C" fn rule_step_cb(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `RuleScan` on the caller's stack.
+    let scan = unsafe { &mut *ctx.cast::<RuleScan>() };
+    let i = index as u32;
+    if i >= MAX_RULES as u32 {
+        return 1;
+    }
+    let Some(r) = CG_RULES.get(scan.base + i) else { return 1 };
+    if u32::from(r.source) == scan.skipped || !holds(r, i, &scan.facts) {
+        return 0;
+    }
+    if r.flags & rule_flags::SKIP != 0 {
+        // The rule's `not` block matched: the rule does not apply.
+        scan.skipped = u32::from(r.source);
+        return 0;
+    }
+    scan.action = r.action;
+    scan.rule = i as u16;
+    1
 }
 
 fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Error> {
@@ -387,29 +436,21 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
         chrooted: ev.flags & flags::CALLER_CHROOTED != 0,
         escapes_root: fact(ev.flags, flags::ESCAPES_ROOT, flags::ESCAPES_ROOT_UNKNOWN),
         cwd_outside_root: fact(ev.flags, flags::CWD_OUTSIDE_ROOT, flags::CWD_OUTSIDE_ROOT_UNKNOWN),
+        uid: ev.uid,
+        euid: ev.euid,
+        gid: ev.gid,
+        egid: ev.egid,
+        comm: ev.comm,
+        cgroup_id: ev.cgroup_id,
+        mnt_ns: ev.mnt_ns,
     };
 
-    let mut action = header.default_action;
-    let mut rule = NO_RULE;
-    let mut skipped = u32::MAX;
-    let base = slot * MAX_RULES as u32;
-    for i in 0..MAX_RULES as u32 {
-        if i >= header.rule_count {
-            break;
-        }
-        let Some(r) = CG_RULES.get(base + i) else { break };
-        if u32::from(r.source) == skipped || !holds(r, i, &facts, ev) {
-            continue;
-        }
-        if r.flags & rule_flags::SKIP != 0 {
-            // The rule's `not` block matched: the rule does not apply.
-            skipped = u32::from(r.source);
-            continue;
-        }
-        action = r.action;
-        rule = i as u16;
-        break;
+    let mut scan = RuleScan { base: slot * MAX_RULES as u32, skipped: u32::MAX, action: header.default_action, rule: NO_RULE, facts };
+    // SAFETY: the callback and its context live for the call.
+    unsafe {
+        generated::bpf_loop(header.rule_count.min(MAX_RULES as u32), rule_step_cb as *mut core::ffi::c_void, (&raw mut scan).cast(), 0);
     }
+    let (mut action, mut rule) = (scan.action, scan.rule);
 
     // Seqlock check: the slot must not have been rewritten while we read it.
     // SAFETY: a map value; volatile so the compiler re-reads it here.
