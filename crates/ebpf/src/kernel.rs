@@ -28,8 +28,12 @@ pub enum Scratch {
     /// preemption disabled.
     PerCpu,
     /// This thread's (task storage), allocated on first use: for
-    /// fentry/fexit and LSM programs, which can be preempted.
+    /// fentry/fexit programs, which can be preempted.
     PerThread,
+    /// A buffer the program already holds: the BPF LSM program takes its
+    /// thread's once (`TaskStorage::current_waiting`), so no later lookup
+    /// can fail on a busy task storage and change a decision.
+    Held(*mut u8),
 }
 
 impl Scratch {
@@ -39,15 +43,7 @@ impl Scratch {
         match self {
             Scratch::PerCpu => Ok(CG_SCRATCH.get_ptr_mut(0).ok_or(0)?.cast()),
             Scratch::PerThread => Ok(CG_THREAD_SCRATCH.current(true).ok_or(0)?.cast()),
-        }
-    }
-
-    /// The buffer if it exists, without allocating (for `bpf_loop` bodies).
-    #[inline(always)]
-    pub fn existing(self) -> Option<*const u8> {
-        match self {
-            Scratch::PerCpu => CG_SCRATCH.get_ptr(0).map(|p| p.cast()),
-            Scratch::PerThread => CG_THREAD_SCRATCH.current(false).map(|p| p.cast_const().cast()),
+            Scratch::Held(p) => Ok(p),
         }
     }
 }

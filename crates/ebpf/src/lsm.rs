@@ -40,7 +40,7 @@ use crate::{
     event::{attribute, clear_header, clear_header_at, count, fill_identity, read_argument, send},
     kernel::{self, Error, Scratch, Walk, MASK},
     task_storage::TaskStorage,
-    CG_EVENTS,
+    CG_EVENTS, CG_THREAD_SCRATCH,
 };
 
 /// The active slot (0 or 1), flipped by user space after the other slot is
@@ -200,7 +200,9 @@ fn report_failure(header: &PolicyHeader, error: Error) {
 /// [`hash_step_cb`] through `bpf_loop`.
 #[repr(C)]
 struct HashPass {
-    /// Start of the path in the thread's scratch buffer.
+    /// The thread's scratch buffer, held for the whole decision.
+    scratch: *const u8,
+    /// Start of the path in it.
     pos: u32,
     /// Policy slot, for the prefix lookups.
     slot: u32,
@@ -217,7 +219,7 @@ struct HashPass {
 extern "C" fn hash_step_cb(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the `HashPass` on the caller's stack.
     let pass = unsafe { &mut *ctx.cast::<HashPass>() };
-    let Some(scratch) = Scratch::PerThread.existing() else { return 1 };
+    let scratch = pass.scratch;
     let k = index as u32;
     // SAFETY: masked into the scratch value.
     let c = unsafe { *scratch.add(((pass.pos + k) & MASK) as usize) };
@@ -237,9 +239,9 @@ extern "C" fn hash_step_cb(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// looks the whole path up. Consumes the walk: the scratch buffer is
 /// reused by the next one.
 #[inline(always)]
-fn path_masks(slot: u32, seed: u64, w: Walk) -> (u64, u64) {
+fn path_masks(scratch: *const u8, slot: u32, seed: u64, w: Walk) -> (u64, u64) {
     let len = w.len();
-    let mut pass = HashPass { pos: w.pos, slot, hash: seed, subtree: 0 };
+    let mut pass = HashPass { scratch, pos: w.pos, slot, hash: seed, subtree: 0 };
     // SAFETY: the callback and its context live for the call.
     unsafe {
         generated::bpf_loop(len, hash_step_cb as *mut core::ffi::c_void, (&raw mut pass).cast(), 0);
@@ -385,9 +387,13 @@ extern "C" fn rule_step_cb(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 }
 
 fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Error> {
-    // No value (the kernel could not allocate it) reads as -ENOMEM.
+    // Both per-thread values are taken once, waiting out a busy task
+    // storage: a lookup that failed later would change the decision. No
+    // value (the kernel could not allocate it) reads as -ENOMEM.
     // SAFETY: this thread's value; nothing else writes it.
-    let ev = unsafe { &mut *CG_DECISIONS.current(true).ok_or(-12i64)? };
+    let ev = unsafe { &mut *CG_DECISIONS.current_waiting(true).ok_or(-12i64)? };
+    let held: *mut u8 = CG_THREAD_SCRATCH.current_waiting(true).ok_or(-12i64)?.cast();
+    let scratch = Scratch::Held(held);
     clear_header(ev);
     ev.kind = EventKind::Decision as u8;
     ev.policy_gen = header.generation;
@@ -410,9 +416,9 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     // The escape facts: the hook's path against the caller's root and cwd,
     // which the call changes only after this hook allows it.
     ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), kernel::fs_pwd(task));
-    let w = kernel::resolve_into(Scratch::PerThread, ev, vfsmnt, dentry)?;
+    let w = kernel::resolve_into(scratch, ev, vfsmnt, dentry)?;
     let path_known = w.complete;
-    let (exact, subtree) = path_masks(slot, header.seed, w);
+    let (exact, subtree) = path_masks(held.cast_const(), slot, header.seed, w);
 
     let exe_known = ev.flags & flags::EXE_UNKNOWN == 0;
     let mut exe = 0u64;
@@ -467,7 +473,7 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     ev.flags |= decision_flags(header, action);
     ev.ret = i64::from(ret);
     // The walk buffer is free again: `path_masks` consumed the resolved path.
-    attribute(Scratch::PerThread, ev);
+    attribute(scratch, ev);
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
     emit(ev, action);

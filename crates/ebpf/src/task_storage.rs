@@ -16,6 +16,12 @@ use aya_ebpf::{
     helpers::generated,
 };
 
+/// How long [`TaskStorage::current_waiting`] keeps trying (ns): far above a
+/// scheduler time slice, so the preempted holder of the busy mark has run.
+const BUSY_WAIT_NS: u64 = 50_000_000;
+/// Upper bound on its tries (`bpf_loop`'s own limit is 1 << 23).
+const BUSY_WAIT_TRIES: u32 = 1 << 22;
+
 /// A task storage map holding one `T` per thread. Needs 5.11+ (task storage
 /// for tracing programs, `bpf_get_current_task_btf`); the kernel requires
 /// `BPF_F_NO_PREALLOC`, `max_entries` 0 and an `int` key, and charges each
@@ -51,17 +57,67 @@ impl<T> TaskStorage<T> {
     /// using task storage interrupted on this CPU).
     #[inline(always)]
     pub fn current(&self, create: bool) -> Option<*mut T> {
-        let flags = if create { u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE) } else { 0 };
-        // SAFETY: the map is this definition; the task pointer comes from
-        // the helper that returns the verifier's BTF-typed `current`.
-        let p = unsafe {
-            generated::bpf_task_storage_get(
-                core::ptr::from_ref(self).cast_mut().cast(),
-                generated::bpf_get_current_task_btf().cast(),
-                core::ptr::null_mut(),
-                flags,
-            )
-        };
-        (!p.is_null()).then_some(p.cast::<T>())
+        get(core::ptr::from_ref(self), create)
     }
+
+    /// [`current`](Self::current) for a program that must not take a
+    /// spurious `None` (the BPF LSM program, whose errors decide by
+    /// `failMode`): up to 6.1 the helper only try-locks a per-CPU busy
+    /// mark, and on a preemptible kernel a thread preempted inside it on
+    /// this CPU makes every other thread's call there fail, which any
+    /// local user can arrange with a few threads. So on `None` this tries
+    /// again in a `bpf_loop` (5.17+) until the holder has run (the program
+    /// itself is preemptible, so the scheduler lets it), at most
+    /// `BUSY_WAIT_NS`. `None` then means the kernel could not allocate the
+    /// value. 6.2+ takes the mark unconditionally for LSM programs.
+    #[inline(always)]
+    pub fn current_waiting(&self, create: bool) -> Option<*mut T> {
+        if let Some(p) = self.current(create) {
+            return Some(p);
+        }
+        let mut w = Wait::<T> {
+            map: core::ptr::from_ref(self),
+            create,
+            // SAFETY: a helper without preconditions.
+            deadline: unsafe { generated::bpf_ktime_get_ns() } + BUSY_WAIT_NS,
+            got: core::ptr::null_mut(),
+        };
+        // SAFETY: the callback and its context live for the call.
+        unsafe {
+            generated::bpf_loop(BUSY_WAIT_TRIES, wait_cb::<T> as *mut core::ffi::c_void, (&raw mut w).cast(), 0);
+        }
+        (!w.got.is_null()).then_some(w.got)
+    }
+}
+
+#[inline(always)]
+fn get<T>(map: *const TaskStorage<T>, create: bool) -> Option<*mut T> {
+    let flags = if create { u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE) } else { 0 };
+    // SAFETY: the map is a `TaskStorage` definition; the task pointer
+    // comes from the helper that returns the verifier's BTF-typed `current`.
+    let p = unsafe {
+        generated::bpf_task_storage_get(map.cast_mut().cast(), generated::bpf_get_current_task_btf().cast(), core::ptr::null_mut(), flags)
+    };
+    (!p.is_null()).then_some(p.cast::<T>())
+}
+
+/// State of [`TaskStorage::current_waiting`]'s loop.
+struct Wait<T> {
+    map: *const TaskStorage<T>,
+    create: bool,
+    deadline: u64,
+    got: *mut T,
+}
+
+/// One try: 1 (stop) once the value is had or the time is up.
+#[inline(never)]
+extern "C" fn wait_cb<T>(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the `Wait` on the caller's stack.
+    let w = unsafe { &mut *ctx.cast::<Wait<T>>() };
+    if let Some(p) = get(w.map, w.create) {
+        w.got = p;
+        return 1;
+    }
+    // SAFETY: a helper without preconditions.
+    i64::from(unsafe { generated::bpf_ktime_get_ns() } >= w.deadline)
 }
