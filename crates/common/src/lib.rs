@@ -480,6 +480,11 @@ pub struct KernelOffsets {
     pub cgroup_kn: u32,
     /// `kernfs_node.id`
     pub kernfs_node_id: u32,
+    /// Not an offset: 1 when the kernel has the `bpf_loop` helper (5.17+,
+    /// a function in its BTF). fentry/fexit programs then wait out a busy
+    /// task storage (`TaskStorage::current_waiting`) instead of losing the
+    /// call's state; without it the branch is dead and the verifier skips it.
+    pub has_bpf_loop: u32,
 }
 
 /// Which calls the programs report, set at load time in the read-only global

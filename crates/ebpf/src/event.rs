@@ -99,19 +99,26 @@ pub struct Pending {
     pub root_dentry: *const u8,
 }
 
-/// The current thread's pending call, if its entry was seen.
+/// The current thread's pending call, if its entry was seen. `kind` says
+/// whether the program is preemptible ([`Scratch::PerThread`]): there a
+/// busy task storage is waited out (the value is created if absent, zeroed,
+/// so that no wait is for a value that is not there); otherwise one lookup.
 #[inline(always)]
-fn pending_call() -> Option<&'static mut Pending> {
+fn pending_call(kind: Scratch) -> Option<&'static mut Pending> {
+    let p = match kind {
+        Scratch::PerThread => kernel::preemptible_get(&CG_PENDING, true)?,
+        _ => CG_PENDING.current(false)?,
+    };
     // SAFETY: task storage stays valid while the program runs; only this
     // thread's programs touch its value, one at a time.
-    let p = unsafe { &mut *CG_PENDING.current(false)? };
+    let p = unsafe { &mut *p };
     (p.event.kind != 0).then_some(p)
 }
 
 /// The current thread's pending event, if its entry was seen.
 #[inline(always)]
-fn pending() -> Option<&'static mut ChrootEvent> {
-    pending_call().map(|p| &mut p.event)
+fn pending(kind: Scratch) -> Option<&'static mut ChrootEvent> {
+    pending_call(kind).map(|p| &mut p.event)
 }
 
 /// Clears the header of `ev` (a reused value: only the header must start
@@ -151,7 +158,8 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     if !wanted(tgid, uid_gid as u32, &comm) {
         return Ok(());
     }
-    let Some(ev) = CG_PENDING.current(true) else {
+    let got = if mode == Mode::Fentry { kernel::preemptible_get(&CG_PENDING, true) } else { CG_PENDING.current(true) };
+    let Some(ev) = got else {
         count(Counter::PendingFull);
         return Ok(());
     };
@@ -289,7 +297,7 @@ pub fn read_argument(ev: &mut ChrootEvent, filename: *const u8) {
 /// use.
 #[inline(always)]
 pub fn resolve(kind: Scratch, path: *const u8) -> Result<(), Error> {
-    let Some(ev) = pending() else { return Ok(()) };
+    let Some(ev) = pending(kind) else { return Ok(()) };
     read_argument_late(ev);
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
     let task = kernel::current_task();
@@ -299,10 +307,11 @@ pub fn resolve(kind: Scratch, path: *const u8) -> Result<(), Error> {
     kernel::resolve_into(kind, ev, vfsmnt, dentry).map(|_| ())
 }
 
-/// `security_path_chroot` return: records the LSM verdict.
+/// `security_path_chroot` return: records the LSM verdict. `kind`: the
+/// scratch buffer the calling program type may use (its preemptibility).
 #[inline(always)]
-pub fn lsm_return(ret: i32) -> Result<(), Error> {
-    let Some(ev) = pending() else { return Ok(()) };
+pub fn lsm_return(kind: Scratch, ret: i32) -> Result<(), Error> {
+    let Some(ev) = pending(kind) else { return Ok(()) };
     ev.lsm_ret = ret;
     ev.flags |= flags::LSM_CALLED;
     Ok(())
@@ -314,7 +323,7 @@ pub fn lsm_return(ret: i32) -> Result<(), Error> {
 /// `current->fs->pwd`.
 #[inline(always)]
 pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
-    let Some(call) = pending_call() else { return Ok(()) };
+    let Some(call) = pending_call(kind) else { return Ok(()) };
     let old_root = (call.root_mnt, call.root_dentry);
     let ev = &mut call.event;
     read_argument_late(ev);

@@ -39,7 +39,7 @@ pub fn cg_fentry_lsm(ctx: FEntryContext) -> i32 {
 #[fexit]
 pub fn cg_fexit_lsm(ctx: FExitContext) -> i32 {
     let ret: i64 = ctx.arg(1);
-    let _ = event::lsm_return(ret as i32);
+    let _ = event::lsm_return(Scratch::PerThread, ret as i32);
     0
 }
 

@@ -19,7 +19,7 @@ use chroot_guard_common::{
     exe_flags, flags, ChrootEvent, COMM_LEN, EXE_MAX, MAX_PATH_DEPTH, NAME_MAX, RESOLVED_MAX, SCRATCH_BYTES,
 };
 
-use crate::{CG_SCRATCH, CG_THREAD_SCRATCH};
+use crate::{task_storage::TaskStorage, CG_SCRATCH, CG_THREAD_SCRATCH};
 
 /// Which walk buffer a program may use.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl Scratch {
     pub fn get(self) -> Result<*mut u8, Error> {
         match self {
             Scratch::PerCpu => Ok(CG_SCRATCH.get_ptr_mut(0).ok_or(0)?.cast()),
-            Scratch::PerThread => Ok(CG_THREAD_SCRATCH.current(true).ok_or(0)?.cast()),
+            Scratch::PerThread => Ok(preemptible_get(&CG_THREAD_SCRATCH, true).ok_or(0)?.cast()),
             Scratch::Held(p) => Ok(p),
         }
     }
@@ -55,6 +55,19 @@ macro_rules! off {
         // SAFETY: a plain read of an immutable static.
         (unsafe { core::ptr::read_volatile(&crate::OFFSETS.$field) }) as usize
     };
+}
+
+/// This thread's value of `map` for a preemptible program (fentry/fexit):
+/// where the kernel has `bpf_loop` it waits out a busy task storage
+/// ([`TaskStorage::current_waiting`]), which on 6.1 with full preemption
+/// another thread preempted inside the helper causes; elsewhere one try.
+#[inline(always)]
+pub fn preemptible_get<T>(map: &TaskStorage<T>, create: bool) -> Option<*mut T> {
+    if off!(has_bpf_loop) != 0 {
+        map.current_waiting(create)
+    } else {
+        map.current(create)
+    }
 }
 
 /// Error type of the programs: the helper's negative errno, or 0 where

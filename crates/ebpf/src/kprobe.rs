@@ -39,7 +39,7 @@ pub fn cg_kprobe_lsm(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn cg_kret_lsm(ctx: RetProbeContext) -> u32 {
     let ret: i64 = ctx.ret();
-    let _ = event::lsm_return(ret as i32);
+    let _ = event::lsm_return(Scratch::PerCpu, ret as i32);
     0
 }
 

@@ -122,6 +122,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     css_set_dfl_cgrp: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
+    has_bpf_loop: 0,
 };
 
 /// Which calls to report, set by the loader.

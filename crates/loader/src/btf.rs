@@ -199,6 +199,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         css_set_dfl_cgrp: o("css_set", "dfl_cgrp")?,
         cgroup_kn: o("cgroup", "kn")?,
         kernfs_node_id: o("kernfs_node", "id")?,
+        has_bpf_loop: u32::from(has_func(btf, "bpf_loop")),
     };
     check_windows(&offsets)?;
     Ok(offsets)
