@@ -7,6 +7,9 @@
 //!   file but [`HOST_ONLY_FILES`] in `auto` (must pick fentry), then the
 //!   mode-dependent files ([`PER_MODE_FILES`]) in forced `kprobe` and forced
 //!   `tracepoint`. The same test files and assertions as on the host.
+//!   The guard's attack suite ([`FULL_PREEMPTION_FILES`]) runs in `auto`
+//!   after the kernel is switched to full preemption, where every program
+//!   can be preempted mid-call.
 //!
 //! Results come back as vitest JSON reports (host: `target/test-results/`,
 //! VM: the run directory's `out/`), and a summary names each place, its
@@ -65,6 +68,30 @@ const HOST_ONLY_FILES: &[&str] = &[
 const PER_MODE_FILES: &[&str] =
     &["test/watch.test.ts", "test/attach.test.ts", "test/loss.test.ts", "test/cli.test.ts", "test/escapes.test.ts"];
 
+/// Files run with the kernel fully preemptible (`sched/preempt` in debugfs
+/// set to `full`, as distributions booting `preempt=full` or built
+/// `CONFIG_PREEMPT` run), not with Debian's default `voluntary`: the guard's
+/// attacks, whose threads then preempt each other inside the LSM program.
+/// fentry/fexit programs are not run so: the kernel skips a tracing program
+/// entered on a CPU where it is already running (per-CPU recursion guard),
+/// which a preempted program makes common, and those calls are not counted
+/// (docs/platform.md).
+const FULL_PREEMPTION_FILES: &[&str] = &["test/escape.test.ts"];
+
+/// The guest's dynamic preemption switch (Debian builds `PREEMPT_DYNAMIC`).
+const PREEMPT: &str = "/sys/kernel/debug/sched/preempt";
+
+/// One vitest run in the VM.
+struct Suite {
+    /// Names the run's report (`results-<label>.json`) and exit code.
+    label: String,
+    /// `CG_TEST_MODE`.
+    mode: String,
+    files: Vec<String>,
+    /// Run with full preemption ([`FULL_PREEMPTION_FILES`]).
+    full_preemption: bool,
+}
+
 /// How long the VM (every mode's suite, in one boot) may run before it is
 /// killed. Under TCG on 2 CPUs the `auto` suite takes about 32 minutes
 /// (each LSM program load verifies for 20–30 s) and each forced mode about
@@ -98,13 +125,13 @@ fn read_report(path: &Path) -> Result<(u64, u64, u64, f64)> {
 
 /// The guest's script: each mode's vitest run in turn, in one boot (a boot
 /// and vitest's first transform cost about a minute each under TCG). Each
-/// run leaves `results-<mode>.json` and its exit code in `rc-<mode>` in
+/// run leaves `results-<label>.json` and its exit code in `rc-<label>` in
 /// `CG_VM_OUT`; the script fails if any run failed.
-fn vm_script(suites: &[(String, Vec<String>)]) -> String {
+fn vm_script(suites: &[Suite]) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let mut script = String::from("rc=0\n");
-    for (mode, files) in suites {
-        let report = format!("{}/results-{mode}.json", vm::GUEST_OUT);
+    for Suite { label, mode, files, full_preemption } in suites {
+        let report = format!("{}/results-{label}.json", vm::GUEST_OUT);
         let mut command = vec!["npx".to_string(), "--no-install".into()];
         command.extend(vitest_args(&report, files));
         // One worker for every file: each new one costs about 15 s of
@@ -112,8 +139,12 @@ fn vm_script(suites: &[(String, Vec<String>)]) -> String {
         // stops what it loads (the host suite keeps isolation).
         command.push("--no-isolate".into());
         let command: Vec<String> = command.iter().map(|a| quote(a)).collect();
+        let preempt = if *full_preemption { "full" } else { "voluntary" };
         script.push_str(&format!(
-            "echo; echo '==> VM suite: mode {mode}'\nCG_TEST_MODE={mode} {}\ns=$?; echo $s > {}/rc-{mode}; [ $s = 0 ] || rc=1\n",
+            "echo; echo '==> VM suite: {label} (mode {mode}, preemption {preempt})'\n\
+             [ -e {PREEMPT} ] || mount -t debugfs debugfs /sys/kernel/debug\n\
+             if echo {preempt} > {PREEMPT}; then CG_TEST_MODE={mode} {}; s=$?; else echo 'cannot set {PREEMPT}'; s=1; fi\n\
+             echo $s > {}/rc-{label}; [ $s = 0 ] || rc=1\n",
             command.join(" "),
             vm::GUEST_OUT
         ));
@@ -182,7 +213,15 @@ pub fn test(args: &TestArgs) -> Result<()> {
             } else {
                 PER_MODE_FILES.iter().map(|s| s.to_string()).collect()
             };
-            suites.push((mode.clone(), files));
+            // In `auto`, the attack suite runs apart, fully preemptible.
+            let (full, voluntary): (Vec<String>, Vec<String>) =
+                files.into_iter().partition(|f| mode == "auto" && FULL_PREEMPTION_FILES.contains(&f.as_str()));
+            if !voluntary.is_empty() {
+                suites.push(Suite { label: mode.clone(), mode: mode.clone(), files: voluntary, full_preemption: false });
+            }
+            if !full.is_empty() {
+                suites.push(Suite { label: format!("{mode}-preempt-full"), mode: mode.clone(), files: full, full_preemption: true });
+            }
         }
         step(&format!("TypeScript tests in the VM, modes {} (one boot)", modes.join(", ")));
         let opts = vm::VmOptions {
@@ -194,24 +233,25 @@ pub fn test(args: &TestArgs) -> Result<()> {
             ],
             timeout: VM_SUITE_TIMEOUT,
             // Debian builds the x32 ABI but leaves it off: on, so the
-            // tests see x32 chroot calls in every mode. Its kernel is
-            // built preemptible but boots voluntary: full, so programs run
-            // preemptible as on distributions that boot that way, and the
-            // guard's torn-read test can be preempted inside a decision.
-            kernel_args: vec!["syscall.x32=y".into(), "preempt=full".into()],
+            // tests see x32 chroot calls in every mode.
+            kernel_args: vec!["syscall.x32=y".into()],
             ..vm::VmOptions::default()
         };
         let vm = vm::run(&opts)?;
-        for (mode, _) in &suites {
-            let report = vm.out_dir.join(format!("results-{mode}.json"));
+        for Suite { label, mode, full_preemption, .. } in &suites {
+            let report = vm.out_dir.join(format!("results-{label}.json"));
             // A suite the timeout cut short has no report or exit code: it
             // counts as failed.
             let (passed, failed, skipped, secs) = read_report(&report).unwrap_or((0, 1, 0, 0.0));
-            let rc = fs::read_to_string(vm.out_dir.join(format!("rc-{mode}"))).ok();
+            let rc = fs::read_to_string(vm.out_dir.join(format!("rc-{label}"))).ok();
             outcomes.push(Outcome {
                 place: "VM".into(),
                 kernel: vm.kernel_release.clone(),
-                mode: if mode == "auto" { "auto→fentry".into() } else { mode.clone() },
+                mode: match (mode.as_str(), full_preemption) {
+                    ("auto", false) => "auto→fentry".into(),
+                    ("auto", true) => "auto→fentry, preempt full".into(),
+                    (m, _) => m.to_string(),
+                },
                 passed,
                 failed: if rc.as_deref().map(str::trim) == Some("0") { failed } else { failed.max(1) },
                 skipped,
@@ -223,10 +263,10 @@ pub fn test(args: &TestArgs) -> Result<()> {
         }
     }
     step("Summary");
-    eprintln!("  {:<5} {:<24} {:<16} {:>6} {:>6} {:>7} {:>7}", "where", "kernel", "mode", "passed", "failed", "skipped", "time");
+    eprintln!("  {:<5} {:<24} {:<26} {:>6} {:>6} {:>7} {:>7}", "where", "kernel", "mode", "passed", "failed", "skipped", "time");
     for o in &outcomes {
         eprintln!(
-            "  {:<5} {:<24} {:<16} {:>6} {:>6} {:>7} {:>6.0}s",
+            "  {:<5} {:<24} {:<26} {:>6} {:>6} {:>7} {:>6.0}s",
             o.place, o.kernel, o.mode, o.passed, o.failed, o.skipped, o.secs
         );
     }
