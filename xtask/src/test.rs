@@ -93,9 +93,9 @@ struct Suite {
 }
 
 /// How long the VM (every mode's suite, in one boot) may run before it is
-/// killed. Under TCG on 2 CPUs the `auto` suite takes about 32 minutes
-/// (each LSM program load verifies for 20–30 s) and each forced mode about
-/// 6; another job sharing the CPUs slows all of it by up to half.
+/// killed. Under TCG on 2 CPUs the `auto` suite takes about 17 minutes
+/// (each LSM program load verifies for 10–30 s) and each forced mode about
+/// 4; another job sharing the CPUs slows all of it by up to half.
 const VM_SUITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// One suite's outcome.
