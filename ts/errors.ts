@@ -90,6 +90,8 @@ export interface Refusal {
    * Reason code: `EPERM` (the kernel refuses this program type), `NO_KPROBES`
    * (kernel without CONFIG_KPROBES), `NO_BTF_FUNC` (target not in kernel
    * BTF), `NO_BTF` (the kernel's BTF could not be read), `NO_TRACEPOINT`,
+   * `PREEMPT_FULL` (fentry mode on a fully preemptible kernel, where the
+   * kernel would skip preempted programs uncounted; never remembered),
    * `VERIFIER` (see `verifierLog`) or `ATTACH_FAILED`; in `blindSpots`, also
    * `COMPAT_OFF` (compat programs left off on purpose) and
    * `MISSES_UNCOUNTED` (a kprobe-mode exit kretprobe attached through the

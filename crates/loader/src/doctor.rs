@@ -21,7 +21,7 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    attach::{classify, classify_lsm, try_mode, Denial, Failure, KernelContext},
+    attach::{classify, classify_lsm, preemption_refusal, try_mode, Denial, Failure, KernelContext},
     btf,
     error::{Error, Refusal},
     memory::{self, Memory, Outcome, MEMORY_FILE},
@@ -272,7 +272,7 @@ pub fn doctor() -> Report {
             let mut blind_spots = Vec::new();
             let refusal = match &context {
                 Err(d) => Some(mode_refusal(mode, d)),
-                Ok(k) => match try_mode(mode, k, &Filter::default(), 4096, true) {
+                Ok(k) => match preemption_refusal(mode).map_or_else(|| try_mode(mode, k, &Filter::default(), 4096, true), |r| Err(Failure::Refused(r))) {
                     Ok((_, blind)) => {
                         blind_spots = blind;
                         tried.push((mode, None));

@@ -206,6 +206,34 @@ pub fn open_tracefs(rel: &str, flags: i32) -> io::Result<std::fs::File> {
     Ok(file)
 }
 
+/// The kernel's dynamic preemption switch (`PREEMPT_DYNAMIC`, debugfs).
+const SCHED_PREEMPT: &str = "/sys/kernel/debug/sched/preempt";
+
+/// How we know the kernel preempts kernel code at any point (full or lazy
+/// preemption, or PREEMPT_RT), or `None` when it does not or we cannot
+/// tell. The switch in debugfs (`none voluntary (full)`) decides where it
+/// is readable; otherwise `uname -v` (`PREEMPT_RT`, or `PREEMPT` for a
+/// kernel built fully preemptible without the switch) and a `preempt=`
+/// boot argument of a `PREEMPT_DYNAMIC` kernel.
+pub fn full_preemption() -> Option<String> {
+    if let Ok(modes) = std::fs::read_to_string(SCHED_PREEMPT) {
+        let current = modes.split_whitespace().find(|m| m.starts_with('('))?.trim_matches(|c| c == '(' || c == ')');
+        return matches!(current, "full" | "lazy").then(|| format!("{SCHED_PREEMPT} says {current}"));
+    }
+    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
+    let built: Vec<&str> = version.split_whitespace().collect();
+    if let Some(t) = built.iter().find(|t| matches!(**t, "PREEMPT_RT" | "PREEMPT")) {
+        return Some(format!("the kernel is built {t} (uname -v)"));
+    }
+    if built.contains(&"PREEMPT_DYNAMIC") {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if let Some(arg) = cmdline.split_whitespace().find(|a| matches!(*a, "preempt=full" | "preempt=lazy")) {
+            return Some(format!("the kernel was booted with {arg}"));
+        }
+    }
+    None
+}
+
 /// Whether the kernel can create kprobes: a `kprobe` PMU (4.17+) or a
 /// `kprobe_events` file in tracefs. Both are absent without `CONFIG_KPROBES`.
 pub fn has_kprobes() -> bool {
