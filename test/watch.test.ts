@@ -342,6 +342,13 @@ describe(`calls once missed or incomplete (mode ${TEST_MODE})`, () => {
     return { pid: pid!, ret: ret! };
   };
   const call = (...args: string[]) => callWith(caller, ...args);
+  /** An executable copy of the caller at `<new temp dir>/<name>`, for a test that deletes or replaces it. */
+  const copyOfCaller = (prefix: string, name: string) => {
+    const copy = join(mkdtempSync(join(realpathSync(tmpdir()), prefix)), name);
+    copyFileSync(caller, copy);
+    execFileSync('chmod', ['755', copy]);
+    return copy;
+  };
   const exeOf = async (c: { pid: number }) => {
     await rec.until(() => rec.of(c.pid).length === 1);
     return rec.of(c.pid)[0]!;
@@ -365,12 +372,30 @@ describe(`calls once missed or incomplete (mode ${TEST_MODE})`, () => {
   });
 
   it('an executable unlinked after it was run: exe names where it was, flagged deleted', async () => {
-    const copy = join(mkdtempSync(join(realpathSync(tmpdir()), 'cg-deleted-')), 'gone');
-    copyFileSync(caller, copy);
-    execFileSync('chmod', ['755', copy]);
+    const copy = copyOfCaller('cg-deleted-', 'gone');
     const c = callWith(copy, 'deleted', rootPath);
     expect(c.ret).toBe(0);
     expect(await exeOf(c)).toMatchObject({ exe: copy, exeDeleted: true, exeMemfd: false, exeUnreachable: false, parentExeDeleted: false });
+  });
+
+  it('a thread\'s repeated calls: exe follows a deletion and an execve, parentExe its parent\'s execve (the kernel side caches both per thread)', async () => {
+    const copy = copyOfCaller('cg-again-', 'again');
+    const c = callWith(copy, 'again', caller);
+    expect(c.ret).toBe(0);
+    await rec.until(() => rec.of(c.pid).length === 3);
+    expect(rec.of(c.pid).map((e) => [e.exe, e.exeDeleted, e.parentExe])).toEqual([
+      [copy, false, process.execPath],
+      [copy, true, process.execPath],
+      [caller, false, process.execPath],
+    ]);
+
+    const out = execFileSync(caller, ['parent-exec'], { encoding: 'utf8' }).trim().split(' ').map(Number);
+    expect(out.slice(1)).toEqual([0, 0]);
+    await rec.until(() => rec.of(out[0]!).length === 2);
+    expect(rec.of(out[0]!).map((e) => [e.exe, e.parentComm, e.parentExe])).toEqual([
+      [caller, 'chroot_calls', caller],
+      [caller, 'sh', realpathSync('/bin/sh')],
+    ]);
   });
 
   it('a memfd executable (memfd_create + fexecve): exe is /memfd:NAME, flagged memfd and unreachable (no path in any namespace)', async () => {

@@ -24,7 +24,10 @@ export interface ExecutablePath {
   /**
    * Path of the executable (`exe_file->f_path`), display form; null when
    * the process has no executable (a kernel thread) or a read failed. A
-   * memfd shows as `/memfd:NAME` (`exeMemfd`).
+   * memfd shows as `/memfd:NAME` (`exeMemfd`). Each thread's first chroot
+   * walks it and keeps the walk (`CG_CALLER_CACHE`) until the task execs,
+   * changes mount namespace or parent: like an exec-time binary path, a
+   * rename after that walk is not seen (`exeDeleted` is read every call).
    */
   readonly exe: string | null;
   /** Raw bytes of `exe`, or null. */

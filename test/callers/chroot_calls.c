@@ -25,6 +25,17 @@
  *                              chroots into DIR: comm is a label the caller
  *                              picks, exe and the parent's exe are not.
  *   chroot_calls deleted DIR   unlinks its own executable, then chroots.
+ *   chroot_calls again OTHER   chroot("/"), unlinks its own executable,
+ *                              chroot("/") again, then runs OTHER with
+ *                              "plain /": three calls of one thread, its
+ *                              executable deleted after the first, replaced
+ *                              before the third (what a per-thread cache of
+ *                              the executable must notice).
+ *   chroot_calls parent-exec   forks a child that calls chroot("/"); the
+ *                              parent then runs /bin/sh, and the child calls
+ *                              it again once sh runs (the parent's
+ *                              executable changed under the same parent).
+ *                              Prints "<child pid> <r1> <r2>".
  *   chroot_calls memfd DIR     copies its executable into a memfd named
  *                              "cg-memfd" and runs that (fexecve) with
  *                              "plain DIR": an executable with no path.
@@ -133,6 +144,39 @@ int main(int argc, char **argv) {
     self[n] = 0;
     if (unlink(self) != 0) return 2;
     return plain(argv[2]);
+  }
+  if (argc == 3 && !strcmp(argv[1], "again")) {
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0 || chroot("/") != 0) return 2;
+    self[n] = 0;
+    if (unlink(self) != 0 || chroot("/") != 0) return 2;
+    execl(argv[2], argv[2], "plain", "/", (char *)0);
+    return 2;
+  }
+  if (argc == 2 && !strcmp(argv[1], "parent-exec")) {
+    /* first: child -> parent "called once"; go: sh -> child "sh runs";
+       alive: held by the child only, so sh's read ends when it exits. */
+    int first[2], go[2], alive[2];
+    if (pipe(first) || pipe(go) || pipe(alive)) return 2;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+      close(first[0]), close(go[1]), close(alive[0]);
+      int r1 = chroot("/") == 0 ? 0 : -errno;
+      char c;
+      if (write(first[1], "1", 1) != 1 || read(go[0], &c, 1) != 1) _exit(2);
+      int r2 = chroot("/") == 0 ? 0 : -errno;
+      printf("%d %d %d\n", getpid(), r1, r2);
+      fflush(stdout);
+      _exit(0);
+    }
+    close(first[1]), close(go[0]), close(alive[1]);
+    char c, cmd[64];
+    if (read(first[0], &c, 1) != 1) return 2;
+    snprintf(cmd, sizeof cmd, "echo >&%d; read x <&%d; exit 0", go[1], alive[0]);
+    execl("/bin/sh", "sh", "-c", cmd, (char *)0);
+    return 2;
   }
   if (argc == 3 && !strcmp(argv[1], "memfd")) {
     int in = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);

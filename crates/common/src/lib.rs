@@ -23,6 +23,11 @@ pub const RESOLVED_MAX: usize = 4096;
 /// writes at most `EXE_MAX - 1` bytes of path.
 pub const EXE_MAX: usize = RESOLVED_MAX;
 
+/// Bytes of an executable path a thread's cache of its own and its
+/// parent's executable keeps (a power of two; the kernel side walks longer
+/// paths every time). Covers container and Nix store paths with room.
+pub const EXE_CACHE_BYTES: usize = 512;
+
 /// Bytes of [`ChrootEvent::data`]: the argument, the resolved path and the
 /// two executable paths, plus one more [`EXE_MAX`] that only the verifier
 /// needs. Each path is copied at the masked sum of the lengths before it, so
@@ -470,6 +475,8 @@ pub struct KernelOffsets {
     pub cred_uid: u32,
     /// `task_struct.start_boottime`
     pub task_start_boottime: u32,
+    /// `task_struct.self_exec_id`: one more on each execve(2) of the task.
+    pub task_self_exec_id: u32,
     /// `fs_struct.pwd`
     pub fs_pwd: u32,
     /// `task_struct.cgroups`

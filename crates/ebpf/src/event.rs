@@ -11,8 +11,8 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    kernel::{self, Error, Scratch},
-    CG_COUNTERS, CG_EVENTS, CG_PENDING, CG_WAKEUP, FILTER,
+    kernel::{self, CallerCache, Error, Scratch},
+    CG_COUNTERS, CG_EVENTS, CG_CALLER_CACHE, CG_PENDING, CG_WAKEUP, FILTER,
 };
 
 /// Least time between two wakeups of the reader for a caught-up ring
@@ -176,7 +176,8 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     clear_header(ev);
     ev.kind = EventKind::Chroot as u8;
     ev.mode = mode as u8;
-    fill_identity(ev, pid_tgid, uid_gid, comm, root);
+    let kind = if mode == Mode::Fentry { Scratch::PerThread } else { Scratch::PerCpu };
+    fill_identity(ev, pid_tgid, uid_gid, comm, root, caller_cache(kind).map(|c| &mut c.ids));
     ev.arg_addr = filename as u64;
     read_argument(ev, filename);
     Ok(())
@@ -206,6 +207,7 @@ pub fn fill_identity(
     uid_gid: u64,
     comm: [u8; 16],
     root: Result<(*const u8, *const u8), Error>,
+    ids: Option<&mut kernel::IdsCached>,
 ) {
     ev.pid = (pid_tgid >> 32) as u32;
     ev.tid = pid_tgid as u32;
@@ -225,7 +227,7 @@ pub fn fill_identity(
     }
     ev.mnt_ns = kernel::mnt_ns_inum(task).unwrap_or(0);
     ev.user_ns = kernel::user_ns_inum(task).unwrap_or(0);
-    if let Ok((ns, pid, tid)) = kernel::pid_ns_ids(task) {
+    if let Ok((ns, pid, tid)) = kernel::pid_ns_ids_cached(task, ids) {
         ev.pid_ns = ns;
         ev.ns_pid = pid;
         ev.ns_tid = tid;
@@ -242,19 +244,38 @@ pub fn fill_identity(
     }
 }
 
+/// This thread's [`kernel::CallerCache`], created on its first call; `None`
+/// when the kernel could not allocate it or found the storage busy (the
+/// call then reads and walks everything). `kind` says whether the program
+/// is preemptible, as for [`pending_call`].
+#[inline(always)]
+pub fn caller_cache(kind: Scratch) -> Option<&'static mut CallerCache> {
+    let c = match kind {
+        Scratch::PerCpu => CG_CALLER_CACHE.current(true),
+        _ => kernel::preemptible_get(&CG_CALLER_CACHE, true),
+    };
+    // SAFETY: this thread's value, touched by one of its programs at a time.
+    c.map(|c| unsafe { &mut *c })
+}
+
 /// Adds who ran the call, once the paths before them are final: the
 /// caller's executable path, its parent's comm and executable path
-/// ([`kernel::exe_into`]). Best effort: what cannot be read is left out and
-/// its [`chroot_guard_common::exe_flags::PRESENT`] bit stays unset.
+/// ([`kernel::exe_into`], from `cache` when it holds them). Best effort:
+/// what cannot be read is left out and its
+/// [`chroot_guard_common::exe_flags::PRESENT`] bit stays unset.
 #[inline(always)]
-pub fn attribute(kind: Scratch, ev: &mut ChrootEvent) {
+pub fn attribute(kind: Scratch, ev: &mut ChrootEvent, cache: Option<&mut CallerCache>) {
     let task = kernel::current_task();
-    let _ = kernel::exe_into(kind, ev, task, false);
+    let (own, parent_cache) = match cache {
+        Some(c) => (Some(&mut c.own), Some(&mut c.parent)),
+        None => (None, None),
+    };
+    let _ = kernel::exe_into(kind, ev, task, false, own);
     if let Ok(parent) = kernel::real_parent(task) {
         if let Ok(comm) = kernel::comm(parent) {
             ev.parent_comm = comm;
         }
-        let _ = kernel::exe_into(kind, ev, parent, true);
+        let _ = kernel::exe_into(kind, ev, parent, true, parent_cache);
     }
 }
 
@@ -340,7 +361,7 @@ pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
             let _ = kernel::resolve_into(kind, ev, new_root.0, new_root.1);
         }
     }
-    attribute(kind, ev);
+    attribute(kind, ev, caller_cache(kind));
     if send(ev).is_err() {
         count(Counter::RingBufFull);
     }

@@ -16,7 +16,7 @@
 
 use aya_ebpf::helpers::{bpf_probe_read_kernel, generated};
 use chroot_guard_common::{
-    exe_flags, flags, ChrootEvent, COMM_LEN, EXE_MAX, MAX_PATH_DEPTH, NAME_MAX, RESOLVED_MAX, SCRATCH_BYTES,
+    exe_flags, flags, ChrootEvent, COMM_LEN, EXE_CACHE_BYTES, EXE_MAX, MAX_PATH_DEPTH, NAME_MAX, RESOLVED_MAX, SCRATCH_BYTES,
 };
 
 use crate::{task_storage::TaskStorage, CG_SCRATCH, CG_THREAD_SCRATCH};
@@ -420,21 +420,26 @@ const MNT_NS_INTERNAL: usize = -22isize as usize;
 #[inline(always)]
 pub fn exe_walk(kind: Scratch, task: *const u8) -> Result<(Walk, u16), Error> {
     let file = exe_file(task)?;
+    let (w, bits) = exe_walk_at(kind, ns_root_mount(task)?, file)?;
+    Ok((w, bits | exe_deleted(file)))
+}
+
+/// [`exe_walk`] of the executable `file` in the namespace whose root mount
+/// is `ns_root`, without [`exe_flags::DELETED`] (see [`exe_deleted`]).
+#[inline(always)]
+fn exe_walk_at(kind: Scratch, ns_root: *const u8, file: *const u8) -> Result<(Walk, u16), Error> {
     let (vfsmnt, dentry) = path_parts(file.wrapping_add(off!(file_f_path)))?;
-    let w = walk(kind, ns_root_mount(task)?, vfsmnt, dentry)?;
+    let w = walk(kind, ns_root, vfsmnt, dentry)?;
     let mut bits = exe_flags::PRESENT;
     if w.unreachable {
         bits |= exe_flags::UNREACHABLE;
     } else if !w.complete {
         bits |= exe_flags::TRUNCATED;
     }
-    let d = read::<DentryWindow>(dentry, off!(dentry_parent))?;
-    if d.parent != dentry && read_ptr(dentry, off!(dentry_hash_pprev))?.is_null() {
-        bits |= exe_flags::DELETED;
-    }
     // A memfd lives on an internal mount, outside every namespace, so its
     // walk is never complete: only then is the mount's namespace read.
     if w.unreachable {
+        let d = read::<DentryWindow>(dentry, off!(dentry_parent))?;
         let mnt_ns = read_ptr(vfsmnt.wrapping_sub(off!(mount_mnt)), off!(mount_mnt_ns))? as usize;
         if mnt_ns == MNT_NS_INTERNAL && read::<[u8; 6]>(d.name, 0)? == *b"memfd:" {
             bits |= exe_flags::MEMFD;
@@ -443,22 +448,163 @@ pub fn exe_walk(kind: Scratch, task: *const u8) -> Result<(Walk, u16), Error> {
     Ok((w, bits))
 }
 
-/// [`exe_walk`]s `task`'s executable and appends it to `ev.data` after the
-/// paths before it: the caller's (`parent` false, into `exe_len`) or, once
-/// that is final, its parent's (`parent` true, into `parent_exe_len`). Sets
-/// the [`exe_flags`] bits, shifted for the parent. `Err` when the task has
-/// no executable or a read failed; nothing is then recorded.
+/// [`exe_flags::DELETED`] when the executable `file` (a BTF-typed
+/// `struct file *`) has been unlinked: its dentry is unhashed and not a
+/// root, what `/proc/PID/exe` marks `(deleted)`. Plain loads only.
 #[inline(always)]
-pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bool) -> Result<(), Error> {
-    let (w, bits) = exe_walk(kind, task)?;
+fn exe_deleted(file: *const u8) -> u16 {
+    let dentry = load::<*const u8>(file, off!(file_f_path) + off!(path_dentry));
+    let parent = load::<*const u8>(dentry, off!(dentry_parent));
+    if parent != dentry && load::<*const u8>(dentry, off!(dentry_hash_pprev)).is_null() {
+        exe_flags::DELETED
+    } else {
+        0
+    }
+}
+
+/// What an executable's walk depends on, as one thread caches it
+/// ([`ExeCached`]): the task (and when it started, so a reused
+/// `task_struct` does not match), its `self_exec_id` (one more on each
+/// execve), its `mm->exe_file` and its mount namespace's root mount.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ExeKey {
+    task: u64,
+    start: u64,
+    exec_id: u64,
+    file: u64,
+    ns_root: u64,
+}
+
+impl ExeKey {
+    /// Field by field: a derived `PartialEq` may become a `memcmp` call,
+    /// which the BPF target does not have.
+    #[inline(always)]
+    fn same(&self, o: &ExeKey) -> bool {
+        self.task == o.task && self.start == o.start && self.exec_id == o.exec_id && self.file == o.file && self.ns_root == o.ns_root
+    }
+}
+
+/// One executable path as a thread last walked it: the key it was walked
+/// for, its [`exe_flags`] bits but `DELETED` (read fresh each time) and up
+/// to [`EXE_CACHE_BYTES`] of path. Empty while `len` is 0 (a walk writes at
+/// least `/`). The path is the one walked first for that key: like
+/// Tetragon's exec-time binary, a rename or a mount change after it is not
+/// seen until the task next execs, changes mount namespace or parent.
+#[repr(C)]
+pub struct ExeCached {
+    key: ExeKey,
+    len: u16,
+    bits: u16,
+    _pad: u32,
+    path: [u8; EXE_CACHE_BYTES],
+}
+
+/// What a thread keeps between its chroot(2) calls (`CG_CALLER_CACHE`) so
+/// that a repeated call reads its caller's ids and executables instead of
+/// walking for them: in tracepoint mode on the development host the exit
+/// program went from about 2,600 to 1,400 ns a call (bench/README.md).
+#[repr(C)]
+pub struct CallerCache {
+    /// The caller's pid namespace ids ([`pid_ns_ids`]).
+    pub ids: IdsCached,
+    /// The caller's executable path.
+    pub own: ExeCached,
+    /// Its `real_parent`'s.
+    pub parent: ExeCached,
+}
+
+/// A thread's [`pid_ns_ids`] and what they were read for: its own and its
+/// group leader's `thread_pid` (`struct pid`s are immutable while held)
+/// and its `self_exec_id` (an execve by a non-leader thread swaps pids with
+/// the leader). Empty while `exec_id` is 0 (never an exec id: a task's
+/// starts at its parent's, and init's first exec makes it 1).
+#[repr(C)]
+pub struct IdsCached {
+    pid: u64,
+    leader_pid: u64,
+    exec_id: u64,
+    ids: (u32, u32, u32),
+    _pad: u32,
+}
+
+/// [`pid_ns_ids`], from `cache` when it was read for the same pids and
+/// exec (plain loads: three where the reads take six helper calls), else
+/// read and kept there.
+#[inline(always)]
+pub fn pid_ns_ids_cached(task: *const u8, cache: Option<&mut IdsCached>) -> Result<(u32, u32, u32), Error> {
+    let pid = load::<u64>(task, off!(task_thread_pid));
+    let leader_pid = load::<u64>(load::<*const u8>(task, off!(task_group_leader)), off!(task_thread_pid));
+    let exec_id = load::<u64>(task, off!(task_self_exec_id));
+    match cache {
+        Some(c) if c.exec_id != 0 && c.exec_id == exec_id && c.pid == pid && c.leader_pid == leader_pid => Ok(c.ids),
+        cache => {
+            let ids = pid_ns_ids(task)?;
+            if let Some(c) = cache {
+                (c.pid, c.leader_pid, c.exec_id, c.ids) = (pid, leader_pid, exec_id, ids);
+            }
+            Ok(ids)
+        }
+    }
+}
+
+/// Appends `task`'s executable path to `ev.data` after the paths before
+/// it: the caller's (`parent` false, into `exe_len`) or, once that is
+/// final, its parent's (`parent` true, into `parent_exe_len`), and sets its
+/// [`exe_flags`] bits, shifted for the parent. From `cache` when its key
+/// matches, else walked ([`exe_walk`]) and kept there when it fits. `Err`
+/// when the task has no executable or a read failed; nothing is then
+/// recorded.
+#[inline(always)]
+pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bool, cache: Option<&mut ExeCached>) -> Result<(), Error> {
+    let file = exe_file(task)?;
+    let ns_root = ns_root_mount(task)?;
+    let key = ExeKey {
+        task: task as u64,
+        start: start_boottime(task),
+        exec_id: load::<u64>(task, off!(task_self_exec_id)),
+        file: file as u64,
+        ns_root: ns_root as u64,
+    };
     let before = u32::from(ev.path_len) + u32::from(ev.resolved_len);
+    let at = if parent {
+        (before + u32::from(ev.exe_len)) & (4 * EXE_MAX as u32 - 1)
+    } else {
+        before & (2 * EXE_MAX as u32 - 1)
+    };
+    // SAFETY: `at` is masked, so `MASK` bytes from it stay inside `ev.data`
+    // (see `DATA_BYTES`).
+    let dst = unsafe { ev.data.as_mut_ptr().add(at as usize) };
+    const CACHE_MASK: u32 = EXE_CACHE_BYTES as u32 - 1;
+    let (len, bits) = match cache {
+        Some(c) if c.len != 0 && c.key.same(&key) => {
+            let len = u32::from(c.len) & CACHE_MASK;
+            // SAFETY: `len` bytes of the cached path into `dst`, see above.
+            unsafe { generated::bpf_probe_read_kernel(dst.cast(), len, c.path.as_ptr().cast()) };
+            (len as u16, c.bits)
+        }
+        cache => {
+            let (w, bits) = exe_walk_at(kind, ns_root, file)?;
+            let len = copy_path(dst, &w);
+            if let Some(c) = cache {
+                c.len = 0;
+                if u32::from(len) <= CACHE_MASK {
+                    let n = u32::from(len) & CACHE_MASK;
+                    // SAFETY: `n` bytes from the walk's buffer into the
+                    // cache's `EXE_CACHE_BYTES`.
+                    unsafe { generated::bpf_probe_read_kernel(c.path.as_mut_ptr().cast(), n, w.scratch.add((w.pos & MASK) as usize).cast()) };
+                    (c.key, c.bits, c.len) = (key, bits, n as u16);
+                }
+            }
+            (len, bits)
+        }
+    };
+    let bits = bits | exe_deleted(file);
     if parent {
-        let at = (before + u32::from(ev.exe_len)) & (4 * EXE_MAX as u32 - 1);
-        ev.parent_exe_len = copy_walk(ev, at, &w);
+        ev.parent_exe_len = len;
         ev.exe_flags |= bits << exe_flags::PARENT_SHIFT;
     } else {
-        let at = before & (2 * EXE_MAX as u32 - 1);
-        ev.exe_len = copy_walk(ev, at, &w);
+        ev.exe_len = len;
         ev.exe_flags |= bits;
     }
     Ok(())

@@ -37,7 +37,7 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    event::{attribute, clear_header, clear_header_at, count, fill_identity, read_argument, send},
+    event::{attribute, caller_cache, clear_header, clear_header_at, count, fill_identity, read_argument, send},
     kernel::{self, Error, Scratch, Walk, MASK},
     task_storage::TaskStorage,
     CG_EVENTS, CG_THREAD_SCRATCH,
@@ -402,7 +402,8 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     // Read once, here: a task without a root cannot be judged, and a root
     // kept as a Result across the walk costs the verifier states.
     let root = kernel::fs_root(task)?;
-    fill_identity(ev, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm, Ok(root));
+    let mut cache = caller_cache(scratch);
+    fill_identity(ev, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm, Ok(root), cache.as_mut().map(|c| &mut c.ids));
     // The argument as passed, from the syscall's saved user registers
     // (`bpf_task_pt_regs` wants the BTF-typed task pointer, 5.15+).
     // SAFETY: helpers without preconditions beyond a BTF task pointer.
@@ -473,7 +474,7 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     ev.flags |= decision_flags(header, action);
     ev.ret = i64::from(ret);
     // The walk buffer is free again: `path_masks` consumed the resolved path.
-    attribute(scratch, ev);
+    attribute(scratch, ev, cache);
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
     emit(ev, action);

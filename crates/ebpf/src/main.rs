@@ -51,6 +51,13 @@ static CG_WAKEUP: Array<u64, 1> = Array::new();
 #[btf_map]
 static CG_PENDING: TaskStorage<event::Pending> = TaskStorage::new();
 
+/// What each thread keeps between its calls (`kernel::CallerCache`, about
+/// 1.1 KiB: its pid namespace ids and the last walks of its own and its
+/// parent's executable path), allocated on its first chroot and kept like
+/// `CG_PENDING`.
+#[btf_map]
+static CG_CALLER_CACHE: TaskStorage<kernel::CallerCache> = TaskStorage::new();
+
 /// Per-CPU buffer the path walk writes backwards into, for programs that
 /// run with preemption off (tracepoints, kprobes).
 #[btf_map]
@@ -117,6 +124,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     dentry_hash_pprev: 0,
     cred_uid: 0,
     task_start_boottime: 0,
+    task_self_exec_id: 0,
     fs_pwd: 0,
     task_cgroups: 0,
     css_set_dfl_cgrp: 0,

@@ -194,6 +194,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         dentry_hash_pprev: o("dentry", "d_hash")? + o("hlist_bl_node", "pprev")?,
         cred_uid: o("cred", "uid")?,
         task_start_boottime: o("task_struct", "start_boottime")?,
+        task_self_exec_id: o("task_struct", "self_exec_id")?,
         fs_pwd: o("fs_struct", "pwd")?,
         task_cgroups: o("task_struct", "cgroups")?,
         css_set_dfl_cgrp: o("css_set", "dfl_cgrp")?,
