@@ -468,7 +468,7 @@ fn exe_deleted(file: *const u8) -> u16 {
 /// execve), its `mm->exe_file` and its mount namespace's root mount.
 #[repr(C)]
 #[derive(Clone, Copy)]
-pub struct ExeKey {
+pub struct ExeWalkKey {
     task: u64,
     start: u64,
     exec_id: u64,
@@ -476,11 +476,11 @@ pub struct ExeKey {
     ns_root: u64,
 }
 
-impl ExeKey {
+impl ExeWalkKey {
     /// Field by field: a derived `PartialEq` may become a `memcmp` call,
     /// which the BPF target does not have.
     #[inline(always)]
-    fn same(&self, o: &ExeKey) -> bool {
+    fn same(&self, o: &ExeWalkKey) -> bool {
         self.task == o.task && self.start == o.start && self.exec_id == o.exec_id && self.file == o.file && self.ns_root == o.ns_root
     }
 }
@@ -493,7 +493,7 @@ impl ExeKey {
 /// seen until the task next execs, changes mount namespace or parent.
 #[repr(C)]
 pub struct ExeCached {
-    key: ExeKey,
+    key: ExeWalkKey,
     len: u16,
     bits: u16,
     _pad: u32,
@@ -559,7 +559,7 @@ pub fn pid_ns_ids_cached(task: *const u8, cache: Option<&mut IdsCached>) -> Resu
 pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bool, cache: Option<&mut ExeCached>) -> Result<(), Error> {
     let file = exe_file(task)?;
     let ns_root = ns_root_mount(task)?;
-    let key = ExeKey {
+    let key = ExeWalkKey {
         task: task as u64,
         start: start_boottime(task),
         exec_id: load::<u64>(task, off!(task_self_exec_id)),
