@@ -176,8 +176,7 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     clear_header(ev);
     ev.kind = EventKind::Chroot as u8;
     ev.mode = mode as u8;
-    let kind = if mode == Mode::Fentry { Scratch::PerThread } else { Scratch::PerCpu };
-    fill_identity(ev, pid_tgid, uid_gid, comm, root, caller_cache(kind).map(|c| &mut c.ids));
+    fill_identity(ev, pid_tgid, uid_gid, comm, root, caller_cache().map(|c| &mut c.ids));
     ev.arg_addr = filename as u64;
     read_argument(ev, filename);
     Ok(())
@@ -245,17 +244,14 @@ pub fn fill_identity(
 }
 
 /// This thread's [`kernel::CallerCache`], created on its first call; `None`
-/// when the kernel could not allocate it or found the storage busy (the
-/// call then reads and walks everything). `kind` says whether the program
-/// is preemptible, as for [`pending_call`].
+/// when the kernel could not allocate it or found the storage busy. One
+/// try in every program type: unlike the call's own state, the cache is
+/// optional (without it the call reads and walks everything), so a busy
+/// storage is not waited out.
 #[inline(always)]
-pub fn caller_cache(kind: Scratch) -> Option<&'static mut CallerCache> {
-    let c = match kind {
-        Scratch::PerCpu => CG_CALLER_CACHE.current(true),
-        _ => kernel::preemptible_get(&CG_CALLER_CACHE, true),
-    };
+pub fn caller_cache() -> Option<&'static mut CallerCache> {
     // SAFETY: this thread's value, touched by one of its programs at a time.
-    c.map(|c| unsafe { &mut *c })
+    CG_CALLER_CACHE.current(true).map(|c| unsafe { &mut *c })
 }
 
 /// Adds who ran the call, once the paths before them are final: the
@@ -361,7 +357,7 @@ pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
             let _ = kernel::resolve_into(kind, ev, new_root.0, new_root.1);
         }
     }
-    attribute(kind, ev, caller_cache(kind));
+    attribute(kind, ev, caller_cache());
     if send(ev).is_err() {
         count(Counter::RingBufFull);
     }

@@ -465,7 +465,10 @@ fn exe_deleted(file: *const u8) -> u16 {
 /// What an executable's walk depends on, as one thread caches it
 /// ([`ExeCached`]): the task (and when it started, so a reused
 /// `task_struct` does not match), its `self_exec_id` (one more on each
-/// execve), its `mm->exe_file` and its mount namespace's root mount.
+/// execve), its `mm->exe_file`, that file's identity (device and inode:
+/// `prctl(PR_SET_MM_MAP)`, open to root in a user namespace, swaps
+/// `exe_file` without an exec, and the new `struct file` may reuse the
+/// old one's address) and its mount namespace's root mount.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct ExeWalkKey {
@@ -473,6 +476,8 @@ pub struct ExeWalkKey {
     start: u64,
     exec_id: u64,
     file: u64,
+    ino: u64,
+    dev: u64,
     ns_root: u64,
 }
 
@@ -481,16 +486,28 @@ impl ExeWalkKey {
     /// which the BPF target does not have.
     #[inline(always)]
     fn same(&self, o: &ExeWalkKey) -> bool {
-        self.task == o.task && self.start == o.start && self.exec_id == o.exec_id && self.file == o.file && self.ns_root == o.ns_root
+        self.task == o.task
+            && self.start == o.start
+            && self.exec_id == o.exec_id
+            && self.file == o.file
+            && self.ino == o.ino
+            && self.dev == o.dev
+            && self.ns_root == o.ns_root
     }
 }
 
 /// One executable path as a thread last walked it: the key it was walked
-/// for, its [`exe_flags`] bits but `DELETED` (read fresh each time) and up
-/// to [`EXE_CACHE_BYTES`] of path. Empty while `len` is 0 (a walk writes at
-/// least `/`). The path is the one walked first for that key: like
-/// Tetragon's exec-time binary, a rename or a mount change after it is not
-/// seen until the task next execs, changes mount namespace or parent.
+/// for, its [`exe_flags`] bits but `DELETED` (read fresh each time) and
+/// the path, when shorter than [`EXE_CACHE_BYTES`] (longer ones are walked
+/// every time). Empty while `len` is 0 (a walk writes at least `/`). The
+/// path is the one walked first for that key: like Tetragon's exec-time
+/// binary, a rename or a mount change after it is not seen until the task
+/// next execs, changes executable, mount namespace or parent (a walk that
+/// raced a rename and read a mix of old and new names stays as long). In a
+/// mount namespace of a user's own, where any path of the executable is
+/// the user's to arrange, a path that is stale is no less true than one
+/// arranged on purpose; policies match the executable by device and inode,
+/// read fresh every call.
 #[repr(C)]
 pub struct ExeCached {
     key: ExeWalkKey,
@@ -559,11 +576,14 @@ pub fn pid_ns_ids_cached(task: *const u8, cache: Option<&mut IdsCached>) -> Resu
 pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bool, cache: Option<&mut ExeCached>) -> Result<(), Error> {
     let file = exe_file(task)?;
     let ns_root = ns_root_mount(task)?;
+    let (dev, ino) = file_identity(file);
     let key = ExeWalkKey {
         task: task as u64,
         start: start_boottime(task),
         exec_id: load::<u64>(task, off!(task_self_exec_id)),
         file: file as u64,
+        ino,
+        dev: u64::from(dev),
         ns_root: ns_root as u64,
     };
     let before = u32::from(ev.path_len) + u32::from(ev.resolved_len);
@@ -666,10 +686,15 @@ pub fn is_chrooted_at(task: *const u8, root: (*const u8, *const u8)) -> Result<b
 /// thread, or an `mm` without `exe_file`).
 #[inline(always)]
 pub fn exe_identity(task: *const u8) -> Result<(u32, u64), Error> {
-    let file = exe_file(task)?;
+    Ok(file_identity(exe_file(task)?))
+}
+
+/// `(f_inode->i_sb->s_dev, f_inode->i_ino)` of a BTF-typed `struct file *`.
+#[inline(always)]
+fn file_identity(file: *const u8) -> (u32, u64) {
     let inode = load::<*const u8>(file, off!(file_f_inode));
     let sb = load::<*const u8>(inode, off!(inode_sb));
-    Ok((load::<u32>(sb, off!(sb_dev)), load::<u64>(inode, off!(inode_ino))))
+    (load::<u32>(sb, off!(sb_dev)), load::<u64>(inode, off!(inode_ino)))
 }
 
 /// `task->mm->exe_file`; `Err` for a task without one (a kernel thread,

@@ -387,9 +387,12 @@ extern "C" fn rule_step_cb(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 }
 
 fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Error> {
-    // Both per-thread values are taken once, waiting out a busy task
-    // storage: a lookup that failed later would change the decision. No
-    // value (the kernel could not allocate it) reads as -ENOMEM.
+    // The decision's two per-thread values are taken once, waiting out a
+    // busy task storage: a lookup that failed later would change the
+    // decision. No value (the kernel could not allocate it) reads as
+    // -ENOMEM. The caller cache (`caller_cache`, below) is one try: no
+    // decision reads it, and without it the record's ids and paths are
+    // read and walked instead.
     // SAFETY: this thread's value; nothing else writes it.
     let ev = unsafe { &mut *CG_DECISIONS.current_waiting(true).ok_or(-12i64)? };
     let held: *mut u8 = CG_THREAD_SCRATCH.current_waiting(true).ok_or(-12i64)?.cast();
@@ -402,7 +405,7 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     // Read once, here: a task without a root cannot be judged, and a root
     // kept as a Result across the walk costs the verifier states.
     let root = kernel::fs_root(task)?;
-    let mut cache = caller_cache(scratch);
+    let mut cache = caller_cache();
     fill_identity(ev, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm, Ok(root), cache.as_mut().map(|c| &mut c.ids));
     // The argument as passed, from the syscall's saved user registers
     // (`bpf_task_pt_regs` wants the BTF-typed task pointer, 5.15+).
