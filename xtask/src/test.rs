@@ -32,11 +32,21 @@ pub struct TestArgs {
     /// Skip the host suites (VM only).
     #[arg(long)]
     pub vm_only: bool,
-    /// VM modes to run (default: auto, kprobe, tracepoint).
+    /// VM modes to run (default: auto, kprobe, tracepoint on the default
+    /// kernel, auto on the others).
     #[arg(long = "vm-mode", value_parser = ["auto", "kprobe", "tracepoint", "fentry"])]
     pub vm_modes: Vec<String>,
+    /// VM kernels to run the suites on, one boot each (repeatable; default:
+    /// 6.1). See `cargo xtask vm --help`.
+    #[arg(long = "vm-kernel", value_name = "VERSION", value_parser = parse_kernel)]
+    pub vm_kernels: Vec<vm::KernelSpec>,
     /// Only these vitest files (e.g. test/watch.test.ts).
     pub files: Vec<String>,
+}
+
+/// Parses `--vm-kernel`: a kernel `cargo xtask vm --kernel` boots.
+fn parse_kernel(s: &str) -> Result<vm::KernelSpec, String> {
+    vm::kernel_spec(s).map_err(|e| format!("{e:#}"))
 }
 
 /// Test files whose behaviour depends on the attach mode: run in every VM
@@ -193,72 +203,13 @@ pub fn test(args: &TestArgs) -> Result<()> {
         });
     }
     if !args.host_only {
-        let modes: Vec<String> = if args.vm_modes.is_empty() {
-            vec!["auto".into(), "kprobe".into(), "tracepoint".into()]
+        let kernels = if args.vm_kernels.is_empty() {
+            vec![vm::kernel_spec(vm::DEFAULT_KERNEL)?]
         } else {
-            args.vm_modes.clone()
+            args.vm_kernels.clone()
         };
-        let mut suites = Vec::new();
-        for mode in &modes {
-            let files: Vec<String> = if !args.files.is_empty() {
-                args.files.clone()
-            } else if mode == "auto" {
-                let mut all: Vec<String> = fs::read_dir(root().join("test"))?
-                    .filter_map(|e| e.ok().map(|e| format!("test/{}", e.file_name().to_string_lossy())))
-                    .filter(|f| f.ends_with(".test.ts") && !HOST_ONLY_FILES.contains(&f.as_str()))
-                    .collect();
-                all.sort();
-                all
-            } else {
-                PER_MODE_FILES.iter().map(|s| s.to_string()).collect()
-            };
-            // In `auto`, the attack suite runs apart, fully preemptible.
-            let (full, voluntary): (Vec<String>, Vec<String>) =
-                files.into_iter().partition(|f| mode == "auto" && FULL_PREEMPTION_FILES.contains(&f.as_str()));
-            if !voluntary.is_empty() {
-                suites.push(Suite { label: mode.clone(), mode: mode.clone(), files: voluntary, full_preemption: false });
-            }
-            if !full.is_empty() {
-                suites.push(Suite { label: format!("{mode}-preempt-full"), mode: mode.clone(), files: full, full_preemption: true });
-            }
-        }
-        step(&format!("TypeScript tests in the VM, modes {} (one boot)", modes.join(", ")));
-        let opts = vm::VmOptions {
-            command: vec!["sh".into(), "-c".into(), vm_script(&suites)],
-            env: vec![
-                ("CI".into(), "true".into()),
-                // The stock Debian kernel allows everything: auto picks fentry.
-                ("CG_EXPECT_AUTO_MODE".into(), "fentry".into()),
-            ],
-            timeout: VM_SUITE_TIMEOUT,
-            // Debian builds the x32 ABI but leaves it off: on, so the
-            // tests see x32 chroot calls in every mode.
-            kernel_args: vec!["syscall.x32=y".into()],
-            ..vm::VmOptions::default()
-        };
-        let vm = vm::run(&opts)?;
-        for Suite { label, mode, full_preemption, .. } in &suites {
-            let report = vm.out_dir.join(format!("results-{label}.json"));
-            // A suite the timeout cut short has no report or exit code: it
-            // counts as failed.
-            let (passed, failed, skipped, secs) = read_report(&report).unwrap_or((0, 1, 0, 0.0));
-            let rc = fs::read_to_string(vm.out_dir.join(format!("rc-{label}"))).ok();
-            outcomes.push(Outcome {
-                place: "VM".into(),
-                kernel: vm.kernel_release.clone(),
-                mode: match (mode.as_str(), full_preemption) {
-                    ("auto", false) => "auto→fentry".into(),
-                    ("auto", true) => "auto, preempt full".into(),
-                    (m, _) => m.to_string(),
-                },
-                passed,
-                failed: if rc.as_deref().map(str::trim) == Some("0") { failed } else { failed.max(1) },
-                skipped,
-                secs,
-            });
-        }
-        if vm.exit_code != 0 && outcomes.iter().all(|o| o.failed == 0) {
-            bail!("the VM's test script exited with {} though every suite passed (run directory {})", vm.exit_code, vm.run_dir.display());
+        for kernel in &kernels {
+            outcomes.extend(vm_suites(args, kernel)?);
         }
     }
     step("Summary");
@@ -275,4 +226,78 @@ pub fn test(args: &TestArgs) -> Result<()> {
         bail!("{failed} test(s) failed");
     }
     Ok(())
+}
+
+/// Every suite of one VM kernel, in one boot: the modes asked for, or
+/// `auto`, `kprobe` and `tracepoint` on the default kernel and `auto` on
+/// the others.
+fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec) -> Result<Vec<Outcome>> {
+    let mut outcomes = Vec::new();
+    let modes: Vec<String> = if !args.vm_modes.is_empty() {
+        args.vm_modes.clone()
+    } else if kernel.name == vm::DEFAULT_KERNEL {
+        vec!["auto".into(), "kprobe".into(), "tracepoint".into()]
+    } else {
+        vec!["auto".into()]
+    };
+    let mut suites = Vec::new();
+    for mode in &modes {
+        let files: Vec<String> = if !args.files.is_empty() {
+            args.files.clone()
+        } else if mode == "auto" {
+            let mut all: Vec<String> = fs::read_dir(root().join("test"))?
+                .filter_map(|e| e.ok().map(|e| format!("test/{}", e.file_name().to_string_lossy())))
+                .filter(|f| f.ends_with(".test.ts") && !HOST_ONLY_FILES.contains(&f.as_str()))
+                .collect();
+            all.sort();
+            all
+        } else {
+            PER_MODE_FILES.iter().map(|s| s.to_string()).collect()
+        };
+        // In `auto`, the attack suite runs apart, fully preemptible.
+        let (full, voluntary): (Vec<String>, Vec<String>) =
+            files.into_iter().partition(|f| mode == "auto" && FULL_PREEMPTION_FILES.contains(&f.as_str()));
+        if !voluntary.is_empty() {
+            suites.push(Suite { label: mode.clone(), mode: mode.clone(), files: voluntary, full_preemption: false });
+        }
+        if !full.is_empty() {
+            suites.push(Suite { label: format!("{mode}-preempt-full"), mode: mode.clone(), files: full, full_preemption: true });
+        }
+    }
+    step(&format!("TypeScript tests in the VM, kernel {}, modes {} (one boot)", kernel.name, modes.join(", ")));
+    let opts = vm::VmOptions {
+        command: vec!["sh".into(), "-c".into(), vm_script(&suites)],
+        env: vec![("CI".into(), "true".into()), ("CG_EXPECT_AUTO_MODE".into(), kernel.auto_mode.into())],
+        timeout: VM_SUITE_TIMEOUT,
+        // Debian builds the x32 ABI but leaves it off: on, so the
+        // tests see x32 chroot calls in every mode.
+        kernel_args: vec!["syscall.x32=y".into()],
+        kernel: *kernel,
+        ..vm::VmOptions::default()
+    };
+    let vm = vm::run(&opts)?;
+    for Suite { label, mode, full_preemption, .. } in &suites {
+        let report = vm.out_dir.join(format!("results-{label}.json"));
+        // A suite the timeout cut short has no report or exit code: it
+        // counts as failed.
+        let (passed, failed, skipped, secs) = read_report(&report).unwrap_or((0, 1, 0, 0.0));
+        let rc = fs::read_to_string(vm.out_dir.join(format!("rc-{label}"))).ok();
+        outcomes.push(Outcome {
+            place: "VM".into(),
+            kernel: vm.kernel_release.clone(),
+            mode: match (mode.as_str(), full_preemption) {
+                ("auto", false) => format!("auto→{}", kernel.auto_mode),
+                ("auto", true) => "auto, preempt full".into(),
+                (m, _) => m.to_string(),
+            },
+            passed,
+            failed: if rc.as_deref().map(str::trim) == Some("0") { failed } else { failed.max(1) },
+            skipped,
+            secs,
+        });
+    }
+    if vm.exit_code != 0 && outcomes.iter().all(|o| o.failed == 0) {
+        bail!("the VM's test script exited with {} though every suite passed (run directory {})", vm.exit_code, vm.run_dir.display());
+    }
+    Ok(outcomes)
 }

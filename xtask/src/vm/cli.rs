@@ -18,8 +18,10 @@ use super::{run, run_dir::is_shell_name, secs, VmOptions, VmTimeout};
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Example: cargo xtask vm -- uname -r   (--help shows more)",
-    after_long_help = "The VM boots Debian's stock 6.1 kernel under QEMU (TCG), which allows kprobes, \
-fentry/fexit and BPF LSM programs, unlike the host kernel. Needs root.
+    after_long_help = "The VM boots one of Debian's stock kernels under QEMU (TCG): 6.1 from the machine's \
+own apt sources by default, or with --kernel 5.10 (bullseye) or 6.12 (trixie), fetched through an apt \
+configuration of the project's own in .cache/vm/apt/. They allow kprobes, fentry/fexit and BPF LSM \
+programs, unlike the host kernel (5.10 is booted with lsm=...,bpf, which its CONFIG_LSM lacks). Needs root.
 
 The guest chroots into the host's root file system, shared read-only over 9p, so the same node, \
 binaries and files are at the same paths; /tmp, /run and /dev/shm are fresh tmpfs; proc, sysfs, \
@@ -39,13 +41,15 @@ Environment of the command (nothing else is inherited from the host):
 
 Cached in <repo>/.cache/vm/ (ignored by git):
   debs/          the kernel package, fetched with `apt-get download`
+  apt/<suite>/   sources list, package lists and cache for 5.10 and 6.12
   kernel/<pkg>/  its kernel image and the virtio/9p modules (from `dpkg -x`)
-  initramfs.cpio busybox, the modules and /init; rebuilt when its inputs change
+  initramfs-<release>.cpio  busybox, the modules and /init; rebuilt when its inputs change
   runs/<id>/     one per run: command.sh, exit_code, kernel_release, lsm, out/ (the newest 20 are kept)
 Missing apt packages (qemu-system-x86, busybox-static, cpio, xz-utils) are installed first.
 
 Examples:
   cargo xtask vm -- uname -r
+  cargo xtask vm --kernel 6.12 -- uname -r
   cargo xtask vm -- sh -c 'cat /sys/kernel/security/lsm > $CG_VM_OUT/lsm'
   cargo xtask vm --env FOO=1 --cwd test -- sh -c 'echo $FOO; pwd'
   cargo xtask vm --timeout 60 -- node -e 'console.log(process.version)'"
@@ -66,12 +70,20 @@ pub struct VmArgs {
     /// Working directory of the command: a host path, the same in the guest [default: the repository root].
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
+    /// Which kernel to boot: Debian's 5.10 (bullseye), 6.1 (bookworm) or 6.12 (trixie).
+    #[arg(long, value_name = "VERSION", default_value = super::DEFAULT_KERNEL, value_parser = parse_kernel)]
+    kernel: super::KernelSpec,
     /// Extra kernel command line argument (repeatable), e.g. --kernel-arg loglevel=7.
     #[arg(long = "kernel-arg", value_name = "ARG")]
     kernel_args: Vec<String>,
     /// The command to run in the guest, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+/// Parses `--kernel`: one of the kernels in `kernel.rs`.
+fn parse_kernel(s: &str) -> Result<super::KernelSpec, String> {
+    super::kernel_spec(s).map_err(|e| format!("{e:#}"))
 }
 
 /// Parses `K=V` for `--env`.
@@ -98,6 +110,7 @@ pub fn cli(args: VmArgs) -> Result<()> {
         memory_mib: args.memory,
         cpus: args.cpus,
         kernel_args: args.kernel_args,
+        kernel: args.kernel,
     };
     let started = Instant::now();
     match run(&opts) {

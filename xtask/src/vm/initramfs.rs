@@ -1,7 +1,7 @@
 //! The initramfs: the host's static busybox, the kernel's virtio and 9p
 //! modules, and the guest's `/init`, which mounts the host's root and the
 //! run directory and `switch_root`s into the host's root. It is packed with
-//! `cpio` into `<repo>/.cache/vm/initramfs.cpio` and rebuilt only when a
+//! `cpio` into `<repo>/.cache/vm/initramfs-<release>.cpio` and rebuilt only when a
 //! stamp of its inputs (format, kernel, busybox, the `/init` text) changes.
 
 use std::{
@@ -93,7 +93,8 @@ fail "switch_root into the host root (is busybox-static installed on the host?)"
     )
 }
 
-/// Builds `<cache>/initramfs.cpio` unless its stamp shows the same inputs.
+/// Builds `<cache>/initramfs-<kernel release>.cpio` (one per kernel: the
+/// modules differ) unless its stamp shows the same inputs.
 pub(super) fn ensure_initramfs(cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
     step("VM initramfs (busybox, virtio and 9p modules, /init)");
     let started = Instant::now();
@@ -104,8 +105,8 @@ pub(super) fn ensure_initramfs(cache: &Path, kernel: &Kernel) -> Result<PathBuf>
     let init = init_script(&modules);
     let stamp =
         format!("format {INITRAMFS_FORMAT}\nkernel {}\nbusybox {} bytes, mtime {mtime}\n{init}", kernel.id, meta.len());
-    let image = cache.join("initramfs.cpio");
-    let stamp_file = cache.join("initramfs.stamp");
+    let image = cache.join(format!("initramfs-{}.cpio", kernel.release));
+    let stamp_file = cache.join(format!("initramfs-{}.stamp", kernel.release));
     if image.is_file() && fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
         eprintln!("    cached: {}", image.display());
         return Ok(image);

@@ -1,11 +1,18 @@
-//! The kernel package: which one (`linux-image-amd64`'s dependency, asked
-//! of apt, or the newest cached one when apt cannot answer), its `.deb`
+//! The kernel package: which kernels the VM boots ([`KERNELS`], chosen with
+//! `--kernel`), which package (`linux-image-amd64`'s dependency in that
+//! kernel's Debian suite, asked of apt, or the newest cached one when apt
+//! cannot answer), its `.deb`
 //! fetched with `apt-get download` into `<repo>/.cache/vm/debs/`, and
 //! unpacked with `dpkg -x` into `<repo>/.cache/vm/kernel/<package>_<version>/`
 //! with only what the guest needs: the kernel image, the modules of
 //! `modules.rs` and their load order. A stamp in that directory says what
 //! it was unpacked for, so a change of the module list unpacks it again;
 //! otherwise the cache makes later runs work offline.
+//!
+//! The machine's own apt sources name its release (bookworm, Linux 6.1).
+//! Other releases are asked through an apt configuration of our own in
+//! `<repo>/.cache/vm/apt/<suite>/` (a sources list, package lists and a
+//! cache passed with `-o`), so the machine's sources stay as they are.
 
 use std::{
     fs,
@@ -19,12 +26,108 @@ use xtask::{output, run as run_cmd, step};
 
 use super::{
     image::extract_pvh_vmlinux,
-    modules::{collect_modules, decompress_module, load_order, modinfo_depends, module_name, MODULES},
+    modules::{collect_modules, decompress_module, load_order, modinfo_depends, module_name, MODULES, MODULES_NOT_IN_EVERY_KERNEL},
     secs,
 };
 
 /// The meta package whose dependency names the current kernel package.
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
+
+/// The Debian archive the other suites come from, and the keyring that
+/// signs it (Debian's `debian-archive-keyring`).
+const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// A kernel the VM can boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelSpec {
+    /// The version users name it by (`--kernel 5.10`).
+    pub name: &'static str,
+    /// The Debian suite whose `linux-image-amd64` it is; `None` for the
+    /// machine's own release, through the machine's apt sources.
+    suite: Option<&'static str>,
+    /// Kernel command line arguments it needs: Debian's 5.10 does not list
+    /// `bpf` in `CONFIG_LSM`, so the BPF LSM is asked for at boot.
+    pub boot_args: &'static [&'static str],
+    /// The mode `auto` picks there, which the tests expect
+    /// (`CG_EXPECT_AUTO_MODE`).
+    pub auto_mode: &'static str,
+}
+
+/// Every kernel `--kernel` accepts, oldest first. Each has BTF, kprobes and
+/// `CONFIG_BPF_LSM` (docs/platform.md).
+pub const KERNELS: &[KernelSpec] = &[
+    KernelSpec {
+        name: "5.10",
+        suite: Some("bullseye"),
+        boot_args: &["lsm=lockdown,capability,yama,apparmor,bpf"],
+        auto_mode: "fentry",
+    },
+    KernelSpec { name: "6.1", suite: None, boot_args: &[], auto_mode: "fentry" },
+    KernelSpec { name: "6.12", suite: Some("trixie"), boot_args: &[], auto_mode: "fentry" },
+];
+
+/// The kernel the VM boots unless told otherwise: the machine's release's.
+pub const DEFAULT_KERNEL: &str = "6.1";
+
+/// The [`KERNELS`] entry named `name`, or an error listing them.
+pub fn kernel_spec(name: &str) -> Result<KernelSpec> {
+    KERNELS.iter().copied().find(|k| k.name == name).with_context(|| {
+        format!("no VM kernel {name}: choose one of {}", KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "))
+    })
+}
+
+/// How to run apt for one kernel: no options for the machine's release,
+/// else our own configuration for the suite.
+struct Apt {
+    opts: Vec<String>,
+    /// Where our configuration lives (`None`: the machine's).
+    dir: Option<PathBuf>,
+}
+
+impl Apt {
+    /// Writes the suite's sources list under `cache` when it is not the
+    /// machine's release.
+    fn for_spec(cache: &Path, spec: &KernelSpec) -> Result<Apt> {
+        let Some(suite) = spec.suite else { return Ok(Apt { opts: Vec::new(), dir: None }) };
+        let dir = cache.join("apt").join(suite);
+        for d in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(dir.join(d)).with_context(|| format!("creating {}", dir.join(d).display()))?;
+        }
+        let list = dir.join("sources.list");
+        let line = format!("deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {suite} main\n");
+        if fs::read_to_string(&list).ok().as_deref() != Some(line.as_str()) {
+            fs::write(&list, &line).with_context(|| format!("writing {}", list.display()))?;
+        }
+        let opts = [
+            format!("Dir::Etc::sourcelist={}", list.display()),
+            "Dir::Etc::sourceparts=-".to_string(),
+            format!("Dir::State::Lists={}", dir.join("lists").display()),
+            format!("Dir::Cache={}", dir.join("cache").display()),
+        ]
+        .into_iter()
+        .flat_map(|o| ["-o".to_string(), o])
+        .collect();
+        Ok(Apt { opts, dir: Some(dir) })
+    }
+
+    /// `program` (apt-get, apt-cache) with these options.
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.args(&self.opts);
+        c
+    }
+
+    /// `apt-get update` for these sources.
+    fn update(&self) -> Result<()> {
+        let what = match &self.dir {
+            Some(dir) => format!("the sources in {}", dir.join("sources.list").display()),
+            None => "/etc/apt/sources.list*".to_string(),
+        };
+        run_cmd(self.command("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
+            .with_context(|| format!("apt-get update failed: check the network and {what}"))
+    }
+}
 
 /// An unpacked kernel: the image and the modules the initramfs needs.
 #[derive(Debug)]
@@ -46,14 +149,13 @@ pub(super) struct Kernel {
 
 /// Names the kernel package and its candidate version with apt-cache,
 /// running `apt-get update` once if apt knows nothing yet.
-fn kernel_package() -> Result<(String, String)> {
-    match kernel_package_from_apt() {
+fn kernel_package(apt: &Apt) -> Result<(String, String)> {
+    match kernel_package_from_apt(apt) {
         Ok(found) => Ok(found),
         Err(first) => {
             eprintln!("    apt does not know the kernel package yet ({first:#}); running apt-get update");
-            run_cmd(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
-                .context("apt-get update failed: check the network and /etc/apt/sources.list*")?;
-            kernel_package_from_apt()
+            apt.update()?;
+            kernel_package_from_apt(apt)
         }
     }
 }
@@ -61,8 +163,8 @@ fn kernel_package() -> Result<(String, String)> {
 /// One `apt-cache show` of the meta package: its `Depends:` names the
 /// signed image package with an exact version (`linux-image-6.1.0-56-amd64
 /// (= 6.1.192-2)`); the unsigned package of the same source has that version.
-fn kernel_package_from_apt() -> Result<(String, String)> {
-    let show = output(Command::new("apt-cache").args(["show", "--no-all-versions", KERNEL_META_PACKAGE]))?;
+fn kernel_package_from_apt(apt: &Apt) -> Result<(String, String)> {
+    let show = output(apt.command("apt-cache").args(["show", "--no-all-versions", KERNEL_META_PACKAGE]))?;
     let depends = show
         .lines()
         .find_map(|l| l.strip_prefix("Depends:"))
@@ -79,7 +181,7 @@ fn kernel_package_from_apt() -> Result<(String, String)> {
     let package = if image.ends_with("-unsigned") { image } else { format!("{image}-unsigned") };
     let version = match pinned {
         Some(v) => v,
-        None => output(Command::new("apt-cache").args(["policy", &package]))?
+        None => output(apt.command("apt-cache").args(["policy", &package]))?
             .lines()
             .filter_map(|l| l.trim().strip_prefix("Candidate:"))
             .map(str::trim)
@@ -90,13 +192,16 @@ fn kernel_package_from_apt() -> Result<(String, String)> {
     Ok((package, version))
 }
 
-/// The newest complete unpacked kernel in the cache, for offline use.
-fn newest_cached_kernel(cache: &Path) -> Option<String> {
+/// The newest complete unpacked kernel of `spec` in the cache, for
+/// offline use (`linux-image-<name>.`…).
+fn newest_cached_kernel(cache: &Path, spec: &KernelSpec) -> Option<String> {
+    let prefix = format!("linux-image-{}.", spec.name);
     let mut ids: Vec<String> = fs::read_dir(cache.join("kernel"))
         .ok()?
         .filter_map(|e| e.ok())
         .filter(|e| e.path().join("stamp").is_file())
         .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|id| id.starts_with(&prefix))
         .collect();
     ids.sort_by_key(|id| version_key(id));
     ids.pop()
@@ -109,12 +214,19 @@ fn version_key(s: &str) -> Vec<u64> {
 
 /// Makes sure the kernel image and modules are unpacked in the cache, fetching
 /// the package when needed.
-pub(super) fn ensure_kernel(cache: &Path) -> Result<Kernel> {
-    step("VM kernel (Debian linux-image-*-amd64-unsigned)");
+pub(super) fn ensure_kernel(cache: &Path, spec: &KernelSpec) -> Result<Kernel> {
+    let from = spec.suite.map_or_else(|| "the machine's apt sources".to_string(), |s| format!("Debian {s}"));
+    step(&format!("VM kernel {} (linux-image-*-amd64-unsigned from {from})", spec.name));
     let started = Instant::now();
-    let (package, version) = match kernel_package() {
-        Ok(found) => found,
-        Err(e) => match newest_cached_kernel(cache) {
+    let apt = Apt::for_spec(cache, spec)?;
+    let (package, version) = match kernel_package(&apt) {
+        Ok(found) if found.0.starts_with(&format!("linux-image-{}.", spec.name)) => found,
+        Ok((package, _)) => bail!(
+            "{KERNEL_META_PACKAGE} of {from} is {package}, not a {} kernel: the suite moved on; \
+             update KERNELS in xtask/src/vm/kernel.rs",
+            spec.name
+        ),
+        Err(e) => match newest_cached_kernel(cache, spec) {
             Some(id) => {
                 eprintln!("    warning: cannot ask apt for the kernel package ({e:#}); using the cached {id}");
                 let (p, v) = id.split_once('_').context("cached kernel directory name")?;
@@ -132,7 +244,7 @@ pub(super) fn ensure_kernel(cache: &Path) -> Result<Kernel> {
     let dir = cache.join("kernel").join(&id);
     let stamp = modules_stamp();
     if fs::read_to_string(dir.join("stamp")).ok().as_deref() != Some(stamp.as_str()) {
-        let deb = ensure_deb(cache, &package, &version)?;
+        let deb = ensure_deb(cache, &apt, &package, &version)?;
         unpack_kernel(&deb, &dir, &stamp)?;
     }
     let kernel = load_kernel(&dir, id)?;
@@ -146,7 +258,7 @@ fn modules_stamp() -> String {
 }
 
 /// The cached `.deb`, downloaded with `apt-get download` if missing.
-fn ensure_deb(cache: &Path, package: &str, version: &str) -> Result<PathBuf> {
+fn ensure_deb(cache: &Path, apt: &Apt, package: &str, version: &str) -> Result<PathBuf> {
     let debs = cache.join("debs");
     fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
     let prefix = format!("{package}_{}_", version.replace(':', "%3a"));
@@ -163,7 +275,7 @@ fn ensure_deb(cache: &Path, package: &str, version: &str) -> Result<PathBuf> {
     eprintln!("    downloading {package}={version} into {}", debs.display());
     let download = |debs: &Path| {
         run_cmd(
-            Command::new("apt-get")
+            apt.command("apt-get")
                 // apt's sandbox user _apt may not write into the repository.
                 .args(["-o", "APT::Sandbox::User=root", "download"])
                 .arg(format!("{package}={version}"))
@@ -173,7 +285,7 @@ fn ensure_deb(cache: &Path, package: &str, version: &str) -> Result<PathBuf> {
     if let Err(e) = download(&debs) {
         // Stale lists point at a version the mirror no longer has.
         eprintln!("    download failed ({e:#}); running apt-get update and trying again");
-        run_cmd(Command::new("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
+        apt.update()?;
         download(&debs).with_context(|| {
             format!(
                 "cannot download {package}={version}: check the network and apt sources \
@@ -216,7 +328,12 @@ fn unpack_kernel(deb: &Path, dir: &Path, stamp: &str) -> Result<()> {
             .and_then(|n| n.strip_prefix("vmlinuz-"))
             .context("kernel image name")?
             .to_string();
-        let mod_root = scratch.join("lib/modules").join(&release);
+        // Under /usr on merged-/usr releases (trixie on).
+        let mod_root = ["lib/modules", "usr/lib/modules"]
+            .iter()
+            .map(|d| scratch.join(d).join(&release))
+            .find(|d| d.is_dir())
+            .with_context(|| format!("{} has no lib/modules/{release} (nor usr/lib/modules/{release})", deb.display()))?;
         let mut found = Vec::new();
         collect_modules(&mod_root.join("kernel"), &mut found)?;
         let builtin_list = fs::read_to_string(mod_root.join("modules.builtin")).unwrap_or_default();
@@ -233,7 +350,7 @@ fn unpack_kernel(deb: &Path, dir: &Path, stamp: &str) -> Result<()> {
                     let bytes = fs::read(&ko).with_context(|| format!("reading {}", ko.display()))?;
                     depends.push((name.to_string(), modinfo_depends(&bytes)));
                 }
-                None if is_builtin(name) => {}
+                None if is_builtin(name) || MODULES_NOT_IN_EVERY_KERNEL.contains(name) => {}
                 None => bail!(
                     "module {name} is neither in {} nor built into it: the VM cannot mount the host's \
                      file system (is this the generic amd64 flavour? the cloud one has no 9p)",

@@ -1,6 +1,7 @@
 //! `cargo xtask vm -- <command>`: runs a command inside a QEMU VM booted
-//! with Debian's stock 6.1 kernel, which (unlike the host kernel) allows
-//! kprobes, fentry/fexit and BPF LSM programs.
+//! with one of Debian's stock kernels (6.1 by default; 5.10 and 6.12 with
+//! `--kernel`), which (unlike the host kernel) allow kprobes, fentry/fexit
+//! and BPF LSM programs.
 //!
 //! How it works:
 //!
@@ -68,7 +69,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xtask::{require_root, root};
 
-pub use self::cli::{cli, VmArgs};
+pub use self::{
+    cli::{cli, VmArgs},
+    kernel::{kernel_spec, KernelSpec, DEFAULT_KERNEL},
+};
 use self::{
     initramfs::ensure_initramfs,
     kernel::ensure_kernel,
@@ -112,6 +116,8 @@ pub struct VmOptions {
     pub cpus: u32,
     /// Extra kernel command line arguments.
     pub kernel_args: Vec<String>,
+    /// Which kernel to boot (`kernel.rs` lists them).
+    pub kernel: KernelSpec,
 }
 
 impl Default for VmOptions {
@@ -124,6 +130,7 @@ impl Default for VmOptions {
             memory_mib: 2048,
             cpus: 2,
             kernel_args: Vec::new(),
+            kernel: kernel_spec(DEFAULT_KERNEL).expect("DEFAULT_KERNEL is in KERNELS"),
         }
     }
 }
@@ -211,7 +218,7 @@ pub fn run(opts: &VmOptions) -> Result<VmOutcome> {
     let cache = cache_dir();
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
 
-    let kernel = ensure_kernel(&cache)?;
+    let kernel = ensure_kernel(&cache, &opts.kernel)?;
     let initramfs = ensure_initramfs(&cache, &kernel)?;
     let run_dir = new_run_dir(&cache)?;
     write_command_script(&run_dir, opts, &cwd)?;

@@ -28,6 +28,12 @@ pub(super) const MODULES: &[&str] = &[
     "9p",
 ];
 
+/// [`MODULES`] some kernels do not have at all, neither as a file nor
+/// built in: 5.10's `virtio_pci` holds the legacy and modern device code
+/// that 5.14 split out, `netfs` came in 5.13, and 6.7 folded `fscache`
+/// into `netfs`.
+pub(super) const MODULES_NOT_IN_EVERY_KERNEL: &[&str] = &["virtio_pci_legacy_dev", "virtio_pci_modern_dev", "netfs", "fscache"];
+
 /// Every module file (`.ko`, `.ko.xz`, `.ko.zst`) under `dir`.
 pub(super) fn collect_modules(dir: &Path, into: &mut Vec<PathBuf>) -> Result<()> {
     for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {

@@ -86,6 +86,7 @@ pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir:
         // /init mounts the share `cgcwd` back at this path.
         append.push(format!("cg_cwd={}", cwd.display()));
     }
+    append.extend(opts.kernel.boot_args.iter().map(|a| a.to_string()));
     append.extend(opts.kernel_args.iter().cloned());
     let mut qemu = Command::new("setpriv");
     // If we die (Ctrl-C, kill), the kernel kills QEMU too.
