@@ -340,9 +340,13 @@ pub fn walk(kind: Scratch, ns_root: *const u8, vfsmnt: *const u8, dentry: *const
         // SAFETY: the masks keep both writes inside the SCRATCH_BYTES value.
         unsafe {
             *scratch.add((pos & MASK) as usize) = b'/';
+            // The length read back once more for the helper: 6.12's
+            // verifier links `len` to the registers derived from it
+            // (`pos - (len + 1)`) and loses its unsigned bound on the way
+            // ("R2 unbounded memory access"); a fresh masked load has one.
             generated::bpf_probe_read_kernel(
                 scratch.add(((pos + 1) & MASK) as usize).cast(),
-                len,
+                load_len() & NAME_MAX as u32,
                 name.cast(),
             );
         }

@@ -144,7 +144,7 @@ fn emit(ev: &ChrootEvent, action: u8) {
 pub fn cg_lsm_chroot(ctx: LsmContext) -> i32 {
     let earlier: i32 = ctx.arg(1);
     if earlier != 0 {
-        return earlier;
+        return lsm_ret(earlier);
     }
     let Some(slot) = CG_ACTIVE.get(0).map(|s| *s & 1) else { return 0 };
     let Some(header) = CG_POLICY.get(slot).copied() else { return 0 };
@@ -156,7 +156,24 @@ pub fn cg_lsm_chroot(ctx: LsmContext) -> i32 {
             verdict(&header, header.fail_action)
         }
     };
-    ret
+    lsm_ret(ret)
+}
+
+/// `r` as the hook returns it: 0, or `-EPERM` for anything else (a
+/// verdict here is one of the two; an earlier BPF LSM program's denial is
+/// passed on as `-EPERM`). 6.12's verifier checks that the 64-bit return
+/// register holds `-4095..=0` and tracks no range through the negation
+/// LLVM makes of `verdict`'s select, nor for the earlier programs' verdict
+/// (a zero-extended `int`); two constants pass. The volatile read keeps
+/// LLVM, which knows the range, from folding the branch away.
+#[inline(always)]
+fn lsm_ret(r: i32) -> i32 {
+    // SAFETY: a read of a local.
+    if unsafe { core::ptr::read_volatile(&r) } == 0 {
+        0
+    } else {
+        EPERM
+    }
 }
 
 /// Reports a decision that could not be made as a header-only record
