@@ -99,6 +99,18 @@ export interface RememberedRefusals {
   readonly problem: string | null;
 }
 
+/** One BPF feature chroot-guard needs ({@link DoctorReport} `kernel.features`). */
+export interface KernelFeature {
+  /** What it is: `task storage in tracing programs (BPF_MAP_TYPE_TASK_STORAGE)`. */
+  readonly name: string;
+  /** The mainline release that brought it, `"5.12"`. */
+  readonly since: string;
+  /** `every mode` or `the guard`. */
+  readonly neededBy: string;
+  /** Whether this kernel's BTF shows it. */
+  readonly present: boolean;
+}
+
 /** What `doctor()` found. */
 export interface DoctorReport {
   /** Kernel and process facts. */
@@ -115,6 +127,15 @@ export interface DoctorReport {
     readonly lsms: readonly string[] | null;
     /** Whether the kernel can create kprobes. */
     readonly kprobes: boolean;
+    /**
+     * The BPF features chroot-guard needs, told from the kernel's BTF (an
+     * enum member of the UAPI or a struct field, so backports count), each
+     * with the mainline release that brought it (`"5.12"`) and what needs it
+     * (`every mode`, `the guard`). Empty without BTF. A missing `every mode`
+     * feature makes every mode fail with `UNSUPPORTED_KERNEL`; a missing
+     * `the guard` feature makes `chrootGuard()` fail with `LSM_UNAVAILABLE`.
+     */
+    readonly features: readonly KernelFeature[];
     /** Null when this process may load BPF programs, else what it lacks. */
     readonly missingPrivileges: string | null;
   };
@@ -151,6 +172,7 @@ export async function doctor(): Promise<DoctorReport> {
       lockdown: r.kernel.lockdown ?? null,
       lsms: r.kernel.lsms ?? null,
       kprobes: r.kernel.kprobes,
+      features: r.kernel.features.map((f) => ({ name: f.name, since: f.since, neededBy: f.neededBy, present: f.present })),
       missingPrivileges: r.kernel.missingPrivileges ?? null,
     },
     points: r.points.map((p) => ({

@@ -28,7 +28,9 @@ export const CHROOT_GUARD_ERROR_CODES = [
 /**
  * Stable error codes:
  * - `EPERM`: the process may not load BPF programs (needs root, or CAP_BPF and CAP_PERFMON).
- * - `UNSUPPORTED_KERNEL`: no kernel BTF, or no attach mode works on this kernel.
+ * - `UNSUPPORTED_KERNEL`: no kernel BTF, the kernel lacks a BPF feature every
+ *   program needs (the message names it and the release that brought it;
+ *   `doctor()` lists them as `kernel.features`), or no attach mode works.
  * - `MODE_UNAVAILABLE`: the requested mode was refused; `refusals` says why.
  * - `LOAD_FAILED`: the verifier rejected a program; see `verifierLog`.
  * - `INVALID_ARGUMENT`: a bad option, detected when the function is called.
@@ -37,7 +39,8 @@ export const CHROOT_GUARD_ERROR_CODES = [
  * - `UNSAFE_POLICY_FILE`: a policy file about to be loaded into the kernel (`enforce`, the agent's guard) that a user other
  *   than root could change: it, a directory above it or a symbolic link on the way is owned by another user or writable
  *   by group or others (see `UnsafePolicyFileError`).
- * - `LSM_UNAVAILABLE`: the BPF LSM cannot run on this kernel (`doctor` says why).
+ * - `LSM_UNAVAILABLE`: the BPF LSM cannot run on this kernel, or it lacks a BPF feature
+ *   the policy program needs (`bpf_loop()`; `doctor` says which).
  * - `MOUNT_FAILED`: tracefs or bpffs is missing and could not be mounted.
  * - `PIN_FAILED`: pinning a guard in bpffs, or reading, updating or removing a pinned one, failed.
  * - `NATIVE_UNAVAILABLE`: the native addon could not be loaded (platform, install).
@@ -120,7 +123,7 @@ export interface Refusal {
 const REMEDIES: Record<ChrootGuardErrorCode, string> = {
   EPERM: 'run as root (sudo), or grant the process CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)',
   UNSUPPORTED_KERNEL:
-    'chroot-guard needs kernel BTF (CONFIG_DEBUG_INFO_BTF=y) and one of: BPF trampolines (fentry), CONFIG_KPROBES, or syscall tracepoints (CONFIG_FTRACE_SYSCALLS)',
+    'chroot-guard needs kernel BTF (CONFIG_DEBUG_INFO_BTF=y), Linux 5.12 or later (or the BPF features the message names, backported), and one of: BPF trampolines (fentry), CONFIG_KPROBES, or syscall tracepoints (CONFIG_FTRACE_SYSCALLS)',
   MODE_UNAVAILABLE: "use mode 'auto' to fall back to the best mode this kernel allows",
   LOAD_FAILED: 'the BPF verifier rejected a program: please report it with error.verifierLog',
   INVALID_ARGUMENT: 'fix the option named above',
@@ -129,7 +132,7 @@ const REMEDIES: Record<ChrootGuardErrorCode, string> = {
   UNSAFE_POLICY_FILE:
     'a policy loaded into the kernel must be one only root can change: the file, every directory above it and every symbolic link on the way owned by root and not writable by group or others (a sticky directory such as /tmp excepted, holding root\'s entries); `chroot-guard check` reads any file',
   LSM_UNAVAILABLE:
-    'enforcement needs a kernel that loads BPF LSM programs (CONFIG_BPF_LSM, bpf in the active LSM list via lsm=...,bpf, and no lockdown or platform policy refusing them: the reason above says which failed); `chroot-guard doctor` shows what this kernel allows, and `enforce --audit` reports would-be decisions from the watch probes instead',
+    'enforcement needs Linux 5.17 or later (bpf_loop) and a kernel that loads BPF LSM programs (CONFIG_BPF_LSM, bpf in the active LSM list via lsm=...,bpf, and no lockdown or platform policy refusing them: the reason above says which failed); `chroot-guard doctor` shows what this kernel allows, and `enforce --audit` reports would-be decisions from the watch probes instead',
   MOUNT_FAILED: 'mount it by hand, e.g. mount -t tracefs tracefs /sys/kernel/tracing',
   PIN_FAILED: 'see what is pinned with `chroot-guard status`; `chroot-guard unload` removes a pinned guard, whole or broken',
   NATIVE_UNAVAILABLE: 'prebuilt binaries exist for the platforms named above; elsewhere, build from source with cargo xtask build',

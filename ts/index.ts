@@ -15,7 +15,7 @@ export { ChrootGuardError, CHROOT_GUARD_ERROR_CODES, type ChrootGuardErrorCode, 
 export type { AttachInfo, AttachedProgram, SessionStats } from './session.js';
 export type { LossCounts, LostReport } from './batch.js';
 export { toWallClock, boottimeNs } from './clock.js';
-export { doctor, BLIND_SPOTS, type BlindSpot, type DoctorReport, type AttachPointReport, type Check, type Denial, type Mechanism, type ModeReport, type RememberedRefusals } from './doctor.js';
+export { doctor, BLIND_SPOTS, type BlindSpot, type DoctorReport, type KernelFeature, type AttachPointReport, type Check, type Denial, type Mechanism, type ModeReport, type RememberedRefusals } from './doctor.js';
 export { chrootedTasks, type ChrootedTask, type ChrootedTasksOptions, type PsResult, type PsSource } from './ps.js';
 export { countStacks, type CountStacksOptions, type KernelStack, type StackFrame, type StackReport } from './stacks.js';
 export { chrootGuard, type ChrootGuard, type ChrootGuardOptions, type ChrootDecision, type GuardInfo } from './guard.js';

@@ -23,6 +23,7 @@ export function renderDoctor(r: DoctorReport): string {
     `kernel ${k.release} (${k.machine}); BTF ${yes(k.btf)}; lockdown ${k.lockdown ?? 'n/a'}; kprobes ${yes(k.kprobes)}`,
     `active LSMs: ${k.lsms?.join(',') ?? 'unknown'}${k.lsms && !k.lsms.includes('bpf') ? ' (no bpf: BPF LSM programs cannot run)' : ''}`,
     `privileges: ${k.missingPrivileges ? `missing (${k.missingPrivileges})` : 'ok'}`,
+    ...renderFeatures(k.features),
     '',
   ];
   const reasons = new Map<string, string>();
@@ -59,6 +60,14 @@ export function renderDoctor(r: DoctorReport): string {
   lines.push('', 'not seen by any attach point (root changes without chroot(2)):');
   for (const b of r.blindSpots) lines.push(`  ${b.calls}: ${b.why}`);
   return lines.join('\n');
+}
+
+/** The BPF features the programs need: one line when the kernel has them all, else one per missing feature. */
+function renderFeatures(features: DoctorReport['kernel']['features']): string[] {
+  if (!features.length) return [];
+  const missing = features.filter((f) => !f.present);
+  if (!missing.length) return [`BPF features: all ${features.length} the programs need (from BTF)`];
+  return missing.map((f) => `lacks ${f.name}, Linux ${f.since}+: needed by ${f.neededBy}`);
 }
 
 /** The memory of refused modes: where, whether doctor refreshed it, what `auto` skips now. */

@@ -18,6 +18,7 @@ use chroot_guard_common::{
 use crate::{
     btf,
     error::{errno_name, Error, Refusal},
+    features::{self, Need},
     kretprobe::{self, Kretprobes},
     memory::{self, Memory, Outcome},
     object::EBPF_OBJECT,
@@ -185,15 +186,20 @@ impl KernelContext {
             .load(EBPF_OBJECT)?)
     }
 
-    /// Checks privileges, mounts tracefs/bpffs and reads BTF.
+    /// Checks privileges, mounts tracefs/bpffs, reads BTF and checks that
+    /// it shows every feature the object needs ([`features::FEATURES`]).
     ///
     /// # Errors
     /// [`Error::Privileges`], [`Error::Mount`], [`Error::NoBtf`],
-    /// [`Error::BtfField`].
+    /// [`Error::MissingFeature`], [`Error::BtfField`].
     pub fn probe() -> Result<Self, Error> {
         sys::check_privileges()?;
         sys::ensure_tracing_mounts()?;
         let btf = btf::kernel_btf()?;
+        let missing = features::missing(&btf, Need::Object);
+        if !missing.is_empty() {
+            return Err(Error::MissingFeature { reason: features::describe(&missing) });
+        }
         let offsets = btf::kernel_offsets(&btf)?;
         Ok(KernelContext { offsets, aya_btf: OnceLock::new(), btf })
     }

@@ -24,6 +24,7 @@ use crate::{
     attach::{classify, classify_lsm, preemption_refusal, try_mode, Denial, Failure, KernelContext},
     btf,
     error::{Error, Refusal},
+    features::{self, FeatureFact},
     memory::{self, Memory, Outcome, MEMORY_FILE},
     run_dir::RunDir,
     sys,
@@ -46,6 +47,9 @@ pub struct KernelFacts {
     pub lsms: Option<Vec<String>>,
     /// Whether the kernel can create kprobes (kprobe PMU or `kprobe_events`).
     pub kprobes: bool,
+    /// The BPF features the object needs and whether the kernel's BTF shows
+    /// each ([`features::FEATURES`]); empty without BTF.
+    pub features: Vec<FeatureFact>,
     /// `None` when the process may load BPF programs; else what is missing.
     pub missing_privileges: Option<String>,
 }
@@ -233,6 +237,7 @@ pub fn doctor() -> Report {
         lockdown: sys::lockdown(),
         lsms: sys::active_lsms(),
         kprobes: sys::has_kprobes(),
+        features: kernel_btf.as_ref().map(features::facts).unwrap_or_default(),
         missing_privileges: missing_privileges.clone(),
     };
     let denial_of = |e: &Error| Denial { code: e.code(), errno: None, reason: e.to_string(), verifier_log: None };

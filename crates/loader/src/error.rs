@@ -151,6 +151,13 @@ pub enum Error {
         /// `struct.field` that was looked for.
         what: String,
     },
+    /// The kernel lacks a feature every program needs
+    /// ([`crate::features`], [`crate::features::Need::Object`]).
+    #[error("{reason}")]
+    MissingFeature {
+        /// Which features, the releases that brought them, the remedy.
+        reason: String,
+    },
     /// A mode was requested and the kernel refused it.
     #[error("{} mode is not available on this kernel: {}", .refusal.mode.name(), .refusal.reason)]
     ModeUnavailable {
@@ -256,7 +263,7 @@ impl Error {
     pub fn kind(&self) -> Code {
         match self {
             Error::Privileges { .. } => Code::Eperm,
-            Error::NoBtf { .. } | Error::BtfField { .. } => Code::UnsupportedKernel,
+            Error::NoBtf { .. } | Error::BtfField { .. } | Error::MissingFeature { .. } => Code::UnsupportedKernel,
             Error::ModeUnavailable { refusal } if refusal.code == "VERIFIER" => Code::LoadFailed,
             Error::ModeUnavailable { .. } => Code::ModeUnavailable,
             Error::NoMode { refusals } if refusals.iter().any(|r| r.code == "VERIFIER") => Code::LoadFailed,

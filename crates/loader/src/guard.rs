@@ -25,11 +25,11 @@ use chroot_guard_common::{
 use crate::{
     attach::{classify_lsm, KernelContext},
     error::Error,
+    features::{self, Need},
     pin,
     policy::{compile, Policy, PolicyContext, PolicyMaps, Slots, POLICY_MAPS},
     reader::{self, Counters, Reader, ReaderConfig, Sink},
     session::SessionStats,
-    sys,
 };
 
 /// A running guard.
@@ -67,11 +67,9 @@ impl Guard {
     pub fn open<S: Sink>(policy: &Policy, ring_buffer_bytes: u32, sink: S) -> Result<Guard, Error> {
         let compiled = compile(policy)?;
         let kernel = KernelContext::probe()?;
-        if let Some(release) = sys::kernel_release().filter(|r| sys::release_below(r, (5, 17))) {
-            return Err(Error::LsmUnavailable {
-                code: "KERNEL_TOO_OLD",
-                reason: format!("kernel {release} is older than 5.17, which the policy program needs (bpf_loop)"),
-            });
+        let missing = features::missing(&kernel.btf, Need::Guard);
+        if !missing.is_empty() {
+            return Err(Error::LsmUnavailable { code: "MISSING_FEATURE", reason: features::describe(&missing) });
         }
         let mut ebpf = kernel.load_object(&Filter::default(), ring_buffer_bytes)?;
         let mut slots = Slots::default();

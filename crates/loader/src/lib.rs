@@ -9,6 +9,7 @@
 //! - [`kretprobe`]: kprobe mode's exit hooks through tracefs, with a
 //!   higher `maxactive`, and the count of the returns they still miss.
 //! - [`btf`]: kernel struct offsets from BTF (our stand-in for CO-RE).
+//! - [`features`]: the kernel features the object needs, told from BTF.
 //! - [`reader`]: the ring-buffer thread and its batching policy.
 //! - [`ps`]: the chrooted processes now, from the task iterator or
 //!   [`proc_scan`].
@@ -21,6 +22,7 @@ pub mod btf;
 pub mod cgroup;
 pub mod doctor;
 pub mod error;
+pub mod features;
 pub mod guard;
 pub mod identity;
 pub mod kretprobe;

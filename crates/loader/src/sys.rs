@@ -240,27 +240,3 @@ pub fn has_kprobes() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
         || Path::new(TRACEFS).join("kprobe_events").exists()
 }
-
-/// `uname -r`, e.g. `6.1.0-56-amd64`.
-pub fn kernel_release() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| s.trim().to_string())
-}
-
-/// Whether a release string (`5.15.0-91-generic`) is below `(major, minor)`.
-pub fn release_below(release: &str, (major, minor): (u32, u32)) -> bool {
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty());
-    let a = parts.next().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
-    let b = parts.next().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
-    (a, b) < (major, minor)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn release_comparison() {
-        assert!(super::release_below("5.15.0-91-generic", (5, 17)));
-        assert!(!super::release_below("6.1.0-56-amd64", (5, 17)));
-        assert!(!super::release_below("5.17.0", (5, 17)));
-        assert!(super::release_below("4.19.0", (5, 17)));
-    }
-}
