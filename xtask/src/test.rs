@@ -149,10 +149,17 @@ fn vm_script(suites: &[Suite]) -> String {
         command.push("--no-isolate".into());
         let command: Vec<String> = command.iter().map(|a| quote(a)).collect();
         let preempt = if *full_preemption { "full" } else { "voluntary" };
+        // Kernels before 5.12 have no switch (no PREEMPT_DYNAMIC): Debian
+        // builds them voluntary, which `uname -v` shows by naming no PREEMPT.
+        let switch = if *full_preemption {
+            format!("echo {preempt} > {PREEMPT}")
+        } else {
+            format!("if [ -e {PREEMPT} ]; then echo {preempt} > {PREEMPT}; else ! uname -v | grep -q PREEMPT; fi")
+        };
         script.push_str(&format!(
             "echo; echo '==> VM suite: {label} (mode {mode}, preemption {preempt})'\n\
              [ -e {PREEMPT} ] || mount -t debugfs debugfs /sys/kernel/debug\n\
-             if echo {preempt} > {PREEMPT}; then CG_TEST_MODE={mode} {}; s=$?; else echo 'cannot set {PREEMPT}'; s=1; fi\n\
+             if {switch}; then CG_TEST_MODE={mode} {}; s=$?; else echo 'cannot set {PREEMPT}'; s=1; fi\n\
              echo $s > {}/rc-{label}; [ $s = 0 ] || rc=1\n",
             command.join(" "),
             vm::GUEST_OUT
@@ -202,23 +209,25 @@ pub fn test(args: &TestArgs) -> Result<()> {
             secs: t.elapsed().as_secs_f64(),
         });
     }
-    if !args.host_only {
-        let kernels = if args.vm_kernels.is_empty() {
-            vec![vm::kernel_spec(vm::DEFAULT_KERNEL)?]
-        } else {
-            args.vm_kernels.clone()
-        };
-        for kernel in &kernels {
-            outcomes.extend(vm_suites(args, kernel)?);
-        }
+    let kernels = match (args.host_only, args.vm_kernels.is_empty()) {
+        (true, _) => Vec::new(),
+        (false, true) => vec![vm::kernel_spec(vm::DEFAULT_KERNEL)?],
+        (false, false) => args.vm_kernels.clone(),
+    };
+    for kernel in &kernels {
+        outcomes.extend(vm_suites(args, kernel)?);
     }
     step("Summary");
-    eprintln!("  {:<5} {:<24} {:<26} {:>6} {:>6} {:>7} {:>7}", "where", "kernel", "mode", "passed", "failed", "skipped", "time");
+    let w = outcomes.iter().map(|o| o.mode.chars().count()).max().unwrap_or(0).max(26);
+    eprintln!("  {:<5} {:<24} {:<w$} {:>6} {:>6} {:>7} {:>7}", "where", "kernel", "mode", "passed", "failed", "skipped", "time");
     for o in &outcomes {
         eprintln!(
-            "  {:<5} {:<24} {:<26} {:>6} {:>6} {:>7} {:>6.0}s",
+            "  {:<5} {:<24} {:<w$} {:>6} {:>6} {:>7} {:>6.0}s",
             o.place, o.kernel, o.mode, o.passed, o.failed, o.skipped, o.secs
         );
+    }
+    for k in kernels.iter().filter(|k| !k.only_files.is_empty() && args.files.is_empty()) {
+        eprintln!("  {}: {} only: {}", k.name, k.only_files.join(", "), k.why_only);
     }
     eprintln!("  total time {:.0}s", started.elapsed().as_secs_f64());
     let failed: u64 = outcomes.iter().map(|o| o.failed).sum();
@@ -244,6 +253,9 @@ fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec) -> Result<Vec<Outcome>> {
     for mode in &modes {
         let files: Vec<String> = if !args.files.is_empty() {
             args.files.clone()
+        } else if !kernel.only_files.is_empty() {
+            eprintln!("  kernel {}: only {}: {}", kernel.name, kernel.only_files.join(", "), kernel.why_only);
+            kernel.only_files.iter().map(|s| s.to_string()).collect()
         } else if mode == "auto" {
             let mut all: Vec<String> = fs::read_dir(root().join("test"))?
                 .filter_map(|e| e.ok().map(|e| format!("test/{}", e.file_name().to_string_lossy())))
@@ -286,6 +298,7 @@ fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec) -> Result<Vec<Outcome>> {
             place: "VM".into(),
             kernel: vm.kernel_release.clone(),
             mode: match (mode.as_str(), full_preemption) {
+                ("auto", false) if !kernel.only_files.is_empty() => format!("auto→{}, {} only", kernel.auto_mode, kernel.only_files.join(",").replace("test/", "")),
                 ("auto", false) => format!("auto→{}", kernel.auto_mode),
                 ("auto", true) => "auto, preempt full".into(),
                 (m, _) => m.to_string(),
