@@ -3,13 +3,17 @@
 //! - Rust: the event layout against the object's BTF, the loader against
 //!   the host kernel.
 //! - vitest on the host kernel (tracepoint only, see docs/platform.md).
-//! - vitest in the stock Debian 6.1 kernel under QEMU, in one boot: every
+//! - vitest in Debian's 6.1 kernel under QEMU, in one boot: every
 //!   file but [`HOST_ONLY_FILES`] in `auto` (must pick fentry), then the
 //!   mode-dependent files ([`PER_MODE_FILES`]) in forced `kprobe` and forced
 //!   `tracepoint`. The same test files and assertions as on the host.
 //!   The guard's attack suite ([`FULL_PREEMPTION_FILES`]) runs in `auto`
 //!   after the kernel is switched to full preemption, where every program
 //!   can be preempted mid-call.
+//! - Then the other Debian kernels of [`vm::DEFAULT_RUN`], one boot each,
+//!   `auto` only, on the files their [`vm::KernelSpec::default_run`] names
+//!   (5.10: the one asserting that no mode loads there). `--vm-kernel V`
+//!   runs one kernel's whole share ([`vm::KernelSpec::files`]) instead.
 //!
 //! Results come back as vitest JSON reports (host: `target/test-results/`,
 //! VM: the run directory's `out/`), and a summary names each place, its
@@ -209,13 +213,16 @@ pub fn test(args: &TestArgs) -> Result<()> {
             secs: t.elapsed().as_secs_f64(),
         });
     }
-    let kernels = match (args.host_only, args.vm_kernels.is_empty()) {
+    // Each kernel with the files it runs: its default run's unless named.
+    let kernels: Vec<(vm::KernelSpec, vm::Files)> = match (args.host_only, args.vm_kernels.is_empty()) {
         (true, _) => Vec::new(),
-        (false, true) => vec![vm::kernel_spec(vm::DEFAULT_KERNEL)?],
-        (false, false) => args.vm_kernels.clone(),
+        (false, true) => {
+            vm::DEFAULT_RUN.iter().map(|n| vm::kernel_spec(n).map(|k| (k, k.default_run))).collect::<Result<_>>()?
+        }
+        (false, false) => args.vm_kernels.iter().map(|k| (*k, k.files)).collect(),
     };
-    for kernel in &kernels {
-        outcomes.extend(vm_suites(args, kernel)?);
+    for (kernel, files) in &kernels {
+        outcomes.extend(vm_suites(args, kernel, files)?);
     }
     step("Summary");
     let w = outcomes.iter().map(|o| o.mode.chars().count()).max().unwrap_or(0).max(26);
@@ -226,8 +233,10 @@ pub fn test(args: &TestArgs) -> Result<()> {
             o.place, o.kernel, o.mode, o.passed, o.failed, o.skipped, o.secs
         );
     }
-    for k in kernels.iter().filter(|k| !k.only_files.is_empty() && args.files.is_empty()) {
-        eprintln!("  {}: {} only: {}", k.name, k.only_files.join(", "), k.why_only);
+    for (k, files) in &kernels {
+        if let (vm::Files::Only(only, why), true) = (files, args.files.is_empty()) {
+            eprintln!("  {}: {} only: {why}", k.name, only.join(", "));
+        }
     }
     eprintln!("  total time {:.0}s", started.elapsed().as_secs_f64());
     let failed: u64 = outcomes.iter().map(|o| o.failed).sum();
@@ -239,8 +248,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
 
 /// Every suite of one VM kernel, in one boot: the modes asked for, or
 /// `auto`, `kprobe` and `tracepoint` on the default kernel and `auto` on
-/// the others.
-fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec) -> Result<Vec<Outcome>> {
+/// the others; the files named, or `files`.
+fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec, files: &vm::Files) -> Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
     let modes: Vec<String> = if !args.vm_modes.is_empty() {
         args.vm_modes.clone()
@@ -253,9 +262,8 @@ fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec) -> Result<Vec<Outcome>> {
     for mode in &modes {
         let files: Vec<String> = if !args.files.is_empty() {
             args.files.clone()
-        } else if !kernel.only_files.is_empty() {
-            eprintln!("  kernel {}: only {}: {}", kernel.name, kernel.only_files.join(", "), kernel.why_only);
-            kernel.only_files.iter().map(|s| s.to_string()).collect()
+        } else if let vm::Files::Only(only, _) = files {
+            only.iter().map(|s| s.to_string()).collect()
         } else if mode == "auto" {
             let mut all: Vec<String> = fs::read_dir(root().join("test"))?
                 .filter_map(|e| e.ok().map(|e| format!("test/{}", e.file_name().to_string_lossy())))
@@ -297,11 +305,13 @@ fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec) -> Result<Vec<Outcome>> {
         outcomes.push(Outcome {
             place: "VM".into(),
             kernel: vm.kernel_release.clone(),
-            mode: match (mode.as_str(), full_preemption) {
-                ("auto", false) if !kernel.only_files.is_empty() => format!("auto→{}, {} only", kernel.auto_mode, kernel.only_files.join(",").replace("test/", "")),
-                ("auto", false) => format!("auto→{}", kernel.auto_mode),
-                ("auto", true) => "auto, preempt full".into(),
-                (m, _) => m.to_string(),
+            mode: match (mode.as_str(), full_preemption, files) {
+                ("auto", false, vm::Files::Only(only, _)) if args.files.is_empty() => {
+                    format!("auto→{}, {} file{}", kernel.auto_mode, only.len(), if only.len() == 1 { "" } else { "s" })
+                }
+                ("auto", false, _) => format!("auto→{}", kernel.auto_mode),
+                ("auto", true, _) => "auto, preempt full".into(),
+                (m, _, _) => m.to_string(),
             },
             passed,
             failed: if rc.as_deref().map(str::trim) == Some("0") { failed } else { failed.max(1) },

@@ -52,13 +52,26 @@ pub struct KernelSpec {
     /// The mode `auto` picks there, which the tests expect
     /// (`CG_EXPECT_AUTO_MODE`); `none` where no mode can run.
     pub auto_mode: &'static str,
-    /// Where the programs cannot load at all, the test files that run there
-    /// (those asserting the error) and why only they: printed with the
-    /// summary. Empty: the whole suite.
-    pub only_files: &'static [&'static str],
-    /// Why only [`KernelSpec::only_files`] run.
-    pub why_only: &'static str,
+    /// The test files any run on it takes.
+    pub files: Files,
+    /// The test files the default `cargo xtask test` (and so CI) runs on it.
+    pub default_run: Files,
 }
+
+/// Which test files run on a kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    /// The whole suite.
+    All,
+    /// Only these, and why: printed under the summary.
+    Only(&'static [&'static str], &'static str),
+}
+
+/// On 5.10 no mode loads: only the file asserting that error runs.
+const FEATURES_ONLY: Files = Files::Only(
+    &["test/features.test.ts"],
+    "the programs need task storage in tracing programs (5.12) and bpf_get_current_task_btf() (5.11), so every mode is refused with UNSUPPORTED_KERNEL, which test/features.test.ts asserts; a build of the object for older kernels is not written yet",
+);
 
 /// Every kernel `--kernel` accepts, oldest first. Each has BTF, kprobes and
 /// `CONFIG_BPF_LSM` (docs/platform.md).
@@ -68,12 +81,20 @@ pub const KERNELS: &[KernelSpec] = &[
         suite: Some("bullseye"),
         boot_args: &["lsm=lockdown,capability,yama,apparmor,bpf"],
         auto_mode: "none",
-        only_files: &["test/features.test.ts"],
-        why_only: "the programs need task storage in tracing programs (5.12) and bpf_get_current_task_btf() (5.11), so every mode is refused here with UNSUPPORTED_KERNEL, which test/features.test.ts asserts; a build of the object for older kernels is not written yet",
+        files: FEATURES_ONLY,
+        default_run: FEATURES_ONLY,
     },
-    KernelSpec { name: "6.1", suite: None, boot_args: &[], auto_mode: "fentry", only_files: &[], why_only: "" },
-    KernelSpec { name: "6.12", suite: Some("trixie"), boot_args: &[], auto_mode: "fentry", only_files: &[], why_only: "" },
+    KernelSpec { name: "6.1", suite: None, boot_args: &[], auto_mode: "fentry", files: Files::All, default_run: Files::All },
+    KernelSpec { name: "6.12", suite: Some("trixie"), boot_args: &[], auto_mode: "fentry", files: Files::All, default_run: Files::All },
 ];
+
+/// The kernels the default `cargo xtask test` boots, in order: every mode
+/// on the machine's release's, then `auto` on the others
+/// ([`KernelSpec::default_run`]). 6.12 is not among them yet: its whole
+/// `auto` suite takes about 30 minutes under TCG, more than CI's budget
+/// leaves, and one run of it stalled (docs/platform.md); `--vm-kernel
+/// 6.12` runs it.
+pub const DEFAULT_RUN: &[&str] = &["6.1", "5.10"];
 
 /// The kernel the VM boots unless told otherwise: the machine's release's.
 pub const DEFAULT_KERNEL: &str = "6.1";

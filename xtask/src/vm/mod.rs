@@ -71,7 +71,7 @@ use xtask::{require_root, root};
 
 pub use self::{
     cli::{cli, VmArgs},
-    kernel::{kernel_spec, KernelSpec, DEFAULT_KERNEL},
+    kernel::{kernel_spec, Files, KernelSpec, DEFAULT_KERNEL, DEFAULT_RUN},
 };
 use self::{
     initramfs::ensure_initramfs,
@@ -86,6 +86,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("busybox-static", "the shell and tools of the VM's initramfs"),
     ("cpio", "packs the VM's initramfs"),
     ("xz-utils", "decompresses the kernel image (and modules shipped as .ko.xz)"),
+    ("debian-archive-keyring", "verifies the other Debian suites' kernels (bullseye, trixie) fetched through our own apt configuration"),
 ];
 
 /// Where the writable run directory is mounted inside the guest (in the
