@@ -11,9 +11,9 @@
 //!   after the kernel is switched to full preemption, where every program
 //!   can be preempted mid-call.
 //! - Then the other Debian kernels of [`vm::DEFAULT_RUN`], one boot each,
-//!   `auto` only, on the files their [`vm::KernelSpec::default_run`] names
+//!   `auto` only, on the files their [`vm::KernelSpec::files`] names
 //!   (5.10: the one asserting that no mode loads there). `--vm-kernel V`
-//!   runs one kernel's whole share ([`vm::KernelSpec::files`]) instead.
+//!   runs the kernels named instead.
 //!
 //! Results come back as vitest JSON reports (host: `target/test-results/`,
 //! VM: the run directory's `out/`), and a summary names each place, its
@@ -41,16 +41,11 @@ pub struct TestArgs {
     #[arg(long = "vm-mode", value_parser = ["auto", "kprobe", "tracepoint", "fentry"])]
     pub vm_modes: Vec<String>,
     /// VM kernels to run the suites on, one boot each (repeatable; default:
-    /// 6.1). See `cargo xtask vm --help`.
-    #[arg(long = "vm-kernel", value_name = "VERSION", value_parser = parse_kernel)]
+    /// 6.1, then 5.10). See `cargo xtask vm --help`.
+    #[arg(long = "vm-kernel", value_name = "VERSION", value_parser = vm::parse_kernel)]
     pub vm_kernels: Vec<vm::KernelSpec>,
     /// Only these vitest files (e.g. test/watch.test.ts).
     pub files: Vec<String>,
-}
-
-/// Parses `--vm-kernel`: a kernel `cargo xtask vm --kernel` boots.
-fn parse_kernel(s: &str) -> Result<vm::KernelSpec, String> {
-    vm::kernel_spec(s).map_err(|e| format!("{e:#}"))
 }
 
 /// Test files whose behaviour depends on the attach mode: run in every VM
@@ -213,16 +208,13 @@ pub fn test(args: &TestArgs) -> Result<()> {
             secs: t.elapsed().as_secs_f64(),
         });
     }
-    // Each kernel with the files it runs: its default run's unless named.
-    let kernels: Vec<(vm::KernelSpec, vm::Files)> = match (args.host_only, args.vm_kernels.is_empty()) {
+    let kernels: Vec<vm::KernelSpec> = match (args.host_only, args.vm_kernels.is_empty()) {
         (true, _) => Vec::new(),
-        (false, true) => {
-            vm::DEFAULT_RUN.iter().map(|n| vm::kernel_spec(n).map(|k| (k, k.default_run))).collect::<Result<_>>()?
-        }
-        (false, false) => args.vm_kernels.iter().map(|k| (*k, k.files)).collect(),
+        (false, true) => vm::DEFAULT_RUN.iter().map(|n| vm::kernel_spec(n)).collect::<Result<_>>()?,
+        (false, false) => args.vm_kernels.clone(),
     };
-    for (kernel, files) in &kernels {
-        outcomes.extend(vm_suites(args, kernel, files)?);
+    for kernel in &kernels {
+        outcomes.extend(vm_suites(args, kernel)?);
     }
     step("Summary");
     let w = outcomes.iter().map(|o| o.mode.chars().count()).max().unwrap_or(0).max(26);
@@ -233,8 +225,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
             o.place, o.kernel, o.mode, o.passed, o.failed, o.skipped, o.secs
         );
     }
-    for (k, files) in &kernels {
-        if let (vm::Files::Only(only, why), true) = (files, args.files.is_empty()) {
+    for k in &kernels {
+        if let (vm::Files::Only(only, why), true) = (k.files, args.files.is_empty()) {
             eprintln!("  {}: {} only: {why}", k.name, only.join(", "));
         }
     }
@@ -248,8 +240,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
 
 /// Every suite of one VM kernel, in one boot: the modes asked for, or
 /// `auto`, `kprobe` and `tracepoint` on the default kernel and `auto` on
-/// the others; the files named, or `files`.
-fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec, files: &vm::Files) -> Result<Vec<Outcome>> {
+/// the others; the files named, or the kernel's.
+fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec) -> Result<Vec<Outcome>> {
     let mut outcomes = Vec::new();
     let modes: Vec<String> = if !args.vm_modes.is_empty() {
         args.vm_modes.clone()
@@ -262,7 +254,7 @@ fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec, files: &vm::Files) -> Res
     for mode in &modes {
         let files: Vec<String> = if !args.files.is_empty() {
             args.files.clone()
-        } else if let vm::Files::Only(only, _) = files {
+        } else if let vm::Files::Only(only, _) = kernel.files {
             only.iter().map(|s| s.to_string()).collect()
         } else if mode == "auto" {
             let mut all: Vec<String> = fs::read_dir(root().join("test"))?
@@ -305,7 +297,7 @@ fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec, files: &vm::Files) -> Res
         outcomes.push(Outcome {
             place: "VM".into(),
             kernel: vm.kernel_release.clone(),
-            mode: match (mode.as_str(), full_preemption, files) {
+            mode: match (mode.as_str(), full_preemption, kernel.files) {
                 ("auto", false, vm::Files::Only(only, _)) if args.files.is_empty() => {
                     format!("auto→{}, {} file{}", kernel.auto_mode, only.len(), if only.len() == 1 { "" } else { "s" })
                 }

@@ -71,7 +71,7 @@ pub struct VmArgs {
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
     /// Which kernel to boot: Debian's 5.10 (bullseye), 6.1 (bookworm) or 6.12 (trixie).
-    #[arg(long, value_name = "VERSION", default_value = super::DEFAULT_KERNEL, value_parser = parse_kernel)]
+    #[arg(long, value_name = "VERSION", default_value = super::DEFAULT_KERNEL, value_parser = super::parse_kernel)]
     kernel: super::KernelSpec,
     /// Extra kernel command line argument (repeatable), e.g. --kernel-arg loglevel=7.
     #[arg(long = "kernel-arg", value_name = "ARG")]
@@ -79,11 +79,6 @@ pub struct VmArgs {
     /// The command to run in the guest, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
-}
-
-/// Parses `--kernel`: one of the kernels in `kernel.rs`.
-fn parse_kernel(s: &str) -> Result<super::KernelSpec, String> {
-    super::kernel_spec(s).map_err(|e| format!("{e:#}"))
 }
 
 /// Parses `K=V` for `--env`.

@@ -52,10 +52,8 @@ pub struct KernelSpec {
     /// The mode `auto` picks there, which the tests expect
     /// (`CG_EXPECT_AUTO_MODE`); `none` where no mode can run.
     pub auto_mode: &'static str,
-    /// The test files any run on it takes.
+    /// The test files that run on it.
     pub files: Files,
-    /// The test files the default `cargo xtask test` (and so CI) runs on it.
-    pub default_run: Files,
 }
 
 /// Which test files run on a kernel.
@@ -67,12 +65,6 @@ pub enum Files {
     Only(&'static [&'static str], &'static str),
 }
 
-/// On 5.10 no mode loads: only the file asserting that error runs.
-const FEATURES_ONLY: Files = Files::Only(
-    &["test/features.test.ts"],
-    "the programs need task storage in tracing programs (5.12) and bpf_get_current_task_btf() (5.11), so every mode is refused with UNSUPPORTED_KERNEL, which test/features.test.ts asserts; a build of the object for older kernels is not written yet",
-);
-
 /// Every kernel `--kernel` accepts, oldest first. Each has BTF, kprobes and
 /// `CONFIG_BPF_LSM` (docs/platform.md).
 pub const KERNELS: &[KernelSpec] = &[
@@ -81,16 +73,18 @@ pub const KERNELS: &[KernelSpec] = &[
         suite: Some("bullseye"),
         boot_args: &["lsm=lockdown,capability,yama,apparmor,bpf"],
         auto_mode: "none",
-        files: FEATURES_ONLY,
-        default_run: FEATURES_ONLY,
+        files: Files::Only(
+            &["test/features.test.ts"],
+            "the programs need task storage in tracing programs (5.12) and bpf_get_current_task_btf() (5.11), so every mode is refused with UNSUPPORTED_KERNEL, which test/features.test.ts asserts; a build of the object for older kernels is not written yet",
+        ),
     },
-    KernelSpec { name: "6.1", suite: None, boot_args: &[], auto_mode: "fentry", files: Files::All, default_run: Files::All },
-    KernelSpec { name: "6.12", suite: Some("trixie"), boot_args: &[], auto_mode: "fentry", files: Files::All, default_run: Files::All },
+    KernelSpec { name: "6.1", suite: None, boot_args: &[], auto_mode: "fentry", files: Files::All },
+    KernelSpec { name: "6.12", suite: Some("trixie"), boot_args: &[], auto_mode: "fentry", files: Files::All },
 ];
 
 /// The kernels the default `cargo xtask test` boots, in order: every mode
 /// on the machine's release's, then `auto` on the others
-/// ([`KernelSpec::default_run`]). 6.12 is not among them yet: its whole
+/// ([`KernelSpec::files`]). 6.12 is not among them yet: its whole
 /// `auto` suite takes about 30 minutes under TCG, more than CI's budget
 /// leaves, and one run of it stalled (docs/platform.md); `--vm-kernel
 /// 6.12` runs it.
@@ -104,6 +98,11 @@ pub fn kernel_spec(name: &str) -> Result<KernelSpec> {
     KERNELS.iter().copied().find(|k| k.name == name).with_context(|| {
         format!("no VM kernel {name}: choose one of {}", KERNELS.iter().map(|k| k.name).collect::<Vec<_>>().join(", "))
     })
+}
+
+/// Parses `--kernel` and `--vm-kernel` (clap's `value_parser`).
+pub fn parse_kernel(s: &str) -> Result<KernelSpec, String> {
+    kernel_spec(s).map_err(|e| format!("{e:#}"))
 }
 
 /// How to run apt for one kernel: no options for the machine's release,

@@ -71,7 +71,7 @@ use xtask::{require_root, root};
 
 pub use self::{
     cli::{cli, VmArgs},
-    kernel::{kernel_spec, Files, KernelSpec, DEFAULT_KERNEL, DEFAULT_RUN},
+    kernel::{kernel_spec, parse_kernel, Files, KernelSpec, DEFAULT_KERNEL, DEFAULT_RUN},
 };
 use self::{
     initramfs::ensure_initramfs,
