@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use xtask::step;
 
+mod apt;
 mod bench;
 mod build;
 mod docs;

@@ -10,9 +10,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use xtask::root;
+use xtask::{root, secs};
 
-use super::{run, run_dir::is_shell_name, secs, VmOptions, VmTimeout};
+use super::{run, run_dir::is_shell_name, VmOptions, VmTimeout};
 
 /// Command line of `cargo xtask vm`.
 #[derive(clap::Args, Debug)]

@@ -14,9 +14,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xtask::step;
+use xtask::{secs, step};
 
-use super::{kernel::Kernel, secs, GUEST_SHARE};
+use super::{kernel::Kernel, GUEST_SHARE};
 
 /// Bumped whenever the initramfs layout changes in a way the stamp would not
 /// otherwise notice.

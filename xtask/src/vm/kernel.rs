@@ -11,8 +11,7 @@
 //!
 //! The machine's own apt sources name its release (bookworm, Linux 6.1).
 //! Other releases are asked through an apt configuration of our own in
-//! `<repo>/.cache/vm/apt/<suite>/` (a sources list, package lists and a
-//! cache passed with `-o`), so the machine's sources stay as they are.
+//! `<repo>/.cache/vm/apt/<suite>/` (`crate::apt`).
 
 use std::{
     fs,
@@ -22,21 +21,16 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xtask::{output, run as run_cmd, step};
+use xtask::{output, run as run_cmd, secs, step};
 
 use super::{
     image::extract_pvh_vmlinux,
     modules::{collect_modules, decompress_module, load_order, modinfo_depends, module_name, MODULES, MODULES_NOT_IN_EVERY_KERNEL},
-    secs,
 };
+use crate::apt::Apt;
 
 /// The meta package whose dependency names the current kernel package.
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
-
-/// The Debian archive the other suites come from, and the keyring that
-/// signs it (Debian's `debian-archive-keyring`).
-const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
-const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// A kernel the VM can boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,55 +99,12 @@ pub fn parse_kernel(s: &str) -> Result<KernelSpec, String> {
     kernel_spec(s).map_err(|e| format!("{e:#}"))
 }
 
-/// How to run apt for one kernel: no options for the machine's release,
-/// else our own configuration for the suite.
-struct Apt {
-    opts: Vec<String>,
-    /// Where our configuration lives (`None`: the machine's).
-    dir: Option<PathBuf>,
-}
-
-impl Apt {
-    /// Writes the suite's sources list under `cache` when it is not the
-    /// machine's release.
-    fn for_spec(cache: &Path, spec: &KernelSpec) -> Result<Apt> {
-        let Some(suite) = spec.suite else { return Ok(Apt { opts: Vec::new(), dir: None }) };
-        let dir = cache.join("apt").join(suite);
-        for d in ["lists/partial", "cache/archives/partial"] {
-            fs::create_dir_all(dir.join(d)).with_context(|| format!("creating {}", dir.join(d).display()))?;
-        }
-        let list = dir.join("sources.list");
-        let line = format!("deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {suite} main\n");
-        if fs::read_to_string(&list).ok().as_deref() != Some(line.as_str()) {
-            fs::write(&list, &line).with_context(|| format!("writing {}", list.display()))?;
-        }
-        let opts = [
-            format!("Dir::Etc::sourcelist={}", list.display()),
-            "Dir::Etc::sourceparts=-".to_string(),
-            format!("Dir::State::Lists={}", dir.join("lists").display()),
-            format!("Dir::Cache={}", dir.join("cache").display()),
-        ]
-        .into_iter()
-        .flat_map(|o| ["-o".to_string(), o])
-        .collect();
-        Ok(Apt { opts, dir: Some(dir) })
-    }
-
-    /// `program` (apt-get, apt-cache) with these options.
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
-        c.args(&self.opts);
-        c
-    }
-
-    /// `apt-get update` for these sources.
-    fn update(&self) -> Result<()> {
-        let what = match &self.dir {
-            Some(dir) => format!("the sources in {}", dir.join("sources.list").display()),
-            None => "/etc/apt/sources.list*".to_string(),
-        };
-        run_cmd(self.command("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
-            .with_context(|| format!("apt-get update failed: check the network and {what}"))
+/// apt for `spec`'s kernel: the machine's for its own release, else our
+/// own configuration for the suite in `<cache>/apt/<suite>/`.
+fn apt_for(cache: &Path, spec: &KernelSpec) -> Result<Apt> {
+    match spec.suite {
+        None => Ok(Apt::machine()),
+        Some(suite) => Apt::release(&cache.join("apt").join(suite), suite),
     }
 }
 
@@ -246,7 +197,7 @@ pub(super) fn ensure_kernel(cache: &Path, spec: &KernelSpec) -> Result<Kernel> {
     let from = spec.suite.map_or_else(|| "the machine's apt sources".to_string(), |s| format!("Debian {s}"));
     step(&format!("VM kernel {} (linux-image-*-amd64-unsigned from {from})", spec.name));
     let started = Instant::now();
-    let apt = Apt::for_spec(cache, spec)?;
+    let apt = apt_for(cache, spec)?;
     let (package, version) = match kernel_package(&apt) {
         Ok(found) if found.0.starts_with(&format!("linux-image-{}.", spec.name)) => found,
         Ok((package, _)) => bail!(
@@ -272,7 +223,7 @@ pub(super) fn ensure_kernel(cache: &Path, spec: &KernelSpec) -> Result<Kernel> {
     let dir = cache.join("kernel").join(&id);
     let stamp = modules_stamp();
     if fs::read_to_string(dir.join("stamp")).ok().as_deref() != Some(stamp.as_str()) {
-        let deb = ensure_deb(cache, &apt, &package, &version)?;
+        let deb = apt.deb(&cache.join("debs"), &package, &version)?;
         unpack_kernel(&deb, &dir, &stamp)?;
     }
     let kernel = load_kernel(&dir, id)?;
@@ -283,48 +234,6 @@ pub(super) fn ensure_kernel(cache: &Path, spec: &KernelSpec) -> Result<Kernel> {
 /// What an unpacked kernel directory holds; a change re-extracts it.
 fn modules_stamp() -> String {
     format!("format 3, modules: {}\n", MODULES.join(" "))
-}
-
-/// The cached `.deb`, downloaded with `apt-get download` if missing.
-fn ensure_deb(cache: &Path, apt: &Apt, package: &str, version: &str) -> Result<PathBuf> {
-    let debs = cache.join("debs");
-    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
-    let prefix = format!("{package}_{}_", version.replace(':', "%3a"));
-    let find = || -> Option<PathBuf> {
-        fs::read_dir(&debs).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-        })
-    };
-    if let Some(deb) = find() {
-        eprintln!("    cached: {}", deb.display());
-        return Ok(deb);
-    }
-    let started = Instant::now();
-    eprintln!("    downloading {package}={version} into {}", debs.display());
-    let download = |debs: &Path| {
-        run_cmd(
-            apt.command("apt-get")
-                // apt's sandbox user _apt may not write into the repository.
-                .args(["-o", "APT::Sandbox::User=root", "download"])
-                .arg(format!("{package}={version}"))
-                .current_dir(debs),
-        )
-    };
-    if let Err(e) = download(&debs) {
-        // Stale lists point at a version the mirror no longer has.
-        eprintln!("    download failed ({e:#}); running apt-get update and trying again");
-        apt.update()?;
-        download(&debs).with_context(|| {
-            format!(
-                "cannot download {package}={version}: check the network and apt sources \
-                 (`apt-get update && apt-cache policy {package}`)"
-            )
-        })?;
-    }
-    let deb = find().with_context(|| format!("apt-get download left no {prefix}*.deb in {}", debs.display()))?;
-    let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
-    eprintln!("    downloaded {} ({} MB) in {}", deb.display(), size / 1_000_000, secs(started.elapsed()));
-    Ok(deb)
 }
 
 /// Unpacks `deb` with `dpkg -x` into a scratch directory and keeps the kernel

@@ -67,7 +67,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xtask::{require_root, root};
+use xtask::{require_root, root, secs};
 
 pub use self::{
     cli::{cli, VmArgs},
@@ -239,7 +239,3 @@ fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
 }
 
-/// Seconds with one decimal, e.g. `3.1s`.
-fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
-}

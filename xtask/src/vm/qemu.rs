@@ -16,9 +16,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xtask::step;
+use xtask::{secs, step};
 
-use super::{kernel::Kernel, run_dir::shown_command, secs, VmOptions, VmOutcome, VmTimeout};
+use super::{kernel::Kernel, run_dir::shown_command, VmOptions, VmOutcome, VmTimeout};
 
 /// qboot, a minimal firmware shipped with QEMU (qemu-system-data): it boots
 /// faster than SeaBIOS and prints nothing on the serial console.

@@ -1,0 +1,133 @@
+//! apt for packages the machine does not install: a VM kernel from another
+//! Debian release, or another architecture's libraries for the cross build.
+//! Each kind gets an apt configuration of our own under `.cache/` (package
+//! lists and a cache, plus a sources list for another release, passed with
+//! `-o`), so the machine's sources, lists and architectures stay as they
+//! are. Packages are fetched with `apt-get download` (nothing is installed)
+//! and kept, so later runs work offline.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use xtask::{run, secs};
+
+/// The Debian archive other releases come from, and the keyring that signs
+/// it (Debian's `debian-archive-keyring`).
+const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+
+/// How to run apt-get and apt-cache for one kind of package.
+pub struct Apt {
+    opts: Vec<String>,
+    /// What the sources are, for error messages.
+    sources: String,
+}
+
+impl Apt {
+    /// The machine's own sources, lists and architectures.
+    pub fn machine() -> Apt {
+        Apt { opts: Vec::new(), sources: "/etc/apt/sources.list*".to_string() }
+    }
+
+    /// Debian release `suite` (e.g. `trixie`), with its sources list, lists
+    /// and cache in `dir`.
+    pub fn release(dir: &Path, suite: &str) -> Result<Apt> {
+        let list = dir.join("sources.list");
+        let line = format!("deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {suite} main\n");
+        make_dirs(dir)?;
+        if fs::read_to_string(&list).ok().as_deref() != Some(line.as_str()) {
+            fs::write(&list, &line).with_context(|| format!("writing {}", list.display()))?;
+        }
+        let mut opts = vec![format!("Dir::Etc::sourcelist={}", list.display()), "Dir::Etc::sourceparts=-".to_string()];
+        opts.extend(own_state(dir));
+        Ok(Apt { opts: with_o(opts), sources: format!("the sources in {}", list.display()) })
+    }
+
+    /// The machine's sources, for its architecture and Debian architecture
+    /// `arch` (e.g. `arm64`), with lists and cache in `dir`.
+    pub fn with_architecture(dir: &Path, arch: &str) -> Result<Apt> {
+        make_dirs(dir)?;
+        let native = xtask::output(Command::new("dpkg").arg("--print-architecture"))?;
+        let mut opts = vec![format!("APT::Architectures={},{arch}", native.trim())];
+        opts.extend(own_state(dir));
+        Ok(Apt { opts: with_o(opts), sources: format!("/etc/apt/sources.list* for {arch}") })
+    }
+
+    /// `program` (apt-get, apt-cache) with these options.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
+        c.args(&self.opts);
+        c
+    }
+
+    /// `apt-get update` for these sources.
+    pub fn update(&self) -> Result<()> {
+        run(self.command("apt-get").args(["update", "-q"]).env("DEBIAN_FRONTEND", "noninteractive"))
+            .with_context(|| format!("apt-get update failed: check the network and {}", self.sources))
+    }
+
+    /// The `.deb` of `package` (`name` or `name:arch`) at `version` in `debs`,
+    /// downloaded there with `apt-get download` if missing, after one
+    /// `apt-get update` if the first try fails (stale or no lists).
+    pub fn deb(&self, debs: &Path, package: &str, version: &str) -> Result<PathBuf> {
+        fs::create_dir_all(debs).with_context(|| format!("creating {}", debs.display()))?;
+        let (name, arch) = package.split_once(':').map_or((package, None), |(n, a)| (n, Some(a)));
+        let prefix = format!("{name}_{}_", version.replace(':', "%3a"));
+        let suffix = arch.map_or_else(|| ".deb".to_string(), |a| format!("_{a}.deb"));
+        let find = || -> Option<PathBuf> {
+            fs::read_dir(debs).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
+            })
+        };
+        if let Some(deb) = find() {
+            eprintln!("    cached: {}", deb.display());
+            return Ok(deb);
+        }
+        let started = Instant::now();
+        eprintln!("    downloading {package}={version} into {}", debs.display());
+        let download = || {
+            run(self
+                .command("apt-get")
+                // apt's sandbox user _apt may not write into the repository.
+                .args(["-o", "APT::Sandbox::User=root", "download"])
+                .arg(format!("{package}={version}"))
+                .current_dir(debs))
+        };
+        if let Err(e) = download() {
+            eprintln!("    download failed ({e:#}); running apt-get update and trying again");
+            self.update()?;
+            download().with_context(|| {
+                format!(
+                    "cannot download {package}={version}: check the network and {} \
+                     (`apt-cache policy {package}`)",
+                    self.sources
+                )
+            })?;
+        }
+        let deb = find().with_context(|| format!("apt-get download left no {prefix}*{suffix} in {}", debs.display()))?;
+        let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
+        eprintln!("    downloaded {} ({} MB) in {}", deb.display(), size / 1_000_000, secs(started.elapsed()));
+        Ok(deb)
+    }
+}
+
+fn make_dirs(dir: &Path) -> Result<()> {
+    for d in ["lists/partial", "cache/archives/partial"] {
+        fs::create_dir_all(dir.join(d)).with_context(|| format!("creating {}", dir.join(d).display()))?;
+    }
+    Ok(())
+}
+
+/// Lists and cache of our own in `dir`.
+fn own_state(dir: &Path) -> [String; 2] {
+    [format!("Dir::State::Lists={}", dir.join("lists").display()), format!("Dir::Cache={}", dir.join("cache").display())]
+}
+
+fn with_o(opts: Vec<String>) -> Vec<String> {
+    opts.into_iter().flat_map(|o| ["-o".to_string(), o]).collect()
+}
