@@ -2,7 +2,10 @@
  * The published packages work with no Rust toolchain: the tarballs written
  * by `cargo xtask pack` (npm-pack/) are installed into an empty project
  * with a PATH that holds node and npm but no cargo, rustc or bpf-linker,
- * then used as users would. Host only: it needs the npm registry for the
+ * then used as users would: the main package and the platform package of
+ * this machine's architecture, as npm picks from `optionalDependencies`
+ * (the other architecture's package refuses to install here: its `cpu`
+ * names another). Host only: it needs the npm registry for the
  * dependencies (the VM has no network).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -21,7 +24,9 @@ let env: NodeJS.ProcessEnv;
 
 beforeAll(() => {
   const tarballs = existsSync(PACKED) ? readdirSync(PACKED).filter((f) => f.endsWith('.tgz')) : [];
-  if (tarballs.length < 2) throw new Error(`no tarballs in ${PACKED}: run \`cargo xtask pack\` (cargo xtask test does)`);
+  const mine = ['chroot-guard-0.1.0.tgz', `chroot-guard-linux-${process.arch}-gnu-0.1.0.tgz`];
+  const missing = mine.filter((t) => !tarballs.includes(t));
+  if (missing.length) throw new Error(`no ${missing.join(', ')} in ${PACKED}: run \`cargo xtask pack\` (cargo xtask test does)`);
   project = mkdtempSync(join(tmpdir(), 'chroot-guard-install-'));
   // A PATH with node, npm, a shell and chroot, and no Rust toolchain.
   const bin = join(project, '.bin');
@@ -31,7 +36,7 @@ beforeAll(() => {
   }
   env = { HOME: project, PATH: bin, npm_config_cache: join(project, '.npm'), npm_config_update_notifier: 'false' };
   writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'install-test', private: true }));
-  execFileSync('npm', ['install', '--no-audit', '--no-fund', ...tarballs.map((t) => join(PACKED, t))], { cwd: project, env, stdio: 'inherit' });
+  execFileSync('npm', ['install', '--no-audit', '--no-fund', ...mine.map((t) => join(PACKED, t))], { cwd: project, env, stdio: 'inherit' });
 }, 300_000);
 afterAll(() => project && rmSync(project, { recursive: true, force: true }));
 
@@ -91,7 +96,7 @@ require('chroot-guard').chrootWatch().subscribe({ error: (e) => console.log(e.co
       expect(r.status, r.stderr).toBe(0);
       expect(r.stdout).toContain('NATIVE_UNAVAILABLE');
       expect(r.stdout).toContain(seen);
-      expect(r.stdout).toContain('prebuilt binaries: linux-x64-gnu');
+      expect(r.stdout).toContain('prebuilt binaries: linux-x64-gnu, linux-arm64-gnu');
       if (prop === 'platform') expect(r.stdout).toContain('chroot-guard needs Linux');
     }
   });
@@ -125,7 +130,36 @@ describe('the tarballs', () => {
         'package/agent.schema.json',
       ].sort(),
     );
-    expect(list('chroot-guard-linux-x64-gnu-0.1.0.tgz')).toEqual(['package/README.md', 'package/chroot-guard.linux-x64-gnu.node', 'package/package.json']);
+    for (const arch of ['x64', 'arm64']) {
+      expect(list(`chroot-guard-linux-${arch}-gnu-0.1.0.tgz`)).toEqual(['package/README.md', `package/chroot-guard.linux-${arch}-gnu.node`, 'package/package.json']);
+    }
+  });
+
+  it('each platform package holds an addon for its own architecture, with that architecture\'s eBPF object inside', () => {
+    // ELF e_machine (bytes 18-19, little-endian): EM_X86_64 62, EM_AARCH64 183.
+    const machines = { x64: 62, arm64: 183 } as const;
+    const objects: Record<string, Buffer> = {};
+    for (const [arch, machine] of Object.entries(machines)) {
+      const tgz = join(PACKED, `chroot-guard-linux-${arch}-gnu-0.1.0.tgz`);
+      const node = execFileSync('tar', ['xzOf', tgz, `package/chroot-guard.linux-${arch}-gnu.node`], { maxBuffer: 64 << 20 });
+      expect(node.subarray(0, 4).toString('latin1')).toBe('\x7fELF');
+      expect(node.readUInt16LE(18), arch).toBe(machine);
+      const meta = JSON.parse(execFileSync('tar', ['xzOf', tgz, 'package/package.json'], { encoding: 'utf8' })) as { cpu: string[]; os: string[] };
+      expect(meta).toMatchObject({ cpu: [arch], os: ['linux'] });
+      objects[arch] = node;
+    }
+    // The embedded eBPF object is an ELF for EM_BPF (247) and differs
+    // between the two: aya-ebpf reads a kprobe's pt_regs at offsets fixed by
+    // the architecture it was built for.
+    const embedded = (node: Buffer) => {
+      for (let i = node.indexOf('\x7fELF', 1, 'latin1'); i >= 0; i = node.indexOf('\x7fELF', i + 1, 'latin1')) {
+        if (node.readUInt16LE(i + 18) === 247) return node.subarray(i, i + 4096).toString('hex');
+      }
+      return null;
+    };
+    expect(embedded(objects.x64!)).not.toBeNull();
+    expect(embedded(objects.arm64!)).not.toBeNull();
+    expect(embedded(objects.x64!)).not.toBe(embedded(objects.arm64!));
   });
 
   it('pass npm publish --dry-run', () => {

@@ -1,5 +1,6 @@
 //! Points `CHROOT_GUARD_EBPF_OBJECT` at the eBPF object built by
-//! `cargo xtask build-ebpf`, which `src/object.rs` embeds, and sets
+//! `cargo xtask build-ebpf` for the target's architecture, which
+//! `src/object.rs` embeds, and sets
 //! `CHROOT_GUARD_EBPF_SHA256` to its SHA-256 (lowercase hex), the object's
 //! identity in the memory of refused modes (`src/memory.rs`): hashing the
 //! 2 MB object at every start would cost milliseconds.
@@ -12,13 +13,16 @@ fn main() {
     let object = match std::env::var_os("CHROOT_GUARD_EBPF_OBJECT") {
         Some(path) => PathBuf::from(path),
         None => {
+            // One object per architecture (kprobe `pt_regs` offsets differ),
+            // where `cargo xtask build-ebpf --arch` puts it.
             let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-            manifest.join("../../target/bpfel-unknown-none/release/chroot-guard-ebpf")
+            let arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
+            manifest.join("../../target/ebpf").join(arch).join("bpfel-unknown-none/release/chroot-guard-ebpf")
         }
     };
     if !object.exists() {
         panic!(
-            "the eBPF object {} is missing: build it first with `cargo xtask build-ebpf` \
+            "the eBPF object {} is missing: build it first with `cargo xtask build-ebpf` (`--arch arm64` for arm64) \
              (or set CHROOT_GUARD_EBPF_OBJECT to a built object)",
             object.display()
         );

@@ -5,6 +5,8 @@ use std::{fs, os::unix::fs::PermissionsExt, path::PathBuf, process::Command};
 use anyhow::{bail, Context, Result};
 use xtask::{npx, output, root, run, step};
 
+use crate::arch::{self, Arch};
+
 /// The libLLVM that Debian's rustc links, found with ldd.
 fn rustc_libllvm() -> Result<PathBuf> {
     let ldd = output(Command::new("ldd").arg("/usr/bin/rustc"))?;
@@ -14,13 +16,14 @@ fn rustc_libllvm() -> Result<PathBuf> {
         .context("ldd /usr/bin/rustc shows no libLLVM: is rustc-web installed? Run `cargo xtask setup` first")
 }
 
-/// Builds `crates/ebpf` for bpfel-unknown-none.
+/// Builds `crates/ebpf` for bpfel-unknown-none with `bpf_target_arch` set
+/// to `arch` (`arch.rs` says why), into [`Arch::ebpf_object`].
 ///
 /// bpf-linker 0.10 (feature rust-llvm-22) loads libLLVM at run time from the
 /// directories in LD_LIBRARY_PATH; we give it a directory holding only the
 /// LLVM that rustc-web uses, so the bitcode and the linker always agree.
-pub fn build_ebpf() -> Result<()> {
-    step("eBPF object (rustc-web + bpf-linker, bpfel-unknown-none)");
+pub fn build_ebpf(arch: &Arch) -> Result<()> {
+    step(&format!("eBPF object for {} (rustc-web + bpf-linker, bpfel-unknown-none)", arch.name));
     if !crate::setup::bpf_linker_ok() {
         bail!("bpf-linker {} is not installed: run `cargo xtask setup` first", crate::setup::BPF_LINKER_VERSION);
     }
@@ -40,16 +43,22 @@ pub fn build_ebpf() -> Result<()> {
         .current_dir(root().join("crates/ebpf"))
         .env("RUSTC", "/usr/bin/rustc")
         .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_TARGET_DIR", root().join("target"))
+        .env("CARGO_TARGET_DIR", arch.ebpf_target_dir())
+        // aya-build's way to set `bpf_target_arch` without RUSTFLAGS, which
+        // would replace the BTF flags of crates/ebpf/.cargo/config.toml.
+        .env("AYA_BPF_TARGET_ARCH", arch.target_arch)
         .env("LD_LIBRARY_PATH", &llvm_dir)
         .env_remove("RUSTFLAGS"))
 }
 
-/// eBPF object, napi addon (with the object embedded), TypeScript.
-pub fn build() -> Result<()> {
-    build_ebpf()?;
+/// eBPF object, napi addon (with the object embedded), TypeScript, for the
+/// machine's architecture; then the addon of each of `also` (cross-built),
+/// beside it in ts/native and dist/native.
+pub fn build(also: &[&Arch]) -> Result<()> {
+    let host = arch::host();
+    build_ebpf(host)?;
     step("napi addon (crates/loader)");
-    run(&mut npx(&[
+    run(npx(&[
         "napi",
         "build",
         "--platform",
@@ -65,8 +74,12 @@ pub fn build() -> Result<()> {
         "binding.d.cts",
         "--package-json-path",
         "package.json",
-    ]))?;
+    ])
+    .env("CHROOT_GUARD_EBPF_OBJECT", host.ebpf_object()))?;
     install_dir(&root().join("target/napi-out"), &root().join("ts/native"))?;
+    for arch in also.iter().filter(|a| !a.is_host()) {
+        build_cross_addon(arch)?;
+    }
     step("TypeScript (tsc --noEmit, then tsup: ESM, CommonJS, declarations, CLI)");
     run(&mut npx(&["tsc", "-p", "tsconfig.json", "--noEmit"]))?;
     run(&mut npx(&["tsup", "--silent"]))?;
@@ -78,19 +91,60 @@ pub fn build() -> Result<()> {
     Ok(())
 }
 
+/// The addon for `arch`, cross-built (`cross.rs`) with `arch`'s eBPF object
+/// inside, into ts/native: only the `.node` file, since the JS binding and
+/// the declarations are the same for every architecture.
+fn build_cross_addon(arch: &Arch) -> Result<()> {
+    build_ebpf(arch)?;
+    let env = crate::cross::cargo_env(arch)?;
+    step(&format!("napi addon (crates/loader) for {}, cross-built", arch.triple));
+    let out = root().join("target/napi-out-cross").join(arch.name);
+    let _ = fs::remove_dir_all(&out);
+    run(npx(&[
+        "napi",
+        "build",
+        "--platform",
+        "--release",
+        "--strip",
+        "--target",
+        arch.triple,
+        "--no-js",
+        "--manifest-path",
+        "crates/loader/Cargo.toml",
+        "--output-dir",
+        &format!("target/napi-out-cross/{}", arch.name),
+        "--target-dir",
+        "target/cross",
+        "--package-json-path",
+        "package.json",
+    ])
+    .env("CHROOT_GUARD_EBPF_OBJECT", arch.ebpf_object())
+    .envs(env))?;
+    let node = format!("chroot-guard.{}.node", arch.platform());
+    if !out.join(&node).is_file() {
+        bail!("napi build left no {node} in {}", out.display());
+    }
+    install_file(&out.join(&node), &root().join("ts/native"))
+}
+
 /// Copies every file of `from` into `to`, each to a temporary name first and
 /// then renamed over the old one. A process that has the old `.node` addon
 /// loaded (a CLI or test still running) keeps its mapping of the old inode;
 /// copying over the file in place would change the pages under it and crash
 /// it.
 fn install_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
-    fs::create_dir_all(to)?;
     for entry in fs::read_dir(from)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let tmp = to.join(format!(".{}.tmp", name.to_string_lossy()));
-        fs::copy(entry.path(), &tmp).with_context(|| format!("copying {}", entry.path().display()))?;
-        fs::rename(&tmp, to.join(&name))?;
+        install_file(&entry?.path(), to)?;
     }
+    Ok(())
+}
+
+/// Copies the file `from` into the directory `to` as [`install_dir`] does.
+fn install_file(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    let name = from.file_name().context("file name")?;
+    let tmp = to.join(format!(".{}.tmp", name.to_string_lossy()));
+    fs::copy(from, &tmp).with_context(|| format!("copying {}", from.display()))?;
+    fs::rename(&tmp, to.join(name))?;
     Ok(())
 }

@@ -5,8 +5,10 @@ use clap::{Parser, Subcommand};
 use xtask::step;
 
 mod apt;
+mod arch;
 mod bench;
 mod build;
+mod cross;
 mod docs;
 mod pack;
 mod setup;
@@ -25,9 +27,17 @@ enum Verb {
     /// Install what the build needs (apt packages, bpf-linker, npm packages, Python tools in .cache/venv); skips what is present.
     Setup,
     /// Build the eBPF object with Debian's rustc-web and bpf-linker (after `cargo xtask setup`).
-    BuildEbpf,
+    BuildEbpf {
+        /// The architecture whose kprobe `pt_regs` layout the object reads (x64, arm64); default: this machine's.
+        #[arg(long)]
+        arch: Option<String>,
+    },
     /// Set up, then build the eBPF object, the napi addon and the TypeScript.
-    Build,
+    Build {
+        /// Also cross-build the addon for this architecture (arm64 on an x64 machine), beside this machine's in dist/native.
+        #[arg(long)]
+        arch: Vec<String>,
+    },
     /// Set up, build, then run `chroot-guard demo` (needs root).
     Demo {
         /// Arguments passed to `chroot-guard demo`.
@@ -38,7 +48,7 @@ enum Verb {
     Test(test::TestArgs),
     /// Set up, build, then run the benchmarks against bpftrace (bench/; needs root).
     Bench(bench::BenchArgs),
-    /// Set up, build, and write every npm package's tarball to npm-pack/ (checked with npm publish --dry-run).
+    /// Set up, build for every architecture (the others cross-built), and write every npm package's tarball to npm-pack/ (checked with npm publish --dry-run).
     Pack,
     /// Regenerate the probe tables in README.md and docs/architecture.md.
     Docs {
@@ -64,33 +74,35 @@ fn main() -> std::process::ExitCode {
 fn run_verb(verb: Verb) -> Result<()> {
     match verb {
         Verb::Setup => setup::setup(),
-        Verb::BuildEbpf => build::build_ebpf(),
-        Verb::Build => {
+        Verb::BuildEbpf { arch } => build::build_ebpf(arch.as_deref().map_or(Ok(arch::host()), arch::by_name)?),
+        Verb::Build { arch } => {
+            let also = arch.iter().map(|a| arch::by_name(a)).collect::<Result<Vec<_>>>()?;
             setup::setup()?;
-            build::build()
+            build::build(&also)
         }
         Verb::Demo { args } => {
             setup::setup()?;
-            build::build()?;
+            build::build(&[])?;
             step("chroot-guard demo");
             xtask::run(xtask::in_root("node").arg("dist/cli.js").arg("demo").args(args))
         }
         Verb::Docs { check } => docs::docs(check),
         Verb::Bench(args) => {
             setup::setup()?;
-            build::build()?;
+            build::build(&[])?;
             bench::bench(&args)
         }
         Verb::Pack => {
             setup::setup()?;
-            build::build()?;
+            build::build(&arch::all())?;
             pack::pack()
         }
         Verb::Test(args) => {
             step("docs: generated tables up to date");
             docs::docs(true)?;
             setup::setup()?;
-            build::build()?;
+            // The host suite installs every platform package (test/package.test.ts).
+            build::build(&if args.vm_only { Vec::new() } else { arch::all() })?;
             test::test(&args)
         }
         Verb::Vm(args) => vm::cli(args),

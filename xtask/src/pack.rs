@@ -114,9 +114,9 @@ pub fn pack() -> Result<()> {
     }
 
     step(&format!("packages in {OUT}/"));
-    eprintln!("  {:<30} {:>10} {:>12} {:>6}  tarball", "package", "packed", "unpacked", "files");
+    eprintln!("  {:<30} {:>10} {:>12} {:>6}  tarball", "package", "packed kB", "unpacked kB", "files");
     for p in &packed {
-        eprintln!("  {:<30} {:>9}K {:>11}K {:>6}  {}", p.name, p.size / 1024, p.unpacked / 1024, p.files, p.filename);
+        eprintln!("  {:<30} {:>10} {:>12} {:>6}  {}", p.name, p.size / 1000, p.unpacked / 1000, p.files, p.filename);
     }
     Ok(())
 }
