@@ -226,7 +226,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
         );
     }
     for k in &kernels {
-        if let (vm::Files::Only(only, why), true) = (k.files, args.files.is_empty()) {
+        if let vm::Files::Only(only, why) = k.files {
             eprintln!("  {}: {} only: {why}", k.name, only.join(", "));
         }
     }
@@ -252,10 +252,11 @@ fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec) -> Result<Vec<Outcome>> {
     };
     let mut suites = Vec::new();
     for mode in &modes {
-        let files: Vec<String> = if !args.files.is_empty() {
+        let files: Vec<String> = if let vm::Files::Only(only, _) = kernel.files {
+            // Named files run there only if they can.
+            only.iter().map(|s| s.to_string()).filter(|f| args.files.is_empty() || args.files.contains(f)).collect()
+        } else if !args.files.is_empty() {
             args.files.clone()
-        } else if let vm::Files::Only(only, _) = kernel.files {
-            only.iter().map(|s| s.to_string()).collect()
         } else if mode == "auto" {
             let mut all: Vec<String> = fs::read_dir(root().join("test"))?
                 .filter_map(|e| e.ok().map(|e| format!("test/{}", e.file_name().to_string_lossy())))
@@ -275,6 +276,12 @@ fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec) -> Result<Vec<Outcome>> {
         if !full.is_empty() {
             suites.push(Suite { label: format!("{mode}-preempt-full"), mode: mode.clone(), files: full, full_preemption: true });
         }
+    }
+    if suites.is_empty() {
+        if let vm::Files::Only(only, why) = kernel.files {
+            eprintln!("  not booting {}: none of the files named runs there ({} only: {why})", kernel.name, only.join(", "));
+        }
+        return Ok(outcomes);
     }
     step(&format!("TypeScript tests in the VM, kernel {}, modes {} (one boot)", kernel.name, modes.join(", ")));
     let opts = vm::VmOptions {
@@ -298,7 +305,7 @@ fn vm_suites(args: &TestArgs, kernel: &vm::KernelSpec) -> Result<Vec<Outcome>> {
             place: "VM".into(),
             kernel: vm.kernel_release.clone(),
             mode: match (mode.as_str(), full_preemption, kernel.files) {
-                ("auto", false, vm::Files::Only(only, _)) if args.files.is_empty() => {
+                ("auto", false, vm::Files::Only(only, _)) => {
                     format!("auto→{}, {} file{}", kernel.auto_mode, only.len(), if only.len() == 1 { "" } else { "s" })
                 }
                 ("auto", false, _) => format!("auto→{}", kernel.auto_mode),
