@@ -9,7 +9,8 @@
  * dependencies (the VM has no network).
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -130,36 +131,33 @@ describe('the tarballs', () => {
         'package/agent.schema.json',
       ].sort(),
     );
-    for (const arch of ['x64', 'arm64']) {
-      expect(list(`chroot-guard-linux-${arch}-gnu-0.1.0.tgz`)).toEqual(['package/README.md', `package/chroot-guard.linux-${arch}-gnu.node`, 'package/package.json']);
-    }
   });
 
   it('each platform package holds an addon for its own architecture, with that architecture\'s eBPF object inside', () => {
-    // ELF e_machine (bytes 18-19, little-endian): EM_X86_64 62, EM_AARCH64 183.
-    const machines = { x64: 62, arm64: 183 } as const;
-    const objects: Record<string, Buffer> = {};
-    for (const [arch, machine] of Object.entries(machines)) {
-      const tgz = join(PACKED, `chroot-guard-linux-${arch}-gnu-0.1.0.tgz`);
+    // The platform packages as `cargo xtask pack` makes them, one per napi target.
+    const platforms = readdirSync(fileURLToPath(new URL('../npm/', import.meta.url))).map(
+      (d) => JSON.parse(readFileSync(fileURLToPath(new URL(`../npm/${d}/package.json`, import.meta.url)), 'utf8')) as { name: string; cpu: string[] },
+    );
+    expect(platforms.map((p) => p.cpu[0]).sort()).toEqual(['arm64', 'x64']);
+    // ELF e_machine (bytes 18-19, little-endian), and the directory of the
+    // eBPF object built for it (target/ebpf/<Rust target_arch>/).
+    const elf = { x64: [62, 'x86_64'], arm64: [183, 'aarch64'] } as const;
+    for (const { name, cpu } of platforms) {
+      const arch = cpu[0] as keyof typeof elf;
+      const [machine, targetArch] = elf[arch];
+      const tgz = join(PACKED, `${name}-0.1.0.tgz`);
+      expect(list(`${name}-0.1.0.tgz`)).toEqual(['package/README.md', `package/chroot-guard.linux-${arch}-gnu.node`, 'package/package.json']);
       const node = execFileSync('tar', ['xzOf', tgz, `package/chroot-guard.linux-${arch}-gnu.node`], { maxBuffer: 64 << 20 });
       expect(node.subarray(0, 4).toString('latin1')).toBe('\x7fELF');
-      expect(node.readUInt16LE(18), arch).toBe(machine);
+      expect(node.readUInt16LE(18), name).toBe(machine);
       const meta = JSON.parse(execFileSync('tar', ['xzOf', tgz, 'package/package.json'], { encoding: 'utf8' })) as { cpu: string[]; os: string[] };
       expect(meta).toMatchObject({ cpu: [arch], os: ['linux'] });
-      objects[arch] = node;
+      // The addon carries the SHA-256 of the object it embeds
+      // (crates/loader/build.rs): the one built for its architecture, in
+      // which aya-ebpf reads kprobe pt_regs at that architecture's offsets.
+      const object = readFileSync(fileURLToPath(new URL(`../target/ebpf/${targetArch}/bpfel-unknown-none/release/chroot-guard-ebpf`, import.meta.url)));
+      expect(node.includes(createHash('sha256').update(object).digest('hex')), `${name} embeds target/ebpf/${targetArch}'s object`).toBe(true);
     }
-    // The embedded eBPF object is an ELF for EM_BPF (247) and differs
-    // between the two: aya-ebpf reads a kprobe's pt_regs at offsets fixed by
-    // the architecture it was built for.
-    const embedded = (node: Buffer) => {
-      for (let i = node.indexOf('\x7fELF', 1, 'latin1'); i >= 0; i = node.indexOf('\x7fELF', i + 1, 'latin1')) {
-        if (node.readUInt16LE(i + 18) === 247) return node.subarray(i, i + 4096).toString('hex');
-      }
-      return null;
-    };
-    expect(embedded(objects.x64!)).not.toBeNull();
-    expect(embedded(objects.arm64!)).not.toBeNull();
-    expect(embedded(objects.x64!)).not.toBe(embedded(objects.arm64!));
   });
 
   it('pass npm publish --dry-run', () => {

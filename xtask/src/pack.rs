@@ -2,7 +2,8 @@
 //! npm package to `npm-pack/`: the main package `chroot-guard` (ESM and
 //! CommonJS entry points, declarations, the CLI, the napi-rs loader; no
 //! `.node` file) and one platform package per napi target
-//! (`chroot-guard-linux-x64-gnu`: the addon with the eBPF object inside).
+//! (`chroot-guard-linux-x64-gnu`, `chroot-guard-linux-arm64-gnu`: the addon
+//! with its architecture's eBPF object inside; `arch.rs`).
 //! Each is also checked with `npm publish --dry-run`.
 
 use std::{fs, path::Path};
