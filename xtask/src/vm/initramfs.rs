@@ -95,16 +95,20 @@ fail "switch_root into the host root (is busybox-static installed on the host?)"
 
 /// Builds `<cache>/initramfs-<kernel release>.cpio` (one per kernel: the
 /// modules differ) unless its stamp shows the same inputs.
-pub(super) fn ensure_initramfs(cache: &Path, kernel: &Kernel) -> Result<PathBuf> {
+/// `busybox` is a static busybox of the kernel's architecture.
+pub(super) fn ensure_initramfs(cache: &Path, kernel: &Kernel, busybox: &Path) -> Result<PathBuf> {
     step("VM initramfs (busybox, virtio and 9p modules, /init)");
     let started = Instant::now();
-    let busybox = Path::new("/bin/busybox");
-    let meta = fs::metadata(busybox).context("/bin/busybox is missing: apt-get install busybox-static")?;
+    let meta = fs::metadata(busybox).with_context(|| format!("{} is missing: apt-get install busybox-static", busybox.display()))?;
     let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
     let modules: Vec<&str> = kernel.load_order.iter().map(String::as_str).collect();
     let init = init_script(&modules);
-    let stamp =
-        format!("format {INITRAMFS_FORMAT}\nkernel {}\nbusybox {} bytes, mtime {mtime}\n{init}", kernel.id, meta.len());
+    let stamp = format!(
+        "format {INITRAMFS_FORMAT}\nkernel {}\nbusybox {} ({} bytes, mtime {mtime})\n{init}",
+        kernel.id,
+        busybox.display(),
+        meta.len()
+    );
     let image = cache.join(format!("initramfs-{}.cpio", kernel.release));
     let stamp_file = cache.join(format!("initramfs-{}.stamp", kernel.release));
     if image.is_file() && fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
@@ -120,7 +124,7 @@ pub(super) fn ensure_initramfs(cache: &Path, kernel: &Kernel) -> Result<PathBuf>
         for d in ["bin", "dev", "proc", "sys", "newroot", "lib/modules"] {
             fs::create_dir_all(staging.join(d))?;
         }
-        fs::copy(busybox, staging.join("bin/busybox")).context("copying /bin/busybox")?;
+        fs::copy(busybox, staging.join("bin/busybox")).with_context(|| format!("copying {}", busybox.display()))?;
         for m in &modules {
             let from = kernel.modules.join(format!("{m}.ko"));
             fs::copy(&from, staging.join(format!("lib/modules/{m}.ko")))

@@ -1,28 +1,31 @@
 //! `cargo xtask vm -- <command>`: runs a command inside a QEMU VM booted
 //! with one of Debian's stock kernels (6.1 by default; 5.10 and 6.12 with
 //! `--kernel`), which (unlike the host kernel) allow kprobes, fentry/fexit
-//! and BPF LSM programs.
+//! and BPF LSM programs; x86-64 by default, arm64 with `--arch arm64`.
 //!
 //! How it works:
 //!
 //! * The kernel comes from the Debian package
-//!   `linux-image-6.1.0-NN-amd64-unsigned` (NN is what `linux-image-amd64`
+//!   `linux-image-6.1.0-NN-<arch>-unsigned` (NN is what `linux-image-<arch>`
 //!   depends on), fetched with `apt-get download` into `<repo>/.cache/vm/debs/`
 //!   and unpacked with `dpkg -x`; the kernel image and the few modules the
 //!   guest needs are kept in `<repo>/.cache/vm/kernel/<package>_<version>/`,
-//!   with the uncompressed `vmlinux` taken out of `vmlinuz`: QEMU boots it
-//!   through its PVH entry, which saves the guest seconds of decompression
-//!   under TCG.
+//!   on x86-64 with the uncompressed `vmlinux` taken out of `vmlinuz`: QEMU
+//!   boots it through its PVH entry, which saves the guest seconds of
+//!   decompression under TCG.
 //! * A tiny initramfs (static busybox, the virtio and 9p modules, and an
-//!   `/init` script) is built into `<repo>/.cache/vm/initramfs.cpio` and
-//!   rebuilt whenever its inputs change.
-//! * QEMU runs with TCG (a stock kernel hangs under KVM on this machine), the
-//!   qboot firmware, and 9p shares: the host's `/`, read-only, a fresh
-//!   writable run directory `<repo>/.cache/vm/runs/<id>/`, and, when the
-//!   working directory lies under `/tmp` or `/run` (which the guest covers
-//!   with fresh tmpfs), that directory again (`cgcwd`). `/init`
-//!   `switch_root`s into the host's root, so the guest runs the host's own
-//!   node, binaries and test files at the same paths.
+//!   `/init` script) is built into `<repo>/.cache/vm/initramfs-<release>.cpio`
+//!   and rebuilt whenever its inputs change.
+//! * QEMU runs with TCG (a stock kernel hangs under KVM on this machine), on
+//!   x86-64 the qboot firmware, and 9p shares: the guest's root, read-only
+//!   (the host's `/`, or for another architecture a root of its own,
+//!   `userland.rs`), a fresh writable run directory
+//!   `<repo>/.cache/vm/runs/<id>/`, and, when the working directory lies
+//!   under `/tmp` or `/run` (which the guest covers with fresh tmpfs) or
+//!   the root is not the host's, that directory again (`cgcwd`). `/init`
+//!   `switch_root`s into that root, so on the machine's architecture the
+//!   guest runs the host's own node, binaries and test files at the same
+//!   paths.
 //! * The run directory is mounted at [`GUEST_SHARE`] in the guest; its `out/`
 //!   subdirectory is [`GUEST_OUT`], exported to the command as `CG_VM_OUT`.
 //!   `/init` writes the command's exit code, `uname -r` and the active LSMs
@@ -46,11 +49,15 @@
 //!   in, rebuilt when its inputs change.
 //! * `run_dir.rs`: one run's directory: `command.sh`, `stage2.sh`, and what
 //!   the guest writes back.
-//! * `qemu.rs`: booting QEMU with its 9p shares, streaming the console,
-//!   the timeout, and collecting the results.
+//! * `userland.rs`: the root file system of a guest of another
+//!   architecture.
+//! * `qemu.rs`: booting QEMU (the machine of each architecture) with its 9p
+//!   shares, streaming the console (or writing it to a log), the timeout,
+//!   and collecting the results.
 //!
-//! This file holds the public entry points: [`run`], its options and
-//! outcome, and the constants the callers use.
+//! This file holds the public entry points: [`run`] (or [`prepare`] then
+//! [`run_prepared`], for VMs side by side), its options and outcome, and
+//! the constants the callers use.
 
 mod cli;
 mod image;
@@ -59,10 +66,11 @@ mod kernel;
 mod modules;
 mod qemu;
 mod run_dir;
+mod userland;
 
 use std::{
     fmt, fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -82,7 +90,6 @@ use self::{
 
 /// Debian packages the VM needs, and why.
 const APT_PACKAGES: &[(&str, &str)] = &[
-    ("qemu-system-x86", "qemu-system-x86_64 runs the test VM"),
     ("busybox-static", "the shell and tools of the VM's initramfs"),
     ("cpio", "packs the VM's initramfs"),
     ("xz-utils", "decompresses the kernel image (and modules shipped as .ko.xz)"),
@@ -119,6 +126,9 @@ pub struct VmOptions {
     pub kernel_args: Vec<String>,
     /// Which kernel to boot (`kernel.rs` lists them).
     pub kernel: KernelSpec,
+    /// A file for the guest's console and the messages about the boot
+    /// instead of stdout and stderr, for VMs run side by side.
+    pub log: Option<PathBuf>,
 }
 
 impl Default for VmOptions {
@@ -132,6 +142,7 @@ impl Default for VmOptions {
             cpus: 2,
             kernel_args: Vec::new(),
             kernel: kernel_spec(DEFAULT_KERNEL).expect("DEFAULT_KERNEL is in KERNELS"),
+            log: None,
         }
     }
 }
@@ -191,41 +202,80 @@ impl fmt::Display for VmTimeout {
 impl std::error::Error for VmTimeout {}
 
 /// Boots the VM, runs `opts.command` in it, and returns how it ended; the
-/// guest's console output streams to our stdout meanwhile, the harness's
-/// messages go to stderr. Needs root.
+/// guest's console output streams to our stdout meanwhile (or to
+/// [`VmOptions::log`]), the harness's messages go to stderr. Needs root.
 ///
 /// Fails with [`VmTimeout`] (find it with `err.downcast_ref`) when the
 /// timeout expired, and with an explanation when the guest ended without
 /// reporting an exit code (e.g. a kernel panic).
 pub fn run(opts: &VmOptions) -> Result<VmOutcome> {
     let started = Instant::now();
+    let prepared = prepare(&opts.kernel, &check_cwd(&opts.cwd)?)?;
+    if opts.log.is_none() {
+        eprintln!("    prepared in {}", secs(started.elapsed()));
+    }
+    run_prepared(opts, &prepared)
+}
+
+/// A kernel, its initramfs and the guest's root, ready to boot.
+pub struct Prepared {
+    spec: KernelSpec,
+    kernel: kernel::Kernel,
+    initramfs: PathBuf,
+    /// The host's `/`, or another architecture's userland.
+    root: PathBuf,
+}
+
+/// Makes sure everything a boot of `spec` needs is installed, downloaded
+/// and unpacked (for another architecture than the machine's, with `cwd`
+/// in its root), as [`run`] does first. VMs started side by side are prepared
+/// beforehand and booted with [`run_prepared`], so none of them writes the
+/// cache or prints outside its log.
+pub fn prepare(spec: &KernelSpec, cwd: &Path) -> Result<Prepared> {
+    require_root("cargo xtask vm (QEMU shares the whole host file system with the guest)")?;
+    let arch = spec.arch;
+    let machine = qemu::machine(arch);
+    crate::setup::apt(APT_PACKAGES)?;
+    crate::setup::apt(&[(machine.package, "runs the test VM")])?;
+    for tool in [machine.qemu, "busybox", "cpio", "setpriv"] {
+        if which(tool).is_none() {
+            bail!(
+                "`{tool}` is not on PATH although its package is installed: \
+                 run `apt-get install --reinstall {} busybox-static cpio util-linux`",
+                machine.package
+            );
+        }
+    }
+    let cache = cache_dir();
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    let kernel = ensure_kernel(&cache, spec)?;
+    let root = if arch.is_host() { PathBuf::from("/") } else { userland::ensure_userland(&cache, arch, cwd)? };
+    let initramfs = ensure_initramfs(&cache, &kernel, &root.join("bin/busybox"))?;
+    Ok(Prepared { spec: *spec, kernel, initramfs, root })
+}
+
+impl Prepared {
+    /// The kernel it is for.
+    pub fn spec(&self) -> &KernelSpec {
+        &self.spec
+    }
+}
+
+/// [`run`] with what [`prepare`] made ready for `opts.kernel`.
+pub fn run_prepared(opts: &VmOptions, prepared: &Prepared) -> Result<VmOutcome> {
     if opts.command.is_empty() {
         bail!("no command to run in the VM: give one after `--`, e.g. `cargo xtask vm -- uname -r`");
     }
     if opts.cpus == 0 || opts.memory_mib < 256 {
         bail!("the VM needs at least 1 CPU and 256 MiB (asked: {} CPUs, {} MiB)", opts.cpus, opts.memory_mib);
     }
-    let cwd = check_cwd(&opts.cwd)?;
-    require_root("cargo xtask vm (QEMU shares the whole host file system with the guest)")?;
-    crate::setup::apt(APT_PACKAGES)?;
-    for tool in ["qemu-system-x86_64", "busybox", "cpio", "setpriv"] {
-        if which(tool).is_none() {
-            bail!(
-                "`{tool}` is not on PATH although its package is installed: \
-                 run `apt-get install --reinstall qemu-system-x86 busybox-static cpio util-linux`"
-            );
-        }
+    if opts.kernel != prepared.spec {
+        bail!("internal: the VM was prepared for kernel {}, not {}", prepared.spec.label(), opts.kernel.label());
     }
-    let cache = cache_dir();
-    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
-
-    let kernel = ensure_kernel(&cache, &opts.kernel)?;
-    let initramfs = ensure_initramfs(&cache, &kernel)?;
-    let run_dir = new_run_dir(&cache)?;
+    let cwd = check_cwd(&opts.cwd)?;
+    let run_dir = new_run_dir(&cache_dir())?;
     write_command_script(&run_dir, opts, &cwd)?;
-    eprintln!("    prepared in {}", secs(started.elapsed()));
-
-    boot(opts, &kernel, &initramfs, &run_dir)
+    boot(opts, &prepared.kernel, &prepared.initramfs, &run_dir, &prepared.root)
 }
 
 /// `<repo>/.cache/vm`.

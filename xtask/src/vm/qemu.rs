@@ -1,16 +1,17 @@
-//! Booting the VM and collecting the result: the QEMU command line (TCG,
-//! qboot, the kernel and initramfs, 9p shares of the host's root, the run
-//! directory and, when the guest would hide it, the working directory),
-//! QEMU's lifetime (dies with us, killed at the timeout), the serial
-//! console streamed to our stdout with the `CG_VM_<KEY>=<value>` markers
-//! taken out, and the [`VmOutcome`] read from the run directory.
+//! Booting the VM and collecting the result: the QEMU command line (the
+//! machine of the guest's architecture, TCG, the kernel and initramfs, 9p
+//! shares of the guest's root, the run directory and, when the guest would
+//! hide it, the working directory), QEMU's lifetime (dies with us, killed
+//! at the timeout), the serial console streamed to our stdout (or a log
+//! file) with the `CG_VM_<KEY>=<value>` markers taken out, and the
+//! [`VmOutcome`] read from the run directory.
 
 use std::{
     fs,
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::mpsc,
+    sync::{mpsc, Arc, Mutex},
     thread,
     time::{Duration, Instant},
 };
@@ -19,6 +20,7 @@ use anyhow::{bail, Context, Result};
 use xtask::{secs, step};
 
 use super::{kernel::Kernel, run_dir::shown_command, VmOptions, VmOutcome, VmTimeout};
+use crate::arch::Arch;
 
 /// qboot, a minimal firmware shipped with QEMU (qemu-system-data): it boots
 /// faster than SeaBIOS and prints nothing on the serial console.
@@ -71,17 +73,48 @@ fn qemu_path(p: &Path) -> String {
 }
 
 /// Boots QEMU, streams the console, enforces the timeout, collects results.
-pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir: &Path) -> Result<VmOutcome> {
-    step(&format!(
+/// The QEMU system emulator of an architecture, its machine arguments and
+/// the kernel's console device.
+pub(super) struct Machine {
+    pub(super) qemu: &'static str,
+    /// The Debian package that ships it.
+    pub(super) package: &'static str,
+    args: &'static [&'static str],
+    console: &'static str,
+}
+
+/// x86-64: QEMU's default PC (with qboot when installed, which starts the
+/// kernel faster than SeaBIOS); arm64: the `virt` board, whose PL011 UART
+/// is the console. Both `-cpu max` under TCG.
+pub(super) fn machine(arch: &Arch) -> Machine {
+    match arch.target_arch {
+        "aarch64" => Machine {
+            qemu: "qemu-system-aarch64",
+            package: "qemu-system-arm",
+            args: &["-M", "virt", "-accel", "tcg", "-cpu", "max"],
+            console: "ttyAMA0",
+        },
+        _ => Machine { qemu: "qemu-system-x86_64", package: "qemu-system-x86", args: &["-accel", "tcg", "-cpu", "max"], console: "ttyS0" },
+    }
+}
+
+/// Boots `kernel` with `initramfs`, the guest's root shared from `root` (the
+/// host's `/`, or another architecture's userland), and waits for the
+/// command to end.
+pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir: &Path, root: &Path) -> Result<VmOutcome> {
+    let machine = machine(opts.kernel.arch);
+    let out = Out::new(opts.log.as_deref())?;
+    out.step(&format!(
         "VM: {} ({} CPUs, {} MiB, TCG), run directory {}",
         shown_command(&opts.command),
         opts.cpus,
         opts.memory_mib,
         run_dir.display()
     ));
-    let mut append = vec!["console=ttyS0".to_string(), "panic=-1".into(), "quiet".into()];
+    let mut append = vec![format!("console={}", machine.console), "panic=-1".into(), "quiet".into()];
     let cwd = check_cwd(&opts.cwd)?;
-    let cwd_share = needs_own_share(&cwd);
+    // Another architecture's root does not hold the working directory.
+    let cwd_share = needs_own_share(&cwd) || root != Path::new("/");
     if cwd_share {
         // /init mounts the share `cgcwd` back at this path.
         append.push(format!("cg_cwd={}", cwd.display()));
@@ -90,10 +123,11 @@ pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir:
     append.extend(opts.kernel_args.iter().cloned());
     let mut qemu = Command::new("setpriv");
     // If we die (Ctrl-C, kill), the kernel kills QEMU too.
-    qemu.args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"])
-        .args(["-accel", "tcg", "-cpu", "max", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+    qemu.args(["--pdeathsig", "KILL", "--", machine.qemu])
+        .args(machine.args)
+        .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
         .args(["-serial", "stdio"])
-        .args(if Path::new(QBOOT).is_file() { vec!["-bios", QBOOT] } else { Vec::new() })
+        .args(if machine.qemu == "qemu-system-x86_64" && Path::new(QBOOT).is_file() { vec!["-bios", QBOOT] } else { Vec::new() })
         .arg("-m")
         .arg(opts.memory_mib.to_string())
         .arg("-smp")
@@ -105,7 +139,7 @@ pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir:
         .arg("-append")
         .arg(append.join(" "))
         .arg("-virtfs")
-        .arg("local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap")
+        .arg(format!("local,path={},mount_tag=host,security_model=none,readonly=on,multidevs=remap", qemu_path(root)))
         .arg("-virtfs")
         .arg(format!("local,path={},mount_tag=cgvmout,security_model=none,multidevs=remap", qemu_path(run_dir)))
         .args(if cwd_share {
@@ -118,13 +152,15 @@ pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir:
         })
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(out.stderr()?);
     let boot_started = Instant::now();
-    let mut child = qemu.spawn().context("cannot start qemu-system-x86_64: apt-get install qemu-system-x86")?;
+    let mut child =
+        qemu.spawn().with_context(|| format!("cannot start {}: apt-get install {}", machine.qemu, machine.package))?;
     let stdout = child.stdout.take().context("qemu stdout")?;
     let (tx, rx) = mpsc::channel();
+    let reader_out = out.clone();
     let reader = thread::spawn(move || {
-        let console = read_console(stdout, boot_started);
+        let console = read_console(stdout, boot_started, &reader_out);
         let _ = tx.send(());
         console
     });
@@ -142,7 +178,7 @@ pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir:
     let Some(status) = status else {
         kill(&mut child);
         let _ = reader.join();
-        eprintln!("    killed qemu after {} (timeout)", secs(boot_started.elapsed()));
+        out.msg(&format!("    killed qemu after {} (timeout)", secs(boot_started.elapsed())));
         return Err(VmTimeout { after: opts.timeout, run_dir: run_dir.to_path_buf() }.into());
     };
     let vm_time = boot_started.elapsed();
@@ -153,12 +189,12 @@ pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir:
         Some(code) => code.parse::<i32>().with_context(|| format!("{}/exit_code holds `{code}`", run_dir.display()))?,
         None => match console.exit {
             Some(code) => {
-                eprintln!("    warning: the guest wrote no exit_code file; using the console's CG_VM_EXIT={code}");
+                out.msg(&format!("    warning: the guest wrote no exit_code file; using the console's CG_VM_EXIT={code}"));
                 code
             }
             None => {
                 let why = if console.errors.is_empty() {
-                    "no report from the guest's /init (a kernel panic? see the console output above; \
+                    "no report from the guest's /init (a kernel panic? see the console output; \
                      more with --kernel-arg loglevel=7)"
                         .to_string()
                 } else {
@@ -191,11 +227,10 @@ fn kill(child: &mut Child) {
 /// Streams the console to stdout line by line (dropping the serial line's
 /// `\r`), takes `CG_VM_<KEY>=<value>` marker lines out of the stream and
 /// reports them on stderr.
-fn read_console(stdout: impl std::io::Read, boot_started: Instant) -> Console {
+fn read_console(stdout: impl std::io::Read, boot_started: Instant, out: &Out) -> Console {
     let mut console = Console::default();
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
-    let out = std::io::stdout();
     loop {
         line.clear();
         match reader.read_until(b'\n', &mut line) {
@@ -211,9 +246,7 @@ fn read_console(stdout: impl std::io::Read, boot_started: Instant) -> Console {
         const EXIT_MARKER: &[u8] = b"CG_VM_EXIT=";
         if console.ready.is_some() {
             if let Some(at) = line.windows(EXIT_MARKER.len()).position(|w| w == EXIT_MARKER).filter(|&at| at > 0) {
-                let mut out = out.lock();
-                let _ = out.write_all(&line[..at]);
-                let _ = out.flush();
+                out.console(&line[..at]);
                 line.drain(..at);
             }
         }
@@ -225,17 +258,17 @@ fn read_console(stdout: impl std::io::Read, boot_started: Instant) -> Console {
             let value = value.trim().to_string();
             match key {
                 "KERNEL" => {
-                    eprintln!("    guest kernel: {value}");
+                    out.msg(&format!("    guest kernel: {value}"));
                     console.kernel = Some(value);
                     continue;
                 }
                 "LSM" => {
-                    eprintln!("    guest LSMs: {value}");
+                    out.msg(&format!("    guest LSMs: {value}"));
                     console.lsm = Some(value);
                     continue;
                 }
                 "READY" => {
-                    eprintln!("    booted in {}; running the command", secs(boot_started.elapsed()));
+                    out.msg(&format!("    booted in {}; running the command", secs(boot_started.elapsed())));
                     console.ready = Some(Instant::now());
                     continue;
                 }
@@ -244,19 +277,77 @@ fn read_console(stdout: impl std::io::Read, boot_started: Instant) -> Console {
                     continue;
                 }
                 "ERROR" => {
-                    eprintln!("    guest /init failed: {value}");
+                    out.msg(&format!("    guest /init failed: {value}"));
                     console.errors.push(value);
                     continue;
                 }
                 _ => {}
             }
         }
-        let mut out = out.lock();
-        let _ = out.write_all(&line);
         if newline {
-            let _ = out.write_all(b"\n");
+            line.push(b'\n');
         }
-        let _ = out.flush();
+        out.console(&line);
     }
     console
+}
+
+/// Where one VM's console output and the harness's messages about it go:
+/// stdout and stderr, or one log file ([`VmOptions::log`]) for VMs that run
+/// side by side.
+#[derive(Clone)]
+struct Out(Option<Arc<Mutex<fs::File>>>);
+
+impl Out {
+    fn new(log: Option<&Path>) -> Result<Out> {
+        Ok(Out(match log {
+            Some(path) => {
+                fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+                // Appending: QEMU's own stderr writes into the same file.
+                let file = fs::OpenOptions::new().append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+                Some(Arc::new(Mutex::new(file)))
+            }
+            None => None,
+        }))
+    }
+
+    /// QEMU's stderr: ours, or the log.
+    fn stderr(&self) -> Result<Stdio> {
+        Ok(match &self.0 {
+            None => Stdio::inherit(),
+            Some(file) => Stdio::from(file.lock().unwrap_or_else(|e| e.into_inner()).try_clone().context("the log file")?),
+        })
+    }
+
+    /// A step header, as [`step`] prints it.
+    fn step(&self, what: &str) {
+        match &self.0 {
+            None => step(what),
+            Some(_) => self.msg(&format!("==> {what}")),
+        }
+    }
+
+    /// One line of the harness's.
+    fn msg(&self, line: &str) {
+        match &self.0 {
+            None => eprintln!("{line}"),
+            Some(file) => {
+                let _ = writeln!(file.lock().unwrap_or_else(|e| e.into_inner()), "{line}");
+            }
+        }
+    }
+
+    /// Bytes of the guest's console.
+    fn console(&self, bytes: &[u8]) {
+        match &self.0 {
+            None => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(bytes);
+                let _ = out.flush();
+            }
+            Some(file) => {
+                let _ = file.lock().unwrap_or_else(|e| e.into_inner()).write_all(bytes);
+            }
+        }
+    }
 }

@@ -37,10 +37,21 @@ pub(super) fn new_run_dir(cache: &Path) -> Result<PathBuf> {
         }
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).context("system clock before 1970")?;
-    let id = format!("{}-{}", utc_timestamp(now.as_secs()), std::process::id());
-    let dir = runs.join(id);
-    fs::create_dir_all(dir.join("out")).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+    // One process may start VMs side by side within a second: the first to
+    // create an id owns it, the next takes a suffix.
+    let base = format!("{}-{}", utc_timestamp(now.as_secs()), std::process::id());
+    for n in 0.. {
+        let dir = runs.join(if n == 0 { base.clone() } else { format!("{base}-{n}") });
+        match fs::create_dir(&dir) {
+            Ok(()) => {
+                fs::create_dir(dir.join("out")).with_context(|| format!("creating {}", dir.join("out").display()))?;
+                return Ok(dir);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// `YYYYmmdd-HHMMSS` in UTC (days to civil date after Howard Hinnant).
@@ -80,8 +91,11 @@ pub(super) fn write_command_script(run_dir: &Path, opts: &VmOptions, cwd: &Path)
     ];
     // HOME is /tmp in the guest, so rustup's proxies must be told where the
     // host's toolchains are.
-    if Path::new("/root/.rustup").is_dir() {
+    if opts.kernel.arch.is_host() && Path::new("/root/.rustup").is_dir() {
         env.push(("RUSTUP_HOME".into(), "/root/.rustup".into()));
+    }
+    if !opts.kernel.arch.is_host() {
+        env.push(("NODE_PATH".into(), super::userland::GUEST_NODE_PATH.into()));
     }
     for (k, v) in &opts.env {
         if !is_shell_name(k) {
