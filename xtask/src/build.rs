@@ -58,24 +58,7 @@ pub fn build(also: &[&Arch]) -> Result<()> {
     let host = arch::host();
     build_ebpf(host)?;
     step("napi addon (crates/loader)");
-    run(npx(&[
-        "napi",
-        "build",
-        "--platform",
-        "--release",
-        "--strip",
-        "--manifest-path",
-        "crates/loader/Cargo.toml",
-        "--output-dir",
-        "target/napi-out",
-        "--js",
-        "binding.cjs",
-        "--dts",
-        "binding.d.cts",
-        "--package-json-path",
-        "package.json",
-    ])
-    .env("CHROOT_GUARD_EBPF_OBJECT", host.ebpf_object()))?;
+    run(&mut napi_build(host, "target/napi-out", &["--js", "binding.cjs", "--dts", "binding.d.cts"]))?;
     install_dir(&root().join("target/napi-out"), &root().join("ts/native"))?;
     for arch in also.iter().filter(|a| !a.is_host()) {
         build_cross_addon(arch)?;
@@ -91,6 +74,16 @@ pub fn build(also: &[&Arch]) -> Result<()> {
     Ok(())
 }
 
+/// `napi build` of crates/loader (release, stripped, the platform in the
+/// file name) with `arch`'s eBPF object inside, into `out_dir`, plus `extra`.
+fn napi_build(arch: &Arch, out_dir: &str, extra: &[&str]) -> std::process::Command {
+    let mut c = npx(&["napi", "build", "--platform", "--release", "--strip", "--manifest-path", "crates/loader/Cargo.toml"]);
+    c.args(["--output-dir", out_dir, "--package-json-path", "package.json"])
+        .args(extra)
+        .env("CHROOT_GUARD_EBPF_OBJECT", arch.ebpf_object());
+    c
+}
+
 /// The addon for `arch`, cross-built (`cross.rs`) with `arch`'s eBPF object
 /// inside, into ts/native: only the `.node` file, since the JS binding and
 /// the declarations are the same for every architecture.
@@ -98,28 +91,10 @@ fn build_cross_addon(arch: &Arch) -> Result<()> {
     build_ebpf(arch)?;
     let env = crate::cross::cargo_env(arch)?;
     step(&format!("napi addon (crates/loader) for {}, cross-built", arch.triple));
-    let out = root().join("target/napi-out-cross").join(arch.name);
+    let out_dir = format!("target/napi-out-cross/{}", arch.name);
+    let out = root().join(&out_dir);
     let _ = fs::remove_dir_all(&out);
-    run(npx(&[
-        "napi",
-        "build",
-        "--platform",
-        "--release",
-        "--strip",
-        "--target",
-        arch.triple,
-        "--no-js",
-        "--manifest-path",
-        "crates/loader/Cargo.toml",
-        "--output-dir",
-        &format!("target/napi-out-cross/{}", arch.name),
-        "--target-dir",
-        "target/cross",
-        "--package-json-path",
-        "package.json",
-    ])
-    .env("CHROOT_GUARD_EBPF_OBJECT", arch.ebpf_object())
-    .envs(env))?;
+    run(napi_build(arch, &out_dir, &["--target", arch.triple, "--no-js", "--target-dir", "target/cross"]).envs(env))?;
     let node = format!("chroot-guard.{}.node", arch.platform());
     if !out.join(&node).is_file() {
         bail!("napi build left no {node} in {}", out.display());
