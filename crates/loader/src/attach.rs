@@ -634,7 +634,19 @@ pub fn classify(kind: &str, program: &str, target: &str, stage: &str, e: &Progra
             format!("tracepoint {TRACEPOINT_CATEGORY}:{target} is missing (CONFIG_FTRACE_SYSCALLS?): {e}"),
             None,
         ),
-        _ => ("ATTACH_FAILED", format!("{stage} of the {kind} program on {target} failed: {e}"), None),
+        // aya's message names the syscall, not the kernel's answer.
+        _ => (
+            "ATTACH_FAILED",
+            format!(
+                "{stage} of the {kind} program on {target} failed: {e}{}",
+                match (errno_str, errno) {
+                    (Some(name), _) => format!(" with {name}"),
+                    (None, Some(n)) => format!(" with errno {n}"),
+                    (None, None) => String::new(),
+                }
+            ),
+            None,
+        ),
     };
     Denial { code, errno: errno_str, reason, verifier_log }
 }
