@@ -142,16 +142,17 @@ fn read_report(path: &Path) -> Result<(u64, u64, u64, f64)> {
 /// and vitest's first transform cost about a minute each under TCG). Each
 /// run leaves `results-<label>.json` and its exit code in `rc-<label>` in
 /// `CG_VM_OUT`; the script fails if any run failed.
-fn vm_script(suites: &[Suite], kernel: &vm::KernelSpec) -> String {
+/// `slowdown` scales vitest's timeouts (see [`Boot::slowdown`]).
+fn vm_script(suites: &[Suite], slowdown: u32) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let mut script = String::from("rc=0\n");
     for Suite { label, mode, files, full_preemption } in suites {
         let report = format!("{}/results-{label}.json", vm::GUEST_OUT);
         let mut command = vec!["npx".to_string(), "--no-install".into()];
         command.extend(vitest_args(&report, files));
-        if kernel.slowdown > 1 {
+        if slowdown > 1 {
             // vitest.config.ts's 60 s, scaled to the guest's speed.
-            let ms = 60_000 * kernel.slowdown;
+            let ms = 60_000 * slowdown;
             command.extend([format!("--testTimeout={ms}"), format!("--hookTimeout={ms}")]);
         }
         // One worker for every file: each new one costs about 15 s of
@@ -262,6 +263,11 @@ struct Boot {
     kernel: vm::KernelSpec,
     modes: Vec<String>,
     suites: Vec<Suite>,
+    /// How much slower than a lone x86-64 VM its tests run: the kernel's
+    /// [`vm::KernelSpec::slowdown`], doubled when it shares the CPUs with a
+    /// second VM (tests that took 20 s alone took 60 to 70 s so). vitest's
+    /// timeouts, which are there to end a hang, are scaled by it.
+    slowdown: u32,
 }
 
 /// The boots of one VM kernel: the modes asked for, or `auto`, `kprobe` and
@@ -318,7 +324,7 @@ fn vm_boots(args: &TestArgs, kernel: &vm::KernelSpec, split: bool) -> Result<Vec
                 modes.push(m);
             }
         }
-        Boot { kernel: *kernel, modes, suites }
+        Boot { kernel: *kernel, modes, suites, slowdown: kernel.slowdown * if split { 2 } else { 1 } }
     };
     let first_alone = split && suites.len() > 1 && suites[0].mode == "auto" && !suites[0].full_preemption;
     Ok(if first_alone {
@@ -400,9 +406,9 @@ fn run_boots(boots: &[Boot], side_by_side: bool, results: &Path) -> Result<(Vec<
 
 /// Runs one boot's suites; with `log`, the VM's output goes there. Never
 /// fails: a VM that did not end well fails its suites and says why.
-fn run_boot(Boot { kernel, suites, .. }: &Boot, prepared: &vm::Prepared, log: Option<std::path::PathBuf>) -> (Vec<Outcome>, Option<String>) {
+fn run_boot(Boot { kernel, suites, slowdown, .. }: &Boot, prepared: &vm::Prepared, log: Option<std::path::PathBuf>) -> (Vec<Outcome>, Option<String>) {
     let opts = vm::VmOptions {
-        command: vec!["sh".into(), "-c".into(), vm_script(suites, kernel)],
+        command: vec!["sh".into(), "-c".into(), vm_script(suites, *slowdown)],
         env: vec![("CI".into(), "true".into()), ("CG_EXPECT_AUTO_MODE".into(), kernel.auto_mode.into())],
         timeout: VM_SUITE_TIMEOUT,
         // Debian builds the x32 ABI but leaves it off: on, so the
