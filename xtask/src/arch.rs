@@ -29,6 +29,10 @@ pub struct Arch {
     /// The Debian package of the C cross compiler that links for it from
     /// another architecture, and the compiler's command.
     pub cross_gcc: (&'static str, &'static str),
+    /// The Debian package of its C library for that linker (`crti.o`,
+    /// `libdl`): only a recommendation of the compiler's package, which
+    /// `--no-install-recommends` leaves out.
+    pub cross_libc: &'static str,
 }
 
 /// x86-64.
@@ -38,6 +42,7 @@ pub const X64: Arch = Arch {
     target_arch: "x86_64",
     debian: "amd64",
     cross_gcc: ("gcc-x86-64-linux-gnu", "x86_64-linux-gnu-gcc"),
+    cross_libc: "libc6-dev-amd64-cross",
 };
 
 /// arm64 (AArch64).
@@ -47,6 +52,7 @@ pub const ARM64: Arch = Arch {
     target_arch: "aarch64",
     debian: "arm64",
     cross_gcc: ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
+    cross_libc: "libc6-dev-arm64-cross",
 };
 
 /// Every architecture, the napi targets of package.json in its order.

@@ -25,7 +25,10 @@ use crate::{apt::Apt, arch::Arch};
 /// missing.
 pub fn cargo_env(arch: &Arch) -> Result<Vec<(String, String)>> {
     let (gcc_package, gcc) = arch.cross_gcc;
-    crate::setup::apt(&[(gcc_package, "links the addon cross-built for another architecture")])?;
+    crate::setup::apt(&[
+        (gcc_package, "links the addon cross-built for another architecture"),
+        (arch.cross_libc, "the C library that linker links against"),
+    ])?;
     let sysroot = sysroot(arch)?;
     let var = arch.triple.to_uppercase().replace('-', "_");
     Ok(vec![
