@@ -122,11 +122,17 @@ pub fn ensure_mounted(fstype: &'static str, path: &'static str, magic: i64, opti
     let data = options.map(CString::new).transpose().map_err(|e| mount_err(io::Error::other(e)))?;
     let data_ptr = data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast::<libc::c_void>());
     // SAFETY: valid C strings; the data argument is null or a C string.
-    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, data_ptr) };
-    if rc != 0 {
-        return Err(mount_err(io::Error::last_os_error()));
+    if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), ty.as_ptr(), 0, data_ptr) } == 0 {
+        return Ok(());
     }
-    Ok(())
+    let err = io::Error::last_os_error();
+    // A process starting beside us may have mounted it between the check
+    // and our mount, which then fails (EBUSY for tracefs): what matters is
+    // that it is there now.
+    if fs_magic(path) == Some(magic) {
+        return Ok(());
+    }
+    Err(mount_err(err))
 }
 
 /// `TRACEFS_MAGIC` from `include/uapi/linux/magic.h`.
