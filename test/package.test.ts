@@ -5,8 +5,16 @@
  * then used as users would: the main package and the platform package of
  * this machine's architecture, as npm picks from `optionalDependencies`
  * (the other architecture's package refuses to install here: its `cpu`
- * names another). Host only: it needs the npm registry for the
- * dependencies (the VM has no network).
+ * names another).
+ *
+ * On the host (x86-64) npm also installs, for each other architecture
+ * (`--cpu`, as a build machine preparing another's image would), the main
+ * package and that architecture's platform package (an optional
+ * dependency, which npm installs only for its `cpu`) into
+ * `target/install/<arch>/`. The guest of that architecture (`cargo xtask
+ * test --vm-kernel 6.1/arm64`) has no network and no npm, so it runs this
+ * file against that install: the same tests of an installed package,
+ * after checking its addon is the one packed.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -18,26 +26,56 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 const PACKED = fileURLToPath(new URL('../npm-pack/', import.meta.url));
 const DIST = fileURLToPath(new URL('../dist/', import.meta.url));
+/** Installs for the other architectures' guests, by npm's `cpu` name. */
+const INSTALLS = fileURLToPath(new URL('../target/install/', import.meta.url));
+/** In a guest of `cargo xtask vm` (no network, no npm). */
+const IN_VM = process.env.CG_VM === '1';
+/** How many times slower than x86-64 on its own the guest runs (`cargo xtask test` sets it). */
+const SLOWDOWN = Number(process.env.CG_TEST_SLOWDOWN ?? '1');
 const which = (cmd: string, path: string) => spawnSync('sh', ['-c', `command -v ${cmd}`], { env: { PATH: path }, encoding: 'utf8' }).stdout.trim();
+/** The platform packages `cargo xtask pack` makes, one per napi target. */
+const PLATFORMS = readdirSync(fileURLToPath(new URL('../npm/', import.meta.url))).map(
+  (d) => JSON.parse(readFileSync(fileURLToPath(new URL(`../npm/${d}/package.json`, import.meta.url)), 'utf8')) as { name: string; cpu: string[] },
+);
+const MAIN_TGZ = 'chroot-guard-0.1.0.tgz';
+const platformTgz = (arch: string) => `chroot-guard-linux-${arch}-gnu-0.1.0.tgz`;
+const addonIn = (arch: string) => `chroot-guard.linux-${arch}-gnu.node`;
+const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 let project: string;
 let env: NodeJS.ProcessEnv;
 
 beforeAll(() => {
   const tarballs = existsSync(PACKED) ? readdirSync(PACKED).filter((f) => f.endsWith('.tgz')) : [];
-  const mine = ['chroot-guard-0.1.0.tgz', `chroot-guard-linux-${process.arch}-gnu-0.1.0.tgz`];
+  const mine = [MAIN_TGZ, platformTgz(process.arch)];
   const missing = mine.filter((t) => !tarballs.includes(t));
   if (missing.length) throw new Error(`no ${missing.join(', ')} in ${PACKED}: run \`cargo xtask pack\` (cargo xtask test does)`);
   project = mkdtempSync(join(tmpdir(), 'chroot-guard-install-'));
-  // A PATH with node, npm, a shell and chroot, and no Rust toolchain.
+  // A PATH with node, npm (not in the guest), a shell and chroot, and no Rust toolchain.
   const bin = join(project, '.bin');
   mkdirSync(bin);
-  for (const tool of ['node', 'npm', 'npx', 'sh', 'env', 'chroot', 'true', 'cat', 'ls', 'uname']) {
+  for (const tool of [...(IN_VM ? [] : ['npm']), 'node', 'npx', 'sh', 'env', 'chroot', 'true', 'cat', 'ls', 'uname']) {
     symlinkSync(execFileSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).trim(), join(bin, tool));
   }
   env = { HOME: project, PATH: bin, npm_config_cache: join(project, '.npm'), npm_config_update_notifier: 'false' };
   writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'install-test', private: true }));
-  execFileSync('npm', ['install', '--no-audit', '--no-fund', ...mine.map((t) => join(PACKED, t))], { cwd: project, env, stdio: 'inherit' });
+  if (!IN_VM) {
+    execFileSync('npm', ['install', '--no-audit', '--no-fund', ...mine.map((t) => join(PACKED, t))], { cwd: project, env, stdio: 'inherit' });
+    return;
+  }
+  // The repository is read-only in the guest: the scripts go in a project
+  // of their own whose node_modules is the host's install for this
+  // architecture, which must hold the addon packed now, not an older one.
+  const installed = join(INSTALLS, process.arch, 'node_modules');
+  if (!existsSync(installed)) {
+    throw new Error(`no ${installed}: the host's run of test/package.test.ts installs it (npm install --cpu=${process.arch}); run \`cargo xtask test --host-only test/package.test.ts\` first`);
+  }
+  const packedAddon = execFileSync('tar', ['xzOf', join(PACKED, platformTgz(process.arch)), `package/${addonIn(process.arch)}`], { maxBuffer: 64 << 20 });
+  const installedAddon = readFileSync(join(installed, `chroot-guard-linux-${process.arch}-gnu`, addonIn(process.arch)));
+  if (sha256(packedAddon) !== sha256(installedAddon)) {
+    throw new Error(`${installed} holds an older build than ${PACKED}: run \`cargo xtask test --host-only test/package.test.ts\` again`);
+  }
+  symlinkSync(installed, join(project, 'node_modules'));
 }, 300_000);
 afterAll(() => project && rmSync(project, { recursive: true, force: true }));
 
@@ -45,11 +83,11 @@ describe('installed from the packed tarballs, without a Rust toolchain', () => {
   it('the install PATH has no cargo, rustc or bpf-linker', () => {
     for (const tool of ['cargo', 'rustc', 'bpf-linker']) expect(which(tool, env.PATH!)).toBe('');
     expect(which('node', env.PATH!)).not.toBe('');
-    expect(readdirSync(join(project, 'node_modules'))).toEqual(expect.arrayContaining(['chroot-guard', 'chroot-guard-linux-x64-gnu']));
+    expect(readdirSync(join(project, 'node_modules'))).toEqual(expect.arrayContaining(['chroot-guard', `chroot-guard-linux-${process.arch}-gnu`]));
   });
 
   it('npx chroot-guard doctor works', () => {
-    const r = spawnSync('npx', ['--no-install', 'chroot-guard', 'doctor', '--json'], { cwd: project, env, encoding: 'utf8' });
+    const r = spawnSync('npx', ['--no-install', 'chroot-guard', 'doctor', '--json'], { cwd: project, env, encoding: 'utf8', timeout: 60_000 * SLOWDOWN });
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     expect((JSON.parse(r.stdout) as { auto: string | null }).auto).not.toBeNull();
@@ -73,7 +111,7 @@ const sub = chrootWatch({ onAttach: () => spawn('chroot', ['/', 'true']) }).subs
     it(`a three-line ${kind} script receives the event of a child's chroot`, () => {
       expect(code.split('\n')).toHaveLength(3);
       writeFileSync(join(project, file), code);
-      const r = spawnSync('node', [file], { cwd: project, env, encoding: 'utf8', timeout: 30_000 });
+      const r = spawnSync('node', [file], { cwd: project, env, encoding: 'utf8', timeout: 30_000 * SLOWDOWN });
       expect(r.stderr).toBe('');
       expect(r.status).toBe(0);
       expect(r.stdout.trim()).toBe('chroot / ok');
@@ -87,8 +125,8 @@ const sub = chrootWatch({ onAttach: () => spawn('chroot', ['/', 'true']) }).subs
 
   it('names the platform and the supported list on an unsupported platform', () => {
     for (const [prop, value, seen] of [
-      ['platform', 'darwin', 'darwin-x64'],
-      ['platform', 'win32', 'win32-x64'],
+      ['platform', 'darwin', `darwin-${process.arch}`],
+      ['platform', 'win32', `win32-${process.arch}`],
       ['arch', 'riscv64', 'linux-riscv64-gnu'],
     ] as const) {
       const code = `Object.defineProperty(process, '${prop}', { value: '${value}' });
@@ -103,7 +141,9 @@ require('chroot-guard').chrootWatch().subscribe({ error: (e) => console.log(e.co
   });
 });
 
-describe('the tarballs', () => {
+// What the host checks of the tarballs themselves; the guest's tools
+// (busybox's tar, no npm) cannot, and the tarballs are the same files there.
+describe.runIf(!IN_VM)('the tarballs', () => {
   const list = (tgz: string) => execFileSync('tar', ['tzf', join(PACKED, tgz)], { encoding: 'utf8' }).trim().split('\n').sort();
 
   it('hold only what is meant to ship: no sources, tests, maps, or build leftovers', () => {
@@ -134,15 +174,11 @@ describe('the tarballs', () => {
   });
 
   it('each platform package holds an addon for its own architecture, with that architecture\'s eBPF object inside', () => {
-    // The platform packages as `cargo xtask pack` makes them, one per napi target.
-    const platforms = readdirSync(fileURLToPath(new URL('../npm/', import.meta.url))).map(
-      (d) => JSON.parse(readFileSync(fileURLToPath(new URL(`../npm/${d}/package.json`, import.meta.url)), 'utf8')) as { name: string; cpu: string[] },
-    );
-    expect(platforms.map((p) => p.cpu[0]).sort()).toEqual(['arm64', 'x64']);
+    expect(PLATFORMS.map((p) => p.cpu[0]).sort()).toEqual(['arm64', 'x64']);
     // ELF e_machine (bytes 18-19, little-endian), and the directory of the
     // eBPF object built for it (target/ebpf/<Rust target_arch>/).
     const elf = { x64: [62, 'x86_64'], arm64: [183, 'aarch64'] } as const;
-    for (const { name, cpu } of platforms) {
+    for (const { name, cpu } of PLATFORMS) {
       const arch = cpu[0] as keyof typeof elf;
       const [machine, targetArch] = elf[arch];
       const tgz = join(PACKED, `${name}-0.1.0.tgz`);
@@ -156,7 +192,7 @@ describe('the tarballs', () => {
       // (crates/loader/build.rs): the one built for its architecture, in
       // which aya-ebpf reads kprobe pt_regs at that architecture's offsets.
       const object = readFileSync(fileURLToPath(new URL(`../target/ebpf/${targetArch}/bpfel-unknown-none/release/chroot-guard-ebpf`, import.meta.url)));
-      expect(node.includes(createHash('sha256').update(object).digest('hex')), `${name} embeds target/ebpf/${targetArch}'s object`).toBe(true);
+      expect(node.includes(sha256(object)), `${name} embeds target/ebpf/${targetArch}'s object`).toBe(true);
     }
   });
 
@@ -168,3 +204,34 @@ describe('the tarballs', () => {
   });
 });
 
+
+// The install the other architectures' guests run (see the top).
+describe.runIf(!IN_VM)('installed for another architecture', () => {
+  for (const { name, cpu } of PLATFORMS.filter((p) => p.cpu[0] !== process.arch)) {
+    const arch = cpu.join();
+    it(`npm install --cpu=${arch} picks ${name}, whose addon does not load here`, () => {
+      const dir = join(INSTALLS, arch);
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(dir, { recursive: true });
+      // The platform package as an optional dependency, as the main
+      // package names it: npm installs it only for a matching `cpu`, here
+      // the one `--cpu` sets (given as a file, npm would refuse it).
+      const manifest = {
+        name: `install-test-${arch}`,
+        private: true,
+        dependencies: { 'chroot-guard': `file:${join(PACKED, MAIN_TGZ)}` },
+        optionalDependencies: { [name]: `file:${join(PACKED, platformTgz(arch))}` },
+      };
+      writeFileSync(join(dir, 'package.json'), JSON.stringify(manifest));
+      execFileSync('npm', ['install', '--no-audit', '--no-fund', `--cpu=${arch}`, '--os=linux', '--libc=glibc'], { cwd: dir, env, stdio: 'inherit' });
+      const modules = readdirSync(join(dir, 'node_modules'));
+      expect(modules).toContain(name);
+      expect(modules).not.toContain(`chroot-guard-linux-${process.arch}-gnu`);
+      // Here, on another CPU, it fails as any unsupported platform does.
+      const code = `require('chroot-guard').chrootWatch().subscribe({ error: (e) => console.log(e.code) });`;
+      const r = spawnSync('node', ['-e', code], { cwd: dir, env, encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      expect(r.stdout.trim()).toBe('NATIVE_UNAVAILABLE');
+    }, 300_000);
+  }
+});

@@ -142,7 +142,8 @@ fn read_report(path: &Path) -> Result<(u64, u64, u64, f64)> {
 /// and vitest's first transform cost about a minute each under TCG). Each
 /// run leaves `results-<label>.json` and its exit code in `rc-<label>` in
 /// `CG_VM_OUT`; the script fails if any run failed.
-/// `slowdown` scales vitest's timeouts (see [`Boot::slowdown`]).
+/// `slowdown` scales vitest's timeouts (see [`Boot::slowdown`]) and goes to
+/// the tests as `CG_TEST_SLOWDOWN` for the timeouts of their own.
 fn vm_script(suites: &[Suite], slowdown: u32) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let mut script = String::from("rc=0\n");
@@ -171,7 +172,7 @@ fn vm_script(suites: &[Suite], slowdown: u32) -> String {
         script.push_str(&format!(
             "echo; echo '==> VM suite: {label} (mode {mode}, preemption {preempt})'\n\
              [ -e {PREEMPT} ] || mount -t debugfs debugfs /sys/kernel/debug\n\
-             if {switch}; then CG_TEST_MODE={mode} {}; s=$?; else echo 'cannot set {PREEMPT}'; s=1; fi\n\
+             if {switch}; then CG_TEST_MODE={mode} CG_TEST_SLOWDOWN={slowdown} {}; s=$?; else echo 'cannot set {PREEMPT}'; s=1; fi\n\
              echo $s > {}/rc-{label}; [ $s = 0 ] || rc=1\n",
             command.join(" "),
             vm::GUEST_OUT
