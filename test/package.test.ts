@@ -54,8 +54,13 @@ beforeAll(() => {
   // A PATH with node, npm (not in the guest), a shell and chroot, and no Rust toolchain.
   const bin = join(project, '.bin');
   mkdirSync(bin);
+  // Found on PATH by hand: busybox's `command -v` names its own applets
+  // without a directory (the guest's chroot, sh, ...).
+  const dirs = (process.env.PATH ?? '').split(':').filter(Boolean);
   for (const tool of [...(IN_VM ? [] : ['npm']), 'node', 'npx', 'sh', 'env', 'chroot', 'true', 'cat', 'ls', 'uname']) {
-    symlinkSync(execFileSync('sh', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).trim(), join(bin, tool));
+    const found = dirs.map((d) => join(d, tool)).find((f) => existsSync(f));
+    if (!found) throw new Error(`${tool} is not on PATH (${process.env.PATH})`);
+    symlinkSync(found, join(bin, tool));
   }
   env = { HOME: project, PATH: bin, npm_config_cache: join(project, '.npm'), npm_config_update_notifier: 'false' };
   writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'install-test', private: true }));

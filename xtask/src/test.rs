@@ -44,7 +44,8 @@ pub struct TestArgs {
     #[arg(long = "vm-mode", value_parser = ["auto", "kprobe", "tracepoint", "fentry"])]
     pub vm_modes: Vec<String>,
     /// VM kernels to run the suites on (repeatable): 5.10, 6.1, 6.12 or
-    /// 6.1/arm64 (default: 6.1, then 5.10). See `cargo xtask vm --help`.
+    /// 6.1/arm64 (default: 6.1, then 5.10 and 6.1/arm64). See `cargo xtask
+    /// vm --help`.
     #[arg(long = "vm-kernel", value_name = "VERSION", value_parser = vm::parse_kernel)]
     pub vm_kernels: Vec<vm::KernelSpec>,
     /// Boot the VMs one after another, their output live, instead of in
