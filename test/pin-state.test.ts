@@ -407,7 +407,7 @@ describe.skipIf(!LSM)(lsmTitle(`a real pinned guard`), () => {
     const { a, b, y } = { a: `${roots}/a`, b: `${roots}/b`, y: `${roots}/y` };
     const guard = chrootGuard(deny('api-1', { subtree: a }));
     const decisions: ChrootDecision[] = [];
-    guard.decisions$.subscribe((d) => decisions.push(d));
+    const collecting = guard.decisions$.subscribe((d) => decisions.push(d));
     try {
       await guard.ready;
       expect(await guard.pin({ dir })).toMatchObject({ generation: 1, ruleIds: ['api-1'] });
@@ -424,6 +424,9 @@ describe.skipIf(!LSM)(lsmTitle(`a real pinned guard`), () => {
       expect(tryChroot(a).out).toBe('ok inside');
       for (let i = 0; i < 500 && !decisions.some((d) => d.pid === r.pid); i++) await sleep(20);
       expect(decisions.filter((d) => d.pid === r.pid)).toEqual([expect.objectContaining({ generation: 3, ruleId: 'api-3', denied: true })]);
+      // The storm's decisions are not kept: one per call, they filled the
+      // test worker's 1 GB heap in the VM when the CPUs were shared.
+      collecting.unsubscribe();
 
       // Updates from both sides, in turn, while a storm chroots into a
       // path every policy denies: a write into the live slot would let
