@@ -83,6 +83,7 @@ describe.skipIf(!LSM)(lsmTitle(`guard (lsm/path_chroot)`), () => {
     // slow the machine is.
     const stop = `${base}/storm-stop`;
     const storm = spawn('perl', ['-e', `my ($n,$d)=(0,0); until (-e $ARGV[1]) { $n++; chroot($ARGV[0]) or $!{EPERM} and $d++; } print "$n $d\\n";`, `${base}/y`, stop], { stdio: ['ignore', 'pipe', 'inherit'] });
+    g!.ignore(storm.pid!);
     const closed = new Promise((r) => storm.on('close', r));
     let out = '';
     storm.stdout.on('data', (d: Buffer) => (out += d.toString()));
