@@ -190,8 +190,17 @@ export const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
 
 /** Runs the CLI to completion. */
 export function cli(...args: string[]) {
-  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8' });
+  // Bounded: the call blocks the test worker's event loop, so a CLI that
+  // never exits would stop vitest's own timeouts too, and the whole run
+  // with them (as a VM run did, in pin-state's storm test, 2026-12-03).
+  const ms = CLI_TIMEOUT_MS * Number(process.env.CG_TEST_SLOWDOWN ?? '1');
+  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: ms, killSignal: 'SIGKILL' });
+  if (r.error) console.error(`chroot-guard ${args.join(' ')}: ${r.error.message} (killed after ${ms} ms); its stderr so far:\n${r.stderr}`);
+  return r;
 }
+
+/** Longest a CLI call of the tests may take on x86-64 alone (`enforce --pin` took 24 to 34 s in a busy VM). */
+const CLI_TIMEOUT_MS = 180_000;
 
 /**
  * perl chroots into `dir`, then says what happened ("ok" or "EPERM") and
