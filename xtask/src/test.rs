@@ -147,7 +147,17 @@ fn read_report(path: &Path) -> Result<(u64, u64, u64, f64)> {
 /// the tests as `CG_TEST_SLOWDOWN` for the timeouts of their own.
 fn vm_script(suites: &[Suite], slowdown: u32) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    let mut script = String::from("rc=0\n");
+    // vitest prints a file only when it ends: every HEARTBEAT the guest's
+    // processes (not kernel threads) go to the console, so a run that stops
+    // progressing shows what it is waiting on (procps's ps in the x86-64
+    // guest, busybox's, without times, in the arm64 one).
+    let mut script = format!(
+        "rc=0\n\
+         ( while sleep {}; do echo \"==> VM heartbeat $(date +%T): processes\"; \
+         {{ ps -eo pid,ppid,etime,time,args 2>/dev/null || ps -o pid,ppid,stat,args; }} | grep -v ']$'; done ) &\n\
+         heartbeat=$!\n",
+        HEARTBEAT.as_secs()
+    );
     for Suite { label, mode, files, full_preemption } in suites {
         let report = format!("{}/results-{label}.json", vm::GUEST_OUT);
         let mut command = vec!["npx".to_string(), "--no-install".into()];
@@ -179,9 +189,12 @@ fn vm_script(suites: &[Suite], slowdown: u32) -> String {
             vm::GUEST_OUT
         ));
     }
-    script.push_str("exit $rc\n");
+    script.push_str("kill $heartbeat 2>/dev/null\nexit $rc\n");
     script
 }
+
+/// How often a VM boot prints the guest's processes (see [`vm_script`]).
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(300);
 
 fn vitest_args(report: &str, files: &[String]) -> Vec<String> {
     let mut args: Vec<String> = ["vitest", "run", "--configLoader", "runner", "--reporter=default", "--reporter=json"]
