@@ -1,13 +1,14 @@
 /**
  * A full ring buffer is counted and reported, never silent: with a tiny
  * ring buffer and JavaScript blocked, a burst of real chroot calls must end
- * with delivered + reported lost == calls made, exactly.
+ * with delivered + reported lost == calls made, exactly. And a storm of
+ * calls never takes the event loop: timers keep firing while it lasts.
  */
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { chrootWatch, type LostReport } from '../ts/index.js';
-import { sleep, TEST_MODE } from './helpers.js';
+import { SLOWDOWN, sleep, TEST_MODE } from './helpers.js';
 
 const CALLS = 5000;
 
@@ -64,5 +65,33 @@ describe('loss accounting', () => {
     expect(lost.ringBufferFull).toBeGreaterThan(0);
     expect(reports).toBeGreaterThan(0);
     expect(delivered + lost.ringBufferFull + lost.pendingFull + lost.kretprobeMissed).toBe(CALLS);
+  });
+
+  it('a call storm leaves the event loop turning: a 20 ms timer keeps firing while the subscriber takes every batch', async () => {
+    // Before batches counted as in flight until the callback returned,
+    // Node.js ran up to 1,000 queued batches per turn of the loop, and
+    // under TCG a 5 s interval did not fire once in a 60 s storm.
+    const seconds = 3 * SLOWDOWN;
+    const storm = spawn('perl', ['-e', 'my $end = time + $ARGV[0]; chroot("/nonexistent-storm-test") until time > $end;', String(seconds)], { stdio: 'ignore' });
+    const exited = new Promise((r) => storm.on('exit', r));
+    let events = 0;
+    let attached!: () => void;
+    const isAttached = new Promise<void>((r) => (attached = r));
+    const sub = chrootWatch({ mode: TEST_MODE, pid: storm.pid!, onAttach: () => attached() }).subscribe(() => events++);
+    const ticks: number[] = [];
+    const timer = setInterval(() => ticks.push(performance.now()), 20);
+    try {
+      await isAttached;
+      await exited;
+    } finally {
+      clearInterval(timer);
+      sub.unsubscribe();
+    }
+    const gaps = ticks.slice(1).map((t, i) => t - ticks[i]!);
+    const longest = Math.max(...gaps);
+    console.log(`${events} events, ${ticks.length} ticks in ${seconds} s, longest gap ${longest.toFixed(0)} ms`);
+    expect(events).toBeGreaterThan(1000);
+    expect(ticks.length).toBeGreaterThan(seconds * 10);
+    expect(longest).toBeLessThan(1000 * SLOWDOWN);
   });
 });

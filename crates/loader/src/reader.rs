@@ -107,7 +107,7 @@ pub struct Batch {
 
 /// Where batches go.
 pub trait Sink: Send + 'static {
-    /// Batches handed over and not yet taken by the consumer.
+    /// Batches handed over that the consumer has not finished with.
     fn in_flight(&self) -> u32;
     /// Hands a batch over; `false` when the consumer is gone for good.
     fn deliver(&self, batch: Batch) -> bool;
@@ -120,7 +120,9 @@ pub trait Sink: Send + 'static {
 pub struct ReaderConfig {
     /// A batch goes out once it holds this many bytes.
     pub max_batch_bytes: usize,
-    /// Batches that may wait for the consumer at once.
+    /// Batches the consumer may hold unfinished at once. One for the JS
+    /// consumer (see `binding::lifecycle::JsSink`): the reader fills the
+    /// next batch meanwhile.
     pub max_in_flight: u32,
     /// Longest a record waits in a batch while the consumer is busy.
     pub max_hold: Duration,
@@ -135,7 +137,7 @@ impl Default for ReaderConfig {
     fn default() -> Self {
         ReaderConfig {
             max_batch_bytes: MAX_BATCH_BYTES,
-            max_in_flight: 4,
+            max_in_flight: 1,
             max_hold: Duration::from_millis(2),
             counters_every: Duration::from_millis(100),
         }

@@ -103,22 +103,43 @@ impl From<SessionStats> for BindingStats {
 type BatchFn = ThreadsafeFunction<BindingBatch, (), BindingBatch, Status, false>;
 
 /// Hands batches to JS through one threadsafe-function call per batch.
+///
+/// A batch counts as in flight until the JS callback has returned, not
+/// merely until JS took it: Node.js's threadsafe functions run up to 1,000
+/// queued calls before the event loop turns again, so a reader that could
+/// queue the next batch while JS handled one kept the queue full through a
+/// call storm and no timer or I/O callback ran for minutes (60 s without a
+/// 5 s interval firing, under TCG). With one batch in flight
+/// ([`crate::reader::ReaderConfig::max_in_flight`]) the queue is empty when
+/// a callback returns, and the loop turns between batches.
 pub struct JsSink {
     tsfn: BatchFn,
     in_flight: Arc<AtomicU32>,
 }
 
 impl JsSink {
-    /// Wraps the JS callback; `in_flight` drops when JS takes a batch.
+    /// Wraps the JS callback.
     pub fn new(on_batch: &Function<BindingBatch, ()>) -> napi::Result<JsSink> {
-        let in_flight = Arc::new(AtomicU32::new(0));
-        let taken = Arc::clone(&in_flight);
-        let tsfn: BatchFn =
-            on_batch.build_threadsafe_function::<BindingBatch>().callee_handled::<false>().build_callback(move |ctx| {
-                taken.fetch_sub(1, Ordering::AcqRel);
-                Ok(ctx.value)
-            })?;
-        Ok(JsSink { tsfn, in_flight })
+        let tsfn: BatchFn = on_batch
+            .build_threadsafe_function::<BindingBatch>()
+            .callee_handled::<false>()
+            .build_callback(|ctx| Ok(ctx.value))?;
+        Ok(JsSink { tsfn, in_flight: Arc::new(AtomicU32::new(0)) })
+    }
+
+    /// Queues `value` for the JS callback; `in_flight` drops when the
+    /// callback has returned (or thrown).
+    fn call(&self, value: BindingBatch) -> Status {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let done = Arc::clone(&self.in_flight);
+        let status = self.tsfn.call_with_return_value(value, ThreadsafeFunctionCallMode::NonBlocking, move |_, _| {
+            done.fetch_sub(1, Ordering::AcqRel);
+            Ok(())
+        });
+        if status != Status::Ok {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        status
     }
 }
 
@@ -128,19 +149,14 @@ impl Sink for JsSink {
     }
 
     fn deliver(&self, batch: Batch) -> bool {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
         let value = BindingBatch {
             data: batch.data.into(),
             events: batch.events,
             lost: batch.lost.into(),
             error: None,
         };
-        let status = self.tsfn.call(value, ThreadsafeFunctionCallMode::NonBlocking);
-        if status != Status::Ok {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return status != Status::Closing;
-        }
-        true
+        let status = self.call(value);
+        status != Status::Closing
     }
 
     fn failed(&self, reason: String) {
@@ -150,8 +166,7 @@ impl Sink for JsSink {
             lost: BindingLost::default(),
             error: Some(reason),
         };
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _ = self.tsfn.call(value, ThreadsafeFunctionCallMode::NonBlocking);
+        let _ = self.call(value);
     }
 }
 
