@@ -24,7 +24,7 @@ import {
   type ChrootGuard,
   type Policy,
 } from '../ts/index.js';
-import { CLI, cli, guarded, heldByThisProcess, ndjson, sleep, tryChroot, type Guarded } from './helpers.js';
+import { chrootStorm, CLI, cli, guarded, heldByThisProcess, ndjson, sleep, tryChroot, type Guarded } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 
@@ -82,7 +82,7 @@ describe.skipIf(!LSM)(lsmTitle(`guard (lsm/path_chroot)`), () => {
     // The storm runs until told to stop, so it spans every update however
     // slow the machine is.
     const stop = `${base}/storm-stop`;
-    const storm = spawn('perl', ['-e', `my ($n,$d)=(0,0); until (-e $ARGV[1]) { $n++; chroot($ARGV[0]) or $!{EPERM} and $d++; } print "$n $d\\n";`, `${base}/y`, stop], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const storm = chrootStorm(`${base}/y`, stop);
     g!.ignore(storm.pid!);
     const closed = new Promise((r) => storm.on('close', r));
     let out = '';

@@ -2,10 +2,11 @@
  * Test helpers: real kernel, real chroot calls. Nothing here fakes the
  * kernel; these only wait for and look at what it reports.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import type { Readable } from 'node:stream';
 import type { ValidateFunction } from 'ajv';
 import type { Subscription } from 'rxjs';
 import { NO_LOSS, type LossCounts } from '../ts/batch.js';
@@ -193,7 +194,7 @@ export function cli(...args: string[]) {
   // Bounded: the call blocks the test worker's event loop, so a CLI that
   // never exits would stop vitest's own timeouts too, and the whole run
   // with them (as a VM run did, in pin-state's storm test, 2026-12-03).
-  const ms = CLI_TIMEOUT_MS * Number(process.env.CG_TEST_SLOWDOWN ?? '1');
+  const ms = CLI_TIMEOUT_MS * SLOWDOWN;
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: ms, killSignal: 'SIGKILL' });
   if (r.error) console.error(`chroot-guard ${args.join(' ')}: ${r.error.message} (killed after ${ms} ms); its stderr so far:\n${r.stderr}`);
   return r;
@@ -201,6 +202,25 @@ export function cli(...args: string[]) {
 
 /** Longest a CLI call of the tests may take on x86-64 alone (`enforce --pin` took 24 to 34 s in a busy VM). */
 const CLI_TIMEOUT_MS = 180_000;
+
+/** The test's slowdown factor (`CG_TEST_SLOWDOWN`, set by `cargo xtask test` in the VM; 1 elsewhere). */
+export const SLOWDOWN = Number(process.env.CG_TEST_SLOWDOWN ?? '1');
+
+/** Longest a call storm runs on x86-64 alone, whatever the test does. */
+const STORM_MAX_SECONDS = 300;
+
+/**
+ * A perl process calling chroot(`dir`) as fast as it can until the file
+ * `stop` exists, then printing `calls denied` (denied: EPERM). It also
+ * stops after STORM_MAX_SECONDS × SLOWDOWN: a storm holds a CPU and feeds
+ * the guard a decision per call, so one that outlived a stalled test kept
+ * the stall going (VM runs of 2026-12-03); the test then sees it ended
+ * early (`exitCode` set) and fails instead of hanging.
+ */
+export function chrootStorm(dir: string, stop: string): ChildProcessByStdio<null, Readable, null> {
+  const script = 'my ($n, $d, $end) = (0, 0, time + $ARGV[2]); until (-e $ARGV[1] or time > $end) { $n++; chroot($ARGV[0]) or $!{EPERM} and $d++; } print "$n $d\\n";';
+  return spawn('perl', ['-e', script, dir, stop, String(STORM_MAX_SECONDS * SLOWDOWN)], { stdio: ['ignore', 'pipe', 'inherit'] });
+}
 
 /**
  * perl chroots into `dir`, then says what happened ("ok" or "EPERM") and

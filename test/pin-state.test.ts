@@ -28,7 +28,7 @@ import {
   type Policy,
   type PolicyMatch,
 } from '../ts/index.js';
-import { asNobody, CLI, cli, NOBODY, ourPrograms, sleep, TEST_MODE, tryChroot } from './helpers.js';
+import { asNobody, chrootStorm, CLI, cli, NOBODY, ourPrograms, sleep, TEST_MODE, tryChroot } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 const LOCK_DIR = '/run/chroot-guard';
@@ -432,7 +432,7 @@ describe.skipIf(!LSM)(lsmTitle(`a real pinned guard`), () => {
       // path every policy denies: a write into the live slot would let
       // calls through (a slot being rewritten applies the default, allow).
       const stop = `${tmp}/storm-stop`;
-      const storm = spawn('perl', ['-e', 'my ($n,$d)=(0,0); until (-e $ARGV[1]) { $n++; chroot($ARGV[0]) or $!{EPERM} and $d++; } print "$n $d\\n";', y, stop], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const storm = chrootStorm(y, stop);
       const closed = new Promise((res) => storm.on('close', res));
       let out = '';
       storm.stdout.on('data', (d: Buffer) => (out += d.toString()));

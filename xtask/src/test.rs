@@ -151,13 +151,7 @@ fn vm_script(suites: &[Suite], slowdown: u32) -> String {
     // processes (not kernel threads) go to the console, so a run that stops
     // progressing shows what it is waiting on (procps's ps in the x86-64
     // guest, busybox's, without times, in the arm64 one).
-    let mut script = format!(
-        "rc=0\n\
-         ( while sleep {}; do echo \"==> VM heartbeat $(date +%T): processes\"; \
-         {{ ps -eo pid,ppid,etime,time,args 2>/dev/null || ps -o pid,ppid,stat,args; }} | grep -v ']$'; done ) &\n\
-         heartbeat=$!\n",
-        HEARTBEAT.as_secs()
-    );
+    let mut script = format!("rc=0\n{HEARTBEAT_FN}( while sleep {}; do heartbeat; done ) &\nheartbeat=$!\n", HEARTBEAT.as_secs());
     for Suite { label, mode, files, full_preemption } in suites {
         let report = format!("{}/results-{label}.json", vm::GUEST_OUT);
         let mut command = vec!["npx".to_string(), "--no-install".into()];
@@ -195,6 +189,27 @@ fn vm_script(suites: &[Suite], slowdown: u32) -> String {
 
 /// How often a VM boot prints the guest's processes (see [`vm_script`]).
 const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The guest's `heartbeat` shell function: its processes, its free memory,
+/// and for each Node.js process its memory and every thread's name, state,
+/// CPU ticks (user, system), wait channel and the top of its kernel stack:
+/// enough to tell a test waiting on a process from a worker collecting
+/// garbage, spinning in the kernel or blocked on a lock.
+const HEARTBEAT_FN: &str = r#"heartbeat() {
+  echo "==> VM heartbeat $(date +%T): processes"
+  { ps -eo pid,ppid,etime,time,args 2>/dev/null || ps -o pid,ppid,stat,args; } | grep -v ']$' | cut -c1-200
+  echo "memory: $(grep -E '^(MemTotal|MemAvailable)' /proc/meminfo | tr -s ' ' | tr '
+' ' ')"
+  for p in $(ps -eo pid,comm 2>/dev/null | awk '$2 == "node" { print $1 }'); do
+    echo "node $p: $(grep -E '^(VmRSS|VmHWM|Threads)' /proc/$p/status | tr -s ' 	' ' ' | tr '
+' ' ')"
+    for t in /proc/$p/task/*; do
+      echo "  ${t##*/} $(cat $t/comm) $(sed 's/.*) //' $t/stat | awk '{ print $1, "utime", $12, "stime", $13 }') wchan $(cat $t/wchan 2>/dev/null)"
+      head -3 $t/stack 2>/dev/null | sed 's/^/      /'
+    done
+  done
+}
+"#;
 
 fn vitest_args(report: &str, files: &[String]) -> Vec<String> {
     let mut args: Vec<String> = ["vitest", "run", "--configLoader", "runner", "--reporter=default", "--reporter=json"]

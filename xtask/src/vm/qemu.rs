@@ -111,7 +111,21 @@ pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir:
         opts.memory_mib,
         run_dir.display()
     ));
-    let mut append = vec![format!("console={}", machine.console), "panic=-1".into(), "quiet".into()];
+    // A CPU stuck in the kernel for a minute (twice watchdog_thresh; under
+    // TCG beside another VM a vCPU can wait seconds for the host) panics
+    // the guest, which ends the boot (-no-reboot), after printing every
+    // CPU's stack: a run that hangs otherwise waits out CI's limit and
+    // shows nothing.
+    // loglevel=5 lets those stacks (KERN_DEFAULT) reach the console, which
+    // `quiet` (4) would keep in the guest's log buffer only.
+    let mut append = vec![
+        format!("console={}", machine.console),
+        "panic=-1".into(),
+        "loglevel=5".into(),
+        "watchdog_thresh=30".into(),
+        "softlockup_panic=1".into(),
+        "softlockup_all_cpu_backtrace=1".into(),
+    ];
     let cwd = check_cwd(&opts.cwd)?;
     // Another architecture's root does not hold the working directory.
     let cwd_share = needs_own_share(&cwd) || root != Path::new("/");
