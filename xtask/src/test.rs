@@ -123,20 +123,55 @@ struct Outcome {
     failed: u64,
     skipped: u64,
     secs: f64,
+    failures: Vec<String>,
 }
 
-/// Reads a vitest JSON report: passed, failed, skipped, and the seconds
-/// from its start to its last file's end.
-fn read_report(path: &Path) -> Result<(u64, u64, u64, f64)> {
+/// What a vitest JSON report holds.
+#[derive(Default)]
+struct Report {
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+    /// From the run's start to its last file's end.
+    secs: f64,
+    /// Each failed test (or file that failed to run) as `file › test:
+    /// first line of its error`, so that the summary, the end of the
+    /// output that CI keeps, names what failed.
+    failures: Vec<String>,
+}
+
+/// Reads a vitest JSON report.
+fn read_report(path: &Path) -> Result<Report> {
     let text = fs::read_to_string(path).with_context(|| format!("no test report at {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
     let ms = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
-    let end = v.get("testResults").and_then(serde_json::Value::as_array).map_or(0.0, |files| {
-        files.iter().map(|f| ms(f, "endTime")).fold(0.0, f64::max)
-    });
-    let secs = ((end - ms(&v, "startTime")) / 1000.0).max(0.0);
-    Ok((n("numPassedTests"), n("numFailedTests"), n("numPendingTests") + n("numTodoTests"), secs))
+    let s = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
+    let first_line = |m: &str| m.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").chars().take(300).collect::<String>();
+    let files = v.get("testResults").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+    let end = files.iter().map(|f| ms(f, "endTime")).fold(0.0, f64::max);
+    let mut failures = Vec::new();
+    for f in &files {
+        let name = s(f, "name");
+        let file = name.rsplit_once("/test/").map_or(name.as_str(), |(_, f)| f).to_string();
+        let tests = f.get("assertionResults").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+        let mut any = false;
+        for t in tests.iter().filter(|t| s(t, "status") == "failed") {
+            any = true;
+            let msg = t.get("failureMessages").and_then(|m| m.get(0)).and_then(serde_json::Value::as_str).unwrap_or("");
+            failures.push(format!("{file} › {}: {}", s(t, "fullName"), first_line(msg)));
+        }
+        if !any && s(f, "status") == "failed" {
+            failures.push(format!("{file}: {}", first_line(&s(f, "message"))));
+        }
+    }
+    Ok(Report {
+        passed: n("numPassedTests"),
+        failed: n("numFailedTests"),
+        skipped: n("numPendingTests") + n("numTodoTests"),
+        secs: ((end - ms(&v, "startTime")) / 1000.0).max(0.0),
+        failures,
+    })
 }
 
 /// The guest's script: each mode's vitest run in turn, in one boot (a boot
@@ -240,15 +275,16 @@ pub fn test(args: &TestArgs) -> Result<()> {
         let _ = fs::remove_file(&report);
         let t = Instant::now();
         let status = npx(&[]).args(vitest_args(&report.to_string_lossy(), &args.files)).env("CG_EXPECT_AUTO_MODE", &expect).status()?;
-        let (passed, failed, skipped, _) = read_report(&report)?;
+        let r = read_report(&report)?;
         outcomes.push(Outcome {
             place: "host".into(),
             kernel: output(std::process::Command::new("uname").arg("-r"))?.trim().to_string(),
             mode: format!("auto→{expect}"),
-            passed,
-            failed: if status.success() { failed } else { failed.max(1) },
-            skipped,
+            passed: r.passed,
+            failed: if status.success() { r.failed } else { r.failed.max(1) },
+            skipped: r.skipped,
             secs: t.elapsed().as_secs_f64(),
+            failures: r.failures,
         });
     }
     let kernels: Vec<vm::KernelSpec> = match (args.host_only, args.vm_kernels.is_empty()) {
@@ -275,6 +311,11 @@ pub fn test(args: &TestArgs) -> Result<()> {
     for k in &kernels {
         if let vm::Files::Only(only, why) = k.files {
             eprintln!("  {}: {} only: {why}", k.label(), only.join(", "));
+        }
+    }
+    for o in &outcomes {
+        for f in &o.failures {
+            eprintln!("  failed ({} {}, {}): {f}", o.place, o.kernel, o.mode);
         }
     }
     for p in &problems {
@@ -460,8 +501,11 @@ fn run_boot(Boot { kernel, suites, slowdown, .. }: &Boot, prepared: &vm::Prepare
     for Suite { label, mode, full_preemption, .. } in suites {
         let out = |name: String| out_dir.as_ref().map(|d| d.join(name));
         // A suite with no report or exit code (cut short) counts as failed.
-        let (passed, failed, skipped, secs) =
-            out(format!("results-{label}.json")).and_then(|r| read_report(&r).ok()).unwrap_or((0, 1, 0, 0.0));
+        let r = out(format!("results-{label}.json")).and_then(|r| read_report(&r).ok()).unwrap_or(Report {
+            failed: 1,
+            failures: vec!["no report: the run was cut short (the VM line below says why)".into()],
+            ..Report::default()
+        });
         let rc = out(format!("rc-{label}")).and_then(|f| fs::read_to_string(f).ok());
         outcomes.push(Outcome {
             place: "VM".into(),
@@ -474,10 +518,11 @@ fn run_boot(Boot { kernel, suites, slowdown, .. }: &Boot, prepared: &vm::Prepare
                 ("auto", true, _) => "auto, preempt full".into(),
                 (m, _, _) => m.to_string(),
             },
-            passed,
-            failed: if rc.as_deref().map(str::trim) == Some("0") { failed } else { failed.max(1) },
-            skipped,
-            secs,
+            passed: r.passed,
+            failed: if rc.as_deref().map(str::trim) == Some("0") { r.failed } else { r.failed.max(1) },
+            skipped: r.skipped,
+            secs: r.secs,
+            failures: r.failures,
         });
     }
     // A script that failed with every suite passing still fails the run.
@@ -490,4 +535,32 @@ fn run_boot(Boot { kernel, suites, slowdown, .. }: &Boot, prepared: &vm::Prepare
         problem = None;
     }
     (outcomes, problem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_names_each_failed_test_and_each_file_that_did_not_run() {
+        let path = std::env::temp_dir().join(format!("cg-report-{}.json", std::process::id()));
+        let report = serde_json::json!({
+            "numPassedTests": 2, "numFailedTests": 1, "numPendingTests": 1, "numTodoTests": 0, "startTime": 1000.0,
+            "testResults": [
+                { "name": "/r/test/loss.test.ts", "status": "failed", "message": "", "endTime": 4000.0, "assertionResults": [
+                    { "fullName": "loss a storm", "status": "failed", "failureMessages": ["\nAssertionError: expected 12 to be greater than 30\n    at x"] },
+                    { "fullName": "loss counted", "status": "passed", "failureMessages": [] },
+                ]},
+                { "name": "/r/test/guard.test.ts", "status": "failed", "message": "Error: Hook timed out\nmore", "endTime": 3000.0, "assertionResults": [] },
+            ],
+        });
+        fs::write(&path, report.to_string()).unwrap();
+        let r = read_report(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        assert_eq!((r.passed, r.failed, r.skipped, r.secs), (2, 1, 1, 3.0));
+        assert_eq!(
+            r.failures,
+            ["loss.test.ts › loss a storm: AssertionError: expected 12 to be greater than 30", "guard.test.ts: Error: Hook timed out"]
+        );
+    }
 }
