@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
-import { ndjson, sleep, TEST_MODE, tryChroot } from './helpers.js';
+import { ndjson, sleep, SLOWDOWN, TEST_MODE, tryChroot } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 const CLI = fileURLToPath(new URL('../dist/cli.js', import.meta.url));
@@ -346,7 +346,7 @@ describe.skipIf(RERUN)(inAuto('chroot-guard enforce when its stdout reader goes 
   const closeStdoutThenCall = async (e: ReturnType<typeof startCli>, until: () => boolean) => {
     await e.ready;
     e.child.stdout.destroy();
-    const deadline = Date.now() + 10_000;
+    const deadline = Date.now() + 10_000 * SLOWDOWN;
     let calls = 0;
     while (!until() && Date.now() < deadline) {
       tryChroot(join(dir, 'deny'));

@@ -24,7 +24,7 @@ import {
   type ChrootGuard,
   type Policy,
 } from '../ts/index.js';
-import { chrootStorm, CLI, cli, guarded, heldByThisProcess, ndjson, sleep, tryChroot, type Guarded } from './helpers.js';
+import { chrootStorm, CLI, cli, guarded, heldByThisProcess, ndjson, sleep, SLOWDOWN, tryChroot, type Guarded } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 
@@ -170,7 +170,7 @@ describe.skipIf(!LSM)(lsmTitle(`guard (lsm/path_chroot)`), () => {
     const r = spawnSync('perl', ['-e', `my ($n,$d)=(0,0); my $t=time+4; while (time<$t) { $n++; chroot($ARGV[0]) or $!{EPERM} and $d++; } print "$n $d\\n";`, `${jails}/a`], { encoding: 'utf8' });
     const [n, d] = r.stdout.trim().split(' ').map(Number);
     let stats = a.stats();
-    const deadline = Date.now() + 15_000;
+    const deadline = Date.now() + 15_000 * SLOWDOWN;
     while (delivered + stats.ringBufferFull < n! && Date.now() < deadline) {
       await sleep(50);
       stats = a.stats();
@@ -194,7 +194,7 @@ describe.skipIf(!LSM)(lsmTitle(`guard (lsm/path_chroot)`), () => {
     });
     const r = tryChroot(`${jails}/a`);
     expect(r.out).toBe('EPERM outside');
-    const deadline = Date.now() + 10_000;
+    const deadline = Date.now() + 10_000 * SLOWDOWN;
     while (!out.includes(`"pid":${r.pid},`) && Date.now() < deadline) await sleep(20);
     child.kill('SIGINT');
     expect(await new Promise((res) => child.on('exit', res))).toBe(0);
@@ -257,7 +257,7 @@ describe.skipIf(!LSM)(lsmTitle(`pinned guard: enforce --pin, status, unload`), (
     child.stderr.on('data', (b: Buffer) => (err += b.toString()));
     const exited = new Promise<number | null>((res) => child.on('exit', res));
     const until = async (what: () => boolean) => {
-      const deadline = Date.now() + 15_000;
+      const deadline = Date.now() + 15_000 * SLOWDOWN;
       while (!what()) {
         if (Date.now() > deadline) throw new Error(`timed out; stdout: ${out}\nstderr: ${err}`);
         await sleep(20);
@@ -265,7 +265,7 @@ describe.skipIf(!LSM)(lsmTitle(`pinned guard: enforce --pin, status, unload`), (
     };
     await until(() => err.includes('following the guard pinned at'));
     await until(() => out.includes(`"pid":${before.pid},`));
-    const second = spawnSync(process.execPath, [CLI, 'status', '--follow', '--pin-dir', dir], { encoding: 'utf8', timeout: 20_000 });
+    const second = spawnSync(process.execPath, [CLI, 'status', '--follow', '--pin-dir', dir], { encoding: 'utf8', timeout: 20_000 * SLOWDOWN });
     expect(second.status).toBe(1);
     expect(second.stderr).toMatch(/another reader .* reads this guard's decisions.*\(PIN_FAILED\)/s);
     const after = tryChroot(other);
@@ -393,7 +393,7 @@ describe.skipIf(LSM)('guard where the BPF LSM cannot run', () => {
     expect(missing.out).toMatch(/^ERR/);
     const r = tryChroot(`${jails}/a`);
     expect(r.out).toBe('ok inside'); // nothing is blocked
-    const deadline = Date.now() + 10_000;
+    const deadline = Date.now() + 10_000 * SLOWDOWN;
     while (!out.includes(`"pid":${r.pid},`) && Date.now() < deadline) await sleep(20);
     child.kill('SIGINT');
     expect(await new Promise((res) => child.on('exit', res))).toBe(0);

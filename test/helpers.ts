@@ -85,7 +85,7 @@ export function record(options: ChrootWatchOptions = {}): Promise<Recorder> {
             return lost;
           },
           of: (pid) => events.filter((e) => e.pid === pid),
-          until: async (pred, ms = 5000) => {
+          until: async (pred, ms = 5000 * SLOWDOWN) => {
             const deadline = Date.now() + ms;
             while (!pred(events)) {
               if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms; events so far: ${JSON.stringify(events.map((e) => [e.pid, e.comm, e.path, e.errno]))}`);
@@ -261,7 +261,7 @@ export async function guarded(policy: Policy): Promise<Guarded> {
   guard.decisions$.subscribe((d) => ignored.has(d.pid) || decisions.push(d));
   const info = await guard.ready;
   const of = (pid: number) => decisions.filter((d) => d.pid === pid);
-  const until = async (pred: () => boolean, ms = 10_000) => {
+  const until = async (pred: () => boolean, ms = 10_000 * SLOWDOWN) => {
     const deadline = Date.now() + ms;
     while (!pred()) {
       if (Date.now() > deadline) throw new Error(`timed out; decisions: ${JSON.stringify(decisions.map((d) => [d.pid, d.resolvedPath, d.action, d.ruleId]))}`);
@@ -314,11 +314,12 @@ export function ndjson(stdout: string): StreamRecord[] {
  * member is still counted in it (rmdir gives EBUSY until its uncharge).
  */
 export function removeCgroupDir(dir: string): void {
-  for (let i = 0; ; i++) {
+  const deadline = Date.now() + 5000 * SLOWDOWN;
+  for (;;) {
     try {
       return rmdirSync(dir);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || i > 200) throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || Date.now() > deadline) throw err;
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 5);
     }
   }

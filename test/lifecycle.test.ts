@@ -9,6 +9,7 @@ import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, type BusyboxRoot } from '../ts/demo.js';
+import { SLOWDOWN } from './helpers.js';
 
 const DIST = fileURLToPath(new URL('../dist/index.js', import.meta.url));
 let root: BusyboxRoot;
@@ -86,7 +87,7 @@ describe('in a child process', () => {
         const burst = spawn('sh', ['-c', 'i=0; while [ $i -lt 300 ]; do chroot /nonexistent-burst /bin/true 2>/dev/null; i=$((i+1)); done']);
         burst.on('close', () => console.log('burst done, saw', n));
       } }).subscribe(() => { if (++n === 20) sub.unsubscribe(); });
-    `, { timeoutMs: 50_000 }); // 300 fork+exec take ~18 s under TCG in the VM
+    `, { timeoutMs: 50_000 * SLOWDOWN }); // 300 fork+exec take 18 to 35 s under TCG in the VM
     expect(r.signal).toBeNull(); // not killed by the timeout
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/burst done, saw 20\b/);

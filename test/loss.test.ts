@@ -71,17 +71,24 @@ describe('loss accounting', () => {
     // Before batches counted as in flight until the callback returned,
     // Node.js ran up to 1,000 queued batches per turn of the loop, and
     // under TCG a 5 s interval did not fire once in a 60 s storm.
+    // The storm starts when told on stdin, once the programs are attached:
+    // under TCG attaching takes seconds, and a storm that began with the
+    // spawn was mostly over before the first event could be seen.
     const seconds = 3 * SLOWDOWN;
-    const storm = spawn('perl', ['-e', 'my $end = time + $ARGV[0]; chroot("/nonexistent-storm-test") until time > $end;', String(seconds)], { stdio: 'ignore' });
+    const storm = spawn('perl', ['-e', '<STDIN>; my $end = time + $ARGV[0]; chroot("/nonexistent-storm-test") until time > $end;', String(seconds)], {
+      stdio: ['pipe', 'ignore', 'ignore'],
+    });
     const exited = new Promise((r) => storm.on('exit', r));
     let events = 0;
     let attached!: () => void;
     const isAttached = new Promise<void>((r) => (attached = r));
     const sub = chrootWatch({ mode: TEST_MODE, pid: storm.pid!, onAttach: () => attached() }).subscribe(() => events++);
     const ticks: number[] = [];
-    const timer = setInterval(() => ticks.push(performance.now()), 20);
+    let timer: ReturnType<typeof setInterval> | undefined;
     try {
       await isAttached;
+      timer = setInterval(() => ticks.push(performance.now()), 20);
+      storm.stdin!.end('go\n');
       await exited;
     } finally {
       clearInterval(timer);
