@@ -114,6 +114,41 @@ describe('chroot-guard watch', () => {
     if (last) expect((last.total as { ringBufferFull: number }).ringBufferFull).toBe(lost - records.filter((r) => r.type === 'lost').reduce((n, r) => n + (r.pendingFull as number) + (r.kretprobeMissed as number), 0));
   }, 90_000);
 
+  // A paused stdout blocks the CLI's writes (stdout to a pipe is
+  // synchronous), so the storm's records wait in the ring buffer when the
+  // signal comes.
+  const backlogAtSignal = async (signals: number) => {
+    const N = 20_000;
+    const storm = spawn('perl', ['-e', 'chdir($ARGV[0]) or die; <STDIN>; chroot(".") for 1..$ARGV[1]; print "done\\n";', rootPath, String(N)], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const finished = new Promise((r) => storm.on('close', r));
+    const w = startWatch(['--json', '--pid', String(storm.pid), '--ring-buffer-bytes', String(16 << 20)]);
+    await w.ready;
+    w.child.stdout.pause();
+    storm.stdin.end('go\n');
+    await finished;
+    for (let i = 0; i < signals; i++) {
+      if (i > 0) await sleep(300);
+      w.child.kill('SIGINT');
+    }
+    await sleep(300);
+    w.child.stdout.resume();
+    expect(await w.exited).toBe(0);
+    const records = ndjson(w.out());
+    return { N, w, delivered: records.filter((r) => r.type === 'chroot' && r.pid === storm.pid).length, lost: records.filter((r) => r.type === 'lost') };
+  };
+
+  it('Ctrl-C first prints every call made before it: what the ring buffer held behind a stalled stdout comes out before "detached"', async () => {
+    const { N, w, delivered, lost } = await backlogAtSignal(1);
+    expect(lost).toEqual([]);
+    expect(delivered).toBe(N);
+    expect(w.err()).toContain(`detached: ${N} events\n`);
+  }, 90_000);
+
+  it('a second Ctrl-C stops at once and says the ring buffer\'s rest was not printed', async () => {
+    const { w, delivered } = await backlogAtSignal(2);
+    expect(w.err()).toContain(`detached at the second signal: ${delivered} events; the events still in the ring buffer were not printed`);
+  }, 90_000);
+
   it('prints a readable table, filtered by --pid', async () => {
     const idle = spawn('sh', ['-c', `read go; exec chroot ${rootPath} /bin/true`], { stdio: ['pipe', 'ignore', 'ignore'] });
     const w = startWatch(['--pid', String(idle.pid)]);

@@ -43,7 +43,7 @@ const program = new Command('chroot-guard')
 
 program
   .command('watch')
-  .description('print chroot(2) calls live as they return, until Ctrl-C (needs root)')
+  .description('print chroot(2) calls live as they return, until Ctrl-C, which prints the calls still in the ring buffer first (a second Ctrl-C does not wait) (needs root)')
   .option('--json', 'one record per line, as events.schema.json describes: attach first, then chroot (every event field) and lost (what the kernel could not deliver) records')
   .addOption(modeOption())
   .option('--pid <pid>', 'only calls from this process id (tgid)', integer('--pid', 1, 0xffffffff))

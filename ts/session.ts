@@ -3,13 +3,15 @@
  * distinct set of options, shared by every subscriber with those options and
  * closed when the last one leaves.
  *
- * States: opening → running → closed. `close()` is idempotent and joins the
- * addon's ring-buffer thread before it returns, so when the last
- * unsubscribe returns no program, link or map of ours is left in the kernel.
+ * States: opening → running → (finishing →) closed. `close()` is idempotent
+ * and joins the addon's ring-buffer thread before it returns, so when the
+ * last unsubscribe returns no program, link or map of ours is left in the
+ * kernel. `finish()` detaches first and delivers what the ring buffer still
+ * holds before closing.
  * @internal
  * @module
  */
-import type { BindingBatch, BindingOpenResult, BindingRefusal, BindingSession } from './native/binding.cjs';
+import type { BindingBatch, BindingOpenResult, BindingRefusal, BindingSession, BindingStats } from './native/binding.cjs';
 import type { AttachMode, Refusal } from './errors.js';
 import { ChrootGuardError, errorFromBinding } from './errors.js';
 import { decoder, type ChrootEvent } from './events.js';
@@ -113,7 +115,7 @@ export function refusalOf(r: BindingRefusal): Refusal {
 
 class KernelSession {
   private readonly listeners = new Set<SessionListener>();
-  private state: 'opening' | 'running' | 'closed' = 'opening';
+  private state: 'opening' | 'running' | 'finishing' | 'closed' = 'opening';
   private info: AttachInfo | undefined;
   private lostTotals: CounterTotals = NO_LOSS;
   private readonly binding: BindingSession;
@@ -145,8 +147,32 @@ class KernelSession {
   }
 
   stats(): SessionStats {
-    const { events, batches, bytes, lost } = this.binding.stats();
-    return { events, batches, bytes, ringBufferFull: lost.ringBufferFull, pendingFull: lost.pendingFull, kretprobeMissed: lost.kretprobeMissed };
+    return statsOf(this.binding.stats());
+  }
+
+  /**
+   * `listener` leaves once it has every event of the calls made so far:
+   * when it is the last listener, the programs are detached and the records
+   * left in the ring buffer are delivered (events, then a last loss report)
+   * before the session closes; otherwise it leaves at once, the session
+   * running on for the others. Resolves with the session's final totals
+   * (or its totals now, when others remain).
+   */
+  async finish(listener: SessionListener): Promise<SessionStats> {
+    if (this.state !== 'running' || this.listeners.size > 1 || !this.listeners.has(listener)) {
+      const now = this.state === 'running' ? this.stats() : statsOf(undefined);
+      this.remove(listener);
+      return now;
+    }
+    this.state = 'finishing';
+    // A new subscriber with these options gets a session of its own.
+    if (sessions.get(this.key) === this) sessions.delete(this.key);
+    try {
+      return statsOf(await this.binding.finish());
+    } finally {
+      this.listeners.delete(listener);
+      this.close();
+    }
   }
 
   private onOpen(result: BindingOpenResult): void {
@@ -168,7 +194,7 @@ class KernelSession {
   }
 
   private onBatch(batch: BindingBatch): void {
-    if (this.state !== 'running') return;
+    if (this.state !== 'running' && this.state !== 'finishing') return;
     this.lostTotals = readBatch(batch, this.lostTotals, {
       error: (err) => this.fail(err),
       data: (data) => {
@@ -201,12 +227,38 @@ class KernelSession {
   }
 }
 
+function statsOf(b: BindingStats | undefined): SessionStats {
+  const lost = b?.lost;
+  return {
+    events: b?.events ?? 0,
+    batches: b?.batches ?? 0,
+    bytes: b?.bytes ?? 0,
+    ringBufferFull: lost?.ringBufferFull ?? 0,
+    pendingFull: lost?.pendingFull ?? 0,
+    kretprobeMissed: lost?.kretprobeMissed ?? 0,
+  };
+}
+
+/** A listener's place in a kernel session. */
+export interface JoinedSession {
+  /** Leaves at once; the last leave closes the session, dropping what its ring buffer still holds. */
+  leave(): void;
+  /** The session's totals now. */
+  stats(): SessionStats;
+  /**
+   * Leaves once the listener has the events of every call made so far
+   * (the last listener's finish detaches, then drains the ring buffer);
+   * resolves with the final totals.
+   */
+  finish(): Promise<SessionStats>;
+}
+
 /**
- * Joins (or starts) the kernel session for `options`. Returns the function
- * that leaves it; the last leave closes the session.
+ * Joins (or starts) the kernel session for `options`. The last leave (or
+ * finish) closes the session.
  * @throws {ChrootGuardError} `NATIVE_UNAVAILABLE` when the addon cannot load.
  */
-export function joinSession(options: SessionOptions, listener: SessionListener): { leave: () => void; stats: () => SessionStats } {
+export function joinSession(options: SessionOptions, listener: SessionListener): JoinedSession {
   const key = keyOf(options);
   let session = sessions.get(key);
   if (!session) {
@@ -215,7 +267,11 @@ export function joinSession(options: SessionOptions, listener: SessionListener):
   }
   const joined = session;
   joined.add(listener);
-  return { leave: () => joined.remove(listener), stats: () => joined.stats() };
+  return {
+    leave: () => joined.remove(listener),
+    stats: () => joined.stats(),
+    finish: () => joined.finish(listener),
+  };
 }
 
 /** Number of kernel sessions open in this process (for tests and `doctor`). */

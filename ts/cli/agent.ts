@@ -43,8 +43,9 @@ function readConfig(file: string): AgentConfig | number {
 }
 
 /**
- * Runs the agent until SIGINT or SIGTERM (then: the last `lost` record,
- * the output flushed and closed, the server closed, the programs detached,
+ * Runs the agent until SIGINT or SIGTERM (then: the programs detached, the
+ * events still in the ring buffer written (a second signal skips them), the
+ * last `lost` record, the output flushed and closed, the server closed,
  * the guard's reader stopped with the guard left pinned and deciding;
  * exit 0), or until an error (its exit code: 2 for a bad config or guard
  * policy, or an output file another user could have chosen, 1 for an
@@ -114,6 +115,8 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
 
   return new Promise<number>((resolve) => {
     let leave: (() => void) | undefined;
+    let finish: (() => Promise<SessionStats>) | undefined;
+    let finishing = false;
     let stats: (() => SessionStats) | undefined;
     let ending = false;
     // Every way out: detach, write the last records, close the file and the
@@ -128,16 +131,29 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
       stopStdout();
       leave?.();
       leave = undefined;
+      finish = undefined;
       guard?.stop();
       metrics.detached();
       printer.finish(last);
       decisions?.finish();
       void Promise.all([sink.close(), server?.close()]).then(() => resolve(code));
     };
+    // The first signal detaches and writes what the ring buffer still
+    // holds before the last records; a second one ends at once.
     const onSignal = () => {
-      const last = stats?.();
+      if (!finishing && finish) {
+        finishing = true;
+        void finish().then(
+          (last) => !ending && detached(last, false),
+          (err: unknown) => end(reportError(err)),
+        );
+        return;
+      }
+      detached(stats?.(), finishing);
+    };
+    const detached = (last: SessionStats | undefined, cut: boolean) => {
       end(EXIT.OK, last);
-      note(`detached: ${printer.count} event${printer.count === 1 ? '' : 's'} written`);
+      note(`detached${cut ? ' at the second signal' : ''}: ${printer.count} event${printer.count === 1 ? '' : 's'} written${cut ? '; the events still in the ring buffer were not' : ''}`);
       if (guard) note(`the guard stays pinned at ${guard.dir} and keeps deciding (${decided} decision${decided === 1 ? '' : 's'} written); \`chroot-guard unload\` removes it`);
     };
     process.on('SIGINT', onSignal);
@@ -182,7 +198,7 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
           error: (err) => end(reportError(err)),
         });
         if (ending) joined.leave();
-        else leave = joined.leave;
+        else ({ leave, finish } = joined);
       } catch (err) {
         end(reportError(err));
       }

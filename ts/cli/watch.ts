@@ -21,12 +21,18 @@ export interface WatchFlags {
   compat?: boolean;
 }
 
-/** Runs until SIGINT/SIGTERM (exit 0) or an error (its exit code). */
+/**
+ * Runs until SIGINT/SIGTERM (exit 0) or an error (its exit code). At the
+ * signal the programs are detached and what the ring buffer still holds is
+ * printed before the last line; a second signal stops at once.
+ */
 export function watch(flags: WatchFlags): Promise<number> {
   const printer = new EventPrinter(flags.json === true);
   return new Promise((resolve) => {
     let lost = 0;
     let leave: (() => void) | undefined;
+    let finish: (() => Promise<SessionStats>) | undefined;
+    let finishing = false;
     let ended = false;
     let stats: (() => SessionStats) | undefined;
     // Handlers first: the subscription can fail at once (e.g. no native addon).
@@ -37,13 +43,26 @@ export function watch(flags: WatchFlags): Promise<number> {
       process.stdout.off('error', onStdoutError);
       leave?.();
       leave = undefined;
+      finish = undefined;
     };
-    const onSignal = () => {
-      const last = stats?.();
+    const detached = (last: SessionStats | undefined, cut: boolean) => {
       stop();
       printer.finish(last);
-      note(`detached: ${printer.count} event${printer.count === 1 ? '' : 's'}${lost ? `, ${lost} lost` : ''}`);
+      const what = `${printer.count} event${printer.count === 1 ? '' : 's'}${lost ? `, ${lost} lost` : ''}`;
+      note(cut ? `detached at the second signal: ${what}; the events still in the ring buffer were not printed` : `detached: ${what}`);
       resolve(EXIT.OK);
+    };
+    const onSignal = () => {
+      if (finishing || !finish) return detached(stats?.(), finishing);
+      finishing = true;
+      finish().then(
+        (last) => !ended && detached(last, false),
+        (err: unknown) => {
+          if (ended) return;
+          stop();
+          resolve(reportError(err));
+        },
+      );
     };
     const onStdoutError = (err: NodeJS.ErrnoException) => {
       stop();
@@ -85,7 +104,7 @@ export function watch(flags: WatchFlags): Promise<number> {
       );
       // An error can come while joining: leave then, as unsubscribing would.
       if (ended) joined.leave();
-      else leave = joined.leave;
+      else ({ leave, finish } = joined);
     } catch (err) {
       stop();
       resolve(reportError(err));

@@ -9,11 +9,16 @@
 //! At most [`ReaderConfig::max_in_flight`] batches wait for the consumer;
 //! beyond that the thread stops draining, the kernel's ring buffer fills
 //! and the programs count what they could not write (`CG_COUNTERS`).
+//!
+//! Ending: [`Reader::stop`] drops what the ring buffer still holds (the
+//! consumer is leaving); [`Reader::finish`], once the programs are
+//! detached, hands over every record left and waits until the consumer has
+//! taken them all, so the calls made before a Ctrl-C are all seen.
 
 use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     thread::JoinHandle,
@@ -202,10 +207,13 @@ pub fn start_with<S: Sink>(
     Ok((reader, counters))
 }
 
-/// The running thread; [`Reader::stop`] ends and joins it.
+/// The running thread; [`Reader::stop`] or [`Reader::finish`] ends and
+/// joins it.
 pub struct Reader {
     thread: Option<JoinHandle<()>>,
     stop: OwnedFd,
+    /// Set by [`Reader::finish`] before it wakes the thread.
+    drain: Arc<AtomicBool>,
     /// Totals, shared with the thread.
     pub stats: Arc<ReaderStats>,
 }
@@ -231,14 +239,33 @@ impl Reader {
         let stats = Arc::new(ReaderStats::default());
         let thread_stats = Arc::clone(&stats);
         let stop_fd = stop.as_raw_fd();
+        let drain = Arc::new(AtomicBool::new(false));
+        let thread_drain = Arc::clone(&drain);
         let thread = std::thread::Builder::new()
             .name("chroot-guard-rb".into())
-            .spawn(move || run(ring, &counters, &sink, stop_fd, &thread_stats, config))?;
-        Ok(Reader { thread: Some(thread), stop, stats })
+            .spawn(move || run(ring, &counters, &sink, stop_fd, &thread_drain, &thread_stats, config))?;
+        Ok(Reader { thread: Some(thread), stop, drain, stats })
     }
 
-    /// Wakes the thread, waits for it to end. Idempotent.
+    /// Wakes the thread, waits for it to end; records still in the ring
+    /// buffer are dropped. Idempotent.
     pub fn stop(&mut self) {
+        self.wake_and_join();
+    }
+
+    /// Ends the thread once it has handed over every record the ring buffer
+    /// holds and the consumer has finished with every batch (the last one
+    /// carries the counters read after the drain). Call it after the
+    /// programs are detached: records written meanwhile would be taken too,
+    /// and a storm would keep it going. It gives up on a consumer that takes
+    /// no batch for [`FINISH_STALL`]. Blocks; idempotent, and a no-op after
+    /// [`Reader::stop`].
+    pub fn finish(&mut self) {
+        self.drain.store(true, Ordering::Release);
+        self.wake_and_join();
+    }
+
+    fn wake_and_join(&mut self) {
         if let Some(thread) = self.thread.take() {
             let one: u64 = 1;
             // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
@@ -260,6 +287,10 @@ const RECENT: Duration = Duration::from_millis(3);
 /// Poll interval while records may be waiting without a wakeup.
 const SHORT_POLL: Duration = Duration::from_millis(1);
 
+/// [`Reader::finish`] gives up when the consumer has not finished a batch
+/// for this long (a JS thread that stopped turning its event loop).
+pub const FINISH_STALL: Duration = Duration::from_secs(10);
+
 fn push_record(batch: &mut Vec<u8>, record: &[u8]) {
     batch.extend_from_slice(&(record.len() as u32).to_le_bytes());
     batch.extend_from_slice(&[0; 4]);
@@ -273,6 +304,7 @@ fn run<S: Sink>(
     counters: &Counters,
     sink: &S,
     stop_fd: RawFd,
+    drain: &AtomicBool,
     stats: &ReaderStats,
     cfg: ReaderConfig,
 ) {
@@ -310,6 +342,9 @@ fn run<S: Sink>(
             }
         }
         if fds[0].revents != 0 {
+            if drain.load(Ordering::Acquire) {
+                finish(&mut ring, counters, sink, stats, cfg, batch);
+            }
             return;
         }
         while batch.data.len() < cfg.max_batch_bytes {
@@ -341,17 +376,64 @@ fn run<S: Sink>(
         if in_flight >= cfg.max_in_flight || !(in_flight == 0 || full || hold_expired) {
             continue;
         }
-        let out = std::mem::replace(
-            &mut batch,
-            Batch { data: Vec::with_capacity(64 << 10), ..Batch::default() },
-        );
-        stats.events.fetch_add(u64::from(out.events), Ordering::Relaxed);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.bytes.fetch_add(out.data.len() as u64, Ordering::Relaxed);
         held_since = None;
         lost_dirty = false;
-        if !sink.deliver(Batch { lost, ..out }) {
+        if !deliver(sink, stats, &mut batch, lost) {
             return;
         }
     }
+}
+
+/// Hands `batch` over with `lost`, leaving an empty one in its place;
+/// `false` when the consumer is gone.
+fn deliver<S: Sink>(sink: &S, stats: &ReaderStats, batch: &mut Batch, lost: Lost) -> bool {
+    let out = std::mem::replace(batch, Batch { data: Vec::with_capacity(64 << 10), ..Batch::default() });
+    stats.events.fetch_add(u64::from(out.events), Ordering::Relaxed);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.bytes.fetch_add(out.data.len() as u64, Ordering::Relaxed);
+    sink.deliver(Batch { lost, ..out })
+}
+
+/// Waits until the consumer holds fewer than `below` batches; `false` when
+/// it finished none for [`FINISH_STALL`].
+fn wait_for_consumer<S: Sink>(sink: &S, below: u32) -> bool {
+    let mut last = (sink.in_flight(), Instant::now());
+    loop {
+        let n = sink.in_flight();
+        if n < below {
+            return true;
+        }
+        if n < last.0 {
+            last = (n, Instant::now());
+        } else if last.1.elapsed() >= FINISH_STALL {
+            return false;
+        }
+        std::thread::sleep(SHORT_POLL);
+    }
+}
+
+/// [`Reader::finish`]'s end: the records left in the ring buffer (and in
+/// `batch`) go out in full batches, the last with the counters read now;
+/// returns when the consumer has finished them all.
+fn finish<S: Sink>(ring: &mut RingBuf<MapData>, counters: &Counters, sink: &S, stats: &ReaderStats, cfg: ReaderConfig, mut batch: Batch) {
+    loop {
+        while batch.data.len() < cfg.max_batch_bytes {
+            let Some(item) = ring.next() else { break };
+            push_record(&mut batch.data, &item);
+            batch.events += 1;
+        }
+        let last = batch.data.len() < cfg.max_batch_bytes;
+        if !wait_for_consumer(sink, cfg.max_in_flight) {
+            return;
+        }
+        // The counters go with the last batch, even an empty one, so the
+        // consumer's final totals include what was lost before the end.
+        if !deliver(sink, stats, &mut batch, counters.read()) {
+            return;
+        }
+        if last {
+            break;
+        }
+    }
+    wait_for_consumer(sink, 1);
 }

@@ -96,6 +96,27 @@ impl Session {
         SessionStats::read(&self.reader, &self.counters)
     }
 
+    /// Detaches every program, hands the consumer every record left in the
+    /// ring buffer and waits until it has finished with them
+    /// ([`Reader::finish`]), then returns the final totals and unloads the
+    /// rest. After it the session is closed. Blocks: for as long as the
+    /// consumer takes to handle what the ring buffer held (at most
+    /// `ring_buffer_bytes` of records), or [`reader::FINISH_STALL`] when it
+    /// stops taking batches.
+    pub fn finish(&mut self) -> SessionStats {
+        // Read once while the kretprobes exist: their missed count outlives
+        // them (`MissCounter` keeps its last sum).
+        let _ = self.counters.read();
+        self.kretprobes.take();
+        // The reader holds the ring buffer and the counters: the object can
+        // go (every link and program with it) before the drain.
+        self.ebpf.take();
+        self.reader.finish();
+        let stats = self.stats();
+        self.close();
+        stats
+    }
+
     /// Stops the reader, then detaches and unloads everything: the tracefs
     /// kretprobes are closed and removed from `kprobe_events` before the
     /// object goes. Idempotent.

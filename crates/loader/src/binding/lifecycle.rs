@@ -267,6 +267,19 @@ impl Shared {
         }
     }
 
+    /// running → closed, handing over what ran (for a close that blocks,
+    /// off the JS thread); `None` when nothing runs.
+    pub fn take_running(&self) -> Option<Box<Loaded>> {
+        let mut state = self.lock();
+        if !matches!(*state, State::Running(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut *state, State::Closed) {
+            State::Running(loaded) => Some(loaded),
+            _ => None,
+        }
+    }
+
     /// Closes whatever runs. Idempotent.
     pub fn close(&self) {
         let previous = std::mem::replace(&mut *self.lock(), State::Closed);

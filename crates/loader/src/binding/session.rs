@@ -119,6 +119,41 @@ impl BindingSession {
     }
 }
 
+#[napi]
+impl BindingSession {
+    /// Detaches the programs, then hands `onBatch` every record left in the
+    /// ring buffer ([`Session::finish`]) and resolves with the final totals
+    /// once every batch has been handled; the session is closed after it
+    /// (call `close()` still, to release the env cleanup hook). Resolves
+    /// with zeros when the session is not running.
+    #[napi(ts_return_type = "Promise<BindingStats>")]
+    pub fn finish(&self) -> AsyncTask<FinishTask> {
+        AsyncTask::new(FinishTask { shared: Arc::clone(&self.handle.shared) })
+    }
+}
+
+/// Runs [`Session::finish`] off the JS thread, which must stay free to
+/// take the last batches.
+pub struct FinishTask {
+    shared: Arc<Shared>,
+}
+
+impl Task for FinishTask {
+    type Output = BindingStats;
+    type JsValue = BindingStats;
+
+    fn compute(&mut self) -> napi::Result<BindingStats> {
+        Ok(match self.shared.take_running().map(|l| *l) {
+            Some(Loaded::Watch(mut session)) => session.finish().into(),
+            _ => crate::session::SessionStats::default().into(),
+        })
+    }
+
+    fn resolve(&mut self, _env: Env, stats: BindingStats) -> napi::Result<BindingStats> {
+        Ok(stats)
+    }
+}
+
 handle_methods!(BindingSession, "Stops the reader thread, releases the callback and detaches every program. Idempotent; safe while `open()` is still running (the session is then closed as soon as it is up).");
 
 /// Runs [`Session::open`] off the JS thread.
