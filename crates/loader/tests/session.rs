@@ -126,3 +126,55 @@ fn doctor_and_stacks_run() {
     }
     assert!(counts.iter().map(|c| c.count).sum::<u64>() >= 3);
 }
+
+/// A consumer that takes batches only when the test reads them: each is in
+/// flight until then, so the reader stops and the ring buffer keeps the rest.
+struct HeldSink {
+    tx: mpsc::Sender<Batch>,
+    in_flight: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl Sink for HeldSink {
+    fn in_flight(&self) -> u32 {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+    fn deliver(&self, batch: Batch) -> bool {
+        self.in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.tx.send(batch).is_ok()
+    }
+}
+
+/// `Session::finish` hands over every record the ring buffer holds when the
+/// programs are detached: the calls made while the consumer was stalled
+/// all arrive, none counted lost; `close` would have dropped them.
+#[test]
+fn finish_delivers_what_the_ring_buffer_holds() {
+    use std::sync::{atomic::Ordering, Arc};
+    const CALLS: usize = 20_000;
+    let (tx, rx) = mpsc::channel();
+    let in_flight = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut filter = Filter::default();
+    filter.flags |= chroot_guard_common::filter_flags::PID;
+    filter.pid = std::process::id();
+    let opts = LoadOptions { mode: ModeRequest::Auto, filter, ring_buffer_bytes: 16 << 20, compat: false };
+    let config = ReaderConfig { max_batch_bytes: 64 << 10, ..ReaderConfig::default() };
+    let mut session = Session::open(&opts, HeldSink { tx, in_flight: Arc::clone(&in_flight) }, config).expect("open");
+    let path = c"/nonexistent-chroot-guard-finish";
+    for _ in 0..CALLS {
+        // SAFETY: a valid C string; the call fails with ENOENT.
+        assert_eq!(unsafe { libc::chroot(path.as_ptr()) }, -1);
+    }
+    // The consumer has taken nothing: at most one batch left the reader.
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(in_flight.load(Ordering::Acquire) <= 1);
+    let finishing = std::thread::spawn(move || session.finish());
+    let mut seen = 0;
+    while let Ok(b) = rx.recv_timeout(Duration::from_secs(20)) {
+        seen += events(&b).iter().filter(|e| path_of(e) == "/nonexistent-chroot-guard-finish").count();
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+    let stats = finishing.join().expect("finish");
+    assert_eq!(seen, CALLS);
+    assert_eq!(stats.events, CALLS as u64);
+    assert_eq!(stats.lost.total(), 0);
+}
