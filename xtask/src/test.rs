@@ -478,6 +478,7 @@ fn run_boots(boots: &[Boot], side_by_side: bool, results: &Path) -> Result<(Vec<
 /// Runs one boot's suites; with `log`, the VM's output goes there. Never
 /// fails: a VM that did not end well fails its suites and says why.
 fn run_boot(Boot { kernel, suites, slowdown, .. }: &Boot, prepared: &vm::Prepared, log: Option<std::path::PathBuf>) -> (Vec<Outcome>, Option<String>) {
+    let output = log.as_ref().map_or_else(|| "the output above".to_string(), |l| l.display().to_string());
     let opts = vm::VmOptions {
         command: vec!["sh".into(), "-c".into(), vm_script(suites, *slowdown)],
         env: vec![("CI".into(), "true".into()), ("CG_EXPECT_AUTO_MODE".into(), kernel.auto_mode.into())],
@@ -503,7 +504,7 @@ fn run_boot(Boot { kernel, suites, slowdown, .. }: &Boot, prepared: &vm::Prepare
         // A suite with no report or exit code (cut short) counts as failed.
         let r = out(format!("results-{label}.json")).and_then(|r| read_report(&r).ok()).unwrap_or(Report {
             failed: 1,
-            failures: vec!["no report: the run was cut short (the VM line below says why)".into()],
+            failures: vec![format!("no report: the run ended before vitest wrote it (a crash or a timeout; see {output})")],
             ..Report::default()
         });
         let rc = out(format!("rc-{label}")).and_then(|f| fs::read_to_string(f).ok());
