@@ -144,7 +144,7 @@ describe('chroot-guard watch', () => {
     expect(w.err()).toContain(`detached: ${N} events\n`);
   }, 90_000);
 
-  it('a second Ctrl-C stops at once and says the ring buffer\'s rest was not printed', async () => {
+  it.skipIf(RERUN)(inAuto('a second Ctrl-C stops at once and says the ring buffer\'s rest was not printed'), async () => {
     const { w, delivered } = await backlogAtSignal(2);
     expect(w.err()).toContain(`detached at the second signal: ${delivered} events; the events still in the ring buffer were not printed`);
   }, 90_000);
