@@ -146,7 +146,7 @@ describe('chroot-guard watch', () => {
 
   it.skipIf(RERUN)(inAuto('a second Ctrl-C stops at once and says the ring buffer\'s rest was not printed'), async () => {
     const { w, delivered } = await backlogAtSignal(2);
-    expect(w.err()).toContain(`detached at the second signal: ${delivered} events; the events still in the ring buffer were not printed`);
+    expect(w.err()).toContain(`detached at the second signal: ${delivered} events; the events still in the ring buffer were not written`);
   }, 90_000);
 
   it('prints a readable table, filtered by --pid', async () => {

@@ -22,6 +22,7 @@ import type { Sink } from '../agent/sink.js';
 import type { ChrootDecision } from '../decision.js';
 import { EXIT, describeAttach, describeLost, note, reportError } from './output.js';
 import { DecisionPrinter, EventPrinter } from './printer.js';
+import { detachedNote, stopOnSignals } from './signals.js';
 import { onStdoutGone } from './stdout.js';
 
 /** Options of `agent`, as commander parses them. */
@@ -116,7 +117,6 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
   return new Promise<number>((resolve) => {
     let leave: (() => void) | undefined;
     let finish: (() => Promise<SessionStats>) | undefined;
-    let finishing = false;
     let stats: (() => SessionStats) | undefined;
     let ending = false;
     // Every way out: detach, write the last records, close the file and the
@@ -125,8 +125,7 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
       if (ending) return;
       ending = true;
       attached = false;
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      signals.off();
       process.off('SIGHUP', onHup);
       stopStdout();
       leave?.();
@@ -138,26 +137,16 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
       decisions?.finish();
       void Promise.all([sink.close(), server?.close()]).then(() => resolve(code));
     };
-    // The first signal detaches and writes what the ring buffer still
-    // holds before the last records; a second one ends at once.
-    const onSignal = () => {
-      if (!finishing && finish) {
-        finishing = true;
-        void finish().then(
-          (last) => !ending && detached(last, false),
-          (err: unknown) => end(reportError(err)),
-        );
-        return;
-      }
-      detached(stats?.(), finishing);
-    };
-    const detached = (last: SessionStats | undefined, cut: boolean) => {
-      end(EXIT.OK, last);
-      note(`detached${cut ? ' at the second signal' : ''}: ${printer.count} event${printer.count === 1 ? '' : 's'} written${cut ? '; the events still in the ring buffer were not' : ''}`);
-      if (guard) note(`the guard stays pinned at ${guard.dir} and keeps deciding (${decided} decision${decided === 1 ? '' : 's'} written); \`chroot-guard unload\` removes it`);
-    };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
+    const signals = stopOnSignals({
+      finish: () => finish,
+      stats: () => stats?.(),
+      detached: (last, cut) => {
+        end(EXIT.OK, last);
+        note(detachedNote(`${printer.count} event${printer.count === 1 ? '' : 's'} written`, cut));
+        if (guard) note(`the guard stays pinned at ${guard.dir} and keeps deciding (${decided} decision${decided === 1 ? '' : 's'} written); \`chroot-guard unload\` removes it`);
+      },
+      failed: (err) => end(reportError(err)),
+    });
     // SIGHUP would end a Node.js process: it reloads the guard's policy
     // (one that comes while the guard starts is kept for then).
     let hupEarly = false;

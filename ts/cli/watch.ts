@@ -6,6 +6,7 @@
 import type { AttachMode } from '../errors.js';
 import { EXIT, describeAttach, describeLost, note, reportError } from './output.js';
 import { EventPrinter } from './printer.js';
+import { detachedNote, stopOnSignals } from './signals.js';
 import { callsLost } from '../batch.js';
 import { joinSession, type SessionStats } from '../session.js';
 import { watchSessionOptions } from '../watch-options.js';
@@ -32,44 +33,35 @@ export function watch(flags: WatchFlags): Promise<number> {
     let lost = 0;
     let leave: (() => void) | undefined;
     let finish: (() => Promise<SessionStats>) | undefined;
-    let finishing = false;
     let ended = false;
     let stats: (() => SessionStats) | undefined;
     // Handlers first: the subscription can fail at once (e.g. no native addon).
     const stop = () => {
       ended = true;
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      signals.off();
       process.stdout.off('error', onStdoutError);
       leave?.();
       leave = undefined;
       finish = undefined;
     };
-    const detached = (last: SessionStats | undefined, cut: boolean) => {
-      stop();
-      printer.finish(last);
-      const what = `${printer.count} event${printer.count === 1 ? '' : 's'}${lost ? `, ${lost} lost` : ''}`;
-      note(cut ? `detached at the second signal: ${what}; the events still in the ring buffer were not printed` : `detached: ${what}`);
-      resolve(EXIT.OK);
-    };
-    const onSignal = () => {
-      if (finishing || !finish) return detached(stats?.(), finishing);
-      finishing = true;
-      finish().then(
-        (last) => !ended && detached(last, false),
-        (err: unknown) => {
-          if (ended) return;
-          stop();
-          resolve(reportError(err));
-        },
-      );
-    };
+    const signals = stopOnSignals({
+      finish: () => finish,
+      stats: () => stats?.(),
+      detached: (last, cut) => {
+        stop();
+        printer.finish(last);
+        note(detachedNote(`${printer.count} event${printer.count === 1 ? '' : 's'}${lost ? `, ${lost} lost` : ''}`, cut));
+        resolve(EXIT.OK);
+      },
+      failed: (err) => {
+        stop();
+        resolve(reportError(err));
+      },
+    });
     const onStdoutError = (err: NodeJS.ErrnoException) => {
       stop();
       resolve(err.code === 'EPIPE' ? EXIT.OK : reportError(err));
     };
-    process.on('SIGINT', onSignal);
-    process.on('SIGTERM', onSignal);
     process.stdout.on('error', onStdoutError);
     // The session itself, not chrootWatch(): the same options and checks,
     // without loading RxJS (part of the CLI's start-up).
