@@ -271,12 +271,12 @@ impl Shared {
     /// off the JS thread); `None` when nothing runs.
     pub fn take_running(&self) -> Option<Box<Loaded>> {
         let mut state = self.lock();
-        if !matches!(*state, State::Running(_)) {
-            return None;
-        }
         match std::mem::replace(&mut *state, State::Closed) {
             State::Running(loaded) => Some(loaded),
-            _ => None,
+            other => {
+                *state = other;
+                None
+            }
         }
     }
 
