@@ -13,6 +13,16 @@ async function probe(): Promise<{ runs: boolean; why: string }> {
   try {
     const report = await doctor();
     const check = report.points.find((p) => p.kind === 'lsm-hook')?.checks.find((c) => c.mechanism === 'lsm');
+    // The hook may run where the guard cannot: 5.10 runs BPF LSM programs
+    // but lacks what the guard's program needs (features.test.ts asserts
+    // the guard's error there).
+    const lacking = report.kernel.features.filter((f) => !f.present && f.neededBy.startsWith('the guard'));
+    if (check?.ok && lacking.length) {
+      return { runs: false, why: `the guard cannot run on this kernel: it lacks ${lacking.map((f) => `${f.name} (Linux ${f.since})`).join(', ')}; features.test.ts asserts its error` };
+    }
+    if (check?.ok && process.env.CHROOT_GUARD_OBJECT === 'legacy') {
+      return { runs: false, why: 'CHROOT_GUARD_OBJECT=legacy: the legacy object has no guard program' };
+    }
     if (check?.ok) return { runs: true, why: '' };
     return { runs: false, why: `the BPF LSM cannot run on this kernel (doctor: ${check?.denial?.reason ?? 'no lsm check at bpf_lsm_path_chroot'}); these run in the VM` };
   } catch (err) {

@@ -131,9 +131,13 @@ export interface DoctorReport {
      * The BPF features chroot-guard needs, told from the kernel's BTF (an
      * enum member of the UAPI or a struct field, so backports count), each
      * with the mainline release that brought it (`"5.12"`) and what needs it
-     * (`every mode`, `the guard`). Empty without BTF. A missing `every mode`
-     * feature makes every mode fail with `UNSUPPORTED_KERNEL`; a missing
-     * `the guard` feature makes `chrootGuard()` fail with `LSM_UNAVAILABLE`.
+     * (`every mode`; `the guard (watch uses the legacy object without it)`,
+     * the full object's; `the guard`, the policy program's). Empty without
+     * BTF. A missing `every mode` feature makes every mode fail with
+     * `UNSUPPORTED_KERNEL`; without a full-object feature watch, `ps` and
+     * `stacks` run the legacy object (5.8 to 5.11 kernels); a missing
+     * feature of either `the guard` kind makes `chrootGuard()` fail with
+     * `LSM_UNAVAILABLE`.
      */
     readonly features: readonly KernelFeature[];
     /** Null when this process may load BPF programs, else what it lacks. */

@@ -123,7 +123,7 @@ export interface Refusal {
 const REMEDIES: Record<ChrootGuardErrorCode, string> = {
   EPERM: 'run as root (sudo), or grant the process CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)',
   UNSUPPORTED_KERNEL:
-    'chroot-guard needs kernel BTF (CONFIG_DEBUG_INFO_BTF=y), Linux 5.12 or later (or the BPF features the message names, backported), and one of: BPF trampolines (fentry), CONFIG_KPROBES, or syscall tracepoints (CONFIG_FTRACE_SYSCALLS)',
+    'chroot-guard needs kernel BTF (CONFIG_DEBUG_INFO_BTF=y), Linux 5.8 or later (or the BPF features the message names, backported), and one of: BPF trampolines (fentry), CONFIG_KPROBES, or syscall tracepoints (CONFIG_FTRACE_SYSCALLS)',
   MODE_UNAVAILABLE: "use mode 'auto' to fall back to the best mode this kernel allows",
   LOAD_FAILED: 'the BPF verifier rejected a program: please report it with error.verifierLog',
   INVALID_ARGUMENT: 'fix the option named above',

@@ -81,15 +81,19 @@ impl Arch {
         self == host()
     }
 
-    /// Cargo's target directory for this architecture's eBPF object.
-    pub fn ebpf_target_dir(&self) -> PathBuf {
-        root().join("target/ebpf").join(self.target_arch)
+    /// Cargo's target directory for this architecture's eBPF object, or
+    /// for its legacy object (feature `legacy`, kernels 5.8 to 5.11),
+    /// apart so that neither build undoes the other.
+    pub fn ebpf_target_dir(&self, legacy: bool) -> PathBuf {
+        let dir = if legacy { format!("{}-legacy", self.target_arch) } else { self.target_arch.to_string() };
+        root().join("target/ebpf").join(dir)
     }
 
-    /// The eBPF object built for this architecture; `crates/loader/build.rs`
-    /// embeds the one of the target it builds for from the same place.
-    pub fn ebpf_object(&self) -> PathBuf {
-        self.ebpf_target_dir().join("bpfel-unknown-none/release/chroot-guard-ebpf")
+    /// The eBPF object built for this architecture (or its legacy object);
+    /// `crates/loader/build.rs` embeds the ones of the target it builds
+    /// for from the same places.
+    pub fn ebpf_object(&self, legacy: bool) -> PathBuf {
+        self.ebpf_target_dir(legacy).join("bpfel-unknown-none/release/chroot-guard-ebpf")
     }
 
     /// The napi platform name: `linux-x64-gnu`, the suffix of the platform

@@ -17,7 +17,8 @@ fn rustc_libllvm() -> Result<PathBuf> {
 }
 
 /// Builds `crates/ebpf` for bpfel-unknown-none with `bpf_target_arch` set
-/// to `arch` (`arch.rs` says why), into [`Arch::ebpf_object`].
+/// to `arch` (`arch.rs` says why), into [`Arch::ebpf_object`]: the object,
+/// then the legacy object (feature `legacy`) for kernels 5.8 to 5.11.
 ///
 /// bpf-linker 0.10 (feature rust-llvm-22) loads libLLVM at run time from the
 /// directories in LD_LIBRARY_PATH; we give it a directory holding only the
@@ -38,17 +39,21 @@ pub fn build_ebpf(arch: &Arch) -> Result<()> {
     if !PathBuf::from("/usr/bin/cargo").exists() {
         bail!("/usr/bin/cargo is missing: run `cargo xtask setup` first (it installs cargo-web)");
     }
-    run(Command::new("/usr/bin/cargo")
-        .args(["build", "--release"])
-        .current_dir(root().join("crates/ebpf"))
-        .env("RUSTC", "/usr/bin/rustc")
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_TARGET_DIR", arch.ebpf_target_dir())
-        // aya-build's way to set `bpf_target_arch` without RUSTFLAGS, which
-        // would replace the BTF flags of crates/ebpf/.cargo/config.toml.
-        .env("AYA_BPF_TARGET_ARCH", arch.target_arch)
-        .env("LD_LIBRARY_PATH", &llvm_dir)
-        .env_remove("RUSTFLAGS"))
+    for legacy in [false, true] {
+        run(Command::new("/usr/bin/cargo")
+            .args(["build", "--release"])
+            .args(if legacy { &["--features", "legacy"][..] } else { &[] })
+            .current_dir(root().join("crates/ebpf"))
+            .env("RUSTC", "/usr/bin/rustc")
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("CARGO_TARGET_DIR", arch.ebpf_target_dir(legacy))
+            // aya-build's way to set `bpf_target_arch` without RUSTFLAGS, which
+            // would replace the BTF flags of crates/ebpf/.cargo/config.toml.
+            .env("AYA_BPF_TARGET_ARCH", arch.target_arch)
+            .env("LD_LIBRARY_PATH", &llvm_dir)
+            .env_remove("RUSTFLAGS"))?;
+    }
+    Ok(())
 }
 
 /// eBPF object, napi addon (with the object embedded), TypeScript, for the
@@ -80,7 +85,8 @@ fn napi_build(arch: &Arch, out_dir: &str, extra: &[&str]) -> std::process::Comma
     let mut c = npx(&["napi", "build", "--platform", "--release", "--strip", "--manifest-path", "crates/loader/Cargo.toml"]);
     c.args(["--output-dir", out_dir, "--package-json-path", "package.json"])
         .args(extra)
-        .env("CHROOT_GUARD_EBPF_OBJECT", arch.ebpf_object());
+        .env("CHROOT_GUARD_EBPF_OBJECT", arch.ebpf_object(false))
+        .env("CHROOT_GUARD_EBPF_OBJECT_LEGACY", arch.ebpf_object(true));
     c
 }
 

@@ -256,6 +256,14 @@ fn vitest_args(report: &str, files: &[String]) -> Vec<String> {
     args
 }
 
+/// The files the host runs a second time with the legacy eBPF object
+/// forced (`CHROOT_GUARD_OBJECT=legacy`): what reaches its programs (the
+/// watch path, escapes seen by watch, `ps`, loss accounting). Its kernels
+/// (5.10 in the VM) run it in `auto`; the host covers the same programs on
+/// a newer kernel, and so checks that both objects report alike.
+const LEGACY_HOST_FILES: &[&str] =
+    &["test/watch.test.ts", "test/escapes.test.ts", "test/ps.test.ts", "test/loss.test.ts"];
+
 /// Runs every suite and prints the summary; fails if any test failed.
 pub fn test(args: &TestArgs) -> Result<()> {
     let started = Instant::now();
@@ -276,9 +284,10 @@ pub fn test(args: &TestArgs) -> Result<()> {
         let t = Instant::now();
         let status = npx(&[]).args(vitest_args(&report.to_string_lossy(), &args.files)).env("CG_EXPECT_AUTO_MODE", &expect).status()?;
         let r = read_report(&report)?;
+        let kernel = output(std::process::Command::new("uname").arg("-r"))?.trim().to_string();
         outcomes.push(Outcome {
             place: "host".into(),
-            kernel: output(std::process::Command::new("uname").arg("-r"))?.trim().to_string(),
+            kernel: kernel.clone(),
             mode: format!("auto→{expect}"),
             passed: r.passed,
             failed: if status.success() { r.failed } else { r.failed.max(1) },
@@ -286,6 +295,33 @@ pub fn test(args: &TestArgs) -> Result<()> {
             secs: t.elapsed().as_secs_f64(),
             failures: r.failures,
         });
+        let legacy: Vec<String> = if args.files.is_empty() {
+            LEGACY_HOST_FILES.iter().map(|f| f.to_string()).collect()
+        } else {
+            args.files.iter().filter(|f| LEGACY_HOST_FILES.iter().any(|l| f.ends_with(l))).cloned().collect()
+        };
+        if !legacy.is_empty() {
+            step("TypeScript tests against the host kernel with the legacy eBPF object (CHROOT_GUARD_OBJECT=legacy)");
+            let report = results.join("host-legacy.json");
+            let _ = fs::remove_file(&report);
+            let t = Instant::now();
+            let status = npx(&[])
+                .args(vitest_args(&report.to_string_lossy(), &legacy))
+                .env("CG_EXPECT_AUTO_MODE", &expect)
+                .env("CHROOT_GUARD_OBJECT", "legacy")
+                .status()?;
+            let r = read_report(&report)?;
+            outcomes.push(Outcome {
+                place: "host".into(),
+                kernel,
+                mode: format!("auto→{expect}, legacy object"),
+                passed: r.passed,
+                failed: if status.success() { r.failed } else { r.failed.max(1) },
+                skipped: r.skipped,
+                secs: t.elapsed().as_secs_f64(),
+                failures: r.failures,
+            });
+        }
     }
     let kernels: Vec<vm::KernelSpec> = match (args.host_only, args.vm_kernels.is_empty()) {
         (true, _) => Vec::new(),

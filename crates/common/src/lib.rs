@@ -50,6 +50,12 @@ pub const COMM_LEN: usize = 16;
 /// multiple of the page size, as `BPF_MAP_TYPE_RINGBUF` requires).
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 
+/// Threads the legacy object (kernels before 5.12, watch only) keeps a
+/// call in flight for at once: its per-thread state is a preallocated hash
+/// map of about 20 KiB a thread, 5 MiB in all. A call beyond it is counted
+/// as a `PendingFull` loss.
+pub const LEGACY_THREADS_MAX: u32 = 256;
+
 /// Size of the per-CPU scratch buffer the path walk writes backwards into:
 /// room for [`RESOLVED_MAX`] plus one more maximal name, so a masked offset
 /// and a masked length always stay inside the map value (the verifier checks

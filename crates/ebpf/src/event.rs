@@ -12,8 +12,10 @@ use chroot_guard_common::{
 
 use crate::{
     kernel::{self, CallerCache, Error, Scratch},
-    CG_COUNTERS, CG_EVENTS, CG_CALLER_CACHE, CG_PENDING, CG_WAKEUP, FILTER,
+    CG_COUNTERS, CG_EVENTS, CG_PENDING, CG_WAKEUP, FILTER,
 };
+#[cfg(not(feature = "legacy"))]
+use crate::CG_CALLER_CACHE;
 
 /// Least time between two wakeups of the reader for a caught-up ring
 /// (50 µs: at most 20,000 wakeups a second).
@@ -247,11 +249,14 @@ pub fn fill_identity(
 /// when the kernel could not allocate it or found the storage busy. One
 /// try in every program type: unlike the call's own state, the cache is
 /// optional (without it the call reads and walks everything), so a busy
-/// storage is not waited out.
+/// storage is not waited out. Always `None` in the legacy object.
 #[inline(always)]
 pub fn caller_cache() -> Option<&'static mut CallerCache> {
+    #[cfg(feature = "legacy")]
+    return None;
     // SAFETY: this thread's value, touched by one of its programs at a time.
-    CG_CALLER_CACHE.current(true).map(|c| unsafe { &mut *c })
+    #[cfg(not(feature = "legacy"))]
+    return CG_CALLER_CACHE.current(true).map(|c| unsafe { &mut *c });
 }
 
 /// Adds who ran the call, once the paths before them are final: the
@@ -362,5 +367,6 @@ pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
         count(Counter::RingBufFull);
     }
     ev.kind = 0;
+    CG_PENDING.release();
     Ok(())
 }

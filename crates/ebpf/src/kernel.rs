@@ -19,7 +19,9 @@ use chroot_guard_common::{
     exe_flags, flags, ChrootEvent, COMM_LEN, EXE_CACHE_BYTES, EXE_MAX, MAX_PATH_DEPTH, NAME_MAX, RESOLVED_MAX, SCRATCH_BYTES,
 };
 
-use crate::{task_storage::TaskStorage, CG_SCRATCH, CG_THREAD_SCRATCH};
+use crate::{task_storage::TaskStorage, CG_SCRATCH};
+#[cfg(not(feature = "legacy"))]
+use crate::CG_THREAD_SCRATCH;
 
 /// Which walk buffer a program may use.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,7 @@ pub enum Scratch {
     /// A buffer the program already holds: the BPF LSM program takes its
     /// thread's once (`TaskStorage::current_waiting`), so no later lookup
     /// can fail on a busy task storage and change a decision.
+    #[cfg(not(feature = "legacy"))]
     Held(*mut u8),
 }
 
@@ -42,7 +45,12 @@ impl Scratch {
     pub fn get(self) -> Result<*mut u8, Error> {
         match self {
             Scratch::PerCpu => Ok(CG_SCRATCH.get_ptr_mut(0).ok_or(0)?.cast()),
+            #[cfg(not(feature = "legacy"))]
             Scratch::PerThread => Ok(preemptible_get(&CG_THREAD_SCRATCH, true).ok_or(0)?.cast()),
+            // Not preemptible before 5.11 (see `CG_THREAD_SCRATCH`).
+            #[cfg(feature = "legacy")]
+            Scratch::PerThread => Ok(CG_SCRATCH.get_ptr_mut(0).ok_or(0)?.cast()),
+            #[cfg(not(feature = "legacy"))]
             Scratch::Held(p) => Ok(p),
         }
     }
@@ -61,13 +69,14 @@ macro_rules! off {
 /// where the kernel has `bpf_loop` it waits out a busy task storage
 /// ([`TaskStorage::current_waiting`]), which on 6.1 with full preemption
 /// another thread preempted inside the helper causes; elsewhere one try.
+/// The legacy object's programs are never preempted (`CG_THREAD_SCRATCH`):
+/// one try.
 #[inline(always)]
 pub fn preemptible_get<T>(map: &TaskStorage<T>, create: bool) -> Option<*mut T> {
-    if off!(has_bpf_loop) != 0 {
-        map.current_waiting(create)
-    } else {
-        map.current(create)
-    }
+    #[cfg(feature = "legacy")]
+    return map.current(create);
+    #[cfg(not(feature = "legacy"))]
+    return if off!(has_bpf_loop) != 0 { map.current_waiting(create) } else { map.current(create) };
 }
 
 /// Error type of the programs: the helper's negative errno, or 0 where
@@ -86,10 +95,24 @@ pub fn read<T: Copy>(base: *const u8, offset: usize) -> Result<T, Error> {
 /// a pointer field), so the verifier checks the access against the kernel's
 /// BTF and turns it into a load that reads zero instead of faulting. About
 /// one instruction, against a helper call for [`read`].
+///
+/// In the legacy object (no `bpf_get_current_task_btf()` before 5.11, so
+/// no BTF-typed `current`) this is a [`read`], zero when it fails, as the
+/// verifier's load would read.
+#[cfg(not(feature = "legacy"))]
 #[inline(always)]
 pub fn load<T: Copy>(base: *const u8, offset: usize) -> T {
     // SAFETY: see above; the verifier rejects an access BTF does not allow.
     unsafe { core::ptr::read_volatile(base.wrapping_add(offset).cast::<T>()) }
+}
+
+/// [`load`] in the legacy object: a helper read, zero when it fails.
+#[cfg(feature = "legacy")]
+#[inline(always)]
+pub fn load<T: Copy>(base: *const u8, offset: usize) -> T {
+    // SAFETY: the types read are integers, pointers and byte arrays, for
+    // which all-zero bytes are a value.
+    read::<T>(base, offset).unwrap_or_else(|_| unsafe { core::mem::zeroed() })
 }
 
 /// Reads a pointer at `base + offset`.
@@ -98,11 +121,16 @@ pub fn read_ptr(base: *const u8, offset: usize) -> Result<*const u8, Error> {
     read::<*const u8>(base, offset)
 }
 
-/// `current` as a raw `struct task_struct *`.
+/// `current` as a raw `struct task_struct *`: BTF-typed (so [`load`] is
+/// a plain load), except in the legacy object, where the kernel has only
+/// `bpf_get_current_task()` and its value is a plain number.
 #[inline(always)]
 pub fn current_task() -> *const u8 {
-    // SAFETY: the helper has no preconditions.
-    (unsafe { generated::bpf_get_current_task_btf() }) as *const u8
+    // SAFETY: the helpers have no preconditions.
+    #[cfg(not(feature = "legacy"))]
+    return (unsafe { generated::bpf_get_current_task_btf() }) as *const u8;
+    #[cfg(feature = "legacy")]
+    return (unsafe { generated::bpf_get_current_task() }) as *const u8;
 }
 
 /// `current->comm`, NUL-padded to 16 bytes. The buffer starts as two

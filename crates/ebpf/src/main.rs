@@ -16,6 +16,7 @@ mod event;
 mod fentry;
 mod kernel;
 mod kprobe;
+#[cfg(not(feature = "legacy"))]
 mod lsm;
 mod stacks;
 mod task_storage;
@@ -46,15 +47,19 @@ static CG_WAKEUP: Array<u64, 1> = Array::new();
 /// The call each thread has in flight: an event (about 20 KiB) and what
 /// tracepoint mode keeps from entry to exit, allocated zeroed on the
 /// thread's first chroot and reused for the next, freed when the thread
-/// exits or the programs unload. A value is in flight while its event's
-/// `kind` is set: entry clears the header and sets it, exit clears it.
+/// exits or the programs unload (in the legacy object: created per call,
+/// deleted at exit, see `task_storage`). A value is in flight while its
+/// event's `kind` is set: entry clears the header and sets it, exit clears
+/// it.
 #[btf_map]
 static CG_PENDING: TaskStorage<event::Pending> = TaskStorage::new();
 
 /// What each thread keeps between its calls (`kernel::CallerCache`, about
 /// 1.1 KiB: its pid namespace ids and the last walks of its own and its
 /// parent's executable path), allocated on its first chroot and kept like
-/// `CG_PENDING`.
+/// `CG_PENDING`. Not in the legacy object, whose calls read and walk
+/// everything each time.
+#[cfg(not(feature = "legacy"))]
 #[btf_map]
 static CG_CALLER_CACHE: TaskStorage<kernel::CallerCache> = TaskStorage::new();
 
@@ -66,7 +71,11 @@ pub(crate) static CG_SCRATCH: PerCpuArray<[u8; SCRATCH_BYTES], 1> = PerCpuArray:
 /// Per-thread walk buffers for programs that can be preempted (fentry/fexit
 /// and LSM run under `migrate_disable()` only, so on a preemptible kernel a
 /// second chroot on the same CPU could share a per-CPU buffer). Allocated
-/// on the thread's first walk and kept, like `CG_PENDING`.
+/// on the thread's first walk and kept, like `CG_PENDING`. Not in the
+/// legacy object: before 5.11, `migrate_disable()` is `preempt_disable()`
+/// outside PREEMPT_RT, so fentry/fexit programs are not preemptible there
+/// and use `CG_SCRATCH`.
+#[cfg(not(feature = "legacy"))]
 #[btf_map]
 pub(crate) static CG_THREAD_SCRATCH: TaskStorage<[u8; SCRATCH_BYTES]> = TaskStorage::new();
 

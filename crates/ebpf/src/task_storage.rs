@@ -10,18 +10,29 @@
 //! host, `bench/README.md`), while task storage is allocated zeroed once per
 //! thread and then only looked up. The price is memory that lives as long as
 //! the thread: see [`TaskStorage`].
+//!
+//! The legacy object (feature `legacy`, for kernels before 5.12 that have
+//! no task storage for tracing programs) builds the same interface on that
+//! hash map instead: see the `legacy` module below.
 
+#[cfg(feature = "legacy")]
+pub use legacy::TaskStorage;
+
+#[cfg(not(feature = "legacy"))]
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE},
     helpers::generated,
 };
 
+#[cfg(not(feature = "legacy"))]
 /// How long [`TaskStorage::current_waiting`] keeps trying (ns): far above a
 /// scheduler time slice, so the preempted holder of the busy mark has run.
 const BUSY_WAIT_NS: u64 = 50_000_000;
+#[cfg(not(feature = "legacy"))]
 /// Upper bound on its tries (`bpf_loop`'s own limit is 1 << 23).
 const BUSY_WAIT_TRIES: u32 = 1 << 22;
 
+#[cfg(not(feature = "legacy"))]
 /// A task storage map holding one `T` per thread. Needs 5.11+ (task storage
 /// for tracing programs, `bpf_get_current_task_btf`); the kernel requires
 /// `BPF_F_NO_PREALLOC`, `max_entries` 0 and an `int` key, and charges each
@@ -37,8 +48,10 @@ pub struct TaskStorage<T> {
 
 // SAFETY: the fields are placeholders the loader replaces with a map fd;
 // nothing dereferences them.
+#[cfg(not(feature = "legacy"))]
 unsafe impl<T> Sync for TaskStorage<T> {}
 
+#[cfg(not(feature = "legacy"))]
 impl<T> TaskStorage<T> {
     /// The placeholder definition the loader fills in.
     pub const fn new() -> Self {
@@ -88,8 +101,14 @@ impl<T> TaskStorage<T> {
         }
         (!w.got.is_null()).then_some(w.got)
     }
+
+    /// The thread's call is over: nothing to do, the value stays for the
+    /// thread's next call (the legacy object deletes its entry here).
+    #[inline(always)]
+    pub fn release(&self) {}
 }
 
+#[cfg(not(feature = "legacy"))]
 #[inline(always)]
 fn get<T>(map: *const TaskStorage<T>, create: bool) -> Option<*mut T> {
     let flags = if create { u64::from(BPF_LOCAL_STORAGE_GET_F_CREATE) } else { 0 };
@@ -102,6 +121,7 @@ fn get<T>(map: *const TaskStorage<T>, create: bool) -> Option<*mut T> {
 }
 
 /// State of [`TaskStorage::current_waiting`]'s loop.
+#[cfg(not(feature = "legacy"))]
 struct Wait<T> {
     map: *const TaskStorage<T>,
     create: bool,
@@ -110,6 +130,7 @@ struct Wait<T> {
 }
 
 /// One try: 1 (stop) once the value is had or the time is up.
+#[cfg(not(feature = "legacy"))]
 #[inline(never)]
 extern "C" fn wait_cb<T>(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the `Wait` on the caller's stack.
@@ -120,4 +141,96 @@ extern "C" fn wait_cb<T>(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     }
     // SAFETY: a helper without preconditions.
     i64::from(unsafe { generated::bpf_ktime_get_ns() } >= w.deadline)
+}
+
+/// The legacy object's per-thread state, for 5.8 to 5.11 kernels: a
+/// preallocated `BPF_MAP_TYPE_HASH` keyed by thread id (the kernel's pid),
+/// at most [`LEGACY_THREADS_MAX`] threads with a value at once.
+///
+/// A value is created by copying [`ZERO_BYTES`] zeroes in (about a
+/// microsecond for an event) and deleted by [`TaskStorage::release`] when
+/// the call is over, so the map holds only calls in flight. Preallocated:
+/// 5.10 warns (`WARN_ONCE`, a stack trace in the kernel log) when a
+/// tracing program uses a hash map that allocates at run time. An exit the
+/// programs never see (a kretprobe miss, itself counted) leaves its entry
+/// until the thread's next chroot reuses it; a full map makes the next new
+/// call a `PendingFull` loss, counted like every other.
+#[cfg(feature = "legacy")]
+mod legacy {
+    use aya_ebpf::{
+        bindings::{bpf_map_type::BPF_MAP_TYPE_HASH, BPF_NOEXIST},
+        btf_maps::Array,
+        helpers::{bpf_get_current_pid_tgid, generated},
+        macros::btf_map,
+    };
+    pub use chroot_guard_common::LEGACY_THREADS_MAX;
+
+    /// Bytes of zeroes new values are copied from: the largest value kept
+    /// per thread in the legacy object (`event::Pending`).
+    pub const ZERO_BYTES: usize = core::mem::size_of::<crate::event::Pending>();
+
+    /// Never written: array maps start zeroed.
+    #[btf_map]
+    static CG_ZERO: Array<[u8; ZERO_BYTES], 1> = Array::new();
+
+    /// A hash map holding one `T` per thread id (the BTF definition
+    /// `btf_map_def!` would write).
+    #[repr(C)]
+    pub struct TaskStorage<T> {
+        r#type: *const [i32; BPF_MAP_TYPE_HASH as usize],
+        key: *const u32,
+        value: *const T,
+        max_entries: *const [i32; LEGACY_THREADS_MAX as usize],
+    }
+
+    // SAFETY: placeholders the loader replaces with a map fd.
+    unsafe impl<T> Sync for TaskStorage<T> {}
+
+    impl<T> TaskStorage<T> {
+        /// The placeholder definition the loader fills in.
+        pub const fn new() -> Self {
+            TaskStorage {
+                r#type: core::ptr::null(),
+                key: core::ptr::null(),
+                value: core::ptr::null(),
+                max_entries: core::ptr::null(),
+            }
+        }
+
+        /// The current thread's value, created zeroed if `create` and
+        /// absent. `None` when absent (and not created) or the map is full.
+        #[inline(always)]
+        pub fn current(&self, create: bool) -> Option<*mut T> {
+            const { assert!(core::mem::size_of::<T>() <= ZERO_BYTES) };
+            let map = core::ptr::from_ref(self).cast_mut().cast();
+            let tid = bpf_get_current_pid_tgid() as u32;
+            // SAFETY: the map is this definition, the key a u32 on the stack.
+            let p = unsafe { generated::bpf_map_lookup_elem(map, (&raw const tid).cast()) };
+            if !p.is_null() {
+                return Some(p.cast());
+            }
+            if !create {
+                return None;
+            }
+            let zero = CG_ZERO.get_ptr(0)?;
+            // SAFETY: `zero` holds ZERO_BYTES >= size_of::<T>() bytes.
+            unsafe {
+                if generated::bpf_map_update_elem(map, (&raw const tid).cast(), zero.cast(), u64::from(BPF_NOEXIST)) != 0 {
+                    return None;
+                }
+                let p = generated::bpf_map_lookup_elem(map, (&raw const tid).cast());
+                (!p.is_null()).then_some(p.cast())
+            }
+        }
+
+        /// The thread's call is over: its entry is deleted, so the map
+        /// holds calls in flight only.
+        #[inline(always)]
+        pub fn release(&self) {
+            let map = core::ptr::from_ref(self).cast_mut().cast();
+            let tid = bpf_get_current_pid_tgid() as u32;
+            // SAFETY: as in `current`.
+            unsafe { generated::bpf_map_delete_elem(map, (&raw const tid).cast()) };
+        }
+    }
 }

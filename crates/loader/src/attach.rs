@@ -21,7 +21,7 @@ use crate::{
     features::{self, Need},
     kretprobe::{self, Kretprobes},
     memory::{self, Memory, Outcome},
-    object::EBPF_OBJECT,
+    object::Object,
     sys,
 };
 
@@ -142,6 +142,12 @@ pub fn check_ring_buffer_bytes(bytes: u64) -> Result<u32, Error> {
     }
 }
 
+/// The environment variable that picks the object: `auto` (the default:
+/// the full object where the kernel has what it needs, else the legacy
+/// one), `full`, or `legacy`, which runs the legacy object on a kernel
+/// that could run the full one (how the tests cover it on every kernel).
+pub const OBJECT_ENV: &str = "CHROOT_GUARD_OBJECT";
+
 /// Everything a mode attempt needs from the running kernel.
 pub struct KernelContext {
     /// Field offsets from BTF.
@@ -152,6 +158,12 @@ pub struct KernelContext {
     /// Kernel BTF as parsed for offsets (also answers "is this function in
     /// BTF").
     pub btf: btf_rs::Btf,
+    /// The object this kernel gets: [`Object::Legacy`] where it lacks a
+    /// feature of [`Need::FullObject`].
+    pub object: Object,
+    /// Why the legacy object (the missing features, as
+    /// [`features::describe`] says it), or `None` for the full one.
+    pub legacy_reason: Option<String>,
 }
 
 impl KernelContext {
@@ -164,9 +176,9 @@ impl KernelContext {
         self.aya_btf.get_or_init(|| aya::Btf::from_sys_fs().ok()).as_ref()
     }
 
-    /// Creates the object's maps (programs load later, one by one) with
-    /// this kernel's offsets and `filter` as frozen globals, and a
-    /// `ring_buffer_bytes` ring buffer.
+    /// Creates the maps of [`KernelContext::object`] (programs load later,
+    /// one by one) with this kernel's offsets and `filter` as frozen
+    /// globals, and a `ring_buffer_bytes` ring buffer.
     ///
     /// # Errors
     /// [`Error::Maps`].
@@ -183,11 +195,13 @@ impl KernelContext {
             .override_global("OFFSETS", &self.offsets, true)
             .override_global("FILTER", filter, true)
             .map_max_entries("CG_EVENTS", ring_buffer_bytes)
-            .load(EBPF_OBJECT)?)
+            .load(self.object.bytes())?)
     }
 
-    /// Checks privileges, mounts tracefs/bpffs, reads BTF and checks that
-    /// it shows every feature the object needs ([`features::FEATURES`]).
+    /// Checks privileges, mounts tracefs/bpffs, reads BTF, checks that it
+    /// shows every feature both objects need ([`features::FEATURES`],
+    /// [`Need::Object`]) and picks the object: the legacy one where a
+    /// feature of [`Need::FullObject`] is missing.
     ///
     /// # Errors
     /// [`Error::Privileges`], [`Error::Mount`], [`Error::NoBtf`],
@@ -200,8 +214,18 @@ impl KernelContext {
         if !missing.is_empty() {
             return Err(Error::MissingFeature { reason: features::describe(&missing) });
         }
+        let missing = features::missing(&btf, Need::FullObject);
+        let (object, legacy_reason) = match (std::env::var(OBJECT_ENV).as_deref(), missing.is_empty()) {
+            (Err(_) | Ok("auto"), true) | (Ok("full"), true) => (Object::Full, None),
+            (Err(_) | Ok("auto") | Ok("legacy"), false) => (Object::Legacy, Some(features::describe(&missing))),
+            (Ok("legacy"), true) => (Object::Legacy, Some(format!("{OBJECT_ENV}=legacy"))),
+            (Ok("full"), false) => return Err(Error::MissingFeature { reason: features::describe(&missing) }),
+            (Ok(other), _) => {
+                return Err(Error::InvalidArgument(format!("{OBJECT_ENV}={other:?}: expected auto, full or legacy")))
+            }
+        };
         let offsets = btf::kernel_offsets(&btf)?;
-        Ok(KernelContext { offsets, aya_btf: OnceLock::new(), btf })
+        Ok(KernelContext { offsets, aya_btf: OnceLock::new(), btf, object, legacy_reason })
     }
 }
 
@@ -677,12 +701,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_object_has_no_core_relocations_so_loads_need_no_target_btf() {
-        let object = aya_obj::Object::parse(EBPF_OBJECT).expect("the built object parses");
-        assert!(
-            !object.has_btf_relocations(),
-            "the object has CO-RE relocations: load_object must pass the kernel's BTF again"
-        );
+    fn the_objects_have_no_core_relocations_so_loads_need_no_target_btf() {
+        for o in [Object::Full, Object::Legacy] {
+            let object = aya_obj::Object::parse(o.bytes()).expect("the built object parses");
+            assert!(
+                !object.has_btf_relocations(),
+                "the {} object has CO-RE relocations: load_object must pass the kernel's BTF again",
+                o.name()
+            );
+        }
     }
 
     #[test]

@@ -14,9 +14,13 @@ use crate::btf::offset_of;
 /// What needs a feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Need {
-    /// Every program of the object (watch in every mode, the guard, `ps`,
-    /// doctor's checks): the object's maps are created together.
+    /// Every program of both objects (watch in every mode, the guard,
+    /// `ps`, doctor's checks): the object's maps are created together.
     Object,
+    /// The full object ([`crate::object::Object::Full`]); without it,
+    /// watch, `ps` and doctor's checks use the legacy object, and the
+    /// guard cannot run.
+    FullObject,
     /// The guard's policy program (`lsm/path_chroot`).
     Guard,
 }
@@ -26,6 +30,7 @@ impl Need {
     pub fn name(self) -> &'static str {
         match self {
             Need::Object => "every mode",
+            Need::FullObject => "the guard (watch uses the legacy object without it)",
             Need::Guard => "the guard",
         }
     }
@@ -76,7 +81,7 @@ pub const FEATURES: &[Feature] = &[
     Feature {
         name: "bpf_get_current_task_btf()",
         since: (5, 11),
-        need: Need::Object,
+        need: Need::FullObject,
         mark: Mark::EnumMember { r#enum: "bpf_func_id", member: "BPF_FUNC_get_current_task_btf" },
     },
     // 5.11 had task storage for BPF LSM programs only, in the LSM blob;
@@ -85,7 +90,7 @@ pub const FEATURES: &[Feature] = &[
     Feature {
         name: "task storage in tracing programs (BPF_MAP_TYPE_TASK_STORAGE)",
         since: (5, 12),
-        need: Need::Object,
+        need: Need::FullObject,
         mark: Mark::Field { r#struct: "task_struct", field: "bpf_storage" },
     },
     Feature {
@@ -118,7 +123,8 @@ pub struct FeatureFact {
     pub name: String,
     /// [`Feature::since`] as `"5.12"`.
     pub since: String,
-    /// [`Need::name`]: `every mode` or `the guard`.
+    /// [`Need::name`]: `every mode`, `the guard (watch uses the legacy
+    /// object without it)` or `the guard`.
     pub needed_by: String,
     /// Whether the kernel's BTF shows it.
     pub present: bool,
@@ -142,6 +148,15 @@ pub fn missing(btf: &Btf, need: Need) -> Vec<&'static Feature> {
     FEATURES.iter().filter(|f| f.need == need && !present(btf, f)).collect()
 }
 
+/// The features the guard relies on that `btf` does not show, oldest
+/// first: the full object's and the policy program's.
+pub fn missing_for_guard(btf: &Btf) -> Vec<&'static Feature> {
+    FEATURES
+        .iter()
+        .filter(|f| matches!(f.need, Need::FullObject | Need::Guard) && !present(btf, f))
+        .collect()
+}
+
 /// The sentence an error gives for `missing` (not empty).
 pub fn describe(missing: &[&Feature]) -> String {
     let list = missing.iter().map(|f| format!("{} (Linux {}.{})", f.name, f.since.0, f.since.1)).collect::<Vec<_>>().join(", ");
@@ -155,7 +170,7 @@ mod tests {
 
     #[test]
     fn describe_names_each_feature_and_the_newest_release() {
-        let m: Vec<&Feature> = FEATURES.iter().filter(|f| f.need == Need::Object).collect();
+        let m: Vec<&Feature> = FEATURES.iter().filter(|f| f.need == Need::FullObject).collect();
         let s = describe(&m);
         assert!(s.contains("task storage in tracing programs (BPF_MAP_TYPE_TASK_STORAGE) (Linux 5.12)"), "{s}");
         assert!(s.contains("run Linux 5.12 or later"), "{s}");

@@ -25,7 +25,8 @@ use chroot_guard_common::{
 use crate::{
     attach::{classify_lsm, KernelContext},
     error::Error,
-    features::{self, Need},
+    features,
+    object::Object,
     pin,
     policy::{compile, Policy, PolicyContext, PolicyMaps, Slots, POLICY_MAPS},
     reader::{self, Counters, Reader, ReaderConfig, Sink},
@@ -67,9 +68,15 @@ impl Guard {
     pub fn open<S: Sink>(policy: &Policy, ring_buffer_bytes: u32, sink: S) -> Result<Guard, Error> {
         let compiled = compile(policy)?;
         let kernel = KernelContext::probe()?;
-        let missing = features::missing(&kernel.btf, Need::Guard);
+        let missing = features::missing_for_guard(&kernel.btf);
         if !missing.is_empty() {
             return Err(Error::LsmUnavailable { code: "MISSING_FEATURE", reason: features::describe(&missing) });
+        }
+        if let Some(why) = kernel.legacy_reason.as_ref().filter(|_| kernel.object == Object::Legacy) {
+            return Err(Error::LsmUnavailable {
+                code: "MISSING_FEATURE",
+                reason: format!("the guard's program is not in the legacy object, which runs here ({why})"),
+            });
         }
         let mut ebpf = kernel.load_object(&Filter::default(), ring_buffer_bytes)?;
         let mut slots = Slots::default();
