@@ -193,11 +193,13 @@ describe.runIf(!IN_VM)('the tarballs', () => {
       expect(node.readUInt16LE(18), name).toBe(machine);
       const meta = JSON.parse(execFileSync('tar', ['xzOf', tgz, 'package/package.json'], { encoding: 'utf8' })) as { cpu: string[]; os: string[] };
       expect(meta).toMatchObject({ cpu: [arch], os: ['linux'] });
-      // The addon carries the SHA-256 of the object it embeds
-      // (crates/loader/build.rs): the one built for its architecture, in
-      // which aya-ebpf reads kprobe pt_regs at that architecture's offsets.
-      const object = readFileSync(fileURLToPath(new URL(`../target/ebpf/${targetArch}/bpfel-unknown-none/release/chroot-guard-ebpf`, import.meta.url)));
-      expect(node.includes(sha256(object)), `${name} embeds target/ebpf/${targetArch}'s object`).toBe(true);
+      // The addon carries the SHA-256 of the objects it embeds, the object
+      // then the legacy object (crates/loader/build.rs): the ones built for
+      // its architecture, in which aya-ebpf reads kprobe pt_regs at that
+      // architecture's offsets.
+      const object = (dir: string) => readFileSync(fileURLToPath(new URL(`../target/ebpf/${dir}/bpfel-unknown-none/release/chroot-guard-ebpf`, import.meta.url)));
+      const both = Buffer.concat([object(targetArch), object(`${targetArch}-legacy`)]);
+      expect(node.includes(sha256(both)), `${name} embeds target/ebpf/${targetArch}'s objects`).toBe(true);
     }
   });
 
