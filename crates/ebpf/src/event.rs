@@ -324,7 +324,7 @@ pub fn resolve(kind: Scratch, path: *const u8) -> Result<(), Error> {
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
     let task = kernel::current_task();
     if let Ok(root) = kernel::fs_root(task) {
-        ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), kernel::fs_pwd(task));
+        ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), task);
     }
     kernel::resolve_into(kind, ev, vfsmnt, dentry).map(|_| ())
 }
@@ -356,7 +356,7 @@ pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
         let task = kernel::current_task();
         if let Ok(new_root) = kernel::fs_root(task) {
             if ev.flags & flags::ROOTS_COMPARED == 0 && !old_root.0.is_null() {
-                ev.flags |= kernel::root_facts(old_root, new_root, kernel::fs_pwd(task));
+                ev.flags |= kernel::root_facts(old_root, new_root, task);
             }
             // A failed walk leaves the path absent; the event still goes out.
             let _ = kernel::resolve_into(kind, ev, new_root.0, new_root.1);

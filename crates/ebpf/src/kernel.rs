@@ -767,8 +767,15 @@ pub fn is_below(
 ) -> Result<Option<bool>, Error> {
     let root_mount = root_mnt.wrapping_sub(off!(mount_mnt));
     let mut mount = vfsmnt.wrapping_sub(off!(mount_mnt));
-    let mut m = MountWindow { parent: core::ptr::null(), mountpoint: core::ptr::null(), root: core::ptr::null() };
-    let mut entered = true;
+    if mount == root_mount && dentry == root_dentry {
+        return Ok(Some(true));
+    }
+    // The first mount's window is read before the loop: an initial value
+    // the first iteration would overwrite is one LLVM may leave in a stack
+    // slot never written, and 5.10's verifier refuses to read such a slot
+    // ("invalid read from stack").
+    let mut m = read::<MountWindow>(mount, off!(mount_parent))?;
+    let mut entered = false;
     let mut dentry = dentry;
     for _ in 0..MAX_PATH_DEPTH {
         if mount == root_mount && dentry == root_dentry {
@@ -800,42 +807,58 @@ pub fn is_below(
     Ok(None)
 }
 
-/// One side of [`root_facts`]: `yes` when walking up from `(vfsmnt,
-/// dentry)` does not pass `root`, 0 when it does, `unknown` when
-/// [`is_below`] could not tell (its bound, or a failed read).
-#[inline(always)]
-fn outside_bits(root: (*const u8, *const u8), vfsmnt: *const u8, dentry: *const u8, yes: u32, unknown: u32) -> u32 {
-    match is_below(root.0, root.1, vfsmnt, dentry) {
+/// [`is_below`] as one number: 0 at or below, 1 not below, 2 unknown.
+/// The legacy object calls it as a BPF subprogram. Inlined, LLVM reloads
+/// the walk's spilled values where its paths join, also on the paths that
+/// never stored them (a failed read), and 5.8 to 5.11's verifiers refuse
+/// any read of a stack slot not written on the path ("invalid read from
+/// stack"); a subprogram's spills stay in its own frame.
+#[cfg_attr(feature = "legacy", inline(never))]
+#[cfg_attr(not(feature = "legacy"), inline(always))]
+fn below_code(root_mnt: *const u8, root_dentry: *const u8, vfsmnt: *const u8, dentry: *const u8) -> u32 {
+    match is_below(root_mnt, root_dentry, vfsmnt, dentry) {
         Ok(Some(true)) => 0,
-        Ok(Some(false)) => yes,
-        _ => unknown,
+        Ok(Some(false)) => 1,
+        _ => 2,
     }
 }
 
-/// The escape facts of a chroot to `new_root` by a caller whose root was
-/// `old_root` and whose cwd is `pwd` (all `(vfsmount, dentry)`), as event
-/// [`flags`]: [`flags::ROOTS_COMPARED`], then [`flags::ESCAPES_ROOT`] when
-/// the new root is not at or below the old one and
-/// [`flags::CWD_OUTSIDE_ROOT`] when the cwd is not at or below the new
-/// root, each replaced by its `_UNKNOWN` bit when [`is_below`] could not
-/// tell (`pwd` an `Err`: the cwd's unknown). Two bounded walks up from the
-/// new root and from the cwd: a few helper reads for the usual shallow
-/// paths, at most 2 × [`MAX_PATH_DEPTH`] steps.
+/// [`below_code`] of `task`'s working directory (`task->fs->pwd`) under
+/// `(root_mnt, root_dentry)`; 2 (unknown) when it cannot be read. A BPF
+/// subprogram in the legacy object, as [`below_code`]: the cwd's read,
+/// inlined, left its result in stack slots only the successful path
+/// wrote.
+#[cfg_attr(feature = "legacy", inline(never))]
+#[cfg_attr(not(feature = "legacy"), inline(always))]
+fn cwd_below_code(root_mnt: *const u8, root_dentry: *const u8, task: *const u8) -> u32 {
+    match fs_pwd(task) {
+        Ok((mnt, dentry)) => below_code(root_mnt, root_dentry, mnt, dentry),
+        Err(_) => 2,
+    }
+}
+
+/// The escape facts of a chroot to `new_root` by `task`, whose root was
+/// `old_root` (both `(vfsmount, dentry)`), as event [`flags`]:
+/// [`flags::ROOTS_COMPARED`], then [`flags::ESCAPES_ROOT`] when the new
+/// root is not at or below the old one and [`flags::CWD_OUTSIDE_ROOT`]
+/// when the task's cwd (`task->fs->pwd`) is not at or below the new root,
+/// each replaced by its `_UNKNOWN` bit when [`is_below`] could not tell
+/// (or the cwd could not be read). Two bounded walks up from the new root
+/// and from the cwd: a few helper reads for the usual shallow paths, at
+/// most 2 × [`MAX_PATH_DEPTH`] steps.
 #[inline(always)]
-pub fn root_facts(
-    old_root: (*const u8, *const u8),
-    new_root: (*const u8, *const u8),
-    pwd: Result<(*const u8, *const u8), Error>,
-) -> u32 {
-    let mut bits = flags::ROOTS_COMPARED
-        | outside_bits(old_root, new_root.0, new_root.1, flags::ESCAPES_ROOT, flags::ESCAPES_ROOT_UNKNOWN);
-    bits |= match pwd {
-        Ok((mnt, dentry)) => {
-            outside_bits(new_root, mnt, dentry, flags::CWD_OUTSIDE_ROOT, flags::CWD_OUTSIDE_ROOT_UNKNOWN)
-        }
-        Err(_) => flags::CWD_OUTSIDE_ROOT_UNKNOWN,
+pub fn root_facts(old_root: (*const u8, *const u8), new_root: (*const u8, *const u8), task: *const u8) -> u32 {
+    let escapes = match below_code(old_root.0, old_root.1, new_root.0, new_root.1) {
+        0 => 0,
+        1 => flags::ESCAPES_ROOT,
+        _ => flags::ESCAPES_ROOT_UNKNOWN,
     };
-    bits
+    let cwd = match cwd_below_code(new_root.0, new_root.1, task) {
+        0 => 0,
+        1 => flags::CWD_OUTSIDE_ROOT,
+        _ => flags::CWD_OUTSIDE_ROOT_UNKNOWN,
+    };
+    flags::ROOTS_COMPARED | escapes | cwd
 }
 
 /// `task->cred->uid`: the real uid, as the initial user namespace sees it.

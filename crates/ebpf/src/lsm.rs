@@ -436,7 +436,7 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
     // The escape facts: the hook's path against the caller's root and cwd,
     // which the call changes only after this hook allows it.
-    ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), kernel::fs_pwd(task));
+    ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), task);
     let w = kernel::resolve_into(scratch, ev, vfsmnt, dentry)?;
     let path_known = w.complete;
     let (exact, subtree) = path_masks(held.cast_const(), slot, header.seed, w);
