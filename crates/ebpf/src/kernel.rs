@@ -316,55 +316,148 @@ impl Walk {
 /// re-read (volatile) each step, so the verifier sees one bounded unknown
 /// instead of a different exact value per path, and the states of the
 /// "cross a mount" and "go up a dentry" branches prune each other. Without
-/// this the walk explodes past the 1M instruction limit.
+/// this the walk explodes past the 1M instruction limit. Where the kernel
+/// has `bpf_loop` the steps run in it ([`steps`]).
 #[inline(always)]
 pub fn walk(kind: Scratch, ns_root: *const u8, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
-    const POS_MASK: u32 = 2 * RESOLVED_MAX as u32 - 1;
     let scratch = kind.get()?;
-    // SAFETY: SCRATCH_BYTES - 8 is inside the value and 4-byte aligned; the
-    // path bytes never reach it (they end at RESOLVED_MAX + NAME_MAX).
-    let pos_slot = unsafe { scratch.add(SCRATCH_BYTES - 8) }.cast::<u32>();
-    let load_pos = || unsafe { core::ptr::read_volatile(pos_slot) } & POS_MASK;
-    let store_pos = |p: u32| unsafe { core::ptr::write_volatile(pos_slot, p) };
-    // SAFETY: the 4 bytes after `pos_slot`, also inside the value.
-    let len_slot = unsafe { pos_slot.add(1) };
-    let load_len = || unsafe { core::ptr::read_volatile(len_slot) };
-    let store_len = |l: u32| unsafe { core::ptr::write_volatile(len_slot, l) };
-    let mut mnt = vfsmnt.wrapping_sub(off!(mount_mnt));
-    let mut m = read::<MountWindow>(mnt, off!(mount_parent))?;
-    let mut dentry = dentry;
+    let mnt = vfsmnt.wrapping_sub(off!(mount_mnt));
+    let mut w = PathWalk {
+        scratch,
+        ns_root,
+        mnt,
+        m: read::<MountWindow>(mnt, off!(mount_parent))?,
+        dentry,
+        complete: false,
+        unreachable: false,
+        failed: None,
+    };
     // The path is built backwards, ending at RESOLVED_MAX; pos stays >= 1.
-    store_pos(RESOLVED_MAX as u32);
-    let mut complete = false;
-    let mut unreachable = false;
+    w.store_pos(RESOLVED_MAX as u32);
+    steps(&mut w);
+    if let Some(e) = w.failed {
+        return Err(e);
+    }
+    let mut pos = w.load_pos();
+    if pos >= RESOLVED_MAX as u32 {
+        // Nothing written: the path is the namespace's root itself.
+        pos = RESOLVED_MAX as u32 - 1;
+        // SAFETY: in bounds, see above.
+        unsafe { *scratch.add((pos & MASK) as usize) = b'/' };
+    }
+    Ok(Walk { scratch, pos: pos & MASK, complete: w.complete, unreachable: w.unreachable })
+}
+
+/// What a walk ([`walk`], [`is_below`]) carries from one step to the next,
+/// on the program's stack, where a `bpf_loop` callback reaches it.
+pub trait Steps {
+    /// One step up: `true` when the walk is over.
+    fn step(&mut self) -> bool;
+}
+
+/// Runs `w`'s steps until one says it is over, at most [`MAX_PATH_DEPTH`]:
+/// in `bpf_loop` (5.17+), whose callback the verifier checks once, where
+/// the bounded loop is checked step by step (about 98,000 instructions
+/// verified for `cg_tp_exit` on 6.18, most of its load time); as a bounded
+/// loop where the kernel has no `bpf_loop` (5.12 to 5.16), and always in
+/// the legacy object (5.10 has no callbacks at all).
+#[inline(always)]
+fn steps<W: Steps>(w: &mut W) {
+    #[cfg(not(feature = "legacy"))]
+    if off!(has_bpf_loop) != 0 {
+        // SAFETY: the callback and its context live for the call.
+        unsafe { generated::bpf_loop(MAX_PATH_DEPTH, step_cb::<W> as *mut core::ffi::c_void, core::ptr::from_mut(w).cast(), 0) };
+        return;
+    }
     for _ in 0..MAX_PATH_DEPTH {
-        if dentry == m.root {
-            if m.parent == mnt {
-                complete = mnt == ns_root;
-                unreachable = !complete;
-                break;
-            }
-            dentry = m.mountpoint;
-            mnt = m.parent;
-            m = read::<MountWindow>(mnt, off!(mount_parent))?;
-            continue;
-        }
-        let d = read::<DentryWindow>(dentry, off!(dentry_parent))?;
-        if d.len > NAME_MAX as u32 {
+        if w.step() {
             break;
+        }
+    }
+}
+
+/// `bpf_loop`'s callback for [`steps`]: 1 (stop) once the walk is over.
+#[cfg(not(feature = "legacy"))]
+#[inline(never)]
+extern "C" fn step_cb<W: Steps>(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: `ctx` is the walk on the caller's stack.
+    i64::from(unsafe { &mut *ctx.cast::<W>() }.step())
+}
+
+/// [`walk`]'s state.
+struct PathWalk {
+    scratch: *mut u8,
+    ns_root: *const u8,
+    /// The `struct mount` the walk is in, and its window.
+    mnt: *const u8,
+    m: MountWindow,
+    dentry: *const u8,
+    complete: bool,
+    unreachable: bool,
+    /// The error of a failed read, which ends the walk.
+    failed: Option<Error>,
+}
+
+impl PathWalk {
+    const POS_MASK: u32 = 2 * RESOLVED_MAX as u32 - 1;
+
+    /// The write position: in the scratch value's last 8 bytes, not in the
+    /// path (which ends at RESOLVED_MAX + NAME_MAX).
+    #[inline(always)]
+    fn pos_slot(&self) -> *mut u32 {
+        // SAFETY: SCRATCH_BYTES - 8 is inside the value and 4-byte aligned.
+        unsafe { self.scratch.add(SCRATCH_BYTES - 8) }.cast::<u32>()
+    }
+    #[inline(always)]
+    fn load_pos(&self) -> u32 {
+        // SAFETY: see `pos_slot`.
+        unsafe { core::ptr::read_volatile(self.pos_slot()) & Self::POS_MASK }
+    }
+    #[inline(always)]
+    fn store_pos(&self, p: u32) {
+        // SAFETY: see `pos_slot`.
+        unsafe { core::ptr::write_volatile(self.pos_slot(), p) }
+    }
+    /// The name's length, in the 4 bytes after the position.
+    #[inline(always)]
+    fn load_len(&self) -> u32 {
+        // SAFETY: see `pos_slot`; the 4 bytes after it, also in the value.
+        unsafe { core::ptr::read_volatile(self.pos_slot().add(1)) }
+    }
+    #[inline(always)]
+    fn store_len(&self, l: u32) {
+        // SAFETY: see `load_len`.
+        unsafe { core::ptr::write_volatile(self.pos_slot().add(1), l) }
+    }
+    #[inline(always)]
+    fn try_step(&mut self) -> Result<bool, Error> {
+        if self.dentry == self.m.root {
+            if self.m.parent == self.mnt {
+                self.complete = self.mnt == self.ns_root;
+                self.unreachable = !self.complete;
+                return Ok(true);
+            }
+            self.dentry = self.m.mountpoint;
+            self.mnt = self.m.parent;
+            self.m = read::<MountWindow>(self.mnt, off!(mount_parent))?;
+            return Ok(false);
+        }
+        let d = read::<DentryWindow>(self.dentry, off!(dentry_parent))?;
+        if d.len > NAME_MAX as u32 {
+            return Ok(true);
         }
         // Through the scratch map again: after the check above LLVM would
         // drop the mask, and the verifier, which may track a different copy
         // of the value, would see an unbounded length.
-        store_len(d.len);
-        let len = load_len() & NAME_MAX as u32;
-        let (parent, name) = (d.parent, d.name);
-        let pos = load_pos();
+        self.store_len(d.len);
+        let len = self.load_len() & NAME_MAX as u32;
+        let pos = self.load_pos();
         if len + 1 >= pos {
-            break;
+            return Ok(true);
         }
         let pos = pos - (len + 1);
-        store_pos(pos);
+        self.store_pos(pos);
+        let scratch = self.scratch;
         // SAFETY: the masks keep both writes inside the SCRATCH_BYTES value.
         unsafe {
             *scratch.add((pos & MASK) as usize) = b'/';
@@ -374,31 +467,34 @@ pub fn walk(kind: Scratch, ns_root: *const u8, vfsmnt: *const u8, dentry: *const
             // ("R2 unbounded memory access"); a fresh masked load has one.
             generated::bpf_probe_read_kernel(
                 scratch.add(((pos + 1) & MASK) as usize).cast(),
-                load_len() & NAME_MAX as u32,
-                name.cast(),
+                self.load_len() & NAME_MAX as u32,
+                d.name.cast(),
             );
         }
-        if parent == dentry {
+        if d.parent == self.dentry {
             // A root dentry below its mount's root: escaped from the mount
             // (the file system's root, named "/", is dropped again), or a
             // pseudo file such as a memfd (its name, `memfd:NAME`, stays).
-            unreachable = true;
+            self.unreachable = true;
             // SAFETY: masked into the scratch value, written just above.
             if len == 1 && unsafe { *scratch.add(((pos + 1) & MASK) as usize) } == b'/' {
-                store_pos(pos + 2);
+                self.store_pos(pos + 2);
             }
-            break;
+            return Ok(true);
         }
-        dentry = parent;
+        self.dentry = d.parent;
+        Ok(false)
     }
-    let mut pos = load_pos();
-    if pos >= RESOLVED_MAX as u32 {
-        // Nothing written: the path is the namespace's root itself.
-        pos = RESOLVED_MAX as u32 - 1;
-        // SAFETY: in bounds, see above.
-        unsafe { *scratch.add((pos & MASK) as usize) = b'/' };
+}
+
+impl Steps for PathWalk {
+    #[inline(always)]
+    fn step(&mut self) -> bool {
+        self.try_step().unwrap_or_else(|e| {
+            self.failed = Some(e);
+            true
+        })
     }
-    Ok(Walk { scratch, pos: pos & MASK, complete, unreachable })
 }
 
 /// [`walk`]s `(vfsmnt, dentry)` and copies the path into `ev.data` after
@@ -766,45 +862,101 @@ pub fn is_below(
     dentry: *const u8,
 ) -> Result<Option<bool>, Error> {
     let root_mount = root_mnt.wrapping_sub(off!(mount_mnt));
-    let mut mount = vfsmnt.wrapping_sub(off!(mount_mnt));
+    let mount = vfsmnt.wrapping_sub(off!(mount_mnt));
     if mount == root_mount && dentry == root_dentry {
         return Ok(Some(true));
     }
-    // The first mount's window is read before the loop: an initial value
-    // the first iteration would overwrite is one LLVM may leave in a stack
+    // The first mount's window is read before the steps: an initial value
+    // the first step would overwrite is one LLVM may leave in a stack
     // slot never written, and 5.10's verifier refuses to read such a slot
     // ("invalid read from stack").
-    let mut m = read::<MountWindow>(mount, off!(mount_parent))?;
-    let mut entered = false;
-    let mut dentry = dentry;
-    for _ in 0..MAX_PATH_DEPTH {
-        if mount == root_mount && dentry == root_dentry {
-            return Ok(Some(true));
+    let mut w = BelowWalk {
+        root_mount,
+        root_dentry,
+        mount,
+        m: read::<MountWindow>(mount, off!(mount_parent))?,
+        entered: false,
+        dentry,
+        answer: ANSWER_UNKNOWN,
+        failed: 0,
+    };
+    steps(&mut w);
+    match w.answer {
+        ANSWER_BELOW => Ok(Some(true)),
+        ANSWER_NOT_BELOW => Ok(Some(false)),
+        ANSWER_FAILED => Err(w.failed),
+        _ => Ok(None),
+    }
+}
+
+const ANSWER_UNKNOWN: u32 = 0;
+const ANSWER_BELOW: u32 = 1;
+const ANSWER_NOT_BELOW: u32 = 2;
+const ANSWER_FAILED: u32 = 3;
+
+/// [`is_below`]'s state.
+struct BelowWalk {
+    root_mount: *const u8,
+    root_dentry: *const u8,
+    /// The `struct mount` the walk is in, and its window (read at the
+    /// step after the walk `entered` it).
+    mount: *const u8,
+    m: MountWindow,
+    entered: bool,
+    dentry: *const u8,
+    /// One of the `ANSWER_` values: unknown until a step finds it.
+    answer: u32,
+    /// With `ANSWER_FAILED`: the failed read's error.
+    failed: Error,
+}
+
+impl BelowWalk {
+    #[inline(always)]
+    fn try_step(&mut self) -> Result<Option<u32>, Error> {
+        if self.mount == self.root_mount && self.dentry == self.root_dentry {
+            return Ok(Some(ANSWER_BELOW));
         }
         // Read here, not where the walk crosses into the mount: a helper
         // call right before the loop's back-edge can leave LLVM a loop
         // whose back-edge is a fallthrough, which 6.1's verifier refuses
         // ("back-edge from insn …").
-        if entered {
-            m = read::<MountWindow>(mount, off!(mount_parent))?;
-            entered = false;
+        if self.entered {
+            self.m = read::<MountWindow>(self.mount, off!(mount_parent))?;
+            self.entered = false;
         }
-        if dentry == m.root {
-            if m.parent == mount {
-                return Ok(Some(false));
+        if self.dentry == self.m.root {
+            if self.m.parent == self.mount {
+                return Ok(Some(ANSWER_NOT_BELOW));
             }
-            dentry = m.mountpoint;
-            mount = m.parent;
-            entered = true;
-            continue;
+            self.dentry = self.m.mountpoint;
+            self.mount = self.m.parent;
+            self.entered = true;
+            return Ok(None);
         }
-        let parent = read_ptr(dentry, off!(dentry_parent))?;
-        if parent == dentry {
-            return Ok(Some(false));
+        let parent = read_ptr(self.dentry, off!(dentry_parent))?;
+        if parent == self.dentry {
+            return Ok(Some(ANSWER_NOT_BELOW));
         }
-        dentry = parent;
+        self.dentry = parent;
+        Ok(None)
     }
-    Ok(None)
+}
+
+impl Steps for BelowWalk {
+    #[inline(always)]
+    fn step(&mut self) -> bool {
+        match self.try_step() {
+            Ok(None) => false,
+            Ok(Some(a)) => {
+                self.answer = a;
+                true
+            }
+            Err(e) => {
+                (self.answer, self.failed) = (ANSWER_FAILED, e);
+                true
+            }
+        }
+    }
 }
 
 /// [`is_below`] as one number: 0 at or below, 1 not below, 2 unknown.
