@@ -518,6 +518,24 @@ pub struct Filter {
     pub comm: [u8; COMM_LEN],
 }
 
+/// Key of `CG_STACK_COUNTS` (`chroot-guard stacks`): a kernel stack id
+/// (`bpf_get_stackid`, `u32::MAX` for a hit without kernel frames) and the
+/// link register at an arm64 kprobe. At a kprobe on a function's first
+/// instruction arm64's frame-pointer unwinder starts from the caller's
+/// frame record, so the stack skips the probed function's caller, whose
+/// return address is still in the link register (`regs[30]`); user space
+/// puts it back after the first frame. 0 everywhere else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    /// The stack id.
+    pub id: u32,
+    /// Explicit padding (always 0).
+    pub _pad: u32,
+    /// The link register at an arm64 kprobe, else 0.
+    pub lr: u64,
+}
+
 /// Bits of [`Filter::flags`].
 pub mod filter_flags {
     /// [`crate::Filter::pid`] applies.
@@ -534,4 +552,5 @@ mod user {
     // explicit padding: every bit pattern is valid and there are no holes.
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::Filter {}
+    unsafe impl aya::Pod for super::StackKey {}
 }

@@ -10,14 +10,15 @@ use aya_ebpf::{
     macros::{btf_map, fentry, kprobe, lsm, tracepoint},
     programs::{tracing::StackIdContext, FEntryContext, LsmContext, ProbeContext, TracePointContext},
 };
+use chroot_guard_common::StackKey;
 
 /// Kernel stacks seen at the hook, by stack id (`bpf_get_stackid`).
 #[btf_map]
 static CG_STACKS: StackTrace<1024> = StackTrace::new();
 
-/// How often each stack id was seen.
+/// How often each stack (id and, at an arm64 kprobe, link register) was seen.
 #[btf_map]
-static CG_STACK_COUNTS: HashMap<u32, u64, 1024> = HashMap::new();
+static CG_STACK_COUNTS: HashMap<StackKey, u64, 1024> = HashMap::new();
 
 /// Key of the hits that got no kernel stack: at syscall tracepoints some
 /// kernels (6.1) hand the program the user-mode registers, and
@@ -25,35 +26,50 @@ static CG_STACK_COUNTS: HashMap<u32, u64, 1024> = HashMap::new();
 const NO_STACK: u32 = u32::MAX;
 
 #[inline(always)]
-fn count_stack<C: StackIdContext>(ctx: &C) {
-    let id = ctx.get_stackid(&CG_STACKS, 0).map_or(NO_STACK, |id| id as u32);
-    match CG_STACK_COUNTS.get_ptr_mut(&id) {
+fn count_stack<C: StackIdContext>(ctx: &C, lr: u64) {
+    let key = StackKey { id: ctx.get_stackid(&CG_STACKS, 0).map_or(NO_STACK, |id| id as u32), _pad: 0, lr };
+    match CG_STACK_COUNTS.get_ptr_mut(&key) {
         // SAFETY: a map value; a lost increment under a race only undercounts.
         Some(n) => unsafe { *n += 1 },
         None => {
-            let _ = CG_STACK_COUNTS.insert(&id, &1, 0);
+            let _ = CG_STACK_COUNTS.insert(&key, &1, 0);
         }
+    }
+}
+
+/// The link register at an arm64 kprobe ([`StackKey::lr`]); 0 on x86-64,
+/// whose `call` pushes the return address where the unwinder finds it.
+#[inline(always)]
+fn kprobe_lr(ctx: &ProbeContext) -> u64 {
+    // SAFETY: a kprobe's context is the probed function's `pt_regs`, which
+    // the verifier lets the program read.
+    #[cfg(bpf_target_arch = "aarch64")]
+    return unsafe { (*ctx.regs).regs[30] };
+    #[cfg(not(bpf_target_arch = "aarch64"))]
+    {
+        let _ = ctx;
+        0
     }
 }
 
 /// Stack counter for tracepoints (`syscalls:sys_enter_chroot`, `sys_exit_chroot`).
 #[tracepoint]
 pub fn cg_stk_tp(ctx: TracePointContext) -> u32 {
-    count_stack(&ctx);
+    count_stack(&ctx, 0);
     0
 }
 
 /// Stack counter for kprobes (any `*chroot*` function).
 #[kprobe]
 pub fn cg_stk_kprobe(ctx: ProbeContext) -> u32 {
-    count_stack(&ctx);
+    count_stack(&ctx, kprobe_lr(&ctx));
     0
 }
 
 /// Stack counter for fentry (any `*chroot*` function).
 #[fentry]
 pub fn cg_stk_fentry(ctx: FEntryContext) -> i32 {
-    count_stack(&ctx);
+    count_stack(&ctx, 0);
     0
 }
 

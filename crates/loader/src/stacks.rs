@@ -18,7 +18,7 @@ use blazesym::{
 };
 use chroot_guard_common::{
     probes::{Mechanism, PointKind, ATTACH_POINTS, TRACEPOINT_CATEGORY},
-    Filter, Mode,
+    Filter, Mode, StackKey,
 };
 
 use crate::{
@@ -157,40 +157,52 @@ impl Stacks {
     /// # Errors
     /// [`Error::Object`] when a map is missing or unreadable.
     pub fn collect(&self) -> Result<Vec<StackCount>, Error> {
-        let mut raw: Vec<(String, u64, Vec<u64>)> = Vec::new();
+        // Per distinct stack: its hook, count, frames and link register.
+        let mut raw: Vec<(String, u64, Vec<u64>, u64)> = Vec::new();
         for hook in &self.hooks {
             let map = |name: &str| {
                 hook.ebpf.map(name).ok_or_else(|| Error::Object(format!("map {name} missing")))
             };
-            let counts: HashMap<&MapData, u32, u64> =
+            let counts: HashMap<&MapData, StackKey, u64> =
                 HashMap::try_from(map("CG_STACK_COUNTS")?).map_err(|e| Error::Object(e.to_string()))?;
             let traces = StackTraceMap::try_from(map("CG_STACKS")?).map_err(|e| Error::Object(e.to_string()))?;
             for entry in counts.iter() {
-                let (id, count) = entry.map_err(|e| Error::Object(e.to_string()))?;
-                if id == u32::MAX {
+                let (key, count) = entry.map_err(|e| Error::Object(e.to_string()))?;
+                if key.id == u32::MAX {
                     // Hits without a kernel stack (see crates/ebpf/src/stacks.rs).
-                    raw.push((hook.name.clone(), count, Vec::new()));
+                    raw.push((hook.name.clone(), count, Vec::new(), 0));
                     continue;
                 }
-                let Ok(trace) = traces.get(&id, 0) else { continue };
-                raw.push((hook.name.clone(), count, trace.frames().iter().map(|f| f.ip).collect()));
+                let Ok(trace) = traces.get(&key.id, 0) else { continue };
+                raw.push((hook.name.clone(), count, trace.frames().iter().map(|f| f.ip).collect(), key.lr));
             }
         }
-        let addrs: Vec<u64> = raw.iter().flat_map(|(_, _, ips)| ips.iter().copied()).collect();
+        // Each stack's frames, then its link register when there is one.
+        let addrs: Vec<u64> =
+            raw.iter().flat_map(|(_, _, ips, lr)| ips.iter().copied().chain((*lr != 0).then_some(*lr))).collect();
         let src = Source::Kernel(Kernel { vmlinux: MaybeDefault::None, debug_syms: false, ..Kernel::default() });
         let symbolizer = Symbolizer::new();
         let symbols = symbolizer.symbolize(&src, Input::AbsAddr(&addrs)).unwrap_or_default();
         let mut symbols = symbols.into_iter();
+        let mut frame = |address: u64| match symbols.next() {
+            Some(Symbolized::Sym(s)) => Frame { address, symbol: Some(s.name.into_owned()), offset: s.offset as u64 },
+            _ => Frame { address, symbol: None, offset: 0 },
+        };
         let mut out: Vec<StackCount> = raw
             .into_iter()
-            .map(|(hook, count, ips)| {
-                let frames = ips
-                    .into_iter()
-                    .map(|address| match symbols.next() {
-                        Some(Symbolized::Sym(s)) => Frame { address, symbol: Some(s.name.into_owned()), offset: s.offset as u64 },
-                        _ => Frame { address, symbol: None, offset: 0 },
-                    })
-                    .collect();
+            .map(|(hook, count, ips, lr)| {
+                let mut frames: Vec<Frame> = ips.into_iter().map(&mut frame).collect();
+                if lr != 0 {
+                    let lr = frame(lr);
+                    // Only at a probe on the function's first instruction
+                    // is the link register the caller the unwinder skipped
+                    // (see `StackKey`).
+                    if frames.first().is_some_and(|f| f.symbol.is_some() && f.offset == 0)
+                        && frames.get(1).is_none_or(|f| f.address != lr.address)
+                    {
+                        frames.insert(1, lr);
+                    }
+                }
                 StackCount { hook, count, frames }
             })
             .collect();
