@@ -27,7 +27,9 @@ const NO_STACK: u32 = u32::MAX;
 
 #[inline(always)]
 fn count_stack<C: StackIdContext>(ctx: &C, lr: u64) {
-    let key = StackKey { id: ctx.get_stackid(&CG_STACKS, 0).map_or(NO_STACK, |id| id as u32), _pad: 0, lr };
+    let id = ctx.get_stackid(&CG_STACKS, 0).map_or(NO_STACK, |id| id as u32);
+    // Hits without a stack count as one, whatever the link register held.
+    let key = StackKey { id, _pad: 0, lr: if id == NO_STACK { 0 } else { lr } };
     match CG_STACK_COUNTS.get_ptr_mut(&key) {
         // SAFETY: a map value; a lost increment under a race only undercounts.
         Some(n) => unsafe { *n += 1 },
@@ -37,8 +39,8 @@ fn count_stack<C: StackIdContext>(ctx: &C, lr: u64) {
     }
 }
 
-/// The link register at an arm64 kprobe ([`StackKey::lr`]); 0 on x86-64,
-/// whose `call` pushes the return address where the unwinder finds it.
+/// The link register at an arm64 kprobe ([`StackKey::lr`]); 0 elsewhere
+/// (x86-64's `call` pushes the return address where the unwinder finds it).
 #[inline(always)]
 fn kprobe_lr(ctx: &ProbeContext) -> u64 {
     // SAFETY: a kprobe's context is the probed function's `pt_regs`, which

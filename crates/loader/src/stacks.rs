@@ -206,6 +206,20 @@ impl Stacks {
                 StackCount { hook, count, frames }
             })
             .collect();
+        // One row per distinct stack: a stack id seen with different link
+        // registers where none was spliced in has the same frames.
+        let mut seen: std::collections::HashMap<(String, Vec<u64>), usize> = std::collections::HashMap::new();
+        out = out.into_iter().fold(Vec::new(), |mut rows, s| {
+            let key = (s.hook.clone(), s.frames.iter().map(|f| f.address).collect());
+            match seen.get(&key) {
+                Some(&i) => rows[i].count += s.count,
+                None => {
+                    seen.insert(key, rows.len());
+                    rows.push(s);
+                }
+            }
+            rows
+        });
         out.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.hook.cmp(&b.hook)));
         Ok(out)
     }
