@@ -27,6 +27,7 @@ const EXPECTED = [
   ['BPF ring buffer', '5.8', 'every mode'],
   ['bpf_get_current_task_btf()', '5.11', FULL],
   ['task storage in tracing programs', '5.12', FULL],
+  ['BPF callbacks', '5.13', FULL],
   ['bpf_loop()', '5.17', 'the guard'],
 ] as const;
 

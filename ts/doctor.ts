@@ -135,7 +135,7 @@ export interface DoctorReport {
      * the full object's; `the guard`, the policy program's). Empty without
      * BTF. A missing `every mode` feature makes every mode fail with
      * `UNSUPPORTED_KERNEL`; without a full-object feature watch, `ps` and
-     * `stacks` run the legacy object (5.8 to 5.11 kernels); a missing
+     * `stacks` run the legacy object (5.8 to 5.12 kernels); a missing
      * feature of either `the guard` kind makes `chrootGuard()` fail with
      * `LSM_UNAVAILABLE`.
      */

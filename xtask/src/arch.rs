@@ -82,7 +82,7 @@ impl Arch {
     }
 
     /// Cargo's target directory for this architecture's eBPF object, or
-    /// for its legacy object (feature `legacy`, kernels 5.8 to 5.11),
+    /// for its legacy object (feature `legacy`, kernels 5.8 to 5.12),
     /// apart so that neither build undoes the other.
     pub fn ebpf_target_dir(&self, legacy: bool) -> PathBuf {
         let dir = if legacy { format!("{}-legacy", self.target_arch) } else { self.target_arch.to_string() };

@@ -18,7 +18,7 @@ fn rustc_libllvm() -> Result<PathBuf> {
 
 /// Builds `crates/ebpf` for bpfel-unknown-none with `bpf_target_arch` set
 /// to `arch` (`arch.rs` says why), into [`Arch::ebpf_object`]: the object,
-/// then the legacy object (feature `legacy`) for kernels 5.8 to 5.11.
+/// then the legacy object (feature `legacy`) for kernels 5.8 to 5.12.
 ///
 /// bpf-linker 0.10 (feature rust-llvm-22) loads libLLVM at run time from the
 /// directories in LD_LIBRARY_PATH; we give it a directory holding only the

@@ -494,9 +494,11 @@ pub struct KernelOffsets {
     /// `kernfs_node.id`
     pub kernfs_node_id: u32,
     /// Not an offset: 1 when the kernel has the `bpf_loop` helper (5.17+,
-    /// a function in its BTF). fentry/fexit programs then wait out a busy
-    /// task storage (`TaskStorage::current_waiting`) instead of losing the
-    /// call's state; without it the branch is dead and the verifier skips it.
+    /// a function in its BTF). The path walks then run their steps in it
+    /// (`kernel::steps`), and fentry/fexit programs wait out a busy task
+    /// storage (`TaskStorage::current_waiting`) instead of losing the
+    /// call's state; without it those branches are dead and the verifier
+    /// skips them.
     pub has_bpf_loop: u32,
 }
 

@@ -330,13 +330,13 @@ pub fn walk(kind: Scratch, ns_root: *const u8, vfsmnt: *const u8, dentry: *const
         dentry,
         complete: false,
         unreachable: false,
-        failed: None,
+        failed: 0,
     };
     // The path is built backwards, ending at RESOLVED_MAX; pos stays >= 1.
     w.store_pos(RESOLVED_MAX as u32);
     steps(&mut w);
-    if let Some(e) = w.failed {
-        return Err(e);
+    if w.failed != 0 {
+        return Err(w.failed);
     }
     let mut pos = w.load_pos();
     if pos >= RESOLVED_MAX as u32 {
@@ -350,17 +350,17 @@ pub fn walk(kind: Scratch, ns_root: *const u8, vfsmnt: *const u8, dentry: *const
 
 /// What a walk ([`walk`], [`is_below`]) carries from one step to the next,
 /// on the program's stack, where a `bpf_loop` callback reaches it.
-pub trait Steps {
+trait Steps {
     /// One step up: `true` when the walk is over.
     fn step(&mut self) -> bool;
 }
 
 /// Runs `w`'s steps until one says it is over, at most [`MAX_PATH_DEPTH`]:
-/// in `bpf_loop` (5.17+), whose callback the verifier checks once, where
-/// the bounded loop is checked step by step (about 98,000 instructions
-/// verified for `cg_tp_exit` on 6.18, most of its load time); as a bounded
-/// loop where the kernel has no `bpf_loop` (5.12 to 5.16), and always in
-/// the legacy object (5.10 has no callbacks at all).
+/// in `bpf_loop` (5.17+), whose callback the verifier checks until its
+/// state converges (once or a few times), where a bounded loop is checked
+/// once per step, 64 times over; as a bounded loop where the kernel has no
+/// `bpf_loop` (5.13 to 5.16), and always in the legacy object (no
+/// callbacks before 5.13).
 #[inline(always)]
 fn steps<W: Steps>(w: &mut W) {
     #[cfg(not(feature = "legacy"))]
@@ -394,8 +394,12 @@ struct PathWalk {
     dentry: *const u8,
     complete: bool,
     unreachable: bool,
-    /// The error of a failed read, which ends the walk.
-    failed: Option<Error>,
+    /// The error of a failed read, which ends the walk; 0 while none has
+    /// (a helper's errors are negative). A plain value written before the
+    /// steps, not an `Option`: LLVM left an `Option`'s payload in a stack
+    /// slot only the failing path writes, which verifiers before 6.3
+    /// refuse to read.
+    failed: Error,
 }
 
 impl PathWalk {
@@ -491,7 +495,7 @@ impl Steps for PathWalk {
     #[inline(always)]
     fn step(&mut self) -> bool {
         self.try_step().unwrap_or_else(|e| {
-            self.failed = Some(e);
+            self.failed = e;
             true
         })
     }
@@ -889,9 +893,13 @@ pub fn is_below(
     }
 }
 
+/// [`BelowWalk::answer`]: no step has decided (yet, or in 64 steps).
 const ANSWER_UNKNOWN: u32 = 0;
+/// The walk met the root: at or below it.
 const ANSWER_BELOW: u32 = 1;
+/// The walk reached the top of its tree first.
 const ANSWER_NOT_BELOW: u32 = 2;
+/// A read failed ([`BelowWalk::failed`]).
 const ANSWER_FAILED: u32 = 3;
 
 /// [`is_below`]'s state.

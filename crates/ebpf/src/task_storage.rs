@@ -143,7 +143,7 @@ extern "C" fn wait_cb<T>(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     i64::from(unsafe { generated::bpf_ktime_get_ns() } >= w.deadline)
 }
 
-/// The legacy object's per-thread state, for 5.8 to 5.11 kernels: a
+/// The legacy object's per-thread state, for 5.8 to 5.12 kernels: a
 /// preallocated `BPF_MAP_TYPE_HASH` keyed by thread id (the kernel's pid),
 /// at most [`LEGACY_THREADS_MAX`] threads with a value at once.
 ///

@@ -93,6 +93,16 @@ pub const FEATURES: &[Feature] = &[
         need: Need::FullObject,
         mark: Mark::Field { r#struct: "task_struct", field: "bpf_storage" },
     },
+    // The full object's programs hold `bpf_loop` callbacks (the walks'
+    // steps, the fentry wait) as BPF_PSEUDO_FUNC instructions, which a
+    // kernel refuses at load before 5.13 even in a branch `has_bpf_loop`
+    // leaves dead; `bpf_for_each_map_elem()` came with them.
+    Feature {
+        name: "BPF callbacks (bpf_for_each_map_elem())",
+        since: (5, 13),
+        need: Need::FullObject,
+        mark: Mark::EnumMember { r#enum: "bpf_func_id", member: "BPF_FUNC_for_each_map_elem" },
+    },
     Feature {
         name: "bpf_loop()",
         since: (5, 17),

@@ -9,7 +9,7 @@
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("CHROOT_GUARD_EBPF_OBJECT"));
 
 /// The same programs built with the eBPF crate's `legacy` feature, for
-/// kernels 5.8 to 5.11: `bpf_get_current_task()` and helper reads instead
+/// kernels 5.8 to 5.12: `bpf_get_current_task()` and helper reads instead
 /// of BTF-typed loads, per-call state in a preallocated hash map instead of
 /// task storage, no caller cache, and no BPF LSM policy program (the guard
 /// needs 5.17's `bpf_loop` anyway). Watch only, a few helper calls slower
