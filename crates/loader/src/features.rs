@@ -183,7 +183,8 @@ mod tests {
         let m: Vec<&Feature> = FEATURES.iter().filter(|f| f.need == Need::FullObject).collect();
         let s = describe(&m);
         assert!(s.contains("task storage in tracing programs (BPF_MAP_TYPE_TASK_STORAGE) (Linux 5.12)"), "{s}");
-        assert!(s.contains("run Linux 5.12 or later"), "{s}");
+        assert!(s.contains("BPF callbacks (bpf_for_each_map_elem()) (Linux 5.13)"), "{s}");
+        assert!(s.contains("run Linux 5.13 or later"), "{s}");
     }
 
     #[test]
