@@ -246,6 +246,26 @@ const HEARTBEAT_FN: &str = r#"heartbeat() {
 }
 "#;
 
+/// Runs vitest on the host on `files` (all when empty) with `env`, its
+/// report in `<results>/<name>.json`, and counts what it says.
+fn host_suite(results: &Path, name: &str, files: &[String], env: &[(&str, &str)], kernel: &str, mode: String) -> Result<Outcome> {
+    let report = results.join(format!("{name}.json"));
+    let _ = fs::remove_file(&report);
+    let t = Instant::now();
+    let status = npx(&[]).args(vitest_args(&report.to_string_lossy(), files)).envs(env.iter().copied()).status()?;
+    let r = read_report(&report)?;
+    Ok(Outcome {
+        place: "host".into(),
+        kernel: kernel.to_string(),
+        mode,
+        passed: r.passed,
+        failed: if status.success() { r.failed } else { r.failed.max(1) },
+        skipped: r.skipped,
+        secs: t.elapsed().as_secs_f64(),
+        failures: r.failures,
+    })
+}
+
 fn vitest_args(report: &str, files: &[String]) -> Vec<String> {
     let mut args: Vec<String> = ["vitest", "run", "--configLoader", "runner", "--reporter=default", "--reporter=json"]
         .iter()
@@ -279,22 +299,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
         // no CONFIG_KPROBES: docs/platform.md): only the tracepoint family.
         // Set CG_EXPECT_AUTO_MODE on another kernel.
         let expect = std::env::var("CG_EXPECT_AUTO_MODE").unwrap_or_else(|_| "tracepoint".into());
-        let report = results.join("host.json");
-        let _ = fs::remove_file(&report);
-        let t = Instant::now();
-        let status = npx(&[]).args(vitest_args(&report.to_string_lossy(), &args.files)).env("CG_EXPECT_AUTO_MODE", &expect).status()?;
-        let r = read_report(&report)?;
         let kernel = output(std::process::Command::new("uname").arg("-r"))?.trim().to_string();
-        outcomes.push(Outcome {
-            place: "host".into(),
-            kernel: kernel.clone(),
-            mode: format!("auto→{expect}"),
-            passed: r.passed,
-            failed: if status.success() { r.failed } else { r.failed.max(1) },
-            skipped: r.skipped,
-            secs: t.elapsed().as_secs_f64(),
-            failures: r.failures,
-        });
+        outcomes.push(host_suite(&results, "host", &args.files, &[("CG_EXPECT_AUTO_MODE", &expect)], &kernel, format!("auto→{expect}"))?);
         let legacy: Vec<String> = if args.files.is_empty() {
             LEGACY_HOST_FILES.iter().map(|f| f.to_string()).collect()
         } else {
@@ -302,25 +308,8 @@ pub fn test(args: &TestArgs) -> Result<()> {
         };
         if !legacy.is_empty() {
             step("TypeScript tests against the host kernel with the legacy eBPF object (CHROOT_GUARD_OBJECT=legacy)");
-            let report = results.join("host-legacy.json");
-            let _ = fs::remove_file(&report);
-            let t = Instant::now();
-            let status = npx(&[])
-                .args(vitest_args(&report.to_string_lossy(), &legacy))
-                .env("CG_EXPECT_AUTO_MODE", &expect)
-                .env("CHROOT_GUARD_OBJECT", "legacy")
-                .status()?;
-            let r = read_report(&report)?;
-            outcomes.push(Outcome {
-                place: "host".into(),
-                kernel,
-                mode: format!("auto→{expect}, legacy object"),
-                passed: r.passed,
-                failed: if status.success() { r.failed } else { r.failed.max(1) },
-                skipped: r.skipped,
-                secs: t.elapsed().as_secs_f64(),
-                failures: r.failures,
-            });
+            let env = [("CG_EXPECT_AUTO_MODE", expect.as_str()), ("CHROOT_GUARD_OBJECT", "legacy")];
+            outcomes.push(host_suite(&results, "host-legacy", &legacy, &env, &kernel, format!("auto→{expect}, legacy object"))?);
         }
     }
     let kernels: Vec<vm::KernelSpec> = match (args.host_only, args.vm_kernels.is_empty()) {
