@@ -26,7 +26,6 @@ use crate::{
     attach::{classify_lsm, KernelContext},
     error::Error,
     features,
-    object::Object,
     pin,
     policy::{compile, Policy, PolicyContext, PolicyMaps, Slots, POLICY_MAPS},
     reader::{self, Counters, Reader, ReaderConfig, Sink},
@@ -72,7 +71,8 @@ impl Guard {
         if !missing.is_empty() {
             return Err(Error::LsmUnavailable { code: "MISSING_FEATURE", reason: features::describe(&missing) });
         }
-        if let Some(why) = kernel.legacy_reason.as_ref().filter(|_| kernel.object == Object::Legacy) {
+        // The features are there, but the legacy object was asked for.
+        if let Some(why) = &kernel.legacy_reason {
             return Err(Error::LsmUnavailable {
                 code: "MISSING_FEATURE",
                 reason: format!("the guard's program is not in the legacy object, which runs here ({why})"),
