@@ -19,7 +19,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, 
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { pinnedGuard, unloadPinnedGuard, type Policy } from '../ts/index.js';
-import { CLI, cli, ndjson, sleep, tryChroot, type StreamRecord } from './helpers.js';
+import { bpftoolShow, CLI, cli, ndjson, sleep, tryChroot, type StreamRecord } from './helpers.js';
 import { answer, freePort, samples } from './http.js';
 import { LSM, lsmTitle } from './lsm.js';
 
@@ -123,8 +123,8 @@ async function startAgent(name: string, policy: string): Promise<Agent> {
 
 /** The `cg_lsm_chroot` programs loaded on the host now, and the BPF links that hold each. */
 function lsmPrograms(): Array<{ id: number; links: number }> {
-  const progs = JSON.parse(spawnSync('bpftool', ['--json', 'prog', 'show'], { encoding: 'utf8' }).stdout) as Array<{ id: number; name?: string }>;
-  const links = JSON.parse(spawnSync('bpftool', ['--json', 'link', 'show'], { encoding: 'utf8' }).stdout) as Array<{ prog_id: number }>;
+  const progs = bpftoolShow('prog');
+  const links = bpftoolShow('link');
   return progs.filter((p) => p.name === 'cg_lsm_chroot').map((p) => ({ id: p.id, links: links.filter((l) => l.prog_id === p.id).length }));
 }
 

@@ -11,9 +11,8 @@ import { chmodSync, chownSync, existsSync, linkSync, mkdirSync, mkdtempSync, rea
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, ndjson, sleep, TEST_MODE, type StreamRecord } from './helpers.js';
+import { CLI, compileC, ndjson, sleep, TEST_MODE, type StreamRecord } from './helpers.js';
 import { freePort, get, samples } from './http.js';
 
 const PROMETHEUS = '/usr/bin/prometheus';
@@ -230,7 +229,7 @@ describe('agent output rotation', () => {
   it('a storm into a small rotated file loses nothing: records across the files = delivered events, + lost = calls made', async () => {
     const comm = uniqueComm('rot');
     const loop = join(dir, comm);
-    execFileSync('gcc', ['-O2', '-o', loop, fileURLToPath(new URL('../bench/workload/chroot_loop.c', import.meta.url))]);
+    compileC('bench/workload/chroot_loop.c', loop);
     const port = await freePort();
     const out = join(dir, 'rot', 'events.ndjson');
     const maxBytes = 64 * 1024;

@@ -23,7 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadPolicy, type ChrootDecision, type ChrootEvent } from '../ts/index.js';
 import { makeBusyboxRoot, type BusyboxRoot } from '../ts/demo.js';
-import { guarded, NOBODY, record, TEST_MODE, type Guarded, type Recorder } from './helpers.js';
+import { compileC, guarded, NOBODY, record, TEST_MODE, type Guarded, type Recorder } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 /** The forced-mode reruns in the VM repeat only what depends on the watch mode. */
@@ -53,7 +53,7 @@ beforeAll(() => {
   jail = realpathSync(dir) + '/jail';
   mkdirSync(`${jail}/sub`, { recursive: true, mode: 0o755 });
   program = `${dir}/chroot_escape`;
-  execFileSync('gcc', ['-O2', '-Wall', '-Werror', '-o', program, fileURLToPath(new URL('./attacks/chroot_escape.c', import.meta.url))]);
+  compileC('test/attacks/chroot_escape.c', program);
   chmodSync(program, 0o755);
   busybox = makeBusyboxRoot(dir);
   // debootstrap-style steps write into the root; the user's too.

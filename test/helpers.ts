@@ -18,11 +18,20 @@ import { chrootGuard, chrootWatch, type AttachInfo, type ChrootDecision, type Ch
  */
 export const TEST_MODE = (process.env.CG_TEST_MODE ?? 'auto') as NonNullable<ChrootWatchOptions['mode']>;
 
+/**
+ * `bpftool --json <kind> show`: every loaded object of that kind. bpftool
+ * 7.1 on arm64 prints nothing, not `[]`, when there is none.
+ */
+export function bpftoolShow(kind: 'prog' | 'map' | 'link'): Array<{ id: number; name?: string; prog_id?: number }> {
+  const out = execFileSync('bpftool', ['--json', kind, 'show'], { encoding: 'utf8' });
+  return out.trim() === '' ? [] : (JSON.parse(out) as Array<{ id: number; name?: string; prog_id?: number }>);
+}
+
 /** The program names of ours, from `chroot_guard_common::probes::PROBES` (all start `cg_`), loaded by anyone on the host. */
 export function ourPrograms(): string[] {
-  const out = execFileSync('bpftool', ['--json', 'prog', 'show'], { encoding: 'utf8' });
-  const progs = JSON.parse(out) as Array<{ name?: string }>;
-  return progs.map((p) => p.name ?? '').filter((n) => n.startsWith('cg_'));
+  return bpftoolShow('prog')
+    .map((p) => p.name ?? '')
+    .filter((n) => n.startsWith('cg_'));
 }
 
 /**
@@ -45,7 +54,7 @@ export function heldByThisProcess(): { programs: string[]; maps: string[] } {
   const named = (kind: 'prog' | 'map', ids: Set<number>) =>
     ids.size === 0
       ? []
-      : (JSON.parse(execFileSync('bpftool', ['--json', kind, 'show'], { encoding: 'utf8' })) as Array<{ id: number; name?: string }>)
+      : bpftoolShow(kind)
           .filter((x) => ids.has(x.id))
           .map((x) => x.name ?? `#${x.id}`);
   return { programs: named('prog', progIds), maps: named('map', mapIds) };
@@ -167,13 +176,12 @@ export interface Turns {
 /**
  * Runs test/callers/chroot_calls.c `threads` as uid 65534 inside `unshare
  * -Urm`: `n` threads at once, each with its own root, each calling
- * chroot(".") `k` times in `a` then `b`, in turn. Compiles the caller into
+ * chroot(".") `k` times in `a` then `b`, in turn. Puts the caller in
  * the bench's world-readable directory first.
  */
 export function threadedCalls(bench: AttackBench, n: number, k: number, a: string, b: string): { pid: number; threads: Turns[] } {
   const caller = `${bench.dir}/chroot_calls`;
-  execFileSync('gcc', ['-O2', '-pthread', '-o', caller, fileURLToPath(new URL('./callers/chroot_calls.c', import.meta.url))]);
-  chmodSync(caller, 0o755);
+  compileC('test/callers/chroot_calls.c', caller);
   const out = execFileSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'unshare', '-Urm', caller, 'threads', String(n), String(k), a, b], { encoding: 'utf8' });
   const [head, ...lines] = out.trim().split('\n');
   const threads = lines.map((l) => {
@@ -181,6 +189,23 @@ export function threadedCalls(bench: AttackBench, n: number, k: number, a: strin
     return { tid, aOk, aEperm, bOk, other };
   });
   return { pid: Number(head!.split(' ')[0]), threads };
+}
+
+/**
+ * Puts the test's C program `source` (a path from the repository's root,
+ * e.g. `test/callers/chroot_calls.c`) at `dest`, mode 0755. From
+ * `CG_TEST_PROGRAMS`, a directory of the programs already built for this
+ * machine's architecture (`cargo xtask test` cross-builds them for the
+ * arm64 guest, which has no compiler), else built here with gcc.
+ */
+export function compileC(source: string, dest: string): void {
+  const prebuilt = process.env.CG_TEST_PROGRAMS;
+  if (prebuilt) {
+    copyFileSync(`${prebuilt}/${source.replace(/^.*\//, '').replace(/\.c$/, '')}`, dest);
+  } else {
+    execFileSync('gcc', ['-O2', '-pthread', '-Wall', '-Werror', '-o', dest, fileURLToPath(new URL(`../${source}`, import.meta.url))]);
+  }
+  chmodSync(dest, 0o755);
 }
 
 /** The ways test/attacks/chroot_via.py reaches a directory without its path in the caller's mount namespace. */

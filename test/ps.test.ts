@@ -6,10 +6,9 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootedTasks, type ChrootedTask, type PsResult } from '../ts/index.js';
-import { cgroup2Mount, cli, heldByThisProcess, ndjson, removeCgroupDir } from './helpers.js';
+import { cgroup2Mount, cli, compileC, heldByThisProcess, ndjson, removeCgroupDir } from './helpers.js';
 
 interface Held {
   child: ChildProcess;
@@ -39,7 +38,7 @@ function start(argv: string[], cwd = base): Promise<ChildProcess> {
 const hex = (b: Buffer) => b.toString('hex');
 
 beforeAll(async () => {
-  execFileSync('gcc', ['-O2', '-o', helper, fileURLToPath(new URL('./callers/chroot_hold.c', import.meta.url))]);
+  compileC('test/callers/chroot_hold.c', helper);
   const dir = (name: string | Buffer) => {
     const p = Buffer.concat([Buffer.from(`${base}/`), Buffer.from(name)]);
     mkdirSync(p);

@@ -10,11 +10,10 @@
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { policyContext } from '../ts/policy/evaluate.js';
 import { parsePolicy } from '../ts/policy/validate.js';
-import { CLI, ndjson, sleep, TEST_MODE } from './helpers.js';
+import { CLI, compileC, ndjson, sleep, TEST_MODE } from './helpers.js';
 
 let base: string;
 let caller: string;
@@ -30,7 +29,7 @@ beforeAll(() => {
   // Arguments are strings: the caller reaches the odd root through a link, which the kernel resolves to its bytes.
   symlinkSync(oddRoot, `${base}/odd-link`);
   caller = `${base}/chroot_calls`;
-  execFileSync('gcc', ['-O2', '-pthread', '-o', caller, fileURLToPath(new URL('./callers/chroot_calls.c', import.meta.url))]);
+  compileC('test/callers/chroot_calls.c', caller);
 });
 afterAll(() => rmSync(base, { recursive: true, force: true }));
 
@@ -178,7 +177,7 @@ describe('learn and replay on real recordings', () => {
     // chroot(".")); `classic` escapes (chroot("sub") without a chdir, climb
     // out with chdir(".."), chroot(".")).
     const program = `${base}/chroot_escape`;
-    execFileSync('gcc', ['-O2', '-Wall', '-Werror', '-o', program, fileURLToPath(new URL('./attacks/chroot_escape.c', import.meta.url))]);
+    compileC('test/attacks/chroot_escape.c', program);
     const jail = `${base}/service`;
     mkdirSync(`${jail}/sub`, { recursive: true });
     const escape = (mode: 'subdir' | 'classic') => {
