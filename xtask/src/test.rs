@@ -3,13 +3,13 @@
 //! - Rust: the event layout against the object's BTF, the loader against
 //!   the host kernel.
 //! - vitest on the host kernel (tracepoint only, see docs/platform.md).
-//! - vitest in Debian's 6.1 kernel under QEMU: every file but
-//!   [`HOST_ONLY_FILES`] in `auto` (must pick fentry) in one boot; in a
-//!   second, the mode-dependent files ([`PER_MODE_FILES`]) in forced
-//!   `kprobe` and forced `tracepoint`, and the guard's attack suite
-//!   ([`FULL_PREEMPTION_FILES`]) in `auto` after the kernel is switched to
-//!   full preemption, where every program can be preempted mid-call. The
-//!   same test files and assertions as on the host.
+//! - vitest in Debian's 6.1 kernel under QEMU, in one boot: every file but
+//!   [`HOST_ONLY_FILES`] in `auto` (must pick fentry), then the guard's
+//!   attack suite ([`FULL_PREEMPTION_FILES`]) in `auto` after the kernel
+//!   is switched to full preemption, where every program can be preempted
+//!   mid-call; in a second, the mode-dependent files ([`PER_MODE_FILES`])
+//!   in forced `kprobe` and forced `tracepoint`. The same test files and
+//!   assertions as on the host.
 //! - The other Debian kernels of [`vm::DEFAULT_RUN`], one boot each, `auto`
 //!   only, on the files their [`vm::KernelSpec::files`] names (5.10: the one
 //!   asserting that no mode loads there). `--vm-kernel V` runs the kernels
@@ -368,8 +368,8 @@ struct Boot {
 
 /// The boots of one VM kernel: the modes asked for, or `auto`, `kprobe` and
 /// `tracepoint` on the default kernel and `auto` on the others; the files
-/// named, or the kernel's. One boot, or with `split` two: `auto`'s
-/// voluntary-preemption suite (the longest) alone, and the rest.
+/// named, or the kernel's. One boot, or with `split` two: `auto`'s suites
+/// (the longest), and the forced modes'.
 fn vm_boots(args: &TestArgs, kernel: &vm::KernelSpec, split: bool) -> Result<Vec<Boot>> {
     let modes: Vec<String> = if !args.vm_modes.is_empty() {
         args.vm_modes.clone()
@@ -422,12 +422,14 @@ fn vm_boots(args: &TestArgs, kernel: &vm::KernelSpec, split: bool) -> Result<Vec
         }
         Boot { kernel: *kernel, modes, suites, slowdown: kernel.slowdown * if split { 2 } else { 1 } }
     };
-    let first_alone = split && suites.len() > 1 && suites[0].mode == "auto" && !suites[0].full_preemption;
-    Ok(if first_alone {
-        let rest = suites.split_off(1);
-        vec![boot(suites), boot(rest)]
+    // `auto`'s suites (voluntary, then fully preemptible) make the longest
+    // boot; the forced modes, a second one that shares a lane with the
+    // other kernels.
+    let (auto, forced): (Vec<Suite>, Vec<Suite>) = suites.into_iter().partition(|s| s.mode == "auto");
+    Ok(if split && !auto.is_empty() && !forced.is_empty() {
+        vec![boot(auto), boot(forced)]
     } else {
-        vec![boot(suites)]
+        vec![boot(auto.into_iter().chain(forced).collect())]
     })
 }
 
@@ -448,14 +450,22 @@ fn run_boots(boots: &[Boot], side_by_side: bool, results: &Path) -> Result<(Vec<
             prepared.push(vm::prepare(&boot.kernel, &root())?);
         }
     }
+    let mut programs: Vec<(&'static str, std::path::PathBuf)> = Vec::new();
+    for boot in boots {
+        let arch = boot.kernel.arch;
+        if !arch.is_host() && !programs.iter().any(|(a, _)| *a == arch.name) {
+            programs.push((arch.name, test_programs(arch)?));
+        }
+    }
     let prepared_for = |boot: &Boot| prepared.iter().find(|p| p.spec() == &boot.kernel).expect("prepared above");
+    let programs_for = |boot: &Boot| programs.iter().find(|(a, _)| *a == boot.kernel.arch.name).map(|(_, dir)| dir.clone());
     let what = |boot: &Boot| format!("kernel {}, modes {}", boot.kernel.label(), boot.modes.join("; "));
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     let mut done: Vec<(usize, Vec<Outcome>, Option<String>)> = Vec::new();
     if !side_by_side || boots.len() < 2 || cpus < 2 {
         for (n, boot) in boots.iter().enumerate() {
             step(&format!("TypeScript tests in the VM, {} (one boot)", what(boot)));
-            let (outcomes, problem) = run_boot(boot, prepared_for(boot), None);
+            let (outcomes, problem) = run_boot(boot, prepared_for(boot), programs_for(boot), None);
             done.push((n, outcomes, problem));
         }
     } else {
@@ -475,7 +485,7 @@ fn run_boots(boots: &[Boot], side_by_side: bool, results: &Path) -> Result<(Vec<
                 ));
             }
             let started = Instant::now();
-            let (outcomes, problem) = run_boot(boot, prepared_for(boot), Some(log.clone()));
+            let (outcomes, problem) = run_boot(boot, prepared_for(boot), programs_for(boot), Some(log.clone()));
             let mut finished = finished.lock().unwrap_or_else(|e| e.into_inner());
             step(&format!("VM output: {} ({:.0}s)", what(boot), started.elapsed().as_secs_f64()));
             match fs::read(&log) {
@@ -500,13 +510,52 @@ fn run_boots(boots: &[Boot], side_by_side: bool, results: &Path) -> Result<(Vec<
     Ok((done.into_iter().flat_map(|(_, o, _)| o).collect(), problems))
 }
 
-/// Runs one boot's suites; with `log`, the VM's output goes there. Never
-/// fails: a VM that did not end well fails its suites and says why.
-fn run_boot(Boot { kernel, suites, slowdown, .. }: &Boot, prepared: &vm::Prepared, log: Option<std::path::PathBuf>) -> (Vec<Outcome>, Option<String>) {
+/// The tests' C programs (`test/callers/*.c`, `test/attacks/*.c`) built
+/// for `arch` with its cross compiler, statically (the guest's root has
+/// only the C library Node.js needs), into `target/test-programs/<arch>/`:
+/// the guest of another architecture has no compiler. The tests take them
+/// from `CG_TEST_PROGRAMS` (`compileC` in test/helpers.ts, which builds
+/// them with gcc where that is unset, with the same flags).
+fn test_programs(arch: &crate::arch::Arch) -> Result<std::path::PathBuf> {
+    let (gcc_package, gcc) = arch.cross_gcc;
+    crate::setup::apt(&[
+        (gcc_package, "builds the tests' C programs for another architecture's guest"),
+        (arch.cross_libc, "the C library that compiler links against"),
+    ])?;
+    let out = root().join("target/test-programs").join(arch.name);
+    fs::create_dir_all(&out)?;
+    step(&format!("the tests' C programs for {} ({gcc}, into {})", arch.name, out.display()));
+    for dir in ["test/callers", "test/attacks"] {
+        for entry in fs::read_dir(root().join(dir)).with_context(|| format!("reading {dir}"))? {
+            let source = entry?.path();
+            let Some(stem) = source.file_stem().filter(|_| source.extension().is_some_and(|e| e == "c")) else { continue };
+            run(std::process::Command::new(gcc)
+                .args(["-static", "-O2", "-pthread", "-Wall", "-Werror", "-o"])
+                .arg(out.join(stem))
+                .arg(&source))?;
+        }
+    }
+    Ok(out)
+}
+
+/// Runs one boot's suites; with `log`, the VM's output goes there; with
+/// `programs`, the guest takes the tests' C programs from there
+/// ([`test_programs`]). Never fails: a VM that did not end well fails its
+/// suites and says why.
+fn run_boot(
+    Boot { kernel, suites, slowdown, .. }: &Boot,
+    prepared: &vm::Prepared,
+    programs: Option<std::path::PathBuf>,
+    log: Option<std::path::PathBuf>,
+) -> (Vec<Outcome>, Option<String>) {
     let output = log.as_ref().map_or_else(|| "the output above".to_string(), |l| l.display().to_string());
+    let mut env = vec![("CI".into(), "true".into()), ("CG_EXPECT_AUTO_MODE".into(), kernel.auto_mode.into())];
+    if let Some(dir) = programs {
+        env.push(("CG_TEST_PROGRAMS".into(), dir.display().to_string()));
+    }
     let opts = vm::VmOptions {
         command: vec!["sh".into(), "-c".into(), vm_script(suites, *slowdown)],
-        env: vec![("CI".into(), "true".into()), ("CG_EXPECT_AUTO_MODE".into(), kernel.auto_mode.into())],
+        env,
         timeout: VM_SUITE_TIMEOUT,
         // Debian builds the x32 ABI but leaves it off: on, so the
         // tests see x32 chroot calls in every mode.

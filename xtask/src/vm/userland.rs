@@ -35,6 +35,18 @@ const PACKAGES: &[(&str, Option<&[&str]>, &str)] = &[
     // busybox's applets of the same names serve.
     ("util-linux", Some(&["usr/bin/setpriv", "usr/bin/unshare"]), "setpriv and unshare with the options the tests use, which busybox's lack"),
     ("libcap-ng0", None, "setpriv links against it"),
+    ("libc-bin", Some(&["usr/bin/getconf"]), "getconf CLK_TCK, which test/ps.test.ts reads"),
+    ("python3-minimal", None, "/usr/bin/python3, which runs test/attacks/chroot_via.py"),
+    ("python3.11-minimal", None, "the interpreter"),
+    ("libpython3.11-minimal", None, "the modules the interpreter starts with"),
+    ("libpython3.11-stdlib", None, "ctypes, json and socket, which chroot_via.py imports"),
+    ("libffi8", None, "ctypes calls through it"),
+    ("libexpat1", None, "python3.11 links against it"),
+    ("zlib1g", None, "python3.11 and libelf link against it"),
+    ("libssl3", None, "libpython3.11-minimal links against it"),
+    ("bpftool", None, "the tests list loaded programs, maps and links with it"),
+    ("libelf1", None, "bpftool links against it"),
+    ("libcap2", None, "bpftool links against it"),
 ];
 
 /// Bumped when the layout changes in a way the stamp would not notice.
@@ -57,10 +69,8 @@ pub(super) fn ensure_userland(cache: &Path, arch: &Arch, cwd: &Path) -> Result<P
         .trim_start_matches('v')
         .to_string();
     let apt = Apt::own(&cache.join("apt").join(format!("machine-{}", arch.debian)), None, Some(arch.debian))?;
-    let versions: Vec<(String, String)> = PACKAGES
-        .iter()
-        .map(|(p, ..)| Ok((format!("{p}:{}", arch.debian), apt.candidate(&format!("{p}:{}", arch.debian))?)))
-        .collect::<Result<_>>()?;
+    let names: Vec<String> = PACKAGES.iter().map(|(p, ..)| format!("{p}:{}", arch.debian)).collect();
+    let versions: Vec<(String, String)> = names.iter().cloned().zip(apt.candidates(&names)?).collect();
     let native = native_packages(arch)?;
     let stamp = format!(
         "format {FORMAT}\nnode-linux-{} {node_version}\n{}\n{}\n",
