@@ -17,7 +17,7 @@
  * LSM runs: the VM, once, in `auto`), each escaping call fails with EPERM
  * and the process's root stays its jail, and the legitimate flows pass.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, realpathSync, rmSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -54,7 +54,6 @@ beforeAll(() => {
   mkdirSync(`${jail}/sub`, { recursive: true, mode: 0o755 });
   program = `${dir}/chroot_escape`;
   compileC('test/attacks/chroot_escape.c', program);
-  chmodSync(program, 0o755);
   busybox = makeBusyboxRoot(dir);
   // debootstrap-style steps write into the root; the user's too.
   chmodSync(`${busybox.dir}/tmp`, 0o1777);

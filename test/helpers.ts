@@ -5,6 +5,7 @@
 import { execFileSync, spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Readable } from 'node:stream';
 import type { ValidateFunction } from 'ajv';
@@ -201,7 +202,7 @@ export function threadedCalls(bench: AttackBench, n: number, k: number, a: strin
 export function compileC(source: string, dest: string): void {
   const prebuilt = process.env.CG_TEST_PROGRAMS;
   if (prebuilt) {
-    copyFileSync(`${prebuilt}/${source.replace(/^.*\//, '').replace(/\.c$/, '')}`, dest);
+    copyFileSync(join(prebuilt, basename(source, '.c')), dest);
   } else {
     execFileSync('gcc', ['-O2', '-pthread', '-Wall', '-Werror', '-o', dest, fileURLToPath(new URL(`../${source}`, import.meta.url))]);
   }
