@@ -5,7 +5,8 @@
  * callers already chrooted, directories reached through a detached mount,
  * escapes through a kept directory fd, cwds in and out of the new root,
  * roots and cwds too deep for the kernel's walk to judge),
- * test/differential/caller.py makes every call for real against
+ * test/differential/caller.py makes every call for real (a policy's calls
+ * at once, each in a process of its own) against
  * `lsm/path_chroot`, and each kernel decision must equal the TypeScript one
  * computed from the decision's own fields and the facts the policy was
  * compiled with. The decision's fields are checked against what the caller
@@ -296,8 +297,8 @@ describe.skipIf(!LSM)(lsmTitle(`kernel and evaluatePolicy decide alike`), () => 
           if ((err as { code?: string }).code === 'INVALID_POLICY') return;
           throw err;
         }
-        const done: Array<{ c: Call; pid: number; result: string }> = [];
-        for (const c of calls) done.push({ c, ...(await run(c)) });
+        // All at once: each call is a process of its own, decided on its own pid.
+        const done = await Promise.all(calls.map(async (c) => ({ c, ...(await run(c)) })));
         for (const { c, pid, result } of done) {
           expect(result, JSON.stringify(c)).not.toMatch(/^setup: (?!chrooted: EPERM)/);
           const expected = result.startsWith('setup') ? 1 : c.chrooted ? 2 : 1;
