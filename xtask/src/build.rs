@@ -57,17 +57,14 @@ pub fn build_ebpf(arch: &Arch) -> Result<()> {
 }
 
 /// eBPF object, napi addon (with the object embedded), TypeScript, for the
-/// machine's architecture; then the addon of each of `also` (cross-built),
-/// beside it in ts/native and dist/native.
+/// machine's architecture; then the addon of each of `also` (cross-built,
+/// [`build_cross`]), beside it in ts/native and dist/native.
 pub fn build(also: &[&Arch]) -> Result<()> {
     let host = arch::host();
     build_ebpf(host)?;
     step("napi addon (crates/loader)");
     run(&mut napi_build(host, "target/napi-out", &["--js", "binding.cjs", "--dts", "binding.d.cts"]))?;
     install_dir(&root().join("target/napi-out"), &root().join("ts/native"))?;
-    for arch in also.iter().filter(|a| !a.is_host()) {
-        build_cross_addon(arch)?;
-    }
     step("TypeScript (tsc --noEmit, then tsup: ESM, CommonJS, declarations, CLI)");
     run(&mut npx(&["tsc", "-p", "tsconfig.json", "--noEmit"]))?;
     run(&mut npx(&["tsup", "--silent"]))?;
@@ -75,6 +72,21 @@ pub fn build(also: &[&Arch]) -> Result<()> {
     let cli = root().join("dist/cli.js");
     if cli.exists() {
         fs::set_permissions(&cli, fs::Permissions::from_mode(0o755))?;
+    }
+    build_cross(also)
+}
+
+/// The addon of each of `also` that is not the machine's architecture,
+/// cross-built with its eBPF object inside, into ts/native and dist/native
+/// beside the machine's (which [`build`] made first). Each file is renamed
+/// into place, so a VM already running from dist/ is undisturbed:
+/// `cargo xtask test` builds these beside its first VM, which needs only
+/// the machine's.
+pub fn build_cross(also: &[&Arch]) -> Result<()> {
+    for arch in also.iter().filter(|a| !a.is_host()) {
+        let node = build_cross_addon(arch)?;
+        install_file(&node, &root().join("ts/native"))?;
+        install_file(&node, &root().join("dist/native"))?;
     }
     Ok(())
 }
@@ -91,9 +103,9 @@ fn napi_build(arch: &Arch, out_dir: &str, extra: &[&str]) -> std::process::Comma
 }
 
 /// The addon for `arch`, cross-built (`cross.rs`) with `arch`'s eBPF object
-/// inside, into ts/native: only the `.node` file, since the JS binding and
-/// the declarations are the same for every architecture.
-fn build_cross_addon(arch: &Arch) -> Result<()> {
+/// inside: the path of its `.node` file, the only one installed, since the
+/// JS binding and the declarations are the same for every architecture.
+fn build_cross_addon(arch: &Arch) -> Result<std::path::PathBuf> {
     build_ebpf(arch)?;
     let env = crate::cross::cargo_env(arch)?;
     step(&format!("napi addon (crates/loader) for {}, cross-built", arch.triple));
@@ -105,7 +117,7 @@ fn build_cross_addon(arch: &Arch) -> Result<()> {
     if !out.join(&node).is_file() {
         bail!("napi build left no {node} in {}", out.display());
     }
-    install_file(&out.join(&node), &root().join("ts/native"))
+    Ok(out.join(node))
 }
 
 /// Copies every file of `from` into `to`, each to a temporary name first and

@@ -10,13 +10,15 @@
 //!   mid-call; in a second, the mode-dependent files ([`PER_MODE_FILES`])
 //!   in forced `kprobe` and forced `tracepoint`. The same test files and
 //!   assertions as on the host.
-//! - The other Debian kernels of [`vm::DEFAULT_RUN`], one boot each, `auto`
-//!   only, on the files their [`vm::KernelSpec::files`] names (5.10: the one
-//!   asserting that no mode loads there). `--vm-kernel V` runs the kernels
+//! - The other Debian kernels of [`vm::DEFAULT_RUN`] (5.10, 6.12, arm64's
+//!   6.1), one boot each, `auto` only, on the files their
+//!   [`vm::KernelSpec::files`] names. `--vm-kernel V` runs the kernels
 //!   named instead.
-//! - The first boot runs alone in one lane while the others run in turn in
-//!   a second, side by side ([`run_boots`]); `--vm-serial` runs every suite
-//!   of a kernel in one boot, one kernel after another.
+//! - Two lanes side by side ([`run_lanes`]): the first boot starts once
+//!   the machine's own build is done, while the other lane cross-builds,
+//!   packs and runs the host's tests, then takes the next boot;
+//!   `--vm-serial` runs the host's work, then every suite of a kernel in
+//!   one boot, one kernel after another.
 //!
 //! Results come back as vitest JSON reports (host: `target/test-results/`,
 //! VM: the run directory's `out/`), and a summary names each place, its
@@ -28,7 +30,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use xtask::{in_root, npx, output, root, run, step};
 
-use crate::vm;
+use crate::{arch::Arch, vm};
 
 /// What `cargo xtask test` runs.
 #[derive(Args, Debug, Default)]
@@ -44,12 +46,12 @@ pub struct TestArgs {
     #[arg(long = "vm-mode", value_parser = ["auto", "kprobe", "tracepoint", "fentry"])]
     pub vm_modes: Vec<String>,
     /// VM kernels to run the suites on (repeatable): 5.10, 6.1, 6.12 or
-    /// 6.1/arm64 (default: 6.1, then 5.10 and 6.1/arm64). See `cargo xtask
-    /// vm --help`.
+    /// 6.1/arm64 (default: 6.1, then 5.10, 6.12 and 6.1/arm64). See `cargo
+    /// xtask vm --help`.
     #[arg(long = "vm-kernel", value_name = "VERSION", value_parser = vm::parse_kernel)]
     pub vm_kernels: Vec<vm::KernelSpec>,
-    /// Boot the VMs one after another, their output live, instead of in
-    /// two lanes side by side.
+    /// Run the host's tests, then boot the VMs one after another, their
+    /// output live, instead of in two lanes side by side.
     #[arg(long)]
     pub vm_serial: bool,
     /// Only these vitest files (e.g. test/watch.test.ts).
@@ -287,31 +289,8 @@ const LEGACY_HOST_FILES: &[&str] =
 /// Runs every suite and prints the summary; fails if any test failed.
 pub fn test(args: &TestArgs) -> Result<()> {
     let started = Instant::now();
-    let mut outcomes = Vec::new();
     let results = root().join("target/test-results");
     fs::create_dir_all(&results)?;
-    if !args.vm_only {
-        crate::pack::pack()?;
-        step("Rust tests (event layout vs. the object's BTF; the loader against the host kernel)");
-        run(in_root("cargo").args(["test", "--workspace", "--no-default-features"]))?;
-        step("TypeScript tests against the host kernel (vitest)");
-        // What the host kernel allows (Linux 6.18 under lockdown `integrity`,
-        // no CONFIG_KPROBES: docs/platform.md): only the tracepoint family.
-        // Set CG_EXPECT_AUTO_MODE on another kernel.
-        let expect = std::env::var("CG_EXPECT_AUTO_MODE").unwrap_or_else(|_| "tracepoint".into());
-        let kernel = output(std::process::Command::new("uname").arg("-r"))?.trim().to_string();
-        outcomes.push(host_suite(&results, "host", &args.files, &[("CG_EXPECT_AUTO_MODE", &expect)], &kernel, format!("auto→{expect}"))?);
-        let legacy: Vec<String> = if args.files.is_empty() {
-            LEGACY_HOST_FILES.iter().map(|f| f.to_string()).collect()
-        } else {
-            args.files.iter().filter(|f| LEGACY_HOST_FILES.iter().any(|l| f.ends_with(l))).cloned().collect()
-        };
-        if !legacy.is_empty() {
-            step("TypeScript tests against the host kernel with the legacy eBPF object (CHROOT_GUARD_OBJECT=legacy)");
-            let env = [("CG_EXPECT_AUTO_MODE", expect.as_str()), ("CHROOT_GUARD_OBJECT", "legacy")];
-            outcomes.push(host_suite(&results, "host-legacy", &legacy, &env, &kernel, format!("auto→{expect}, legacy object"))?);
-        }
-    }
     let kernels: Vec<vm::KernelSpec> = match (args.host_only, args.vm_kernels.is_empty()) {
         (true, _) => Vec::new(),
         (false, true) => vm::DEFAULT_RUN.iter().map(|n| vm::kernel_spec(n)).collect::<Result<_>>()?,
@@ -322,8 +301,16 @@ pub fn test(args: &TestArgs) -> Result<()> {
     for kernel in &kernels {
         boots.extend(vm_boots(args, kernel, side_by_side)?);
     }
-    let (vm_outcomes, problems) = run_boots(&boots, side_by_side, &results)?;
-    outcomes.extend(vm_outcomes);
+    // The host suite installs every platform package (test/package.test.ts);
+    // without it, the VMs need their own architectures' addons only.
+    let mut cross: Vec<&'static Arch> = if args.vm_only { Vec::new() } else { crate::arch::all() };
+    for b in &boots {
+        if !cross.iter().any(|a| a.name == b.kernel.arch.name) {
+            cross.push(b.kernel.arch);
+        }
+    }
+    let host = HostWork { args, cross, results: &results };
+    let (outcomes, problems) = run_lanes(&host, &boots, side_by_side, &results)?;
     step("Summary");
     let w = outcomes.iter().map(|o| o.mode.chars().count()).max().unwrap_or(0).max(26);
     eprintln!("  {:<5} {:<24} {:<w$} {:>6} {:>6} {:>7} {:>7}", "where", "kernel", "mode", "passed", "failed", "skipped", "time");
@@ -352,6 +339,53 @@ pub fn test(args: &TestArgs) -> Result<()> {
         bail!("{failed} test(s) failed");
     }
     Ok(())
+}
+
+/// What runs on the host: the other architectures' addons, then (unless
+/// `--vm-only`) the packages, the Rust tests and vitest on the host kernel.
+struct HostWork<'a> {
+    args: &'a TestArgs,
+    /// Architectures whose addon is cross-built ([`crate::build::build_cross`]).
+    cross: Vec<&'static Arch>,
+    results: &'a Path,
+}
+
+impl HostWork<'_> {
+    /// Whether anything but cross-building is left to do.
+    fn runs_suites(&self) -> bool {
+        !self.args.vm_only
+    }
+
+    /// Builds, packs and runs the host's suites; their outcomes.
+    fn run(&self) -> Result<Vec<Outcome>> {
+        crate::build::build_cross(&self.cross)?;
+        let mut outcomes = Vec::new();
+        if !self.runs_suites() {
+            return Ok(outcomes);
+        }
+        let (args, results) = (self.args, self.results);
+        crate::pack::pack()?;
+        step("Rust tests (event layout vs. the object's BTF; the loader against the host kernel)");
+        run(in_root("cargo").args(["test", "--workspace", "--no-default-features"]))?;
+        step("TypeScript tests against the host kernel (vitest)");
+        // What the host kernel allows (Linux 6.18 under lockdown `integrity`,
+        // no CONFIG_KPROBES: docs/platform.md): only the tracepoint family.
+        // Set CG_EXPECT_AUTO_MODE on another kernel.
+        let expect = std::env::var("CG_EXPECT_AUTO_MODE").unwrap_or_else(|_| "tracepoint".into());
+        let kernel = output(std::process::Command::new("uname").arg("-r"))?.trim().to_string();
+        outcomes.push(host_suite(results, "host", &args.files, &[("CG_EXPECT_AUTO_MODE", &expect)], &kernel, format!("auto→{expect}"))?);
+        let legacy: Vec<String> = if args.files.is_empty() {
+            LEGACY_HOST_FILES.iter().map(|f| f.to_string()).collect()
+        } else {
+            args.files.iter().filter(|f| LEGACY_HOST_FILES.iter().any(|l| f.ends_with(l))).cloned().collect()
+        };
+        if !legacy.is_empty() {
+            step("TypeScript tests against the host kernel with the legacy eBPF object (CHROOT_GUARD_OBJECT=legacy)");
+            let env = [("CG_EXPECT_AUTO_MODE", expect.as_str()), ("CHROOT_GUARD_OBJECT", "legacy")];
+            outcomes.push(host_suite(results, "host-legacy", &legacy, &env, &kernel, format!("auto→{expect}, legacy object"))?);
+        }
+        Ok(outcomes)
+    }
 }
 
 /// One boot of a VM kernel and the suites it runs.
@@ -433,81 +467,170 @@ fn vm_boots(args: &TestArgs, kernel: &vm::KernelSpec, split: bool) -> Result<Vec
     })
 }
 
-/// Runs the boots: one after another, or side by side in two lanes that
-/// each take the next boot in turn (the first, `auto` on the default
-/// kernel, is the longest). Under TCG one VM keeps about 1.3 of the
-/// machine's 2 CPUs busy (the guest runs one test file at a time), so a
-/// second VM uses the rest. Side by side, each boot's output goes to
-/// `target/test-results/vm-<kernel>-<n>.log` and is printed whole when the
-/// boot ends. A boot that fails (a timeout, a guest that reported nothing)
-/// counts its suites as failed and the others go on; its problem comes
-/// back for the summary.
-fn run_boots(boots: &[Boot], side_by_side: bool, results: &Path) -> Result<(Vec<Outcome>, Vec<String>)> {
-    // Downloads and unpacking happen here, once per kernel, before any VM.
-    let mut prepared: Vec<vm::Prepared> = Vec::new();
-    for boot in boots {
-        if !prepared.iter().any(|p| p.spec() == &boot.kernel) {
-            prepared.push(vm::prepare(&boot.kernel, &root())?);
-        }
-    }
-    let mut programs: Vec<(&'static str, std::path::PathBuf)> = Vec::new();
-    for boot in boots {
+/// A lane's job: the host's work ([`HostWork`]), or one boot.
+#[derive(Clone, Copy)]
+enum Job {
+    Host,
+    Boot(usize),
+}
+
+/// What the lanes share: the kernels and the tests' C programs made ready,
+/// and how the host's work ended.
+#[derive(Default)]
+struct Ready {
+    prepared: Vec<std::sync::Arc<vm::Prepared>>,
+    /// The tests' C programs of each architecture but the machine's ([`test_programs`]).
+    programs: Vec<(&'static str, std::path::PathBuf)>,
+    /// Set when the host's work has ended: its error, if it failed.
+    host_done: Option<std::result::Result<(), String>>,
+}
+
+impl Ready {
+    /// What `boot` needs, if it is ready.
+    fn for_boot(&self, boot: &Boot) -> Option<(std::sync::Arc<vm::Prepared>, Option<std::path::PathBuf>)> {
+        let prepared = self.prepared.iter().find(|p| p.spec() == &boot.kernel)?.clone();
         let arch = boot.kernel.arch;
-        if !arch.is_host() && !programs.iter().any(|(a, _)| *a == arch.name) {
-            programs.push((arch.name, test_programs(arch)?));
+        if arch.is_host() {
+            return Some((prepared, None));
+        }
+        let programs = self.programs.iter().find(|(a, _)| *a == arch.name)?.1.clone();
+        Some((prepared, Some(programs)))
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Downloads and unpacks what `boots` need and `ready` lacks: each kernel
+/// (and another architecture's root), and each other architecture's C
+/// programs. One caller at a time: the main thread, or the host's lane.
+fn prepare(ready: &std::sync::Mutex<Ready>, boots: &[Boot]) -> Result<()> {
+    for boot in boots {
+        if !lock(ready).prepared.iter().any(|p| p.spec() == &boot.kernel) {
+            let p = vm::prepare(&boot.kernel, &root())?;
+            lock(ready).prepared.push(std::sync::Arc::new(p));
+        }
+        let arch = boot.kernel.arch;
+        if !arch.is_host() && !lock(ready).programs.iter().any(|(a, _)| *a == arch.name) {
+            let dir = test_programs(arch)?;
+            lock(ready).programs.push((arch.name, dir));
         }
     }
-    let prepared_for = |boot: &Boot| prepared.iter().find(|p| p.spec() == &boot.kernel).expect("prepared above");
-    let programs_for = |boot: &Boot| programs.iter().find(|(a, _)| *a == boot.kernel.arch.name).map(|(_, dir)| dir.clone());
+    Ok(())
+}
+
+/// Runs the host's work and the boots: one after another (`--vm-serial`,
+/// one CPU), or in two lanes side by side that each take the next job in
+/// turn. The first boot (`auto` on the default kernel, the longest) starts
+/// as soon as the machine's own build is done; the other lane first does
+/// the host's work, then prepares the other kernels, so the host's mostly
+/// single-threaded steps (LTO links, one test file at a time) take what the
+/// first VM leaves of the CPUs. Under TCG one VM keeps about 1.3 of the
+/// machine's 2 CPUs busy (the guest runs one test file at a time), so a
+/// second VM uses the rest. A boot of another kernel starts once the host's
+/// work is over: the arm64 guest installs what the host's package test
+/// packed. Side by side, each boot's output goes to
+/// `target/test-results/vm-<kernel>-<n>.log` and is printed whole when the
+/// boot ends; the host's work prints as it goes. A boot that fails (a
+/// timeout, a guest that reported nothing) counts its suites as failed and
+/// the others go on; its problem comes back for the summary. If the host's
+/// work fails (a build, the Rust tests), no boot starts after that, the one
+/// under way ends, and that error is returned.
+fn run_lanes(host: &HostWork, boots: &[Boot], side_by_side: bool, results: &Path) -> Result<(Vec<Outcome>, Vec<String>)> {
     let what = |boot: &Boot| format!("kernel {}, modes {}", boot.kernel.label(), boot.modes.join("; "));
+    let ready = std::sync::Mutex::new(Ready::default());
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut done: Vec<(usize, Vec<Outcome>, Option<String>)> = Vec::new();
-    if !side_by_side || boots.len() < 2 || cpus < 2 {
-        for (n, boot) in boots.iter().enumerate() {
+    let jobs = boots.len() + usize::from(host.runs_suites());
+    if !side_by_side || jobs < 2 || boots.is_empty() || cpus < 2 {
+        let mut outcomes = host.run()?;
+        prepare(&ready, boots)?;
+        let mut problems = Vec::new();
+        for boot in boots {
             step(&format!("TypeScript tests in the VM, {} (one boot)", what(boot)));
-            let (outcomes, problem) = run_boot(boot, prepared_for(boot), programs_for(boot), None);
-            done.push((n, outcomes, problem));
+            let (prepared, programs) = lock(&ready).for_boot(boot).expect("prepared above");
+            let (o, problem) = run_boot(boot, &prepared, programs, None);
+            outcomes.extend(o);
+            problems.extend(problem.map(|p| format!("{}: {p}", what(boot))));
         }
-    } else {
-        let queue = std::sync::Mutex::new((0..boots.len()).collect::<std::collections::VecDeque<usize>>());
-        let finished = std::sync::Mutex::new(Vec::new());
-        let lane = || loop {
-            let Some(n) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else { break };
-            let boot = &boots[n];
-            let log = results.join(format!("vm-{}-{n}.log", boot.kernel.label().replace('/', "-")));
-            // Printing and pushing under one lock keeps each log whole.
-            {
-                let _lock = finished.lock().unwrap_or_else(|e| e.into_inner());
-                step(&format!(
-                    "TypeScript tests in the VM, {} (one boot, beside another; its output follows when it ends, and is in {})",
-                    what(boot),
-                    log.display()
-                ));
-            }
-            let started = Instant::now();
-            let (outcomes, problem) = run_boot(boot, prepared_for(boot), programs_for(boot), Some(log.clone()));
-            let mut finished = finished.lock().unwrap_or_else(|e| e.into_inner());
-            step(&format!("VM output: {} ({:.0}s)", what(boot), started.elapsed().as_secs_f64()));
-            match fs::read(&log) {
-                Ok(text) => {
-                    use std::io::Write;
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&text);
-                    let _ = out.flush();
-                }
-                Err(e) => eprintln!("    cannot read {}: {e}", log.display()),
-            }
-            finished.push((n, outcomes, problem));
-        };
-        std::thread::scope(|s| {
-            s.spawn(lane);
-            lane();
-        });
-        done = finished.into_inner().unwrap_or_else(|e| e.into_inner());
+        return Ok((outcomes, problems));
     }
+    prepare(&ready, &boots[..1])?;
+    let queue = std::sync::Mutex::new(
+        [Job::Boot(0), Job::Host].into_iter().chain((1..boots.len()).map(Job::Boot)).collect::<std::collections::VecDeque<Job>>(),
+    );
+    let changed = std::sync::Condvar::new();
+    let host_outcomes = std::sync::Mutex::new(None);
+    let finished = std::sync::Mutex::new(Vec::new());
+    let lane = || loop {
+        let Some(job) = lock(&queue).pop_front() else { break };
+        let n = match job {
+            Job::Boot(n) => n,
+            Job::Host => {
+                let r = host.run().and_then(|o| prepare(&ready, boots).map(|()| o));
+                if let Err(e) = &r {
+                    eprintln!("  the host's work failed: {e:#}\n  no VM boots after it; the one under way ends first");
+                }
+                lock(&ready).host_done = Some(r.as_ref().map(|_| ()).map_err(|e| format!("{e:#}")));
+                *lock(&host_outcomes) = Some(r);
+                changed.notify_all();
+                continue;
+            }
+        };
+        let boot = &boots[n];
+        let got = {
+            let mut r = lock(&ready);
+            loop {
+                match (&r.host_done, r.for_boot(boot)) {
+                    (Some(Err(e)), _) => break Err(e.clone()),
+                    (_, Some(got)) => break Ok(got),
+                    (Some(Ok(())), None) => break Err("internal: its kernel was never prepared".into()),
+                    (None, None) => r = changed.wait(r).unwrap_or_else(|e| e.into_inner()),
+                }
+            }
+        };
+        let (prepared, programs) = match got {
+            Ok(got) => got,
+            Err(e) => {
+                lock(&finished).push((n, Vec::new(), Some(format!("not booted: the host's work failed: {e}"))));
+                continue;
+            }
+        };
+        let log = results.join(format!("vm-{}-{n}.log", boot.kernel.label().replace('/', "-")));
+        // Printing and pushing under one lock keeps each log whole.
+        {
+            let _lock = lock(&finished);
+            step(&format!(
+                "TypeScript tests in the VM, {} (one boot, beside other work; its output follows when it ends, and is in {})",
+                what(boot),
+                log.display()
+            ));
+        }
+        let started = Instant::now();
+        let (outcomes, problem) = run_boot(boot, &prepared, programs, Some(log.clone()));
+        let mut finished = lock(&finished);
+        step(&format!("VM output: {} ({:.0}s)", what(boot), started.elapsed().as_secs_f64()));
+        match fs::read(&log) {
+            Ok(text) => {
+                use std::io::Write;
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&text);
+                let _ = out.flush();
+            }
+            Err(e) => eprintln!("    cannot read {}: {e}", log.display()),
+        }
+        finished.push((n, outcomes, problem));
+    };
+    std::thread::scope(|s| {
+        s.spawn(lane);
+        lane();
+    });
+    let mut outcomes = host_outcomes.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| Ok(Vec::new()))?;
+    let mut done = finished.into_inner().unwrap_or_else(|e| e.into_inner());
     done.sort_by_key(|(n, ..)| *n);
     let problems = done.iter().filter_map(|(n, _, p)| p.as_ref().map(|p| format!("{}: {p}", what(&boots[*n])))).collect();
-    Ok((done.into_iter().flat_map(|(_, o, _)| o).collect(), problems))
+    outcomes.extend(done.into_iter().flat_map(|(_, o, _)| o));
+    Ok((outcomes, problems))
 }
 
 /// The tests' C programs (`test/callers/*.c`, `test/attacks/*.c`) built
@@ -516,7 +639,7 @@ fn run_boots(boots: &[Boot], side_by_side: bool, results: &Path) -> Result<(Vec<
 /// the guest of another architecture has no compiler. The tests take them
 /// from `CG_TEST_PROGRAMS` (`compileC` in test/helpers.ts, which builds
 /// them with gcc where that is unset, with the same flags).
-fn test_programs(arch: &crate::arch::Arch) -> Result<std::path::PathBuf> {
+fn test_programs(arch: &Arch) -> Result<std::path::PathBuf> {
     let (gcc_package, gcc) = arch.cross_gcc;
     crate::setup::apt(&[
         (gcc_package, "builds the tests' C programs for another architecture's guest"),
@@ -573,7 +696,7 @@ fn run_boot(
         Err(e) => (e.downcast_ref::<vm::VmTimeout>().map(|t| t.run_dir.join("out")), kernel.label(), Some(format!("{e:#}"))),
     };
     let mut outcomes = Vec::new();
-    for Suite { label, mode, full_preemption, .. } in suites {
+    for Suite { label, mode, full_preemption, files } in suites {
         let out = |name: String| out_dir.as_ref().map(|d| d.join(name));
         // A suite with no report or exit code (cut short) counts as failed.
         let r = out(format!("results-{label}.json")).and_then(|r| read_report(&r).ok()).unwrap_or(Report {
@@ -586,8 +709,8 @@ fn run_boot(
             place: "VM".into(),
             kernel: release.clone(),
             mode: match (mode.as_str(), full_preemption, kernel.files) {
-                ("auto", false, vm::Files::Only(only, _)) => {
-                    format!("auto→{}, {} file{}", kernel.auto_mode, only.len(), if only.len() == 1 { "" } else { "s" })
+                ("auto", false, vm::Files::Only(..)) => {
+                    format!("auto→{}, {} file{}", kernel.auto_mode, files.len(), if files.len() == 1 { "" } else { "s" })
                 }
                 ("auto", false, _) => format!("auto→{}", kernel.auto_mode),
                 ("auto", true, _) => "auto, preempt full".into(),
@@ -615,6 +738,24 @@ fn run_boot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_default_kernel_exists_and_names_only_test_files_the_vm_runs() {
+        for name in vm::DEFAULT_RUN {
+            let k = vm::kernel_spec(name).unwrap();
+            if let vm::Files::Only(files, why) = k.files {
+                assert!(!why.is_empty() && !files.is_empty(), "{name}");
+                for f in files {
+                    assert!(root().join(f).is_file(), "{name} names {f}, which does not exist");
+                    // The arm64 guest runs the install test on what the host installed for it.
+                    assert!(k.arch.name == "arm64" || !HOST_ONLY_FILES.contains(f), "{name} names the host-only {f}");
+                }
+            }
+        }
+        for f in PER_MODE_FILES.iter().chain(FULL_PREEMPTION_FILES).chain(LEGACY_HOST_FILES) {
+            assert!(root().join(f).is_file(), "{f} does not exist");
+        }
+    }
 
     #[test]
     fn a_report_names_each_failed_test_and_each_file_that_did_not_run() {
