@@ -209,6 +209,32 @@ export function compileC(source: string, dest: string): void {
   chmodSync(dest, 0o755);
 }
 
+/**
+ * Builds `test/callers/aarch32/<name>.c` as an AArch32 executable at
+ * `dest`, for arm64's compat calls: `${CG_TEST_PROGRAMS}/aarch32/<name>`
+ * where that is set (the arm64 guest, built by `cargo xtask test` with
+ * arm-linux-gnueabihf-gcc), else built here with that cross compiler.
+ * Returns null, and says why, where this CPU runs no AArch32 code (exec
+ * fails with ENOEXEC: cores without AArch32 at EL0, such as Neoverse V2).
+ */
+export function compileAarch32(name: string, dest: string): string | null {
+  const prebuilt = process.env.CG_TEST_PROGRAMS;
+  if (prebuilt) {
+    copyFileSync(join(prebuilt, 'aarch32', name), dest);
+  } else {
+    execFileSync('arm-linux-gnueabihf-gcc', ['-static', '-O2', '-Wall', '-Werror', '-o', dest, fileURLToPath(new URL(`../test/callers/aarch32/${name}.c`, import.meta.url))]);
+  }
+  chmodSync(dest, 0o755);
+  // With no argument it makes no call and exits 2.
+  const probe = spawnSync(dest, [], { encoding: 'utf8' });
+  if ((probe.error as NodeJS.ErrnoException | undefined)?.code === 'ENOEXEC') {
+    console.log(`AArch32 calls not tested: this CPU runs no AArch32 code (exec of ${dest}: ENOEXEC)`);
+    return null;
+  }
+  if (probe.status !== 2) throw new Error(`${dest} with no argument: ${probe.error?.message ?? `exit ${probe.status}`}: ${probe.stderr}`);
+  return dest;
+}
+
 /** The ways test/attacks/chroot_via.py reaches a directory without its path in the caller's mount namespace. */
 export const UNREACHABLE_VARIANTS = ['detached', 'open_tree', 'fsmount', 'proc_root', 'fd_unshare', 'fd_passed'] as const;
 

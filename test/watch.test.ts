@@ -15,7 +15,7 @@ import { DECODED_KEYS } from '../ts/events.js';
 import { native } from '../ts/native.js';
 import { chrootRecord } from '../ts/cli/records.js';
 import { callsLost } from '../ts/batch.js';
-import { attackBench, compileC, guarded, ndjson, heldByThisProcess, record, sleep, TEST_MODE, threadedCalls, tryChroot, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
+import { attackBench, compileAarch32, compileC, guarded, ndjson, heldByThisProcess, record, sleep, TEST_MODE, threadedCalls, tryChroot, UNREACHABLE_VARIANTS, type Recorder } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 let root: BusyboxRoot;
@@ -327,12 +327,15 @@ describe.skipIf(!LSM)(lsmTitle(`the watch probes beside the guard (mode ${TEST_M
 describe(`calls once missed or incomplete (mode ${TEST_MODE})`, () => {
   const FIRST_TOUCH_DIR = '/tmp/cg-first-touch/a-literal-directory-path';
   let caller: string;
+  /** arm64: the AArch32 caller, or null where the CPU runs no AArch32 code. */
+  let aarch32: string | null = null;
   let rec: Recorder;
   beforeAll(async () => {
     mkdirSync(FIRST_TOUCH_DIR, { recursive: true });
     const dir = mkdtempSync(join(tmpdir(), 'cg-callers-'));
     caller = join(realpathSync(dir), 'chroot_calls');
     compileC('test/callers/chroot_calls.c', caller);
+    if (process.arch === 'arm64') aarch32 = compileAarch32('chroot32', join(realpathSync(dir), 'chroot32'));
     rec = await record({ compat: true });
   });
   afterAll(() => rec.stop());
@@ -440,8 +443,11 @@ describe(`calls once missed or incomplete (mode ${TEST_MODE})`, () => {
       } else {
         expect(plain.info.blindSpots).toEqual([]);
       }
-      if (process.arch === 'x64') {
-        const c = call('ia32', rootPath);
+      // A 32-bit compat call: x86_64's int $0x80, arm64's AArch32 task.
+      const compat = process.arch === 'x64' ? () => call('ia32', rootPath) : aarch32 ? () => callWith(aarch32!, rootPath) : null;
+      if (compat) {
+        const c = compat();
+        expect(c.ret).toBe(0);
         const after = call('first-touch');
         await plain.until(() => plain.of(after.pid).length === 1);
         expect(plain.of(c.pid)).toHaveLength(plain.info.mode === 'tracepoint' ? 0 : 1);
@@ -479,6 +485,18 @@ describe(`calls once missed or incomplete (mode ${TEST_MODE})`, () => {
     expect([ok.ret, missing.ret]).toEqual([0, -2]);
     await rec.until(() => rec.of(ok.pid).length === 1 && rec.of(missing.pid).length === 1);
     expect(rec.of(ok.pid)[0]).toMatchObject({ path: rootPath, resolvedPath: rootPath, ret: 0, probe: rec.info.mode });
+    expect(rec.of(missing.pid)[0]).toMatchObject({ path: `${rootPath}/missing`, errno: 'ENOENT', resolvedPath: null });
+  });
+
+  it.skipIf(process.arch !== 'arm64')('an AArch32 chroot (ARM EABI syscall 61) is seen, with its argument, result and resolved root, and no blind spot is reported', async (ctx) => {
+    // compileAarch32 printed why, where this CPU runs no AArch32 code.
+    if (!aarch32) return ctx.skip();
+    expect(rec.info.blindSpots).toEqual([]);
+    const ok = callWith(aarch32, rootPath);
+    const missing = callWith(aarch32, `${rootPath}/missing`);
+    expect([ok.ret, missing.ret]).toEqual([0, -2]);
+    await rec.until(() => rec.of(ok.pid).length === 1 && rec.of(missing.pid).length === 1);
+    expect(rec.of(ok.pid)[0]).toMatchObject({ path: rootPath, resolvedPath: rootPath, ret: 0, probe: rec.info.mode, exe: aarch32 });
     expect(rec.of(missing.pid)[0]).toMatchObject({ path: `${rootPath}/missing`, errno: 'ENOENT', resolvedPath: null });
   });
 });

@@ -31,8 +31,9 @@ export interface AttachInfo {
   /**
    * Calls this session does not see: programs of the attached mode that
    * only see 32-bit compat chroot calls (`int $0x80` and the other ia32
-   * entries; `__ia32_sys_chroot`, or raw `sys_enter`/`sys_exit` in
-   * tracepoint mode), refused by the kernel. Empty when every chroot is
+   * entries on x86_64, AArch32 tasks on arm64; `__ia32_sys_chroot`, or raw
+   * `sys_enter`/`sys_exit` in tracepoint mode), refused or not loaded
+   * (`COMPAT_OFF`). Empty when every chroot is
    * seen. In kprobe mode, also exit kretprobes the kernel would only take
    * through the perf kprobe PMU (code `MISSES_UNCOUNTED`): their missed
    * returns, calls without an event, cannot be counted in

@@ -37,8 +37,9 @@ export interface ChrootWatchOptions {
    */
   readonly ringBufferBytes?: number;
   /**
-   * Tracepoint mode: also see 32-bit compat (`int $0x80`) and x32 calls,
-   * which reach no syscall tracepoint, with raw `sys_enter`/`sys_exit`
+   * Tracepoint mode: also see 32-bit compat (`int $0x80` on x86_64, AArch32
+   * tasks on arm64) and x32 calls, which reach no syscall tracepoint, with
+   * raw `sys_enter`/`sys_exit`
    * programs. Off by default: they run on every syscall of the host and
    * slow each one (bench/RESULTS.md, raw-syscall coverage); while off,
    * `AttachInfo.blindSpots` names the calls not seen (`COMPAT_OFF`).

@@ -33,6 +33,11 @@ pub struct Arch {
     /// `libdl`): only a recommendation of the compiler's package, which
     /// `--no-install-recommends` leaves out.
     pub cross_libc: &'static str,
+    /// Its 32-bit compat userland, where the tests build it apart: the
+    /// compiler's package, its command and its C library's package. arm64's
+    /// AArch32 (`test/callers/aarch32/`); none for x86-64, whose tests make
+    /// ia32 calls from a 64-bit process (`int $0x80`).
+    pub compat_gcc: Option<(&'static str, &'static str, &'static str)>,
 }
 
 /// x86-64.
@@ -43,6 +48,7 @@ pub const X64: Arch = Arch {
     debian: "amd64",
     cross_gcc: ("gcc-x86-64-linux-gnu", "x86_64-linux-gnu-gcc"),
     cross_libc: "libc6-dev-amd64-cross",
+    compat_gcc: None,
 };
 
 /// arm64 (AArch64).
@@ -53,6 +59,7 @@ pub const ARM64: Arch = Arch {
     debian: "arm64",
     cross_gcc: ("gcc-aarch64-linux-gnu", "aarch64-linux-gnu-gcc"),
     cross_libc: "libc6-dev-arm64-cross",
+    compat_gcc: Some(("gcc-arm-linux-gnueabihf", "arm-linux-gnueabihf-gcc", "libc6-dev-armhf-cross")),
 };
 
 /// Every architecture, the napi targets of package.json in its order.

@@ -638,7 +638,9 @@ fn run_lanes(host: &HostWork, boots: &[Boot], side_by_side: bool, results: &Path
 /// only the C library Node.js needs), into `target/test-programs/<arch>/`:
 /// the guest of another architecture has no compiler. The tests take them
 /// from `CG_TEST_PROGRAMS` (`compileC` in test/helpers.ts, which builds
-/// them with gcc where that is unset, with the same flags).
+/// them with gcc where that is unset, with the same flags). With a compat
+/// userland ([`Arch::compat_gcc`]), `test/callers/aarch32/*.c` too, with
+/// its compiler, into `aarch32/` there.
 fn test_programs(arch: &Arch) -> Result<std::path::PathBuf> {
     let (gcc_package, gcc) = arch.cross_gcc;
     crate::setup::apt(&[
@@ -646,9 +648,17 @@ fn test_programs(arch: &Arch) -> Result<std::path::PathBuf> {
         (arch.cross_libc, "the C library that compiler links against"),
     ])?;
     let out = root().join("target/test-programs").join(arch.name);
-    fs::create_dir_all(&out)?;
-    step(&format!("the tests' C programs for {} ({gcc}, into {})", arch.name, out.display()));
-    for dir in ["test/callers", "test/attacks"] {
+    let mut builds = vec![(gcc, "test/callers", out.clone()), (gcc, "test/attacks", out.clone())];
+    if let Some((package, compat_gcc, libc)) = arch.compat_gcc {
+        crate::setup::apt(&[
+            (package, "builds the tests' 32-bit compat callers for that guest"),
+            (libc, "the C library that compiler links against"),
+        ])?;
+        builds.push((compat_gcc, "test/callers/aarch32", out.join("aarch32")));
+    }
+    step(&format!("the tests' C programs for {} ({}, into {})", arch.name, builds.iter().map(|b| b.0).collect::<Vec<_>>().join(", "), out.display()));
+    for (gcc, dir, out) in builds {
+        fs::create_dir_all(&out)?;
         for entry in fs::read_dir(root().join(dir)).with_context(|| format!("reading {dir}"))? {
             let source = entry?.path();
             let Some(stem) = source.file_stem().filter(|_| source.extension().is_some_and(|e| e == "c")) else { continue };

@@ -463,11 +463,13 @@ pub struct KernelOffsets {
     /// syscall (`bx` on x86_64; the native register elsewhere).
     pub pt_regs_compat_arg0: u32,
     /// Offset in `struct pt_regs` of the syscall number (`orig_ax` on
-    /// x86_64).
+    /// x86_64, the 32-bit `syscallno` on arm64).
     pub pt_regs_syscall_nr: u32,
-    /// `task_struct.thread_info` plus `thread_info.status` (x86_64), where
-    /// `TS_COMPAT` marks a 32-bit syscall in progress.
-    pub task_ti_status: u32,
+    /// `task_struct.thread_info` plus the word that marks a 32-bit compat
+    /// syscall: `thread_info.status` on x86_64 (`TS_COMPAT`, set for the
+    /// syscall in progress), `thread_info.flags` on arm64 (`TIF_32BIT`, an
+    /// AArch32 task, whose every syscall is compat).
+    pub task_ti_compat: u32,
     /// `task_struct.comm`
     pub task_comm: u32,
     /// `file.f_path`

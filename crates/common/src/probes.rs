@@ -24,7 +24,11 @@ pub const SYS_CHROOT: &str = "__x64_sys_chroot";
 /// compat calls, so tracepoint mode catches them on raw `sys_enter`.
 pub const SYS_CHROOT_IA32: &str = "__ia32_sys_chroot";
 
-/// chroot's number in the ia32 syscall table (`arch/x86/entry/syscalls/syscall_32.tbl`).
+/// chroot's number for a 32-bit compat call: 61 in the ia32 table
+/// (`arch/x86/entry/syscalls/syscall_32.tbl`) and in the ARM EABI one that
+/// AArch32 tasks use on arm64 (`arch/arm/tools/syscall.tbl`). arm64 runs
+/// them through `__arm64_sys_chroot` (fentry and kprobe modes see them),
+/// but its syscall tracepoints skip them as x86_64's do.
 pub const COMPAT_CHROOT_NR: i64 = 61;
 
 /// chroot's number for the x32 ABI: `__X32_SYSCALL_BIT` | 161. x32 calls
@@ -116,10 +120,8 @@ pub const PROBES: &[ProbeSpec] = &[
     #[cfg(target_arch = "x86_64")]
     ProbeSpec { program: "cg_kret_sys32", mode: Mode::Kprobe, kind: ProgramKind::KRetProbe, target: SYS_CHROOT_IA32, role: Role::Exit, compat: true },
     ProbeSpec { program: "cg_tp_enter", mode: Mode::Tracepoint, kind: ProgramKind::TracePoint, target: "sys_enter_chroot", role: Role::Enter, compat: false },
-    #[cfg(target_arch = "x86_64")]
     ProbeSpec { program: "cg_raw_enter32", mode: Mode::Tracepoint, kind: ProgramKind::RawTracePoint, target: "sys_enter", role: Role::Enter, compat: true },
     ProbeSpec { program: "cg_tp_exit", mode: Mode::Tracepoint, kind: ProgramKind::TracePoint, target: "sys_exit_chroot", role: Role::Exit, compat: false },
-    #[cfg(target_arch = "x86_64")]
     ProbeSpec { program: "cg_raw_exit32", mode: Mode::Tracepoint, kind: ProgramKind::RawTracePoint, target: "sys_exit", role: Role::Exit, compat: true },
 ];
 

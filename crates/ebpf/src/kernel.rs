@@ -1075,25 +1075,43 @@ pub fn syscall_arg0(regs: *const u8) -> Result<*const u8, Error> {
 
 /// The first argument of a 32-bit compat syscall from a user `struct
 /// pt_regs *` (what `__ia32_sys_*` receive, and `sys_enter` for a compat
-/// call): `bx` on x86_64. The value is a 32-bit user address.
+/// call): `bx` on x86_64, `regs[0]` (AArch32's r0) on arm64. The value is
+/// a 32-bit user address.
 #[inline(always)]
 pub fn syscall_compat_arg0(regs: *const u8) -> Result<*const u8, Error> {
     Ok(read::<u64>(regs, off!(pt_regs_compat_arg0))? as u32 as usize as *const u8)
 }
 
-/// The syscall number in a user `struct pt_regs *` (`orig_ax`).
+/// The syscall number in a user `struct pt_regs *`: x86_64's `orig_ax`.
+#[cfg(not(bpf_target_arch = "aarch64"))]
 #[inline(always)]
 pub fn syscall_nr(regs: *const u8) -> Result<i64, Error> {
     read::<i64>(regs, off!(pt_regs_syscall_nr))
 }
 
-/// `TS_COMPAT` in x86's `thread_info.status`: set on entry to a 32-bit
-/// syscall (`int $0x80`, `sysenter`, 32-bit `syscall`), also one a 64-bit
-/// process makes.
-const TS_COMPAT: u32 = 0x0002;
+/// The syscall number in a user `struct pt_regs *`: arm64's `s32
+/// syscallno` (the 32 bits after it are another field).
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+pub fn syscall_nr(regs: *const u8) -> Result<i64, Error> {
+    Ok(i64::from(read::<i32>(regs, off!(pt_regs_syscall_nr))?))
+}
+
+/// The compat bit in the `thread_info` word at `task_ti_compat`: x86_64's
+/// `TS_COMPAT` in `status`, set on entry to a 32-bit syscall (`int $0x80`,
+/// `sysenter`, 32-bit `syscall`), also one a 64-bit process makes.
+#[cfg(not(bpf_target_arch = "aarch64"))]
+const COMPAT_BIT: u32 = 0x0002;
+
+/// The compat bit in the `thread_info` word at `task_ti_compat`: arm64's
+/// `TIF_32BIT` (bit 22 of `flags`, in its low 32 bits), set for an AArch32
+/// task, which can make no other syscall. A `#define`, so not in BTF: 22
+/// from 3.7 through 6.12 at least.
+#[cfg(bpf_target_arch = "aarch64")]
+const COMPAT_BIT: u32 = 1 << 22;
 
 /// Whether the current task is in a 32-bit compat syscall.
 #[inline(always)]
 pub fn in_compat_syscall() -> Result<bool, Error> {
-    Ok(read::<u32>(current_task(), off!(task_ti_status))? & TS_COMPAT != 0)
+    Ok(read::<u32>(current_task(), off!(task_ti_compat))? & COMPAT_BIT != 0)
 }

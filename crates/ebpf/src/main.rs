@@ -126,7 +126,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     sb_dev: 0,
     pt_regs_compat_arg0: 0,
     pt_regs_syscall_nr: 0,
-    task_ti_status: 0,
+    task_ti_compat: 0,
     task_comm: 0,
     file_f_path: 0,
     mount_mnt_ns: 0,

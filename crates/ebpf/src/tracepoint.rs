@@ -42,9 +42,10 @@ pub fn cg_tp_exit(ctx: TracePointContext) -> u32 {
 }
 
 /// Raw `sys_enter` (every syscall of every task): the syscall tracepoints do
-/// not fire for 32-bit compat or x32 calls, so these are caught here,
-/// filtered in the kernel to a compat chroot (`TS_COMPAT` and number 61) or
-/// an x32 one before anything else is read.
+/// not fire for 32-bit compat calls (x86_64's ia32, arm64's AArch32) or
+/// x32 ones, so these are caught here, filtered in the kernel to a compat
+/// chroot (the task's compat bit and number 61) or an x32 one (x86_64) before
+/// anything else is read.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn cg_raw_enter32(ctx: RawTracePointContext) -> i32 {
     let id: i64 = ctx.arg(1);

@@ -137,6 +137,17 @@ const PT_REGS_COMPAT: [(&str, &str); 2] = [("pt_regs", "bx"), ("pt_regs", "orig_
 #[cfg(target_arch = "aarch64")]
 const PT_REGS_COMPAT: [(&str, &str); 2] = [("pt_regs", "regs"), ("pt_regs", "syscallno")];
 
+/// The `thread_info` field whose bit marks a compat syscall (see
+/// `in_compat_syscall` in crates/ebpf): x86_64's `status` (`TS_COMPAT`),
+/// arm64's `flags` (`TIF_32BIT`).
+#[cfg(not(target_arch = "aarch64"))]
+const THREAD_INFO_COMPAT: (&str, &str) = ("thread_info", "status");
+/// The `thread_info` field whose bit marks a compat syscall (see
+/// `in_compat_syscall` in crates/ebpf): x86_64's `status` (`TS_COMPAT`),
+/// arm64's `flags` (`TIF_32BIT`).
+#[cfg(target_arch = "aarch64")]
+const THREAD_INFO_COMPAT: (&str, &str) = ("thread_info", "flags");
+
 /// Every offset the programs need, from the running kernel's BTF.
 ///
 /// # Errors
@@ -186,8 +197,7 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         sb_dev: o("super_block", "s_dev")?,
         pt_regs_compat_arg0: o(PT_REGS_COMPAT[0].0, PT_REGS_COMPAT[0].1)?,
         pt_regs_syscall_nr: o(PT_REGS_COMPAT[1].0, PT_REGS_COMPAT[1].1)?,
-        // `thread_info.status` is x86's; 0 elsewhere, where nothing reads it.
-        task_ti_status: if cfg!(target_arch = "x86_64") { o("task_struct", "thread_info")? + o("thread_info", "status")? } else { 0 },
+        task_ti_compat: o("task_struct", "thread_info")? + o(THREAD_INFO_COMPAT.0, THREAD_INFO_COMPAT.1)?,
         task_comm: o("task_struct", "comm")?,
         file_f_path: o("file", "f_path")?,
         mount_mnt_ns: o("mount", "mnt_ns")?,

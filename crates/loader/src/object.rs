@@ -85,7 +85,7 @@ mod tests {
         if cfg!(target_arch = "x86_64") {
             assert_eq!(built, listed);
         } else {
-            // The 32-bit compat programs are built always, listed on x86_64 only.
+            // The ia32 entry programs are built always, listed on x86_64 only.
             assert!(listed.is_subset(&built), "listed but not built: {:?}", listed.difference(&built));
         }
     }

@@ -144,7 +144,7 @@ pub const KERNELS: &[KernelSpec] = &[
                 "test/escapes.test.ts",
                 "test/ps.test.ts",
             ],
-            "on Debian's arm64 6.1 fentry/fexit and BPF LSM programs fail to attach (bpf_raw_tracepoint_open: ENOTSUPP; arm64's BPF trampolines need ftrace direct calls, 6.4), so auto picks kprobe and no guard loads (doctor reports why), and the guard's files would only skip; the rest of the watch files (cli, loss, lifecycle, errors, memory, cgroup) are left out for CI's time: arm64 under TCG runs about 1.4 times slower than x86-64. package.test.ts runs the host's npm install for arm64 (target/install/arm64); the tests' C programs are cross-built on the host (the arm64 root has no compiler)",
+            "on Debian's arm64 6.1 fentry/fexit and BPF LSM programs fail to attach (bpf_raw_tracepoint_open: ENOTSUPP; arm64's BPF trampolines need ftrace direct calls, 6.4), so auto picks kprobe and no guard loads (doctor reports why), and the guard's files would only skip; the rest of the watch files (cli, loss, lifecycle, errors, memory, cgroup) are left out for CI's time: arm64 under TCG runs about 1.4 times slower than x86-64. package.test.ts runs the host's npm install for arm64 (target/install/arm64); the tests' C programs are cross-built on the host (the arm64 root has no compiler), the AArch32 caller of watch.test.ts with arm-linux-gnueabihf-gcc",
         ),
     },
 ];
