@@ -13,7 +13,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use xtask::{run, secs};
 
 /// The Debian archive other releases come from, and the keyring that signs
@@ -129,46 +129,61 @@ impl Apt {
     }
 
     /// The `.deb` of `package` (`name` or `name:arch`) at `version` in `debs`,
-    /// downloaded there with `apt-get download` if missing, after one
-    /// `apt-get update` if the first try fails (stale or no lists).
+    /// downloaded there if missing ([`Apt::debs`]).
     pub fn deb(&self, debs: &Path, package: &str, version: &str) -> Result<PathBuf> {
+        let mut found = self.debs(debs, &[(package.to_string(), version.to_string())])?;
+        found.pop().context("one .deb asked, none found")
+    }
+
+    /// The `.deb` of each `(package, version)` in `debs`, in order; the
+    /// missing ones downloaded there by one `apt-get download` (each costs
+    /// about 2 s on its own), after one `apt-get update` if the first try
+    /// fails (stale or no lists).
+    pub fn debs(&self, debs: &Path, wanted: &[(String, String)]) -> Result<Vec<PathBuf>> {
         fs::create_dir_all(debs).with_context(|| format!("creating {}", debs.display()))?;
-        let (name, arch) = package.split_once(':').map_or((package, None), |(n, a)| (n, Some(a)));
-        let prefix = format!("{name}_{}_", version.replace(':', "%3a"));
-        let suffix = arch.map_or_else(|| ".deb".to_string(), |a| format!("_{a}.deb"));
-        let find = || -> Option<PathBuf> {
-            fs::read_dir(debs).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
+        let find = |package: &str, version: &str| -> (Option<PathBuf>, String) {
+            let (name, arch) = package.split_once(':').map_or((package, None), |(n, a)| (n, Some(a)));
+            let prefix = format!("{name}_{}_", version.replace(':', "%3a"));
+            let suffix = arch.map_or_else(|| ".deb".to_string(), |a| format!("_{a}.deb"));
+            let found = fs::read_dir(debs).ok().and_then(|dir| {
+                dir.filter_map(|e| e.ok()).map(|e| e.path()).find(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(&suffix))
+                })
+            });
+            (found, format!("{prefix}*{suffix}"))
+        };
+        let missing: Vec<String> =
+            wanted.iter().filter(|(p, v)| find(p, v).0.is_none()).map(|(p, v)| format!("{p}={v}")).collect();
+        if !missing.is_empty() {
+            let started = Instant::now();
+            eprintln!("    downloading {} into {}", missing.join(" "), debs.display());
+            let download = || {
+                run(self
+                    .command("apt-get")
+                    // apt's sandbox user _apt may not write into the repository.
+                    .args(["-o", "APT::Sandbox::User=root", "download"])
+                    .args(&missing)
+                    .current_dir(debs))
+            };
+            if let Err(e) = download() {
+                eprintln!("    download failed ({e:#}); running apt-get update and trying again");
+                self.update()?;
+                download().with_context(|| {
+                    format!("cannot download {}: check the network and {} (`apt-cache policy PACKAGE`)", missing.join(" "), self.sources)
+                })?;
+            }
+            eprintln!("    downloaded {} package(s) in {}", missing.len(), secs(started.elapsed()));
+        }
+        wanted
+            .iter()
+            .map(|(p, v)| match find(p, v) {
+                (Some(deb), _) => {
+                    let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
+                    eprintln!("    {} ({} MB)", deb.display(), size / 1_000_000);
+                    Ok(deb)
+                }
+                (None, pattern) => bail!("apt-get download left no {pattern} in {}", debs.display()),
             })
-        };
-        if let Some(deb) = find() {
-            eprintln!("    cached: {}", deb.display());
-            return Ok(deb);
-        }
-        let started = Instant::now();
-        eprintln!("    downloading {package}={version} into {}", debs.display());
-        let download = || {
-            run(self
-                .command("apt-get")
-                // apt's sandbox user _apt may not write into the repository.
-                .args(["-o", "APT::Sandbox::User=root", "download"])
-                .arg(format!("{package}={version}"))
-                .current_dir(debs))
-        };
-        if let Err(e) = download() {
-            eprintln!("    download failed ({e:#}); running apt-get update and trying again");
-            self.update()?;
-            download().with_context(|| {
-                format!(
-                    "cannot download {package}={version}: check the network and {} \
-                     (`apt-cache policy {package}`)",
-                    self.sources
-                )
-            })?;
-        }
-        let deb = find().with_context(|| format!("apt-get download left no {prefix}*{suffix} in {}", debs.display()))?;
-        let size = fs::metadata(&deb).map(|m| m.len()).unwrap_or(0);
-        eprintln!("    downloaded {} ({} MB) in {}", deb.display(), size / 1_000_000, secs(started.elapsed()));
-        Ok(deb)
+            .collect()
     }
 }

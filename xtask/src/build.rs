@@ -18,7 +18,8 @@ fn rustc_libllvm() -> Result<PathBuf> {
 
 /// Builds `crates/ebpf` for bpfel-unknown-none with `bpf_target_arch` set
 /// to `arch` (`arch.rs` says why), into [`Arch::ebpf_object`]: the object,
-/// then the legacy object (feature `legacy`) for kernels 5.8 to 5.12.
+/// and beside it the legacy object (feature `legacy`) for kernels 5.8 to
+/// 5.12.
 ///
 /// bpf-linker 0.10 (feature rust-llvm-22) loads libLLVM at run time from the
 /// directories in LD_LIBRARY_PATH; we give it a directory holding only the
@@ -39,7 +40,7 @@ pub fn build_ebpf(arch: &Arch) -> Result<()> {
     if !PathBuf::from("/usr/bin/cargo").exists() {
         bail!("/usr/bin/cargo is missing: run `cargo xtask setup` first (it installs cargo-web)");
     }
-    for legacy in [false, true] {
+    let object = |legacy: bool| {
         run(Command::new("/usr/bin/cargo")
             .args(["build", "--release"])
             .args(if legacy { &["--features", "legacy"][..] } else { &[] })
@@ -51,9 +52,17 @@ pub fn build_ebpf(arch: &Arch) -> Result<()> {
             // would replace the BTF flags of crates/ebpf/.cargo/config.toml.
             .env("AYA_BPF_TARGET_ARCH", arch.target_arch)
             .env("LD_LIBRARY_PATH", &llvm_dir)
-            .env_remove("RUSTFLAGS"))?;
-    }
-    Ok(())
+            .env_remove("RUSTFLAGS"))
+    };
+    // Both at once, each in its own target directory: each build is mostly
+    // one rustc at a time (core, then the crate, one codegen unit), so the
+    // pair takes about the time of one.
+    let (full, legacy) = std::thread::scope(|s| {
+        let legacy = s.spawn(|| object(true));
+        (object(false), legacy.join())
+    });
+    full?;
+    legacy.unwrap_or_else(|_| Err(anyhow::anyhow!("the legacy object's build panicked")))
 }
 
 /// eBPF object, napi addon (with the object embedded), TypeScript, for the

@@ -132,15 +132,14 @@ fn build(
         fs::remove_dir_all(dir).with_context(|| format!("removing stale {}", dir.display()))?;
     }
     fs::create_dir_all(dir)?;
-    let debs = cache.join("debs");
-    for ((package, version), (_, only, _)) in versions.iter().zip(PACKAGES) {
-        let deb = apt.deb(&debs, package, version)?;
+    let debs = apt.debs(&cache.join("debs"), versions)?;
+    for ((deb, (package, _)), (_, only, _)) in debs.iter().zip(versions).zip(PACKAGES) {
         match only {
-            None => run(Command::new("dpkg").arg("-x").arg(&deb).arg(dir))?,
+            None => run(Command::new("dpkg").arg("-x").arg(deb).arg(dir))?,
             Some(files) => {
                 let scratch = cache.join(format!(".userland-{}", std::process::id()));
                 let _ = fs::remove_dir_all(&scratch);
-                run(Command::new("dpkg").arg("-x").arg(&deb).arg(&scratch))?;
+                run(Command::new("dpkg").arg("-x").arg(deb).arg(&scratch))?;
                 for f in *files {
                     fs::create_dir_all(dir.join(f).parent().context("a file in a directory")?)?;
                     fs::copy(scratch.join(f), dir.join(f)).with_context(|| format!("{package} holds no {f}"))?;
