@@ -567,7 +567,11 @@ fn run_lanes(host: &HostWork, boots: &[Boot], side_by_side: bool, results: &Path
         let n = match job {
             Job::Boot(n) => n,
             Job::Host => {
-                let r = host.run().and_then(|o| prepare(&ready, boots).map(|()| o));
+                // A panic here must still wake the lane waiting for it.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    host.run().and_then(|o| prepare(&ready, boots).map(|()| o))
+                }))
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the host's work panicked")));
                 if let Err(e) = &r {
                     eprintln!("  the host's work failed: {e:#}\n  no VM boots after it; the one under way ends first");
                 }
@@ -582,9 +586,9 @@ fn run_lanes(host: &HostWork, boots: &[Boot], side_by_side: bool, results: &Path
             let mut r = lock(&ready);
             loop {
                 match (&r.host_done, r.for_boot(boot)) {
-                    (Some(Err(e)), _) => break Err(e.clone()),
+                    (Some(Err(e)), _) => break Err(format!("not booted: the host's work failed: {e}")),
                     (_, Some(got)) => break Ok(got),
-                    (Some(Ok(())), None) => break Err("internal: its kernel was never prepared".into()),
+                    (Some(Ok(())), None) => break Err("not booted: internal: its kernel was never prepared".into()),
                     (None, None) => r = changed.wait(r).unwrap_or_else(|e| e.into_inner()),
                 }
             }
@@ -592,7 +596,7 @@ fn run_lanes(host: &HostWork, boots: &[Boot], side_by_side: bool, results: &Path
         let (prepared, programs) = match got {
             Ok(got) => got,
             Err(e) => {
-                lock(&finished).push((n, Vec::new(), Some(format!("not booted: the host's work failed: {e}"))));
+                lock(&finished).push((n, Vec::new(), Some(e)));
                 continue;
             }
         };
