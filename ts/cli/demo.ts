@@ -14,6 +14,9 @@ import type { AttachInfo } from '../session.js';
 import { EXIT, describeAttach, note, reportError, terminalSafe } from './output.js';
 import { EventPrinter } from './printer.js';
 
+/** How long a step's events may take to arrive before the next step starts (ms). */
+const STEP_WAIT_MS = 2000;
+
 /** Options of `demo`. */
 export interface DemoFlags {
   json?: boolean;
@@ -42,16 +45,22 @@ export async function demo(flags: DemoFlags): Promise<number> {
     note(`${describeAttach(info)}\n  demo root: ${root.dir}`);
     printer.attached(info);
     const expected: Array<{ pid: number; call: ExpectedCall }> = [];
+    const allSeen = (calls: typeof expected) => calls.every(({ pid, call }) => seen.some((e) => e.pid === pid && e.path === call.path));
+    const waitFor = async (calls: typeof expected, ms: number) => {
+      const deadline = Date.now() + ms;
+      while (!allSeen(calls) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    };
     for (const step of demoSteps(root.dir)) {
       note(`▶ ${step.title}: ${step.argv.join(' ')}`);
       const run = await runStep(step.argv);
       for (const line of run.output.trimEnd().split('\n').filter(Boolean)) note(`  ${line}`);
-      for (const call of step.calls) expected.push({ pid: run.pid, call });
+      const mine = step.calls.map((call) => ({ pid: run.pid, call }));
+      expected.push(...mine);
+      // Its events print under its header, before the next step's.
+      await waitFor(mine, STEP_WAIT_MS);
     }
-    // Wait until every expected call has an event (or 5 s).
-    const done = () => expected.every(({ pid, call }) => seen.some((e) => e.pid === pid && e.path === call.path));
-    const deadline = Date.now() + 5000;
-    while (!done() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    // Whatever is still missing gets the rest of its time.
+    await waitFor(expected, 5000);
     printer.finish(undefined);
     let ok = true;
     note('summary (expected call → event seen):');
