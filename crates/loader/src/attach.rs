@@ -81,7 +81,7 @@ pub struct LoadOptions {
 
 /// Why compat calls go unseen in tracepoint mode when [`LoadOptions::compat`]
 /// is off.
-pub const COMPAT_OFF_REASON: &str = "32-bit compat and x32 calls reach no syscall tracepoint; seeing them in tracepoint mode takes raw sys_enter/sys_exit programs, which run on every syscall of the host: in bench/RESULTS.md they add about 185 ns to every syscall (a getpid takes 2.7x its time with no probe, 1.4x without them), so they are off unless asked for (compat: true, --compat)";
+pub const COMPAT_OFF_REASON: &str = "32-bit compat and x32 calls reach no syscall tracepoint; seeing them in tracepoint mode takes raw sys_enter/sys_exit programs, which run on every syscall of the host: in bench/RESULTS.md they add about 185 ns to every syscall (with them a getpid takes 2.7x its time with no probe, against 1.4x with them off), so they are off unless asked for (compat: true, --compat)";
 
 /// An object with one mode's programs loaded and attached.
 pub struct Loaded {
