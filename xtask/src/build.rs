@@ -25,7 +25,10 @@ fn rustc_libllvm() -> Result<PathBuf> {
 /// directories in LD_LIBRARY_PATH; we give it a directory holding only the
 /// LLVM that rustc-web uses, so the bitcode and the linker always agree.
 pub fn build_ebpf(arch: &Arch) -> Result<()> {
-    step(&format!("eBPF object for {} (rustc-web + bpf-linker, bpfel-unknown-none)", arch.name));
+    step(&format!(
+        "eBPF objects for {}, the full one and the legacy one at once (rustc-web + bpf-linker, bpfel-unknown-none)",
+        arch.name
+    ));
     if !crate::setup::bpf_linker_ok() {
         bail!("bpf-linker {} is not installed: run `cargo xtask setup` first", crate::setup::BPF_LINKER_VERSION);
     }
