@@ -197,34 +197,28 @@ export function threadedCalls(bench: AttackBench, n: number, k: number, a: strin
  * e.g. `test/callers/chroot_calls.c`) at `dest`, mode 0755. From
  * `CG_TEST_PROGRAMS`, a directory of the programs already built for this
  * machine's architecture (`cargo xtask test` cross-builds them for the
- * arm64 guest, which has no compiler), else built here with gcc.
+ * arm64 guest, which has no compiler; another userland's under `subdir`),
+ * else built here with `gcc` and `flags`.
  */
-export function compileC(source: string, dest: string): void {
+export function compileC(source: string, dest: string, { gcc = 'gcc', flags = ['-pthread'], subdir = '' } = {}): void {
   const prebuilt = process.env.CG_TEST_PROGRAMS;
   if (prebuilt) {
-    copyFileSync(join(prebuilt, basename(source, '.c')), dest);
+    copyFileSync(join(prebuilt, subdir, basename(source, '.c')), dest);
   } else {
-    execFileSync('gcc', ['-O2', '-pthread', '-Wall', '-Werror', '-o', dest, fileURLToPath(new URL(`../${source}`, import.meta.url))]);
+    execFileSync(gcc, ['-O2', ...flags, '-Wall', '-Werror', '-o', dest, fileURLToPath(new URL(`../${source}`, import.meta.url))]);
   }
   chmodSync(dest, 0o755);
 }
 
 /**
  * Builds `test/callers/aarch32/<name>.c` as an AArch32 executable at
- * `dest`, for arm64's compat calls: `${CG_TEST_PROGRAMS}/aarch32/<name>`
- * where that is set (the arm64 guest, built by `cargo xtask test` with
- * arm-linux-gnueabihf-gcc), else built here with that cross compiler.
+ * `dest`, for arm64's compat calls ({@link compileC} with
+ * arm-linux-gnueabihf-gcc, statically; `aarch32/` of `CG_TEST_PROGRAMS`).
  * Returns null, and says why, where this CPU runs no AArch32 code (exec
  * fails with ENOEXEC: cores without AArch32 at EL0, such as Neoverse V2).
  */
 export function compileAarch32(name: string, dest: string): string | null {
-  const prebuilt = process.env.CG_TEST_PROGRAMS;
-  if (prebuilt) {
-    copyFileSync(join(prebuilt, 'aarch32', name), dest);
-  } else {
-    execFileSync('arm-linux-gnueabihf-gcc', ['-static', '-O2', '-Wall', '-Werror', '-o', dest, fileURLToPath(new URL(`../test/callers/aarch32/${name}.c`, import.meta.url))]);
-  }
-  chmodSync(dest, 0o755);
+  compileC(`test/callers/aarch32/${name}.c`, dest, { gcc: 'arm-linux-gnueabihf-gcc', flags: ['-static'], subdir: 'aarch32' });
   // With no argument it makes no call and exits 2.
   const probe = spawnSync(dest, [], { encoding: 'utf8' });
   if ((probe.error as NodeJS.ErrnoException | undefined)?.code === 'ENOEXEC') {
