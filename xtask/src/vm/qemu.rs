@@ -65,6 +65,8 @@ struct Console {
     lsm: Option<String>,
     exit: Option<i32>,
     errors: Vec<String>,
+    /// The guest kernel's first `Kernel panic - not syncing:` line.
+    panic: Option<String>,
 }
 
 /// Escapes `,` for a QEMU option value.
@@ -84,8 +86,15 @@ pub(super) struct Machine {
 }
 
 /// x86-64: QEMU's default PC (with qboot when installed, which starts the
-/// kernel faster than SeaBIOS), `-cpu max`; arm64: the `virt` board, whose
-/// PL011 UART is the console, with a Neoverse N1 (Armv8.2: Graviton2, Ampere
+/// kernel faster than SeaBIOS), `-cpu max`, and single-threaded TCG: under
+/// multi-threaded TCG a vCPU has looped on an `int3` that `text_poke_bp` on
+/// the other vCPU had already replaced (a stale translated block; the
+/// syscall tracepoints' static branch flips whenever the first `sys_enter`
+/// user attaches or the last detaches), twice in clean-clone CI runs. With
+/// all vCPUs in one host thread a code write and the other vCPU's next
+/// block cannot race; the CLI's commands took the same time either way
+/// (26.4 s against 25.6 s), as they barely use the second vCPU.
+/// arm64: the `virt` board, whose PL011 UART is the console, with a Neoverse N1 (Armv8.2: Graviton2, Ampere
 /// Altra). Not arm64's `-cpu max`: its pointer authentication is emulated
 /// with the architected QARMA5 cipher at every signed return of Debian's
 /// kernel, which made the guest about 2.2 times slower (doctor 25 s against
@@ -99,7 +108,12 @@ pub(super) fn machine(arch: &Arch) -> Machine {
             args: &["-M", "virt", "-accel", "tcg", "-cpu", "neoverse-n1"],
             console: "ttyAMA0",
         },
-        _ => Machine { qemu: "qemu-system-x86_64", package: "qemu-system-x86", args: &["-accel", "tcg", "-cpu", "max"], console: "ttyS0" },
+        _ => Machine {
+            qemu: "qemu-system-x86_64",
+            package: "qemu-system-x86",
+            args: &["-accel", "tcg,thread=single", "-cpu", "max"],
+            console: "ttyS0",
+        },
     }
 }
 
@@ -130,6 +144,10 @@ pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir:
         "watchdog_thresh=30".into(),
         "softlockup_panic=1".into(),
         "softlockup_all_cpu_backtrace=1".into(),
+        // A CPU that is not locked up but never reaches a quiescent state
+        // (looping through an exception) stalls RCU instead: that panics
+        // too, at the first stall report (21 s in Debian's kernels).
+        "sysctl.kernel.panic_on_rcu_stall=1".into(),
     ];
     let cwd = check_cwd(&opts.cwd)?;
     // Another architecture's root does not hold the working directory.
@@ -212,7 +230,9 @@ pub(super) fn boot(opts: &VmOptions, kernel: &Kernel, initramfs: &Path, run_dir:
                 code
             }
             None => {
-                let why = if console.errors.is_empty() {
+                let why = if let Some(panic) = &console.panic {
+                    format!("the guest kernel panicked ({panic}); its stacks are in the console output above")
+                } else if console.errors.is_empty() {
                     "no report from the guest's /init (a kernel panic? see the console output; \
                      more with --kernel-arg loglevel=7)"
                         .to_string()
@@ -270,6 +290,11 @@ fn read_console(stdout: impl std::io::Read, boot_started: Instant, out: &Out) ->
             }
         }
         let text = String::from_utf8_lossy(&line);
+        if console.panic.is_none() {
+            if let Some((_, why)) = text.split_once("Kernel panic - not syncing: ") {
+                console.panic = Some(why.trim().to_string());
+            }
+        }
         if console.exit.is_some() && text.contains("reboot: Power down") {
             continue;
         }
