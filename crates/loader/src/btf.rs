@@ -3,12 +3,12 @@
 //! field the programs read are looked up here at load time and passed in the
 //! read-only global `OFFSETS`.
 
-use std::collections::HashMap;
+use std::{cell::RefCell, collections::HashMap, ops::Deref};
 
 use btf_rs::{Btf, BtfType, Type};
-use chroot_guard_common::KernelOffsets;
+use chroot_guard_common::{probes::PROBES, KernelOffsets};
 
-use crate::error::Error;
+use crate::{error::Error, features::FEATURES};
 
 /// Kernel BTF, present with `CONFIG_DEBUG_INFO_BTF=y` (5.4+).
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -25,9 +25,93 @@ pub fn kernel_btf() -> Result<Btf, Error> {
         .map_err(|source| Error::NoBtf { path: VMLINUX_BTF, source })
 }
 
+/// Lookups of BTF types by name. A `Btf` (btf-rs's mmap backend) scans
+/// every type for each (about 0.6 ms in vmlinux's BTF on the development
+/// host, and start-up made about 30); [`KernelBtf`] answers the names
+/// start-up needs from one scan.
+pub trait TypesByName {
+    /// The BTF itself, for everything but lookups by name.
+    fn btf(&self) -> &Btf;
+    /// Every type named `name` (none when a read fails).
+    fn types_by_name(&self, name: &str) -> Vec<Type>;
+}
+
+impl TypesByName for Btf {
+    fn btf(&self) -> &Btf {
+        self
+    }
+
+    fn types_by_name(&self, name: &str) -> Vec<Type> {
+        self.resolve_types_by_name(name).unwrap_or_default()
+    }
+}
+
+/// The running kernel's BTF ([`kernel_btf`]), with the ids of every name
+/// the loader looks up as it starts found in one scan: the structs
+/// [`kernel_offsets`] reads, the marks of [`FEATURES`], `bpf_loop` and the
+/// fentry/fexit targets of [`PROBES`]. Other names are looked up by a scan
+/// each, as in a `Btf`.
+pub struct KernelBtf {
+    btf: Btf,
+    ids: HashMap<String, Vec<u32>>,
+}
+
+impl KernelBtf {
+    /// Reads the running kernel's BTF and finds the names.
+    ///
+    /// # Errors
+    /// [`Error::NoBtf`] when the file is missing or unreadable.
+    pub fn read() -> Result<KernelBtf, Error> {
+        let btf = kernel_btf()?;
+        let mut names = offset_structs();
+        names.extend(FEATURES.iter().map(|f| f.mark.type_name()));
+        names.push("bpf_loop");
+        names.extend(PROBES.iter().map(|p| p.target));
+        names.sort_unstable();
+        names.dedup();
+        let ids = Self::scan(&btf, &names).unwrap_or_default();
+        Ok(KernelBtf { btf, ids })
+    }
+
+    /// The ids of each of `names`, from one scan (btf-rs's by-regex
+    /// lookup); `None` when the scan fails, so each name is looked up alone.
+    fn scan(btf: &Btf, names: &[&str]) -> Option<HashMap<String, Vec<u32>>> {
+        let alternatives: Vec<String> = names.iter().map(|n| regex::escape(n)).collect();
+        let re = regex::Regex::new(&format!("^(?:{})$", alternatives.join("|"))).ok()?;
+        let mut ids: HashMap<String, Vec<u32>> = names.iter().map(|n| (n.to_string(), Vec::new())).collect();
+        for id in btf.resolve_ids_by_regex(&re).ok()? {
+            let t = btf.resolve_type_by_id(id).ok()?;
+            let name = btf.resolve_name(t.as_btf_type()?).ok()?;
+            ids.get_mut(&name)?.push(id);
+        }
+        Some(ids)
+    }
+}
+
+impl Deref for KernelBtf {
+    type Target = Btf;
+
+    fn deref(&self) -> &Btf {
+        &self.btf
+    }
+}
+
+impl TypesByName for KernelBtf {
+    fn btf(&self) -> &Btf {
+        &self.btf
+    }
+
+    fn types_by_name(&self, name: &str) -> Vec<Type> {
+        match self.ids.get(name) {
+            Some(ids) => ids.iter().filter_map(|&id| self.btf.resolve_type_by_id(id).ok()).collect(),
+            None => self.btf.types_by_name(name),
+        }
+    }
+}
+
 /// The named struct (not a forward declaration) in `btf`.
-pub fn find_struct(btf: &Btf, name: &str) -> Option<btf_rs::Struct> {
-    btf.resolve_types_by_name(name).ok()?.into_iter().find_map(|t| match t {
+pub fn find_struct(btf: &(impl TypesByName + ?Sized), name: &str) -> Option<btf_rs::Struct> {
+    btf.types_by_name(name).into_iter().find_map(|t| match t {
         Type::Struct(s) => Some(s),
         _ => None,
     })
@@ -76,13 +160,13 @@ struct Layout {
 
 /// The layouts of named structs, each struct looked up and read once: a
 /// lookup by name scans vmlinux's BTF (about 0.6 ms each here).
-struct Structs<'a> {
-    btf: &'a Btf,
+struct Structs<'a, B: TypesByName + ?Sized> {
+    btf: &'a B,
     seen: HashMap<&'a str, Option<Layout>>,
 }
 
-impl<'a> Structs<'a> {
-    fn new(btf: &'a Btf) -> Self {
+impl<'a, B: TypesByName + ?Sized> Structs<'a, B> {
+    fn new(btf: &'a B) -> Self {
         Structs { btf, seen: HashMap::new() }
     }
 
@@ -90,7 +174,7 @@ impl<'a> Structs<'a> {
         let btf = self.btf;
         self.seen
             .entry(strukt)
-            .or_insert_with(|| find_struct(btf, strukt).map(|s| Layout { size: s.size() as u32, fields: fields(btf, &s) }))
+            .or_insert_with(|| find_struct(btf, strukt).map(|s| Layout { size: s.size() as u32, fields: fields(btf.btf(), &s) }))
             .as_ref()
     }
 
@@ -109,7 +193,7 @@ impl<'a> Structs<'a> {
 ///
 /// # Errors
 /// [`Error::BtfField`] when the struct or field does not exist.
-pub fn offset_of(btf: &Btf, strukt: &str, field: &str) -> Result<u32, Error> {
+pub fn offset_of(btf: &(impl TypesByName + ?Sized), strukt: &str, field: &str) -> Result<u32, Error> {
     Structs::new(btf).offset(strukt, field)
 }
 
@@ -117,7 +201,7 @@ pub fn offset_of(btf: &Btf, strukt: &str, field: &str) -> Result<u32, Error> {
 ///
 /// # Errors
 /// [`Error::BtfField`] when the struct does not exist.
-pub fn size_of(btf: &Btf, strukt: &str) -> Result<u32, Error> {
+pub fn size_of(btf: &(impl TypesByName + ?Sized), strukt: &str) -> Result<u32, Error> {
     Structs::new(btf).size(strukt)
 }
 
@@ -152,11 +236,43 @@ const THREAD_INFO_COMPAT: (&str, &str) = ("thread_info", "flags");
 ///
 /// # Errors
 /// [`Error::BtfField`] naming the first struct or field the kernel lacks.
-pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
-    let structs = std::cell::RefCell::new(Structs::new(btf));
-    let o = |s: &'static str, f: &str| structs.borrow_mut().offset(s, f);
-    let size = |s: &'static str| structs.borrow_mut().size(s);
-    let offsets = KernelOffsets {
+pub fn kernel_offsets(btf: &(impl TypesByName + ?Sized)) -> Result<KernelOffsets, Error> {
+    let structs = RefCell::new(Structs::new(btf));
+    let offsets = offsets_from(
+        &|s, f| structs.borrow_mut().offset(s, f),
+        &|s| structs.borrow_mut().size(s),
+        has_func(btf, "bpf_loop"),
+    )?;
+    check_windows(&offsets)?;
+    Ok(offsets)
+}
+
+/// The structs [`kernel_offsets`] reads, in its order (with repeats):
+/// [`offsets_from`] run with every offset and size 0.
+fn offset_structs() -> Vec<&'static str> {
+    let names = RefCell::new(Vec::new());
+    let _ = offsets_from(
+        &|s, _| {
+            names.borrow_mut().push(s);
+            Ok(0)
+        },
+        &|s| {
+            names.borrow_mut().push(s);
+            Ok(0)
+        },
+        false,
+    );
+    names.into_inner()
+}
+
+/// [`KernelOffsets`] from `o(struct, field)` (a byte offset) and
+/// `size(struct)`, and whether the kernel has `bpf_loop`.
+fn offsets_from(
+    o: &dyn Fn(&'static str, &'static str) -> Result<u32, Error>,
+    size: &dyn Fn(&'static str) -> Result<u32, Error>,
+    has_bpf_loop: bool,
+) -> Result<KernelOffsets, Error> {
+    Ok(KernelOffsets {
         task_real_parent: o("task_struct", "real_parent")?,
         task_tgid: o("task_struct", "tgid")?,
         task_fs: o("task_struct", "fs")?,
@@ -210,10 +326,8 @@ pub fn kernel_offsets(btf: &Btf) -> Result<KernelOffsets, Error> {
         css_set_dfl_cgrp: o("css_set", "dfl_cgrp")?,
         cgroup_kn: o("cgroup", "kn")?,
         kernfs_node_id: o("kernfs_node", "id")?,
-        has_bpf_loop: u32::from(has_func(btf, "bpf_loop")),
-    };
-    check_windows(&offsets)?;
-    Ok(offsets)
+        has_bpf_loop: u32::from(has_bpf_loop),
+    })
 }
 
 /// The programs read some structs in one window each (`DentryWindow`,
@@ -245,13 +359,32 @@ fn check_windows(k: &KernelOffsets) -> Result<(), Error> {
 
 /// Whether the kernel's BTF has a function named `name` (fentry, fexit and
 /// LSM programs attach by BTF id).
-pub fn has_func(btf: &Btf, name: &str) -> bool {
-    btf.resolve_types_by_name(name)
-        .map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
-        .unwrap_or(false)
+pub fn has_func(btf: &(impl TypesByName + ?Sized), name: &str) -> bool {
+    btf.types_by_name(name).iter().any(|t| matches!(t, Type::Func(_)))
 }
 
 /// Name of a BTF type, empty when anonymous.
 pub fn name_of(btf: &Btf, t: &dyn BtfType) -> String {
     btf.resolve_name(t).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one scan finds what a scan per name finds, for every name it
+    /// holds, and the offsets read through it are the same.
+    #[test]
+    fn the_index_answers_as_a_scan_per_name_would() {
+        let Ok(kernel) = KernelBtf::read() else {
+            eprintln!("skipped: no kernel BTF at {VMLINUX_BTF}");
+            return;
+        };
+        assert!(offset_structs().contains(&"task_struct"));
+        assert!(kernel.ids.get("task_struct").is_some_and(|ids| !ids.is_empty()), "task_struct not indexed");
+        for name in kernel.ids.keys() {
+            assert_eq!(kernel.types_by_name(name), kernel.btf.types_by_name(name), "{name}");
+        }
+        assert_eq!(kernel_offsets(&kernel).expect("offsets"), kernel_offsets(&kernel.btf).expect("offsets"));
+    }
 }

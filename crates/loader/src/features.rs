@@ -7,9 +7,9 @@
 //! is. Checked before any map is created, so a kernel that lacks one gets
 //! an error naming it instead of aya's "failed to create map".
 
-use btf_rs::{Btf, Type};
+use btf_rs::Type;
 
-use crate::btf::offset_of;
+use crate::btf::{offset_of, TypesByName};
 
 /// What needs a feature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +53,16 @@ pub enum Mark {
         /// The field's name.
         field: &'static str,
     },
+}
+
+impl Mark {
+    /// The enum or struct the mark is looked up in.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Mark::EnumMember { r#enum, .. } => r#enum,
+            Mark::Field { r#struct, .. } => r#struct,
+        }
+    }
 }
 
 /// One kernel feature the object relies on.
@@ -112,13 +122,11 @@ pub const FEATURES: &[Feature] = &[
 ];
 
 /// Whether `btf` shows `feature`.
-pub fn present(btf: &Btf, feature: &Feature) -> bool {
+pub fn present(btf: &(impl TypesByName + ?Sized), feature: &Feature) -> bool {
     match feature.mark {
-        Mark::EnumMember { r#enum, member } => btf.resolve_types_by_name(r#enum).is_ok_and(|types| {
-            types.iter().any(|t| match t {
-                Type::Enum(e) => e.members.iter().any(|m| btf.resolve_name(m).is_ok_and(|n| n == member)),
-                _ => false,
-            })
+        Mark::EnumMember { r#enum, member } => btf.types_by_name(r#enum).iter().any(|t| match t {
+            Type::Enum(e) => e.members.iter().any(|m| btf.btf().resolve_name(m).is_ok_and(|n| n == member)),
+            _ => false,
         }),
         Mark::Field { r#struct, field } => offset_of(btf, r#struct, field).is_ok(),
     }
@@ -141,7 +149,7 @@ pub struct FeatureFact {
 }
 
 /// Every feature of [`FEATURES`] with its presence in `btf`.
-pub fn facts(btf: &Btf) -> Vec<FeatureFact> {
+pub fn facts(btf: &(impl TypesByName + ?Sized)) -> Vec<FeatureFact> {
     FEATURES
         .iter()
         .map(|f| FeatureFact {
@@ -154,13 +162,13 @@ pub fn facts(btf: &Btf) -> Vec<FeatureFact> {
 }
 
 /// The features `need` relies on that `btf` does not show, oldest first.
-pub fn missing(btf: &Btf, need: Need) -> Vec<&'static Feature> {
+pub fn missing(btf: &(impl TypesByName + ?Sized), need: Need) -> Vec<&'static Feature> {
     FEATURES.iter().filter(|f| f.need == need && !present(btf, f)).collect()
 }
 
 /// The features the guard relies on that `btf` does not show, oldest
 /// first: the full object's and the policy program's.
-pub fn missing_for_guard(btf: &Btf) -> Vec<&'static Feature> {
+pub fn missing_for_guard(btf: &(impl TypesByName + ?Sized)) -> Vec<&'static Feature> {
     FEATURES
         .iter()
         .filter(|f| matches!(f.need, Need::FullObject | Need::Guard) && !present(btf, f))
