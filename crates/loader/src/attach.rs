@@ -4,7 +4,11 @@
 //! closes every program, link and map fd it created, so nothing is left in
 //! the kernel.
 
-use std::{os::fd::AsFd, sync::OnceLock};
+use std::{
+    os::fd::AsFd,
+    sync::{Mutex, OnceLock},
+    thread::JoinHandle,
+};
 
 use aya::{
     programs::{FEntry, FExit, KProbe, ProgramError, RawTracePoint, TracePoint},
@@ -157,7 +161,14 @@ pub struct KernelContext {
     aya_btf: OnceLock<Option<aya::Btf>>,
     /// Kernel BTF as parsed for offsets (also answers "is this function in
     /// BTF").
-    pub btf: btf_rs::Btf,
+    pub btf: btf::KernelBtf,
+    /// An `EbpfLoader` made on another thread while [`KernelContext::probe`]
+    /// reads BTF, for the first [`KernelContext::load_object`]: aya 0.14's
+    /// `EbpfLoader::new()` always parses the kernel's BTF (about 13 ms on
+    /// the development host), which `load_object` then drops, and has no way
+    /// to skip the parse; made beside ours, it costs start-up no time where
+    /// a second CPU is free.
+    spare_loader: Mutex<Option<JoinHandle<EbpfLoader<'static>>>>,
     /// The object this kernel gets: [`Object::Legacy`] where it lacks a
     /// feature of [`Need::FullObject`].
     pub object: Object,
@@ -183,7 +194,9 @@ impl KernelContext {
     /// # Errors
     /// [`Error::Maps`].
     pub fn load_object(&self, filter: &Filter, ring_buffer_bytes: u32) -> Result<Ebpf, Error> {
-        Ok(EbpfLoader::new()
+        let spare = self.spare_loader.lock().ok().and_then(|mut s| s.take()).and_then(|h| h.join().ok());
+        Ok(spare
+            .unwrap_or_default()
             // No target BTF: the object has no CO-RE relocations (field
             // offsets come from `OFFSETS` below; a test asserts it), and
             // fentry/LSM programs get it when they load.
@@ -209,7 +222,9 @@ impl KernelContext {
     pub fn probe() -> Result<Self, Error> {
         sys::check_privileges()?;
         sys::ensure_tracing_mounts()?;
-        let btf = btf::kernel_btf()?;
+        // No thread (the limit of threads reached): load_object makes its own.
+        let spare = std::thread::Builder::new().name("cg-loader".into()).spawn(EbpfLoader::new).ok();
+        let btf = btf::KernelBtf::read()?;
         let missing = features::missing(&btf, Need::Object);
         if !missing.is_empty() {
             return Err(Error::MissingFeature { reason: features::describe(&missing) });
@@ -225,7 +240,7 @@ impl KernelContext {
             }
         };
         let offsets = btf::kernel_offsets(&btf)?;
-        Ok(KernelContext { offsets, aya_btf: OnceLock::new(), btf, object, legacy_reason })
+        Ok(KernelContext { offsets, aya_btf: OnceLock::new(), btf, spare_loader: Mutex::new(spare), object, legacy_reason })
     }
 }
 
