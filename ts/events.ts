@@ -331,8 +331,17 @@ function cString(data: Buffer, at: number, max: number): Buffer {
  * displayed path can be pasted into a rule.
  */
 export function displayBytes(bytes: Uint8Array): string {
-  // Printable ASCII without a backslash, the common case, as is.
-  if (bytes.every((b) => b >= 0x20 && b < 0x7f && b !== 0x5c)) return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
+  // Printable ASCII without a backslash, the common case, as is; a plain
+  // loop, not `every`, which calls a function per byte.
+  let plain = true;
+  for (let i = 0; i < bytes.length; i++) {
+    const b = bytes[i]!;
+    if (b < 0x20 || b >= 0x7f || b === 0x5c) {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
   let out = '';
   let run = 0; // start of the well-formed bytes not yet written
   for (let i = 0; i < bytes.length; ) {
