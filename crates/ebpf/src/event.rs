@@ -153,6 +153,8 @@ pub unsafe fn clear_header_at(p: *mut u64) {
 /// memory at `filename`.
 #[inline(always)]
 pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
+    // Before any branch: see `kernel::Task`.
+    let task = kernel::Task::current();
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let uid_gid = bpf_get_current_uid_gid();
@@ -167,7 +169,7 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     };
     // SAFETY: this thread's value, see `pending`.
     let call = unsafe { &mut *ev };
-    let root = kernel::fs_root(kernel::current_task());
+    let root = kernel::fs_root(&task);
     (call.root_mnt, call.root_dentry) = (core::ptr::null(), core::ptr::null());
     if mode == Mode::Tracepoint {
         if let Ok(root) = root {
@@ -178,7 +180,7 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     clear_header(ev);
     ev.kind = EventKind::Chroot as u8;
     ev.mode = mode as u8;
-    fill_identity(ev, pid_tgid, uid_gid, comm, root, caller_cache().map(|c| &mut c.ids));
+    fill_identity(ev, &task, pid_tgid, uid_gid, comm, root, caller_cache().map(|c| &mut c.ids));
     ev.arg_addr = filename as u64;
     read_argument(ev, filename);
     Ok(())
@@ -204,6 +206,7 @@ fn read_argument_late(ev: &mut ChrootEvent) {
 #[inline(always)]
 pub fn fill_identity(
     ev: &mut ChrootEvent,
+    task: &kernel::Task,
     pid_tgid: u64,
     uid_gid: u64,
     comm: [u8; 16],
@@ -220,14 +223,11 @@ pub fn fill_identity(
         ev.enter_ns = generated::bpf_ktime_get_boot_ns();
         ev.cgroup_id = generated::bpf_get_current_cgroup_id();
     }
-    let task = kernel::current_task();
-    ev.ppid = kernel::parent_tgid(task).unwrap_or(0);
-    if let Ok((euid, egid)) = kernel::effective_ids(task) {
-        ev.euid = euid;
-        ev.egid = egid;
-    }
-    ev.mnt_ns = kernel::mnt_ns_inum(task).unwrap_or(0);
-    ev.user_ns = kernel::user_ns_inum(task).unwrap_or(0);
+    ev.ppid = kernel::parent_tgid(task);
+    let cred = kernel::cred(task);
+    (ev.euid, ev.egid) = kernel::effective_ids(cred);
+    ev.mnt_ns = kernel::mnt_ns_inum(task);
+    ev.user_ns = kernel::user_ns_inum(cred);
     if let Ok((ns, pid, tid)) = kernel::pid_ns_ids_cached(task, ids) {
         ev.pid_ns = ns;
         ev.ns_pid = pid;
@@ -265,19 +265,16 @@ pub fn caller_cache() -> Option<&'static mut CallerCache> {
 /// what cannot be read is left out and its
 /// [`chroot_guard_common::exe_flags::PRESENT`] bit stays unset.
 #[inline(always)]
-pub fn attribute(kind: Scratch, ev: &mut ChrootEvent, cache: Option<&mut CallerCache>) {
-    let task = kernel::current_task();
+pub fn attribute(kind: Scratch, ev: &mut ChrootEvent, task: &kernel::Task, parent: kernel::ExeOwner, cache: Option<&mut CallerCache>) {
     let (own, parent_cache) = match cache {
         Some(c) => (Some(&mut c.own), Some(&mut c.parent)),
         None => (None, None),
     };
-    let _ = kernel::exe_into(kind, ev, task, false, own);
-    if let Ok(parent) = kernel::real_parent(task) {
-        if let Ok(comm) = kernel::comm(parent) {
-            ev.parent_comm = comm;
-        }
-        let _ = kernel::exe_into(kind, ev, parent, true, parent_cache);
+    let _ = kernel::exe_into(kind, ev, kernel::ExeOwner::own(task), false, own);
+    if let Ok(comm) = kernel::comm(parent.task) {
+        ev.parent_comm = comm;
     }
+    let _ = kernel::exe_into(kind, ev, parent, true, parent_cache);
 }
 
 /// Reads the chroot(2) argument from user memory into `ev.path`, setting
@@ -319,14 +316,15 @@ pub fn read_argument(ev: &mut ChrootEvent, filename: *const u8) {
 /// use.
 #[inline(always)]
 pub fn resolve(kind: Scratch, path: *const u8) -> Result<(), Error> {
+    // Before any branch: see `kernel::Task`.
+    let task = kernel::Task::current();
     let Some(ev) = pending(kind) else { return Ok(()) };
     read_argument_late(ev);
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
-    let task = kernel::current_task();
-    if let Ok(root) = kernel::fs_root(task) {
-        ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), task);
+    if let Ok(root) = kernel::fs_root(&task) {
+        ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), &task);
     }
-    kernel::resolve_into(kind, ev, vfsmnt, dentry).map(|_| ())
+    kernel::resolve_into(kind, ev, &task, vfsmnt, dentry).map(|_| ())
 }
 
 /// `security_path_chroot` return: records the LSM verdict. `kind`: the
@@ -345,6 +343,9 @@ pub fn lsm_return(kind: Scratch, ret: i32) -> Result<(), Error> {
 /// `current->fs->pwd`.
 #[inline(always)]
 pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
+    // Before any branch: see `kernel::Task`.
+    let task = kernel::Task::current();
+    let parent = kernel::ExeOwner::parent(&task);
     let Some(call) = pending_call(kind) else { return Ok(()) };
     let old_root = (call.root_mnt, call.root_dentry);
     let ev = &mut call.event;
@@ -353,16 +354,15 @@ pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
     if ret == 0 && ev.flags & flags::RESOLVED_PRESENT == 0 {
-        let task = kernel::current_task();
-        if let Ok(new_root) = kernel::fs_root(task) {
+        if let Ok(new_root) = kernel::fs_root(&task) {
             if ev.flags & flags::ROOTS_COMPARED == 0 && !old_root.0.is_null() {
-                ev.flags |= kernel::root_facts(old_root, new_root, task);
+                ev.flags |= kernel::root_facts(old_root, new_root, &task);
             }
             // A failed walk leaves the path absent; the event still goes out.
-            let _ = kernel::resolve_into(kind, ev, new_root.0, new_root.1);
+            let _ = kernel::resolve_into(kind, ev, &task, new_root.0, new_root.1);
         }
     }
-    attribute(kind, ev, caller_cache());
+    attribute(kind, ev, &task, parent, caller_cache());
     if send(ev).is_err() {
         count(Counter::RingBufFull);
     }

@@ -8,7 +8,9 @@
 //!   The verifier checks the offset against the kernel's BTF and makes the
 //!   load fault-safe; it costs an instruction, where a helper call costs
 //!   about 50 ns on the development host. Used for the fixed chains from
-//!   `current` (ids, namespaces, credentials, the executable's identity).
+//!   `current` (ids, namespaces, credentials, the executable's identity),
+//!   whose first steps [`Task`] loads once per program (each such load
+//!   costs the verifier searches of the kernel's BTF).
 //! - [`read`]: `bpf_probe_read_kernel`, for everything else: the path
 //!   walks (whose pointers are plain numbers, so the verifier's loop states
 //!   stay small), `container_of` steps (a negative offset BTF cannot check)
@@ -133,6 +135,53 @@ pub fn current_task() -> *const u8 {
     return (unsafe { generated::bpf_get_current_task() }) as *const u8;
 }
 
+/// A task and the pointers of it that several reads follow, each loaded
+/// once, where a program begins its work. Why once: on kernels since 6.3
+/// the verifier checks every load of a pointer field through a trusted or
+/// RCU pointer (`current`, its `real_parent`) against the lists of fields
+/// that keep that trust (`btf_nested_type_is_trusted`), and each check
+/// searches the kernel's whole BTF by name, up to four searches a load,
+/// every time a verifier state walks the instruction. Loaded at the top of
+/// a program, where one state walks them, each costs its searches once;
+/// pointers loaded through the plain pointers they yield (`nsproxy`, `fs`,
+/// `mm`, `cred`) cost none. On the development host such searches were
+/// about 60 % of the CPU time the kernel took to load the tracepoint
+/// programs (bench/README.md).
+#[derive(Clone, Copy)]
+pub struct Task {
+    /// The `struct task_struct *` itself.
+    pub ptr: *const u8,
+    /// `task->real_parent`.
+    pub real_parent: *const u8,
+    /// `task->nsproxy`.
+    pub nsproxy: *const u8,
+    /// `task->fs`.
+    pub fs: *const u8,
+    /// `task->mm`: null for a kernel thread.
+    pub mm: *const u8,
+}
+
+impl Task {
+    /// `task`'s pointers (a BTF-typed `struct task_struct *`, except in the
+    /// legacy object), loaded now.
+    #[inline(always)]
+    pub fn of(task: *const u8) -> Task {
+        Task {
+            ptr: task,
+            real_parent: load::<*const u8>(task, off!(task_real_parent)),
+            nsproxy: load::<*const u8>(task, off!(task_nsproxy)),
+            fs: load::<*const u8>(task, off!(task_fs)),
+            mm: load::<*const u8>(task, off!(task_mm)),
+        }
+    }
+
+    /// [`Task::of`] `current`.
+    #[inline(always)]
+    pub fn current() -> Task {
+        Task::of(current_task())
+    }
+}
+
 /// `current->comm`, NUL-padded to 16 bytes. The buffer starts as two
 /// zeroed words, stored one by one: aya's wrapper zeroes its byte array with the BPF target's
 /// `memset`, a loop storing one byte per turn, and the helper does not pad
@@ -157,16 +206,10 @@ pub fn current_comm() -> Result<[u8; COMM_LEN], Error> {
     Ok(unsafe { core::mem::transmute::<[u64; COMM_LEN / 8], [u8; COMM_LEN]>(comm.assume_init()) })
 }
 
-/// `task->real_parent`.
-#[inline(always)]
-pub fn real_parent(task: *const u8) -> Result<*const u8, Error> {
-    Ok(load::<*const u8>(task, off!(task_real_parent)))
-}
-
 /// `task->real_parent->tgid`.
 #[inline(always)]
-pub fn parent_tgid(task: *const u8) -> Result<u32, Error> {
-    Ok(load::<u32>(real_parent(task)?, off!(task_tgid)))
+pub fn parent_tgid(task: &Task) -> u32 {
+    load::<u32>(task.real_parent, off!(task_tgid))
 }
 
 /// `task->comm`.
@@ -175,19 +218,24 @@ pub fn comm(task: *const u8) -> Result<[u8; COMM_LEN], Error> {
     read::<[u8; COMM_LEN]>(task, off!(task_comm))
 }
 
-/// `task->cred->euid` and `task->cred->egid`.
+/// `task->cred`, a plain BTF-typed pointer: what [`effective_ids`],
+/// [`real_uid`] and [`user_ns_inum`] read from.
 #[inline(always)]
-pub fn effective_ids(task: *const u8) -> Result<(u32, u32), Error> {
-    let cred = load::<*const u8>(task, off!(task_cred));
-    Ok((load::<u32>(cred, off!(cred_euid)), load::<u32>(cred, off!(cred_egid))))
+pub fn cred(task: &Task) -> *const u8 {
+    load::<*const u8>(task.ptr, off!(task_cred))
+}
+
+/// `cred->euid` and `cred->egid`.
+#[inline(always)]
+pub fn effective_ids(cred: *const u8) -> (u32, u32) {
+    (load::<u32>(cred, off!(cred_euid)), load::<u32>(cred, off!(cred_egid)))
 }
 
 /// `task->nsproxy->mnt_ns->ns.inum`.
 #[inline(always)]
-pub fn mnt_ns_inum(task: *const u8) -> Result<u32, Error> {
-    let nsproxy = load::<*const u8>(task, off!(task_nsproxy));
-    let mnt_ns = load::<*const u8>(nsproxy, off!(nsproxy_mnt_ns));
-    Ok(load::<u32>(mnt_ns, off!(mnt_ns_inum)))
+pub fn mnt_ns_inum(task: &Task) -> u32 {
+    let mnt_ns = load::<*const u8>(task.nsproxy, off!(nsproxy_mnt_ns));
+    load::<u32>(mnt_ns, off!(mnt_ns_inum))
 }
 
 /// `struct upid`: `nr`, then the `ns` pointer, read in one go. Checked by
@@ -210,22 +258,21 @@ struct UpidWindow {
 /// `CLONE_NEWPID`), so the leader's `struct upid` is at the same level: six
 /// helper reads in all.
 #[inline(always)]
-pub fn pid_ns_ids(task: *const u8) -> Result<(u32, u32, u32), Error> {
+pub fn pid_ns_ids(task: *const u8, leader: *const u8) -> Result<(u32, u32, u32), Error> {
     let pid = read_ptr(task, off!(task_thread_pid))?;
     let level = read::<u32>(pid, off!(pid_level))? & 0xff;
     let at = off!(pid_numbers) + level as usize * off!(upid_size);
     let own = read::<UpidWindow>(pid.wrapping_add(at), off!(upid_nr))?;
     let inum = read::<u32>(own.ns, off!(pid_ns_inum))?;
-    let leader = read_ptr(load::<*const u8>(task, off!(task_group_leader)), off!(task_thread_pid))?;
+    let leader = read_ptr(leader, off!(task_thread_pid))?;
     let tgid = read::<u32>(leader.wrapping_add(at), off!(upid_nr))?;
     Ok((inum, tgid, own.nr))
 }
 
 /// `task->fs->root` as `(vfsmount, dentry)`.
 #[inline(always)]
-pub fn fs_root(task: *const u8) -> Result<(*const u8, *const u8), Error> {
-    let fs = load::<*const u8>(task, off!(task_fs));
-    path_parts(fs.wrapping_add(off!(fs_root)))
+pub fn fs_root(task: &Task) -> Result<(*const u8, *const u8), Error> {
+    path_parts(task.fs.wrapping_add(off!(fs_root)))
 }
 
 /// `struct path`: `mnt`, then `dentry`, read in one go. Checked by the
@@ -501,13 +548,13 @@ impl Steps for PathWalk {
     }
 }
 
-/// [`walk`]s `(vfsmnt, dentry)` and copies the path into `ev.data` after
+/// [`walk`]s `(vfsmnt, dentry)` in `task`'s mount namespace and copies the path into `ev.data` after
 /// the argument (so `path_len` must be final), setting
 /// [`flags::RESOLVED_PRESENT`], and [`flags::RESOLVED_TRUNCATED`] when cut
 /// short or [`flags::RESOLVED_UNREACHABLE`] when it ended at another root.
 #[inline(always)]
-pub fn resolve_into(kind: Scratch, ev: &mut ChrootEvent, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
-    let w = walk(kind, ns_root_mount(current_task())?, vfsmnt, dentry)?;
+pub fn resolve_into(kind: Scratch, ev: &mut ChrootEvent, task: &Task, vfsmnt: *const u8, dentry: *const u8) -> Result<Walk, Error> {
+    let w = walk(kind, ns_root_mount(task.nsproxy), vfsmnt, dentry)?;
     let at = u32::from(ev.path_len) & MASK;
     ev.resolved_len = copy_walk(ev, at, &w);
     ev.flags |= flags::RESOLVED_PRESENT;
@@ -550,9 +597,9 @@ const MNT_NS_INTERNAL: usize = -22isize as usize;
 /// own mount namespace: the walk and its [`exe_flags`] bits. `Err` when
 /// the task has no executable or a read failed.
 #[inline(always)]
-pub fn exe_walk(kind: Scratch, task: *const u8) -> Result<(Walk, u16), Error> {
-    let file = exe_file(task)?;
-    let (w, bits) = exe_walk_at(kind, ns_root_mount(task)?, file)?;
+pub fn exe_walk(kind: Scratch, task: &Task) -> Result<(Walk, u16), Error> {
+    let file = exe_file(task.mm)?;
+    let (w, bits) = exe_walk_at(kind, ns_root_mount(task.nsproxy), file)?;
     Ok((w, bits | exe_deleted(file)))
 }
 
@@ -681,14 +728,16 @@ pub struct IdsCached {
 /// exec (plain loads: three where the reads take six helper calls), else
 /// read and kept there.
 #[inline(always)]
-pub fn pid_ns_ids_cached(task: *const u8, cache: Option<&mut IdsCached>) -> Result<(u32, u32, u32), Error> {
+pub fn pid_ns_ids_cached(task: &Task, cache: Option<&mut IdsCached>) -> Result<(u32, u32, u32), Error> {
+    let task = task.ptr;
+    let leader = load::<*const u8>(task, off!(task_group_leader));
     let pid = load::<u64>(task, off!(task_thread_pid));
-    let leader_pid = load::<u64>(load::<*const u8>(task, off!(task_group_leader)), off!(task_thread_pid));
+    let leader_pid = load::<u64>(leader, off!(task_thread_pid));
     let exec_id = load::<u64>(task, off!(task_self_exec_id));
     match cache {
         Some(c) if c.exec_id != 0 && c.exec_id == exec_id && c.pid == pid && c.leader_pid == leader_pid => Ok(c.ids),
         cache => {
-            let ids = pid_ns_ids(task)?;
+            let ids = pid_ns_ids(task, leader)?;
             if let Some(c) = cache {
                 (c.pid, c.leader_pid, c.exec_id, c.ids) = (pid, leader_pid, exec_id, ids);
             }
@@ -705,9 +754,10 @@ pub fn pid_ns_ids_cached(task: *const u8, cache: Option<&mut IdsCached>) -> Resu
 /// when the task has no executable or a read failed; nothing is then
 /// recorded.
 #[inline(always)]
-pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, task: *const u8, parent: bool, cache: Option<&mut ExeCached>) -> Result<(), Error> {
-    let file = exe_file(task)?;
-    let ns_root = ns_root_mount(task)?;
+pub fn exe_into(kind: Scratch, ev: &mut ChrootEvent, owner: ExeOwner, parent: bool, cache: Option<&mut ExeCached>) -> Result<(), Error> {
+    let task = owner.task;
+    let file = exe_file(owner.mm)?;
+    let ns_root = ns_root_mount(owner.nsproxy);
     let (dev, ino) = file_identity(file);
     let key = ExeWalkKey {
         task: task as u64,
@@ -787,13 +837,39 @@ fn is_root_of(ns_root: *const u8, vfsmnt: *const u8, dentry: *const u8) -> Resul
     Ok(false)
 }
 
-/// `task->nsproxy->mnt_ns->root`: the root mount of the task's mount
-/// namespace (a `struct mount *`).
+/// `nsproxy->mnt_ns->root`: the root mount of a task's mount namespace (a
+/// `struct mount *`), from its `nsproxy`.
 #[inline(always)]
-pub fn ns_root_mount(task: *const u8) -> Result<*const u8, Error> {
-    let nsproxy = load::<*const u8>(task, off!(task_nsproxy));
+pub fn ns_root_mount(nsproxy: *const u8) -> *const u8 {
     let mnt_ns = load::<*const u8>(nsproxy, off!(nsproxy_mnt_ns));
-    Ok(load::<*const u8>(mnt_ns, off!(mnt_ns_root)))
+    load::<*const u8>(mnt_ns, off!(mnt_ns_root))
+}
+
+/// Whose executable [`exe_into`] records: the task, its `mm` and its
+/// `nsproxy` (the caller's from its [`Task`], the parent's loaded once).
+#[derive(Clone, Copy)]
+pub struct ExeOwner {
+    /// The `struct task_struct *`.
+    pub task: *const u8,
+    /// `task->mm`.
+    pub mm: *const u8,
+    /// `task->nsproxy`.
+    pub nsproxy: *const u8,
+}
+
+impl ExeOwner {
+    /// The task of `task` itself.
+    #[inline(always)]
+    pub fn own(task: &Task) -> ExeOwner {
+        ExeOwner { task: task.ptr, mm: task.mm, nsproxy: task.nsproxy }
+    }
+
+    /// `task->real_parent`, its `mm` and `nsproxy` loaded now.
+    #[inline(always)]
+    pub fn parent(task: &Task) -> ExeOwner {
+        let parent = task.real_parent;
+        ExeOwner { task: parent, mm: load::<*const u8>(parent, off!(task_mm)), nsproxy: load::<*const u8>(parent, off!(task_nsproxy)) }
+    }
 }
 
 /// Whether the task's root is not its mount namespace's root, as the
@@ -803,22 +879,22 @@ pub fn ns_root_mount(task: *const u8) -> Result<*const u8, Error> {
 /// counting the task as chrooted and this walk not; the task then still
 /// sees its namespace's whole root file system.)
 #[inline(always)]
-pub fn is_chrooted(task: *const u8) -> Result<bool, Error> {
+pub fn is_chrooted(task: &Task) -> Result<bool, Error> {
     is_chrooted_at(task, fs_root(task)?)
 }
 
 /// [`is_chrooted`] for a root already read ([`fs_root`] of `task`).
 #[inline(always)]
-pub fn is_chrooted_at(task: *const u8, root: (*const u8, *const u8)) -> Result<bool, Error> {
-    Ok(!is_root_of(ns_root_mount(task)?, root.0, root.1)?)
+pub fn is_chrooted_at(task: &Task, root: (*const u8, *const u8)) -> Result<bool, Error> {
+    Ok(!is_root_of(ns_root_mount(task.nsproxy), root.0, root.1)?)
 }
 
 /// The identity of `task->mm->exe_file`: `(f_inode->i_sb->s_dev,
 /// f_inode->i_ino)`. `Err` for a task without an executable (a kernel
 /// thread, or an `mm` without `exe_file`).
 #[inline(always)]
-pub fn exe_identity(task: *const u8) -> Result<(u32, u64), Error> {
-    Ok(file_identity(exe_file(task)?))
+pub fn exe_identity(task: &Task) -> Result<(u32, u64), Error> {
+    Ok(file_identity(exe_file(task.mm)?))
 }
 
 /// `(f_inode->i_sb->s_dev, f_inode->i_ino)` of a BTF-typed `struct file *`.
@@ -829,11 +905,10 @@ fn file_identity(file: *const u8) -> (u32, u64) {
     (load::<u32>(sb, off!(sb_dev)), load::<u64>(inode, off!(inode_ino)))
 }
 
-/// `task->mm->exe_file`; `Err` for a task without one (a kernel thread,
-/// an exiting task, or an `mm` without `exe_file`).
+/// `mm->exe_file` of a task's `mm`; `Err` for a task without one (a
+/// kernel thread, an exiting task, or an `mm` without `exe_file`).
 #[inline(always)]
-fn exe_file(task: *const u8) -> Result<*const u8, Error> {
-    let mm = load::<*const u8>(task, off!(task_mm));
+fn exe_file(mm: *const u8) -> Result<*const u8, Error> {
     if mm.is_null() {
         return Err(0);
     }
@@ -844,10 +919,10 @@ fn exe_file(task: *const u8) -> Result<*const u8, Error> {
     Ok(file)
 }
 
-/// `task->fs->pwd`, the working directory, as `(vfsmount, dentry)`.
+/// `fs->pwd`, the working directory, as `(vfsmount, dentry)`, from a
+/// task's `fs` ([`Task::fs`]).
 #[inline(always)]
-pub fn fs_pwd(task: *const u8) -> Result<(*const u8, *const u8), Error> {
-    let fs = load::<*const u8>(task, off!(task_fs));
+pub fn fs_pwd(fs: *const u8) -> Result<(*const u8, *const u8), Error> {
     path_parts(fs.wrapping_add(off!(fs_pwd)))
 }
 
@@ -990,8 +1065,8 @@ fn below_code(root_mnt: *const u8, root_dentry: *const u8, vfsmnt: *const u8, de
 /// wrote.
 #[cfg_attr(feature = "legacy", inline(never))]
 #[cfg_attr(not(feature = "legacy"), inline(always))]
-fn cwd_below_code(root_mnt: *const u8, root_dentry: *const u8, task: *const u8) -> u32 {
-    match fs_pwd(task) {
+fn cwd_below_code(root_mnt: *const u8, root_dentry: *const u8, fs: *const u8) -> u32 {
+    match fs_pwd(fs) {
         Ok((mnt, dentry)) => below_code(root_mnt, root_dentry, mnt, dentry),
         Err(_) => 2,
     }
@@ -1007,13 +1082,13 @@ fn cwd_below_code(root_mnt: *const u8, root_dentry: *const u8, task: *const u8) 
 /// and from the cwd: a few helper reads for the usual shallow paths, at
 /// most 2 × [`MAX_PATH_DEPTH`] steps.
 #[inline(always)]
-pub fn root_facts(old_root: (*const u8, *const u8), new_root: (*const u8, *const u8), task: *const u8) -> u32 {
+pub fn root_facts(old_root: (*const u8, *const u8), new_root: (*const u8, *const u8), task: &Task) -> u32 {
     let escapes = match below_code(old_root.0, old_root.1, new_root.0, new_root.1) {
         0 => 0,
         1 => flags::ESCAPES_ROOT,
         _ => flags::ESCAPES_ROOT_UNKNOWN,
     };
-    let cwd = match cwd_below_code(new_root.0, new_root.1, task) {
+    let cwd = match cwd_below_code(new_root.0, new_root.1, task.fs) {
         0 => 0,
         1 => flags::CWD_OUTSIDE_ROOT,
         _ => flags::CWD_OUTSIDE_ROOT_UNKNOWN,
@@ -1021,10 +1096,9 @@ pub fn root_facts(old_root: (*const u8, *const u8), new_root: (*const u8, *const
     flags::ROOTS_COMPARED | escapes | cwd
 }
 
-/// `task->cred->uid`: the real uid, as the initial user namespace sees it.
+/// `cred->uid`: the real uid, as the initial user namespace sees it.
 #[inline(always)]
-pub fn real_uid(task: *const u8) -> u32 {
-    let cred = load::<*const u8>(task, off!(task_cred));
+pub fn real_uid(cred: *const u8) -> u32 {
     load::<u32>(cred, off!(cred_uid))
 }
 
@@ -1058,12 +1132,11 @@ pub fn cgroup_id(task: *const u8) -> Result<u64, Error> {
     read::<u64>(kn, off!(kernfs_node_id))
 }
 
-/// `task->cred->user_ns->ns.inum`.
+/// `cred->user_ns->ns.inum`.
 #[inline(always)]
-pub fn user_ns_inum(task: *const u8) -> Result<u32, Error> {
-    let cred = load::<*const u8>(task, off!(task_cred));
+pub fn user_ns_inum(cred: *const u8) -> u32 {
     let ns = load::<*const u8>(cred, off!(cred_user_ns));
-    Ok(load::<u32>(ns, off!(user_ns_inum)))
+    load::<u32>(ns, off!(user_ns_inum))
 }
 
 /// The first syscall argument from a user `struct pt_regs *` (what the

@@ -404,6 +404,9 @@ extern "C" fn rule_step_cb(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 }
 
 fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Error> {
+    // Before any branch: see `kernel::Task`.
+    let task = kernel::Task::current();
+    let parent = kernel::ExeOwner::parent(&task);
     // The decision's two per-thread values are taken once, waiting out a
     // busy task storage: a lookup that failed later would change the
     // decision. No value (the kernel could not allocate it) reads as
@@ -418,12 +421,11 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     ev.kind = EventKind::Decision as u8;
     ev.policy_gen = header.generation;
     let comm = kernel::current_comm()?;
-    let task = kernel::current_task();
     // Read once, here: a task without a root cannot be judged, and a root
     // kept as a Result across the walk costs the verifier states.
-    let root = kernel::fs_root(task)?;
+    let root = kernel::fs_root(&task)?;
     let mut cache = caller_cache();
-    fill_identity(ev, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm, Ok(root), cache.as_mut().map(|c| &mut c.ids));
+    fill_identity(ev, &task, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm, Ok(root), cache.as_mut().map(|c| &mut c.ids));
     // The argument as passed, from the syscall's saved user registers
     // (`bpf_task_pt_regs` wants the BTF-typed task pointer, 5.15+).
     // SAFETY: helpers without preconditions beyond a BTF task pointer.
@@ -436,8 +438,8 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     let (vfsmnt, dentry) = kernel::path_parts(path)?;
     // The escape facts: the hook's path against the caller's root and cwd,
     // which the call changes only after this hook allows it.
-    ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), task);
-    let w = kernel::resolve_into(scratch, ev, vfsmnt, dentry)?;
+    ev.flags |= kernel::root_facts(root, (vfsmnt, dentry), &task);
+    let w = kernel::resolve_into(scratch, ev, &task, vfsmnt, dentry)?;
     let path_known = w.complete;
     let (exact, subtree) = path_masks(held.cast_const(), slot, header.seed, w);
 
@@ -494,7 +496,7 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     ev.flags |= decision_flags(header, action);
     ev.ret = i64::from(ret);
     // The walk buffer is free again: `path_masks` consumed the resolved path.
-    attribute(scratch, ev, cache);
+    attribute(scratch, ev, &task, parent, cache);
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
     emit(ev, action);

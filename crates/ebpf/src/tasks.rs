@@ -36,26 +36,30 @@ fn report(ctx: *const *const u8) -> Result<(), Error> {
     // SAFETY: the context is `struct bpf_iter__task`, two pointers; the
     // verifier types each load (meta, then task, which may be NULL).
     let (meta, task) = unsafe { (core::ptr::read_volatile(ctx), core::ptr::read_volatile(ctx.add(1))) };
-    if task.is_null() || meta.is_null() || kernel::group_leader(task) != task || !kernel::is_chrooted(task)? {
+    if task.is_null() || meta.is_null() || kernel::group_leader(task) != task {
+        return Ok(());
+    }
+    let task = kernel::Task::of(task);
+    if !kernel::is_chrooted(&task)? {
         return Ok(());
     }
     let rec = CG_TASK_RECORD.get_ptr_mut(0).ok_or(0)?;
     // SAFETY: a map value of this CPU, see the module comment.
     let rec = unsafe { &mut *rec };
-    rec.tgid = kernel::tgid(task);
-    rec.ppid = kernel::parent_tgid(task)?;
-    rec.uid = kernel::real_uid(task);
-    rec.mnt_ns = kernel::mnt_ns_inum(task)?;
-    rec.start_ns = kernel::start_boottime(task);
-    rec.cgroup_id = kernel::cgroup_id(task).unwrap_or(0);
-    rec.comm = kernel::comm(task)?;
+    rec.tgid = kernel::tgid(task.ptr);
+    rec.ppid = kernel::parent_tgid(&task);
+    rec.uid = kernel::real_uid(kernel::cred(&task));
+    rec.mnt_ns = kernel::mnt_ns_inum(&task);
+    rec.start_ns = kernel::start_boottime(task.ptr);
+    rec.cgroup_id = kernel::cgroup_id(task.ptr).unwrap_or(0);
+    rec.comm = kernel::comm(task.ptr)?;
     rec.flags = 0;
     rec.cwd_len = 0;
     rec.exe_len = 0;
     rec.exe_flags = 0;
 
-    let ns_root = kernel::ns_root_mount(task)?;
-    let (root_mnt, root_dentry) = kernel::fs_root(task)?;
+    let ns_root = kernel::ns_root_mount(task.nsproxy);
+    let (root_mnt, root_dentry) = kernel::fs_root(&task)?;
     let w = kernel::walk(Scratch::PerCpu, ns_root, root_mnt, root_dentry)?;
     rec.root_len = copy_path(rec.data.as_mut_ptr(), &w);
     if w.unreachable {
@@ -64,7 +68,7 @@ fn report(ctx: *const *const u8) -> Result<(), Error> {
         rec.flags |= task_flags::ROOT_TRUNCATED;
     }
 
-    if let Ok((pwd_mnt, pwd_dentry)) = kernel::fs_pwd(task) {
+    if let Ok((pwd_mnt, pwd_dentry)) = kernel::fs_pwd(task.fs) {
         match kernel::is_below(root_mnt, root_dentry, pwd_mnt, pwd_dentry) {
             Ok(Some(false)) => rec.flags |= task_flags::CWD_OUTSIDE_ROOT,
             Ok(Some(true)) => {}
@@ -85,7 +89,7 @@ fn report(ctx: *const *const u8) -> Result<(), Error> {
     }
 
     // A task without an executable (its mm gone while it exits) gets none.
-    if let Ok((w, bits)) = kernel::exe_walk(Scratch::PerCpu, task) {
+    if let Ok((w, bits)) = kernel::exe_walk(Scratch::PerCpu, &task) {
         let at = (u32::from(rec.root_len) + u32::from(rec.cwd_len)) & (2 * TASK_PATH_MAX as u32 - 1);
         // SAFETY: as above, at most 2 * TASK_PATH_MAX - 1 plus a path.
         rec.exe_len = copy_path(unsafe { rec.data.as_mut_ptr().add(at as usize) }, &w);
