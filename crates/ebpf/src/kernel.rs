@@ -108,13 +108,27 @@ pub fn load<T: Copy>(base: *const u8, offset: usize) -> T {
     unsafe { core::ptr::read_volatile(base.wrapping_add(offset).cast::<T>()) }
 }
 
-/// [`load`] in the legacy object: a helper read, zero when it fails.
+/// [`load`] in the legacy object: a helper read, zero when it fails. The
+/// helper's result is not tested: the kernel zeroes the destination when
+/// the read fails, and a branch per load would split every verifier state
+/// after it (four loads at the top of a program, up to sixteen states
+/// each, which 5.10's verifier did not finish).
 #[cfg(feature = "legacy")]
 #[inline(always)]
 pub fn load<T: Copy>(base: *const u8, offset: usize) -> T {
-    // SAFETY: the types read are integers, pointers and byte arrays, for
-    // which all-zero bytes are a value.
-    read::<T>(base, offset).unwrap_or_else(|_| unsafe { core::mem::zeroed() })
+    let mut value = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper writes all `size_of::<T>()` bytes of `value`
+    // (zeros when the read fails) and never faults on `base`.
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            value.as_mut_ptr().cast(),
+            core::mem::size_of::<T>() as u32,
+            base.wrapping_add(offset).cast(),
+        );
+        // The types read are integers, pointers and byte arrays, for which
+        // any bytes are a value.
+        value.assume_init()
+    }
 }
 
 /// Reads a pointer at `base + offset`.
