@@ -75,6 +75,14 @@ fn npm_up_to_date() -> bool {
     }
 }
 
+/// Whether [`VENV`] was made where it is. A venv is not relocatable: its
+/// scripts start with `#!` and the absolute path of its python, so one
+/// copied or moved with the checkout runs nothing.
+fn venv_in_place(venv: &Path) -> bool {
+    std::fs::read_to_string(venv.join("bin/pip"))
+        .is_ok_and(|pip| pip.lines().next() == Some(&format!("#!{}", venv.join("bin/python3").display())))
+}
+
 /// Whether the package `name==version` is installed in [`VENV`].
 fn python_tool_installed(spec: &str) -> bool {
     let Some((name, version)) = spec.split_once("==") else { return false };
@@ -95,9 +103,9 @@ pub fn python_tools() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if !venv.join("bin/pip").exists() {
-        step(&format!("python3 -m venv {VENV}"));
-        run(Command::new("/usr/bin/python3").args(["-m", "venv"]).arg(&venv))?;
+    if !venv_in_place(&venv) {
+        step(&format!("python3 -m venv --clear {VENV}"));
+        run(Command::new("/usr/bin/python3").args(["-m", "venv", "--clear"]).arg(&venv))?;
     }
     step(&format!("pip install {} (into {VENV})", missing.join(" ")));
     run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).args(&missing))
