@@ -116,6 +116,11 @@ pub trait Sink: Send + 'static {
     fn in_flight(&self) -> u32;
     /// Hands a batch over; `false` when the consumer is gone for good.
     fn deliver(&self, batch: Batch) -> bool;
+    /// Whether the consumer holds batches back on purpose (its output is
+    /// backed up): waiting for it then is not a stall.
+    fn held(&self) -> bool {
+        false
+    }
     /// The reader stopped on an error; no batch follows.
     fn failed(&self, _reason: String) {}
 }
@@ -395,7 +400,8 @@ fn deliver<S: Sink>(sink: &S, stats: &ReaderStats, batch: &mut Batch, lost: Lost
 }
 
 /// Waits until the consumer holds fewer than `below` batches; `false` when
-/// it finished none for [`FINISH_STALL`].
+/// it finished none for [`FINISH_STALL`] without holding them back on
+/// purpose ([`Sink::held`]).
 fn wait_for_consumer<S: Sink>(sink: &S, below: u32) -> bool {
     let mut last = (sink.in_flight(), Instant::now());
     loop {
@@ -403,7 +409,7 @@ fn wait_for_consumer<S: Sink>(sink: &S, below: u32) -> bool {
         if n < below {
             return true;
         }
-        if n < last.0 {
+        if n < last.0 || sink.held() {
             last = (n, Instant::now());
         } else if last.1.elapsed() >= FINISH_STALL {
             return false;

@@ -65,7 +65,7 @@ impl BindingGuard {
     /// the libuv pool.
     #[napi(ts_return_type = "Promise<BindingGuardResult>")]
     pub fn open(&self, policy_json: String, on_batch: Function<BindingBatch, ()>) -> napi::Result<AsyncTask<GuardOpenTask>> {
-        let sink = JsSink::new(&on_batch)?;
+        let sink = self.handle.sink(&on_batch)?;
         self.handle.shared.begin_open()?;
         Ok(AsyncTask::new(GuardOpenTask {
             shared: Arc::clone(&self.handle.shared),

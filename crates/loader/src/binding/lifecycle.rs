@@ -9,7 +9,7 @@
 //! worker thread ends without `close()`.
 
 use std::sync::{
-    atomic::{AtomicU32, Ordering},
+    atomic::{AtomicBool, AtomicU32, Ordering},
     Arc, Mutex, MutexGuard, PoisonError,
 };
 
@@ -112,19 +112,24 @@ type BatchFn = ThreadsafeFunction<BindingBatch, (), BindingBatch, Status, false>
 /// 5 s interval firing, under TCG). With one batch in flight
 /// ([`crate::reader::ReaderConfig::max_in_flight`]) the queue is empty when
 /// a callback returns, and the loop turns between batches.
+///
+/// While JS holds batches back ([`Handle::hold`]) one more counts as in
+/// flight, so the reader delivers none and the records wait in the ring
+/// buffer, whose drops the kernel counts.
 pub struct JsSink {
     tsfn: BatchFn,
     in_flight: Arc<AtomicU32>,
+    held: Arc<AtomicBool>,
 }
 
 impl JsSink {
-    /// Wraps the JS callback.
-    pub fn new(on_batch: &Function<BindingBatch, ()>) -> napi::Result<JsSink> {
+    /// Wraps the JS callback; `held` is the handle's [`Handle::hold`] flag.
+    fn new(on_batch: &Function<BindingBatch, ()>, held: Arc<AtomicBool>) -> napi::Result<JsSink> {
         let tsfn: BatchFn = on_batch
             .build_threadsafe_function::<BindingBatch>()
             .callee_handled::<false>()
             .build_callback(|ctx| Ok(ctx.value))?;
-        Ok(JsSink { tsfn, in_flight: Arc::new(AtomicU32::new(0)) })
+        Ok(JsSink { tsfn, in_flight: Arc::new(AtomicU32::new(0)), held })
     }
 
     /// Queues `value` for the JS callback; `in_flight` drops when the
@@ -145,7 +150,11 @@ impl JsSink {
 
 impl Sink for JsSink {
     fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::Acquire) + u32::from(self.held())
+    }
+
+    fn held(&self) -> bool {
+        self.held.load(Ordering::Acquire)
     }
 
     fn deliver(&self, batch: Batch) -> bool {
@@ -305,6 +314,8 @@ pub struct Handle {
     /// The state, shared with open tasks.
     pub shared: Arc<Shared>,
     cleanup: Mutex<Option<CleanupEnvHook<Arc<Shared>>>>,
+    /// Set by [`Handle::hold`], read by the handle's [`JsSink`].
+    held: Arc<AtomicBool>,
 }
 
 impl Handle {
@@ -314,14 +325,34 @@ impl Handle {
     /// When the cleanup hook cannot be added.
     pub fn new(env: &Env) -> napi::Result<Handle> {
         let (shared, hook) = Shared::new(env)?;
-        Ok(Handle { shared, cleanup: Mutex::new(Some(hook)) })
+        Ok(Handle { shared, cleanup: Mutex::new(Some(hook)), held: Arc::new(AtomicBool::new(false)) })
     }
 
-    /// Closes, then removes the cleanup hook. Idempotent.
+    /// The sink of this handle's reader: batches go to `on_batch`, held
+    /// back while [`Handle::hold`] says so.
+    ///
+    /// # Errors
+    /// When the threadsafe function cannot be made.
+    pub fn sink(&self, on_batch: &Function<BindingBatch, ()>) -> napi::Result<JsSink> {
+        JsSink::new(on_batch, Arc::clone(&self.held))
+    }
+
+    /// Holds batches back while `on` (JS cannot take more: its output is
+    /// backed up), or lets them flow again. Held, the reader delivers
+    /// nothing, a finish waits without counting it a stall, and the ring
+    /// buffer is the only buffer: what does not fit is dropped and counted
+    /// by the kernel (`ringBufferFull`), so memory stays bounded.
+    pub fn hold(&self, on: bool) {
+        self.held.store(on, Ordering::Release);
+    }
+
+    /// Closes, then removes the cleanup hook. Idempotent. Releases a hold
+    /// first, so that a finish under way is not left waiting.
     ///
     /// # Errors
     /// When the cleanup hook cannot be removed.
     pub fn close(&self, env: &Env) -> napi::Result<()> {
+        self.hold(false);
         self.shared.close();
         if let Some(hook) = self.cleanup.lock().unwrap_or_else(PoisonError::into_inner).take() {
             env.remove_env_cleanup_hook(hook)?;
@@ -353,6 +384,15 @@ macro_rules! handle_methods {
             #[napi]
             pub fn stats(&self) -> BindingStats {
                 self.handle.stats()
+            }
+
+            /// While `on`, no batch is delivered: the records wait in the
+            /// ring buffer, and what does not fit there is counted lost
+            /// (`ringBufferFull`); for a consumer whose output is backed
+            /// up. `close()` releases it.
+            #[napi]
+            pub fn hold(&self, on: bool) {
+                self.handle.hold(on);
             }
         }
     };

@@ -9,7 +9,7 @@ use napi_derive::napi;
 
 use super::{
     guard::{failure, BindingGuardResult},
-    lifecycle::{handle_methods, BindingBatch, BindingLost, BindingStats, Handle, JsSink, Loaded},
+    lifecycle::{handle_methods, BindingBatch, BindingLost, BindingStats, Handle, Loaded},
     BindingFailure,
 };
 use crate::{
@@ -193,7 +193,7 @@ impl BindingPinnedFollower {
     /// another process reads it, `EPERM` without privileges.
     #[napi]
     pub fn open(&self, on_batch: Function<BindingBatch, ()>) -> napi::Result<BindingGuardResult> {
-        let sink = JsSink::new(&on_batch)?;
+        let sink = self.handle.sink(&on_batch)?;
         self.handle.shared.begin_open()?;
         let dir = Path::new(&self.dir);
         let opened = sys::check_privileges().and_then(|()| {

@@ -113,7 +113,7 @@ impl BindingSession {
     /// receives one [`BindingBatch`] per batch on the JS thread.
     #[napi(ts_return_type = "Promise<BindingOpenResult>")]
     pub fn open(&self, on_batch: Function<BindingBatch, ()>) -> napi::Result<AsyncTask<OpenTask>> {
-        let sink = JsSink::new(&on_batch)?;
+        let sink = self.handle.sink(&on_batch)?;
         self.handle.shared.begin_open()?;
         Ok(AsyncTask::new(OpenTask { shared: Arc::clone(&self.handle.shared), options: self.options.clone(), sink: Some(sink) }))
     }
