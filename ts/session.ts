@@ -116,6 +116,8 @@ export function refusalOf(r: BindingRefusal): Refusal {
 
 class KernelSession {
   private readonly listeners = new Set<SessionListener>();
+  /** Listeners holding batches back ({@link JoinedSession.hold}). */
+  private readonly holders = new Set<SessionListener>();
   private state: 'opening' | 'running' | 'finishing' | 'closed' = 'opening';
   private info: AttachInfo | undefined;
   private lostTotals: CounterTotals = NO_LOSS;
@@ -143,12 +145,22 @@ class KernelSession {
   }
 
   remove(listener: SessionListener): void {
+    this.hold(listener, false);
     this.listeners.delete(listener);
     if (this.listeners.size === 0) this.close();
   }
 
   stats(): SessionStats {
     return statsOf(this.binding.stats());
+  }
+
+  /** Holds batches back while any listener asks to ({@link JoinedSession.hold}). */
+  hold(listener: SessionListener, on: boolean): void {
+    const before = this.holders.size > 0;
+    if (on && this.listeners.has(listener)) this.holders.add(listener);
+    else this.holders.delete(listener);
+    const after = this.holders.size > 0;
+    if (before !== after && this.state !== 'closed') this.binding.hold(after);
   }
 
   /**
@@ -247,6 +259,15 @@ export interface JoinedSession {
   /** The session's totals now. */
   stats(): SessionStats;
   /**
+   * While `on`, the session delivers no batch (to any listener): the
+   * records wait in the kernel ring buffer, and what does not fit there is
+   * dropped and reported in the next `lost` report (`ringBufferFull`). For
+   * a listener whose output is backed up, so that the backlog is bounded
+   * by the ring buffer instead of growing in memory; a finish waits for it.
+   * Leaving releases it.
+   */
+  hold(on: boolean): void;
+  /**
    * Leaves once the listener has the events of every call made so far
    * (the last listener's finish detaches, then drains the ring buffer);
    * resolves with the final totals.
@@ -271,6 +292,7 @@ export function joinSession(options: SessionOptions, listener: SessionListener):
   return {
     leave: () => joined.remove(listener),
     stats: () => joined.stats(),
+    hold: (on) => joined.hold(listener, on),
     finish: () => joined.finish(listener),
   };
 }

@@ -3,7 +3,8 @@
  * `chroot-guard ps | head -1`) is caught from the CLI's start, so that no
  * command dies of an unhandled `'error'` event with a stack trace; each
  * command decides what an ended stdout means through
- * {@link onStdoutGone}, and lines written after it are dropped.
+ * {@link onStdoutGone}, and lines written after it are dropped. A reader
+ * slower than the writes is seen through {@link onStdoutPressure}.
  * @internal
  * @module
  */
@@ -30,7 +31,33 @@ export function onStdoutGone(listener: (err: NodeJS.ErrnoException) => void): ()
   return () => goneListeners.delete(listener);
 }
 
+/** Whether stdout's buffer is past its high-water mark, waiting for `'drain'`. */
+let backedUp = false;
+const pressureListeners = new Set<(backedUp: boolean) => void>();
+
+/**
+ * Calls `listener(true)` when stdout's buffer fills past its high-water
+ * mark (the reader is slower than the writes: Node.js buffers a pipe's
+ * writes in memory without limit) and `listener(false)` when it has
+ * drained; returns the way to stop listening. `watch` holds its session's
+ * batches back meanwhile, so the kernel ring buffer, not this process's
+ * memory, takes the backlog.
+ */
+export function onStdoutPressure(listener: (backedUp: boolean) => void): () => void {
+  pressureListeners.add(listener);
+  if (backedUp) listener(true);
+  return () => pressureListeners.delete(listener);
+}
+
+function setBackedUp(on: boolean): void {
+  if (backedUp === on) return;
+  backedUp = on;
+  for (const l of [...pressureListeners]) l(on);
+}
+
 /** Writes `text` to stdout, or drops it once stdout has ended. */
 export function writeStdout(text: string): void {
-  if (!stdoutGone) process.stdout.write(text);
+  if (stdoutGone || process.stdout.write(text) || backedUp) return;
+  setBackedUp(true);
+  process.stdout.once('drain', () => setBackedUp(false));
 }

@@ -7,6 +7,7 @@ import type { AttachMode } from '../errors.js';
 import { EXIT, describeAttach, describeLost, note, reportError } from './output.js';
 import { EventPrinter } from './printer.js';
 import { detachedNote, stopOnSignals } from './signals.js';
+import { onStdoutPressure } from './stdout.js';
 import { callsLost } from '../batch.js';
 import { joinSession, type SessionStats } from '../session.js';
 import { watchSessionOptions } from '../watch-options.js';
@@ -32,6 +33,7 @@ export function watch(flags: WatchFlags): Promise<number> {
   return new Promise((resolve) => {
     let lost = 0;
     let leave: (() => void) | undefined;
+    let unwatchPressure: (() => void) | undefined;
     let finish: (() => Promise<SessionStats>) | undefined;
     let ended = false;
     let stats: (() => SessionStats) | undefined;
@@ -40,6 +42,7 @@ export function watch(flags: WatchFlags): Promise<number> {
       ended = true;
       signals.off();
       process.stdout.off('error', onStdoutError);
+      unwatchPressure?.();
       leave?.();
       leave = undefined;
       finish = undefined;
@@ -96,7 +99,13 @@ export function watch(flags: WatchFlags): Promise<number> {
       );
       // An error can come while joining: leave then, as unsubscribing would.
       if (ended) joined.leave();
-      else ({ leave, finish } = joined);
+      else {
+        ({ leave, finish } = joined);
+        // A reader slower than the calls: the backlog waits in the ring
+        // buffer (and its overflow is counted lost) instead of this
+        // process's memory.
+        unwatchPressure = onStdoutPressure((backedUp) => joined.hold(backedUp));
+      }
     } catch (err) {
       stop();
       resolve(reportError(err));
