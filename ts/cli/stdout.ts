@@ -36,12 +36,12 @@ let backedUp = false;
 const pressureListeners = new Set<(backedUp: boolean) => void>();
 
 /**
- * Calls `listener(true)` when stdout's buffer fills past its high-water
- * mark (the reader is slower than the writes: Node.js buffers a pipe's
- * writes in memory without limit) and `listener(false)` when it has
- * drained; returns the way to stop listening. `watch` holds its session's
- * batches back meanwhile, so the kernel ring buffer, not this process's
- * memory, takes the backlog.
+ * Calls `listener(true)` when what stdout could not write at once is past
+ * its high-water mark (the reader is slower than the writes: Node.js
+ * buffers a pipe's writes in memory without limit) and `listener(false)`
+ * when it has drained; returns the way to stop listening. `watch` holds its
+ * session's batches back meanwhile, so the kernel ring buffer, not this
+ * process's memory, takes the backlog.
  */
 export function onStdoutPressure(listener: (backedUp: boolean) => void): () => void {
   pressureListeners.add(listener);
@@ -57,7 +57,12 @@ function setBackedUp(on: boolean): void {
 
 /** Writes `text` to stdout, or drops it once stdout has ended. */
 export function writeStdout(text: string): void {
-  if (stdoutGone || process.stdout.write(text) || backedUp) return;
+  if (stdoutGone) return;
+  // write() returns false for any text longer than the high-water mark,
+  // even one written at once; what is still queued after it tells a slow
+  // reader (and then 'drain' follows, since write() returned false).
+  process.stdout.write(text);
+  if (backedUp || process.stdout.writableLength < process.stdout.writableHighWaterMark) return;
   setBackedUp(true);
   process.stdout.once('drain', () => setBackedUp(false));
 }

@@ -263,8 +263,9 @@ impl Reader {
     /// carries the counters read after the drain). Call it after the
     /// programs are detached: records written meanwhile would be taken too,
     /// and a storm would keep it going. It gives up on a consumer that takes
-    /// no batch for [`FINISH_STALL`]. Blocks; idempotent, and a no-op after
-    /// [`Reader::stop`].
+    /// no batch for [`FINISH_STALL`], unless the consumer holds batches back
+    /// ([`Sink::held`]): then it waits until released. Blocks; idempotent,
+    /// and a no-op after [`Reader::stop`].
     pub fn finish(&mut self) {
         self.drain.store(true, Ordering::Release);
         self.wake_and_join();
@@ -327,7 +328,15 @@ fn run<S: Sink>(
         // crates/ebpf): shortly after activity, look every millisecond for
         // records that arrived without a wakeup.
         let recent = last_event.is_some_and(|t| t.elapsed() < RECENT);
-        let timeout = if waiting || recent { SHORT_POLL } else { cfg.counters_every };
+        // Held (the consumer's output is backed up, maybe for hours): no
+        // batch can go, so look no more often than for the counters.
+        let timeout = if sink.held() {
+            cfg.counters_every
+        } else if waiting || recent {
+            SHORT_POLL
+        } else {
+            cfg.counters_every
+        };
         let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32) };
         let mut fds = [
             libc::pollfd { fd: stop_fd, events: libc::POLLIN, revents: 0 },

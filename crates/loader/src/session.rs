@@ -102,7 +102,8 @@ impl Session {
     /// rest. After it the session is closed. Blocks: for as long as the
     /// consumer takes to handle what the ring buffer held (at most
     /// `ring_buffer_bytes` of records), or [`reader::FINISH_STALL`] when it
-    /// stops taking batches.
+    /// stops taking batches without holding them back on purpose (then
+    /// until it releases them: [`reader::Sink::held`]).
     pub fn finish(&mut self) -> SessionStats {
         // Read once while the kretprobes exist: their missed count outlives
         // them (`MissCounter` keeps its last sum).

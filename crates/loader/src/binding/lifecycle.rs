@@ -114,8 +114,9 @@ type BatchFn = ThreadsafeFunction<BindingBatch, (), BindingBatch, Status, false>
 /// a callback returns, and the loop turns between batches.
 ///
 /// While JS holds batches back ([`Handle::hold`]) one more counts as in
-/// flight, so the reader delivers none and the records wait in the ring
-/// buffer, whose drops the kernel counts.
+/// flight, so the reader delivers no further batch: it fills one pending
+/// batch (at most `min(ring_buffer_bytes, 2 MiB)`) and the rest waits in
+/// the ring buffer, whose drops the kernel counts.
 pub struct JsSink {
     tsfn: BatchFn,
     in_flight: Arc<AtomicU32>,
@@ -338,10 +339,11 @@ impl Handle {
     }
 
     /// Holds batches back while `on` (JS cannot take more: its output is
-    /// backed up), or lets them flow again. Held, the reader delivers
-    /// nothing, a finish waits without counting it a stall, and the ring
-    /// buffer is the only buffer: what does not fit is dropped and counted
-    /// by the kernel (`ringBufferFull`), so memory stays bounded.
+    /// backed up), or lets them flow again. Held, the reader delivers no
+    /// further batch (a batch already queued still arrives), keeps at most
+    /// one pending batch, and a finish waits without counting it a stall:
+    /// the ring buffer takes the rest, and what does not fit is dropped and
+    /// counted by the kernel (`ringBufferFull`), so memory stays bounded.
     pub fn hold(&self, on: bool) {
         self.held.store(on, Ordering::Release);
     }
