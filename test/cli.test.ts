@@ -117,15 +117,21 @@ describe('chroot-guard watch', () => {
   // A paused stdout fills the CLI's stdout buffer, which holds the
   // session's batches back (onStdoutPressure), so the storm's records wait
   // in the ring buffer when the signal comes.
-  const backlogAtSignal = async (signals: number) => {
-    const N = 20_000;
+  /** N chroot calls made while `watch --json` (ring buffer `ringBytes`) has its stdout paused; resolves once they are made. */
+  const stormBehindPausedStdout = async (N: number, ringBytes: number) => {
     const storm = spawn('perl', ['-e', 'chdir($ARGV[0]) or die; <STDIN>; chroot(".") for 1..$ARGV[1]; print "done\\n";', rootPath, String(N)], { stdio: ['pipe', 'pipe', 'inherit'] });
     const finished = new Promise((r) => storm.on('close', r));
-    const w = startWatch(['--json', '--pid', String(storm.pid), '--ring-buffer-bytes', String(16 << 20)]);
+    const w = startWatch(['--json', '--pid', String(storm.pid), '--ring-buffer-bytes', String(ringBytes)]);
     await w.ready;
     w.child.stdout.pause();
     storm.stdin.end('go\n');
     await finished;
+    return { storm, w };
+  };
+
+  const backlogAtSignal = async (signals: number) => {
+    const N = 20_000;
+    const { storm, w } = await stormBehindPausedStdout(N, 16 << 20);
     for (let i = 0; i < signals; i++) {
       if (i > 0) await sleep(300);
       w.child.kill('SIGINT');
@@ -151,13 +157,7 @@ describe('chroot-guard watch', () => {
 
   it.skipIf(RERUN)(inAuto('a stalled stdout keeps the backlog in the ring buffer, not in memory: the overflow is reported lost once the reader catches up, and every call is accounted for'), async () => {
     const N = 200_000;
-    const storm = spawn('perl', ['-e', 'chdir($ARGV[0]) or die; <STDIN>; chroot(".") for 1..$ARGV[1]; print "done\\n";', rootPath, String(N)], { stdio: ['pipe', 'pipe', 'inherit'] });
-    const finished = new Promise((r) => storm.on('close', r));
-    const w = startWatch(['--json', '--pid', String(storm.pid), '--ring-buffer-bytes', String(1 << 20)]);
-    await w.ready;
-    w.child.stdout.pause();
-    storm.stdin.end('go\n');
-    await finished;
+    const { storm, w } = await stormBehindPausedStdout(N, 1 << 20);
     await sleep(300);
     // Held, the CLI peaked at 82 MiB on the host; without the hold it took
     // every record it could and buffered their JSON: 449 MiB (73,405
