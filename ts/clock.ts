@@ -14,8 +14,16 @@ let offsetNs: bigint | undefined;
  * @throws {ChrootGuardError} `NATIVE_UNAVAILABLE` when the addon cannot load.
  */
 export function toWallClock(ts: bigint): Date {
-  offsetNs ??= BigInt(Date.now()) * 1_000_000n - native().boottimeNs();
-  return new Date(Number((ts + offsetNs) / 1_000_000n));
+  return new Date(Number((ts + wallClockOffsetNs()) / 1_000_000n));
+}
+
+/**
+ * CLOCK_REALTIME − CLOCK_BOOTTIME in ns, as {@link toWallClock} measured it
+ * on first use (the addon's table rows take it too, so both print one time).
+ * @internal
+ */
+export function wallClockOffsetNs(): bigint {
+  return (offsetNs ??= BigInt(Date.now()) * 1_000_000n - native().boottimeNs());
 }
 
 /**

@@ -313,6 +313,13 @@ export function errnoName(errno: number): string {
   return ERRNO_NAMES.get(errno) ?? `E${errno}`;
 }
 
+/** {@link errnoName}'s names as a table by errno (`''` where it has none), for the addon's NDJSON writer. @internal */
+export function errnoNameTable(): string[] {
+  const table: string[] = [];
+  for (const [n, name] of ERRNO_NAMES) table[n] = name;
+  return Array.from(table, (name) => name ?? '');
+}
+
 const utf8 = new TextDecoder('utf-8');
 
 /** A copy of the NUL-padded bytes at `at`, up to the first NUL (a `comm`). */

@@ -14,9 +14,9 @@
 import type { BindingBatch, BindingOpenResult, BindingRefusal, BindingSession, BindingStats } from './native/binding.cjs';
 import type { AttachMode, Refusal } from './errors.js';
 import { ChrootGuardError, errorFromBinding } from './errors.js';
-import { decoder, type ChrootEvent } from './events.js';
+import { decoder, errnoName, type ChrootEvent } from './events.js';
 import { native } from './native.js';
-import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
+import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './batch.js';
 
 /** Which attach mode a session uses and why better modes were refused. */
 export interface AttachInfo {
@@ -58,6 +58,22 @@ export interface AttachedProgram {
   readonly id: number;
 }
 
+/**
+ * A session that writes its events to stdout itself, on the addon's reader
+ * thread (`chroot-guard watch`, `crates/loader/src/lines.rs`): table rows,
+ * or `chroot` and `lost` NDJSON records. No event reaches JavaScript, only
+ * the counters. What the text needs from JavaScript (`addonLines` in
+ * `ts/cli/printer.ts`): the errno names by number (`''` where none), the
+ * code point ranges to escape (flattened inclusive `[lo, hi]` pairs), and
+ * for the table the wall clock's offset from CLOCK_BOOTTIME in ns.
+ */
+export interface AddonOutput {
+  readonly format: 'table' | 'json';
+  readonly errnoNames: readonly string[];
+  readonly escaped: readonly number[];
+  readonly wallOffsetNs?: bigint;
+}
+
 /** Normalised options that decide which kernel session serves a subscriber. */
 export interface SessionOptions {
   readonly mode: 'auto' | AttachMode;
@@ -66,6 +82,8 @@ export interface SessionOptions {
   readonly comm?: string;
   readonly ringBufferBytes: number;
   readonly compat: boolean;
+  /** Events go to stdout, written by the addon ({@link AddonOutput}); such a session is never shared. */
+  readonly output?: AddonOutput;
 }
 
 /** What a subscriber hears from its session. */
@@ -75,6 +93,11 @@ export interface SessionListener {
   attached(info: AttachInfo): void;
   lost(report: LostReport): void;
   error(err: ChrootGuardError): void;
+  /**
+   * A session writing to stdout: write(2) failed (`code` `EPIPE`: the
+   * reader of stdout is gone); the session is closed.
+   */
+  outputError?(err: NodeJS.ErrnoException): void;
 }
 
 /** Totals of a kernel session, read from the addon and the kernel's per-CPU counters. */
@@ -95,8 +118,11 @@ export interface SessionStats {
 
 const sessions = new Map<string, KernelSession>();
 
+/** Sessions writing to stdout, each its own. */
+let outputSessions = 0;
+
 function keyOf(o: SessionOptions): string {
-  return JSON.stringify([o.mode, o.pid ?? null, o.uid ?? null, o.comm ?? null, o.ringBufferBytes, o.compat]);
+  return JSON.stringify([o.mode, o.pid ?? null, o.uid ?? null, o.comm ?? null, o.ringBufferBytes, o.compat, o.output ? ++outputSessions : null]);
 }
 
 /** A refusal from the addon, as the public {@link Refusal}. @internal */
@@ -116,20 +142,21 @@ export function refusalOf(r: BindingRefusal): Refusal {
 
 class KernelSession {
   private readonly listeners = new Set<SessionListener>();
-  /** Listeners holding batches back ({@link JoinedSession.hold}). */
-  private readonly holders = new Set<SessionListener>();
   private state: 'opening' | 'running' | 'finishing' | 'closed' = 'opening';
   private info: AttachInfo | undefined;
   private lostTotals: CounterTotals = NO_LOSS;
   private readonly binding: BindingSession;
+  private readonly output: boolean;
 
   constructor(
     private readonly key: string,
     options: SessionOptions,
   ) {
+    this.output = options.output !== undefined;
     const n = native();
     decoder();
-    this.binding = new n.BindingSession({ ...options });
+    const { output, ...load } = options;
+    this.binding = new n.BindingSession({ ...load, ...(output ? { output: { ...output, errnoNames: [...output.errnoNames], escaped: [...output.escaped] } } : {}) });
     this.binding.open((batch) => this.onBatch(batch)).then(
       (result) => this.onOpen(result),
       (cause: unknown) => this.fail(new ChrootGuardError('INTERNAL', `opening the kernel session failed: ${String(cause)}`, { cause })),
@@ -145,7 +172,6 @@ class KernelSession {
   }
 
   remove(listener: SessionListener): void {
-    this.hold(listener, false);
     this.listeners.delete(listener);
     if (this.listeners.size === 0) this.close();
   }
@@ -154,13 +180,16 @@ class KernelSession {
     return statsOf(this.binding.stats());
   }
 
-  /** Holds batches back while any listener asks to ({@link JoinedSession.hold}). */
-  hold(listener: SessionListener, on: boolean): void {
-    const before = this.holders.size > 0;
-    if (on && this.listeners.has(listener)) this.holders.add(listener);
-    else this.holders.delete(listener);
-    const after = this.holders.size > 0;
-    if (before !== after && this.state !== 'closed') this.binding.hold(after);
+  /** A session writing to stdout: the `attach` record, whose `ts` is `sinceTs`, is written; the addon's lines may follow. */
+  startOutput(sinceTs: bigint): void {
+    if (this.state !== 'closed') this.binding.startOutput(sinceTs);
+  }
+
+  /** What a session writing to stdout has written there; null for another session. */
+  outputState(): OutputState | null {
+    if (!this.output) return null;
+    const s = this.binding.outputState();
+    return { records: s.records, lostTs: s.lostTs ?? null, reported: s.lost ?? null };
   }
 
   /**
@@ -208,6 +237,7 @@ class KernelSession {
 
   private onBatch(batch: BindingBatch): void {
     if (this.state !== 'running' && this.state !== 'finishing') return;
+    if (batch.outputErrno != null) return this.failOutput(batch.outputErrno, batch.error ?? 'writing to stdout failed');
     this.lostTotals = readBatch(batch, this.lostTotals, {
       error: (err) => this.fail(err),
       data: (data) => {
@@ -223,6 +253,18 @@ class KernelSession {
         for (const l of [...this.listeners]) if (this.listeners.has(l)) l.lost(report);
       },
     });
+  }
+
+  private failOutput(errno: number, message: string): void {
+    const code = errnoName(errno);
+    const err: NodeJS.ErrnoException = Object.assign(new Error(`${message} (${code})`), { code, errno: -errno, syscall: 'write' });
+    const listeners = [...this.listeners];
+    this.listeners.clear();
+    this.close();
+    for (const l of listeners) {
+      if (l.outputError) l.outputError(err);
+      else l.error(new ChrootGuardError('INTERNAL', err.message, { cause: err }));
+    }
   }
 
   private fail(err: ChrootGuardError): void {
@@ -252,6 +294,19 @@ function statsOf(b: BindingStats | undefined): SessionStats {
   };
 }
 
+/**
+ * What a session writing to stdout ({@link SessionOptions.output}) has
+ * written there; once the session is closed, the stream's final state.
+ */
+export interface OutputState {
+  /** `chroot` records written, whole lines only. */
+  readonly records: number;
+  /** The `ts` (ns since boot) of the last `lost` record written whole, or null when none was. */
+  readonly lostTs: bigint | null;
+  /** The totals that record reported, or null as `lostTs`. */
+  readonly reported: LossCounts | null;
+}
+
 /** A listener's place in a kernel session. */
 export interface JoinedSession {
   /** Leaves at once; the last leave closes the session, dropping what its ring buffer still holds. */
@@ -259,14 +314,14 @@ export interface JoinedSession {
   /** The session's totals now. */
   stats(): SessionStats;
   /**
-   * While `on`, the session delivers no batch (to any listener): the
-   * records wait in the kernel ring buffer, and what does not fit there is
-   * dropped and reported in the next `lost` report (`ringBufferFull`). For
-   * a listener whose output is backed up, so that the backlog is bounded
-   * by the ring buffer instead of growing in memory; a finish waits for it.
-   * Leaving releases it.
+   * A session writing to stdout ({@link SessionOptions.output}) writes
+   * nothing until this: the listener has written the `attach` record, with
+   * `ts` `sinceTs` (ns since boot, where the first `lost` record's interval
+   * starts), and stdout has taken it.
    */
-  hold(on: boolean): void;
+  startOutput(sinceTs: bigint): void;
+  /** What a session writing to stdout has written there ({@link OutputState}); null for another session. Also after leaving. */
+  outputState(): OutputState | null;
   /**
    * Leaves once the listener has the events of every call made so far
    * (the last listener's finish detaches, then drains the ring buffer);
@@ -292,7 +347,8 @@ export function joinSession(options: SessionOptions, listener: SessionListener):
   return {
     leave: () => joined.remove(listener),
     stats: () => joined.stats(),
-    hold: (on) => joined.hold(listener, on),
+    startOutput: (sinceTs) => joined.startOutput(sinceTs),
+    outputState: () => joined.outputState(),
     finish: () => joined.finish(listener),
   };
 }

@@ -135,7 +135,7 @@ export function describeLost(l: LostReport): string {
  * 8-bit controls), and the format characters that break a line or reorder
  * what it shows (U+061C, U+200E, U+200F, U+2028 to U+202E, U+2066 to U+2069).
  */
-const UNSAFE: ReadonlyArray<readonly [number, number]> = [
+export const UNSAFE_RANGES: ReadonlyArray<readonly [number, number]> = [
   [0x00, 0x1f],
   [0x5c, 0x5c],
   [0x7f, 0x9f],
@@ -144,6 +144,7 @@ const UNSAFE: ReadonlyArray<readonly [number, number]> = [
   [0x2028, 0x202e],
   [0x2066, 0x2069],
 ];
+const UNSAFE = UNSAFE_RANGES;
 const unsafeCodePoint = (cp: number) => UNSAFE.some(([lo, hi]) => cp >= lo && cp <= hi);
 const charClass = (ranges: typeof UNSAFE, flags: string) =>
   new RegExp(`[${ranges.map(([lo, hi]) => `\\u{${lo.toString(16)}}-\\u{${hi.toString(16)}}`).join('')}]`, flags);
@@ -193,13 +194,14 @@ export function terminalSafe(value: string | Uint8Array): string {
   return out + utf8.decode(b.subarray(run));
 }
 
-// The unsafe characters JSON.stringify leaves raw (it escapes C0 and the
-// backslash itself). In JSON text they can only stand inside strings, where
-// \uXXXX reads back as the same character.
-const JSON_UNSAFE = charClass(
-  UNSAFE.filter(([lo]) => lo >= 0x7f),
-  'gu',
-);
+/**
+ * The unsafe characters JSON.stringify leaves raw (it escapes C0 and the
+ * backslash itself), as inclusive ranges. In JSON text they can only stand
+ * inside strings, where \uXXXX reads back as the same character. The addon
+ * writing `watch --json` escapes the same (`addonLines` in printer.ts).
+ */
+export const JSON_UNSAFE_RANGES = UNSAFE.filter(([lo]) => lo >= 0x7f);
+const JSON_UNSAFE = charClass(JSON_UNSAFE_RANGES, 'gu');
 
 const unicodeEscape = (c: string) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`;
 

@@ -5,12 +5,13 @@
  * @internal
  * @module
  */
-import { boottimeNs, toWallClock } from '../clock.js';
+import { boottimeNs, toWallClock, wallClockOffsetNs } from '../clock.js';
 import type { ChrootDecision } from '../decision.js';
 import type { ChrootEvent } from '../events.js';
 import { CALLS_LOST, lostSince, NO_LOSS, type LossCounts, type LostReport } from '../batch.js';
-import type { AttachInfo, SessionStats } from '../session.js';
-import { containerMark, resolvedMark, rootMarks, tableHeader, tableLine, terminalSafe } from './output.js';
+import { errnoNameTable } from '../events.js';
+import type { AddonOutput, AttachInfo, OutputState, SessionStats } from '../session.js';
+import { containerMark, JSON_UNSAFE_RANGES, resolvedMark, rootMarks, tableHeader, tableLine, terminalSafe, UNSAFE_RANGES } from './output.js';
 import { writeStdout } from './stdout.js';
 import { attachRecord, chrootRecord, decisionRecord, guardRecord, lostRecord, type GuardRecordFields, type LostSource } from './records.js';
 
@@ -18,10 +19,12 @@ import { attachRecord, chrootRecord, decisionRecord, guardRecord, lostRecord, ty
 const FLUSH_AT = 64 * 1024;
 
 /**
- * Where lines go: text of whole lines, each ending in a newline. Stdout by
- * default; the agent passes its rotating file.
+ * Where lines go: text of whole lines, each ending in a newline, and what
+ * to call once it is written (stdout calls it; {@link EventPrinter.attached}
+ * needs it only where the addon writes lines too). Stdout by default; the
+ * agent passes its rotating file.
  */
-export type LineWriter = (text: string) => void;
+export type LineWriter = (text: string, done?: () => void) => void;
 
 /**
  * Lines for stdout (or another {@link LineWriter}), written once per batch:
@@ -46,14 +49,28 @@ class StdoutLines {
     queueMicrotask(this.flush);
   }
 
-  /** Writes what is held, now. */
-  readonly flush = (): void => {
+  /** Writes what is held, now; `done` once it is written. */
+  readonly flush = (done?: () => void): void => {
     this.queued = false;
-    if (this.text === '') return;
+    if (this.text === '') return done?.();
     const text = this.text;
     this.text = '';
-    this.write(text);
+    this.write(text, done);
   };
+}
+
+/**
+ * What the addon needs to write `watch`'s lines itself (`SessionOptions.output`),
+ * byte for byte as {@link EventPrinter} would: table rows as `tableLine`
+ * (escapes of `terminalSafe`, times by this process's wall clock offset),
+ * or `chroot` and `lost` records as `chrootRecord` and `lostRecord` (the
+ * characters JSON strings escape beyond JSON.stringify); the errno names of
+ * `errno` and RESULT. The rest of the text is `crates/loader/src/lines.rs`;
+ * `test/lines.test.ts` holds the two equal.
+ */
+export function addonLines(json: boolean): AddonOutput {
+  const escaped = (json ? JSON_UNSAFE_RANGES : UNSAFE_RANGES).flat();
+  return json ? { format: 'json', errnoNames: errnoNameTable(), escaped } : { format: 'table', errnoNames: errnoNameTable(), escaped, wallOffsetNs: wallClockOffsetNs() };
 }
 
 /** Writes event lines to stdout (or `write`) in the chosen format. */
@@ -66,6 +83,8 @@ export class EventPrinter {
   private reported: LossCounts = NO_LOSS;
   /** Events printed. */
   count = 0;
+  /** The addon writes the `chroot` and `lost` records ({@link EventPrinter.attached}'s `addonWrites`). */
+  private addonLines = false;
 
   /** `write`: where the lines go (whole lines), stdout by default; `lostSource`: the `source` of its `lost` records, in a stream shared with a guard's. */
   constructor(
@@ -76,11 +95,23 @@ export class EventPrinter {
     this.out = new StdoutLines(write);
   }
 
-  /** The session attached: the `attach` record (JSON), or the table header. */
-  attached(info: AttachInfo): void {
+  /**
+   * The session attached: the `attach` record (JSON), or the table header.
+   * `addonWrites`: the session writes its rows, or its `chroot` and `lost`
+   * records, to stdout itself ({@link addonLines}): the line is written at
+   * once, and `addonWrites(ts)` called with the record's `ts` once stdout
+   * has it, so the session's lines follow it; {@link EventPrinter.finish}
+   * then takes what they were.
+   */
+  attached(info: AttachInfo, addonWrites?: (sinceTs: bigint) => void): void {
     this.since = boottimeNs();
     if (this.json) this.out.add(attachRecord(this.since, info));
     else this.header();
+    if (addonWrites) {
+      this.addonLines = true;
+      const since = this.since;
+      this.out.flush(() => addonWrites(since));
+    }
   }
 
   /** Prints the table header once (nothing in JSON mode). */
@@ -105,7 +136,7 @@ export class EventPrinter {
    */
   lost(report: LostReport): void {
     this.reported = report.total;
-    if (this.json) {
+    if (this.json && !this.addonLines) {
       const now = boottimeNs();
       this.out.add(lostRecord(report, this.since, now, this.lostSource));
       this.since = now;
@@ -116,10 +147,19 @@ export class EventPrinter {
   /**
    * At the end: a last `lost` record for what the kernel counted after the
    * last batch, so the stream's totals are final; then everything is
-   * written.
+   * written. `addon`: where the addon wrote the `chroot` and `lost`
+   * records, what it wrote (the session has stopped): the count, and the
+   * last `lost` record, from which this one goes on.
    */
-  finish(stats: SessionStats | undefined): void {
+  finish(stats: SessionStats | undefined, addon?: OutputState | null): void {
+    if (addon) {
+      this.count = addon.records;
+      if (addon.lostTs !== null && addon.reported) [this.since, this.reported] = [addon.lostTs, addon.reported];
+    }
     const report = stats && lostSince(this.reported, { ...this.reported, ...Object.fromEntries(CALLS_LOST.map((k) => [k, stats[k]])) });
+    // The session has stopped: a record of what it did not report is this
+    // printer's to write, also where the addon wrote the others.
+    this.addonLines = false;
     if (report) this.lost(report);
     this.out.flush();
   }

@@ -28,6 +28,7 @@ pub mod identity;
 pub mod kretprobe;
 pub mod layout;
 pub mod memory;
+pub mod lines;
 pub mod object;
 pub mod pin;
 pub mod policy;

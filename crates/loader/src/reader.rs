@@ -305,6 +305,18 @@ fn push_record(batch: &mut Vec<u8>, record: &[u8]) {
     batch.extend_from_slice(&[0; 8][..pad]);
 }
 
+/// The records of a batch's `data`, as [`push_record`] lays them out; a
+/// length running past the end ends the walk.
+pub fn records(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        let len = u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?) as usize;
+        let record = data.get(at + 8..at + 8 + len)?;
+        at += 8 + len.next_multiple_of(8);
+        Some(record)
+    })
+}
+
 fn run<S: Sink>(
     mut ring: RingBuf<MapData>,
     counters: &Counters,

@@ -68,17 +68,36 @@ impl From<Lost> for BindingLost {
     }
 }
 
+impl From<&BindingLost> for Lost {
+    fn from(l: &BindingLost) -> Self {
+        Lost {
+            ring_buffer_full: l.ring_buffer_full as u64,
+            pending_full: l.pending_full as u64,
+            lsm_errors: l.lsm_errors as u64,
+            allow_lost: l.allow_lost as u64,
+            deny_lost: l.deny_lost as u64,
+            audit_lost: l.audit_lost as u64,
+            kretprobe_missed: l.kretprobe_missed as u64,
+        }
+    }
+}
+
 /// One batch of raw events (`[u32 len][u32 0][record][pad]`...).
 #[napi(object)]
 pub struct BindingBatch {
-    /// The records.
+    /// The records; empty where the session writes them to stdout itself
+    /// (`BindingOpenOptions::output`, `LineSink`).
     pub data: Buffer,
-    /// Number of records.
+    /// Number of records (written to stdout, for such a session).
     pub events: u32,
     /// Counter totals since load, read after the batch was taken.
     pub lost: BindingLost,
     /// Set when the reader thread stopped on an error: no batch follows.
     pub error: Option<String>,
+    /// A session writing to stdout: write(2)'s errno when writing failed
+    /// (`error` says how; EPIPE: the reader of stdout is gone). No batch
+    /// follows.
+    pub output_errno: Option<i32>,
 }
 
 /// Totals of a session.
@@ -113,10 +132,10 @@ type BatchFn = ThreadsafeFunction<BindingBatch, (), BindingBatch, Status, false>
 /// ([`crate::reader::ReaderConfig::max_in_flight`]) the queue is empty when
 /// a callback returns, and the loop turns between batches.
 ///
-/// While JS holds batches back ([`Handle::hold`]) one more counts as in
-/// flight, so the reader delivers no further batch: it fills one pending
-/// batch (at most `min(ring_buffer_bytes, 2 MiB)`) and the rest waits in
-/// the ring buffer, whose drops the kernel counts.
+/// While the handle holds batches back ([`Handle::hold`]) one more counts
+/// as in flight, so the reader delivers no further batch: it fills one
+/// pending batch (at most `min(ring_buffer_bytes, 2 MiB)`) and the rest
+/// waits in the ring buffer, whose drops the kernel counts.
 pub struct JsSink {
     tsfn: BatchFn,
     in_flight: Arc<AtomicU32>,
@@ -131,6 +150,12 @@ impl JsSink {
             .callee_handled::<false>()
             .build_callback(|ctx| Ok(ctx.value))?;
         Ok(JsSink { tsfn, in_flight: Arc::new(AtomicU32::new(0)), held })
+    }
+
+    /// Queues `value` for the JS callback; `false` when the callback is
+    /// gone for good (the handle closes).
+    pub(super) fn call_batch(&self, value: BindingBatch) -> bool {
+        self.call(value) != Status::Closing
     }
 
     /// Queues `value` for the JS callback; `in_flight` drops when the
@@ -159,14 +184,13 @@ impl Sink for JsSink {
     }
 
     fn deliver(&self, batch: Batch) -> bool {
-        let value = BindingBatch {
+        self.call_batch(BindingBatch {
             data: batch.data.into(),
             events: batch.events,
             lost: batch.lost.into(),
             error: None,
-        };
-        let status = self.call(value);
-        status != Status::Closing
+            output_errno: None,
+        })
     }
 
     fn failed(&self, reason: String) {
@@ -175,6 +199,7 @@ impl Sink for JsSink {
             events: 0,
             lost: BindingLost::default(),
             error: Some(reason),
+            output_errno: None,
         };
         let _ = self.call(value);
     }
@@ -228,12 +253,15 @@ pub enum State {
 /// The state, shared with the open task and the env cleanup hook.
 pub struct Shared {
     state: Mutex<State>,
+    /// Set when the handle closes, also while a finish drains: a sink
+    /// waiting on a full stdout gives up (`LineSink`).
+    pub closing: Arc<AtomicBool>,
 }
 
 impl Shared {
     /// A fresh idle state, closed by `env`'s cleanup if never closed.
     pub fn new(env: &Env) -> napi::Result<(Arc<Shared>, CleanupEnvHook<Arc<Shared>>)> {
-        let shared = Arc::new(Shared { state: Mutex::new(State::Idle) });
+        let shared = Arc::new(Shared { state: Mutex::new(State::Idle), closing: Arc::new(AtomicBool::new(false)) });
         let hook = env.add_env_cleanup_hook(Arc::clone(&shared), |s| s.close())?;
         Ok((shared, hook))
     }
@@ -292,6 +320,7 @@ impl Shared {
 
     /// Closes whatever runs. Idempotent.
     pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
         let previous = std::mem::replace(&mut *self.lock(), State::Closed);
         if let State::Running(mut loaded) = previous {
             loaded.close();
@@ -338,12 +367,13 @@ impl Handle {
         JsSink::new(on_batch, Arc::clone(&self.held))
     }
 
-    /// Holds batches back while `on` (JS cannot take more: its output is
-    /// backed up), or lets them flow again. Held, the reader delivers no
-    /// further batch (a batch already queued still arrives), keeps at most
-    /// one pending batch, and a finish waits without counting it a stall:
-    /// the ring buffer takes the rest, and what does not fit is dropped and
-    /// counted by the kernel (`ringBufferFull`), so memory stays bounded.
+    /// Holds batches back while `on` (a session writing to stdout until
+    /// JavaScript has written the line its lines follow), or lets them flow
+    /// again. Held, the reader delivers no further batch (a batch already
+    /// queued still arrives), keeps at most one pending batch, and a finish
+    /// waits without counting it a stall: the ring buffer takes the rest,
+    /// and what does not fit is dropped and counted by the kernel
+    /// (`ringBufferFull`), so memory stays bounded.
     pub fn hold(&self, on: bool) {
         self.held.store(on, Ordering::Release);
     }
@@ -388,14 +418,6 @@ macro_rules! handle_methods {
                 self.handle.stats()
             }
 
-            /// While `on`, no batch is delivered: the records wait in the
-            /// ring buffer, and what does not fit there is counted lost
-            /// (`ringBufferFull`); for a consumer whose output is backed
-            /// up. `close()` releases it.
-            #[napi]
-            pub fn hold(&self, on: bool) {
-                self.handle.hold(on);
-            }
         }
     };
 }

@@ -9,6 +9,7 @@
 mod doctor;
 mod guard;
 mod lifecycle;
+mod output;
 mod pinned;
 mod policy;
 mod ps;

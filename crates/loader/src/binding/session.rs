@@ -12,11 +12,13 @@ use napi_derive::napi;
 use super::{
     binding_refusal,
     lifecycle::{handle_methods, BindingBatch, BindingStats, Handle, JsSink, Loaded, Shared},
+    output::{BindingOutput, BindingOutputState, LineSink, OutputState},
     BindingFailure, BindingRefusal,
 };
 use crate::{
     attach::{LoadOptions, ModeRequest},
     error::{Error, Refusal},
+    lines::LineText,
     reader::ReaderConfig,
     session::Session,
 };
@@ -37,6 +39,11 @@ pub struct BindingOpenOptions {
     /// Tracepoint mode: also see 32-bit compat and x32 calls (raw
     /// `sys_enter`/`sys_exit`; costs every syscall). Default false.
     pub compat: Option<bool>,
+    /// Given, the session writes its events to stdout, as table rows or
+    /// NDJSON, on the reader thread (`chroot-guard watch`; `crate::lines`), held
+    /// back until [`BindingSession::start_output`]; batches then carry no
+    /// records, only their count.
+    pub output: Option<BindingOutput>,
 }
 
 /// Outcome of `open()`: never a rejected promise, so the TS layer can build
@@ -99,6 +106,9 @@ fn parse_options(o: &BindingOpenOptions) -> Result<LoadOptions, Error> {
 pub struct BindingSession {
     handle: Handle,
     options: Result<LoadOptions, String>,
+    /// The line rules of a session writing to stdout.
+    output: Option<LineText>,
+    output_state: Arc<OutputState>,
 }
 
 #[napi]
@@ -106,14 +116,23 @@ impl BindingSession {
     /// Validates the options; touches no kernel state.
     #[napi(constructor)]
     pub fn new(env: Env, options: BindingOpenOptions) -> napi::Result<Self> {
-        Ok(BindingSession { handle: Handle::new(&env)?, options: parse_options(&options).map_err(|e| e.to_string()) })
+        let handle = Handle::new(&env)?;
+        let output = options.output.as_ref().map(LineText::from);
+        // Nothing goes to stdout before JavaScript has written the attach
+        // record (start_output).
+        handle.hold(output.is_some());
+        Ok(BindingSession { handle, options: parse_options(&options).map_err(|e| e.to_string()), output, output_state: OutputState::new() })
     }
 
     /// Loads, attaches and starts reading on the libuv pool. `onBatch`
     /// receives one [`BindingBatch`] per batch on the JS thread.
     #[napi(ts_return_type = "Promise<BindingOpenResult>")]
     pub fn open(&self, on_batch: Function<BindingBatch, ()>) -> napi::Result<AsyncTask<OpenTask>> {
-        let sink = self.handle.sink(&on_batch)?;
+        let js = self.handle.sink(&on_batch)?;
+        let sink = match &self.output {
+            Some(text) => SessionSink::Lines(Box::new(LineSink::new(js, text.clone(), Arc::clone(&self.output_state), Arc::clone(&self.handle.shared.closing)))),
+            None => SessionSink::Js(js),
+        };
         self.handle.shared.begin_open()?;
         Ok(AsyncTask::new(OpenTask { shared: Arc::clone(&self.handle.shared), options: self.options.clone(), sink: Some(sink) }))
     }
@@ -130,6 +149,34 @@ impl BindingSession {
     pub fn finish(&self) -> AsyncTask<FinishTask> {
         AsyncTask::new(FinishTask { shared: Arc::clone(&self.handle.shared) })
     }
+
+    /// A session writing to stdout (`output`): JavaScript has written the
+    /// `attach` record, whose `ts` (ns since boot) is `sinceTs`, the start
+    /// of the first `lost` record's interval; the session's lines follow
+    /// it from now on. Releases the hold the session started with.
+    #[napi]
+    pub fn start_output(&self, since_ts: BigInt) {
+        self.output_state.set_since(since_ts.get_u64().1);
+        self.handle.hold(false);
+    }
+
+    /// A session writing to stdout: what it has written there (nothing for
+    /// another session); also after `close()`, which stops the writes, when
+    /// it is the stream's final state.
+    #[napi]
+    pub fn output_state(&self) -> BindingOutputState {
+        self.output_state.read()
+    }
+}
+
+/// Where a session's batches go: to JavaScript, or to stdout by the reader
+/// thread with a count to JavaScript.
+pub enum SessionSink {
+    /// Records to JavaScript.
+    Js(JsSink),
+    /// Lines to stdout (boxed: its writer state is large, and the enum
+    /// only crosses to the open task once).
+    Lines(Box<LineSink>),
 }
 
 /// Runs [`Session::finish`] off the JS thread, which must stay free to
@@ -160,7 +207,7 @@ handle_methods!(BindingSession, "Stops the reader thread, releases the callback 
 pub struct OpenTask {
     shared: Arc<Shared>,
     options: Result<LoadOptions, String>,
-    sink: Option<JsSink>,
+    sink: Option<SessionSink>,
 }
 
 /// What [`OpenTask`] found, carried back to the JS thread.
@@ -179,7 +226,13 @@ impl Task for OpenTask {
     fn compute(&mut self) -> napi::Result<OpenOutcome> {
         let sink = self.sink.take().ok_or_else(|| napi::Error::from_reason("open task ran twice"))?;
         let opened = match &self.options {
-            Ok(options) => Session::open(options, sink, ReaderConfig::for_ring_buffer(options.ring_buffer_bytes)),
+            Ok(options) => {
+                let config = ReaderConfig::for_ring_buffer(options.ring_buffer_bytes);
+                match sink {
+                    SessionSink::Js(sink) => Session::open(options, sink, config),
+                    SessionSink::Lines(sink) => Session::open(options, *sink, config),
+                }
+            }
             Err(e) => Err(Error::InvalidArgument(e.clone())),
         };
         Ok(match opened {

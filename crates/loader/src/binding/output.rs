@@ -1,0 +1,271 @@
+//! `chroot-guard watch` lines written by the reader thread
+//! ([`crate::lines`]): the sink that writes each batch's lines to stdout
+//! and hands JavaScript only the counters, and what JavaScript reads back
+//! at the end to write the stream's last line.
+
+use std::{
+    os::fd::RawFd,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+};
+
+use napi::bindgen_prelude::{BigInt, Buffer};
+use napi_derive::napi;
+
+use super::lifecycle::{BindingBatch, BindingLost, JsSink};
+use crate::{
+    lines::{write_all, LineFormat, LineText, Lines, WriteEnd},
+    reader::{records, Batch, Lost, Sink},
+};
+
+/// What JavaScript decides about the lines ([`LineText`]); given, the
+/// session writes its table rows, or its `chroot` and `lost` records, to
+/// stdout itself.
+#[napi(object)]
+pub struct BindingOutput {
+    /// `table` or `json`.
+    pub format: String,
+    /// The table: CLOCK_REALTIME − CLOCK_BOOTTIME in ns, as JavaScript
+    /// turns event times into wall-clock times.
+    pub wall_offset_ns: Option<BigInt>,
+    /// Name of each errno by number (index 2: `ENOENT`), as Node.js's
+    /// `os.constants.errno` gives them; `""` where there is none.
+    pub errno_names: Vec<String>,
+    /// Code point ranges to escape ([`LineText::escaped`]), as inclusive
+    /// `[lo, hi]` pairs, flattened.
+    pub escaped: Vec<u32>,
+}
+
+impl From<&BindingOutput> for LineText {
+    fn from(o: &BindingOutput) -> LineText {
+        let format = if o.format == "table" {
+            let (negative, ns, _) = o.wall_offset_ns.as_ref().map_or((false, 0, true), BigInt::get_u128);
+            LineFormat::Table { wall_offset_ns: if negative { -(ns as i128) } else { ns as i128 } }
+        } else {
+            LineFormat::Json
+        };
+        LineText {
+            format,
+            errno_names: o.errno_names.clone(),
+            escaped: o.escaped.chunks_exact(2).map(|p| (p[0], p[1])).collect(),
+        }
+    }
+}
+
+/// What a session writing to stdout has written, read by JavaScript at the
+/// end ([`OutputState::read`]).
+#[napi(object)]
+pub struct BindingOutputState {
+    /// `chroot` records written, whole lines only.
+    pub records: f64,
+    /// The `ts` (ns since boot) of the last `lost` record written whole;
+    /// absent when none was.
+    pub lost_ts: Option<BigInt>,
+    /// The totals that record reported; absent as `lost_ts`.
+    pub lost: Option<BindingLost>,
+}
+
+/// Bytes of lines held before a write within one batch.
+const FLUSH_AT: usize = 256 << 10;
+
+/// No `since` handed over yet.
+const UNSET: u64 = u64::MAX;
+
+/// Shared by a session's binding object and its [`LineSink`]: where the
+/// first `lost` interval starts (set by JavaScript), and what went out.
+pub struct OutputState {
+    since_ts: AtomicU64,
+    records: AtomicU64,
+    /// `ts` and totals of the last `lost` record written whole.
+    last_lost: Mutex<Option<(u64, Lost)>>,
+}
+
+impl OutputState {
+    /// Nothing set or written yet.
+    pub fn new() -> Arc<OutputState> {
+        Arc::new(OutputState {
+            since_ts: AtomicU64::new(UNSET),
+            records: AtomicU64::new(0),
+            last_lost: Mutex::new(None),
+        })
+    }
+
+    /// The `attach` record's `ts` (ns since boot), written by JavaScript.
+    pub fn set_since(&self, since_ts: u64) {
+        self.since_ts.store(since_ts, Ordering::Release);
+    }
+
+    /// What has gone out so far; after the reader has stopped, the stream's
+    /// final state: the last `lost` record JavaScript writes starts from it.
+    pub fn read(&self) -> BindingOutputState {
+        let last = *self.last_lost.lock().unwrap_or_else(PoisonError::into_inner);
+        BindingOutputState {
+            records: self.records.load(Ordering::Acquire) as f64,
+            lost_ts: last.map(|(ts, _)| BigInt::from(ts)),
+            lost: last.map(|(_, l)| l.into()),
+        }
+    }
+}
+
+/// What one write of a batch's lines holds: `chroot` records, and the
+/// `lost` record at its end, if any (its offset, `ts` and totals).
+#[derive(Clone, Copy, Default)]
+struct Chunk {
+    records: u64,
+    lost: Option<(usize, u64, Lost)>,
+}
+
+/// Formats each batch into NDJSON on the reader thread and writes it to
+/// `fd` (stdout), then hands JavaScript an empty batch with the event count
+/// and the counters (for its notes on stderr). A full pipe blocks the
+/// reader, so the backlog waits in the ring buffer (its drops are counted
+/// and written as `lost` records once the pipe drains); a closing session
+/// ends the wait. A write error ends the reader: it is handed over as
+/// `outputErrno` (EPIPE: the reader of stdout is gone).
+pub struct LineSink {
+    js: JsSink,
+    fd: RawFd,
+    writer: Mutex<(Lines, Vec<u8>)>,
+    state: Arc<OutputState>,
+    closing: Arc<AtomicBool>,
+}
+
+impl LineSink {
+    /// A sink writing to stdout with `text`'s rules; `state` is shared with
+    /// JavaScript, `closing` ends a wait on a full pipe.
+    pub fn new(js: JsSink, text: LineText, state: Arc<OutputState>, closing: Arc<AtomicBool>) -> LineSink {
+        LineSink {
+            js,
+            fd: libc::STDOUT_FILENO,
+            writer: Mutex::new((Lines::new(text, 0), Vec::with_capacity(FLUSH_AT))),
+            state,
+            closing,
+        }
+    }
+
+    /// Writes `out` (holding `chunk`) and counts what went out whole.
+    fn write(&self, out: &mut Vec<u8>, chunk: Chunk) -> Result<(), WriteEnd> {
+        let r = write_all(self.fd, out, &self.closing);
+        let written = match &r {
+            Ok(()) => out.len(),
+            Err(WriteEnd::Closing { written } | WriteEnd::Failed { written, .. }) => *written,
+        };
+        let lost_at = chunk.lost.map_or(out.len(), |(at, _, _)| at);
+        let records = if written >= lost_at {
+            chunk.records
+        } else {
+            out[..written].iter().filter(|&&b| b == b'\n').count() as u64
+        };
+        self.state.records.fetch_add(records, Ordering::AcqRel);
+        if let Some((_, ts, totals)) = chunk.lost.filter(|_| written == out.len()) {
+            *self.state.last_lost.lock().unwrap_or_else(PoisonError::into_inner) = Some((ts, totals));
+        }
+        out.clear();
+        r
+    }
+}
+
+impl Sink for LineSink {
+    fn in_flight(&self) -> u32 {
+        self.js.in_flight()
+    }
+
+    fn held(&self) -> bool {
+        self.js.held()
+    }
+
+    fn deliver(&self, batch: Batch) -> bool {
+        let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let (lines, out) = &mut *guard;
+        let since = self.state.since_ts.swap(UNSET, Ordering::AcqRel);
+        if since != UNSET {
+            lines.set_since(since);
+        }
+        let mut written = Ok(());
+        let mut chunk = Chunk::default();
+        for record in records(&batch.data) {
+            chunk.records += u64::from(lines.line(record, out));
+            if out.len() >= FLUSH_AT {
+                written = self.write(out, std::mem::take(&mut chunk));
+                if written.is_err() {
+                    break;
+                }
+            }
+        }
+        if written.is_ok() {
+            let ts = crate::sys::boottime_ns();
+            let at = out.len();
+            if lines.lost(batch.lost, ts, out) {
+                chunk.lost = Some((at, ts, batch.lost));
+            }
+            written = self.write(out, chunk);
+        }
+        drop(guard);
+        match written {
+            Ok(()) => self.js.call_batch(summary(&batch, None)),
+            Err(WriteEnd::Closing { .. }) => false,
+            Err(WriteEnd::Failed { err, .. }) => {
+                let mut value = summary(&batch, Some(err.raw_os_error().unwrap_or(libc::EIO)));
+                value.error = Some(format!("writing to stdout failed: {err}"));
+                self.js.call_batch(value);
+                false
+            }
+        }
+    }
+
+    fn failed(&self, reason: String) {
+        self.js.failed(reason);
+    }
+}
+
+/// The batch JavaScript gets: no records, their count, the counters.
+fn summary(batch: &Batch, output_errno: Option<i32>) -> BindingBatch {
+    BindingBatch {
+        data: Vec::new().into(),
+        events: batch.events,
+        lost: BindingLost::from(batch.lost),
+        error: None,
+        output_errno,
+    }
+}
+
+/// The lines of a batch (`[u32 length][u32 0][record][pad to 8]`…) in
+/// `output`'s format as the reader thread writes them, then (JSON) a `lost`
+/// line for each of
+/// `lost` (counter totals, read at ts 1, 2, …; the first interval from 0)
+/// that reports something. Internal, for the differential test against
+/// `ts/cli/records.ts`.
+#[napi]
+pub fn output_lines(batch: Buffer, output: BindingOutput, lost: Vec<BindingLost>) -> Buffer {
+    let mut lines = Lines::new(LineText::from(&output), 0);
+    let mut out = Vec::new();
+    for record in records(&batch) {
+        lines.line(record, &mut out);
+    }
+    for (i, l) in lost.iter().enumerate() {
+        lines.lost(Lost::from(l), i as u64 + 1, &mut out);
+    }
+    out.into()
+}
+
+/// What [`crate::lines::container_of`] finds in a cgroup path (fields as
+/// `ContainerAttribution` in `ts/cgroup.ts`).
+#[napi(object)]
+pub struct BindingContainer {
+    /// The runtime, or none.
+    pub container_runtime: Option<String>,
+    /// The container id, or none.
+    pub container_id: Option<String>,
+    /// The pod's uid, or none.
+    pub pod_uid: Option<String>,
+}
+
+/// [`crate::lines::container_of`]. Internal, for the differential test
+/// against `containerOf` in `ts/cgroup.ts`.
+#[napi]
+pub fn native_container_of(path: String) -> BindingContainer {
+    let c = crate::lines::container_of(&path);
+    BindingContainer { container_runtime: c.runtime.map(str::to_string), container_id: c.id, pod_uid: c.pod_uid }
+}
