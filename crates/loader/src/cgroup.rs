@@ -1,5 +1,6 @@
-//! cgroup v2 ids to paths, for the container attribution of events
-//! (`ts/cgroup.ts`).
+//! cgroup v2 ids to paths, and what a path says about a container: the
+//! container attribution of events (`ts/cgroup.ts`; [`container_of`] for
+//! the lines the reader thread writes, `crate::lines`).
 //!
 //! Every event carries the caller's cgroup id (`bpf_get_current_cgroup_id`:
 //! the kernfs node id of its cgroup in the v2 hierarchy, which on 64-bit
@@ -27,8 +28,10 @@ use std::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
         unix::ffi::OsStrExt,
     },
-    sync::Mutex,
+    sync::{Mutex, OnceLock},
 };
+
+use regex::Regex;
 
 /// `FILEID_KERNFS` (`include/linux/exportfs.h`): the handle type of kernfs
 /// (and so cgroup) file handles; the handle is the node id, a `u64`.
@@ -57,7 +60,9 @@ pub enum CgroupError {
     NoMount,
     /// `open_by_handle_at` was refused: it needs CAP_DAC_READ_SEARCH in the
     /// initial user namespace.
-    #[error("open_by_handle_at on the cgroup2 mount was refused (EPERM): resolving cgroup ids needs CAP_DAC_READ_SEARCH")]
+    #[error(
+        "open_by_handle_at on the cgroup2 mount was refused (EPERM): resolving cgroup ids needs CAP_DAC_READ_SEARCH"
+    )]
     Denied,
     /// Another failure (the kernel does not export cgroup file handles,
     /// descriptors exhausted, …).
@@ -233,7 +238,11 @@ fn resolve_on(mount: &Mount, id: u64) -> Result<CgroupPath, CgroupError> {
     }
     hierarchy_path(&mount.dir, &mount.root, path).map(CgroupPath::Found).ok_or_else(|| CgroupError::Io {
         id,
-        source: io::Error::other(format!("{:?} is not below the cgroup2 mount {:?}", OsStr::from_bytes(path), OsStr::from_bytes(&mount.dir))),
+        source: io::Error::other(format!(
+            "{:?} is not below the cgroup2 mount {:?}",
+            OsStr::from_bytes(path),
+            OsStr::from_bytes(&mount.dir)
+        )),
     })
 }
 
@@ -254,6 +263,90 @@ pub fn cgroup_path(id: u64) -> Result<CgroupPath, CgroupError> {
     resolve_on(mount, id)
 }
 
+/// What a cgroup path says about a container (`ContainerAttribution`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Container {
+    /// `containerd`, `cri-o`, `docker`, `podman` or `unknown`; `None`
+    /// without a container id.
+    pub runtime: Option<&'static str>,
+    /// 64 lowercase hex digits.
+    pub id: Option<String>,
+    /// The Kubernetes pod's uid.
+    pub pod_uid: Option<String>,
+}
+
+struct ContainerPatterns {
+    names: Vec<(Regex, &'static str)>,
+    bare_id: Regex,
+    pod_slice: Regex,
+    pod_dir: Regex,
+    pod_uid: Regex,
+}
+
+fn patterns() -> &'static ContainerPatterns {
+    static PATTERNS: OnceLock<ContainerPatterns> = OnceLock::new();
+    PATTERNS.get_or_init(|| {
+        // Constant patterns: they compile (the tests run each).
+        let re = |p: &str| Regex::new(p).unwrap_or_else(|e| panic!("{p}: {e}"));
+        const HEX64: &str = "[0-9a-f]{64}";
+        ContainerPatterns {
+            names: vec![
+                (re(&format!(r"^cri-containerd-({HEX64})\.scope$")), "containerd"),
+                (re(&format!(r"^[^:]*:cri-containerd:({HEX64})$")), "containerd"),
+                (re(&format!(r"^crio-({HEX64})(?:\.scope)?$")), "cri-o"),
+                (re(&format!(r"^docker-({HEX64})\.scope$")), "docker"),
+                (re(&format!(r"^libpod-(?:payload-)?({HEX64})(?:\.scope)?$")), "podman"),
+            ],
+            bare_id: re(&format!("^{HEX64}$")),
+            pod_slice: re(r"^(?:[^/]*-)?kubepods(?:-[a-z]+)?-pod([0-9a-f_]+)\.slice$"),
+            pod_dir: re(r"^pod([0-9a-f-]+)$"),
+            pod_uid: re(r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$"),
+        }
+    })
+}
+
+/// `containerOf` of `ts/cgroup.ts` (the documentation of the layouts is
+/// there), for the reader thread, which cannot call JavaScript.
+pub fn container_of(path: &str) -> Container {
+    let p = patterns();
+    let parts: Vec<&str> = path.split('/').collect();
+    let mut runtime = None;
+    let mut id: Option<String> = None;
+    let mut at = parts.len();
+    for i in (0..parts.len()).rev() {
+        let name = parts[i];
+        if let Some((caps, r)) = p.names.iter().find_map(|(re, r)| re.captures(name).map(|c| (c, *r))) {
+            (runtime, id, at) = (Some(r), caps.get(1).map(|m| m.as_str().to_string()), i);
+        } else if p.bare_id.is_match(name) {
+            let docker = i > 0 && parts[i - 1] == "docker";
+            (runtime, id, at) = (Some(if docker { "docker" } else { "unknown" }), Some(name.to_string()), i);
+        }
+        if id.is_some() {
+            break;
+        }
+    }
+    let mut pod_uid = None;
+    if !parts.is_empty() {
+        for i in (0..=at.min(parts.len() - 1)).rev() {
+            let name = parts[i].split(':').next().unwrap_or("");
+            let slice = p.pod_slice.captures(name).and_then(|c| c.get(1)).map(|m| m.as_str().replace('_', "-"));
+            let uid = slice
+                .clone()
+                .or_else(|| p.pod_dir.captures(name).and_then(|c| c.get(1)).map(|m| m.as_str().to_string()));
+            if let Some(uid) = uid {
+                if p.pod_uid.is_match(&uid) && (slice.is_some() || parts[..i].iter().any(|q| q.contains("kubepods"))) {
+                    pod_uid = Some(uid);
+                    break;
+                }
+            }
+        }
+    }
+    if id.is_none() && pod_uid.is_none() {
+        return Container::default();
+    }
+    Container { runtime, id, pod_uid }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,7 +360,13 @@ mod tests {
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:5 - cgroup2 cgroup2 rw
 ";
         let m = cgroup2_mounts(text);
-        assert_eq!(m, vec![(b"/".to_vec(), b"/sys/fs/cgroup/unified".to_vec()), (b"/kubepods".to_vec(), b"/mnt/sub dir".to_vec())]);
+        assert_eq!(
+            m,
+            vec![
+                (b"/".to_vec(), b"/sys/fs/cgroup/unified".to_vec()),
+                (b"/kubepods".to_vec(), b"/mnt/sub dir".to_vec())
+            ]
+        );
     }
 
     #[test]
@@ -292,5 +391,16 @@ mod tests {
         if let Ok(p) = cgroup_path(u64::MAX - 1) {
             assert_eq!(p, CgroupPath::Removed);
         }
+    }
+
+    #[test]
+    fn containers() {
+        let id = "0123456789abcdef".repeat(4);
+        let c = container_of(&format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1234abcd_1234_1234_1234_123456789abc.slice/cri-containerd-{id}.scope"));
+        assert_eq!(c.runtime, Some("containerd"));
+        assert_eq!(c.id.as_deref(), Some(id.as_str()));
+        assert_eq!(c.pod_uid.as_deref(), Some("1234abcd-1234-1234-1234-123456789abc"));
+        assert_eq!(container_of(&format!("/docker/{id}")).runtime, Some("docker"));
+        assert_eq!(container_of("/user.slice"), Container::default());
     }
 }

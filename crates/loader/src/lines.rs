@@ -25,18 +25,14 @@ use std::{
     io,
     mem::offset_of,
     os::fd::RawFd,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        OnceLock,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
 use chroot_guard_common::{exe_flags, flags, ChrootEvent, EventKind, Mode, COMM_LEN, EVENT_HEADER_BYTES};
-use regex::Regex;
 
 use crate::{
-    cgroup::{cgroup_path, CgroupPath},
+    cgroup::{cgroup_path, container_of, CgroupPath, Container},
     reader::Lost,
 };
 
@@ -736,90 +732,6 @@ pub fn display(bytes: &[u8]) -> String {
     s
 }
 
-/// What a cgroup path says about a container (`ContainerAttribution`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Container {
-    /// `containerd`, `cri-o`, `docker`, `podman` or `unknown`; `None`
-    /// without a container id.
-    pub runtime: Option<&'static str>,
-    /// 64 lowercase hex digits.
-    pub id: Option<String>,
-    /// The Kubernetes pod's uid.
-    pub pod_uid: Option<String>,
-}
-
-struct ContainerPatterns {
-    names: Vec<(Regex, &'static str)>,
-    bare_id: Regex,
-    pod_slice: Regex,
-    pod_dir: Regex,
-    pod_uid: Regex,
-}
-
-fn patterns() -> &'static ContainerPatterns {
-    static PATTERNS: OnceLock<ContainerPatterns> = OnceLock::new();
-    PATTERNS.get_or_init(|| {
-        // Constant patterns: they compile (the tests run each).
-        let re = |p: &str| Regex::new(p).unwrap_or_else(|e| panic!("{p}: {e}"));
-        const HEX64: &str = "[0-9a-f]{64}";
-        ContainerPatterns {
-            names: vec![
-                (re(&format!(r"^cri-containerd-({HEX64})\.scope$")), "containerd"),
-                (re(&format!(r"^[^:]*:cri-containerd:({HEX64})$")), "containerd"),
-                (re(&format!(r"^crio-({HEX64})(?:\.scope)?$")), "cri-o"),
-                (re(&format!(r"^docker-({HEX64})\.scope$")), "docker"),
-                (re(&format!(r"^libpod-(?:payload-)?({HEX64})(?:\.scope)?$")), "podman"),
-            ],
-            bare_id: re(&format!("^{HEX64}$")),
-            pod_slice: re(r"^(?:[^/]*-)?kubepods(?:-[a-z]+)?-pod([0-9a-f_]+)\.slice$"),
-            pod_dir: re(r"^pod([0-9a-f-]+)$"),
-            pod_uid: re(r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|[0-9a-f]{32})$"),
-        }
-    })
-}
-
-/// `containerOf` of `ts/cgroup.ts` (the documentation of the layouts is
-/// there), for the reader thread, which cannot call JavaScript.
-pub fn container_of(path: &str) -> Container {
-    let p = patterns();
-    let parts: Vec<&str> = path.split('/').collect();
-    let mut runtime = None;
-    let mut id: Option<String> = None;
-    let mut at = parts.len();
-    for i in (0..parts.len()).rev() {
-        let name = parts[i];
-        if let Some((caps, r)) = p.names.iter().find_map(|(re, r)| re.captures(name).map(|c| (c, *r))) {
-            (runtime, id, at) = (Some(r), caps.get(1).map(|m| m.as_str().to_string()), i);
-        } else if p.bare_id.is_match(name) {
-            let docker = i > 0 && parts[i - 1] == "docker";
-            (runtime, id, at) = (Some(if docker { "docker" } else { "unknown" }), Some(name.to_string()), i);
-        }
-        if id.is_some() {
-            break;
-        }
-    }
-    let mut pod_uid = None;
-    if !parts.is_empty() {
-        for i in (0..=at.min(parts.len() - 1)).rev() {
-            let name = parts[i].split(':').next().unwrap_or("");
-            let slice = p.pod_slice.captures(name).and_then(|c| c.get(1)).map(|m| m.as_str().replace('_', "-"));
-            let uid = slice
-                .clone()
-                .or_else(|| p.pod_dir.captures(name).and_then(|c| c.get(1)).map(|m| m.as_str().to_string()));
-            if let Some(uid) = uid {
-                if p.pod_uid.is_match(&uid) && (slice.is_some() || parts[..i].iter().any(|q| q.contains("kubepods"))) {
-                    pod_uid = Some(uid);
-                    break;
-                }
-            }
-        }
-    }
-    if id.is_none() && pod_uid.is_none() {
-        return Container::default();
-    }
-    Container { runtime, id, pod_uid }
-}
-
 /// How a write to stdout ended without writing everything; `written`:
 /// the bytes it wrote before.
 #[derive(Debug)]
@@ -933,7 +845,10 @@ mod tests {
 
     #[test]
     fn json_escapes() {
-        let w = Lines::new(LineText { errno_names: vec![], escaped: vec![(0x7f, 0x9f), (0x2028, 0x202e)] }, 0);
+        let w = Lines::new(
+            LineText { format: LineFormat::Json, errno_names: vec![], escaped: vec![(0x7f, 0x9f), (0x2028, 0x202e)] },
+            0,
+        );
         let j = |s: &str| {
             let mut v = Vec::new();
             w.json_str(s, &mut v);
@@ -945,16 +860,5 @@ mod tests {
         let mut v = Vec::new();
         w.json_display(b"a\\\xff\x1b", &mut v);
         assert_eq!(String::from_utf8(v).expect("utf-8"), "\"a\\\\\\\\\\\\xff\\u001b\"");
-    }
-
-    #[test]
-    fn containers() {
-        let id = "0123456789abcdef".repeat(4);
-        let c = container_of(&format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1234abcd_1234_1234_1234_123456789abc.slice/cri-containerd-{id}.scope"));
-        assert_eq!(c.runtime, Some("containerd"));
-        assert_eq!(c.id.as_deref(), Some(id.as_str()));
-        assert_eq!(c.pod_uid.as_deref(), Some("1234abcd-1234-1234-1234-123456789abc"));
-        assert_eq!(container_of(&format!("/docker/{id}")).runtime, Some("docker"));
-        assert_eq!(container_of("/user.slice"), Container::default());
     }
 }

@@ -250,7 +250,7 @@ pub fn output_lines(batch: Buffer, output: BindingOutput, lost: Vec<BindingLost>
     out.into()
 }
 
-/// What [`crate::lines::container_of`] finds in a cgroup path (fields as
+/// What [`crate::cgroup::container_of`] finds in a cgroup path (fields as
 /// `ContainerAttribution` in `ts/cgroup.ts`).
 #[napi(object)]
 pub struct BindingContainer {
@@ -262,10 +262,10 @@ pub struct BindingContainer {
     pub pod_uid: Option<String>,
 }
 
-/// [`crate::lines::container_of`]. Internal, for the differential test
+/// [`crate::cgroup::container_of`]. Internal, for the differential test
 /// against `containerOf` in `ts/cgroup.ts`.
 #[napi]
 pub fn native_container_of(path: String) -> BindingContainer {
-    let c = crate::lines::container_of(&path);
+    let c = crate::cgroup::container_of(&path);
     BindingContainer { container_runtime: c.runtime.map(str::to_string), container_id: c.id, pod_uid: c.pod_uid }
 }
