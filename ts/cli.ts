@@ -5,14 +5,25 @@
  * @module
  */
 import { readFileSync } from 'node:fs';
-import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { EXIT, EXIT_HELP, reportError } from './cli/output.js';
 // First, for every command: stdout's end (EPIPE) handled, not a crash.
 import './cli/stdout.js';
 import { DEFAULT_PIN_DIR, DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
 import { ATTACH_MODES, MODE_CHOICES } from './errors.js';
 import { MAX_POLICY_BYTES } from './policy/types.js';
+import { prewarmKernel } from './native.js';
 
+/**
+ * The commands that load BPF programs (and what turns that off): for them
+ * the addon starts its kernel probe (reading and parsing the kernel's BTF,
+ * the largest part of start-up after Node.js's own) before commander and
+ * the command's module load, which then happen beside it.
+ */
+const PROBING: Record<string, readonly string[]> = { watch: [], demo: [], enforce: [], stacks: [], doctor: [], ps: [], agent: ['--check-config'] };
+const [command, ...rest] = process.argv.slice(2);
+const probing = command !== undefined && Object.hasOwn(PROBING, command) ? PROBING[command]! : undefined;
+if (probing && !rest.some((a) => a === '-h' || a === '--help' || probing.includes(a))) prewarmKernel();
+const { Command, CommanderError, InvalidArgumentError, Option } = await import('commander');
 // Each command loads its module when it runs (a dynamic import, a chunk of
 // its own in dist/): `watch` does not pay for the policy stack, `check` not
 // for RxJS or the addon, `--help` for neither.

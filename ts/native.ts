@@ -74,3 +74,19 @@ export function native(): Native {
     throw failure;
   }
 }
+
+/**
+ * Starts the addon's kernel probe on a thread (`prewarm` in
+ * `crates/loader/src/attach.rs`): the kernel's BTF read and parsed while
+ * the caller loads the rest of what it needs; the next session, guard,
+ * `ps` or stack count takes the result. Quiet when the addon cannot load:
+ * the command that needs it reports that.
+ * @internal
+ */
+export function prewarmKernel(): void {
+  try {
+    native().prewarm();
+  } catch {
+    // NATIVE_UNAVAILABLE: the command reports it when it loads the addon.
+  }
+}

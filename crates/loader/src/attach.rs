@@ -214,12 +214,22 @@ impl KernelContext {
     /// Checks privileges, mounts tracefs/bpffs, reads BTF, checks that it
     /// shows every feature both objects need ([`features::FEATURES`],
     /// [`Need::Object`]) and picks the object: the legacy one where a
-    /// feature of [`Need::FullObject`] is missing.
+    /// feature of [`Need::FullObject`] is missing. Takes the result of
+    /// [`prewarm`] when one was started (and waits for it), so each probe
+    /// after that one is made afresh.
     ///
     /// # Errors
     /// [`Error::Privileges`], [`Error::Mount`], [`Error::NoBtf`],
     /// [`Error::MissingFeature`], [`Error::BtfField`].
     pub fn probe() -> Result<Self, Error> {
+        let started = PREWARMED.lock().ok().and_then(|mut p| p.take());
+        match started.map(JoinHandle::join) {
+            Some(Ok(probed)) => probed,
+            _ => Self::probe_now(),
+        }
+    }
+
+    fn probe_now() -> Result<Self, Error> {
         sys::check_privileges()?;
         sys::ensure_tracing_mounts()?;
         // No thread (the limit of threads reached): load_object makes its own.
@@ -241,6 +251,23 @@ impl KernelContext {
         };
         let offsets = btf::kernel_offsets(&btf)?;
         Ok(KernelContext { offsets, aya_btf: OnceLock::new(), btf, spare_loader: Mutex::new(spare), object, legacy_reason })
+    }
+}
+
+/// The probe [`prewarm`] started, for the next [`KernelContext::probe`].
+static PREWARMED: Mutex<Option<JoinHandle<Result<KernelContext, Error>>>> = Mutex::new(None);
+
+/// Starts a [`KernelContext::probe`] on a thread now, for the next probe
+/// to take: a command that will load programs calls it first thing, so
+/// that reading and parsing the kernel's BTF (the largest part of start-up
+/// after Node.js's own) runs while the rest of the command line loads.
+/// Does nothing when one is already started; a probe that no one takes is
+/// dropped.
+pub fn prewarm() {
+    if let Ok(mut started) = PREWARMED.lock() {
+        if started.is_none() {
+            *started = std::thread::Builder::new().name("cg-probe".into()).spawn(KernelContext::probe_now).ok();
+        }
     }
 }
 

@@ -310,3 +310,11 @@ pub fn cgroup_path(id: BigInt) -> BindingCgroupPath {
         Err(e) => BindingCgroupPath { state: "failed".into(), path: None, reason: Some(e.to_string()) },
     }
 }
+
+/// Starts the kernel probe (BTF read and parsed, features checked) on a
+/// thread now, for the next load to take ([`crate::attach::prewarm`]): the
+/// CLI calls it first thing for a command that loads programs.
+#[napi]
+pub fn prewarm() {
+    crate::attach::prewarm();
+}
