@@ -10,7 +10,6 @@
  * ranges; sequences of loss counter totals; and cgroup paths built from the
  * runtimes' and the kubelet's names. Needs the addon, no kernel program.
  */
-import { existsSync } from 'node:fs';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { lostSince, NO_LOSS, type LossCounts } from '../ts/batch.js';
@@ -18,15 +17,14 @@ import { containerOf } from '../ts/cgroup.js';
 import { tableLine } from '../ts/cli/output.js';
 import { addonLines } from '../ts/cli/printer.js';
 import { chrootRecord, lostRecord } from '../ts/cli/records.js';
+import { zoneOffsets } from '../ts/clock.js';
 import { decoder, type ChrootEvent } from '../ts/events.js';
 import { native } from '../ts/native.js';
+import { bindingOutput } from '../ts/session.js';
 
 const L = native().eventLayout();
-/** What the CLI hands the addon, as the binding takes it (mutable arrays). */
-const output = (json: boolean) => {
-  const o = addonLines(json);
-  return { ...o, errnoNames: [...o.errnoNames], escaped: [...o.escaped] };
-};
+/** What the CLI hands the addon, as the binding takes it. */
+const output = (json: boolean) => bindingOutput(addonLines(json));
 const json = () => output(true);
 const table = () => output(false);
 
@@ -123,10 +121,14 @@ const cgroupName = fc.oneof(
 );
 
 describe('the addon writes watch\'s lines as the TypeScript writers do', () => {
-  /** Generated batches: the addon's lines in `output`'s format against `line` of each decoded event. */
-  const sameLines = (output: () => ReturnType<typeof json>, line: (e: ChrootEvent) => string) =>
+  /**
+   * Generated batches: the addon's lines in `output`'s format against
+   * `line` of each decoded event; `ts`, where given, sets each record's
+   * time.
+   */
+  const sameLines = (output: () => ReturnType<typeof json>, line: (e: ChrootEvent) => string, ts?: fc.Arbitrary<bigint>) =>
     fc.assert(
-      fc.property(fc.array(record, { minLength: 1, maxLength: 8 }), (records) => {
+      fc.property(fc.array(ts ? fc.tuple(record, ts).map(([r, t]) => ({ ...r, wide: [r.wide[0]!, t, r.wide[2]!, r.wide[3]!] })) : record, { minLength: 1, maxLength: 8 }), (records) => {
         const batch = batchOf(records);
         const expected = decoder().decodeBatch(batch).map((e) => line(e) + '\n').join('');
         expect(native().outputLines(batch, output(), []).toString('utf8')).toBe(expected);
@@ -136,14 +138,29 @@ describe('the addon writes watch\'s lines as the TypeScript writers do', () => {
 
   it('--json: chroot records, byte for byte', () => sameLines(json, chrootRecord));
 
-  // The machine's time zone; and one with a half-hour offset where tzdata
-  // has it (libc and Node.js's ICU both read it then).
-  const zones = [undefined, ...(existsSync('/usr/share/zoneinfo/Asia/Kolkata') ? ['Asia/Kolkata'] : [])];
-  it.each(zones)('the table: rows, byte for byte (TZ %s)', (tz) => {
+  // The machine's zone; half-hour offsets, with and without daylight
+  // saving time (Lord Howe's moves by 30 minutes); zones that change; a
+  // POSIX rule, which libc would read and Node.js's ICU does not: the
+  // addon takes its offsets from JavaScript, so all print alike.
+  const zones = [undefined, 'Asia/Kolkata', 'Australia/Lord_Howe', 'America/St_Johns', 'Europe/Berlin', 'CET-1CEST,M3.5.0,M10.5.0/3'];
+  it.each(zones)('the table: rows, byte for byte, also across offset changes (TZ %s)', (tz) => {
     const saved = process.env.TZ;
     if (tz) process.env.TZ = tz;
     try {
-      sameLines(table, tableLine);
+      // Any time: before and after the window the offsets cover, the
+      // first and the last offset hold, which for most zones is not what
+      // JavaScript prints there; the machine's zone (UTC in CI) has one.
+      if (tz === undefined && zoneOffsets(0, 2 ** 41).length === 2) sameLines(table, tableLine);
+      // Times within the window, and a millisecond either side of each
+      // change of offset in it.
+      const o = table();
+      const offsetNs = o.wallOffsetNs!;
+      const tsOf = (ms: number) => BigInt(ms) * 1_000_000n - offsetNs;
+      const changes = o.zone!.filter((_, i) => i % 2 === 0).slice(1);
+      const lo = tsOf(o.zone![0]!) > 0n ? tsOf(o.zone![0]!) : 0n;
+      const within = fc.bigInt({ min: lo, max: tsOf(Date.now() + 2 * 366 * 86_400_000) });
+      const edges = changes.length ? fc.constantFrom(...changes.flatMap((ms) => [tsOf(ms - 1), tsOf(ms)]).filter((t) => t >= 0n)) : within;
+      sameLines(table, tableLine, fc.oneof(within, edges));
     } finally {
       if (saved === undefined) delete process.env.TZ;
       else process.env.TZ = saved;

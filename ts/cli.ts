@@ -19,10 +19,11 @@ import { prewarmKernel } from './native.js';
  * the largest part of start-up after Node.js's own) before commander and
  * the command's module load, which then happen beside it.
  */
-const PROBING: Record<string, readonly string[]> = { watch: [], demo: [], enforce: [], stacks: [], doctor: [], ps: [], agent: ['--check-config'] };
+const PROBING: Record<string, readonly string[]> = { watch: [], demo: [], enforce: [], stacks: [], doctor: [], ps: ['--source=proc'], agent: ['--check-config'] };
 const [command, ...rest] = process.argv.slice(2);
 const probing = command !== undefined && Object.hasOwn(PROBING, command) ? PROBING[command]! : undefined;
-if (probing && !rest.some((a) => a === '-h' || a === '--help' || probing.includes(a))) prewarmKernel();
+const args = rest.map((a, i) => (a === '--source' ? `--source=${rest[i + 1]}` : a));
+if (probing && !args.some((a) => a === '-h' || a === '--help' || probing.includes(a))) prewarmKernel();
 const { Command, CommanderError, InvalidArgumentError, Option } = await import('commander');
 // Each command loads its module when it runs (a dynamic import, a chunk of
 // its own in dist/): `watch` does not pay for the policy stack, `check` not

@@ -18,6 +18,35 @@ export function toWallClock(ts: bigint): Date {
 }
 
 /**
+ * The local time's offset from UTC between `fromMs` and `toMs` (ms since
+ * the epoch), as this process's `Date` keeps it (Node.js's time zone
+ * database and `TZ`): `[from, minutes]` pairs, flattened and ascending,
+ * each saying local time is UTC + `minutes` from `from` on. Found by
+ * sampling every 6 hours and bisecting each change to the millisecond, so
+ * changes closer together than that (none in the database's zones for
+ * decades) can be missed. For the addon's table rows.
+ * @internal
+ */
+export function zoneOffsets(fromMs: number, toMs: number): number[] {
+  const minutes = (ms: number) => -new Date(ms).getTimezoneOffset();
+  const out = [fromMs, minutes(fromMs)];
+  const STEP = 6 * 3600_000;
+  for (let at = fromMs; at < toMs; at += STEP) {
+    const next = Math.min(at + STEP, toMs);
+    if (minutes(next) === out[out.length - 1]) continue;
+    // The first ms at which the offset differs from the one before it.
+    let [lo, hi] = [at, next];
+    while (hi - lo > 1) {
+      const mid = Math.floor((lo + hi) / 2);
+      if (minutes(mid) === out[out.length - 1]) lo = mid;
+      else hi = mid;
+    }
+    out.push(hi, minutes(hi));
+  }
+  return out;
+}
+
+/**
  * CLOCK_REALTIME − CLOCK_BOOTTIME in ns, as {@link toWallClock} measured it
  * on first use (the addon's table rows take it too, so both print one time).
  * @internal

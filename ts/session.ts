@@ -11,7 +11,7 @@
  * @internal
  * @module
  */
-import type { BindingBatch, BindingOpenResult, BindingRefusal, BindingSession, BindingStats } from './native/binding.cjs';
+import type { BindingBatch, BindingOpenResult, BindingOutput, BindingRefusal, BindingSession, BindingStats } from './native/binding.cjs';
 import type { AttachMode, Refusal } from './errors.js';
 import { ChrootGuardError, errorFromBinding } from './errors.js';
 import { decoder, errnoName, type ChrootEvent } from './events.js';
@@ -65,13 +65,27 @@ export interface AttachedProgram {
  * the counters. What the text needs from JavaScript (`addonLines` in
  * `ts/cli/printer.ts`): the errno names by number (`''` where none), the
  * code point ranges to escape (flattened inclusive `[lo, hi]` pairs), and
- * for the table the wall clock's offset from CLOCK_BOOTTIME in ns.
+ * for the table the wall clock's offset from CLOCK_BOOTTIME in ns and the
+ * time zone's offsets.
  */
 export interface AddonOutput {
   readonly format: 'table' | 'json';
   readonly errnoNames: readonly string[];
   readonly escaped: readonly number[];
   readonly wallOffsetNs?: bigint;
+  /** The table: the local time's offsets from UTC (`zoneOffsets` in `ts/clock.ts`). */
+  readonly zone?: readonly number[];
+}
+
+/** {@link AddonOutput} as the binding takes it (arrays it may not change, copied). @internal */
+export function bindingOutput(o: AddonOutput): BindingOutput {
+  return {
+    format: o.format,
+    errnoNames: [...o.errnoNames],
+    escaped: [...o.escaped],
+    ...(o.wallOffsetNs !== undefined ? { wallOffsetNs: o.wallOffsetNs } : {}),
+    ...(o.zone ? { zone: [...o.zone] } : {}),
+  };
 }
 
 /** Normalised options that decide which kernel session serves a subscriber. */
@@ -156,7 +170,10 @@ class KernelSession {
     const n = native();
     decoder();
     const { output, ...load } = options;
-    this.binding = new n.BindingSession({ ...load, ...(output ? { output: { ...output, errnoNames: [...output.errnoNames], escaped: [...output.escaped] } } : {}) });
+    this.binding = new n.BindingSession({
+      ...load,
+      ...(output ? { output: bindingOutput(output) } : {}),
+    });
     this.binding.open((batch) => this.onBatch(batch)).then(
       (result) => this.onOpen(result),
       (cause: unknown) => this.fail(new ChrootGuardError('INTERNAL', `opening the kernel session failed: ${String(cause)}`, { cause })),
@@ -189,7 +206,7 @@ class KernelSession {
   outputState(): OutputState | null {
     if (!this.output) return null;
     const s = this.binding.outputState();
-    return { records: s.records, lostTs: s.lostTs ?? null, reported: s.lost ?? null };
+    return { records: s.records, lostTs: s.lostTs ?? null, reported: s.lost ?? null, torn: s.torn };
   }
 
   /**
@@ -305,6 +322,8 @@ export interface OutputState {
   readonly lostTs: bigint | null;
   /** The totals that record reported, or null as `lostTs`. */
   readonly reported: LossCounts | null;
+  /** The last write stopped within a line: what follows must start one of its own. */
+  readonly torn: boolean;
 }
 
 /** A listener's place in a kernel session. */

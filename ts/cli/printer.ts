@@ -5,7 +5,7 @@
  * @internal
  * @module
  */
-import { boottimeNs, toWallClock, wallClockOffsetNs } from '../clock.js';
+import { boottimeNs, toWallClock, wallClockOffsetNs, zoneOffsets } from '../clock.js';
 import type { ChrootDecision } from '../decision.js';
 import type { ChrootEvent } from '../events.js';
 import { CALLS_LOST, lostSince, NO_LOSS, type LossCounts, type LostReport } from '../batch.js';
@@ -70,7 +70,10 @@ class StdoutLines {
  */
 export function addonLines(json: boolean): AddonOutput {
   const escaped = (json ? JSON_UNSAFE_RANGES : UNSAFE_RANGES).flat();
-  return json ? { format: 'json', errnoNames: errnoNameTable(), escaped } : { format: 'table', errnoNames: errnoNameTable(), escaped, wallOffsetNs: wallClockOffsetNs() };
+  if (json) return { format: 'json', errnoNames: errnoNameTable(), escaped };
+  // From a day back to two years on; after that, the last offset holds.
+  const now = Date.now();
+  return { format: 'table', errnoNames: errnoNameTable(), escaped, wallOffsetNs: wallClockOffsetNs(), zone: zoneOffsets(now - 86_400_000, now + 2 * 366 * 86_400_000) };
 }
 
 /** Writes event lines to stdout (or `write`) in the chosen format. */
@@ -154,6 +157,8 @@ export class EventPrinter {
   finish(stats: SessionStats | undefined, addon?: OutputState | null): void {
     if (addon) {
       this.count = addon.records;
+      // A line the addon left cut ends here, so the next is whole.
+      if (addon.torn) this.out.add('');
       if (addon.lostTs !== null && addon.reported) [this.since, this.reported] = [addon.lostTs, addon.reported];
     }
     const report = stats && lostSince(this.reported, { ...this.reported, ...Object.fromEntries(CALLS_LOST.map((k) => [k, stats[k]])) });

@@ -44,7 +44,7 @@ export function watch(flags: WatchFlags): Promise<number> {
     let startOutput: ((sinceTs: bigint) => void) | undefined;
     let outputState: (() => OutputState | null) | undefined;
     /** The finish a first signal started: it settles once the session has stopped writing. */
-    let finishing: Promise<unknown> | undefined;
+    let finishing: Promise<SessionStats> | undefined;
     // Handlers first: the subscription can fail at once (e.g. no native addon).
     const stop = () => {
       ended = true;
@@ -62,16 +62,17 @@ export function watch(flags: WatchFlags): Promise<number> {
       stats: () => stats?.(),
       detached: (last, cut) => {
         stop();
-        const end = () => {
-          printer.finish(last, outputState?.());
+        const end = (final: SessionStats | undefined) => {
+          printer.finish(final, outputState?.());
           note(detachedNote(`${printer.count} event${printer.count === 1 ? '' : 's'}${lost ? `, ${lost} lost` : ''}`, cut));
           resolve(EXIT.OK);
         };
-        // Cut short while the addon writes stdout: leaving told it to stop,
-        // and the last lines are this process's once it has (it finishes a
-        // line begun, for 2 s at most), so the two never mix in one line.
-        if (cut && finishing) void finishing.then(end, end);
-        else end();
+        // Cut short: leaving told the addon to stop writing stdout, and the
+        // last lines are this process's once it has (it finishes a line
+        // begun, for 2 s at most), with the totals the finish ended with
+        // (the stats read at the signal are zeros while it runs).
+        if (cut && finishing) void finishing.then(end, () => end(last));
+        else end(last);
       },
       failed: (err) => {
         stop();

@@ -214,24 +214,26 @@ impl KernelContext {
     /// Checks privileges, mounts tracefs/bpffs, reads BTF, checks that it
     /// shows every feature both objects need ([`features::FEATURES`],
     /// [`Need::Object`]) and picks the object: the legacy one where a
-    /// feature of [`Need::FullObject`] is missing. Takes the result of
-    /// [`prewarm`] when one was started (and waits for it), so each probe
-    /// after that one is made afresh.
+    /// feature of [`Need::FullObject`] is missing. The BTF part is the one
+    /// [`prewarm`] started, when it did (waited for), so each probe after
+    /// that one reads BTF afresh.
     ///
     /// # Errors
     /// [`Error::Privileges`], [`Error::Mount`], [`Error::NoBtf`],
     /// [`Error::MissingFeature`], [`Error::BtfField`].
     pub fn probe() -> Result<Self, Error> {
+        sys::check_privileges()?;
+        sys::ensure_tracing_mounts()?;
         let started = PREWARMED.lock().ok().and_then(|mut p| p.take());
         match started.map(JoinHandle::join) {
             Some(Ok(probed)) => probed,
-            _ => Self::probe_now(),
+            _ => Self::from_btf(),
         }
     }
 
-    fn probe_now() -> Result<Self, Error> {
-        sys::check_privileges()?;
-        sys::ensure_tracing_mounts()?;
+    /// The part of [`KernelContext::probe`] that needs no privilege and
+    /// changes nothing: the kernel's BTF read and checked, the object picked.
+    fn from_btf() -> Result<Self, Error> {
         // No thread (the limit of threads reached): load_object makes its own.
         let spare = std::thread::Builder::new().name("cg-loader".into()).spawn(EbpfLoader::new).ok();
         let btf = btf::KernelBtf::read()?;
@@ -250,23 +252,31 @@ impl KernelContext {
             }
         };
         let offsets = btf::kernel_offsets(&btf)?;
-        Ok(KernelContext { offsets, aya_btf: OnceLock::new(), btf, spare_loader: Mutex::new(spare), object, legacy_reason })
+        Ok(KernelContext {
+            offsets,
+            aya_btf: OnceLock::new(),
+            btf,
+            spare_loader: Mutex::new(spare),
+            object,
+            legacy_reason,
+        })
     }
 }
 
 /// The probe [`prewarm`] started, for the next [`KernelContext::probe`].
 static PREWARMED: Mutex<Option<JoinHandle<Result<KernelContext, Error>>>> = Mutex::new(None);
 
-/// Starts a [`KernelContext::probe`] on a thread now, for the next probe
-/// to take: a command that will load programs calls it first thing, so
-/// that reading and parsing the kernel's BTF (the largest part of start-up
-/// after Node.js's own) runs while the rest of the command line loads.
-/// Does nothing when one is already started; a probe that no one takes is
-/// dropped.
+/// Starts the BTF part of a [`KernelContext::probe`] on a thread now, for
+/// the next probe to take: a command that will load programs calls it
+/// first thing, so that reading and parsing the kernel's BTF (the largest
+/// part of start-up after Node.js's own) runs while the rest of the command
+/// line loads. It needs no privilege and changes nothing (the probe checks
+/// privileges and mounts tracefs and bpffs itself, first); does nothing
+/// when one is already started; a result that no one takes is dropped.
 pub fn prewarm() {
     if let Ok(mut started) = PREWARMED.lock() {
         if started.is_none() {
-            *started = std::thread::Builder::new().name("cg-probe".into()).spawn(KernelContext::probe_now).ok();
+            *started = std::thread::Builder::new().name("cg-probe".into()).spawn(KernelContext::from_btf).ok();
         }
     }
 }
@@ -342,7 +352,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Error> {
             Ok(Loaded { ebpf, kretprobes, mode, refusals, blind_spots })
         }
         (None, ModeRequest::Only(_)) => Err(Error::ModeUnavailable {
-            refusal: refused.into_iter().flatten().next_back().ok_or_else(|| Error::Object("no refusal recorded".into()))?,
+            refusal: refused
+                .into_iter()
+                .flatten()
+                .next_back()
+                .ok_or_else(|| Error::Object("no refusal recorded".into()))?,
         }),
         (None, ModeRequest::Auto) => Err(Error::NoMode { refusals: refused.into_iter().flatten().collect() }),
     }
@@ -382,7 +396,11 @@ pub fn preemption_refusal(mode: Mode) -> Option<Refusal> {
     }
     let evidence = sys::full_preemption()?;
     let spec = probes_for(mode).next()?;
-    Some(Refusal { code: "PREEMPT_FULL", reason: format!("{evidence}: {PREEMPT_FULL_REASON}"), ..base_refusal(spec, "attach") })
+    Some(Refusal {
+        code: "PREEMPT_FULL",
+        reason: format!("{evidence}: {PREEMPT_FULL_REASON}"),
+        ..base_refusal(spec, "attach")
+    })
 }
 
 /// Hands what the attempts found to [`Memory::learn`] when it can change
@@ -486,7 +504,9 @@ fn load_all(ebpf: &mut Ebpf, specs: &[&'static ProbeSpec], kernel: &KernelContex
                 .remove(spec.program)
                 .ok_or_else(|| Step::Object(format!("program {} missing from the object", spec.program)))
                 .and_then(|prog| {
-                    if matches!(spec.kind, ProgramKind::FEntry | ProgramKind::FExit) && !btf::has_func(&kernel.btf, spec.target) {
+                    if matches!(spec.kind, ProgramKind::FEntry | ProgramKind::FExit)
+                        && !btf::has_func(&kernel.btf, spec.target)
+                    {
                         return Err(Step::Refused(Refusal {
                             code: "NO_BTF_FUNC",
                             reason: format!("{} is not a function in the kernel's BTF", spec.target),
@@ -499,10 +519,8 @@ fn load_all(ebpf: &mut Ebpf, specs: &[&'static ProbeSpec], kernel: &KernelContex
         })
         .collect();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = jobs
-            .into_iter()
-            .map(|(spec, prog)| scope.spawn(move || load_one(prog?, spec, aya_btf)))
-            .collect();
+        let handles: Vec<_> =
+            jobs.into_iter().map(|(spec, prog)| scope.spawn(move || load_one(prog?, spec, aya_btf))).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(Step::Object("a program load thread panicked".into()))))
@@ -512,7 +530,11 @@ fn load_all(ebpf: &mut Ebpf, specs: &[&'static ProbeSpec], kernel: &KernelContex
 
 /// Loads one program (the verifier runs here); `aya_btf` is the kernel's
 /// BTF for fentry/fexit programs, which attach by BTF id.
-fn load_one(prog: &mut aya::programs::Program, spec: &'static ProbeSpec, aya_btf: Option<&aya::Btf>) -> Result<(), Step> {
+fn load_one(
+    prog: &mut aya::programs::Program,
+    spec: &'static ProbeSpec,
+    aya_btf: Option<&aya::Btf>,
+) -> Result<(), Step> {
     let wrong_type = |_| Step::Object(format!("program {} has the wrong type", spec.program));
     let load = |e| Step::Refused(refusal(spec, "load", e));
     match spec.kind {
@@ -725,7 +747,8 @@ pub fn classify_lsm(program: &str, stage: &str, e: &ProgramError) -> Denial {
     if d.code != "VERIFIER" && !sys::active_lsms().is_some_and(|l| l.iter().any(|x| x == "bpf")) {
         return Denial {
             code: "LSM_INACTIVE",
-            reason: "the BPF LSM is not in the active LSM list (/sys/kernel/security/lsm); boot with lsm=...,bpf".into(),
+            reason: "the BPF LSM is not in the active LSM list (/sys/kernel/security/lsm); boot with lsm=...,bpf"
+                .into(),
             ..d
         };
     }
@@ -735,7 +758,13 @@ pub fn classify_lsm(program: &str, stage: &str, e: &ProgramError) -> Denial {
 /// Turns a program error of one of our probes into a [`Refusal`].
 fn refusal(spec: &'static ProbeSpec, stage: &'static str, e: ProgramError) -> Refusal {
     let d = classify(kind_name(spec.kind), spec.program, spec.target, stage, &e);
-    Refusal { code: d.code, errno: d.errno, reason: d.reason, verifier_log: d.verifier_log, ..base_refusal(spec, stage) }
+    Refusal {
+        code: d.code,
+        errno: d.errno,
+        reason: d.reason,
+        verifier_log: d.verifier_log,
+        ..base_refusal(spec, stage)
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::{
     collections::{HashMap, VecDeque},
     io,
     mem::offset_of,
-    os::fd::RawFd,
+    os::fd::{FromRawFd, OwnedFd, RawFd},
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
@@ -37,17 +37,24 @@ use crate::{
 };
 
 /// Which lines: the table or NDJSON.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum LineFormat {
     /// `chroot` and `lost` records.
     #[default]
     Json,
-    /// Table rows; `wall_offset_ns` is what turns an event's `ts` (ns
-    /// since boot) into ns since the epoch, as JavaScript measured it
-    /// (`wallClockOffsetNs` in `ts/clock.ts`), so both print one time.
+    /// Table rows, their times as JavaScript prints them: `wall_offset_ns`
+    /// turns an event's `ts` (ns since boot) into ns since the epoch
+    /// (`wallClockOffsetNs` in `ts/clock.ts`), and `zone` gives the local
+    /// time's offset from UTC from each instant on (`zoneOffsets`, found
+    /// with JavaScript's own `Date`, so the time zone database and `TZ`
+    /// are Node.js's, not libc's).
     Table {
         /// CLOCK_REALTIME − CLOCK_BOOTTIME, ns.
         wall_offset_ns: i128,
+        /// `(from, minutes)`: from `from` (ms since the epoch, ascending)
+        /// local time is UTC + `minutes`; the first entry also holds
+        /// before it, the last after it.
+        zone: Vec<(i64, i32)>,
     },
 }
 
@@ -96,7 +103,7 @@ pub struct Lines {
     /// Totals the stream has reported lost.
     reported: Lost,
     /// The table's last second (since the epoch) and its local `HH:MM:SS`.
-    clock: (i128, [u8; 8]),
+    clock: (i64, [u8; 8]),
 }
 
 /// A little-endian integer of the record at the field's offset (the header
@@ -127,19 +134,15 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 impl Lines {
     /// A writer with `text`'s rules; `since_ts` (ns since boot) is the
     /// `ts` of the stream's `attach` record, where the first `lost`
-    /// record's interval starts. The table reads the time zone (`TZ`, else
-    /// `/etc/localtime`) now, as Node.js has.
+    /// record's interval starts.
     pub fn new(text: LineText, since_ts: u64) -> Lines {
-        if matches!(text.format, LineFormat::Table { .. }) {
-            tzset();
-        }
         Lines {
             text,
             cgroups: HashMap::new(),
             cgroup_order: VecDeque::new(),
             since_ts,
             reported: Lost::default(),
-            clock: (i128::MIN, [b' '; 8]),
+            clock: (i64::MIN, [b' '; 8]),
         }
     }
 
@@ -149,7 +152,7 @@ impl Lines {
     pub fn line(&mut self, r: &[u8], out: &mut Vec<u8>) -> bool {
         match self.text.format {
             LineFormat::Json => self.chroot(r, out),
-            LineFormat::Table { wall_offset_ns } => self.table(r, wall_offset_ns, out),
+            LineFormat::Table { wall_offset_ns, .. } => self.table(r, wall_offset_ns, out),
         }
     }
 
@@ -242,9 +245,9 @@ impl Lines {
             return false;
         };
         // As `toWallClock`: whole ms since the epoch, then local time.
-        let ms = (i128::from(field!(r, ts_ns, u64)) + wall_offset_ns) / 1_000_000;
+        let ms = i64::try_from((i128::from(field!(r, ts_ns, u64)) + wall_offset_ns) / 1_000_000).unwrap_or(i64::MAX);
         let start = out.len();
-        out.extend_from_slice(&self.hms(ms.div_euclid(1000)));
+        out.extend_from_slice(&self.hms(ms));
         out.push(b'.');
         let millis = ms.rem_euclid(1000) as u32;
         out.extend_from_slice(&[
@@ -307,15 +310,21 @@ impl Lines {
         true
     }
 
-    /// Local `HH:MM:SS` of `secs` since the epoch (cached for the second).
-    fn hms(&mut self, secs: i128) -> [u8; 8] {
+    /// Local `HH:MM:SS` of `ms` since the epoch, by the offsets of
+    /// [`LineFormat::Table`] (cached for the second).
+    fn hms(&mut self, ms: i64) -> [u8; 8] {
+        let secs = ms.div_euclid(1000);
         if self.clock.0 != secs {
-            let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-            let t = libc::time_t::try_from(secs).unwrap_or(0);
-            // SAFETY: valid pointers to a time_t and a tm.
-            unsafe { libc::localtime_r(&raw const t, &raw mut tm) };
-            let two = |n: i32| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
-            let (h, m, s) = (two(tm.tm_hour), two(tm.tm_min), two(tm.tm_sec));
+            let minutes = match &self.text.format {
+                LineFormat::Table { zone, .. } => {
+                    let at = zone.partition_point(|&(from, _)| from <= ms);
+                    zone.get(at.saturating_sub(1)).map_or(0, |&(_, m)| i64::from(m))
+                }
+                LineFormat::Json => 0,
+            };
+            let of_day = (secs + minutes * 60).rem_euclid(86_400);
+            let two = |n: i64| [b'0' + (n / 10 % 10) as u8, b'0' + (n % 10) as u8];
+            let (h, m, s) = (two(of_day / 3600), two(of_day / 60 % 60), two(of_day % 60));
             self.clock = (secs, [h[0], h[1], b':', m[0], m[1], b':', s[0], s[1]]);
         }
         self.clock.1
@@ -553,11 +562,6 @@ impl Lines {
     }
 }
 
-unsafe extern "C" {
-    /// POSIX `tzset(3)` (not in the `libc` crate): reads `TZ`.
-    safe fn tzset();
-}
-
 /// The parts of a chroot record both formats read (`decodeOne` in
 /// `ts/events.ts`).
 struct Parts<'a> {
@@ -732,6 +736,44 @@ pub fn display(bytes: &[u8]) -> String {
     s
 }
 
+/// Stdout as the reader thread writes it: a descriptor of its own,
+/// non-blocking, for anything but a regular file (a pipe, a terminal, a
+/// socket, /dev/null), opened again through `/proc/self/fd/1`, so that
+/// write(2) never blocks the thread (Node.js leaves a terminal's stdout
+/// blocking, where a stopped terminal would hold the thread, and a close,
+/// for good); fd 1 itself for a regular file, whose writes do not wait on
+/// a reader and whose file offset must stay the one Node.js writes at, and
+/// where the file cannot be opened again.
+pub struct Stdout {
+    fd: RawFd,
+    _own: Option<OwnedFd>,
+}
+
+impl Stdout {
+    /// Opens it (see [`Stdout`]).
+    pub fn open() -> Stdout {
+        let fd1 = libc::STDOUT_FILENO;
+        // SAFETY: fstat into a zeroed stat; fd 1 may be closed (then -1).
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        let regular = unsafe { libc::fstat(fd1, &raw mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if !regular {
+            let flags = libc::O_WRONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
+            // SAFETY: a valid C string; the result is checked.
+            let fd = unsafe { libc::open(c"/proc/self/fd/1".as_ptr(), flags) };
+            if fd >= 0 {
+                // SAFETY: a descriptor just opened, owned here.
+                return Stdout { fd, _own: Some(unsafe { OwnedFd::from_raw_fd(fd) }) };
+            }
+        }
+        Stdout { fd: fd1, _own: None }
+    }
+
+    /// The descriptor to write to.
+    pub fn fd(&self) -> RawFd {
+        self.fd
+    }
+}
+
 /// How a write to stdout ended without writing everything; `written`:
 /// the bytes it wrote before.
 #[derive(Debug)]
@@ -757,16 +799,17 @@ const WRITE_POLL: Duration = Duration::from_millis(100);
 /// How long a closing session still waits to finish a line it began.
 const FINISH_LINE: Duration = Duration::from_secs(2);
 
-/// Writes all of `buf` (whole lines) to `fd`. A descriptor Node.js made
-/// non-blocking (a pipe) that is full is waited on with poll(2), so a
-/// reader of stdout that stops reading stops this thread, and the backlog
-/// stays in the kernel ring buffer, whose drops are counted. `closing` ends
-/// the wait, but not in the middle of a line: a line begun is finished if
-/// the pipe takes it within [`FINISH_LINE`], so that what a reader gets
-/// (and what JavaScript writes after) stays whole lines.
+/// Writes all of `buf` (whole lines) to `fd`, a non-blocking descriptor
+/// ([`Stdout`]): when the reader of stdout is slower (a full pipe, a
+/// stopped terminal), write(2) says `EAGAIN` and the thread waits in
+/// poll(2), so it stops draining and the backlog stays in the kernel ring
+/// buffer, whose drops are counted. `closing` stops it at the next line
+/// boundary, also while waiting: a line begun is finished if the reader
+/// takes it within [`FINISH_LINE`], else left cut (the error's `written`
+/// says where).
 ///
 /// # Errors
-/// [`WriteEnd::Closing`] when `closing` is set while waiting;
+/// [`WriteEnd::Closing`] once `closing` is set;
 /// [`WriteEnd::Failed`] with write(2)'s error.
 pub fn write_all(fd: RawFd, buf: &[u8], closing: &AtomicBool) -> Result<(), WriteEnd> {
     let all = buf.len();
@@ -776,6 +819,9 @@ pub fn write_all(fd: RawFd, buf: &[u8], closing: &AtomicBool) -> Result<(), Writ
     // Bytes after the line begun, dropped once the session closes.
     let mut rest = 0;
     while !buf.is_empty() {
+        if line_start && closing.load(Ordering::Acquire) {
+            return Err(WriteEnd::Closing { written: all - rest - buf.len() });
+        }
         // SAFETY: `buf` is valid for `buf.len()` bytes.
         let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
         if let Ok(n) = usize::try_from(n) {

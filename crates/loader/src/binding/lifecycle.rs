@@ -253,8 +253,9 @@ pub enum State {
 /// The state, shared with the open task and the env cleanup hook.
 pub struct Shared {
     state: Mutex<State>,
-    /// Set when the handle closes, also while a finish drains: a sink
-    /// waiting on a full stdout gives up (`LineSink`).
+    /// Set when the handle closes (also while a finish task drains the
+    /// reader): a sink writing to stdout stops at the next line
+    /// (`LineSink`).
     pub closing: Arc<AtomicBool>,
 }
 
@@ -384,6 +385,8 @@ impl Handle {
     /// # Errors
     /// When the cleanup hook cannot be removed.
     pub fn close(&self, env: &Env) -> napi::Result<()> {
+        // Closing first: a sink the hold kept from writing must not start now.
+        self.shared.closing.store(true, Ordering::Release);
         self.hold(false);
         self.shared.close();
         if let Some(hook) = self.cleanup.lock().unwrap_or_else(PoisonError::into_inner).take() {
@@ -417,7 +420,6 @@ macro_rules! handle_methods {
             pub fn stats(&self) -> BindingStats {
                 self.handle.stats()
             }
-
         }
     };
 }

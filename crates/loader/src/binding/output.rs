@@ -3,12 +3,9 @@
 //! and hands JavaScript only the counters, and what JavaScript reads back
 //! at the end to write the stream's last line.
 
-use std::{
-    os::fd::RawFd,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
-    },
+use std::sync::{
+    atomic::{AtomicBool, AtomicU64, Ordering},
+    Arc, Mutex, PoisonError,
 };
 
 use napi::bindgen_prelude::{BigInt, Buffer};
@@ -16,7 +13,7 @@ use napi_derive::napi;
 
 use super::lifecycle::{BindingBatch, BindingLost, JsSink};
 use crate::{
-    lines::{write_all, LineFormat, LineText, Lines, WriteEnd},
+    lines::{write_all, LineFormat, LineText, Lines, Stdout, WriteEnd},
     reader::{records, Batch, Lost, Sink},
 };
 
@@ -30,6 +27,10 @@ pub struct BindingOutput {
     /// The table: CLOCK_REALTIME − CLOCK_BOOTTIME in ns, as JavaScript
     /// turns event times into wall-clock times.
     pub wall_offset_ns: Option<BigInt>,
+    /// The table: the local time's offset from UTC as `[from, minutes]`
+    /// pairs, flattened: from `from` (ms since the epoch, ascending) on,
+    /// local time is UTC + `minutes` (`zoneOffsets` in `ts/clock.ts`).
+    pub zone: Option<Vec<f64>>,
     /// Name of each errno by number (index 2: `ENOENT`), as Node.js's
     /// `os.constants.errno` gives them; `""` where there is none.
     pub errno_names: Vec<String>,
@@ -42,7 +43,9 @@ impl From<&BindingOutput> for LineText {
     fn from(o: &BindingOutput) -> LineText {
         let format = if o.format == "table" {
             let (negative, ns, _) = o.wall_offset_ns.as_ref().map_or((false, 0, true), BigInt::get_u128);
-            LineFormat::Table { wall_offset_ns: if negative { -(ns as i128) } else { ns as i128 } }
+            let zone =
+                o.zone.as_deref().unwrap_or_default().chunks_exact(2).map(|p| (p[0] as i64, p[1] as i32)).collect();
+            LineFormat::Table { wall_offset_ns: if negative { -(ns as i128) } else { ns as i128 }, zone }
         } else {
             LineFormat::Json
         };
@@ -65,6 +68,10 @@ pub struct BindingOutputState {
     pub lost_ts: Option<BigInt>,
     /// The totals that record reported; absent as `lost_ts`.
     pub lost: Option<BindingLost>,
+    /// The last write stopped within a line (the session closed while the
+    /// reader of stdout took nothing for 2 s, or write(2) failed): what
+    /// follows must start a line of its own.
+    pub torn: bool,
 }
 
 /// Bytes of lines held before a write within one batch.
@@ -78,6 +85,7 @@ const UNSET: u64 = u64::MAX;
 pub struct OutputState {
     since_ts: AtomicU64,
     records: AtomicU64,
+    torn: AtomicBool,
     /// `ts` and totals of the last `lost` record written whole.
     last_lost: Mutex<Option<(u64, Lost)>>,
 }
@@ -88,6 +96,7 @@ impl OutputState {
         Arc::new(OutputState {
             since_ts: AtomicU64::new(UNSET),
             records: AtomicU64::new(0),
+            torn: AtomicBool::new(false),
             last_lost: Mutex::new(None),
         })
     }
@@ -105,6 +114,7 @@ impl OutputState {
             records: self.records.load(Ordering::Acquire) as f64,
             lost_ts: last.map(|(ts, _)| BigInt::from(ts)),
             lost: last.map(|(_, l)| l.into()),
+            torn: self.torn.load(Ordering::Acquire),
         }
     }
 }
@@ -117,7 +127,7 @@ struct Chunk {
     lost: Option<(usize, u64, Lost)>,
 }
 
-/// Formats each batch into NDJSON on the reader thread and writes it to
+/// Formats each batch into table rows or NDJSON on the reader thread and writes it to
 /// `fd` (stdout), then hands JavaScript an empty batch with the event count
 /// and the counters (for its notes on stderr). A full pipe blocks the
 /// reader, so the backlog waits in the ring buffer (its drops are counted
@@ -126,7 +136,7 @@ struct Chunk {
 /// `outputErrno` (EPIPE: the reader of stdout is gone).
 pub struct LineSink {
     js: JsSink,
-    fd: RawFd,
+    stdout: Stdout,
     writer: Mutex<(Lines, Vec<u8>)>,
     state: Arc<OutputState>,
     closing: Arc<AtomicBool>,
@@ -138,7 +148,7 @@ impl LineSink {
     pub fn new(js: JsSink, text: LineText, state: Arc<OutputState>, closing: Arc<AtomicBool>) -> LineSink {
         LineSink {
             js,
-            fd: libc::STDOUT_FILENO,
+            stdout: Stdout::open(),
             writer: Mutex::new((Lines::new(text, 0), Vec::with_capacity(FLUSH_AT))),
             state,
             closing,
@@ -147,7 +157,7 @@ impl LineSink {
 
     /// Writes `out` (holding `chunk`) and counts what went out whole.
     fn write(&self, out: &mut Vec<u8>, chunk: Chunk) -> Result<(), WriteEnd> {
-        let r = write_all(self.fd, out, &self.closing);
+        let r = write_all(self.stdout.fd(), out, &self.closing);
         let written = match &r {
             Ok(()) => out.len(),
             Err(WriteEnd::Closing { written } | WriteEnd::Failed { written, .. }) => *written,
@@ -159,6 +169,9 @@ impl LineSink {
             out[..written].iter().filter(|&&b| b == b'\n').count() as u64
         };
         self.state.records.fetch_add(records, Ordering::AcqRel);
+        if written > 0 && out[written - 1] != b'\n' {
+            self.state.torn.store(true, Ordering::Release);
+        }
         if let Some((_, ts, totals)) = chunk.lost.filter(|_| written == out.len()) {
             *self.state.last_lost.lock().unwrap_or_else(PoisonError::into_inner) = Some((ts, totals));
         }
@@ -177,6 +190,11 @@ impl Sink for LineSink {
     }
 
     fn deliver(&self, batch: Batch) -> bool {
+        // Closing (the session closes, or a second signal cut its finish
+        // short): what the reader still hands over is dropped.
+        if self.closing.load(Ordering::Acquire) {
+            return false;
+        }
         let mut guard = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let (lines, out) = &mut *guard;
         let since = self.state.since_ts.swap(UNSET, Ordering::AcqRel);
