@@ -22,7 +22,7 @@ export function toWallClock(ts: bigint): Date {
  * the epoch), as this process's `Date` keeps it (Node.js's time zone
  * database and `TZ`): `[from, minutes]` pairs, flattened and ascending,
  * each saying local time is UTC + `minutes` from `from` on. Found by
- * sampling every 6 hours and bisecting each change to the millisecond, so
+ * sampling once a day and bisecting each change to the millisecond, so
  * changes closer together than that (none in the database's zones for
  * decades) can be missed. For the addon's table rows.
  * @internal
@@ -30,7 +30,7 @@ export function toWallClock(ts: bigint): Date {
 export function zoneOffsets(fromMs: number, toMs: number): number[] {
   const minutes = (ms: number) => -new Date(ms).getTimezoneOffset();
   const out = [fromMs, minutes(fromMs)];
-  const STEP = 6 * 3600_000;
+  const STEP = 86_400_000;
   for (let at = fromMs; at < toMs; at += STEP) {
     const next = Math.min(at + STEP, toMs);
     if (minutes(next) === out[out.length - 1]) continue;
