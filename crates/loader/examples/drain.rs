@@ -42,13 +42,10 @@ impl Sink for Count {
         // Latency from the kernel timestamp to this thread, ns.
         let now = chroot_guard_loader::sys::boottime_ns();
         let ts_at = std::mem::offset_of!(chroot_guard_common::ChrootEvent, ts_ns);
-        let mut at = 0;
         let mut lat = self.1.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while at + 8 <= batch.data.len() {
-            let len = u32::from_le_bytes(batch.data[at..at + 4].try_into().unwrap_or_default()) as usize;
-            let ts = &batch.data[at + 8 + ts_at..at + 16 + ts_at];
-            lat.push(now.saturating_sub(u64::from_le_bytes(ts.try_into().unwrap_or_default())));
-            at += 8 + len.div_ceil(8) * 8;
+        for record in chroot_guard_loader::reader::records(&batch.data) {
+            let ts = record.get(ts_at..ts_at + 8).and_then(|b| b.try_into().ok()).unwrap_or_default();
+            lat.push(now.saturating_sub(u64::from_le_bytes(ts)));
         }
         true
     }

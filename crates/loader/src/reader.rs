@@ -116,8 +116,9 @@ pub trait Sink: Send + 'static {
     fn in_flight(&self) -> u32;
     /// Hands a batch over; `false` when the consumer is gone for good.
     fn deliver(&self, batch: Batch) -> bool;
-    /// Whether the consumer holds batches back on purpose (its output is
-    /// backed up): waiting for it then is not a stall.
+    /// Whether the consumer holds batches back on purpose (a session
+    /// writing to stdout until JavaScript has written its first line):
+    /// waiting for it then is not a stall.
     fn held(&self) -> bool {
         false
     }
@@ -340,7 +341,7 @@ fn run<S: Sink>(
         // crates/ebpf): shortly after activity, look every millisecond for
         // records that arrived without a wakeup.
         let recent = last_event.is_some_and(|t| t.elapsed() < RECENT);
-        // Held (the consumer's output is backed up, maybe for hours): no
+        // Held (the consumer waits on purpose, for as long as it takes): no
         // batch can go, so look no more often than for the counters.
         let timeout = if sink.held() {
             cfg.counters_every

@@ -28,20 +28,18 @@ impl Sink for ChannelSink {
 /// Splits a batch into events (`[u32 len][u32 0][record][pad to 8]`…).
 fn events(batch: &Batch) -> Vec<ChrootEvent> {
     let mut out = Vec::new();
-    let mut at = 0;
-    while at + 8 <= batch.data.len() {
-        let len = u32::from_le_bytes(batch.data[at..at + 4].try_into().expect("4 bytes")) as usize;
+    for record in chroot_guard_loader::reader::records(&batch.data) {
+        let len = record.len();
         assert!(len >= EVENT_HEADER_BYTES && len <= std::mem::size_of::<ChrootEvent>(), "record length {len}");
         // Records carry only the used part of `data`: copy into a zeroed event.
         let mut ev = std::mem::MaybeUninit::<ChrootEvent>::zeroed();
         // SAFETY: `len` bytes fit in the event; every bit pattern is valid.
         let ev = unsafe {
-            std::ptr::copy_nonoverlapping(batch.data[at + 8..].as_ptr(), ev.as_mut_ptr().cast::<u8>(), len);
+            std::ptr::copy_nonoverlapping(record.as_ptr(), ev.as_mut_ptr().cast::<u8>(), len);
             ev.assume_init()
         };
         assert_eq!(len, ev.record_len(), "record length matches the lengths inside");
         out.push(ev);
-        at += 8 + len.div_ceil(8) * 8;
     }
     out
 }

@@ -54,33 +54,26 @@ pub struct BindingLost {
     pub kretprobe_missed: f64,
 }
 
-impl From<Lost> for BindingLost {
-    fn from(l: Lost) -> Self {
-        BindingLost {
-            ring_buffer_full: l.ring_buffer_full as f64,
-            pending_full: l.pending_full as f64,
-            lsm_errors: l.lsm_errors as f64,
-            allow_lost: l.allow_lost as f64,
-            deny_lost: l.deny_lost as f64,
-            audit_lost: l.audit_lost as f64,
-            kretprobe_missed: l.kretprobe_missed as f64,
+/// The conversions both ways, from one list of the counters (a struct
+/// literal names every field, so a counter left out does not compile);
+/// JavaScript numbers hold the counts exactly below 2^53.
+macro_rules! lost_conversions {
+    ($($field:ident),* $(,)?) => {
+        impl From<Lost> for BindingLost {
+            fn from(l: Lost) -> Self {
+                BindingLost { $($field: l.$field as f64),* }
+            }
         }
-    }
+
+        impl From<&BindingLost> for Lost {
+            fn from(l: &BindingLost) -> Self {
+                Lost { $($field: l.$field as u64),* }
+            }
+        }
+    };
 }
 
-impl From<&BindingLost> for Lost {
-    fn from(l: &BindingLost) -> Self {
-        Lost {
-            ring_buffer_full: l.ring_buffer_full as u64,
-            pending_full: l.pending_full as u64,
-            lsm_errors: l.lsm_errors as u64,
-            allow_lost: l.allow_lost as u64,
-            deny_lost: l.deny_lost as u64,
-            audit_lost: l.audit_lost as u64,
-            kretprobe_missed: l.kretprobe_missed as u64,
-        }
-    }
-}
+lost_conversions!(ring_buffer_full, pending_full, lsm_errors, allow_lost, deny_lost, audit_lost, kretprobe_missed);
 
 /// One batch of raw events (`[u32 len][u32 0][record][pad]`...).
 #[napi(object)]
@@ -131,25 +124,19 @@ type BatchFn = ThreadsafeFunction<BindingBatch, (), BindingBatch, Status, false>
 /// 5 s interval firing, under TCG). With one batch in flight
 /// ([`crate::reader::ReaderConfig::max_in_flight`]) the queue is empty when
 /// a callback returns, and the loop turns between batches.
-///
-/// While the handle holds batches back ([`Handle::hold`]) one more counts
-/// as in flight, so the reader delivers no further batch: it fills one
-/// pending batch (at most `min(ring_buffer_bytes, 2 MiB)`) and the rest
-/// waits in the ring buffer, whose drops the kernel counts.
 pub struct JsSink {
     tsfn: BatchFn,
     in_flight: Arc<AtomicU32>,
-    held: Arc<AtomicBool>,
 }
 
 impl JsSink {
-    /// Wraps the JS callback; `held` is the handle's [`Handle::hold`] flag.
-    fn new(on_batch: &Function<BindingBatch, ()>, held: Arc<AtomicBool>) -> napi::Result<JsSink> {
+    /// Wraps the JS callback.
+    fn new(on_batch: &Function<BindingBatch, ()>) -> napi::Result<JsSink> {
         let tsfn: BatchFn = on_batch
             .build_threadsafe_function::<BindingBatch>()
             .callee_handled::<false>()
             .build_callback(|ctx| Ok(ctx.value))?;
-        Ok(JsSink { tsfn, in_flight: Arc::new(AtomicU32::new(0)), held })
+        Ok(JsSink { tsfn, in_flight: Arc::new(AtomicU32::new(0)) })
     }
 
     /// Queues `value` for the JS callback; `false` when the callback is
@@ -176,11 +163,7 @@ impl JsSink {
 
 impl Sink for JsSink {
     fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Acquire) + u32::from(self.held())
-    }
-
-    fn held(&self) -> bool {
-        self.held.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::Acquire)
     }
 
     fn deliver(&self, batch: Batch) -> bool {
@@ -345,8 +328,6 @@ pub struct Handle {
     /// The state, shared with open tasks.
     pub shared: Arc<Shared>,
     cleanup: Mutex<Option<CleanupEnvHook<Arc<Shared>>>>,
-    /// Set by [`Handle::hold`], read by the handle's [`JsSink`].
-    held: Arc<AtomicBool>,
 }
 
 impl Handle {
@@ -356,38 +337,23 @@ impl Handle {
     /// When the cleanup hook cannot be added.
     pub fn new(env: &Env) -> napi::Result<Handle> {
         let (shared, hook) = Shared::new(env)?;
-        Ok(Handle { shared, cleanup: Mutex::new(Some(hook)), held: Arc::new(AtomicBool::new(false)) })
+        Ok(Handle { shared, cleanup: Mutex::new(Some(hook)) })
     }
 
-    /// The sink of this handle's reader: batches go to `on_batch`, held
-    /// back while [`Handle::hold`] says so.
+    /// The sink of this handle's reader: batches go to `on_batch`.
     ///
     /// # Errors
     /// When the threadsafe function cannot be made.
     pub fn sink(&self, on_batch: &Function<BindingBatch, ()>) -> napi::Result<JsSink> {
-        JsSink::new(on_batch, Arc::clone(&self.held))
+        JsSink::new(on_batch)
     }
 
-    /// Holds batches back while `on` (a session writing to stdout until
-    /// JavaScript has written the line its lines follow), or lets them flow
-    /// again. Held, the reader delivers no further batch (a batch already
-    /// queued still arrives), keeps at most one pending batch, and a finish
-    /// waits without counting it a stall: the ring buffer takes the rest,
-    /// and what does not fit is dropped and counted by the kernel
-    /// (`ringBufferFull`), so memory stays bounded.
-    pub fn hold(&self, on: bool) {
-        self.held.store(on, Ordering::Release);
-    }
-
-    /// Closes, then removes the cleanup hook. Idempotent. Releases a hold
-    /// first, so that a finish under way is not left waiting.
+    /// Closes (which sets [`Shared::closing`] first), then removes the
+    /// cleanup hook. Idempotent.
     ///
     /// # Errors
     /// When the cleanup hook cannot be removed.
     pub fn close(&self, env: &Env) -> napi::Result<()> {
-        // Closing first: a sink the hold kept from writing must not start now.
-        self.shared.closing.store(true, Ordering::Release);
-        self.hold(false);
         self.shared.close();
         if let Some(hook) = self.cleanup.lock().unwrap_or_else(PoisonError::into_inner).take() {
             env.remove_env_cleanup_hook(hook)?;

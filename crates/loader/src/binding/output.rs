@@ -80,9 +80,11 @@ const FLUSH_AT: usize = 256 << 10;
 /// No `since` handed over yet.
 const UNSET: u64 = u64::MAX;
 
-/// Shared by a session's binding object and its [`LineSink`]: where the
-/// first `lost` interval starts (set by JavaScript), and what went out.
+/// Shared by a session's binding object and its [`LineSink`]: whether
+/// JavaScript has written the line the session's lines follow, where the
+/// first `lost` interval starts, and what went out.
 pub struct OutputState {
+    started: AtomicBool,
     since_ts: AtomicU64,
     records: AtomicU64,
     torn: AtomicBool,
@@ -94,6 +96,7 @@ impl OutputState {
     /// Nothing set or written yet.
     pub fn new() -> Arc<OutputState> {
         Arc::new(OutputState {
+            started: AtomicBool::new(false),
             since_ts: AtomicU64::new(UNSET),
             records: AtomicU64::new(0),
             torn: AtomicBool::new(false),
@@ -101,9 +104,11 @@ impl OutputState {
         })
     }
 
-    /// The `attach` record's `ts` (ns since boot), written by JavaScript.
-    pub fn set_since(&self, since_ts: u64) {
+    /// JavaScript has written the header or the `attach` record, whose
+    /// `ts` (ns since boot) is `since_ts`: the sink's lines may follow.
+    pub fn start(&self, since_ts: u64) {
         self.since_ts.store(since_ts, Ordering::Release);
+        self.started.store(true, Ordering::Release);
     }
 
     /// What has gone out so far; after the reader has stopped, the stream's
@@ -155,6 +160,12 @@ impl LineSink {
         }
     }
 
+    /// Nothing may be written yet ([`OutputState::start`]), unless the
+    /// session closes, when the batches are dropped instead.
+    fn waiting(&self) -> bool {
+        !self.state.started.load(Ordering::Acquire) && !self.closing.load(Ordering::Acquire)
+    }
+
     /// Writes `out` (holding `chunk`) and counts what went out whole.
     fn write(&self, out: &mut Vec<u8>, chunk: Chunk) -> Result<(), WriteEnd> {
         let r = write_all(self.stdout.fd(), out, &self.closing);
@@ -181,12 +192,16 @@ impl LineSink {
 }
 
 impl Sink for LineSink {
+    /// Until JavaScript has written its first line one more counts as in
+    /// flight, so the reader delivers nothing: it fills one pending batch
+    /// and the rest waits in the ring buffer.
     fn in_flight(&self) -> u32 {
-        self.js.in_flight()
+        self.js.in_flight() + u32::from(self.waiting())
     }
 
+    /// Waiting for JavaScript's first line is not a stall: a finish waits.
     fn held(&self) -> bool {
-        self.js.held()
+        self.waiting()
     }
 
     fn deliver(&self, batch: Batch) -> bool {

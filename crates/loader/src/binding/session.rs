@@ -118,9 +118,6 @@ impl BindingSession {
     pub fn new(env: Env, options: BindingOpenOptions) -> napi::Result<Self> {
         let handle = Handle::new(&env)?;
         let output = options.output.as_ref().map(LineText::from);
-        // Nothing goes to stdout before JavaScript has written the attach
-        // record (start_output).
-        handle.hold(output.is_some());
         Ok(BindingSession { handle, options: parse_options(&options).map_err(|e| e.to_string()), output, output_state: OutputState::new() })
     }
 
@@ -153,11 +150,10 @@ impl BindingSession {
     /// A session writing to stdout (`output`): JavaScript has written the
     /// `attach` record, whose `ts` (ns since boot) is `sinceTs`, the start
     /// of the first `lost` record's interval; the session's lines follow
-    /// it from now on. Releases the hold the session started with.
+    /// it from now on.
     #[napi]
     pub fn start_output(&self, since_ts: BigInt) {
-        self.output_state.set_since(since_ts.get_u64().1);
-        self.handle.hold(false);
+        self.output_state.start(since_ts.get_u64().1);
     }
 
     /// A session writing to stdout: what it has written there (nothing for
