@@ -190,7 +190,7 @@ describe('policy input: nothing unbounded is read or expanded', () => {
     expect(Date.now() - t).toBeLessThan(2000);
   });
 
-  it('a FIFO is read to its end or the limit: an endless writer is refused, a policy written into it is read', () => {
+  it('a FIFO is read to its end or the limit: an endless writer is refused, a policy written into it is read', async () => {
     const fifo = join(tmp, 'policy.fifo');
     execFileSync('mkfifo', [fifo]);
     // The writers are other processes: opening a FIFO waits for a writer.
@@ -200,6 +200,9 @@ describe('policy input: nothing unbounded is read or expanded', () => {
     } finally {
       endless.kill();
     }
+    // Gone before the next writer opens the FIFO: a `yes` the signal has
+    // not reached yet would write its lines ahead of the policy.
+    if (endless.exitCode === null && endless.signalCode === null) await new Promise((r) => endless.once('exit', r));
     const once = spawn('sh', ['-c', `printf '%s' "$0" > ${fifo}`, GOOD], { stdio: 'ignore' });
     expect(loadPolicy(fifo).rules[0]!.id).toBe('jails');
     once.kill();
