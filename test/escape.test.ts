@@ -14,7 +14,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, realpathSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootGuard, type ChrootDecision, type Policy } from '../ts/index.js';
-import { attackBench, guarded, sleep, threadedCalls, UNREACHABLE_VARIANTS, type Attack, type AttackBench, type Guarded } from './helpers.js';
+import { attackBench, guarded, sleep, SLOWDOWN, threadedCalls, UNREACHABLE_VARIANTS, type Attack, type AttackBench, type Guarded } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 
@@ -58,14 +58,19 @@ describe.skipIf(!LSM)(lsmTitle(`guard: directories reached without their path`),
     // On a preemptible kernel (`cargo xtask test` runs this file so in the VM) the threads
     // also preempt each other inside the program and inside the task
     // storage helper, which up to 6.1 then fails for every other thread on
-    // that CPU: a decision that took that failure would fall to failMode
-    // (allow here), so a denied call would succeed.
+    // that CPU until the preempted one runs again: the program waits for
+    // it, and a decision that still got no memory would deny (a sibling
+    // call in `b` would fail).
     const [a, b] = [`${dir}/deny/inner`, `${dir}/open`];
     const [N, K] = [32, 20];
     const { pid, threads } = threadedCalls(bench, N, K, a, b);
     expect(threads).toHaveLength(N);
-    for (const t of threads) expect(t).toMatchObject({ aOk: 0, aEperm: K, bOk: K, other: 0 });
     const decisions = await g.decisionsOf(pid, N * K * 2);
+    // A call into `a` that was allowed: its decision says why (a rule, the
+    // default, or failMode after an internal error).
+    const allowed = decisions.filter((d) => !d.denied && d.resolvedPath !== b);
+    const why = JSON.stringify(allowed.map((d) => ({ tid: d.tid, path: d.resolvedPath, reason: d.reason, error: d.error, ruleId: d.ruleId })));
+    for (const t of threads) expect(t, why).toMatchObject({ aOk: 0, aEperm: K, bOk: K, other: 0 });
     expect(decisions).toHaveLength(N * K * 2);
     for (const t of threads) {
       const mine = decisions.filter((d) => d.tid === t.tid);
@@ -75,6 +80,44 @@ describe.skipIf(!LSM)(lsmTitle(`guard: directories reached without their path`),
     }
     expect(g.guard.stats().lsmErrors).toBe(0);
   }, 180_000);
+
+  it('threads on one CPU beside SCHED_IDLE threads chrooting without pause: no call into the denied subtree succeeds, and a call decided without memory is denied', async () => {
+    // An idle thread preempted while it holds something every decision on
+    // that CPU needs (up to 6.1, task storage's busy mark) runs again only
+    // when nothing else on the CPU wants to: the other threads' decisions
+    // wait for it, and one that gives up has no memory to decide with.
+    // Whatever failMode says (allow here, the default action), that is a
+    // deny: a call in `b` may then fail, a call in `a` never succeeds.
+    // Few busy threads: the kernel's RCU, which a preempted idle thread
+    // holds up too, reports a stall (and `cargo xtask test` panics) once
+    // they starve it for 21 s.
+    const [a, b] = [`${dir}/deny/inner`, `${dir}/open`];
+    const [N, K] = [4, 400];
+    const before = g.guard.stats().lsmErrors;
+    const { pid, idlePid, threads } = threadedCalls(bench, N, K, a, b, 'starve');
+    g.ignore(idlePid!);
+    expect(threads).toHaveLength(N);
+    // The calls' results are the truth; the decisions say why. Allow
+    // records give way to deny records once the ring buffer is half full,
+    // as the idle threads' flood makes it, so only the denials are awaited.
+    for (const t of threads) expect(t).toMatchObject({ aOk: 0, aEperm: K });
+    const bFailed = threads.reduce((n, t) => n + t.other, 0);
+    const deadline = Date.now() + 60_000 * SLOWDOWN;
+    let denied = (await g.decisionsOf(pid, 0)).filter((d) => d.denied);
+    while (denied.length < N * K + bFailed && Date.now() < deadline) {
+      await sleep(100);
+      denied = (await g.decisionsOf(pid, 0)).filter((d) => d.denied);
+    }
+    const failed = denied.filter((d) => d.reason === 'internal-error');
+    console.log(`${N} threads beside ${N} at SCHED_IDLE: ${2 * N * K} calls, ${failed.length} decided without per-thread memory (denied; ${bFailed} of them calls in the allowed directory), lsmErrors +${g.guard.stats().lsmErrors - before}`);
+    expect(denied).toHaveLength(N * K + bFailed);
+    expect(failed.filter((d) => d.error !== 'ENOMEM' || d.action !== 'deny')).toEqual([]);
+    // Every call in `a` denied by the rule or without memory; every failed
+    // call in `b` without memory.
+    expect(denied.filter((d) => d.reason !== 'internal-error' && d.ruleId !== 'no-deny')).toEqual([]);
+    expect(denied.filter((d) => d.ruleId === 'no-deny')).toHaveLength(N * K - (failed.length - bFailed));
+    for (const t of threads) expect(t.bOk + t.other).toBe(K);
+  }, 300_000);
 });
 
 // Each with a guard of its own: with the subtree guard above still attached,

@@ -178,18 +178,28 @@ export interface Turns {
  * Runs test/callers/chroot_calls.c `threads` as uid 65534 inside `unshare
  * -Urm`: `n` threads at once, each with its own root, each calling
  * chroot(".") `k` times in `a` then `b`, in turn. Puts the caller in
- * the bench's world-readable directory first.
+ * the bench's world-readable directory first. With `starve`, every thread
+ * runs on CPU 0 beside `n` SCHED_IDLE threads of another process (`idlePid`)
+ * calling chroot in `b` until the others are done.
  */
-export function threadedCalls(bench: AttackBench, n: number, k: number, a: string, b: string): { pid: number; threads: Turns[] } {
+export function threadedCalls(
+  bench: AttackBench,
+  n: number,
+  k: number,
+  a: string,
+  b: string,
+  mode: 'threads' | 'starve' = 'threads',
+): { pid: number; idlePid: number | null; threads: Turns[] } {
   const caller = `${bench.dir}/chroot_calls`;
   compileC('test/callers/chroot_calls.c', caller);
-  const out = execFileSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'unshare', '-Urm', caller, 'threads', String(n), String(k), a, b], { encoding: 'utf8' });
+  const out = execFileSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'unshare', '-Urm', caller, mode, String(n), String(k), a, b], { encoding: 'utf8' });
   const [head, ...lines] = out.trim().split('\n');
   const threads = lines.map((l) => {
     const [tid, aOk, aEperm, bOk, other] = l.split(' ').map(Number) as [number, number, number, number, number];
     return { tid, aOk, aEperm, bOk, other };
   });
-  return { pid: Number(head!.split(' ')[0]), threads };
+  const [pid, , idle] = head!.split(' ');
+  return { pid: Number(pid), idlePid: idle === undefined ? null : Number(idle), threads };
 }
 
 /**

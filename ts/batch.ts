@@ -32,9 +32,10 @@ export interface LossCounts {
    */
   readonly kretprobeMissed: number;
   /**
-   * Guard only: decisions the policy program could not make fully (a map
-   * operation or kernel read failed, or the policy was replaced twice during
-   * one decision); the policy's `failMode` applied. Always 0 for watch.
+   * Guard only: decisions the policy program could not make fully (no
+   * per-thread memory, a kernel read failed, or the policy was replaced
+   * twice during one decision); the policy's `failMode` applied, or a deny
+   * without memory. Always 0 for watch.
    */
   readonly lsmErrors: number;
   /**

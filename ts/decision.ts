@@ -38,9 +38,10 @@ export interface ChrootDecision extends Omit<ChrootEvent, CallField> {
   readonly ruleId: string | null;
   /**
    * Why: `rule`, `default`, `internal-error` (the program could not decide:
-   * a map insert or kernel read failed) or `policy-torn` (the policy was
-   * replaced twice during the decision). On the last two the policy's
-   * `failMode` decided and the kernel counted an `lsmErrors`.
+   * a kernel read failed, or `ENOMEM`, no per-thread memory) or
+   * `policy-torn` (the policy was replaced twice during the decision). On
+   * the last two the policy's `failMode` decided (a deny for `ENOMEM`,
+   * whatever `failMode` says) and the kernel counted an `lsmErrors`.
    */
   readonly reason: DecisionReason;
   /**

@@ -367,9 +367,10 @@ export function displayBytes(bytes: Uint8Array): string {
 
 /**
  * Why a decision came out as it did: `rule` (a rule matched), `default`
- * (none did), `internal-error` (the program could not decide: a map insert
- * or kernel read failed; the policy's `failMode` applied), `policy-torn`
- * (the policy was replaced twice during the decision; `failMode` applied).
+ * (none did), `internal-error` (the program could not decide: a kernel read
+ * failed, the policy's `failMode` applied; or no per-thread memory,
+ * `ENOMEM`, a deny), `policy-torn` (the policy was replaced twice during the
+ * decision; `failMode` applied).
  */
 export type DecisionReason = 'rule' | 'default' | 'internal-error' | 'policy-torn';
 

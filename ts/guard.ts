@@ -27,7 +27,8 @@ export interface ChrootGuardOptions {
   /**
    * Called when the kernel reports decision events it could not deliver
    * (`ringBufferFull`) or decisions it could not make fully (`lsmErrors`:
-   * the default action applied). Never silent.
+   * the policy's `failMode` applied, or a deny without per-thread memory).
+   * Never silent.
    */
   readonly onLost?: (report: LostReport) => void;
 }

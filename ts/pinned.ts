@@ -159,7 +159,7 @@ export function pinLeftovers(options: PinOptions = {}): string[] {
 
 /** Options of {@link followPinnedGuard}. */
 export interface FollowOptions extends PinOptions {
-  /** Called when the kernel reports decisions it could not deliver (`ringBufferFull`) or made with the default action after an error (`lsmErrors`); totals count since the guard was loaded. */
+  /** Called when the kernel reports decisions it could not deliver (`ringBufferFull`) or could not make fully (`lsmErrors`: `failMode` applied, or a deny without per-thread memory); totals count since the guard was loaded. */
   readonly onLost?: (report: LostReport) => void;
 }
 

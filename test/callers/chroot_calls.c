@@ -48,9 +48,25 @@
  *                              names). Prints "<pid> 0", then a line per
  *                              thread: "<tid> <A ok> <A EPERM> <B ok>
  *                              <other failures>".
+ *   chroot_calls starve N K A B
+ *                              "threads" with every thread on CPU 0 and,
+ *                              beside them, N threads at SCHED_IDLE
+ *                              calling chroot in B until the others are
+ *                              done, and a 50 µs sleep after each call of
+ *                              the others: each wakeup preempts an idle
+ *                              thread wherever it is, and on a
+ *                              preemptible kernel an idle thread
+ *                              preempted inside the LSM program (or a
+ *                              helper it calls) is the last to run
+ *                              again, holding what it holds meanwhile.
+ *                              The idle threads are a child process's.
+ *                              Prints what "threads" prints, for the N
+ *                              threads at normal priority, with the
+ *                              child's pid after the first line's 0.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <pthread.h>
 #include <sched.h>
 #include <fcntl.h>
@@ -80,6 +96,9 @@ static int plain(const char *dir) {
 struct turns {
   const char *a, *b;
   int k;
+  /* Sleep 50 µs after each call: each wakeup preempts a SCHED_IDLE
+   * thread of this CPU at once, wherever it is. */
+  int nap;
   pid_t tid;
   int a_ok, a_eperm, b_ok, other;
 };
@@ -99,26 +118,68 @@ static void *take_turns(void *arg) {
     else if (chroot(".") == 0) t->a_ok++;
     else if (errno == EPERM) t->a_eperm++;
     else t->other++;
+    if (t->nap) usleep(50);
     if (fchdir(b) != 0) t->other++;
     else if (chroot(".") == 0) t->b_ok++;
     else t->other++;
+    if (t->nap) usleep(50);
   }
   return 0;
 }
 
+/* An idle thread of "starve": SCHED_IDLE, chroot(".") in B until killed
+ * (through a directory fd, as in take_turns: after the first call B is
+ * the thread's root, and its path no longer names it). A failed call is
+ * the guard's to report. */
+static void *idle_calls(void *arg) {
+  int b = open(arg, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  struct sched_param p = {0};
+  if (b < 0 || sched_setscheduler(0, SCHED_IDLE, &p) != 0 || unshare(CLONE_FS) != 0) exit(2);
+  for (;;)
+    if (fchdir(b) == 0) chroot(".");
+}
+
 int main(int argc, char **argv) {
-  if (argc == 6 && !strcmp(argv[1], "threads")) {
+  int starve = argc == 6 && !strcmp(argv[1], "starve");
+  if (argc == 6 && (starve || !strcmp(argv[1], "threads"))) {
     int n = atoi(argv[2]), k = atoi(argv[3]);
     if (n <= 0 || n > 1024 || k <= 0) return 2;
     struct turns *t = calloc(n, sizeof *t);
     pthread_t *th = calloc(n, sizeof *th);
     if (!t || !th) return 2;
+    pid_t idle = 0;
+    if (starve) {
+      cpu_set_t one;
+      CPU_ZERO(&one);
+      CPU_SET(0, &one);
+      if (sched_setaffinity(0, sizeof one, &one) != 0) return 2;
+      /* The idle threads in a process of their own, so a test can tell
+       * (and drop) their flood of decisions by pid. */
+      idle = fork();
+      if (idle < 0) return 2;
+      if (idle == 0) {
+        /* Gone with the parent, whatever way it ends. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() == 1) _exit(2);
+        for (int i = 0; i < n; i++) {
+          pthread_t p;
+          if (pthread_create(&p, 0, idle_calls, argv[5]) != 0) _exit(2);
+        }
+        for (;;) pause();
+      }
+    }
     for (int i = 0; i < n; i++) {
-      t[i] = (struct turns){.a = argv[4], .b = argv[5], .k = k};
+      t[i] = (struct turns){.a = argv[4], .b = argv[5], .k = k, .nap = starve};
       if (pthread_create(&th[i], 0, take_turns, &t[i]) != 0) return 2;
     }
     for (int i = 0; i < n; i++) pthread_join(th[i], 0);
-    printf("%d 0\n", getpid());
+    if (idle) {
+      int status = 0;
+      /* Still running (not exited 2 on a failed setup), then killed. */
+      if (waitpid(idle, &status, WNOHANG) != 0 || kill(idle, SIGKILL) != 0) return 2;
+      waitpid(idle, &status, 0);
+    }
+    if (idle) printf("%d 0 %d\n", getpid(), idle);
+    else printf("%d 0\n", getpid());
     for (int i = 0; i < n; i++) printf("%d %d %d %d %d\n", t[i].tid, t[i].a_ok, t[i].a_eperm, t[i].b_ok, t[i].other);
     return 0;
   }
@@ -241,6 +302,6 @@ int main(int argc, char **argv) {
     return 0;
   }
 #endif
-  fprintf(stderr, "usage: chroot_calls first-touch | seccomp DIR | x32 DIR | ia32 DIR | plain DIR | renamed DIR | deleted DIR | memfd DIR | threads N K A B\n");
+  fprintf(stderr, "usage: chroot_calls first-touch | seccomp DIR | x32 DIR | ia32 DIR | plain DIR | renamed DIR | deleted DIR | memfd DIR | threads N K A B | starve N K A B\n");
   return 2;
 }

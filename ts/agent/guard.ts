@@ -30,7 +30,7 @@ import type { AgentConfig } from './config.js';
 export interface AgentGuardHooks {
   /** One decision, in the order the kernel made them. */
   decision(d: ChrootDecision): void;
-  /** Decisions the kernel could not deliver (or made by failMode), since the previous report. */
+  /** Decisions the kernel could not deliver (or could not make fully: `lsmErrors`), since the previous report. */
   lost(report: LostReport): void;
   /** A policy taken or refused (what a `guard` record says); `policy` is the one taken, absent when refused. */
   policy(record: GuardRecordFields, policy?: Policy): void;

@@ -130,7 +130,7 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   const s = guard.stats();
   guard.stop();
   note(
-    `stopped: ${s.decisions} decision${s.decisions === 1 ? '' : 's'}${s.ringBufferFull ? `, ${s.ringBufferFull} lost` : ''}${s.lsmErrors ? `, ${s.lsmErrors} made with the default action after an error` : ''}; chroot(2) is no longer checked`,
+    `stopped: ${s.decisions} decision${s.decisions === 1 ? '' : 's'}${s.ringBufferFull ? `, ${s.ringBufferFull} lost` : ''}${s.lsmErrors ? `, ${s.lsmErrors} made after an error (failMode, or a deny without memory)` : ''}; chroot(2) is no longer checked`,
   );
   return EXIT.OK;
 }
@@ -252,7 +252,7 @@ export function statusCommand(flags: { json?: boolean; pinDir: string }): number
           `  rules        ${rules.length ? rules.join(', ') : '(none)'} (${s.ruleIds.length} compiled)`,
           `  program      lsm/path_chroot, program id ${s.programId}, link id ${s.linkId}`,
           `  undelivered  ${s.ringBufferFull} decision events (ring buffer full while nobody followed: see status --follow)`,
-          `  errors       ${s.lsmErrors} decisions made with the policy's failMode after an internal error or a torn read`,
+          `  errors       ${s.lsmErrors} decisions made after an internal error or a torn read: by the policy's failMode, a deny without memory`,
         ]
       : [`no guard is pinned at ${dir}`];
     if (leftovers.length) lines.push(`  leftovers    ${leftovers.join(', ')} (left by a pin that did not finish; remove with \`chroot-guard unload\`)`);

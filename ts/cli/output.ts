@@ -118,7 +118,7 @@ export function describeLost(l: LostReport): string {
   if (l.ringBufferFull) parts.push(`${l.ringBufferFull} events lost: ring buffer full (total ${l.total.ringBufferFull}); raise --ring-buffer-bytes`);
   if (l.pendingFull) parts.push(`${l.pendingFull} calls not traced: no in-flight storage (total ${l.total.pendingFull})`);
   if (l.kretprobeMissed) parts.push(`${l.kretprobeMissed} calls not reported: their return was missed, more in flight at once than the kretprobe's maxactive (total ${l.total.kretprobeMissed}); fentry and tracepoint modes have no such limit`);
-  if (l.lsmErrors) parts.push(`${l.lsmErrors} decisions could not be made fully, the policy's failMode applied (total ${l.total.lsmErrors})`);
+  if (l.lsmErrors) parts.push(`${l.lsmErrors} decisions could not be made fully, decided by the policy's failMode or, without memory, denied (total ${l.total.lsmErrors})`);
   const byAction = (['deny', 'audit', 'allow'] as const)
     .map((a) => [a, l[`${a}Lost`], l.total[`${a}Lost`]] as const)
     .filter(([, n]) => n > 0)

@@ -133,10 +133,12 @@ export interface Policy {
   /** Action when no rule matches (default `allow`). */
   readonly default?: PolicyAction;
   /**
-   * What applies when the kernel program cannot decide (a map insert or a
-   * kernel read fails, e.g. under memory pressure, or the policy is replaced
-   * twice during one decision): `default` (the default action; the
-   * default), `allow` or `deny`. Such decisions are reported with
+   * What applies when the kernel program cannot decide (a kernel read
+   * fails, or the policy is replaced twice during one decision): `default`
+   * (the default action; the default), `allow` or `deny`. A decision that
+   * gets no per-thread memory (`ENOMEM`: the kernel could not allocate it,
+   * or task storage stayed busy) is a deny whatever this says, since any
+   * local user can bring that about. Such decisions are reported with
    * `reason: 'internal-error'` or `'policy-torn'` and counted in `lsmErrors`.
    */
   readonly failMode?: 'default' | 'allow' | 'deny';

@@ -149,10 +149,11 @@ pub mod flags {
     /// Decisions: the policy was replaced twice while this decision read
     /// it: the policy's fail action applied and `LsmError` was counted.
     pub const POLICY_TORN: u32 = 1 << 11;
-    /// Decisions: the decision could not be made (a map insert or a kernel
-    /// read failed; `lsm_ret` holds the helper's negative errno): the
-    /// policy's fail action applied and `LsmError` was counted. Only the
-    /// header of the record is filled: identity from BPF helpers, no paths.
+    /// Decisions: the decision could not be made (a kernel read failed, or
+    /// no per-thread memory; `lsm_ret` holds the negative errno, `-ENOMEM`
+    /// for the memory): the policy's fail action applied, a deny without
+    /// memory, and `LsmError` was counted. Only the header of the record is
+    /// filled: identity from BPF helpers, no paths.
     pub const INTERNAL_ERROR: u32 = 1 << 13;
     /// Decisions: the caller was in the initial user namespace and the
     /// initial mount namespace (what `initialNamespaces` rules test).

@@ -124,9 +124,10 @@ pub struct PolicyHeader {
     pub mode: u8,
     /// `ACTION_*` when no rule matches.
     pub default_action: u8,
-    /// `ACTION_*` when the decision cannot be made (a map or helper failed,
+    /// `ACTION_*` when the decision cannot be made (a kernel read failed,
     /// or the policy was replaced twice during the decision): the policy's
-    /// `failMode`.
+    /// `failMode`. Not for a decision without per-thread memory, which
+    /// denies (the LSM program's `failure_action`).
     pub fail_action: u8,
     /// Explicit padding, always zero.
     pub _pad0: u8,

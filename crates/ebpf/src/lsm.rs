@@ -8,9 +8,10 @@
 //! program reads `CG_ACTIVE` once, copies that slot's header, and checks at
 //! the end that the slot's generation did not change meanwhile (user space
 //! zeroes it before rewriting a slot). Whatever stops a decision (a torn
-//! read, a failed map insert or kernel read) applies the policy's fail
-//! action (`failMode`), counts `LsmError` and is reported as a decision with
-//! its own flag. Everything the decision builds lives in task storage
+//! read, a failed kernel read) applies the policy's fail action
+//! (`failMode`), but a decision without its per-thread memory denies
+//! (`failure_action`); each counts `LsmError` and is reported as a decision
+//! with its own flag. Everything the decision builds lives in task storage
 //! (per thread): LSM programs run under `migrate_disable()` only, so on a
 //! preemptible kernel per-CPU buffers could be shared by two chroots.
 //!
@@ -152,11 +153,33 @@ pub fn cg_lsm_chroot(ctx: LsmContext) -> i32 {
         Ok(ret) => ret,
         Err(e) => {
             count(Counter::LsmError);
-            report_failure(&header, e);
-            verdict(&header, header.fail_action)
+            let action = failure_action(&header, e);
+            report_failure(&header, action, e);
+            verdict(&header, action)
         }
     };
     lsm_ret(ret)
+}
+
+/// A decision's per-thread values could not be had (`-ENOMEM`).
+const NO_MEMORY: Error = -12;
+
+/// The action of a decision that could not be made: the policy's
+/// `failMode`, except without per-thread memory, which denies. Any local
+/// user can bring that about: each new thread's first decision allocates
+/// its values atomically (an order-3 allocation that fails while memory is
+/// fragmented), and up to 6.1 with full preemption a thread of theirs
+/// preempted inside the task storage helper keeps it busy for every other
+/// thread on that CPU (`TaskStorage::current_waiting`). An allowing
+/// `failMode` would then be a way around every deny rule; the other
+/// failures (a kernel read, a torn policy) are no caller's to cause.
+#[inline(always)]
+fn failure_action(header: &PolicyHeader, error: Error) -> u8 {
+    if error == NO_MEMORY {
+        ACTION_DENY
+    } else {
+        header.fail_action
+    }
 }
 
 /// `r` as the hook returns it: 0, or `-EPERM` for anything else (a
@@ -176,13 +199,12 @@ fn lsm_ret(r: i32) -> i32 {
     }
 }
 
-/// Reports a decision that could not be made as a header-only record
-/// ([`flags::INTERNAL_ERROR`], `lsm_ret` = the error): it needs no map entry
-/// (the failure may be that one could not be allocated), only ring buffer
-/// space and the identity BPF helpers give.
+/// Reports a decision that could not be made, decided by `action`, as a
+/// header-only record ([`flags::INTERNAL_ERROR`], `lsm_ret` = the error):
+/// it needs no map entry (the failure may be that one could not be
+/// allocated), only ring buffer space and the identity BPF helpers give.
 #[inline(always)]
-fn report_failure(header: &PolicyHeader, error: Error) {
-    let action = header.fail_action;
+fn report_failure(header: &PolicyHeader, action: u8, error: Error) {
     let Some(mut entry) = CG_EVENTS.reserve_untyped::<[u8; EVENT_HEADER_BYTES]>(0) else {
         count(lost_counter(action));
         return;
@@ -409,13 +431,13 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     let parent = kernel::ExeOwner::parent(&task);
     // The decision's two per-thread values are taken once, waiting out a
     // busy task storage: a lookup that failed later would change the
-    // decision. No value (the kernel could not allocate it) reads as
-    // -ENOMEM. The caller cache (`caller_cache`, below) is one try: no
-    // decision reads it, and without it the record's ids and paths are
-    // read and walked instead.
+    // decision. No value reads as NO_MEMORY (see `failure_action`). The
+    // caller cache (`caller_cache`, below) is one try: no decision reads
+    // it, and without it the record's ids and paths are read and walked
+    // instead.
     // SAFETY: this thread's value; nothing else writes it.
-    let ev = unsafe { &mut *CG_DECISIONS.current_waiting(true).ok_or(-12i64)? };
-    let held: *mut u8 = CG_THREAD_SCRATCH.current_waiting(true).ok_or(-12i64)?.cast();
+    let ev = unsafe { &mut *CG_DECISIONS.current_waiting(true).ok_or(NO_MEMORY)? };
+    let held: *mut u8 = CG_THREAD_SCRATCH.current_waiting(true).ok_or(NO_MEMORY)?.cast();
     let scratch = Scratch::Held(held);
     clear_header(ev);
     ev.kind = EventKind::Decision as u8;

@@ -25,12 +25,31 @@ use aya_ebpf::{
 };
 
 #[cfg(not(feature = "legacy"))]
-/// How long [`TaskStorage::current_waiting`] keeps trying (ns): far above a
-/// scheduler time slice, so the preempted holder of the busy mark has run.
+/// How long [`TaskStorage::current_waiting`] keeps trying at least (ns):
+/// far above a scheduler time slice, so the preempted holder of the busy
+/// mark has run.
 const BUSY_WAIT_NS: u64 = 50_000_000;
 #[cfg(not(feature = "legacy"))]
+/// Tries it makes at least, whatever the clock says: time the thread did
+/// not run (its CPU lent to a holder or to other threads, or a virtual
+/// CPU stalled by its host) passes the deadline without a try, and the
+/// holder only runs while this thread lets the CPU go. A few ms of trying
+/// on the development host, about 30 of this thread's time slices under
+/// emulation (TCG). Not more: a holder that still has not run is one the
+/// scheduler starves (a `SCHED_IDLE` thread beside busy ones), which
+/// waiting longer only starves further.
+const BUSY_WAIT_MIN_TRIES: u64 = 1 << 17;
+#[cfg(not(feature = "legacy"))]
 /// Upper bound on its tries (`bpf_loop`'s own limit is 1 << 23).
-const BUSY_WAIT_TRIES: u32 = 1 << 22;
+const BUSY_WAIT_TRIES: u32 = 1 << 23;
+#[cfg(not(feature = "legacy"))]
+/// Of its tries, one in this many may create the value; the others only
+/// look it up. A busy storage fails either kind at once, but a failing
+/// allocation (a `NULL` where nothing holds the mark: on 6.2+, or on a
+/// kernel that does not preempt the helper) costs a microsecond or more
+/// a try, and the wait does not let the CPU go where the kernel does not
+/// preempt it.
+const BUSY_WAIT_CREATE_EVERY: u64 = 1024;
 
 #[cfg(not(feature = "legacy"))]
 /// A task storage map holding one `T` per thread. Needs 5.11+ (task storage
@@ -74,15 +93,16 @@ impl<T> TaskStorage<T> {
     }
 
     /// [`current`](Self::current) for a program that must not take a
-    /// spurious `None` (the BPF LSM program, whose errors decide by
-    /// `failMode`): up to 6.1 the helper only try-locks a per-CPU busy
+    /// spurious `None` (the BPF LSM program, which then denies): up to 6.1 the helper only try-locks a per-CPU busy
     /// mark, and on a preemptible kernel a thread preempted inside it on
     /// this CPU makes every other thread's call there fail, which any
     /// local user can arrange with a few threads. So on `None` this tries
     /// again in a `bpf_loop` (5.17+) until the holder has run (the program
-    /// itself is preemptible, so the scheduler lets it), at most
-    /// `BUSY_WAIT_NS`. `None` then means the kernel could not allocate the
-    /// value. 6.2+ takes the mark unconditionally for LSM programs.
+    /// itself is preemptible, so the scheduler lets it): at least
+    /// `BUSY_WAIT_MIN_TRIES` tries and `BUSY_WAIT_NS`, at most
+    /// `BUSY_WAIT_TRIES`. `None` then means the kernel could not allocate
+    /// the value, or a holder that did not run for all that time. 6.2+
+    /// takes the mark unconditionally for LSM programs.
     #[inline(always)]
     pub fn current_waiting(&self, create: bool) -> Option<*mut T> {
         if let Some(p) = self.current(create) {
@@ -129,18 +149,19 @@ struct Wait<T> {
     got: *mut T,
 }
 
-/// One try: 1 (stop) once the value is had or the time is up.
+/// Try `index`: 1 (stop) once the value is had, or once both the tries
+/// and the time are up.
 #[cfg(not(feature = "legacy"))]
 #[inline(never)]
-extern "C" fn wait_cb<T>(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
+extern "C" fn wait_cb<T>(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: `ctx` is the `Wait` on the caller's stack.
     let w = unsafe { &mut *ctx.cast::<Wait<T>>() };
-    if let Some(p) = get(w.map, w.create) {
+    if let Some(p) = get(w.map, w.create && index % BUSY_WAIT_CREATE_EVERY == 0) {
         w.got = p;
         return 1;
     }
     // SAFETY: a helper without preconditions.
-    i64::from(unsafe { generated::bpf_ktime_get_ns() } >= w.deadline)
+    i64::from(index >= BUSY_WAIT_MIN_TRIES && unsafe { generated::bpf_ktime_get_ns() } >= w.deadline)
 }
 
 /// The legacy object's per-thread state, for 5.8 to 5.12 kernels: a

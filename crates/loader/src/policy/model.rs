@@ -88,7 +88,8 @@ pub struct Policy {
     /// Action when no rule matches (default `allow`).
     pub default: Option<String>,
     /// Action when a decision cannot be made: `default` (the default
-    /// action, the default), `allow` or `deny`.
+    /// action, the default), `allow` or `deny`; one without per-thread
+    /// memory denies whatever this says (`lsm.rs`, `failure_action`).
     #[serde(rename = "failMode")]
     pub fail_mode: Option<String>,
     /// Ordered rules.
