@@ -15,6 +15,8 @@ export type Mechanism = 'tracepoint' | 'kprobe' | 'fentry' | 'lsm';
  * (refused at load), `NO_KPROBES` (no CONFIG_KPROBES), `NO_BTF` (no kernel
  * BTF), `NO_BTF_FUNC`, `LSM_INACTIVE` (BPF LSM not in the active LSM list),
  * `NO_PRIVILEGES` (missing CAP_BPF/CAP_PERFMON), `NO_TRACEPOINT`,
+ * `PREEMPT_FULL` (the guard's LSM program on a fully preemptible kernel
+ * whose trampoline would skip it on a CPU where a decision is preempted),
  * `VERIFIER` or `ATTACH_FAILED`. Lockdown, when active, is named in `reason`.
  */
 export interface Denial {

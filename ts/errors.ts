@@ -40,7 +40,9 @@ export const CHROOT_GUARD_ERROR_CODES = [
  *   than root could change: it, a directory above it or a symbolic link on the way is owned by another user or writable
  *   by group or others (see `UnsafePolicyFileError`).
  * - `LSM_UNAVAILABLE`: the BPF LSM cannot run on this kernel, or it lacks a BPF feature
- *   the policy program needs (`bpf_loop()`; `doctor` says which).
+ *   the policy program needs (`bpf_loop()`; `doctor` says which), or it preempts kernel
+ *   code and would skip a decision preempted on a CPU (`PREEMPT_FULL` in the reason:
+ *   5.17 to 6.1 before the kernel left that recursion check to tracing programs).
  * - `MOUNT_FAILED`: tracefs or bpffs is missing and could not be mounted.
  * - `PIN_FAILED`: pinning a guard in bpffs, or reading, updating or removing a pinned one, failed.
  * - `NATIVE_UNAVAILABLE`: the native addon could not be loaded (platform, install).

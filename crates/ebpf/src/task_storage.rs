@@ -33,11 +33,12 @@ const BUSY_WAIT_NS: u64 = 50_000_000;
 /// Tries it makes at least, whatever the clock says: time the thread did
 /// not run (its CPU lent to a holder or to other threads, or a virtual
 /// CPU stalled by its host) passes the deadline without a try, and the
-/// holder only runs while this thread lets the CPU go. A few ms of trying
-/// on the development host, about 30 of this thread's time slices under
-/// emulation (TCG). Not more: a holder that still has not run is one the
-/// scheduler starves (a `SCHED_IDLE` thread beside busy ones), which
-/// waiting longer only starves further.
+/// holder only runs while this thread lets the CPU go. Some 4 ms of
+/// lookups on the development host (estimated at 30 ns a try, under the
+/// 50 ms), a few of this thread's time slices under emulation. Not more:
+/// a holder that still has not run is one the scheduler starves (a
+/// `SCHED_IDLE` thread beside busy ones), which waiting longer only
+/// starves further (docs/platform.md).
 const BUSY_WAIT_MIN_TRIES: u64 = 1 << 17;
 #[cfg(not(feature = "legacy"))]
 /// Upper bound on its tries (`bpf_loop`'s own limit is 1 << 23).
@@ -93,8 +94,9 @@ impl<T> TaskStorage<T> {
     }
 
     /// [`current`](Self::current) for a program that must not take a
-    /// spurious `None` (the BPF LSM program, which then denies): up to 6.1 the helper only try-locks a per-CPU busy
-    /// mark, and on a preemptible kernel a thread preempted inside it on
+    /// spurious `None` (the BPF LSM program, which then denies, and the
+    /// fentry/fexit programs, which then lose the call): up to 6.1 the
+    /// helper only try-locks a per-CPU busy mark, and on a preemptible kernel a thread preempted inside it on
     /// this CPU makes every other thread's call there fail, which any
     /// local user can arrange with a few threads. So on `None` this tries
     /// again in a `bpf_loop` (5.17+) until the holder has run (the program

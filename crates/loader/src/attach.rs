@@ -403,6 +403,26 @@ pub fn preemption_refusal(mode: Mode) -> Option<Refusal> {
     })
 }
 
+/// Code `PREEMPT_FULL` and the reason for the guard's `lsm/path_chroot`
+/// where the kernel preempts kernel code ([`sys::full_preemption`]) and
+/// its BPF trampoline still keeps LSM programs from running twice on one
+/// CPU: 5.17 to 6.1 before the change that left that check to tracing
+/// programs (`__bpf_prog_enter_recur`, 6.2 and 6.1 stable). There a
+/// decision preempted on a CPU makes the kernel skip the program, so
+/// allow, every other chroot on that CPU, which any local user can bring
+/// about; `None` elsewhere. Reads `/proc/kallsyms` only on a fully
+/// preemptible kernel.
+pub fn lsm_preemption_refusal() -> Option<(&'static str, String)> {
+    let evidence = sys::full_preemption()?;
+    if sys::kallsyms_has("__bpf_prog_enter_recur") {
+        return None;
+    }
+    Some(("PREEMPT_FULL", format!("{evidence}: {LSM_PREEMPT_FULL_REASON}")))
+}
+
+/// Why the guard is refused by [`lsm_preemption_refusal`].
+const LSM_PREEMPT_FULL_REASON: &str = "this kernel's BPF trampoline skips an LSM program entered on a CPU where it is already running, which a preempted decision is, and the skipped chroot is allowed: boot with preempt=voluntary (or echo voluntary > /sys/kernel/debug/sched/preempt), or use a kernel with __bpf_prog_enter_recur in /proc/kallsyms (6.2+, or 6.1 stable)";
+
 /// Hands what the attempts found to [`Memory::learn`] when it can change
 /// what is remembered: a forced mode (its memory was not read), a refusal
 /// certain to repeat, or a remembered mode that attached after all. A

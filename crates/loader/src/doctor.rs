@@ -21,7 +21,7 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    attach::{classify, classify_lsm, preemption_refusal, try_mode, Denial, Failure, KernelContext},
+    attach::{classify, classify_lsm, lsm_preemption_refusal, preemption_refusal, try_mode, Denial, Failure, KernelContext},
     btf,
     error::{Error, Refusal},
     features::{self, FeatureFact},
@@ -132,11 +132,6 @@ fn uname() -> (String, String) {
     (s(&u.release), s(&u.machine))
 }
 
-fn kallsyms_has(name: &str) -> bool {
-    std::fs::read_to_string("/proc/kallsyms")
-        .map(|s| s.lines().any(|l| l.split_whitespace().nth(2) == Some(name)))
-        .unwrap_or(false)
-}
 
 /// Whether the kernel has `point`; `None` when that cannot be told.
 pub fn present(point: &AttachPoint, kernel_btf: Option<&btf_rs::Btf>) -> Option<bool> {
@@ -154,7 +149,7 @@ pub fn present(point: &AttachPoint, kernel_btf: Option<&btf_rs::Btf>) -> Option<
             }
         }
         PointKind::Function | PointKind::LsmHook => {
-            Some(kernel_btf.is_some_and(|b| btf::has_func(b, point.name)) || kallsyms_has(point.name))
+            Some(kernel_btf.is_some_and(|b| btf::has_func(b, point.name)) || sys::kallsyms_has(point.name))
         }
     }
 }
@@ -196,6 +191,9 @@ pub fn attach_check(ebpf: &mut Ebpf, mechanism: Mechanism, target: &str, kernel:
             p.attach().map_err(d("attach"))?;
         }
         Mechanism::Lsm => {
+            if let Some((code, reason)) = lsm_preemption_refusal() {
+                return Err(Denial { code, errno: None, reason, verifier_log: None });
+            }
             let b = kernel.aya_btf().ok_or_else(no_btf)?;
             let p: &mut Lsm = prog.try_into().map_err(wrong)?;
             p.load(LSM_HOOK, b).map_err(|e| classify_lsm(program, "load", &e))?;

@@ -23,7 +23,7 @@ use chroot_guard_common::{
 };
 
 use crate::{
-    attach::{classify_lsm, KernelContext},
+    attach::{classify_lsm, lsm_preemption_refusal, KernelContext},
     error::Error,
     features,
     pin,
@@ -62,7 +62,8 @@ impl Guard {
     /// # Errors
     /// [`Error::InvalidArgument`] for a policy that does not compile;
     /// [`Error::LsmUnavailable`] when the kernel will not run the BPF LSM
-    /// program (with the reason `doctor` gives); the errors of
+    /// program (with the reason `doctor` gives), or would skip it under
+    /// preemption (`PREEMPT_FULL`, [`lsm_preemption_refusal`]); the errors of
     /// [`KernelContext::probe`]. Nothing stays loaded after an error.
     pub fn open<S: Sink>(policy: &Policy, ring_buffer_bytes: u32, sink: S) -> Result<Guard, Error> {
         let compiled = compile(policy)?;
@@ -70,6 +71,9 @@ impl Guard {
         let missing = features::missing_for_guard(&kernel.btf);
         if !missing.is_empty() {
             return Err(Error::LsmUnavailable { code: "MISSING_FEATURE", reason: features::describe(&missing) });
+        }
+        if let Some((code, reason)) = lsm_preemption_refusal() {
+            return Err(Error::LsmUnavailable { code, reason });
         }
         // The features are there, but the legacy object was asked for.
         if let Some(why) = &kernel.legacy_reason {

@@ -240,6 +240,15 @@ pub fn full_preemption() -> Option<String> {
     None
 }
 
+/// Whether `/proc/kallsyms` names the kernel symbol `name` (names are
+/// listed to every user; false when the file cannot be read). Reads the
+/// whole file, some 10 MB: for checks off the common path.
+pub fn kallsyms_has(name: &str) -> bool {
+    std::fs::read_to_string("/proc/kallsyms")
+        .map(|s| s.lines().any(|l| l.split_whitespace().nth(2) == Some(name)))
+        .unwrap_or(false)
+}
+
 /// Whether the kernel can create kprobes: a `kprobe` PMU (4.17+) or a
 /// `kprobe_events` file in tracefs. Both are absent without `CONFIG_KPROBES`.
 pub fn has_kprobes() -> bool {
