@@ -11,7 +11,7 @@
  * host included, in watch.test.ts.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, realpathSync, statSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootGuard, type ChrootDecision, type Policy } from '../ts/index.js';
 import { attackBench, guarded, sleep, SLOWDOWN, threadedCalls, UNREACHABLE_VARIANTS, type Attack, type AttackBench, type Guarded } from './helpers.js';
@@ -91,32 +91,44 @@ describe.skipIf(!LSM)(lsmTitle(`guard: directories reached without their path`),
     // Few busy threads: the kernel's RCU, which a preempted idle thread
     // holds up too, reports a stall (and `cargo xtask test` panics) once
     // they starve it for 21 s.
+    //
+    // Where the helper try-locks its mark (up to 6.1) under full
+    // preemption, rounds run until one call was decided without memory, so
+    // the rule is shown exercised, not only unbroken; elsewhere the attack
+    // cannot hold the mark and one round shows nothing gets through.
     const [a, b] = [`${dir}/deny/inner`, `${dir}/open`];
     const [N, K] = [4, 400];
-    const before = g.guard.stats().lsmErrors;
-    const { pid, idlePid, threads } = threadedCalls(bench, N, K, a, b, 'starve');
-    g.ignore(idlePid!);
-    expect(threads).toHaveLength(N);
-    // The calls' results are the truth; the decisions say why. Allow
-    // records give way to deny records once the ring buffer is half full,
-    // as the idle threads' flood makes it, so only the denials are awaited.
-    for (const t of threads) expect(t).toMatchObject({ aOk: 0, aEperm: K });
-    const bFailed = threads.reduce((n, t) => n + t.other, 0);
-    const deadline = Date.now() + 60_000 * SLOWDOWN;
-    let denied = (await g.decisionsOf(pid, 0)).filter((d) => d.denied);
-    while (denied.length < N * K + bFailed && Date.now() < deadline) {
-      await sleep(100);
-      denied = (await g.decisionsOf(pid, 0)).filter((d) => d.denied);
+    const reachable = storageTryLocks() && fullyPreemptible();
+    let failedTotal = 0;
+    for (let round = 1; round <= (reachable ? 8 : 1) && failedTotal === 0; round++) {
+      const before = g.guard.stats().lsmErrors;
+      const { pid, idlePid, threads } = threadedCalls(bench, N, K, a, b, 'starve');
+      g.ignore(idlePid!);
+      expect(threads).toHaveLength(N);
+      // The calls' results are the truth; the decisions say why. Allow
+      // records give way to deny records once the ring buffer is half full,
+      // as the idle threads' flood makes it, so only the denials are awaited.
+      for (const t of threads) expect(t).toMatchObject({ aOk: 0, aEperm: K });
+      const bFailed = threads.reduce((n, t) => n + t.other, 0);
+      const deadline = Date.now() + 60_000 * SLOWDOWN;
+      let denied = (await g.decisionsOf(pid, 0)).filter((d) => d.denied);
+      while (denied.length < N * K + bFailed && Date.now() < deadline) {
+        await sleep(100);
+        denied = (await g.decisionsOf(pid, 0)).filter((d) => d.denied);
+      }
+      const failed = denied.filter((d) => d.reason === 'internal-error');
+      console.log(`round ${round}: ${N} threads beside ${N} at SCHED_IDLE: ${2 * N * K} calls, ${failed.length} decided without per-thread memory (denied; ${bFailed} of them calls in the allowed directory), lsmErrors +${g.guard.stats().lsmErrors - before}`);
+      expect(denied).toHaveLength(N * K + bFailed);
+      expect(failed.filter((d) => d.error !== 'ENOMEM' || d.action !== 'deny')).toEqual([]);
+      // Every call in `a` denied by the rule or without memory; every failed
+      // call in `b` without memory.
+      expect(denied.filter((d) => d.reason !== 'internal-error' && d.ruleId !== 'no-deny')).toEqual([]);
+      expect(denied.filter((d) => d.ruleId === 'no-deny')).toHaveLength(N * K - (failed.length - bFailed));
+      for (const t of threads) expect(t.bOk + t.other).toBe(K);
+      failedTotal += failed.length;
     }
-    const failed = denied.filter((d) => d.reason === 'internal-error');
-    console.log(`${N} threads beside ${N} at SCHED_IDLE: ${2 * N * K} calls, ${failed.length} decided without per-thread memory (denied; ${bFailed} of them calls in the allowed directory), lsmErrors +${g.guard.stats().lsmErrors - before}`);
-    expect(denied).toHaveLength(N * K + bFailed);
-    expect(failed.filter((d) => d.error !== 'ENOMEM' || d.action !== 'deny')).toEqual([]);
-    // Every call in `a` denied by the rule or without memory; every failed
-    // call in `b` without memory.
-    expect(denied.filter((d) => d.reason !== 'internal-error' && d.ruleId !== 'no-deny')).toEqual([]);
-    expect(denied.filter((d) => d.ruleId === 'no-deny')).toHaveLength(N * K - (failed.length - bFailed));
-    for (const t of threads) expect(t.bOk + t.other).toBe(K);
+    if (reachable) expect(failedTotal, 'no round held the busy mark past the wait: the rule went unexercised').toBeGreaterThan(0);
+    else console.log('no call can be decided without memory here: task storage takes its busy mark unconditionally (bpf_task_storage_get_recur), or the kernel does not preempt the helper');
   }, 300_000);
 });
 
@@ -315,3 +327,17 @@ describe.skipIf(!LSM)(lsmTitle(`guard: calls racing policy updates`), () => {
     expect(stats.lsmErrors).toBe(denied);
   }, 300_000);
 });
+
+/** Whether `bpf_task_storage_get` only try-locks its busy mark for LSM programs: no `bpf_task_storage_get_recur` (6.2+; Debian's 6.1.192 has none). */
+function storageTryLocks(): boolean {
+  return !/ bpf_task_storage_get_recur$/m.test(readFileSync('/proc/kallsyms', 'utf8'));
+}
+
+/** Whether the kernel preempts kernel code now (the debugfs switch says `(full)`). */
+function fullyPreemptible(): boolean {
+  try {
+    return readFileSync('/sys/kernel/debug/sched/preempt', 'utf8').includes('(full)');
+  } catch {
+    return false;
+  }
+}

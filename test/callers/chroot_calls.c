@@ -51,8 +51,9 @@
  *   chroot_calls starve N K A B
  *                              "threads" with every thread on CPU 0 and,
  *                              beside them, N threads at SCHED_IDLE
- *                              calling chroot in B until the others are
- *                              done, and a 50 µs sleep after each call of
+ *                              calling chroot in B, each call from a new
+ *                              thread, until the others are done, and a
+ *                              50 µs sleep after each call of
  *                              the others: each wakeup preempts an idle
  *                              thread wherever it is, and on a
  *                              preemptible kernel an idle thread
@@ -127,16 +128,28 @@ static void *take_turns(void *arg) {
   return 0;
 }
 
-/* An idle thread of "starve": SCHED_IDLE, chroot(".") in B until killed
- * (through a directory fd, as in take_turns: after the first call B is
- * the thread's root, and its path no longer names it). A failed call is
- * the guard's to report. */
+/* One call of an idle thread's short-lived thread: chroot(".") in the
+ * directory `arg` points to (its fd), with a root of its own. A failed
+ * call is the guard's to report. */
+static void *idle_call(void *arg) {
+  if (unshare(CLONE_FS) == 0 && fchdir(*(int *)arg) == 0) chroot(".");
+  return 0;
+}
+
+/* An idle thread of "starve": SCHED_IDLE, then a new thread per call
+ * until killed (each inherits SCHED_IDLE). A thread's first decision
+ * allocates its task storage, the longest time the helper holds its busy
+ * mark. B through a directory fd: a path names nothing once it is the
+ * caller's root. */
 static void *idle_calls(void *arg) {
   int b = open(arg, O_PATH | O_DIRECTORY | O_CLOEXEC);
   struct sched_param p = {0};
-  if (b < 0 || sched_setscheduler(0, SCHED_IDLE, &p) != 0 || unshare(CLONE_FS) != 0) exit(2);
-  for (;;)
-    if (fchdir(b) == 0) chroot(".");
+  if (b < 0 || sched_setscheduler(0, SCHED_IDLE, &p) != 0) exit(2);
+  for (;;) {
+    pthread_t one;
+    if (pthread_create(&one, 0, idle_call, &b) != 0) exit(2);
+    pthread_join(one, 0);
+  }
 }
 
 int main(int argc, char **argv) {
