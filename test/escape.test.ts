@@ -14,7 +14,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chrootGuard, type ChrootDecision, type Policy } from '../ts/index.js';
-import { attackBench, guarded, sleep, SLOWDOWN, threadedCalls, UNREACHABLE_VARIANTS, type Attack, type AttackBench, type Guarded } from './helpers.js';
+import { attackBench, guarded, preemption, sleep, SLOWDOWN, threadedCalls, UNREACHABLE_VARIANTS, type Attack, type AttackBench, type Guarded } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 
@@ -98,7 +98,7 @@ describe.skipIf(!LSM)(lsmTitle(`guard: directories reached without their path`),
     // cannot hold the mark and one round shows nothing gets through.
     const [a, b] = [`${dir}/deny/inner`, `${dir}/open`];
     const [N, K] = [4, 400];
-    const reachable = storageTryLocks() && fullyPreemptible();
+    const reachable = storageTryLocks() && preemption() === 'full';
     let failedTotal = 0;
     for (let round = 1; round <= (reachable ? 8 : 1) && failedTotal === 0; round++) {
       const before = g.guard.stats().lsmErrors;
@@ -331,13 +331,4 @@ describe.skipIf(!LSM)(lsmTitle(`guard: calls racing policy updates`), () => {
 /** Whether `bpf_task_storage_get` only try-locks its busy mark for LSM programs: no `bpf_task_storage_get_recur` (6.2+; Debian's 6.1.192 has none). */
 function storageTryLocks(): boolean {
   return !/ bpf_task_storage_get_recur$/m.test(readFileSync('/proc/kallsyms', 'utf8'));
-}
-
-/** Whether the kernel preempts kernel code now (the debugfs switch says `(full)`). */
-function fullyPreemptible(): boolean {
-  try {
-    return readFileSync('/sys/kernel/debug/sched/preempt', 'utf8').includes('(full)');
-  } catch {
-    return false;
-  }
 }

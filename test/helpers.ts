@@ -165,6 +165,15 @@ export function attackBench(): AttackBench {
   };
 }
 
+/** The kernel's preemption now (`full`, `voluntary`, …: the debugfs switch `/sys/kernel/debug/sched/preempt`), or null where it cannot be read. */
+export function preemption(): string | null {
+  try {
+    return /\((\w+)\)/.exec(readFileSync('/sys/kernel/debug/sched/preempt', 'utf8'))?.[1] ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /** One thread of `chroot_calls threads`: its id and what its calls returned. */
 export interface Turns {
   readonly tid: number;

@@ -8,20 +8,12 @@
  * `/sys/kernel/debug/sched/preempt` switched to `full`; elsewhere the
  * kernel's preemption cannot be set from here, and the file says so.
  */
-import { readFileSync } from 'node:fs';
 import { firstValueFrom } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { callsLost } from '../ts/batch.js';
 import { chrootWatch, ChrootGuardError, doctor } from '../ts/index.js';
-import { attackBench, heldByThisProcess, record, sleep, threadedCalls } from './helpers.js';
+import { attackBench, heldByThisProcess, preemption, record, sleep, threadedCalls } from './helpers.js';
 
-function preemption(): string | null {
-  try {
-    return /\((\w+)\)/.exec(readFileSync('/sys/kernel/debug/sched/preempt', 'utf8'))?.[1] ?? null;
-  } catch {
-    return null;
-  }
-}
 const PREEMPTION = preemption();
 const FULL = PREEMPTION === 'full' || PREEMPTION === 'lazy';
 if (!FULL) {

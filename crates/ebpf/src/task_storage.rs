@@ -96,8 +96,9 @@ impl<T> TaskStorage<T> {
     /// [`current`](Self::current) for a program that must not take a
     /// spurious `None` (the BPF LSM program, which then denies, and the
     /// fentry/fexit programs, which then lose the call): up to 6.1 the
-    /// helper only try-locks a per-CPU busy mark, and on a preemptible kernel a thread preempted inside it on
-    /// this CPU makes every other thread's call there fail, which any
+    /// helper only try-locks a per-CPU busy mark, and on a preemptible
+    /// kernel a thread preempted inside it on this CPU makes every other
+    /// thread's call there fail, which any
     /// local user can arrange with a few threads. So on `None` this tries
     /// again in a `bpf_loop` (5.17+) until the holder has run (the program
     /// itself is preemptible, so the scheduler lets it): at least

@@ -132,7 +132,6 @@ fn uname() -> (String, String) {
     (s(&u.release), s(&u.machine))
 }
 
-
 /// Whether the kernel has `point`; `None` when that cannot be told.
 pub fn present(point: &AttachPoint, kernel_btf: Option<&btf_rs::Btf>) -> Option<bool> {
     match point.kind {
