@@ -12,7 +12,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, compileC, ndjson, sleep, TEST_MODE, type StreamRecord } from './helpers.js';
+import { CLI, compileC, ndjson, sleep, SLOWDOWN, TEST_MODE, type StreamRecord } from './helpers.js';
 import { freePort, get, samples } from './http.js';
 
 const PROMETHEUS = '/usr/bin/prometheus';
@@ -200,7 +200,14 @@ describe('agent /metrics and /healthz', () => {
         expect(count - first.get(labels)!, labels).toBeGreaterThanOrEqual(n);
         expect(seconds.get(labels), labels).toBeGreaterThan(0);
       }
-      expect(samples(text, 'chroot_guard_chroot_calls_total').get('{result="ok"}')).toBe(n);
+      // The events reach the agent after the calls return: the reader
+      // thread hands them over in batches, so the count is awaited.
+      let calls = samples(text, 'chroot_guard_chroot_calls_total').get('{result="ok"}');
+      for (const deadline = Date.now() + 10_000 * SLOWDOWN; calls !== n && Date.now() < deadline; ) {
+        await sleep(50);
+        calls = samples(((await get(port, '/metrics')) as { body: string }).body, 'chroot_guard_chroot_calls_total').get('{result="ok"}');
+      }
+      expect(calls).toBe(n);
     } finally {
       writeFileSync(sysctl, before);
       expect(await agent.stop()).toBe(0);
