@@ -50,6 +50,14 @@ pub const COMM_LEN: usize = 16;
 /// multiple of the page size, as `BPF_MAP_TYPE_RINGBUF` requires).
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 
+/// Least time, in ns, between two wakeups of the ring buffer's reader
+/// while it keeps up (50 µs: at most 20,000 a second; a ring an eighth
+/// full wakes it regardless). A record that comes sooner after a wakeup,
+/// or finds a record before it still unread, gets no wakeup and waits
+/// until the reader (`crates/loader/src/reader.rs`) looks again: within
+/// twice this when records trickle in, within 1 ms in a stream.
+pub const WAKEUP_NS: u64 = 50_000;
+
 /// Threads the legacy object (kernels before 5.12, watch only) keeps a
 /// call in flight for at once: its per-thread state is a preallocated hash
 /// map of about 20 KiB a thread, 5 MiB in all. A call beyond it is counted

@@ -7,7 +7,7 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated},
 };
 use chroot_guard_common::{
-    filter_flags, flags, ChrootEvent, Counter, EventKind, Mode, EVENT_HEADER_BYTES, PATH_MAX,
+    filter_flags, flags, ChrootEvent, Counter, EventKind, Mode, EVENT_HEADER_BYTES, PATH_MAX, WAKEUP_NS,
 };
 
 use crate::{
@@ -17,10 +17,6 @@ use crate::{
 #[cfg(not(feature = "legacy"))]
 use crate::CG_CALLER_CACHE;
 
-/// Least time between two wakeups of the reader for a caught-up ring
-/// (50 µs: at most 20,000 wakeups a second).
-const WAKEUP_NS: u64 = 50_000;
-
 /// Copies the used part of `ev` (header and paths) to the ring buffer.
 ///
 /// Wakeup policy: the kernel's default wakes the reader for a record
@@ -29,8 +25,8 @@ const WAKEUP_NS: u64 = 50_000;
 /// reader when the reader had caught up (the ring was empty: latency
 /// matters, the reader is idle) and the last wakeup is older than
 /// [`WAKEUP_NS`], or when the ring is an eighth full (throughput matters).
-/// Records in between accumulate; the reader polls every millisecond for a
-/// short while after activity, so none waits longer than about that.
+/// Records in between accumulate until the reader looks again: within
+/// 2 × [`WAKEUP_NS`] when records trickle in, within 1 ms in a stream.
 #[inline(always)]
 pub fn send(ev: &ChrootEvent) -> Result<(), i32> {
     let ring = core::ptr::from_ref(&CG_EVENTS).cast_mut().cast();

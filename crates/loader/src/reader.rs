@@ -26,7 +26,7 @@ use std::{
 };
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use chroot_guard_common::Counter;
+use chroot_guard_common::{Counter, WAKEUP_NS};
 
 use crate::kretprobe::MissCounter;
 
@@ -291,8 +291,60 @@ impl Drop for Reader {
 /// How long after the last record the reader keeps polling every ms.
 const RECENT: Duration = Duration::from_millis(3);
 
-/// Poll interval while records may be waiting without a wakeup.
+/// Poll interval shortly after activity in a stream: the programs do not
+/// wake the reader for a record that comes within [`WAKEUP_NS`] of a
+/// wakeup, nor for one that finds a record before it still unread, so
+/// this finds them there.
 const SHORT_POLL: Duration = Duration::from_millis(1);
+
+/// Poll interval in a trickle ([`TRICKLE_RECORDS`]) after a read that found
+/// records, and while they wait for the consumer to finish the batch
+/// before (for [`ReaderConfig::max_hold`] at most): twice [`WAKEUP_NS`], so
+/// a record that got no wakeup, or that the consumer kept waiting, goes
+/// out within this rather than [`SHORT_POLL`] (at 1,000 records a second,
+/// 1 ms was the latency's 99th percentile in `bench/`).
+const QUICK_POLL: Duration = Duration::from_nanos(2 * WAKEUP_NS);
+
+/// A trickle: at most this many records found over the last one to two
+/// [`SHORT_POLL`]s (up to about 8,000 a second), where each record's latency
+/// matters and [`QUICK_POLL`] costs at most one wakeup per read that found
+/// some. More is a stream, where waiting [`SHORT_POLL`] gathers larger
+/// batches: polling every 100 µs there too cost the JavaScript subscriber
+/// 200 to 400 ns more per chroot(2) at full speed (`bench/`).
+const TRICKLE_RECORDS: u32 = 8;
+
+/// Records found by recent reads, counted per [`SHORT_POLL`] window: the
+/// rate that tells a trickle from a stream ([`TRICKLE_RECORDS`]).
+struct Rate {
+    /// Start of the current window.
+    since: Instant,
+    /// Records found in the current window.
+    now: u32,
+    /// Records found in the window before, when it was the one just before.
+    before: u32,
+}
+
+impl Rate {
+    fn new() -> Self {
+        Rate { since: Instant::now(), now: 0, before: 0 }
+    }
+
+    /// Counts `n` records found at `at`.
+    fn add(&mut self, at: Instant, n: u32) {
+        let age = at.duration_since(self.since);
+        if age >= SHORT_POLL {
+            self.before = if age < 2 * SHORT_POLL { self.now } else { 0 };
+            self.now = 0;
+            self.since = at;
+        }
+        self.now = self.now.saturating_add(n);
+    }
+
+    /// Whether the records found lately are a trickle.
+    fn trickle(&self) -> bool {
+        self.now.saturating_add(self.before) <= TRICKLE_RECORDS
+    }
+}
 
 /// [`Reader::finish`] gives up when the consumer has not finished a batch
 /// for this long (a JS thread that stopped turning its event loop).
@@ -334,17 +386,24 @@ fn run<S: Sink>(
     let mut lost = Lost::default();
     let mut lost_dirty = false;
     let mut lost_read_at = Instant::now();
+    let mut found = false;
+    let mut rate = Rate::new();
     loop {
         let full = batch.data.len() >= cfg.max_batch_bytes;
         let waiting = batch.events > 0 || lost_dirty;
         // The programs do not wake us for every record (`event::send` in
-        // crates/ebpf): shortly after activity, look every millisecond for
-        // records that arrived without a wakeup.
+        // crates/ebpf): after a read that found some, look again for those
+        // that got no wakeup, soon in a trickle, within SHORT_POLL in a
+        // stream.
         let recent = last_event.is_some_and(|t| t.elapsed() < RECENT);
+        let quick = rate.trickle()
+            && (found || held_since.is_some_and(|t| batch.events > 0 && t.elapsed() < cfg.max_hold));
         // Held (the consumer waits on purpose, for as long as it takes): no
         // batch can go, so look no more often than for the counters.
         let timeout = if sink.held() {
             cfg.counters_every
+        } else if quick {
+            QUICK_POLL
         } else if waiting || recent {
             SHORT_POLL
         } else {
@@ -374,12 +433,17 @@ fn run<S: Sink>(
             }
             return;
         }
+        let before = batch.events;
         while batch.data.len() < cfg.max_batch_bytes {
             let Some(item) = ring.next() else { break };
             push_record(&mut batch.data, &item);
             batch.events += 1;
         }
+        found = batch.events > before;
         let now = Instant::now();
+        if found {
+            rate.add(now, batch.events - before);
+        }
         if batch.events > 0 {
             last_event = Some(now);
             if held_since.is_none() {
