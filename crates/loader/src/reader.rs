@@ -4,8 +4,9 @@
 //!
 //! Batching policy: when the consumer is idle a batch goes out as soon as the
 //! ring buffer is drained (lowest latency); while the consumer is busy the
-//! batch grows, and goes out when the consumer frees up, when it reaches
-//! [`ReaderConfig::max_batch_bytes`], or after [`ReaderConfig::max_hold`].
+//! batch grows, and goes out when the consumer frees up or, where more than
+//! one batch may be in flight, when it reaches
+//! [`ReaderConfig::max_batch_bytes`] or after [`ReaderConfig::max_hold`].
 //! At most [`ReaderConfig::max_in_flight`] batches wait for the consumer;
 //! beyond that the thread stops draining, the kernel's ring buffer fills
 //! and the programs count what they could not write (`CG_COUNTERS`).
@@ -135,7 +136,11 @@ pub struct ReaderConfig {
     /// consumer (see `binding::lifecycle::JsSink`): the reader fills the
     /// next batch meanwhile.
     pub max_in_flight: u32,
-    /// Longest a record waits in a batch while the consumer is busy.
+    /// Where more than one batch may be in flight, the longest a record
+    /// waits in a batch while the consumer is busy (with one, a batch goes
+    /// when the consumer has finished the one before); also how long after
+    /// a waiting batch's first record the reader polls for it quickly
+    /// (`QUICK_POLL`).
     pub max_hold: Duration,
     /// How often the lost counters are read while idle.
     pub counters_every: Duration,
@@ -299,22 +304,26 @@ const SHORT_POLL: Duration = Duration::from_millis(1);
 
 /// Poll interval in a trickle ([`TRICKLE_RECORDS`]) after a read that found
 /// records, and while they wait for the consumer to finish the batch
-/// before (for [`ReaderConfig::max_hold`] at most): twice [`WAKEUP_NS`], so
-/// a record that got no wakeup, or that the consumer kept waiting, goes
-/// out within this rather than [`SHORT_POLL`] (at 1,000 records a second,
-/// 1 ms was the latency's 99th percentile in `bench/`).
+/// before (until [`ReaderConfig::max_hold`] after the batch's first record
+/// was read): twice [`WAKEUP_NS`], so a record that got no wakeup, or that
+/// the consumer kept waiting, goes out within this rather than
+/// [`SHORT_POLL`] (with three callers at 1,000 calls a second each, 8 to
+/// 12 % of the records waited 0.8 to 1.2 ms in `bench/`).
 const QUICK_POLL: Duration = Duration::from_nanos(2 * WAKEUP_NS);
 
-/// A trickle: at most this many records found over the last one to two
-/// [`SHORT_POLL`]s (up to about 8,000 a second), where each record's latency
-/// matters and [`QUICK_POLL`] costs at most one wakeup per read that found
-/// some. More is a stream, where waiting [`SHORT_POLL`] gathers larger
+/// A trickle: at most this many records found in the current [`Rate`]
+/// window and the one before (1 to 3 ms; a steady rate up to about 4,000 a
+/// second), where each record's latency matters and [`QUICK_POLL`] costs a
+/// wakeup per read that found some, and up to 20 while a batch waits for
+/// the consumer. More is a stream, where waiting [`SHORT_POLL`] gathers larger
 /// batches: polling every 100 µs there too cost the JavaScript subscriber
 /// 200 to 400 ns more per chroot(2) at full speed (`bench/`).
 const TRICKLE_RECORDS: u32 = 8;
 
-/// Records found by recent reads, counted per [`SHORT_POLL`] window: the
-/// rate that tells a trickle from a stream ([`TRICKLE_RECORDS`]).
+/// Records found by recent reads, counted per window of at least
+/// [`SHORT_POLL`] (a window begins at the first read that finds records
+/// once the one before is that old): the rate that tells a trickle from a
+/// stream ([`TRICKLE_RECORDS`]).
 struct Rate {
     /// Start of the current window.
     since: Instant,
