@@ -491,6 +491,10 @@ pub struct KernelOffsets {
     pub dentry_hash_pprev: u32,
     /// `cred.uid`
     pub cred_uid: u32,
+    /// `cred.gid`
+    pub cred_gid: u32,
+    /// `task_struct.pid`: the thread id.
+    pub task_pid: u32,
     /// `task_struct.start_boottime`
     pub task_start_boottime: u32,
     /// `task_struct.self_exec_id`: one more on each execve(2) of the task.

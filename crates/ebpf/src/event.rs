@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_uid_gid, generated},
+    helpers::generated,
 };
 use chroot_guard_common::{
     filter_flags, flags, ChrootEvent, Counter, EventKind, Mode, EVENT_HEADER_BYTES, PATH_MAX, WAKEUP_NS,
@@ -27,13 +27,16 @@ use crate::CG_CALLER_CACHE;
 /// [`WAKEUP_NS`], or when the ring is an eighth full (throughput matters).
 /// Records in between accumulate until the reader looks again: within
 /// 2 × [`WAKEUP_NS`] when records trickle in, within 1 ms in a stream.
+///
+/// The time of the send is the record's `ts_ns`, which every caller has
+/// just read: a clock read costs about 60 ns on the development host.
 #[inline(always)]
 pub fn send(ev: &ChrootEvent) -> Result<(), i32> {
     let ring = core::ptr::from_ref(&CG_EVENTS).cast_mut().cast();
+    let now = ev.ts_ns;
     // SAFETY: helpers without preconditions beyond a ring buffer map.
-    let (now, avail, size) = unsafe {
+    let (avail, size) = unsafe {
         (
-            generated::bpf_ktime_get_boot_ns(),
             generated::bpf_ringbuf_query(ring, u64::from(BPF_RB_AVAIL_DATA)),
             generated::bpf_ringbuf_query(ring, u64::from(BPF_RB_RING_SIZE)),
         )
@@ -151,9 +154,9 @@ pub unsafe fn clear_header_at(p: *mut u64) {
 pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     // Before any branch: see `kernel::Task`.
     let task = kernel::Task::current();
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let cred = kernel::cred(&task);
+    let (pid_tgid, uid_gid) = kernel::current_ids(&task, cred);
     let tgid = (pid_tgid >> 32) as u32;
-    let uid_gid = bpf_get_current_uid_gid();
     let comm = kernel::current_comm()?;
     if !wanted(tgid, uid_gid as u32, &comm) {
         return Ok(());
@@ -176,7 +179,7 @@ pub fn begin(filename: *const u8, mode: Mode) -> Result<(), Error> {
     clear_header(ev);
     ev.kind = EventKind::Chroot as u8;
     ev.mode = mode as u8;
-    fill_identity(ev, &task, pid_tgid, uid_gid, comm, root, caller_cache().map(|c| &mut c.ids));
+    fill_identity(ev, &task, cred, pid_tgid, uid_gid, comm, root, caller_cache().map(|c| &mut c.ids));
     ev.arg_addr = filename as u64;
     read_argument(ev, filename);
     Ok(())
@@ -196,13 +199,15 @@ fn read_argument_late(ev: &mut ChrootEvent) {
 
 /// Fills who is calling: ids, comm, time, cgroup, namespaces, the
 /// executable's identity, and whether the caller is already chrooted, from
-/// `root`, the caller's [`kernel::fs_root`], which the caller has read for
-/// its own use too. Reads of kernel memory are best effort: a failed read
+/// `cred` ([`kernel::cred`]), `pid_tgid` and `uid_gid`
+/// ([`kernel::current_ids`]) and `root`, the caller's [`kernel::fs_root`],
+/// which the caller has read for its own use too. Reads of kernel memory are best effort: a failed read
 /// leaves the field zero.
 #[inline(always)]
 pub fn fill_identity(
     ev: &mut ChrootEvent,
     task: &kernel::Task,
+    cred: *const u8,
     pid_tgid: u64,
     uid_gid: u64,
     comm: [u8; 16],
@@ -220,7 +225,6 @@ pub fn fill_identity(
         ev.cgroup_id = generated::bpf_get_current_cgroup_id();
     }
     ev.ppid = kernel::parent_tgid(task);
-    let cred = kernel::cred(task);
     (ev.euid, ev.egid) = kernel::effective_ids(cred);
     ev.mnt_ns = kernel::mnt_ns_inum(task);
     ev.user_ns = kernel::user_ns_inum(cred);

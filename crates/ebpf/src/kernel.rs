@@ -1110,6 +1110,28 @@ pub fn root_facts(old_root: (*const u8, *const u8), new_root: (*const u8, *const
     flags::ROOTS_COMPARED | escapes | cwd
 }
 
+/// The caller's ids as `bpf_get_current_pid_tgid()` and
+/// `bpf_get_current_uid_gid()` return them (`tgid << 32 | pid`,
+/// `gid << 32 | uid`), loaded from `task` (`current`) and `cred`
+/// (`current->cred`): four loads instead of two helper calls, the second of
+/// which maps both ids through the initial user namespace, where they are
+/// the kernel's own values (together about 80 ns a call on the development
+/// host). In the legacy object, whose loads are helper reads, the helpers.
+#[inline(always)]
+pub fn current_ids(task: &Task, cred: *const u8) -> (u64, u64) {
+    #[cfg(not(feature = "legacy"))]
+    {
+        let (pid, tgid) = (load::<u32>(task.ptr, off!(task_pid)), load::<u32>(task.ptr, off!(task_tgid)));
+        let (uid, gid) = (real_uid(cred), load::<u32>(cred, off!(cred_gid)));
+        (u64::from(tgid) << 32 | u64::from(pid), u64::from(gid) << 32 | u64::from(uid))
+    }
+    #[cfg(feature = "legacy")]
+    {
+        let _ = (task, cred);
+        (aya_ebpf::helpers::bpf_get_current_pid_tgid(), aya_ebpf::helpers::bpf_get_current_uid_gid())
+    }
+}
+
 /// `cred->uid`: the real uid, as the initial user namespace sees it.
 #[inline(always)]
 pub fn real_uid(cred: *const u8) -> u32 {

@@ -429,6 +429,7 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     // Before any branch: see `kernel::Task`.
     let task = kernel::Task::current();
     let parent = kernel::ExeOwner::parent(&task);
+    let cred = kernel::cred(&task);
     // The decision's two per-thread values are taken once, waiting out a
     // busy task storage: a lookup that failed later would change the
     // decision. No value reads as NO_MEMORY (see `failure_action`). The
@@ -447,7 +448,8 @@ fn decide(ctx: &LsmContext, slot: u32, header: &PolicyHeader) -> Result<i32, Err
     // kept as a Result across the walk costs the verifier states.
     let root = kernel::fs_root(&task)?;
     let mut cache = caller_cache();
-    fill_identity(ev, &task, bpf_get_current_pid_tgid(), bpf_get_current_uid_gid(), comm, Ok(root), cache.as_mut().map(|c| &mut c.ids));
+    let (pid_tgid, uid_gid) = kernel::current_ids(&task, cred);
+    fill_identity(ev, &task, cred, pid_tgid, uid_gid, comm, Ok(root), cache.as_mut().map(|c| &mut c.ids));
     // The argument as passed, from the syscall's saved user registers
     // (`bpf_task_pt_regs` wants the BTF-typed task pointer, 5.15+).
     // SAFETY: helpers without preconditions beyond a BTF task pointer.

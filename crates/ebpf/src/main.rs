@@ -132,6 +132,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     mount_mnt_ns: 0,
     dentry_hash_pprev: 0,
     cred_uid: 0,
+    cred_gid: 0,
+    task_pid: 0,
     task_start_boottime: 0,
     task_self_exec_id: 0,
     fs_pwd: 0,

@@ -319,6 +319,8 @@ fn offsets_from(
         mount_mnt_ns: o("mount", "mnt_ns")?,
         dentry_hash_pprev: o("dentry", "d_hash")? + o("hlist_bl_node", "pprev")?,
         cred_uid: o("cred", "uid")?,
+        cred_gid: o("cred", "gid")?,
+        task_pid: o("task_struct", "pid")?,
         task_start_boottime: o("task_struct", "start_boottime")?,
         task_self_exec_id: o("task_struct", "self_exec_id")?,
         fs_pwd: o("fs_struct", "pwd")?,
