@@ -79,13 +79,16 @@ export function native(): Native {
  * Starts the addon's kernel probe on a thread (`prewarm` in
  * `crates/loader/src/attach.rs`): the kernel's BTF read and parsed while
  * the caller loads the rest of what it needs; the next session, guard,
- * `ps` or stack count takes the result. Quiet when the addon cannot load:
- * the command that needs it reports that.
+ * `ps` or stack count takes the result. With `speculate`, the thread then
+ * also creates the maps and loads (verifies) the programs a session with
+ * no options would attach first, unattached: a session with other options
+ * drops them and loads its own. Quiet when the addon cannot load: the
+ * command that needs it reports that.
  * @internal
  */
-export function prewarmKernel(): void {
+export function prewarmKernel(speculate = false): void {
   try {
-    native().prewarm();
+    native().prewarm(speculate);
   } catch {
     // NATIVE_UNAVAILABLE: the command reports it when it loads the addon.
   }

@@ -16,7 +16,7 @@ use aya::{
 };
 use chroot_guard_common::{
     probes::{probes_for, ProbeSpec, ProgramKind, Role, TRACEPOINT_CATEGORY},
-    Filter, KernelOffsets, Mode,
+    Filter, KernelOffsets, Mode, DEFAULT_RING_BUFFER_BYTES,
 };
 
 use crate::{
@@ -81,6 +81,20 @@ pub struct LoadOptions {
     /// [`COMPAT_OFF_REASON`]). fentry and kprobe modes see compat calls at
     /// no such cost.
     pub compat: bool,
+}
+
+impl Default for LoadOptions {
+    /// What `chrootWatch()` and `chroot-guard watch` load with no options:
+    /// [`ModeRequest::Auto`], no filter, a
+    /// [`DEFAULT_RING_BUFFER_BYTES`]-byte ring buffer, compat off.
+    fn default() -> Self {
+        LoadOptions {
+            mode: ModeRequest::Auto,
+            filter: Filter::default(),
+            ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+            compat: false,
+        }
+    }
 }
 
 /// Why compat calls go unseen in tracepoint mode when [`LoadOptions::compat`]
@@ -169,6 +183,9 @@ pub struct KernelContext {
     /// to skip the parse; made beside ours, it costs start-up no time where
     /// a second CPU is free.
     spare_loader: Mutex<Option<JoinHandle<EbpfLoader<'static>>>>,
+    /// Programs [`prewarm`] loaded before the options were known, for the
+    /// [`try_mode`] whose mode and inputs they match.
+    speculated: Mutex<Option<Speculated>>,
     /// The object this kernel gets: [`Object::Legacy`] where it lacks a
     /// feature of [`Need::FullObject`].
     pub object: Object,
@@ -257,6 +274,7 @@ impl KernelContext {
             aya_btf: OnceLock::new(),
             btf,
             spare_loader: Mutex::new(spare),
+            speculated: Mutex::new(None),
             object,
             legacy_reason,
         })
@@ -270,13 +288,79 @@ static PREWARMED: Mutex<Option<JoinHandle<Result<KernelContext, Error>>>> = Mute
 /// the next probe to take: a command that will load programs calls it
 /// first thing, so that reading and parsing the kernel's BTF (the largest
 /// part of start-up after Node.js's own) runs while the rest of the command
-/// line loads. It needs no privilege and changes nothing (the probe checks
-/// privileges and mounts tracefs and bpffs itself, first); does nothing
-/// when one is already started; a result that no one takes is dropped.
-pub fn prewarm() {
+/// line loads. That part needs no privilege and changes nothing (the probe
+/// checks privileges and mounts tracefs and bpffs itself, first). Does
+/// nothing when one is already started; a result that no one takes is
+/// dropped.
+///
+/// With `speculate`, the thread then also does the slowest step of a
+/// [`load`] with the default options ([`LoadOptions::default`]):
+/// it creates the maps and loads the programs (the verifier runs) of the
+/// mode `auto` would try first, unattached. A load with those options and
+/// that mode takes them ([`try_mode`]); otherwise they are dropped with the
+/// context, which closes every fd, and the load starts afresh. Without the
+/// privilege to create maps the speculation ends there, leaving nothing.
+pub fn prewarm(speculate: bool) {
     if let Ok(mut started) = PREWARMED.lock() {
         if started.is_none() {
-            *started = std::thread::Builder::new().name("cg-probe".into()).spawn(KernelContext::from_btf).ok();
+            *started = std::thread::Builder::new()
+                .name("cg-probe".into())
+                .spawn(move || {
+                    let kernel = KernelContext::from_btf()?;
+                    if speculate {
+                        kernel.speculate(&LoadOptions::default());
+                    }
+                    Ok(kernel)
+                })
+                .ok();
+        }
+    }
+}
+
+/// An object with one mode's programs loaded, not yet attached: what
+/// [`try_mode`] attaches, made by [`prepare`].
+struct Prepared {
+    ebpf: Ebpf,
+    /// The mode's programs in attach order (exit hooks first).
+    specs: Vec<&'static ProbeSpec>,
+    /// Each program's load, in `specs` order.
+    loaded: Vec<Result<(), Step>>,
+}
+
+/// A [`Prepared`] made before the options were known ([`prewarm`]), and
+/// what it was made for.
+struct Speculated {
+    mode: Mode,
+    /// [`memory::inputs`] of the options it assumed.
+    inputs: String,
+    prepared: Prepared,
+}
+
+impl KernelContext {
+    /// Prepares the mode an `auto` load with `opts` would try first: the
+    /// first of [`Mode::ALL`] that [`Memory`] does not remember refused and
+    /// [`precheck`] passes. Best effort: a failure leaves nothing.
+    fn speculate(&self, opts: &LoadOptions) {
+        let inputs = memory::inputs(&opts.filter, opts.ring_buffer_bytes, opts.compat);
+        let memory = Memory::recall();
+        let Some(mode) = Mode::ALL.into_iter().find(|&m| memory.refusal(m, &inputs).is_none() && precheck(m).is_ok())
+        else {
+            return;
+        };
+        if let Ok(prepared) = prepare(mode, self, &opts.filter, opts.ring_buffer_bytes, opts.compat) {
+            if let Ok(mut s) = self.speculated.lock() {
+                *s = Some(Speculated { mode, inputs, prepared });
+            }
+        }
+    }
+
+    /// The speculated programs, if they were made for `mode` and `inputs`.
+    fn take_speculated(&self, mode: Mode, inputs: &str) -> Option<Prepared> {
+        let mut s = self.speculated.lock().ok()?;
+        if s.as_ref().is_some_and(|s| s.mode == mode && s.inputs == inputs) {
+            s.take().map(|s| s.prepared)
+        } else {
+            None
         }
     }
 }
@@ -367,23 +451,26 @@ fn mode_index(mode: Mode) -> usize {
     Mode::ALL.iter().position(|m| *m == mode).unwrap_or(0)
 }
 
-/// One real attempt at `mode` (see [`try_mode`]). Without a kprobe PMU or
-/// `kprobe_events` no kprobe can attach: that is said without loading the
-/// object (`doctor` still tries for real).
+/// One real attempt at `mode`: [`precheck`], then [`try_mode`].
 fn attempt(mode: Mode, kernel: &KernelContext, opts: &LoadOptions) -> Result<(Programs, Vec<Refusal>), Failure> {
+    precheck(mode).map_err(Failure::Refused)?;
+    try_mode(mode, kernel, &opts.filter, opts.ring_buffer_bytes, opts.compat)
+}
+
+/// What refuses `mode` without loading the object: no kprobe PMU or
+/// `kprobe_events` (no kprobe can attach; `doctor` still tries for real),
+/// or [`preemption_refusal`].
+fn precheck(mode: Mode) -> Result<(), Refusal> {
     if mode == Mode::Kprobe && !sys::has_kprobes() {
         if let Some(spec) = probes_for(mode).next() {
-            return Err(Failure::Refused(Refusal {
+            return Err(Refusal {
                 code: "NO_KPROBES",
                 reason: NO_KPROBES_REASON.into(),
                 ..base_refusal(spec, "attach")
-            }));
+            });
         }
     }
-    if let Some(r) = preemption_refusal(mode) {
-        return Err(Failure::Refused(r));
-    }
-    try_mode(mode, kernel, &opts.filter, opts.ring_buffer_bytes, opts.compat)
+    preemption_refusal(mode).map_or(Ok(()), Err)
 }
 
 /// Code `PREEMPT_FULL` for fentry mode where the kernel preempts kernel
@@ -462,21 +549,17 @@ pub fn try_mode(
     ring_buffer_bytes: u32,
     compat: bool,
 ) -> Result<(Programs, Vec<Refusal>), Failure> {
-    let mut ebpf = kernel.load_object(filter, ring_buffer_bytes).map_err(Failure::Fatal)?;
+    let inputs = memory::inputs(filter, ring_buffer_bytes, compat);
+    let Prepared { mut ebpf, specs, loaded } = match kernel.take_speculated(mode, &inputs) {
+        Some(prepared) => prepared,
+        None => prepare(mode, kernel, filter, ring_buffer_bytes, compat)?,
+    };
     let mut kretprobes = Kretprobes::default();
     let mut uncounted: Vec<Refusal> = Vec::new();
     if mode == Mode::Kprobe {
         let _ = kretprobe::remove_stale();
     }
-    // Exit hooks first: a call that enters after its entry hook is attached
-    // then surely exits after its exit hook is, and leaves no orphan entry
-    // in CG_PENDING.
-    // Without `compat` the raw tracepoint programs are not loaded, and the
-    // exit one, as the first compat program refused, names the blind spot.
-    let off = |spec: &&'static ProbeSpec| !compat && spec.compat && spec.kind == ProgramKind::RawTracePoint;
-    let mut specs: Vec<&'static ProbeSpec> = probes_for(mode).filter(|spec| !off(spec)).collect();
-    specs.reverse();
-    let loaded = load_all(&mut ebpf, &specs, kernel);
+    let off = compat_off(compat);
     let mut blind: Vec<Refusal> = probes_for(mode)
         .filter(off)
         .last()
@@ -498,6 +581,31 @@ pub fn try_mode(
     // compat programs above, which a note on counting must not.
     blind.append(&mut uncounted);
     Ok((Programs { ebpf, kretprobes }, blind))
+}
+
+/// Without `compat` the raw tracepoint programs are not loaded, and the
+/// exit one, as the first compat program refused, names the blind spot.
+fn compat_off(compat: bool) -> impl Fn(&&'static ProbeSpec) -> bool {
+    move |spec| !compat && spec.compat && spec.kind == ProgramKind::RawTracePoint
+}
+
+/// Creates the maps and loads `mode`'s programs (the verifier runs), in
+/// attach order: exit hooks first, so that a call that enters after its
+/// entry hook is attached surely exits after its exit hook is, and leaves
+/// no orphan entry in `CG_PENDING`.
+fn prepare(
+    mode: Mode,
+    kernel: &KernelContext,
+    filter: &Filter,
+    ring_buffer_bytes: u32,
+    compat: bool,
+) -> Result<Prepared, Failure> {
+    let mut ebpf = kernel.load_object(filter, ring_buffer_bytes).map_err(Failure::Fatal)?;
+    let off = compat_off(compat);
+    let mut specs: Vec<&'static ProbeSpec> = probes_for(mode).filter(|spec| !off(spec)).collect();
+    specs.reverse();
+    let loaded = load_all(&mut ebpf, &specs, kernel);
+    Ok(Prepared { ebpf, specs, loaded })
 }
 
 enum Step {

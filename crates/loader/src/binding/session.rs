@@ -309,8 +309,11 @@ pub fn cgroup_path(id: BigInt) -> BindingCgroupPath {
 
 /// Starts the kernel probe (BTF read and parsed, features checked) on a
 /// thread now, for the next load to take ([`crate::attach::prewarm`]): the
-/// CLI calls it first thing for a command that loads programs.
+/// CLI calls it first thing for a command that loads programs. With
+/// `speculate` (default false) the thread then also creates the maps and
+/// loads, unattached, the programs a session with no options would attach
+/// first; a session with other options drops them and loads its own.
 #[napi]
-pub fn prewarm() {
-    crate::attach::prewarm();
+pub fn prewarm(speculate: Option<bool>) {
+    crate::attach::prewarm(speculate.unwrap_or(false));
 }
