@@ -19,7 +19,7 @@ fn rustc_libllvm() -> Result<PathBuf> {
 /// Builds `crates/ebpf` for bpfel-unknown-none with `bpf_target_arch` set
 /// to `arch` (`arch.rs` says why), into [`Arch::ebpf_object`]: the object,
 /// and beside it the legacy object (feature `legacy`) for kernels 5.8 to
-/// 5.12.
+/// 5.12, both without DWARF ([`strip_dwarf`]).
 ///
 /// bpf-linker 0.10 (feature rust-llvm-22) loads libLLVM at run time from the
 /// directories in LD_LIBRARY_PATH; we give it a directory holding only the
@@ -65,7 +65,68 @@ pub fn build_ebpf(arch: &Arch) -> Result<()> {
         (object(false), legacy.join())
     });
     full?;
-    legacy.unwrap_or_else(|_| Err(anyhow::anyhow!("the legacy object's build panicked")))
+    legacy.unwrap_or_else(|_| Err(anyhow::anyhow!("the legacy object's build panicked")))?;
+    for legacy in [false, true] {
+        strip_dwarf(&arch.ebpf_object(legacy))?;
+    }
+    Ok(())
+}
+
+/// Removes the object's DWARF (`.debug_*` sections and their `.rel.debug_*`
+/// relocations) in place: bpf-linker makes BTF from DWARF, so the build
+/// must emit it (`-C debuginfo=2`), but nothing reads it after that; the
+/// kernel gets BTF and `.BTF.ext` (function and line info), which stay.
+/// Without it the object is about a quarter of its size, and aya parses it
+/// about 3.5 ms faster at every load (on the development host). Running it
+/// on a stripped object changes nothing.
+///
+/// The removed sections' headers become `SHT_NULL` (all zero) where they
+/// are and their bytes are dropped, so that no section, symbol or
+/// relocation index changes. (`llvm-objcopy --strip-debug` is not on every
+/// build machine, and the `object` crate's ELF builder cannot write an
+/// object whose section names share `.strtab` with its symbols, as
+/// bpf-linker's do.)
+fn strip_dwarf(object: &std::path::Path) -> Result<()> {
+    let data = fs::read(object).with_context(|| format!("reading {}", object.display()))?;
+    let bytes = |o: usize, n: usize| data.get(o..o + n).context("the ELF file is cut short");
+    let u16_at = |o: usize| -> Result<u16> { Ok(u16::from_le_bytes(bytes(o, 2)?.try_into()?)) };
+    let u32_at = |o: usize| -> Result<u32> { Ok(u32::from_le_bytes(bytes(o, 4)?.try_into()?)) };
+    let u64_at = |o: usize| -> Result<usize> { Ok(u64::from_le_bytes(bytes(o, 8)?.try_into()?) as usize) };
+    // ELF64, little-endian (bpfel), relocatable, no program headers.
+    if bytes(0, 6)? != b"\x7fELF\x02\x01" || u16_at(16)? != 1 || u16_at(56)? != 0 || u16_at(0x3a)? != 64 {
+        bail!("{} is not a little-endian ELF64 relocatable object", object.display());
+    }
+    let (shoff, shnum, shstrndx) = (u64_at(0x28)?, usize::from(u16_at(0x3c)?), usize::from(u16_at(0x3e)?));
+    let field = |i: usize, at: usize| shoff + i * 64 + at;
+    let names = u64_at(field(shstrndx, 24))?;
+    let mut out = bytes(0, 64)?.to_vec();
+    let mut headers = Vec::with_capacity(shnum * 64);
+    for i in 0..shnum {
+        let mut header = bytes(field(i, 0), 64)?.to_vec();
+        let name_at = names + u32_at(field(i, 0))? as usize;
+        let name = data.get(name_at..).and_then(|n| n.split(|&b| b == 0).next()).context("a section name")?;
+        if i != 0 && (name.starts_with(b".debug_") || name.starts_with(b".rel.debug_")) {
+            header.fill(0);
+        } else if i != 0 {
+            const SHT_NOBITS: u32 = 8;
+            let align = u64_at(field(i, 48))?.max(1);
+            out.resize(out.len().next_multiple_of(align), 0);
+            header[24..32].copy_from_slice(&(out.len() as u64).to_le_bytes());
+            if u32_at(field(i, 4))? != SHT_NOBITS {
+                out.extend_from_slice(bytes(u64_at(field(i, 24))?, u64_at(field(i, 32))?)?);
+            }
+        }
+        headers.extend_from_slice(&header);
+    }
+    out.resize(out.len().next_multiple_of(8), 0);
+    let at = out.len() as u64;
+    out[0x28..0x30].copy_from_slice(&at.to_le_bytes());
+    out.extend_from_slice(&headers);
+    // A new file renamed over the old: cargo hard-links its output.
+    let tmp = object.with_extension("stripping");
+    fs::write(&tmp, &out).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, object).with_context(|| format!("renaming {} to {}", tmp.display(), object.display()))?;
+    Ok(())
 }
 
 /// eBPF object, napi addon (with the object embedded), TypeScript, for the
