@@ -28,8 +28,9 @@ use crate::CG_CALLER_CACHE;
 /// Records in between accumulate until the reader looks again: within
 /// 2 × [`WAKEUP_NS`] when records trickle in, within 1 ms in a stream.
 ///
-/// The time of the send is the record's `ts_ns`, which every caller has
-/// just read: a clock read costs about 60 ns on the development host.
+/// The time of the send is the record's `ts_ns`, which every caller reads
+/// right before: a clock read costs about 60 ns on the development host,
+/// and a stale time could hold back a wakeup the reader needs.
 #[inline(always)]
 pub fn send(ev: &ChrootEvent) -> Result<(), i32> {
     let ring = core::ptr::from_ref(&CG_EVENTS).cast_mut().cast();
@@ -351,8 +352,6 @@ pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
     let ev = &mut call.event;
     read_argument_late(ev);
     ev.ret = ret;
-    // SAFETY: helper without preconditions.
-    ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
     if ret == 0 && ev.flags & flags::RESOLVED_PRESENT == 0 {
         if let Ok(new_root) = kernel::fs_root(&task) {
             if ev.flags & flags::ROOTS_COMPARED == 0 && !old_root.0.is_null() {
@@ -363,6 +362,10 @@ pub fn finish(kind: Scratch, ret: i64) -> Result<(), Error> {
         }
     }
     attribute(kind, ev, &task, parent, caller_cache());
+    // Last, for `send`'s clock: a fentry/fexit program can be preempted
+    // during the walks above.
+    // SAFETY: helper without preconditions.
+    ev.ts_ns = unsafe { generated::bpf_ktime_get_boot_ns() };
     if send(ev).is_err() {
         count(Counter::RingBufFull);
     }
