@@ -5,8 +5,8 @@
  * the kernel's BTF and, for a bare `watch`, loading the programs: most of
  * start-up after Node.js's own), then loads the commands (`cli/main.ts`:
  * commander and each command's module), which happens beside the probe.
- * This module imports nothing else, so the probe starts as soon as the
- * addon is loaded.
+ * It imports only the addon's loader (`native.ts`, with the errors it
+ * raises), so the probe starts as soon as the addon is loaded.
  * @internal
  * @module
  */

@@ -239,9 +239,11 @@ impl KernelContext {
     /// [`Error::Privileges`], [`Error::Mount`], [`Error::NoBtf`],
     /// [`Error::MissingFeature`], [`Error::BtfField`].
     pub fn probe() -> Result<Self, Error> {
+        // Taken first: on an error below it is dropped (its thread's result,
+        // speculated programs included, is freed when the thread ends).
+        let started = PREWARMED.lock().ok().and_then(|mut p| p.take());
         sys::check_privileges()?;
         sys::ensure_tracing_mounts()?;
-        let started = PREWARMED.lock().ok().and_then(|mut p| p.take());
         match started.map(JoinHandle::join) {
             Some(Ok(probed)) => probed,
             _ => Self::from_btf(),
@@ -358,11 +360,22 @@ impl KernelContext {
     fn take_speculated(&self, mode: Mode, inputs: &str) -> Option<Prepared> {
         let mut s = self.speculated.lock().ok()?;
         if s.as_ref().is_some_and(|s| s.mode == mode && s.inputs == inputs) {
+            SPECULATIONS_TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             s.take().map(|s| s.prepared)
         } else {
             None
         }
     }
+}
+
+static SPECULATIONS_TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many mode attempts of this process took the programs a
+/// [`prewarm`] loaded ahead (`crates/loader/tests/speculate.rs` checks
+/// that a load with the default options does, and one with others does
+/// not).
+pub fn speculations_taken() -> u64 {
+    SPECULATIONS_TAKEN.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Loads the object and attaches the requested mode, or the best one the

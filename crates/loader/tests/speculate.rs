@@ -58,13 +58,25 @@ fn bpf_fds() -> usize {
         .count()
 }
 
-/// Makes `path`'s chroot call in this process (fails with ENOENT) and, when
-/// `child`, in a child process too; returns the calls of `path` seen within
-/// a few seconds.
-fn seen_calls(rx: &mpsc::Receiver<Batch>, path: &str, child: bool) -> Vec<ChrootEvent> {
+/// Makes `path`'s chroot call (which fails with ENOENT) on a thread of its
+/// own whose real uid and gid are 1000 and 1234 (effective ids still 0, so
+/// the call is allowed: raw setresuid/setresgid change only the calling
+/// thread) and, when `child`, in a child process too; returns the thread's
+/// id and the calls of `path` seen within a few seconds.
+fn seen_calls(rx: &mpsc::Receiver<Batch>, path: &str, child: bool) -> (u32, Vec<ChrootEvent>) {
     let c = std::ffi::CString::new(path).expect("no NUL");
-    // SAFETY: a valid C string; the call fails with ENOENT.
-    assert_eq!(unsafe { libc::chroot(c.as_ptr()) }, -1);
+    let tid = std::thread::spawn(move || {
+        // SAFETY: raw syscalls on this thread's own credentials; the
+        // effective and saved ids stay 0, so its capabilities stay too.
+        unsafe {
+            assert_eq!(libc::syscall(libc::SYS_setresgid, 1234, 0, 0), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, 1000, 0, 0), 0);
+            assert_eq!(libc::chroot(c.as_ptr()), -1);
+            libc::gettid() as u32
+        }
+    })
+    .join()
+    .expect("the calling thread");
     if child {
         let status = Command::new("chroot").args([path, "/bin/true"]).status().expect("run chroot");
         assert!(!status.success());
@@ -76,7 +88,7 @@ fn seen_calls(rx: &mpsc::Receiver<Batch>, path: &str, child: bool) -> Vec<Chroot
             seen.extend(calls(&b).into_iter().filter(|(_, p)| p == path).map(|(e, _)| e));
         }
     }
-    seen
+    (tid, seen)
 }
 
 #[test]
@@ -84,19 +96,19 @@ fn speculated_programs_serve_default_sessions_only_and_leave_nothing() {
     let before = bpf_fds();
     let me = std::process::id();
 
-    // Default options: the speculated programs (or, where the prewarm could
-    // not make them, the session's own) attach and see the call, with the
-    // caller's identity as the kernel has it.
+    // Default options: the session takes the speculated programs (the mode
+    // `auto` tries first: where the kernel refuses it, the next one loads
+    // afresh) and sees the call, with the caller's identity as the kernel
+    // has it.
     attach::prewarm(true);
     let (tx, rx) = mpsc::channel();
     let mut session =
         Session::open(&LoadOptions::default(), ChannelSink(tx), ReaderConfig::default()).expect("open with defaults");
-    let seen = seen_calls(&rx, "/nonexistent-chroot-guard-speculate-a", false);
+    assert_eq!(attach::speculations_taken(), 1, "the default session took the programs loaded ahead");
+    let (tid, seen) = seen_calls(&rx, "/nonexistent-chroot-guard-speculate-a", false);
     let ev = seen.first().expect("the call is seen");
-    // SAFETY: gettid cannot fail.
-    assert_eq!((ev.pid, ev.tid), (me, unsafe { libc::gettid() } as u32), "tgid and thread id");
-    // SAFETY: getuid/getgid cannot fail.
-    assert_eq!((ev.uid, ev.gid), unsafe { (libc::getuid(), libc::getgid()) });
+    assert_eq!((ev.pid, ev.tid), (me, tid), "tgid and thread id");
+    assert_eq!((ev.uid, ev.gid, ev.euid, ev.egid), (1000, 1234, 0, 0), "real and effective ids");
     session.close();
     drop(session);
 
@@ -109,7 +121,8 @@ fn speculated_programs_serve_default_sessions_only_and_leave_nothing() {
     filter.pid = me;
     let opts = LoadOptions { filter, ..LoadOptions::default() };
     let mut session = Session::open(&opts, ChannelSink(tx), ReaderConfig::default()).expect("open with a pid filter");
-    let seen = seen_calls(&rx, "/nonexistent-chroot-guard-speculate-b", true);
+    assert_eq!(attach::speculations_taken(), 1, "a session with a filter loads its own programs");
+    let (_, seen) = seen_calls(&rx, "/nonexistent-chroot-guard-speculate-b", true);
     assert!(!seen.is_empty(), "this process's call is seen");
     assert!(
         seen.iter().all(|e| e.pid == me),
