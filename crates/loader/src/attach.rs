@@ -176,13 +176,6 @@ pub struct KernelContext {
     /// Kernel BTF as parsed for offsets (also answers "is this function in
     /// BTF").
     pub btf: btf::KernelBtf,
-    /// An `EbpfLoader` made on another thread while [`KernelContext::probe`]
-    /// reads BTF, for the first [`KernelContext::load_object`]: aya 0.14's
-    /// `EbpfLoader::new()` always parses the kernel's BTF (about 13 ms on
-    /// the development host), which `load_object` then drops, and has no way
-    /// to skip the parse; made beside ours, it costs start-up no time where
-    /// a second CPU is free.
-    spare_loader: Mutex<Option<JoinHandle<EbpfLoader<'static>>>>,
     /// Programs [`prewarm`] loaded before the options were known, for the
     /// [`try_mode`] whose mode and inputs they match.
     speculated: Mutex<Option<Speculated>>,
@@ -211,9 +204,11 @@ impl KernelContext {
     /// # Errors
     /// [`Error::Maps`].
     pub fn load_object(&self, filter: &Filter, ring_buffer_bytes: u32) -> Result<Ebpf, Error> {
-        let spare = self.spare_loader.lock().ok().and_then(|mut s| s.take()).and_then(|h| h.join().ok());
-        Ok(spare
-            .unwrap_or_default()
+        // aya 0.14's `EbpfLoader::new()` always reads and parses the
+        // kernel's BTF, which the `.btf(None)` below drops: made where no
+        // file can be opened, its read fails at once.
+        let mut loader = sys::without_file_opens(EbpfLoader::new);
+        Ok(loader
             // No target BTF: the object has no CO-RE relocations (field
             // offsets come from `OFFSETS` below; a test asserts it), and
             // fentry/LSM programs get it when they load.
@@ -253,8 +248,6 @@ impl KernelContext {
     /// The part of [`KernelContext::probe`] that needs no privilege and
     /// changes nothing: the kernel's BTF read and checked, the object picked.
     fn from_btf() -> Result<Self, Error> {
-        // No thread (the limit of threads reached): load_object makes its own.
-        let spare = std::thread::Builder::new().name("cg-loader".into()).spawn(EbpfLoader::new).ok();
         let btf = btf::KernelBtf::read()?;
         let missing = features::missing(&btf, Need::Object);
         if !missing.is_empty() {
@@ -275,7 +268,6 @@ impl KernelContext {
             offsets,
             aya_btf: OnceLock::new(),
             btf,
-            spare_loader: Mutex::new(spare),
             speculated: Mutex::new(None),
             object,
             legacy_reason,

@@ -1,4 +1,5 @@
-//! Small system facts: capabilities, pseudo file systems, clocks.
+//! Small system facts and calls: capabilities, pseudo file systems, clocks,
+//! and a thread that cannot open files.
 
 use std::{
     ffi::CString,
@@ -254,4 +255,91 @@ pub fn kallsyms_has(name: &str) -> bool {
 pub fn has_kprobes() -> bool {
     Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
         || Path::new(TRACEFS).join("kprobe_events").exists()
+}
+
+/// Runs `f` on a thread of its own that cannot open files: a seccomp filter
+/// installed on that thread alone fails open(2), openat(2) and openat2(2)
+/// with `ENOENT`, and ends with the thread. It is for aya 0.14's
+/// `EbpfLoader::new()`, which always reads and parses the kernel's BTF
+/// (about 14 ms of CPU on the development host, more than a third of a
+/// tracepoint-mode load) although [`crate::attach`] drops it at once
+/// (`.btf(None)`): there the read fails at once and nothing is parsed.
+/// Where the filter cannot be installed (a kernel without
+/// `CONFIG_SECCOMP_FILTER`) or no thread can be made, `f` runs with files as
+/// usual, so `f` must give the same result either way.
+pub fn without_file_opens<T: Send>(f: impl Fn() -> T + Sync) -> T {
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new().name("cg-no-files".into()).spawn_scoped(scope, || {
+            deny_file_opens();
+            f()
+        });
+        match spawned.map(|h| h.join()) {
+            Ok(Ok(t)) => t,
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Err(_) => f(),
+        }
+    })
+}
+
+/// Installs [`without_file_opens`]'s filter on the calling thread; false
+/// when the kernel refused it. Irreversible for the thread.
+fn deny_file_opens() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
+    #[cfg(target_arch = "x86_64")]
+    const OPENS: [libc::c_long; 3] = [libc::SYS_open, libc::SYS_openat, libc::SYS_openat2];
+    #[cfg(target_arch = "aarch64")]
+    const OPENS: [libc::c_long; 2] = [libc::SYS_openat, libc::SYS_openat2];
+    // `struct seccomp_data`: `nr` at 0, `arch` at 4.
+    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let jeq =
+        |k: u32, jt: u8| libc::sock_filter { code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16, jt, jf: 0, k };
+    let mut prog = vec![
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4),
+        jeq(AUDIT_ARCH, 1),
+        // Another ABI: none of this thread's calls, allowed as they are.
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+        stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
+    ];
+    for (i, nr) in OPENS.iter().enumerate() {
+        // Jumps to the ERRNO return after the ALLOW below.
+        prog.push(jeq(*nr as u32, (OPENS.len() - i) as u8));
+    }
+    prog.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW));
+    prog.push(stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | libc::ENOENT as u32));
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_mut_ptr() };
+    // SAFETY: prctl with valid arguments; `fprog` points at `prog`, alive
+    // for the call. Both settings bind this thread only (no TSYNC flag).
+    unsafe {
+        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+            && libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &fprog as *const libc::sock_fprog) == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_file_opens;
+
+    fn open_status() -> Result<(), Option<i32>> {
+        std::fs::File::open("/proc/self/status").map(|_| ()).map_err(|e| e.raw_os_error())
+    }
+
+    #[test]
+    fn without_file_opens_fails_opens_on_its_own_thread_only() {
+        // "Seccomp:" is in /proc/PID/status where the kernel has CONFIG_SECCOMP.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        if !status.contains("Seccomp:") {
+            eprintln!("skipped: this kernel has no seccomp, so without_file_opens runs its function as is");
+            return;
+        }
+        let (opened, other_calls) =
+            without_file_opens(|| (open_status(), std::fs::metadata("/proc/self/status").is_ok()));
+        assert_eq!(opened, Err(Some(libc::ENOENT)));
+        assert!(other_calls, "a stat is not an open and works there");
+        // The calling thread and any later thread open files as before.
+        assert_eq!(open_status(), Ok(()));
+        assert_eq!(std::thread::spawn(open_status).join().unwrap(), Ok(()));
+    }
 }
