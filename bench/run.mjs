@@ -155,7 +155,9 @@ function start(name, { count = false, ringBufferBytes, latency = false, mode, gu
     // default ring buffer: allocating 128 MiB alone takes tens of ms) and
     // stdout is read for the first chroot record.
     const ring = count ? [] : ['--ring-buffer-bytes', String(ringBufferBytes ?? 128 << 20)];
-    const p = spawn(process.execPath, [CLI, 'watch', ...ring, ...(name === 'C1' ? ['--json'] : [])], { stdio: ['ignore', count ? 'pipe' : devNull(), 'pipe'] });
+    // Started as the package's `bin` is, by its first line (/bin/sh, then
+    // node from PATH), not as `node dist/cli.js`.
+    const p = spawn(CLI, ['watch', ...ring, ...(name === 'C1' ? ['--json'] : [])], { stdio: ['ignore', count ? 'pipe' : devNull(), 'pipe'] });
     let first = null;
     if (count) lines(p.stdout, (l) => (first ??= l.startsWith('{"type":"chroot"') ? now() : null));
     let stderr = '';

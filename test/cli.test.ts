@@ -199,6 +199,18 @@ describe('chroot-guard watch', () => {
     expect(r.stdout).toBe('');
   });
 
+  it.skipIf(RERUN)(inAuto('started as the package\'s bin (/bin/sh, then Node.js), Node.js runs without NODE_EXTRA_CA_CERTS, which would make it parse every CA certificate first'), () => {
+    // Node.js warns at start when the variable names a file it cannot
+    // load: how the test sees whether the variable reached it.
+    const env = { ...process.env, NODE_EXTRA_CA_CERTS: join(tmpdir(), 'chroot-guard-no-such-ca.pem') };
+    const direct = spawnSync(process.execPath, [CLI, '--version'], { env, encoding: 'utf8', timeout: 60_000 });
+    expect(direct.stderr).toContain('Ignoring extra certs');
+    const bin = spawnSync(CLI, ['--version'], { env, encoding: 'utf8', timeout: 60_000 });
+    expect(bin.status).toBe(0);
+    expect(bin.stdout).toBe(direct.stdout);
+    expect(bin.stderr).toBe('');
+  });
+
   it.skipIf(RERUN)(inAuto('loads only what the command uses: watch no RxJS, no policy stack and no prom-client, check and agent --check-config no RxJS'), async () => {
     // Every CommonJS package the process loaded, written at exit by a
     // preloaded script (ESM imports of CommonJS packages go through the
