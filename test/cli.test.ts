@@ -3,9 +3,9 @@
  * kernel, real chroot calls, real signals.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { makeBusyboxRoot, runStep, type BusyboxRoot } from '../ts/demo.js';
@@ -209,6 +209,10 @@ describe('chroot-guard watch', () => {
     expect(bin.status).toBe(0);
     expect(bin.stdout).toBe(direct.stdout);
     expect(bin.stderr).toBe('');
+    // Only the bin starts so: the chunks it imports are plain modules.
+    const chunks = readdirSync(dirname(CLI)).filter((f) => /^cli-.*\.js$/.test(f));
+    expect(chunks.length).toBeGreaterThan(0);
+    for (const f of chunks) expect(readFileSync(join(dirname(CLI), f), 'utf8').startsWith('#!'), f).toBe(false);
   });
 
   it.skipIf(RERUN)(inAuto('loads only what the command uses: watch no RxJS, no policy stack and no prom-client, check and agent --check-config no RxJS'), async () => {

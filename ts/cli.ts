@@ -1,3 +1,4 @@
+#!/usr/bin/env node
 /**
  * The `chroot-guard` command line's entry. For a command that loads BPF
  * programs it starts the addon's kernel probe first (reading and parsing

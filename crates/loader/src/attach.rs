@@ -192,7 +192,7 @@ impl KernelContext {
     /// attach by BTF id); `None` when `/sys/kernel/btf/vmlinux` is
     /// unreadable. Parsed on the first call: tracepoint and kprobe modes
     /// never need it, and aya's parse of it is a sizeable part of start-up
-    /// (about 13 ms on the development host).
+    /// (about 14 ms of CPU on the development host).
     pub fn aya_btf(&self) -> Option<&aya::Btf> {
         self.aya_btf.get_or_init(|| aya::Btf::from_sys_fs().ok()).as_ref()
     }
