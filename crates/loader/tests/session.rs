@@ -14,16 +14,8 @@ use chroot_guard_loader::{
     session::Session,
 };
 
-struct ChannelSink(mpsc::Sender<Batch>);
-
-impl Sink for ChannelSink {
-    fn in_flight(&self) -> u32 {
-        0
-    }
-    fn deliver(&self, batch: Batch) -> bool {
-        self.0.send(batch).is_ok()
-    }
-}
+mod common;
+use common::{event_of, path_of, ChannelSink};
 
 /// Splits a batch into events (`[u32 len][u32 0][record][pad to 8]`…).
 fn events(batch: &Batch) -> Vec<ChrootEvent> {
@@ -31,21 +23,11 @@ fn events(batch: &Batch) -> Vec<ChrootEvent> {
     for record in chroot_guard_loader::reader::records(&batch.data) {
         let len = record.len();
         assert!(len >= EVENT_HEADER_BYTES && len <= std::mem::size_of::<ChrootEvent>(), "record length {len}");
-        // Records carry only the used part of `data`: copy into a zeroed event.
-        let mut ev = std::mem::MaybeUninit::<ChrootEvent>::zeroed();
-        // SAFETY: `len` bytes fit in the event; every bit pattern is valid.
-        let ev = unsafe {
-            std::ptr::copy_nonoverlapping(record.as_ptr(), ev.as_mut_ptr().cast::<u8>(), len);
-            ev.assume_init()
-        };
+        let ev = event_of(record);
         assert_eq!(len, ev.record_len(), "record length matches the lengths inside");
         out.push(ev);
     }
     out
-}
-
-fn path_of(ev: &ChrootEvent) -> String {
-    String::from_utf8_lossy(&ev.data[..ev.path_len as usize]).into_owned()
 }
 
 #[test]

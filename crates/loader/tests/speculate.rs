@@ -15,34 +15,21 @@ use std::{
 use chroot_guard_common::{filter_flags, ChrootEvent, Filter, EVENT_HEADER_BYTES};
 use chroot_guard_loader::{
     attach::{self, LoadOptions},
-    reader::{Batch, ReaderConfig, Sink},
+    reader::{Batch, ReaderConfig},
     session::Session,
 };
 
-struct ChannelSink(mpsc::Sender<Batch>);
-
-impl Sink for ChannelSink {
-    fn in_flight(&self) -> u32 {
-        0
-    }
-    fn deliver(&self, batch: Batch) -> bool {
-        self.0.send(batch).is_ok()
-    }
-}
+mod common;
+use common::{event_of, path_of, ChannelSink};
 
 /// The headers and argument paths of a batch's records.
 fn calls(batch: &Batch) -> Vec<(ChrootEvent, String)> {
     chroot_guard_loader::reader::records(&batch.data)
         .map(|record| {
-            let mut ev = std::mem::MaybeUninit::<ChrootEvent>::zeroed();
             let len = record.len().min(std::mem::size_of::<ChrootEvent>());
             assert!(len >= EVENT_HEADER_BYTES, "record length {len}");
-            // SAFETY: `len` bytes fit in the event; every bit pattern is valid.
-            let ev = unsafe {
-                std::ptr::copy_nonoverlapping(record.as_ptr(), ev.as_mut_ptr().cast::<u8>(), len);
-                ev.assume_init()
-            };
-            let path = String::from_utf8_lossy(&ev.data[..ev.path_len as usize]).into_owned();
+            let ev = event_of(record);
+            let path = path_of(&ev);
             (ev, path)
         })
         .collect()
