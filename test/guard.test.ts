@@ -24,7 +24,7 @@ import {
   type ChrootGuard,
   type Policy,
 } from '../ts/index.js';
-import { chrootStorm, CLI, cli, guarded, heldByThisProcess, ndjson, sleep, SLOWDOWN, tryChroot, type Guarded } from './helpers.js';
+import { chrootStorm, CLI, cli, floodBehindStalledStdout, guarded, heldByThisProcess, ndjson, sleep, SLOWDOWN, tryChroot, type Guarded, type StalledFlood, type StreamRecord } from './helpers.js';
 import { LSM, lsmTitle } from './lsm.js';
 
 
@@ -200,6 +200,48 @@ describe.skipIf(!LSM)(lsmTitle(`guard (lsm/path_chroot)`), () => {
     expect(await new Promise((res) => child.on('exit', res))).toBe(0);
     const d = ndjson(out).find((x) => x.type === 'decision' && x.pid === r.pid);
     expect(d).toMatchObject({ ruleId: 'no-jails', denied: true, action: 'deny', source: 'lsm', resolvedPath: `${jails}/a` });
+  });
+});
+
+describe.skipIf(!LSM)(lsmTitle(`guard behind a stalled stdout`), () => {
+  // A flood of denied calls by an unprivileged user (uid 65534 in
+  // `unshare -Urm`) while nobody reads the command's stdout: before the
+  // output's flow control, every decision waited in Node.js's memory, and
+  // enough of them would end `enforce` (and with it the guard) by the OOM
+  // killer. Now the reader pauses, the ring buffer fills and the kernel
+  // counts the rest; every call is denied all along.
+  const calls = 100_000;
+  const ring = String(1 << 20);
+  const flooded = (rs: StreamRecord[]) => rs.filter((r) => r.type === 'decision' && r.uid === 65534 && r.resolvedPath === `${jails}/a`);
+  const denyLost = (rs: StreamRecord[]) => ((rs.filter((r) => r.type === 'lost').at(-1)?.total as { denyLost?: number } | undefined)?.denyLost ?? 0);
+  const check = (r: StalledFlood) => {
+    expect(r.exitCode, r.stderr).toBe(0);
+    // Set by the ring buffer, not the flood (see agent.test.ts): unbounded,
+    // it grew by hundreds of MB.
+    expect(r.rssGrowthBytes, `RSS grew by ${(r.rssGrowthBytes / 1048576).toFixed(1)} MiB`).toBeLessThan(128 << 20);
+    expect(flooded(r.records).every((d) => d.denied === true)).toBe(true);
+    expect(denyLost(r.records)).toBeGreaterThan(0);
+    expect(flooded(r.records).length + denyLost(r.records)).toBe(calls);
+  };
+  const enough = (rs: StreamRecord[]) => flooded(rs).length + denyLost(rs) >= calls;
+
+  it(`enforce --json: memory stays bounded, every call is denied, decision records + denyLost = calls (${calls} calls)`, async () => {
+    const file = `${base}/stall-policy.json`;
+    writeFileSync(file, JSON.stringify(denyJails()));
+    check(await floodBehindStalledStdout(['enforce', '--policy', file, '--json', '--ring-buffer-bytes', ring], 'enforcing', { dir: `${jails}/a`, calls }, enough));
+  });
+
+  it(`status --follow --json: the same for the pinned guard's reader (${calls} calls)`, async () => {
+    const dir = '/sys/fs/bpf/chroot-guard-stall-test';
+    const file = `${base}/stall-pin-policy.json`;
+    writeFileSync(file, JSON.stringify(denyJails()));
+    const pinned = cli('enforce', '--policy', file, '--pin', '--pin-dir', dir, '--ring-buffer-bytes', ring);
+    expect(pinned.status, pinned.stderr).toBe(0);
+    try {
+      check(await floodBehindStalledStdout(['status', '--follow', '--json', '--pin-dir', dir], 'following the guard', { dir: `${jails}/a`, calls }, enough));
+    } finally {
+      cli('unload', '--pin-dir', dir);
+    }
   });
 });
 

@@ -399,3 +399,56 @@ export function cgroup2Mount(): string | null {
   }
   return null;
 }
+
+/** What {@link floodBehindStalledStdout} saw. */
+export interface StalledFlood {
+  /** The command's peak RSS during the flood less its RSS before it, bytes. */
+  readonly rssGrowthBytes: number;
+  /** Its stdout, read once the flood was over, checked against the schema. */
+  readonly records: StreamRecord[];
+  /** Its exit code after SIGINT. */
+  readonly exitCode: number | null;
+  /** Its stderr. */
+  readonly stderr: string;
+}
+
+/**
+ * Runs the CLI with `args` (a `--json` stream), its stdout a pipe nobody
+ * reads; once its stderr says `ready`, runs `flood` as uid 65534 in
+ * `unshare -Urm` (perl, `calls` chroot(2) calls into `dir`) while the pipe
+ * stays full. Then reads stdout until `done(records)` holds (or 30 s ×
+ * SLOWDOWN), stops the command with SIGINT and reads the rest. Peak RSS
+ * comes from `VmHWM`, so a growth between two samples is not missed.
+ */
+export async function floodBehindStalledStdout(
+  args: string[],
+  ready: string,
+  flood: { dir: string; calls: number },
+  done: (records: StreamRecord[]) => boolean,
+): Promise<StalledFlood> {
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))![1]) * 1024;
+  const deadline = Date.now() + 60_000 * SLOWDOWN;
+  while (!stderr.includes(ready)) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`chroot-guard ${args.join(' ')} did not start (exit ${child.exitCode}):\n${stderr}`);
+    await sleep(50);
+  }
+  await sleep(500);
+  const before = kib('VmRSS');
+  const perl = `chroot($ARGV[0]) for 1..$ARGV[1]; print "done\\n"`;
+  const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'unshare', '-Urm', 'perl', '-e', perl, flood.dir, String(flood.calls)], { encoding: 'utf8' });
+  if (r.stdout.trim() !== 'done') throw new Error(`the flood failed (${r.status}): ${r.stderr}`);
+  await sleep(1000 * SLOWDOWN);
+  const peak = kib('VmHWM');
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  const parsed = () => ndjson(out.slice(0, out.lastIndexOf('\n') + 1));
+  const until = Date.now() + 30_000 * SLOWDOWN;
+  while (!done(parsed()) && Date.now() < until) await sleep(200);
+  child.kill('SIGINT');
+  const exitCode = await exited;
+  return { rssGrowthBytes: peak - before, records: ndjson(out), exitCode, stderr };
+}

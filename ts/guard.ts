@@ -17,6 +17,7 @@ import type { Policy } from './policy/types.js';
 import { validatePolicy } from './policy/validate.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './batch.js';
 import { callUser } from './callback.js';
+import { isFlowOption, type Flow } from './flow.js';
 
 export type { ChrootDecision, GuardInfo } from './decision.js';
 
@@ -31,6 +32,13 @@ export interface ChrootGuardOptions {
    * Never silent.
    */
   readonly onLost?: (report: LostReport) => void;
+  /**
+   * Flow control for a consumer that cannot keep up ({@link Flow}): while
+   * it is paused `decisions$` emits nothing, and the decision events the
+   * kernel ring buffer cannot hold meanwhile are counted (`onLost`,
+   * `allowLost`/`denyLost`/`auditLost`). The policy is enforced all along.
+   */
+  readonly flow?: Flow;
 }
 
 /** A running guard. */
@@ -99,6 +107,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
   const valid = validatePolicy(policy);
   const ring = checkRingBufferBytes(options.ringBufferBytes ?? DEFAULT_RING_BUFFER_BYTES);
   check(options.onLost === undefined || typeof options.onLost === 'function', 'onLost must be a function');
+  check(isFlowOption(options.flow), 'flow must be a Flow');
   // Hot: a late subscriber gets the decisions from then on, or the error,
   // or completion once stopped (a Subject replays only those two).
   const decisions$ = new Subject<ChrootDecision>();
@@ -110,8 +119,10 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
   // Decisions that arrive before open() has returned the rule ids wait here.
   let early: RawDecision[] | undefined = [];
 
+  let detachFlow = () => {};
   const fail = (err: ChrootGuardError) => {
     state = 'failed';
+    detachFlow();
     decisions$.error(err);
     binding?.close();
   };
@@ -146,6 +157,8 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     const n = native();
     decoder();
     binding = new n.BindingGuard(ring);
+    const b = binding;
+    detachFlow = options.flow?.attach((paused) => b.pause(paused)) ?? detachFlow;
     opened = binding.open(JSON.stringify(valid), onBatch).then((r) => {
       if (state === 'stopped') throw new ChrootGuardError('INTERNAL', 'the guard was stopped before it started');
       if (r.failure) throw errorFromBinding(r.failure);
@@ -190,6 +203,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     stop() {
       if (state === 'stopped') return;
       state = 'stopped';
+      detachFlow();
       binding?.close();
       decisions$.complete(); // a no-op after an error: late subscribers still get it
     },

@@ -8,6 +8,7 @@
  * @module
  */
 export { chrootWatch, type ChrootWatchOptions } from './watch.js';
+export { Flow } from './flow.js';
 export { DEFAULT_PIN_DIR, DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
 export { type ChrootEvent, type ExecutablePath, type DecisionReason, errnoName, displayBytes } from './events.js';
 export { containerOf, cgroupLookupFailure, CGROUP_CACHE_ENTRIES, type CgroupAttribution, type CgroupLookup, type ContainerAttribution, type ContainerRuntime } from './cgroup.js';

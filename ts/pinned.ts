@@ -30,6 +30,7 @@ import type { Policy, PolicyAction } from './policy/types.js';
 import { validatePolicy } from './policy/validate.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
 import { callUser } from './callback.js';
+import { isFlowOption, type Flow } from './flow.js';
 
 import { DEFAULT_PIN_DIR } from './defaults.js';
 
@@ -161,6 +162,13 @@ export function pinLeftovers(options: PinOptions = {}): string[] {
 export interface FollowOptions extends PinOptions {
   /** Called when the kernel reports decisions it could not deliver (`ringBufferFull`) or could not make fully (`lsmErrors`: `failMode` applied, or a deny without per-thread memory); totals count since the guard was loaded. */
   readonly onLost?: (report: LostReport) => void;
+  /**
+   * Flow control for a consumer that cannot keep up ({@link Flow}): while
+   * it is paused nothing is emitted, and the decisions the pinned ring
+   * buffer cannot hold meanwhile are counted (`onLost`). The guard keeps
+   * enforcing.
+   */
+  readonly flow?: Flow;
 }
 
 /**
@@ -187,11 +195,13 @@ export interface FollowOptions extends PinOptions {
 export function followPinnedGuard(options: FollowOptions = {}): Observable<ChrootDecision> {
   const dir = dirOf(options);
   check(options.onLost === undefined || typeof options.onLost === 'function', 'onLost must be a function');
+  check(isFlowOption(options.flow), 'flow must be a Flow');
   return new Observable<ChrootDecision>((subscriber) => {
     const ruleIds = new Map<number, readonly string[]>();
     let lost: CounterTotals = NO_LOSS;
     let closed = false;
     let follower: BindingPinnedFollower | undefined;
+    let detachFlow = () => {};
     // Generations looked up once already: a backlog of decisions from a
     // replaced generation must not re-read the pins for each one.
     const looked = new Set<number>();
@@ -223,6 +233,8 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
       const n = native();
       decoder();
       follower = new n.BindingPinnedFollower(dir);
+      const f = follower;
+      detachFlow = options.flow?.attach((paused) => f.pause(paused)) ?? detachFlow;
       const r = follower.open(onBatch);
       if (r.failure) {
         closed = true;
@@ -237,6 +249,7 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
     }
     return () => {
       closed = true;
+      detachFlow();
       follower?.close();
     };
   }).pipe(share());

@@ -17,6 +17,7 @@ import { ChrootGuardError, errorFromBinding } from './errors.js';
 import { decoder, errnoName, type ChrootEvent } from './events.js';
 import { native } from './native.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './batch.js';
+import type { Flow } from './flow.js';
 
 /** Which attach mode a session uses and why better modes were refused. */
 export interface AttachInfo {
@@ -156,6 +157,8 @@ export function refusalOf(r: BindingRefusal): Refusal {
 
 class KernelSession {
   private readonly listeners = new Set<SessionListener>();
+  /** Listeners whose {@link Flow} is paused. */
+  private readonly pausedBy = new Set<SessionListener>();
   private state: 'opening' | 'running' | 'finishing' | 'closed' = 'opening';
   private info: AttachInfo | undefined;
   private lostTotals: CounterTotals = NO_LOSS;
@@ -190,7 +193,17 @@ class KernelSession {
 
   remove(listener: SessionListener): void {
     this.listeners.delete(listener);
+    this.pause(listener, false);
     if (this.listeners.size === 0) this.close();
+  }
+
+  /** Whether `listener` holds the session paused ({@link Flow}); it is paused while any listener does. */
+  pause(listener: SessionListener, paused: boolean): void {
+    const before = this.pausedBy.size > 0;
+    if (paused && this.listeners.has(listener)) this.pausedBy.add(listener);
+    else this.pausedBy.delete(listener);
+    const now = this.pausedBy.size > 0;
+    if (now !== before && this.state !== 'closed') this.binding.pause(now);
   }
 
   stats(): SessionStats {
@@ -351,10 +364,11 @@ export interface JoinedSession {
 
 /**
  * Joins (or starts) the kernel session for `options`. The last leave (or
- * finish) closes the session.
+ * finish) closes the session. While `flow` is paused the session hands
+ * JavaScript no batch (shared: while any listener's flow is paused).
  * @throws {ChrootGuardError} `NATIVE_UNAVAILABLE` when the addon cannot load.
  */
-export function joinSession(options: SessionOptions, listener: SessionListener): JoinedSession {
+export function joinSession(options: SessionOptions, listener: SessionListener, flow?: Flow): JoinedSession {
   const key = keyOf(options);
   let session = sessions.get(key);
   if (!session) {
@@ -363,12 +377,21 @@ export function joinSession(options: SessionOptions, listener: SessionListener):
   }
   const joined = session;
   joined.add(listener);
+  const detach = flow?.attach((paused) => joined.pause(listener, paused)) ?? (() => {});
   return {
-    leave: () => joined.remove(listener),
+    leave: () => {
+      detach();
+      joined.remove(listener);
+    },
     stats: () => joined.stats(),
     startOutput: (sinceTs) => joined.startOutput(sinceTs),
     outputState: () => joined.outputState(),
-    finish: () => joined.finish(listener),
+    finish: () => {
+      // A finish hands over everything the ring buffer holds (the addon
+      // lifts any pause for it).
+      detach();
+      return joined.finish(listener);
+    },
   };
 }
 

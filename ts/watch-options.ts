@@ -9,6 +9,7 @@ import { MODE_CHOICES, check, checkRingBufferBytes } from './errors.js';
 import type { LostReport } from './batch.js';
 import type { AttachInfo, SessionOptions } from './session.js';
 import { DEFAULT_RING_BUFFER_BYTES } from './defaults.js';
+import { isFlowOption, type Flow } from './flow.js';
 
 /** Options of `chrootWatch()`. Filters apply in the kernel. */
 export interface ChrootWatchOptions {
@@ -50,6 +51,13 @@ export interface ChrootWatchOptions {
   readonly onAttach?: (info: AttachInfo) => void;
   /** Called when the kernel reports events it could not deliver (full ring buffer). Never silent. */
   readonly onLost?: (report: LostReport) => void;
+  /**
+   * Flow control for a consumer that cannot keep up ({@link Flow}): while
+   * it is paused no event is emitted, and what the kernel ring buffer
+   * cannot hold meanwhile is counted (`onLost`, `ringBufferFull`). Not part
+   * of what makes subscribers share a session.
+   */
+  readonly flow?: Flow;
 }
 
 function isU32(n: unknown): n is number {
@@ -76,6 +84,7 @@ export function watchSessionOptions(o: ChrootWatchOptions): SessionOptions {
   for (const k of ['onAttach', 'onLost'] as const) {
     check(o[k] === undefined || typeof o[k] === 'function', `${k} must be a function`);
   }
+  check(isFlowOption(o.flow), 'flow must be a Flow');
   return {
     mode: mode as SessionOptions['mode'],
     ringBufferBytes: ring,

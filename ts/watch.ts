@@ -41,7 +41,7 @@ export function chrootWatch(options: ChrootWatchOptions = {}): Observable<Chroot
         attached: (info) => callUser(options.onAttach, info),
         lost: (report) => callUser(options.onLost, report),
         error: (err) => subscriber.error(err),
-      });
+      }, options.flow);
     } catch (err) {
       subscriber.error(err instanceof ChrootGuardError ? err : new ChrootGuardError('INTERNAL', String(err), { cause: err }));
       return;

@@ -25,6 +25,7 @@ import { loadPolicy } from '../policy/validate.js';
 import { pinOrAdopt } from '../cli/enforce.js';
 import type { GuardRecordFields } from '../cli/records.js';
 import type { AgentConfig } from './config.js';
+import type { Flow } from '../flow.js';
 
 /** Where the agent's guard reports to: the output stream and the metrics. */
 export interface AgentGuardHooks {
@@ -36,6 +37,8 @@ export interface AgentGuardHooks {
   policy(record: GuardRecordFields, policy?: Policy): void;
   /** The reader stopped with `err`: decisions are no longer read (the guard stays pinned and deciding). */
   failed(err: unknown): void;
+  /** The output's flow control: the pinned ring buffer's reader pauses with it. */
+  readonly flow?: Flow;
 }
 
 /** A running agent guard: pinned, its policy in force, its decisions followed. */
@@ -92,7 +95,7 @@ export class AgentGuard {
     let failure: unknown;
     let opening = true;
     this.reading = true;
-    this.sub = followPinnedGuard({ dir: this.dir, onLost: (l) => this.hooks.lost(l) }).subscribe({
+    this.sub = followPinnedGuard({ dir: this.dir, onLost: (l) => this.hooks.lost(l), ...(this.hooks.flow ? { flow: this.hooks.flow } : {}) }).subscribe({
       next: (d) => this.hooks.decision(d),
       error: (err: unknown) => {
         this.reading = false;

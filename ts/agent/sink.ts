@@ -23,11 +23,19 @@ import { UnsafePolicyFileError } from '../policy/types.js';
 import { checkTrustedDirectory } from '../policy/trusted-file.js';
 import { DEFAULT_KEEP, OUTPUT_DIR_FIX, type AgentConfig } from './config.js';
 import type { LineWriter } from '../cli/printer.js';
+import { Flow } from '../flow.js';
+import { STDOUT_PAUSE_BYTES, stdoutFlow } from '../cli/stdout.js';
 
 /** An open output. */
 export interface Sink {
   /** Where lines go; undefined for stdout (the printer's own writer, which copes with a closed pipe). */
   readonly write: LineWriter | undefined;
+  /**
+   * Paused while {@link STDOUT_PAUSE_BYTES} or more wait to be written
+   * (stdout's {@link stdoutFlow}, or the file's own): the agent's readers
+   * follow it, so a stalled output costs counted lost records, not memory.
+   */
+  readonly flow: Flow;
   /** Calls `listener` once if the file cannot be written (the stream then ends). */
   onError(listener: (err: Error) => void): void;
   /** Writes what is buffered and closes the file; resolves once it is on disk (at once for stdout). */
@@ -76,7 +84,7 @@ function unsafeFile(path: string, st: Stats): string | undefined {
  */
 export function openSink(output: AgentConfig['output']): Sink {
   const path = output?.path ?? '-';
-  if (path === '-') return { write: undefined, onError: () => {}, close: async () => {} };
+  if (path === '-') return { write: undefined, flow: stdoutFlow, onError: () => {}, close: async () => {} };
   const file = resolve(path);
   try {
     checkTrustedDirectory(dirname(file), (message) => new Error(`cannot use the directory of ${file}: ${message}`), OUTPUT_DIR_FIX, { missing: 'create' });
@@ -116,19 +124,27 @@ export function openSink(output: AgentConfig['output']): Sink {
     }
     stream = createWriteStream(file, { fd, flags: 'a' });
   }
+  const flow = new Flow();
   let failed: Error | undefined;
   const listeners: Array<(err: Error) => void> = [];
   stream.on('error', (err: Error) => {
     if (failed) return;
     failed = err;
+    flow.resume();
     for (const l of listeners) l(err);
   });
   return {
     // Not awaited: the stream buffers what the disk has not taken yet
-    // (nothing is dropped); close() waits for all of it.
+    // (nothing is dropped; `flow` bounds it); close() waits for all of it.
     write: (text) => {
-      if (!failed) stream.write(text);
+      if (failed) return;
+      stream.write(text);
+      if (stream.writableLength >= STDOUT_PAUSE_BYTES && !flow.paused) {
+        flow.pause();
+        stream.once('drain', () => flow.resume());
+      }
     },
+    flow,
     onError: (l) => (failed ? l(failed) : listeners.push(l)),
     close: () => new Promise<void>((resolve) => (failed ? resolve() : stream.end(() => resolve()))),
   };

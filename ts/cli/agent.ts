@@ -185,7 +185,7 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
             printer.print(e);
           },
           error: (err) => end(reportError(err)),
-        });
+        }, sink.flow);
         if (ending) joined.leave();
         else ({ leave, finish } = joined);
       } catch (err) {
@@ -204,6 +204,7 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
       decisions.print(d);
     };
     AgentGuard.start(config.guard, file, {
+      flow: sink.flow,
       decision,
       lost: (report) => {
         guardMetrics.lostReport(report);

@@ -14,7 +14,7 @@ import { chrootWatch } from '../watch.js';
 import { followPinnedGuard, pinLeftovers, pinnedGuard, unloadPinnedGuard, updatePinnedGuard, type PinnedGuardStatus, type PinnedGuardUnload } from '../pinned.js';
 import { EXIT, describeLost, jsonWithBigInts, note, reportError, terminalSafe } from './output.js';
 import { DecisionPrinter } from './printer.js';
-import { onStdoutGone } from './stdout.js';
+import { onStdoutGone, stdoutFlow } from './stdout.js';
 import type { LostReport } from '../batch.js';
 import { lsmDecides } from '../recording.js';
 
@@ -103,6 +103,7 @@ export async function enforceCommand(flags: EnforceFlags): Promise<number> {
   const printer = new DecisionPrinter(flags.json === true);
   const guard = chrootGuard(policy, {
     ...(flags.ringBufferBytes !== undefined ? { ringBufferBytes: flags.ringBufferBytes } : {}),
+    flow: stdoutFlow,
     onLost: (l) => {
       printer.lost(l);
       note(describeLost(l));
@@ -279,7 +280,7 @@ export async function followCommand(flags: { json?: boolean; pinDir: string }): 
       printer.lost(l);
       note(describeLost(l));
     };
-    const sub = followPinnedGuard({ dir, onLost }).subscribe({
+    const sub = followPinnedGuard({ dir, onLost, flow: stdoutFlow }).subscribe({
       next: (d) => {
         count++;
         printer.print(d);

@@ -4,9 +4,24 @@
  * command dies of an unhandled `'error'` event with a stack trace; each
  * command decides what an ended stdout means through
  * {@link onStdoutGone}, and lines written after it are dropped.
+ *
+ * Stdout to a pipe is asynchronous in Node.js: what its reader has not
+ * taken yet is kept in memory, without limit. {@link stdoutFlow} is paused
+ * once {@link STDOUT_PAUSE_BYTES} wait and resumed when they are written,
+ * so the readers the commands give it stop too and the kernel counts what
+ * its ring buffer cannot hold (a flood of denied calls behind a stalled
+ * `enforce --json | …` costs lost records, reported, not the guard's
+ * memory).
  * @internal
  * @module
  */
+import { Flow } from '../flow.js';
+
+/** Bytes waiting for stdout's reader at which {@link stdoutFlow} pauses. */
+export const STDOUT_PAUSE_BYTES = 1 << 20;
+
+/** Paused while stdout's reader lags by {@link STDOUT_PAUSE_BYTES} or more; give it to every reader whose records a command prints. */
+export const stdoutFlow = new Flow();
 
 /**
  * The error that ended stdout, or null. For `enforce`, dying of it would
@@ -17,6 +32,8 @@ const goneListeners = new Set<(err: NodeJS.ErrnoException) => void>();
 process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   if (stdoutGone) return;
   stdoutGone = err;
+  // Lines are dropped from now on: nothing to wait for.
+  stdoutFlow.resume();
   for (const l of goneListeners) l(err);
 });
 
@@ -37,4 +54,10 @@ export function onStdoutGone(listener: (err: NodeJS.ErrnoException) => void): ()
 export function writeStdout(text: string, done?: () => void): void {
   if (stdoutGone) return;
   process.stdout.write(text, done && ((err) => !err && done()));
+  // Past the stream's high-water mark write() returned false, so 'drain'
+  // comes once everything waiting is written.
+  if (process.stdout.writableLength >= STDOUT_PAUSE_BYTES && !stdoutFlow.paused) {
+    stdoutFlow.pause();
+    process.stdout.once('drain', () => stdoutFlow.resume());
+  }
 }

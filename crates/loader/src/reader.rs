@@ -408,9 +408,10 @@ fn run<S: Sink>(
         let quick = rate.trickle()
             && (found || held_since.is_some_and(|t| batch.events > 0 && t.elapsed() < cfg.max_hold));
         // Held (the consumer waits on purpose, for as long as it takes): no
-        // batch can go, so look no more often than for the counters.
+        // batch can go, but the hold ends with no wakeup of this thread, so
+        // it looks every SHORT_POLL to hand the batch over soon after.
         let timeout = if sink.held() {
-            cfg.counters_every
+            SHORT_POLL
         } else if quick {
             QUICK_POLL
         } else if waiting || recent {

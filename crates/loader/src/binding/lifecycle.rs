@@ -127,16 +127,18 @@ type BatchFn = ThreadsafeFunction<BindingBatch, (), BindingBatch, Status, false>
 pub struct JsSink {
     tsfn: BatchFn,
     in_flight: Arc<AtomicU32>,
+    /// [`Shared::paused`].
+    paused: Arc<AtomicBool>,
 }
 
 impl JsSink {
-    /// Wraps the JS callback.
-    fn new(on_batch: &Function<BindingBatch, ()>) -> napi::Result<JsSink> {
+    /// Wraps the JS callback; nothing goes to it while `paused` is set.
+    fn new(on_batch: &Function<BindingBatch, ()>, paused: Arc<AtomicBool>) -> napi::Result<JsSink> {
         let tsfn: BatchFn = on_batch
             .build_threadsafe_function::<BindingBatch>()
             .callee_handled::<false>()
             .build_callback(|ctx| Ok(ctx.value))?;
-        Ok(JsSink { tsfn, in_flight: Arc::new(AtomicU32::new(0)) })
+        Ok(JsSink { tsfn, in_flight: Arc::new(AtomicU32::new(0)), paused })
     }
 
     /// Queues `value` for the JS callback; `false` when the callback is
@@ -162,8 +164,16 @@ impl JsSink {
 }
 
 impl Sink for JsSink {
+    /// While paused one more counts as in flight, so the reader delivers
+    /// nothing: it fills one pending batch and the rest waits in the ring
+    /// buffer, where the programs count what does not fit.
     fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(Ordering::Acquire) + u32::from(self.paused.load(Ordering::Acquire))
+    }
+
+    /// A pause is not a stall.
+    fn held(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
     }
 
     fn deliver(&self, batch: Batch) -> bool {
@@ -240,12 +250,19 @@ pub struct Shared {
     /// reader): a sink writing to stdout stops at the next line
     /// (`LineSink`).
     pub closing: Arc<AtomicBool>,
+    /// Set while JavaScript cannot take more (`pause(true)`): the reader
+    /// hands over no batch ([`JsSink`]).
+    pub paused: Arc<AtomicBool>,
 }
 
 impl Shared {
     /// A fresh idle state, closed by `env`'s cleanup if never closed.
     pub fn new(env: &Env) -> napi::Result<(Arc<Shared>, CleanupEnvHook<Arc<Shared>>)> {
-        let shared = Arc::new(Shared { state: Mutex::new(State::Idle), closing: Arc::new(AtomicBool::new(false)) });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::Idle),
+            closing: Arc::new(AtomicBool::new(false)),
+            paused: Arc::new(AtomicBool::new(false)),
+        });
         let hook = env.add_env_cleanup_hook(Arc::clone(&shared), |s| s.close())?;
         Ok((shared, hook))
     }
@@ -345,7 +362,7 @@ impl Handle {
     /// # Errors
     /// When the threadsafe function cannot be made.
     pub fn sink(&self, on_batch: &Function<BindingBatch, ()>) -> napi::Result<JsSink> {
-        JsSink::new(on_batch)
+        JsSink::new(on_batch, Arc::clone(&self.shared.paused))
     }
 
     /// Closes (which sets [`Shared::closing`] first), then removes the
@@ -385,6 +402,18 @@ macro_rules! handle_methods {
             #[napi]
             pub fn stats(&self) -> BindingStats {
                 self.handle.stats()
+            }
+
+            /// `true`: hand JavaScript no batch until `pause(false)`, for a
+            /// consumer that cannot keep up (a blocked stdout). The reader
+            /// fills one batch (at most `min(ringBufferBytes, 2 MiB)`), then
+            /// leaves records in the kernel ring buffer, where the programs
+            /// count what does not fit (`ringBufferFull`, by action for
+            /// decisions): memory stays bounded and nothing is lost
+            /// uncounted. Resuming hands over what was kept, then the counts.
+            #[napi]
+            pub fn pause(&self, paused: bool) {
+                self.handle.shared.paused.store(paused, std::sync::atomic::Ordering::Release);
             }
         }
     };

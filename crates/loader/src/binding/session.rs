@@ -186,6 +186,8 @@ impl Task for FinishTask {
     type JsValue = BindingStats;
 
     fn compute(&mut self) -> napi::Result<BindingStats> {
+        // A finish hands everything over: a pause would hold it forever.
+        self.shared.paused.store(false, std::sync::atomic::Ordering::Release);
         Ok(match self.shared.take_running().map(|l| *l) {
             Some(Loaded::Watch(mut session)) => session.finish().into(),
             _ => crate::session::SessionStats::default().into(),
