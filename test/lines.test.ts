@@ -18,7 +18,7 @@ import { tableLine } from '../ts/cli/output.js';
 import { addonLines } from '../ts/cli/printer.js';
 import { chrootRecord, lostRecord } from '../ts/cli/records.js';
 import { zoneOffsets } from '../ts/clock.js';
-import { decoder, type ChrootEvent } from '../ts/events.js';
+import { decoder, displayBytes, type ChrootEvent } from '../ts/events.js';
 import { native } from '../ts/native.js';
 import { bindingOutput } from '../ts/session.js';
 
@@ -119,6 +119,31 @@ const cgroupName = fc.oneof(
   fc.tuple(fc.string({ maxLength: 6 }), hex(64)).map(([a, id]) => `${a}:cri-containerd:${id}`),
   fc.string({ unit: fc.constantFrom(...'abcdef0123-_:.pod'), maxLength: 12 }),
 );
+
+describe('the decoder', () => {
+  // It keeps each text field's last plain text and gives it again when the
+  // bytes are the same (`LastText` in ts/events.ts): names from a small
+  // pool, so that records repeat them, differ in one byte at equal length,
+  // and go from plain to escaped and back.
+  const pool = fc.constantFrom(...['perl', 'perk', 'perl\\', 'per\x01', '/', '\\', '/srv/jail', '/srv/jaiL', '/srv/j\xe9il', 'bash', ''].map((t) => Buffer.from(t, 'latin1')));
+  it('gives every text field as displayBytes of its bytes, across batches that repeat names', () =>
+    fc.assert(
+      fc.property(fc.array(fc.array(fc.tuple(record, pool, pool, pool, pool), { minLength: 1, maxLength: 6 }), { minLength: 1, maxLength: 4 }), (batches) => {
+        for (const b of batches) {
+          const events = decoder().decodeBatch(batchOf(b.map(([r, comm, parentComm, path, exe]) => ({ ...r, comm, parentComm, path, exe, parentExe: exe }))));
+          for (const e of events) {
+            expect(e.comm).toBe(displayBytes(e.commBytes));
+            expect(e.parentComm).toBe(displayBytes(e.parentCommBytes));
+            expect(e.path).toBe(displayBytes(e.pathBytes));
+            expect(e.resolvedPath).toBe(e.resolvedPathBytes && displayBytes(e.resolvedPathBytes));
+            expect(e.exe).toBe(e.exeBytes && displayBytes(e.exeBytes));
+            expect(e.parentExe).toBe(e.parentExeBytes && displayBytes(e.parentExeBytes));
+          }
+        }
+      }),
+      { numRuns: 500 },
+    ));
+});
 
 describe('the addon writes watch\'s lines as the TypeScript writers do', () => {
   /**
