@@ -320,10 +320,10 @@ describe('agent behind a stalled output', () => {
     const r = await floodBehindStalledStdout(['agent', '--config', config], 'agent running', { dir: '/', calls }, (rs) => seen(rs) + lostTotal(rs) >= calls);
     expect(r.exitCode, r.stderr).toBe(0);
     // What the output path may hold is set by the ring buffer, not by the
-    // flood: the ring buffer and one held batch (1 MiB each), what stdout
-    // holds before the pause (1 MiB), and the text and the decoded events
-    // of the batch in hand, whatever their garbage: 12 to 50 MB here, with
-    // or without a GC before the peak. Unbounded, it grew by hundreds of MB.
+    // flood: the ring buffer and a batch (1 MiB each), what stdout holds
+    // when the pause comes (1 MiB and the rest of the batch being printed),
+    // and that batch's decoded events, whatever their garbage: 12 to 50 MB
+    // here. Unbounded, it grew by hundreds of MB.
     expect(r.rssGrowthBytes, `RSS grew by ${(r.rssGrowthBytes / 1048576).toFixed(1)} MiB`).toBeLessThan(128 << 20);
     expect(lostTotal(r.records)).toBeGreaterThan(0);
     expect(seen(r.records) + lostTotal(r.records)).toBe(calls);

@@ -3,7 +3,7 @@
  * kernel; these only wait for and look at what it reports.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { basename, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -438,6 +438,8 @@ export async function floodBehindStalledStdout(
   }
   await sleep(500);
   const before = kib('VmRSS');
+  // Resets VmHWM to the RSS now, so the peak is the flood's.
+  writeFileSync(`/proc/${child.pid}/clear_refs`, '5');
   const perl = `chroot($ARGV[0]) for 1..$ARGV[1]; print "done\\n"`;
   const r = spawnSync('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', 'unshare', '-Urm', 'perl', '-e', perl, flood.dir, String(flood.calls)], { encoding: 'utf8' });
   if (r.stdout.trim() !== 'done') throw new Error(`the flood failed (${r.status}): ${r.stderr}`);

@@ -67,12 +67,11 @@ describe('loss accounting', () => {
     expect(delivered + lost.ringBufferFull + lost.pendingFull + lost.kretprobeMissed).toBe(CALLS);
   });
 
-  it(`a paused flow: nothing is emitted while it is paused, then what one batch held, with the rest counted lost (${CALLS} calls, 16 KiB ring buffer)`, async () => {
+  it(`a paused flow: nothing is emitted while it is paused, then what the ring buffer kept, with the rest counted lost (${CALLS} calls, 16 KiB ring buffer)`, async () => {
     const burst = spawn('perl', ['-e', `<STDIN>; chroot("/nonexistent-flow-test") for 1..${CALLS};`], { stdio: ['pipe', 'ignore', 'inherit'] });
     const exited = new Promise((r) => burst.on('exit', r));
     const flow = new Flow();
     let delivered = 0;
-    let whilePaused = 0;
     let lost = 0;
     let attached!: () => void;
     const isAttached = new Promise<void>((r) => (attached = r));
@@ -84,30 +83,27 @@ describe('loss accounting', () => {
       flow,
       onAttach: () => attached(),
       onLost: (r) => (lost = r.total.ringBufferFull + r.total.pendingFull + r.total.kretprobeMissed),
-    }).subscribe(() => {
-      delivered++;
-      if (flow.paused) whilePaused++;
-    });
+    }).subscribe(() => delivered++);
     try {
       await isAttached;
       flow.pause();
       burst.stdin.end('go\n');
       await exited;
-      // The reader looks every 1 ms while held: long enough for it to have
-      // handed over anything it would.
+      // Long enough for the reader to hand over anything it would: without
+      // the pause, most of the burst arrives within this.
       await sleep(300 * SLOWDOWN);
       expect(delivered).toBe(0);
+      expect(lost).toBe(0);
       flow.resume();
-      const deadline = Date.now() + 20_000;
+      const deadline = Date.now() + 20_000 * SLOWDOWN;
       while (delivered + lost < CALLS && Date.now() < deadline) await sleep(50);
     } finally {
       sub.unsubscribe();
     }
-    expect(whilePaused).toBe(0);
-    // Kept: one batch (at most the ring buffer's size) and the ring buffer;
-    // each record is a 160-byte header and more.
+    // Kept: what the ring buffer holds (each record is a 160-byte header
+    // and more); nothing was read into the reader's memory meanwhile.
     expect(delivered).toBeGreaterThan(0);
-    expect(delivered).toBeLessThanOrEqual((2 * ring) / 160);
+    expect(delivered).toBeLessThanOrEqual(ring / 160);
     expect(delivered + lost).toBe(CALLS);
   });
 

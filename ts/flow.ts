@@ -9,11 +9,12 @@
  * A switch a slow consumer pauses the readers it is given to with
  * (`chrootGuard(policy, { flow })`, `followPinnedGuard({ flow })`,
  * `chrootWatch({ flow })`). While it is paused, no batch reaches
- * JavaScript: each reader's thread fills one batch (at most
- * `min(ringBufferBytes, 2 MiB)` bytes of records), then leaves records in
- * the kernel ring buffer, where the programs count what does not fit
- * (`ringBufferFull`; by action for decisions). On {@link Flow.resume} what
- * was kept is delivered, then a lost report with those counts (`onLost`).
+ * JavaScript (but one already on its way): each reader's thread leaves
+ * records in the kernel ring buffer, where the programs count what does
+ * not fit (`ringBufferFull`; by action for decisions). On
+ * {@link Flow.resume} the readers wake and deliver what the ring buffer
+ * kept, then a lost report with those counts (`onLost`); reports wait for
+ * the resume too.
  * Memory stays bounded and nothing is lost uncounted. The kernel is not
  * paused: a guard keeps deciding every call by its policy.
  *
@@ -22,7 +23,6 @@
  */
 export class Flow {
   #paused = false;
-  readonly #switches = new Set<(paused: boolean) => void>();
 
   /** Whether the flow is paused. */
   get paused(): boolean {
@@ -39,30 +39,35 @@ export class Flow {
     this.#set(false);
   }
 
-  /**
-   * Adds a reader's switch, called at once when the flow is paused and on
-   * every change; returns the way to remove it.
-   * @internal
-   */
-  attach(switchTo: (paused: boolean) => void): () => void {
-    this.#switches.add(switchTo);
-    if (this.#paused) switchTo(true);
-    return () => void this.#switches.delete(switchTo);
-  }
-
   #set(paused: boolean): void {
     if (paused === this.#paused) return;
     this.#paused = paused;
-    for (const s of [...this.#switches]) s(paused);
+    for (const s of [...(switches.get(this) ?? [])]) s(paused);
   }
+}
+
+/** The readers' switches of each flow, outside the class so that they are no part of its public shape. */
+const switches = new WeakMap<Flow, Set<(paused: boolean) => void>>();
+
+/**
+ * Adds a reader's switch to `flow`, called at once when it is paused and
+ * on every change; returns the way to remove it.
+ * @internal
+ */
+export function attachFlow(flow: Flow, switchTo: (paused: boolean) => void): () => void {
+  let set = switches.get(flow);
+  if (!set) switches.set(flow, (set = new Set()));
+  set.add(switchTo);
+  if (flow.paused) switchTo(true);
+  return () => void set.delete(switchTo);
 }
 
 /**
  * Whether `flow` is a {@link Flow} or absent: the check every option taking
- * one makes. By shape, not `instanceof`: the ESM and CommonJS builds each
- * have their own class.
+ * one makes. The ESM and CommonJS builds each have their own class, and a
+ * flow works only with the readers of its own build.
  * @internal
  */
 export function isFlowOption(flow: unknown): boolean {
-  return flow === undefined || (typeof flow === 'object' && flow !== null && typeof (flow as Flow).attach === 'function');
+  return flow === undefined || flow instanceof Flow;
 }

@@ -17,7 +17,7 @@ import type { Policy } from './policy/types.js';
 import { validatePolicy } from './policy/validate.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './batch.js';
 import { callUser } from './callback.js';
-import { isFlowOption, type Flow } from './flow.js';
+import { attachFlow, isFlowOption, type Flow } from './flow.js';
 
 export type { ChrootDecision, GuardInfo } from './decision.js';
 
@@ -158,7 +158,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     decoder();
     binding = new n.BindingGuard(ring);
     const b = binding;
-    detachFlow = options.flow?.attach((paused) => b.pause(paused)) ?? detachFlow;
+    if (options.flow) detachFlow = attachFlow(options.flow, (paused) => b.pause(paused));
     opened = binding.open(JSON.stringify(valid), onBatch).then((r) => {
       if (state === 'stopped') throw new ChrootGuardError('INTERNAL', 'the guard was stopped before it started');
       if (r.failure) throw errorFromBinding(r.failure);

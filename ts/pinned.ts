@@ -30,7 +30,7 @@ import type { Policy, PolicyAction } from './policy/types.js';
 import { validatePolicy } from './policy/validate.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LostReport } from './batch.js';
 import { callUser } from './callback.js';
-import { isFlowOption, type Flow } from './flow.js';
+import { attachFlow, isFlowOption, type Flow } from './flow.js';
 
 import { DEFAULT_PIN_DIR } from './defaults.js';
 
@@ -189,6 +189,8 @@ export interface FollowOptions extends PinOptions {
  * without privileges; `PIN_FAILED` when no guard is pinned at the directory,
  * it was pinned without its ring buffer by an older version, or another
  * process reads it; `INTERNAL` when the reader thread stops.
+ * @throws {ChrootGuardError} `INVALID_ARGUMENT` at call time when `onLost`
+ * is not a function or `flow` not a {@link Flow}.
  * @example
  * followPinnedGuard().subscribe((d) => console.log(d.denied, d.ruleId, d.resolvedPath));
  */
@@ -234,7 +236,7 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
       decoder();
       follower = new n.BindingPinnedFollower(dir);
       const f = follower;
-      detachFlow = options.flow?.attach((paused) => f.pause(paused)) ?? detachFlow;
+      if (options.flow) detachFlow = attachFlow(options.flow, (paused) => f.pause(paused));
       const r = follower.open(onBatch);
       if (r.failure) {
         closed = true;

@@ -17,7 +17,7 @@ import { ChrootGuardError, errorFromBinding } from './errors.js';
 import { decoder, errnoName, type ChrootEvent } from './events.js';
 import { native } from './native.js';
 import { NO_LOSS, readBatch, type CounterTotals, type LossCounts, type LostReport } from './batch.js';
-import type { Flow } from './flow.js';
+import { attachFlow, type Flow } from './flow.js';
 
 /** Which attach mode a session uses and why better modes were refused. */
 export interface AttachInfo {
@@ -377,7 +377,7 @@ export function joinSession(options: SessionOptions, listener: SessionListener, 
   }
   const joined = session;
   joined.add(listener);
-  const detach = flow?.attach((paused) => joined.pause(listener, paused)) ?? (() => {});
+  const detach = flow ? attachFlow(flow, (paused) => joined.pause(listener, paused)) : () => {};
   return {
     leave: () => {
       detach();

@@ -341,6 +341,7 @@ async function auditFromWatch(policy: Policy, flags: { policy: string; json?: bo
   let failed: unknown;
   const stopped = new Promise<void>((resolve) => {
     const sub = chrootWatch({
+      flow: stdoutFlow,
       onAttach: (info) => {
         note(`auditing ${flags.policy} from the ${info.mode} probes; Ctrl-C to stop`);
         printer.attached({ mode: info.mode, refused: info.refused, blindSpots: info.blindSpots, policyMode: 'audit' });

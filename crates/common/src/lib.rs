@@ -55,8 +55,9 @@ pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 /// full wakes it regardless). A record that comes sooner after a wakeup,
 /// or finds a record before it still unread, gets no wakeup and waits
 /// until the reader (`crates/loader/src/reader.rs`) looks again: within
-/// twice this when records trickle in, within 1 ms in a stream or while
-/// the consumer holds batches back.
+/// twice this when records trickle in, within 1 ms in a stream (while the
+/// consumer holds batches back the reader leaves them in the ring buffer
+/// until the hold ends).
 pub const WAKEUP_NS: u64 = 50_000;
 
 /// Threads the legacy object (kernels before 5.12, watch only) keeps a

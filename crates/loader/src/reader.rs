@@ -118,10 +118,16 @@ pub trait Sink: Send + 'static {
     /// Hands a batch over; `false` when the consumer is gone for good.
     fn deliver(&self, batch: Batch) -> bool;
     /// Whether the consumer holds batches back on purpose (a session
-    /// writing to stdout until JavaScript has written its first line):
-    /// waiting for it then is not a stall.
+    /// writing to stdout until JavaScript has written its first line; a
+    /// paused JavaScript consumer): the reader then leaves records in the
+    /// ring buffer, and waiting for it is not a stall.
     fn held(&self) -> bool {
         false
+    }
+    /// An eventfd the consumer writes when it stops holding batches back,
+    /// so the reader looks at once rather than at its next poll.
+    fn unheld_fd(&self) -> Option<RawFd> {
+        None
     }
     /// The reader stopped on an error; no batch follows.
     fn failed(&self, _reason: String) {}
@@ -398,7 +404,11 @@ fn run<S: Sink>(
     let mut found = false;
     let mut rate = Rate::new();
     loop {
-        let full = batch.data.len() >= cfg.max_batch_bytes;
+        // Held: the records stay in the ring buffer (where the programs
+        // count what does not fit) rather than in this thread's memory,
+        // and a stop then loses none of a pinned ring buffer's records.
+        let held = sink.held();
+        let full = held || batch.data.len() >= cfg.max_batch_bytes;
         let waiting = batch.events > 0 || lost_dirty;
         // The programs do not wake us for every record (`event::send` in
         // crates/ebpf): after a read that found some, look again for those
@@ -408,10 +418,10 @@ fn run<S: Sink>(
         let quick = rate.trickle()
             && (found || held_since.is_some_and(|t| batch.events > 0 && t.elapsed() < cfg.max_hold));
         // Held (the consumer waits on purpose, for as long as it takes): no
-        // batch can go, but the hold ends with no wakeup of this thread, so
-        // it looks every SHORT_POLL to hand the batch over soon after.
-        let timeout = if sink.held() {
-            SHORT_POLL
+        // batch can go, so look no more often than for the counters; the
+        // hold's end wakes the thread (`Sink::unheld_fd`).
+        let timeout = if held {
+            cfg.counters_every
         } else if quick {
             QUICK_POLL
         } else if waiting || recent {
@@ -422,11 +432,13 @@ fn run<S: Sink>(
         let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32) };
         let mut fds = [
             libc::pollfd { fd: stop_fd, events: libc::POLLIN, revents: 0 },
+            // poll(2) skips an entry whose fd is negative.
+            libc::pollfd { fd: sink.unheld_fd().unwrap_or(-1), events: libc::POLLIN, revents: 0 },
             libc::pollfd { fd: ring_fd, events: libc::POLLIN, revents: 0 },
         ];
-        // While the batch is full the ring buffer is not watched: it stays
-        // readable and would wake us at once.
-        let nfds = if full { 1 } else { 2 };
+        // While the batch is full or held the ring buffer is not watched: it
+        // stays readable and would wake us at once.
+        let nfds = if full { 2 } else { 3 };
         // SAFETY: `fds` outlives the call and holds `nfds` entries; `ts` is
         // a valid timespec; no signal mask.
         let rc = unsafe { libc::ppoll(fds.as_mut_ptr(), nfds, &ts, std::ptr::null()) };
@@ -443,8 +455,14 @@ fn run<S: Sink>(
             }
             return;
         }
+        if fds[1].revents != 0 {
+            let mut count = [0u8; 8];
+            // SAFETY: reads 8 bytes into a buffer of 8 from the sink's
+            // eventfd (non-blocking), resetting it.
+            unsafe { libc::read(fds[1].fd, count.as_mut_ptr().cast(), 8) };
+        }
         let before = batch.events;
-        while batch.data.len() < cfg.max_batch_bytes {
+        while !sink.held() && batch.data.len() < cfg.max_batch_bytes {
             let Some(item) = ring.next() else { break };
             push_record(&mut batch.data, &item);
             batch.events += 1;

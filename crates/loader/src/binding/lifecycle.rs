@@ -8,9 +8,12 @@
 //! longer keeps Node.js alive. An env cleanup hook closes a handle whose
 //! worker thread ends without `close()`.
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicU32, Ordering},
-    Arc, Mutex, MutexGuard, PoisonError,
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
 };
 
 use napi::{
@@ -129,16 +132,28 @@ pub struct JsSink {
     in_flight: Arc<AtomicU32>,
     /// [`Shared::paused`].
     paused: Arc<AtomicBool>,
+    /// [`Shared::unheld`].
+    unheld: Arc<OwnedFd>,
 }
 
 impl JsSink {
-    /// Wraps the JS callback; nothing goes to it while `paused` is set.
-    fn new(on_batch: &Function<BindingBatch, ()>, paused: Arc<AtomicBool>) -> napi::Result<JsSink> {
+    /// Wraps the JS callback; nothing goes to it while `shared` is paused.
+    fn new(on_batch: &Function<BindingBatch, ()>, shared: &Shared) -> napi::Result<JsSink> {
         let tsfn: BatchFn = on_batch
             .build_threadsafe_function::<BindingBatch>()
             .callee_handled::<false>()
             .build_callback(|ctx| Ok(ctx.value))?;
-        Ok(JsSink { tsfn, in_flight: Arc::new(AtomicU32::new(0)), paused })
+        Ok(JsSink {
+            tsfn,
+            in_flight: Arc::new(AtomicU32::new(0)),
+            paused: Arc::clone(&shared.paused),
+            unheld: Arc::clone(&shared.unheld),
+        })
+    }
+
+    /// [`Sink::unheld_fd`], for a sink that wraps this one.
+    pub(super) fn unheld(&self) -> RawFd {
+        self.unheld.as_raw_fd()
     }
 
     /// Queues `value` for the JS callback; `false` when the callback is
@@ -165,15 +180,19 @@ impl JsSink {
 
 impl Sink for JsSink {
     /// While paused one more counts as in flight, so the reader delivers
-    /// nothing: it fills one pending batch and the rest waits in the ring
-    /// buffer, where the programs count what does not fit.
+    /// nothing (at most a batch already on its way goes out).
     fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire) + u32::from(self.paused.load(Ordering::Acquire))
     }
 
-    /// A pause is not a stall.
+    /// Paused: records wait in the ring buffer, where the programs count
+    /// what does not fit; not a stall.
     fn held(&self) -> bool {
         self.paused.load(Ordering::Acquire)
+    }
+
+    fn unheld_fd(&self) -> Option<RawFd> {
+        Some(self.unheld())
     }
 
     fn deliver(&self, batch: Batch) -> bool {
@@ -253,18 +272,50 @@ pub struct Shared {
     /// Set while JavaScript cannot take more (`pause(true)`): the reader
     /// hands over no batch ([`JsSink`]).
     pub paused: Arc<AtomicBool>,
+    /// An eventfd written when a hold ends ([`Shared::unhold`]), which the
+    /// reader polls while held.
+    pub unheld: Arc<OwnedFd>,
 }
 
 impl Shared {
     /// A fresh idle state, closed by `env`'s cleanup if never closed.
     pub fn new(env: &Env) -> napi::Result<(Arc<Shared>, CleanupEnvHook<Arc<Shared>>)> {
+        // SAFETY: eventfd has no pointer arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(napi::Error::from_reason(format!("eventfd: {}", std::io::Error::last_os_error())));
+        }
         let shared = Arc::new(Shared {
             state: Mutex::new(State::Idle),
             closing: Arc::new(AtomicBool::new(false)),
             paused: Arc::new(AtomicBool::new(false)),
+            // SAFETY: a fresh descriptor owned by nothing else.
+            unheld: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
         });
         let hook = env.add_env_cleanup_hook(Arc::clone(&shared), |s| s.close())?;
         Ok((shared, hook))
+    }
+
+    /// Pauses or resumes delivery to JavaScript ([`JsSink`]); ignored once
+    /// the handle is not running (a finish has taken it: it hands
+    /// everything over).
+    pub fn pause(&self, paused: bool) {
+        let state = self.lock();
+        if paused && !matches!(*state, State::Running(_) | State::Opening | State::Idle) {
+            return;
+        }
+        self.paused.store(paused, Ordering::Release);
+        drop(state);
+        if !paused {
+            self.unhold();
+        }
+    }
+
+    /// Wakes the reader from a hold ([`Sink::unheld_fd`]).
+    pub fn unhold(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
+        unsafe { libc::write(self.unheld.as_raw_fd(), (&raw const one).cast(), 8) };
     }
 
     /// The state, locked.
@@ -362,7 +413,7 @@ impl Handle {
     /// # Errors
     /// When the threadsafe function cannot be made.
     pub fn sink(&self, on_batch: &Function<BindingBatch, ()>) -> napi::Result<JsSink> {
-        JsSink::new(on_batch, Arc::clone(&self.shared.paused))
+        JsSink::new(on_batch, &self.shared)
     }
 
     /// Closes (which sets [`Shared::closing`] first), then removes the
@@ -384,8 +435,8 @@ impl Handle {
     }
 }
 
-/// `close()` and `stats()` of a binding class holding a [`Handle`] in
-/// `self.handle`, with `close`'s doc (what closing releases for that
+/// `close()`, `stats()` and `pause()` of a binding class holding a
+/// [`Handle`] in `self.handle`, with `close`'s doc (what closing releases for that
 /// class). napi-rs classes have no inheritance: each class declares its
 /// own JavaScript methods, in a second `#[napi] impl` block here.
 macro_rules! handle_methods {
@@ -405,15 +456,16 @@ macro_rules! handle_methods {
             }
 
             /// `true`: hand JavaScript no batch until `pause(false)`, for a
-            /// consumer that cannot keep up (a blocked stdout). The reader
-            /// fills one batch (at most `min(ringBufferBytes, 2 MiB)`), then
-            /// leaves records in the kernel ring buffer, where the programs
-            /// count what does not fit (`ringBufferFull`, by action for
-            /// decisions): memory stays bounded and nothing is lost
-            /// uncounted. Resuming hands over what was kept, then the counts.
+            /// consumer that cannot keep up (a blocked stdout); a batch
+            /// already on its way still arrives. The reader leaves records
+            /// in the kernel ring buffer, where the programs count what does
+            /// not fit (`ringBufferFull`, by action for decisions): memory
+            /// stays bounded and nothing is lost uncounted. Resuming wakes
+            /// the reader, which hands over what the ring buffer kept, then
+            /// the counts. Ignored once a finish has begun.
             #[napi]
             pub fn pause(&self, paused: bool) {
-                self.handle.shared.paused.store(paused, std::sync::atomic::Ordering::Release);
+                self.handle.shared.pause(paused);
             }
         }
     };

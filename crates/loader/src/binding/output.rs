@@ -3,9 +3,12 @@
 //! and hands JavaScript only the counters, and what JavaScript reads back
 //! at the end to write the stream's last line.
 
-use std::sync::{
-    atomic::{AtomicBool, AtomicU64, Ordering},
-    Arc, Mutex, PoisonError,
+use std::{
+    os::fd::RawFd,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
 };
 
 use napi::bindgen_prelude::{BigInt, Buffer};
@@ -193,15 +196,21 @@ impl LineSink {
 
 impl Sink for LineSink {
     /// Until JavaScript has written its first line one more counts as in
-    /// flight, so the reader delivers nothing: it fills one pending batch
-    /// and the rest waits in the ring buffer.
+    /// flight, so the reader delivers nothing: the records wait in the ring
+    /// buffer.
     fn in_flight(&self) -> u32 {
         self.js.in_flight() + u32::from(self.waiting())
     }
 
-    /// Waiting for JavaScript's first line is not a stall: a finish waits.
+    /// Waiting for JavaScript's first line (or a pause) is not a stall: a
+    /// finish waits.
     fn held(&self) -> bool {
-        self.waiting()
+        self.waiting() || self.js.held()
+    }
+
+    /// `start_output` writes it, as a resume does.
+    fn unheld_fd(&self) -> Option<RawFd> {
+        Some(self.js.unheld())
     }
 
     fn deliver(&self, batch: Batch) -> bool {

@@ -154,6 +154,7 @@ impl BindingSession {
     #[napi]
     pub fn start_output(&self, since_ts: BigInt) {
         self.output_state.start(since_ts.get_u64().1);
+        self.handle.shared.unhold();
     }
 
     /// A session writing to stdout: what it has written there (nothing for
@@ -187,8 +188,10 @@ impl Task for FinishTask {
 
     fn compute(&mut self) -> napi::Result<BindingStats> {
         // A finish hands everything over: a pause would hold it forever.
-        self.shared.paused.store(false, std::sync::atomic::Ordering::Release);
-        Ok(match self.shared.take_running().map(|l| *l) {
+        // Taken first: from then on a pause is ignored.
+        let running = self.shared.take_running().map(|l| *l);
+        self.shared.pause(false);
+        Ok(match running {
             Some(Loaded::Watch(mut session)) => session.finish().into(),
             _ => crate::session::SessionStats::default().into(),
         })
