@@ -51,10 +51,11 @@ const switches = new WeakMap<Flow, Set<(paused: boolean) => void>>();
 
 /**
  * Adds a reader's switch to `flow`, called at once when it is paused and
- * on every change; returns the way to remove it.
+ * on every change; returns the way to remove it (a no-op without a flow).
  * @internal
  */
-export function attachFlow(flow: Flow, switchTo: (paused: boolean) => void): () => void {
+export function attachFlow(flow: Flow | undefined, switchTo: (paused: boolean) => void): () => void {
+  if (!flow) return () => {};
   let set = switches.get(flow);
   if (!set) switches.set(flow, (set = new Set()));
   set.add(switchTo);

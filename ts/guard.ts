@@ -158,7 +158,7 @@ export function chrootGuard(policy: Policy, options: ChrootGuardOptions = {}): C
     decoder();
     binding = new n.BindingGuard(ring);
     const b = binding;
-    if (options.flow) detachFlow = attachFlow(options.flow, (paused) => b.pause(paused));
+    detachFlow = attachFlow(options.flow, (paused) => b.pause(paused));
     opened = binding.open(JSON.stringify(valid), onBatch).then((r) => {
       if (state === 'stopped') throw new ChrootGuardError('INTERNAL', 'the guard was stopped before it started');
       if (r.failure) throw errorFromBinding(r.failure);

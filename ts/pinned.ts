@@ -236,7 +236,7 @@ export function followPinnedGuard(options: FollowOptions = {}): Observable<Chroo
       decoder();
       follower = new n.BindingPinnedFollower(dir);
       const f = follower;
-      if (options.flow) detachFlow = attachFlow(options.flow, (paused) => f.pause(paused));
+      detachFlow = attachFlow(options.flow, (paused) => f.pause(paused));
       const r = follower.open(onBatch);
       if (r.failure) {
         closed = true;

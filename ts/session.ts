@@ -377,7 +377,7 @@ export function joinSession(options: SessionOptions, listener: SessionListener, 
   }
   const joined = session;
   joined.add(listener);
-  const detach = flow ? attachFlow(flow, (paused) => joined.pause(listener, paused)) : () => {};
+  const detach = attachFlow(flow, (paused) => joined.pause(listener, paused));
   return {
     leave: () => {
       detach();

@@ -24,7 +24,7 @@ import { checkTrustedDirectory } from '../policy/trusted-file.js';
 import { DEFAULT_KEEP, OUTPUT_DIR_FIX, type AgentConfig } from './config.js';
 import type { LineWriter } from '../cli/printer.js';
 import { Flow } from '../flow.js';
-import { STDOUT_PAUSE_BYTES, stdoutFlow } from '../cli/stdout.js';
+import { pauseWhileBacklogged, STDOUT_PAUSE_BYTES, stdoutFlow } from '../cli/stdout.js';
 
 /** An open output. */
 export interface Sink {
@@ -139,10 +139,7 @@ export function openSink(output: AgentConfig['output']): Sink {
     write: (text) => {
       if (failed) return;
       stream.write(text);
-      if (stream.writableLength >= STDOUT_PAUSE_BYTES && !flow.paused) {
-        flow.pause();
-        stream.once('drain', () => flow.resume());
-      }
+      pauseWhileBacklogged(stream, flow);
     },
     flow,
     onError: (l) => (failed ? l(failed) : listeners.push(l)),

@@ -15,10 +15,24 @@
  * @internal
  * @module
  */
+import type { Writable } from 'node:stream';
 import { Flow } from '../flow.js';
 
 /** Bytes waiting for stdout's reader at which {@link stdoutFlow} pauses. */
 export const STDOUT_PAUSE_BYTES = 1 << 20;
+
+/**
+ * After a write to `stream`: pauses `flow` once {@link STDOUT_PAUSE_BYTES}
+ * wait there, until they are written. Past the stream's high-water mark
+ * write() returned false, so 'drain' comes once everything waiting is
+ * written.
+ */
+export function pauseWhileBacklogged(stream: Writable, flow: Flow): void {
+  if (stream.writableLength >= STDOUT_PAUSE_BYTES && !flow.paused) {
+    flow.pause();
+    stream.once('drain', () => flow.resume());
+  }
+}
 
 /** Paused while stdout's reader lags by {@link STDOUT_PAUSE_BYTES} or more; give it to every reader whose records a command prints. */
 export const stdoutFlow = new Flow();
@@ -54,10 +68,5 @@ export function onStdoutGone(listener: (err: NodeJS.ErrnoException) => void): ()
 export function writeStdout(text: string, done?: () => void): void {
   if (stdoutGone) return;
   process.stdout.write(text, done && ((err) => !err && done()));
-  // Past the stream's high-water mark write() returned false, so 'drain'
-  // comes once everything waiting is written.
-  if (process.stdout.writableLength >= STDOUT_PAUSE_BYTES && !stdoutFlow.paused) {
-    stdoutFlow.pause();
-    process.stdout.once('drain', () => stdoutFlow.resume());
-  }
+  pauseWhileBacklogged(process.stdout, stdoutFlow);
 }

@@ -17,7 +17,7 @@
 //! taken them all, so the calls made before a Ctrl-C are all seen.
 
 use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
@@ -246,13 +246,7 @@ impl Reader {
         sink: S,
         config: ReaderConfig,
     ) -> std::io::Result<Reader> {
-        // SAFETY: eventfd has no pointer arguments.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let stop = unsafe { OwnedFd::from_raw_fd(fd) };
+        let stop = crate::sys::eventfd()?;
         let stats = Arc::new(ReaderStats::default());
         let thread_stats = Arc::clone(&stats);
         let stop_fd = stop.as_raw_fd();
@@ -285,9 +279,7 @@ impl Reader {
 
     fn wake_and_join(&mut self) {
         if let Some(thread) = self.thread.take() {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-            unsafe { libc::write(self.stop.as_raw_fd(), (&raw const one).cast(), 8) };
+            crate::sys::signal_eventfd(self.stop.as_raw_fd());
             let _ = thread.join();
         }
     }
@@ -456,13 +448,12 @@ fn run<S: Sink>(
             return;
         }
         if fds[1].revents != 0 {
-            let mut count = [0u8; 8];
-            // SAFETY: reads 8 bytes into a buffer of 8 from the sink's
-            // eventfd (non-blocking), resetting it.
-            unsafe { libc::read(fds[1].fd, count.as_mut_ptr().cast(), 8) };
+            crate::sys::reset_eventfd(fds[1].fd);
         }
+        // Again: the hold may have ended while we waited.
+        let held = sink.held();
         let before = batch.events;
-        while !sink.held() && batch.data.len() < cfg.max_batch_bytes {
+        while !held && batch.data.len() < cfg.max_batch_bytes {
             let Some(item) = ring.next() else { break };
             push_record(&mut batch.data, &item);
             batch.events += 1;

@@ -1,10 +1,10 @@
 //! Small system facts and calls: capabilities, pseudo file systems, clocks,
-//! and a thread that cannot open files.
+//! eventfds, and a thread that cannot open files.
 
 use std::{
     ffi::CString,
     io,
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     path::Path,
 };
 
@@ -174,6 +174,32 @@ pub fn active_lsms() -> Option<Vec<String>> {
     let _ = ensure_mounted("securityfs", SECURITYFS, SECURITYFS_MAGIC, None);
     let text = std::fs::read_to_string(Path::new(SECURITYFS).join("lsm")).ok()?;
     Some(text.trim().split(',').map(str::to_string).collect())
+}
+
+/// A non-blocking eventfd (`O_CLOEXEC`): how one thread wakes another
+/// that waits in `poll(2)` ([`signal_eventfd`], [`reset_eventfd`]).
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd has no pointer arguments.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Makes the [`eventfd`] `fd` readable.
+pub fn signal_eventfd(fd: RawFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64 to an eventfd.
+    unsafe { libc::write(fd, (&raw const one).cast(), 8) };
+}
+
+/// Makes the [`eventfd`] `fd` unreadable again.
+pub fn reset_eventfd(fd: RawFd) {
+    let mut count = [0u8; 8];
+    // SAFETY: reads 8 bytes into a buffer of 8 from a non-blocking eventfd.
+    unsafe { libc::read(fd, count.as_mut_ptr().cast(), 8) };
 }
 
 /// `CLOCK_BOOTTIME` now, in ns: the clock of every event timestamp.

@@ -9,7 +9,7 @@
 //! worker thread ends without `close()`.
 
 use std::{
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicU32, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
@@ -280,17 +280,12 @@ pub struct Shared {
 impl Shared {
     /// A fresh idle state, closed by `env`'s cleanup if never closed.
     pub fn new(env: &Env) -> napi::Result<(Arc<Shared>, CleanupEnvHook<Arc<Shared>>)> {
-        // SAFETY: eventfd has no pointer arguments.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(napi::Error::from_reason(format!("eventfd: {}", std::io::Error::last_os_error())));
-        }
+        let unheld = crate::sys::eventfd().map_err(|e| napi::Error::from_reason(format!("eventfd: {e}")))?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State::Idle),
             closing: Arc::new(AtomicBool::new(false)),
             paused: Arc::new(AtomicBool::new(false)),
-            // SAFETY: a fresh descriptor owned by nothing else.
-            unheld: Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }),
+            unheld: Arc::new(unheld),
         });
         let hook = env.add_env_cleanup_hook(Arc::clone(&shared), |s| s.close())?;
         Ok((shared, hook))
@@ -301,7 +296,7 @@ impl Shared {
     /// everything over).
     pub fn pause(&self, paused: bool) {
         let state = self.lock();
-        if paused && !matches!(*state, State::Running(_) | State::Opening | State::Idle) {
+        if paused && matches!(*state, State::Closed) {
             return;
         }
         self.paused.store(paused, Ordering::Release);
@@ -313,9 +308,7 @@ impl Shared {
 
     /// Wakes the reader from a hold ([`Sink::unheld_fd`]).
     pub fn unhold(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our eventfd.
-        unsafe { libc::write(self.unheld.as_raw_fd(), (&raw const one).cast(), 8) };
+        crate::sys::signal_eventfd(self.unheld.as_raw_fd());
     }
 
     /// The state, locked.
