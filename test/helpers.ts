@@ -165,10 +165,13 @@ export function attackBench(): AttackBench {
   };
 }
 
+/** The kernel's dynamic preemption switch (`CONFIG_PREEMPT_DYNAMIC`), in debugfs. */
+export const PREEMPT_SWITCH = '/sys/kernel/debug/sched/preempt';
+
 /** The kernel's preemption now (`full`, `voluntary`, …: the debugfs switch `/sys/kernel/debug/sched/preempt`), or null where it cannot be read. */
 export function preemption(): string | null {
   try {
-    return /\((\w+)\)/.exec(readFileSync('/sys/kernel/debug/sched/preempt', 'utf8'))?.[1] ?? null;
+    return /\((\w+)\)/.exec(readFileSync(PREEMPT_SWITCH, 'utf8'))?.[1] ?? null;
   } catch {
     return null;
   }

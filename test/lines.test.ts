@@ -102,6 +102,7 @@ const counts = fc.record({
   ringBufferFull: fc.nat({ max: 1e6 }),
   pendingFull: fc.nat({ max: 1e6 }),
   kretprobeMissed: fc.nat({ max: 1e6 }),
+  recursionMissed: fc.nat({ max: 1e6 }),
   lsmErrors: fc.nat({ max: 1e6 }),
   allowLost: fc.nat({ max: 1e6 }),
   denyLost: fc.nat({ max: 1e6 }),

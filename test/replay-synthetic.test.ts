@@ -90,8 +90,12 @@ describe('the record decoder', () => {
     const path = Buffer.from('/srv/x","ts":12345678901234567890,"exeIno":99999999999999999999');
     const e = { ...syntheticEvent(0), pathBytes: path, path: displayBytes(path), resolvedPathBytes: path, resolvedPath: displayBytes(path), ts: 2n ** 64n - 1n, exeIno: 2n ** 53n + 1n };
     expect((decodeRecord(chrootRecord(e), 1) as { event: ChrootEvent }).event).toEqual(e);
+    // As versions before recursionMissed wrote it: read as 0.
     const lost = '{"type":"lost","sinceTs":1152921504606846976,"ts":1152921504606846977,"ringBufferFull":1,"pendingFull":2,"kretprobeMissed":3,"lsmErrors":4,"allowLost":5,"denyLost":6,"auditLost":7,"total":{"ringBufferFull":1,"pendingFull":2,"kretprobeMissed":3,"lsmErrors":4,"allowLost":5,"denyLost":6,"auditLost":7}}';
-    expect(decodeRecord(lost, 2)).toEqual({ kind: 'lost', line: 2, counts: { ringBufferFull: 1, pendingFull: 2, kretprobeMissed: 3, lsmErrors: 4, allowLost: 5, denyLost: 6, auditLost: 7 } });
+    expect(decodeRecord(lost, 2)).toEqual({ kind: 'lost', line: 2, counts: { ringBufferFull: 1, pendingFull: 2, kretprobeMissed: 3, recursionMissed: 0, lsmErrors: 4, allowLost: 5, denyLost: 6, auditLost: 7 } });
+    const withRecursion = lost.replace('"kretprobeMissed":3,', '"kretprobeMissed":3,"recursionMissed":8,');
+    expect(decodeRecord(withRecursion, 3)).toEqual({ kind: 'lost', line: 3, counts: { ringBufferFull: 1, pendingFull: 2, kretprobeMissed: 3, recursionMissed: 8, lsmErrors: 4, allowLost: 5, denyLost: 6, auditLost: 7 } });
+    expect(() => decodeRecord(withRecursion.replace('"recursionMissed":8', '"recursionMissed":-1'), 4)).toThrow(/recursionMissed/);
   });
 
   it('names each malformed line with its number, reads on, and the CLI exits 7 (neither 0 nor the invalid-policy 2)', async () => {
@@ -515,7 +519,7 @@ describe('a 1,000,000-event recording', () => {
         { id: 'never', action: 'allow', matched: 0 },
       ],
       default: { action: 'deny', matched: per((k) => k.root !== null && k.rule === null) },
-      lost: { ringBufferFull: lostCalls, pendingFull: 0, kretprobeMissed: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 },
+      lost: { ringBufferFull: lostCalls, pendingFull: 0, kretprobeMissed: 0, recursionMissed: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 },
       complete: false,
     });
     // Constant memory: a recording 100 times larger (1 GB) peaks no more than 16 MiB above the

@@ -32,6 +32,18 @@ export interface LossCounts {
    */
   readonly kretprobeMissed: number;
   /**
+   * fentry mode only: runs of the syscall's fentry or fexit program the
+   * kernel skipped because the program was already running on that CPU, as
+   * a run preempted on a fully preemptible kernel is; each is a call with
+   * no event, and a call skipped at both ends counts twice. The programs'
+   * `recursion_misses` (`bpf_prog_info`, Linux 5.12+). fentry mode is
+   * refused where the kernel says it preempts fully (`PREEMPT_FULL`); this
+   * counts what a switch at run time (`/sys/kernel/debug/sched/preempt`)
+   * or a kernel that does not say so costs. Always 0 in kprobe and
+   * tracepoint modes, whose programs run with preemption off.
+   */
+  readonly recursionMissed: number;
+  /**
    * Guard only: decisions the policy program could not make fully (no
    * per-thread memory, a kernel read failed, or the policy was replaced
    * twice during one decision); the policy's `failMode` applied, or a deny
@@ -63,18 +75,27 @@ export type CounterTotals = LossCounts;
  * Every loss counter, in the order `lost` records write them: the one list
  * the reports, the records and the totals below follow. @internal
  */
-export const LOSS_COUNTERS = ['ringBufferFull', 'pendingFull', 'kretprobeMissed', 'lsmErrors', 'allowLost', 'denyLost', 'auditLost'] as const satisfies readonly (keyof LossCounts)[];
+export const LOSS_COUNTERS = ['ringBufferFull', 'pendingFull', 'kretprobeMissed', 'recursionMissed', 'lsmErrors', 'allowLost', 'denyLost', 'auditLost'] as const satisfies readonly (keyof LossCounts)[];
 
 /**
  * The causes of calls that produced no event: events plus their sum equal
- * the calls made. (`ringBufferFull` also counts guard decisions; watch
- * sessions write none.) @internal
+ * the calls made, or exceed them by the calls `recursionMissed` counted
+ * twice. (`ringBufferFull` also counts guard decisions; watch sessions
+ * write none.) @internal
  */
-export const CALLS_LOST = ['ringBufferFull', 'pendingFull', 'kretprobeMissed'] as const satisfies readonly (keyof LossCounts)[];
+export const CALLS_LOST = ['ringBufferFull', 'pendingFull', 'kretprobeMissed', 'recursionMissed'] as const satisfies readonly (keyof LossCounts)[];
 
 /** Calls with no event in `c` (the sum of {@link CALLS_LOST}). @internal */
 export function callsLost(c: Pick<LossCounts, (typeof CALLS_LOST)[number]>): number {
   return CALLS_LOST.reduce((n, k) => n + c[k], 0);
+}
+
+/** Guard decisions not written, by action. @internal */
+export const DECISIONS_LOST = ['allowLost', 'denyLost', 'auditLost'] as const satisfies readonly (keyof LossCounts)[];
+
+/** Decisions not written in `c` (the sum of {@link DECISIONS_LOST}). @internal */
+export function decisionsLost(c: Pick<LossCounts, (typeof DECISIONS_LOST)[number]>): number {
+  return DECISIONS_LOST.reduce((n, k) => n + c[k], 0);
 }
 
 /** Every counter at zero. @internal */

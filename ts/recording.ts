@@ -135,6 +135,9 @@ function predicate(p: PropertySchema): (v: unknown) => boolean {
   return tests.length === 1 ? tests[0]! : (v) => tests.some((f) => f(v));
 }
 
+/** A `lost` count that recordings made by versions before it was counted lack; read as 0 there. */
+const COUNTED_LATER = 'recursionMissed';
+
 const U64_MAX = 2n ** 64n - 1n;
 
 /** Base64 text as `Buffer#toString('base64')` writes it (padded). */
@@ -294,9 +297,10 @@ export function decodeRecord(text: string, line: number): RecordingItem {
     const s = recordSchema('lost')!;
     for (const k of s.required) {
       if (k === 'ts' || k === 'sinceTs') bigintOf(k, o[k]);
+      else if (k === COUNTED_LATER && o[k] === undefined) continue;
       else if (!predicate(s.properties[k]!)(o[k])) throw new RecordError(`a lost record's "${k}" is missing or not a count`);
     }
-    const counts = Object.fromEntries(LOSS_COUNTERS.map((k) => [k, o[k] as number])) as unknown as LossCounts;
+    const counts = Object.fromEntries(LOSS_COUNTERS.map((k) => [k, (o[k] as number | undefined) ?? 0])) as unknown as LossCounts;
     return { kind: 'lost', line, counts };
   }
   if (type === 'attach') {

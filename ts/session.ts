@@ -129,6 +129,8 @@ export interface SessionStats {
   readonly pendingFull: number;
   /** kprobe mode: calls whose return the exit kretprobe missed, so no event was sent (see `LossCounts.kretprobeMissed`). */
   readonly kretprobeMissed: number;
+  /** fentry mode: calls the kernel skipped the syscall's fentry or fexit program for, so no event was sent (see `LossCounts.recursionMissed`). */
+  readonly recursionMissed: number;
 }
 
 const sessions = new Map<string, KernelSession>();
@@ -321,6 +323,7 @@ function statsOf(b: BindingStats | undefined): SessionStats {
     ringBufferFull: lost?.ringBufferFull ?? 0,
     pendingFull: lost?.pendingFull ?? 0,
     kretprobeMissed: lost?.kretprobeMissed ?? 0,
+    recursionMissed: lost?.recursionMissed ?? 0,
   };
 }
 

@@ -1,7 +1,7 @@
 /**
  * The agent's Prometheus metrics (prom-client), in a registry of their own.
  * Every label has a bounded set of values: `result` the errno names
- * chroot(2) returns (a dozen at most) and `ok`; `cause` the seven loss
+ * chroot(2) returns (a dozen at most) and `ok`; `cause` the loss
  * counters of `ts/batch.ts`; `mode` the three attach modes; `program` the
  * programs of one mode (at most six, `crates/common/src/probes.rs`);
  * `container_runtime` the runtimes of `ts/cgroup.ts` and `none`,

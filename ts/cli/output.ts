@@ -13,7 +13,7 @@ import { utf8SequenceLength } from '../utf8.js';
 
 /** Exit codes of every chroot-guard command. */
 export const EXIT = {
-  /** Success; `watch` stopped by SIGINT or SIGTERM. */
+  /** Success; a command that runs until stopped (`watch`, `enforce`, `status --follow`, `agent`) stopped by SIGINT or SIGTERM. */
   OK: 0,
   /** A failure not listed below. */
   FAILURE: 1,
@@ -36,7 +36,7 @@ export const EXIT = {
 /** The help text's exit code section. */
 export const EXIT_HELP = `
 Exit codes:
-  0  success; watch stopped by Ctrl-C (SIGINT) or SIGTERM
+  0  success; watch, enforce, status --follow or agent stopped by Ctrl-C (SIGINT) or SIGTERM
   1  failure (e.g. a program failed to load)
   2  usage error, an invalid policy or agent config file, or a policy file to load that a
      user other than root could change (UNSAFE_POLICY_FILE)
@@ -118,6 +118,7 @@ export function describeLost(l: LostReport): string {
   if (l.ringBufferFull) parts.push(`${l.ringBufferFull} events lost: ring buffer full (total ${l.total.ringBufferFull}); raise --ring-buffer-bytes`);
   if (l.pendingFull) parts.push(`${l.pendingFull} calls not traced: no in-flight storage (total ${l.total.pendingFull})`);
   if (l.kretprobeMissed) parts.push(`${l.kretprobeMissed} calls not reported: their return was missed, more in flight at once than the kretprobe's maxactive (total ${l.total.kretprobeMissed}); fentry and tracepoint modes have no such limit`);
+  if (l.recursionMissed) parts.push(`${l.recursionMissed} calls not reported: the kernel skipped the fentry/fexit program, already running on that CPU (a preempted run: the kernel preempts fully) (total ${l.total.recursionMissed}); kprobe mode (--mode kprobe) runs with preemption off`);
   if (l.lsmErrors) parts.push(`${l.lsmErrors} decisions could not be made fully, decided by the policy's failMode or, without memory, denied (total ${l.total.lsmErrors})`);
   const byAction = (['deny', 'audit', 'allow'] as const)
     .map((a) => [a, l[`${a}Lost`], l.total[`${a}Lost`]] as const)

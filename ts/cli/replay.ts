@@ -6,6 +6,7 @@
  * @internal
  * @module
  */
+import { callsLost, decisionsLost } from '../batch.js';
 import type { ChrootDecision } from '../decision.js';
 import { learnPolicy } from '../policy/learn.js';
 import type { PolicyContext } from '../policy/evaluate.js';
@@ -82,12 +83,10 @@ function summaryText(s: ReplaySummary): string {
   lines.push(`${'RULE'.padEnd(width)}${'ACTION'.padEnd(8)}MATCHED`);
   for (const r of s.rules) lines.push(`${terminalSafe(r.id).padEnd(width)}${r.action.padEnd(8)}${r.matched}${r.matched === 0 ? '  never matched' : r.action === 'deny' ? '  denied' : ''}`);
   lines.push(`${'(default)'.padEnd(width)}${s.default.action.padEnd(8)}${s.default.matched}${s.default.matched && s.default.action === 'deny' ? '  denied' : ''}`);
-  const callsLost = s.lost.ringBufferFull + s.lost.pendingFull + s.lost.kretprobeMissed;
-  const decisionsLost = s.lost.allowLost + s.lost.denyLost + s.lost.auditLost;
   lines.push(
     s.complete
       ? 'nothing lost: the recording holds every call its sessions saw'
-      : `incomplete recording: ${callsLost} calls and ${decisionsLost} decisions were not delivered (lost records), so they are not replayed`,
+      : `incomplete recording: ${callsLost(s.lost)} calls and ${decisionsLost(s.lost)} decisions were not delivered (lost records), so they are not replayed`,
   );
   if (s.malformed) lines.push(`${s.malformed} line${s.malformed === 1 ? ' is' : 's are'} not records (first: ${s.malformedLines.map((m) => m.line).join(', ')})`);
   return lines.join('\n');

@@ -15,7 +15,7 @@
  * @module
  */
 import { createRequire } from 'node:module';
-import { addLoss, NO_LOSS, type LossCounts } from '../batch.js';
+import { addLoss, callsLost, decisionsLost, NO_LOSS, type LossCounts } from '../batch.js';
 import { displayBytes } from '../events.js';
 import { SAMPLE_LINES, skipsWatchRecords, type RecordingItem } from '../recording.js';
 import type { CallerFacts } from './evaluate.js';
@@ -344,7 +344,7 @@ export async function learnPolicy(recording: AsyncIterable<RecordingItem>, optio
     ...(undecidable ? [` ${plural(undecidable, 'decision')} made after an internal error carry no paths: not learned from.`] : []),
     ...(skipped ? [` ${plural(skipped, 'chroot record')} skipped: the recording's guard decisions stand for the same calls (each call once).`] : []),
     ...(notAllowedCount ? [` ${plural(notAllowedCount, 'call')} not allowed: neither the executable nor the new root can be named (first at line ${notAllowed[0]!.line}).`] : []),
-    ...(complete ? [] : [` The recording is incomplete: the kernel did not deliver ${lost.ringBufferFull + lost.pendingFull + lost.kretprobeMissed} calls and ${lost.allowLost + lost.denyLost + lost.auditLost} decisions; what they were is not known.`]),
+    ...(complete ? [] : [` The recording is incomplete: the kernel did not deliver ${callsLost(lost)} calls and ${decisionsLost(lost)} decisions; what they were is not known.`]),
     ...(malformed ? [` ${plural(malformed, 'line')} of the recording could not be read (first at line ${malformedLines[0]!.line}).`] : []),
     ' exe conditions match the file at that path by device and inode when the policy loads.',
   ].join('\n');

@@ -5,7 +5,7 @@
  * (initial mount namespace, `exe` identities) they are judged in.
  * @module
  */
-import { addLoss, NO_LOSS, type LossCounts } from '../batch.js';
+import { addLoss, callsLost, decisionsLost, NO_LOSS, type LossCounts } from '../batch.js';
 import { decisionOf, type ChrootDecision } from '../decision.js';
 import { ChrootGuardError } from '../errors.js';
 import { SAMPLE_LINES, skipsWatchRecords, type RecordingItem } from '../recording.js';
@@ -119,7 +119,7 @@ export interface ReplayOptions {
 }
 
 /** Whether a `lost` count means calls or decisions are missing from the recording. @internal */
-export const incomplete = (l: LossCounts): boolean => l.ringBufferFull + l.pendingFull + l.kretprobeMissed + l.allowLost + l.denyLost + l.auditLost > 0;
+export const incomplete = (l: LossCounts): boolean => callsLost(l) + decisionsLost(l) > 0;
 
 /**
  * Replays `policy` over a recording ({@link readRecording}'s items): each

@@ -8,6 +8,7 @@
 //!   and that memory.
 //! - [`kretprobe`]: kprobe mode's exit hooks through tracefs, with a
 //!   higher `maxactive`, and the count of the returns they still miss.
+//! - [`recursion`]: the runs of fentry/fexit programs the kernel skipped.
 //! - [`btf`]: kernel struct offsets from BTF (our stand-in for CO-RE).
 //! - [`features`]: the kernel features the object needs, told from BTF.
 //! - [`reader`]: the ring-buffer thread and its batching policy.
@@ -35,6 +36,7 @@ pub mod policy;
 pub mod proc_scan;
 pub mod ps;
 pub mod reader;
+pub mod recursion;
 pub mod run_dir;
 pub mod session;
 pub mod stacks;

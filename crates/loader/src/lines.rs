@@ -371,9 +371,7 @@ impl Lines {
         // JS numbers subtracted: a count read lower than before (a failed
         // read counts zero) gives a negative difference there too.
         let d = |now: u64, then: u64| now as i128 - then as i128;
-        let calls = d(total.ring_buffer_full, seen.ring_buffer_full)
-            + d(total.pending_full, seen.pending_full)
-            + d(total.kretprobe_missed, seen.kretprobe_missed);
+        let calls = d(total.total(), seen.total());
         if calls <= 0 && d(total.lsm_errors, seen.lsm_errors) <= 0 {
             return false;
         }
@@ -630,13 +628,14 @@ fn decode_at(s: &str, i: usize) -> (u32, usize) {
     s.get(i..).and_then(|t| t.chars().next()).map_or((0xfffd, 1), |c| (u32::from(c), c.len_utf8()))
 }
 
-/// The seven counters in `lost` record order (`LOSS_COUNTERS` in
-/// `ts/batch.ts`): name, now, at the last record.
-fn counters(now: &Lost, then: &Lost) -> [(&'static [u8], u64, u64); 7] {
+/// The counters in `lost` record order (`LOSS_COUNTERS` in `ts/batch.ts`):
+/// name, now, at the last record.
+fn counters(now: &Lost, then: &Lost) -> [(&'static [u8], u64, u64); 8] {
     [
         (b"ringBufferFull", now.ring_buffer_full, then.ring_buffer_full),
         (b"pendingFull", now.pending_full, then.pending_full),
         (b"kretprobeMissed", now.kretprobe_missed, then.kretprobe_missed),
+        (b"recursionMissed", now.recursion_missed, then.recursion_missed),
         (b"lsmErrors", now.lsm_errors, then.lsm_errors),
         (b"allowLost", now.allow_lost, then.allow_lost),
         (b"denyLost", now.deny_lost, then.deny_lost),

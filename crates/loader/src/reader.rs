@@ -29,7 +29,7 @@ use std::{
 use aya::maps::{MapData, PerCpuArray, RingBuf};
 use chroot_guard_common::{Counter, WAKEUP_NS};
 
-use crate::kretprobe::MissCounter;
+use crate::{kretprobe::MissCounter, recursion::RecursionCounter};
 
 /// Totals of the per-CPU `CG_COUNTERS`, summed over CPUs, since load.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -55,37 +55,55 @@ pub struct Lost {
     /// kernel's `nmissed` of our events in tracefs `kprobe_profile`
     /// ([`crate::kretprobe::MissCounter`]). 0 in other modes.
     pub kretprobe_missed: u64,
+    /// fentry mode: runs of the syscall's entry or exit program the kernel
+    /// skipped because the program was already running on that CPU (a
+    /// preempted run), each a call with no event; a call skipped at both
+    /// ends counts twice. The programs' `recursion_misses`
+    /// ([`crate::recursion::RecursionCounter`]). 0 in other modes.
+    pub recursion_missed: u64,
 }
 
 impl Lost {
     /// Events that never reached user space.
     pub fn total(&self) -> u64 {
-        self.ring_buffer_full + self.pending_full + self.kretprobe_missed
+        self.ring_buffer_full + self.pending_full + self.kretprobe_missed + self.recursion_missed
     }
 }
 
-/// The `CG_COUNTERS` map, and in kprobe mode the kernel's count of the
-/// returns our kretprobes missed.
-pub struct Counters(PerCpuArray<MapData, u64>, Option<MissCounter>);
+/// The `CG_COUNTERS` map, and what the kernel counts for us elsewhere: in
+/// kprobe mode the returns our kretprobes missed, in fentry mode the runs
+/// of our programs it skipped.
+pub struct Counters {
+    map: PerCpuArray<MapData, u64>,
+    kretprobes: Option<MissCounter>,
+    recursion: Option<RecursionCounter>,
+}
 
 impl Counters {
     /// Wraps the map.
     pub fn new(map: PerCpuArray<MapData, u64>) -> Self {
-        Counters(map, None)
+        Counters { map, kretprobes: None, recursion: None }
     }
 
     /// The counters' map, to pin it.
     pub(crate) fn map_data(&self) -> &MapData {
-        aya::maps::IterableMap::map(&self.0)
+        aya::maps::IterableMap::map(&self.map)
+    }
+
+    /// Reads the programs' skipped runs one last time and closes their
+    /// descriptors (a session detaching its programs lets them go).
+    pub fn release_programs(&self) {
+        if let Some(r) = &self.recursion {
+            r.release();
+        }
     }
 
     /// Reads and sums every CPU's counters (one `BPF_MAP_LOOKUP_ELEM` per
-    /// counter), and the missed returns (one read of `kprobe_profile`). A
-    /// failed map read counts as zero.
+    /// counter), the missed returns (one read of `kprobe_profile`) and the
+    /// skipped runs (one `BPF_OBJ_GET_INFO_BY_FD` per program). A failed
+    /// map read counts as zero.
     pub fn read(&self) -> Lost {
-        let sum = |c: Counter| {
-            self.0.get(&(c as u32), 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0)
-        };
+        let sum = |c: Counter| self.map.get(&(c as u32), 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
         let (allow_lost, deny_lost, audit_lost) =
             (sum(Counter::AllowLost), sum(Counter::DenyLost), sum(Counter::AuditLost));
         Lost {
@@ -95,7 +113,8 @@ impl Counters {
             allow_lost,
             deny_lost,
             audit_lost,
-            kretprobe_missed: self.1.as_ref().map_or(0, MissCounter::read),
+            kretprobe_missed: self.kretprobes.as_ref().map_or(0, MissCounter::read),
+            recursion_missed: self.recursion.as_ref().map_or(0, RecursionCounter::read),
         }
     }
 }
@@ -201,11 +220,12 @@ pub fn start<S: Sink>(
     sink: S,
     config: ReaderConfig,
 ) -> Result<(Reader, Arc<Counters>), crate::Error> {
-    start_with(ebpf, sink, config, None)
+    start_with(ebpf, sink, config, None, None)
 }
 
-/// [`start`], with `misses` read into [`Lost::kretprobe_missed`] alongside
-/// the map (kprobe mode's exit kretprobes).
+/// [`start`], with `kretprobes` read into [`Lost::kretprobe_missed`] and
+/// `recursion` into [`Lost::recursion_missed`] alongside the map (kprobe
+/// mode's exit kretprobes, fentry mode's syscall programs).
 ///
 /// # Errors
 /// As [`start`].
@@ -213,13 +233,14 @@ pub fn start_with<S: Sink>(
     ebpf: &mut aya::Ebpf,
     sink: S,
     config: ReaderConfig,
-    misses: Option<MissCounter>,
+    kretprobes: Option<MissCounter>,
+    recursion: Option<RecursionCounter>,
 ) -> Result<(Reader, Arc<Counters>), crate::Error> {
     use crate::Error;
     let mut take = |name: &str| ebpf.take_map(name).ok_or_else(|| Error::Object(format!("map {name} missing")));
     let ring = RingBuf::try_from(take("CG_EVENTS")?).map_err(|e| Error::Object(format!("CG_EVENTS: {e}")))?;
     let counters = PerCpuArray::try_from(take("CG_COUNTERS")?).map_err(|e| Error::Object(format!("CG_COUNTERS: {e}")))?;
-    let counters = Arc::new(Counters(counters, misses));
+    let counters = Arc::new(Counters { map: counters, kretprobes, recursion });
     let reader = Reader::spawn(ring, Arc::clone(&counters), sink, config)?;
     Ok((reader, counters))
 }

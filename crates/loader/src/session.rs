@@ -10,6 +10,7 @@ use crate::{
     error::{Error, Refusal},
     kretprobe::Kretprobes,
     reader::{self, Counters, Lost, Reader, ReaderConfig, Sink},
+    recursion,
 };
 
 /// Programs attached in one mode, plus the thread reading their events.
@@ -62,7 +63,8 @@ impl Session {
     /// loaded after an error.
     pub fn open<S: Sink>(opts: &LoadOptions, sink: S, config: ReaderConfig) -> Result<Session, Error> {
         let Loaded { mut ebpf, kretprobes, mode, refusals, blind_spots } = attach::load(opts)?;
-        let (reader, counters) = reader::start_with(&mut ebpf, sink, config, kretprobes.miss_counter())?;
+        let recursion = recursion::for_session(&ebpf, mode);
+        let (reader, counters) = reader::start_with(&mut ebpf, sink, config, kretprobes.miss_counter(), recursion)?;
         Ok(Session { ebpf: Some(ebpf), kretprobes: Some(kretprobes), reader, counters, mode, refusals, blind_spots })
     }
 
@@ -105,9 +107,10 @@ impl Session {
     /// stops taking batches without holding them back on purpose (then
     /// until it releases them: [`reader::Sink::held`]).
     pub fn finish(&mut self) -> SessionStats {
-        // Read once while the kretprobes exist: their missed count outlives
-        // them (`MissCounter` keeps its last sum).
+        // Read once while the kretprobes and programs exist: their counts
+        // outlive them (each counter keeps its last sum).
         let _ = self.counters.read();
+        self.counters.release_programs();
         self.kretprobes.take();
         // The reader holds the ring buffer and the counters: the object can
         // go (every link and program with it) before the drain.
@@ -123,6 +126,7 @@ impl Session {
     /// object goes. Idempotent.
     pub fn close(&mut self) {
         self.reader.stop();
+        self.counters.release_programs();
         self.kretprobes.take();
         self.ebpf.take();
     }

@@ -202,6 +202,49 @@ pub fn reset_eventfd(fd: RawFd) {
     unsafe { libc::read(fd, count.as_mut_ptr().cast(), 8) };
 }
 
+/// A loaded program's `recursion_misses` (`bpf_prog_info`, Linux 5.12+):
+/// the runs the kernel skipped because the program was already running on
+/// that CPU, as a fentry/fexit or BPF LSM program preempted mid-run is.
+/// `Ok(None)` where the kernel's `bpf_prog_info` ends before that field.
+///
+/// # Errors
+/// The `BPF_OBJ_GET_INFO_BY_FD` error (`EBADF`, `EINVAL` for an fd that is
+/// not a program).
+pub fn prog_recursion_misses(prog: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    use aya_obj::generated::{bpf_cmd, bpf_prog_info};
+    // The `info` member of `union bpf_attr` for this command.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // SAFETY: `bpf_prog_info` is plain integers and arrays of them.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<bpf_prog_info>() as u32,
+        info: (&raw mut info) as u64,
+    };
+    // SAFETY: `attr` names a zeroed buffer of `info_len` bytes (the kernel
+    // writes at most that many, and no pointer inside it is set, so it
+    // follows none), and `attr`'s own size is passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            bpf_cmd::BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            &raw mut attr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The kernel writes back how much of the struct it filled.
+    let end = std::mem::offset_of!(bpf_prog_info, recursion_misses) + std::mem::size_of::<u64>();
+    Ok((attr.info_len as usize >= end).then_some(info.recursion_misses))
+}
+
 /// `CLOCK_BOOTTIME` now, in ns: the clock of every event timestamp.
 pub fn boottime_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };

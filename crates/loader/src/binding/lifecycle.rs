@@ -55,6 +55,10 @@ pub struct BindingLost {
     /// flight at once than its maxactive), so no event was sent; from the
     /// kernel's `nmissed` in tracefs `kprobe_profile`. 0 in other modes.
     pub kretprobe_missed: f64,
+    /// fentry mode: runs of the syscall's entry or exit program the kernel
+    /// skipped (already running on that CPU: a preempted run), each a call
+    /// with no event; the programs' `recursion_misses`. 0 in other modes.
+    pub recursion_missed: f64,
 }
 
 /// The conversions both ways, from one list of the counters (a struct
@@ -76,7 +80,16 @@ macro_rules! lost_conversions {
     };
 }
 
-lost_conversions!(ring_buffer_full, pending_full, lsm_errors, allow_lost, deny_lost, audit_lost, kretprobe_missed);
+lost_conversions!(
+    ring_buffer_full,
+    pending_full,
+    lsm_errors,
+    allow_lost,
+    deny_lost,
+    audit_lost,
+    kretprobe_missed,
+    recursion_missed,
+);
 
 /// One batch of raw events (`[u32 len][u32 0][record][pad]`...).
 #[napi(object)]
