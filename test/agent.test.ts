@@ -12,8 +12,9 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { callsLost, type LossCounts } from '../ts/batch.js';
 import { CLI, compileC, floodBehindStalledStdout, ndjson, sleep, SLOWDOWN, TEST_MODE, type StreamRecord } from './helpers.js';
-import { freePort, get, samples } from './http.js';
+import { answer, freePort, get, samples } from './http.js';
 
 const PROMETHEUS = '/usr/bin/prometheus';
 /** The remedy for a shared output directory, as the agent words it. */
@@ -311,14 +312,33 @@ describe('agent behind a stalled output', () => {
   it('a flood of chroot calls by an unprivileged user while nobody reads stdout: memory stays bounded, and chroot records + counted losses = calls', async () => {
     const calls = 200_000;
     const config = join(dir, 'stalled.yaml');
-    writeFileSync(config, `watch:\n  mode: ${TEST_MODE}\n  ringBufferBytes: 1048576\n  filters: { uid: 65534 }\n`);
+    const port = await freePort();
+    writeFileSync(config, `watch:\n  mode: ${TEST_MODE}\n  ringBufferBytes: 1048576\n  filters: { uid: 65534 }\nmetrics:\n  listen: 127.0.0.1:${port}\n`);
     const lostTotal = (rs: StreamRecord[]) => {
-      const t = rs.filter((r) => r.type === 'lost').at(-1)?.total as Record<string, number> | undefined;
-      return t ? t.ringBufferFull! + t.pendingFull! + t.kretprobeMissed! : 0;
+      const t = rs.filter((r) => r.type === 'lost').at(-1)?.total as LossCounts | undefined;
+      return t ? callsLost(t) : 0;
     };
     const seen = (rs: StreamRecord[]) => rs.filter((r) => r.type === 'chroot' && r.uid === 65534 && r.path === '/').length;
-    const r = await floodBehindStalledStdout(['agent', '--config', config], 'agent running', { dir: '/', calls }, (rs) => seen(rs) + lostTotal(rs) >= calls);
+    // The output's stall, as /metrics tells it while it lasts and after.
+    const scrape = async () => {
+      const { body } = await answer(port, '/metrics');
+      return { paused: samples(body, 'chroot_guard_output_paused').get(''), seconds: samples(body, 'chroot_guard_output_paused_seconds_total').get('') };
+    };
+    let during: Awaited<ReturnType<typeof scrape>> | undefined;
+    let after: Awaited<ReturnType<typeof scrape>> | undefined;
+    const r = await floodBehindStalledStdout(['agent', '--config', config], 'agent running', { dir: '/', calls }, (rs) => seen(rs) + lostTotal(rs) >= calls, {
+      stalled: async () => void (during = await scrape()),
+      drained: async () => {
+        // stdout's 'drain' resumes the flow once the test has read it all.
+        const until = Date.now() + 5000 * SLOWDOWN;
+        while ((after = await scrape()).paused !== 0 && Date.now() < until) await sleep(100);
+      },
+    });
     expect(r.exitCode, r.stderr).toBe(0);
+    expect(during?.paused).toBe(1);
+    expect(during?.seconds).toBeGreaterThan(0);
+    expect(after?.paused).toBe(0);
+    expect(after?.seconds).toBeGreaterThanOrEqual(during!.seconds!);
     // What the output path may hold is set by the ring buffer, not by the
     // flood: the ring buffer and a batch (1 MiB each), what stdout holds
     // when the pause comes (1 MiB and the rest of the batch being printed),

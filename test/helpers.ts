@@ -422,12 +422,15 @@ export interface StalledFlood {
  * stays full. Then reads stdout until `done(records)` holds (or 30 s ×
  * SLOWDOWN), stops the command with SIGINT and reads the rest. Peak RSS
  * comes from `VmHWM`, so a growth between two samples is not missed.
+ * `checks.stalled` runs after the flood, while stdout is still unread;
+ * `checks.drained` once `done` holds; each gets the stderr so far.
  */
 export async function floodBehindStalledStdout(
   args: string[],
   ready: string,
   flood: { dir: string; calls: number },
   done: (records: StreamRecord[]) => boolean,
+  checks: { stalled?: (stderr: string) => Promise<void>; drained?: (stderr: string) => Promise<void> } = {},
 ): Promise<StalledFlood> {
   const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
@@ -448,11 +451,13 @@ export async function floodBehindStalledStdout(
   if (r.stdout.trim() !== 'done') throw new Error(`the flood failed (${r.status}): ${r.stderr}`);
   await sleep(1000 * SLOWDOWN);
   const peak = kib('VmHWM');
+  await checks.stalled?.(stderr);
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   const parsed = () => ndjson(out.slice(0, out.lastIndexOf('\n') + 1));
   const until = Date.now() + 30_000 * SLOWDOWN;
   while (!done(parsed()) && Date.now() < until) await sleep(200);
+  await checks.drained?.(stderr);
   child.kill('SIGINT');
   const exitCode = await exited;
   return { rssGrowthBytes: peak - before, records: ndjson(out), exitCode, stderr };

@@ -17,6 +17,7 @@ import { LOSS_COUNTERS, type LostReport } from '../batch.js';
 import type { AttachedProgram, AttachInfo } from '../session.js';
 import type { ChrootDecision } from '../decision.js';
 import type { Policy } from '../policy/types.js';
+import { attachFlow, type Flow } from '../flow.js';
 import { bpfStatsEnabled, programRuns } from './programs.js';
 
 /** Metric names all start with this. */
@@ -114,6 +115,45 @@ export class AgentMetrics {
       },
     });
     collectDefaultMetrics({ register: this.registry });
+  }
+
+  /**
+   * Follows the output's flow (`Sink.flow`): `chroot_guard_output_paused`
+   * is 1 while it holds the readers back, and
+   * `chroot_guard_output_paused_seconds_total` adds up how long it has.
+   * While paused, records wait in the kernel ring buffers and what does
+   * not fit there is counted lost, which the lost records (and
+   * `chroot_guard_lost_total`) report only at the resume: these say so at
+   * once.
+   */
+  followOutput(flow: Flow): void {
+    let since: number | null = null;
+    let pausedSeconds = 0;
+    const registers = [this.registry];
+    new Gauge({
+      name: `${PREFIX}output_paused`,
+      help: 'whether the output (stdout or the file) lags so far behind that the readers are paused: 1 or 0; meanwhile what the kernel ring buffers cannot hold is counted lost',
+      registers,
+      collect() {
+        this.set(since === null ? 0 : 1);
+      },
+    });
+    new Counter({
+      name: `${PREFIX}output_paused_seconds_total`,
+      help: 'time the readers spent paused because the output lagged behind',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(pausedSeconds + (since === null ? 0 : (performance.now() - since) / 1000));
+      },
+    });
+    attachFlow(flow, (paused) => {
+      if (paused && since === null) since = performance.now();
+      else if (!paused && since !== null) {
+        pausedSeconds += (performance.now() - since) / 1000;
+        since = null;
+      }
+    });
   }
 
   /** The programs attached: the mode's gauge goes to 1, its programs are counted. */

@@ -93,6 +93,7 @@ export async function agentCommand(flags: AgentFlags): Promise<number> {
     return EXIT.FAILURE;
   }
   const metrics = new AgentMetrics({ containerSeries: config.metrics?.containerSeries });
+  metrics.followOutput(sink.flow);
   let guard: AgentGuard | undefined;
   const guardMetrics = config.guard ? new GuardMetrics(metrics.registry, () => guard?.generation() ?? null) : undefined;
   let attached = false;
