@@ -400,23 +400,25 @@ struct Boot {
     slowdown: u32,
 }
 
-/// The boots of one VM kernel: the modes asked for, or `auto`, `kprobe` and
-/// `tracepoint` on the default kernel and `auto` on the others; the files
-/// named, or the kernel's. One boot, or with `split` two: `auto`'s suites
+/// The boots of one VM kernel: the modes asked for, or `auto` and the
+/// kernel's [`vm::KernelSpec::forced_modes`]; the files named, or the
+/// kernel's (in a forced mode, those of them that depend on the mode). One boot, or with `split` two: `auto`'s suites
 /// (the longest), and the forced modes'.
 fn vm_boots(args: &TestArgs, kernel: &vm::KernelSpec, split: bool) -> Result<Vec<Boot>> {
     let modes: Vec<String> = if !args.vm_modes.is_empty() {
         args.vm_modes.clone()
-    } else if kernel.label() == vm::DEFAULT_KERNEL {
-        vec!["auto".into(), "kprobe".into(), "tracepoint".into()]
     } else {
-        vec!["auto".into()]
+        std::iter::once("auto").chain(kernel.forced_modes.iter().copied()).map(String::from).collect()
     };
     let mut suites = Vec::new();
     for mode in &modes {
         let files: Vec<String> = if let vm::Files::Only(only, _) = kernel.files {
-            // Named files run there only if they can.
-            only.iter().map(|s| s.to_string()).filter(|f| args.files.is_empty() || args.files.iter().any(|a| f.contains(a.as_str()))).collect()
+            // Named files run there only if they can; a forced mode, its files only.
+            only.iter()
+                .filter(|f| mode == "auto" || PER_MODE_FILES.contains(f))
+                .map(|s| s.to_string())
+                .filter(|f| args.files.is_empty() || args.files.iter().any(|a| f.contains(a.as_str())))
+                .collect()
         } else if !args.files.is_empty() {
             // vitest takes names as filters; the host-only files have no place here.
             args.files.iter().filter(|a| !HOST_ONLY_FILES.iter().any(|h| h == a || h.ends_with(&format!("/{a}")))).cloned().collect()
@@ -555,7 +557,12 @@ fn run_lanes(host: &HostWork, boots: &[Boot], side_by_side: bool, results: &Path
         }
         return Ok((outcomes, problems));
     }
-    prepare(&ready, &boots[..1])?;
+    // The first boot starts beside the host's work only on the machine's
+    // own architecture: another's addon is cross-built by that work, so
+    // such a boot waits for it (as `--vm-only --vm-kernel 6.1/arm64` does).
+    if boots[0].kernel.arch.is_host() {
+        prepare(&ready, &boots[..1])?;
+    }
     let queue = std::sync::Mutex::new(
         [Job::Boot(0), Job::Host].into_iter().chain((1..boots.len()).map(Job::Boot)).collect::<std::collections::VecDeque<Job>>(),
     );

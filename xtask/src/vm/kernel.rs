@@ -64,6 +64,10 @@ pub struct KernelSpec {
     /// The mode `auto` picks there, which the tests expect
     /// (`CG_EXPECT_AUTO_MODE`); `none` where no mode can run.
     pub auto_mode: &'static str,
+    /// The modes the default run forces there besides `auto`, each on the
+    /// files of [`KernelSpec::files`] whose tests depend on the mode
+    /// (`PER_MODE_FILES` in test.rs).
+    pub forced_modes: &'static [&'static str],
     /// The test files that run on it.
     pub files: Files,
     /// How many times slower than x86-64 under TCG its guest runs: vitest's
@@ -89,6 +93,7 @@ pub const KERNELS: &[KernelSpec] = &[
         suite: Some("bullseye"),
         boot_args: &["lsm=lockdown,capability,yama,apparmor,bpf"],
         auto_mode: "fentry",
+        forced_modes: &[],
         slowdown: 1,
         files: Files::Only(
             &[
@@ -102,13 +107,23 @@ pub const KERNELS: &[KernelSpec] = &[
             "5.10 lacks task storage in tracing programs (5.12) and bpf_get_current_task_btf() (5.11), so it runs the legacy eBPF object, which watches in every mode; the guard also needs bpf_loop() (5.17), so the guard's files would only repeat the refusal that test/features.test.ts asserts",
         ),
     },
-    KernelSpec { name: "6.1", arch: &X64, suite: None, boot_args: &[], auto_mode: "fentry", files: Files::All, slowdown: 1 },
+    KernelSpec {
+        name: "6.1",
+        arch: &X64,
+        suite: None,
+        boot_args: &[],
+        auto_mode: "fentry",
+        forced_modes: &["kprobe", "tracepoint"],
+        files: Files::All,
+        slowdown: 1,
+    },
     KernelSpec {
         name: "6.12",
         arch: &X64,
         suite: Some("trixie"),
         boot_args: &[],
         auto_mode: "fentry",
+        forced_modes: &[],
         files: Files::Only(
             &[
                 "test/features.test.ts",
@@ -132,6 +147,9 @@ pub const KERNELS: &[KernelSpec] = &[
         suite: None,
         boot_args: &[],
         auto_mode: "kprobe",
+        // arm64's own syscall tracepoint path and AArch32 calls on raw
+        // `sys_enter`/`sys_exit`, which `auto` never takes there.
+        forced_modes: &["tracepoint"],
         // doctor takes 11 s there against 8 s on x86-64's 6.1 (with
         // `-cpu neoverse-n1`, see qemu.rs); 3 leaves room for a slower machine.
         slowdown: 3,
