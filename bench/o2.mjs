@@ -27,7 +27,7 @@ const compat = process.argv.includes('--compat');
 const byPid = new Map();
 const latencies = [];
 let events = 0;
-let lost = { ringBufferFull: 0, pendingFull: 0, kretprobeMissed: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
+let lost = { ringBufferFull: 0, pendingFull: 0, kretprobeMissed: 0, recursionMissed: 0, lsmErrors: 0, allowLost: 0, denyLost: 0, auditLost: 0 };
 let stats = () => ({});
 let attached = { mode: null, blindSpots: [] };
 let first = true;

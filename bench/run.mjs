@@ -418,7 +418,7 @@ async function storm() {
   const out = { bufferBytes: bytes, seconds };
   for (const name of ['B2', 'O2']) {
     const r = await delivered(name, ['--seconds', String(seconds), '--procs', '2'], { ringBufferBytes: bytes });
-    const reported = name === 'O2' ? (r.stats.lost?.ringBufferFull ?? 0) + (r.stats.lost?.pendingFull ?? 0) + (r.stats.lost?.kretprobeMissed ?? 0) : r.stats.lost;
+    const reported = name === 'O2' ? ['ringBufferFull', 'pendingFull', 'kretprobeMissed', 'recursionMissed'].reduce((n, k) => n + (r.stats.lost?.[k] ?? 0), 0) : r.stats.lost;
     out[name] = {
       generated: r.calls,
       delivered: r.seen,

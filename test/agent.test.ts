@@ -12,7 +12,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { callsLost, type LossCounts } from '../ts/batch.js';
+import { CALLS_LOST, callsLost, type LossCounts } from '../ts/batch.js';
 import { CLI, compileC, floodBehindStalledStdout, ndjson, sleep, SLOWDOWN, TEST_MODE, type StreamRecord } from './helpers.js';
 import { answer, freePort, get, samples } from './http.js';
 
@@ -260,7 +260,7 @@ describe('agent output rotation', () => {
         const text = ((await get(port, '/metrics')) as { body: string }).body;
         delivered = samples(text, 'chroot_guard_events_delivered_total').get('') ?? 0;
         const lost = samples(text, 'chroot_guard_lost_total');
-        lostSeen = ['ringBufferFull', 'pendingFull', 'kretprobeMissed'].reduce((n, cause) => n + lost.get(`{cause="${cause}"}`)!, 0);
+        lostSeen = CALLS_LOST.reduce((n, cause) => n + lost.get(`{cause="${cause}"}`)!, 0);
         if (delivered + lostSeen >= calls) break;
         if (Date.now() > deadline) throw new Error(`the agent accounted for ${delivered} + ${lostSeen} of ${calls} calls`);
         await sleep(200);
@@ -296,8 +296,8 @@ describe('agent output rotation', () => {
     expect(chroots.length).toBe(delivered);
     expect(agent.stderr()).toContain(`detached: ${delivered} events written`);
     // The last lost record holds the final totals (none if nothing was lost).
-    const last = records.filter((r) => r.type === 'lost').pop() as { total: Record<string, number> } | undefined;
-    const lostCalls = last ? last.total.ringBufferFull! + last.total.pendingFull! + last.total.kretprobeMissed! : 0;
+    const last = records.filter((r) => r.type === 'lost').pop() as { total: LossCounts } | undefined;
+    const lostCalls = last ? callsLost(last.total) : 0;
     expect(chroots.length + lostCalls).toBe(calls);
     expect(lostCalls).toBe(lostSeen);
     console.log(`rotation: ${calls} calls, ${chroots.length} chroot records + ${lostCalls} lost across ${files.length} files (rotated at ${maxBytes} bytes)`);

@@ -79,6 +79,8 @@ export function record(options: ChrootWatchOptions = {}): Promise<Recorder> {
   const events: ChrootEvent[] = [];
   let sub: Subscription | undefined;
   let lost: LossCounts = NO_LOSS;
+  // An error after the attach ends the recording; `until` says so at once.
+  let failure: unknown;
   return new Promise<Recorder>((resolve, reject) => {
     sub = chrootWatch({
       mode: TEST_MODE,
@@ -98,13 +100,20 @@ export function record(options: ChrootWatchOptions = {}): Promise<Recorder> {
           until: async (pred, ms = 5000 * SLOWDOWN) => {
             const deadline = Date.now() + ms;
             while (!pred(events)) {
-              if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms; events so far: ${JSON.stringify(events.map((e) => [e.pid, e.comm, e.path, e.errno]))}`);
+              if (failure !== undefined) throw new Error(`the recording ended with an error: ${String(failure)}`, { cause: failure });
+              if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms; events so far: ${JSON.stringify(events.map((e) => [e.pid, e.comm, e.path, e.errno]))}; losses: ${JSON.stringify(lost)}; session: ${JSON.stringify(info.stats())}`);
               await new Promise((r) => setTimeout(r, 20));
             }
           },
           stop: () => sub?.unsubscribe(),
         }),
-    }).subscribe({ next: (e) => events.push(e), error: reject });
+    }).subscribe({
+      next: (e) => events.push(e),
+      error: (e: unknown) => {
+        failure = e;
+        reject(e);
+      },
+    });
   });
 }
 

@@ -1,11 +1,12 @@
 /**
  * fentry mode on a fully preemptible kernel. The kernel skips a tracing
  * program (fentry/fexit) entered on a CPU where it is already running, and a
- * program preempted mid-call still is, so there calls would be lost with
- * nothing counted (docs/platform.md). `auto` therefore refuses fentry with
- * `PREEMPT_FULL` and watches in kprobe mode, whose programs run with
- * preemption off. A switch to full after fentry attached is counted: the
- * calls the kernel skipped its programs for are `recursionMissed`. `cargo xtask test` runs this file in the VM with
+ * program preempted mid-call still is, so there calls would be lost
+ * (docs/platform.md). `auto` therefore refuses fentry with `PREEMPT_FULL`
+ * and watches in kprobe mode, whose programs run with preemption off. A
+ * switch to full after fentry attached is counted: the calls the kernel
+ * skipped its programs for are `recursionMissed`. `cargo xtask test` runs
+ * this file in the VM with
  * `/sys/kernel/debug/sched/preempt` switched to `full`; elsewhere the
  * kernel's preemption cannot be set from here, and the file says so.
  */

@@ -521,7 +521,7 @@ describe(`per-thread state under concurrency (mode ${TEST_MODE})`, () => {
       await sleep(300);
       const events = rec.of(pid);
       if (rec.info.mode === 'kprobe') {
-        console.log(`kprobe mode: ${calls} calls with ${N} threads at once: ${events.length} events, ${rec.lost.kretprobeMissed} counted as kretprobeMissed, ${rec.lost.ringBufferFull + rec.lost.pendingFull} other losses`);
+        console.log(`kprobe mode: ${calls} calls with ${N} threads at once: ${events.length} events, ${rec.lost.kretprobeMissed} counted as kretprobeMissed, ${callsLost(rec.lost) - rec.lost.kretprobeMissed} other losses`);
         expect(rec.info.blindSpots.filter((s) => s.code === 'MISSES_UNCOUNTED')).toEqual([]);
       }
       expect(events.length + callsLost(rec.lost)).toBe(calls);

@@ -129,7 +129,7 @@ export interface SessionStats {
   readonly pendingFull: number;
   /** kprobe mode: calls whose return the exit kretprobe missed, so no event was sent (see `LossCounts.kretprobeMissed`). */
   readonly kretprobeMissed: number;
-  /** fentry mode: calls the kernel skipped the syscall's fentry or fexit program for, so no event was sent (see `LossCounts.recursionMissed`). */
+  /** fentry mode: runs of the syscall's fentry or fexit program the kernel skipped, each losing one call's own event (see `LossCounts.recursionMissed`). */
   readonly recursionMissed: number;
 }
 

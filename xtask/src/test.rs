@@ -11,7 +11,8 @@
 //!   in forced `kprobe` and forced `tracepoint`. The same test files and
 //!   assertions as on the host.
 //! - The other Debian kernels of [`vm::DEFAULT_RUN`] (5.10, 6.12, arm64's
-//!   6.1), one boot each, `auto` only, on the files their
+//!   6.1), in `auto` and the modes their [`vm::KernelSpec::forced_modes`]
+//!   name (none yet), on the files their
 //!   [`vm::KernelSpec::files`] names. `--vm-kernel V` runs the kernels
 //!   named instead.
 //! - Two lanes side by side ([`run_lanes`]): the first boot starts once
@@ -41,8 +42,8 @@ pub struct TestArgs {
     /// Skip the host suites (VM only).
     #[arg(long)]
     pub vm_only: bool,
-    /// VM modes to run (default: auto, kprobe, tracepoint on the default
-    /// kernel, auto on the others).
+    /// VM modes to run (default: auto and each kernel's forced modes:
+    /// kprobe and tracepoint on 6.1).
     #[arg(long = "vm-mode", value_parser = ["auto", "kprobe", "tracepoint", "fentry"])]
     pub vm_modes: Vec<String>,
     /// VM kernels to run the suites on (repeatable): 5.10, 6.1, 6.12 or

@@ -810,8 +810,10 @@ fn first_errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
 
 /// Why fentry/fexit are not used on a fully preemptible kernel. Measured
 /// on Debian's 6.1 switched to `full` (docs/platform.md): 84,188 of 174,856
-/// syscall entries skipped (`recursion_misses`), none counted as lost.
-const PREEMPT_FULL_REASON: &str = "the kernel skips a fentry/fexit program entered on a CPU where it is already running, which a preempted program is, and those calls could not be counted; kprobe programs run with preemption off (use kprobe mode)";
+/// syscall entries skipped (`recursion_misses`). A session that sees the
+/// switch change counts them ([`crate::recursion`]), but the calls are
+/// gone.
+const PREEMPT_FULL_REASON: &str = "the kernel skips a fentry/fexit program entered on a CPU where it is already running, which a preempted program is, and those calls would have no event (only a count, recursionMissed); kprobe programs run with preemption off (use kprobe mode)";
 const NO_KPROBES_REASON: &str = "the kernel has no kprobe support (CONFIG_KPROBES is not set: no kprobe PMU in /sys/bus/event_source/devices and no kprobe_events in tracefs)";
 
 /// Why the kernel said no to one program, classified.

@@ -57,8 +57,8 @@ pub struct Lost {
     pub kretprobe_missed: u64,
     /// fentry mode: runs of the syscall's entry or exit program the kernel
     /// skipped because the program was already running on that CPU (a
-    /// preempted run), each a call with no event; a call skipped at both
-    /// ends counts twice. The programs' `recursion_misses`
+    /// preempted run), each losing one call's own event; a call skipped at
+    /// both ends counts twice. The programs' `recursion_misses`
     /// ([`crate::recursion::RecursionCounter`]). 0 in other modes.
     pub recursion_missed: u64,
 }

@@ -31,9 +31,9 @@ use crate::sys;
 /// The counter of a session attached in `mode`: in fentry mode, over the
 /// syscall entry and exit programs `ebpf` loaded (a compat program the
 /// kernel refused is not among them); `None` in the other modes, whose
-/// programs the kernel never skips this way (kprobe and tracepoint
-/// programs run with preemption off, and their misses are counted
-/// elsewhere: [`crate::kretprobe::MissCounter`]).
+/// programs the kernel never skips this way: kprobe and tracepoint
+/// programs run with preemption off (kprobe mode's missed returns are
+/// another matter, [`crate::kretprobe::MissCounter`]).
 pub fn for_session(ebpf: &Ebpf, mode: Mode) -> Option<RecursionCounter> {
     let programs = probes_for(mode)
         .filter(|p| {

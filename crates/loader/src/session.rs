@@ -107,14 +107,16 @@ impl Session {
     /// stops taking batches without holding them back on purpose (then
     /// until it releases them: [`reader::Sink::held`]).
     pub fn finish(&mut self) -> SessionStats {
-        // Read once while the kretprobes and programs exist: their counts
-        // outlive them (each counter keeps its last sum).
+        // Read once while the kretprobes exist: their missed count outlives
+        // them (`MissCounter` keeps its last sum).
         let _ = self.counters.read();
-        self.counters.release_programs();
         self.kretprobes.take();
         // The reader holds the ring buffer and the counters: the object can
-        // go (every link and program with it) before the drain.
+        // go (every link with it) before the drain.
         self.ebpf.take();
+        // Detached: the programs' skips are final; the last read, then the
+        // descriptors that kept them loaded go.
+        self.counters.release_programs();
         self.reader.finish();
         let stats = self.stats();
         self.close();
@@ -126,9 +128,9 @@ impl Session {
     /// object goes. Idempotent.
     pub fn close(&mut self) {
         self.reader.stop();
-        self.counters.release_programs();
         self.kretprobes.take();
         self.ebpf.take();
+        self.counters.release_programs();
     }
 }
 

@@ -204,7 +204,8 @@ pub fn reset_eventfd(fd: RawFd) {
 
 /// A loaded program's `recursion_misses` (`bpf_prog_info`, Linux 5.12+):
 /// the runs the kernel skipped because the program was already running on
-/// that CPU, as a fentry/fexit or BPF LSM program preempted mid-run is.
+/// that CPU, as a fentry/fexit program preempted mid-run is (and a BPF LSM
+/// program, on kernels before `__bpf_prog_enter_recur`).
 /// `Ok(None)` where the kernel's `bpf_prog_info` ends before that field.
 ///
 /// # Errors

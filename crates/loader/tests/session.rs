@@ -64,6 +64,16 @@ fn auto_mode_reports_real_chroot_calls() {
     let at = ok.path_len as usize;
     assert_eq!(&ok.data[at..at + ok.resolved_len as usize], b"/");
     assert_eq!(session.stats().lost.total(), 0);
+    // Each attached program's skipped runs read through the kernel's
+    // `bpf_prog_info` (5.12+): what fentry mode sums into
+    // `recursion_missed`, 0 here.
+    let ids: Vec<u32> = session.programs().into_iter().map(|(_, id)| id).collect();
+    assert!(!ids.is_empty());
+    for info in aya::programs::loaded_programs().filter_map(Result::ok).filter(|i| ids.contains(&i.id())) {
+        let fd = info.fd().expect("program fd");
+        let misses = chroot_guard_loader::sys::prog_recursion_misses(std::os::fd::AsFd::as_fd(&fd));
+        assert_eq!(misses.expect("BPF_OBJ_GET_INFO_BY_FD"), Some(0), "program {}", info.id());
+    }
     session.close();
     session.close(); // idempotent
 }

@@ -147,9 +147,10 @@ pub const KERNELS: &[KernelSpec] = &[
         suite: None,
         boot_args: &[],
         auto_mode: "kprobe",
-        // arm64's own syscall tracepoint path and AArch32 calls on raw
-        // `sys_enter`/`sys_exit`, which `auto` never takes there.
-        forced_modes: &["tracepoint"],
+        // Not `tracepoint` yet: in one of four runs its watch suite saw no
+        // event of the attack scripts' calls (docs/platform.md); run it
+        // with `--vm-mode tracepoint`.
+        forced_modes: &[],
         // doctor takes 11 s there against 8 s on x86-64's 6.1 (with
         // `-cpu neoverse-n1`, see qemu.rs); 3 leaves room for a slower machine.
         slowdown: 3,
