@@ -161,12 +161,12 @@ program
   .command('unload')
   .description('remove the guard pinned by enforce --pin: detaches lsm/path_chroot and frees its maps, then removes the leftovers of pins that did not finish; succeeds when none is pinned (needs root)')
   .addHelpText(
-    'before',
-    `Removes only the names a guard pins (link, CG_*), then the directory; a directory that also
+    'after',
+    `
+Removes only the names a guard pins (link, CG_*), then the directory; a directory that also
 holds other names keeps them and stays, and unload says so. A --pin-dir that is not a pin
 directory (off bpffs, a symbolic link, the root of a bpffs mount, or made by another user) is
-refused with PIN_FAILED and nothing is removed.
-`,
+refused with PIN_FAILED and nothing is removed.`,
   )
   .option('--json', 'the result as JSON')
   .addOption(pinDirOption())
@@ -185,6 +185,9 @@ program
     `
 Metrics (GET /metrics on metrics.listen): chroot_guard_chroot_calls_total{result},
 chroot_guard_events_delivered_total, chroot_guard_lost_total{cause},
+chroot_guard_output_paused and chroot_guard_output_paused_seconds_total (the output lags
+so far behind that the readers are paused), chroot_guard_container_chroot_calls_total
+{container_runtime} (with metrics.containerSeries also pod_uid, container_id),
 chroot_guard_attach_info{mode}, chroot_guard_bpf_program_runs_total{program} and
 chroot_guard_bpf_program_run_seconds_total{program} (while kernel.bpf_stats_enabled=1),
 chroot_guard_bpf_stats_enabled, and the process metrics. With guard:, also
