@@ -36,9 +36,10 @@ export interface LossCounts {
    * kernel skipped because the program was already running on that CPU, as
    * a run preempted on a fully preemptible kernel is; each loses one
    * call's own event, and a call skipped at both ends counts twice (an
-   * upper bound); callers a `pid`, `uid` or `comm` filter leaves out are counted
-   * too. The programs' `recursion_misses` (`bpf_prog_info`, Linux 5.12+). fentry mode is
-   * refused where the kernel says it preempts fully (`PREEMPT_FULL`); this
+   * upper bound); callers a `pid`, `uid` or `comm` filter leaves out are
+   * counted too. The programs' `recursion_misses` (`bpf_prog_info`, Linux
+   * 5.12+). fentry mode is refused where the kernel says it preempts fully
+   * (`PREEMPT_FULL`); this
    * counts what a switch at run time (`/sys/kernel/debug/sched/preempt`)
    * or a kernel that does not say so costs. Always 0 in kprobe and
    * tracepoint modes, whose programs run with preemption off.

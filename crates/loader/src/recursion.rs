@@ -8,8 +8,8 @@
 //! fentry mode is refused where the kernel says it preempts fully
 //! (`PREEMPT_FULL`, [`crate::attach`]), but the switch can change at run
 //! time (`/sys/kernel/debug/sched/preempt`) and a kernel need not say it:
-//! so the skips of the syscall's entry and exit programs, each a call with
-//! no event, are counted here and reported with the losses
+//! so the skips of the syscall's entry and exit programs, each losing one
+//! call's own event, are counted here and reported with the losses
 //! ([`crate::reader::Lost::recursion_missed`]).
 
 use std::{

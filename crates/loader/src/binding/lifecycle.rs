@@ -56,8 +56,9 @@ pub struct BindingLost {
     /// kernel's `nmissed` in tracefs `kprobe_profile`. 0 in other modes.
     pub kretprobe_missed: f64,
     /// fentry mode: runs of the syscall's entry or exit program the kernel
-    /// skipped (already running on that CPU: a preempted run), each a call
-    /// with no event; the programs' `recursion_misses`. 0 in other modes.
+    /// skipped (already running on that CPU: a preempted run), each losing
+    /// one call's own event (an upper bound: see
+    /// `reader::Lost::recursion_missed`). 0 in other modes.
     pub recursion_missed: f64,
 }
 
